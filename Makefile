@@ -1,0 +1,35 @@
+# peerlink: `make demo` runs it, `make test` tests it.  Both set up .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DEMO_DIR := .demo
+
+.PHONY: demo test bench system-deps venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+# Debian packages the tests use (coturn for STUN interop); installed when root.
+system-deps:
+	@bash scripts/system-deps.sh
+
+test: $(STAMP) system-deps
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	@mkdir -p $(DEMO_DIR)
+	@echo "Starting a rendezvous server on 127.0.0.1:3478 (Ctrl-C stops it)."
+	@echo "Try it:  $(PY) -m rendezvous.tool --server 127.0.0.1:3478 register"
+	$(PY) -m rendezvous --host 127.0.0.1 --port 3478 --db $(DEMO_DIR)/rendezvous.sqlite3 --legacy-text
+
+bench: $(STAMP) system-deps
+	$(PY) bench/run_bench.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) bench/build bench/out .pytest_cache .hypothesis

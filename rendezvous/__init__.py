@@ -1,0 +1,1 @@
+"""peerlink rendezvous: STUN server, peer registry, introductions and relay."""

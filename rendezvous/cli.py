@@ -1,0 +1,90 @@
+"""``rendezvous`` command line: every option also reads an environment variable."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import platformdirs
+
+from .core import ServerConfig
+from .server import RendezvousServer
+
+
+def default_db_path() -> Path:
+    return Path(platformdirs.user_data_dir("peerlink")) / "rendezvous.sqlite3"
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(
+        prog="rendezvous",
+        description="peerlink rendezvous: a STUN server (RFC 8489) that also keeps the peer registry, "
+        "introduces peers to each other and relays for them when no direct path opens.",
+    )
+    parser.add_argument("--host", default=env("RENDEZVOUS_HOST", "0.0.0.0"),
+                        help="address to listen on; '::' for IPv6 and IPv4 (env RENDEZVOUS_HOST, default %(default)s)")
+    parser.add_argument("--port", type=int, default=int(env("RENDEZVOUS_PORT", "3478")),
+                        help="UDP port (env RENDEZVOUS_PORT, default %(default)s, the STUN port)")
+    parser.add_argument("--db", default=env("RENDEZVOUS_DB", str(default_db_path())),
+                        help="SQLite registry file, created if missing (env RENDEZVOUS_DB, default %(default)s)")
+    parser.add_argument("--ttl", type=int, default=int(env("RENDEZVOUS_TTL", "60")),
+                        help="seconds a peer stays listed without a refresh, when it asks for no TTL of its own "
+                        "(env RENDEZVOUS_TTL, default %(default)s)")
+    parser.add_argument("--log-level", default=env("RENDEZVOUS_LOG_LEVEL", "info"),
+                        choices=["debug", "info", "warning", "error"],
+                        help="log verbosity (env RENDEZVOUS_LOG_LEVEL, default %(default)s)")
+    parser.add_argument("--legacy-text", action="store_true", default=_env_flag("RENDEZVOUS_LEGACY_TEXT"),
+                        help="also speak the original course project's plain-text protocol (REGISTER, LIST, "
+                        "CONNECT:<id>, EXIT) on the same port; unauthenticated, so off by default "
+                        "(env RENDEZVOUS_LEGACY_TEXT=1)")
+    parser.add_argument("--no-uvloop", action="store_true", default=_env_flag("RENDEZVOUS_NO_UVLOOP"),
+                        help="use the default asyncio loop even when uvloop is installed (env RENDEZVOUS_NO_UVLOOP=1)")
+    return parser
+
+
+async def serve(args: argparse.Namespace) -> None:
+    from .sqlite_registry import SqliteRegistry
+
+    if not 1 <= args.ttl <= 86400:
+        raise SystemExit("rendezvous: --ttl must be between 1 and 86400 seconds")
+    config = ServerConfig(default_ttl=args.ttl, min_ttl=min(10, args.ttl), legacy_text=args.legacy_text)
+    server = RendezvousServer(config, SqliteRegistry(args.db), args.host, args.port)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    run = asyncio.run
+    if not args.no_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            run = uvloop.run
+    try:
+        run(serve(args))
+    except OSError as error:
+        raise SystemExit(f"rendezvous: {error}") from None

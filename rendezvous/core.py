@@ -1,0 +1,632 @@
+"""The rendezvous server's protocol core: sans-IO.
+
+Datagrams, their source address and ``now`` go in; datagrams to send, events
+to log and registrations to persist come out.  Nothing here touches a socket,
+the clock or the disk.  The wire format is in docs/PROTOCOL.md; in short:
+
+    -> Binding request                      <- XOR-MAPPED-ADDRESS, SOFTWARE
+    -> REGISTER (PUBLIC-KEY, [NICKNAME], [CANDIDATE local]*, [TTL])
+                                            <- 401 + CHALLENGE
+    -> REGISTER (... + CHALLENGE, SIGNATURE) <- PEER-ID, TTL, XOR-MAPPED-ADDRESS, SESSION
+    -> REFRESH (SESSION, [TTL])             <- TTL, XOR-MAPPED-ADDRESS   (401 + CHALLENGE: register again)
+    -> UNREGISTER (SESSION)                 <- success
+    -> LIST (SESSION, [LIMIT], [CURSOR])    <- PEER-ENTRY*, [CURSOR]
+    -> CONNECT (SESSION, PEER-ID target)    <- PEER-ID, PUBLIC-KEY, NICKNAME, CANDIDATE*
+                         and to the target: INTRODUCE request (PEER-ID, PUBLIC-KEY, NICKNAME, CANDIDATE*),
+                                            retransmitted until the target answers it
+    -> SEND indication (SESSION, PEER-ID dest, DATA)
+                         and to the dest:   DATA indication (PEER-ID source, DATA)
+
+REGISTER is the one request that needs the (async) registry: the core hands
+it out as a :class:`PendingRegistration`; the adapter gets the id from the
+registry and calls :meth:`ServerCore.complete_registration`, so the reply
+goes out only once the id is durable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import legacy as legacy_text
+from .directory import Directory
+from .ratelimit import KeyedLimiter
+from .registry import PeerRecord, is_legacy_identity, legacy_identity
+from .stun import (
+    MAX_RELAY_PAYLOAD,
+    REASONS,
+    Address,
+    Attr,
+    Candidate,
+    CandidateKind,
+    ErrorCode,
+    ErrorValue,
+    Message,
+    MessageClass,
+    Method,
+    PeerEntry,
+    StunProtocolError,
+    decode,
+    encode,
+    looks_like_stun,
+)
+from .tokens import Tokens, registration_payload, session_peer_id, verify_signature
+from .transactions import RetransmitPolicy, TransactionTable
+
+# A LIST reply, like every reply, stays within this many bytes (no IP
+# fragmentation on any path with an MTU of 1280 or more).
+MAX_REPLY_BYTES = 1200
+AMPLIFICATION_FACTOR = 3
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    software: str = "peerlink-rendezvous"
+    default_ttl: int = 60
+    min_ttl: int = 10
+    max_ttl: int = 3600
+    legacy_text: bool = False
+    list_default_limit: int = 20
+    list_max_limit: int = 100
+    max_local_candidates: int = 8
+    # Relay limits per sending peer.
+    relay_bytes_per_second: float = 256 * 1024
+    relay_packets_per_second: float = 400
+    relay_burst_seconds: float = 2.0
+    # A signed REGISTER costs a signature check (~60 us): limit those per source
+    # IP (a whole office behind one NAT shares it, hence the generous default).
+    register_per_second: float = 200
+    register_burst: float = 400
+    # Requests of registered peers (LIST, CONNECT, REFRESH), per peer.
+    requests_per_second: float = 50
+    requests_burst: float = 100
+    # Replies kept for retransmitted requests (RFC 8489: 40 s).
+    transaction_cache_seconds: float = 40.0
+    transaction_cache_size: int = 65_536
+    introduction_policy: RetransmitPolicy = RetransmitPolicy(rto=0.5, max_sends=7, last_wait_factor=4)
+
+
+# ----------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base class of everything the core reports to its adapter."""
+
+
+@dataclass(frozen=True)
+class RequestReceived(Event):
+    kind: str  # REGISTER, LIST, CONNECT, EXIT, UNREGISTER ... as logged
+    client: Address
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class PeerOnline(Event):
+    peer_id: int
+    address: Address
+
+
+@dataclass(frozen=True)
+class PeerOffline(Event):
+    peer_id: int
+    reason: str  # "unregistered" or "expired"
+
+
+@dataclass(frozen=True)
+class Dropped(Event):
+    reason: str
+    client: Address
+
+
+@dataclass(frozen=True)
+class PendingRegistration:
+    """A REGISTER whose signature checked out and that waits for its id."""
+
+    identity: bytes
+    address: Address
+    nickname: str
+    local: tuple[Address, ...]
+    ttl: int
+    # None for the legacy text protocol.
+    request: Message | None
+    request_length: int
+
+
+class _InProgress:
+    """Marks a transaction whose reply is not ready yet (REGISTER waiting on the registry)."""
+
+
+IN_PROGRESS = _InProgress()
+
+
+@dataclass
+class ServerCore:
+    """All the server's protocol logic; see the module docstring."""
+
+    config: ServerConfig
+    tokens: Tokens
+    directory: Directory = field(default_factory=Directory)
+    stats: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self._outbox: list[tuple[bytes, Address]] = []
+        self._events: list[Event] = []
+        self._registrations: list[PendingRegistration] = []
+        # (address, transaction id) -> (expires at, reply bytes or IN_PROGRESS)
+        self._replies: dict[tuple[Address, bytes], tuple[float, bytes | _InProgress]] = {}
+        self._introductions: TransactionTable[Address] = TransactionTable(self.config.introduction_policy)
+        c = self.config
+        self._register_limit = KeyedLimiter(c.register_per_second, c.register_burst)
+        self._request_limit = KeyedLimiter(c.requests_per_second, c.requests_burst)
+        self._relay_packets = KeyedLimiter(c.relay_packets_per_second, c.relay_packets_per_second * c.relay_burst_seconds)
+        self._relay_bytes = KeyedLimiter(c.relay_bytes_per_second, c.relay_bytes_per_second * c.relay_burst_seconds)
+        self._handlers: dict[int, Callable[[Message, Address, float, int], Message | None]] = {
+            Method.REFRESH: self._refresh,
+            Method.UNREGISTER: self._unregister,
+            Method.LIST: self._list,
+            Method.CONNECT: self._connect,
+        }
+
+    # ------------------------------------------------------------ outputs
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def events(self) -> list[Event]:
+        out, self._events = self._events, []
+        return out
+
+    def pending_registrations(self) -> list[PendingRegistration]:
+        out, self._registrations = self._registrations, []
+        return out
+
+    def get_timer(self) -> float | None:
+        candidates = [t for t in (self._introductions.get_timer(), self.directory.next_expiry()) if t is not None]
+        return min(candidates) if candidates else None
+
+    def handle_timer(self, now: float) -> None:
+        timers = self._introductions.handle_timer(now)
+        for data, address in timers.resend:
+            self.stats["introductions_retransmitted"] += 1
+            self._outbox.append((data, address))
+        self.stats["introductions_timed_out"] += len(timers.timed_out)
+        for record in self.directory.expire(now):
+            self.stats["peers_expired"] += 1
+            self._events.append(PeerOffline(record.peer_id, "expired"))
+        self._prune_replies(now)
+
+    # ------------------------------------------------------------ input
+
+    def receive_datagram(self, data: bytes, address: Address, now: float) -> None:
+        """Handle one datagram.  Never raises for anything a remote can send."""
+        self.stats["datagrams_received"] += 1
+        if looks_like_stun(data):
+            self._receive_stun(data, address, now)
+        elif self.config.legacy_text and legacy_text.looks_like_legacy(data):
+            self._receive_legacy(data, address, now)
+        else:
+            self._drop("not STUN", address)
+
+    def _drop(self, reason: str, address: Address) -> None:
+        self.stats["dropped"] += 1
+        self.stats["dropped: " + reason] += 1
+        self._events.append(Dropped(reason, address))
+
+    def _receive_stun(self, data: bytes, address: Address, now: float) -> None:
+        try:
+            message = decode(data, allow_classic=True)
+        except StunProtocolError as error:
+            self._drop(f"malformed: {type(error).__name__}", address)
+            return
+        cls = message.message_class
+        if cls == MessageClass.REQUEST:
+            self._receive_request(message, len(data), address, now)
+        elif cls == MessageClass.INDICATION:
+            self._receive_indication(message, address, now)
+        elif message.method == Method.INTRODUCE and not message.classic:
+            if self._introductions.complete(message.transaction_id) is None:
+                self._drop("unexpected response", address)
+            else:
+                self.stats["introductions_acknowledged"] += 1
+        else:
+            self._drop("unexpected response", address)
+
+    def _receive_request(self, message: Message, length: int, address: Address, now: float) -> None:
+        if message.classic:
+            self._binding_classic(message, length, address)
+            return
+        key = (address, message.transaction_id)
+        cached = self._replies.get(key)
+        if cached is not None:
+            self.stats["retransmissions_answered"] += 1
+            if not isinstance(cached[1], _InProgress):
+                self._outbox.append((cached[1], address))
+            return
+        if message.unknown_required:
+            reply = self._error(message, ErrorCode.UNKNOWN_ATTRIBUTE)
+            reply.add(Attr.UNKNOWN_ATTRIBUTES, message.unknown_required)
+            self._send_reply(reply, address, length, verified=False, cache_until=None)
+            return
+        method = message.method
+        if method == Method.BINDING:
+            self.stats["binding"] += 1
+            reply = self._success(message).add(Attr.XOR_MAPPED_ADDRESS, address)
+            self._send_reply(reply, address, length, verified=False, cache_until=None)
+            return
+        if method == Method.REGISTER:
+            self._register(message, length, address, now)
+            return
+        handler = self._handlers.get(method)
+        if handler is None:
+            self.stats["unknown_method"] += 1
+            reply = self._error(message, ErrorCode.BAD_REQUEST, f"Unknown method 0x{method:03x}")
+            self._send_reply(reply, address, length, verified=False, cache_until=None)
+            return
+        result = handler(message, address, now, length)
+        if result is not None:
+            verified = result.message_class == MessageClass.SUCCESS
+            self._send_reply(result, address, length, verified=verified, cache_until=now + self.config.transaction_cache_seconds)
+
+    # ------------------------------------------------------------ replies
+
+    def _success(self, request: Message) -> Message:
+        return Message(request.method, MessageClass.SUCCESS, request.transaction_id)
+
+    def _error(self, request: Message, code: ErrorCode, reason: str | None = None) -> Message:
+        self.stats[f"error {int(code)}"] += 1
+        value = ErrorValue(int(code), reason or REASONS[code])
+        return Message(request.method, MessageClass.ERROR, request.transaction_id, [(Attr.ERROR_CODE, value)])
+
+    def _send_reply(
+        self, reply: Message, address: Address, request_length: int, *, verified: bool, cache_until: float | None
+    ) -> None:
+        data = encode(reply.add(Attr.SOFTWARE, self.config.software))
+        if not verified and len(data) > AMPLIFICATION_FACTOR * request_length:
+            # Until an address has proven itself, never answer it with more than
+            # three times what it sent (RFC 8489 / QUIC style anti-amplification).
+            reply.attributes = [(c, v) for c, v in reply.attributes if c != Attr.SOFTWARE]
+            data = encode(reply)
+            if len(data) > AMPLIFICATION_FACTOR * request_length:
+                self._drop("reply would amplify", address)
+                return
+        if cache_until is not None:
+            self._remember(address, reply.transaction_id, data, cache_until)
+        self._outbox.append((data, address))
+
+    def _remember(self, address: Address, transaction_id: bytes, data: bytes | _InProgress, until: float) -> None:
+        key = (address, transaction_id)
+        self._replies.pop(key, None)
+        self._replies[key] = (until, data)
+        while len(self._replies) > self.config.transaction_cache_size:
+            del self._replies[next(iter(self._replies))]
+
+    def _prune_replies(self, now: float) -> None:
+        # Insertion order is expiry order (same lifetime for all), so stop at the first live one.
+        while self._replies:
+            key = next(iter(self._replies))
+            if self._replies[key][0] > now:
+                break
+            del self._replies[key]
+
+    # ------------------------------------------------------------ methods
+
+    def _binding_classic(self, message: Message, length: int, address: Address) -> None:
+        """RFC 3489 request (no magic cookie): answer with MAPPED-ADDRESS as stund and coturn do."""
+        if message.method != Method.BINDING:
+            self._drop("classic non-Binding request", address)
+            return
+        self.stats["binding_classic"] += 1
+        reply = Message(Method.BINDING, MessageClass.SUCCESS, message.transaction_id, classic=True)
+        reply.add(Attr.MAPPED_ADDRESS, address)
+        self._send_reply(reply, address, length, verified=False, cache_until=None)
+
+    def _clamp_ttl(self, requested: int | None) -> int:
+        if requested is None:
+            return self.config.default_ttl
+        return max(self.config.min_ttl, min(self.config.max_ttl, requested))
+
+    def _register(self, message: Message, length: int, address: Address, now: float) -> None:
+        self.stats["register"] += 1
+        self._events.append(RequestReceived("REGISTER", address))
+        public_key = message.get(Attr.PUBLIC_KEY)
+        if public_key is None:
+            reply = self._error(message, ErrorCode.BAD_REQUEST, "PUBLIC-KEY missing")
+            self._send_reply(reply, address, length, verified=False, cache_until=None)
+            return
+        challenge = message.get(Attr.CHALLENGE)
+        signature = message.get(Attr.SIGNATURE)
+        if challenge is None or not self.tokens.check_challenge(challenge, address, public_key, now):
+            self.stats["challenges_issued"] += 1
+            reply = self._error(message, ErrorCode.UNAUTHORIZED)
+            reply.add(Attr.CHALLENGE, self.tokens.challenge(address, public_key, now))
+            self._send_reply(reply, address, length, verified=False, cache_until=None)
+            return
+        if not self._register_limit.allow(address[0], now):
+            reply = self._error(message, ErrorCode.RATE_LIMITED)
+            self._send_reply(reply, address, length, verified=False, cache_until=None)
+            return
+        if signature is None or not verify_signature(public_key, signature, registration_payload(challenge, public_key)):
+            self.stats["bad_signatures"] += 1
+            reply = self._error(message, ErrorCode.UNAUTHORIZED, "Bad Signature")
+            self._send_reply(reply, address, length, verified=False, cache_until=None)
+            return
+        locals_ = tuple(
+            c.address for c in message.get_all(Attr.CANDIDATE) if c.kind == CandidateKind.LOCAL
+        )[: self.config.max_local_candidates]
+        pending = PendingRegistration(
+            identity=public_key,
+            address=address,
+            nickname=message.get(Attr.NICKNAME, ""),
+            local=locals_,
+            ttl=self._clamp_ttl(message.get(Attr.TTL)),
+            request=message,
+            request_length=length,
+        )
+        self._remember(address, message.transaction_id, IN_PROGRESS, now + self.config.transaction_cache_seconds)
+        self._registrations.append(pending)
+
+    def complete_registration(
+        self, pending: PendingRegistration, peer_id: int, first_seen: float | None, now: float
+    ) -> None:
+        """The registry bound ``pending.identity`` to ``peer_id`` (durably): go online and answer."""
+        record = self.directory.get(peer_id)
+        if record is not None and record.identity == pending.identity:
+            record.observed = pending.address
+            record.nickname = pending.nickname
+            record.local = pending.local
+            record.last_seen = now
+            record.expires_at = now + pending.ttl
+            self.directory.put(record)
+        else:
+            record = PeerRecord(
+                peer_id=peer_id,
+                identity=pending.identity,
+                nickname=pending.nickname,
+                observed=pending.address,
+                local=pending.local,
+                first_seen=first_seen if first_seen else now,
+                last_seen=now,
+                expires_at=now + pending.ttl,
+                online_since=now,
+            )
+            self.directory.put(record)
+            self._events.append(PeerOnline(peer_id, pending.address))
+        self.stats["registered"] += 1
+        request = pending.request
+        if request is None:
+            self._outbox.append((legacy_text.format_register_ack(peer_id), pending.address))
+            return
+        reply = self._success(request)
+        reply.add(Attr.PEER_ID, peer_id)
+        reply.add(Attr.TTL, pending.ttl)
+        reply.add(Attr.XOR_MAPPED_ADDRESS, pending.address)
+        reply.add(Attr.SESSION, self.tokens.session(peer_id, pending.identity, pending.address))
+        self._send_reply(
+            reply, pending.address, pending.request_length, verified=True,
+            cache_until=now + self.config.transaction_cache_seconds,
+        )
+
+    def fail_registration(self, pending: PendingRegistration, now: float) -> None:
+        """The registry could not assign an id (overloaded or broken)."""
+        self.stats["registry_failures"] += 1
+        if pending.request is None:
+            self._outbox.append((legacy_text.format_error("try again later"), pending.address))
+            return
+        self._replies.pop((pending.address, pending.request.transaction_id), None)
+        reply = self._error(pending.request, ErrorCode.TRY_AGAIN_LATER)
+        self._send_reply(reply, pending.address, pending.request_length, verified=False, cache_until=None)
+
+    def _authorise(self, message: Message, address: Address, now: float) -> PeerRecord | Message:
+        """The registered peer behind a request, or the error reply to send."""
+        token = message.get(Attr.SESSION)
+        if token is None:
+            return self._error(message, ErrorCode.UNAUTHORIZED, "SESSION missing")
+        record = self.directory.get(session_peer_id(token))
+        if record is None or not self.tokens.check_session(token, record.identity, address):
+            # Unknown, expired, moved to another address, or forged: either way
+            # the holder of the key has to register again.
+            self.stats["stale_sessions"] += 1
+            return self._error(message, ErrorCode.UNAUTHORIZED, "Register Again")
+        if not self._request_limit.allow(record.peer_id, now):
+            return self._error(message, ErrorCode.RATE_LIMITED)
+        return record
+
+    def _refresh(self, message: Message, address: Address, now: float, length: int) -> Message:
+        self.stats["refresh"] += 1
+        peer = self._authorise(message, address, now)
+        if isinstance(peer, Message):
+            return peer
+        ttl = self._clamp_ttl(message.get(Attr.TTL))
+        peer.last_seen = now
+        peer.expires_at = now + ttl
+        self.directory.touch(peer)
+        reply = self._success(message)
+        reply.add(Attr.TTL, ttl)
+        reply.add(Attr.XOR_MAPPED_ADDRESS, address)
+        return reply
+
+    def _unregister(self, message: Message, address: Address, now: float, length: int) -> Message:
+        self._events.append(RequestReceived("UNREGISTER", address))
+        peer = self._authorise(message, address, now)
+        if isinstance(peer, Message):
+            return peer
+        self.directory.remove(peer.peer_id, now)
+        self._events.append(PeerOffline(peer.peer_id, "unregistered"))
+        return self._success(message)
+
+    def _list(self, message: Message, address: Address, now: float, length: int) -> Message:
+        self.stats["list"] += 1
+        self._events.append(RequestReceived("LIST", address))
+        peer = self._authorise(message, address, now)
+        if isinstance(peer, Message):
+            return peer
+        limit = message.get(Attr.LIMIT, self.config.list_default_limit)
+        limit = max(1, min(limit, self.config.list_max_limit))
+        cursor = message.get(Attr.CURSOR)
+        after = 0
+        if cursor is not None:
+            if len(cursor) != 5 or cursor[0] != 1:
+                return self._error(message, ErrorCode.BAD_REQUEST, "Bad CURSOR")
+            after = struct.unpack_from("!I", cursor, 1)[0]
+        reply = self._success(message)
+        # Header + SOFTWARE + FINGERPRINT + a CURSOR must still fit after the entries.
+        budget = MAX_REPLY_BYTES - 20 - _padded(len(self.config.software.encode())) - 8 - 12
+        used = 0
+        last_id = after
+        more = False
+        for record in self.directory.page(after, limit + 2):  # +1 to see if there is more, +1 for the requester
+            if record.peer_id == peer.peer_id:
+                last_id = record.peer_id
+                continue
+            entry = PeerEntry(record.peer_id, int(record.online_since), record.identity, record.nickname)
+            size = _padded(44 + len(record.nickname.encode()))
+            if limit == 0 or used + size > budget:
+                more = True
+                break
+            reply.add(Attr.PEER_ENTRY, entry)
+            used += size
+            limit -= 1
+            last_id = record.peer_id
+        if more:
+            reply.add(Attr.CURSOR, b"\x01" + struct.pack("!I", last_id))
+        return reply
+
+    def _connect(self, message: Message, address: Address, now: float, length: int) -> Message:
+        target_id = message.get(Attr.PEER_ID)
+        self._events.append(RequestReceived("CONNECT", address, f" to peer {target_id}"))
+        self.stats["connect"] += 1
+        peer = self._authorise(message, address, now)
+        if isinstance(peer, Message):
+            return peer
+        if target_id is None:
+            return self._error(message, ErrorCode.BAD_REQUEST, "PEER-ID missing")
+        target = self.directory.get(target_id)
+        if target is None or is_legacy_identity(target.identity):
+            return self._error(message, ErrorCode.UNKNOWN_PEER)
+        if target.peer_id == peer.peer_id:
+            return self._error(message, ErrorCode.BAD_REQUEST, "Cannot connect to yourself")
+        reply = self._success(message)
+        _describe(reply, target)
+        introduction = Message(Method.INTRODUCE, MessageClass.REQUEST, _introduction_id(message.transaction_id, target))
+        _describe(introduction, peer)
+        data = encode(introduction.add(Attr.SOFTWARE, self.config.software))
+        self._outbox.append((self._introductions.start(introduction.transaction_id, data, target.observed, now), target.observed))
+        self.stats["introductions_sent"] += 1
+        return reply
+
+    def _receive_indication(self, message: Message, address: Address, now: float) -> None:
+        if message.method != Method.SEND or message.classic:
+            self._drop("unexpected indication", address)
+            return
+        token = message.get(Attr.SESSION)
+        dest_id = message.get(Attr.PEER_ID)
+        payload = message.get(Attr.DATA)
+        if token is None or dest_id is None or payload is None:
+            self._drop("SEND incomplete", address)
+            return
+        sender = self.directory.get(session_peer_id(token))
+        if sender is None or not self.tokens.check_session(token, sender.identity, address):
+            self._drop("SEND unauthorised", address)
+            return
+        dest = self.directory.get(dest_id)
+        if dest is None or is_legacy_identity(dest.identity):
+            self._drop("SEND to unknown peer", address)
+            return
+        if not (
+            self._relay_packets.allow(sender.peer_id, now)
+            and self._relay_bytes.allow(sender.peer_id, now, len(payload))
+        ):
+            self._drop("relay rate limited", address)
+            return
+        assert len(payload) <= MAX_RELAY_PAYLOAD  # the codec's bound on DATA
+        out = Message(Method.DATA, MessageClass.INDICATION, message.transaction_id)
+        out.add(Attr.PEER_ID, sender.peer_id).add(Attr.DATA, payload)
+        self.stats["relayed_packets"] += 1
+        self.stats["relayed_bytes"] += len(payload)
+        self._outbox.append((encode(out), dest.observed))
+
+    # ------------------------------------------------------------ legacy text
+
+    def _receive_legacy(self, data: bytes, address: Address, now: float) -> None:
+        me = self.directory.legacy_peer_at(address)
+        try:
+            request = legacy_text.parse_request(data)
+        except legacy_text.LegacyProtocolError as error:
+            self.stats["legacy_errors"] += 1
+            self._legacy_reply(error.reply, address, len(data), me is not None)
+            return
+        self.stats["legacy_requests"] += 1
+        if isinstance(request, legacy_text.LegacyRegister):
+            self._events.append(RequestReceived("REGISTER", address))
+            if not self._register_limit.allow(address[0], now):
+                self._legacy_reply(legacy_text.format_error("rate limited"), address, len(data), False)
+                return
+            self._registrations.append(
+                PendingRegistration(legacy_identity(address), address, "", (), self.config.default_ttl, None, len(data))
+            )
+            return
+        kind = {legacy_text.LegacyList: "LIST", legacy_text.LegacyConnect: "CONNECT", legacy_text.LegacyExit: "EXIT"}
+        detail = f" to peer {request.target_id}" if isinstance(request, legacy_text.LegacyConnect) else ""
+        self._events.append(RequestReceived(kind[type(request)], address, detail))
+        if me is None:
+            # The plain-text protocol cannot prove an address; answering LIST or
+            # CONNECT to anyone would make the server an amplifier.  Only
+            # addresses that registered get answers (and those are rate limited).
+            self._legacy_reply(legacy_text.format_error("register first"), address, len(data), False)
+            return
+        if not self._request_limit.allow(me.peer_id, now):
+            self._drop("legacy rate limited", address)
+            return
+        # The original client never refreshes: any request counts as one.
+        me.last_seen = now
+        me.expires_at = now + self.config.default_ttl
+        self.directory.touch(me)
+        if isinstance(request, legacy_text.LegacyList):
+            entries = [
+                (r.peer_id, r.observed)
+                for r in self.directory.page(0, self.config.list_max_limit, legacy=True)
+                if r.peer_id != me.peer_id
+            ]
+            self._outbox.append((legacy_text.format_list_ack(entries), address))
+        elif isinstance(request, legacy_text.LegacyConnect):
+            target = self.directory.get(request.target_id)
+            if target is None or not is_legacy_identity(target.identity):
+                self._outbox.append((legacy_text.format_error(f"unknown peer {request.target_id}"), address))
+            else:
+                self._outbox.append((legacy_text.format_connect_ack(target.observed), address))
+        else:
+            self.directory.remove(me.peer_id, now)
+            self._events.append(PeerOffline(me.peer_id, "unregistered"))
+            self._outbox.append((legacy_text.format_exit_ack(), address))
+
+    def _legacy_reply(self, data: bytes, address: Address, request_length: int, verified: bool) -> None:
+        if not verified and len(data) > AMPLIFICATION_FACTOR * request_length:
+            self._drop("legacy reply would amplify", address)
+            return
+        self._outbox.append((data, address))
+
+
+def _padded(length: int) -> int:
+    return 4 + length + (-length % 4)
+
+
+def _describe(message: Message, record: PeerRecord) -> None:
+    """Who a peer is and where it can be reached: for CONNECT replies and introductions."""
+    message.add(Attr.PEER_ID, record.peer_id)
+    message.add(Attr.PUBLIC_KEY, record.identity)
+    if record.nickname:
+        message.add(Attr.NICKNAME, record.nickname)
+    message.add(Attr.CANDIDATE, Candidate(CandidateKind.OBSERVED, record.observed))
+    for local in record.local:
+        message.add(Attr.CANDIDATE, Candidate(CandidateKind.LOCAL, local))
+
+
+def _introduction_id(request_id: bytes, target: PeerRecord) -> bytes:
+    """Derived from the CONNECT's id so that a retransmitted CONNECT whose reply was
+    cached does not start a second introduction; unguessable since the request's is."""
+    return hashlib.sha256(b"introduce" + request_id + struct.pack("!I", target.peer_id)).digest()[:12]

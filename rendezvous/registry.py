@@ -1,0 +1,84 @@
+"""The registry's data model and the async interface every backend implements.
+
+The server keeps the online peers in memory (rendezvous.directory) and uses a
+backend for what must outlive the process: which identity owns which numeric
+id, the last known state of each peer, and the server's secret.  The
+interface is async so that a networked backend (Redis) can implement it; the
+SQLite backend runs its statements inline on the loop (each is tens of
+microseconds, batched), so no threads are involved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Protocol
+
+from .stun import Address
+
+LEGACY_PREFIX = b"legacy:"
+
+
+def legacy_identity(address: Address) -> bytes:
+    """Peers of the original plain-text protocol have no key: their address is
+    their identity, so the same address gets the same id back."""
+    host, port = address
+    return LEGACY_PREFIX + f"{host}:{port}".encode()
+
+
+def is_legacy_identity(identity: bytes) -> bool:
+    return identity.startswith(LEGACY_PREFIX)
+
+
+@dataclass(slots=True)
+class PeerRecord:
+    """Everything the registry keeps per identity.
+
+    ``identity`` is a 32-byte Ed25519 public key, or ``legacy_identity(addr)``.
+    Times are seconds since the epoch (floats).
+    """
+
+    peer_id: int
+    identity: bytes
+    nickname: str
+    observed: Address
+    local: tuple[Address, ...]
+    first_seen: float
+    last_seen: float
+    expires_at: float
+    online_since: float
+
+
+class Registry(Protocol):
+    """Persistent registry backend.
+
+    Contract:
+    * ``assign_id`` returns the id already bound to ``identity`` or binds the
+      next free id (1, 2, 3 ...).  When it returns, the binding is durable:
+      a ``kill -9`` right after cannot lose it.  Concurrent calls may be
+      committed together (group commit).
+    * ``save`` records the latest state of peers.  It may be called often with
+      small batches; durability of that state is best effort (the server
+      batches refreshes and calls it every few seconds and at shutdown).
+    * ``load_online`` returns the records whose ``expires_at`` is after ``now``
+      (used at start-up so a restarted server still knows who is online).
+    * ``secret`` returns a 32-byte random secret created on first use and kept,
+      so that challenges and session tokens survive a restart.
+    """
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def assign_id(self, identity: bytes) -> int: ...
+
+    async def lookup_id(self, identity: bytes) -> int | None: ...
+
+    async def save(self, records: Iterable[PeerRecord]) -> None: ...
+
+    async def load_online(self, now: float) -> list[PeerRecord]: ...
+
+    async def get(self, peer_id: int) -> PeerRecord | None: ...
+
+    async def count(self) -> int: ...
+
+    async def secret(self) -> bytes: ...

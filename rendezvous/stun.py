@@ -1,0 +1,527 @@
+"""STUN message codec (RFC 8489), pure: bytes in, typed messages out and back.
+
+Table-driven: every attribute the project understands is one row of
+``ATTRIBUTES`` (code, name, packer, unpacker, length bounds).  Every length is
+checked before a slice is taken, and every malformed input raises
+:class:`MalformedMessage` with a message precise enough for tests to assert.
+The wire format of each attribute is written down in docs/PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+import binascii
+import enum
+import hashlib
+import hmac
+import ipaddress
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, NamedTuple
+
+MAGIC_COOKIE = 0x2112A442
+MAGIC_COOKIE_BYTES = struct.pack("!I", MAGIC_COOKIE)
+FINGERPRINT_XOR = 0x5354554E
+HEADER = struct.Struct("!HHI12s")
+HEADER_LENGTH = 20
+ATTRIBUTE_HEADER = struct.Struct("!HH")
+# Nothing legitimate on this protocol is larger: the relay payload is capped at
+# 1200 bytes and every reply fits in 1200.  Bigger datagrams are dropped early.
+MAX_MESSAGE_LENGTH = 1500
+MAX_RELAY_PAYLOAD = 1200
+MAX_NICKNAME_BYTES = 64
+PUBLIC_KEY_LENGTH = 32
+SIGNATURE_LENGTH = 64
+SESSION_LENGTH = 20  # 4-byte peer id + 16-byte HMAC tag
+MAX_CURSOR_LENGTH = 32
+
+
+class StunProtocolError(Exception):
+    """Base of every error raised for bytes that break the wire format."""
+
+
+class MalformedMessage(StunProtocolError):
+    """The datagram is not a well-formed STUN message."""
+
+
+class IntegrityError(StunProtocolError):
+    """FINGERPRINT or MESSAGE-INTEGRITY does not match the message."""
+
+
+class MessageClass(enum.IntEnum):
+    REQUEST = 0b00
+    INDICATION = 0b01
+    SUCCESS = 0b10
+    ERROR = 0b11
+
+
+class Method(enum.IntEnum):
+    """STUN methods.  0x001 is RFC 8489 Binding; the rest are peerlink's own,
+    taken from the unassigned 0x800-0xFFF range (see docs/PROTOCOL.md)."""
+
+    BINDING = 0x001
+    REGISTER = 0x801
+    REFRESH = 0x802
+    UNREGISTER = 0x803
+    LIST = 0x804
+    CONNECT = 0x805
+    INTRODUCE = 0x806
+    SEND = 0x807
+    DATA = 0x808
+
+
+class Attr(enum.IntEnum):
+    MAPPED_ADDRESS = 0x0001
+    USERNAME = 0x0006
+    MESSAGE_INTEGRITY = 0x0008
+    ERROR_CODE = 0x0009
+    UNKNOWN_ATTRIBUTES = 0x000A
+    REALM = 0x0014
+    NONCE = 0x0015
+    DATA = 0x0013
+    XOR_MAPPED_ADDRESS = 0x0020
+    PRIORITY = 0x0024
+    USE_CANDIDATE = 0x0025
+    # peerlink, comprehension-required (0x4000-0x7FFF: designated-expert range)
+    PUBLIC_KEY = 0x4001
+    CANDIDATE = 0x4002
+    TTL = 0x4003
+    PEER_ID = 0x4004
+    CHALLENGE = 0x4005
+    SIGNATURE = 0x4006
+    SESSION = 0x4007
+    LIMIT = 0x4008
+    CURSOR = 0x4009
+    PEER_ENTRY = 0x400A
+    # comprehension-optional
+    SOFTWARE = 0x8022
+    FINGERPRINT = 0x8028
+    ICE_CONTROLLED = 0x8029
+    ICE_CONTROLLING = 0x802A
+    NICKNAME = 0xC001
+    ONLINE_SINCE = 0xC002
+
+
+class ErrorCode(enum.IntEnum):
+    BAD_REQUEST = 400
+    UNAUTHORIZED = 401
+    UNKNOWN_PEER = 404
+    UNKNOWN_ATTRIBUTE = 420
+    RATE_LIMITED = 429
+    SERVER_ERROR = 500
+    TRY_AGAIN_LATER = 503
+
+
+REASONS = {
+    ErrorCode.BAD_REQUEST: "Bad Request",
+    ErrorCode.UNAUTHORIZED: "Unauthorized",
+    ErrorCode.UNKNOWN_PEER: "Unknown Peer",
+    ErrorCode.UNKNOWN_ATTRIBUTE: "Unknown Attribute",
+    ErrorCode.RATE_LIMITED: "Rate Limited",
+    ErrorCode.SERVER_ERROR: "Server Error",
+    ErrorCode.TRY_AGAIN_LATER: "Try Again Later",
+}
+
+Address = tuple[str, int]
+
+
+class CandidateKind(enum.IntEnum):
+    OBSERVED = 0  # the address the server saw the peer's datagrams come from
+    LOCAL = 1  # an address of one of the peer's own interfaces
+
+
+class Candidate(NamedTuple):
+    kind: CandidateKind
+    address: Address
+
+
+class ErrorValue(NamedTuple):
+    code: int
+    reason: str
+
+
+class PeerEntry(NamedTuple):
+    """One row of a LIST reply: no IP address, on purpose (privacy)."""
+
+    peer_id: int
+    online_since: int
+    public_key: bytes
+    nickname: str
+
+
+# --------------------------------------------------------------------------
+# Type field: the method and class bits are interleaved (RFC 8489 section 5).
+
+
+def pack_type(method: int, message_class: int) -> int:
+    return (
+        ((method & 0xF80) << 2)
+        | ((method & 0x070) << 1)
+        | (method & 0x00F)
+        | ((message_class & 0b10) << 7)
+        | ((message_class & 0b01) << 4)
+    )
+
+
+def unpack_type(message_type: int) -> tuple[int, int]:
+    method = ((message_type & 0x3E00) >> 2) | ((message_type & 0x00E0) >> 1) | (message_type & 0x000F)
+    message_class = ((message_type & 0x0100) >> 7) | ((message_type & 0x0010) >> 4)
+    return method, message_class
+
+
+# --------------------------------------------------------------------------
+# Attribute value packers.  Each unpacker gets exactly the value bytes (the
+# length field was already checked against the table's bounds).
+
+
+def _xor_mask(transaction_id: bytes) -> bytes:
+    return MAGIC_COOKIE_BYTES + transaction_id
+
+
+def _pack_address_body(address: Address, first_byte: int, xor_with: bytes | None) -> bytes:
+    host, port = address
+    ip = ipaddress.ip_address(host)
+    raw = ip.packed
+    family = 0x01 if ip.version == 4 else 0x02
+    if xor_with is not None:
+        port ^= MAGIC_COOKIE >> 16
+        raw = bytes(a ^ b for a, b in zip(raw, xor_with))
+    return struct.pack("!BBH", first_byte, family, port) + raw
+
+
+def _unpack_address_body(value: bytes, xor_with: bytes | None) -> tuple[int, Address]:
+    first_byte, family, port = struct.unpack_from("!BBH", value)
+    raw = value[4:]
+    if family == 0x01:
+        if len(raw) != 4:
+            raise MalformedMessage(f"IPv4 address must be 4 bytes, got {len(raw)}")
+    elif family == 0x02:
+        if len(raw) != 16:
+            raise MalformedMessage(f"IPv6 address must be 16 bytes, got {len(raw)}")
+    else:
+        raise MalformedMessage(f"unknown address family 0x{family:02x}")
+    if xor_with is not None:
+        port ^= MAGIC_COOKIE >> 16
+        raw = bytes(a ^ b for a, b in zip(raw, xor_with))
+    host = str(ipaddress.ip_address(raw))
+    return first_byte, (host, port)
+
+
+def pack_address(value: Address, tid: bytes) -> bytes:
+    return _pack_address_body(value, 0, None)
+
+
+def unpack_address(value: bytes, tid: bytes) -> Address:
+    return _unpack_address_body(value, None)[1]
+
+
+def pack_xor_address(value: Address, tid: bytes) -> bytes:
+    return _pack_address_body(value, 0, _xor_mask(tid))
+
+
+def unpack_xor_address(value: bytes, tid: bytes) -> Address:
+    return _unpack_address_body(value, _xor_mask(tid))[1]
+
+
+def pack_candidate(value: Candidate, tid: bytes) -> bytes:
+    return _pack_address_body(value.address, int(value.kind), _xor_mask(tid))
+
+
+def unpack_candidate(value: bytes, tid: bytes) -> Candidate:
+    kind, address = _unpack_address_body(value, _xor_mask(tid))
+    try:
+        return Candidate(CandidateKind(kind), address)
+    except ValueError:
+        raise MalformedMessage(f"unknown candidate kind {kind}") from None
+
+
+def pack_u32(value: int, tid: bytes) -> bytes:
+    return struct.pack("!I", value)
+
+
+def unpack_u32(value: bytes, tid: bytes) -> int:
+    return int(struct.unpack("!I", value)[0])
+
+
+def pack_u64(value: int, tid: bytes) -> bytes:
+    return struct.pack("!Q", value)
+
+
+def unpack_u64(value: bytes, tid: bytes) -> int:
+    return int(struct.unpack("!Q", value)[0])
+
+
+def pack_bytes(value: bytes, tid: bytes) -> bytes:
+    return bytes(value)
+
+
+def unpack_bytes(value: bytes, tid: bytes) -> bytes:
+    return bytes(value)
+
+
+def pack_text(value: str, tid: bytes) -> bytes:
+    return value.encode("utf-8")
+
+
+def unpack_text(value: bytes, tid: bytes) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedMessage("text attribute is not valid UTF-8") from None
+
+
+def pack_error(value: ErrorValue, tid: bytes) -> bytes:
+    code, reason = value
+    return struct.pack("!HBB", 0, code // 100, code % 100) + reason.encode("utf-8")
+
+
+def unpack_error(value: bytes, tid: bytes) -> ErrorValue:
+    _, hundreds, units = struct.unpack_from("!HBB", value)
+    hundreds &= 0x07
+    if not 3 <= hundreds <= 6 or units > 99:
+        raise MalformedMessage(f"ERROR-CODE class {hundreds} number {units} out of range")
+    return ErrorValue(hundreds * 100 + units, unpack_text(value[4:], tid))
+
+
+def pack_attribute_list(value: tuple[int, ...], tid: bytes) -> bytes:
+    return b"".join(struct.pack("!H", code) for code in value)
+
+
+def unpack_attribute_list(value: bytes, tid: bytes) -> tuple[int, ...]:
+    if len(value) % 2:
+        raise MalformedMessage("UNKNOWN-ATTRIBUTES length is odd")
+    return tuple(struct.unpack(f"!{len(value) // 2}H", value))
+
+
+PEER_ENTRY_FIXED = struct.Struct("!IQ32s")
+
+
+def pack_peer_entry(value: PeerEntry, tid: bytes) -> bytes:
+    return PEER_ENTRY_FIXED.pack(value.peer_id, value.online_since, value.public_key) + value.nickname.encode("utf-8")
+
+
+def unpack_peer_entry(value: bytes, tid: bytes) -> PeerEntry:
+    peer_id, online_since, public_key = PEER_ENTRY_FIXED.unpack_from(value)
+    return PeerEntry(peer_id, online_since, public_key, unpack_text(value[PEER_ENTRY_FIXED.size :], tid))
+
+
+class AttributeSpec(NamedTuple):
+    name: str
+    pack: Callable[[Any, bytes], bytes]
+    unpack: Callable[[bytes, bytes], Any]
+    min_length: int
+    max_length: int
+
+
+ATTRIBUTES: dict[int, AttributeSpec] = {
+    Attr.MAPPED_ADDRESS: AttributeSpec("MAPPED-ADDRESS", pack_address, unpack_address, 8, 20),
+    Attr.USERNAME: AttributeSpec("USERNAME", pack_text, unpack_text, 0, 513),
+    Attr.MESSAGE_INTEGRITY: AttributeSpec("MESSAGE-INTEGRITY", pack_bytes, unpack_bytes, 20, 20),
+    Attr.ERROR_CODE: AttributeSpec("ERROR-CODE", pack_error, unpack_error, 4, 4 + 763),
+    Attr.UNKNOWN_ATTRIBUTES: AttributeSpec("UNKNOWN-ATTRIBUTES", pack_attribute_list, unpack_attribute_list, 0, 64),
+    Attr.REALM: AttributeSpec("REALM", pack_text, unpack_text, 0, 763),
+    Attr.NONCE: AttributeSpec("NONCE", pack_text, unpack_text, 0, 763),
+    Attr.DATA: AttributeSpec("DATA", pack_bytes, unpack_bytes, 0, MAX_RELAY_PAYLOAD),
+    Attr.XOR_MAPPED_ADDRESS: AttributeSpec("XOR-MAPPED-ADDRESS", pack_xor_address, unpack_xor_address, 8, 20),
+    Attr.PRIORITY: AttributeSpec("PRIORITY", pack_u32, unpack_u32, 4, 4),
+    Attr.USE_CANDIDATE: AttributeSpec("USE-CANDIDATE", pack_bytes, unpack_bytes, 0, 0),
+    Attr.PUBLIC_KEY: AttributeSpec("PUBLIC-KEY", pack_bytes, unpack_bytes, PUBLIC_KEY_LENGTH, PUBLIC_KEY_LENGTH),
+    Attr.CANDIDATE: AttributeSpec("CANDIDATE", pack_candidate, unpack_candidate, 8, 20),
+    Attr.TTL: AttributeSpec("TTL", pack_u32, unpack_u32, 4, 4),
+    Attr.PEER_ID: AttributeSpec("PEER-ID", pack_u32, unpack_u32, 4, 4),
+    Attr.CHALLENGE: AttributeSpec("CHALLENGE", pack_bytes, unpack_bytes, 8, 64),
+    Attr.SIGNATURE: AttributeSpec("SIGNATURE", pack_bytes, unpack_bytes, SIGNATURE_LENGTH, SIGNATURE_LENGTH),
+    Attr.SESSION: AttributeSpec("SESSION", pack_bytes, unpack_bytes, SESSION_LENGTH, SESSION_LENGTH),
+    Attr.LIMIT: AttributeSpec("LIMIT", pack_u32, unpack_u32, 4, 4),
+    Attr.CURSOR: AttributeSpec("CURSOR", pack_bytes, unpack_bytes, 1, MAX_CURSOR_LENGTH),
+    Attr.PEER_ENTRY: AttributeSpec(
+        "PEER-ENTRY", pack_peer_entry, unpack_peer_entry, PEER_ENTRY_FIXED.size, PEER_ENTRY_FIXED.size + MAX_NICKNAME_BYTES
+    ),
+    Attr.SOFTWARE: AttributeSpec("SOFTWARE", pack_text, unpack_text, 0, 763),
+    Attr.FINGERPRINT: AttributeSpec("FINGERPRINT", pack_u32, unpack_u32, 4, 4),
+    Attr.ICE_CONTROLLED: AttributeSpec("ICE-CONTROLLED", pack_u64, unpack_u64, 8, 8),
+    Attr.ICE_CONTROLLING: AttributeSpec("ICE-CONTROLLING", pack_u64, unpack_u64, 8, 8),
+    Attr.NICKNAME: AttributeSpec("NICKNAME", pack_text, unpack_text, 0, MAX_NICKNAME_BYTES),
+    Attr.ONLINE_SINCE: AttributeSpec("ONLINE-SINCE", pack_u64, unpack_u64, 8, 8),
+}
+
+
+def is_comprehension_required(code: int) -> bool:
+    return code < 0x8000
+
+
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Message:
+    """A decoded (or to-be-encoded) STUN message.
+
+    ``attributes`` keeps wire order, and repeats where the wire repeats (as
+    CANDIDATE and PEER-ENTRY do).  ``classic`` marks an RFC 3489 message
+    without the magic cookie: its transaction id is then 16 bytes long.
+    ``unknown_required`` lists comprehension-required attribute types that
+    this codec does not know; the server answers those with 420.
+    """
+
+    method: int
+    message_class: MessageClass
+    transaction_id: bytes
+    attributes: list[tuple[int, Any]] = field(default_factory=list)
+    classic: bool = False
+    unknown_required: tuple[int, ...] = ()
+    # Offset of MESSAGE-INTEGRITY in the raw bytes, for verify_integrity().
+    raw: bytes = b""
+    integrity_offset: int | None = None
+
+    def get(self, code: int, default: Any = None) -> Any:
+        for attr_code, value in self.attributes:
+            if attr_code == code:
+                return value
+        return default
+
+    def get_all(self, code: int) -> list[Any]:
+        return [value for attr_code, value in self.attributes if attr_code == code]
+
+    def add(self, code: int, value: Any) -> "Message":
+        self.attributes.append((code, value))
+        return self
+
+    def verify_integrity(self, key: bytes) -> bool:
+        """Check MESSAGE-INTEGRITY (HMAC-SHA1) against ``key``."""
+        if self.integrity_offset is None:
+            return False
+        offset = self.integrity_offset
+        # The length field covers everything up to and including MESSAGE-INTEGRITY.
+        header = self.raw[:2] + struct.pack("!H", offset + 24 - HEADER_LENGTH) + self.raw[4:HEADER_LENGTH]
+        expected = hmac.new(key, header + self.raw[HEADER_LENGTH:offset], hashlib.sha1).digest()
+        return hmac.compare_digest(expected, self.get(Attr.MESSAGE_INTEGRITY))
+
+
+def new_transaction_id(random_bytes: Callable[[int], bytes]) -> bytes:
+    return random_bytes(12)
+
+
+def encode(
+    message: Message,
+    *,
+    integrity_key: bytes | None = None,
+    fingerprint: bool = True,
+) -> bytes:
+    """Serialise ``message``; optionally append MESSAGE-INTEGRITY and FINGERPRINT."""
+    tid = message.transaction_id
+    if message.classic:
+        if len(tid) != 16:
+            raise ValueError("classic (RFC 3489) transaction id must be 16 bytes")
+        cookie_and_tid = tid
+        xor_tid = tid[4:]
+    else:
+        if len(tid) != 12:
+            raise ValueError("transaction id must be 12 bytes")
+        cookie_and_tid = MAGIC_COOKIE_BYTES + tid
+        xor_tid = tid
+    body = bytearray()
+    for code, value in message.attributes:
+        spec = ATTRIBUTES.get(code)
+        raw = value if spec is None else spec.pack(value, xor_tid)
+        if spec is not None and not spec.min_length <= len(raw) <= spec.max_length:
+            raise ValueError(f"{spec.name} value of {len(raw)} bytes is out of bounds")
+        body += ATTRIBUTE_HEADER.pack(code, len(raw)) + raw + bytes(-len(raw) % 4)
+    message_type = pack_type(message.method, message.message_class)
+
+    def header(length: int) -> bytes:
+        return struct.pack("!HH", message_type, length) + cookie_and_tid
+
+    if integrity_key is not None:
+        mac = hmac.new(integrity_key, header(len(body) + 24) + bytes(body), hashlib.sha1).digest()
+        body += ATTRIBUTE_HEADER.pack(Attr.MESSAGE_INTEGRITY, 20) + mac
+    if fingerprint:
+        crc = binascii.crc32(header(len(body) + 8) + bytes(body)) ^ FINGERPRINT_XOR
+        body += ATTRIBUTE_HEADER.pack(Attr.FINGERPRINT, 4) + struct.pack("!I", crc)
+    return header(len(body)) + bytes(body)
+
+
+def looks_like_stun(data: bytes) -> bool:
+    """First-byte demultiplexing (RFC 7983): STUN starts with bits 00."""
+    return len(data) >= HEADER_LENGTH and data[0] < 0x40
+
+
+def decode(data: bytes, *, allow_classic: bool = False, require_fingerprint: bool = False) -> Message:
+    """Parse and check one datagram.  Raises :class:`StunProtocolError`."""
+    length_in = len(data)
+    if length_in < HEADER_LENGTH:
+        raise MalformedMessage(f"datagram of {length_in} bytes is shorter than the 20-byte header")
+    if length_in > MAX_MESSAGE_LENGTH:
+        raise MalformedMessage(f"datagram of {length_in} bytes exceeds {MAX_MESSAGE_LENGTH}")
+    message_type, body_length, cookie, tid = HEADER.unpack_from(data)
+    if message_type & 0xC000:
+        raise MalformedMessage("the two most significant bits of a STUN message must be zero")
+    if body_length % 4:
+        raise MalformedMessage(f"message length {body_length} is not a multiple of 4")
+    if body_length != length_in - HEADER_LENGTH:
+        raise MalformedMessage(f"message length field says {body_length} but {length_in - HEADER_LENGTH} bytes follow")
+    classic = cookie != MAGIC_COOKIE
+    if classic and not allow_classic:
+        raise MalformedMessage(f"wrong magic cookie 0x{cookie:08x}")
+    transaction_id = data[4:HEADER_LENGTH] if classic else tid
+    xor_tid = data[8:HEADER_LENGTH]
+    method, message_class = unpack_type(message_type)
+    message = Message(method, MessageClass(message_class), bytes(transaction_id), classic=classic, raw=bytes(data))
+
+    unknown: list[int] = []
+    offset = HEADER_LENGTH
+    seen_integrity = False
+    while offset < length_in:
+        if length_in - offset < 4:
+            raise MalformedMessage(f"truncated attribute header at offset {offset}")
+        code, attr_length = ATTRIBUTE_HEADER.unpack_from(data, offset)
+        value_start = offset + 4
+        value_end = value_start + attr_length
+        padded_end = value_start + attr_length + (-attr_length % 4)
+        if padded_end > length_in:
+            raise MalformedMessage(f"attribute 0x{code:04x} of {attr_length} bytes overruns the message")
+        value = data[value_start:value_end]
+        if code == Attr.FINGERPRINT:
+            if padded_end != length_in:
+                raise MalformedMessage("FINGERPRINT is not the last attribute")
+            if attr_length != 4:
+                raise MalformedMessage(f"FINGERPRINT must be 4 bytes, got {attr_length}")
+            expected = binascii.crc32(data[:offset]) ^ FINGERPRINT_XOR
+            if struct.unpack("!I", value)[0] != expected:
+                raise IntegrityError("FINGERPRINT does not match the message")
+            message.attributes.append((code, expected))
+            message.unknown_required = tuple(unknown)
+            return message
+        if seen_integrity:
+            # RFC 8489 14.5: anything after MESSAGE-INTEGRITY but FINGERPRINT is ignored.
+            offset = padded_end
+            continue
+        spec = ATTRIBUTES.get(code)
+        if spec is None:
+            if is_comprehension_required(code):
+                unknown.append(code)
+            offset = padded_end
+            continue
+        if not spec.min_length <= attr_length <= spec.max_length:
+            raise MalformedMessage(
+                f"{spec.name} length {attr_length} outside {spec.min_length}..{spec.max_length}"
+            )
+        message.attributes.append((code, spec.unpack(value, xor_tid)))
+        if code == Attr.MESSAGE_INTEGRITY:
+            seen_integrity = True
+            message.integrity_offset = offset
+        offset = padded_end
+    if require_fingerprint:
+        raise MalformedMessage("FINGERPRINT is missing")
+    message.unknown_required = tuple(unknown)
+    return message
+
+
+def peek_transaction_id(data: bytes) -> bytes | None:
+    """The transaction id of a datagram that may fail to decode, for error replies."""
+    if len(data) < HEADER_LENGTH:
+        return None
+    return bytes(data[8:HEADER_LENGTH])
+
+
+def attribute_names(codes: Iterable[int]) -> list[str]:
+    return [ATTRIBUTES[c].name if c in ATTRIBUTES else f"0x{c:04x}" for c in codes]

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that the tests and benchmarks need, when run as
+# root and when they are missing.  Not root: say what is missing and go on
+# (the tests that need a missing tool skip with that reason).
+set -euo pipefail
+
+need=()
+command -v turnutils_stunclient >/dev/null 2>&1 || need+=(coturn)
+command -v turnserver >/dev/null 2>&1 || need+=(coturn)
+
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
+if [ "$(id -u)" -ne 0 ]; then
+  echo "system-deps: not root; missing Debian packages: ${need[*]} (the tests that need them will skip)" >&2
+  exit 0
+fi
+echo "system-deps: installing ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

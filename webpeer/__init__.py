@@ -1,0 +1,1 @@
+"""peerlink webpeer: one user's peer process (see issue: webpeer)."""
