@@ -59,8 +59,9 @@ class Registry(Protocol):
     * ``save`` records the latest state of peers.  It may be called often with
       small batches; durability of that state is best effort (the server
       batches refreshes and calls it every few seconds and at shutdown).
-    * ``load_online`` returns the records whose ``expires_at`` is after ``now``
-      (used at start-up so a restarted server still knows who is online).
+    * ``load_online`` returns the records whose ``expires_at`` is after ``now``,
+      in id order (used at start-up so a restarted server still knows who is
+      online); with ``limit``, only that many, starting after ``after_id``.
     * ``secret`` returns a 32-byte random secret created on first use and kept,
       so that challenges and session tokens survive a restart.
     """
@@ -75,7 +76,7 @@ class Registry(Protocol):
 
     async def save(self, records: Iterable[PeerRecord]) -> None: ...
 
-    async def load_online(self, now: float) -> list[PeerRecord]: ...
+    async def load_online(self, now: float, after_id: int = 0, limit: int | None = None) -> list[PeerRecord]: ...
 
     async def get(self, peer_id: int) -> PeerRecord | None: ...
 

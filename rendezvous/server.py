@@ -32,6 +32,8 @@ logger = logging.getLogger("rendezvous")
 # Registrations waiting on the registry beyond this are refused with 503
 # rather than queued without bound.
 MAX_PENDING_REGISTRATIONS = 10_000
+# Online peers are loaded at start-up in pages of this many.
+LOAD_PAGE = 10_000
 
 
 class RendezvousServer:
@@ -69,8 +71,11 @@ class RendezvousServer:
         secret = await self.registry.secret()
         directory = Directory()
         now = self.clock()
-        for record in await self.registry.load_online(now):
-            directory.put(record)
+        last_id = 0
+        while page := await self.registry.load_online(now, after_id=last_id, limit=LOAD_PAGE):
+            for record in page:
+                directory.put(record)
+            last_id = page[-1].peer_id
         directory.take_dirty()  # just loaded: nothing to write back
         self.core = ServerCore(self.config, Tokens(secret), directory)
         self._endpoint = UdpEndpoint.bind(self.host, self.port, self._on_datagram, self._flush, self.core.stats)

@@ -363,15 +363,24 @@ class SqliteRegistry:
         with self._transaction() as conn:
             conn.executemany(_UPDATE_STATE, rows)
 
-    async def load_online(self, now: float) -> list[PeerRecord]:
-        """Records whose ``expires_at`` is after ``now``, by id."""
+    async def load_online(self, now: float, after_id: int = 0, limit: int | None = None) -> list[PeerRecord]:
+        """Records whose ``expires_at`` is after ``now``, by id; with ``limit``,
+        one page of them starting after ``after_id`` (so a million online
+        peers can be loaded without holding every row twice)."""
         with self._errors() as conn:
-            # No ORDER BY: with it the planner prefers walking the whole
-            # table in rowid order over the expires_at index.
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM peers WHERE expires_at > ?", (now,)
-            ).fetchall()
-        rows.sort(key=lambda row: row[0])
+            if limit is None:
+                # No ORDER BY: with it the planner prefers walking the whole
+                # table in rowid order over the expires_at index.
+                rows = conn.execute(
+                    f"SELECT {_COLUMNS} FROM peers WHERE expires_at > ?", (now,)
+                ).fetchall()
+                rows.sort(key=lambda row: row[0])
+            else:
+                # Walks the primary key from ``after_id``: one pass over the table in all.
+                rows = conn.execute(
+                    f"SELECT {_COLUMNS} FROM peers WHERE peer_id > ? AND expires_at > ? ORDER BY peer_id LIMIT ?",
+                    (after_id, now, limit),
+                ).fetchall()
         return [_record(row) for row in rows]
 
     async def get(self, peer_id: int) -> PeerRecord | None:

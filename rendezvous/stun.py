@@ -13,7 +13,7 @@ import binascii
 import enum
 import hashlib
 import hmac
-import ipaddress
+import socket
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, NamedTuple
@@ -177,15 +177,28 @@ def _xor_mask(transaction_id: bytes) -> bytes:
     return MAGIC_COOKIE_BYTES + transaction_id
 
 
+def _xor_bytes(raw: bytes, mask: bytes) -> bytes:
+    size = len(raw)
+    return (int.from_bytes(raw, "big") ^ int.from_bytes(mask[:size], "big")).to_bytes(size, "big")
+
+
 def _pack_address_body(address: Address, first_byte: int, xor_with: bytes | None) -> bytes:
     host, port = address
-    ip = ipaddress.ip_address(host)
-    raw = ip.packed
-    family = 0x01 if ip.version == 4 else 0x02
+    # socket.inet_pton is ~20x faster than the ipaddress module on this hot path.
+    try:
+        if ":" in host:
+            family, raw = 0x02, socket.inet_pton(socket.AF_INET6, host.partition("%")[0])
+        else:
+            family, raw = 0x01, socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        raise ValueError(f"not an IP address: {host!r}") from None
     if xor_with is not None:
         port ^= MAGIC_COOKIE >> 16
-        raw = bytes(a ^ b for a, b in zip(raw, xor_with))
-    return struct.pack("!BBH", first_byte, family, port) + raw
+        raw = _xor_bytes(raw, xor_with)
+    return _ADDRESS_HEAD.pack(first_byte, family, port) + raw
+
+
+_ADDRESS_HEAD = struct.Struct("!BBH")
 
 
 def _unpack_address_body(value: bytes, xor_with: bytes | None) -> tuple[int, Address]:
@@ -201,8 +214,8 @@ def _unpack_address_body(value: bytes, xor_with: bytes | None) -> tuple[int, Add
         raise MalformedMessage(f"unknown address family 0x{family:02x}")
     if xor_with is not None:
         port ^= MAGIC_COOKIE >> 16
-        raw = bytes(a ^ b for a, b in zip(raw, xor_with))
-    host = str(ipaddress.ip_address(raw))
+        raw = _xor_bytes(raw, xor_with)
+    host = socket.inet_ntop(socket.AF_INET if family == 0x01 else socket.AF_INET6, raw)
     return first_byte, (host, port)
 
 
@@ -419,25 +432,53 @@ def encode(
             raise ValueError("transaction id must be 12 bytes")
         cookie_and_tid = MAGIC_COOKIE_BYTES + tid
         xor_tid = tid
-    body = bytearray()
+    parts = []
+    attribute_header = ATTRIBUTE_HEADER.pack
     for code, value in message.attributes:
         spec = ATTRIBUTES.get(code)
         raw = value if spec is None else spec.pack(value, xor_tid)
         if spec is not None and not spec.min_length <= len(raw) <= spec.max_length:
             raise ValueError(f"{spec.name} value of {len(raw)} bytes is out of bounds")
-        body += ATTRIBUTE_HEADER.pack(code, len(raw)) + raw + bytes(-len(raw) % 4)
+        parts.append(attribute_header(code, len(raw)))
+        parts.append(raw)
+        if len(raw) % 4:
+            parts.append(_PADDING[len(raw) % 4])
+    body = b"".join(parts)
     message_type = pack_type(message.method, message.message_class)
-
-    def header(length: int) -> bytes:
-        return struct.pack("!HH", message_type, length) + cookie_and_tid
-
     if integrity_key is not None:
-        mac = hmac.new(integrity_key, header(len(body) + 24) + bytes(body), hashlib.sha1).digest()
-        body += ATTRIBUTE_HEADER.pack(Attr.MESSAGE_INTEGRITY, 20) + mac
+        header = _TYPE_LENGTH.pack(message_type, len(body) + 24) + cookie_and_tid
+        mac = hmac.new(integrity_key, header + body, hashlib.sha1).digest()
+        body += attribute_header(Attr.MESSAGE_INTEGRITY, 20) + mac
     if fingerprint:
-        crc = binascii.crc32(header(len(body) + 8) + bytes(body)) ^ FINGERPRINT_XOR
-        body += ATTRIBUTE_HEADER.pack(Attr.FINGERPRINT, 4) + struct.pack("!I", crc)
-    return header(len(body)) + bytes(body)
+        header = _TYPE_LENGTH.pack(message_type, len(body) + 8) + cookie_and_tid
+        crc = binascii.crc32(body, binascii.crc32(header)) ^ FINGERPRINT_XOR
+        return header + body + _FINGERPRINT_HEAD + _U32.pack(crc)
+    return _TYPE_LENGTH.pack(message_type, len(body)) + cookie_and_tid + body
+
+
+_PADDING = {1: bytes(3), 2: bytes(2), 3: bytes(1)}
+_TYPE_LENGTH = struct.Struct("!HH")
+_U32 = struct.Struct("!I")
+_FINGERPRINT_HEAD = ATTRIBUTE_HEADER.pack(0x8028, 4)
+
+
+def fast_binding_success(transaction_id: bytes, address: Address, software: bytes) -> bytes:
+    """A Binding success response (XOR-MAPPED-ADDRESS, optional SOFTWARE
+    attribute bytes, FINGERPRINT) without the generic encoder: the Binding
+    path is the server's hottest.  ``software`` is a pre-encoded SOFTWARE
+    TLV (with padding) or b""; byte-identical to :func:`encode`'s output."""
+    mapped = pack_xor_address(address, transaction_id)
+    body = ATTRIBUTE_HEADER.pack(0x0020, len(mapped)) + mapped + software
+    header = _TYPE_LENGTH.pack(0x0101, len(body) + 8) + MAGIC_COOKIE_BYTES + transaction_id
+    crc = binascii.crc32(body, binascii.crc32(header)) ^ FINGERPRINT_XOR
+    return header + body + _FINGERPRINT_HEAD + _U32.pack(crc)
+
+
+def encode_attribute(code: int, value: Any, transaction_id: bytes = bytes(12)) -> bytes:
+    """One attribute as TLV bytes with padding (for pre-encoded constants)."""
+    spec = ATTRIBUTES[code]
+    raw = spec.pack(value, transaction_id)
+    return ATTRIBUTE_HEADER.pack(code, len(raw)) + raw + bytes(-len(raw) % 4)
 
 
 def looks_like_stun(data: bytes) -> bool:

@@ -46,11 +46,10 @@ class Tokens:
         self._secret = secret
 
     def _mac(self, *parts: bytes) -> bytes:
-        mac = hmac.new(self._secret, digestmod=hashlib.sha256)
-        for part in parts:
-            mac.update(struct.pack("!H", len(part)))
-            mac.update(part)
-        return mac.digest()[:MAC_LENGTH]
+        # Length-prefixed parts, so no two different tuples hash alike;
+        # hmac.digest is the one-shot C path (several times faster than hmac.new).
+        framed = b"".join(struct.pack("!H", len(part)) + part for part in parts)
+        return hmac.digest(self._secret, framed, "sha256")[:MAC_LENGTH]
 
     def challenge(self, address: Address, public_key: bytes, now: float) -> bytes:
         stamp = struct.pack("!I", int(now) & 0xFFFFFFFF)

@@ -7,6 +7,8 @@ set -euo pipefail
 need=()
 command -v turnutils_stunclient >/dev/null 2>&1 || need+=(coturn)
 command -v turnserver >/dev/null 2>&1 || need+=(coturn)
+command -v stun >/dev/null 2>&1 || need+=(stun-client)  # RFC 3489 client (tests/interop)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)     # WebRTC ICE gathering (tests/interop)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -247,4 +247,31 @@ async def test_every_server_message_carries_a_fingerprint(server: RendezvousServ
     await alice.register()
     response = await alice.request(session_request(Method.LIST, alice.registration.session))
     assert response.attributes[-1][0] == Attr.FINGERPRINT
-    assert response.get(Attr.SOFTWARE) == "peerlink-rendezvous"
+    assert response.get(Attr.SOFTWARE) == "peerlink"
+
+
+async def test_refreshes_are_batched_not_written_one_by_one(server: RendezvousServer, make_client) -> None:
+    clients = [await make_client() for _ in range(5)]
+    for client in clients:
+        await client.register()
+    await server.flush_registry()
+    before = server.registry.transactions
+    for _ in range(20):
+        for client in clients:
+            await client.refresh()
+    # 100 refreshes, and at most a few periodic flushes (every 0.2 s in this fixture).
+    during = server.registry.transactions - before
+    assert during <= 5
+    await server.flush_registry()
+    from rendezvous.sqlite_registry import SqliteRegistry
+
+    check = SqliteRegistry(server.registry.path)
+    await check.open()
+    try:
+        for client in clients:
+            stored = await check.get(client.registration.peer_id)
+            live = server.core.directory.get(client.registration.peer_id)
+            assert stored.last_seen == live.last_seen
+            assert stored.expires_at == live.expires_at
+    finally:
+        await check.close()
