@@ -136,6 +136,7 @@ class RendezvousClient:
         self.introductions: asyncio.Queue[PeerInfo] = asyncio.Queue()
         self.relayed: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
         self.other: asyncio.Queue[tuple[bytes, Address]] = asyncio.Queue()
+        self._seen_introductions: dict[bytes, None] = {}
 
     # ------------------------------------------------------------ socket
 
@@ -175,7 +176,12 @@ class RendezvousClient:
         elif message.message_class == MessageClass.REQUEST and message.method == Method.INTRODUCE:
             ack = Message(Method.INTRODUCE, MessageClass.SUCCESS, message.transaction_id)
             self.send_raw(encode(ack))
-            self.introductions.put_nowait(PeerInfo.from_message(message))
+            # A retransmission (our ack was lost) is acknowledged again but reported once.
+            if message.transaction_id not in self._seen_introductions:
+                self._seen_introductions[message.transaction_id] = None
+                if len(self._seen_introductions) > 256:
+                    del self._seen_introductions[next(iter(self._seen_introductions))]
+                self.introductions.put_nowait(PeerInfo.from_message(message))
         elif message.message_class == MessageClass.INDICATION and message.method == Method.DATA:
             self.relayed.put_nowait((message.get(Attr.PEER_ID), message.get(Attr.DATA)))
 

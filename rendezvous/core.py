@@ -8,7 +8,7 @@ the clock or the disk.  The wire format is in docs/PROTOCOL.md; in short:
     -> REGISTER (PUBLIC-KEY, [NICKNAME], [CANDIDATE local]*, [TTL])
                                             <- 401 + CHALLENGE
     -> REGISTER (... + CHALLENGE, SIGNATURE) <- PEER-ID, TTL, XOR-MAPPED-ADDRESS, SESSION
-    -> REFRESH (SESSION, [TTL])             <- TTL, XOR-MAPPED-ADDRESS   (401 + CHALLENGE: register again)
+    -> REFRESH (SESSION, [TTL])             <- TTL, XOR-MAPPED-ADDRESS   (401 Register Again: do REGISTER)
     -> UNREGISTER (SESSION)                 <- success
     -> LIST (SESSION, [LIMIT], [CURSOR])    <- PEER-ENTRY*, [CURSOR]
     -> CONNECT (SESSION, PEER-ID target)    <- PEER-ID, PUBLIC-KEY, NICKNAME, CANDIDATE*
@@ -88,6 +88,9 @@ class ServerConfig:
     # Requests of registered peers (LIST, CONNECT, REFRESH), per peer.
     requests_per_second: float = 50
     requests_burst: float = 100
+    # Legacy LIST/CONNECT/EXIT replies per source IP (the text protocol
+    # cannot prove addresses, so this bounds what a spoofer can aim at one).
+    legacy_bytes_per_second: float = 16 * 1024
     # Replies kept for retransmitted requests (RFC 8489: 40 s).
     transaction_cache_seconds: float = 40.0
     transaction_cache_size: int = 65_536
@@ -170,6 +173,7 @@ class ServerCore:
         self._relay_packets = KeyedLimiter(c.relay_packets_per_second, c.relay_packets_per_second * c.relay_burst_seconds)
         self._relay_bytes = KeyedLimiter(c.relay_bytes_per_second, c.relay_bytes_per_second * c.relay_burst_seconds)
         self._software_tlv = encode_attribute(Attr.SOFTWARE, self.config.software)
+        self._legacy_bytes = KeyedLimiter(c.legacy_bytes_per_second, c.legacy_bytes_per_second * 2)
         self._handlers: dict[int, Callable[[Message, Address, float, int], Message | None]] = {
             Method.REFRESH: self._refresh,
             Method.UNREGISTER: self._unregister,
@@ -242,9 +246,11 @@ class ServerCore:
         elif cls == MessageClass.INDICATION:
             self._receive_indication(message, address, now)
         elif message.method == Method.INTRODUCE and not message.classic:
-            if self._introductions.complete(message.transaction_id) is None:
+            # Only the target, from the address it was introduced at, can acknowledge.
+            if self._introductions.context(message.transaction_id) != address:
                 self._drop("unexpected response", address)
             else:
+                self._introductions.complete(message.transaction_id)
                 self.stats["introductions_acknowledged"] += 1
         else:
             self._drop("unexpected response", address)
@@ -300,7 +306,11 @@ class ServerCore:
     def _send_reply(
         self, reply: Message, address: Address, request_length: int, *, verified: bool, cache_until: float | None
     ) -> None:
-        data = encode(reply.add(Attr.SOFTWARE, self.config.software))
+        if not reply.classic:
+            # RFC 3489 parsers (stund) reject text attributes whose length is not
+            # a multiple of 4; classic replies carry none.
+            reply.add(Attr.SOFTWARE, self.config.software)
+        data = encode(reply)
         if not verified and len(data) > AMPLIFICATION_FACTOR * request_length:
             # Until an address has proven itself, never answer it with more than
             # three times what it sent (RFC 8489 / QUIC style anti-amplification).
@@ -443,7 +453,7 @@ class ServerCore:
         if token is None:
             return self._error(message, ErrorCode.UNAUTHORIZED, "SESSION missing")
         record = self.directory.get(session_peer_id(token))
-        if record is None or not self.tokens.check_session(token, record.identity, address):
+        if record is None or record.observed != address or not self.tokens.check_session(token, record.identity, address):
             # Unknown, expired, moved to another address, or forged: either way
             # the holder of the key has to register again.
             self.stats["stale_sessions"] += 1
@@ -547,11 +557,15 @@ class ServerCore:
             self._drop("SEND incomplete", address)
             return
         sender = self.directory.get(session_peer_id(token))
-        if sender is None or not self.tokens.check_session(token, sender.identity, address):
+        if sender is None or sender.observed != address or not self.tokens.check_session(token, sender.identity, address):
             self._drop("SEND unauthorised", address)
             return
+        if message.unknown_required:
+            # RFC 8489 6.3: an indication with unknown comprehension-required attributes is discarded.
+            self._drop("SEND with unknown attributes", address)
+            return
         dest = self.directory.get(dest_id)
-        if dest is None or is_legacy_identity(dest.identity):
+        if dest is None or is_legacy_identity(dest.identity) or dest is sender:
             self._drop("SEND to unknown peer", address)
             return
         if not (
@@ -598,6 +612,12 @@ class ServerCore:
             return
         if not self._request_limit.allow(me.peer_id, now):
             self._drop("legacy rate limited", address)
+            return
+        if not self._legacy_bytes.allow(address[0], now, MAX_REPLY_BYTES):
+            # A legacy REGISTER proves nothing, so a spoofed one could make this
+            # address a target; the per-IP byte budget caps what any one IP
+            # (whatever its ports) can be sent, i.e. the worst amplification.
+            self._drop("legacy byte budget", address)
             return
         # The original client never refreshes: any request counts as one.
         me.last_seen = now

@@ -25,7 +25,7 @@ HEADER = struct.Struct("!HHI12s")
 HEADER_LENGTH = 20
 ATTRIBUTE_HEADER = struct.Struct("!HH")
 # Nothing legitimate on this protocol is larger: the relay payload is capped at
-# 1200 bytes and every reply fits in 1200.  Bigger datagrams are dropped early.
+# 1200 bytes and every STUN reply fits in 1200.  Bigger datagrams are dropped early.
 MAX_MESSAGE_LENGTH = 1500
 MAX_RELAY_PAYLOAD = 1200
 MAX_NICKNAME_BYTES = 64

@@ -67,6 +67,11 @@ class TransactionTable(Generic[Context]):
         pending = self._pending.pop(transaction_id, None)
         return None if pending is None else pending.context
 
+    def context(self, transaction_id: bytes) -> Context | None:
+        """The context of an outstanding request, without completing it."""
+        pending = self._pending.get(transaction_id)
+        return None if pending is None else pending.context
+
     def cancel(self, transaction_id: bytes) -> None:
         self._pending.pop(transaction_id, None)
 

@@ -1,0 +1,69 @@
+"""The contract between the web layer and the peer: what the page can ask and
+what it is told.  The web layer (webpeer/web.py) only talks to a
+:class:`PeerApi`; the real one is webpeer.node.PeerNode, and unit tests of
+the web layer use a small in-memory fake.
+
+JSON shapes (also documented in the README):
+
+    me:       {"id": int|null, "name": str, "fingerprint": str, "public_address": "host:port"|null,
+               "server": "host:port", "registered": bool}
+    peer:     {"id": int, "name": str, "fingerprint": str, "online": bool, "unread": int,
+               "key_changed": bool,
+               "connection": null | {"state": "connecting"|"direct"|"relayed", "address": "host:port"|null}}
+    message:  {"id": str, "peer": int, "from": int, "to": int, "text": str,
+               "status": "queued"|"sending"|"sent"|"delivered"|"failed"|"received",
+               "time": float (unix seconds), "error": str|null}
+
+Events pushed to every websocket (each a dict with "type"):
+
+    {"type": "message", "message": <message>}        a new incoming or outgoing message
+    {"type": "status", "id": str, "status": str, "error": str|null}
+    {"type": "peers", "peers": [<peer>, ...]}        the peer list changed
+    {"type": "connection", "peer": int, "connection": <connection or null>}
+    {"type": "me", "me": <me>}                       registration state changed
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+JSON = dict[str, Any]
+
+MAX_TEXT_BYTES = 64 * 1024
+
+
+class ApiError(Exception):
+    """A request the peer refuses, with an HTTP-ish status for the web layer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class PeerApi(Protocol):
+    def me(self) -> JSON: ...
+
+    def peers(self) -> list[JSON]: ...
+
+    def messages(self, peer_id: int, limit: int = 500) -> list[JSON]: ...
+
+    async def send_message(self, to: int, text: str) -> JSON:
+        """Store and start sending; returns the stored message (status queued
+        or sending).  Raises ApiError(400) for an empty or too long text,
+        ApiError(404) for an id the server never gave out."""
+        ...
+
+    async def retry(self, message_id: str) -> JSON:
+        """Send a failed message again; ApiError(404) if unknown, (409) if not failed."""
+        ...
+
+    def mark_read(self, peer_id: int) -> None: ...
+
+    def subscribe(self) -> asyncio.Queue[JSON]:
+        """A queue that receives every event from now on (bounded: a consumer
+        that falls far behind is sent a fresh snapshot instead)."""
+        ...
+
+    def unsubscribe(self, queue: asyncio.Queue[JSON]) -> None: ...
