@@ -22,7 +22,8 @@ import argparse
 import asyncio
 import ipaddress
 import signal
-from typing import Any, Callable, cast
+from collections.abc import Callable
+from typing import Any, cast
 
 
 class EchoProtocol(asyncio.DatagramProtocol):
@@ -41,7 +42,7 @@ class EchoProtocol(asyncio.DatagramProtocol):
             # The selector transport reads self.max_size per recvfrom(); an
             # instance attribute overrides the 256 KiB class default.  uvloop's
             # transport has no such knob (and does not need it).
-            setattr(transport, "max_size", self._recv_size)
+            setattr(transport, "max_size", self._recv_size)  # noqa: B010 (not a typed attribute)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self._sendto(data, addr)

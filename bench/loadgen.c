@@ -443,7 +443,7 @@ int main(int argc, char **argv) {
     struct stats st = {0};
     struct epoll_event *events = calloc((size_t)nsock, sizeof *events);
     if (!events) die("out of memory");
-    const uint64_t timeout_ns = (uint64_t)timeout_ms * 1000000ull;
+    const uint64_t timeout_ns = (uint64_t)timeout_ms * 1000000u;
     const uint64_t t0 = now_ns();
     const uint64_t measure_start = t0 + (uint64_t)(warmup * 1e9);
     const uint64_t end = measure_start + (uint64_t)(duration * 1e9);

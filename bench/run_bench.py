@@ -44,8 +44,14 @@ C_PROGRAMS = ("loadgen", "udp_echo")
 READY_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 5.0
 
-# Ratio columns of the table: (column title, scenario name), each at MAIN_LOAD.
-RATIO_BASES = (("coturn", "coturn Binding"), ("uvloop echo", "asyncio echo, uvloop"))
+# Ratio columns of the table: (column title, base scenario at MAIN_LOAD, metric).
+# A ratio of server CPU per reply above 1 means more work per request than the
+# base; a replies/s ratio above 1 means more throughput.
+RATIOS = (
+    ("replies/s × coturn", "coturn Binding", "replies_per_s"),
+    ("µs/reply × coturn", "coturn Binding", "server_us_per_reply"),
+    ("µs/reply × uvloop echo", "asyncio echo, uvloop", "server_us_per_reply"),
+)
 
 
 class BenchError(Exception):
@@ -199,10 +205,13 @@ def measure(
     # Scheduler accounting over (about) the generator's measured window; the
     # generator's own window starts a few ms after this, so both samples fall
     # inside its lifetime.
+    pids = (("server", server.proc.pid), ("gen", gen.pid))
     sleep_until(started + args.warmup)
-    before = {name: sched_seconds(pid) for name, pid in (("server", server.proc.pid), ("gen", gen.pid))}
+    window_start = time.monotonic()
+    before = {name: sched_seconds(pid) for name, pid in pids}
     sleep_until(started + args.warmup + args.duration)
-    after = {name: sched_seconds(pid) for name, pid in (("server", server.proc.pid), ("gen", gen.pid))}
+    window = time.monotonic() - window_start
+    after = {name: sched_seconds(pid) for name, pid in pids}
     try:
         out, err = gen.communicate(timeout=args.warmup + args.duration + 60)
     except subprocess.TimeoutExpired:
@@ -211,18 +220,21 @@ def measure(
         raise BenchError("generator did not finish") from None
     if gen.returncode != 0:
         raise BenchError(f"generator failed ({gen.returncode}): {err.strip()}")
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    try:
+        result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise BenchError(f"generator printed no JSON: {out!r} {err!r}") from None
     for name in ("server", "gen"):
         b, a = before[name], after[name]
         if b is not None and a is not None:
-            result[f"{name}_cpu_pct"] = round(100 * (a[0] - b[0]) / args.duration, 1)
-            result[f"{name}_waited_pct"] = round(100 * (a[1] - b[1]) / args.duration, 1)
+            result[f"{name}_cpu_pct"] = round(100 * (a[0] - b[0]) / window, 1)
+            result[f"{name}_waited_pct"] = round(100 * (a[1] - b[1]) / window, 1)
             if result["replies_per_s"] > 0:
                 # CPU per reply barely moves when a neighbour steals the core,
                 # unlike replies/s: the steadier number on a shared machine.
                 # It includes the kernel's loopback delivery work done in the
                 # process's own send calls.
-                per_reply = (a[0] - b[0]) * 1e6 / (result["replies_per_s"] * args.duration)
+                per_reply = (a[0] - b[0]) * 1e6 / (result["replies_per_s"] * window)
                 result[f"{name}_us_per_reply"] = round(per_reply, 2)
     if server.proc.poll() is not None:
         raise BenchError(f"server died during the run:\n{server.log_tail()}")
@@ -310,7 +322,17 @@ MEDIAN_KEYS = (
     "server_us_per_reply",
     "gen_us_per_reply",
 )
-SUM_KEYS = ("sent", "replies", "lost", "stale")
+SUM_KEYS = (
+    "sent",
+    "replies",
+    "lost",
+    "stale",
+    "send_errors",
+    "recv_errors",
+    "success_responses",
+    "error_responses",
+    "other_replies",
+)
 
 
 def summarise(rows: list[dict[str, Any]], selected: list[Scenario]) -> list[dict[str, Any]]:
@@ -333,17 +355,17 @@ def summarise(rows: list[dict[str, Any]], selected: list[Scenario]) -> list[dict
                     line[key] = statistics.median(values)
             for key in SUM_KEYS:
                 line[key] = sum(r[key] for r in ok)
-            line["warnings"] = sorted({w for r in ok for w in r["warnings"]})
+            line["warnings"] = warnings_for(scenario, line)  # sums and medians over rounds
             line["notes"] = scenario.notes
             summary.append(line)
     main = scenarios.MAIN_LOAD.label
-    for title, base_name in RATIO_BASES:
+    for title, base_name, metric in RATIOS:
         base = next(
             (s for s in summary if s["scenario"] == base_name and s["load"] == main and s["status"] == "ok"), None
         )
         for line in summary:
-            if base and line["status"] == "ok" and base["replies_per_s"] > 0:
-                line[f"x {title}"] = line["replies_per_s"] / base["replies_per_s"]
+            if base and line["status"] == "ok" and base.get(metric) and metric in line:
+                line[title] = line[metric] / base[metric]
     return summary
 
 
@@ -357,10 +379,9 @@ def cpu_cell(line: dict[str, Any], who: str) -> str:
 
 def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """The results table, ratios first-class."""
-    ratio_cols = [f"x {title}" for title, _ in RATIO_BASES]
-    head = ["scenario", "sockets x window", "replies/s", *(f"× {t}" for t, _ in RATIO_BASES)]
-    head += ["server CPU µs/reply", "p50 µs", "p99 µs", "p99.9 µs", "server CPU % (waited)", "gen CPU % (waited)"]
-    head += ["notes"]
+    ratio_cols = [title for title, _, _ in RATIOS]
+    head = ["scenario", "sockets x window", "replies/s", "server CPU µs/reply", *ratio_cols]
+    head += ["p50 µs", "p99 µs", "p99.9 µs", "server CPU % (waited)", "gen CPU % (waited)", "notes"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     previous = None
     for s in summary:
@@ -375,8 +396,8 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 s["scenario"],
                 s["load"],
                 f"{s['replies_per_s']:,.0f}",
-                *(f"{s[c]:.2f}" if c in s else "n/a" for c in ratio_cols),
                 f"{s['server_us_per_reply']:.1f}" if "server_us_per_reply" in s else "?",
+                *(f"{s[c]:.2f}" if c in s else "n/a" for c in ratio_cols),
                 f"{s['p50_us']:.0f}",
                 f"{s['p99_us']:.0f}",
                 f"{s['p999_us']:.0f}",
@@ -403,14 +424,14 @@ def environment(ctx: Context) -> dict[str, Any]:
     except OSError:
         pass
     probe = "import sys, importlib.metadata as m; print(sys.version.split()[0]); print(m.version('uvloop'))"
-    found = subprocess.run([str(ctx.python), "-c", probe], capture_output=True, text=True)
+    found = subprocess.run([str(ctx.python), "-c", probe], capture_output=True, text=True, check=False)
     versions = found.stdout.split()
     if versions:
         env["python"] = versions[0]
     if len(versions) > 1:
         env["uvloop"] = versions[1]
     if shutil.which("turnserver"):
-        ts = subprocess.run(["turnserver", "--version"], capture_output=True, text=True)
+        ts = subprocess.run(["turnserver", "--version"], capture_output=True, text=True, check=False)
         env["coturn"] = (ts.stdout or ts.stderr).strip().splitlines()[-1:] or ["?"]
         env["coturn"] = env["coturn"][0]
     return env

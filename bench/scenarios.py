@@ -22,10 +22,11 @@ import socket
 import struct
 import subprocess
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 MAGIC_COOKIE = 0x2112A442
 BINDING_REQUEST = 0x0001
@@ -116,7 +117,9 @@ def need_module(name: str) -> Requirement:
     def check(ctx: Context) -> str | None:
         probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec(sys.argv[1]) is None)"
         try:
-            found = subprocess.run([str(ctx.python), "-c", probe, name], capture_output=True, timeout=30)
+            found = subprocess.run(
+                [str(ctx.python), "-c", probe, name], capture_output=True, timeout=30, check=False
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"cannot probe for {name}: {exc}"
         return None if found.returncode == 0 else f"{name} not importable by {ctx.python}"
@@ -282,11 +285,11 @@ def template_lines(templates: list[Template]) -> str:
 
 
 __all__ = [
-    "Context",
-    "Load",
     "MAIN_LOAD",
     "SCENARIOS",
     "SWEEP_LOADS",
+    "Context",
+    "Load",
     "Scenario",
     "Template",
     "binding_templates",

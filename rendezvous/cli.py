@@ -25,6 +25,9 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
     parser = argparse.ArgumentParser(
@@ -34,15 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default=env("RENDEZVOUS_HOST", "0.0.0.0"),
                         help="address to listen on; '::' for IPv6 and IPv4 (env RENDEZVOUS_HOST, default %(default)s)")
-    parser.add_argument("--port", type=int, default=int(env("RENDEZVOUS_PORT", "3478")),
+    # String defaults go through ``type`` too, so a bad env value is a usage error, not a traceback.
+    parser.add_argument("--port", type=int, default=env("RENDEZVOUS_PORT", "3478"),
                         help="UDP port (env RENDEZVOUS_PORT, default %(default)s, the STUN port)")
     parser.add_argument("--db", default=env("RENDEZVOUS_DB", str(default_db_path())),
                         help="SQLite registry file, created if missing (env RENDEZVOUS_DB, default %(default)s)")
-    parser.add_argument("--ttl", type=int, default=int(env("RENDEZVOUS_TTL", "60")),
+    parser.add_argument("--ttl", type=int, default=env("RENDEZVOUS_TTL", "60"),
                         help="seconds a peer stays listed without a refresh, when it asks for no TTL of its own "
                         "(env RENDEZVOUS_TTL, default %(default)s)")
     parser.add_argument("--log-level", default=env("RENDEZVOUS_LOG_LEVEL", "info"),
-                        choices=["debug", "info", "warning", "error"],
+                        choices=LOG_LEVELS,
                         help="log verbosity (env RENDEZVOUS_LOG_LEVEL, default %(default)s)")
     parser.add_argument("--legacy-text", action="store_true", default=_env_flag("RENDEZVOUS_LEGACY_TEXT"),
                         help="also speak the original course project's plain-text protocol (REGISTER, LIST, "
@@ -70,7 +74,11 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # argparse checks choices on the command line only, not on a default from the environment.
+    if args.log_level.lower() not in LOG_LEVELS:
+        parser.error(f"RENDEZVOUS_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {args.log_level!r}")
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(message)s",
@@ -84,7 +92,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             pass
         else:
             run = uvloop.run
+    from .sqlite_registry import RegistryError
+
     try:
         run(serve(args))
-    except OSError as error:
+    except (OSError, RegistryError) as error:
         raise SystemExit(f"rendezvous: {error}") from None

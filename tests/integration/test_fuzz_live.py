@@ -39,7 +39,7 @@ from rendezvous.server import RendezvousServer
 from rendezvous.stun import ATTRIBUTES, FINGERPRINT_XOR, Attr, Message, MessageClass, Method, encode
 from rendezvous.tokens import registration_payload
 
-DATAGRAMS = 4000
+DATAGRAMS = int(os.environ.get("FUZZ_DATAGRAMS", "4000"))
 CHUNK = 32  # datagrams sent per loop iteration, so the server drains as we go
 SEND_BUDGET_SECONDS = 20.0
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from rendezvous.client import RendezvousClient, RendezvousError
+from rendezvous.client import RendezvousError
 from rendezvous.core import ServerConfig
 from rendezvous.server import RendezvousServer
 from rendezvous.sqlite_registry import SqliteRegistry

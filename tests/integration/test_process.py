@@ -446,18 +446,32 @@ async def test_server_configured_by_environment_alone(tmp_path: Path, clients) -
 
 
 def test_bad_settings_exit_with_a_message(tmp_path: Path) -> None:
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
+    def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "rendezvous", "--host", "127.0.0.1", "--db", str(tmp_path / "x.sqlite3"), *args],
-            capture_output=True, text=True, env=clean_env(), timeout=20,
+            [sys.executable, "-m", "rendezvous", "--host", "127.0.0.1", *args],
+            capture_output=True, text=True, env=clean_env(**env), timeout=20,
         )
 
-    result = run("--ttl", "0", "--port", str(free_udp_port()))
+    db = str(tmp_path / "x.sqlite3")
+    port = str(free_udp_port())
+    result = run("--ttl", "0", "--port", port, "--db", db)
     assert result.returncode != 0
     assert "--ttl must be between 1 and 86400" in result.stderr
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
-        result = run("--port", str(taken.getsockname()[1]))
+        result = run("--port", str(taken.getsockname()[1]), "--db", db)
     assert result.returncode == 1
     assert "Address already in use" in result.stderr
-    assert "Traceback" not in result.stderr
+    # Bad values from the environment are usage errors too, and so is a
+    # registry path that cannot be a database: one line, no traceback.
+    cases = [
+        ((), {"RENDEZVOUS_PORT": "abc", "RENDEZVOUS_DB": db}, "argument --port: invalid int value: 'abc'"),
+        (("--port", port), {"RENDEZVOUS_TTL": "soon", "RENDEZVOUS_DB": db}, "argument --ttl: invalid int value"),
+        (("--port", port, "--db", db), {"RENDEZVOUS_LOG_LEVEL": "verbose"}, "RENDEZVOUS_LOG_LEVEL must be one of"),
+        (("--port", port, "--db", str(tmp_path)), {}, "rendezvous: cannot open registry"),
+    ]
+    for args, env, message in cases:
+        result = run(*args, **env)
+        assert result.returncode in (1, 2), (args, env, result.stderr)
+        assert message in result.stderr, (args, env, result.stderr)
+        assert "Traceback" not in result.stderr, result.stderr

@@ -1,0 +1,320 @@
+"""One QUIC connection to another peer, with mutual authentication (sans-IO).
+
+aioquic's QuicConnection is itself sans-IO; a PeerLink wraps it with the
+authentication state machine and frame codec:
+
+    connector (QUIC client)                      acceptor (QUIC server)
+    handshake; checks the acceptor's certificate
+      holds exactly the key the registry gave
+    -> hello {id, key}                           checks the key is the registry's for id
+                                                 <- challenge {nonce}
+    -> auth {sig: Ed25519(ctx|nonce|acceptor key|connector key)}
+                                                 verifies
+                                                 <- ok
+    READY: both sides exchange frames (msg, ack ...) on stream 0
+
+Every transition is in ``_TRANSITIONS``; an illegal one closes the link and
+names the frame and the state.  Time comes in as ``now``.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+from aioquic.quic import events as quic_events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+
+from rendezvous.stun import Address
+
+from .identity import Identity, auth_payload, raw_public_key, verify
+from .wire import Frame, FrameDecoder, FrameError, encode_frame, require
+
+ALPN = "peerlink/1"
+CONTROL_STREAM = 0
+NONCE_LENGTH = 32
+
+
+class Role(enum.Enum):
+    CONNECTOR = "connector"
+    ACCEPTOR = "acceptor"
+
+
+class LinkState(enum.Enum):
+    HANDSHAKING = "handshaking"
+    WAITING_HELLO = "waiting-hello"  # acceptor: handshake done, no hello yet
+    CHECKING_HELLO = "checking-hello"  # acceptor: asked its owner whether the key is right
+    WAITING_CHALLENGE = "waiting-challenge"  # connector: hello sent
+    WAITING_AUTH = "waiting-auth"  # acceptor: challenge sent
+    WAITING_OK = "waiting-ok"  # connector: auth sent
+    READY = "ready"
+    CLOSED = "closed"
+
+
+# (state, frame type) -> handler name.  Anything else is a protocol violation.
+_TRANSITIONS: dict[tuple[LinkState, str], str] = {
+    (LinkState.WAITING_HELLO, "hello"): "_on_hello",
+    (LinkState.WAITING_CHALLENGE, "challenge"): "_on_challenge",
+    (LinkState.WAITING_AUTH, "auth"): "_on_auth",
+    (LinkState.WAITING_OK, "ok"): "_on_ok",
+}
+
+
+@dataclass(frozen=True)
+class LinkEvent:
+    """Base of what a link reports to its owner."""
+
+
+@dataclass(frozen=True)
+class HelloReceived(LinkEvent):
+    """Acceptor: the connector claims this id and key; the owner must answer
+    with :meth:`PeerLink.confirm_hello`."""
+
+    peer_id: int
+    public_key: bytes
+
+
+@dataclass(frozen=True)
+class LinkReady(LinkEvent):
+    peer_id: int
+    public_key: bytes
+
+
+@dataclass(frozen=True)
+class FrameReceived(LinkEvent):
+    frame: Frame
+
+
+@dataclass(frozen=True)
+class LinkClosed(LinkEvent):
+    reason: str
+
+
+@dataclass(frozen=True)
+class ConnectionIdsChanged(LinkEvent):
+    issued: tuple[bytes, ...]
+    retired: tuple[bytes, ...]
+
+
+def quic_configuration(identity: Identity, role: Role, idle_timeout: float) -> QuicConfiguration:
+    configuration = QuicConfiguration(
+        is_client=role is Role.CONNECTOR,
+        alpn_protocols=[ALPN],
+        idle_timeout=idle_timeout,
+        max_datagram_frame_size=None,
+    )
+    if role is Role.ACCEPTOR:
+        configuration.certificate = identity.certificate()
+        configuration.private_key = identity.private_key
+    else:
+        # The certificate is self-signed: what is checked is the key inside,
+        # against the registry (see _on_handshake_completed), not a CA chain.
+        configuration.verify_mode = ssl.CERT_NONE
+    return configuration
+
+
+class PeerLink:
+    def __init__(
+        self,
+        role: Role,
+        quic: QuicConnection,
+        identity: Identity,
+        my_id: int,
+        address: Address,
+        *,
+        expected_peer: tuple[int, bytes] | None = None,
+        random_bytes: Any = os.urandom,
+    ) -> None:
+        if role is Role.CONNECTOR and expected_peer is None:
+            raise ValueError("a connector must know whom it expects")
+        self.role = role
+        self.quic = quic
+        self.identity = identity
+        self.my_id = my_id
+        self.address = address
+        self.expected_peer = expected_peer
+        self.peer_id: int | None = expected_peer[0] if expected_peer else None
+        self.peer_key: bytes | None = expected_peer[1] if expected_peer else None
+        self.state = LinkState.HANDSHAKING
+        self.close_reason: str | None = None
+        self.ready_at: float | None = None
+        self._random_bytes = random_bytes
+        self._decoder = FrameDecoder()
+        self._nonce: bytes | None = None
+        self._events: list[LinkEvent] = []
+
+    @classmethod
+    def connect(
+        cls, identity: Identity, my_id: int, address: Address, peer_id: int, peer_key: bytes, now: float,
+        idle_timeout: float = 30.0,
+    ) -> "PeerLink":
+        quic = QuicConnection(configuration=quic_configuration(identity, Role.CONNECTOR, idle_timeout))
+        link = cls(Role.CONNECTOR, quic, identity, my_id, address, expected_peer=(peer_id, peer_key))
+        quic.connect(address, now=now)
+        return link
+
+    @classmethod
+    def accept(
+        cls, identity: Identity, my_id: int, address: Address, original_destination_cid: bytes,
+        configuration: QuicConfiguration,
+    ) -> "PeerLink":
+        quic = QuicConnection(configuration=configuration, original_destination_connection_id=original_destination_cid)
+        return cls(Role.ACCEPTOR, quic, identity, my_id, address)
+
+    # ------------------------------------------------------------ sans-IO surface
+
+    def receive_datagram(self, data: bytes, address: Address, now: float) -> None:
+        self.quic.receive_datagram(data, address, now)
+        self._process_quic_events(now)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        return [(data, (str(addr[0]), int(addr[1]))) for data, addr in self.quic.datagrams_to_send(now)]
+
+    def get_timer(self) -> float | None:
+        return self.quic.get_timer()
+
+    def handle_timer(self, now: float) -> None:
+        self.quic.handle_timer(now)
+        self._process_quic_events(now)
+
+    def next_event(self) -> LinkEvent | None:
+        return self._events.pop(0) if self._events else None
+
+    def send_frame(self, frame: Frame) -> None:
+        if self.state is not LinkState.READY:
+            raise RuntimeError(f"cannot send {frame.get('t')!r} on a link in state {self.state.value}")
+        self._send(frame)
+
+    def close(self, reason: str) -> None:
+        if self.state is LinkState.CLOSED:
+            return
+        self.quic.close(error_code=0, reason_phrase=reason[:100])
+        self._closed(reason)
+
+    def confirm_hello(self, registry_key: bytes | None) -> None:
+        """Acceptor: ``registry_key`` is the key the registry gives for the
+        claimed id (None: unknown).  Anything but an exact match is refused."""
+        if self.state is not LinkState.CHECKING_HELLO:
+            return
+        if registry_key is None or registry_key != self.peer_key:
+            self.close(f"peer {self.peer_id} presented a key the registry does not give for it")
+            return
+        self._nonce = self._random_bytes(NONCE_LENGTH)
+        self._send({"t": "challenge", "nonce": self._nonce.hex()})
+        self.state = LinkState.WAITING_AUTH
+
+    # ------------------------------------------------------------ internals
+
+    def _send(self, frame: Frame) -> None:
+        self.quic.send_stream_data(CONTROL_STREAM, encode_frame(frame))
+
+    def _closed(self, reason: str) -> None:
+        if self.state is LinkState.CLOSED:
+            return
+        self.state = LinkState.CLOSED
+        self.close_reason = reason
+        self._events.append(LinkClosed(reason))
+
+    def _process_quic_events(self, now: float) -> None:
+        while (event := self.quic.next_event()) is not None:
+            if isinstance(event, quic_events.HandshakeCompleted):
+                self._on_handshake_completed(now)
+            elif isinstance(event, quic_events.StreamDataReceived):
+                self._on_stream_data(event, now)
+            elif isinstance(event, quic_events.ConnectionTerminated):
+                self._closed(event.reason_phrase or f"connection closed (error {event.error_code})")
+            elif isinstance(event, quic_events.ConnectionIdIssued):
+                self._events.append(ConnectionIdsChanged((event.connection_id,), ()))
+            elif isinstance(event, quic_events.ConnectionIdRetired):
+                self._events.append(ConnectionIdsChanged((), (event.connection_id,)))
+
+    def _on_handshake_completed(self, now: float) -> None:
+        if self.role is Role.ACCEPTOR:
+            self.state = LinkState.WAITING_HELLO
+            return
+        # aioquic keeps the peer's certificate on its TLS context; there is no
+        # public accessor, and this check is the whole point of the handshake.
+        certificate = self.quic.tls._peer_certificate
+        presented = None
+        if certificate is not None:
+            try:
+                presented = raw_public_key(certificate.public_key())
+            except Exception:
+                presented = None
+        if presented != self.peer_key:
+            self.close(f"peer {self.peer_id} presented a different key than the registry gives for it")
+            return
+        self._send({"t": "hello", "id": self.my_id, "key": self.identity.public_key.hex()})
+        self.state = LinkState.WAITING_CHALLENGE
+
+    def _on_stream_data(self, event: quic_events.StreamDataReceived, now: float) -> None:
+        if event.stream_id != CONTROL_STREAM:
+            self.close(f"unexpected stream {event.stream_id}")
+            return
+        try:
+            frames = self._decoder.feed(event.data)
+            for frame in frames:
+                if self.state is LinkState.CLOSED:
+                    return
+                self._on_frame(frame, now)
+        except FrameError as error:
+            self.close(f"bad frame: {error}")
+
+    def _on_frame(self, frame: Frame, now: float) -> None:
+        if self.state is LinkState.READY:
+            self._events.append(FrameReceived(frame))
+            return
+        handler = _TRANSITIONS.get((self.state, frame["t"]))
+        if handler is None:
+            self.close(f"frame {frame['t']!r} not allowed in state {self.state.value}")
+            return
+        getattr(self, handler)(frame, now)
+
+    def _on_hello(self, frame: Frame, now: float) -> None:
+        peer_id = require(frame, "id", int)
+        try:
+            key = bytes.fromhex(require(frame, "key", str))
+        except ValueError:
+            raise FrameError("hello: key is not hex") from None
+        if len(key) != 32 or not 0 < peer_id < 2**32:
+            raise FrameError("hello: bad id or key")
+        self.peer_id, self.peer_key = peer_id, key
+        self.state = LinkState.CHECKING_HELLO
+        self._events.append(HelloReceived(peer_id, key))
+
+    def _on_challenge(self, frame: Frame, now: float) -> None:
+        try:
+            nonce = bytes.fromhex(require(frame, "nonce", str))
+        except ValueError:
+            raise FrameError("challenge: nonce is not hex") from None
+        if len(nonce) != NONCE_LENGTH:
+            raise FrameError("challenge: nonce must be 32 bytes")
+        assert self.peer_key is not None
+        signature = self.identity.sign(auth_payload(nonce, self.peer_key, self.identity.public_key))
+        self._send({"t": "auth", "sig": signature.hex()})
+        self.state = LinkState.WAITING_OK
+
+    def _on_auth(self, frame: Frame, now: float) -> None:
+        try:
+            signature = bytes.fromhex(require(frame, "sig", str))
+        except ValueError:
+            raise FrameError("auth: sig is not hex") from None
+        assert self._nonce is not None and self.peer_key is not None and self.peer_id is not None
+        if not verify(self.peer_key, signature, auth_payload(self._nonce, self.identity.public_key, self.peer_key)):
+            self.close(f"peer {self.peer_id} failed to prove its key")
+            return
+        self._send({"t": "ok"})
+        self._ready(now)
+
+    def _on_ok(self, frame: Frame, now: float) -> None:
+        self._ready(now)
+
+    def _ready(self, now: float) -> None:
+        assert self.peer_id is not None and self.peer_key is not None
+        self.state = LinkState.READY
+        self.ready_at = now
+        self._events.append(LinkReady(self.peer_id, self.peer_key))

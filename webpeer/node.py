@@ -1,0 +1,654 @@
+"""The peer process's engine: one UDP socket, the registration machine, the
+QUIC links to other peers, the history store, and the events for the page.
+
+It is the adapter around the sans-IO pieces (registration.py, link.py): it
+moves datagrams between the socket and them, re-arms one timer, and turns
+their events into store updates and page events.  It implements
+webpeer.api.PeerApi for the web layer.
+
+Demultiplexing on the one socket (RFC 7983 / RFC 9443): a first byte below
+0x40 is STUN (the rendezvous server, later punch probes), anything else is
+QUIC, routed by destination connection id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from aioquic.buffer import Buffer
+from aioquic.quic.packet import PACKET_TYPE_INITIAL, pull_quic_header
+
+from rendezvous.client import PeerInfo
+from rendezvous.stun import Address, CandidateKind, StunProtocolError, decode, looks_like_stun
+from rendezvous.udp import UdpEndpoint
+
+from .api import MAX_TEXT_BYTES, JSON, ApiError
+from .identity import Identity, fingerprint
+from .link import (
+    ConnectionIdsChanged,
+    FrameReceived,
+    HelloReceived,
+    LinkClosed,
+    LinkReady,
+    LinkState,
+    PeerLink,
+    Role,
+    quic_configuration,
+)
+from .registration import (
+    ConnectAnswered,
+    Introduced,
+    PeersListed,
+    Registered,
+    RegistrationLost,
+    RegistrationMachine,
+    Relayed,
+    Stopped,
+)
+from .store import Status, Store, StoreError, TrustResult
+from .wire import FrameError, require
+
+logger = logging.getLogger("webpeer")
+
+CONNECT_TIMEOUT = 8.0  # CONNECT + QUIC handshake + authentication
+MAX_UNAUTHENTICATED_LINKS = 32
+SUBSCRIBER_QUEUE = 1000
+SIMULTANEOUS_WINDOW = 5.0  # two links to one peer ready within this: a race, not a restart
+RETENTION = 7 * 24 * 3600.0  # queued messages for an offline peer are kept this long
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    server: Address = ("127.0.0.1", 3478)
+    data_dir: Path = Path(".")
+    name: str = ""
+    udp_host: str = "0.0.0.0"
+    udp_port: int = 0
+    ttl: int = 60
+    list_interval: float = 2.0
+    idle_timeout: float = 30.0
+    retention: float = RETENTION
+
+
+@dataclass
+class PeerState:
+    """What this node knows about one other peer right now."""
+
+    peer_id: int
+    name: str = ""
+    public_key: bytes | None = None  # as the registry gives it
+    online: bool = False
+    online_since: int = 0
+    link: PeerLink | None = None
+    connecting_since: float | None = None
+    last_error: str | None = None
+
+    def connection(self) -> JSON | None:
+        link = self.link
+        if link is None:
+            return {"state": "connecting", "address": None} if self.connecting_since is not None else None
+        if link.state is LinkState.READY:
+            return {"state": "direct", "address": f"{link.address[0]}:{link.address[1]}"}
+        if link.state is LinkState.CLOSED:
+            return None
+        return {"state": "connecting", "address": f"{link.address[0]}:{link.address[1]}"}
+
+
+class PeerNode:
+    def __init__(self, config: NodeConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.identity = Identity.load_or_create(config.data_dir)
+        self.store = Store(config.data_dir / "history.sqlite3")
+        self.stats: Counter[str] = Counter()
+        self.registration = RegistrationMachine(
+            self.identity, nickname=config.name, ttl=config.ttl, list_interval=config.list_interval
+        )
+        self.peer_states: dict[int, PeerState] = {}
+        self._cids: dict[bytes, PeerLink] = {}
+        self._accepting: set[PeerLink] = set()  # acceptor links not yet authenticated
+        self._awaiting_key: dict[int, list[PeerLink]] = {}  # acceptor links waiting on CONNECT for the key
+        self._acceptor_config = quic_configuration(self.identity, Role.ACCEPTOR, config.idle_timeout)
+        self._endpoint: UdpEndpoint | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._subscribers: set[asyncio.Queue[JSON]] = set()
+        self._stopped = asyncio.Event()
+        self._housekeeping: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self.store.open()
+        for known in self.store.known_peers():
+            self.peer_states[known.peer_id] = PeerState(known.peer_id, known.name, None)
+        self._endpoint = UdpEndpoint.bind(
+            self.config.udp_host, self.config.udp_port, self._on_datagram, self._flush, self.stats
+        )
+        self._endpoint.start()
+        self.registration.local = self._local_candidates()
+        self.registration.start(self.clock())
+        self._housekeeping = asyncio.create_task(self._expire_queued_periodically())
+        self._flush()
+
+    async def stop(self) -> None:
+        """Unregister (waiting briefly for the answer), close links and the store."""
+        if self._endpoint is None:
+            return
+        self.registration.stop(self.clock())
+        self._flush()
+        try:
+            await asyncio.wait_for(self._stopped.wait(), 1.0)
+        except asyncio.TimeoutError:
+            pass
+        for peer in self.peer_states.values():
+            if peer.link is not None:
+                peer.link.close("peer shutting down")
+        for link in list(self._accepting):
+            link.close("peer shutting down")
+        self._flush()
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._endpoint.close()
+        self._endpoint = None
+        self.store.close()
+
+    @property
+    def udp_address(self) -> Address:
+        assert self._endpoint is not None
+        return self._endpoint.address
+
+    def _local_candidates(self) -> tuple[Address, ...]:
+        """The address of the interface that routes to the server, with our port."""
+        port = self.udp_address[1]
+        host = self.config.udp_host
+        if host in ("0.0.0.0", "::"):
+            family = socket.AF_INET6 if ":" in self.config.server[0] else socket.AF_INET
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                try:
+                    probe.connect(self.config.server)  # no packet is sent
+                    host = probe.getsockname()[0]
+                except OSError:
+                    return ()
+        return ((host, port),)
+
+    # ------------------------------------------------------------ PeerApi
+
+    def me(self) -> JSON:
+        observed = self.registration.observed
+        return {
+            "id": self.registration.peer_id,
+            "name": self.config.name,
+            "fingerprint": self.identity.fingerprint,
+            "public_address": f"{observed[0]}:{observed[1]}" if observed else None,
+            "server": f"{self.config.server[0]}:{self.config.server[1]}",
+            "registered": self.registration.state.value == "registered",
+        }
+
+    def peers_json(self) -> list[JSON]:
+        unread = self.store.unread_counts()
+        out = []
+        for peer in sorted(self.peer_states.values(), key=lambda p: p.peer_id):
+            if peer.peer_id == self.registration.peer_id:
+                continue
+            known = self.store.known_peer(peer.peer_id)
+            key = peer.public_key or (known.public_key if known else None)
+            out.append({
+                "id": peer.peer_id,
+                "name": peer.name or (known.name if known else ""),
+                "fingerprint": fingerprint(key) if key else None,
+                "online": peer.online,
+                "unread": unread.get(peer.peer_id, 0),
+                "key_changed": bool(known and known.key_changed),
+                "connection": peer.connection(),
+                "error": peer.last_error,
+            })
+        return out
+
+    def peers(self) -> list[JSON]:
+        return self.peers_json()
+
+    def messages(self, peer_id: int, limit: int = 500) -> list[JSON]:
+        return self.store.conversation(peer_id, limit)
+
+    async def send_message(self, to: int, text: str) -> JSON:
+        if not isinstance(text, str) or not text.strip():
+            raise ApiError(400, "message text is empty")
+        if len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
+            raise ApiError(413, f"message text is longer than {MAX_TEXT_BYTES} bytes")
+        my_id = self.registration.peer_id
+        if my_id is None:
+            raise ApiError(503, "not registered with the rendezvous server yet")
+        if not isinstance(to, int) or isinstance(to, bool) or not 0 < to < 2**32:
+            raise ApiError(400, "'to' must be a peer id")
+        if to == my_id:
+            raise ApiError(400, "cannot send a message to yourself")
+        peer = self.peer_states.get(to)
+        if peer is None:
+            peer = self.peer_states[to] = PeerState(to)
+        message_id = uuid.uuid4().hex
+        now = self.clock()
+        status = Status.SENDING if peer.online else Status.QUEUED
+        try:
+            self.store.add_message(message_id, sender=my_id, recipient=to, text=text, status=status, time=now)
+        except StoreError as error:
+            raise ApiError(400, str(error)) from None
+        message = self.store.get_message(message_id)
+        assert message is not None
+        self._publish({"type": "message", "message": message})
+        self._pump_peer(peer)
+        self._flush()
+        return self.store.get_message(message_id) or message
+
+    async def retry(self, message_id: str) -> JSON:
+        message = self.store.get_message(message_id)
+        if message is None:
+            raise ApiError(404, "no such message")
+        if message["status"] != Status.FAILED:
+            raise ApiError(409, f"message is {message['status']}, not failed")
+        peer = self.peer_states.setdefault(message["to"], PeerState(message["to"]))
+        self._set_status(message_id, Status.SENDING if peer.online else Status.QUEUED)
+        peer.last_error = None
+        self._pump_peer(peer)
+        self._flush()
+        return self.store.get_message(message_id) or message
+
+    def mark_read(self, peer_id: int) -> None:
+        if self.store.mark_read(peer_id):
+            self._publish_peers()
+
+    def subscribe(self) -> asyncio.Queue[JSON]:
+        queue: asyncio.Queue[JSON] = asyncio.Queue(SUBSCRIBER_QUEUE)
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[JSON]) -> None:
+        self._subscribers.discard(queue)
+
+    def _publish(self, event: JSON) -> None:
+        for queue in list(self._subscribers):
+            try:
+                queue.put_nowait(event)
+            except asyncio.QueueFull:
+                # A page that stopped reading: drop its backlog and tell it to
+                # reload everything, rather than grow without bound.
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait({"type": "resync"})
+
+    def _publish_peers(self) -> None:
+        self._publish({"type": "peers", "peers": self.peers_json()})
+
+    def _set_status(self, message_id: str, status: Status, error: str | None = None) -> None:
+        if self.store.set_status(message_id, status, error, now=self.clock()):
+            self._publish({"type": "status", "id": message_id, "status": str(status), "error": error})
+
+    # ------------------------------------------------------------ datagrams
+
+    def _on_datagram(self, data: bytes, address: Address) -> None:
+        now = self.clock()
+        if looks_like_stun(data):
+            if address != self.config.server:
+                self.stats["stun_from_stranger"] += 1
+                return
+            try:
+                message = decode(data, require_fingerprint=True)
+            except StunProtocolError:
+                self.stats["bad_stun"] += 1
+                return
+            self.registration.receive(message, now)
+            return
+        try:
+            header = pull_quic_header(Buffer(data=data), host_cid_length=8)
+        except ValueError:
+            self.stats["bad_quic"] += 1
+            return
+        link = self._cids.get(header.destination_cid)
+        if link is None:
+            if (
+                header.packet_type != PACKET_TYPE_INITIAL
+                or len(data) < 1200
+                or len(self._accepting) >= MAX_UNAUTHENTICATED_LINKS
+                or self.registration.peer_id is None
+            ):
+                self.stats["quic_dropped"] += 1
+                return
+            link = PeerLink.accept(
+                self.identity, self.registration.peer_id, address, header.destination_cid, self._acceptor_config
+            )
+            self._accepting.add(link)
+            self._cids[header.destination_cid] = link
+            self._cids[link.quic.host_cid] = link
+        link.receive_datagram(data, address, now)
+
+    def _flush(self) -> None:
+        """Process events, send what is due, re-arm the timer."""
+        endpoint = self._endpoint
+        if endpoint is None:
+            return
+        now = self.clock()
+        for _ in range(10):  # events can cause more events; bounded
+            busy = self._drain_registration(now)
+            busy |= self._drain_links(now)
+            if not busy:
+                break
+        for data in self.registration.datagrams_to_send():
+            endpoint.sendto(data, self.config.server)
+        for link in self._all_links():
+            for data, address in link.datagrams_to_send(now):
+                endpoint.sendto(data, address)
+        self._arm_timer(now)
+
+    def _all_links(self) -> list[PeerLink]:
+        links = [p.link for p in self.peer_states.values() if p.link is not None]
+        return links + [link for link in self._accepting if link not in links]
+
+    def _arm_timer(self, now: float) -> None:
+        timers = [t for t in [self.registration.get_timer()] + [link.get_timer() for link in self._all_links()] if t is not None]
+        for peer in self.peer_states.values():
+            if peer.connecting_since is not None:
+                timers.append(peer.connecting_since + CONNECT_TIMEOUT)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not timers:
+            return
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(loop.time() + max(0.0, min(timers) - now), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = self.clock()
+        if (timer := self.registration.get_timer()) is not None and timer <= now:
+            self.registration.handle_timer(now)
+        for link in self._all_links():
+            if (timer := link.get_timer()) is not None and timer <= now:
+                link.handle_timer(now)
+        for peer in list(self.peer_states.values()):
+            if peer.connecting_since is not None and peer.connecting_since + CONNECT_TIMEOUT <= now:
+                self._connect_failed(peer, "could not reach the peer")
+        self._flush()
+
+    # ------------------------------------------------------------ registration events
+
+    def _drain_registration(self, now: float) -> bool:
+        busy = False
+        while (event := self.registration.next_event()) is not None:
+            busy = True
+            if isinstance(event, Registered):
+                logger.info("registered as peer %d, seen as %s:%d", event.peer_id, *event.observed)
+                self._publish({"type": "me", "me": self.me()})
+            elif isinstance(event, RegistrationLost):
+                logger.info("registration lost: %s", event.reason)
+                self._publish({"type": "me", "me": self.me()})
+            elif isinstance(event, PeersListed):
+                self._on_peers_listed(event, now)
+            elif isinstance(event, Introduced):
+                self._learn(event.info, now)
+            elif isinstance(event, ConnectAnswered):
+                self._on_connect_answered(event, now)
+            elif isinstance(event, Relayed):
+                self.stats["relayed_ignored"] += 1  # the relay path is the NAT issue's
+            elif isinstance(event, Stopped):
+                self._stopped.set()
+        return busy
+
+    def _on_peers_listed(self, event: PeersListed, now: float) -> None:
+        online = {}
+        for entry in event.entries:
+            online[entry.peer_id] = entry
+        changed = False
+        for peer_id, entry in online.items():
+            peer = self.peer_states.get(peer_id)
+            if peer is None:
+                peer = self.peer_states[peer_id] = PeerState(peer_id)
+                changed = True
+            restarted = peer.online and peer.online_since and entry.online_since != peer.online_since
+            if not peer.online or restarted or peer.name != entry.nickname or peer.public_key != entry.public_key:
+                changed = True
+            came_online = not peer.online
+            peer.online, peer.name, peer.public_key, peer.online_since = True, entry.nickname, entry.public_key, entry.online_since
+            self._remember_key(peer, now)
+            if restarted and peer.link is not None:
+                # Registered anew: its old process (and our link to it) is gone.
+                peer.link.close("peer restarted")
+            if came_online or restarted:
+                self._pump_peer(peer)
+        for peer in self.peer_states.values():
+            if peer.online and peer.peer_id not in online:
+                peer.online = False
+                changed = True
+                for message in self.store.pending_outgoing(peer.peer_id):
+                    if message["status"] == Status.SENDING and (peer.link is None or peer.link.state is not LinkState.READY):
+                        self._set_status(message["id"], Status.QUEUED)
+        if changed:
+            self._publish_peers()
+
+    def _learn(self, info: PeerInfo, now: float) -> None:
+        """An introduction or CONNECT answer: the registry's word on a peer's key."""
+        peer = self.peer_states.setdefault(info.peer_id, PeerState(info.peer_id))
+        peer.public_key = info.public_key
+        if info.nickname:
+            peer.name = info.nickname
+        peer.online = True
+        self._remember_key(peer, now)
+        for link in self._awaiting_key.pop(info.peer_id, []):
+            link.confirm_hello(info.public_key)
+
+    def _remember_key(self, peer: PeerState, now: float) -> None:
+        if peer.public_key is None:
+            return
+        result = self.store.remember_peer(peer.peer_id, peer.public_key, peer.name, now)
+        if result is TrustResult.CHANGED:
+            logger.warning("peer %d now has a different key (fingerprint %s)", peer.peer_id, fingerprint(peer.public_key))
+            self._publish_peers()
+
+    # ------------------------------------------------------------ connecting and sending
+
+    def _undelivered(self, peer_id: int) -> list[JSON]:
+        """Outgoing messages to ``peer_id`` with no receipt yet, oldest first."""
+        me = self.registration.peer_id
+        return [
+            m for m in self.store.conversation(peer_id, limit=10_000)
+            if m["from"] == me and m["status"] in (Status.QUEUED, Status.SENDING, Status.SENT)
+        ]
+
+    def _pump_peer(self, peer: PeerState, *, resend_sent: bool = False, force_connect: bool = False) -> None:
+        """Make progress on a peer's outgoing messages: connect, or send.
+        ``resend_sent``: a new link, so messages already sent on a previous one
+        without a receipt go again."""
+        pending = self.store.pending_outgoing(peer.peer_id)
+        if resend_sent or force_connect:
+            pending = self._undelivered(peer.peer_id)
+        if not pending:
+            return
+        link = peer.link
+        if link is not None and link.state is LinkState.READY:
+            for message in pending:
+                if message["status"] != Status.SENT or resend_sent:
+                    self._send_on(link, message)
+            return
+        if not peer.online:
+            for message in pending:
+                if message["status"] == Status.SENDING:
+                    self._set_status(message["id"], Status.QUEUED)
+            return
+        for message in pending:
+            if message["status"] == Status.QUEUED:
+                self._set_status(message["id"], Status.SENDING)
+        if peer.connecting_since is None and (link is None or link.state is LinkState.CLOSED):
+            if self.registration.connect(peer.peer_id, self.clock()):
+                peer.connecting_since = self.clock()
+                self._publish({"type": "connection", "peer": peer.peer_id, "connection": peer.connection()})
+
+    def _send_on(self, link: PeerLink, message: JSON) -> None:
+        link.send_frame({"t": "msg", "id": message["id"], "text": message["text"], "time": message["time"]})
+        if message["status"] != Status.SENT:
+            self._set_status(message["id"], Status.SENT)
+
+    def _on_connect_answered(self, event: ConnectAnswered, now: float) -> None:
+        peer = self.peer_states.setdefault(event.peer_id, PeerState(event.peer_id))
+        if event.info is None:
+            if event.error and event.error.startswith("404"):
+                peer.online = False
+                peer.connecting_since = None
+                self._pump_peer(peer)  # back to queued
+                self._publish_peers()
+            else:
+                self._connect_failed(peer, f"rendezvous: {event.error}")
+            return
+        self._learn(event.info, now)
+        if peer.link is not None and peer.link.state is not LinkState.CLOSED:
+            return  # already connected (or the other side connected to us meanwhile)
+        observed = [c.address for c in event.info.candidates if c.kind == CandidateKind.OBSERVED]
+        if not observed or self.registration.peer_id is None:
+            self._connect_failed(peer, "the server gave no address for the peer")
+            return
+        link = PeerLink.connect(
+            self.identity, self.registration.peer_id, observed[0], peer.peer_id, event.info.public_key, now,
+            idle_timeout=self.config.idle_timeout,
+        )
+        peer.link = link
+        self._cids[link.quic.host_cid] = link
+        self._publish({"type": "connection", "peer": peer.peer_id, "connection": peer.connection()})
+
+    def _connect_failed(self, peer: PeerState, reason: str) -> None:
+        peer.connecting_since = None
+        peer.last_error = reason
+        if peer.link is not None and peer.link.state is not LinkState.READY:
+            peer.link.close(reason)
+        for message in self.store.pending_outgoing(peer.peer_id):
+            self._set_status(message["id"], Status.FAILED, reason)
+        self._publish({"type": "connection", "peer": peer.peer_id, "connection": None})
+        self._publish_peers()
+
+    # ------------------------------------------------------------ link events
+
+    def _drain_links(self, now: float) -> bool:
+        busy = False
+        for link in self._all_links():
+            while (event := link.next_event()) is not None:
+                busy = True
+                if isinstance(event, ConnectionIdsChanged):
+                    for cid in event.issued:
+                        self._cids[cid] = link
+                    for cid in event.retired:
+                        self._cids.pop(cid, None)
+                elif isinstance(event, HelloReceived):
+                    self._on_hello(link, event, now)
+                elif isinstance(event, LinkReady):
+                    self._on_link_ready(link, event, now)
+                elif isinstance(event, FrameReceived):
+                    self._on_frame(link, event.frame, now)
+                elif isinstance(event, LinkClosed):
+                    self._on_link_closed(link, event, now)
+        return busy
+
+    def _on_hello(self, link: PeerLink, event: HelloReceived, now: float) -> None:
+        peer = self.peer_states.get(event.peer_id)
+        if peer is not None and peer.public_key is not None:
+            link.confirm_hello(peer.public_key)
+            return
+        # We have not heard of this id from the registry yet (its introduction
+        # may still be on its way): ask the server, and decide on its answer.
+        self._awaiting_key.setdefault(event.peer_id, []).append(link)
+        if not self.registration.connect(event.peer_id, now):
+            link.confirm_hello(None)
+
+    def _on_link_ready(self, link: PeerLink, event: LinkReady, now: float) -> None:
+        self._accepting.discard(link)
+        peer = self.peer_states.setdefault(event.peer_id, PeerState(event.peer_id))
+        existing = peer.link
+        if existing is not None and existing is not link and existing.state is LinkState.READY:
+            # Two links to one peer: both connected at once, or it restarted.
+            if existing.ready_at is not None and now - existing.ready_at > SIMULTANEOUS_WINDOW:
+                keep, drop = link, existing  # the old one is stale
+            else:
+                # Both sides must keep the same one: the lower id's connection.
+                def connector_id(candidate: PeerLink) -> int:
+                    return candidate.my_id if candidate.role is Role.CONNECTOR else (candidate.peer_id or 0)
+
+                keep, drop = sorted((existing, link), key=connector_id)
+            peer.link = keep
+            drop.close("duplicate connection")
+        else:
+            peer.link = link
+        peer.connecting_since = None
+        peer.online = True
+        peer.last_error = None
+        logger.info("connected to peer %d at %s:%d (%s)", event.peer_id, *link.address, link.role.value)
+        self._publish({"type": "connection", "peer": peer.peer_id, "connection": peer.connection()})
+        self._pump_peer(peer, resend_sent=True)
+
+    def _on_frame(self, link: PeerLink, frame: JSON, now: float) -> None:
+        peer_id = link.peer_id
+        assert peer_id is not None
+        kind = frame["t"]
+        try:
+            if kind == "msg":
+                message_id = require(frame, "id", str)
+                text = require(frame, "text", str)
+                sent_at = frame.get("time")
+                if len(message_id) > 64 or len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
+                    raise FrameError("message too long")
+                when = float(sent_at) if isinstance(sent_at, (int, float)) and not isinstance(sent_at, bool) else now
+                my_id = self.registration.peer_id or 0
+                stored_id = f"{peer_id}:{message_id}"  # ids are the sender's: scope them by sender
+                try:
+                    fresh = self.store.add_message(
+                        stored_id, sender=peer_id, recipient=my_id, text=text, status=Status.RECEIVED, time=when
+                    )
+                except StoreError as error:
+                    raise FrameError(str(error)) from None
+                # Acknowledge after storing, also for a duplicate (its ack was lost).
+                link.send_frame({"t": "ack", "id": message_id})
+                if fresh:
+                    message = self.store.get_message(stored_id)
+                    self._publish({"type": "message", "message": message})
+                    self._publish_peers()
+            elif kind == "ack":
+                message_id = require(frame, "id", str)
+                message = self.store.get_message(message_id)
+                if message is not None and message["to"] == peer_id:
+                    self._set_status(message_id, Status.DELIVERED)
+            else:
+                self.stats["unknown_frames"] += 1
+        except FrameError as error:
+            link.close(f"bad frame: {error}")
+
+    def _on_link_closed(self, link: PeerLink, event: LinkClosed, now: float) -> None:
+        self._accepting.discard(link)
+        for cid in [cid for cid, owner in self._cids.items() if owner is link]:
+            del self._cids[cid]
+        for links in self._awaiting_key.values():
+            if link in links:
+                links.remove(link)
+        peer = self.peer_states.get(link.peer_id) if link.peer_id is not None else None
+        if peer is None or peer.link is not link:
+            return
+        peer.link = None
+        logger.info("link to peer %s closed: %s", link.peer_id, event.reason)
+        if "different key" in event.reason or "registry does not give" in event.reason:
+            self._connect_failed(peer, event.reason)
+            return
+        self._publish({"type": "connection", "peer": peer.peer_id, "connection": None})
+        # Messages sent but not acknowledged stay "sent" and go again on the
+        # next link (the receiver stores by id, so a repeat is harmless).
+        if peer.connecting_since is None and self._undelivered(peer.peer_id):
+            self._pump_peer(peer, force_connect=True)
+
+    async def _expire_queued_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(60)
+            for message_id in self.store.expire_queued(self.clock() - self.config.retention, now=self.clock()):
+                self._publish({"type": "status", "id": message_id, "status": "failed", "error": "peer stayed offline"})

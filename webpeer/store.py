@@ -1,0 +1,582 @@
+"""The peer's local history: messages and the keys of peers it has met.
+
+One SQLite file in the peer's data dir.  Everything runs inline on the event
+loop thread with plain synchronous methods: each call touches a handful of
+B-tree pages (tens of microseconds), which is cheaper than handing it to a
+thread.  The file is created with mode 0600 before SQLite opens it; SQLite
+gives its ``-wal`` and ``-shm`` files the same mode.
+
+Durability: WAL with ``synchronous=NORMAL``.  A committed write survives the
+process dying in any way (the log is in the OS page cache and is replayed on
+the next open), not necessarily a power loss.  Each write method commits on
+its own; :meth:`Store.batch` groups several into one commit, which is what a
+busy peer wants (store a burst of incoming messages, commit once, then send
+the receipts).
+
+Message lifecycle (see ``TRANSITIONS``)::
+
+    outgoing:  queued <-> sending -> sent -> delivered
+                  \\          \\        \\        ^
+                   +----------+--------+-> failed -> (retry) queued | sending
+    incoming:  received
+
+``delivered`` and ``received`` are final.  A receipt proves delivery, so
+``delivered`` is accepted from every other outgoing state; nothing moves a
+message backwards from ``sent`` (a late "sent" after "delivered" is refused,
+and so is "sending" after "sent").
+
+Trust on first use: the first key seen for a peer id is trusted.  A different
+key later is stored as the current key with ``key_changed`` set and the last
+trusted key kept in ``previous_key``, until the user accepts the change or the
+trusted key comes back.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import sqlite3
+import time as _time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+# A statement waits this long for a lock held by another process (a backup,
+# an operator's sqlite3 shell) before it fails; the wait blocks the loop.
+BUSY_TIMEOUT = 0.05
+# The error stored on queued messages that outlived the retention limit.
+EXPIRED_ERROR = "peer stayed offline"
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked: the file is not a usable database
+    (not SQLite, a newer schema, read-only, disk error), the store is closed,
+    or an argument is invalid (unknown status, text that is not Unicode)."""
+
+
+class Status(enum.StrEnum):
+    """A message's delivery status; the string value is what the API shows."""
+
+    QUEUED = "queued"  # waiting for the peer to come online
+    SENDING = "sending"  # handed to a connection, not yet acknowledged
+    SENT = "sent"  # the peer's QUIC stack acknowledged it
+    DELIVERED = "delivered"  # the peer stored it and sent a receipt
+    FAILED = "failed"  # gave up; the user can retry
+    RECEIVED = "received"  # an incoming message
+
+
+# status -> the statuses it may move to.  Anything else is refused.
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.QUEUED: frozenset({Status.SENDING, Status.DELIVERED, Status.FAILED}),
+    Status.SENDING: frozenset({Status.QUEUED, Status.SENT, Status.DELIVERED, Status.FAILED}),
+    Status.SENT: frozenset({Status.DELIVERED, Status.FAILED}),
+    Status.FAILED: frozenset({Status.QUEUED, Status.SENDING, Status.DELIVERED}),
+    Status.DELIVERED: frozenset(),
+    Status.RECEIVED: frozenset(),
+}
+
+# The same table read backwards, for a single conditional UPDATE.
+_SOURCES: dict[Status, tuple[str, ...]] = {
+    target: tuple(sorted(s.value for s, targets in TRANSITIONS.items() if target in targets))
+    for target in Status
+}
+
+# Statuses an outgoing message may be created with.
+_NEW_OUTGOING = frozenset({Status.QUEUED, Status.SENDING})
+
+
+class TrustResult(enum.Enum):
+    """What :meth:`Store.remember_peer` learned about a peer's key."""
+
+    NEW = "new"  # first time this id was seen; its key is now trusted
+    SAME = "same"  # the key is the one stored (a pending change stays pending)
+    CHANGED = "changed"  # a key different from the stored one: warn the user
+    RESTORED = "restored"  # the trusted key came back; the warning is cleared
+
+
+@dataclass(frozen=True, slots=True)
+class KnownPeer:
+    """What the store remembers about a peer id."""
+
+    peer_id: int
+    public_key: bytes  # the key last seen for this id
+    name: str
+    first_seen: float
+    last_seen: float
+    key_changed: bool  # public_key is not the trusted key: the user was not asked yet
+    previous_key: bytes | None  # while key_changed: the trusted key; after, history
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id        TEXT PRIMARY KEY,
+    peer      INTEGER NOT NULL,
+    sender    INTEGER NOT NULL,
+    recipient INTEGER NOT NULL,
+    text      TEXT NOT NULL,
+    status    TEXT NOT NULL,
+    time      REAL NOT NULL,
+    updated   REAL NOT NULL,
+    error     TEXT,
+    outgoing  INTEGER NOT NULL,
+    read      INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_peer_time ON messages (peer, time);
+CREATE INDEX IF NOT EXISTS messages_pending ON messages (peer, time)
+    WHERE status IN ('queued', 'sending');
+CREATE INDEX IF NOT EXISTS messages_unread ON messages (peer)
+    WHERE outgoing = 0 AND read = 0;
+CREATE TABLE IF NOT EXISTS peers (
+    peer_id      INTEGER PRIMARY KEY,
+    public_key   BLOB NOT NULL,
+    name         TEXT NOT NULL,
+    first_seen   REAL NOT NULL,
+    last_seen    REAL NOT NULL,
+    key_changed  INTEGER NOT NULL DEFAULT 0,
+    previous_key BLOB
+)
+"""
+
+_MESSAGE_COLUMNS = "id, peer, sender, recipient, text, status, time, error"
+_PEER_COLUMNS = "peer_id, public_key, name, first_seen, last_seen, key_changed, previous_key"
+# The partial indexes are used only when the query repeats their WHERE terms.
+_PENDING = "status IN ('queued', 'sending')"
+
+
+def _message(row: tuple[Any, ...]) -> dict[str, Any]:
+    """A row as the API's message object."""
+    message_id, peer, sender, recipient, text, status, time, error = row
+    return {
+        "id": message_id,
+        "peer": peer,
+        "from": sender,
+        "to": recipient,
+        "text": text,
+        "status": status,
+        "time": time,
+        "error": error,
+    }
+
+
+def _known_peer(row: tuple[Any, ...]) -> KnownPeer:
+    peer_id, public_key, name, first_seen, last_seen, key_changed, previous_key = row
+    return KnownPeer(
+        peer_id=peer_id,
+        public_key=bytes(public_key),
+        name=name,
+        first_seen=first_seen,
+        last_seen=last_seen,
+        key_changed=bool(key_changed),
+        previous_key=None if previous_key is None else bytes(previous_key),
+    )
+
+
+def _status(value: Status | str) -> Status:
+    try:
+        return Status(value)
+    except ValueError:
+        raise StoreError(f"unknown message status {value!r:.40}") from None
+
+
+def _check_text(text: str) -> None:
+    # A lone surrogate (JSON allows "\ud800") cannot be encoded as UTF-8 and
+    # would make sqlite3 raise UnicodeEncodeError, not an sqlite3.Error.
+    if not isinstance(text, str):
+        raise StoreError(f"message text must be str, not {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise StoreError(f"message text is not valid Unicode: {exc.reason}") from None
+
+
+def _check_id(message_id: str) -> None:
+    if not isinstance(message_id, str) or not message_id:
+        raise StoreError(f"message id must be a non-empty str, not {message_id!r:.40}")
+    _check_text(message_id)
+
+
+def _create_private(path: Path) -> None:
+    """Create ``path`` with mode 0600 unless it exists; never loosen or
+    truncate an existing file."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+class Store:
+    """Message history and known peers in one SQLite file.
+
+    Synchronous, for use on the event loop thread only; one instance per
+    peer process.  Every method raises :class:`StoreError` and nothing else.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._path = Path(path)
+        self._conn: sqlite3.Connection | None = None
+        self._batch_depth = 0
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    # -- lifecycle -------------------------------------------------------
+
+    def open(self) -> None:
+        """Create (mode 0600, parent dirs 0700) or open the file, apply the
+        schema and check its version.  Calling it again does nothing."""
+        if self._conn is not None:
+            return
+        try:
+            self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _create_private(self._path)
+        except OSError as exc:
+            raise StoreError(f"cannot create {self._path}: {exc}") from exc
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so that
+            # single statements commit at once and batches commit once.
+            conn = sqlite3.connect(self._path, isolation_level=None, timeout=BUSY_TIMEOUT)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {self._path}: {exc}") from exc
+        try:
+            self._prepare(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot use store {self._path}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        # The first statement reads the header: a file that is not a
+        # database fails here with "file is not a database".
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"cannot use WAL mode on {self._path} (got {mode!r})")
+        # NORMAL: a commit survives kill -9 of this process, not a power loss.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (SCHEMA_VERSION,),
+                )
+            elif row[0] != SCHEMA_VERSION:
+                raise StoreError(
+                    f"store {self._path} has schema version {row[0]!r},"
+                    f" this program understands {SCHEMA_VERSION}"
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        """Close the file.  Calling it again does nothing."""
+        if self._conn is None:
+            return
+        conn, self._conn = self._conn, None
+        self._batch_depth = 0
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.close()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot close store {self._path}: {exc}") from exc
+
+    def __enter__(self) -> Store:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group the writes made inside into one transaction, committed when
+        the block ends and rolled back if it raises.  Nested batches join the
+        outer one.  A :class:`StoreError` for a bad argument is raised before
+        any SQL runs, so a caller may catch it inside the block and go on."""
+        with self._write():
+            yield
+
+    # -- messages --------------------------------------------------------
+
+    def add_message(
+        self,
+        message_id: str,
+        *,
+        sender: int,
+        recipient: int,
+        text: str,
+        status: Status | str,
+        time: float,
+    ) -> bool:
+        """Store a new message; False, changing nothing, if ``message_id`` is
+        already stored (a retransmission: the caller should still send the
+        receipt).
+
+        ``status`` says the direction: ``received`` for an incoming message
+        (the conversation is with ``sender``, and it counts as unread),
+        ``queued`` or ``sending`` for an outgoing one (the conversation is
+        with ``recipient``).  ``time`` orders the conversation.  The text is
+        stored verbatim; length limits are the caller's (api.MAX_TEXT_BYTES).
+        """
+        _check_id(message_id)
+        _check_text(text)
+        state = _status(status)
+        if state is Status.RECEIVED:
+            peer, outgoing = sender, False
+        elif state in _NEW_OUTGOING:
+            peer, outgoing = recipient, True
+        else:
+            raise StoreError(f"a new message cannot start as {state.value!r}")
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO messages"
+                " (id, peer, sender, recipient, text, status, time, updated, error, outgoing, read)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)"
+                " ON CONFLICT (id) DO NOTHING",
+                (
+                    message_id,
+                    peer,
+                    sender,
+                    recipient,
+                    text,
+                    state.value,
+                    time,
+                    time,
+                    int(outgoing),
+                    int(outgoing),  # our own messages are never unread
+                ),
+            )
+            return cursor.rowcount == 1
+
+    def set_status(
+        self,
+        message_id: str,
+        status: Status | str,
+        error: str | None = None,
+        *,
+        now: float | None = None,
+    ) -> bool:
+        """Move a message to ``status`` if ``TRANSITIONS`` allows it from its
+        current one.  True if the message changed; False, changing nothing,
+        for an unknown id, the same status again, or a refused transition.
+
+        ``error`` goes with ``failed`` only (it is cleared on any other
+        status); ``now`` (default: the clock) is recorded as the update time.
+        """
+        _check_id(message_id)
+        target = _status(status)
+        if error is not None:
+            if target is not Status.FAILED:
+                raise StoreError(f"an error goes with status 'failed', not {target.value!r}")
+            _check_text(error)
+        sources = _SOURCES[target]
+        if not sources:
+            return False
+        marks = ", ".join("?" * len(sources))
+        with self._write() as conn:
+            cursor = conn.execute(
+                f"UPDATE messages SET status = ?, error = ?, updated = ?"
+                f" WHERE id = ? AND status IN ({marks})",
+                (target.value, error, _time.time() if now is None else now, message_id, *sources),
+            )
+            return cursor.rowcount == 1
+
+    def get_message(self, message_id: str) -> dict[str, Any] | None:
+        """The message as the API shows it, or None."""
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+        return None if row is None else _message(row)
+
+    def conversation(self, peer: int, limit: int = 500) -> list[dict[str, Any]]:
+        """The latest ``limit`` messages with ``peer``, oldest first (messages
+        with equal times in the order they were stored)."""
+        if not isinstance(limit, int) or limit < 0:
+            raise StoreError(f"limit must be an int >= 0, not {limit!r:.40}")
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer = ?"
+                " ORDER BY time DESC, rowid DESC LIMIT ?",
+                (peer, limit),
+            ).fetchall()
+        rows.reverse()
+        return [_message(row) for row in rows]
+
+    def pending_outgoing(self, peer: int | None = None) -> list[dict[str, Any]]:
+        """Outgoing messages to (re)send, oldest first: ``queued`` and
+        ``sending`` ones (after a restart, ``sending`` means the send was cut
+        off).  ``failed`` ones wait for the user's retry."""
+        with self._read() as conn:
+            if peer is None:
+                rows = conn.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE {_PENDING}"
+                    " ORDER BY time, rowid"
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE {_PENDING} AND peer = ?"
+                    " ORDER BY time, rowid",
+                    (peer,),
+                ).fetchall()
+        return [_message(row) for row in rows]
+
+    def expire_queued(self, older_than: float, *, now: float | None = None) -> list[str]:
+        """Mark ``failed`` (error :data:`EXPIRED_ERROR`) every ``queued``
+        message whose time is before ``older_than``; return their ids, oldest
+        first, so the caller can tell the page."""
+        with self._write() as conn:
+            rows = conn.execute(
+                f"UPDATE messages SET status = 'failed', error = ?, updated = ?"
+                f" WHERE {_PENDING} AND status = 'queued' AND time < ?"
+                " RETURNING id, time, rowid",
+                (EXPIRED_ERROR, _time.time() if now is None else now, older_than),
+            ).fetchall()
+        rows.sort(key=lambda row: (row[1], row[2]))
+        return [row[0] for row in rows]
+
+    def unread_counts(self) -> dict[int, int]:
+        """Peer id -> number of unread incoming messages (peers with none are left out)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT peer, count(*) FROM messages WHERE outgoing = 0 AND read = 0 GROUP BY peer"
+            ).fetchall()
+        return {peer: count for peer, count in rows}
+
+    def mark_read(self, peer: int) -> int:
+        """Mark every incoming message from ``peer`` read; return how many were unread."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE messages SET read = 1 WHERE outgoing = 0 AND read = 0 AND peer = ?",
+                (peer,),
+            )
+            return cursor.rowcount
+
+    # -- peers (trust on first use) --------------------------------------
+
+    def remember_peer(self, peer_id: int, public_key: bytes, name: str, now: float) -> TrustResult:
+        """Record that ``peer_id`` presented ``public_key`` under ``name`` at
+        ``now``, and compare the key with what we knew (see
+        :class:`TrustResult`).  The name and last_seen are updated in every
+        case; a changed key is stored, never silently trusted."""
+        if not isinstance(public_key, (bytes, bytearray, memoryview)) or not public_key:
+            raise StoreError("public_key must be non-empty bytes")
+        _check_text(name)
+        key = bytes(public_key)
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT public_key, key_changed, previous_key FROM peers WHERE peer_id = ?",
+                (peer_id,),
+            ).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO peers (peer_id, public_key, name, first_seen, last_seen)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (peer_id, key, name, now, now),
+                )
+                return TrustResult.NEW
+            current, changed, previous = bytes(row[0]), bool(row[1]), row[2]
+            if key == current:
+                conn.execute(
+                    "UPDATE peers SET name = ?, last_seen = ? WHERE peer_id = ?",
+                    (name, now, peer_id),
+                )
+                return TrustResult.SAME
+            if changed and previous is not None and key == bytes(previous):
+                # The key the user trusted is back: the unaccepted one is gone.
+                conn.execute(
+                    "UPDATE peers SET public_key = ?, name = ?, last_seen = ?,"
+                    " key_changed = 0, previous_key = ? WHERE peer_id = ?",
+                    (key, name, now, current, peer_id),
+                )
+                return TrustResult.RESTORED
+            # While a change is pending, previous_key keeps the trusted key,
+            # not the unaccepted one we are replacing.
+            trusted = previous if changed else current
+            conn.execute(
+                "UPDATE peers SET public_key = ?, name = ?, last_seen = ?,"
+                " key_changed = 1, previous_key = ? WHERE peer_id = ?",
+                (key, name, now, trusted, peer_id),
+            )
+            return TrustResult.CHANGED
+
+    def known_peer(self, peer_id: int) -> KnownPeer | None:
+        """What we remember about ``peer_id``, or None if never seen."""
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_PEER_COLUMNS} FROM peers WHERE peer_id = ?", (peer_id,)
+            ).fetchone()
+        return None if row is None else _known_peer(row)
+
+    def known_peers(self) -> list[KnownPeer]:
+        """Every peer ever seen, by id."""
+        with self._read() as conn:
+            rows = conn.execute(f"SELECT {_PEER_COLUMNS} FROM peers ORDER BY peer_id").fetchall()
+        return [_known_peer(row) for row in rows]
+
+    def accept_key_change(self, peer_id: int) -> bool:
+        """The user trusts the peer's current key: clear the warning (the old
+        key stays in previous_key as history).  False if no change was pending."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE peers SET key_changed = 0 WHERE peer_id = ? AND key_changed = 1",
+                (peer_id,),
+            )
+            return cursor.rowcount == 1
+
+    # -- helpers ---------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """The open connection; sqlite errors become StoreError."""
+        if self._conn is None:
+            raise StoreError(f"store {self._path} is not open")
+        try:
+            yield self._conn
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {self._path}: {exc}") from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction, or the enclosing batch's one."""
+        with self._read() as conn:
+            if self._batch_depth:
+                self._batch_depth += 1
+                try:
+                    yield conn
+                finally:
+                    self._batch_depth -= 1
+                return
+            # IMMEDIATE takes the write lock now, so another process holding
+            # it fails here instead of half-way through.
+            conn.execute("BEGIN IMMEDIATE")
+            self._batch_depth = 1
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            finally:
+                self._batch_depth = 0

@@ -1,0 +1,514 @@
+"""The local web site of a webpeer: the page, the JSON API and the websocket.
+
+The web layer only talks to a :class:`~webpeer.api.PeerApi` (shapes in
+webpeer/api.py); it owns no peer state.  ``create_app`` builds the site and
+``start_site`` is the only way this module binds a socket: always 127.0.0.1.
+
+Security (issue 3), enforced by one middleware and one response signal:
+
+- Host must be exactly ``127.0.0.1:PORT`` or ``localhost:PORT``, else 403
+  (DNS rebinding: a hostile name that resolves to 127.0.0.1 is refused).
+- ``/api/*`` and ``/ws`` need the token, else 401: ``Authorization: Bearer
+  TOKEN``, or the HttpOnly SameSite=Strict cookie that ``GET /?token=TOKEN``
+  sets, or ``?token=`` on ``/ws`` only.  Compared in constant time.
+- Every unsafe method (POST ...) and ``/ws`` need ``Origin`` equal to
+  ``http://127.0.0.1:PORT`` or ``http://localhost:PORT``, else 403 (CSRF and
+  cross-site websocket hijacking).  A missing Origin is accepted only with a
+  Bearer header: browsers always send Origin on these requests, and a cross-site
+  page cannot attach an Authorization header without a CORS preflight we fail.
+- Every response carries a Content-Security-Policy without 'unsafe-inline',
+  nosniff, no-referrer, and (except static files) Cache-Control: no-store.
+- Request bodies are capped at :data:`MAX_BODY_BYTES`; message texts at
+  :data:`~webpeer.api.MAX_TEXT_BYTES` UTF-8 bytes (413); websocket messages
+  above :data:`WS_MAX_MESSAGE_BYTES` get an error event and the socket stays
+  open (aiohttp itself closes the socket, code 1009, only above
+  :data:`WS_HARD_LIMIT_BYTES`).
+
+Websocket protocol (JSON text frames, one object each):
+
+    <- {"type": "hello", "me": <me>, "peers": [<peer>, ...]}     first, once
+    <- every event of PeerApi.subscribe() as is (message, status, peers, connection, me)
+    -> {"type": "send", "to": N, "text": "...", "client_id": "..."}
+    <- {"type": "sent", "client_id": "...", "message": <message>}
+    -> {"type": "retry", "id": "...", "client_id": "..."}         answered like send
+    -> {"type": "read", "peer": N}                                 no answer on success
+    <- {"type": "error", "client_id": "..."|null, "status": int, "error": "..."}
+       for any request that fails (bad JSON, unknown type, too large, ApiError)
+
+``client_id`` is optional everywhere (a string of at most 128 characters) and
+only echoed back, so the page can match answers to what it sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import re
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import WSCloseCode, WSMsgType, hdrs, web
+from aiohttp.abc import AbstractAccessLogger
+
+from webpeer.api import JSON, MAX_TEXT_BYTES, ApiError, PeerApi
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 80 * 1024
+"""Largest request body (aiohttp's client_max_size); room for a full text plus JSON escaping."""
+WS_MAX_MESSAGE_BYTES = 80 * 1024
+"""Largest websocket message we process; a larger one is answered with an error event."""
+WS_HARD_LIMIT_BYTES = 1024 * 1024
+"""aiohttp's max_msg_size: above it aiohttp closes the socket (1009) before we see the message."""
+WS_HEARTBEAT_SECONDS = 15.0
+MAX_CLIENT_ID_CHARS = 128
+MAX_HISTORY_LIMIT = 5000
+MAX_PEER_ID = 2**63 - 1
+
+_TOKEN_RE = re.compile(r"[A-Za-z0-9._~-]{1,512}")
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _asset_dir(name: str) -> Path:
+    """The installed copy inside the package (the wheel force-includes it as
+    webpeer/<name>) wins; otherwise the checkout's top-level directory."""
+    installed = _PACKAGE_DIR / name
+    if installed.is_dir():
+        return installed
+    return _PACKAGE_DIR.parent / name
+
+
+def default_templates_dir() -> Path:
+    """Where index.html lives: webpeer/templates when installed, else <checkout>/templates."""
+    return _asset_dir("templates")
+
+
+def default_static_dir() -> Path:
+    """Where app.js and app.css live: webpeer/static when installed, else <checkout>/static."""
+    return _asset_dir("static")
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """What the site needs to know.
+
+    ``port`` is the port the site is reached on; it is part of the allowed
+    Host and Origin values, the CSP and the cookie name.  ``port=0`` means "the
+    port the connection actually arrived on" (for sites bound to port 0).
+    ``token`` must be URL- and cookie-safe (``secrets.token_urlsafe`` is).
+    """
+
+    port: int
+    token: str
+    templates_dir: Path = field(default_factory=default_templates_dir)
+    static_dir: Path = field(default_factory=default_static_dir)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} is not in 0..65535")
+        if not _TOKEN_RE.fullmatch(self.token):
+            raise ValueError("token must be 1-512 characters of A-Z a-z 0-9 . _ ~ -")
+
+
+CONFIG_KEY = web.AppKey[WebConfig]("webpeer_config")
+API_KEY = web.AppKey[PeerApi]("webpeer_api")
+SOCKETS_KEY = web.AppKey["weakref.WeakSet[web.WebSocketResponse]"]("webpeer_sockets")
+ASSET_VERSION_KEY = web.AppKey[str]("webpeer_asset_version")
+AUTH_KEY = web.RequestKey[str]("webpeer_auth")
+"""How the request authenticated: "bearer", "cookie" or "query"."""
+
+
+def create_app(config: WebConfig, api: PeerApi) -> web.Application:
+    """The site: page at ``/``, JSON API under ``/api/``, websocket at ``/ws``,
+    files under ``/static/``.  It binds nothing; see :func:`start_site`."""
+    for directory in (config.templates_dir, config.static_dir):
+        if not Path(directory).is_dir():
+            raise ValueError(f"{directory} is not a directory")
+    app = web.Application(middlewares=[_guard], client_max_size=MAX_BODY_BYTES)
+    app[CONFIG_KEY] = config
+    app[API_KEY] = api
+    app[SOCKETS_KEY] = weakref.WeakSet()
+    app[ASSET_VERSION_KEY] = _asset_version(Path(config.static_dir))
+    aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.FileSystemLoader(str(config.templates_dir)),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    app.router.add_get("/", _index)
+    app.router.add_get("/api/me", _api_me)
+    app.router.add_get("/api/peers", _api_peers)
+    app.router.add_get("/api/messages", _api_messages)
+    app.router.add_post("/api/messages", _api_send)
+    app.router.add_post("/api/messages/{id}/retry", _api_retry)
+    app.router.add_post("/api/peers/{id}/read", _api_read)
+    app.router.add_get("/ws", _websocket)
+    app.router.add_static("/static/", config.static_dir, show_index=False, follow_symlinks=False)
+    app.on_response_prepare.append(_security_headers)
+    app.on_shutdown.append(_close_websockets)
+    return app
+
+
+async def start_site(app: web.Application, port: int | None = None) -> web.AppRunner:
+    """Serve ``app`` on 127.0.0.1 (and nowhere else) at ``port`` (default: the
+    config's).  The bound port is ``runner.addresses[0][1]``; stop with
+    ``await runner.cleanup()``."""
+    config = app[CONFIG_KEY]
+    if port is None:
+        port = config.port
+    elif config.port and port != config.port:
+        raise ValueError(f"the app only accepts Host/Origin for port {config.port}, not {port}")
+    runner = web.AppRunner(app, handle_signals=False, access_log_class=_AccessLogger)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+class _AccessLogger(AbstractAccessLogger):
+    """Method, path and status only: the default format would log ``?token=``."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info("%s %s %s %.1fms", request.method, request.path, response.status, time * 1000)
+
+
+# ---------------------------------------------------------------- checks
+
+
+def _port(request: web.Request) -> int:
+    """The port the site is reached on (the config's, else the socket's)."""
+    config = request.app[CONFIG_KEY]
+    if config.port:
+        return config.port
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    if isinstance(sockname, tuple) and len(sockname) >= 2:
+        return int(sockname[1])
+    return 0
+
+
+def _same(a: str, b: str) -> bool:
+    """Constant-time string comparison that never raises on odd characters."""
+    return hmac.compare_digest(a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass"))
+
+
+def _cookie_name(port: int) -> str:
+    # Cookies ignore ports: per-port names keep side-by-side webpeers apart.
+    return f"webpeer_token_{port}"
+
+
+def _authenticate(request: web.Request, token: str, port: int) -> str | None:
+    """Which credential is valid ("bearer", "cookie", "query"), or None."""
+    authorization = request.headers.get(hdrs.AUTHORIZATION)
+    if authorization is not None:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and _same(value.strip(), token):
+            return "bearer"
+    cookie = request.cookies.get(_cookie_name(port))
+    if cookie is not None and _same(cookie, token):
+        return "cookie"
+    if request.path == "/ws":
+        query = request.query.get("token")
+        if query is not None and _same(query, token):
+            return "query"
+    return None
+
+
+def _host_ok(request: web.Request, port: int) -> bool:
+    host = request.headers.get(hdrs.HOST)
+    if host is None or port == 0:
+        return False
+    return host.lower() in (f"127.0.0.1:{port}", f"localhost:{port}")
+
+
+def _origin_ok(request: web.Request, port: int, auth: str | None) -> bool:
+    origin = request.headers.get(hdrs.ORIGIN)
+    if origin is None:
+        return auth == "bearer"
+    return origin.lower() in (f"http://127.0.0.1:{port}", f"http://localhost:{port}")
+
+
+def _is_api(path: str) -> bool:
+    return path == "/api" or path.startswith("/api/")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Host, token and Origin checks, then ApiError and HTTP errors -> JSON."""
+    port = _port(request)
+    if not _host_ok(request, port):
+        return _error(403, "forbidden Host header: use http://127.0.0.1:PORT or http://localhost:PORT")
+    path = request.path
+    auth: str | None = None
+    if _is_api(path) or path == "/ws":
+        auth = _authenticate(request, request.app[CONFIG_KEY].token, port)
+        if auth is None:
+            return _error(401, "missing or wrong token (Authorization: Bearer TOKEN, or open /?token=TOKEN first)")
+        request[AUTH_KEY] = auth
+    if (request.method not in ("GET", "HEAD", "OPTIONS") or path == "/ws") and not _origin_ok(request, port, auth):
+        return _error(403, "forbidden Origin: requests must come from this page")
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _error(exc.status, exc.message)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and _is_api(path):
+            return _error(exc.status, exc.reason)
+        raise
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    port = _port(request)
+    headers = response.headers
+    headers["Content-Security-Policy"] = (
+        "default-src 'self'; script-src 'self'; style-src 'self'; "
+        f"connect-src 'self' ws://127.0.0.1:{port} ws://localhost:{port}; "
+        "img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+    )
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["Referrer-Policy"] = "no-referrer"
+    headers["X-Frame-Options"] = "DENY"
+    headers["Cross-Origin-Resource-Policy"] = "same-origin"
+    headers["Cross-Origin-Opener-Policy"] = "same-origin"
+    if not request.path.startswith("/static/"):
+        headers["Cache-Control"] = "no-store"
+
+
+# ---------------------------------------------------------------- parsing
+
+
+class _BadRequest(Exception):
+    """A request we refuse before it reaches the api; status and message for the client."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _loads(data: str | bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise _BadRequest(400, f"malformed JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise _BadRequest(400, "malformed request: expected a JSON object")
+    return value
+
+
+def _peer_id(value: object, what: str) -> int:
+    """A peer id from JSON (an int, not a bool) or from a URL (decimal digits)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_PEER_ID:
+        return value
+    raise _BadRequest(400, f"{what} must be a positive integer peer id")
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise _BadRequest(400, "text must be a string")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_TEXT_BYTES:
+        raise _BadRequest(413, f"message text is {size} bytes; the limit is {MAX_TEXT_BYTES} bytes of UTF-8")
+    return value
+
+
+def _message_id(value: object) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 200:
+        raise _BadRequest(400, "id must be a message id string")
+    return value
+
+
+async def _read_json(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _BadRequest(413, f"request body larger than {MAX_BODY_BYTES} bytes") from None
+    return _loads(body)
+
+
+# ---------------------------------------------------------------- HTTP handlers
+
+
+async def _index(request: web.Request) -> web.StreamResponse:
+    config = request.app[CONFIG_KEY]
+    port = _port(request)
+    if "token" in request.query:
+        if not _same(request.query["token"], config.token):
+            return web.Response(status=401, text="Wrong token: open the URL that webpeer printed.\n")
+        # Set the cookie, then drop the token from the address bar and history.
+        response = web.HTTPSeeOther("/")
+        response.set_cookie(_cookie_name(port), config.token, httponly=True, samesite="Strict", path="/")
+        return response
+    cookie = request.cookies.get(_cookie_name(port))
+    if cookie is None or not _same(cookie, config.token):
+        return web.Response(
+            status=401,
+            text="Not signed in: open the URL that webpeer printed (http://127.0.0.1:PORT/?token=...), then reload.\n",
+        )
+    context = {"asset_version": request.app[ASSET_VERSION_KEY]}
+    return aiohttp_jinja2.render_template("index.html", request, context)
+
+
+async def _api_me(request: web.Request) -> web.Response:
+    return web.json_response(request.app[API_KEY].me())
+
+
+async def _api_peers(request: web.Request) -> web.Response:
+    return web.json_response(request.app[API_KEY].peers())
+
+
+async def _api_messages(request: web.Request) -> web.Response:
+    try:
+        peer = _peer_id(request.query.get("peer"), "peer")
+        limit = 500
+        if "limit" in request.query:
+            raw = request.query["limit"]
+            if not (raw.isascii() and raw.isdigit() and 0 < int(raw) <= MAX_HISTORY_LIMIT):
+                raise _BadRequest(400, f"limit must be an integer in 1..{MAX_HISTORY_LIMIT}")
+            limit = int(raw)
+    except _BadRequest as exc:
+        return _error(exc.status, exc.message)
+    return web.json_response(request.app[API_KEY].messages(peer, limit))
+
+
+async def _api_send(request: web.Request) -> web.Response:
+    try:
+        body = await _read_json(request)
+        to = _peer_id(body.get("to"), "to")
+        text = _text(body.get("text"))
+    except _BadRequest as exc:
+        return _error(exc.status, exc.message)
+    message = await request.app[API_KEY].send_message(to, text)
+    return web.json_response(message, status=201)
+
+
+async def _api_retry(request: web.Request) -> web.Response:
+    try:
+        message_id = _message_id(request.match_info["id"])
+    except _BadRequest as exc:
+        return _error(exc.status, exc.message)
+    message = await request.app[API_KEY].retry(message_id)
+    return web.json_response(message)
+
+
+async def _api_read(request: web.Request) -> web.Response:
+    try:
+        peer = _peer_id(request.match_info["id"], "peer id")
+    except _BadRequest as exc:
+        return _error(exc.status, exc.message)
+    request.app[API_KEY].mark_read(peer)
+    return web.Response(status=204)
+
+
+# ---------------------------------------------------------------- websocket
+
+
+async def _websocket(request: web.Request) -> web.WebSocketResponse:
+    api = request.app[API_KEY]
+    ws = web.WebSocketResponse(heartbeat=WS_HEARTBEAT_SECONDS, max_msg_size=WS_HARD_LIMIT_BYTES)
+    await ws.prepare(request)
+    sockets = request.app[SOCKETS_KEY]
+    sockets.add(ws)
+    # Subscribe before the snapshot, so nothing between the two is lost.
+    queue = api.subscribe()
+    forwarder: asyncio.Task[None] | None = None
+    try:
+        await ws.send_str(json.dumps({"type": "hello", "me": api.me(), "peers": api.peers()}))
+        forwarder = asyncio.create_task(_forward(queue, ws))
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                reply = await _ws_request(api, msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                reply = _ws_error(None, 400, "binary messages are not supported; send JSON text")
+            else:  # ERROR: aiohttp has closed the socket already
+                break
+            if reply is not None:
+                await ws.send_str(json.dumps(reply))
+    except ConnectionError:
+        pass  # the browser went away mid-send
+    finally:
+        if forwarder is not None:
+            forwarder.cancel()
+        api.unsubscribe(queue)
+        sockets.discard(ws)
+    return ws
+
+
+async def _forward(queue: asyncio.Queue[JSON], ws: web.WebSocketResponse) -> None:
+    """Pushes the api's events to one socket until it closes."""
+    while True:
+        event = await queue.get()
+        try:
+            data = json.dumps(event)
+        except (TypeError, ValueError):
+            log.exception("dropping an event that is not JSON: %r", event)
+            continue
+        try:
+            await ws.send_str(data)
+        except ConnectionError:
+            return
+
+
+def _ws_error(client_id: str | None, status: int, message: str) -> JSON:
+    return {"type": "error", "client_id": client_id, "status": status, "error": message}
+
+
+async def _ws_request(api: PeerApi, data: str) -> JSON | None:
+    """One client request -> its answer (None: nothing to answer)."""
+    if len(data) > WS_MAX_MESSAGE_BYTES or len(data.encode("utf-8", "surrogatepass")) > WS_MAX_MESSAGE_BYTES:
+        return _ws_error(None, 413, f"websocket message larger than {WS_MAX_MESSAGE_BYTES} bytes")
+    client_id: str | None = None
+    try:
+        request = _loads(data)
+        raw_id = request.get("client_id")
+        if raw_id is not None:
+            if not isinstance(raw_id, str) or len(raw_id) > MAX_CLIENT_ID_CHARS:
+                raise _BadRequest(400, f"client_id must be a string of at most {MAX_CLIENT_ID_CHARS} characters")
+            client_id = raw_id
+        kind = request.get("type")
+        if kind == "send":
+            message = await api.send_message(_peer_id(request.get("to"), "to"), _text(request.get("text")))
+            return {"type": "sent", "client_id": client_id, "message": message}
+        if kind == "retry":
+            message = await api.retry(_message_id(request.get("id")))
+            return {"type": "sent", "client_id": client_id, "message": message}
+        if kind == "read":
+            api.mark_read(_peer_id(request.get("peer"), "peer"))
+            return None
+        raise _BadRequest(400, f"unknown request type {repr(kind)[:40]}; expected send, retry or read")
+    except _BadRequest as exc:
+        return _ws_error(client_id, exc.status, exc.message)
+    except ApiError as exc:
+        return _ws_error(client_id, exc.status, exc.message)
+
+
+async def _close_websockets(app: web.Application) -> None:
+    for ws in list(app[SOCKETS_KEY]):
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"webpeer is shutting down")
+
+
+def _asset_version(static_dir: Path) -> str:
+    """Changes whenever a static file changes, so browsers never run a stale app.js."""
+    newest = 0
+    for path in static_dir.glob("*"):
+        if path.is_file():
+            newest = max(newest, path.stat().st_mtime_ns)
+    return format(newest, "x")

@@ -1,0 +1,64 @@
+"""Peer-to-peer frames on a QUIC stream (pure).
+
+Each frame is a 4-byte big-endian length followed by that many bytes of UTF-8
+JSON (an object with a string "t").  Frames are length-checked before they
+are buffered, so a peer cannot make us hold more than MAX_FRAME bytes of one.
+docs/PROTOCOL.md, "Peer to peer", lists every frame type.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+MAX_FRAME = 96 * 1024  # a 64 KiB text, JSON-escaped, fits
+LENGTH = struct.Struct("!I")
+
+Frame = dict[str, Any]
+
+
+class FrameError(Exception):
+    """The other peer sent bytes that are not a valid frame."""
+
+
+def encode_frame(frame: Frame) -> bytes:
+    body = json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(body) > MAX_FRAME:
+        raise ValueError(f"frame of {len(body)} bytes exceeds {MAX_FRAME}")
+    return LENGTH.pack(len(body)) + body
+
+
+class FrameDecoder:
+    """Accumulates stream bytes and yields whole frames."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Frame]:
+        self._buffer += data
+        frames = []
+        while len(self._buffer) >= LENGTH.size:
+            (length,) = LENGTH.unpack_from(self._buffer)
+            if length > MAX_FRAME:
+                raise FrameError(f"frame length {length} exceeds {MAX_FRAME}")
+            if len(self._buffer) < LENGTH.size + length:
+                break
+            body = bytes(self._buffer[LENGTH.size : LENGTH.size + length])
+            del self._buffer[: LENGTH.size + length]
+            try:
+                frame = json.loads(body)
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise FrameError(f"frame is not JSON: {error}") from None
+            if not isinstance(frame, dict) or not isinstance(frame.get("t"), str):
+                raise FrameError("frame is not an object with a string 't'")
+            frames.append(frame)
+        return frames
+
+
+def require(frame: Frame, key: str, kind: type) -> Any:
+    """A field of an untrusted frame, type-checked (bool is not an int here)."""
+    value = frame.get(key)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise FrameError(f"frame {frame.get('t')!r}: field {key!r} must be {kind.__name__}")
+    return value
