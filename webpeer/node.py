@@ -117,6 +117,7 @@ class PeerNode:
         self._cids: dict[bytes, PeerLink] = {}
         self._accepting: set[PeerLink] = set()  # acceptor links not yet authenticated
         self._awaiting_key: dict[int, list[PeerLink]] = {}  # acceptor links waiting on CONNECT for the key
+        self._closing: list[PeerLink] = []  # closed links whose last datagrams (CONNECTION_CLOSE) are not out yet
         self._acceptor_config = quic_configuration(self.identity, Role.ACCEPTOR, config.idle_timeout)
         self._endpoint: UdpEndpoint | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -344,7 +345,8 @@ class PeerNode:
                 break
         for data in self.registration.datagrams_to_send():
             endpoint.sendto(data, self.config.server)
-        for link in self._all_links():
+        closing, self._closing = self._closing, []
+        for link in self._all_links() + closing:
             for data, address in link.datagrams_to_send(now):
                 endpoint.sendto(data, address)
         self._arm_timer(now)
@@ -413,7 +415,9 @@ class PeerNode:
             if peer is None:
                 peer = self.peer_states[peer_id] = PeerState(peer_id)
                 changed = True
-            restarted = peer.online and peer.online_since and entry.online_since != peer.online_since
+            # A new online-since means it registered anew (a restart): a link
+            # to its previous incarnation is dead even if it looks fine.
+            restarted = bool(peer.online_since) and entry.online_since != peer.online_since
             if not peer.online or restarted or peer.name != entry.nickname or peer.public_key != entry.public_key:
                 changed = True
             came_online = not peer.online
@@ -627,6 +631,7 @@ class PeerNode:
             link.close(f"bad frame: {error}")
 
     def _on_link_closed(self, link: PeerLink, event: LinkClosed, now: float) -> None:
+        self._closing.append(link)
         self._accepting.discard(link)
         for cid in [cid for cid, owner in self._cids.items() if owner is link]:
             del self._cids[cid]

@@ -111,3 +111,101 @@ async def test_message_to_offline_peer_is_queued_then_delivered(nodes, tmp_path)
     assert bob_again.registration.peer_id == 2
     await wait_for(lambda: alice.store.get_message(queued["id"])["status"] == "delivered", timeout=8, what="delivered")
     assert [m["text"] for m in bob_again.messages(1)] == ["are you there?"]
+
+
+async def test_peer_restart_mid_conversation(nodes, tmp_path) -> None:
+    alice, bob = await nodes("alice"), await nodes("bob")
+    await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")
+    first = await alice.send_message(2, "before the restart")
+    await wait_for(lambda: alice.store.get_message(first["id"])["status"] == "delivered", what="first delivered")
+    await bob.stop()
+    bob2 = await nodes("bob", data_dir=tmp_path / "bob")
+    assert bob2.registration.peer_id == 2
+    second = await alice.send_message(2, "after the restart")
+    await wait_for(lambda: alice.store.get_message(second["id"])["status"] == "delivered", timeout=10, what="second delivered")
+    assert [m["text"] for m in bob2.messages(1)] == ["before the restart", "after the restart"]
+    reply = await bob2.send_message(1, "I'm back")
+    await wait_for(lambda: bob2.store.get_message(reply["id"])["status"] == "delivered", what="reply delivered")
+
+
+async def test_a_different_key_answering_for_an_id_is_refused(nodes, tmp_path) -> None:
+    alice, bob = await nodes("alice"), await nodes("bob")
+    mallory = await nodes("mallory")
+    await wait_for(lambda: {p["id"] for p in alice.peers() if p["online"]} == {2, 3}, what="alice sees both")
+    # Mallory answers on bob's address: the CONNECT answer gives bob's address
+    # and key, but point alice at mallory's socket instead.
+    from webpeer import node as node_module
+
+    original = node_module.PeerLink.connect
+
+    def to_mallory(identity, my_id, address, peer_id, peer_key, now, idle_timeout=30.0):
+        return original(identity, my_id, mallory.udp_address, peer_id, peer_key, now, idle_timeout)
+
+    node_module.PeerLink.connect = to_mallory  # type: ignore[method-assign]
+    try:
+        sent = await alice.send_message(2, "for bob only")
+        await wait_for(lambda: alice.store.get_message(sent["id"])["status"] == "failed", what="failed")
+    finally:
+        node_module.PeerLink.connect = original  # type: ignore[method-assign]
+    message = alice.store.get_message(sent["id"])
+    assert "different key" in message["error"]
+    assert mallory.messages(1) == []
+    assert bob.messages(1) == []
+    peer = next(p for p in alice.peers() if p["id"] == 2)
+    assert "different key" in peer["error"]
+    # Retrying with the real address works.
+    await alice.retry(sent["id"])
+    await wait_for(lambda: alice.store.get_message(sent["id"])["status"] == "delivered", what="retry delivered")
+
+
+async def test_garbage_on_the_udp_socket_breaks_nothing(nodes) -> None:
+    import os
+    import socket
+
+    alice, bob = await nodes("alice"), await nodes("bob")
+    await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as junk:
+        for size in (0, 1, 19, 20, 21, 100, 1199, 1200, 1500):
+            for first in (0x00, 0x01, 0x40, 0x80, 0xC0, 0xFF):
+                payload = bytes([first]) + os.urandom(max(0, size - 1)) if size else b""
+                junk.sendto(payload, alice.udp_address)
+    sent = await alice.send_message(2, "still fine")
+    await wait_for(lambda: alice.store.get_message(sent["id"])["status"] == "delivered", what="delivered")
+    assert alice.stats["quic_dropped"] + alice.stats["bad_quic"] + alice.stats["stun_from_stranger"] > 0
+
+
+async def test_server_restart_peers_register_again_and_keep_ids(tmp_path) -> None:
+    db = tmp_path / "server.sqlite3"
+    server = RendezvousServer(ServerConfig(), SqliteRegistry(db), "127.0.0.1", 0)
+    await server.start()
+    address = server.address
+    peers = []
+    for name in ("alice", "bob"):
+        node = PeerNode(NodeConfig(server=address, data_dir=tmp_path / name, name=name, udp_host="127.0.0.1",
+                                   list_interval=0.3))
+        await node.start()
+        peers.append(node)
+    alice, bob = peers
+    try:
+        await wait_for(lambda: alice.registration.peer_id and bob.registration.peer_id, what="registered")
+        ids = (alice.registration.peer_id, bob.registration.peer_id)
+        await server.stop()
+        # A new server on the same port and registry file.  Make it forget who
+        # was online (as a server down for longer than the TTL would), so the
+        # peers' refreshes are refused and they must register again.
+        server = RendezvousServer(ServerConfig(), SqliteRegistry(db), address[0], address[1])
+        await server.start()
+        server.core.directory = type(server.core.directory)()
+        # Speed up their refresh so the test need not wait 21 s.
+        for node in peers:
+            node.registration._wake_at = node.clock()
+            node._flush()
+        await wait_for(lambda: alice.registration.state.value == "registered" and bob.registration.state.value == "registered"
+                       and 1 in server.core.directory and 2 in server.core.directory, timeout=8, what="registered again")
+        assert (alice.registration.peer_id, bob.registration.peer_id) == ids
+        sent = await alice.send_message(ids[1], "after the server restart")
+        await wait_for(lambda: alice.store.get_message(sent["id"])["status"] == "delivered", what="delivered")
+    finally:
+        for node in peers:
+            await node.stop()
+        await server.stop()

@@ -1,0 +1,156 @@
+"""An in-memory :class:`webpeer.api.PeerApi` for testing the web layer alone.
+
+It keeps peers and messages in dicts, records what the web layer asked for,
+and lets a test play the network: ``receive`` (a peer sent us something),
+``set_status``, ``set_connection``, ``publish``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Any
+
+from webpeer.api import JSON, MAX_TEXT_BYTES, ApiError
+
+QUEUE_SIZE = 256
+
+
+class FakePeerApi:
+    """Behaves like the contract in webpeer/api.py says, with no network."""
+
+    def __init__(self, my_id: int = 1, name: str = "alice") -> None:
+        self._me: JSON = {
+            "id": my_id,
+            "name": name,
+            "fingerprint": "SHA256:fake-" + name,
+            "public_address": "127.0.0.1:40001",
+            "server": "127.0.0.1:3478",
+            "registered": True,
+        }
+        self._peers: dict[int, JSON] = {}
+        self._messages: dict[str, JSON] = {}
+        self._queues: list[asyncio.Queue[JSON]] = []
+        self._ids = itertools.count(1)
+        self.sent: list[tuple[int, str]] = []
+        self.read_marks: list[int] = []
+        self.retried: list[str] = []
+
+    # -------------------------------------------------- test controls
+
+    def add_peer(self, peer_id: int, name: str, *, online: bool = True, key_changed: bool = False) -> JSON:
+        peer: JSON = {
+            "id": peer_id,
+            "name": name,
+            "fingerprint": f"SHA256:fake-{name}",
+            "online": online,
+            "unread": 0,
+            "key_changed": key_changed,
+            "connection": None,
+        }
+        self._peers[peer_id] = peer
+        self.publish({"type": "peers", "peers": self.peers()})
+        return peer
+
+    def publish(self, event: JSON) -> None:
+        for queue in list(self._queues):
+            try:
+                queue.put_nowait(event)
+            except asyncio.QueueFull:  # as the real one: a fresh snapshot instead
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait({"type": "peers", "peers": self.peers()})
+
+    def receive(self, from_id: int, text: str) -> JSON:
+        """A message from ``from_id`` arrives."""
+        message = self._new_message(from_id, from_id, self._me["id"], text, "received")
+        peer = self._peers.get(from_id)
+        if peer is not None:
+            peer["unread"] += 1
+        self.publish({"type": "message", "message": dict(message)})
+        return dict(message)
+
+    def set_status(self, message_id: str, status: str, error: str | None = None) -> None:
+        message = self._messages[message_id]
+        message["status"] = status
+        message["error"] = error
+        self.publish({"type": "status", "id": message_id, "status": status, "error": error})
+
+    def set_connection(self, peer_id: int, state: str | None, address: str | None = None) -> None:
+        connection = None if state is None else {"state": state, "address": address}
+        self._peers[peer_id]["connection"] = connection
+        self.publish({"type": "connection", "peer": peer_id, "connection": connection})
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._queues)
+
+    # -------------------------------------------------- PeerApi
+
+    def me(self) -> JSON:
+        return dict(self._me)
+
+    def peers(self) -> list[JSON]:
+        return [dict(peer) for peer in self._peers.values()]
+
+    def messages(self, peer_id: int, limit: int = 500) -> list[JSON]:
+        found = [dict(m) for m in self._messages.values() if m["peer"] == peer_id]
+        found.sort(key=lambda m: m["time"])
+        return found[-limit:]
+
+    async def send_message(self, to: int, text: str) -> JSON:
+        if not text.strip():
+            raise ApiError(400, "empty message")
+        if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
+            raise ApiError(400, "message too long")
+        if to not in self._peers:
+            raise ApiError(404, f"no peer with id {to}")
+        self.sent.append((to, text))
+        status = "sending" if self._peers[to]["online"] else "queued"
+        message = self._new_message(to, self._me["id"], to, text, status)
+        self.publish({"type": "message", "message": dict(message)})
+        return dict(message)
+
+    async def retry(self, message_id: str) -> JSON:
+        message = self._messages.get(message_id)
+        if message is None:
+            raise ApiError(404, f"no message {message_id}")
+        if message["status"] != "failed":
+            raise ApiError(409, f"message {message_id} has not failed")
+        self.retried.append(message_id)
+        self.set_status(message_id, "sending")
+        return dict(message)
+
+    def mark_read(self, peer_id: int) -> None:
+        self.read_marks.append(peer_id)
+        peer = self._peers.get(peer_id)
+        if peer is not None and peer["unread"]:
+            peer["unread"] = 0
+            self.publish({"type": "peers", "peers": self.peers()})
+
+    def subscribe(self) -> asyncio.Queue[JSON]:
+        queue: asyncio.Queue[JSON] = asyncio.Queue(QUEUE_SIZE)
+        self._queues.append(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[JSON]) -> None:
+        if queue in self._queues:
+            self._queues.remove(queue)
+
+    # -------------------------------------------------- internals
+
+    def _new_message(self, peer: int, sender: Any, to: Any, text: str, status: str) -> JSON:
+        message_id = f"m{next(self._ids)}"
+        message: JSON = {
+            "id": message_id,
+            "peer": peer,
+            "from": sender,
+            "to": to,
+            "text": text,
+            "status": status,
+            "time": time.time(),
+            "error": None,
+        }
+        self._messages[message_id] = message
+        return message
