@@ -312,9 +312,9 @@ def _loads(data: str | bytes) -> dict[str, Any]:
     return value
 
 
-def _peer_id(value: object, what: str) -> int:
+def _peer_id(value: object, what: str, *, from_url: bool = False) -> int:
     """A peer id from JSON (an int, not a bool) or from a URL (decimal digits)."""
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+    if from_url and isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
         value = int(value)
     if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_PEER_ID:
         return value
@@ -340,7 +340,9 @@ async def _read_json(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise _BadRequest(413, f"request body larger than {MAX_BODY_BYTES} bytes") from None
+        raise _BadRequest(
+            413, f"request body larger than {MAX_BODY_BYTES} bytes (a message text may have {MAX_TEXT_BYTES} bytes)"
+        ) from None
     return _loads(body)
 
 
@@ -354,7 +356,7 @@ async def _index(request: web.Request) -> web.StreamResponse:
         if not _same(request.query["token"], config.token):
             return web.Response(status=401, text="Wrong token: open the URL that webpeer printed.\n")
         # Set the cookie, then drop the token from the address bar and history.
-        response = web.HTTPSeeOther("/")
+        response = web.Response(status=303, headers={hdrs.LOCATION: "/"})
         response.set_cookie(_cookie_name(port), config.token, httponly=True, samesite="Strict", path="/")
         return response
     cookie = request.cookies.get(_cookie_name(port))
@@ -377,7 +379,7 @@ async def _api_peers(request: web.Request) -> web.Response:
 
 async def _api_messages(request: web.Request) -> web.Response:
     try:
-        peer = _peer_id(request.query.get("peer"), "peer")
+        peer = _peer_id(request.query.get("peer"), "peer", from_url=True)
         limit = 500
         if "limit" in request.query:
             raw = request.query["limit"]
@@ -411,7 +413,7 @@ async def _api_retry(request: web.Request) -> web.Response:
 
 async def _api_read(request: web.Request) -> web.Response:
     try:
-        peer = _peer_id(request.match_info["id"], "peer id")
+        peer = _peer_id(request.match_info["id"], "peer id", from_url=True)
     except _BadRequest as exc:
         return _error(exc.status, exc.message)
     request.app[API_KEY].mark_read(peer)
@@ -474,7 +476,11 @@ def _ws_error(client_id: str | None, status: int, message: str) -> JSON:
 async def _ws_request(api: PeerApi, data: str) -> JSON | None:
     """One client request -> its answer (None: nothing to answer)."""
     if len(data) > WS_MAX_MESSAGE_BYTES or len(data.encode("utf-8", "surrogatepass")) > WS_MAX_MESSAGE_BYTES:
-        return _ws_error(None, 413, f"websocket message larger than {WS_MAX_MESSAGE_BYTES} bytes")
+        return _ws_error(
+            None,
+            413,
+            f"websocket message larger than {WS_MAX_MESSAGE_BYTES} bytes (a message text may have {MAX_TEXT_BYTES} bytes)",
+        )
     client_id: str | None = None
     try:
         request = _loads(data)

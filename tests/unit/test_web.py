@@ -1,0 +1,692 @@
+"""The web layer (webpeer/web.py) against an in-memory PeerApi, over real
+loopback HTTP: every security rule, every route and the websocket protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType, web
+from aiohttp.test_utils import TestClient, TestServer
+
+from webpeer.api import MAX_TEXT_BYTES
+from webpeer.web import (
+    MAX_BODY_BYTES,
+    WS_HARD_LIMIT_BYTES,
+    WS_MAX_MESSAGE_BYTES,
+    WebConfig,
+    create_app,
+    default_static_dir,
+    default_templates_dir,
+    start_site,
+)
+
+from fake_api import FakePeerApi
+
+TOKEN = "test-token_0123456789abcdefXYZ"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Site:
+    client: TestClient[web.Request, web.Application]
+    api: FakePeerApi
+    port: int
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def bearer(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {TOKEN}"}
+
+    def browser(self, **extra: str) -> dict[str, str]:
+        """What a same-origin page sends with a POST (the cookie comes from the jar)."""
+        return {"Origin": self.origin, **extra}
+
+    async def sign_in(self) -> None:
+        response = await self.client.get(f"/?token={TOKEN}", allow_redirects=False)
+        assert response.status == 303
+
+    async def ws(self, **kwargs: Any) -> aiohttp.ClientWebSocketResponse:
+        headers = kwargs.pop("headers", {"Origin": self.origin, **self.bearer})
+        return await self.client.ws_connect("/ws", headers=headers, **kwargs)
+
+
+@pytest.fixture
+async def site() -> AsyncIterator[Site]:
+    api = FakePeerApi()
+    api.add_peer(2, "bob")
+    api.add_peer(3, "carol", online=False)
+    port = free_port()
+    app = create_app(WebConfig(port=port, token=TOKEN), api)
+    client = TestClient(TestServer(app, host="127.0.0.1", port=port))
+    await client.start_server()
+    yield Site(client, api, port)
+    await client.close()
+
+
+async def receive_json(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5.0) -> dict[str, Any]:
+    msg = await ws.receive(timeout=timeout)
+    assert msg.type == WSMsgType.TEXT, msg
+    value = json.loads(msg.data)
+    assert isinstance(value, dict)
+    return value
+
+
+async def receive_until(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, Any]:
+    while True:
+        event = await receive_json(ws)
+        if event["type"] == kind:
+            return event
+
+
+def assert_security_headers(response: aiohttp.ClientResponse, port: int) -> None:
+    csp = response.headers["Content-Security-Policy"]
+    assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    directives = {part.split()[0]: part.split()[1:] for part in csp.split("; ")}
+    assert directives["default-src"] == ["'self'"]
+    assert directives["script-src"] == ["'self'"]
+    assert directives["style-src"] == ["'self'"]
+    assert directives["object-src"] == ["'none'"]
+    assert directives["frame-ancestors"] == ["'none'"]
+    assert directives["base-uri"] == ["'none'"]
+    assert directives["connect-src"] == ["'self'", f"ws://127.0.0.1:{port}", f"ws://localhost:{port}"]
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_config_rejects_unsafe_tokens_and_ports() -> None:
+    for token in ["", "with space", "semi;colon", "quote\"", "é", "x" * 513]:
+        with pytest.raises(ValueError, match="token"):
+            WebConfig(port=8000, token=token)
+    with pytest.raises(ValueError, match="port"):
+        WebConfig(port=70000, token=TOKEN)
+
+
+def test_default_asset_dirs_hold_the_page() -> None:
+    assert (default_templates_dir() / "index.html").is_file()
+    assert (default_static_dir() / "app.js").is_file()
+    assert (default_static_dir() / "app.css").is_file()
+
+
+def test_create_app_refuses_missing_dirs(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a directory"):
+        create_app(WebConfig(port=8000, token=TOKEN, templates_dir=tmp_path / "nope"), FakePeerApi())
+
+
+async def test_start_site_binds_loopback_only_and_checks_the_real_port() -> None:
+    api = FakePeerApi()
+    app = create_app(WebConfig(port=0, token=TOKEN), api)
+    runner = await start_site(app)
+    try:
+        host, port = runner.addresses[0][:2]
+        assert host == "127.0.0.1"
+        assert port != 0
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{port}/api/me"
+            async with session.get(url, headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+                assert response.status == 200
+                assert (await response.json())["name"] == "alice"
+                assert_security_headers(response, port)
+            # Port 0 in the config means "the port we were reached on", not "any port".
+            headers = {"Authorization": f"Bearer {TOKEN}", "Host": f"127.0.0.1:{port + 1}"}
+            async with session.get(url, headers=headers) as response:
+                assert response.status == 403
+    finally:
+        await runner.cleanup()
+
+
+async def test_start_site_refuses_a_port_the_app_does_not_answer_for() -> None:
+    app = create_app(WebConfig(port=free_port(), token=TOKEN), FakePeerApi())
+    with pytest.raises(ValueError, match="only accepts"):
+        await start_site(app, 1)
+
+
+# ---------------------------------------------------------------- Host header
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.example:{port}",
+        "evil.example",
+        "127.0.0.1",
+        "127.0.0.1:1",
+        "localhost",
+        "localhost.evil.example:{port}",
+        "127.0.0.1.nip.io:{port}",
+        "[::1]:{port}",
+        "0.0.0.0:{port}",
+        "127.0.0.2:{port}",
+    ],
+)
+async def test_wrong_host_header_is_forbidden(site: Site, host: str) -> None:
+    host = host.format(port=site.port)
+    for path in ["/", f"/?token={TOKEN}", "/api/me", "/static/app.js", "/ws"]:
+        response = await site.client.get(path, headers={"Host": host, **site.bearer, "Origin": site.origin})
+        assert response.status == 403, (host, path)
+        assert "Host" in (await response.json())["error"]
+        assert "Set-Cookie" not in response.headers
+        assert_security_headers(response, site.port)
+
+
+async def test_localhost_host_header_is_accepted(site: Site) -> None:
+    response = await site.client.get("/api/me", headers={"Host": f"localhost:{site.port}", **site.bearer})
+    assert response.status == 200
+    response = await site.client.get("/static/app.css", headers={"Host": f"LOCALHOST:{site.port}"})
+    assert response.status == 200
+
+
+# ---------------------------------------------------------------- token
+
+
+@pytest.mark.parametrize("path", ["/api/me", "/api/peers", "/api/messages?peer=2", "/api/anything"])
+async def test_api_needs_the_token(site: Site, path: str) -> None:
+    for headers in [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Bearer {TOKEN}x"},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": "Bearer \u00e9\u00e9"},
+        {"Cookie": f"webpeer_token_{site.port}=wrong"},
+        {"Cookie": f"webpeer_token_{site.port + 1}={TOKEN}"},  # another webpeer's cookie
+    ]:
+        response = await site.client.get(path, headers=headers)
+        assert response.status == 401, headers
+        assert "token" in (await response.json())["error"]
+        assert response.headers["Cache-Control"] == "no-store"
+        assert_security_headers(response, site.port)
+    # ?token= is for the websocket only: URLs end up in logs and history.
+    response = await site.client.get(path + ("&" if "?" in path else "?") + f"token={TOKEN}")
+    assert response.status == 401
+
+
+async def test_post_needs_the_token_even_from_the_page_origin(site: Site) -> None:
+    response = await site.client.post("/api/messages", json={"to": 2, "text": "hi"}, headers=site.browser())
+    assert response.status == 401
+    assert site.api.sent == []
+
+
+async def test_bearer_token_is_accepted(site: Site) -> None:
+    response = await site.client.get("/api/me", headers={"Authorization": f"bearer {TOKEN}"})
+    assert response.status == 200
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+# ---------------------------------------------------------------- cookie flow and page
+
+
+async def test_token_url_sets_cookie_and_redirects_without_token(site: Site) -> None:
+    response = await site.client.get(f"/?token={TOKEN}", allow_redirects=False)
+    assert response.status == 303
+    assert response.headers["Location"] == "/"
+    cookie = response.headers["Set-Cookie"]
+    assert cookie.startswith(f"webpeer_token_{site.port}={TOKEN};")
+    assert "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie
+    assert "Path=/" in cookie
+    assert_security_headers(response, site.port)
+    # The cookie now authenticates the page and the API.
+    page = await site.client.get("/")
+    assert page.status == 200
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert page.headers["Cache-Control"] == "no-store"
+    assert_security_headers(page, site.port)
+    html = await page.text()
+    assert TOKEN not in html
+    me = await site.client.get("/api/me")
+    assert me.status == 200
+    assert (await me.json())["id"] == 1
+
+
+async def test_wrong_token_url_sets_no_cookie(site: Site) -> None:
+    response = await site.client.get("/?token=nope", allow_redirects=False)
+    assert response.status == 401
+    assert "Set-Cookie" not in response.headers
+    assert (await site.client.get("/api/me")).status == 401
+
+
+async def test_page_without_cookie_says_how_to_sign_in(site: Site) -> None:
+    response = await site.client.get("/")
+    assert response.status == 401
+    assert "?token=" in await response.text()
+
+
+class _PageAudit(HTMLParser):
+    """Collects what a strict CSP would block or what would leak data into HTML."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.problems: list[str] = []
+        self.testids: set[str] = set()
+        self.scripts: list[str] = []
+        self._in_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        names = dict(attrs)
+        for name, _ in attrs:
+            if name == "style" or name.startswith("on"):
+                self.problems.append(f"<{tag} {name}=...>")
+        if tag == "style":
+            self.problems.append("<style> element")
+        if tag == "script":
+            if not names.get("src"):
+                self.problems.append("inline <script>")
+            else:
+                self.scripts.append(names["src"] or "")
+            self._in_script = True
+        if names.get("data-testid"):
+            self.testids.add(names["data-testid"] or "")
+        for name in ("href", "src", "action"):
+            value = names.get(name) or ""
+            if value.lower().startswith(("javascript:", "data:", "http:", "https:", "//")):
+                self.problems.append(f"<{tag} {name}={value}>")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._in_script = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script and data.strip():
+            self.problems.append("script with a body")
+
+
+async def test_page_has_no_inline_code_and_all_test_ids(site: Site) -> None:
+    await site.sign_in()
+    html = await (await site.client.get("/")).text()
+    audit = _PageAudit()
+    audit.feed(html)
+    assert audit.problems == []
+    assert [src.split("?")[0] for src in audit.scripts] == ["/static/app.js"]
+    expected = {"my-id", "my-name", "my-fingerprint", "my-address", "peer-list", "conversation", "composer",
+                "send-button", "disconnected-banner", "server-status"}
+    assert expected <= audit.testids
+    # The dynamic ones are made by app.js.
+    script = (default_static_dir() / "app.js").read_text()
+    for testid in ["peer-item", "message", "message-text", "retry-button", "unread-badge", "connection-state"]:
+        assert f'"{testid}"' in script, testid
+
+
+def test_script_never_parses_strings_as_html() -> None:
+    script = (default_static_dir() / "app.js").read_text()
+    code = re.sub(r"//.*", "", script)  # the header comment names what it avoids
+    for sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function",
+                 "setTimeout(\"", "createContextualFragment", "DOMParser"]:
+        assert sink not in code, sink
+    assert "textContent" in code
+
+
+async def test_static_files_are_served_with_headers(site: Site) -> None:
+    for name, kind in [("app.js", "javascript"), ("app.css", "text/css")]:
+        response = await site.client.get(f"/static/{name}")
+        assert response.status == 200
+        assert kind in response.headers["Content-Type"]
+        assert_security_headers(response, site.port)
+    assert (await site.client.get("/static/../webpeer/web.py")).status in (403, 404)
+    assert (await site.client.get("/static/%2e%2e/pyproject.toml")).status in (403, 404)
+    assert (await site.client.get("/static/")).status in (403, 404)
+
+
+# ---------------------------------------------------------------- Origin
+
+
+async def test_post_with_cookie_needs_same_origin(site: Site) -> None:
+    await site.sign_in()
+    body = {"to": 2, "text": "hi"}
+    for origin in [None, "http://evil.example", "null", f"http://127.0.0.1:{site.port + 1}",
+                   f"https://127.0.0.1:{site.port}", f"http://127.0.0.1:{site.port}.evil.example"]:
+        headers = {} if origin is None else {"Origin": origin}
+        response = await site.client.post("/api/messages", json=body, headers=headers)
+        assert response.status == 403, origin
+        assert "Origin" in (await response.json())["error"]
+    assert site.api.sent == []
+    for origin in [site.origin, f"http://localhost:{site.port}"]:
+        response = await site.client.post("/api/messages", json=body, headers={"Origin": origin})
+        assert response.status == 201, origin
+    assert site.api.sent == [(2, "hi"), (2, "hi")]
+
+
+async def test_post_with_bearer_may_omit_origin_but_not_lie(site: Site) -> None:
+    response = await site.client.post("/api/messages", json={"to": 2, "text": "a"}, headers=site.bearer)
+    assert response.status == 201
+    headers = {**site.bearer, "Origin": "http://evil.example"}
+    response = await site.client.post("/api/messages", json={"to": 2, "text": "b"}, headers=headers)
+    assert response.status == 403
+    assert site.api.sent == [(2, "a")]
+
+
+async def test_every_post_route_checks_origin(site: Site) -> None:
+    await site.sign_in()
+    failed = site.api._new_message(2, 1, 2, "x", "failed")
+    for path in ["/api/messages", f"/api/messages/{failed['id']}/retry", "/api/peers/2/read"]:
+        response = await site.client.post(path, json={}, headers={"Origin": "http://evil.example"})
+        assert response.status == 403, path
+    assert site.api.retried == [] and site.api.read_marks == []
+
+
+# ---------------------------------------------------------------- API routes
+
+
+async def test_me_and_peers(site: Site) -> None:
+    me = await (await site.client.get("/api/me", headers=site.bearer)).json()
+    assert me == site.api.me()
+    assert {"id", "name", "fingerprint", "public_address"} <= me.keys()
+    peers = await (await site.client.get("/api/peers", headers=site.bearer)).json()
+    assert [(p["id"], p["name"], p["online"]) for p in peers] == [(2, "bob", True), (3, "carol", False)]
+
+
+async def test_send_then_history_oldest_first(site: Site) -> None:
+    response = await site.client.post("/api/messages", json={"to": 2, "text": "first"}, headers=site.bearer)
+    assert response.status == 201
+    sent = await response.json()
+    assert sent["status"] == "sending" and sent["to"] == 2 and sent["text"] == "first"
+    assert isinstance(sent["id"], str)
+    site.api.receive(2, "second")
+    response = await site.client.post("/api/messages", json={"to": 3, "text": "queued one"}, headers=site.bearer)
+    assert (await response.json())["status"] == "queued"
+    history = await (await site.client.get("/api/messages?peer=2", headers=site.bearer)).json()
+    assert [m["text"] for m in history] == ["first", "second"]
+    assert [m["from"] for m in history] == [1, 2]
+    history = await (await site.client.get("/api/messages?peer=2&limit=1", headers=site.bearer)).json()
+    assert [m["text"] for m in history] == ["second"]
+
+
+@pytest.mark.parametrize("query", ["", "?peer=", "?peer=abc", "?peer=-1", "?peer=0", "?peer=1.5", "?peer=2&limit=0",
+                                   "?peer=2&limit=x", "?peer=99999999999999999999", "?peer=%D9%A3"])
+async def test_history_rejects_bad_parameters(site: Site, query: str) -> None:
+    response = await site.client.get("/api/messages" + query, headers=site.bearer)
+    assert response.status == 400
+    assert (await response.json())["error"]
+
+
+async def test_text_limit_is_64_kib_of_utf8(site: Site) -> None:
+    ok = "a" * MAX_TEXT_BYTES
+    response = await site.client.post("/api/messages", json={"to": 2, "text": ok}, headers=site.bearer)
+    assert response.status == 201
+    for text in ["a" * (MAX_TEXT_BYTES + 1), "é" * (MAX_TEXT_BYTES // 2 + 1), "€" * (MAX_TEXT_BYTES // 3 + 1)]:
+        # As a browser's JSON.stringify sends it: UTF-8, not \u escapes.
+        body = json.dumps({"to": 2, "text": text}, ensure_ascii=False).encode()
+        headers = {**site.bearer, "Content-Type": "application/json"}
+        response = await site.client.post("/api/messages", data=body, headers=headers)
+        assert response.status == 413
+        error = (await response.json())["error"]
+        assert str(MAX_TEXT_BYTES) in error and "bytes" in error
+    assert len(site.api.sent) == 1
+    ok = "€" * (MAX_TEXT_BYTES // 3)
+    body = json.dumps({"to": 2, "text": ok}, ensure_ascii=False).encode()
+    response = await site.client.post("/api/messages", data=body, headers=site.bearer)
+    assert response.status == 201
+    assert site.api.sent[-1] == (2, ok)
+
+
+async def test_body_limit(site: Site) -> None:
+    body = json.dumps({"to": 2, "text": "a" * MAX_BODY_BYTES})
+    response = await site.client.post(
+        "/api/messages", data=body, headers={**site.bearer, "Content-Type": "application/json"}
+    )
+    assert response.status == 413
+    assert "body" in (await response.json())["error"]
+    assert site.api.sent == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"{", b"not json", b"[1, 2]", b'"text"', b"\xff\xfe{}", b"[" * 60000, b'{"to": 2, "text": "a"}}'],
+)
+async def test_malformed_json_is_400(site: Site, body: bytes) -> None:
+    response = await site.client.post(
+        "/api/messages", data=body, headers={**site.bearer, "Content-Type": "application/json"}
+    )
+    assert response.status == 400
+    assert "malformed" in (await response.json())["error"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"text": "a"}, {"to": "2", "text": "a"}, {"to": True, "text": "a"}, {"to": 2.0, "text": "a"}, {"to": 0, "text": "a"},
+     {"to": 2}, {"to": 2, "text": 5}, {"to": 2, "text": None}, {"to": 2**70, "text": "a"}],
+)
+async def test_bad_fields_are_400(site: Site, body: dict[str, Any]) -> None:
+    response = await site.client.post("/api/messages", json=body, headers=site.bearer)
+    assert response.status == 400
+    assert (await response.json())["error"]
+    assert site.api.sent == []
+
+
+async def test_api_errors_keep_their_status(site: Site) -> None:
+    response = await site.client.post("/api/messages", json={"to": 99, "text": "hi"}, headers=site.bearer)
+    assert response.status == 404
+    assert await response.json() == {"error": "no peer with id 99"}
+    response = await site.client.post("/api/messages", json={"to": 2, "text": "  "}, headers=site.bearer)
+    assert response.status == 400
+    assert await response.json() == {"error": "empty message"}
+
+
+async def test_retry(site: Site) -> None:
+    response = await site.client.post("/api/messages/nope/retry", headers=site.bearer)
+    assert response.status == 404
+    assert await response.json() == {"error": "no message nope"}
+    sent = await (await site.client.post("/api/messages", json={"to": 2, "text": "x"}, headers=site.bearer)).json()
+    response = await site.client.post(f"/api/messages/{sent['id']}/retry", headers=site.bearer)
+    assert response.status == 409
+    site.api.set_status(sent["id"], "failed", "peer unreachable")
+    response = await site.client.post(f"/api/messages/{sent['id']}/retry", headers=site.bearer)
+    assert response.status == 200
+    assert (await response.json())["status"] == "sending"
+    assert site.api.retried == [sent["id"]]
+
+
+async def test_mark_read(site: Site) -> None:
+    site.api.receive(2, "unread one")
+    assert site.api.peers()[0]["unread"] == 1
+    response = await site.client.post("/api/peers/2/read", headers=site.bearer)
+    assert response.status == 204
+    assert site.api.read_marks == [2]
+    assert site.api.peers()[0]["unread"] == 0
+    response = await site.client.post("/api/peers/abc/read", headers=site.bearer)
+    assert response.status == 400
+
+
+async def test_unknown_api_route_and_method_are_json(site: Site) -> None:
+    response = await site.client.get("/api/nothing", headers=site.bearer)
+    assert response.status == 404
+    assert (await response.json())["error"]
+    response = await site.client.delete("/api/me", headers={**site.bearer, "Origin": site.origin})
+    assert response.status == 405
+    assert (await response.json())["error"]
+
+
+# ---------------------------------------------------------------- websocket
+
+
+async def test_ws_handshake_needs_token_and_origin(site: Site) -> None:
+    cases = [
+        ({"Origin": site.origin}, 401),  # no token at all
+        ({"Origin": site.origin, "Authorization": "Bearer wrong"}, 401),
+        ({"Origin": "http://evil.example", **site.bearer}, 403),  # cross-site websocket hijacking
+        ({"Origin": "null", **site.bearer}, 403),
+        ({"Host": f"evil.example:{site.port}", "Origin": site.origin, **site.bearer}, 403),
+    ]
+    for headers, status in cases:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+            await site.client.ws_connect("/ws", headers=headers)
+        assert caught.value.status == status, headers
+    await site.sign_in()
+    with pytest.raises(aiohttp.WSServerHandshakeError) as caught:  # cookie, but no Origin
+        await site.client.ws_connect("/ws")
+    assert caught.value.status == 403
+    with pytest.raises(aiohttp.WSServerHandshakeError) as caught:  # cookie, foreign Origin
+        await site.client.ws_connect("/ws", headers={"Origin": "http://evil.example"})
+    assert caught.value.status == 403
+    assert site.api.subscribers == 0
+
+
+async def test_ws_accepts_cookie_query_token_and_bearer(site: Site) -> None:
+    async with await site.client.ws_connect(f"/ws?token={TOKEN}", headers={"Origin": site.origin}) as ws:
+        assert (await receive_json(ws))["type"] == "hello"
+    async with await site.client.ws_connect("/ws", headers=site.bearer) as ws:  # a script: no Origin
+        assert (await receive_json(ws))["type"] == "hello"
+    await site.sign_in()
+    async with await site.client.ws_connect("/ws", headers={"Origin": f"http://localhost:{site.port}"}) as ws:
+        assert (await receive_json(ws))["type"] == "hello"
+
+
+async def test_ws_hello_then_live_events(site: Site) -> None:
+    async with await site.ws() as ws:
+        hello = await receive_json(ws)
+        assert hello == {"type": "hello", "me": site.api.me(), "peers": site.api.peers()}
+        incoming = site.api.receive(2, "live <b>hi</b>")
+        assert await receive_json(ws) == {"type": "message", "message": incoming}
+        site.api.set_connection(2, "direct", "127.0.0.1:5000")
+        event = await receive_json(ws)
+        assert event == {"type": "connection", "peer": 2, "connection": {"state": "direct", "address": "127.0.0.1:5000"}}
+        site.api.set_status(incoming["id"], "delivered")
+        assert await receive_json(ws) == {"type": "status", "id": incoming["id"], "status": "delivered", "error": None}
+        site.api.add_peer(4, "dave")
+        event = await receive_json(ws)
+        assert event["type"] == "peers" and [p["id"] for p in event["peers"]] == [2, 3, 4]
+    # Closing the socket unsubscribes.
+    for _ in range(50):
+        if site.api.subscribers == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert site.api.subscribers == 0
+
+
+async def test_ws_send_read_and_retry(site: Site) -> None:
+    async with await site.ws() as ws:
+        await receive_json(ws)
+        await ws.send_json({"type": "send", "to": 2, "text": "over ws", "client_id": "c1"})
+        sent = await receive_until(ws, "sent")
+        assert sent["client_id"] == "c1"
+        assert sent["message"]["text"] == "over ws" and sent["message"]["to"] == 2
+        assert site.api.sent == [(2, "over ws")]
+
+        await ws.send_json({"type": "read", "peer": 2})
+        await ws.send_json({"type": "retry", "id": sent["message"]["id"], "client_id": "r1"})
+        error = await receive_until(ws, "error")
+        assert error == {"type": "error", "client_id": "r1", "status": 409,
+                         "error": f"message {sent['message']['id']} has not failed"}
+        assert site.api.read_marks == [2]
+
+        site.api.set_status(sent["message"]["id"], "failed", "timeout")
+        await ws.send_json({"type": "retry", "id": sent["message"]["id"], "client_id": "r2"})
+        answer = await receive_until(ws, "sent")
+        assert answer["client_id"] == "r2" and answer["message"]["status"] == "sending"
+
+
+@pytest.mark.parametrize(
+    ("request_text", "status", "client_id", "words"),
+    [
+        ("{", 400, None, "malformed JSON"),
+        ("[]", 400, None, "JSON object"),
+        ('{"type": "dance", "client_id": "c9"}', 400, "c9", "unknown request type"),
+        ('{"client_id": "c9"}', 400, "c9", "unknown request type"),
+        ('{"type": "send", "to": 99, "text": "x", "client_id": "c2"}', 404, "c2", "no peer with id 99"),
+        ('{"type": "send", "to": "2", "text": "x", "client_id": "c3"}', 400, "c3", "positive integer"),
+        ('{"type": "send", "to": 2, "client_id": "c4"}', 400, "c4", "text must be a string"),
+        ('{"type": "send", "to": 2, "text": "x", "client_id": 5}', 400, None, "client_id"),
+        ('{"type": "read", "peer": null}', 400, None, "positive integer"),
+        ('{"type": "retry", "id": 7}', 400, None, "message id"),
+    ],
+)
+async def test_ws_bad_requests_get_error_events(
+    site: Site, request_text: str, status: int, client_id: str | None, words: str
+) -> None:
+    async with await site.ws() as ws:
+        await receive_json(ws)
+        await ws.send_str(request_text)
+        error = await receive_until(ws, "error")
+        assert error["status"] == status
+        assert error["client_id"] == client_id
+        assert words in error["error"]
+        # The socket still works.
+        await ws.send_json({"type": "send", "to": 2, "text": "still here", "client_id": "ok"})
+        assert (await receive_until(ws, "sent"))["client_id"] == "ok"
+
+
+async def test_ws_oversize_message_gets_an_error_and_the_socket_stays_usable(site: Site) -> None:
+    async with await site.ws() as ws:
+        await receive_json(ws)
+        text = "a" * (MAX_TEXT_BYTES + 1)  # fits the websocket limit, not the text limit
+        await ws.send_json({"type": "send", "to": 2, "text": text, "client_id": "big"})
+        error = await receive_until(ws, "error")
+        assert error["status"] == 413 and error["client_id"] == "big"
+        assert str(MAX_TEXT_BYTES) in error["error"]
+        await ws.send_json({"type": "send", "to": 2, "text": "x" * (WS_MAX_MESSAGE_BYTES + 10), "client_id": "huge"})
+        error = await receive_until(ws, "error")
+        assert error["status"] == 413 and "websocket message larger" in error["error"]
+        await ws.send_bytes(b"\x00\x01")
+        error = await receive_until(ws, "error")
+        assert "binary" in error["error"]
+        assert site.api.sent == []
+        await ws.send_json({"type": "send", "to": 2, "text": "small", "client_id": "small"})
+        assert (await receive_until(ws, "sent"))["client_id"] == "small"
+        assert site.api.sent == [(2, "small")]
+
+
+async def test_ws_beyond_hard_limit_closes_only_that_socket(site: Site) -> None:
+    async with await site.ws() as other:
+        await receive_json(other)
+        async with await site.ws() as ws:
+            await receive_json(ws)
+            await ws.send_str("a" * (WS_HARD_LIMIT_BYTES + 1))
+            msg = await ws.receive(timeout=5)
+            assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING)
+            assert ws.close_code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+        await other.send_json({"type": "send", "to": 2, "text": "fine", "client_id": "f"})
+        assert (await receive_until(other, "sent"))["client_id"] == "f"
+
+
+async def test_ws_closed_on_shutdown() -> None:
+    api = FakePeerApi()
+    port = free_port()
+    server = TestServer(create_app(WebConfig(port=port, token=TOKEN), api), host="127.0.0.1", port=port)
+    client = TestClient(server)
+    await client.start_server()
+    try:
+        ws = await client.ws_connect("/ws", headers={"Authorization": f"Bearer {TOKEN}"})
+        await receive_json(ws)
+        closing = asyncio.create_task(server.close())  # runs on_shutdown
+        msg = await ws.receive(timeout=5)
+        assert msg.type == WSMsgType.CLOSE
+        assert ws.close_code == aiohttp.WSCloseCode.GOING_AWAY
+        await asyncio.wait_for(closing, 10)
+        assert api.subscribers == 0
+    finally:
+        await client.close()
+
+
+async def test_slow_consumer_gets_a_snapshot_not_a_crash(site: Site) -> None:
+    async with await site.ws() as ws:
+        await receive_json(ws)
+        for i in range(2000):  # many more than the fake's queue holds
+            site.api.receive(2, f"m{i}")
+        kinds = set()
+        while True:
+            event = await receive_json(ws)
+            kinds.add(event["type"])
+            if event["type"] == "message" and event["message"]["text"] == "m1999":
+                break
+        assert "message" in kinds
+        await ws.send_json({"type": "read", "peer": 2})
+        await ws.send_json({"type": "nope"})
+        assert (await receive_until(ws, "error"))["status"] == 400

@@ -1,0 +1,105 @@
+"""``webpeer``: one user's peer, and the page that drives it on 127.0.0.1."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import sys
+import webbrowser
+from pathlib import Path
+from typing import AsyncIterator, Sequence
+
+import platformdirs
+from aiohttp import web
+
+from rendezvous.tool import parse_server
+
+from .node import NodeConfig, PeerNode
+from .web import WebConfig, create_app, start_site
+
+logger = logging.getLogger("webpeer")
+
+
+def default_data_dir(name: str, http_port: int) -> Path:
+    """One directory per peer, so several can run side by side."""
+    label = name or f"port-{http_port}"
+    return Path(platformdirs.user_data_dir("peerlink")) / "peers" / label
+
+
+def build_parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(prog="webpeer", description="peerlink peer: messages go straight to other "
+                                     "peers over UDP (QUIC); open the printed URL to use it.")
+    parser.add_argument("--server", type=parse_server, default=parse_server(env("WEBPEER_SERVER", "127.0.0.1:3478")),
+                        help="rendezvous server HOST:PORT (env WEBPEER_SERVER, default 127.0.0.1:3478)")
+    parser.add_argument("--http-port", type=int, default=int(env("WEBPEER_HTTP_PORT", "8000")),
+                        help="port of the local page on 127.0.0.1; 0 picks a free one (env WEBPEER_HTTP_PORT, default 8000)")
+    parser.add_argument("--name", default=env("WEBPEER_NAME", ""), help="nickname shown to other peers (env WEBPEER_NAME)")
+    parser.add_argument("--data-dir", type=Path, default=env("WEBPEER_DATA_DIR"),
+                        help="where the key and the history live (env WEBPEER_DATA_DIR; default: "
+                        "<user data dir>/peerlink/peers/<name or port-N>)")
+    parser.add_argument("--udp-port", type=int, default=int(env("WEBPEER_UDP_PORT", "0")),
+                        help="UDP port for the server and other peers; 0 picks one (env WEBPEER_UDP_PORT)")
+    parser.add_argument("--udp-host", default=env("WEBPEER_UDP_HOST", "0.0.0.0"),
+                        help="address the UDP socket binds (env WEBPEER_UDP_HOST, default 0.0.0.0)")
+    parser.add_argument("--token", default=env("WEBPEER_TOKEN"),
+                        help="the page's access token (env WEBPEER_TOKEN); random for each start otherwise")
+    parser.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    parser.add_argument("--log-level", default=env("WEBPEER_LOG_LEVEL", "info"),
+                        choices=["debug", "info", "warning", "error"], help="log verbosity (env WEBPEER_LOG_LEVEL)")
+    return parser
+
+
+def node_context(node: PeerNode):  # type: ignore[no-untyped-def]
+    """aiohttp cleanup context: the node (socket, registration, store) lives as long as the app."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        await node.start()
+        yield
+        await node.stop()
+
+    return context
+
+
+async def serve(args: argparse.Namespace) -> None:
+    token = args.token or secrets.token_urlsafe(24)
+    data_dir = args.data_dir or default_data_dir(args.name, args.http_port)
+    node = PeerNode(NodeConfig(server=args.server, data_dir=Path(data_dir), name=args.name,
+                               udp_host=args.udp_host, udp_port=args.udp_port))
+    app = create_app(WebConfig(port=args.http_port, token=token), node)
+    app.cleanup_ctx.append(node_context(node))
+    runner = await start_site(app, args.http_port)
+    port = runner.addresses[0][1]
+    url = f"http://127.0.0.1:{port}/?token={token}"
+    print(f"Open {url}", flush=True)
+    logger.info("peer data in %s; UDP %s:%d; rendezvous %s:%d", data_dir, *node.udp_address, *args.server)
+    if not args.no_browser:
+        webbrowser.open(url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("quic").setLevel(logging.WARNING)
+    run = asyncio.run
+    try:
+        import uvloop
+
+        run = uvloop.run
+    except ImportError:
+        pass
+    try:
+        run(serve(args))
+    except OSError as error:
+        raise SystemExit(f"webpeer: {error}") from None
