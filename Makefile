@@ -23,10 +23,7 @@ test: $(STAMP) system-deps
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	@mkdir -p $(DEMO_DIR)
-	@echo "Starting a rendezvous server on 127.0.0.1:3478 (Ctrl-C stops it)."
-	@echo "Try it:  $(PY) -m rendezvous.tool --server 127.0.0.1:3478 register"
-	$(PY) -m rendezvous --host 127.0.0.1 --port 3478 --db $(DEMO_DIR)/rendezvous.sqlite3 --legacy-text
+	$(PY) scripts/demo.py
 
 bench: $(STAMP) system-deps
 	$(PY) bench/run_bench.py

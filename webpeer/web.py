@@ -47,9 +47,10 @@ import json
 import logging
 import re
 import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import aiohttp_jinja2
 import jinja2
@@ -271,6 +272,12 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status >= 400 and _is_api(path):
             return _error(exc.status, exc.reason)
         raise
+    except Exception:
+        if not _is_api(path):
+            raise
+        # A bug in the peer must not look like a network failure to the page.
+        log.exception("unexpected error in %s %s", request.method, path)
+        return _error(500, "internal error in webpeer (see its log)")
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -504,10 +511,15 @@ async def _ws_request(api: PeerApi, data: str) -> JSON | None:
         return _ws_error(client_id, exc.status, exc.message)
     except ApiError as exc:
         return _ws_error(client_id, exc.status, exc.message)
+    except Exception:
+        # Keep the socket (and the page's live view) alive across a bug in the peer.
+        log.exception("unexpected error handling a websocket request")
+        return _ws_error(client_id, 500, "internal error in webpeer (see its log)")
 
 
 async def _close_websockets(app: web.Application) -> None:
-    for ws in list(app[SOCKETS_KEY]):
+    sockets: weakref.WeakSet[web.WebSocketResponse] = app[SOCKETS_KEY]
+    for ws in list(sockets):
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"webpeer is shutting down")
 
 

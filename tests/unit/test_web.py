@@ -7,15 +7,17 @@ import asyncio
 import json
 import re
 import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
+from fake_api import FakePeerApi
 
 from webpeer.api import MAX_TEXT_BYTES
 from webpeer.web import (
@@ -28,8 +30,6 @@ from webpeer.web import (
     default_templates_dir,
     start_site,
 )
-
-from fake_api import FakePeerApi
 
 TOKEN = "test-token_0123456789abcdefXYZ"
 
@@ -62,9 +62,9 @@ class Site:
         response = await self.client.get(f"/?token={TOKEN}", allow_redirects=False)
         assert response.status == 303
 
-    async def ws(self, **kwargs: Any) -> aiohttp.ClientWebSocketResponse:
-        headers = kwargs.pop("headers", {"Origin": self.origin, **self.bearer})
-        return await self.client.ws_connect("/ws", headers=headers, **kwargs)
+    async def ws(self) -> aiohttp.ClientWebSocketResponse:
+        """A websocket as a script opens it: Bearer token (and our Origin)."""
+        return await self.client.ws_connect("/ws", headers={"Origin": self.origin, **self.bearer})
 
 
 @pytest.fixture
@@ -114,7 +114,7 @@ def assert_security_headers(response: aiohttp.ClientResponse, port: int) -> None
 
 
 def test_config_rejects_unsafe_tokens_and_ports() -> None:
-    for token in ["", "with space", "semi;colon", "quote\"", "é", "x" * 513]:
+    for token in ["", "with space", "semi;colon", 'quote"', "é", "x" * 513]:
         with pytest.raises(ValueError, match="token"):
             WebConfig(port=8000, token=token)
     with pytest.raises(ValueError, match="port"):
@@ -316,8 +316,18 @@ async def test_page_has_no_inline_code_and_all_test_ids(site: Site) -> None:
     audit.feed(html)
     assert audit.problems == []
     assert [src.split("?")[0] for src in audit.scripts] == ["/static/app.js"]
-    expected = {"my-id", "my-name", "my-fingerprint", "my-address", "peer-list", "conversation", "composer",
-                "send-button", "disconnected-banner", "server-status"}
+    expected = {
+        "my-id",
+        "my-name",
+        "my-fingerprint",
+        "my-address",
+        "peer-list",
+        "conversation",
+        "composer",
+        "send-button",
+        "disconnected-banner",
+        "server-status",
+    }
     assert expected <= audit.testids
     # The dynamic ones are made by app.js.
     script = (default_static_dir() / "app.js").read_text()
@@ -328,8 +338,17 @@ async def test_page_has_no_inline_code_and_all_test_ids(site: Site) -> None:
 def test_script_never_parses_strings_as_html() -> None:
     script = (default_static_dir() / "app.js").read_text()
     code = re.sub(r"//.*", "", script)  # the header comment names what it avoids
-    for sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function",
-                 "setTimeout(\"", "createContextualFragment", "DOMParser"]:
+    for sink in [
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+        "new Function",
+        'setTimeout("',
+        "createContextualFragment",
+        "DOMParser",
+    ]:
         assert sink not in code, sink
     assert "textContent" in code
 
@@ -351,8 +370,14 @@ async def test_static_files_are_served_with_headers(site: Site) -> None:
 async def test_post_with_cookie_needs_same_origin(site: Site) -> None:
     await site.sign_in()
     body = {"to": 2, "text": "hi"}
-    for origin in [None, "http://evil.example", "null", f"http://127.0.0.1:{site.port + 1}",
-                   f"https://127.0.0.1:{site.port}", f"http://127.0.0.1:{site.port}.evil.example"]:
+    for origin in [
+        None,
+        "http://evil.example",
+        "null",
+        f"http://127.0.0.1:{site.port + 1}",
+        f"https://127.0.0.1:{site.port}",
+        f"http://127.0.0.1:{site.port}.evil.example",
+    ]:
         headers = {} if origin is None else {"Origin": origin}
         response = await site.client.post("/api/messages", json=body, headers=headers)
         assert response.status == 403, origin
@@ -409,8 +434,21 @@ async def test_send_then_history_oldest_first(site: Site) -> None:
     assert [m["text"] for m in history] == ["second"]
 
 
-@pytest.mark.parametrize("query", ["", "?peer=", "?peer=abc", "?peer=-1", "?peer=0", "?peer=1.5", "?peer=2&limit=0",
-                                   "?peer=2&limit=x", "?peer=99999999999999999999", "?peer=%D9%A3"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "?peer=",
+        "?peer=abc",
+        "?peer=-1",
+        "?peer=0",
+        "?peer=1.5",
+        "?peer=2&limit=0",
+        "?peer=2&limit=x",
+        "?peer=99999999999999999999",
+        "?peer=%D9%A3",
+    ],
+)
 async def test_history_rejects_bad_parameters(site: Site, query: str) -> None:
     response = await site.client.get("/api/messages" + query, headers=site.bearer)
     assert response.status == 400
@@ -461,8 +499,17 @@ async def test_malformed_json_is_400(site: Site, body: bytes) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [{"text": "a"}, {"to": "2", "text": "a"}, {"to": True, "text": "a"}, {"to": 2.0, "text": "a"}, {"to": 0, "text": "a"},
-     {"to": 2}, {"to": 2, "text": 5}, {"to": 2, "text": None}, {"to": 2**70, "text": "a"}],
+    [
+        {"text": "a"},
+        {"to": "2", "text": "a"},
+        {"to": True, "text": "a"},
+        {"to": 2.0, "text": "a"},
+        {"to": 0, "text": "a"},
+        {"to": 2},
+        {"to": 2, "text": 5},
+        {"to": 2, "text": None},
+        {"to": 2**70, "text": "a"},
+    ],
 )
 async def test_bad_fields_are_400(site: Site, body: dict[str, Any]) -> None:
     response = await site.client.post("/api/messages", json=body, headers=site.bearer)
@@ -557,7 +604,11 @@ async def test_ws_hello_then_live_events(site: Site) -> None:
         assert await receive_json(ws) == {"type": "message", "message": incoming}
         site.api.set_connection(2, "direct", "127.0.0.1:5000")
         event = await receive_json(ws)
-        assert event == {"type": "connection", "peer": 2, "connection": {"state": "direct", "address": "127.0.0.1:5000"}}
+        assert event == {
+            "type": "connection",
+            "peer": 2,
+            "connection": {"state": "direct", "address": "127.0.0.1:5000"},
+        }
         site.api.set_status(incoming["id"], "delivered")
         assert await receive_json(ws) == {"type": "status", "id": incoming["id"], "status": "delivered", "error": None}
         site.api.add_peer(4, "dave")
@@ -583,8 +634,12 @@ async def test_ws_send_read_and_retry(site: Site) -> None:
         await ws.send_json({"type": "read", "peer": 2})
         await ws.send_json({"type": "retry", "id": sent["message"]["id"], "client_id": "r1"})
         error = await receive_until(ws, "error")
-        assert error == {"type": "error", "client_id": "r1", "status": 409,
-                         "error": f"message {sent['message']['id']} has not failed"}
+        assert error == {
+            "type": "error",
+            "client_id": "r1",
+            "status": 409,
+            "error": f"message {sent['message']['id']} has not failed",
+        }
         assert site.api.read_marks == [2]
 
         site.api.set_status(sent["message"]["id"], "failed", "timeout")
@@ -673,6 +728,33 @@ async def test_ws_closed_on_shutdown() -> None:
         assert api.subscribers == 0
     finally:
         await client.close()
+
+
+class _BrokenApi(FakePeerApi):
+    """A peer with a bug: sending raises something that is not an ApiError."""
+
+    async def send_message(self, to: int, text: str) -> dict[str, Any]:
+        raise RuntimeError("bug in the peer")
+
+
+async def test_a_bug_in_the_peer_is_a_500_not_a_dead_socket(caplog: pytest.LogCaptureFixture) -> None:
+    api = _BrokenApi()
+    api.add_peer(2, "bob")
+    port = free_port()
+    async with TestClient(TestServer(create_app(WebConfig(port=port, token=TOKEN), api), port=port)) as client:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        response = await client.post("/api/messages", json={"to": 2, "text": "x"}, headers=headers)
+        assert response.status == 500
+        assert "internal error" in (await response.json())["error"]
+        async with client.ws_connect("/ws", headers=headers) as ws:
+            await receive_json(ws)
+            await ws.send_json({"type": "send", "to": 2, "text": "x", "client_id": "b"})
+            error = await receive_until(ws, "error")
+            assert error["status"] == 500 and error["client_id"] == "b"
+            await ws.send_json({"type": "read", "peer": 2})
+            await ws.send_json({"type": "what"})
+            assert (await receive_until(ws, "error"))["status"] == 400
+    assert "bug in the peer" in caplog.text
 
 
 async def test_slow_consumer_gets_a_snapshot_not_a_crash(site: Site) -> None:

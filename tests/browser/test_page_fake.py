@@ -1,0 +1,235 @@
+"""The page in headless Chromium against the real web layer and a fake peer.
+
+Debian's ``chromium`` driven by Playwright (``executable_path``, so
+``playwright install`` is never needed); the site is a real 127.0.0.1 port.
+What a peer controls is hostile here: a peer name and a message text are
+``<img src=x onerror=alert(1)>``, and nothing may run (no dialog, no <img>).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from playwright.async_api import ConsoleMessage, Dialog, Page, async_playwright, expect
+from unit.fake_api import FakePeerApi
+
+from webpeer.web import WebConfig, create_app, start_site
+
+TOKEN = "browser-test-token_0123456789"
+XSS = "<img src=x onerror=alert(1)>"
+SCREENSHOT = Path("/tmp/webpeer.png")
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # root in a container: no user namespaces for the sandbox
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    # No DNS at all.  For page loads the rules apply to IP literals too, so
+    # the loopback is excluded by name; everything else fails at once.
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+]
+
+
+def chromium_path() -> str:
+    """$PEERLINK_CHROMIUM, else Debian's chromium; missing: skip unless root (then fail)."""
+    path = os.environ.get("PEERLINK_CHROMIUM") or shutil.which("chromium")
+    if path:
+        return path
+    hint = "chromium is not installed (Debian package chromium); scripts/system-deps.sh installs it"
+    if os.geteuid() != 0:
+        pytest.skip(f"{hint} when run as root")
+    pytest.fail(f"{hint}: run it (we are root, so this is not skipped)")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Harness:
+    api: FakePeerApi
+    port: int
+    page: Page
+    runner: web.AppRunner | None
+    dialogs: list[str] = field(default_factory=list)
+    page_errors: list[str] = field(default_factory=list)
+    console_errors: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    async def start_site(self) -> None:
+        app = create_app(WebConfig(port=self.port, token=TOKEN), self.api)
+        self.runner = await start_site(app)
+
+    async def stop_site(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    def testid(self, name: str, scope: str = "") -> str:
+        return f'{scope} [data-testid="{name}"]'.strip()
+
+    def peer(self, peer_id: int) -> str:
+        return f'[data-testid="peer-item"][data-peer-id="{peer_id}"]'
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    """Wait for something the page makes happen on the server side."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    executable = chromium_path()
+    api = FakePeerApi(my_id=1, name="alice")
+    api.add_peer(2, "bob")
+    api.add_peer(3, XSS)
+    api.add_peer(4, "carol", online=False, key_changed=True)
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1100, "height": 700})
+            h = Harness(api, free_port(), page, None)
+
+            async def on_dialog(dialog: Dialog) -> None:
+                h.dialogs.append(dialog.message)
+                await dialog.dismiss()
+
+            def on_console(message: ConsoleMessage) -> None:
+                if message.type == "error":
+                    h.console_errors.append(message.text)
+
+            page.on("dialog", on_dialog)
+            page.on("pageerror", lambda error: h.page_errors.append(str(error)))
+            page.on("console", on_console)
+            await h.start_site()
+            try:
+                yield h
+            finally:
+                await h.stop_site()
+        finally:
+            await browser.close()
+
+
+async def test_page_end_to_end_with_fake_peer(harness: Harness) -> None:
+    h, page, api = harness, harness.page, harness.api
+    await page.goto(f"{h.url}?token={TOKEN}")
+    assert page.url == h.url  # the token left the address bar
+
+    # Header.
+    await expect(page.locator(h.testid("my-id"))).to_have_text("1")
+    await expect(page.locator(h.testid("my-name"))).to_have_text("alice")
+    await expect(page.locator(h.testid("my-fingerprint"))).to_have_text("SHA256:fake-alice")
+    await expect(page.locator(h.testid("my-address"))).to_have_text("127.0.0.1:40001")
+    await expect(page.locator(h.testid("server-status"))).to_contain_text("registered")
+    await expect(page.locator(h.testid("disconnected-banner"))).to_be_hidden()
+
+    # Sidebar: a hostile name is text; an offline peer with a changed key is flagged.
+    await expect(page.locator(h.testid("peer-item"))).to_have_count(3)
+    await expect(page.locator(h.testid("peer-name", h.peer(3)))).to_have_text(XSS)
+    await expect(page.locator(h.testid("key-warning", h.peer(4)))).to_contain_text("key changed")
+    await expect(page.locator(h.peer(4))).to_have_attribute("data-online", "false")
+    await expect(page.locator(h.testid("connection-state", h.peer(2)))).to_have_text("not connected")
+
+    # Open bob, type, Enter sends; Shift+Enter is a newline.
+    await page.locator(h.peer(2)).click()
+    await expect(page.locator(h.testid("conversation"))).to_have_attribute("data-peer-id", "2")
+    await until(lambda: 2 in api.read_marks, "the page to mark bob read")
+    composer = page.locator(h.testid("composer"))
+    await composer.fill("hello bob")
+    await composer.press("Enter")
+    await until(lambda: api.sent == [(2, "hello bob")], "the fake to get the message")
+    await expect(composer).to_have_value("")
+    mine = page.locator(h.testid("message")).filter(has_text="hello bob")
+    await expect(mine).to_have_count(1)
+    await expect(mine).to_have_class("message mine")
+    await expect(mine).to_have_attribute("data-status", "sending")
+    message_id = api.messages(2)[0]["id"]
+    await expect(mine).to_have_attribute("data-message-id", message_id)
+    api.set_status(message_id, "delivered")
+    await expect(mine).to_have_attribute("data-status", "delivered")
+    await expect(page.locator(h.testid("message-status", f'[data-message-id="{message_id}"]'))).to_contain_text(
+        "delivered"
+    )
+
+    await composer.press_sequentially("line one")
+    await composer.press("Shift+Enter")
+    await composer.press_sequentially("line two")
+    await expect(composer).to_have_value("line one\nline two")
+    await page.locator(h.testid("send-button")).click()
+    await until(lambda: api.sent[-1:] == [(2, "line one\nline two")], "the two-line message")
+
+    # Live: an incoming hostile text, a connection change, an unread count elsewhere.
+    api.receive(2, XSS)
+    incoming = page.locator(h.testid("message")).filter(has_text=XSS)
+    await expect(incoming).to_have_count(1)
+    await expect(incoming).to_have_class("message theirs")
+    await expect(incoming.locator(h.testid("message-text"))).to_have_text(XSS)
+    api.set_connection(2, "relayed", "127.0.0.1:3478")
+    await expect(page.locator(h.testid("connection-state", h.peer(2)))).to_have_text("relayed")
+    await expect(page.locator(h.testid("connection-address", h.peer(2)))).to_have_text("127.0.0.1:3478")
+    api.receive(3, "psst")
+    await expect(page.locator(h.testid("unread-badge", h.peer(3)))).to_have_text("1")
+    await expect(page.locator(h.testid("unread-badge", h.peer(2)))).to_have_count(0)
+
+    # A failed message gets a Retry button that retries it.
+    api.set_status(message_id, "failed", "peer unreachable")
+    failed = page.locator(f'[data-message-id="{message_id}"]')
+    await expect(failed).to_have_attribute("data-status", "failed")
+    await expect(failed).to_contain_text("peer unreachable")
+    await failed.locator(h.testid("retry-button")).click()
+    await until(lambda: api.retried == [message_id], "the retry")
+    await expect(failed).to_have_attribute("data-status", "sending")
+    await expect(failed.locator(h.testid("retry-button"))).to_have_count(0)
+    api.set_status(message_id, "failed", "still unreachable")  # leave one for the screenshot
+    await expect(failed.locator(h.testid("retry-button"))).to_be_visible()
+
+    # Reload: the open conversation and its history come back, oldest first.
+    await page.reload()
+    await expect(page.locator(h.testid("conversation"))).to_have_attribute("data-peer-id", "2")
+    texts = page.locator(h.testid("message-text"))
+    await expect(texts).to_have_text(["hello bob", "line one\nline two", XSS])
+    await expect(page.locator(h.testid("my-id"))).to_have_text("1")
+
+    # Nothing hostile ran or was parsed as HTML, and the CSP blocked nothing of ours.
+    assert await page.locator("img").count() == 0
+    assert h.dialogs == []
+    assert h.page_errors == []
+    assert [e for e in h.console_errors if "Content Security Policy" in e] == []
+    await page.screenshot(path=str(SCREENSHOT))
+
+    # The site goes away: a visible banner; it comes back: the page reconnects by itself.
+    await h.stop_site()
+    await expect(page.locator(h.testid("disconnected-banner"))).to_be_visible()
+    await h.start_site()
+    await expect(page.locator(h.testid("disconnected-banner"))).to_be_hidden(timeout=15_000)
+    api.receive(2, "after the restart")
+    await expect(page.locator(h.testid("message")).filter(has_text="after the restart")).to_have_count(1)
+    assert h.dialogs == []
+
+
+async def test_page_without_token_does_not_work(harness: Harness) -> None:
+    h, page = harness, harness.page
+    response = await page.goto(h.url)
+    assert response is not None and response.status == 401
+    response = await page.goto(f"{h.url}?token=wrong")
+    assert response is not None and response.status == 401
+    assert h.api.subscribers == 0
