@@ -104,7 +104,9 @@
     const name = make("span", "peer-name", peer.name || "(no name)");
     name.dataset.testid = "peer-name";
     top.append(name, make("span", "peer-id", `#${peer.id}`));
-    if (peer.unread > 0) {
+    // The open conversation is being read: no badge, even before the server agrees.
+    const reading = peer.id === state.selected && document.visibilityState === "visible";
+    if (peer.unread > 0 && !reading) {
       const badge = make("span", "badge", peer.unread > 99 ? "99+" : peer.unread);
       badge.dataset.testid = "unread-badge";
       badge.title = `${peer.unread} unread`;
@@ -130,6 +132,11 @@
       warning.dataset.testid = "key-warning";
       warning.title = "This peer's key is not the one seen before";
       item.append(warning);
+    }
+    if (peer.error) {
+      const error = make("div", "peer-error", peer.error);
+      error.dataset.testid = "peer-error";
+      item.append(error);
     }
     return item;
   }
@@ -180,6 +187,7 @@
       el.convFingerprint.textContent = "";
       el.convConnection.textContent = "";
       el.convKeyWarning.hidden = true;
+      el.convError.hidden = true;
       return;
     }
     const peer = state.peers.get(id);
@@ -196,6 +204,8 @@
       el.convConnection.textContent = "not in the peer list";
     }
     el.convKeyWarning.hidden = !(peer && peer.key_changed);
+    el.convError.textContent = peer && peer.error ? peer.error : "";
+    el.convError.hidden = !(peer && peer.error);
   }
 
   function formatTime(seconds) {
@@ -483,6 +493,9 @@
       case "status":
         onStatus(event.id, event.status, event.error ?? null);
         break;
+      case "resync":
+        resync(); // we fell behind and events were dropped: reload the state
+        break;
       case "sent":
         if (event.client_id) removePending(event.client_id);
         storeMessage(event.message, true);
@@ -516,6 +529,24 @@
       const peer = state.peers.get(message.peer);
       if (peer) updatePeer(message.peer, { unread: (peer.unread || 0) + 1 });
     }
+  }
+
+  async function resync() {
+    try {
+      const [me, peers] = await Promise.all(
+        ["/api/me", "/api/peers"].map(async (url) => {
+          const response = await fetch(url, { credentials: "same-origin" });
+          if (!response.ok) throw new Error(await errorText(response));
+          return response.json();
+        }),
+      );
+      state.me = me;
+      renderMe();
+      setPeers(peers);
+    } catch (error) {
+      showError(`Could not reload the peer list: ${error.message}`);
+    }
+    if (state.selected !== null) loadHistory(state.selected);
   }
 
   function onStatus(id, status, error) {
@@ -595,6 +626,7 @@
     el.convFingerprint = byTestId("conversation-fingerprint");
     el.convConnection = byTestId("conversation-connection");
     el.convKeyWarning = byTestId("conversation-key-warning");
+    el.convError = byTestId("conversation-error");
     el.conversationEmpty = byTestId("conversation-empty");
     el.messageList = byTestId("message-list");
     el.composer = byTestId("composer");

@@ -21,6 +21,9 @@ Events pushed to every websocket (each a dict with "type"):
     {"type": "peers", "peers": [<peer>, ...]}        the peer list changed
     {"type": "connection", "peer": int, "connection": <connection or null>}
     {"type": "me", "me": <me>}                       registration state changed
+    {"type": "resync"}                               this subscriber fell behind and its backlog
+                                                     was dropped: reload me, peers and the open
+                                                     conversation
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ class PeerApi(Protocol):
 
     def subscribe(self) -> asyncio.Queue[JSON]:
         """A queue that receives every event from now on (bounded: a consumer
-        that falls far behind is sent a fresh snapshot instead)."""
+        that falls far behind loses its backlog and gets a "resync" event)."""
         ...
 
     def unsubscribe(self, queue: asyncio.Queue[JSON]) -> None: ...

@@ -190,6 +190,16 @@ async def test_page_end_to_end_with_fake_peer(harness: Harness) -> None:
     await expect(page.locator(h.testid("unread-badge", h.peer(3)))).to_have_text("1")
     await expect(page.locator(h.testid("unread-badge", h.peer(2)))).to_have_count(0)
 
+    # A refused peer says why; after dropped events ("resync") the page reloads its state.
+    api.set_peer_error(4, "refused: a different key answered for id 4")
+    await expect(page.locator(h.testid("peer-error", h.peer(4)))).to_have_text(
+        "refused: a different key answered for id 4"
+    )
+    api.rename_quietly(2, "bobby")
+    api.publish({"type": "resync"})
+    await expect(page.locator(h.testid("peer-name", h.peer(2)))).to_have_text("bobby")
+    await expect(page.locator(h.testid("conversation-name"))).to_have_text("bobby")
+
     # A failed message gets a Retry button that retries it.
     api.set_status(message_id, "failed", "peer unreachable")
     failed = page.locator(f'[data-message-id="{message_id}"]')

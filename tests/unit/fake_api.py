@@ -48,6 +48,7 @@ class FakePeerApi:
             "unread": 0,
             "key_changed": key_changed,
             "connection": None,
+            "error": None,
         }
         self._peers[peer_id] = peer
         self.publish({"type": "peers", "peers": self.peers()})
@@ -57,10 +58,10 @@ class FakePeerApi:
         for queue in list(self._queues):
             try:
                 queue.put_nowait(event)
-            except asyncio.QueueFull:  # as the real one: a fresh snapshot instead
+            except asyncio.QueueFull:  # as PeerNode: drop the backlog, tell the page to reload
                 while not queue.empty():
                     queue.get_nowait()
-                queue.put_nowait({"type": "peers", "peers": self.peers()})
+                queue.put_nowait({"type": "resync"})
 
     def receive(self, from_id: int, text: str) -> JSON:
         """A message from ``from_id`` arrives."""
@@ -81,6 +82,14 @@ class FakePeerApi:
         connection = None if state is None else {"state": state, "address": address}
         self._peers[peer_id]["connection"] = connection
         self.publish({"type": "connection", "peer": peer_id, "connection": connection})
+
+    def set_peer_error(self, peer_id: int, error: str | None) -> None:
+        self._peers[peer_id]["error"] = error
+        self.publish({"type": "peers", "peers": self.peers()})
+
+    def rename_quietly(self, peer_id: int, name: str) -> None:
+        """A change the page is not told about (as if its event was dropped)."""
+        self._peers[peer_id]["name"] = name
 
     @property
     def subscribers(self) -> int:
