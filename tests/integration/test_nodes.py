@@ -209,3 +209,40 @@ async def test_server_restart_peers_register_again_and_keep_ids(tmp_path) -> Non
         for node in peers:
             await node.stop()
         await server.stop()
+
+
+async def test_simultaneous_connects_end_as_one_connection(nodes) -> None:
+    alice, bob = await nodes("alice"), await nodes("bob")
+    await wait_for(lambda: any(p["online"] for p in alice.peers()) and any(p["online"] for p in bob.peers()),
+                   what="both see each other")
+    a, b = await asyncio.gather(alice.send_message(2, "from alice"), bob.send_message(1, "from bob"))
+    await wait_for(lambda: alice.store.get_message(a["id"])["status"] == "delivered"
+                   and bob.store.get_message(b["id"])["status"] == "delivered", what="both delivered")
+    await asyncio.sleep(0.3)  # let a losing duplicate finish closing
+    link_a, link_b = alice.peer_states[2].link, bob.peer_states[1].link
+    assert link_a is not None and link_b is not None
+    # The two ends of one connection: complementary roles, each aimed at the other.
+    assert {link_a.role.value, link_b.role.value} == {"connector", "acceptor"}
+    assert link_a.address == bob.udp_address and link_b.address == alice.udp_address
+    assert sorted(m["text"] for m in bob.messages(1)) == ["from alice", "from bob"]
+
+
+async def test_idle_connection_closes_and_reopens_transparently(rendezvous, tmp_path) -> None:
+    made = []
+    for name in ("alice", "bob"):
+        node = PeerNode(NodeConfig(server=rendezvous.address, data_dir=tmp_path / name, name=name,
+                                   udp_host="127.0.0.1", list_interval=0.3, idle_timeout=1.0))
+        await node.start()
+        made.append(node)
+    alice, bob = made
+    try:
+        await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")
+        first = await alice.send_message(2, "one")
+        await wait_for(lambda: alice.store.get_message(first["id"])["status"] == "delivered", what="first delivered")
+        await wait_for(lambda: alice.peer_states[2].link is None, timeout=5, what="idle link closed")
+        second = await alice.send_message(2, "two")
+        await wait_for(lambda: alice.store.get_message(second["id"])["status"] == "delivered", what="second delivered")
+        assert [m["text"] for m in bob.messages(1)] == ["one", "two"]
+    finally:
+        for node in made:
+            await node.stop()
