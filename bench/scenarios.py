@@ -196,6 +196,27 @@ def peerlink_server(ctx: Context, port: int, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def peerlink_server_unlimited(ctx: Context, port: int) -> list[str]:
+    """The rendezvous server with the per-peer LIST/CONNECT limit lifted, so that
+    what is measured is the work and not the 429 answers."""
+    return peerlink_server(ctx, port, "--peer-request-rate", "1000000000")
+
+
+def peerlink_templates(method: str, ctx: Context, port: int, load: Load) -> list[Template]:
+    """Register ``load.sockets`` peers (bench/peerlink_templates.py) and return one
+    ``method`` request per peer, to be sent from that peer's own port."""
+    out = subprocess.run(
+        [str(ctx.python), str(ctx.bench_dir / "peerlink_templates.py"), str(port), str(load.sockets), method],
+        check=True, capture_output=True, text=True, timeout=120,
+    ).stdout
+    templates = []
+    for line in out.split("\n"):
+        if line.strip():
+            local_port, hex_request = line.split()
+            templates.append((int(local_port), bytes.fromhex(hex_request)))
+    return templates
+
+
 def peerlink_server_default_loop(ctx: Context, port: int) -> list[str]:
     """The rendezvous server on asyncio's default loop (its own small-buffer UDP reader)."""
     return peerlink_server(ctx, port, "--no-uvloop")
@@ -258,18 +279,37 @@ SCENARIOS: list[Scenario] = [
         requires=need_peerlink,
         notes="--no-uvloop",
     ),
-    # Peerlink's own methods go here, e.g.
-    #   Scenario("peerlink REFRESH", peerlink_server, refresh_templates, requires=need_peerlink),
-    # where refresh_templates(ctx, port, load) registers load.sockets peers
-    # from sockets it then closes and returns [(their_port, refresh_bytes), ...].
+    Scenario(
+        "peerlink REFRESH",
+        peerlink_server,
+        partial(peerlink_templates, "refresh"),
+        requires=need_peerlink,
+        notes="SESSION check, TTL update in memory, reply cached for retransmissions",
+    ),
+    Scenario(
+        "peerlink LIST (one page of 20)",
+        peerlink_server_unlimited,
+        partial(peerlink_templates, "list"),
+        requires=need_peerlink,
+        notes="--peer-request-rate lifted",
+    ),
+    Scenario(
+        "peerlink CONNECT",
+        peerlink_server_unlimited,
+        partial(peerlink_templates, "connect"),
+        requires=need_peerlink,
+        notes="reply + an INTRODUCE to the target (one per pair outstanding); --peer-request-rate lifted",
+    ),
 ]
 
 
 def by_name(pattern: str | None) -> list[Scenario]:
-    """The scenarios whose name contains ``pattern`` (case-insensitive), all if None."""
+    """The scenarios whose name contains ``pattern`` (case-insensitive; several
+    patterns separated by commas: any of them), all if None."""
     if not pattern:
         return list(SCENARIOS)
-    return [s for s in SCENARIOS if pattern.lower() in s.name.lower()]
+    wanted = [p.strip().lower() for p in pattern.split(",") if p.strip()]
+    return [s for s in SCENARIOS if any(p in s.name.lower() for p in wanted)]
 
 
 def free_udp_port() -> int:

@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also speak the original course project's plain-text protocol (REGISTER, LIST, "
                         "CONNECT:<id>, EXIT) on the same port; unauthenticated, so off by default "
                         "(env RENDEZVOUS_LEGACY_TEXT=1)")
+    parser.add_argument("--peer-request-rate", type=float,
+                        default=env("RENDEZVOUS_PEER_REQUEST_RATE", "50"),
+                        help="LIST and CONNECT requests per second allowed per registered peer, with a burst of "
+                        "twice that (env RENDEZVOUS_PEER_REQUEST_RATE, default %(default)s)")
     parser.add_argument("--no-uvloop", action="store_true", default=_env_flag("RENDEZVOUS_NO_UVLOOP"),
                         help="use the default asyncio loop even when uvloop is installed (env RENDEZVOUS_NO_UVLOOP=1)")
     return parser
@@ -62,7 +66,12 @@ async def serve(args: argparse.Namespace) -> None:
 
     if not 1 <= args.ttl <= 86400:
         raise SystemExit("rendezvous: --ttl must be between 1 and 86400 seconds")
-    config = ServerConfig(default_ttl=args.ttl, min_ttl=min(10, args.ttl), legacy_text=args.legacy_text)
+    if not args.peer_request_rate > 0:
+        raise SystemExit("rendezvous: --peer-request-rate must be positive")
+    config = ServerConfig(
+        default_ttl=args.ttl, min_ttl=min(10, args.ttl), legacy_text=args.legacy_text,
+        requests_per_second=args.peer_request_rate, requests_burst=2 * args.peer_request_rate,
+    )
     server = RendezvousServer(config, SqliteRegistry(args.db), args.host, args.port)
     await server.start()
     stop = asyncio.Event()

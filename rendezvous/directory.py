@@ -76,9 +76,11 @@ class Directory:
             heapq.heappush(self._slots, slot)
         bucket.append(record.peer_id)
 
-    def touch(self, record: PeerRecord) -> None:
-        """``record`` (already in the directory) was changed in place."""
-        self._schedule(record)
+    def touch(self, record: PeerRecord, previous_expires_at: float | None = None) -> None:
+        """``record`` (already in the directory) was changed in place; if its
+        expiry moved within the same wheel slot it need not be filed again."""
+        if previous_expires_at is None or _slot(previous_expires_at) != _slot(record.expires_at):
+            self._schedule(record)
         self._dirty[record.peer_id] = record
 
     def remove(self, peer_id: int, now: float) -> PeerRecord | None:

@@ -10,7 +10,7 @@ microseconds, batched), so no threads are involved.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Protocol
 
 from .stun import Address
@@ -46,6 +46,9 @@ class PeerRecord:
     last_seen: float
     expires_at: float
     online_since: float
+    # Not stored: the SESSION token that last checked out for this peer at its
+    # current address, so a REFRESH need not recompute the HMAC.
+    verified_session: bytes | None = field(default=None, compare=False, repr=False)
 
 
 class Registry(Protocol):

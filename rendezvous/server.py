@@ -123,8 +123,9 @@ class RendezvousServer:
         endpoint = self._endpoint
         if core is None or endpoint is None:
             return
-        for data, address in core.datagrams_to_send():
-            endpoint.sendto(data, address)
+        outgoing = core.datagrams_to_send()
+        if outgoing:
+            endpoint.send_many(outgoing)
         for event in core.events():
             self._log(event)
         for pending in core.pending_registrations():

@@ -460,6 +460,8 @@ _PADDING = {1: bytes(3), 2: bytes(2), 3: bytes(1)}
 _TYPE_LENGTH = struct.Struct("!HH")
 _U32 = struct.Struct("!I")
 _FINGERPRINT_HEAD = ATTRIBUTE_HEADER.pack(0x8028, 4)
+_TTL_HEAD = ATTRIBUTE_HEADER.pack(0x4003, 4)
+_REFRESH_SUCCESS = pack_type(0x802, 0b10)
 
 
 def fast_binding_success(transaction_id: bytes, address: Address, software: bytes) -> bytes:
@@ -472,6 +474,32 @@ def fast_binding_success(transaction_id: bytes, address: Address, software: byte
     header = _TYPE_LENGTH.pack(0x0101, len(body) + 8) + MAGIC_COOKIE_BYTES + transaction_id
     crc = binascii.crc32(body, binascii.crc32(header)) ^ FINGERPRINT_XOR
     return header + body + _FINGERPRINT_HEAD + _U32.pack(crc)
+
+
+def binding_body(address: Address, software: bytes) -> bytes:
+    """XOR-MAPPED-ADDRESS and SOFTWARE TLVs of a Binding success for an IPv4
+    ``address``: for IPv4 the XOR mask is the magic cookie alone, so these
+    bytes are the same for every transaction and can be cached."""
+    if ":" in address[0]:
+        raise ValueError("only IPv4 Binding bodies are independent of the transaction id")
+    mapped = pack_xor_address(address, bytes(12))
+    return ATTRIBUTE_HEADER.pack(0x0020, len(mapped)) + mapped + software
+
+
+def binding_success_with_body(transaction_id: bytes, body: bytes) -> bytes:
+    """Header + a pre-built :func:`binding_body` + FINGERPRINT."""
+    header = _TYPE_LENGTH.pack(0x0101, len(body) + 8) + MAGIC_COOKIE_BYTES + transaction_id
+    crc = binascii.crc32(body, binascii.crc32(header)) ^ FINGERPRINT_XOR
+    return header + body + _FINGERPRINT_HEAD + _U32.pack(crc)
+
+
+def refresh_success(transaction_id: bytes, ttl: int, body: bytes) -> bytes:
+    """REFRESH success: TTL, then ``body`` (XOR-MAPPED-ADDRESS and SOFTWARE
+    TLVs, as :func:`binding_body` makes them), then FINGERPRINT."""
+    tlvs = _TTL_HEAD + _U32.pack(ttl) + body
+    header = _TYPE_LENGTH.pack(_REFRESH_SUCCESS, len(tlvs) + 8) + MAGIC_COOKIE_BYTES + transaction_id
+    crc = binascii.crc32(tlvs, binascii.crc32(header)) ^ FINGERPRINT_XOR
+    return header + tlvs + _FINGERPRINT_HEAD + _U32.pack(crc)
 
 
 def encode_attribute(code: int, value: Any, transaction_id: bytes = bytes(12)) -> bytes:

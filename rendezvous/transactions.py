@@ -9,6 +9,7 @@ pass smaller numbers.  Both the server (INTRODUCE) and the peers use this.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -53,12 +54,18 @@ class TransactionTable(Generic[Context]):
 
     def __init__(self, policy: RetransmitPolicy | None = None) -> None:
         self.policy = policy or RetransmitPolicy()
+        self._schedule = self.policy.schedule()
         self._pending: dict[bytes, _Pending[Context]] = {}
+        # (next deadline, transaction id): a server may have many thousands of
+        # transactions outstanding, so the earliest is found in O(log n).
+        # Entries whose transaction finished or moved on are skipped lazily.
+        self._heap: list[tuple[float, bytes]] = []
 
     def start(self, transaction_id: bytes, data: bytes, context: Context, now: float) -> bytes:
         """Track a request; returns the datagram to send now."""
-        deadlines = [now + offset for offset in self.policy.schedule()]
+        deadlines = [now + offset for offset in self._schedule]
         self._pending[transaction_id] = _Pending(data, context, deadlines)
+        heapq.heappush(self._heap, (deadlines[0], transaction_id))
         return data
 
     def complete(self, transaction_id: bytes) -> Context | None:
@@ -75,22 +82,34 @@ class TransactionTable(Generic[Context]):
     def cancel(self, transaction_id: bytes) -> None:
         self._pending.pop(transaction_id, None)
 
+    def _clean_top(self) -> None:
+        heap = self._heap
+        while heap:
+            deadline, transaction_id = heap[0]
+            pending = self._pending.get(transaction_id)
+            if pending is not None and pending.deadlines and pending.deadlines[0] == deadline:
+                return
+            heapq.heappop(heap)
+
     def get_timer(self) -> float | None:
-        if not self._pending:
-            return None
-        return min(p.deadlines[0] for p in self._pending.values())
+        self._clean_top()
+        return self._heap[0][0] if self._heap else None
 
     def handle_timer(self, now: float) -> TimerResult[Context]:
         result: TimerResult[Context] = TimerResult()
-        for transaction_id, pending in list(self._pending.items()):
-            if pending.deadlines[0] > now:
-                continue
+        while True:
+            self._clean_top()
+            if not self._heap or self._heap[0][0] > now:
+                break
+            _, transaction_id = heapq.heappop(self._heap)
+            pending = self._pending[transaction_id]
             # A late timer may have skipped several deadlines: send one copy, not a burst.
             while pending.deadlines and pending.deadlines[0] <= now:
                 pending.deadlines.pop(0)
             if pending.deadlines:
                 pending.sends += 1
                 result.resend.append((pending.data, pending.context))
+                heapq.heappush(self._heap, (pending.deadlines[0], transaction_id))
             else:
                 del self._pending[transaction_id]
                 result.timed_out.append((pending.data, pending.context))

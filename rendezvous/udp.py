@@ -13,10 +13,12 @@ import asyncio
 import errno
 import ipaddress
 import logging
+import os
 import socket
 from collections import Counter
 from typing import Callable
 
+from . import mmsg
 from .stun import Address
 
 logger = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ class UdpEndpoint:
         on_datagram: Callable[[bytes, Address], None],
         on_batch_end: Callable[[], None],
         stats: Counter[str] | None = None,
+        *,
+        batched: bool = True,
     ) -> None:
         sock.setblocking(False)
         self._sock = sock
@@ -51,6 +55,9 @@ class UdpEndpoint:
         self._v6 = sock.family == socket.AF_INET6
         self.stats: Counter[str] = stats if stats is not None else Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
+        libc = mmsg.available() if batched and os.environ.get("PEERLINK_NO_MMSG") != "1" else None
+        self._batch = mmsg.BatchedSocket(sock, libc) if libc is not None else None
+        self._flush_scheduled = False
 
     @classmethod
     def bind(
@@ -84,11 +91,25 @@ class UdpEndpoint:
         self._loop.add_reader(self._sock.fileno(), self._read_ready)
 
     def close(self) -> None:
-        if self._loop is not None and self._sock.fileno() >= 0:
-            self._loop.remove_reader(self._sock.fileno())
+        if self._sock.fileno() >= 0:
+            self._flush_sends()  # what was queued in this wake-up still goes out
+            if self._loop is not None:
+                self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
 
     def _read_ready(self) -> None:
+        if self._batch is not None:
+            for _ in range(4):  # up to 4 x 64 datagrams per wake-up
+                try:
+                    if self._batch.receive(self._on_datagram) < mmsg.BATCH:
+                        break
+                except OSError as error:
+                    self.stats["receive_errors"] += 1
+                    logger.debug("recvmmsg failed: %s", error)
+                    break
+            self._on_batch_end()
+            self._flush_sends()
+            return
         recvfrom = self._sock.recvfrom
         for _ in range(BATCH):
             try:
@@ -104,6 +125,17 @@ class UdpEndpoint:
         self._on_batch_end()
 
     def sendto(self, data: bytes, address: Address) -> None:
+        if self._batch is not None and len(data) <= mmsg.SLOT:
+            try:
+                self._batch.queue(data, address)
+            except (OSError, ValueError):
+                self.stats["send_errors"] += 1
+                return
+            # Sent at the end of this wake-up (one sendmmsg for the lot).
+            if not self._flush_scheduled and self._loop is not None:
+                self._flush_scheduled = True
+                self._loop.call_soon(self._flush_sends)
+            return
         target: tuple[str, int] = address
         if self._v6 and "." in address[0]:
             target = ("::ffff:" + address[0], address[1])
@@ -116,6 +148,31 @@ class UdpEndpoint:
             if error.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EINVAL, errno.EAFNOSUPPORT):
                 logger.warning("sendto %s failed: %s", address, error)
             self.stats["send_errors"] += 1
+
+
+    def send_many(self, items: list[tuple[bytes, Address]]) -> None:
+        """Send several datagrams (one sendmmsg where available)."""
+        if self._batch is None:
+            for data, address in items:
+                self.sendto(data, address)
+            return
+        try:
+            self._batch.queue_many(items)
+        except (OSError, ValueError):
+            # One bad datagram (too large, bad address): send them one by one.
+            for data, address in items:
+                self.sendto(data, address)
+            return
+        if not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_sends)
+
+    def _flush_sends(self) -> None:
+        self._flush_scheduled = False
+        if self._batch is not None and self._sock.fileno() >= 0:
+            before = self._batch.send_errors
+            self._batch.flush()
+            self.stats["send_errors"] += self._batch.send_errors - before
 
 
 def is_ip_literal(host: str) -> bool:
