@@ -626,9 +626,10 @@ async def connect_each(session: Any, pairs: list[tuple[Proc, ConnectWatch, Proc]
     """For each (sender, its websocket's watch, target) in turn, the target
     never connected to the sender yet: POST on the sender, then until the
     CONNECT answer, until ``direct``, until ``delivered``."""
-    answered, direct, delivered = [], [], []
+    answered, direct, delivered, target_cpu = [], [], [], []
     clock = time.perf_counter
     for sender, watch, target in pairs:
+        cpu0 = cpu_seconds(target.process.pid)
         t0 = clock()
         async with session.post(sender.base + "/api/messages", json={"to": target.peer_id, "text": "hello, new peer"},
                                 headers=sender.headers) as response:
@@ -636,9 +637,12 @@ async def connect_each(session: Any, pairs: list[tuple[Proc, ConnectWatch, Proc]
             message = await response.json()
         direct.append(await watch.when(("direct", target.peer_id)) - t0)
         delivered.append(await watch.when(("delivered", message["id"])) - t0)
+        cpu1 = cpu_seconds(target.process.pid)
+        target_cpu.append(cpu1[0] - cpu0[0])
         if ("answered", target.peer_id) in watch.seen:
             answered.append(watch.seen[("answered", target.peer_id)] - t0)
-    result = {"post_to_direct": summary_ms(direct), "post_to_delivered": summary_ms(delivered)}
+    result = {"post_to_direct": summary_ms(direct), "post_to_delivered": summary_ms(delivered),
+              "target_cpu": summary_ms(target_cpu)}
     if answered:
         result["post_to_connect_answered"] = summary_ms(answered)
     return result
@@ -839,11 +843,12 @@ def render(results: dict[str, Any]) -> str:
                       f"{k} {1e6 * v['cpu_s'] / max(1, tp['delivered_in_window']):.0f} us"
                       for k, v in tp["cpu"].items() if k != "rendezvous"), ""]
     if "connect" in results:
-        lines += ["connect to a fresh peer (cold: its process's first QUIC connection; warm: its second, from bob)",
+        lines += ["connect to a fresh peer (cold: its process's first QUIC connection; warm: its second; "
+                  "target_cpu: CPU time the fresh peer spent from POST to delivered)",
                   "| phase, path | count | p50 ms | p90 ms | max ms |", "| --- | ---: | ---: | ---: | ---: |"]
         for phase in ("cold", "warm"):
             c = results["connect"][phase]
-            for key in ("post_to_connect_answered", "post_to_direct", "post_to_delivered"):
+            for key in ("post_to_connect_answered", "post_to_direct", "post_to_delivered", "target_cpu"):
                 if key in c:
                     s = c[key]
                     lines.append(f"| {phase}, {key} | {s['count']} | {s['p50_ms']} | {s['p90_ms']} | {s['max_ms']} |")

@@ -391,6 +391,7 @@ ENV_VALUES = {
     "log_level": ("debug", "debug"),
     "legacy_text": ("1", True),
     "no_uvloop": ("yes", True),
+    "peer_request_rate": ("7.5", 7.5),
 }
 
 
