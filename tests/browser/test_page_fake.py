@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from browser.chromium import CHROMIUM_ARGS, chromium_path
 from aiohttp import web
 from playwright.async_api import ConsoleMessage, Dialog, Page, async_playwright, expect
 from unit.fake_api import FakePeerApi
@@ -26,30 +27,6 @@ from webpeer.web import WebConfig, create_app, start_site
 TOKEN = "browser-test-token_0123456789"
 XSS = "<img src=x onerror=alert(1)>"
 SCREENSHOT = Path("/tmp/webpeer.png")
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",  # root in a container: no user namespaces for the sandbox
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    # No DNS at all.  For page loads the rules apply to IP literals too, so
-    # the loopback is excluded by name; everything else fails at once.
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-]
-
-
-def chromium_path() -> str:
-    """$PEERLINK_CHROMIUM, else Debian's chromium; missing: skip unless root (then fail)."""
-    path = os.environ.get("PEERLINK_CHROMIUM") or shutil.which("chromium")
-    if path:
-        return path
-    hint = "chromium is not installed (Debian package chromium); scripts/system-deps.sh installs it"
-    if os.geteuid() != 0:
-        pytest.skip(f"{hint} when run as root")
-    pytest.fail(f"{hint}: run it (we are root, so this is not skipped)")
-
 
 def free_port() -> int:
     with socket.socket() as probe:

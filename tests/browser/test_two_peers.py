@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from browser.chromium import CHROMIUM_ARGS, chromium_path
 from playwright.async_api import (
     Browser,
     ConsoleMessage,
@@ -39,30 +40,6 @@ WAIT_MS = 10_000
 """How long an expect() waits for the page; everything here happens in well under a second."""
 START_SECONDS = 10.0
 SCREENSHOTS = {"alice": Path("/tmp/alice.png"), "bob": Path("/tmp/bob.png")}
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",  # root in a container: no user namespaces for the sandbox
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    # No DNS at all.  For page loads the rules apply to IP literals too, so
-    # the loopback is excluded by name; everything else fails at once.
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-]
-
-
-def chromium_path() -> str:
-    """$PEERLINK_CHROMIUM, else Debian's chromium; missing: skip unless root (then fail)."""
-    path = os.environ.get("PEERLINK_CHROMIUM") or shutil.which("chromium")
-    if path:
-        return path
-    hint = "chromium is not installed (Debian package chromium); scripts/system-deps.sh installs it"
-    if os.geteuid() != 0:
-        pytest.skip(f"{hint} when run as root")
-    pytest.fail(f"{hint}: run it (we are root, so this is not skipped)")
-
 
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
