@@ -39,6 +39,7 @@ import collections
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import platform
 import secrets
@@ -54,7 +55,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, Callable
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -78,8 +79,8 @@ def log(text: str) -> None:
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of a non-empty list."""
     ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, int(round(q / 100 * len(ordered) + 0.5)) - 1))
-    return ordered[rank]
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
 
 
 def summary_ms(seconds: list[float]) -> dict[str, float]:
@@ -187,7 +188,8 @@ def _self_signed() -> tuple[Any, Any]:
 
 async def quic_server(port_file: Path) -> None:
     """Echo every byte of every stream back on the same stream, until SIGTERM."""
-    from aioquic.asyncio import QuicConnectionProtocol, serve
+    from aioquic.asyncio.protocol import QuicConnectionProtocol
+    from aioquic.asyncio.server import serve
     from aioquic.quic.configuration import QuicConfiguration
     from aioquic.quic.events import QuicEvent, StreamDataReceived
 
@@ -200,8 +202,11 @@ async def quic_server(port_file: Path) -> None:
     configuration = QuicConfiguration(is_client=False, alpn_protocols=["bench-echo"], idle_timeout=60.0)
     configuration.certificate, configuration.private_key = _self_signed()
     server = await serve(HOST, 0, configuration=configuration, create_protocol=Echo)
-    port = server._transport.get_extra_info("sockname")[1]
-    port_file.write_text(str(port))
+    transport = server._transport
+    assert transport is not None
+    partial = port_file.with_suffix(".partial")
+    partial.write_text(str(transport.get_extra_info("sockname")[1]))
+    partial.rename(port_file)  # the parent never reads half a number
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -214,7 +219,8 @@ async def quic_client(port: int, window: int, warmup: float, seconds: float, ser
     outstanding; each echo that comes back sends the next one."""
     import ssl
 
-    from aioquic.asyncio import QuicConnectionProtocol, connect
+    from aioquic.asyncio.client import connect
+    from aioquic.asyncio.protocol import QuicConnectionProtocol
     from aioquic.quic.configuration import QuicConfiguration
     from aioquic.quic.events import QuicEvent, StreamDataReceived
 
@@ -279,13 +285,14 @@ async def quic_client(port: int, window: int, warmup: float, seconds: float, ser
 
 def measure_floor(loop_name: str, window: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Echo server on one core, client on the other, as separate processes."""
-    port_file = workdir / f"quic-port-{loop_name}-{window}"
+    port_file = workdir / "quic-port"
+    port_file.unlink(missing_ok=True)  # left by the previous row
     me = [sys.executable, str(Path(__file__).resolve())]
     server = subprocess.Popen(me + ["_quic_server", "--loop", loop_name, "--port-file", str(port_file)])
     pin(server.pid, args.alice_cpu)
     try:
         deadline = time.monotonic() + START_TIMEOUT
-        while not port_file.exists() or not port_file.read_text():
+        while not port_file.exists():
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the QUIC echo server did not start")
             time.sleep(0.02)
@@ -297,10 +304,16 @@ def measure_floor(loop_name: str, window: int, args: argparse.Namespace, workdir
             stdout=subprocess.PIPE,
         )
         pin(client.pid, args.bob_cpu)
-        out, _ = client.communicate(timeout=START_TIMEOUT + args.floor_warmup + args.floor_seconds)
+        try:
+            out, _ = client.communicate(timeout=START_TIMEOUT + args.floor_warmup + args.floor_seconds)
+        except subprocess.TimeoutExpired:
+            client.kill()
+            client.wait()
+            raise
         if client.returncode != 0:
             raise RuntimeError(f"the QUIC echo client failed ({client.returncode})")
-        return json.loads(out)
+        result: dict[str, Any] = json.loads(out)
+        return result
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -793,7 +806,8 @@ def verdicts(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]
         rows.append((f"latency p50 <= {TARGET_LATENCY_P50_MS:g} ms", f"{p50} ms", "", p50 <= TARGET_LATENCY_P50_MS))
     if "throughput" in results:
         rate = results["throughput"]["delivered_per_s"]
-        rows.append((f"throughput >= {TARGET_THROUGHPUT:,.0f} delivered/s", f"{rate:,}/s", "", rate >= TARGET_THROUGHPUT))
+        rows.append((f"throughput >= {TARGET_THROUGHPUT:,.0f} delivered/s", f"{rate:,}/s", "",
+                     rate >= TARGET_THROUGHPUT))
         reference = results.get("floor_reference_window")
         for loop_name in ("uvloop", "asyncio"):
             for window in sorted({reference, results.get("throughput", {}).get("window")} - {None}):
@@ -815,12 +829,18 @@ def verdicts(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]
 def render(results: dict[str, Any]) -> str:
     lines = [f"webpeer bench, {results['date']}, {results['machine']}", f"command: {results['command']}", ""]
     if results.get("floor"):
-        lines += ["bare aioquic echo (server cpu %s, client cpu %s)" % (results["cpus"]["alice"], results["cpus"]["bob"]),
-                  "| loop, window | round trips/s | p50 ms | p99 ms | server CPU % | client CPU % |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        cpus = results["cpus"]
+        lines += [f"bare aioquic echo (server on cpu {cpus['alice']}, client on cpu {cpus['bob']}; "
+                  "the least disturbed of the rounds)",
+                  "| loop, window | round trips/s | p50 ms | p99 ms | server CPU % (waited) | client CPU % (waited) "
+                  "| all rounds, round trips/s |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
         for key, r in results["floor"].items():
+            server, client = r["cpu"]["server"], r["cpu"]["client"]
+            rounds = ", ".join(f"{n:,}" for n in r.get("rounds_round_trips_per_s", []))
             lines.append(f"| {key} | {r['round_trips_per_s']:,} | {r['p50_ms']} | {r['p99_ms']} | "
-                         f"{r['cpu']['server']['cpu_pct']} | {r['cpu']['client']['cpu_pct']} |")
+                         f"{server['cpu_pct']} ({server['waited_pct']}) | "
+                         f"{client['cpu_pct']} ({client['waited_pct']}) | {rounds} |")
         lines.append("")
     if "latency" in results:
         lat = results["latency"]
@@ -887,6 +907,7 @@ def main() -> None:
     parser.add_argument("--floor-reference-window", type=int, default=16,
                         help="the floor row the 0.3x target is judged on (16 reproduces the issue's figures)")
     parser.add_argument("--floor-seconds", type=float, default=3.0)
+    parser.add_argument("--floor-rounds", type=int, default=2, help="rounds of the floor; the least disturbed is shown")
     parser.add_argument("--floor-warmup", type=float, default=0.5)
     parser.add_argument("--latency-count", type=int, default=500)
     parser.add_argument("--window", type=int, default=200, help="throughput: messages not yet delivered")
@@ -902,7 +923,8 @@ def main() -> None:
         run_loop(quic_server(args.port_file), args.loop)
         return
     if args.internal == "_quic_client":
-        print(json.dumps(run_loop(quic_client(args.port, args.window, args.warmup, args.seconds, args.server_pid), args.loop)))
+        client_main = quic_client(args.port, args.window, args.warmup, args.seconds, args.server_pid)
+        print(json.dumps(run_loop(client_main, args.loop)))
         return
 
     if args.driver_cpu is not None:
@@ -918,10 +940,16 @@ def main() -> None:
         "floor_reference_window": args.floor_reference_window,
     }
     if "floor" in args.only:
-        for loop_name in ("asyncio", "uvloop"):
-            for window in args.floor_windows:
-                log(f"bare aioquic: {loop_name}, window {window}")
-                results["floor"][f"{loop_name} W={window}"] = measure_floor(loop_name, window, args, workdir)
+        rounds: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+        for round_number in range(args.floor_rounds):  # interleaved, so a noisy minute hits one round of each
+            for loop_name in ("asyncio", "uvloop"):
+                for window in args.floor_windows:
+                    log(f"bare aioquic: {loop_name}, window {window}, round {round_number + 1}")
+                    rounds[f"{loop_name} W={window}"].append(measure_floor(loop_name, window, args, workdir))
+        for key, runs in rounds.items():
+            # Noise only slows a run down: keep the round whose processes waited least for their cores.
+            best = min(runs, key=lambda r: r["cpu"]["server"]["waited_pct"] + r["cpu"]["client"]["waited_pct"])
+            results["floor"][key] = {**best, "rounds_round_trips_per_s": [r["round_trips_per_s"] for r in runs]}
     if set(args.only) - {"floor"}:
         import uvloop
 

@@ -106,6 +106,7 @@ class PeerInfo:
     public_key: bytes
     nickname: str
     candidates: tuple[Candidate, ...]
+    punch_key: bytes | None = None  # shared by both sides of one introduction
 
     @classmethod
     def from_message(cls, message: Message) -> "PeerInfo":
@@ -114,6 +115,7 @@ class PeerInfo:
             public_key=message.get(Attr.PUBLIC_KEY),
             nickname=message.get(Attr.NICKNAME, ""),
             candidates=tuple(message.get_all(Attr.CANDIDATE)),
+            punch_key=message.get(Attr.PUNCH_KEY),
         )
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+import os
 import struct
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from .ratelimit import KeyedLimiter
 from .registry import PeerRecord, is_legacy_identity, legacy_identity
 from .stun import (
     MAX_RELAY_PAYLOAD,
+    PUNCH_KEY_LENGTH,
     REASONS,
     Address,
     Attr,
@@ -168,6 +170,8 @@ class ServerCore:
     tokens: Tokens
     directory: Directory = field(default_factory=Directory)
     stats: Counter[str] = field(default_factory=Counter)
+    # Randomness comes in from outside too, so tests can fix it.
+    _random: Callable[[int], bytes] = os.urandom
 
     def __post_init__(self) -> None:
         self._outbox: list[tuple[bytes, Address]] = []
@@ -178,7 +182,8 @@ class ServerCore:
         # (next(iter(d))) gets slower with every deletion at its front.
         self._replies: OrderedDict[tuple[Address, bytes], tuple[float, bytes | _InProgress]] = OrderedDict()
         self._introductions: TransactionTable[Address] = TransactionTable(self.config.introduction_policy)
-        self._introducing: dict[tuple[int, int], bytes] = {}  # (requester, target) -> its INTRODUCE's id
+        # (requester, target) -> (its INTRODUCE's transaction id, punch key)
+        self._introducing: dict[tuple[int, int], tuple[bytes, bytes]] = {}
         c = self.config
         self._register_limit = KeyedLimiter(c.register_per_second, c.register_burst)
         self._request_limit = KeyedLimiter(c.requests_per_second, c.requests_burst)
@@ -626,18 +631,26 @@ class ServerCore:
             return self._error(message, ErrorCode.BAD_REQUEST, "Cannot connect to yourself")
         reply = self._success(message)
         _describe(reply, target)
+        # Both sides get the same fresh key: their probes to each other carry
+        # MESSAGE-INTEGRITY under it, so nobody else can inject a path.
         pair = (peer.peer_id, target.peer_id)
-        if self._introductions.context(self._introducing.get(pair, b"")) == target.observed:
-            # This pair's introduction is still being retransmitted: one is enough.
+        pending_id, pending_key = self._introducing.get(pair, (b"", b""))
+        if self._introductions.context(pending_id) == target.observed:
+            # This pair's introduction is still being retransmitted: one is
+            # enough, and the requester must use the key the target was given.
             self.stats["introductions_coalesced"] += 1
+            reply.add(Attr.PUNCH_KEY, pending_key)
             return reply
+        punch_key = self._random(PUNCH_KEY_LENGTH)
+        reply.add(Attr.PUNCH_KEY, punch_key)
         if len(self._introductions) >= self.config.max_pending_introductions:
             self.stats["introductions_dropped"] += 1
             return reply
         introduction = Message(Method.INTRODUCE, MessageClass.REQUEST, _introduction_id(message.transaction_id, target))
         _describe(introduction, peer)
+        introduction.add(Attr.PUNCH_KEY, punch_key)
         data = encode(introduction.add(Attr.SOFTWARE, self.config.software))
-        self._introducing[pair] = introduction.transaction_id
+        self._introducing[pair] = (introduction.transaction_id, punch_key)
         if len(self._introducing) > 2 * self.config.max_pending_introductions:
             self._introducing.clear()  # only a shortcut; the table is the truth
         self._outbox.append((self._introductions.start(introduction.transaction_id, data, target.observed, now), target.observed))

@@ -33,6 +33,7 @@ PUBLIC_KEY_LENGTH = 32
 SIGNATURE_LENGTH = 64
 SESSION_LENGTH = 20  # 4-byte peer id + 16-byte HMAC tag
 MAX_CURSOR_LENGTH = 32
+PUNCH_KEY_LENGTH = 16
 
 
 class StunProtocolError(Exception):
@@ -92,6 +93,7 @@ class Attr(enum.IntEnum):
     LIMIT = 0x4008
     CURSOR = 0x4009
     PEER_ENTRY = 0x400A
+    PUNCH_KEY = 0x400B
     # comprehension-optional
     SOFTWARE = 0x8022
     FINGERPRINT = 0x8028
@@ -349,6 +351,7 @@ ATTRIBUTES: dict[int, AttributeSpec] = {
     Attr.PEER_ENTRY: AttributeSpec(
         "PEER-ENTRY", pack_peer_entry, unpack_peer_entry, PEER_ENTRY_FIXED.size, PEER_ENTRY_FIXED.size + MAX_NICKNAME_BYTES
     ),
+    Attr.PUNCH_KEY: AttributeSpec("PUNCH-KEY", pack_bytes, unpack_bytes, PUNCH_KEY_LENGTH, PUNCH_KEY_LENGTH),
     Attr.SOFTWARE: AttributeSpec("SOFTWARE", pack_text, unpack_text, 0, 763),
     Attr.FINGERPRINT: AttributeSpec("FINGERPRINT", pack_u32, unpack_u32, 4, 4),
     Attr.ICE_CONTROLLED: AttributeSpec("ICE-CONTROLLED", pack_u64, unpack_u64, 8, 8),

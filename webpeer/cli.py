@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--token", default=env("WEBPEER_TOKEN"),
                         help="the page's access token (env WEBPEER_TOKEN); random for each start otherwise")
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    parser.add_argument("--relay-only", action="store_true", default=os.environ.get("WEBPEER_RELAY_ONLY") == "1",
+                        help="never try a direct path to other peers: everything goes through the rendezvous "
+                        "server's relay (env WEBPEER_RELAY_ONLY=1; for diagnosis)")
     parser.add_argument("--log-level", default=env("WEBPEER_LOG_LEVEL", "info"),
                         choices=["debug", "info", "warning", "error"], help="log verbosity (env WEBPEER_LOG_LEVEL)")
     return parser
@@ -69,7 +72,7 @@ async def serve(args: argparse.Namespace) -> None:
     token = args.token or secrets.token_urlsafe(24)
     data_dir = args.data_dir or default_data_dir(args.name, args.http_port)
     node = PeerNode(NodeConfig(server=args.server, data_dir=Path(data_dir), name=args.name,
-                               udp_host=args.udp_host, udp_port=args.udp_port))
+                               udp_host=args.udp_host, udp_port=args.udp_port, relay_only=args.relay_only))
     app = create_app(WebConfig(port=args.http_port, token=token), node)
     app.cleanup_ctx.append(node_context(node))
     runner = await start_site(app, args.http_port)

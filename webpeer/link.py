@@ -142,6 +142,8 @@ class PeerLink:
         self.state = LinkState.HANDSHAKING
         self.close_reason: str | None = None
         self.ready_at: float | None = None
+        self.last_activity = 0.0  # last application frame in or out
+        self.last_sent = 0.0  # last frame or keepalive out
         self._random_bytes = random_bytes
         self._decoder = FrameDecoder()
         self._nonce: bytes | None = None
@@ -184,10 +186,18 @@ class PeerLink:
     def next_event(self) -> LinkEvent | None:
         return self._events.pop(0) if self._events else None
 
-    def send_frame(self, frame: Frame) -> None:
+    def send_frame(self, frame: Frame, now: float | None = None) -> None:
         if self.state is not LinkState.READY:
             raise RuntimeError(f"cannot send {frame.get('t')!r} on a link in state {self.state.value}")
         self._send(frame)
+        if now is not None:
+            self.last_activity = self.last_sent = now
+
+    def keepalive(self, now: float) -> None:
+        """A QUIC PING: keeps the NAT mappings of this path open and shows
+        (by its acknowledgement, or by the idle timeout) whether the path lives."""
+        self.quic.send_ping(int(now * 1000) & 0xFFFFFFFF)
+        self.last_sent = now
 
     def close(self, reason: str) -> None:
         if self.state is LinkState.CLOSED:
@@ -266,6 +276,7 @@ class PeerLink:
 
     def _on_frame(self, frame: Frame, now: float) -> None:
         if self.state is LinkState.READY:
+            self.last_activity = now
             self._events.append(FrameReceived(frame))
             return
         handler = _TRANSITIONS.get((self.state, frame["t"]))
@@ -316,5 +327,5 @@ class PeerLink:
     def _ready(self, now: float) -> None:
         assert self.peer_id is not None and self.peer_key is not None
         self.state = LinkState.READY
-        self.ready_at = now
+        self.ready_at = self.last_activity = self.last_sent = now
         self._events.append(LinkReady(self.peer_id, self.peer_key))

@@ -28,7 +28,7 @@ from aioquic.buffer import Buffer
 from aioquic.quic.packet import PACKET_TYPE_INITIAL, pull_quic_header
 
 from rendezvous.client import PeerInfo
-from rendezvous.stun import Address, CandidateKind, StunProtocolError, decode, looks_like_stun
+from rendezvous.stun import Address, Attr, Message, MessageClass, Method, StunProtocolError, decode, looks_like_stun
 from rendezvous.udp import UdpEndpoint
 
 from .api import MAX_TEXT_BYTES, JSON, ApiError
@@ -44,6 +44,7 @@ from .link import (
     Role,
     quic_configuration,
 )
+from .punch import PunchSession, PunchState
 from .registration import (
     ConnectAnswered,
     Introduced,
@@ -64,6 +65,13 @@ MAX_UNAUTHENTICATED_LINKS = 32
 SUBSCRIBER_QUEUE = 1000
 SIMULTANEOUS_WINDOW = 5.0  # two links to one peer ready within this: a race, not a restart
 RETENTION = 7 * 24 * 3600.0  # queued messages for an offline peer are kept this long
+# A relayed link's "address": the discard-only prefix (RFC 6666) and the peer's
+# id.  Never a real destination; datagrams for it go to the server as SEND.
+RELAY_HOST = "100::"
+QUIC_IDLE_TIMEOUT = 30.0  # no packet at all for this long: the path is dead
+KEEPALIVE_INTERVAL = 10.0  # NAT UDP mappings often die after ~30 s of silence
+UPGRADE_INTERVAL = 30.0  # while relayed, look for a direct path this often
+PUNCH_LINGER = 5.0  # keep answering probes this long after our checks end
 
 
 @dataclass(frozen=True)
@@ -75,7 +83,8 @@ class NodeConfig:
     udp_port: int = 0
     ttl: int = 60
     list_interval: float = 2.0
-    idle_timeout: float = 30.0
+    idle_timeout: float = 120.0  # a link unused this long is closed (keepalives stop before)
+    relay_only: bool = False  # never try a direct path (diagnostics, and tests of the relay)
     retention: float = RETENTION
 
 
@@ -91,12 +100,15 @@ class PeerState:
     link: PeerLink | None = None
     connecting_since: float | None = None
     last_error: str | None = None
+    upgrade_at: float | None = None  # while relayed: when to try for a direct path again
 
     def connection(self) -> JSON | None:
         link = self.link
         if link is None:
             return {"state": "connecting", "address": None} if self.connecting_since is not None else None
         if link.state is LinkState.READY:
+            if link.address[0] == RELAY_HOST:
+                return {"state": "relayed", "address": None}
             return {"state": "direct", "address": f"{link.address[0]}:{link.address[1]}"}
         if link.state is LinkState.CLOSED:
             return None
@@ -118,7 +130,9 @@ class PeerNode:
         self._accepting: set[PeerLink] = set()  # acceptor links not yet authenticated
         self._awaiting_key: dict[int, list[PeerLink]] = {}  # acceptor links waiting on CONNECT for the key
         self._closing: list[PeerLink] = []  # closed links whose last datagrams (CONNECTION_CLOSE) are not out yet
-        self._acceptor_config = quic_configuration(self.identity, Role.ACCEPTOR, config.idle_timeout)
+        self._punches: dict[int, PunchSession] = {}  # peer id -> connectivity checks under way
+        self._upgrades: set[PeerLink] = set()  # direct links being set up beside a relayed one
+        self._acceptor_config = quic_configuration(self.identity, Role.ACCEPTOR, QUIC_IDLE_TIMEOUT)
         self._endpoint: UdpEndpoint | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._subscribers: set[asyncio.Queue[JSON]] = set()
@@ -299,16 +313,35 @@ class PeerNode:
     def _on_datagram(self, data: bytes, address: Address) -> None:
         now = self.clock()
         if looks_like_stun(data):
-            if address != self.config.server:
-                self.stats["stun_from_stranger"] += 1
-                return
             try:
                 message = decode(data, require_fingerprint=True)
             except StunProtocolError:
                 self.stats["bad_stun"] += 1
                 return
-            self.registration.receive(message, now)
+            if address == self.config.server:
+                self.registration.receive(message, now)
+            else:
+                self._on_probe(message, address, now)
             return
+        self._on_quic(data, address, now)
+
+    def _on_probe(self, message: Message, address: Address, now: float) -> None:
+        """A connectivity check (or its answer) from another peer."""
+        if message.method != Method.BINDING:
+            self.stats["stun_from_stranger"] += 1
+            return
+        if message.message_class == MessageClass.REQUEST:
+            name = message.get(Attr.USERNAME)
+            to_id, _, from_id = name.partition(":") if isinstance(name, str) else ("", "", "")
+            session = self._punches.get(int(from_id)) if from_id.isdigit() else None
+            handled = session is not None and session.receive(message, address, now)
+        else:
+            handled = any(s.owns(message.transaction_id) and s.receive(message, address, now)
+                          for s in self._punches.values())
+        if not handled:
+            self.stats["probes_refused"] += 1
+
+    def _on_quic(self, data: bytes, address: Address, now: float) -> None:
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=8)
         except ValueError:
@@ -345,21 +378,37 @@ class PeerNode:
                 break
         for data in self.registration.datagrams_to_send():
             endpoint.sendto(data, self.config.server)
+        for session in list(self._punches.values()):
+            for data, address in session.datagrams_to_send():
+                endpoint.sendto(data, address)
         closing, self._closing = self._closing, []
         for link in self._all_links() + closing:
             for data, address in link.datagrams_to_send(now):
-                endpoint.sendto(data, address)
+                if address[0] == RELAY_HOST:
+                    # A relayed path: the rendezvous server carries it (SEND/DATA).
+                    if not self.registration.send_relayed(int(address[1]), data):
+                        self.stats["relay_unavailable"] += 1
+                else:
+                    endpoint.sendto(data, address)
+        for data in self.registration.datagrams_to_send():
+            endpoint.sendto(data, self.config.server)
         self._arm_timer(now)
 
     def _all_links(self) -> list[PeerLink]:
         links = [p.link for p in self.peer_states.values() if p.link is not None]
-        return links + [link for link in self._accepting if link not in links]
+        return links + [link for link in (*self._accepting, *self._upgrades) if link not in links]
 
     def _arm_timer(self, now: float) -> None:
         timers = [t for t in [self.registration.get_timer()] + [link.get_timer() for link in self._all_links()] if t is not None]
+        timers += [t for t in (s.get_timer() for s in self._punches.values()) if t is not None]
         for peer in self.peer_states.values():
             if peer.connecting_since is not None:
                 timers.append(peer.connecting_since + CONNECT_TIMEOUT)
+            if peer.link is not None and peer.link.state is LinkState.READY:
+                timers.append(min(peer.link.last_activity + self.config.idle_timeout,
+                                  peer.link.last_sent + KEEPALIVE_INTERVAL))
+                if peer.link.address[0] == RELAY_HOST and peer.upgrade_at is not None:
+                    timers.append(peer.upgrade_at)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -376,9 +425,23 @@ class PeerNode:
         for link in self._all_links():
             if (timer := link.get_timer()) is not None and timer <= now:
                 link.handle_timer(now)
+        for session in list(self._punches.values()):
+            if (timer := session.get_timer()) is not None and timer <= now:
+                session.handle_timer(now)
+        self._check_punches(now)
         for peer in list(self.peer_states.values()):
             if peer.connecting_since is not None and peer.connecting_since + CONNECT_TIMEOUT <= now:
                 self._connect_failed(peer, "could not reach the peer")
+            link = peer.link
+            if link is not None and link.state is LinkState.READY:
+                if now - link.last_activity >= self.config.idle_timeout:
+                    link.close("idle")  # opens again when there is something to send
+                elif now - link.last_sent >= KEEPALIVE_INTERVAL:
+                    link.keepalive(now)  # keeps the NAT mappings of this path open
+                elif link.address[0] == RELAY_HOST and peer.upgrade_at is not None and peer.upgrade_at <= now:
+                    # Relayed for a while: try for a direct path again.
+                    peer.upgrade_at = now + UPGRADE_INTERVAL
+                    self.registration.connect(peer.peer_id, now)
         self._flush()
 
     # ------------------------------------------------------------ registration events
@@ -397,10 +460,16 @@ class PeerNode:
                 self._on_peers_listed(event, now)
             elif isinstance(event, Introduced):
                 self._learn(event.info, now)
+                if self.registration.peer_id is not None and event.info.punch_key is not None:
+                    # Probe back at once: both NATs must see outgoing packets.
+                    self._start_punch(event.info, now, connect=False)
             elif isinstance(event, ConnectAnswered):
                 self._on_connect_answered(event, now)
             elif isinstance(event, Relayed):
-                self.stats["relayed_ignored"] += 1  # the relay path is the NAT issue's
+                if event.payload and event.payload[0] >= 0x40:
+                    self._on_quic(event.payload, (RELAY_HOST, event.peer_id), now)
+                else:
+                    self.stats["relayed_dropped"] += 1
             elif isinstance(event, Stopped):
                 self._stopped.set()
         return busy
@@ -496,7 +565,7 @@ class PeerNode:
                 self._publish({"type": "connection", "peer": peer.peer_id, "connection": peer.connection()})
 
     def _send_on(self, link: PeerLink, message: JSON) -> None:
-        link.send_frame({"t": "msg", "id": message["id"], "text": message["text"], "time": message["time"]})
+        link.send_frame({"t": "msg", "id": message["id"], "text": message["text"], "time": message["time"]}, self.clock())
         if message["status"] != Status.SENT:
             self._set_status(message["id"], Status.SENT)
 
@@ -512,17 +581,70 @@ class PeerNode:
                 self._connect_failed(peer, f"rendezvous: {event.error}")
             return
         self._learn(event.info, now)
-        if peer.link is not None and peer.link.state is not LinkState.CLOSED:
+        relayed = peer.link is not None and peer.link.address[0] == RELAY_HOST
+        if peer.link is not None and peer.link.state is not LinkState.CLOSED and not relayed:
             return  # already connected (or the other side connected to us meanwhile)
-        observed = [c.address for c in event.info.candidates if c.kind == CandidateKind.OBSERVED]
-        if not observed or self.registration.peer_id is None:
+        if self.registration.peer_id is None or not event.info.candidates:
             self._connect_failed(peer, "the server gave no address for the peer")
             return
-        link = PeerLink.connect(
-            self.identity, self.registration.peer_id, observed[0], peer.peer_id, event.info.public_key, now,
-            idle_timeout=self.config.idle_timeout,
-        )
-        peer.link = link
+        self._start_punch(event.info, now, connect=True)
+        self._publish({"type": "connection", "peer": peer.peer_id, "connection": peer.connection()})
+
+    def _start_punch(self, info: PeerInfo, now: float, *, connect: bool) -> None:
+        """Probe every candidate of ``info`` (both sides do this at once);
+        ``connect``: we asked for this peer, so we open QUIC on the first path
+        that works, or through the relay if none does."""
+        assert self.registration.peer_id is not None
+        candidates = [c.address for c in info.candidates]
+        current = self._punches.get(info.peer_id)
+        if current is not None and current.key == info.punch_key and current.state is PunchState.PROBING:
+            current.add_candidates(candidates, now)
+            current.connect = current.connect or connect
+            return
+        if self.config.relay_only:
+            session = PunchSession(self.registration.peer_id, info.peer_id, b"", [], now, timeout=0.0)
+            session.state = PunchState.FAILED
+            session.started -= PUNCH_LINGER
+        elif info.punch_key is None:
+            # A server without PUNCH-KEY: no checks possible; try its observed address.
+            session = PunchSession(self.registration.peer_id, info.peer_id, b"", [], now, timeout=0.0)
+            session.state, session.chosen = PunchState.SUCCEEDED, candidates[0]
+        else:
+            session = PunchSession(self.registration.peer_id, info.peer_id, info.punch_key, candidates, now)
+        session.connect = connect
+        self._punches[info.peer_id] = session
+
+    def _check_punches(self, now: float) -> None:
+        """Act on finished connectivity checks."""
+        for peer_id, session in list(self._punches.items()):
+            if session.state is PunchState.PROBING:
+                continue
+            if session.state is PunchState.FAILED and now < session.started + PUNCH_LINGER:
+                continue  # keep answering the other side's late probes a little longer
+            if session.state is PunchState.SUCCEEDED and not session.connect and now < session.started + PUNCH_LINGER:
+                continue
+            del self._punches[peer_id]
+            if not session.connect or session.handled:
+                continue
+            session.handled = True
+            peer = self.peer_states.setdefault(peer_id, PeerState(peer_id))
+            if session.state is PunchState.SUCCEEDED and session.chosen is not None:
+                logger.info("direct path to peer %d: %s:%s (%d probes)", peer_id, *session.chosen, session.probes_sent)
+                self._open_link(peer, session.chosen, now)
+            elif peer.link is None or peer.link.state is LinkState.CLOSED:
+                logger.info("no direct path to peer %d after %d probes: relaying", peer_id, session.probes_sent)
+                self._open_link(peer, (RELAY_HOST, peer_id), now)
+                peer.upgrade_at = now + UPGRADE_INTERVAL
+
+    def _open_link(self, peer: PeerState, address: Address, now: float) -> None:
+        if peer.public_key is None or self.registration.peer_id is None:
+            self._connect_failed(peer, "no key for the peer")
+            return
+        link = PeerLink.connect(self.identity, self.registration.peer_id, address, peer.peer_id, peer.public_key, now)
+        if peer.link is None or peer.link.state is LinkState.CLOSED:
+            peer.link = link
+        else:
+            self._upgrades.add(link)  # a direct path beside a relayed link: switch when it is ready
         self._cids[link.quic.host_cid] = link
         self._publish({"type": "connection", "peer": peer.peer_id, "connection": peer.connection()})
 
@@ -571,11 +693,16 @@ class PeerNode:
 
     def _on_link_ready(self, link: PeerLink, event: LinkReady, now: float) -> None:
         self._accepting.discard(link)
+        self._upgrades.discard(link)
         peer = self.peer_states.setdefault(event.peer_id, PeerState(event.peer_id))
         existing = peer.link
         if existing is not None and existing is not link and existing.state is LinkState.READY:
-            # Two links to one peer: both connected at once, or it restarted.
-            if existing.ready_at is not None and now - existing.ready_at > SIMULTANEOUS_WINDOW:
+            # Two links to one peer: both connected at once, it restarted, or
+            # a direct path opened beside a relayed one.
+            existing_relayed = existing.address[0] == RELAY_HOST
+            if existing_relayed != (link.address[0] == RELAY_HOST):
+                keep, drop = (link, existing) if existing_relayed else (existing, link)
+            elif existing.ready_at is not None and now - existing.ready_at > SIMULTANEOUS_WINDOW:
                 keep, drop = link, existing  # the old one is stale
             else:
                 # Both sides must keep the same one: the lower id's connection.
@@ -590,7 +717,11 @@ class PeerNode:
         peer.connecting_since = None
         peer.online = True
         peer.last_error = None
-        logger.info("connected to peer %d at %s:%d (%s)", event.peer_id, *link.address, link.role.value)
+        if peer.link.address[0] != RELAY_HOST:
+            peer.upgrade_at = None
+        elif peer.upgrade_at is None:
+            peer.upgrade_at = now + UPGRADE_INTERVAL
+        logger.info("connected to peer %d at %s:%s (%s)", event.peer_id, *link.address, link.role.value)
         self._publish({"type": "connection", "peer": peer.peer_id, "connection": peer.connection()})
         self._pump_peer(peer, resend_sent=True)
 
@@ -615,7 +746,7 @@ class PeerNode:
                 except StoreError as error:
                     raise FrameError(str(error)) from None
                 # Acknowledge after storing, also for a duplicate (its ack was lost).
-                link.send_frame({"t": "ack", "id": message_id})
+                link.send_frame({"t": "ack", "id": message_id}, now)
                 if fresh:
                     message = self.store.get_message(stored_id)
                     self._publish({"type": "message", "message": message})
@@ -633,6 +764,7 @@ class PeerNode:
     def _on_link_closed(self, link: PeerLink, event: LinkClosed, now: float) -> None:
         self._closing.append(link)
         self._accepting.discard(link)
+        self._upgrades.discard(link)
         for cid in [cid for cid, owner in self._cids.items() if owner is link]:
             del self._cids[cid]
         for links in self._awaiting_key.values():

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from rendezvous.client import PeerInfo, register_request, session_request
 from rendezvous.stun import (
+    MAX_RELAY_PAYLOAD,
     Address,
     Attr,
     Message,
@@ -175,6 +176,16 @@ class RegistrationMachine:
 
     def session_token(self) -> bytes | None:
         return self._session
+
+    def send_relayed(self, peer_id: int, payload: bytes) -> bool:
+        """Queue a SEND indication: the server forwards ``payload`` to
+        ``peer_id`` as DATA.  False when not registered (nothing sent)."""
+        if self._session is None or self.state is not RegState.REGISTERED or len(payload) > MAX_RELAY_PAYLOAD:
+            return False
+        message = Message(Method.SEND, MessageClass.INDICATION, self._random(12))
+        message.add(Attr.SESSION, self._session).add(Attr.PEER_ID, peer_id).add(Attr.DATA, payload)
+        self._outbox.append(encode(message))
+        return True
 
     # ------------------------------------------------------------ input
 

@@ -246,3 +246,26 @@ async def test_idle_connection_closes_and_reopens_transparently(rendezvous, tmp_
     finally:
         for node in made:
             await node.stop()
+
+
+async def test_relay_carries_quic_when_no_direct_path(rendezvous, tmp_path) -> None:
+    made = []
+    for name, relay_only in (("alice", True), ("bob", False)):
+        node = PeerNode(NodeConfig(server=rendezvous.address, data_dir=tmp_path / name, name=name,
+                                   udp_host="127.0.0.1", list_interval=0.3, relay_only=relay_only))
+        await node.start()
+        made.append(node)
+    alice, bob = made
+    try:
+        await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")
+        sent = await alice.send_message(2, "through the relay")
+        await wait_for(lambda: alice.store.get_message(sent["id"])["status"] == "delivered", what="delivered")
+        reply = await bob.send_message(1, "and back")
+        await wait_for(lambda: bob.store.get_message(reply["id"])["status"] == "delivered", what="reply delivered")
+        assert next(p for p in alice.peers() if p["id"] == 2)["connection"]["state"] == "relayed"
+        assert next(p for p in bob.peers() if p["id"] == 1)["connection"]["state"] == "relayed"
+        assert rendezvous.core.stats["relayed_packets"] > 0
+        assert [m["text"] for m in bob.messages(1)] == ["through the relay", "and back"]
+    finally:
+        for node in made:
+            await node.stop()

@@ -453,6 +453,7 @@ SAMPLES: dict[int, list[Any]] = {
     Attr.SESSION: [bytes(range(stun.SESSION_LENGTH))],
     Attr.LIMIT: [0, 50, 2**32 - 1],
     Attr.CURSOR: [b"\x00", b"c" * stun.MAX_CURSOR_LENGTH],
+    Attr.PUNCH_KEY: [bytes(16), bytes(range(16))],
     Attr.PEER_ENTRY: [
         PeerEntry(7, 1_700_000_000, PEER_KEY_1, "bob"),
         PeerEntry(0, 0, bytes(32), ""),

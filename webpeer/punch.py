@@ -1,0 +1,143 @@
+"""Hole punching between two peers: connectivity checks (sans-IO).
+
+Both peers learn each other's candidates (observed and local addresses) from
+the rendezvous server, with a fresh PUNCH-KEY that only the two of them got.
+Each side then sends STUN Binding requests to every candidate at once, paced,
+with USERNAME "<their id>:<my id>" and MESSAGE-INTEGRITY under the key, and
+answers the other side's requests.  A request that arrives from an address
+we did not know is a peer-reflexive candidate (the other side's NAT mapping
+toward us): it is probed at once, as ICE does.  The first candidate that
+answers one of our requests is a path that works both ways: our packets
+reach it, its packets reach us.
+
+    probes:   t=0 every candidate, then one probe every PACE seconds, round
+              robin, each candidate at most every REPEAT seconds
+    success:  a valid answer from address A -> SUCCEEDED(A)
+    failure:  nothing within TIMEOUT seconds -> FAILED (the caller relays)
+
+Time comes in as ``now``; randomness as ``random_bytes``.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+from rendezvous.stun import Address, Attr, Message, MessageClass, Method, encode
+
+PACE = 0.02
+REPEAT = 0.2
+TIMEOUT = 3.0
+MAX_CANDIDATES = 16
+
+
+class PunchState(enum.Enum):
+    PROBING = "probing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+def username(to_id: int, from_id: int) -> str:
+    return f"{to_id}:{from_id}"
+
+
+@dataclass
+class PunchSession:
+    my_id: int
+    peer_id: int
+    key: bytes
+    candidates: list[Address]
+    started: float
+    timeout: float = TIMEOUT
+    random_bytes: Callable[[int], bytes] = os.urandom
+    state: PunchState = PunchState.PROBING
+    chosen: Address | None = None
+    _outbox: list[tuple[bytes, Address]] = field(default_factory=list)
+    _sent_at: dict[Address, float] = field(default_factory=dict)
+    _transactions: dict[bytes, Address] = field(default_factory=dict)
+    _next_probe: float = 0.0
+    probes_sent: int = 0
+    connect: bool = False  # the owner opens QUIC when the checks end (it asked for the peer)
+    handled: bool = False
+
+    def __post_init__(self) -> None:
+        self.candidates = list(dict.fromkeys(self.candidates))[:MAX_CANDIDATES]
+        self._next_probe = self.started
+        self.handle_timer(self.started)
+
+    # ------------------------------------------------------------ outputs
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def get_timer(self) -> float | None:
+        if self.state is not PunchState.PROBING:
+            return None
+        return min(self._next_probe, self.started + self.timeout)
+
+    # ------------------------------------------------------------ input
+
+    def handle_timer(self, now: float) -> None:
+        if self.state is not PunchState.PROBING:
+            return
+        if now >= self.started + self.timeout:
+            self.state = PunchState.FAILED
+            return
+        if now < self._next_probe:
+            return
+        # The candidate we probed longest ago (never probed first), if due.
+        due = [c for c in self.candidates if now - self._sent_at.get(c, -1e9) >= REPEAT]
+        if due:
+            target = min(due, key=lambda c: self._sent_at.get(c, -1e9))
+            self._probe(target, now)
+        self._next_probe = now + PACE
+
+    def add_candidates(self, candidates: list[Address], now: float) -> None:
+        for candidate in candidates:
+            if candidate not in self.candidates and len(self.candidates) < MAX_CANDIDATES:
+                self.candidates.append(candidate)
+
+    def receive(self, message: Message, address: Address, now: float) -> bool:
+        """A STUN message from ``address`` with our USERNAME pair; False if it
+        is not for this session or fails the integrity check."""
+        if message.message_class == MessageClass.REQUEST:
+            if message.get(Attr.USERNAME) != username(self.my_id, self.peer_id):
+                return False
+            if not message.verify_integrity(self.key):
+                return False
+            answer = Message(Method.BINDING, MessageClass.SUCCESS, message.transaction_id)
+            answer.add(Attr.XOR_MAPPED_ADDRESS, address)
+            self._outbox.append((encode(answer, integrity_key=self.key), address))
+            if address not in self.candidates and len(self.candidates) < MAX_CANDIDATES:
+                # Peer-reflexive: where its NAT maps it toward us.  Probe it now.
+                self.candidates.append(address)
+                if self.state is PunchState.PROBING:
+                    self._probe(address, now)
+            elif self.state is PunchState.PROBING and now - self._sent_at.get(address, -1e9) >= REPEAT:
+                self._probe(address, now)  # triggered check
+            return True
+        if message.message_class == MessageClass.SUCCESS:
+            target = self._transactions.get(message.transaction_id)
+            if target is None or not message.verify_integrity(self.key):
+                return False
+            if self.state is PunchState.PROBING:
+                self.state = PunchState.SUCCEEDED
+                self.chosen = address
+            return True
+        return False
+
+    def owns(self, transaction_id: bytes) -> bool:
+        return transaction_id in self._transactions
+
+    # ------------------------------------------------------------ internals
+
+    def _probe(self, target: Address, now: float) -> None:
+        request = Message(Method.BINDING, MessageClass.REQUEST, self.random_bytes(12))
+        request.add(Attr.USERNAME, username(self.peer_id, self.my_id))
+        self._transactions[request.transaction_id] = target
+        self._sent_at[target] = now
+        self.probes_sent += 1
+        self._outbox.append((encode(request, integrity_key=self.key), target))
