@@ -17,9 +17,11 @@ Parts, in the order they run (bench/WEBPEER.md has the method and results):
    (default 200) messages not yet reported ``delivered``; delivered
    messages/s over the measured window.  Afterwards every message must be
    ``delivered`` in alice's SQLite file and ``received`` in bob's.
-4. ``connect``: N fresh webpeers; for each, POST on alice -> ``connection``
-   event with state ``direct`` on alice's websocket (CONNECT through the
-   server + QUIC handshake + mutual authentication), and -> ``delivered``.
+4. ``connect``: N fresh webpeers; for each, POST on alice or bob ->
+   ``connection`` event with state ``direct`` on the sender's websocket
+   (CONNECT through the server + connectivity checks + QUIC handshake +
+   mutual authentication), and -> ``delivered``.  ``cold``: each fresh
+   process's first connection; ``warm``: its second, from the other sender.
 
 CPU use of every process over each measured window comes from
 /proc/PID/task/*/schedstat: on-CPU seconds, and seconds spent runnable but
@@ -657,7 +659,7 @@ async def connect_each(session: Any, pairs: list[tuple[Proc, ConnectWatch, Proc]
     result = {"post_to_direct": summary_ms(direct), "post_to_delivered": summary_ms(delivered),
               "target_cpu": summary_ms(target_cpu)}
     if answered:
-        result["post_to_connect_answered"] = summary_ms(answered)
+        result["post_to_quic_start"] = summary_ms(answered)
     return result
 
 
@@ -868,7 +870,7 @@ def render(results: dict[str, Any]) -> str:
                   "| phase, path | count | p50 ms | p90 ms | max ms |", "| --- | ---: | ---: | ---: | ---: |"]
         for phase in ("cold", "warm"):
             c = results["connect"][phase]
-            for key in ("post_to_connect_answered", "post_to_direct", "post_to_delivered", "target_cpu"):
+            for key in ("post_to_quic_start", "post_to_direct", "post_to_delivered", "target_cpu"):
                 if key in c:
                     s = c[key]
                     lines.append(f"| {phase}, {key} | {s['count']} | {s['p50_ms']} | {s['p90_ms']} | {s['max_ms']} |")

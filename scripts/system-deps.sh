@@ -9,6 +9,13 @@ command -v turnutils_stunclient >/dev/null 2>&1 || need+=(coturn)
 command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 command -v stun >/dev/null 2>&1 || need+=(stun-client)  # RFC 3489 client (tests/interop)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)     # WebRTC ICE gathering (tests/interop)
+# The NAT lab (tests/netlab): namespaces and veths, NAT rules, the NFQUEUE
+# rule for delay, conntrack flushes, per-namespace sysctls.
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
+command -v conntrack >/dev/null 2>&1 || need+=(conntrack)
+command -v sysctl >/dev/null 2>&1 || need+=(procps)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

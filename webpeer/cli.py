@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import secrets
@@ -62,6 +63,11 @@ def node_context(node: PeerNode):  # type: ignore[no-untyped-def]
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         await node.start()
+        # Start-up leaves ~50,000 long-lived objects (aiohttp, aioquic,
+        # cryptography); freezing them keeps full collections, which would
+        # otherwise land in the middle of a handshake, short.
+        gc.collect()
+        gc.freeze()
         yield
         await node.stop()
 

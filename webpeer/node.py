@@ -138,6 +138,7 @@ class PeerNode:
         self._subscribers: set[asyncio.Queue[JSON]] = set()
         self._stopped = asyncio.Event()
         self._housekeeping: asyncio.Task[None] | None = None
+        self._flush_scheduled = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -262,8 +263,8 @@ class PeerNode:
         assert message is not None
         self._publish({"type": "message", "message": message})
         self._pump_peer(peer)
-        self._flush()
-        return self.store.get_message(message_id) or message
+        self._schedule_flush()
+        return message
 
     async def retry(self, message_id: str) -> JSON:
         message = self.store.get_message(message_id)
@@ -365,17 +366,29 @@ class PeerNode:
             self._cids[link.quic.host_cid] = link
         link.receive_datagram(data, address, now)
 
+    def _schedule_flush(self) -> None:
+        """Flush once at the end of this loop turn: many sends in one turn
+        share one commit and go out in as few QUIC packets as possible."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
         """Process events, send what is due, re-arm the timer."""
         endpoint = self._endpoint
         if endpoint is None:
             return
         now = self.clock()
-        for _ in range(10):  # events can cause more events; bounded
-            busy = self._drain_registration(now)
-            busy |= self._drain_links(now)
-            if not busy:
-                break
+        self._flush_scheduled = False
+        # One commit for everything this wake-up stores (a burst of messages
+        # and receipts), instead of one per message.
+        with self.store.batch():
+            for _ in range(10):  # events can cause more events; bounded
+                busy = self._drain_registration(now)
+                busy |= self._drain_links(now)
+                busy |= self._check_punches(now)
+                if not busy:
+                    break
         for data in self.registration.datagrams_to_send():
             endpoint.sendto(data, self.config.server)
         for session in list(self._punches.values()):
@@ -428,7 +441,6 @@ class PeerNode:
         for session in list(self._punches.values()):
             if (timer := session.get_timer()) is not None and timer <= now:
                 session.handle_timer(now)
-        self._check_punches(now)
         for peer in list(self.peer_states.values()):
             if peer.connecting_since is not None and peer.connecting_since + CONNECT_TIMEOUT <= now:
                 self._connect_failed(peer, "could not reach the peer")
@@ -492,11 +504,13 @@ class PeerNode:
             came_online = not peer.online
             peer.online, peer.name, peer.public_key, peer.online_since = True, entry.nickname, entry.public_key, entry.online_since
             self._remember_key(peer, now)
-            if restarted and peer.link is not None:
+            if restarted and peer.link is not None and peer.link.state is LinkState.READY:
                 # Registered anew: its old process (and our link to it) is gone.
+                # (A link still being set up was aimed by a fresh CONNECT: keep it.)
                 peer.link.close("peer restarted")
             if came_online or restarted:
-                self._pump_peer(peer)
+                # Including messages sent on a link that died before their receipt.
+                self._pump_peer(peer, force_connect=True)
         for peer in self.peer_states.values():
             if peer.online and peer.peer_id not in online:
                 peer.online = False
@@ -614,8 +628,9 @@ class PeerNode:
         session.connect = connect
         self._punches[info.peer_id] = session
 
-    def _check_punches(self, now: float) -> None:
-        """Act on finished connectivity checks."""
+    def _check_punches(self, now: float) -> bool:
+        """Act on finished connectivity checks; True if a link was opened."""
+        opened = False
         for peer_id, session in list(self._punches.items()):
             if session.state is PunchState.PROBING:
                 continue
@@ -628,6 +643,7 @@ class PeerNode:
                 continue
             session.handled = True
             peer = self.peer_states.setdefault(peer_id, PeerState(peer_id))
+            opened = True
             if session.state is PunchState.SUCCEEDED and session.chosen is not None:
                 logger.info("direct path to peer %d: %s:%s (%d probes)", peer_id, *session.chosen, session.probes_sent)
                 self._open_link(peer, session.chosen, now)
@@ -635,6 +651,7 @@ class PeerNode:
                 logger.info("no direct path to peer %d after %d probes: relaying", peer_id, session.probes_sent)
                 self._open_link(peer, (RELAY_HOST, peer_id), now)
                 peer.upgrade_at = now + UPGRADE_INTERVAL
+        return opened
 
     def _open_link(self, peer: PeerState, address: Address, now: float) -> None:
         if peer.public_key is None or self.registration.peer_id is None:
@@ -653,7 +670,9 @@ class PeerNode:
         peer.last_error = reason
         if peer.link is not None and peer.link.state is not LinkState.READY:
             peer.link.close(reason)
-        for message in self.store.pending_outgoing(peer.peer_id):
+        # Everything without a receipt fails (the user can retry), which also
+        # stops the closing link from starting another attempt.
+        for message in self._undelivered(peer.peer_id):
             self._set_status(message["id"], Status.FAILED, reason)
         self._publish({"type": "connection", "peer": peer.peer_id, "connection": None})
         self._publish_peers()
@@ -702,8 +721,12 @@ class PeerNode:
             existing_relayed = existing.address[0] == RELAY_HOST
             if existing_relayed != (link.address[0] == RELAY_HOST):
                 keep, drop = (link, existing) if existing_relayed else (existing, link)
-            elif existing.ready_at is not None and now - existing.ready_at > SIMULTANEOUS_WINDOW:
-                keep, drop = link, existing  # the old one is stale
+            elif existing.role is link.role or (
+                existing.ready_at is not None and now - existing.ready_at > SIMULTANEOUS_WINDOW
+            ):
+                # The same side opened both (it reconnected, e.g. to a restarted
+                # peer), or the old one has been up a while: the old one is stale.
+                keep, drop = link, existing
             else:
                 # Both sides must keep the same one: the lower id's connection.
                 def connector_id(candidate: PeerLink) -> int:
@@ -748,9 +771,11 @@ class PeerNode:
                 # Acknowledge after storing, also for a duplicate (its ack was lost).
                 link.send_frame({"t": "ack", "id": message_id}, now)
                 if fresh:
+                    # The page counts unread messages from these events; a full
+                    # peer list (with its unread query) per message would cost
+                    # more than the message itself.
                     message = self.store.get_message(stored_id)
                     self._publish({"type": "message", "message": message})
-                    self._publish_peers()
             elif kind == "ack":
                 message_id = require(frame, "id", str)
                 message = self.store.get_message(message_id)
@@ -774,6 +799,7 @@ class PeerNode:
         if peer is None or peer.link is not link:
             return
         peer.link = None
+        peer.connecting_since = None  # whatever attempt this link was, it is over
         logger.info("link to peer %s closed: %s", link.peer_id, event.reason)
         if "different key" in event.reason or "registry does not give" in event.reason:
             self._connect_failed(peer, event.reason)

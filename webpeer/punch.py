@@ -59,6 +59,7 @@ class PunchSession:
     _transactions: dict[bytes, Address] = field(default_factory=dict)
     _next_probe: float = 0.0
     probes_sent: int = 0
+    _answered_from: set[Address] = field(default_factory=set)
     connect: bool = False  # the owner opens QUIC when the checks end (it asked for the peer)
     handled: bool = False
 
@@ -116,8 +117,11 @@ class PunchSession:
                 self.candidates.append(address)
                 if self.state is PunchState.PROBING:
                     self._probe(address, now)
-            elif self.state is PunchState.PROBING and now - self._sent_at.get(address, -1e9) >= REPEAT:
-                self._probe(address, now)  # triggered check
+            elif self.state is PunchState.PROBING and address not in self._answered_from:
+                # Triggered check: the other side just opened its NAT toward us;
+                # probe back at once rather than at the next paced turn.
+                self._probe(address, now)
+            self._answered_from.add(address)
             return True
         if message.message_class == MessageClass.SUCCESS:
             target = self._transactions.get(message.transaction_id)

@@ -21,7 +21,7 @@ async def wait_for(predicate, timeout: float = 5.0, what: str = "condition") -> 
         if value:
             return value
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
         await asyncio.sleep(0.02)
 
 
@@ -122,7 +122,8 @@ async def test_peer_restart_mid_conversation(nodes, tmp_path) -> None:
     bob2 = await nodes("bob", data_dir=tmp_path / "bob")
     assert bob2.registration.peer_id == 2
     second = await alice.send_message(2, "after the restart")
-    await wait_for(lambda: alice.store.get_message(second["id"])["status"] == "delivered", timeout=10, what="second delivered")
+    await wait_for(lambda: alice.store.get_message(second["id"])["status"] == "delivered", timeout=10,
+                   what=lambda: f"second delivered: {alice.store.get_message(second['id'])} {alice.peer_states[2]}")
     assert [m["text"] for m in bob2.messages(1)] == ["before the restart", "after the restart"]
     reply = await bob2.send_message(1, "I'm back")
     await wait_for(lambda: bob2.store.get_message(reply["id"])["status"] == "delivered", what="reply delivered")

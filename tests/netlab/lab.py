@@ -1,0 +1,440 @@
+"""The NAT lab: Linux network namespaces wired as a small internet.
+
+Topology (every namespace is named ``<prefix><role>``)::
+
+    rendezvous host  203.0.113.10 (+ .11, a second address as in RFC 5780)
+          |
+    "internet" namespace: a router, no default route, loss and delay here
+          |                           |
+    site a: router (NAT)      site b: host without NAT, 198.51.100.12
+    WAN 198.51.100.11
+          |
+    private host 10.0.1.2/24 (default route via the router, 10.0.1.1)
+
+Each attachment to the internet is a veth pair created directly inside the
+two lab namespaces it joins, so nothing ever appears in the machine's own
+namespace, and no lab namespace has a link to a real interface.  The
+internet namespace routes only the two documentation ranges and drops the
+rest.  Every lab process runs inside a lab namespace (``ip netns exec``);
+this module itself only runs ``ip``/``nft``/``iptables``/``conntrack``.
+
+The prefix is ``pl<owner pid>x<random>-``: a later lab removes namespaces
+left by a crashed run (their owner pid is gone) and leaves live labs alone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from .rules import NatType, internet_ruleset, loss_rules, router_ruleset
+
+DELAY_PROGRAM = Path(__file__).with_name("delay.py")
+TOOLS = {"ip": "iproute2", "nft": "nftables", "iptables": "iptables", "conntrack": "conntrack", "sysctl": "procps"}
+SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+PREFIX_RE = re.compile(r"^pl(\d+)x[0-9a-f]{4}-")
+NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
+
+RENDEZVOUS_ADDRESSES = ("203.0.113.10", "203.0.113.11")
+RENDEZVOUS_GATEWAY = "203.0.113.1"
+PUBLIC_GATEWAY = "198.51.100.1"
+FIRST_PUBLIC_HOST = 11
+DEFAULT_MAPPING_TIMEOUT = 120
+DELAY_QUEUE = 0
+
+
+class LabError(RuntimeError):
+    """Building, changing or tearing down the lab failed."""
+
+
+@dataclass(frozen=True)
+class Host:
+    """A namespace you can run programs in, and its interface addresses."""
+
+    name: str
+    netns: str
+    addresses: tuple[str, ...]
+
+    @property
+    def address(self) -> str:
+        """The host's primary address (private for a host behind a NAT)."""
+        return self.addresses[0]
+
+
+@dataclass(frozen=True)
+class Site:
+    """A private host, behind its NAT router unless ``nat`` is NONE."""
+
+    name: str
+    nat: NatType
+    host: Host
+    router: Host | None
+
+    @property
+    def public_address(self) -> str:
+        """The address the internet sees: the router's WAN, or the host's own."""
+        return self.router.address if self.router is not None else self.host.address
+
+
+Target = Host | Site
+
+
+def tool(name: str) -> str:
+    """The absolute path of one of the lab's tools; the sbin directories are
+    searched too, since a root shell's PATH does not always have them."""
+    search = os.pathsep.join([os.environ.get("PATH", os.defpath), *SBIN])
+    path = shutil.which(name, path=search)
+    if path is None:
+        raise LabError(f"missing tool {name} (Debian package {TOOLS.get(name, name)}): run scripts/system-deps.sh as root")
+    return path
+
+
+def unavailable_reason() -> str | None:
+    """Why the lab cannot run here, or None: only a missing root or missing
+    kernel features count.  Missing tools are the installer's fault and
+    make :class:`Lab` fail loudly instead (``scripts/system-deps.sh``)."""
+    if os.geteuid() != 0:
+        return "the NAT lab needs root (network namespaces, nftables)"
+    if not Path("/proc/self/ns/net").exists():
+        return "this kernel has no network namespaces"
+    try:
+        tool("ip"), tool("nft")
+    except LabError:
+        return None  # Lab() names the missing package
+    probe = f"pl{os.getpid()}x{secrets.token_hex(2)}-probe"
+    try:
+        made = subprocess.run([tool("ip"), "netns", "add", probe], capture_output=True, text=True)
+        if made.returncode != 0:
+            return f"cannot create a network namespace: {made.stderr.strip()}"
+        nat = subprocess.run(
+            [tool("ip"), "netns", "exec", probe, tool("nft"), "-f", "-"],
+            input="table ip t { chain c { type nat hook postrouting priority srcnat; masquerade fully-random; }; }",
+            capture_output=True,
+            text=True,
+        )
+        if nat.returncode != 0:
+            return f"this kernel lacks nftables NAT: {nat.stderr.strip()}"
+    finally:
+        subprocess.run([tool("ip"), "netns", "del", probe], capture_output=True)
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _lab_namespaces() -> list[str]:
+    listing = subprocess.run([tool("ip"), "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[0] for line in listing.splitlines() if line.strip() and PREFIX_RE.match(line.split()[0])]
+
+
+def _remove_namespace(netns: str) -> None:
+    """Kill every process inside ``netns`` (all started by a lab), then delete it."""
+    pids = subprocess.run([tool("ip"), "netns", "pids", netns], capture_output=True, text=True).stdout.split()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        alive = [int(pid) for pid in pids if _pid_alive(int(pid))]
+        for pid in alive:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 1.0
+        while alive and time.monotonic() < deadline:
+            alive = [pid for pid in alive if _pid_alive(pid) and not _is_zombie(pid)]
+            time.sleep(0.02)
+        if not alive:
+            break
+    result = subprocess.run([tool("ip"), "netns", "del", netns], capture_output=True, text=True)
+    if result.returncode != 0 and netns in _lab_namespaces():
+        raise LabError(f"ip netns del {netns}: {result.stderr.strip()}")
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def remove_stale_namespaces() -> list[str]:
+    """Delete lab namespaces whose owning process is gone; return their names."""
+    stale = [ns for ns in _lab_namespaces() if not _pid_alive(int(PREFIX_RE.match(ns).group(1)))]  # type: ignore[union-attr]
+    for netns in stale:
+        _remove_namespace(netns)
+    return stale
+
+
+class Lab:
+    """A NAT lab; use as a context manager (teardown runs even on error).
+
+    >>> with Lab() as lab:
+    ...     a = lab.site("a", NatType.SYMMETRIC)
+    ...     lab.run(a, ["python3", "-c", "print(1)"])
+    """
+
+    def __init__(self) -> None:
+        self.prefix = f"pl{os.getpid()}x{secrets.token_hex(2)}-"
+        self.internet = f"{self.prefix}inet"
+        self.rendezvous = Host("rendezvous", f"{self.prefix}rv", RENDEZVOUS_ADDRESSES)
+        self.sites: dict[str, Site] = {}
+        self._attachments = 0
+        self._namespaces: list[str] = []
+        self._processes: list[subprocess.Popen[Any]] = []
+        self._delay: subprocess.Popen[str] | None = None
+        self._delay_ms = 0.0
+        self._started = False
+
+    # -- life cycle ---------------------------------------------------------
+
+    def __enter__(self) -> Lab:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Build the internet namespace and the rendezvous host."""
+        for name in TOOLS:
+            tool(name)  # fail now, naming the package, rather than half-way
+        remove_stale_namespaces()
+        self._started = True
+        self._add_namespace(self.internet)
+        self._sysctl(self.internet, "net.ipv4.ip_forward=1")
+        self._nft(self.internet, internet_ruleset())
+        self._attach_public(self.rendezvous.netns, RENDEZVOUS_ADDRESSES, RENDEZVOUS_GATEWAY)
+
+    def close(self) -> None:
+        """Stop every lab process and delete every lab namespace (and so every veth)."""
+        errors: list[str] = []
+        if self._delay is not None:
+            self._stop_delay()
+        for process in self._processes:
+            if process.poll() is None:
+                process.kill()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                errors.append(f"process {process.pid} did not exit")
+        self._processes.clear()
+        for netns in reversed(self._namespaces):
+            try:
+                _remove_namespace(netns)
+            except LabError as exc:
+                errors.append(str(exc))
+        self._namespaces.clear()
+        # Anything with our prefix that a failed step left unrecorded.
+        for netns in _lab_namespaces():
+            if netns.startswith(self.prefix):
+                try:
+                    _remove_namespace(netns)
+                except LabError as exc:
+                    errors.append(str(exc))
+        if errors:
+            raise LabError("; ".join(errors))
+
+    @property
+    def namespaces(self) -> list[str]:
+        """The names of the namespaces this lab has created so far."""
+        return list(self._namespaces)
+
+    # -- building -------------------------------------------------------------
+
+    def site(self, name: str, nat: NatType, *, mapping_timeout: int = DEFAULT_MAPPING_TIMEOUT) -> Site:
+        """Add a site: a private host behind a router of type ``nat``, or for
+        NatType.NONE a host directly on the internet.
+
+        ``mapping_timeout`` (seconds) is how long an idle UDP mapping lives
+        on the router (conntrack's UDP timeouts, and the full-cone table).
+        """
+        if not self._started:
+            raise LabError("start the lab (use it as a context manager) before adding sites")
+        if not NAME_RE.match(name) or name in self.sites or name in ("inet", "rv"):
+            raise ValueError(f"site name {name!r} must be new, 1-12 lowercase letters or digits, letter first")
+        index = len(self.sites)
+        public = f"198.51.100.{FIRST_PUBLIC_HOST + index}"
+        if nat is NatType.NONE:
+            host = Host(name, f"{self.prefix}{name}", (public,))
+            self._attach_public(host.netns, host.addresses, PUBLIC_GATEWAY)
+            site = Site(name, nat, host, None)
+        else:
+            subnet = f"10.0.{index + 1}"
+            router = Host(f"{name}-router", f"{self.prefix}{name}-r", (public, f"{subnet}.1"))
+            host = Host(name, f"{self.prefix}{name}", (f"{subnet}.2",))
+            self._attach_public(router.netns, (public,), PUBLIC_GATEWAY, ifname="wan")
+            self._add_namespace(host.netns)
+            self._ip(router.netns, "link", "add", "lan", "type", "veth", "peer", "name", "eth0", "netns", host.netns)
+            self._ip(router.netns, "addr", "add", f"{subnet}.1/24", "dev", "lan")
+            self._ip(router.netns, "link", "set", "lan", "up")
+            self._ip(host.netns, "addr", "add", f"{subnet}.2/24", "dev", "eth0")
+            self._ip(host.netns, "link", "set", "eth0", "up")
+            self._ip(host.netns, "route", "add", "default", "via", f"{subnet}.1")
+            self._sysctl(router.netns, "net.ipv4.ip_forward=1")
+            self._nft(router.netns, router_ruleset(nat, host.address, mapping_timeout))
+            # Per-namespace conntrack timeouts: unreplied and replied UDP flows.
+            self._sysctl(
+                router.netns,
+                f"net.netfilter.nf_conntrack_udp_timeout={mapping_timeout}",
+                f"net.netfilter.nf_conntrack_udp_timeout_stream={mapping_timeout}",
+            )
+            site = Site(name, nat, host, router)
+        self.sites[name] = site
+        return site
+
+    def _add_namespace(self, netns: str) -> None:
+        self._namespaces.append(netns)  # recorded first: a half-made one is removed too
+        self._check([tool("ip"), "netns", "add", netns])
+        self._ip(netns, "link", "set", "lo", "up")
+
+    def _attach_public(self, netns: str, addresses: Sequence[str], gateway: str, ifname: str = "eth0") -> None:
+        """A namespace on the internet: a veth to the internet router, /32
+        addresses, an on-link route to the gateway, and a default route that
+        leads only into the internet namespace."""
+        self._add_namespace(netns)
+        outer = f"s{self._attachments}"
+        self._attachments += 1
+        self._ip(self.internet, "link", "add", outer, "type", "veth", "peer", "name", ifname, "netns", netns)
+        # The gateway address sits on every internet-side veth (Linux allows
+        # one address on many interfaces), so each link is a /32 pair.
+        self._ip(self.internet, "addr", "add", f"{gateway}/32", "dev", outer)
+        self._ip(self.internet, "link", "set", outer, "up")
+        for address in addresses:
+            self._ip(self.internet, "route", "add", f"{address}/32", "dev", outer)
+            self._ip(netns, "addr", "add", f"{address}/32", "dev", ifname)
+        self._ip(netns, "link", "set", ifname, "up")
+        self._ip(netns, "route", "add", gateway, "dev", ifname, "scope", "link")
+        self._ip(netns, "route", "add", "default", "via", gateway, "dev", ifname, "src", addresses[0])
+
+    # -- running programs --------------------------------------------------
+
+    def _netns(self, target: Target) -> str:
+        host = target.host if isinstance(target, Site) else target
+        if host.netns not in self._namespaces:
+            raise LabError(f"{host.name} is not a host of this lab")
+        return host.netns
+
+    def command(self, target: Target, argv: Sequence[str]) -> list[str]:
+        """``argv`` prefixed so that it runs inside ``target``'s namespace (a
+        Site means its private host); for asyncio.create_subprocess_exec.
+        Processes left running are killed at teardown."""
+        return [tool("ip"), "netns", "exec", self._netns(target), *argv]
+
+    def run(self, target: Target, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+        """subprocess.run inside ``target``; captures text output and times
+        out after 30 s unless told otherwise."""
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        kwargs.setdefault("timeout", 30)
+        return subprocess.run(self.command(target, argv), **kwargs)
+
+    def popen(self, target: Target, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """subprocess.Popen inside ``target``; killed at teardown if still running."""
+        process = subprocess.Popen(self.command(target, argv), **kwargs)
+        self._processes.append(process)
+        return process
+
+    def address(self, target: Target) -> str:
+        """The target's own primary address (private behind a NAT)."""
+        return (target.host if isinstance(target, Site) else target).address
+
+    # -- conditions ----------------------------------------------------------
+
+    def set_link(self, *, loss_percent: float = 0.0, delay_ms: float = 0.0) -> None:
+        """Loss and one-way delay for every packet crossing the internet, in
+        both directions (a round trip through it takes 2 x ``delay_ms``).
+        Zero removes each."""
+        if delay_ms < 0:
+            raise ValueError(f"delay_ms must not be negative, not {delay_ms}")
+        self._nft(self.internet, loss_rules(loss_percent))
+        if delay_ms != self._delay_ms:
+            if self._delay is not None:
+                self._stop_delay()
+            if delay_ms > 0:
+                self._start_delay(delay_ms)
+
+    def _start_delay(self, delay_ms: float) -> None:
+        argv = [sys.executable, str(DELAY_PROGRAM), "--queue", str(DELAY_QUEUE), "--delay-ms", str(delay_ms)]
+        # stderr is inherited, not piped: nobody would read a pipe while the
+        # program runs, and pytest shows captured output on failure.
+        process = subprocess.Popen([tool("ip"), "netns", "exec", self.internet, *argv], stdout=subprocess.PIPE, text=True)
+        self._delay = process
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], 10.0)
+        line = process.stdout.readline() if ready else ""
+        if line.strip() != "ready":
+            self._stop_delay()
+            raise LabError(f"delay program did not start (exit status {process.returncode})")
+        # Only now queue packets: with no program bound, queued packets drop.
+        self._check([tool("ip"), "netns", "exec", self.internet, tool("iptables"), "-w", "-A", "FORWARD",
+                     "-j", "NFQUEUE", "--queue-num", str(DELAY_QUEUE)])
+        self._delay_ms = delay_ms
+
+    def _stop_delay(self) -> None:
+        # Unqueue first, so no packet is queued to a program that is gone.
+        subprocess.run([tool("ip"), "netns", "exec", self.internet, tool("iptables"), "-w", "-D", "FORWARD",
+                        "-j", "NFQUEUE", "--queue-num", str(DELAY_QUEUE)], capture_output=True)
+        process, self._delay = self._delay, None
+        self._delay_ms = 0.0
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+
+    @property
+    def delay_pid(self) -> int | None:
+        """The delay program's pid while one runs."""
+        return self._delay.pid if self._delay is not None else None
+
+    def flush_conntrack(self, site: Site) -> None:
+        """Forget every NAT mapping and filter state of ``site``'s router, as
+        a router reboot would.  Symmetric sites get new external ports on
+        the next datagram; cone sites usually get the same port back (Linux
+        keeps a free source port), but outsiders are filtered again until
+        the host sends."""
+        if site.router is None:
+            raise LabError(f"site {site.name} has no NAT router")
+        self._check([tool("ip"), "netns", "exec", site.router.netns, tool("conntrack"), "-F"])
+        if site.nat is NatType.FULL_CONE:
+            self._nft(site.router.netns, "flush map ip netlab_nat fullcone\n")
+
+    # -- helpers -------------------------------------------------------------
+
+    def _check(self, argv: list[str], input: str | None = None) -> None:
+        result = subprocess.run(argv, input=input, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise LabError(f"{' '.join(argv)}: {result.stderr.strip() or result.stdout.strip()}")
+
+    def _ip(self, netns: str, *args: str) -> None:
+        self._check([tool("ip"), "-n", netns, *args])
+
+    def _nft(self, netns: str, ruleset: str) -> None:
+        self._check([tool("ip"), "netns", "exec", netns, tool("nft"), "-f", "-"], input=ruleset)
+
+    def _sysctl(self, netns: str, *settings: str) -> None:
+        self._check([tool("ip"), "netns", "exec", netns, tool("sysctl"), "-q", "-w", *settings])

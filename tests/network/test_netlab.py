@@ -1,0 +1,314 @@
+"""The NAT lab itself: each NAT type maps and filters as RFC 4787 names it,
+loss and delay are what was asked for, and teardown leaves nothing behind.
+
+Every datagram here is sent by a small program (tests/netlab/udptool.py)
+running inside a lab namespace; this process only starts them and reads
+their JSON lines.  Runs as root; skips only without root or without kernel
+support for namespaces and NAT.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from netlab import UDPTOOL, Lab, LabError, NatType, Site, remove_stale_namespaces, tool, unavailable_reason
+
+pytestmark = pytest.mark.network
+
+RV = "203.0.113.10"
+ECHO = f"{RV}:3478"
+CONE_TYPES = (NatType.FULL_CONE, NatType.PORT_RESTRICTED)
+
+
+def require_lab() -> None:
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+def udptool(*args: str) -> list[str]:
+    return [sys.executable, str(UDPTOOL), *args]
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def port(address: str) -> int:
+    return int(address.rpartition(":")[2])
+
+
+def host_part(address: str) -> str:
+    return address.rpartition(":")[0]
+
+
+def start(lab: Lab, target: Any, *args: str) -> subprocess.Popen[str]:
+    """Start a udptool command in ``target``, its JSON lines on a pipe."""
+    return lab.popen(target, udptool(*args), stdout=subprocess.PIPE, text=True)
+
+
+def first_line(process: subprocess.Popen[str]) -> dict[str, Any]:
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line, f"udptool exited with {process.wait()} before its first line"
+    record: dict[str, Any] = json.loads(line)
+    return record
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    require_lab()
+    with Lab() as lab:
+        for name, nat in (("fc", NatType.FULL_CONE), ("pr", NatType.PORT_RESTRICTED),
+                          ("sy", NatType.SYMMETRIC), ("pub", NatType.NONE), ("y", NatType.NONE)):
+            lab.site(name, nat)
+        # Echo servers: the rendezvous host (two ports) and a second public host Y.
+        first_line(start(lab, lab.rendezvous, "echo", "--bind", ECHO, "--bind", f"{RV}:3479"))
+        first_line(start(lab, lab.sites["y"], "echo", "--bind", f"{lab.sites['y'].public_address}:3478"))
+        yield lab
+
+
+def site_of(lab: Lab, nat: NatType) -> Site:
+    return next(site for name, site in lab.sites.items() if site.nat is nat and name != "y")
+
+
+def probe(lab: Lab, site: Site, *targets: str, local_port: int = 0) -> dict[str, Any]:
+    args = ["probe", "--port", str(local_port)]
+    for target in targets:
+        args += ["--to", target]
+    result = lab.run(site, udptool(*args))
+    assert result.returncode == 0, result.stderr
+    return json_lines(result.stdout)[0]
+
+
+@pytest.mark.parametrize("nat", list(NatType), ids=lambda nat: nat.value)
+def test_mapping_is_endpoint_independent_except_for_symmetric(lab: Lab, nat: NatType) -> None:
+    site = site_of(lab, nat)
+    y_echo = f"{lab.sites['y'].public_address}:3478"
+    result = probe(lab, site, ECHO, y_echo)
+    seen_rv, seen_y = result["seen"][ECHO], result["seen"][y_echo]
+    assert host_part(seen_rv) == host_part(seen_y) == site.public_address
+    if nat is NatType.SYMMETRIC:
+        assert port(seen_rv) != port(seen_y), result
+    else:
+        assert port(seen_rv) == port(seen_y), result
+    if nat is NatType.NONE:
+        # No NAT: the rendezvous sees the host's own address and port.
+        assert seen_rv == f"{lab.address(site)}:{port(result['local'])}"
+    else:
+        assert host_part(seen_rv) != lab.address(site)
+
+
+@pytest.mark.parametrize("nat", list(NatType), ids=lambda nat: nat.value)
+def test_filtering_lets_in_only_what_the_nat_type_allows(lab: Lab, nat: NatType) -> None:
+    site = site_of(lab, nat)
+    # The host asks the rendezvous echo to answer once now and once more
+    # later ("last": the control that a contacted endpoint may still send).
+    listener = start(lab, site, "probe", "--to", ECHO, "--data", "later:1.5", "--listen", "4")
+    mapped = first_line(listener)["seen"][ECHO]
+    # Meanwhile, two endpoints the host never sent to try the mapping:
+    # another host, and the rendezvous address from another port.
+    for sender, args in ((lab.sites["y"], []), (lab.rendezvous, ["--port", "3480"])):
+        data = "unsolicited" if sender is lab.sites["y"] else "otherport"
+        sent = lab.run(sender, udptool("send", "--to", mapped, "--data", data, *args))
+        assert sent.returncode == 0, sent.stderr
+    out, _ = listener.communicate(timeout=10)
+    arrived = {record["data"] for record in json_lines(out)}
+    if nat in (NatType.FULL_CONE, NatType.NONE):
+        assert arrived == {"unsolicited", "otherport", "last"}
+    else:
+        assert arrived == {"last"}
+
+
+@pytest.mark.parametrize("nat", CONE_TYPES, ids=lambda nat: nat.value)
+def test_an_early_punch_does_not_move_a_cone_mapping(lab: Lab, nat: NatType) -> None:
+    # Hole punching's usual race: the peer's punch reaches the NAT before
+    # the host has sent to that peer.  Plain masquerade would record the
+    # punch as a connection holding the external port and give the host's
+    # own datagram to the peer another port; the router firewall prevents it.
+    site, y = site_of(lab, nat), lab.sites["y"]
+    local_port = 40002 + list(CONE_TYPES).index(nat)
+    y_port = 3490 + list(CONE_TYPES).index(nat)
+    mapped = probe(lab, site, ECHO, local_port=local_port)["seen"][ECHO]
+    punch = lab.run(y, udptool("send", "--to", mapped, "--data", "punch", "--port", str(y_port)))
+    assert punch.returncode == 0, punch.stderr
+    y_echo = f"{y.public_address}:{y_port}"
+    first_line(start(lab, y, "echo", "--bind", y_echo))
+    assert probe(lab, site, y_echo, local_port=local_port)["seen"][y_echo] == mapped
+
+
+def test_flush_conntrack_forgets_mappings_and_filter_state(lab: Lab) -> None:
+    symmetric = site_of(lab, NatType.SYMMETRIC)
+    before = probe(lab, symmetric, ECHO, local_port=40001)["seen"][ECHO]
+    again = probe(lab, symmetric, ECHO, local_port=40001)["seen"][ECHO]
+    assert again == before  # the mapping lives on without a flush
+    lab.flush_conntrack(symmetric)
+    after = probe(lab, symmetric, ECHO, local_port=40001)["seen"][ECHO]
+    assert port(after) != port(before)
+
+    restricted = site_of(lab, NatType.PORT_RESTRICTED)
+    listener = start(lab, restricted, "probe", "--to", ECHO, "--data", "later:1.0", "--listen", "2.5")
+    first_line(listener)
+    lab.flush_conntrack(restricted)
+    out, _ = listener.communicate(timeout=10)
+    assert json_lines(out) == []  # the echo's later answer is now unsolicited
+
+
+def test_mapping_timeout_expires_idle_mappings(lab: Lab) -> None:
+    sites = [lab.site(f"short{i}", nat, mapping_timeout=1) for i, nat in enumerate(CONE_TYPES)]
+    listeners = [start(lab, site, "probe", "--to", ECHO, "--data", "later:2.5", "--listen", "3.5") for site in sites]
+    for site, listener in zip(sites, listeners):
+        assert host_part(first_line(listener)["seen"][ECHO]) == site.public_address
+    for listener in listeners:
+        out, _ = listener.communicate(timeout=10)
+        assert json_lines(out) == []  # idle for 2.5 s > 1 s: the mapping was gone
+
+
+def count_delivered(lab: Lab, count: int) -> int:
+    sink = start(lab, lab.rendezvous, "sink", "--bind", f"{RV}:5000", "--idle", "1.0")
+    first_line(sink)
+    sent = lab.run(site_of(lab, NatType.PORT_RESTRICTED), udptool("blast", "--to", f"{RV}:5000", "--count", str(count)))
+    assert sent.returncode == 0, sent.stderr
+    out, _ = sink.communicate(timeout=15)
+    return int(json_lines(out)[-1]["count"])
+
+
+def test_loss_drops_about_the_share_asked_for(lab: Lab) -> None:
+    assert count_delivered(lab, 500) == 500  # control: no loss by default
+    lab.set_link(loss_percent=30)
+    try:
+        delivered = count_delivered(lab, 500)
+    finally:
+        lab.set_link()
+    lost = (500 - delivered) / 500
+    print(f"loss 30% asked, {lost:.1%} measured ({delivered}/500 delivered)")
+    assert 0.20 <= lost <= 0.40
+
+
+def rtts(lab: Lab, count: int) -> list[float]:
+    result = lab.run(site_of(lab, NatType.PORT_RESTRICTED), udptool("ping", "--to", ECHO, "--count", str(count)))
+    assert result.returncode == 0, result.stderr
+    return list(json_lines(result.stdout)[0]["rtts_ms"])
+
+
+def test_delay_adds_its_one_way_time_in_each_direction(lab: Lab) -> None:
+    lab.set_link(delay_ms=50)
+    try:
+        assert lab.delay_pid is not None
+        delayed = rtts(lab, 10)
+    finally:
+        lab.set_link()
+    plain = rtts(lab, 10)
+    print(f"delay 50 ms one way: RTT median {statistics.median(delayed):.1f} ms "
+          f"(min {min(delayed):.1f}, max {max(delayed):.1f}); without: {statistics.median(plain):.2f} ms")
+    assert len(delayed) == 10 and len(plain) == 10
+    assert 90 <= statistics.median(delayed) <= 200
+    assert min(delayed) >= 95  # every packet waits, both ways
+    assert statistics.median(plain) < 20  # and removing it really removes it
+    assert lab.delay_pid is None
+
+
+def test_lab_namespaces_have_no_way_out(lab: Lab) -> None:
+    for netns in lab.namespaces:
+        links = subprocess.run([tool("ip"), "-n", netns, "-d", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+        for line in links.splitlines():
+            # Only loopback and veths whose peers are in lab namespaces
+            # (a peer elsewhere would show as "link-netnsid" of a non-lab ns).
+            assert " lo: " in line or " veth " in line, line
+    internet_routes = subprocess.run([tool("ip"), "-n", lab.internet, "route", "show"], capture_output=True, text=True, check=True).stdout
+    assert "default" not in internet_routes
+    for route in internet_routes.splitlines():
+        assert route.startswith(("198.51.100.", "203.0.113.")), route
+
+
+# -- teardown -------------------------------------------------------------
+
+
+def netns_names() -> set[str]:
+    out = subprocess.run([tool("ip"), "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def root_links() -> set[str]:
+    out = subprocess.run([tool("ip"), "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    return {line.split(": ")[1] for line in out.splitlines()}
+
+
+def busy_lab(lab: Lab) -> list[subprocess.Popen[bytes]]:
+    """Sites of every kind, a delay program, and two lingering processes:
+    one the lab started, one started through lab.command() alone."""
+    for name, nat in (("a", NatType.SYMMETRIC), ("b", NatType.FULL_CONE), ("c", NatType.NONE)):
+        lab.site(name, nat)
+    lab.set_link(loss_percent=5, delay_ms=10)
+    tracked = lab.popen(lab.sites["a"], ["sleep", "60"])
+    untracked = subprocess.Popen(lab.command(lab.sites["c"], ["sleep", "60"]))
+    return [tracked, untracked]
+
+
+def assert_gone(lab: Lab, namespaces: list[str], processes: list[subprocess.Popen[bytes]], delay_pid: int,
+                links_before: set[str]) -> None:
+    assert not {ns for ns in netns_names() if ns.startswith(lab.prefix)}
+    assert set(namespaces) & netns_names() == set()
+    assert root_links() == links_before
+    for process in processes:
+        assert process.wait(timeout=5) is not None
+    assert not os.path.exists(f"/proc/{delay_pid}")  # stopped and reaped
+
+
+def test_teardown_removes_everything() -> None:
+    require_lab()
+    links_before = root_links()
+    with Lab() as lab:
+        processes = busy_lab(lab)
+        namespaces, delay_pid = lab.namespaces, lab.delay_pid
+        assert delay_pid is not None and len(namespaces) == 7
+        assert set(namespaces) <= netns_names()
+    assert_gone(lab, namespaces, processes, delay_pid, links_before)
+
+
+def test_teardown_removes_everything_when_the_body_raises() -> None:
+    require_lab()
+    links_before = root_links()
+    with pytest.raises(RuntimeError, match="boom"):
+        with Lab() as lab:
+            processes = busy_lab(lab)
+            namespaces, delay_pid = lab.namespaces, lab.delay_pid or 0
+            assert delay_pid
+            raise RuntimeError("boom")
+    assert_gone(lab, namespaces, processes, delay_pid, links_before)
+
+
+def test_start_removes_stale_namespaces_of_dead_owners_only() -> None:
+    require_lab()
+    # A pid above pid_max belongs to no process, now or later.
+    dead_pid = int(open("/proc/sys/kernel/pid_max").read()) + 1
+    stale = f"pl{dead_pid}x0a0a-inet"
+    live = f"pl{os.getpid()}x0b0b-inet"  # a concurrent lab of a live owner
+    try:
+        for netns in (stale, live):
+            subprocess.run([tool("ip"), "netns", "add", netns], check=True)
+        with Lab():
+            names = netns_names()
+            assert stale not in names
+            assert live in names
+    finally:
+        for netns in (stale, live):
+            subprocess.run([tool("ip"), "netns", "del", netns], capture_output=True)
+    assert remove_stale_namespaces() == []
+
+
+def test_bad_requests_raise_declared_errors(lab: Lab) -> None:
+    with pytest.raises(ValueError, match="site name"):
+        lab.site("fc", NatType.FULL_CONE)  # taken
+    with pytest.raises(ValueError, match="loss_percent"):
+        lab.set_link(loss_percent=101)
+    with pytest.raises(LabError, match="no NAT router"):
+        lab.flush_conntrack(lab.sites["pub"])
