@@ -284,7 +284,7 @@ SCENARIOS: list[Scenario] = [
         peerlink_server,
         partial(peerlink_templates, "refresh"),
         requires=need_peerlink,
-        notes="SESSION check, TTL update in memory, reply cached for retransmissions",
+        notes="SESSION check (memoised), TTL update in memory; idempotent, so no reply cache",
     ),
     Scenario(
         "peerlink LIST (one page of 20)",

@@ -271,6 +271,8 @@ class Lab:
         """
         if not self._started:
             raise LabError("start the lab (use it as a context manager) before adding sites")
+        if mapping_timeout < 1:
+            raise ValueError(f"mapping_timeout must be at least 1 s, not {mapping_timeout}")
         if not NAME_RE.match(name) or name in self.sites or name in ("inet", "rv"):
             raise ValueError(f"site name {name!r} must be new, 1-12 lowercase letters or digits, letter first")
         index = len(self.sites)

@@ -154,18 +154,24 @@ def test_flush_conntrack_forgets_mappings_and_filter_state(lab: Lab) -> None:
     after = probe(lab, symmetric, ECHO, local_port=40001)["seen"][ECHO]
     assert port(after) != port(before)
 
-    restricted = site_of(lab, NatType.PORT_RESTRICTED)
-    listener = start(lab, restricted, "probe", "--to", ECHO, "--data", "later:1.0", "--listen", "2.5")
-    first_line(listener)
-    lab.flush_conntrack(restricted)
-    out, _ = listener.communicate(timeout=10)
-    assert json_lines(out) == []  # the echo's later answer is now unsolicited
+    # Cone sites: the echo's later answer, and anyone else, are now unsolicited.
+    cones = [site_of(lab, nat) for nat in CONE_TYPES]
+    listeners = [start(lab, site, "probe", "--to", ECHO, "--data", "later:1.0", "--listen", "2.5") for site in cones]
+    mapped = [first_line(listener)["seen"][ECHO] for listener in listeners]
+    for site in cones:
+        lab.flush_conntrack(site)
+    for address in mapped:
+        sent = lab.run(lab.sites["y"], udptool("send", "--to", address, "--data", "unsolicited"))
+        assert sent.returncode == 0, sent.stderr
+    for listener in listeners:
+        out, _ = listener.communicate(timeout=10)
+        assert json_lines(out) == []
 
 
 def test_mapping_timeout_expires_idle_mappings(lab: Lab) -> None:
     sites = [lab.site(f"short{i}", nat, mapping_timeout=1) for i, nat in enumerate(CONE_TYPES)]
     listeners = [start(lab, site, "probe", "--to", ECHO, "--data", "later:2.5", "--listen", "3.5") for site in sites]
-    for site, listener in zip(sites, listeners):
+    for site, listener in zip(sites, listeners, strict=True):
         assert host_part(first_line(listener)["seen"][ECHO]) == site.public_address
     for listener in listeners:
         out, _ = listener.communicate(timeout=10)
