@@ -634,11 +634,9 @@ class PeerNode:
         for peer_id, session in list(self._punches.items()):
             if session.state is PunchState.PROBING:
                 continue
-            if session.state is PunchState.FAILED and now < session.started + PUNCH_LINGER:
-                continue  # keep answering the other side's late probes a little longer
-            if session.state is PunchState.SUCCEEDED and not session.connect and now < session.started + PUNCH_LINGER:
-                continue
-            del self._punches[peer_id]
+            if now >= session.started + session.timeout + PUNCH_LINGER:
+                # Long over: stop answering the other side's late probes too.
+                del self._punches[peer_id]
             if not session.connect or session.handled:
                 continue
             session.handled = True

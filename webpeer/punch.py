@@ -29,7 +29,7 @@ from rendezvous.stun import Address, Attr, Message, MessageClass, Method, encode
 
 PACE = 0.02
 REPEAT = 0.2
-TIMEOUT = 3.0
+TIMEOUT = 2.0  # no working pair by then: relay (and keep trying to upgrade)
 MAX_CANDIDATES = 16
 
 
