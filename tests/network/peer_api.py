@@ -5,6 +5,7 @@ own 127.0.0.1 (the root namespace cannot, and must not, reach it).
     python peer_api.py PORT TOKEN peers
     python peer_api.py PORT TOKEN send TO TEXT
     python peer_api.py PORT TOKEN messages PEER
+    python peer_api.py PORT TOKEN burst TO COUNT PREFIX   (COUNT messages "PREFIX 0" ... in order)
 
 Prints the JSON answer on stdout.
 """
@@ -36,6 +37,10 @@ def main() -> None:
         answer = call(int(port), token, "GET", "/api/peers")
     elif command == "send":
         answer = call(int(port), token, "POST", "/api/messages", {"to": int(args[0]), "text": args[1]})
+    elif command == "burst":
+        to, count, prefix = int(args[0]), int(args[1]), args[2]
+        answer = [call(int(port), token, "POST", "/api/messages", {"to": to, "text": f"{prefix} {i}"})["id"]
+                  for i in range(count)]
     elif command == "messages":
         answer = call(int(port), token, "GET", f"/api/messages?peer={int(args[0])}")
     else:

@@ -121,3 +121,58 @@ def test_messages_cross_every_pair_of_nats(tmp_path: Path, nat_a: NatType, nat_b
     if result["connection"]["state"] == "direct":
         # The address in use is the other site's public address (or bob's own, without NAT).
         assert result["connection"]["address"].split(":")[0].startswith("198.51.100.")
+
+
+def start_pair(lab: Lab, tmp_path: Path, nat_a: NatType, nat_b: NatType):
+    site_a = lab.site("a", nat_a)
+    site_b = lab.site("b", nat_b)
+    server = f"{lab.address(lab.rendezvous)}:3478"
+    lab.popen(lab.rendezvous, [
+        sys.executable, "-m", "rendezvous", "--host", "0.0.0.0", "--port", "3478",
+        "--db", str(tmp_path / "rendezvous.sqlite3"), "--log-level", "warning",
+    ], env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    alice = Peer(lab, site_a, "alice", tmp_path / "alice", server)
+    me_a = alice.wait(lambda: (m := alice.api("me")) and m["id"] and m, 20, "alice registered")
+    bob = Peer(lab, site_b, "bob", tmp_path / "bob", server)
+    me_b = bob.wait(lambda: (m := bob.api("me")) and m["id"] and m, 20, "bob registered")
+    alice.wait(lambda: any(p["id"] == me_b["id"] and p["online"] for p in alice.api("peers")), 20, "bob online")
+    bob.wait(lambda: any(p["id"] == me_a["id"] and p["online"] for p in bob.api("peers")), 20, "alice online")
+    return alice, bob, me_a["id"], me_b["id"]
+
+
+def all_delivered(peer: Peer, other: int, ids: list[str]) -> bool:
+    status = {m["id"]: m["status"] for m in peer.api("messages", str(other))}
+    return all(status.get(i) == "delivered" for i in ids)
+
+
+def test_delay_and_loss_200_each_way_exactly_once_in_order(tmp_path: Path) -> None:
+    with Lab() as lab:
+        lab.set_link(loss_percent=5, delay_ms=50)
+        alice, bob, id_a, id_b = start_pair(lab, tmp_path, NatType.FULL_CONE, NatType.PORT_RESTRICTED)
+        sent_a = alice.api("burst", str(id_b), "200", "a2b")
+        sent_b = bob.api("burst", str(id_a), "200", "b2a")
+        alice.wait(lambda: all_delivered(alice, id_b, sent_a), 90, "alice's 200 delivered")
+        bob.wait(lambda: all_delivered(bob, id_a, sent_b), 90, "bob's 200 delivered")
+        at_bob = [m["text"] for m in bob.api("messages", str(id_a)) if m["from"] == id_a]
+        at_alice = [m["text"] for m in alice.api("messages", str(id_b)) if m["from"] == id_b]
+        assert at_bob == [f"a2b {i}" for i in range(200)]
+        assert at_alice == [f"b2a {i}" for i in range(200)]
+
+
+def test_conversation_survives_a_nat_mapping_change(tmp_path: Path) -> None:
+    with Lab() as lab:
+        # Symmetric: a conntrack flush really gives the flow a new public port.
+        alice, bob, id_a, id_b = start_pair(lab, tmp_path, NatType.SYMMETRIC, NatType.FULL_CONE)
+        before = alice.api("burst", str(id_b), "5", "before")
+        alice.wait(lambda: all_delivered(alice, id_b, before), 20, "delivered before the flush")
+        lab.flush_conntrack(lab.sites["a"])
+        started = time.monotonic()
+        after = alice.api("burst", str(id_b), "5", "after")
+        back = bob.api("burst", str(id_a), "5", "back")
+        alice.wait(lambda: all_delivered(alice, id_b, after), 30, "delivered after the flush")
+        bob.wait(lambda: all_delivered(bob, id_a, back), 30, "bob's delivered after the flush")
+        recovered = time.monotonic() - started
+        print(f"\nrecovered {recovered * 1000:.0f} ms after the conntrack flush")
+        assert recovered < 30
+        at_bob = [m["text"] for m in bob.api("messages", str(id_a)) if m["from"] == id_a]
+        assert at_bob == [f"before {i}" for i in range(5)] + [f"after {i}" for i in range(5)]
