@@ -76,35 +76,26 @@ class Peer:
         raise AssertionError(f"{self.name}: timed out waiting for {what} (last: {last!r})")
 
 
-def run_pair(tmp_path: Path, nat_a: NatType, nat_b: NatType) -> dict[str, object]:
+def run_pair(tmp_path: Path, nat_a: NatType, nat_b: NatType, delay_ms: float = 0.0) -> dict[str, object]:
+    """Both peers up and seeing each other, then the time from alice's POST
+    (which starts CONNECT, the checks, QUIC and authentication) to her first
+    message being delivered, and a reply the other way."""
     with Lab() as lab:
-        site_a = lab.site("a", nat_a)
-        site_b = lab.site("b", nat_b)
-        server = f"{lab.address(lab.rendezvous)}:3478"
-        lab.popen(lab.rendezvous, [
-            sys.executable, "-m", "rendezvous", "--host", "0.0.0.0", "--port", "3478",
-            "--db", str(tmp_path / "rendezvous.sqlite3"), "--log-level", "warning",
-        ], env=dict(os.environ, PYTHONPATH=str(ROOT)))
-        alice = Peer(lab, site_a, "alice", tmp_path / "alice", server)
-        me_a = alice.wait(lambda: (m := alice.api("me")) and m["id"] and m, 15, "alice registered")
-        bob = Peer(lab, site_b, "bob", tmp_path / "bob", server)
-        me_b = bob.wait(lambda: (m := bob.api("me")) and m["id"] and m, 15, "bob registered")
+        if delay_ms:
+            lab.set_link(delay_ms=delay_ms)
+        alice, bob, id_a, id_b = start_pair(lab, tmp_path, nat_a, nat_b)
         # The server saw each peer at its NAT's public address.
-        assert me_a["public_address"].split(":")[0] == site_a.public_address
-        assert me_b["public_address"].split(":")[0] == site_b.public_address
-        alice.wait(lambda: any(p["id"] == me_b["id"] and p["online"] for p in alice.api("peers")), 10, "bob online")
-
+        assert alice.api("me")["public_address"].split(":")[0] == lab.sites["a"].public_address
+        assert bob.api("me")["public_address"].split(":")[0] == lab.sites["b"].public_address
         started = time.monotonic()
-        sent = alice.api("send", str(me_b["id"]), f"hello from behind {nat_a.name}")
-        alice.wait(lambda: any(m["id"] == sent["id"] and m["status"] == "delivered"
-                               for m in alice.api("messages", str(me_b["id"]))), 20, "alice's message delivered")
+        sent = alice.api("send", str(id_b), f"hello from behind {nat_a.name}")
+        alice.wait(lambda: all_delivered(alice, id_b, [sent["id"]]), 20, "alice's message delivered")
         first_delivery = time.monotonic() - started
-        reply = bob.api("send", str(me_a["id"]), f"hello back from behind {nat_b.name}")
-        bob.wait(lambda: any(m["id"] == reply["id"] and m["status"] == "delivered"
-                             for m in bob.api("messages", str(me_a["id"]))), 20, "bob's reply delivered")
-        texts_at_bob = [m["text"] for m in bob.api("messages", str(me_a["id"]))]
+        reply = bob.api("send", str(id_a), f"hello back from behind {nat_b.name}")
+        bob.wait(lambda: all_delivered(bob, id_a, [reply["id"]]), 20, "bob's reply delivered")
+        texts_at_bob = [m["text"] for m in bob.api("messages", str(id_a))]
         assert texts_at_bob == [f"hello from behind {nat_a.name}", f"hello back from behind {nat_b.name}"]
-        connection = next(p for p in alice.api("peers") if p["id"] == me_b["id"])["connection"]
+        connection = next(p for p in alice.api("peers") if p["id"] == id_b)["connection"]
         return {"connection": connection, "first_delivery": first_delivery}
 
 
