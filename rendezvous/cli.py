@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -74,6 +75,10 @@ async def serve(args: argparse.Namespace) -> None:
     )
     server = RendezvousServer(config, SqliteRegistry(args.db), args.host, args.port)
     await server.start()
+    # Everything loaded so far (up to millions of peer records) lives as long
+    # as the process: keep the cyclic garbage collector from rescanning it.
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -6,6 +6,8 @@ own 127.0.0.1 (the root namespace cannot, and must not, reach it).
     python peer_api.py PORT TOKEN send TO TEXT
     python peer_api.py PORT TOKEN messages PEER
     python peer_api.py PORT TOKEN burst TO COUNT PREFIX   (COUNT messages "PREFIX 0" ... in order)
+    python peer_api.py PORT TOKEN send-wait TO TEXT        (POST, then poll every 5 ms until
+                                                           delivered; prints the seconds it took)
 
 Prints the JSON answer on stdout.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import urllib.request
 
 
@@ -41,6 +44,17 @@ def main() -> None:
         to, count, prefix = int(args[0]), int(args[1]), args[2]
         answer = [call(int(port), token, "POST", "/api/messages", {"to": to, "text": f"{prefix} {i}"})["id"]
                   for i in range(count)]
+    elif command == "send-wait":
+        started = time.monotonic()
+        sent = call(int(port), token, "POST", "/api/messages", {"to": int(args[0]), "text": args[1]})
+        while True:
+            history = call(int(port), token, "GET", f"/api/messages?peer={int(args[0])}")
+            if any(m["id"] == sent["id"] and m["status"] == "delivered" for m in history):  # type: ignore[union-attr]
+                break
+            if time.monotonic() - started > 30:
+                raise SystemExit("not delivered within 30 s")
+            time.sleep(0.005)
+        answer = {"id": sent["id"], "seconds": time.monotonic() - started}  # type: ignore[index]
     elif command == "messages":
         answer = call(int(port), token, "GET", f"/api/messages?peer={int(args[0])}")
     else:
