@@ -29,6 +29,13 @@ def _env_flag(name: str) -> bool:
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
     parser = argparse.ArgumentParser(
@@ -57,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                         default=env("RENDEZVOUS_PEER_REQUEST_RATE", "50"),
                         help="LIST and CONNECT requests per second allowed per registered peer, with a burst of "
                         "twice that (env RENDEZVOUS_PEER_REQUEST_RATE, default %(default)s)")
+    parser.add_argument("--other-address", type=_address, default=env("RENDEZVOUS_OTHER_ADDRESS"),
+                        help="HOST:PORT of a second socket on another IP address of this host, for RFC 5780 "
+                        "NAT behaviour discovery (peers learn whether their NAT is symmetric and how it "
+                        "filters); off when not set (env RENDEZVOUS_OTHER_ADDRESS)")
     parser.add_argument("--no-uvloop", action="store_true", default=_env_flag("RENDEZVOUS_NO_UVLOOP"),
                         help="use the default asyncio loop even when uvloop is installed (env RENDEZVOUS_NO_UVLOOP=1)")
     return parser
@@ -73,7 +84,7 @@ async def serve(args: argparse.Namespace) -> None:
         default_ttl=args.ttl, min_ttl=min(10, args.ttl), legacy_text=args.legacy_text,
         requests_per_second=args.peer_request_rate, requests_burst=2 * args.peer_request_rate,
     )
-    server = RendezvousServer(config, SqliteRegistry(args.db), args.host, args.port)
+    server = RendezvousServer(config, SqliteRegistry(args.db), args.host, args.port, other=args.other_address)
     await server.start()
     # Everything loaded so far (up to millions of peer records) lives as long
     # as the process: keep the cyclic garbage collector from rescanning it.

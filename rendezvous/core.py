@@ -103,6 +103,10 @@ class ServerConfig:
     transaction_cache_seconds: float = 40.0
     transaction_cache_size: int = 65_536
     introduction_policy: RetransmitPolicy = RetransmitPolicy(rto=0.5, max_sends=7, last_wait_factor=4)
+    # RFC 5780: the address of the second socket (another IP and port), if the
+    # server has one; Binding requests with CHANGE-REQUEST are answered from it.
+    primary_address: Address | None = None
+    other_address: Address | None = None
     # Introductions being retransmitted at once; beyond this CONNECT still
     # answers the requester but the target is not told (counted).
     max_pending_introductions: int = 100_000
@@ -175,6 +179,7 @@ class ServerCore:
 
     def __post_init__(self) -> None:
         self._outbox: list[tuple[bytes, Address]] = []
+        self._outbox_other: list[tuple[bytes, Address]] = []
         self._events: list[Event] = []
         self._registrations: list[PendingRegistration] = []
         # (address, transaction id) -> (expires at, reply bytes or IN_PROGRESS)
@@ -207,6 +212,12 @@ class ServerCore:
         out, self._outbox = self._outbox, []
         return out
 
+    def datagrams_to_send_from_other(self) -> list[tuple[bytes, Address]]:
+        """Replies that must leave from the other socket (RFC 5780 CHANGE-REQUEST,
+        or requests that arrived there)."""
+        out, self._outbox_other = self._outbox_other, []
+        return out
+
     def events(self) -> list[Event]:
         out, self._events = self._events, []
         return out
@@ -232,9 +243,14 @@ class ServerCore:
 
     # ------------------------------------------------------------ input
 
-    def receive_datagram(self, data: bytes, address: Address, now: float) -> None:
-        """Handle one datagram.  Never raises for anything a remote can send."""
+    def receive_datagram(self, data: bytes, address: Address, now: float, *, via_other: bool = False) -> None:
+        """Handle one datagram.  Never raises for anything a remote can send.
+        ``via_other``: it arrived on the other (RFC 5780) socket, which serves
+        Binding only."""
         self.stats["datagrams_received"] += 1
+        if via_other:
+            self._receive_on_other(data, address, now)
+            return
         if looks_like_stun(data):
             self._receive_stun(data, address, now)
         elif self.config.legacy_text and legacy_text.looks_like_legacy(data):
@@ -315,9 +331,7 @@ class ServerCore:
             return
         method = message.method
         if method == Method.BINDING:
-            self.stats["binding"] += 1
-            reply = self._success(message).add(Attr.XOR_MAPPED_ADDRESS, address)
-            self._send_reply(reply, address, length, verified=False, cache_until=None)
+            self._binding(message, length, address, arrived_on_other=False)
             return
         if method == Method.REGISTER:
             self._register(message, length, address, now)
@@ -346,7 +360,8 @@ class ServerCore:
         return Message(request.method, MessageClass.ERROR, request.transaction_id, [(Attr.ERROR_CODE, value)])
 
     def _send_reply(
-        self, reply: Message, address: Address, request_length: int, *, verified: bool, cache_until: float | None
+        self, reply: Message, address: Address, request_length: int, *, verified: bool, cache_until: float | None,
+        from_other: bool = False,
     ) -> None:
         if not reply.classic:
             # RFC 3489 parsers (stund) reject text attributes whose length is not
@@ -363,7 +378,7 @@ class ServerCore:
                 return
         if cache_until is not None:
             self._remember(address, reply.transaction_id, data, cache_until)
-        self._outbox.append((data, address))
+        (self._outbox_other if from_other else self._outbox).append((data, address))
 
     def _remember(self, address: Address, transaction_id: bytes, data: bytes | _InProgress, until: float) -> None:
         key = (address, transaction_id)
@@ -382,6 +397,44 @@ class ServerCore:
             replies.popitem(last=False)
 
     # ------------------------------------------------------------ methods
+
+    def _binding(self, message: Message, length: int, address: Address, *, arrived_on_other: bool) -> None:
+        """Binding, with RFC 5780's NAT behaviour discovery when the server has
+        a second socket: OTHER-ADDRESS says where it is, CHANGE-REQUEST asks for
+        the answer to come from there (so the client learns its NAT's filtering)."""
+        self.stats["binding"] += 1
+        reply = self._success(message).add(Attr.XOR_MAPPED_ADDRESS, address)
+        change = message.get(Attr.CHANGE_REQUEST, 0) & 0x6
+        other = self.config.other_address
+        if other is not None:
+            from_other = arrived_on_other != bool(change)
+            origin = other if from_other else self.config.primary_address
+            if origin is not None:
+                reply.add(Attr.RESPONSE_ORIGIN, origin)
+            reply.add(Attr.OTHER_ADDRESS, other)
+        elif change:
+            reply = self._error(message, ErrorCode.UNKNOWN_ATTRIBUTE)
+            reply.add(Attr.UNKNOWN_ATTRIBUTES, (int(Attr.CHANGE_REQUEST),))
+            from_other = False
+        else:
+            from_other = arrived_on_other
+        if from_other:
+            self.stats["binding_from_other"] += 1
+        self._send_reply(reply, address, length, verified=False, cache_until=None, from_other=from_other)
+
+    def _receive_on_other(self, data: bytes, address: Address, now: float) -> None:
+        if not looks_like_stun(data):
+            self._drop("not STUN on the other socket", address)
+            return
+        try:
+            message = decode(data)
+        except StunProtocolError as error:
+            self._drop(f"malformed: {type(error).__name__}", address)
+            return
+        if message.method != Method.BINDING or message.message_class != MessageClass.REQUEST or message.classic:
+            self._drop("only Binding on the other socket", address)
+            return
+        self._binding(message, len(data), address, arrived_on_other=True)
 
     def _binding_classic(self, message: Message, length: int, address: Address) -> None:
         """RFC 3489 request (no magic cookie): answer with MAPPED-ADDRESS as stund and coturn do."""

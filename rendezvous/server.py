@@ -8,6 +8,7 @@ records to the registry every few seconds, and the core's events to the log.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Callable
@@ -46,6 +47,7 @@ class RendezvousServer:
         *,
         flush_interval: float = 2.0,
         clock: Callable[[], float] = time.time,
+        other: Address | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -55,6 +57,8 @@ class RendezvousServer:
         self.clock = clock
         self.core: ServerCore | None = None
         self._endpoint: UdpEndpoint | None = None
+        self.other = other  # RFC 5780: a second socket, on another IP and port
+        self._other_endpoint: UdpEndpoint | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -80,6 +84,16 @@ class RendezvousServer:
         self.core = ServerCore(self.config, Tokens(secret), directory)
         self._endpoint = UdpEndpoint.bind(self.host, self.port, self._on_datagram, self._flush, self.core.stats)
         self._endpoint.start()
+        if self.other is not None:
+            self._other_endpoint = UdpEndpoint.bind(
+                self.other[0], self.other[1], self._on_other_datagram, self._flush, self.core.stats
+            )
+            self._other_endpoint.start()
+            primary = self.address if self.host not in ("0.0.0.0", "::") else None
+            self.core.config = dataclasses.replace(
+                self.core.config, other_address=self._other_endpoint.address, primary_address=primary
+            )
+            logger.info("RFC 5780 NAT discovery: second address %s:%s", *self._other_endpoint.address)
         self._flusher = asyncio.create_task(self._flush_registry_periodically())
         host, port = self.address
         logger.info("Running STUN Server on %s:%s...", host, port)
@@ -92,6 +106,9 @@ class RendezvousServer:
         if self._endpoint is not None:
             self._endpoint.close()
             self._endpoint = None
+        if self._other_endpoint is not None:
+            self._other_endpoint.close()
+            self._other_endpoint = None
         if self._timer is not None:
             self._timer.cancel()
         if self._flusher is not None:
@@ -117,12 +134,19 @@ class RendezvousServer:
         assert self.core is not None
         self.core.receive_datagram(data, address, self.clock())
 
+    def _on_other_datagram(self, data: bytes, address: Address) -> None:
+        assert self.core is not None
+        self.core.receive_datagram(data, address, self.clock(), via_other=True)
+
     def _flush(self) -> None:
         """After a batch of input: send, log, hand REGISTERs to the registry, re-arm the timer."""
         core = self.core
         endpoint = self._endpoint
         if core is None or endpoint is None:
             return
+        from_other = core.datagrams_to_send_from_other()
+        if from_other and self._other_endpoint is not None:
+            self._other_endpoint.send_many(from_other)
         outgoing = core.datagrams_to_send()
         if outgoing:
             endpoint.send_many(outgoing)

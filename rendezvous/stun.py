@@ -72,6 +72,7 @@ class Method(enum.IntEnum):
 
 class Attr(enum.IntEnum):
     MAPPED_ADDRESS = 0x0001
+    CHANGE_REQUEST = 0x0003  # RFC 5780
     USERNAME = 0x0006
     MESSAGE_INTEGRITY = 0x0008
     ERROR_CODE = 0x0009
@@ -96,6 +97,8 @@ class Attr(enum.IntEnum):
     PUNCH_KEY = 0x400B
     # comprehension-optional
     SOFTWARE = 0x8022
+    RESPONSE_ORIGIN = 0x802B  # RFC 5780
+    OTHER_ADDRESS = 0x802C  # RFC 5780
     FINGERPRINT = 0x8028
     ICE_CONTROLLED = 0x8029
     ICE_CONTROLLING = 0x802A
@@ -329,6 +332,7 @@ class AttributeSpec(NamedTuple):
 
 ATTRIBUTES: dict[int, AttributeSpec] = {
     Attr.MAPPED_ADDRESS: AttributeSpec("MAPPED-ADDRESS", pack_address, unpack_address, 8, 20),
+    Attr.CHANGE_REQUEST: AttributeSpec("CHANGE-REQUEST", pack_u32, unpack_u32, 4, 4),
     Attr.USERNAME: AttributeSpec("USERNAME", pack_text, unpack_text, 0, 513),
     Attr.MESSAGE_INTEGRITY: AttributeSpec("MESSAGE-INTEGRITY", pack_bytes, unpack_bytes, 20, 20),
     Attr.ERROR_CODE: AttributeSpec("ERROR-CODE", pack_error, unpack_error, 4, 4 + 763),
@@ -353,6 +357,8 @@ ATTRIBUTES: dict[int, AttributeSpec] = {
     ),
     Attr.PUNCH_KEY: AttributeSpec("PUNCH-KEY", pack_bytes, unpack_bytes, PUNCH_KEY_LENGTH, PUNCH_KEY_LENGTH),
     Attr.SOFTWARE: AttributeSpec("SOFTWARE", pack_text, unpack_text, 0, 763),
+    Attr.RESPONSE_ORIGIN: AttributeSpec("RESPONSE-ORIGIN", pack_address, unpack_address, 8, 20),
+    Attr.OTHER_ADDRESS: AttributeSpec("OTHER-ADDRESS", pack_address, unpack_address, 8, 20),
     Attr.FINGERPRINT: AttributeSpec("FINGERPRINT", pack_u32, unpack_u32, 4, 4),
     Attr.ICE_CONTROLLED: AttributeSpec("ICE-CONTROLLED", pack_u64, unpack_u64, 8, 8),
     Attr.ICE_CONTROLLING: AttributeSpec("ICE-CONTROLLING", pack_u64, unpack_u64, 8, 8),

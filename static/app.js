@@ -60,6 +60,11 @@
     el.myId.textContent = me.id === null || me.id === undefined ? "?" : String(me.id);
     el.myFingerprint.textContent = me.fingerprint || "";
     el.myAddress.textContent = me.public_address || "unknown yet";
+    const nat = me.nat || {};
+    el.myNat.textContent = nat.type && nat.type !== "unknown" ? nat.type : "not known yet";
+    el.myNat.title = nat.type && nat.type !== "unknown"
+      ? `mapping ${nat.mapping}, filtering ${nat.filtering}`
+      : (nat.note || "asked of the rendezvous server after registering");
     const registered = Boolean(me.registered);
     el.serverStatus.textContent = registered
       ? `registered with ${me.server}`
@@ -616,6 +621,7 @@
     el.myId = byTestId("my-id");
     el.myFingerprint = byTestId("my-fingerprint");
     el.myAddress = byTestId("my-address");
+    el.myNat = byTestId("my-nat");
     el.serverStatus = byTestId("server-status");
     el.serverDot = byTestId("server-dot");
     el.peerList = byTestId("peer-list");

@@ -44,6 +44,7 @@ from .link import (
     Role,
     quic_configuration,
 )
+from .natprobe import NatProbe
 from .punch import PunchSession, PunchState
 from .registration import (
     ConnectAnswered,
@@ -132,6 +133,8 @@ class PeerNode:
         self._closing: list[PeerLink] = []  # closed links whose last datagrams (CONNECTION_CLOSE) are not out yet
         self._punches: dict[int, PunchSession] = {}  # peer id -> connectivity checks under way
         self._upgrades: set[PeerLink] = set()  # direct links being set up beside a relayed one
+        self._nat: NatProbe | None = None
+        self._nat_observed: Address | None = None
         self._acceptor_config = quic_configuration(self.identity, Role.ACCEPTOR, QUIC_IDLE_TIMEOUT)
         self._endpoint: UdpEndpoint | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -209,6 +212,8 @@ class PeerNode:
             "public_address": f"{observed[0]}:{observed[1]}" if observed else None,
             "server": f"{self.config.server[0]}:{self.config.server[1]}",
             "registered": self.registration.state.value == "registered",
+            "nat": self._nat.result() if self._nat is not None else {"type": "unknown", "mapping": "unknown",
+                                                                     "filtering": "unknown", "note": ""},
         }
 
     def peers_json(self) -> list[JSON]:
@@ -319,7 +324,12 @@ class PeerNode:
             except StunProtocolError:
                 self.stats["bad_stun"] += 1
                 return
-            if address == self.config.server:
+            if self._nat is not None and self._nat.owns(message.transaction_id):
+                # Our NAT check; its filtering step is answered from the server's other address.
+                self._nat.receive(message, address, now)
+                if self._nat.done:
+                    self._publish({"type": "me", "me": self.me()})
+            elif address == self.config.server:
                 self.registration.receive(message, now)
             else:
                 self._on_probe(message, address, now)
@@ -394,6 +404,9 @@ class PeerNode:
         for session in list(self._punches.values()):
             for data, address in session.datagrams_to_send():
                 endpoint.sendto(data, address)
+        if self._nat is not None:
+            for data, address in self._nat.datagrams_to_send():
+                endpoint.sendto(data, address)
         closing, self._closing = self._closing, []
         for link in self._all_links() + closing:
             for data, address in link.datagrams_to_send(now):
@@ -414,6 +427,8 @@ class PeerNode:
     def _arm_timer(self, now: float) -> None:
         timers = [t for t in [self.registration.get_timer()] + [link.get_timer() for link in self._all_links()] if t is not None]
         timers += [t for t in (s.get_timer() for s in self._punches.values()) if t is not None]
+        if self._nat is not None and (nat_timer := self._nat.get_timer()) is not None:
+            timers.append(nat_timer)
         for peer in self.peer_states.values():
             if peer.connecting_since is not None:
                 timers.append(peer.connecting_since + CONNECT_TIMEOUT)
@@ -441,6 +456,10 @@ class PeerNode:
         for session in list(self._punches.values()):
             if (timer := session.get_timer()) is not None and timer <= now:
                 session.handle_timer(now)
+        if self._nat is not None and (nat_timer := self._nat.get_timer()) is not None and nat_timer <= now:
+            self._nat.handle_timer(now)
+            if self._nat.done:
+                self._publish({"type": "me", "me": self.me()})
         for peer in list(self.peer_states.values()):
             if peer.connecting_since is not None and peer.connecting_since + CONNECT_TIMEOUT <= now:
                 self._connect_failed(peer, "could not reach the peer")
@@ -464,6 +483,11 @@ class PeerNode:
             busy = True
             if isinstance(event, Registered):
                 logger.info("registered as peer %d, seen as %s:%d", event.peer_id, *event.observed)
+                if self._nat is None or self._nat_observed != event.observed:
+                    # Learn (again, if our public address moved) what NAT we are behind.
+                    self._nat_observed = event.observed
+                    self._nat = NatProbe(self.config.server, self.registration.local)
+                    self._nat.start(now)
                 self._publish({"type": "me", "me": self.me()})
             elif isinstance(event, RegistrationLost):
                 logger.info("registration lost: %s", event.reason)

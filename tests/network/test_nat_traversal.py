@@ -113,14 +113,22 @@ def test_messages_cross_every_pair_of_nats(tmp_path: Path, nat_a: NatType, nat_b
         assert result["connection"]["address"].split(":")[0].startswith("198.51.100.")
 
 
+def start_rendezvous(lab: Lab, tmp_path: Path) -> str:
+    """The server on the lab's internet, with its second address for RFC 5780
+    NAT discovery; returns its HOST:PORT."""
+    primary, other = lab.rendezvous.addresses[:2]
+    lab.popen(lab.rendezvous, [
+        sys.executable, "-m", "rendezvous", "--host", primary, "--port", "3478",
+        "--other-address", f"{other}:3479",
+        "--db", str(tmp_path / "rendezvous.sqlite3"), "--log-level", "warning",
+    ], env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    return f"{primary}:3478"
+
+
 def start_pair(lab: Lab, tmp_path: Path, nat_a: NatType, nat_b: NatType):
     site_a = lab.site("a", nat_a)
     site_b = lab.site("b", nat_b)
-    server = f"{lab.address(lab.rendezvous)}:3478"
-    lab.popen(lab.rendezvous, [
-        sys.executable, "-m", "rendezvous", "--host", "0.0.0.0", "--port", "3478",
-        "--db", str(tmp_path / "rendezvous.sqlite3"), "--log-level", "warning",
-    ], env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    server = start_rendezvous(lab, tmp_path)
     alice = Peer(lab, site_a, "alice", tmp_path / "alice", server)
     me_a = alice.wait(lambda: (m := alice.api("me")) and m["id"] and m, 20, "alice registered")
     bob = Peer(lab, site_b, "bob", tmp_path / "bob", server)
@@ -166,3 +174,23 @@ def test_conversation_survives_a_nat_mapping_change(tmp_path: Path) -> None:
         assert recovered < 30
         at_bob = [m["text"] for m in bob.api("messages", str(id_a)) if m["from"] == id_a]
         assert at_bob == [f"before {i}" for i in range(5)] + [f"after {i}" for i in range(5)]
+
+
+NAT_NAMES = {
+    NatType.FULL_CONE: "full cone",
+    NatType.PORT_RESTRICTED: "restricted cone",
+    NatType.SYMMETRIC: "symmetric",
+    NatType.NONE: "no NAT",
+}
+
+
+def test_each_peer_learns_its_nat_type(tmp_path: Path) -> None:
+    with Lab() as lab:
+        sites = {nat: lab.site(nat.name.lower().replace("_", "")[:8], nat) for nat in NAT_TYPES}
+        server = start_rendezvous(lab, tmp_path)
+        peers = {nat: Peer(lab, site, nat.name.lower(), tmp_path / nat.name.lower(), server) for nat, site in sites.items()}
+        for nat, peer in peers.items():
+            me = peer.wait(lambda p=peer: (m := p.api("me")) and m["nat"]["type"] not in ("unknown", "cone") and m,
+                           20, "NAT type known")
+            print(f"\n{nat.name}: {me['nat']}")
+            assert me["nat"]["type"] == NAT_NAMES[nat], me["nat"]

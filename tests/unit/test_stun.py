@@ -454,6 +454,9 @@ SAMPLES: dict[int, list[Any]] = {
     Attr.LIMIT: [0, 50, 2**32 - 1],
     Attr.CURSOR: [b"\x00", b"c" * stun.MAX_CURSOR_LENGTH],
     Attr.PUNCH_KEY: [bytes(16), bytes(range(16))],
+    Attr.CHANGE_REQUEST: [0, 0x2, 0x4, 0x6],
+    Attr.RESPONSE_ORIGIN: [("203.0.113.10", 3478), ("2001:db8::1", 3479)],
+    Attr.OTHER_ADDRESS: [("203.0.113.11", 3479)],
     Attr.PEER_ENTRY: [
         PeerEntry(7, 1_700_000_000, PEER_KEY_1, "bob"),
         PeerEntry(0, 0, bytes(32), ""),
@@ -836,14 +839,14 @@ def test_unknown_attributes_required_are_collected_optional_ignored(fingerprint:
             (0x4099, b"abcd"),
             (Attr.USERNAME, "alice"),
             (0x8099, b"x"),
-            (0x0003, b""),  # CHANGE-REQUEST of RFC 3489: comprehension-required, unknown here
+            (0x0004, b""),  # RESPONSE-ADDRESS of RFC 3489: comprehension-required, unknown here
             (0xC0FF, b"optional"),
             (0x7FFF, b"\x00"),
         ],
     )
     data = stun.encode(message, fingerprint=fingerprint)
     decoded = stun.decode(data)
-    assert decoded.unknown_required == (0x4099, 0x0003, 0x7FFF)
+    assert decoded.unknown_required == (0x4099, 0x0004, 0x7FFF)
     assert [code for code, _ in decoded.attributes] == [Attr.USERNAME] + ([Attr.FINGERPRINT] if fingerprint else [])
 
 
