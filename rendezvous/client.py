@@ -30,7 +30,7 @@ from .stun import (
     decode,
     encode,
 )
-from .tokens import registration_payload
+from .tokens import registration_details, registration_payload
 from .transactions import RetransmitPolicy, TransactionTable
 from .udp import UdpEndpoint
 
@@ -165,7 +165,10 @@ class RendezvousClient:
 
     def _on_datagram(self, data: bytes, address: Address) -> None:
         if address != self.server:
-            self.other.put_nowait((data, address))
+            # Datagrams from anyone else are kept for the caller, up to a bound:
+            # a stranger must not be able to fill our memory.
+            if self.other.qsize() < 1024:
+                self.other.put_nowait((data, address))
             return
         try:
             message = decode(data, require_fingerprint=True)
@@ -237,7 +240,8 @@ class RendezvousClient:
             if challenge is None:
                 code, reason = response.get(Attr.ERROR_CODE)
                 raise RendezvousError(code, reason, response)
-            signature = self.private_key.sign(registration_payload(challenge, self.public_key))
+            details = registration_details(self.nickname, self.local, ttl)
+            signature = self.private_key.sign(registration_payload(challenge, self.public_key, details))
             signed = register_request(
                 self.public_key, nickname=self.nickname, local=self.local, ttl=ttl,
                 challenge=challenge, signature=signature,

@@ -64,7 +64,7 @@ from .stun import (
     looks_like_stun,
     pack_type,
 )
-from .tokens import Tokens, registration_payload, session_peer_id, verify_signature
+from .tokens import Tokens, registration_details, registration_payload, session_peer_id, verify_signature
 from .transactions import RetransmitPolicy, TransactionTable
 
 # A LIST reply, like every reply, stays within this many bytes (no IP
@@ -472,7 +472,14 @@ class ServerCore:
             reply = self._error(message, ErrorCode.RATE_LIMITED)
             self._send_reply(reply, address, length, verified=False, cache_until=None)
             return
-        if signature is None or not verify_signature(public_key, signature, registration_payload(challenge, public_key)):
+        details = registration_details(
+            message.get(Attr.NICKNAME, ""),
+            [c.address for c in message.get_all(Attr.CANDIDATE) if c.kind == CandidateKind.LOCAL],
+            message.get(Attr.TTL),
+        )
+        if signature is None or not verify_signature(
+            public_key, signature, registration_payload(challenge, public_key, details)
+        ):
             self.stats["bad_signatures"] += 1
             reply = self._error(message, ErrorCode.UNAUTHORIZED, "Bad Signature")
             self._send_reply(reply, address, length, verified=False, cache_until=None)

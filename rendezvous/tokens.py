@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+from typing import Iterable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -32,9 +33,22 @@ def address_bytes(address: Address) -> bytes:
     return f"{host}|{port}".encode()
 
 
-def registration_payload(challenge: bytes, public_key: bytes) -> bytes:
-    """What a peer signs to prove it holds ``public_key``."""
-    return SIGNATURE_CONTEXT + challenge + public_key
+def registration_details(nickname: str, local: Iterable[Address], ttl: int | None) -> bytes:
+    """A digest of what a REGISTER asks for besides the key (nickname, local
+    addresses, TTL), so that the signature covers them too: nobody on the
+    path can rename a peer or point its introductions elsewhere.  Empty when
+    the request asks for none of them."""
+    local = tuple(local)
+    if not nickname and not local and ttl is None:
+        return b""
+    parts = [nickname.encode(), *(address_bytes(a) for a in local), str(ttl if ttl is not None else "").encode()]
+    return hashlib.sha256(b"\x00".join(struct.pack("!H", len(p)) + p for p in parts)).digest()
+
+
+def registration_payload(challenge: bytes, public_key: bytes, details: bytes = b"") -> bytes:
+    """What a peer signs to prove it holds ``public_key`` (and to vouch for the
+    request's ``details``, see :func:`registration_details`)."""
+    return SIGNATURE_CONTEXT + challenge + public_key + details
 
 
 class Tokens:

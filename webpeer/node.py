@@ -260,14 +260,22 @@ class PeerNode:
         message_id = uuid.uuid4().hex
         now = self.clock()
         status = Status.SENDING if peer.online else Status.QUEUED
-        try:
-            self.store.add_message(message_id, sender=my_id, recipient=to, text=text, status=status, time=now)
-        except StoreError as error:
-            raise ApiError(400, str(error)) from None
-        message = self.store.get_message(message_id)
-        assert message is not None
-        self._publish({"type": "message", "message": message})
-        self._pump_peer(peer)
+        message: JSON = {"id": message_id, "peer": to, "from": my_id, "to": to, "text": text,
+                         "status": str(status), "time": now, "error": None}
+        link = peer.link
+        # One commit for storing it and (on a ready link) marking it sent.
+        with self.store.batch():
+            try:
+                self.store.add_message(message_id, sender=my_id, recipient=to, text=text, status=status, time=now)
+            except StoreError as error:
+                raise ApiError(400, str(error)) from None
+            self._publish({"type": "message", "message": dict(message)})
+            if link is not None and link.state is LinkState.READY:
+                # The common case, a live connection: send just this one (no query).
+                self._send_on(link, message)
+                message["status"] = str(Status.SENT)
+            else:
+                self._pump_peer(peer)
         self._schedule_flush()
         return message
 

@@ -27,7 +27,7 @@ from rendezvous.stun import (
     PeerEntry,
     encode,
 )
-from rendezvous.tokens import registration_payload
+from rendezvous.tokens import registration_details, registration_payload
 from rendezvous.transactions import RetransmitPolicy, TransactionTable
 
 from .identity import Identity
@@ -234,7 +234,8 @@ class RegistrationMachine:
     def _register(self, now: float, challenge: bytes | None = None) -> None:
         signature = None
         if challenge is not None:
-            signature = self.identity.sign(registration_payload(challenge, self.identity.public_key))
+            details = registration_details(self.nickname, self.local, self.ttl)
+            signature = self.identity.sign(registration_payload(challenge, self.identity.public_key, details))
         request = register_request(
             self.identity.public_key, nickname=self.nickname, local=self.local, ttl=self.ttl,
             challenge=challenge, signature=signature,

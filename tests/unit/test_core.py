@@ -38,7 +38,7 @@ from rendezvous.stun import (
     decode,
     encode,
 )
-from rendezvous.tokens import Tokens, registration_payload
+from rendezvous.tokens import Tokens, registration_details, registration_payload
 
 SECRET = b"unit-test-secret-0123456789abcdef"
 T0 = 1000.0
@@ -85,7 +85,8 @@ class Harness:
         first = self.ask(register_request(public_key, **kwargs), address, now)  # type: ignore[arg-type]
         assert error_code(first) == 401
         challenge = first.get(Attr.CHALLENGE)
-        signature = private_key.sign(registration_payload(challenge, public_key))
+        details = registration_details(kwargs.get("nickname", ""), kwargs.get("local", ()), kwargs.get("ttl"))  # type: ignore[arg-type]
+        signature = private_key.sign(registration_payload(challenge, public_key, details))
         signed = register_request(public_key, challenge=challenge, signature=signature, **kwargs)  # type: ignore[arg-type]
         reply = self.ask(signed, address, now)
         assert reply.message_class == MessageClass.SUCCESS, reply.get(Attr.ERROR_CODE)
@@ -211,7 +212,8 @@ def test_register_is_challenge_then_signature_then_id(h: Harness) -> None:
     assert len(data) <= 3 * len(encode(request))  # unproven address: small answer
     assert h.core.pending_registrations() == []
 
-    signature = alice.sign(registration_payload(challenge, public_key))
+    details = registration_details("alice", (("10.0.0.5", 4000),), None)
+    signature = alice.sign(registration_payload(challenge, public_key, details))
     signed = register_request(public_key, nickname="alice", local=(("10.0.0.5", 4000),), challenge=challenge,
                               signature=signature)
     h.core.receive_datagram(encode(signed), ALICE, T0 + 1)
@@ -666,3 +668,22 @@ def test_no_datagram_makes_the_core_raise_or_amplify(data: bytes, source: Addres
         if to == MALLORY and source == MALLORY:
             # Never registered: never more than 3x what it sent.
             assert len(out) <= 3 * len(data)
+
+
+def test_the_signature_covers_nickname_addresses_and_ttl(h: Harness) -> None:
+    alice = key(1)
+    public_key = public_key_bytes(alice)
+    first = h.ask(register_request(public_key, nickname="alice"), ALICE, T0)
+    challenge = first.get(Attr.CHALLENGE)
+    details = registration_details("alice", (), None)
+    signature = alice.sign(registration_payload(challenge, public_key, details))
+    # Someone on the path renames her, or adds an address for her introductions: refused.
+    for tampered in (
+        register_request(public_key, nickname="mallory", challenge=challenge, signature=signature),
+        register_request(public_key, nickname="alice", local=(("203.0.113.66", 9),), challenge=challenge,
+                         signature=signature),
+        register_request(public_key, nickname="alice", ttl=3600, challenge=challenge, signature=signature),
+    ):
+        assert h.ask(tampered, ALICE, T0).get(Attr.ERROR_CODE) == (401, "Bad Signature")
+    good = register_request(public_key, nickname="alice", challenge=challenge, signature=signature)
+    assert h.ask(good, ALICE, T0).message_class == MessageClass.SUCCESS
