@@ -13,6 +13,12 @@ authentication state machine and frame codec:
                                                  <- ok
     READY: both sides exchange frames (msg, ack ...) on stream 0
 
+The connector is READY as soon as it has sent auth: it already knows the
+acceptor is who it wanted (its certificate key), and the acceptor reads the
+stream in order, so frames sent behind auth are only taken if auth checks
+out (otherwise the link closes and they go again later).  That saves the
+round trip of waiting for ok before the first message.
+
 Every transition is in ``_TRANSITIONS``; an illegal one closes the link and
 names the frame and the state.  Time comes in as ``now``.
 """
@@ -50,7 +56,6 @@ class LinkState(enum.Enum):
     CHECKING_HELLO = "checking-hello"  # acceptor: asked its owner whether the key is right
     WAITING_CHALLENGE = "waiting-challenge"  # connector: hello sent
     WAITING_AUTH = "waiting-auth"  # acceptor: challenge sent
-    WAITING_OK = "waiting-ok"  # connector: auth sent
     READY = "ready"
     CLOSED = "closed"
 
@@ -60,7 +65,6 @@ _TRANSITIONS: dict[tuple[LinkState, str], str] = {
     (LinkState.WAITING_HELLO, "hello"): "_on_hello",
     (LinkState.WAITING_CHALLENGE, "challenge"): "_on_challenge",
     (LinkState.WAITING_AUTH, "auth"): "_on_auth",
-    (LinkState.WAITING_OK, "ok"): "_on_ok",
 }
 
 
@@ -147,6 +151,7 @@ class PeerLink:
         self._random_bytes = random_bytes
         self._decoder = FrameDecoder()
         self._nonce: bytes | None = None
+        self._ok_seen = False
         self._events: list[LinkEvent] = []
 
     @classmethod
@@ -276,6 +281,9 @@ class PeerLink:
 
     def _on_frame(self, frame: Frame, now: float) -> None:
         if self.state is LinkState.READY:
+            if frame["t"] == "ok" and self.role is Role.CONNECTOR and not self._ok_seen:
+                self._ok_seen = True  # the acceptor's confirmation; we did not wait for it
+                return
             self.last_activity = now
             self._events.append(FrameReceived(frame))
             return
@@ -307,7 +315,7 @@ class PeerLink:
         assert self.peer_key is not None
         signature = self.identity.sign(auth_payload(nonce, self.peer_key, self.identity.public_key))
         self._send({"t": "auth", "sig": signature.hex()})
-        self.state = LinkState.WAITING_OK
+        self._ready(now)
 
     def _on_auth(self, frame: Frame, now: float) -> None:
         try:
@@ -319,9 +327,6 @@ class PeerLink:
             self.close(f"peer {self.peer_id} failed to prove its key")
             return
         self._send({"t": "ok"})
-        self._ready(now)
-
-    def _on_ok(self, frame: Frame, now: float) -> None:
         self._ready(now)
 
     def _ready(self, now: float) -> None:

@@ -134,6 +134,8 @@ class PeerNode:
         self._punches: dict[int, PunchSession] = {}  # peer id -> connectivity checks under way
         self._upgrades: set[PeerLink] = set()  # direct links being set up beside a relayed one
         self._nat: NatProbe | None = None
+        # peer id -> probes that came before we had a session (and key) for it
+        self._early_probes: dict[int, list[tuple[Message, Address, float]]] = {}
         self._nat_observed: Address | None = None
         self._acceptor_config = quic_configuration(self.identity, Role.ACCEPTOR, QUIC_IDLE_TIMEOUT)
         self._endpoint: UdpEndpoint | None = None
@@ -354,6 +356,15 @@ class PeerNode:
             to_id, _, from_id = name.partition(":") if isinstance(name, str) else ("", "", "")
             session = self._punches.get(int(from_id)) if from_id.isdigit() else None
             handled = session is not None and session.receive(message, address, now)
+            if len(self._early_probes) >= 64:
+                self._early_probes = {k: v for k, v in self._early_probes.items() if now - v[0][2] < 2.0}
+            if session is None and from_id.isdigit() and len(self._early_probes) < 64:
+                # The other side's introduction reached it before ours reached
+                # us: keep its probe a moment, to answer it once we have the key.
+                early = self._early_probes.setdefault(int(from_id), [])
+                if len(early) < 8:
+                    early.append((message, address, now))
+                    handled = True
         else:
             handled = any(s.owns(message.transaction_id) and s.receive(message, address, now)
                           for s in self._punches.values())
@@ -659,6 +670,9 @@ class PeerNode:
             session = PunchSession(self.registration.peer_id, info.peer_id, info.punch_key, candidates, now)
         session.connect = connect
         self._punches[info.peer_id] = session
+        for message, address, when in self._early_probes.pop(info.peer_id, []):
+            if now - when < 2.0:
+                session.receive(message, address, now)
 
     def _check_punches(self, now: float) -> bool:
         """Act on finished connectivity checks; True if a link was opened."""
