@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
 import pytest
+from browser.chromium import chromium_path
 from playwright.async_api import Page, async_playwright
 
 from rendezvous.server import RendezvousServer
@@ -95,18 +96,6 @@ class Candidate:
         extras = dict(zip(fields[8::2], fields[9::2]))
         rport = extras.get("rport")
         return cls(fields[7], fields[4], int(fields[5]), extras.get("raddr"), None if rport is None else int(rport), url)
-
-
-def chromium_path() -> str:
-    """The browser to drive: $PEERLINK_CHROMIUM, else Debian's ``chromium``.
-    Missing: skip if we could not install it (not root), else fail."""
-    path = os.environ.get("PEERLINK_CHROMIUM") or shutil.which("chromium")
-    if path:
-        return path
-    hint = "chromium is not installed (Debian package chromium); scripts/system-deps.sh installs it"
-    if os.geteuid() != 0:
-        pytest.skip(f"{hint} when run as root")
-    pytest.fail(f"{hint}: run it (we are root, so this is not skipped)")
 
 
 @pytest.fixture
