@@ -270,3 +270,34 @@ async def test_relay_carries_quic_when_no_direct_path(rendezvous, tmp_path) -> N
     finally:
         for node in made:
             await node.stop()
+
+
+async def test_a_relayed_connection_upgrades_to_direct(rendezvous, tmp_path) -> None:
+    import dataclasses
+
+    made = []
+    for name in ("alice", "bob"):
+        node = PeerNode(NodeConfig(server=rendezvous.address, data_dir=tmp_path / name, name=name,
+                                   udp_host="127.0.0.1", list_interval=0.3, relay_only=(name == "alice")))
+        await node.start()
+        made.append(node)
+    alice, bob = made
+    try:
+        await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")
+        first = await alice.send_message(2, "relayed")
+        await wait_for(lambda: alice.store.get_message(first["id"])["status"] == "delivered", what="first delivered")
+        assert next(p for p in alice.peers() if p["id"] == 2)["connection"]["state"] == "relayed"
+        # A direct path becomes possible (here: alice stops refusing it); the
+        # periodic upgrade attempt (every 30 s, made due now) must find it.
+        alice.config = dataclasses.replace(alice.config, relay_only=False)
+        alice.peer_states[2].upgrade_at = alice.clock()
+        alice._on_timer()
+        await wait_for(lambda: (next(p for p in alice.peers() if p["id"] == 2)["connection"] or {}).get("state")
+                       == "direct", timeout=8, what="upgraded to direct")
+        second = await alice.send_message(2, "direct")
+        await wait_for(lambda: alice.store.get_message(second["id"])["status"] == "delivered", what="second delivered")
+        assert [m["text"] for m in bob.messages(1)] == ["relayed", "direct"]
+        assert not alice._upgrades
+    finally:
+        for node in made:
+            await node.stop()
