@@ -39,24 +39,32 @@ def main() -> None:
         raise SystemExit(f"nat_bench: {reason}")
     rows = []
     for nat_a, nat_b in PAIRS:
-        times, paths = [], set()
+        times, paths, upgrades = [], set(), []
         for _ in range(args.rounds):
             with tempfile.TemporaryDirectory(prefix="peerlink-natbench-") as tmp:
                 result = run_pair(Path(tmp), nat_a, nat_b, delay_ms=args.delay_ms)
             times.append(result["first_delivery"] * 1000)
-            paths.add(result["connection"]["state"])
+            path = result["connection"]["state"]
+            if result["eventual"]["state"] != path:
+                path += " -> " + result["eventual"]["state"]
+                upgrades.append(result["upgrade_s"])
+            paths.add(path)
         rtt = 2 * args.delay_ms
         median = statistics.median(times)
         rows.append({
             "pair": f"{nat_a.name.lower()} / {nat_b.name.lower()}", "path": "/".join(sorted(paths)),
             "expected": expected_path(nat_a, nat_b), "median_ms": round(median, 1),
             "min_ms": round(min(times), 1), "max_ms": round(max(times), 1), "median_rtts": round(median / rtt, 1),
+            "upgrade_s": [round(u, 1) for u in upgrades],
         })
         print(json.dumps(rows[-1]), flush=True)
-    print(f"\n| pair | path | CONNECT -> first delivered, median (min-max) ms | in round trips ({2 * args.delay_ms:.0f} ms) |")
-    print("|---|---|---|---|")
+    print(f"\n| pair | path | CONNECT -> first delivered, median (min-max) ms | in round trips ({2 * args.delay_ms:.0f} ms) "
+          "| relayed -> direct after (s, each round) |")
+    print("|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['pair']} | {row['path']} | {row['median_ms']} ({row['min_ms']}-{row['max_ms']}) | {row['median_rtts']} |")
+        upgrade = ", ".join(str(u) for u in row["upgrade_s"]) or "-"
+        print(f"| {row['pair']} | {row['path']} | {row['median_ms']} ({row['min_ms']}-{row['max_ms']}) "
+              f"| {row['median_rtts']} | {upgrade} |")
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "nat_bench.json").write_text(json.dumps(rows, indent=2))

@@ -146,6 +146,7 @@ class PeerLink:
         self.state = LinkState.HANDSHAKING
         self.close_reason: str | None = None
         self.ready_at: float | None = None
+        self.endpoint = 0  # which of the owner's sockets carries it (0: the main one)
         self.last_activity = 0.0  # last application frame in or out
         self.last_sent = 0.0  # last frame or keepalive out
         self._random_bytes = random_bytes

@@ -14,8 +14,10 @@ QUIC, routed by destination connection id.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
+import random
 import socket
 import time
 import uuid
@@ -73,6 +75,15 @@ QUIC_IDLE_TIMEOUT = 30.0  # no packet at all for this long: the path is dead
 KEEPALIVE_INTERVAL = 10.0  # NAT UDP mappings often die after ~30 s of silence
 UPGRADE_INTERVAL = 30.0  # while relayed, look for a direct path this often
 PUNCH_LINGER = 5.0  # keep answering probes this long after our checks end
+# Many-port ("birthday") probing, for a symmetric NAT facing a port-restricted
+# one: the symmetric side probes from SPARE_SOCKETS extra sockets (each gets
+# its own random public port), the other side probes SPRAY_PROBES random ports
+# of the symmetric side's address; with 256 and 1,200 a hit is ~99% likely.
+SPARE_SOCKETS = 256
+SPRAY_PROBES = 1200
+BIRTHDAY_WINDOW = 6.0  # how long spare sockets live unless a link uses one
+BIRTHDAY_RETRY = 12.0  # still relayed this long after an attempt: try again
+BIRTHDAY_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,9 @@ class PeerState:
     connecting_since: float | None = None
     last_error: str | None = None
     upgrade_at: float | None = None  # while relayed: when to try for a direct path again
+    candidates: tuple[Address, ...] = ()  # its addresses, as the registry last gave them
+    birthday_at: float | None = None  # when to try many-port probing (we are symmetric, it is relayed)
+    birthday_attempts: int = 0
 
     def connection(self) -> JSON | None:
         link = self.link
@@ -134,6 +148,13 @@ class PeerNode:
         self._punches: dict[int, PunchSession] = {}  # peer id -> connectivity checks under way
         self._upgrades: set[PeerLink] = set()  # direct links being set up beside a relayed one
         self._nat: NatProbe | None = None
+        # Many-port probing: spare sockets by index (0 is the main socket), the
+        # checks each one runs, and the sprays toward symmetric peers.
+        self._spares: dict[int, UdpEndpoint] = {}
+        self._spare_sessions: dict[int, PunchSession] = {}
+        self._spare_expiry: dict[int, float] = {}
+        self._next_spare = 1
+        self._sprays: dict[int, PunchSession] = {}
         # peer id -> probes that came before we had a session (and key) for it
         self._early_probes: dict[int, list[tuple[Message, Address, float]]] = {}
         self._nat_observed: Address | None = None
@@ -338,7 +359,7 @@ class PeerNode:
                 # Our NAT check; its filtering step is answered from the server's other address.
                 self._nat.receive(message, address, now)
                 if self._nat.done:
-                    self._publish({"type": "me", "me": self.me()})
+                    self._nat_learned(now)
             elif address == self.config.server:
                 self.registration.receive(message, now)
             else:
@@ -367,11 +388,26 @@ class PeerNode:
                     handled = True
         else:
             handled = any(s.owns(message.transaction_id) and s.receive(message, address, now)
-                          for s in self._punches.values())
+                          for s in (*self._punches.values(), *self._sprays.values()))
         if not handled:
             self.stats["probes_refused"] += 1
 
-    def _on_quic(self, data: bytes, address: Address, now: float) -> None:
+    def _on_spare_datagram(self, index: int, data: bytes, address: Address) -> None:
+        """A spare socket (many-port probing): probes for its check, or QUIC."""
+        now = self.clock()
+        if not looks_like_stun(data):
+            self._on_quic(data, address, now, endpoint=index)
+            return
+        session = self._spare_sessions.get(index)
+        try:
+            message = decode(data, require_fingerprint=True)
+        except StunProtocolError:
+            self.stats["bad_stun"] += 1
+            return
+        if session is None or not session.receive(message, address, now):
+            self.stats["probes_refused"] += 1
+
+    def _on_quic(self, data: bytes, address: Address, now: float, endpoint: int = 0) -> None:
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=8)
         except ValueError:
@@ -390,6 +426,7 @@ class PeerNode:
             link = PeerLink.accept(
                 self.identity, self.registration.peer_id, address, header.destination_cid, self._acceptor_config
             )
+            link.endpoint = endpoint
             self._accepting.add(link)
             self._cids[header.destination_cid] = link
             self._cids[link.quic.host_cid] = link
@@ -426,6 +463,14 @@ class PeerNode:
         if self._nat is not None:
             for data, address in self._nat.datagrams_to_send():
                 endpoint.sendto(data, address)
+        for spray in self._sprays.values():
+            for data, address in spray.datagrams_to_send():
+                endpoint.sendto(data, address)
+        for index, session in self._spare_sessions.items():
+            spare = self._spares.get(index)
+            for data, address in session.datagrams_to_send():
+                if spare is not None:
+                    spare.sendto(data, address)
         closing, self._closing = self._closing, []
         for link in self._all_links() + closing:
             for data, address in link.datagrams_to_send(now):
@@ -434,7 +479,7 @@ class PeerNode:
                     if not self.registration.send_relayed(int(address[1]), data):
                         self.stats["relay_unavailable"] += 1
                 else:
-                    endpoint.sendto(data, address)
+                    self._spares.get(link.endpoint, endpoint).sendto(data, address)
         for data in self.registration.datagrams_to_send():
             endpoint.sendto(data, self.config.server)
         self._arm_timer(now)
@@ -448,6 +493,11 @@ class PeerNode:
         timers += [t for t in (s.get_timer() for s in self._punches.values()) if t is not None]
         if self._nat is not None and (nat_timer := self._nat.get_timer()) is not None:
             timers.append(nat_timer)
+        for session in (*self._sprays.values(), *self._spare_sessions.values()):
+            if (timer := session.get_timer()) is not None:
+                timers.append(timer)
+        timers += self._spare_expiry.values()
+        timers += [p.birthday_at for p in self.peer_states.values() if p.birthday_at is not None]
         for peer in self.peer_states.values():
             if peer.connecting_since is not None:
                 timers.append(peer.connecting_since + CONNECT_TIMEOUT)
@@ -472,13 +522,14 @@ class PeerNode:
         for link in self._all_links():
             if (timer := link.get_timer()) is not None and timer <= now:
                 link.handle_timer(now)
-        for session in list(self._punches.values()):
+        for session in (*self._punches.values(), *self._sprays.values(), *self._spare_sessions.values()):
             if (timer := session.get_timer()) is not None and timer <= now:
                 session.handle_timer(now)
+        self._birthday_timers(now)
         if self._nat is not None and (nat_timer := self._nat.get_timer()) is not None and nat_timer <= now:
             self._nat.handle_timer(now)
             if self._nat.done:
-                self._publish({"type": "me", "me": self.me()})
+                self._nat_learned(now)
         for peer in list(self.peer_states.values()):
             if peer.connecting_since is not None and peer.connecting_since + CONNECT_TIMEOUT <= now:
                 self._connect_failed(peer, "could not reach the peer")
@@ -568,6 +619,7 @@ class PeerNode:
         """An introduction or CONNECT answer: the registry's word on a peer's key."""
         peer = self.peer_states.setdefault(info.peer_id, PeerState(info.peer_id))
         peer.public_key = info.public_key
+        peer.candidates = tuple(c.address for c in info.candidates)
         if info.nickname:
             peer.name = info.nickname
         peer.online = True
@@ -786,8 +838,12 @@ class PeerNode:
         peer.last_error = None
         if peer.link.address[0] != RELAY_HOST:
             peer.upgrade_at = None
-        elif peer.upgrade_at is None:
-            peer.upgrade_at = now + UPGRADE_INTERVAL
+            peer.birthday_at = None
+        else:
+            if peer.upgrade_at is None:
+                peer.upgrade_at = now + UPGRADE_INTERVAL
+            if self._symmetric() and peer.birthday_attempts < BIRTHDAY_ATTEMPTS:
+                peer.birthday_at = now  # the relay carries the coordination
         logger.info("connected to peer %d at %s:%s (%s)", event.peer_id, *link.address, link.role.value)
         self._publish({"type": "connection", "peer": peer.peer_id, "connection": peer.connection()})
         self._pump_peer(peer, resend_sent=True)
@@ -820,6 +876,8 @@ class PeerNode:
                     # more than the message itself.
                     message = self.store.get_message(stored_id)
                     self._publish({"type": "message", "message": message})
+            elif kind == "birthday":
+                self._on_birthday_frame(link, frame, now)
             elif kind == "ack":
                 message_id = require(frame, "id", str)
                 message = self.store.get_message(message_id)
@@ -832,6 +890,14 @@ class PeerNode:
 
     def _on_link_closed(self, link: PeerLink, event: LinkClosed, now: float) -> None:
         self._closing.append(link)
+        if link.endpoint and link.endpoint not in self._spare_expiry and not any(
+            other.endpoint == link.endpoint for other in self._all_links() if other is not link
+        ):
+            # A spare socket from many-port probing whose connection is over
+            # (after this flush sends its CONNECTION_CLOSE).
+            spare = self._spares.pop(link.endpoint, None)
+            if spare is not None:
+                asyncio.get_running_loop().call_later(1.0, spare.close)
         self._accepting.discard(link)
         self._upgrades.discard(link)
         for cid in [cid for cid, owner in self._cids.items() if owner is link]:
@@ -853,6 +919,105 @@ class PeerNode:
         # next link (the receiver stores by id, so a repeat is harmless).
         if peer.connecting_since is None and self._undelivered(peer.peer_id):
             self._pump_peer(peer, force_connect=True)
+
+    # ------------------------------------------------------------ many-port probing
+
+    def _nat_learned(self, now: float) -> None:
+        self._publish({"type": "me", "me": self.me()})
+        if self._symmetric():
+            # Behind a symmetric NAT: relayed peers may be reachable by many-port probing.
+            for peer in self.peer_states.values():
+                link = peer.link
+                if (link is not None and link.state is LinkState.READY and link.address[0] == RELAY_HOST
+                        and peer.birthday_at is None and peer.birthday_attempts < BIRTHDAY_ATTEMPTS):
+                    peer.birthday_at = now
+
+    def _symmetric(self) -> bool:
+        return self._nat is not None and self._nat.mapping == "endpoint-dependent"
+
+    def _birthday_timers(self, now: float) -> None:
+        for peer in self.peer_states.values():
+            if peer.birthday_at is not None and peer.birthday_at <= now:
+                peer.birthday_at = None
+                link = peer.link
+                if link is not None and link.state is LinkState.READY and link.address[0] == RELAY_HOST:
+                    self._start_birthday(peer, link, now)
+        for index, expires in list(self._spare_expiry.items()):
+            if expires <= now:
+                del self._spare_expiry[index]
+                self._spare_sessions.pop(index, None)
+                if not any(link.endpoint == index for link in self._all_links() if link.state is not LinkState.CLOSED):
+                    spare = self._spares.pop(index, None)
+                    if spare is not None:
+                        spare.close()
+        for peer_id, spray in list(self._sprays.items()):
+            if spray.state is PunchState.PROBING:
+                continue
+            del self._sprays[peer_id]
+            peer = self.peer_states.get(peer_id)
+            if spray.state is PunchState.FAILED:
+                logger.info("many-port probing toward peer %d: no hit in %d probes", peer_id, spray.probes_sent)
+            if spray.state is PunchState.SUCCEEDED and spray.chosen is not None and peer is not None:
+                logger.info("many-port probing found %s:%s for peer %d after %d probes",
+                            *spray.chosen, peer_id, spray.probes_sent)
+                self._open_link(peer, spray.chosen, now)
+
+    def _start_birthday(self, peer: PeerState, link: PeerLink, now: float) -> None:
+        """We are behind a symmetric NAT and talk to ``peer`` through the relay:
+        probe it from many fresh sockets, and ask it (over the relay, which is
+        end-to-end authenticated) to spray our address with probes."""
+        targets = [address for address in peer.candidates]
+        observed = self.registration.observed
+        if not targets or observed is None or self.registration.peer_id is None:
+            return
+        peer.birthday_attempts += 1
+        key = os.urandom(16)
+        for _ in range(SPARE_SOCKETS):
+            index = self._next_spare
+            self._next_spare += 1
+            try:
+                spare = UdpEndpoint.bind(self.config.udp_host, 0, functools.partial(self._on_spare_datagram, index),
+                                         self._flush, self.stats)
+            except OSError:
+                break
+            spare.start()
+            self._spares[index] = spare
+            self._spare_sessions[index] = PunchSession(
+                self.registration.peer_id, peer.peer_id, key, targets, now, timeout=BIRTHDAY_WINDOW, repeat=1.0
+            )
+            self._spare_expiry[index] = now + BIRTHDAY_WINDOW
+        link.send_frame({"t": "birthday", "key": key.hex(), "host": observed[0]}, now)
+        if peer.birthday_attempts < BIRTHDAY_ATTEMPTS:
+            peer.birthday_at = now + BIRTHDAY_RETRY
+        logger.info("many-port probing toward peer %d from %d sockets (attempt %d)",
+                    peer.peer_id, len(self._spare_sessions), peer.birthday_attempts)
+
+    def _on_birthday_frame(self, link: PeerLink, frame: JSON, now: float) -> None:
+        """The other side is symmetric and probes us from many sockets: spray
+        its address with probes on random ports (unless we are symmetric too:
+        then no port will ever match)."""
+        try:
+            key = bytes.fromhex(require(frame, "key", str))
+        except ValueError:
+            raise FrameError("birthday: key is not hex") from None
+        host = require(frame, "host", str)
+        if len(key) != 16 or self._symmetric() or self.registration.peer_id is None or link.peer_id is None:
+            logger.info("peer %s asks for many-port probing; not possible from here", link.peer_id)
+            return
+        if link.peer_id in self._sprays or not any(host == a[0] for a in self.peer_state(link.peer_id).candidates):
+            logger.info("peer %s asks for many-port probing of %s: refused", link.peer_id, host)
+            return  # one at a time; and only toward the address the registry gave for it
+        logger.info("many-port probing: spraying %d ports of %s for peer %d", SPRAY_PROBES, host, link.peer_id)
+        rng = random.SystemRandom()
+        ports = rng.sample(range(1024, 65536), SPRAY_PROBES)
+        self._sprays[link.peer_id] = PunchSession(
+            self.registration.peer_id, link.peer_id, key, [(host, port) for port in ports], now,
+            timeout=BIRTHDAY_WINDOW - 1.0, pace=0.01, repeat=1e9, burst=SPRAY_PROBES // 300 + 1,
+            max_candidates=SPRAY_PROBES + 16,
+        )
+
+    def peer_state(self, peer_id: int) -> PeerState:
+        return self.peer_states.setdefault(peer_id, PeerState(peer_id))
 
     async def _expire_queued_periodically(self) -> None:
         while True:

@@ -59,12 +59,19 @@ class PunchSession:
     _transactions: dict[bytes, Address] = field(default_factory=dict)
     _next_probe: float = 0.0
     probes_sent: int = 0
+    # Pacing: ``burst`` probes every ``pace`` seconds, a candidate again only
+    # after ``repeat``; the many-port spray uses a fast pace and no repeats.
+    pace: float = PACE
+    repeat: float = REPEAT
+    burst: int = 1
+    max_candidates: int = MAX_CANDIDATES
     _answered_from: set[Address] = field(default_factory=set)
+    _fresh: int = 0  # candidates before this index have all been probed at least once
     connect: bool = False  # the owner opens QUIC when the checks end (it asked for the peer)
     handled: bool = False
 
     def __post_init__(self) -> None:
-        self.candidates = list(dict.fromkeys(self.candidates))[:MAX_CANDIDATES]
+        self.candidates = list(dict.fromkeys(self.candidates))[: self.max_candidates]
         self._next_probe = self.started
         self.handle_timer(self.started)
 
@@ -89,16 +96,32 @@ class PunchSession:
             return
         if now < self._next_probe:
             return
-        # The candidate we probed longest ago (never probed first), if due.
-        due = [c for c in self.candidates if now - self._sent_at.get(c, -1e9) >= REPEAT]
-        if due:
-            target = min(due, key=lambda c: self._sent_at.get(c, -1e9))
+        # The candidates probed longest ago (never probed first), if due.
+        for _ in range(self.burst):
+            target = self._next_due(now)
+            if target is None:
+                break
             self._probe(target, now)
-        self._next_probe = now + PACE
+        self._next_probe = now + self.pace
+
+    def _next_due(self, now: float) -> Address | None:
+        # Candidates never probed come first, in order (O(1) each: the spray
+        # has a thousand); then the one probed longest ago, if due again.
+        while self._fresh < len(self.candidates):
+            candidate = self.candidates[self._fresh]
+            self._fresh += 1
+            if candidate not in self._sent_at:
+                return candidate
+        best, best_at = None, now - self.repeat
+        for candidate in self.candidates:
+            sent = self._sent_at[candidate]
+            if sent <= best_at:
+                best, best_at = candidate, sent
+        return best
 
     def add_candidates(self, candidates: list[Address], now: float) -> None:
         for candidate in candidates:
-            if candidate not in self.candidates and len(self.candidates) < MAX_CANDIDATES:
+            if candidate not in self.candidates and len(self.candidates) < self.max_candidates:
                 self.candidates.append(candidate)
 
     def receive(self, message: Message, address: Address, now: float) -> bool:
@@ -112,7 +135,7 @@ class PunchSession:
             answer = Message(Method.BINDING, MessageClass.SUCCESS, message.transaction_id)
             answer.add(Attr.XOR_MAPPED_ADDRESS, address)
             self._outbox.append((encode(answer, integrity_key=self.key), address))
-            if address not in self.candidates and len(self.candidates) < MAX_CANDIDATES:
+            if address not in self.candidates and len(self.candidates) < self.max_candidates:
                 # Peer-reflexive: where its NAT maps it toward us.  Probe it now.
                 self.candidates.append(address)
                 if self.state is PunchState.PROBING:
