@@ -1,9 +1,11 @@
 """The peer process's engine: one UDP socket, the registration machine, the
 QUIC links to other peers, the history store, and the events for the page.
 
-It is the adapter around the sans-IO pieces (registration.py, link.py): it
-moves datagrams between the socket and them, re-arms one timer, and turns
-their events into store updates and page events.  It implements
+It is the adapter around the sans-IO pieces (registration.py, link.py,
+punch.py, natprobe.py): it moves datagrams between the sockets and them,
+re-arms one timer, and turns their events into store updates and page
+events.  Finding a path through NATs (checks, relay, many-port probing) is
+in traversal.py, a mixin of this class.  It implements
 webpeer.api.PeerApi for the web layer.
 
 Demultiplexing on the one socket (RFC 7983 / RFC 9443): a first byte below
@@ -14,23 +16,20 @@ QUIC, routed by destination connection id.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import os
-import random
 import socket
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from aioquic.buffer import Buffer
 from aioquic.quic.packet import PACKET_TYPE_INITIAL, pull_quic_header
 
 from rendezvous.client import PeerInfo
-from rendezvous.stun import Address, Attr, Message, MessageClass, Method, StunProtocolError, decode, looks_like_stun
+from rendezvous.stun import Address, Message, StunProtocolError, decode, looks_like_stun
 from rendezvous.udp import UdpEndpoint
 
 from .api import MAX_TEXT_BYTES, JSON, ApiError
@@ -47,7 +46,15 @@ from .link import (
     quic_configuration,
 )
 from .natprobe import NatProbe
-from .punch import PunchSession, PunchState
+from .punch import PunchSession
+from .traversal import (
+    BIRTHDAY_ATTEMPTS,
+    KEEPALIVE_INTERVAL,
+    QUIC_IDLE_TIMEOUT,
+    RELAY_HOST,
+    UPGRADE_INTERVAL,
+    TraversalMixin,
+)
 from .registration import (
     ConnectAnswered,
     Introduced,
@@ -68,22 +75,6 @@ MAX_UNAUTHENTICATED_LINKS = 32
 SUBSCRIBER_QUEUE = 1000
 SIMULTANEOUS_WINDOW = 5.0  # two links to one peer ready within this: a race, not a restart
 RETENTION = 7 * 24 * 3600.0  # queued messages for an offline peer are kept this long
-# A relayed link's "address": the discard-only prefix (RFC 6666) and the peer's
-# id.  Never a real destination; datagrams for it go to the server as SEND.
-RELAY_HOST = "100::"
-QUIC_IDLE_TIMEOUT = 30.0  # no packet at all for this long: the path is dead
-KEEPALIVE_INTERVAL = 10.0  # NAT UDP mappings often die after ~30 s of silence
-UPGRADE_INTERVAL = 30.0  # while relayed, look for a direct path this often
-PUNCH_LINGER = 5.0  # keep answering probes this long after our checks end
-# Many-port ("birthday") probing, for a symmetric NAT facing a port-restricted
-# one: the symmetric side probes from SPARE_SOCKETS extra sockets (each gets
-# its own random public port), the other side probes SPRAY_PROBES random ports
-# of the symmetric side's address; with 256 and 1,200 a hit is ~99% likely.
-SPARE_SOCKETS = 256
-SPRAY_PROBES = 1200
-BIRTHDAY_WINDOW = 6.0  # how long spare sockets live unless a link uses one
-BIRTHDAY_RETRY = 12.0  # still relayed this long after an attempt: try again
-BIRTHDAY_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -130,7 +121,7 @@ class PeerState:
         return {"state": "connecting", "address": f"{link.address[0]}:{link.address[1]}"}
 
 
-class PeerNode:
+class PeerNode(TraversalMixin):
     def __init__(self, config: NodeConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.clock = clock
@@ -366,46 +357,6 @@ class PeerNode:
                 self._on_probe(message, address, now)
             return
         self._on_quic(data, address, now)
-
-    def _on_probe(self, message: Message, address: Address, now: float) -> None:
-        """A connectivity check (or its answer) from another peer."""
-        if message.method != Method.BINDING:
-            self.stats["stun_from_stranger"] += 1
-            return
-        if message.message_class == MessageClass.REQUEST:
-            name = message.get(Attr.USERNAME)
-            to_id, _, from_id = name.partition(":") if isinstance(name, str) else ("", "", "")
-            session = self._punches.get(int(from_id)) if from_id.isdigit() else None
-            handled = session is not None and session.receive(message, address, now)
-            if len(self._early_probes) >= 64:
-                self._early_probes = {k: v for k, v in self._early_probes.items() if now - v[0][2] < 2.0}
-            if session is None and from_id.isdigit() and len(self._early_probes) < 64:
-                # The other side's introduction reached it before ours reached
-                # us: keep its probe a moment, to answer it once we have the key.
-                early = self._early_probes.setdefault(int(from_id), [])
-                if len(early) < 8:
-                    early.append((message, address, now))
-                    handled = True
-        else:
-            handled = any(s.owns(message.transaction_id) and s.receive(message, address, now)
-                          for s in (*self._punches.values(), *self._sprays.values()))
-        if not handled:
-            self.stats["probes_refused"] += 1
-
-    def _on_spare_datagram(self, index: int, data: bytes, address: Address) -> None:
-        """A spare socket (many-port probing): probes for its check, or QUIC."""
-        now = self.clock()
-        if not looks_like_stun(data):
-            self._on_quic(data, address, now, endpoint=index)
-            return
-        session = self._spare_sessions.get(index)
-        try:
-            message = decode(data, require_fingerprint=True)
-        except StunProtocolError:
-            self.stats["bad_stun"] += 1
-            return
-        if session is None or not session.receive(message, address, now):
-            self.stats["probes_refused"] += 1
 
     def _on_quic(self, data: bytes, address: Address, now: float, endpoint: int = 0) -> None:
         try:
@@ -699,56 +650,6 @@ class PeerNode:
         self._start_punch(event.info, now, connect=True)
         self._publish({"type": "connection", "peer": peer.peer_id, "connection": peer.connection()})
 
-    def _start_punch(self, info: PeerInfo, now: float, *, connect: bool) -> None:
-        """Probe every candidate of ``info`` (both sides do this at once);
-        ``connect``: we asked for this peer, so we open QUIC on the first path
-        that works, or through the relay if none does."""
-        assert self.registration.peer_id is not None
-        candidates = [c.address for c in info.candidates]
-        current = self._punches.get(info.peer_id)
-        if current is not None and current.key == info.punch_key and current.state is PunchState.PROBING:
-            current.add_candidates(candidates, now)
-            current.connect = current.connect or connect
-            return
-        if self.config.relay_only:
-            session = PunchSession(self.registration.peer_id, info.peer_id, b"", [], now, timeout=0.0)
-            session.state = PunchState.FAILED
-            session.started -= PUNCH_LINGER
-        elif info.punch_key is None:
-            # A server without PUNCH-KEY: no checks possible; try its observed address.
-            session = PunchSession(self.registration.peer_id, info.peer_id, b"", [], now, timeout=0.0)
-            session.state, session.chosen = PunchState.SUCCEEDED, candidates[0]
-        else:
-            session = PunchSession(self.registration.peer_id, info.peer_id, info.punch_key, candidates, now)
-        session.connect = connect
-        self._punches[info.peer_id] = session
-        for message, address, when in self._early_probes.pop(info.peer_id, []):
-            if now - when < 2.0:
-                session.receive(message, address, now)
-
-    def _check_punches(self, now: float) -> bool:
-        """Act on finished connectivity checks; True if a link was opened."""
-        opened = False
-        for peer_id, session in list(self._punches.items()):
-            if session.state is PunchState.PROBING:
-                continue
-            if now >= session.started + session.timeout + PUNCH_LINGER:
-                # Long over: stop answering the other side's late probes too.
-                del self._punches[peer_id]
-            if not session.connect or session.handled:
-                continue
-            session.handled = True
-            peer = self.peer_states.setdefault(peer_id, PeerState(peer_id))
-            opened = True
-            if session.state is PunchState.SUCCEEDED and session.chosen is not None:
-                logger.info("direct path to peer %d: %s:%s (%d probes)", peer_id, *session.chosen, session.probes_sent)
-                self._open_link(peer, session.chosen, now)
-            elif peer.link is None or peer.link.state is LinkState.CLOSED:
-                logger.info("no direct path to peer %d after %d probes: relaying", peer_id, session.probes_sent)
-                self._open_link(peer, (RELAY_HOST, peer_id), now)
-                peer.upgrade_at = now + UPGRADE_INTERVAL
-        return opened
-
     def _open_link(self, peer: PeerState, address: Address, now: float) -> None:
         if peer.public_key is None or self.registration.peer_id is None:
             self._connect_failed(peer, "no key for the peer")
@@ -919,102 +820,6 @@ class PeerNode:
         # next link (the receiver stores by id, so a repeat is harmless).
         if peer.connecting_since is None and self._undelivered(peer.peer_id):
             self._pump_peer(peer, force_connect=True)
-
-    # ------------------------------------------------------------ many-port probing
-
-    def _nat_learned(self, now: float) -> None:
-        self._publish({"type": "me", "me": self.me()})
-        if self._symmetric():
-            # Behind a symmetric NAT: relayed peers may be reachable by many-port probing.
-            for peer in self.peer_states.values():
-                link = peer.link
-                if (link is not None and link.state is LinkState.READY and link.address[0] == RELAY_HOST
-                        and peer.birthday_at is None and peer.birthday_attempts < BIRTHDAY_ATTEMPTS):
-                    peer.birthday_at = now
-
-    def _symmetric(self) -> bool:
-        return self._nat is not None and self._nat.mapping == "endpoint-dependent"
-
-    def _birthday_timers(self, now: float) -> None:
-        for peer in self.peer_states.values():
-            if peer.birthday_at is not None and peer.birthday_at <= now:
-                peer.birthday_at = None
-                link = peer.link
-                if link is not None and link.state is LinkState.READY and link.address[0] == RELAY_HOST:
-                    self._start_birthday(peer, link, now)
-        for index, expires in list(self._spare_expiry.items()):
-            if expires <= now:
-                del self._spare_expiry[index]
-                self._spare_sessions.pop(index, None)
-                if not any(link.endpoint == index for link in self._all_links() if link.state is not LinkState.CLOSED):
-                    spare = self._spares.pop(index, None)
-                    if spare is not None:
-                        spare.close()
-        for peer_id, spray in list(self._sprays.items()):
-            if spray.state is PunchState.PROBING:
-                continue
-            del self._sprays[peer_id]
-            peer = self.peer_states.get(peer_id)
-            if spray.state is PunchState.FAILED:
-                logger.info("many-port probing toward peer %d: no hit in %d probes", peer_id, spray.probes_sent)
-            if spray.state is PunchState.SUCCEEDED and spray.chosen is not None and peer is not None:
-                logger.info("many-port probing found %s:%s for peer %d after %d probes",
-                            *spray.chosen, peer_id, spray.probes_sent)
-                self._open_link(peer, spray.chosen, now)
-
-    def _start_birthday(self, peer: PeerState, link: PeerLink, now: float) -> None:
-        """We are behind a symmetric NAT and talk to ``peer`` through the relay:
-        probe it from many fresh sockets, and ask it (over the relay, which is
-        end-to-end authenticated) to spray our address with probes."""
-        targets = [address for address in peer.candidates]
-        observed = self.registration.observed
-        if not targets or observed is None or self.registration.peer_id is None:
-            return
-        peer.birthday_attempts += 1
-        key = os.urandom(16)
-        for _ in range(SPARE_SOCKETS):
-            index = self._next_spare
-            self._next_spare += 1
-            try:
-                spare = UdpEndpoint.bind(self.config.udp_host, 0, functools.partial(self._on_spare_datagram, index),
-                                         self._flush, self.stats)
-            except OSError:
-                break
-            spare.start()
-            self._spares[index] = spare
-            self._spare_sessions[index] = PunchSession(
-                self.registration.peer_id, peer.peer_id, key, targets, now, timeout=BIRTHDAY_WINDOW, repeat=1.0
-            )
-            self._spare_expiry[index] = now + BIRTHDAY_WINDOW
-        link.send_frame({"t": "birthday", "key": key.hex(), "host": observed[0]}, now)
-        if peer.birthday_attempts < BIRTHDAY_ATTEMPTS:
-            peer.birthday_at = now + BIRTHDAY_RETRY
-        logger.info("many-port probing toward peer %d from %d sockets (attempt %d)",
-                    peer.peer_id, len(self._spare_sessions), peer.birthday_attempts)
-
-    def _on_birthday_frame(self, link: PeerLink, frame: JSON, now: float) -> None:
-        """The other side is symmetric and probes us from many sockets: spray
-        its address with probes on random ports (unless we are symmetric too:
-        then no port will ever match)."""
-        try:
-            key = bytes.fromhex(require(frame, "key", str))
-        except ValueError:
-            raise FrameError("birthday: key is not hex") from None
-        host = require(frame, "host", str)
-        if len(key) != 16 or self._symmetric() or self.registration.peer_id is None or link.peer_id is None:
-            logger.info("peer %s asks for many-port probing; not possible from here", link.peer_id)
-            return
-        if link.peer_id in self._sprays or not any(host == a[0] for a in self.peer_state(link.peer_id).candidates):
-            logger.info("peer %s asks for many-port probing of %s: refused", link.peer_id, host)
-            return  # one at a time; and only toward the address the registry gave for it
-        logger.info("many-port probing: spraying %d ports of %s for peer %d", SPRAY_PROBES, host, link.peer_id)
-        rng = random.SystemRandom()
-        ports = rng.sample(range(1024, 65536), SPRAY_PROBES)
-        self._sprays[link.peer_id] = PunchSession(
-            self.registration.peer_id, link.peer_id, key, [(host, port) for port in ports], now,
-            timeout=BIRTHDAY_WINDOW - 1.0, pace=0.01, repeat=1e9, burst=SPRAY_PROBES // 300 + 1,
-            max_candidates=SPRAY_PROBES + 16,
-        )
 
     def peer_state(self, peer_id: int) -> PeerState:
         return self.peer_states.setdefault(peer_id, PeerState(peer_id))
