@@ -28,7 +28,9 @@ def main() -> int:
     python = sys.executable
     processes = [
         subprocess.Popen([python, "-m", "rendezvous", "--host", "127.0.0.1", "--port", str(SERVER_PORT),
-                          "--db", str(DEMO / "rendezvous.sqlite3"), "--legacy-text"])
+                          "--db", str(DEMO / "rendezvous.sqlite3"), "--legacy-text",
+                          # A second loopback address, so the peers can learn their NAT type (none here).
+                          "--other-address", f"127.0.0.2:{SERVER_PORT + 1}"])
     ]
     time.sleep(0.5)
     urls = []

@@ -61,7 +61,7 @@
     el.myFingerprint.textContent = me.fingerprint || "";
     el.myAddress.textContent = me.public_address || "unknown yet";
     const nat = me.nat || {};
-    el.myNat.textContent = nat.type && nat.type !== "unknown" ? nat.type : "not known yet";
+    el.myNat.textContent = nat.type && nat.type !== "unknown" ? nat.type : (nat.note ? "unknown" : "not known yet");
     el.myNat.title = nat.type && nat.type !== "unknown"
       ? `mapping ${nat.mapping}, filtering ${nat.filtering}`
       : (nat.note || "asked of the rendezvous server after registering");
