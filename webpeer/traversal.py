@@ -53,6 +53,8 @@ BIRTHDAY_ATTEMPTS = 3
 
 
 class TraversalMixin(_Base):
+    """Path finding for :class:`webpeer.node.PeerNode` (see the module docstring)."""
+
     def _on_probe(self, message: Message, address: Address, now: float) -> None:
         """A connectivity check (or its answer) from another peer."""
         if message.method != Method.BINDING:
