@@ -19,6 +19,12 @@ stream in order, so frames sent behind auth are only taken if auth checks
 out (otherwise the link closes and they go again later).  That saves the
 round trip of waiting for ok before the first message.
 
+A second shortcut saves the challenge's round trip: when the acceptor's
+answer to a connectivity check carried a nonce (docs/PROTOCOL.md 11.4), the
+connector signs that nonce in its hello (`nonce`, `sig`) and is READY at
+once; the acceptor accepts it only for a nonce it issued to that peer
+recently, and closes the link otherwise (the connector then connects again).
+
 Every transition is in ``_TRANSITIONS``; an illegal one closes the link and
 names the frame and the state.  Time comes in as ``now``.
 """
@@ -29,7 +35,7 @@ import enum
 import os
 import ssl
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Collection
 
 from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
@@ -43,6 +49,8 @@ from .wire import Frame, FrameDecoder, FrameError, encode_frame, require
 ALPN = "peerlink/1"
 CONTROL_STREAM = 0
 NONCE_LENGTH = 32
+MAX_HELD_FRAMES = 4096
+MAX_HELD_BYTES = 4 * 1024 * 1024
 
 
 class Role(enum.Enum):
@@ -153,6 +161,11 @@ class PeerLink:
         self._decoder = FrameDecoder()
         self._nonce: bytes | None = None
         self._ok_seen = False
+        self.check_nonce: bytes | None = None  # connector: the acceptor's nonce from a check answer
+        self._offered: tuple[bytes, bytes] | None = None  # acceptor: (nonce, sig) from the hello
+        self._hello_at = 0.0
+        self._held: list[Frame] = []  # frames that came behind a signed hello, before it was confirmed
+        self._held_bytes = 0
         self._events: list[LinkEvent] = []
 
     @classmethod
@@ -211,13 +224,25 @@ class PeerLink:
         self.quic.close(error_code=0, reason_phrase=reason[:100])
         self._closed(reason)
 
-    def confirm_hello(self, registry_key: bytes | None) -> None:
+    def confirm_hello(self, registry_key: bytes | None, issued_nonces: Collection[bytes] = ()) -> None:
         """Acceptor: ``registry_key`` is the key the registry gives for the
-        claimed id (None: unknown).  Anything but an exact match is refused."""
+        claimed id (None: unknown).  Anything but an exact match is refused.
+        ``issued_nonces``: the nonces we gave that peer in check answers,
+        which its hello may already have signed."""
         if self.state is not LinkState.CHECKING_HELLO:
             return
         if registry_key is None or registry_key != self.peer_key:
             self.close(f"peer {self.peer_id} presented a key the registry does not give for it")
+            return
+        if self._offered is not None:
+            nonce, signature = self._offered
+            if nonce in issued_nonces and verify(
+                self.peer_key, signature, auth_payload(nonce, self.identity.public_key, self.peer_key)
+            ):
+                self._send({"t": "ok"})
+                self._ready(self._hello_at)
+            else:
+                self.close(f"peer {self.peer_id} signed a nonce we did not issue, or signed it wrongly")
             return
         self._nonce = self._random_bytes(NONCE_LENGTH)
         self._send({"t": "challenge", "nonce": self._nonce.hex()})
@@ -264,7 +289,16 @@ class PeerLink:
         if presented != self.peer_key:
             self.close(f"peer {self.peer_id} presented a different key than the registry gives for it")
             return
-        self._send({"t": "hello", "id": self.my_id, "key": self.identity.public_key.hex()})
+        hello: Frame = {"t": "hello", "id": self.my_id, "key": self.identity.public_key.hex()}
+        if self.check_nonce is not None:
+            # The acceptor's nonce came with its answer to our check: prove our
+            # key now, and send right behind it (see the module docstring).
+            signature = self.identity.sign(auth_payload(self.check_nonce, self.peer_key, self.identity.public_key))
+            hello.update(nonce=self.check_nonce.hex(), sig=signature.hex())
+            self._send(hello)
+            self._ready(now)
+            return
+        self._send(hello)
         self.state = LinkState.WAITING_CHALLENGE
 
     def _on_stream_data(self, event: quic_events.StreamDataReceived, now: float) -> None:
@@ -289,6 +323,16 @@ class PeerLink:
             self._events.append(FrameReceived(frame))
             return
         handler = _TRANSITIONS.get((self.state, frame["t"]))
+        if handler is None and self.state is LinkState.CHECKING_HELLO and self._offered is not None:
+            # A connector that signed our nonce in its hello sends right behind
+            # it; hold those frames (bounded: it is not confirmed yet) until
+            # the owner has checked its key.
+            self._held_bytes += 64 + len(str(frame.get("text", "")))
+            if len(self._held) >= MAX_HELD_FRAMES or self._held_bytes > MAX_HELD_BYTES:
+                self.close("too much data before the key was confirmed")
+                return
+            self._held.append(frame)
+            return
         if handler is None:
             self.close(f"frame {frame['t']!r} not allowed in state {self.state.value}")
             return
@@ -303,6 +347,14 @@ class PeerLink:
         if len(key) != 32 or not 0 < peer_id < 2**32:
             raise FrameError("hello: bad id or key")
         self.peer_id, self.peer_key = peer_id, key
+        if "sig" in frame or "nonce" in frame:
+            try:
+                nonce = bytes.fromhex(require(frame, "nonce", str))
+                signature = bytes.fromhex(require(frame, "sig", str))
+            except ValueError:
+                raise FrameError("hello: nonce or sig is not hex") from None
+            self._offered = (nonce, signature)
+        self._hello_at = now
         self.state = LinkState.CHECKING_HELLO
         self._events.append(HelloReceived(peer_id, key))
 
@@ -335,3 +387,6 @@ class PeerLink:
         self.state = LinkState.READY
         self.ready_at = self.last_activity = self.last_sent = now
         self._events.append(LinkReady(self.peer_id, self.peer_key))
+        held, self._held = self._held, []
+        for frame in held:
+            self._events.append(FrameReceived(frame))

@@ -21,7 +21,7 @@ import socket
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -73,6 +73,7 @@ logger = logging.getLogger("webpeer")
 CONNECT_TIMEOUT = 8.0  # CONNECT + QUIC handshake + authentication
 MAX_UNAUTHENTICATED_LINKS = 32
 SUBSCRIBER_QUEUE = 1000
+NONCE_LIFETIME = 60.0  # a check answer's nonce may be signed in a hello this long
 SIMULTANEOUS_WINDOW = 5.0  # two links to one peer ready within this: a race, not a restart
 RETENTION = 7 * 24 * 3600.0  # queued messages for an offline peer are kept this long
 
@@ -107,6 +108,15 @@ class PeerState:
     candidates: tuple[Address, ...] = ()  # its addresses, as the registry last gave them
     birthday_at: float | None = None  # when to try many-port probing (we are symmetric, it is relayed)
     birthday_attempts: int = 0
+    # Nonces we put in our answers to its checks, and when: its QUIC hello
+    # may sign one of them instead of asking for a challenge (link.py).
+    issued_nonces: dict[bytes, float] = field(default_factory=dict)
+
+    def issue_nonce(self, nonce: bytes, now: float) -> None:
+        for old, when in list(self.issued_nonces.items()):
+            if now - when > NONCE_LIFETIME:
+                del self.issued_nonces[old]
+        self.issued_nonces[nonce] = now
 
     def connection(self) -> JSON | None:
         link = self.link
@@ -576,7 +586,7 @@ class PeerNode(TraversalMixin):
         peer.online = True
         self._remember_key(peer, now)
         for link in self._awaiting_key.pop(info.peer_id, []):
-            link.confirm_hello(info.public_key)
+            link.confirm_hello(info.public_key, peer.issued_nonces)
 
     def _remember_key(self, peer: PeerState, now: float) -> None:
         if peer.public_key is None:
@@ -650,11 +660,12 @@ class PeerNode(TraversalMixin):
         self._start_punch(event.info, now, connect=True)
         self._publish({"type": "connection", "peer": peer.peer_id, "connection": peer.connection()})
 
-    def _open_link(self, peer: PeerState, address: Address, now: float) -> None:
+    def _open_link(self, peer: PeerState, address: Address, now: float, nonce: bytes | None = None) -> None:
         if peer.public_key is None or self.registration.peer_id is None:
             self._connect_failed(peer, "no key for the peer")
             return
         link = PeerLink.connect(self.identity, self.registration.peer_id, address, peer.peer_id, peer.public_key, now)
+        link.check_nonce = nonce
         if peer.link is None or peer.link.state is LinkState.CLOSED:
             peer.link = link
         else:
@@ -699,7 +710,7 @@ class PeerNode(TraversalMixin):
     def _on_hello(self, link: PeerLink, event: HelloReceived, now: float) -> None:
         peer = self.peer_states.get(event.peer_id)
         if peer is not None and peer.public_key is not None:
-            link.confirm_hello(peer.public_key)
+            link.confirm_hello(peer.public_key, peer.issued_nonces)
             return
         # We have not heard of this id from the registry yet (its introduction
         # may still be on its way): ask the server, and decide on its answer.

@@ -67,11 +67,17 @@ class PunchSession:
     max_candidates: int = MAX_CANDIDATES
     _answered_from: set[Address] = field(default_factory=set)
     _fresh: int = 0  # candidates before this index have all been probed at least once
+    # Ours goes into every answer; theirs comes with the answer that worked.
+    # The connector signs theirs in its QUIC hello (link.py), saving a round trip.
+    nonce: bytes = b""
+    remote_nonce: bytes | None = None
     connect: bool = False  # the owner opens QUIC when the checks end (it asked for the peer)
     handled: bool = False
 
     def __post_init__(self) -> None:
         self.candidates = list(dict.fromkeys(self.candidates))[: self.max_candidates]
+        if not self.nonce:
+            self.nonce = self.random_bytes(32)
         self._next_probe = self.started
         self.handle_timer(self.started)
 
@@ -134,6 +140,7 @@ class PunchSession:
                 return False
             answer = Message(Method.BINDING, MessageClass.SUCCESS, message.transaction_id)
             answer.add(Attr.XOR_MAPPED_ADDRESS, address)
+            answer.add(Attr.CHALLENGE, self.nonce)
             self._outbox.append((encode(answer, integrity_key=self.key), address))
             if address not in self.candidates and len(self.candidates) < self.max_candidates:
                 # Peer-reflexive: where its NAT maps it toward us.  Probe it now.
@@ -153,6 +160,8 @@ class PunchSession:
             if self.state is PunchState.PROBING:
                 self.state = PunchState.SUCCEEDED
                 self.chosen = address
+                nonce = message.get(Attr.CHALLENGE)
+                self.remote_nonce = nonce if isinstance(nonce, bytes) and len(nonce) == 32 else None
             return True
         return False
 

@@ -118,6 +118,7 @@ class TraversalMixin(_Base):
             session = PunchSession(self.registration.peer_id, info.peer_id, info.punch_key, candidates, now)
         session.connect = connect
         self._punches[info.peer_id] = session
+        self.peer_state(info.peer_id).issue_nonce(session.nonce, now)
         for message, address, when in self._early_probes.pop(info.peer_id, []):
             if now - when < 2.0:
                 session.receive(message, address, now)
@@ -138,7 +139,7 @@ class TraversalMixin(_Base):
             opened = True
             if session.state is PunchState.SUCCEEDED and session.chosen is not None:
                 logger.info("direct path to peer %d: %s:%s (%d probes)", peer_id, *session.chosen, session.probes_sent)
-                self._open_link(peer, session.chosen, now)
+                self._open_link(peer, session.chosen, now, nonce=session.remote_nonce)
             elif peer.link is None or peer.link.state is LinkState.CLOSED:
                 logger.info("no direct path to peer %d after %d probes: relaying", peer_id, session.probes_sent)
                 self._open_link(peer, (RELAY_HOST, peer_id), now)
@@ -183,7 +184,7 @@ class TraversalMixin(_Base):
             if spray.state is PunchState.SUCCEEDED and spray.chosen is not None and peer is not None:
                 logger.info("many-port probing found %s:%s for peer %d after %d probes",
                             *spray.chosen, peer_id, spray.probes_sent)
-                self._open_link(peer, spray.chosen, now)
+                self._open_link(peer, spray.chosen, now, nonce=spray.remote_nonce)
 
     def _start_birthday(self, peer: PeerState, link: PeerLink, now: float) -> None:
         """We are behind a symmetric NAT and talk to ``peer`` through the relay:
@@ -209,6 +210,7 @@ class TraversalMixin(_Base):
                 self.registration.peer_id, peer.peer_id, key, targets, now, timeout=BIRTHDAY_WINDOW, repeat=1.0
             )
             self._spare_expiry[index] = now + BIRTHDAY_WINDOW
+            peer.issue_nonce(self._spare_sessions[index].nonce, now)
         link.send_frame({"t": "birthday", "key": key.hex(), "host": observed[0]}, now)
         if peer.birthday_attempts < BIRTHDAY_ATTEMPTS:
             peer.birthday_at = now + BIRTHDAY_RETRY

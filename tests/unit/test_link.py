@@ -17,7 +17,8 @@ def identity() -> Identity:
     return Identity(Ed25519PrivateKey.generate())
 
 
-def pump(a: PeerLink, b: PeerLink | None, now: float, acceptor_factory=None, registry=None, rounds: int = 20):
+def pump(a: PeerLink, b: PeerLink | None, now: float, acceptor_factory=None, registry=None, rounds: int = 20,
+         issued=()):
     """Move datagrams both ways until quiet; returns (a, b, events_a, events_b)."""
     events_a: list = []
     events_b: list = []
@@ -42,7 +43,7 @@ def pump(a: PeerLink, b: PeerLink | None, now: float, acceptor_factory=None, reg
             while link is not None and (event := link.next_event()) is not None:
                 sink.append(event)
                 if isinstance(event, HelloReceived):
-                    link.confirm_hello(registry(event.peer_id) if registry else None)
+                    link.confirm_hello(registry(event.peer_id) if registry else None, issued)
                     moved = True
         if not moved and round_ > 5:
             break
@@ -115,3 +116,30 @@ def test_frames_before_authentication_close_the_link() -> None:
     assert "'msg' not allowed in state waiting-hello" in b.close_reason
     assert not any(isinstance(e, FrameReceived) for e in eb)
     del original
+
+
+def test_a_hello_that_signs_a_check_nonce_saves_the_challenge() -> None:
+    alice, bob = identity(), identity()
+    nonce = b"n" * 32
+    for issued, ready in (([nonce], True), ([b"x" * 32], False)):
+        now = 1000.0
+        a = PeerLink.connect(alice, 1, B_ADDR, 2, bob.public_key, now)
+        a.check_nonce = nonce
+        config = quic_configuration(bob, Role.ACCEPTOR, 30.0)
+
+        def factory(cid: bytes) -> PeerLink:
+            return PeerLink.accept(bob, 2, A_ADDR, cid, config)
+
+        registry = {1: alice.public_key}.get
+        b, ea, eb = pump(a, None, now, factory, registry, issued=issued)
+        # The connector was ready right after its hello: no challenge was asked.
+        assert LinkReady(2, bob.public_key) in ea
+        if ready:
+            assert b.state is LinkState.READY
+            assert LinkReady(1, alice.public_key) in eb
+            a.send_frame({"t": "msg", "id": "m1", "text": "right away"})
+            _, _, eb2 = pump(a, b, now + 0.1)
+            assert FrameReceived({"t": "msg", "id": "m1", "text": "right away"}) in eb2
+        else:
+            assert b.state is LinkState.CLOSED
+            assert "did not issue" in b.close_reason
