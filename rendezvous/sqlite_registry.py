@@ -47,14 +47,11 @@ from pathlib import Path
 from typing import Any
 
 from .registry import PeerRecord
+from .sqlite_file import open_database
 from .stun import Address
 
 SCHEMA_VERSION = 1
 SECRET_SIZE = 32
-# How long a statement waits for a lock held by another process before it
-# fails.  The wait blocks the event loop, so it is short: in WAL mode only a
-# second writer (an operator's script, a backup) can hold us up at all.
-BUSY_TIMEOUT = 0.05
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -218,56 +215,11 @@ class SqliteRegistry:
             self._path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RegistryError(f"cannot create directory for {self._path}: {exc}") from exc
-        try:
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so that a
-            # commit happens exactly where the durability contract says.
-            conn = sqlite3.connect(self._path, isolation_level=None, timeout=BUSY_TIMEOUT)
-        except sqlite3.Error as exc:
-            raise RegistryError(f"cannot open registry {self._path}: {exc}") from exc
-        try:
-            self._prepare(conn)
-        except sqlite3.Error as exc:
-            conn.close()
-            raise RegistryError(f"cannot use registry {self._path}: {exc}") from exc
-        except RegistryError:
-            conn.close()
-            raise
-        self._conn = conn
-
-    def _prepare(self, conn: sqlite3.Connection) -> None:
-        # The first statement reads the header: a file that is not a
-        # database fails here with "file is not a database".
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise RegistryError(f"cannot use WAL mode on {self._path} (got {mode!r})")
-        # NORMAL: a commit survives kill -9 of this process, not a power
-        # loss; power-loss durability would need synchronous=FULL.
-        conn.execute("PRAGMA synchronous=NORMAL")
         # 32 MiB of page cache keeps the identity index of ~1M peers hot.
-        conn.execute("PRAGMA cache_size=-32768")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            row = conn.execute(
-                "SELECT value FROM meta WHERE key = 'schema_version'"
-            ).fetchone()
-            if row is None:
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
-                    (SCHEMA_VERSION,),
-                )
-            elif row[0] != SCHEMA_VERSION:
-                raise RegistryError(
-                    f"registry {self._path} has schema version {row[0]!r},"
-                    f" this program understands {SCHEMA_VERSION}"
-                )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        self._conn = open_database(
+            self._path, schema=_SCHEMA, version=SCHEMA_VERSION, error=RegistryError, what="registry",
+            pragmas=("PRAGMA cache_size=-32768",),
+        )
 
     async def close(self) -> None:
         """Commit the ids still waiting for a flush, then close the file.

@@ -43,10 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rendezvous.sqlite_file import open_database
+
 SCHEMA_VERSION = 1
-# A statement waits this long for a lock held by another process (a backup,
-# an operator's sqlite3 shell) before it fails; the wait blocks the loop.
-BUSY_TIMEOUT = 0.05
 # The error stored on queued messages that outlived the retention limit.
 EXPIRED_ERROR = "peer stayed offline"
 
@@ -241,51 +240,9 @@ class Store:
             _create_private(self._path)
         except OSError as exc:
             raise StoreError(f"cannot create {self._path}: {exc}") from exc
-        try:
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so that
-            # single statements commit at once and batches commit once.
-            conn = sqlite3.connect(self._path, isolation_level=None, timeout=BUSY_TIMEOUT)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open store {self._path}: {exc}") from exc
-        try:
-            self._prepare(conn)
-        except sqlite3.Error as exc:
-            conn.close()
-            raise StoreError(f"cannot use store {self._path}: {exc}") from exc
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-
-    def _prepare(self, conn: sqlite3.Connection) -> None:
-        # The first statement reads the header: a file that is not a
-        # database fails here with "file is not a database".
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise StoreError(f"cannot use WAL mode on {self._path} (got {mode!r})")
-        # NORMAL: a commit survives kill -9 of this process, not a power loss.
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if row is None:
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
-                    (SCHEMA_VERSION,),
-                )
-            elif row[0] != SCHEMA_VERSION:
-                raise StoreError(
-                    f"store {self._path} has schema version {row[0]!r},"
-                    f" this program understands {SCHEMA_VERSION}"
-                )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        self._conn = open_database(
+            self._path, schema=_SCHEMA, version=SCHEMA_VERSION, error=StoreError, what="store"
+        )
 
     def close(self) -> None:
         """Close the file.  Calling it again does nothing."""
