@@ -4,26 +4,31 @@ aioquic's QuicConnection is itself sans-IO; a PeerLink wraps it with the
 authentication state machine and frame codec:
 
     connector (QUIC client)                      acceptor (QUIC server)
-    handshake; checks the acceptor's certificate
-      holds exactly the key the registry gave
-    -> hello {id, key}                           checks the key is the registry's for id
+    ClientHello ->                               picks a fresh nonce; with its first
+                                                 flight, on stream 3 (its own, one-way):
                                                  <- challenge {nonce}
-    -> auth {sig: Ed25519(ctx|nonce|acceptor key|connector key)}
-                                                 verifies
+    handshake done; checks the acceptor's
+      certificate holds exactly the key the
+      registry gave; signs the nonce:
+    -> hello {id, key, nonce, sig: Ed25519(ctx|nonce|acceptor key|connector key)}
+    -> msg ... (right behind it)                 checks the key is the registry's for id,
+                                                 the nonce is its own, the signature
                                                  <- ok
     READY: both sides exchange frames (msg, ack ...) on stream 0
 
-The connector is READY as soon as it has sent auth: it already knows the
-acceptor is who it wanted (its certificate key), and the acceptor reads the
-stream in order, so frames sent behind auth are only taken if auth checks
-out (otherwise the link closes and they go again later).  That saves the
-round trip of waiting for ok before the first message.
+The challenge travels in the acceptor's first flight (0.5-RTT data), so it is
+there when the connector's handshake completes: the key proof costs no round
+trip of its own.  The connector is READY as soon as it has sent its hello: it
+already knows the acceptor is who it wanted (its certificate key), and the
+acceptor reads the stream in order, holding frames behind the hello (bounded)
+until it has checked the key, so they are only taken if the proof holds
+(otherwise the link closes and they go again later).
 
-A second shortcut saves the challenge's round trip: when the acceptor's
-answer to a connectivity check carried a nonce (docs/PROTOCOL.md 11.4), the
-connector signs that nonce in its hello (`nonce`, `sig`) and is READY at
-once; the acceptor accepts it only for a nonce it issued to that peer
-recently, and closes the link otherwise (the connector then connects again).
+A connector that has no challenge yet when its handshake completes (the
+acceptor's first flight lost a packet) may sign the nonce that the
+acceptor's answer to a connectivity check carried (docs/PROTOCOL.md 11.4);
+the acceptor accepts a nonce it issued to that peer recently too.  Without
+either, the connector waits for the challenge.
 
 Every transition is in ``_TRANSITIONS``; an illegal one closes the link and
 names the frame and the state.  Time comes in as ``now``.
@@ -48,6 +53,7 @@ from .wire import Frame, FrameDecoder, FrameError, encode_frame, require
 
 ALPN = "peerlink/1"
 CONTROL_STREAM = 0
+CHALLENGE_STREAM = 3  # the acceptor's first (server-initiated, unidirectional) stream
 NONCE_LENGTH = 32
 MAX_HELD_FRAMES = 4096
 MAX_HELD_BYTES = 4 * 1024 * 1024
@@ -62,8 +68,7 @@ class LinkState(enum.Enum):
     HANDSHAKING = "handshaking"
     WAITING_HELLO = "waiting-hello"  # acceptor: handshake done, no hello yet
     CHECKING_HELLO = "checking-hello"  # acceptor: asked its owner whether the key is right
-    WAITING_CHALLENGE = "waiting-challenge"  # connector: hello sent
-    WAITING_AUTH = "waiting-auth"  # acceptor: challenge sent
+    WAITING_CHALLENGE = "waiting-challenge"  # connector: handshake done, no nonce to sign yet
     READY = "ready"
     CLOSED = "closed"
 
@@ -71,8 +76,6 @@ class LinkState(enum.Enum):
 # (state, frame type) -> handler name.  Anything else is a protocol violation.
 _TRANSITIONS: dict[tuple[LinkState, str], str] = {
     (LinkState.WAITING_HELLO, "hello"): "_on_hello",
-    (LinkState.WAITING_CHALLENGE, "challenge"): "_on_challenge",
-    (LinkState.WAITING_AUTH, "auth"): "_on_auth",
 }
 
 
@@ -159,9 +162,17 @@ class PeerLink:
         self.last_sent = 0.0  # last frame or keepalive out
         self._random_bytes = random_bytes
         self._decoder = FrameDecoder()
+        self._challenge_decoder = FrameDecoder()
+        # Acceptor: the nonce of our challenge.  Connector: the challenge's nonce once it came.
         self._nonce: bytes | None = None
         self._ok_seen = False
         self.check_nonce: bytes | None = None  # connector: the acceptor's nonce from a check answer
+        # Connector: our first flight (the Initial), kept until the other side
+        # answers, so that it can go again the moment a check shows the path
+        # open (QUIC's own retransmission would wait a second or more).
+        self._first_flight: list[tuple[bytes, Address]] | None = None
+        self._replay: list[tuple[bytes, Address]] = []
+        self.heard_back = False  # any datagram from the other side yet
         self._offered: tuple[bytes, bytes] | None = None  # acceptor: (nonce, sig) from the hello
         self._hello_at = 0.0
         self._held: list[Frame] = []  # frames that came behind a signed hello, before it was confirmed
@@ -189,11 +200,29 @@ class PeerLink:
     # ------------------------------------------------------------ sans-IO surface
 
     def receive_datagram(self, data: bytes, address: Address, now: float) -> None:
+        self.heard_back = True
+        self._first_flight = None
         self.quic.receive_datagram(data, address, now)
         self._process_quic_events(now)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
-        return [(data, (str(addr[0]), int(addr[1]))) for data, addr in self.quic.datagrams_to_send(now)]
+        out = [(data, (str(addr[0]), int(addr[1]))) for data, addr in self.quic.datagrams_to_send(now)]
+        if self.role is Role.CONNECTOR and self._first_flight is None and not self.heard_back and out:
+            self._first_flight = list(out)
+        if self._replay:
+            out = self._replay + out
+            self._replay = []
+        return out
+
+    def resend_first_flight(self) -> bool:
+        """Connector: send the Initial again now, if the other side has not
+        answered yet (it went out before the other side's NAT was open; a
+        connectivity check just showed the path works).  A duplicate is
+        harmless: QUIC drops a packet number it has seen."""
+        if self.heard_back or not self._first_flight or self.state is LinkState.CLOSED:
+            return False
+        self._replay = list(self._first_flight)
+        return True
 
     def get_timer(self) -> float | None:
         return self.quic.get_timer()
@@ -234,19 +263,14 @@ class PeerLink:
         if registry_key is None or registry_key != self.peer_key:
             self.close(f"peer {self.peer_id} presented a key the registry does not give for it")
             return
-        if self._offered is not None:
-            nonce, signature = self._offered
-            if nonce in issued_nonces and verify(
-                self.peer_key, signature, auth_payload(nonce, self.identity.public_key, self.peer_key)
-            ):
-                self._send({"t": "ok"})
-                self._ready(self._hello_at)
-            else:
-                self.close(f"peer {self.peer_id} signed a nonce we did not issue, or signed it wrongly")
-            return
-        self._nonce = self._random_bytes(NONCE_LENGTH)
-        self._send({"t": "challenge", "nonce": self._nonce.hex()})
-        self.state = LinkState.WAITING_AUTH
+        assert self._offered is not None  # _on_hello requires it
+        nonce, signature = self._offered
+        issued = nonce == self._nonce or nonce in issued_nonces
+        if issued and verify(self.peer_key, signature, auth_payload(nonce, self.identity.public_key, self.peer_key)):
+            self._send({"t": "ok"})
+            self._ready(self._hello_at)
+        else:
+            self.close(f"peer {self.peer_id} signed a nonce we did not issue, or signed it wrongly")
 
     # ------------------------------------------------------------ internals
 
@@ -260,9 +284,21 @@ class PeerLink:
         self.close_reason = reason
         self._events.append(LinkClosed(reason))
 
+    def _send_challenge(self) -> None:
+        """Acceptor: our nonce, on our own stream, as soon as QUIC can carry
+        it (it then rides with our first flight)."""
+        if self._nonce is None:
+            self._nonce = self._random_bytes(NONCE_LENGTH)
+            frame = encode_frame({"t": "challenge", "nonce": self._nonce.hex()})
+            self.quic.send_stream_data(CHALLENGE_STREAM, frame, end_stream=True)
+
     def _process_quic_events(self, now: float) -> None:
         while (event := self.quic.next_event()) is not None:
-            if isinstance(event, quic_events.HandshakeCompleted):
+            if isinstance(event, quic_events.ProtocolNegotiated) and self.role is Role.ACCEPTOR:
+                # The ClientHello is in (with the transport parameters that let
+                # us open a stream): the challenge can join our first flight.
+                self._send_challenge()
+            elif isinstance(event, quic_events.HandshakeCompleted):
                 self._on_handshake_completed(now)
             elif isinstance(event, quic_events.StreamDataReceived):
                 self._on_stream_data(event, now)
@@ -275,6 +311,7 @@ class PeerLink:
 
     def _on_handshake_completed(self, now: float) -> None:
         if self.role is Role.ACCEPTOR:
+            self._send_challenge()  # normally already sent with the first flight
             self.state = LinkState.WAITING_HELLO
             return
         # aioquic keeps the peer's certificate on its TLS context; there is no
@@ -289,19 +326,43 @@ class PeerLink:
         if presented != self.peer_key:
             self.close(f"peer {self.peer_id} presented a different key than the registry gives for it")
             return
-        hello: Frame = {"t": "hello", "id": self.my_id, "key": self.identity.public_key.hex()}
-        if self.check_nonce is not None:
-            # The acceptor's nonce came with its answer to our check: prove our
-            # key now, and send right behind it (see the module docstring).
-            signature = self.identity.sign(auth_payload(self.check_nonce, self.peer_key, self.identity.public_key))
-            hello.update(nonce=self.check_nonce.hex(), sig=signature.hex())
-            self._send(hello)
-            self._ready(now)
+        nonce = self._nonce or self.check_nonce
+        if nonce is None:
+            self.state = LinkState.WAITING_CHALLENGE
             return
-        self._send(hello)
-        self.state = LinkState.WAITING_CHALLENGE
+        self._send_hello(nonce, now)
+
+    def _send_hello(self, nonce: bytes, now: float) -> None:
+        """Connector: prove our key by signing the acceptor's nonce, and be
+        READY at once (frames sent behind it are held until it checks out)."""
+        assert self.peer_key is not None
+        signature = self.identity.sign(auth_payload(nonce, self.peer_key, self.identity.public_key))
+        self._send({"t": "hello", "id": self.my_id, "key": self.identity.public_key.hex(),
+                    "nonce": nonce.hex(), "sig": signature.hex()})
+        self._ready(now)
+
+    def _on_challenge_stream(self, data: bytes, now: float) -> None:
+        """Connector: the acceptor's stream 3 carries exactly one challenge."""
+        for frame in self._challenge_decoder.feed(data):
+            if frame["t"] != "challenge" or self._nonce is not None:
+                raise FrameError(f"stream {CHALLENGE_STREAM} carries one challenge, not {frame['t']!r}")
+            try:
+                nonce = bytes.fromhex(require(frame, "nonce", str))
+            except ValueError:
+                raise FrameError("challenge: nonce is not hex") from None
+            if len(nonce) != NONCE_LENGTH:
+                raise FrameError("challenge: nonce must be 32 bytes")
+            self._nonce = nonce
+            if self.state is LinkState.WAITING_CHALLENGE:
+                self._send_hello(nonce, now)
 
     def _on_stream_data(self, event: quic_events.StreamDataReceived, now: float) -> None:
+        if event.stream_id == CHALLENGE_STREAM and self.role is Role.CONNECTOR:
+            try:
+                self._on_challenge_stream(event.data, now)
+            except FrameError as error:
+                self.close(f"bad challenge: {error}")
+            return
         if event.stream_id != CONTROL_STREAM:
             self.close(f"unexpected stream {event.stream_id}")
             return
@@ -347,40 +408,15 @@ class PeerLink:
         if len(key) != 32 or not 0 < peer_id < 2**32:
             raise FrameError("hello: bad id or key")
         self.peer_id, self.peer_key = peer_id, key
-        if "sig" in frame or "nonce" in frame:
-            try:
-                nonce = bytes.fromhex(require(frame, "nonce", str))
-                signature = bytes.fromhex(require(frame, "sig", str))
-            except ValueError:
-                raise FrameError("hello: nonce or sig is not hex") from None
-            self._offered = (nonce, signature)
+        try:
+            nonce = bytes.fromhex(require(frame, "nonce", str))
+            signature = bytes.fromhex(require(frame, "sig", str))
+        except ValueError:
+            raise FrameError("hello: nonce or sig is not hex") from None
+        self._offered = (nonce, signature)
         self._hello_at = now
         self.state = LinkState.CHECKING_HELLO
         self._events.append(HelloReceived(peer_id, key))
-
-    def _on_challenge(self, frame: Frame, now: float) -> None:
-        try:
-            nonce = bytes.fromhex(require(frame, "nonce", str))
-        except ValueError:
-            raise FrameError("challenge: nonce is not hex") from None
-        if len(nonce) != NONCE_LENGTH:
-            raise FrameError("challenge: nonce must be 32 bytes")
-        assert self.peer_key is not None
-        signature = self.identity.sign(auth_payload(nonce, self.peer_key, self.identity.public_key))
-        self._send({"t": "auth", "sig": signature.hex()})
-        self._ready(now)
-
-    def _on_auth(self, frame: Frame, now: float) -> None:
-        try:
-            signature = bytes.fromhex(require(frame, "sig", str))
-        except ValueError:
-            raise FrameError("auth: sig is not hex") from None
-        assert self._nonce is not None and self.peer_key is not None and self.peer_id is not None
-        if not verify(self.peer_key, signature, auth_payload(self._nonce, self.identity.public_key, self.peer_key)):
-            self.close(f"peer {self.peer_id} failed to prove its key")
-            return
-        self._send({"t": "ok"})
-        self._ready(now)
 
     def _ready(self, now: float) -> None:
         assert self.peer_id is not None and self.peer_key is not None
@@ -390,3 +426,4 @@ class PeerLink:
         held, self._held = self._held, []
         for frame in held:
             self._events.append(FrameReceived(frame))
+

@@ -658,16 +658,24 @@ class PeerNode(TraversalMixin):
             self._connect_failed(peer, "the server gave no address for the peer")
             return
         self._start_punch(event.info, now, connect=True)
+        self._open_early(peer, event.info, now)
         self._publish({"type": "connection", "peer": peer.peer_id, "connection": peer.connection()})
 
-    def _open_link(self, peer: PeerState, address: Address, now: float, nonce: bytes | None = None) -> None:
+    def _open_link(self, peer: PeerState, address: Address, now: float, nonce: bytes | None = None,
+                   replace: bool = False) -> None:
+        """QUIC to ``address``.  ``replace``: a link still handshaking (opened
+        early, on a guess) gives way to this one."""
         if peer.public_key is None or self.registration.peer_id is None:
             self._connect_failed(peer, "no key for the peer")
             return
         link = PeerLink.connect(self.identity, self.registration.peer_id, address, peer.peer_id, peer.public_key, now)
         link.check_nonce = nonce
-        if peer.link is None or peer.link.state is LinkState.CLOSED:
+        previous = peer.link
+        if previous is None or previous.state is LinkState.CLOSED:
             peer.link = link
+        elif replace and previous.state is not LinkState.READY:
+            peer.link = link
+            self._retire(previous, "another path was chosen", now)
         else:
             self._upgrades.add(link)  # a direct path beside a relayed link: switch when it is ready
         self._cids[link.quic.host_cid] = link
@@ -742,7 +750,7 @@ class PeerNode(TraversalMixin):
 
                 keep, drop = sorted((existing, link), key=connector_id)
             peer.link = keep
-            drop.close("duplicate connection")
+            self._retire(drop, "duplicate connection", now)
         else:
             peer.link = link
         peer.connecting_since = None

@@ -17,11 +17,11 @@ import random
 from typing import TYPE_CHECKING
 
 from rendezvous.client import PeerInfo
-from rendezvous.stun import Address, Attr, Message, MessageClass, Method, StunProtocolError, decode, looks_like_stun
+from rendezvous.stun import Address, Attr, CandidateKind, Message, MessageClass, Method, StunProtocolError, decode, looks_like_stun
 from rendezvous.udp import UdpEndpoint
 
 from .api import JSON
-from .link import LinkState, PeerLink
+from .link import LinkClosed, LinkState, PeerLink
 from .punch import PunchSession, PunchState
 from .wire import FrameError, require
 
@@ -123,6 +123,36 @@ class TraversalMixin(_Base):
             if now - when < 2.0:
                 session.receive(message, address, now)
 
+    def _open_early(self, peer: PeerState, info: PeerInfo, now: float) -> None:
+        """Open QUIC at once, beside the checks, toward the likeliest
+        candidate: where both NATs map endpoint-independently the Initial
+        gets through (the other side's checks, sent at the same moment, open
+        its NAT), and the handshake is a round trip ahead of waiting for the
+        checks.  If the checks then find another path, that one wins
+        (_check_punches); if they find none, the relay does."""
+        if self.config.relay_only or info.punch_key is None or not info.candidates:
+            return
+        if peer.link is not None and peer.link.state is not LinkState.CLOSED:
+            return
+        self._open_link(peer, self._likeliest(info), now)
+        self.stats["quic_opened_early"] += 1
+
+    def _likeliest(self, info: PeerInfo) -> Address:
+        observed = [c.address for c in info.candidates if c.kind is CandidateKind.OBSERVED]
+        local = [c.address for c in info.candidates if c.kind is CandidateKind.LOCAL]
+        mine = self.registration.observed
+        if local and (not observed or (mine is not None and mine[0] == observed[0][0])):
+            return local[0]  # behind the same public address: the same network, or host
+        return (observed or local)[0]
+
+    def _retire(self, link: PeerLink, reason: str, now: float) -> None:
+        """Close a link that its peer no longer points to, and clean up after
+        it now (nothing else would read its LinkClosed event)."""
+        link.close(reason)
+        while (event := link.next_event()) is not None:
+            if isinstance(event, LinkClosed):
+                self._on_link_closed(link, event, now)
+
     def _check_punches(self, now: float) -> bool:
         """Act on finished connectivity checks; True if a link was opened."""
         opened = False
@@ -137,12 +167,28 @@ class TraversalMixin(_Base):
             session.handled = True
             peer = self.peer_state(peer_id)
             opened = True
+            link = peer.link
+            early = link if link is not None and link.state is not LinkState.CLOSED else None
+            if early is not None and early.address[0] == RELAY_HOST:
+                early = None  # a relayed link: a direct one goes beside it (an upgrade)
             if session.state is PunchState.SUCCEEDED and session.chosen is not None:
                 logger.info("direct path to peer %d: %s:%s (%d probes)", peer_id, *session.chosen, session.probes_sent)
-                self._open_link(peer, session.chosen, now, nonce=session.remote_nonce)
-            elif peer.link is None or peer.link.state is LinkState.CLOSED:
+                if early is not None and (early.heard_back or early.address == session.chosen):
+                    # QUIC opened with the checks is on this path, or already
+                    # answering on another.  If unanswered, the other side's NAT
+                    # may have dropped our Initial before its checks opened it:
+                    # send it again now rather than after QUIC's retransmit timer.
+                    if early.check_nonce is None:
+                        early.check_nonce = session.remote_nonce
+                    if early.resend_first_flight():
+                        self.stats["initial_resent"] += 1
+                    continue
+                if early is not None:
+                    self.stats["early_link_replaced"] += 1  # the first guess was not the path
+                self._open_link(peer, session.chosen, now, nonce=session.remote_nonce, replace=True)
+            elif peer.link is None or peer.link.state is LinkState.CLOSED or (early is not None and not early.heard_back):
                 logger.info("no direct path to peer %d after %d probes: relaying", peer_id, session.probes_sent)
-                self._open_link(peer, (RELAY_HOST, peer_id), now)
+                self._open_link(peer, (RELAY_HOST, peer_id), now, replace=True)
                 peer.upgrade_at = now + UPGRADE_INTERVAL
         return opened
 

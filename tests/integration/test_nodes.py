@@ -249,6 +249,53 @@ async def test_idle_connection_closes_and_reopens_transparently(rendezvous, tmp_
             await node.stop()
 
 
+async def test_quic_starts_with_the_checks_on_the_likeliest_path(nodes) -> None:
+    alice = await nodes("alice")
+    bob = await nodes("bob")
+    await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")
+    sent = await alice.send_message(bob.registration.peer_id, "early")
+    await wait_for(lambda: alice.store.get_message(sent["id"])["status"] == "delivered", what="delivered")
+    # One QUIC connection, opened on the CONNECT answer beside the checks, and kept.
+    assert alice.stats["quic_opened_early"] == 1
+    assert alice.stats["early_link_replaced"] == 0
+    link = alice.peer_states[bob.registration.peer_id].link
+    assert link is not None and link.address == bob.udp_address
+    assert not alice._upgrades
+
+
+async def test_a_wrong_first_guess_gives_way_to_the_path_the_checks_find(rendezvous, tmp_path, monkeypatch) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()  # nothing listens here once closed
+    made = []
+    for name in ("alice", "bob"):
+        node = PeerNode(NodeConfig(server=rendezvous.address, data_dir=tmp_path / name, name=name,
+                                   udp_host="127.0.0.1", list_interval=0.3))
+        if name == "bob":
+            # Bob claims a local address that does not answer; it shares alice's
+            # public address, so alice's first guess is that local address.
+            monkeypatch.setattr(node, "_local_candidates", lambda: (dead,))
+        await node.start()
+        made.append(node)
+    alice, bob = made
+    try:
+        await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")
+        sent = await alice.send_message(2, "past the wrong guess")
+        await wait_for(lambda: alice.store.get_message(sent["id"])["status"] == "delivered", timeout=1.5,
+                       what="delivered directly (well before the relay's 2 s)")
+        assert alice.stats["quic_opened_early"] == 1 and alice.stats["early_link_replaced"] == 1
+        connection = next(p for p in alice.peers() if p["id"] == 2)["connection"]
+        assert connection["state"] == "direct" and connection["address"] == "%s:%d" % bob.udp_address
+        assert [m["text"] for m in bob.messages(1)] == ["past the wrong guess"]
+        # The abandoned attempt is gone, not left among the links.
+        assert all(link.address != dead for link in alice._all_links())
+    finally:
+        for node in made:
+            await node.stop()
+
+
 async def test_relay_carries_quic_when_no_direct_path(rendezvous, tmp_path) -> None:
     made = []
     for name, relay_only in (("alice", True), ("bob", False)):

@@ -6,14 +6,22 @@ own 127.0.0.1 (the root namespace cannot, and must not, reach it).
     python peer_api.py PORT TOKEN send TO TEXT
     python peer_api.py PORT TOKEN messages PEER
     python peer_api.py PORT TOKEN burst TO COUNT PREFIX   (COUNT messages "PREFIX 0" ... in order)
-    python peer_api.py PORT TOKEN send-wait TO TEXT        (POST, then poll every 5 ms until
-                                                           delivered; prints the seconds it took)
+    python peer_api.py PORT TOKEN send-wait TO TEXT        (POST, then wait for `delivered` on the
+                                                           page's websocket; prints the seconds it
+                                                           took and the wall-clock time of the POST)
+    python peer_api.py PORT TOKEN watch FROM TEXT          (websocket; prints "ready", then the
+                                                           wall-clock time the message from FROM
+                                                           with TEXT arrived)
+
+Every namespace shares the machine's clock, so wall-clock times taken in
+two of them compare.
 
 Prints the JSON answer on stdout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -32,6 +40,43 @@ def call(port: int, token: str, method: str, path: str, body: object = None) -> 
         return json.loads(response.read() or b"null")
 
 
+async def watch(port: int, token: str, sender: int, text: str) -> dict[str, float]:
+    import aiohttp  # the project venv's; only this command needs it
+
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{base}/ws?token={token}", headers={"Origin": base}) as ws:
+            print("ready", flush=True)
+            async for frame in ws:
+                event = json.loads(frame.data)
+                message = event.get("message") if event.get("type") == "message" else None
+                if message and message["from"] == sender and message["text"] == text:
+                    return {"at": time.time()}
+    raise SystemExit("websocket closed before the message came")
+
+
+async def send_wait(port: int, token: str, to: int, text: str) -> dict[str, object]:
+    """POST a message with the page's websocket open, and wait there for its
+    `delivered` status (no polling: that would load the peer while timed)."""
+    import aiohttp
+
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Origin": base, "Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{base}/ws?token={token}", headers={"Origin": base}) as ws:
+            delivered: set[str] = set()
+            posted_at = time.time()
+            started = time.monotonic()
+            async with session.post(f"{base}/api/messages", json={"to": to, "text": text}, headers=headers) as reply:
+                reply.raise_for_status()
+                message_id = (await reply.json())["id"]
+            while message_id not in delivered:
+                event = json.loads((await ws.receive()).data)
+                if event.get("type") == "status" and event.get("status") == "delivered":
+                    delivered.add(event["id"])
+            return {"id": message_id, "seconds": time.monotonic() - started, "posted_at": posted_at}
+
+
 def main() -> None:
     port, token, command, *args = sys.argv[1:]
     if command == "me":
@@ -45,16 +90,9 @@ def main() -> None:
         answer = [call(int(port), token, "POST", "/api/messages", {"to": to, "text": f"{prefix} {i}"})["id"]
                   for i in range(count)]
     elif command == "send-wait":
-        started = time.monotonic()
-        sent = call(int(port), token, "POST", "/api/messages", {"to": int(args[0]), "text": args[1]})
-        while True:
-            history = call(int(port), token, "GET", f"/api/messages?peer={int(args[0])}")
-            if any(m["id"] == sent["id"] and m["status"] == "delivered" for m in history):  # type: ignore[union-attr]
-                break
-            if time.monotonic() - started > 30:
-                raise SystemExit("not delivered within 30 s")
-            time.sleep(0.005)
-        answer = {"id": sent["id"], "seconds": time.monotonic() - started}  # type: ignore[index]
+        answer = asyncio.run(asyncio.wait_for(send_wait(int(port), token, int(args[0]), args[1]), 30))
+    elif command == "watch":
+        answer = asyncio.run(asyncio.wait_for(watch(int(port), token, int(args[0]), args[1]), 30))
     elif command == "messages":
         answer = call(int(port), token, "GET", f"/api/messages?peer={int(args[0])}")
     else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -71,6 +72,14 @@ class Peer:
             raise AssertionError(f"{self.name} {args}: {result.stderr[-500:]}")
         return json.loads(result.stdout)
 
+    def watch(self, sender: int, text: str) -> subprocess.Popen[str]:
+        """Watch this peer's websocket for ``text`` from ``sender``; returns
+        once it is connected (the process then prints the arrival time)."""
+        process = self.lab.popen(self.site, [sys.executable, PEER_API, str(HTTP_PORT), TOKEN, "watch", str(sender), text],
+                                 stdout=subprocess.PIPE, text=True)
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        return process
+
     def wait(self, predicate, timeout: float, what: str):
         deadline = time.monotonic() + timeout
         last = None
@@ -96,15 +105,20 @@ def run_pair(tmp_path: Path, nat_a: NatType, nat_b: NatType, delay_ms: float = 0
         # The server saw each peer at its NAT's public address.
         assert alice.api("me")["public_address"].split(":")[0] == lab.sites["a"].public_address
         assert bob.api("me")["public_address"].split(":")[0] == lab.sites["b"].public_address
-        # Timed inside alice's namespace: POST, then poll every 5 ms until delivered.
-        sent = alice.api("send-wait", str(id_b), f"hello from behind {nat_a.name}")
+        # Timed inside alice's namespace: POST, then poll every 5 ms until
+        # delivered; and inside bob's, the moment his page's websocket shows it.
+        text = f"hello from behind {nat_a.name}"
+        watcher = bob.watch(id_a, text)
+        sent = alice.api("send-wait", str(id_b), text)
         first_delivery = sent["seconds"]
+        arrived = json.loads(watcher.communicate(timeout=30)[0])["at"] - sent["posted_at"]
         reply = bob.api("send", str(id_a), f"hello back from behind {nat_b.name}")
         bob.wait(lambda: all_delivered(bob, id_a, [reply["id"]]), 20, "bob's reply delivered")
         texts_at_bob = [m["text"] for m in bob.api("messages", str(id_a))]
         assert texts_at_bob == [f"hello from behind {nat_a.name}", f"hello back from behind {nat_b.name}"]
         connection = next(p for p in alice.api("peers") if p["id"] == id_b)["connection"]
-        result = {"connection": connection, "first_delivery": first_delivery, "eventual": connection}
+        result = {"connection": connection, "first_delivery": first_delivery, "arrived": arrived,
+                  "eventual": connection}
         if eventual_path(nat_a, nat_b) != connection["state"]:
             started = time.monotonic()
             result["eventual"] = alice.wait(
@@ -123,8 +137,10 @@ PAIRS = list(itertools.combinations_with_replacement(NAT_TYPES, 2))
 def test_messages_cross_every_pair_of_nats(tmp_path: Path, nat_a: NatType, nat_b: NatType, record_property) -> None:
     result = run_pair(tmp_path, nat_a, nat_b)
     record_property("first_delivery_s", round(result["first_delivery"], 3))
-    print(f"\n{nat_a.name} <-> {nat_b.name}: {result['connection']['state']}, "
-          f"first message delivered after {result['first_delivery'] * 1000:.0f} ms")
+    print(f"\n{nat_a.name} <-> {nat_b.name}: {result['connection']['state']}, first message at bob after "
+          f"{result['arrived'] * 1000:.0f} ms, its receipt at alice after {result['first_delivery'] * 1000:.0f} ms")
+    # Bob has it before alice has the receipt (plus slack: her side polls, his is a websocket).
+    assert 0 < result["arrived"] < result["first_delivery"] + 0.1
     assert result["connection"]["state"] == expected_path(nat_a, nat_b)
     assert result["eventual"]["state"] == eventual_path(nat_a, nat_b)
     if "upgrade_s" in result:
