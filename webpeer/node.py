@@ -651,6 +651,12 @@ class PeerNode(TraversalMixin):
                 self._connect_failed(peer, f"rendezvous: {event.error}")
             return
         self._learn(event.info, now)
+        if peer.connecting_since is None and any(
+            link.peer_id == peer.peer_id and link.state is not LinkState.CLOSED for link in self._accepting
+        ):
+            # This CONNECT only asked for the key of a peer that is connecting
+            # to us (_on_hello): that connection is the one; open no other.
+            return
         relayed = peer.link is not None and peer.link.address[0] == RELAY_HOST
         if peer.link is not None and peer.link.state is not LinkState.CLOSED and not relayed:
             return  # already connected (or the other side connected to us meanwhile)

@@ -296,6 +296,35 @@ async def test_a_wrong_first_guess_gives_way_to_the_path_the_checks_find(rendezv
             await node.stop()
 
 
+async def test_an_acceptor_that_must_ask_for_the_key_keeps_the_one_connection(rendezvous, tmp_path) -> None:
+    made = []
+    for name in ("bob", "alice"):  # bob lists before alice exists, and not again for an hour
+        node = PeerNode(NodeConfig(server=rendezvous.address, data_dir=tmp_path / name, name=name,
+                                   udp_host="127.0.0.1", list_interval=3600 if name == "bob" else 0.3))
+        await node.start()
+        await wait_for(lambda: node.registration.peer_id, what=f"{name} registered")
+        made.append(node)
+    bob, alice = made
+    try:
+        bob_id, alice_id = bob.registration.peer_id, alice.registration.peer_id
+        await wait_for(lambda: any(p["id"] == bob_id and p["online"] for p in alice.peers()), what="alice sees bob")
+        assert alice_id not in bob.peer_states  # bob has never heard of alice
+        # Alice reaches bob's address straight away (no introduction for bob).
+        alice._open_link(alice.peer_state(bob_id), bob.udp_address, alice.clock())
+        alice._flush()
+        sent = await alice.send_message(bob_id, "who is this?")
+        await wait_for(lambda: alice.store.get_message(sent["id"])["status"] == "delivered", what="delivered")
+        # Bob asked the server for alice's key (CONNECT) and, with it, took the
+        # connection alice opened: no second connection of his own.
+        assert bob.stats["quic_opened_early"] == 0
+        link = bob.peer_states[alice_id].link
+        assert link is not None and link.role.value == "acceptor"
+        assert [m["text"] for m in bob.messages(alice_id)] == ["who is this?"]
+    finally:
+        for node in made:
+            await node.stop()
+
+
 async def test_relay_carries_quic_when_no_direct_path(rendezvous, tmp_path) -> None:
     made = []
     for name, relay_only in (("alice", True), ("bob", False)):
