@@ -108,6 +108,9 @@ class PeerState:
     candidates: tuple[Address, ...] = ()  # its addresses, as the registry last gave them
     birthday_at: float | None = None  # when to try many-port probing (we are symmetric, it is relayed)
     birthday_attempts: int = 0
+    # Its NAT's mapping, as it told us ("nat" frame): many-port probing only
+    # helps against an endpoint-independent one.
+    remote_mapping: str = "unknown"
     # Nonces we put in our answers to its checks, and when: its QUIC hello
     # may sign one of them instead of asking for a challenge (link.py).
     issued_nonces: dict[bytes, float] = field(default_factory=dict)
@@ -768,8 +771,8 @@ class PeerNode(TraversalMixin):
         else:
             if peer.upgrade_at is None:
                 peer.upgrade_at = now + UPGRADE_INTERVAL
-            if self._symmetric() and peer.birthday_attempts < BIRTHDAY_ATTEMPTS:
-                peer.birthday_at = now  # the relay carries the coordination
+            self._tell_nat(peer.link)
+            self._consider_birthday(peer, now)
         logger.info("connected to peer %d at %s:%s (%s)", event.peer_id, *link.address, link.role.value)
         self._publish({"type": "connection", "peer": peer.peer_id, "connection": peer.connection()})
         self._pump_peer(peer, resend_sent=True)
@@ -804,6 +807,8 @@ class PeerNode(TraversalMixin):
                     self._publish({"type": "message", "message": message})
             elif kind == "birthday":
                 self._on_birthday_frame(link, frame, now)
+            elif kind == "nat":
+                self._on_nat_frame(link, frame, now)
             elif kind == "ack":
                 message_id = require(frame, "id", str)
                 message = self.store.get_message(message_id)

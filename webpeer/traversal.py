@@ -22,6 +22,7 @@ from rendezvous.udp import UdpEndpoint
 
 from .api import JSON
 from .link import LinkClosed, LinkState, PeerLink
+from .natprobe import DEPENDENT, INDEPENDENT, UNKNOWN
 from .punch import PunchSession, PunchState
 from .wire import FrameError, require
 
@@ -194,13 +195,37 @@ class TraversalMixin(_Base):
 
     def _nat_learned(self, now: float) -> None:
         self._publish({"type": "me", "me": self.me()})
-        if self._symmetric():
-            # Behind a symmetric NAT: relayed peers may be reachable by many-port probing.
-            for peer in self.peer_states.values():
-                link = peer.link
-                if (link is not None and link.state is LinkState.READY and link.address[0] == RELAY_HOST
-                        and peer.birthday_at is None and peer.birthday_attempts < BIRTHDAY_ATTEMPTS):
-                    peer.birthday_at = now
+        for peer in self.peer_states.values():
+            if peer.link is not None and peer.link.state is LinkState.READY and peer.link.address[0] == RELAY_HOST:
+                self._tell_nat(peer.link)
+                self._consider_birthday(peer, now)
+
+    def _tell_nat(self, link: PeerLink) -> None:
+        """Tell a relayed peer our NAT's mapping: if it is symmetric, it needs
+        to know whether many-port probing can work (only against a mapping
+        that is endpoint-independent; two symmetric NATs never meet, and the
+        256 sockets would be wasted)."""
+        if self._nat is not None and self._nat.mapping != UNKNOWN and link.address[0] == RELAY_HOST:
+            link.send_frame({"t": "nat", "mapping": self._nat.mapping})  # not activity: no idle-timer reset
+
+    def _on_nat_frame(self, link: PeerLink, frame: JSON, now: float) -> None:
+        mapping = require(frame, "mapping", str)
+        if mapping not in (INDEPENDENT, DEPENDENT, UNKNOWN):
+            raise FrameError(f"nat: unknown mapping {mapping[:40]!r}")
+        assert link.peer_id is not None
+        peer = self.peer_state(link.peer_id)
+        peer.remote_mapping = mapping
+        self._consider_birthday(peer, now)
+
+    def _consider_birthday(self, peer: PeerState, now: float) -> None:
+        """Many-port probing, when it can work: we are symmetric, the other
+        side is not, and the path between us is the relay (which carries
+        the coordination)."""
+        link = peer.link
+        if (self._symmetric() and peer.remote_mapping == INDEPENDENT and link is not None
+                and link.state is LinkState.READY and link.address[0] == RELAY_HOST
+                and peer.birthday_at is None and peer.birthday_attempts < BIRTHDAY_ATTEMPTS):
+            peer.birthday_at = now
 
     def _symmetric(self) -> bool:
         return self._nat is not None and self._nat.mapping == "endpoint-dependent"

@@ -146,6 +146,15 @@ def test_messages_cross_every_pair_of_nats(tmp_path: Path, nat_a: NatType, nat_b
     if "upgrade_s" in result:
         print(f"  then {result['eventual']['state']} via {result['eventual']['address']} "
               f"{result['upgrade_s']:.1f} s later")
+    # Many-port probing only where it can work: the symmetric side of a
+    # symmetric/port-restricted pair tries it; two symmetric sides never do
+    # (each told the other its mapping over the relay).
+    logs = {name: (tmp_path / f"{name}.log").read_text() for name in ("alice", "bob")}
+    probing = {name for name, log in logs.items() if "many-port probing toward" in log}
+    if {nat_a, nat_b} == HARD:
+        assert probing == {"alice" if nat_a is NatType.SYMMETRIC else "bob"}
+    else:
+        assert not probing
     if result["connection"]["state"] == "direct":
         # The address in use is the other site's public address (or bob's own, without NAT).
         assert result["connection"]["address"].split(":")[0].startswith("198.51.100.")
