@@ -271,8 +271,10 @@ class TraversalMixin(_Base):
             index = self._next_spare
             self._next_spare += 1
             try:
+                # Plain sockets: each carries a few probes, and 256 batched ones
+                # would take ~0.4 s (and 64 MiB) to set up, stalling this loop.
                 spare = UdpEndpoint.bind(self.config.udp_host, 0, functools.partial(self._on_spare_datagram, index),
-                                         self._flush, self.stats)
+                                         self._flush, self.stats, batched=False, buffer_size=None)
             except OSError:
                 break
             spare.start()
