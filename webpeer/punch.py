@@ -73,6 +73,10 @@ class PunchSession:
     remote_nonce: bytes | None = None
     connect: bool = False  # the owner opens QUIC when the checks end (it asked for the peer)
     handled: bool = False
+    # The first peer-reflexive address a valid request came from: where the
+    # other side's NAT maps it toward us (a symmetric NAT's port for us), and
+    # open toward us, since it just sent from there.
+    reflexive: Address | None = None
 
     def __post_init__(self) -> None:
         self.candidates = list(dict.fromkeys(self.candidates))[: self.max_candidates]
@@ -145,6 +149,8 @@ class PunchSession:
             if address not in self.candidates and len(self.candidates) < self.max_candidates:
                 # Peer-reflexive: where its NAT maps it toward us.  Probe it now.
                 self.candidates.append(address)
+                if self.reflexive is None:
+                    self.reflexive = address
                 if self.state is PunchState.PROBING:
                     self._probe(address, now)
             elif self.state is PunchState.PROBING and address not in self._answered_from:

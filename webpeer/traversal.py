@@ -159,6 +159,7 @@ class TraversalMixin(_Base):
         opened = False
         for peer_id, session in list(self._punches.items()):
             if session.state is PunchState.PROBING:
+                opened |= self._follow_reflexive(peer_id, session, now)
                 continue
             if now >= session.started + session.timeout + PUNCH_LINGER:
                 # Long over: stop answering the other side's late probes too.
@@ -192,6 +193,23 @@ class TraversalMixin(_Base):
                 self._open_link(peer, (RELAY_HOST, peer_id), now, replace=True)
                 peer.upgrade_at = now + UPGRADE_INTERVAL
         return opened
+
+    def _follow_reflexive(self, peer_id: int, session: PunchSession, now: float) -> bool:
+        """The other side's checks come from an address it was not introduced
+        with (a symmetric NAT's port for us) while our early QUIC has had no
+        answer: that address is open toward us right now, so move QUIC there
+        at once instead of after our own check of it (a round trip later)."""
+        peer = self.peer_states.get(peer_id)
+        link = peer.link if peer is not None else None
+        target = session.reflexive
+        if (not session.connect or target is None or peer is None or link is None or link.heard_back
+                or link.state is LinkState.CLOSED or link.address[0] == RELAY_HOST or link.address == target):
+            return False
+        session.reflexive = None  # once
+        logger.info("peer %d checks us from %s:%s: QUIC moves there", peer_id, *target)
+        self.stats["early_link_replaced"] += 1
+        self._open_link(peer, target, now, replace=True)
+        return True
 
     def _nat_learned(self, now: float) -> None:
         self._publish({"type": "me", "me": self.me()})

@@ -65,6 +65,7 @@ async def send_wait(port: int, token: str, to: int, text: str) -> dict[str, obje
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(f"{base}/ws?token={token}", headers={"Origin": base}) as ws:
             delivered: set[str] = set()
+            connection = None  # the path as the page last heard of it
             posted_at = time.time()
             started = time.monotonic()
             async with session.post(f"{base}/api/messages", json={"to": to, "text": text}, headers=headers) as reply:
@@ -74,7 +75,10 @@ async def send_wait(port: int, token: str, to: int, text: str) -> dict[str, obje
                 event = json.loads((await ws.receive()).data)
                 if event.get("type") == "status" and event.get("status") == "delivered":
                     delivered.add(event["id"])
-            return {"id": message_id, "seconds": time.monotonic() - started, "posted_at": posted_at}
+                elif event.get("type") == "connection" and event.get("peer") == to:
+                    connection = event["connection"]
+            return {"id": message_id, "seconds": time.monotonic() - started, "posted_at": posted_at,
+                    "connection": connection}
 
 
 def main() -> None:
