@@ -47,10 +47,12 @@ async def rendezvous(tmp_path: Path):
 async def nodes(rendezvous: RendezvousServer, tmp_path: Path):
     started: list[PeerNode] = []
 
-    async def make(name: str, data_dir: Path | None = None) -> PeerNode:
-        config = NodeConfig(server=rendezvous.address, data_dir=data_dir or tmp_path / name, name=name,
-                            udp_host="127.0.0.1", list_interval=0.3)
+    async def make(name: str, data_dir: Path | None = None, before_start=None, **overrides: Any) -> PeerNode:
+        options: dict[str, Any] = {"udp_host": "127.0.0.1", "list_interval": 0.3, **overrides}
+        config = NodeConfig(server=rendezvous.address, data_dir=data_dir or tmp_path / name, name=name, **options)
         node = PeerNode(config)
+        if before_start is not None:
+            before_start(node)
         await node.start()
         started.append(node)
         await wait_for(lambda: node.registration.peer_id, what=f"{name} registered")
@@ -228,25 +230,16 @@ async def test_simultaneous_connects_end_as_one_connection(nodes) -> None:
     assert sorted(m["text"] for m in bob.messages(1)) == ["from alice", "from bob"]
 
 
-async def test_idle_connection_closes_and_reopens_transparently(rendezvous, tmp_path) -> None:
-    made = []
-    for name in ("alice", "bob"):
-        node = PeerNode(NodeConfig(server=rendezvous.address, data_dir=tmp_path / name, name=name,
-                                   udp_host="127.0.0.1", list_interval=0.3, idle_timeout=1.0))
-        await node.start()
-        made.append(node)
-    alice, bob = made
-    try:
-        await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")
-        first = await alice.send_message(2, "one")
-        await wait_for(lambda: alice.store.get_message(first["id"])["status"] == "delivered", what="first delivered")
-        await wait_for(lambda: alice.peer_states[2].link is None, timeout=5, what="idle link closed")
-        second = await alice.send_message(2, "two")
-        await wait_for(lambda: alice.store.get_message(second["id"])["status"] == "delivered", what="second delivered")
-        assert [m["text"] for m in bob.messages(1)] == ["one", "two"]
-    finally:
-        for node in made:
-            await node.stop()
+async def test_idle_connection_closes_and_reopens_transparently(nodes) -> None:
+    alice = await nodes("alice", idle_timeout=1.0)
+    bob = await nodes("bob", idle_timeout=1.0)
+    await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")
+    first = await alice.send_message(2, "one")
+    await wait_for(lambda: alice.store.get_message(first["id"])["status"] == "delivered", what="first delivered")
+    await wait_for(lambda: alice.peer_states[2].link is None, timeout=5, what="idle link closed")
+    second = await alice.send_message(2, "two")
+    await wait_for(lambda: alice.store.get_message(second["id"])["status"] == "delivered", what="second delivered")
+    assert [m["text"] for m in bob.messages(1)] == ["one", "two"]
 
 
 async def test_quic_starts_with_the_checks_on_the_likeliest_path(nodes) -> None:
@@ -263,117 +256,78 @@ async def test_quic_starts_with_the_checks_on_the_likeliest_path(nodes) -> None:
     assert not alice._upgrades
 
 
-async def test_a_wrong_first_guess_gives_way_to_the_path_the_checks_find(rendezvous, tmp_path, monkeypatch) -> None:
+async def test_a_wrong_first_guess_gives_way_to_the_path_the_checks_find(nodes, monkeypatch) -> None:
     import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         dead = probe.getsockname()  # nothing listens here once closed
-    made = []
-    for name in ("alice", "bob"):
-        node = PeerNode(NodeConfig(server=rendezvous.address, data_dir=tmp_path / name, name=name,
-                                   udp_host="127.0.0.1", list_interval=0.3))
-        if name == "bob":
-            # Bob claims a local address that does not answer; it shares alice's
-            # public address, so alice's first guess is that local address.
-            monkeypatch.setattr(node, "_local_candidates", lambda: (dead,))
-        await node.start()
-        made.append(node)
-    alice, bob = made
-    try:
-        await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")
-        sent = await alice.send_message(2, "past the wrong guess")
-        await wait_for(lambda: alice.store.get_message(sent["id"])["status"] == "delivered", timeout=1.5,
-                       what="delivered directly (well before the relay's 2 s)")
-        assert alice.stats["quic_opened_early"] == 1 and alice.stats["early_link_replaced"] == 1
-        connection = next(p for p in alice.peers() if p["id"] == 2)["connection"]
-        assert connection["state"] == "direct" and connection["address"] == "%s:%d" % bob.udp_address
-        assert [m["text"] for m in bob.messages(1)] == ["past the wrong guess"]
-        # The abandoned attempt is gone, not left among the links.
-        assert all(link.address != dead for link in alice._all_links())
-    finally:
-        for node in made:
-            await node.stop()
+    alice = await nodes("alice")
+    # Bob claims a local address that does not answer; he shares alice's
+    # public address, so alice's first guess is that local address.
+    bob = await nodes("bob", before_start=lambda node: monkeypatch.setattr(node, "_local_candidates", lambda: (dead,)))
+    await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")
+    sent = await alice.send_message(2, "past the wrong guess")
+    await wait_for(lambda: alice.store.get_message(sent["id"])["status"] == "delivered", timeout=1.5,
+                   what="delivered directly (well before the relay's 2 s)")
+    assert alice.stats["quic_opened_early"] == 1 and alice.stats["early_link_replaced"] == 1
+    connection = next(p for p in alice.peers() if p["id"] == 2)["connection"]
+    assert connection["state"] == "direct" and connection["address"] == "%s:%d" % bob.udp_address
+    assert [m["text"] for m in bob.messages(1)] == ["past the wrong guess"]
+    # The abandoned attempt is gone, not left among the links.
+    assert all(link.address != dead for link in alice._all_links())
 
 
-async def test_an_acceptor_that_must_ask_for_the_key_keeps_the_one_connection(rendezvous, tmp_path) -> None:
-    made = []
-    for name in ("bob", "alice"):  # bob lists before alice exists, and not again for an hour
-        node = PeerNode(NodeConfig(server=rendezvous.address, data_dir=tmp_path / name, name=name,
-                                   udp_host="127.0.0.1", list_interval=3600 if name == "bob" else 0.3))
-        await node.start()
-        await wait_for(lambda: node.registration.peer_id, what=f"{name} registered")
-        made.append(node)
-    bob, alice = made
-    try:
-        bob_id, alice_id = bob.registration.peer_id, alice.registration.peer_id
-        await wait_for(lambda: any(p["id"] == bob_id and p["online"] for p in alice.peers()), what="alice sees bob")
-        assert alice_id not in bob.peer_states  # bob has never heard of alice
-        # Alice reaches bob's address straight away (no introduction for bob).
-        alice._open_link(alice.peer_state(bob_id), bob.udp_address, alice.clock())
-        alice._flush()
-        sent = await alice.send_message(bob_id, "who is this?")
-        await wait_for(lambda: alice.store.get_message(sent["id"])["status"] == "delivered", what="delivered")
-        # Bob asked the server for alice's key (CONNECT) and, with it, took the
-        # connection alice opened: no second connection of his own.
-        assert bob.stats["quic_opened_early"] == 0
-        link = bob.peer_states[alice_id].link
-        assert link is not None and link.role.value == "acceptor"
-        assert [m["text"] for m in bob.messages(alice_id)] == ["who is this?"]
-    finally:
-        for node in made:
-            await node.stop()
+async def test_an_acceptor_that_must_ask_for_the_key_keeps_the_one_connection(nodes) -> None:
+    bob = await nodes("bob", list_interval=3600)  # lists before alice exists, and not again for an hour
+    alice = await nodes("alice")
+    bob_id, alice_id = bob.registration.peer_id, alice.registration.peer_id
+    await wait_for(lambda: any(p["id"] == bob_id and p["online"] for p in alice.peers()), what="alice sees bob")
+    assert alice_id not in bob.peer_states  # bob has never heard of alice
+    # Alice reaches bob's address straight away (no introduction for bob).
+    alice._open_link(alice.peer_state(bob_id), bob.udp_address, alice.clock())
+    alice._flush()
+    sent = await alice.send_message(bob_id, "who is this?")
+    await wait_for(lambda: alice.store.get_message(sent["id"])["status"] == "delivered", what="delivered")
+    # Bob asked the server for alice's key (CONNECT) and, with it, took the
+    # connection alice opened: no second connection of his own.
+    assert bob.stats["quic_opened_early"] == 0
+    link = bob.peer_states[alice_id].link
+    assert link is not None and link.role.value == "acceptor"
+    assert [m["text"] for m in bob.messages(alice_id)] == ["who is this?"]
 
 
-async def test_relay_carries_quic_when_no_direct_path(rendezvous, tmp_path) -> None:
-    made = []
-    for name, relay_only in (("alice", True), ("bob", False)):
-        node = PeerNode(NodeConfig(server=rendezvous.address, data_dir=tmp_path / name, name=name,
-                                   udp_host="127.0.0.1", list_interval=0.3, relay_only=relay_only))
-        await node.start()
-        made.append(node)
-    alice, bob = made
-    try:
-        await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")
-        sent = await alice.send_message(2, "through the relay")
-        await wait_for(lambda: alice.store.get_message(sent["id"])["status"] == "delivered", what="delivered")
-        reply = await bob.send_message(1, "and back")
-        await wait_for(lambda: bob.store.get_message(reply["id"])["status"] == "delivered", what="reply delivered")
-        assert next(p for p in alice.peers() if p["id"] == 2)["connection"]["state"] == "relayed"
-        assert next(p for p in bob.peers() if p["id"] == 1)["connection"]["state"] == "relayed"
-        assert rendezvous.core.stats["relayed_packets"] > 0
-        assert [m["text"] for m in bob.messages(1)] == ["through the relay", "and back"]
-    finally:
-        for node in made:
-            await node.stop()
+async def test_relay_carries_quic_when_no_direct_path(nodes, rendezvous) -> None:
+    alice = await nodes("alice", relay_only=True)
+    bob = await nodes("bob")
+    await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")
+    sent = await alice.send_message(2, "through the relay")
+    await wait_for(lambda: alice.store.get_message(sent["id"])["status"] == "delivered", what="delivered")
+    reply = await bob.send_message(1, "and back")
+    await wait_for(lambda: bob.store.get_message(reply["id"])["status"] == "delivered", what="reply delivered")
+    assert next(p for p in alice.peers() if p["id"] == 2)["connection"]["state"] == "relayed"
+    assert next(p for p in bob.peers() if p["id"] == 1)["connection"]["state"] == "relayed"
+    assert rendezvous.core.stats["relayed_packets"] > 0
+    assert [m["text"] for m in bob.messages(1)] == ["through the relay", "and back"]
 
 
-async def test_a_relayed_connection_upgrades_to_direct(rendezvous, tmp_path) -> None:
+async def test_a_relayed_connection_upgrades_to_direct(nodes) -> None:
     import dataclasses
 
-    made = []
-    for name in ("alice", "bob"):
-        node = PeerNode(NodeConfig(server=rendezvous.address, data_dir=tmp_path / name, name=name,
-                                   udp_host="127.0.0.1", list_interval=0.3, relay_only=(name == "alice")))
-        await node.start()
-        made.append(node)
-    alice, bob = made
-    try:
-        await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")
-        first = await alice.send_message(2, "relayed")
-        await wait_for(lambda: alice.store.get_message(first["id"])["status"] == "delivered", what="first delivered")
-        assert next(p for p in alice.peers() if p["id"] == 2)["connection"]["state"] == "relayed"
-        # A direct path becomes possible (here: alice stops refusing it); the
-        # periodic upgrade attempt (every 30 s, made due now) must find it.
-        alice.config = dataclasses.replace(alice.config, relay_only=False)
-        alice.peer_states[2].upgrade_at = alice.clock()
-        alice._on_timer()
-        await wait_for(lambda: (next(p for p in alice.peers() if p["id"] == 2)["connection"] or {}).get("state")
-                       == "direct", timeout=8, what="upgraded to direct")
-        second = await alice.send_message(2, "direct")
-        await wait_for(lambda: alice.store.get_message(second["id"])["status"] == "delivered", what="second delivered")
-        assert [m["text"] for m in bob.messages(1)] == ["relayed", "direct"]
-        assert not alice._upgrades
-    finally:
-        for node in made:
-            await node.stop()
+    alice = await nodes("alice", relay_only=True)
+    bob = await nodes("bob")
+    await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")
+    first = await alice.send_message(2, "relayed")
+    await wait_for(lambda: alice.store.get_message(first["id"])["status"] == "delivered", what="first delivered")
+    assert next(p for p in alice.peers() if p["id"] == 2)["connection"]["state"] == "relayed"
+    # A direct path becomes possible (here: alice stops refusing it); the
+    # periodic upgrade attempt (every 30 s, made due now) must find it.
+    alice.config = dataclasses.replace(alice.config, relay_only=False)
+    alice.peer_states[2].upgrade_at = alice.clock()
+    alice._on_timer()
+    await wait_for(lambda: (next(p for p in alice.peers() if p["id"] == 2)["connection"] or {}).get("state")
+                   == "direct", timeout=8, what="upgraded to direct")
+    second = await alice.send_message(2, "direct")
+    await wait_for(lambda: alice.store.get_message(second["id"])["status"] == "delivered", what="second delivered")
+    assert [m["text"] for m in bob.messages(1)] == ["relayed", "direct"]
+    assert not alice._upgrades
