@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import socket
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +166,10 @@ class PeerNode(TraversalMixin):
         self._stopped = asyncio.Event()
         self._housekeeping: asyncio.Task[None] | None = None
         self._flush_scheduled = False
+        # Messages from submit_message waiting for the next flush to store them.
+        self._outbox: list[tuple[JSON, asyncio.Future[JSON]]] = []
+        # Events published while a flush's transaction is open wait here for its commit.
+        self._held_events: list[JSON] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -267,9 +271,21 @@ class PeerNode(TraversalMixin):
         return self.store.conversation(peer_id, limit)
 
     async def send_message(self, to: int, text: str) -> JSON:
+        return await self.submit_message(to, text)
+
+    def submit_message(self, to: int, text: str) -> asyncio.Future[JSON]:
+        """Check a message and queue it for the next flush, which stores every
+        message submitted in this loop turn in one commit and then hands them
+        to their links.  The future gets the stored message after that commit
+        (so an answer to the page never gets ahead of the disk); bad input
+        raises ApiError here."""
         if not isinstance(text, str) or not text.strip():
             raise ApiError(400, "message text is empty")
-        if len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError as error:  # a lone surrogate: SQLite could not store it
+            raise ApiError(400, f"message text is not valid Unicode: {error.reason}") from None
+        if size > MAX_TEXT_BYTES:
             raise ApiError(413, f"message text is longer than {MAX_TEXT_BYTES} bytes")
         my_id = self.registration.peer_id
         if my_id is None:
@@ -278,30 +294,13 @@ class PeerNode(TraversalMixin):
             raise ApiError(400, "'to' must be a peer id")
         if to == my_id:
             raise ApiError(400, "cannot send a message to yourself")
-        peer = self.peer_states.get(to)
-        if peer is None:
-            peer = self.peer_states[to] = PeerState(to)
-        message_id = uuid.uuid4().hex
-        now = self.clock()
-        status = Status.SENDING if peer.online else Status.QUEUED
-        message: JSON = {"id": message_id, "peer": to, "from": my_id, "to": to, "text": text,
-                         "status": str(status), "time": now, "error": None}
-        link = peer.link
-        # One commit for storing it and (on a ready link) marking it sent.
-        with self.store.batch():
-            try:
-                self.store.add_message(message_id, sender=my_id, recipient=to, text=text, status=status, time=now)
-            except StoreError as error:
-                raise ApiError(400, str(error)) from None
-            self._publish({"type": "message", "message": dict(message)})
-            if link is not None and link.state is LinkState.READY:
-                # The common case, a live connection: send just this one (no query).
-                self._send_on(link, message)
-                message["status"] = str(Status.SENT)
-            else:
-                self._pump_peer(peer)
+        # 128 random bits, as hex (a uuid4 costs more and adds nothing here).
+        message: JSON = {"id": secrets.token_hex(16), "peer": to, "from": my_id, "to": to, "text": text,
+                         "status": str(Status.QUEUED), "time": self.clock(), "error": None}
+        future: asyncio.Future[JSON] = asyncio.get_running_loop().create_future()
+        self._outbox.append((message, future))
         self._schedule_flush()
-        return message
+        return future
 
     async def retry(self, message_id: str) -> JSON:
         message = self.store.get_message(message_id)
@@ -329,6 +328,9 @@ class PeerNode(TraversalMixin):
         self._subscribers.discard(queue)
 
     def _publish(self, event: JSON) -> None:
+        if self._held_events is not None:
+            self._held_events.append(event)
+            return
         for queue in list(self._subscribers):
             try:
                 queue.put_nowait(event)
@@ -408,14 +410,36 @@ class PeerNode(TraversalMixin):
         now = self.clock()
         self._flush_scheduled = False
         # One commit for everything this wake-up stores (a burst of messages
-        # and receipts), instead of one per message.
-        with self.store.batch():
-            for _ in range(10):  # events can cause more events; bounded
-                busy = self._drain_registration(now)
-                busy |= self._drain_links(now)
-                busy |= self._check_punches(now)
-                if not busy:
-                    break
+        # and receipts, the page's new messages), instead of one per message.
+        # The page hears of it (events, answers) only after that commit.
+        outbox, self._outbox = self._outbox, []
+        self._held_events = []
+        try:
+            with self.store.batch():
+                for _ in range(10):  # events can cause more events; bounded
+                    busy = self._drain_registration(now)
+                    busy |= self._drain_links(now)
+                    busy |= self._check_punches(now)
+                    if not busy:
+                        break
+                to_send = self._store_outbox(outbox)
+        except BaseException as error:
+            # Rolled back: what the held events announced is not on disk.
+            self._held_events = None
+            for _, future in outbox:
+                if not future.done():
+                    future.set_exception(ApiError(500, f"could not store the message: {error}"))
+            self._publish({"type": "resync"})
+            raise
+        held, self._held_events = self._held_events, None
+        for link, frame in to_send:
+            if link.state is LinkState.READY:
+                link.send_frame(frame, now)
+        for event in held:
+            self._publish(event)
+        for message, future in outbox:
+            if not future.done():
+                future.set_result(message)
         for data in self.registration.datagrams_to_send():
             endpoint.sendto(data, self.config.server)
         for session in list(self._punches.values()):
@@ -444,6 +468,34 @@ class PeerNode(TraversalMixin):
         for data in self.registration.datagrams_to_send():
             endpoint.sendto(data, self.config.server)
         self._arm_timer(now)
+
+    def _store_outbox(self, outbox: list[tuple[JSON, asyncio.Future[JSON]]]) -> list[tuple[PeerLink, JSON]]:
+        """Inside the flush's transaction: store the submitted messages.  One
+        whose peer has a ready link is stored as sent, and its frame is
+        returned, to go on that link once the commit is done; the others are
+        queued or sending, and their peers start connecting."""
+        to_send: list[tuple[PeerLink, JSON]] = []
+        waiting: dict[int, PeerState] = {}
+        for message, _ in outbox:
+            to = message["to"]
+            peer = self.peer_states.get(to)
+            if peer is None:
+                peer = self.peer_states[to] = PeerState(to)
+            link = peer.link
+            if link is not None and link.state is LinkState.READY:
+                status = Status.SENT
+                to_send.append((link, {"t": "msg", "id": message["id"], "text": message["text"],
+                                       "time": message["time"]}))
+            else:
+                status = Status.SENDING if peer.online else Status.QUEUED
+                waiting[to] = peer
+            message["status"] = str(status)
+            self.store.add_message(message["id"], sender=message["from"], recipient=to, text=message["text"],
+                                   status=status, time=message["time"])
+            self._publish({"type": "message", "message": message})
+        for peer in waiting.values():
+            self._pump_peer(peer)
+        return to_send
 
     def _all_links(self) -> list[PeerLink]:
         links = [p.link for p in self.peer_states.values() if p.link is not None]
@@ -785,16 +837,22 @@ class PeerNode(TraversalMixin):
                 if fresh:
                     # The page counts unread messages from these events; a full
                     # peer list (with its unread query) per message would cost
-                    # more than the message itself.
-                    message = self.store.get_message(stored_id)
-                    self._publish({"type": "message", "message": message})
+                    # more than the message itself.  (The row as get_message
+                    # would read it back.)
+                    self._publish({"type": "message", "message": {
+                        "id": stored_id, "peer": peer_id, "from": peer_id, "to": my_id, "text": text,
+                        "status": str(Status.RECEIVED), "time": when, "error": None}})
             elif kind == "birthday":
                 self._on_birthday_frame(link, frame, now)
             elif kind == "ack":
                 message_id = require(frame, "id", str)
-                message = self.store.get_message(message_id)
-                if message is not None and message["to"] == peer_id:
-                    self._set_status(message_id, Status.DELIVERED)
+                try:
+                    # Only a receipt from the peer the message went to counts.
+                    delivered = self.store.set_status(message_id, Status.DELIVERED, now=now, recipient=peer_id)
+                except StoreError as error:  # an empty id, a lone surrogate
+                    raise FrameError(str(error)) from None
+                if delivered:
+                    self._publish({"type": "status", "id": message_id, "status": str(Status.DELIVERED), "error": None})
             else:
                 self.stats["unknown_frames"] += 1
         except FrameError as error:

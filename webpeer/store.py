@@ -83,8 +83,18 @@ _SOURCES: dict[Status, tuple[str, ...]] = {
     for target in Status
 }
 
-# Statuses an outgoing message may be created with.
-_NEW_OUTGOING = frozenset({Status.QUEUED, Status.SENDING})
+# One UPDATE per target status, built once (set_status runs per message).
+_SET_STATUS = {
+    target: "UPDATE messages SET status = ?, error = ?, updated = ?"
+    f" WHERE id = ? AND status IN ({', '.join('?' * len(sources))})"
+    for target, sources in _SOURCES.items()
+    if sources
+}
+_SET_STATUS_TO = {target: sql + " AND recipient = ?" for target, sql in _SET_STATUS.items()}
+
+# Statuses an outgoing message may be created with (``sent``: handed to a
+# live connection in the same transaction that stores it).
+_NEW_OUTGOING = frozenset({Status.QUEUED, Status.SENDING, Status.SENT})
 
 
 class TrustResult(enum.Enum):
@@ -291,8 +301,8 @@ class Store:
 
         ``status`` says the direction: ``received`` for an incoming message
         (the conversation is with ``sender``, and it counts as unread),
-        ``queued`` or ``sending`` for an outgoing one (the conversation is
-        with ``recipient``).  ``time`` orders the conversation.  The text is
+        ``queued``, ``sending`` or ``sent`` for an outgoing one (the
+        conversation is with ``recipient``).  ``time`` orders the conversation.  The text is
         stored verbatim; length limits are the caller's (api.MAX_TEXT_BYTES).
         """
         _check_id(message_id)
@@ -332,6 +342,7 @@ class Store:
         error: str | None = None,
         *,
         now: float | None = None,
+        recipient: int | None = None,
     ) -> bool:
         """Move a message to ``status`` if ``TRANSITIONS`` allows it from its
         current one.  True if the message changed; False, changing nothing,
@@ -339,6 +350,8 @@ class Store:
 
         ``error`` goes with ``failed`` only (it is cleared on any other
         status); ``now`` (default: the clock) is recorded as the update time.
+        ``recipient``: change it only if it was sent to this peer (a receipt
+        counts only from the peer the message went to).
         """
         _check_id(message_id)
         target = _status(status)
@@ -349,13 +362,14 @@ class Store:
         sources = _SOURCES[target]
         if not sources:
             return False
-        marks = ", ".join("?" * len(sources))
+        when = _time.time() if now is None else now
         with self._write() as conn:
-            cursor = conn.execute(
-                f"UPDATE messages SET status = ?, error = ?, updated = ?"
-                f" WHERE id = ? AND status IN ({marks})",
-                (target.value, error, _time.time() if now is None else now, message_id, *sources),
-            )
+            if recipient is None:
+                cursor = conn.execute(_SET_STATUS[target], (target.value, error, when, message_id, *sources))
+            else:
+                cursor = conn.execute(
+                    _SET_STATUS_TO[target], (target.value, error, when, message_id, *sources, recipient)
+                )
             return cursor.rowcount == 1
 
     def get_message(self, message_id: str) -> dict[str, Any] | None:

@@ -28,26 +28,31 @@ Websocket protocol (JSON text frames, one object each):
 
     <- {"type": "hello", "me": <me>, "peers": [<peer>, ...]}     first, once
     <- every event of PeerApi.subscribe() as is (message, status, peers, connection, me)
+    <- {"type": "batch", "events": [<event>, ...]}   several events (and answers) that were
+       ready at once, in order: the same as receiving each one on its own
     -> {"type": "send", "to": N, "text": "...", "client_id": "..."}
-    <- {"type": "sent", "client_id": "...", "message": <message>}
+    <- {"type": "sent", "client_id": "...", "message": <message>}   once the message is stored
     -> {"type": "retry", "id": "...", "client_id": "..."}         answered like send
     -> {"type": "read", "peer": N}                                 no answer on success
     <- {"type": "error", "client_id": "..."|null, "status": int, "error": "..."}
        for any request that fails (bad JSON, unknown type, too large, ApiError)
 
 ``client_id`` is optional everywhere (a string of at most 128 characters) and
-only echoed back, so the page can match answers to what it sent.
+only echoed back, so the page can match answers to what it sent.  Answers
+come in the order of the requests.  Sends that arrive together are stored in
+one commit (PeerApi.submit_message), and each ``sent`` answer goes after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import hmac
 import json
 import logging
 import re
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +73,10 @@ WS_MAX_MESSAGE_BYTES = 80 * 1024
 WS_HARD_LIMIT_BYTES = 1024 * 1024
 """aiohttp's max_msg_size: above it aiohttp closes the socket (1009) before we see the message."""
 WS_HEARTBEAT_SECONDS = 15.0
+WS_BATCH_BYTES = 256 * 1024
+"""A batch event grows to about this size before the next one starts (one large event may exceed it)."""
+REQUESTS_PER_TURN = 100
+"""Websocket requests handled before the handler lets the rest of the loop run."""
 MAX_CLIENT_ID_CHARS = 128
 MAX_HISTORY_LIMIT = 5000
 MAX_PEER_ID = 2**63 - 1
@@ -437,20 +446,28 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
     sockets = request.app[SOCKETS_KEY]
     sockets.add(ws)
     # Subscribe before the snapshot, so nothing between the two is lost.
+    # Answers go through the same queue as events, so one writer sends both.
     queue = api.subscribe()
+    answers = _Answers(queue)
     forwarder: asyncio.Task[None] | None = None
     try:
         await ws.send_str(json.dumps({"type": "hello", "me": api.me(), "peers": api.peers()}))
         forwarder = asyncio.create_task(_forward(queue, ws))
+        handled = 0
         async for msg in ws:
+            # Frames already received come back from the loop above without
+            # a loop turn in between, so the sends among them share one commit.
             if msg.type == WSMsgType.TEXT:
-                reply = await _ws_request(api, msg.data)
+                await _ws_request(api, msg.data, answers)
             elif msg.type == WSMsgType.BINARY:
-                reply = _ws_error(None, 400, "binary messages are not supported; send JSON text")
+                answers.add(None, _ws_error(None, 400, "binary messages are not supported; send JSON text"))
             else:  # ERROR: aiohttp has closed the socket already
                 break
-            if reply is not None:
-                await ws.send_str(json.dumps(reply))
+            handled += 1
+            if handled % REQUESTS_PER_TURN == 0:
+                # Let the commit and the writer run, so a long burst does not
+                # pile up more events than the queue holds.
+                await asyncio.sleep(0)
     except ConnectionError:
         pass  # the browser went away mid-send
     finally:
@@ -461,33 +478,113 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
+def _push(queue: asyncio.Queue[JSON], item: JSON) -> None:
+    """Queue an answer for the socket's writer.  Full: the page stopped
+    reading, so drop the backlog and tell it to reload (as PeerNode does)."""
+    try:
+        queue.put_nowait(item)
+    except asyncio.QueueFull:
+        while not queue.empty():
+            queue.get_nowait()
+        queue.put_nowait({"type": "resync"})
+        queue.put_nowait(item)
+
+
+class _Answers:
+    """One socket's answers, queued in the order of its requests: a send's
+    answer waits for the commit that stores the message, and the answers to
+    later requests wait behind it."""
+
+    def __init__(self, queue: asyncio.Queue[JSON]) -> None:
+        self._queue = queue
+        self._waiting: collections.deque[tuple[str | None, asyncio.Future[JSON] | JSON]] = collections.deque()
+
+    def add(self, client_id: str | None, answer: asyncio.Future[JSON] | JSON) -> None:
+        """``answer``: the reply itself, or a future of the sent message."""
+        self._waiting.append((client_id, answer))
+        if isinstance(answer, asyncio.Future):
+            answer.add_done_callback(self._release)
+        elif len(self._waiting) == 1:
+            self._release()
+
+    def _release(self, _: object = None) -> None:
+        while self._waiting:
+            client_id, answer = self._waiting[0]
+            if isinstance(answer, asyncio.Future):
+                if not answer.done():
+                    return
+                answer = _sent_answer(client_id, answer)
+            self._waiting.popleft()
+            _push(self._queue, answer)
+
+
+def _sent_answer(client_id: str | None, future: asyncio.Future[JSON]) -> JSON:
+    if future.cancelled():
+        return _ws_error(client_id, 500, "the send was cancelled")
+    error = future.exception()
+    if error is None:
+        return {"type": "sent", "client_id": client_id, "message": future.result()}
+    if isinstance(error, ApiError):
+        return _ws_error(client_id, error.status, error.message)
+    log.error("unexpected error storing a message", exc_info=error)
+    return _ws_error(client_id, 500, "internal error in webpeer (see its log)")
+
+
 async def _forward(queue: asyncio.Queue[JSON], ws: web.WebSocketResponse) -> None:
-    """Pushes the api's events to one socket until it closes."""
+    """Pushes the api's events (and the answers) to one socket until it
+    closes: everything queued by the time it runs goes as one frame."""
     while True:
-        event = await queue.get()
+        events = [await queue.get()]
+        while not queue.empty():
+            events.append(queue.get_nowait())
+        for data in _frames(events):
+            try:
+                await ws.send_str(data)
+            except ConnectionError:
+                return
+
+
+def _frames(events: list[JSON]) -> Iterator[str]:
+    """The websocket texts for ``events``: one event as itself, several as
+    ``{"type": "batch", "events": [...]}`` of at most about WS_BATCH_BYTES
+    (a websocket frame, a JSON encoding and a send per event cost more than
+    the event)."""
+    parts: list[str] = []
+    size = 0
+    for event in events:
         try:
-            data = json.dumps(event)
+            text = json.dumps(event)
         except (TypeError, ValueError):
             log.exception("dropping an event that is not JSON: %r", event)
             continue
-        try:
-            await ws.send_str(data)
-        except ConnectionError:
-            return
+        if parts and size + len(text) > WS_BATCH_BYTES:
+            yield _batch(parts)
+            parts, size = [], 0
+        parts.append(text)
+        size += len(text)
+    if parts:
+        yield _batch(parts)
+
+
+def _batch(parts: list[str]) -> str:
+    if len(parts) == 1:
+        return parts[0]
+    return '{"type": "batch", "events": [' + ", ".join(parts) + "]}"
 
 
 def _ws_error(client_id: str | None, status: int, message: str) -> JSON:
     return {"type": "error", "client_id": client_id, "status": status, "error": message}
 
 
-async def _ws_request(api: PeerApi, data: str) -> JSON | None:
-    """One client request -> its answer (None: nothing to answer)."""
+async def _ws_request(api: PeerApi, data: str, answers: _Answers) -> None:
+    """One client request; its answer (if any) goes to ``answers``."""
     if len(data) > WS_MAX_MESSAGE_BYTES or len(data.encode("utf-8", "surrogatepass")) > WS_MAX_MESSAGE_BYTES:
-        return _ws_error(
+        answers.add(None, _ws_error(
             None,
             413,
             f"websocket message larger than {WS_MAX_MESSAGE_BYTES} bytes (a message text may have {MAX_TEXT_BYTES} bytes)",
-        )
+        ))
+        return
     client_id: str | None = None
     try:
         request = _loads(data)
@@ -498,23 +595,26 @@ async def _ws_request(api: PeerApi, data: str) -> JSON | None:
             client_id = raw_id
         kind = request.get("type")
         if kind == "send":
-            message = await api.send_message(_peer_id(request.get("to"), "to"), _text(request.get("text")))
-            return {"type": "sent", "client_id": client_id, "message": message}
+            # Not awaited: the next frames are read (and stored in the same
+            # commit) while this one waits for it.
+            answers.add(client_id, api.submit_message(_peer_id(request.get("to"), "to"), _text(request.get("text"))))
+            return
         if kind == "retry":
             message = await api.retry(_message_id(request.get("id")))
-            return {"type": "sent", "client_id": client_id, "message": message}
+            answers.add(client_id, {"type": "sent", "client_id": client_id, "message": message})
+            return
         if kind == "read":
             api.mark_read(_peer_id(request.get("peer"), "peer"))
-            return None
+            return
         raise _BadRequest(400, f"unknown request type {repr(kind)[:40]}; expected send, retry or read")
     except _BadRequest as exc:
-        return _ws_error(client_id, exc.status, exc.message)
+        answers.add(client_id, _ws_error(client_id, exc.status, exc.message))
     except ApiError as exc:
-        return _ws_error(client_id, exc.status, exc.message)
+        answers.add(client_id, _ws_error(client_id, exc.status, exc.message))
     except Exception:
         # Keep the socket (and the page's live view) alive across a bug in the peer.
         log.exception("unexpected error handling a websocket request")
-        return _ws_error(client_id, 500, "internal error in webpeer (see its log)")
+        answers.add(client_id, _ws_error(client_id, 500, "internal error in webpeer (see its log)"))
 
 
 async def _close_websockets(app: web.Application) -> None:

@@ -84,6 +84,33 @@ async def test_the_course_project_scenario(nodes) -> None:
     assert conn["state"] == "direct" and conn["address"] == f"127.0.0.1:{three.udp_address[1]}"
 
 
+async def test_sends_in_one_loop_turn_share_one_commit(nodes) -> None:
+    alice, bob = await nodes("alice"), await nodes("bob")
+    await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")
+    first = await alice.send_message(2, "opens the connection")
+    await wait_for(lambda: alice.store.get_message(first["id"])["status"] == "delivered", what="first delivered")
+    statements: list[str] = []
+    events = alice.subscribe()
+    commits_when_answered: list[int] = []
+    alice.store._conn.set_trace_callback(statements.append)  # type: ignore[union-attr]
+    futures = [alice.submit_message(2, f"burst {n}") for n in range(50)]
+    for future in futures:
+        future.add_done_callback(lambda _: commits_when_answered.append(statements.count("COMMIT")))
+    assert events.empty()  # nothing is announced before it is stored
+    stored = await asyncio.gather(*futures)
+    alice.store._conn.set_trace_callback(None)  # type: ignore[union-attr]
+    # Stored, marked sent (the link was ready) and answered in one commit.
+    assert commits_when_answered == [1] * 50
+    assert [m["status"] for m in stored] == ["sent"] * 50
+    assert [alice.store.get_message(m["id"])["status"] in ("sent", "delivered") for m in stored] == [True] * 50
+    announced = [events.get_nowait() for _ in range(50)]
+    assert [e["message"]["text"] for e in announced] == [f"burst {n}" for n in range(50)]
+    assert {e["message"]["status"] for e in announced} == {"sent"}
+    await wait_for(lambda: len(bob.messages(1)) == 51, what="all at bob")
+    assert [m["text"] for m in bob.messages(1)][1:] == [f"burst {n}" for n in range(50)]
+    await wait_for(lambda: {m["status"] for m in alice.messages(2)} == {"delivered"}, what="all delivered")
+
+
 async def test_both_sides_talk_on_one_connection(nodes) -> None:
     alice, bob = await nodes("alice"), await nodes("bob")
     await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")

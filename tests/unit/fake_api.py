@@ -109,6 +109,9 @@ class FakePeerApi:
         return found[-limit:]
 
     async def send_message(self, to: int, text: str) -> JSON:
+        return await self.submit_message(to, text)
+
+    def submit_message(self, to: int, text: str) -> asyncio.Future[JSON]:
         if not text.strip():
             raise ApiError(400, "empty message")
         if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
@@ -119,7 +122,9 @@ class FakePeerApi:
         status = "sending" if self._peers[to]["online"] else "queued"
         message = self._new_message(to, self._me["id"], to, text, status)
         self.publish({"type": "message", "message": dict(message)})
-        return dict(message)
+        future: asyncio.Future[JSON] = asyncio.get_running_loop().create_future()
+        future.set_result(dict(message))
+        return future
 
     async def retry(self, message_id: str) -> JSON:
         message = self._messages.get(message_id)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 import socket
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -80,7 +81,26 @@ async def site() -> AsyncIterator[Site]:
     await client.close()
 
 
+# Events that came in a batch frame and were not read yet, per socket.
+_unread: weakref.WeakKeyDictionary[aiohttp.ClientWebSocketResponse, list[dict[str, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 async def receive_json(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5.0) -> dict[str, Any]:
+    """The next event, whether it came alone or in a batch."""
+    pending = _unread.setdefault(ws, [])
+    if pending:
+        return pending.pop(0)
+    value = await receive_frame(ws, timeout)
+    if value["type"] == "batch":
+        assert len(value["events"]) > 1
+        pending.extend(value["events"][1:])
+        return value["events"][0]
+    return value
+
+
+async def receive_frame(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5.0) -> dict[str, Any]:
     msg = await ws.receive(timeout=timeout)
     assert msg.type == WSMsgType.TEXT, msg
     value = json.loads(msg.data)
@@ -648,6 +668,69 @@ async def test_ws_send_read_and_retry(site: Site) -> None:
         assert answer["client_id"] == "r2" and answer["message"]["status"] == "sending"
 
 
+async def test_ws_events_ready_at_once_come_as_one_batch(site: Site) -> None:
+    async with await site.ws() as ws:
+        await receive_frame(ws)
+        first = site.api.receive(2, "one")
+        second = site.api.receive(2, "two")
+        site.api.set_status(second["id"], "delivered")
+        assert await receive_frame(ws) == {"type": "batch", "events": [
+            {"type": "message", "message": first},
+            {"type": "message", "message": second},
+            {"type": "status", "id": second["id"], "status": "delivered", "error": None},
+        ]}
+        site.api.receive(2, "alone")
+        assert (await receive_frame(ws))["type"] == "message"  # a single event is not wrapped
+
+
+class HoldingApi(FakePeerApi):
+    """Sends are stored only when the test says so (a commit that takes a while)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[tuple[asyncio.Future[dict[str, Any]], dict[str, Any]]] = []
+
+    def submit_message(self, to: int, text: str) -> asyncio.Future[dict[str, Any]]:
+        stored = super().submit_message(to, text).result()
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.held.append((future, stored))
+        return future
+
+    def commit(self) -> None:
+        for future, stored in self.held:
+            future.set_result(stored)
+        self.held.clear()
+
+
+async def test_ws_sent_answers_wait_for_the_commit_and_keep_request_order() -> None:
+    api = HoldingApi()
+    api.add_peer(2, "bob")
+    port = free_port()
+    async with TestClient(TestServer(create_app(WebConfig(port=port, token=TOKEN), api), port=port)) as client:
+        ws = await client.ws_connect("/ws", headers={"Origin": f"http://127.0.0.1:{port}", "Authorization": f"Bearer {TOKEN}"})
+        await receive_json(ws)
+        for n in range(3):
+            await ws.send_json({"type": "send", "to": 2, "text": f"m{n}", "client_id": f"c{n}"})
+        await ws.send_json({"type": "send", "to": 99, "text": "x", "client_id": "bad"})
+        for _ in range(100):
+            if len(api.held) == 3:
+                break
+            await asyncio.sleep(0.01)
+        # The events the fake published at once may arrive; no answer may.
+        seen = []
+        with pytest.raises(asyncio.TimeoutError):
+            while True:
+                seen.append(await receive_json(ws, timeout=0.2))
+        assert [e["type"] for e in seen] == ["message"] * 3
+        api.commit()
+        answers = [await receive_json(ws) for _ in range(4)]
+        assert [(a["type"], a["client_id"]) for a in answers] == [
+            ("sent", "c0"), ("sent", "c1"), ("sent", "c2"), ("error", "bad")
+        ]
+        assert [a["message"]["text"] for a in answers[:3]] == ["m0", "m1", "m2"]
+        await ws.close()
+
+
 @pytest.mark.parametrize(
     ("request_text", "status", "client_id", "words"),
     [
@@ -735,6 +818,11 @@ class _BrokenApi(FakePeerApi):
 
     async def send_message(self, to: int, text: str) -> dict[str, Any]:
         raise RuntimeError("bug in the peer")
+
+    def submit_message(self, to: int, text: str) -> asyncio.Future[dict[str, Any]]:
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future.set_exception(RuntimeError("bug in the peer"))
+        return future
 
 
 async def test_a_bug_in_the_peer_is_a_500_not_a_dead_socket(caplog: pytest.LogCaptureFixture) -> None:
