@@ -65,7 +65,7 @@ from .registration import (
     Relayed,
     Stopped,
 )
-from .store import Status, Store, StoreError, TrustResult
+from .store import NewMessage, Status, Store, StoreError, TrustResult
 from .wire import FrameError, require
 
 logger = logging.getLogger("webpeer")
@@ -76,6 +76,15 @@ SUBSCRIBER_QUEUE = 1000
 NONCE_LIFETIME = 60.0  # a check answer's nonce may be signed in a hello this long
 SIMULTANEOUS_WINDOW = 5.0  # two links to one peer ready within this: a race, not a restart
 RETENTION = 7 * 24 * 3600.0  # queued messages for an offline peer are kept this long
+
+
+def _message_id(now: float) -> str:
+    """A new message id: 32 hex digits, the time in microseconds then 72
+    random bits.  Ids that grow with time go to the end of the store's id
+    index (both ours and, prefixed by our id, the receiver's); random ones
+    would dirty a different index page per message, and a commit would write
+    all those pages."""
+    return f"{max(0, int(now * 1_000_000)) & 0xFFFF_FFFF_FFFF_FF:014x}{secrets.token_hex(9)}"
 
 
 @dataclass(frozen=True)
@@ -168,6 +177,9 @@ class PeerNode(TraversalMixin):
         self._flush_scheduled = False
         # Messages from submit_message waiting for the next flush to store them.
         self._outbox: list[tuple[JSON, asyncio.Future[JSON]]] = []
+        # What the links' frames brought in this flush, stored before its commit.
+        self._incoming: list[NewMessage] = []
+        self._receipts: dict[int, list[str]] = {}
         # Events published while a flush's transaction is open wait here for its commit.
         self._held_events: list[JSON] | None = None
 
@@ -294,9 +306,9 @@ class PeerNode(TraversalMixin):
             raise ApiError(400, "'to' must be a peer id")
         if to == my_id:
             raise ApiError(400, "cannot send a message to yourself")
-        # 128 random bits, as hex (a uuid4 costs more and adds nothing here).
-        message: JSON = {"id": secrets.token_hex(16), "peer": to, "from": my_id, "to": to, "text": text,
-                         "status": str(Status.QUEUED), "time": self.clock(), "error": None}
+        now = self.clock()
+        message: JSON = {"id": _message_id(now), "peer": to, "from": my_id, "to": to, "text": text,
+                         "status": str(Status.QUEUED), "time": now, "error": None}
         future: asyncio.Future[JSON] = asyncio.get_running_loop().create_future()
         self._outbox.append((message, future))
         self._schedule_flush()
@@ -419,6 +431,7 @@ class PeerNode(TraversalMixin):
                 for _ in range(10):  # events can cause more events; bounded
                     busy = self._drain_registration(now)
                     busy |= self._drain_links(now)
+                    self._store_incoming(now)
                     busy |= self._check_punches(now)
                     if not busy:
                         break
@@ -469,6 +482,28 @@ class PeerNode(TraversalMixin):
             endpoint.sendto(data, self.config.server)
         self._arm_timer(now)
 
+    def _store_incoming(self, now: float) -> None:
+        """Inside the flush's transaction: store the messages and receipts
+        that the links' frames brought, and tell the page about what is new."""
+        incoming, self._incoming = self._incoming, []
+        if incoming:
+            fresh = self.store.add_messages(incoming)
+            for message in incoming:
+                if message.message_id in fresh:
+                    fresh.discard(message.message_id)  # a repeat in the same flush: once
+                    # The page counts unread messages from these events; a full
+                    # peer list (with its unread query) per message would cost
+                    # more than the message itself.  (The row as get_message reads it.)
+                    self._publish({"type": "message", "message": {
+                        "id": message.message_id, "peer": message.sender, "from": message.sender,
+                        "to": message.recipient, "text": message.text, "status": str(Status.RECEIVED),
+                        "time": message.time, "error": None}})
+        receipts, self._receipts = self._receipts, {}
+        for peer_id, message_ids in receipts.items():
+            valid = [m for m in message_ids if m and len(m) <= 64 and m.isascii()]  # ours are hex
+            for message_id in self.store.mark_delivered(valid, peer_id, now=now):
+                self._publish({"type": "status", "id": message_id, "status": str(Status.DELIVERED), "error": None})
+
     def _store_outbox(self, outbox: list[tuple[JSON, asyncio.Future[JSON]]]) -> list[tuple[PeerLink, JSON]]:
         """Inside the flush's transaction: store the submitted messages.  One
         whose peer has a ready link is stored as sent, and its frame is
@@ -490,9 +525,9 @@ class PeerNode(TraversalMixin):
                 status = Status.SENDING if peer.online else Status.QUEUED
                 waiting[to] = peer
             message["status"] = str(status)
-            self.store.add_message(message["id"], sender=message["from"], recipient=to, text=message["text"],
-                                   status=status, time=message["time"])
             self._publish({"type": "message", "message": message})
+        self.store.add_messages([NewMessage(m["id"], m["from"], m["to"], m["text"], m["status"], m["time"])
+                                 for m, _ in outbox])
         for peer in waiting.values():
             self._pump_peer(peer)
         return to_send
@@ -752,10 +787,12 @@ class PeerNode(TraversalMixin):
                 elif isinstance(event, HelloReceived):
                     self._on_hello(link, event, now)
                 elif isinstance(event, LinkReady):
+                    self._store_incoming(now)  # receipts that came first count first
                     self._on_link_ready(link, event, now)
                 elif isinstance(event, FrameReceived):
                     self._on_frame(link, event.frame, now)
                 elif isinstance(event, LinkClosed):
+                    self._store_incoming(now)
                     self._on_link_closed(link, event, now)
         return busy
 
@@ -821,38 +858,28 @@ class PeerNode(TraversalMixin):
                 message_id = require(frame, "id", str)
                 text = require(frame, "text", str)
                 sent_at = frame.get("time")
-                if len(message_id) > 64 or len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
+                try:
+                    size = len(text.encode("utf-8"))
+                    message_id.encode("utf-8")
+                except UnicodeEncodeError:  # a lone surrogate: SQLite could not store it
+                    raise FrameError("message is not valid Unicode") from None
+                if len(message_id) > 64 or size > MAX_TEXT_BYTES:
                     raise FrameError("message too long")
                 when = float(sent_at) if isinstance(sent_at, (int, float)) and not isinstance(sent_at, bool) else now
-                my_id = self.registration.peer_id or 0
-                stored_id = f"{peer_id}:{message_id}"  # ids are the sender's: scope them by sender
-                try:
-                    fresh = self.store.add_message(
-                        stored_id, sender=peer_id, recipient=my_id, text=text, status=Status.RECEIVED, time=when
-                    )
-                except StoreError as error:
-                    raise FrameError(str(error)) from None
-                # Acknowledge after storing, also for a duplicate (its ack was lost).
+                # Ids are the sender's: scope them by sender.  Stored with the
+                # others of this flush, before its commit.
+                self._incoming.append(NewMessage(
+                    f"{peer_id}:{message_id}", peer_id, self.registration.peer_id or 0, text, Status.RECEIVED, when))
+                # Acknowledge, also a duplicate (its ack was lost).  The ack
+                # leaves after the commit that stores the message.
                 link.send_frame({"t": "ack", "id": message_id}, now)
-                if fresh:
-                    # The page counts unread messages from these events; a full
-                    # peer list (with its unread query) per message would cost
-                    # more than the message itself.  (The row as get_message
-                    # would read it back.)
-                    self._publish({"type": "message", "message": {
-                        "id": stored_id, "peer": peer_id, "from": peer_id, "to": my_id, "text": text,
-                        "status": str(Status.RECEIVED), "time": when, "error": None}})
             elif kind == "birthday":
                 self._on_birthday_frame(link, frame, now)
             elif kind == "ack":
                 message_id = require(frame, "id", str)
-                try:
-                    # Only a receipt from the peer the message went to counts.
-                    delivered = self.store.set_status(message_id, Status.DELIVERED, now=now, recipient=peer_id)
-                except StoreError as error:  # an empty id, a lone surrogate
-                    raise FrameError(str(error)) from None
-                if delivered:
-                    self._publish({"type": "status", "id": message_id, "status": str(Status.DELIVERED), "error": None})
+                # Applied with the others of this flush (one UPDATE); only a
+                # receipt from the peer the message went to counts.
+                self._receipts.setdefault(peer_id, []).append(message_id)
             else:
                 self.stats["unknown_frames"] += 1
         except FrameError as error:

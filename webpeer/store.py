@@ -37,7 +37,7 @@ import enum
 import os
 import sqlite3
 import time as _time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,6 +174,42 @@ def _message(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message to store (see :meth:`Store.add_message`)."""
+
+    message_id: str
+    sender: int
+    recipient: int
+    text: str
+    status: Status | str
+    time: float
+
+
+_INSERT = (
+    "INSERT INTO messages (id, peer, sender, recipient, text, status, time, updated, error, outgoing, read) VALUES"
+)
+_INSERT_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)"
+# Rows (or ids) per statement: SQLite allows 32,766 bound values.
+_ROWS_PER_STATEMENT = 500
+
+
+def _message_row(message: NewMessage) -> tuple[Any, ...]:
+    """The INSERT values for a new message, checked (StoreError if bad)."""
+    _check_id(message.message_id)
+    _check_text(message.text)
+    state = _status(message.status)
+    if state is Status.RECEIVED:
+        peer, outgoing = message.sender, False
+    elif state in _NEW_OUTGOING:
+        peer, outgoing = message.recipient, True
+    else:
+        raise StoreError(f"a new message cannot start as {state.value!r}")
+    # Our own messages are never unread.
+    return (message.message_id, peer, message.sender, message.recipient, message.text, state.value,
+            message.time, message.time, int(outgoing), int(outgoing))
+
+
 def _known_peer(row: tuple[Any, ...]) -> KnownPeer:
     peer_id, public_key, name, first_seen, last_seen, key_changed, previous_key = row
     return KnownPeer(
@@ -302,38 +338,28 @@ class Store:
         ``status`` says the direction: ``received`` for an incoming message
         (the conversation is with ``sender``, and it counts as unread),
         ``queued``, ``sending`` or ``sent`` for an outgoing one (the
-        conversation is with ``recipient``).  ``time`` orders the conversation.  The text is
-        stored verbatim; length limits are the caller's (api.MAX_TEXT_BYTES).
+        conversation is with ``recipient``).  ``time`` orders the conversation.
+        The text is stored verbatim; length limits are the caller's
+        (api.MAX_TEXT_BYTES).
         """
-        _check_id(message_id)
-        _check_text(text)
-        state = _status(status)
-        if state is Status.RECEIVED:
-            peer, outgoing = sender, False
-        elif state in _NEW_OUTGOING:
-            peer, outgoing = recipient, True
-        else:
-            raise StoreError(f"a new message cannot start as {state.value!r}")
+        return bool(self.add_messages([NewMessage(message_id, sender, recipient, text, status, time)]))
+
+    def add_messages(self, messages: Sequence[NewMessage]) -> set[str]:
+        """Store several new messages as :meth:`add_message` stores each (in
+        this order), with one statement per few hundred; return the ids that
+        were new.  All are checked before any is stored."""
+        rows = [_message_row(message) for message in messages]
+        fresh: set[str] = set()
         with self._write() as conn:
-            cursor = conn.execute(
-                "INSERT INTO messages"
-                " (id, peer, sender, recipient, text, status, time, updated, error, outgoing, read)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)"
-                " ON CONFLICT (id) DO NOTHING",
-                (
-                    message_id,
-                    peer,
-                    sender,
-                    recipient,
-                    text,
-                    state.value,
-                    time,
-                    time,
-                    int(outgoing),
-                    int(outgoing),  # our own messages are never unread
-                ),
-            )
-            return cursor.rowcount == 1
+            for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+                chunk = rows[start : start + _ROWS_PER_STATEMENT]
+                values = ", ".join([_INSERT_VALUES] * len(chunk))
+                cursor = conn.execute(
+                    f"{_INSERT} {values} ON CONFLICT (id) DO NOTHING RETURNING id",
+                    [value for row in chunk for value in row],
+                )
+                fresh.update(row[0] for row in cursor.fetchall())
+        return fresh
 
     def set_status(
         self,
@@ -371,6 +397,27 @@ class Store:
                     _SET_STATUS_TO[target], (target.value, error, when, message_id, *sources, recipient)
                 )
             return cursor.rowcount == 1
+
+    def mark_delivered(self, message_ids: Sequence[str], recipient: int, *, now: float) -> list[str]:
+        """Receipts from ``recipient``: each of ``message_ids`` that was sent
+        to it moves to ``delivered`` (as set_status would); returns the ids
+        that changed, in the given order.  One statement per few hundred."""
+        for message_id in message_ids:
+            _check_id(message_id)
+        unique = list(dict.fromkeys(message_ids))
+        sources = _SOURCES[Status.DELIVERED]
+        changed: set[str] = set()
+        with self._write() as conn:
+            for start in range(0, len(unique), _ROWS_PER_STATEMENT):
+                chunk = unique[start : start + _ROWS_PER_STATEMENT]
+                cursor = conn.execute(
+                    f"UPDATE messages SET status = 'delivered', error = NULL, updated = ?"
+                    f" WHERE id IN ({', '.join('?' * len(chunk))}) AND status IN ({', '.join('?' * len(sources))})"
+                    " AND recipient = ? RETURNING id",
+                    (now, *chunk, *sources, recipient),
+                )
+                changed.update(row[0] for row in cursor.fetchall())
+        return [message_id for message_id in unique if message_id in changed]
 
     def get_message(self, message_id: str) -> dict[str, Any] | None:
         """The message as the API shows it, or None."""

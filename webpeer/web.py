@@ -52,7 +52,7 @@ import json
 import logging
 import re
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,7 +74,7 @@ WS_HARD_LIMIT_BYTES = 1024 * 1024
 """aiohttp's max_msg_size: above it aiohttp closes the socket (1009) before we see the message."""
 WS_HEARTBEAT_SECONDS = 15.0
 WS_BATCH_BYTES = 256 * 1024
-"""A batch event grows to about this size before the next one starts (one large event may exceed it)."""
+"""A batch event larger than this is split (one event alone may be larger)."""
 REQUESTS_PER_TURN = 100
 """Websocket requests handled before the handler lets the rest of the loop run."""
 MAX_CLIENT_ID_CHARS = 128
@@ -544,32 +544,22 @@ async def _forward(queue: asyncio.Queue[JSON], ws: web.WebSocketResponse) -> Non
                 return
 
 
-def _frames(events: list[JSON]) -> Iterator[str]:
+def _frames(events: list[JSON]) -> list[str]:
     """The websocket texts for ``events``: one event as itself, several as
-    ``{"type": "batch", "events": [...]}`` of at most about WS_BATCH_BYTES
-    (a websocket frame, a JSON encoding and a send per event cost more than
-    the event)."""
-    parts: list[str] = []
-    size = 0
-    for event in events:
-        try:
-            text = json.dumps(event)
-        except (TypeError, ValueError):
-            log.exception("dropping an event that is not JSON: %r", event)
-            continue
-        if parts and size + len(text) > WS_BATCH_BYTES:
-            yield _batch(parts)
-            parts, size = [], 0
-        parts.append(text)
-        size += len(text)
-    if parts:
-        yield _batch(parts)
-
-
-def _batch(parts: list[str]) -> str:
-    if len(parts) == 1:
-        return parts[0]
-    return '{"type": "batch", "events": [' + ", ".join(parts) + "]}"
+    ``{"type": "batch", "events": [...]}``, split in halves until each is at
+    most WS_BATCH_BYTES (or one event).  One frame and one JSON encoding for
+    all of them: per event, those cost more than the event itself."""
+    try:
+        text = json.dumps(events[0] if len(events) == 1 else {"type": "batch", "events": events})
+    except (TypeError, ValueError):
+        if len(events) == 1:
+            log.exception("dropping an event that is not JSON: %r", events[0])
+            return []
+        return [frame for event in events for frame in _frames([event])]
+    if len(text) <= WS_BATCH_BYTES or len(events) == 1:
+        return [text]
+    half = len(events) // 2
+    return _frames(events[:half]) + _frames(events[half:])
 
 
 def _ws_error(client_id: str | None, status: int, message: str) -> JSON:

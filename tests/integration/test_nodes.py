@@ -111,6 +111,37 @@ async def test_sends_in_one_loop_turn_share_one_commit(nodes) -> None:
     await wait_for(lambda: {m["status"] for m in alice.messages(2)} == {"delivered"}, what="all delivered")
 
 
+class _LinkFrom:
+    """Stands for a link to ``peer_id`` when frames are handed to the node directly."""
+
+    def __init__(self, peer_id: int) -> None:
+        self.peer_id = peer_id
+        self.closed: str | None = None
+
+    def close(self, reason: str) -> None:
+        self.closed = reason
+
+
+async def test_a_receipt_counts_only_from_the_recipient(nodes) -> None:
+    alice = await nodes("alice")
+    alice.store.add_message("m1", sender=1, recipient=2, text="to 2", status="sent", time=1.0)
+    events = alice.subscribe()
+    for peer_id in (3, 2, 2):
+        alice._on_frame(_LinkFrom(peer_id), {"t": "ack", "id": "m1"}, 2.0)  # type: ignore[arg-type]
+        alice._flush()
+        if peer_id == 3:
+            assert alice.store.get_message("m1")["status"] == "sent"
+            assert events.empty()
+    assert alice.store.get_message("m1")["status"] == "delivered"
+    assert events.get_nowait() == {"type": "status", "id": "m1", "status": "delivered", "error": None}
+    assert events.empty()  # the repeated receipt changed nothing
+    odd = _LinkFrom(2)
+    for bad in ("", "\ud800", "x" * 65):
+        alice._on_frame(odd, {"t": "ack", "id": bad}, 3.0)  # type: ignore[arg-type]
+    alice._flush()  # ignored, not an error
+    assert odd.closed is None and events.empty()
+
+
 async def test_both_sides_talk_on_one_connection(nodes) -> None:
     alice, bob = await nodes("alice"), await nodes("bob")
     await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")

@@ -683,6 +683,21 @@ async def test_ws_events_ready_at_once_come_as_one_batch(site: Site) -> None:
         assert (await receive_frame(ws))["type"] == "message"  # a single event is not wrapped
 
 
+def test_large_batches_are_split_and_a_bad_event_is_dropped() -> None:
+    from webpeer.web import WS_BATCH_BYTES, _frames
+
+    big = [{"type": "message", "message": {"text": "x" * (WS_BATCH_BYTES // 3)}} for _ in range(7)]
+    frames = [json.loads(text) for text in _frames(big)]
+    assert all(len(json.dumps(frame)) <= WS_BATCH_BYTES for frame in frames)
+    assert len(frames) > 1
+    unpacked = [e for f in frames for e in (f["events"] if f["type"] == "batch" else [f])]
+    assert unpacked == big
+    huge = {"type": "message", "message": {"text": "y" * 2 * WS_BATCH_BYTES}}
+    assert [json.loads(text) for text in _frames([huge])] == [huge]  # alone, it may exceed the size
+    good = {"type": "resync"}
+    assert [json.loads(text) for text in _frames([good, {"type": "bad", "value": object()}, good])] == [good, good]
+
+
 class HoldingApi(FakePeerApi):
     """Sends are stored only when the test says so (a commit that takes a while)."""
 
