@@ -59,10 +59,14 @@ class PeerApi(Protocol):
         gave out."""
         ...
 
-    def submit_message(self, to: int, text: str) -> asyncio.Future[JSON]:
+    def submit_message(
+        self, to: int, text: str, *, answered_on: asyncio.Queue[JSON] | None = None
+    ) -> asyncio.Future[JSON]:
         """send_message without waiting: raises ApiError at once for bad
         input; the future gets the stored message once it is committed (or an
-        ApiError).  Messages submitted in one loop turn share one commit."""
+        ApiError).  Messages submitted in one loop turn share one commit.
+        ``answered_on``: a queue from subscribe() whose reader gets the
+        message as the answer, and so is not sent its "message" event."""
         ...
 
     async def retry(self, message_id: str) -> JSON:

@@ -16,6 +16,7 @@ QUIC, routed by destination connection id.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import socket
@@ -76,15 +77,6 @@ SUBSCRIBER_QUEUE = 1000
 NONCE_LIFETIME = 60.0  # a check answer's nonce may be signed in a hello this long
 SIMULTANEOUS_WINDOW = 5.0  # two links to one peer ready within this: a race, not a restart
 RETENTION = 7 * 24 * 3600.0  # queued messages for an offline peer are kept this long
-
-
-def _message_id(now: float) -> str:
-    """A new message id: 32 hex digits, the time in microseconds then 72
-    random bits.  Ids that grow with time go to the end of the store's id
-    index (both ours and, prefixed by our id, the receiver's); random ones
-    would dirty a different index page per message, and a commit would write
-    all those pages."""
-    return f"{max(0, int(now * 1_000_000)) & 0xFFFF_FFFF_FFFF_FF:014x}{secrets.token_hex(9)}"
 
 
 @dataclass(frozen=True)
@@ -175,13 +167,15 @@ class PeerNode(TraversalMixin):
         self._stopped = asyncio.Event()
         self._housekeeping: asyncio.Task[None] | None = None
         self._flush_scheduled = False
+        self._id_prefix = secrets.randbits(32)
+        self._id_counter = itertools.count()
         # Messages from submit_message waiting for the next flush to store them.
-        self._outbox: list[tuple[JSON, asyncio.Future[JSON]]] = []
+        self._outbox: list[tuple[JSON, asyncio.Future[JSON], asyncio.Queue[JSON] | None]] = []
         # What the links' frames brought in this flush, stored before its commit.
         self._incoming: list[NewMessage] = []
         self._receipts: dict[int, list[str]] = {}
         # Events published while a flush's transaction is open wait here for its commit.
-        self._held_events: list[JSON] | None = None
+        self._held_events: list[tuple[JSON, asyncio.Queue[JSON] | None]] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -285,12 +279,15 @@ class PeerNode(TraversalMixin):
     async def send_message(self, to: int, text: str) -> JSON:
         return await self.submit_message(to, text)
 
-    def submit_message(self, to: int, text: str) -> asyncio.Future[JSON]:
+    def submit_message(
+        self, to: int, text: str, *, answered_on: asyncio.Queue[JSON] | None = None
+    ) -> asyncio.Future[JSON]:
         """Check a message and queue it for the next flush, which stores every
         message submitted in this loop turn in one commit and then hands them
         to their links.  The future gets the stored message after that commit
         (so an answer to the page never gets ahead of the disk); bad input
-        raises ApiError here."""
+        raises ApiError here.  ``answered_on``: the subscriber that gets the
+        message as its answer, so not as a "message" event too."""
         if not isinstance(text, str) or not text.strip():
             raise ApiError(400, "message text is empty")
         try:
@@ -307,12 +304,21 @@ class PeerNode(TraversalMixin):
         if to == my_id:
             raise ApiError(400, "cannot send a message to yourself")
         now = self.clock()
-        message: JSON = {"id": _message_id(now), "peer": to, "from": my_id, "to": to, "text": text,
+        message: JSON = {"id": self._new_message_id(now), "peer": to, "from": my_id, "to": to, "text": text,
                          "status": str(Status.QUEUED), "time": now, "error": None}
         future: asyncio.Future[JSON] = asyncio.get_running_loop().create_future()
-        self._outbox.append((message, future))
+        self._outbox.append((message, future, answered_on))
         self._schedule_flush()
         return future
+
+    def _new_message_id(self, now: float) -> str:
+        """32 hex digits: the time in microseconds, 32 random bits chosen at
+        start-up, then a counter (so ids never repeat).  Ids that grow with
+        time go to the end of the store's id index (ours and, prefixed by our
+        id, the receiver's); random ones would dirty a different index page
+        per message, and each commit would write all of those pages."""
+        time_us = max(0, int(now * 1_000_000)) & 0xFF_FFFF_FFFF_FFFF
+        return f"{time_us:014x}{self._id_prefix:08x}{next(self._id_counter) & 0xFF_FFFF_FFFF:010x}"
 
     async def retry(self, message_id: str) -> JSON:
         message = self.store.get_message(message_id)
@@ -339,11 +345,13 @@ class PeerNode(TraversalMixin):
     def unsubscribe(self, queue: asyncio.Queue[JSON]) -> None:
         self._subscribers.discard(queue)
 
-    def _publish(self, event: JSON) -> None:
+    def _publish(self, event: JSON, *, skip: asyncio.Queue[JSON] | None = None) -> None:
         if self._held_events is not None:
-            self._held_events.append(event)
+            self._held_events.append((event, skip))
             return
         for queue in list(self._subscribers):
+            if queue is skip:
+                continue
             try:
                 queue.put_nowait(event)
             except asyncio.QueueFull:
@@ -439,7 +447,7 @@ class PeerNode(TraversalMixin):
         except BaseException as error:
             # Rolled back: what the held events announced is not on disk.
             self._held_events = None
-            for _, future in outbox:
+            for _, future, _ in outbox:
                 if not future.done():
                     future.set_exception(ApiError(500, f"could not store the message: {error}"))
             self._publish({"type": "resync"})
@@ -448,11 +456,13 @@ class PeerNode(TraversalMixin):
         for link, frame in to_send:
             if link.state is LinkState.READY:
                 link.send_frame(frame, now)
-        for event in held:
-            self._publish(event)
-        for message, future in outbox:
+        # Answers first: the page's writer then finds them and these events
+        # queued together, and sends them as one frame.
+        for message, future, _ in outbox:
             if not future.done():
                 future.set_result(message)
+        for event, skip in held:
+            self._publish(event, skip=skip)
         for data in self.registration.datagrams_to_send():
             endpoint.sendto(data, self.config.server)
         for session in list(self._punches.values()):
@@ -504,14 +514,16 @@ class PeerNode(TraversalMixin):
             for message_id in self.store.mark_delivered(valid, peer_id, now=now):
                 self._publish({"type": "status", "id": message_id, "status": str(Status.DELIVERED), "error": None})
 
-    def _store_outbox(self, outbox: list[tuple[JSON, asyncio.Future[JSON]]]) -> list[tuple[PeerLink, JSON]]:
+    def _store_outbox(
+        self, outbox: list[tuple[JSON, asyncio.Future[JSON], asyncio.Queue[JSON] | None]]
+    ) -> list[tuple[PeerLink, JSON]]:
         """Inside the flush's transaction: store the submitted messages.  One
         whose peer has a ready link is stored as sent, and its frame is
         returned, to go on that link once the commit is done; the others are
         queued or sending, and their peers start connecting."""
         to_send: list[tuple[PeerLink, JSON]] = []
         waiting: dict[int, PeerState] = {}
-        for message, _ in outbox:
+        for message, _, answered_on in outbox:
             to = message["to"]
             peer = self.peer_states.get(to)
             if peer is None:
@@ -525,9 +537,9 @@ class PeerNode(TraversalMixin):
                 status = Status.SENDING if peer.online else Status.QUEUED
                 waiting[to] = peer
             message["status"] = str(status)
-            self._publish({"type": "message", "message": message})
+            self._publish({"type": "message", "message": message}, skip=answered_on)
         self.store.add_messages([NewMessage(m["id"], m["from"], m["to"], m["text"], m["status"], m["time"])
-                                 for m, _ in outbox])
+                                 for m, _, _ in outbox])
         for peer in waiting.values():
             self._pump_peer(peer)
         return to_send

@@ -31,7 +31,8 @@ Websocket protocol (JSON text frames, one object each):
     <- {"type": "batch", "events": [<event>, ...]}   several events (and answers) that were
        ready at once, in order: the same as receiving each one on its own
     -> {"type": "send", "to": N, "text": "...", "client_id": "..."}
-    <- {"type": "sent", "client_id": "...", "message": <message>}   once the message is stored
+    <- {"type": "sent", "client_id": "...", "message": <message>}   once the message is stored;
+       this socket gets no "message" event for it (other sockets do)
     -> {"type": "retry", "id": "...", "client_id": "..."}         answered like send
     -> {"type": "read", "peer": N}                                 no answer on success
     <- {"type": "error", "client_id": "..."|null, "status": int, "error": "..."}
@@ -496,7 +497,7 @@ class _Answers:
     later requests wait behind it."""
 
     def __init__(self, queue: asyncio.Queue[JSON]) -> None:
-        self._queue = queue
+        self.queue = queue
         self._waiting: collections.deque[tuple[str | None, asyncio.Future[JSON] | JSON]] = collections.deque()
 
     def add(self, client_id: str | None, answer: asyncio.Future[JSON] | JSON) -> None:
@@ -515,7 +516,7 @@ class _Answers:
                     return
                 answer = _sent_answer(client_id, answer)
             self._waiting.popleft()
-            _push(self._queue, answer)
+            _push(self.queue, answer)
 
 
 def _sent_answer(client_id: str | None, future: asyncio.Future[JSON]) -> JSON:
@@ -587,7 +588,12 @@ async def _ws_request(api: PeerApi, data: str, answers: _Answers) -> None:
         if kind == "send":
             # Not awaited: the next frames are read (and stored in the same
             # commit) while this one waits for it.
-            answers.add(client_id, api.submit_message(_peer_id(request.get("to"), "to"), _text(request.get("text"))))
+            # The answer carries the stored message: this socket is not sent
+            # its "message" event too.
+            future = api.submit_message(
+                _peer_id(request.get("to"), "to"), _text(request.get("text")), answered_on=answers.queue
+            )
+            answers.add(client_id, future)
             return
         if kind == "retry":
             message = await api.retry(_message_id(request.get("id")))
