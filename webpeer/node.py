@@ -889,7 +889,7 @@ class PeerNode(TraversalMixin):
                 self._on_birthday_frame(link, frame, now)
             elif kind == "ack":
                 message_id = require(frame, "id", str)
-                # Applied with the others of this flush (one UPDATE); only a
+                # Applied with the others of this flush, before its commit; only a
                 # receipt from the peer the message went to counts.
                 self._receipts.setdefault(peer_id, []).append(message_id)
             else:

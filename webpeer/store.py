@@ -188,11 +188,9 @@ class NewMessage(NamedTuple):
 
 
 _INSERT = (
-    "INSERT INTO messages (id, peer, sender, recipient, text, status, time, updated, error, outgoing, read) VALUES"
+    "INSERT INTO messages (id, peer, sender, recipient, text, status, time, updated, error, outgoing, read)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?) ON CONFLICT (id) DO NOTHING"
 )
-_INSERT_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)"
-# Rows (or ids) per statement: SQLite allows 32,766 bound values.
-_ROWS_PER_STATEMENT = 500
 
 
 def _message_row(message: NewMessage) -> tuple[Any, ...]:
@@ -347,19 +345,16 @@ class Store:
 
     def add_messages(self, messages: Sequence[NewMessage]) -> set[str]:
         """Store several new messages as :meth:`add_message` stores each (in
-        this order), with one statement per few hundred; return the ids that
-        were new.  All are checked before any is stored."""
+        this order), in one transaction; return the ids that were new.  All
+        are checked before any is stored."""
         rows = [_message_row(message) for message in messages]
         fresh: set[str] = set()
         with self._write() as conn:
-            for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-                chunk = rows[start : start + _ROWS_PER_STATEMENT]
-                values = ", ".join([_INSERT_VALUES] * len(chunk))
-                cursor = conn.execute(
-                    f"{_INSERT} {values} ON CONFLICT (id) DO NOTHING RETURNING id",
-                    [value for row in chunk for value in row],
-                )
-                fresh.update(row[0] for row in cursor.fetchall())
+            # One cached statement, run per row: a multi-row INSERT would be
+            # parsed again for every new row count.
+            for row in rows:
+                if conn.execute(_INSERT, row).rowcount == 1:
+                    fresh.add(row[0])
         return fresh
 
     def set_status(
@@ -401,24 +396,18 @@ class Store:
 
     def mark_delivered(self, message_ids: Sequence[str], recipient: int, *, now: float) -> list[str]:
         """Receipts from ``recipient``: each of ``message_ids`` that was sent
-        to it moves to ``delivered`` (as set_status would); returns the ids
-        that changed, in the given order.  One statement per few hundred."""
+        to it moves to ``delivered`` (as set_status would), in one
+        transaction; returns the ids that changed, in the given order."""
         for message_id in message_ids:
             _check_id(message_id)
-        unique = list(dict.fromkeys(message_ids))
-        sources = _SOURCES[Status.DELIVERED]
-        changed: set[str] = set()
+        changed = []
         with self._write() as conn:
-            for start in range(0, len(unique), _ROWS_PER_STATEMENT):
-                chunk = unique[start : start + _ROWS_PER_STATEMENT]
-                cursor = conn.execute(
-                    f"UPDATE messages SET status = 'delivered', error = NULL, updated = ?"
-                    f" WHERE id IN ({', '.join('?' * len(chunk))}) AND status IN ({', '.join('?' * len(sources))})"
-                    " AND recipient = ? RETURNING id",
-                    (now, *chunk, *sources, recipient),
-                )
-                changed.update(row[0] for row in cursor.fetchall())
-        return [message_id for message_id in unique if message_id in changed]
+            sql = _SET_STATUS_TO[Status.DELIVERED]
+            sources = _SOURCES[Status.DELIVERED]
+            for message_id in message_ids:
+                if conn.execute(sql, (Status.DELIVERED.value, None, now, message_id, *sources, recipient)).rowcount:
+                    changed.append(message_id)
+        return changed
 
     def get_message(self, message_id: str) -> dict[str, Any] | None:
         """The message as the API shows it, or None."""

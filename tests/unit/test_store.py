@@ -475,7 +475,7 @@ def test_batch_commits_once_and_rolls_back_on_error(db_path: Path, store: Store)
     assert store.unread_counts() == {2: 3}
 
 
-# -- many at once (one statement per few hundred) -------------------------
+# -- many at once (one transaction) ----------------------------------------
 
 
 def test_add_messages_stores_in_order_and_returns_the_new_ids(store: Store) -> None:
