@@ -78,6 +78,8 @@ WS_BATCH_BYTES = 256 * 1024
 """A batch event larger than this is split (one event alone may be larger)."""
 REQUESTS_PER_TURN = 100
 """Websocket requests handled before the handler lets the rest of the loop run."""
+MAX_UNANSWERED = 1000
+"""A socket's answers not yet written; at this many its handler stops reading requests."""
 MAX_CLIENT_ID_CHARS = 128
 MAX_HISTORY_LIMIT = 5000
 MAX_PEER_ID = 2**63 - 1
@@ -447,13 +449,12 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
     sockets = request.app[SOCKETS_KEY]
     sockets.add(ws)
     # Subscribe before the snapshot, so nothing between the two is lost.
-    # Answers go through the same queue as events, so one writer sends both.
     queue = api.subscribe()
     answers = _Answers(queue)
     forwarder: asyncio.Task[None] | None = None
     try:
         await ws.send_str(json.dumps({"type": "hello", "me": api.me(), "peers": api.peers()}))
-        forwarder = asyncio.create_task(_forward(queue, ws))
+        forwarder = asyncio.create_task(_forward(queue, answers, ws))
         handled = 0
         async for msg in ws:
             # Frames already received come back from the loop above without
@@ -469,6 +470,9 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
                 # Let the commit and the writer run, so a long burst does not
                 # pile up more events than the queue holds.
                 await asyncio.sleep(0)
+            while answers.backlog >= MAX_UNANSWERED:
+                # A page that sends but does not read: stop reading it too.
+                await answers.taken()
     except ConnectionError:
         pass  # the browser went away mid-send
     finally:
@@ -479,26 +483,27 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-def _push(queue: asyncio.Queue[JSON], item: JSON) -> None:
-    """Queue an answer for the socket's writer.  Full: the page stopped
-    reading, so drop the backlog and tell it to reload (as PeerNode does)."""
-    try:
-        queue.put_nowait(item)
-    except asyncio.QueueFull:
-        while not queue.empty():
-            queue.get_nowait()
-        queue.put_nowait({"type": "resync"})
-        queue.put_nowait(item)
+# Put in a socket's event queue to wake its writer for answers (never sent).
+_WAKE: JSON = {"type": "wake"}
 
 
 class _Answers:
-    """One socket's answers, queued in the order of its requests: a send's
-    answer waits for the commit that stores the message, and the answers to
-    later requests wait behind it."""
+    """One socket's answers, in the order of its requests: a send's answer
+    waits for the commit that stores the message, and the answers to later
+    requests wait behind it.  They are kept out of the event queue, whose
+    backlog is dropped when the page falls behind (it gets "resync"): an
+    answer is never dropped."""
 
     def __init__(self, queue: asyncio.Queue[JSON]) -> None:
         self.queue = queue
         self._waiting: collections.deque[tuple[str | None, asyncio.Future[JSON] | JSON]] = collections.deque()
+        self._ready: list[JSON] = []
+        self._taken = asyncio.Event()
+
+    @property
+    def backlog(self) -> int:
+        """Answers not yet taken by the writer (ready or waiting for a commit)."""
+        return len(self._waiting) + len(self._ready)
 
     def add(self, client_id: str | None, answer: asyncio.Future[JSON] | JSON) -> None:
         """``answer``: the reply itself, or a future of the sent message."""
@@ -508,15 +513,33 @@ class _Answers:
         elif len(self._waiting) == 1:
             self._release()
 
+    def take(self) -> list[JSON]:
+        """The answers ready to go, in order (for the writer)."""
+        ready, self._ready = self._ready, []
+        self._taken.set()
+        return ready
+
+    async def taken(self) -> None:
+        """Returns when the writer next takes answers."""
+        self._taken.clear()
+        await self._taken.wait()
+
     def _release(self, _: object = None) -> None:
+        released = False
         while self._waiting:
             client_id, answer = self._waiting[0]
             if isinstance(answer, asyncio.Future):
                 if not answer.done():
-                    return
+                    break
                 answer = _sent_answer(client_id, answer)
             self._waiting.popleft()
-            _push(self.queue, answer)
+            self._ready.append(answer)
+            released = True
+        if released:
+            try:
+                self.queue.put_nowait(_WAKE)
+            except asyncio.QueueFull:
+                pass  # the writer has plenty to wake it
 
 
 def _sent_answer(client_id: str | None, future: asyncio.Future[JSON]) -> JSON:
@@ -531,13 +554,17 @@ def _sent_answer(client_id: str | None, future: asyncio.Future[JSON]) -> JSON:
     return _ws_error(client_id, 500, "internal error in webpeer (see its log)")
 
 
-async def _forward(queue: asyncio.Queue[JSON], ws: web.WebSocketResponse) -> None:
-    """Pushes the api's events (and the answers) to one socket until it
-    closes: everything queued by the time it runs goes as one frame."""
+async def _forward(queue: asyncio.Queue[JSON], answers: _Answers, ws: web.WebSocketResponse) -> None:
+    """Pushes the api's events and the answers to one socket until it
+    closes: everything there is by the time it runs goes as one frame."""
     while True:
         events = [await queue.get()]
         while not queue.empty():
             events.append(queue.get_nowait())
+        events = [event for event in events if event is not _WAKE]
+        events += answers.take()
+        if not events:
+            continue
         for data in _frames(events):
             try:
                 await ws.send_str(data)

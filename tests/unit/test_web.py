@@ -759,6 +759,54 @@ async def test_ws_sent_answers_wait_for_the_commit_and_keep_request_order() -> N
         await ws.close()
 
 
+async def test_ws_answers_survive_a_dropped_event_backlog() -> None:
+    api = HoldingApi()
+    api.add_peer(2, "bob")
+    port = free_port()
+    async with TestClient(TestServer(create_app(WebConfig(port=port, token=TOKEN), api), port=port)) as client:
+        ws = await client.ws_connect("/ws", headers={"Origin": f"http://127.0.0.1:{port}", "Authorization": f"Bearer {TOKEN}"})
+        await receive_json(ws)
+        for n in range(3):
+            await ws.send_json({"type": "send", "to": 2, "text": f"m{n}", "client_id": f"c{n}"})
+        for _ in range(100):
+            if len(api.held) == 3:
+                break
+            await asyncio.sleep(0.01)
+        api.commit()
+        await asyncio.sleep(0)  # the answers are ready; the writer has not run yet
+        for i in range(2000):  # many more than the queue holds: its backlog is dropped
+            api.receive(2, f"flood {i}")
+        seen = []
+        while len([e for e in seen if e["type"] == "sent"]) < 3:
+            seen.append(await receive_json(ws))
+        assert [e["client_id"] for e in seen if e["type"] == "sent"] == ["c0", "c1", "c2"]
+        assert {"type": "resync"} in seen
+        await ws.close()
+
+
+async def test_ws_stops_reading_a_page_with_too_many_unanswered_sends(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("webpeer.web.MAX_UNANSWERED", 5)
+    api = HoldingApi()
+    api.add_peer(2, "bob")
+    port = free_port()
+    async with TestClient(TestServer(create_app(WebConfig(port=port, token=TOKEN), api), port=port)) as client:
+        ws = await client.ws_connect("/ws", headers={"Origin": f"http://127.0.0.1:{port}", "Authorization": f"Bearer {TOKEN}"})
+        await receive_json(ws)
+        for n in range(8):
+            await ws.send_json({"type": "send", "to": 2, "text": f"m{n}", "client_id": f"c{n}"})
+        await asyncio.sleep(0.2)
+        assert len(api.held) == 5  # the other three wait in the socket
+        api.commit()
+        for _ in range(100):
+            if len(api.held) == 3:
+                break
+            await asyncio.sleep(0.01)
+        api.commit()
+        answers = [await receive_json(ws) for _ in range(8)]
+        assert [a["client_id"] for a in answers] == [f"c{n}" for n in range(8)]
+        await ws.close()
+
+
 @pytest.mark.parametrize(
     ("request_text", "status", "client_id", "words"),
     [
