@@ -173,6 +173,7 @@ class PeerNode(TraversalMixin):
         self._outbox: list[tuple[JSON, asyncio.Future[JSON], asyncio.Queue[JSON] | None]] = []
         # What the links' frames brought in this flush, stored before its commit.
         self._incoming: list[NewMessage] = []
+        self._acks: dict[PeerLink, list[JSON]] = {}  # for those messages
         self._receipts: dict[int, list[str]] = {}
         # Events published while a flush's transaction is open wait here for its commit.
         self._held_events: list[tuple[JSON, asyncio.Queue[JSON] | None]] | None = None
@@ -453,9 +454,9 @@ class PeerNode(TraversalMixin):
             self._publish({"type": "resync"})
             raise
         held, self._held_events = self._held_events, None
-        for link, frame in to_send:
+        for link, frames in to_send.items():
             if link.state is LinkState.READY:
-                link.send_frame(frame, now)
+                link.send_frames(frames, now)
         # Answers first: the page's writer then finds them and these events
         # queued together, and sends them as one frame.
         for message, future, _ in outbox:
@@ -494,7 +495,8 @@ class PeerNode(TraversalMixin):
 
     def _store_incoming(self, now: float) -> None:
         """Inside the flush's transaction: store the messages and receipts
-        that the links' frames brought, and tell the page about what is new."""
+        that the links' frames brought, queue the acks for those messages
+        (they leave after the commit), and tell the page about what is new."""
         incoming, self._incoming = self._incoming, []
         if incoming:
             fresh = self.store.add_messages(incoming)
@@ -508,6 +510,10 @@ class PeerNode(TraversalMixin):
                         "id": message.message_id, "peer": message.sender, "from": message.sender,
                         "to": message.recipient, "text": message.text, "status": str(Status.RECEIVED),
                         "time": message.time, "error": None}})
+        acks, self._acks = self._acks, {}
+        for link, frames in acks.items():
+            if link.state is LinkState.READY:
+                link.send_frames(frames, now)
         receipts, self._receipts = self._receipts, {}
         for peer_id, message_ids in receipts.items():
             valid = [m for m in message_ids if m and len(m) <= 64 and m.isascii()]  # ours are hex
@@ -516,12 +522,12 @@ class PeerNode(TraversalMixin):
 
     def _store_outbox(
         self, outbox: list[tuple[JSON, asyncio.Future[JSON], asyncio.Queue[JSON] | None]]
-    ) -> list[tuple[PeerLink, JSON]]:
+    ) -> dict[PeerLink, list[JSON]]:
         """Inside the flush's transaction: store the submitted messages.  One
         whose peer has a ready link is stored as sent, and its frame is
-        returned, to go on that link once the commit is done; the others are
+        returned (by link), to go once the commit is done; the others are
         queued or sending, and their peers start connecting."""
-        to_send: list[tuple[PeerLink, JSON]] = []
+        to_send: dict[PeerLink, list[JSON]] = {}
         waiting: dict[int, PeerState] = {}
         for message, _, answered_on in outbox:
             to = message["to"]
@@ -531,8 +537,8 @@ class PeerNode(TraversalMixin):
             link = peer.link
             if link is not None and link.state is LinkState.READY:
                 status = Status.SENT
-                to_send.append((link, {"t": "msg", "id": message["id"], "text": message["text"],
-                                       "time": message["time"]}))
+                to_send.setdefault(link, []).append(
+                    {"t": "msg", "id": message["id"], "text": message["text"], "time": message["time"]})
             else:
                 status = Status.SENDING if peer.online else Status.QUEUED
                 waiting[to] = peer
@@ -882,9 +888,9 @@ class PeerNode(TraversalMixin):
                 # others of this flush, before its commit.
                 self._incoming.append(NewMessage(
                     f"{peer_id}:{message_id}", peer_id, self.registration.peer_id or 0, text, Status.RECEIVED, when))
-                # Acknowledge, also a duplicate (its ack was lost).  The ack
-                # leaves after the commit that stores the message.
-                link.send_frame({"t": "ack", "id": message_id}, now)
+                # Acknowledge, also a duplicate (its ack was lost), once it is
+                # stored; the ack leaves after the commit.
+                self._acks.setdefault(link, []).append({"t": "ack", "id": message_id})
             elif kind == "birthday":
                 self._on_birthday_frame(link, frame, now)
             elif kind == "ack":
