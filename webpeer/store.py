@@ -34,6 +34,7 @@ trusted key comes back.
 from __future__ import annotations
 
 import enum
+import json
 import os
 import sqlite3
 import time as _time
@@ -91,6 +92,12 @@ _SET_STATUS = {
     if sources
 }
 _SET_STATUS_TO = {target: sql + " AND recipient = ?" for target, sql in _SET_STATUS.items()}
+_MARK_DELIVERED = (
+    "UPDATE messages SET status = 'delivered', error = NULL, updated = ?"
+    " WHERE id IN (SELECT value FROM json_each(?))"
+    f" AND status IN ({', '.join(repr(source) for source in _SOURCES[Status.DELIVERED])})"
+    " AND recipient = ? RETURNING id"
+)
 
 # Statuses an outgoing message may be created with (``sent``: handed to a
 # live connection in the same transaction that stores it).
@@ -396,18 +403,15 @@ class Store:
 
     def mark_delivered(self, message_ids: Sequence[str], recipient: int, *, now: float) -> list[str]:
         """Receipts from ``recipient``: each of ``message_ids`` that was sent
-        to it moves to ``delivered`` (as set_status would), in one
-        transaction; returns the ids that changed, in the given order."""
+        to it moves to ``delivered`` (as set_status would), with one
+        statement; returns the ids that changed, in the given order."""
         for message_id in message_ids:
             _check_id(message_id)
-        changed = []
         with self._write() as conn:
-            sql = _SET_STATUS_TO[Status.DELIVERED]
-            sources = _SOURCES[Status.DELIVERED]
-            for message_id in message_ids:
-                if conn.execute(sql, (Status.DELIVERED.value, None, now, message_id, *sources, recipient)).rowcount:
-                    changed.append(message_id)
-        return changed
+            # The ids go as one JSON array: a cached statement whatever their number.
+            rows = conn.execute(_MARK_DELIVERED, (now, json.dumps(message_ids), recipient)).fetchall()
+        changed = {row[0] for row in rows}
+        return [message_id for message_id in dict.fromkeys(message_ids) if message_id in changed]
 
     def get_message(self, message_id: str) -> dict[str, Any] | None:
         """The message as the API shows it, or None."""
