@@ -175,6 +175,9 @@ class PeerNode(TraversalMixin):
         self._incoming: list[NewMessage] = []
         self._acks: dict[PeerLink, list[JSON]] = {}  # for those messages
         self._receipts: dict[int, list[str]] = {}
+        # Frames that may leave only once the flush's commit is done: acks
+        # for stored messages, and the new messages stored as sent.
+        self._after_commit: dict[PeerLink, list[JSON]] = {}
         # Events published while a flush's transaction is open wait here for its commit.
         self._held_events: list[tuple[JSON, asyncio.Queue[JSON] | None]] | None = None
 
@@ -444,17 +447,20 @@ class PeerNode(TraversalMixin):
                     busy |= self._check_punches(now)
                     if not busy:
                         break
-                to_send = self._store_outbox(outbox)
+                self._store_outbox(outbox)
         except BaseException as error:
-            # Rolled back: what the held events announced is not on disk.
+            # Rolled back: what the held events announced is not on disk, and
+            # nothing may be acknowledged (the senders will send it again).
             self._held_events = None
+            self._incoming, self._acks, self._receipts, self._after_commit = [], {}, {}, {}
             for _, future, _ in outbox:
                 if not future.done():
                     future.set_exception(ApiError(500, f"could not store the message: {error}"))
             self._publish({"type": "resync"})
             raise
         held, self._held_events = self._held_events, None
-        for link, frames in to_send.items():
+        after_commit, self._after_commit = self._after_commit, {}
+        for link, frames in after_commit.items():
             if link.state is LinkState.READY:
                 link.send_frames(frames, now)
         # Answers first: the page's writer then finds them and these events
@@ -495,8 +501,8 @@ class PeerNode(TraversalMixin):
 
     def _store_incoming(self, now: float) -> None:
         """Inside the flush's transaction: store the messages and receipts
-        that the links' frames brought, queue the acks for those messages
-        (they leave after the commit), and tell the page about what is new."""
+        that the links' frames brought, hold the acks for those messages
+        until the commit, and tell the page (also after it) what is new."""
         incoming, self._incoming = self._incoming, []
         if incoming:
             fresh = self.store.add_messages(incoming)
@@ -512,22 +518,18 @@ class PeerNode(TraversalMixin):
                         "time": message.time, "error": None}})
         acks, self._acks = self._acks, {}
         for link, frames in acks.items():
-            if link.state is LinkState.READY:
-                link.send_frames(frames, now)
+            self._after_commit.setdefault(link, []).extend(frames)
         receipts, self._receipts = self._receipts, {}
         for peer_id, message_ids in receipts.items():
             valid = [m for m in message_ids if m and len(m) <= 64 and m.isascii()]  # ours are hex
             for message_id in self.store.mark_delivered(valid, peer_id, now=now):
                 self._publish({"type": "status", "id": message_id, "status": str(Status.DELIVERED), "error": None})
 
-    def _store_outbox(
-        self, outbox: list[tuple[JSON, asyncio.Future[JSON], asyncio.Queue[JSON] | None]]
-    ) -> dict[PeerLink, list[JSON]]:
+    def _store_outbox(self, outbox: list[tuple[JSON, asyncio.Future[JSON], asyncio.Queue[JSON] | None]]) -> None:
         """Inside the flush's transaction: store the submitted messages.  One
-        whose peer has a ready link is stored as sent, and its frame is
-        returned (by link), to go once the commit is done; the others are
-        queued or sending, and their peers start connecting."""
-        to_send: dict[PeerLink, list[JSON]] = {}
+        whose peer has a ready link is stored as sent, and its frame goes on
+        that link once the commit is done; the others are queued or sending,
+        and their peers start connecting."""
         waiting: dict[int, PeerState] = {}
         for message, _, answered_on in outbox:
             to = message["to"]
@@ -537,7 +539,7 @@ class PeerNode(TraversalMixin):
             link = peer.link
             if link is not None and link.state is LinkState.READY:
                 status = Status.SENT
-                to_send.setdefault(link, []).append(
+                self._after_commit.setdefault(link, []).append(
                     {"t": "msg", "id": message["id"], "text": message["text"], "time": message["time"]})
             else:
                 status = Status.SENDING if peer.online else Status.QUEUED
@@ -548,7 +550,6 @@ class PeerNode(TraversalMixin):
                                  for m, _, _ in outbox])
         for peer in waiting.values():
             self._pump_peer(peer)
-        return to_send
 
     def _all_links(self) -> list[PeerLink]:
         links = [p.link for p in self.peer_states.values() if p.link is not None]

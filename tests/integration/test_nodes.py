@@ -11,7 +11,10 @@ import pytest
 from rendezvous.core import ServerConfig
 from rendezvous.server import RendezvousServer
 from rendezvous.sqlite_registry import SqliteRegistry
+from webpeer.api import ApiError
+from webpeer.link import LinkState
 from webpeer.node import NodeConfig, PeerNode
+from webpeer.store import StoreError
 
 
 async def wait_for(predicate, timeout: float = 5.0, what: str = "condition") -> Any:
@@ -117,9 +120,41 @@ class _LinkFrom:
     def __init__(self, peer_id: int) -> None:
         self.peer_id = peer_id
         self.closed: str | None = None
+        self.state = LinkState.READY
+        self.sent: list[dict] = []
 
     def close(self, reason: str) -> None:
         self.closed = reason
+
+    def send_frames(self, frames: list[dict], now: float | None = None) -> None:
+        self.sent += frames
+
+
+async def test_a_failed_commit_acknowledges_nothing_and_answers_with_an_error(nodes, monkeypatch) -> None:
+    alice = await nodes("alice")
+    events = alice.subscribe()
+    link = _LinkFrom(2)
+    alice._on_frame(link, {"t": "msg", "id": "m1", "text": "hi", "time": 1.0}, 2.0)  # type: ignore[arg-type]
+    future = alice.submit_message(2, "mine")
+
+    def broken(*args, **kwargs):
+        raise StoreError("disk I/O error")
+
+    monkeypatch.setattr(alice.store, "add_messages", broken)
+    with pytest.raises(StoreError):
+        alice._flush()
+    assert link.sent == []  # no ack for a message that is not stored
+    with pytest.raises(ApiError, match="could not store"):
+        future.result()
+    assert events.get_nowait() == {"type": "resync"} and events.empty()
+    monkeypatch.undo()
+    alice._flush()
+    assert link.sent == [] and alice.store.conversation(2) == []
+    # The sender sends it again (a new link): now it is stored, then acknowledged.
+    alice._on_frame(link, {"t": "msg", "id": "m1", "text": "hi", "time": 1.0}, 3.0)  # type: ignore[arg-type]
+    alice._flush()
+    assert link.sent == [{"t": "ack", "id": "m1"}]
+    assert [m["text"] for m in alice.store.conversation(2)] == ["hi"]
 
 
 async def test_a_receipt_counts_only_from_the_recipient(nodes) -> None:
