@@ -555,14 +555,19 @@ def _sent_answer(client_id: str | None, future: asyncio.Future[JSON]) -> JSON:
 
 
 async def _forward(queue: asyncio.Queue[JSON], answers: _Answers, ws: web.WebSocketResponse) -> None:
-    """Pushes the api's events and the answers to one socket until it
-    closes: everything there is by the time it runs goes as one frame."""
+    """Pushes the answers and the api's events to one socket until it
+    closes: everything there is by the time it runs goes as one frame.
+    Answers go first: the events now queued may be about a message whose
+    answer is among them (a status from the same commit, or a receipt
+    already), and the page knows the message only from its answer."""
     while True:
-        events = [await queue.get()]
+        first = await queue.get()
+        events = answers.take()
+        if first is not _WAKE:
+            events.append(first)
         while not queue.empty():
-            events.append(queue.get_nowait())
-        events = [event for event in events if event is not _WAKE]
-        events += answers.take()
+            if (event := queue.get_nowait()) is not _WAKE:
+                events.append(event)
         if not events:
             continue
         for data in _frames(events):

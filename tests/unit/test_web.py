@@ -777,10 +777,31 @@ async def test_ws_answers_survive_a_dropped_event_backlog() -> None:
         for i in range(2000):  # many more than the queue holds: its backlog is dropped
             api.receive(2, f"flood {i}")
         seen = []
-        while len([e for e in seen if e["type"] == "sent"]) < 3:
+        while len([e for e in seen if e["type"] == "sent"]) < 3 or {"type": "resync"} not in seen:
             seen.append(await receive_json(ws))
         assert [e["client_id"] for e in seen if e["type"] == "sent"] == ["c0", "c1", "c2"]
         assert {"type": "resync"} in seen
+        await ws.close()
+
+
+async def test_ws_answer_goes_before_news_about_its_message() -> None:
+    api = HoldingApi()
+    api.add_peer(2, "bob")
+    port = free_port()
+    async with TestClient(TestServer(create_app(WebConfig(port=port, token=TOKEN), api), port=port)) as client:
+        ws = await client.ws_connect("/ws", headers={"Origin": f"http://127.0.0.1:{port}", "Authorization": f"Bearer {TOKEN}"})
+        await receive_json(ws)
+        await ws.send_json({"type": "send", "to": 2, "text": "quick", "client_id": "q"})
+        for _ in range(100):
+            if api.held:
+                break
+            await asyncio.sleep(0.01)
+        message_id = api.held[0][1]["id"]
+        api.commit()
+        api.set_status(message_id, "delivered")  # its receipt, before the answer went out
+        first, second = await receive_json(ws), await receive_json(ws)
+        assert (first["type"], first["client_id"]) == ("sent", "q")  # the page learns of the message first
+        assert second == {"type": "status", "id": message_id, "status": "delivered", "error": None}
         await ws.close()
 
 
