@@ -167,7 +167,7 @@ class PeerNode(TraversalMixin):
         self._stopped = asyncio.Event()
         self._housekeeping: asyncio.Task[None] | None = None
         self._flush_scheduled = False
-        self._id_prefix = secrets.randbits(32)
+        self._id_prefix = f"{secrets.randbits(32):08x}"
         self._id_counter = itertools.count()
         # Messages from submit_message waiting for the next flush to store them.
         self._outbox: list[tuple[JSON, asyncio.Future[JSON], asyncio.Queue[JSON] | None]] = []
@@ -322,7 +322,7 @@ class PeerNode(TraversalMixin):
         id, the receiver's); random ones would dirty a different index page
         per message, and each commit would write all of those pages."""
         time_us = max(0, int(now * 1_000_000)) & 0xFF_FFFF_FFFF_FFFF
-        return f"{time_us:014x}{self._id_prefix:08x}{next(self._id_counter) & 0xFF_FFFF_FFFF:010x}"
+        return f"{time_us:014x}{self._id_prefix}{next(self._id_counter) & 0xFF_FFFF_FFFF:010x}"
 
     async def retry(self, message_id: str) -> JSON:
         message = self.store.get_message(message_id)

@@ -508,9 +508,7 @@ class _Answers:
     def add(self, client_id: str | None, answer: asyncio.Future[JSON] | JSON) -> None:
         """``answer``: the reply itself, or a future of the sent message."""
         self._waiting.append((client_id, answer))
-        if isinstance(answer, asyncio.Future):
-            answer.add_done_callback(self._release)
-        elif len(self._waiting) == 1:
+        if len(self._waiting) == 1:
             self._release()
 
     def take(self) -> list[JSON]:
@@ -530,6 +528,9 @@ class _Answers:
             client_id, answer = self._waiting[0]
             if isinstance(answer, asyncio.Future):
                 if not answer.done():
+                    # Only the first waits with a callback: the ones behind it
+                    # (usually stored by the same commit) go when it goes.
+                    answer.add_done_callback(self._release)
                     break
                 answer = _sent_answer(client_id, answer)
             self._waiting.popleft()
