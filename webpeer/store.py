@@ -91,7 +91,6 @@ _SET_STATUS = {
     for target, sources in _SOURCES.items()
     if sources
 }
-_SET_STATUS_TO = {target: sql + " AND recipient = ?" for target, sql in _SET_STATUS.items()}
 _MARK_DELIVERED = (
     "UPDATE messages SET status = 'delivered', error = NULL, updated = ?"
     " WHERE id IN (SELECT value FROM json_each(?))"
@@ -371,7 +370,6 @@ class Store:
         error: str | None = None,
         *,
         now: float | None = None,
-        recipient: int | None = None,
     ) -> bool:
         """Move a message to ``status`` if ``TRANSITIONS`` allows it from its
         current one.  True if the message changed; False, changing nothing,
@@ -379,8 +377,6 @@ class Store:
 
         ``error`` goes with ``failed`` only (it is cleared on any other
         status); ``now`` (default: the clock) is recorded as the update time.
-        ``recipient``: change it only if it was sent to this peer (a receipt
-        counts only from the peer the message went to).
         """
         _check_id(message_id)
         target = _status(status)
@@ -393,12 +389,7 @@ class Store:
             return False
         when = _time.time() if now is None else now
         with self._write() as conn:
-            if recipient is None:
-                cursor = conn.execute(_SET_STATUS[target], (target.value, error, when, message_id, *sources))
-            else:
-                cursor = conn.execute(
-                    _SET_STATUS_TO[target], (target.value, error, when, message_id, *sources, recipient)
-                )
+            cursor = conn.execute(_SET_STATUS[target], (target.value, error, when, message_id, *sources))
             return cursor.rowcount == 1
 
     def mark_delivered(self, message_ids: Sequence[str], recipient: int, *, now: float) -> list[str]:
