@@ -429,11 +429,12 @@ async def wait_sees_online(session: Any, proc: Proc, ids: set[int], timeout: flo
 
 
 class EventSocket:
-    """A peer's websocket: every event goes to the current ``handler``."""
+    """A peer's websocket: every event (those of a ``batch`` frame one by
+    one) goes to the current ``handler``, parsed."""
 
     def __init__(self, ws: Any) -> None:
         self.ws = ws
-        self.handler: Callable[[str, float], None] = lambda data, now: None
+        self.handler: Callable[[dict[str, Any], float], None] = lambda event, now: None
         self.resyncs = 0
         self.errors: list[str] = []
         self._task = asyncio.create_task(self._read())
@@ -453,12 +454,14 @@ class EventSocket:
         async for message in self.ws:
             if message.type != aiohttp.WSMsgType.TEXT:
                 break
-            data = message.data
-            if '"resync"' in data:
-                self.resyncs += 1
-            elif data.startswith('{"type": "error"'):
-                self.errors.append(data[:300])
-            self.handler(data, clock())
+            now = clock()
+            frame = json.loads(message.data)
+            for event in frame["events"] if frame["type"] == "batch" else (frame,):
+                if event["type"] == "resync":
+                    self.resyncs += 1
+                elif event["type"] == "error":
+                    self.errors.append(json.dumps(event)[:300])
+                self.handler(event, now)
 
     async def close(self) -> None:
         await self.ws.close()
@@ -479,17 +482,16 @@ async def measure_latency(session: Any, alice: Proc, bob: Proc, ws_alice: EventS
     delivered_at: dict[str, float] = {}
     delivered_waiters: dict[str, asyncio.Future[float]] = {}
 
-    def on_bob(data: str, now: float) -> None:
-        if data.startswith('{"type": "message"'):
-            text = json.loads(data)["message"]["text"]
+    def on_bob(event: dict[str, Any], now: float) -> None:
+        if event["type"] == "message":
+            text = event["message"]["text"]
             future = arrived.get(text)
             if future is not None and not future.done():
                 future.set_result(now)
 
-    def on_alice(data: str, now: float) -> None:
-        if '"delivered"' in data:
-            event = json.loads(data)
-            if event["type"] == "status" and event["status"] == "delivered":
+    def on_alice(event: dict[str, Any], now: float) -> None:
+        if event["type"] == "status":
+            if event["status"] == "delivered":
                 delivered_at[event["id"]] = now
                 waiter = delivered_waiters.pop(event["id"], None)
                 if waiter is not None and not waiter.done():
@@ -533,9 +535,8 @@ async def measure_throughput(ws_alice: EventSocket, bob: Proc, window: int, warm
     clock = time.perf_counter
     t_start = clock()
 
-    def on_alice(data: str, now: float) -> None:
-        # Only status events carry "delivered"; skip json for everything else.
-        if '"status": "delivered"' in data and data.startswith('{"type": "status"'):
+    def on_alice(event: dict[str, Any], now: float) -> None:
+        if event["type"] == "status" and event["status"] == "delivered":
             state["delivered"] += 1
             per_second[int(now - t_start)] += 1
             if state["measuring"]:
@@ -615,9 +616,8 @@ class ConnectWatch:
         self.news = asyncio.Event()
         ws.handler = self.on_event
 
-    def on_event(self, data: str, now: float) -> None:
-        if data.startswith('{"type": "connection"'):
-            event = json.loads(data)
+    def on_event(self, event: dict[str, Any], now: float) -> None:
+        if event["type"] == "connection":
             connection = event.get("connection") or {}
             if connection.get("state") == "direct":
                 self.seen.setdefault(("direct", event["peer"]), now)
@@ -625,8 +625,8 @@ class ConnectWatch:
             elif connection.get("state") == "connecting" and connection.get("address"):
                 # The CONNECT answer came; the QUIC handshake to that address starts.
                 self.seen.setdefault(("answered", event["peer"]), now)
-        elif '"status": "delivered"' in data:
-            self.seen.setdefault(("delivered", json.loads(data)["id"]), now)
+        elif event["type"] == "status" and event["status"] == "delivered":
+            self.seen.setdefault(("delivered", event["id"]), now)
             self.news.set()
 
     async def when(self, key: tuple[str, Any]) -> float:

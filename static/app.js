@@ -472,6 +472,14 @@
 
   function handleEvent(event) {
     switch (event.type) {
+      case "batch":
+        // Events that were ready at once, in order, in one frame.
+        if (Array.isArray(event.events)) {
+          for (const inner of event.events) {
+            if (inner && typeof inner.type === "string" && inner.type !== "batch") handleEvent(inner);
+          }
+        }
+        break;
       case "hello":
         state.me = event.me;
         renderMe();

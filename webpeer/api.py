@@ -53,9 +53,20 @@ class PeerApi(Protocol):
     def messages(self, peer_id: int, limit: int = 500) -> list[JSON]: ...
 
     async def send_message(self, to: int, text: str) -> JSON:
-        """Store and start sending; returns the stored message (status queued
-        or sending).  Raises ApiError(400) for an empty or too long text,
-        ApiError(404) for an id the server never gave out."""
+        """Store and start sending; returns the stored message (status queued,
+        sending, or sent if a connection was ready).  Raises ApiError(400) for
+        an empty or too long text, ApiError(404) for an id the server never
+        gave out."""
+        ...
+
+    def submit_message(
+        self, to: int, text: str, *, answered_on: asyncio.Queue[JSON] | None = None
+    ) -> asyncio.Future[JSON]:
+        """send_message without waiting: raises ApiError at once for bad
+        input; the future gets the stored message once it is committed (or an
+        ApiError).  Messages submitted in one loop turn share one commit.
+        ``answered_on``: a queue from subscribe() whose reader gets the
+        message as the answer, and so is not sent its "message" event."""
         ...
 
     async def retry(self, message_id: str) -> JSON:

@@ -241,6 +241,15 @@ class PeerLink:
         if now is not None:
             self.last_activity = self.last_sent = now
 
+    def send_frames(self, frames: list[Frame], now: float | None = None) -> None:
+        """Several frames in one write to the stream: a busy peer sends a
+        frame per message or receipt, and a write costs more than a frame."""
+        if self.state is not LinkState.READY:
+            raise RuntimeError(f"cannot send {len(frames)} frames on a link in state {self.state.value}")
+        self.quic.send_stream_data(CONTROL_STREAM, b"".join([encode_frame(frame) for frame in frames]))
+        if now is not None:
+            self.last_activity = self.last_sent = now
+
     def keepalive(self, now: float) -> None:
         """A QUIC PING: keeps the NAT mappings of this path open and shows
         (by its acknowledgement, or by the idle timeout) whether the path lives."""

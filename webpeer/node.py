@@ -16,10 +16,11 @@ QUIC, routed by destination connection id.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import secrets
 import socket
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +66,7 @@ from .registration import (
     Relayed,
     Stopped,
 )
-from .store import Status, Store, StoreError, TrustResult
+from .store import NewMessage, Status, Store, StoreError, TrustResult
 from .wire import FrameError, require
 
 logger = logging.getLogger("webpeer")
@@ -169,6 +170,19 @@ class PeerNode(TraversalMixin):
         self._stopped = asyncio.Event()
         self._housekeeping: asyncio.Task[None] | None = None
         self._flush_scheduled = False
+        self._id_prefix = f"{secrets.randbits(32):08x}"
+        self._id_counter = itertools.count()
+        # Messages from submit_message waiting for the next flush to store them.
+        self._outbox: list[tuple[JSON, asyncio.Future[JSON], asyncio.Queue[JSON] | None]] = []
+        # What the links' frames brought in this flush, stored before its commit.
+        self._incoming: list[NewMessage] = []
+        self._acks: dict[PeerLink, list[JSON]] = {}  # for those messages
+        self._receipts: dict[int, list[str]] = {}
+        # Frames that may leave only once the flush's commit is done: acks
+        # for stored messages, and the new messages stored as sent.
+        self._after_commit: dict[PeerLink, list[JSON]] = {}
+        # Events published while a flush's transaction is open wait here for its commit.
+        self._held_events: list[tuple[JSON, asyncio.Queue[JSON] | None]] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -270,9 +284,24 @@ class PeerNode(TraversalMixin):
         return self.store.conversation(peer_id, limit)
 
     async def send_message(self, to: int, text: str) -> JSON:
+        return await self.submit_message(to, text)
+
+    def submit_message(
+        self, to: int, text: str, *, answered_on: asyncio.Queue[JSON] | None = None
+    ) -> asyncio.Future[JSON]:
+        """Check a message and queue it for the next flush, which stores every
+        message submitted in this loop turn in one commit and then hands them
+        to their links.  The future gets the stored message after that commit
+        (so an answer to the page never gets ahead of the disk); bad input
+        raises ApiError here.  ``answered_on``: the subscriber that gets the
+        message as its answer, so not as a "message" event too."""
         if not isinstance(text, str) or not text.strip():
             raise ApiError(400, "message text is empty")
-        if len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError as error:  # a lone surrogate: SQLite could not store it
+            raise ApiError(400, f"message text is not valid Unicode: {error.reason}") from None
+        if size > MAX_TEXT_BYTES:
             raise ApiError(413, f"message text is longer than {MAX_TEXT_BYTES} bytes")
         my_id = self.registration.peer_id
         if my_id is None:
@@ -281,30 +310,22 @@ class PeerNode(TraversalMixin):
             raise ApiError(400, "'to' must be a peer id")
         if to == my_id:
             raise ApiError(400, "cannot send a message to yourself")
-        peer = self.peer_states.get(to)
-        if peer is None:
-            peer = self.peer_states[to] = PeerState(to)
-        message_id = uuid.uuid4().hex
         now = self.clock()
-        status = Status.SENDING if peer.online else Status.QUEUED
-        message: JSON = {"id": message_id, "peer": to, "from": my_id, "to": to, "text": text,
-                         "status": str(status), "time": now, "error": None}
-        link = peer.link
-        # One commit for storing it and (on a ready link) marking it sent.
-        with self.store.batch():
-            try:
-                self.store.add_message(message_id, sender=my_id, recipient=to, text=text, status=status, time=now)
-            except StoreError as error:
-                raise ApiError(400, str(error)) from None
-            self._publish({"type": "message", "message": dict(message)})
-            if link is not None and link.state is LinkState.READY:
-                # The common case, a live connection: send just this one (no query).
-                self._send_on(link, message)
-                message["status"] = str(Status.SENT)
-            else:
-                self._pump_peer(peer)
+        message: JSON = {"id": self._new_message_id(now), "peer": to, "from": my_id, "to": to, "text": text,
+                         "status": str(Status.QUEUED), "time": now, "error": None}
+        future: asyncio.Future[JSON] = asyncio.get_running_loop().create_future()
+        self._outbox.append((message, future, answered_on))
         self._schedule_flush()
-        return message
+        return future
+
+    def _new_message_id(self, now: float) -> str:
+        """32 hex digits: the time in microseconds, 32 random bits chosen at
+        start-up, then a counter (so ids never repeat).  Ids that grow with
+        time go to the end of the store's id index (ours and, prefixed by our
+        id, the receiver's); random ones would dirty a different index page
+        per message, and each commit would write all of those pages."""
+        time_us = max(0, int(now * 1_000_000)) & 0xFF_FFFF_FFFF_FFFF
+        return f"{time_us:014x}{self._id_prefix}{next(self._id_counter) & 0xFF_FFFF_FFFF:010x}"
 
     async def retry(self, message_id: str) -> JSON:
         message = self.store.get_message(message_id)
@@ -331,8 +352,13 @@ class PeerNode(TraversalMixin):
     def unsubscribe(self, queue: asyncio.Queue[JSON]) -> None:
         self._subscribers.discard(queue)
 
-    def _publish(self, event: JSON) -> None:
+    def _publish(self, event: JSON, *, skip: asyncio.Queue[JSON] | None = None) -> None:
+        if self._held_events is not None:
+            self._held_events.append((event, skip))
+            return
         for queue in list(self._subscribers):
+            if queue is skip:
+                continue
             try:
                 queue.put_nowait(event)
             except asyncio.QueueFull:
@@ -411,14 +437,42 @@ class PeerNode(TraversalMixin):
         now = self.clock()
         self._flush_scheduled = False
         # One commit for everything this wake-up stores (a burst of messages
-        # and receipts), instead of one per message.
-        with self.store.batch():
-            for _ in range(10):  # events can cause more events; bounded
-                busy = self._drain_registration(now)
-                busy |= self._drain_links(now)
-                busy |= self._check_punches(now)
-                if not busy:
-                    break
+        # and receipts, the page's new messages), instead of one per message.
+        # The page hears of it (events, answers) only after that commit.
+        outbox, self._outbox = self._outbox, []
+        self._held_events = []
+        try:
+            with self.store.batch():
+                for _ in range(10):  # events can cause more events; bounded
+                    busy = self._drain_registration(now)
+                    busy |= self._drain_links(now)
+                    self._store_incoming(now)
+                    busy |= self._check_punches(now)
+                    if not busy:
+                        break
+                self._store_outbox(outbox)
+        except BaseException as error:
+            # Rolled back: what the held events announced is not on disk, and
+            # nothing may be acknowledged (the senders will send it again).
+            self._held_events = None
+            self._incoming, self._acks, self._receipts, self._after_commit = [], {}, {}, {}
+            for _, future, _ in outbox:
+                if not future.done():
+                    future.set_exception(ApiError(500, f"could not store the message: {error}"))
+            self._publish({"type": "resync"})
+            raise
+        held, self._held_events = self._held_events, None
+        after_commit, self._after_commit = self._after_commit, {}
+        for link, frames in after_commit.items():
+            if link.state is LinkState.READY:
+                link.send_frames(frames, now)
+        # Answers first: the page's writer then finds them and these events
+        # queued together, and sends them as one frame.
+        for message, future, _ in outbox:
+            if not future.done():
+                future.set_result(message)
+        for event, skip in held:
+            self._publish(event, skip=skip)
         for data in self.registration.datagrams_to_send():
             endpoint.sendto(data, self.config.server)
         for session in list(self._punches.values()):
@@ -447,6 +501,58 @@ class PeerNode(TraversalMixin):
         for data in self.registration.datagrams_to_send():
             endpoint.sendto(data, self.config.server)
         self._arm_timer(now)
+
+    def _store_incoming(self, now: float) -> None:
+        """Inside the flush's transaction: store the messages and receipts
+        that the links' frames brought, hold the acks for those messages
+        until the commit, and tell the page (also after it) what is new."""
+        incoming, self._incoming = self._incoming, []
+        if incoming:
+            fresh = self.store.add_messages(incoming)
+            for message in incoming:
+                if message.message_id in fresh:
+                    fresh.discard(message.message_id)  # a repeat in the same flush: once
+                    # The page counts unread messages from these events; a full
+                    # peer list (with its unread query) per message would cost
+                    # more than the message itself.  (The row as get_message reads it.)
+                    self._publish({"type": "message", "message": {
+                        "id": message.message_id, "peer": message.sender, "from": message.sender,
+                        "to": message.recipient, "text": message.text, "status": str(Status.RECEIVED),
+                        "time": message.time, "error": None}})
+        acks, self._acks = self._acks, {}
+        for link, frames in acks.items():
+            self._after_commit.setdefault(link, []).extend(frames)
+        receipts, self._receipts = self._receipts, {}
+        for peer_id, message_ids in receipts.items():
+            valid = [m for m in message_ids if m and len(m) <= 64 and m.isascii()]  # ours are hex
+            for message_id in self.store.mark_delivered(valid, peer_id, now=now):
+                self._publish({"type": "status", "id": message_id, "status": str(Status.DELIVERED), "error": None})
+
+    def _store_outbox(self, outbox: list[tuple[JSON, asyncio.Future[JSON], asyncio.Queue[JSON] | None]]) -> None:
+        """Inside the flush's transaction: store the submitted messages.  One
+        whose peer has a ready link is stored as sent, and its frame goes on
+        that link once the commit is done; the others are queued or sending,
+        and their peers start connecting."""
+        waiting: dict[int, PeerState] = {}
+        for message, _, answered_on in outbox:
+            to = message["to"]
+            peer = self.peer_states.get(to)
+            if peer is None:
+                peer = self.peer_states[to] = PeerState(to)
+            link = peer.link
+            if link is not None and link.state is LinkState.READY:
+                status = Status.SENT
+                self._after_commit.setdefault(link, []).append(
+                    {"t": "msg", "id": message["id"], "text": message["text"], "time": message["time"]})
+            else:
+                status = Status.SENDING if peer.online else Status.QUEUED
+                waiting[to] = peer
+            message["status"] = str(status)
+            self._publish({"type": "message", "message": message}, skip=answered_on)
+        self.store.add_messages([NewMessage(m["id"], m["from"], m["to"], m["text"], m["status"], m["time"])
+                                 for m, _, _ in outbox])
+        for peer in waiting.values():
+            self._pump_peer(peer)
 
     def _all_links(self) -> list[PeerLink]:
         links = [p.link for p in self.peer_states.values() if p.link is not None]
@@ -717,10 +823,12 @@ class PeerNode(TraversalMixin):
                 elif isinstance(event, HelloReceived):
                     self._on_hello(link, event, now)
                 elif isinstance(event, LinkReady):
+                    self._store_incoming(now)  # receipts that came first count first
                     self._on_link_ready(link, event, now)
                 elif isinstance(event, FrameReceived):
                     self._on_frame(link, event.frame, now)
                 elif isinstance(event, LinkClosed):
+                    self._store_incoming(now)
                     self._on_link_closed(link, event, now)
         return busy
 
@@ -786,34 +894,30 @@ class PeerNode(TraversalMixin):
                 message_id = require(frame, "id", str)
                 text = require(frame, "text", str)
                 sent_at = frame.get("time")
-                if len(message_id) > 64 or len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
+                try:
+                    size = len(text.encode("utf-8"))
+                    message_id.encode("utf-8")
+                except UnicodeEncodeError:  # a lone surrogate: SQLite could not store it
+                    raise FrameError("message is not valid Unicode") from None
+                if len(message_id) > 64 or size > MAX_TEXT_BYTES:
                     raise FrameError("message too long")
                 when = float(sent_at) if isinstance(sent_at, (int, float)) and not isinstance(sent_at, bool) else now
-                my_id = self.registration.peer_id or 0
-                stored_id = f"{peer_id}:{message_id}"  # ids are the sender's: scope them by sender
-                try:
-                    fresh = self.store.add_message(
-                        stored_id, sender=peer_id, recipient=my_id, text=text, status=Status.RECEIVED, time=when
-                    )
-                except StoreError as error:
-                    raise FrameError(str(error)) from None
-                # Acknowledge after storing, also for a duplicate (its ack was lost).
-                link.send_frame({"t": "ack", "id": message_id}, now)
-                if fresh:
-                    # The page counts unread messages from these events; a full
-                    # peer list (with its unread query) per message would cost
-                    # more than the message itself.
-                    message = self.store.get_message(stored_id)
-                    self._publish({"type": "message", "message": message})
+                # Ids are the sender's: scope them by sender.  Stored with the
+                # others of this flush, before its commit.
+                self._incoming.append(NewMessage(
+                    f"{peer_id}:{message_id}", peer_id, self.registration.peer_id or 0, text, Status.RECEIVED, when))
+                # Acknowledge, also a duplicate (its ack was lost), once it is
+                # stored; the ack leaves after the commit.
+                self._acks.setdefault(link, []).append({"t": "ack", "id": message_id})
             elif kind == "birthday":
                 self._on_birthday_frame(link, frame, now)
             elif kind == "nat":
                 self._on_nat_frame(link, frame, now)
             elif kind == "ack":
                 message_id = require(frame, "id", str)
-                message = self.store.get_message(message_id)
-                if message is not None and message["to"] == peer_id:
-                    self._set_status(message_id, Status.DELIVERED)
+                # Applied with the others of this flush, before its commit; only a
+                # receipt from the peer the message went to counts.
+                self._receipts.setdefault(peer_id, []).append(message_id)
             else:
                 self.stats["unknown_frames"] += 1
         except FrameError as error:

@@ -34,14 +34,15 @@ trusted key comes back.
 from __future__ import annotations
 
 import enum
+import json
 import os
 import sqlite3
 import time as _time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from rendezvous.sqlite_file import open_database
 
@@ -83,8 +84,23 @@ _SOURCES: dict[Status, tuple[str, ...]] = {
     for target in Status
 }
 
-# Statuses an outgoing message may be created with.
-_NEW_OUTGOING = frozenset({Status.QUEUED, Status.SENDING})
+# One UPDATE per target status, built once (set_status runs per message).
+_SET_STATUS = {
+    target: "UPDATE messages SET status = ?, error = ?, updated = ?"
+    f" WHERE id = ? AND status IN ({', '.join('?' * len(sources))})"
+    for target, sources in _SOURCES.items()
+    if sources
+}
+_MARK_DELIVERED = (
+    "UPDATE messages SET status = 'delivered', error = NULL, updated = ?"
+    " WHERE id IN (SELECT value FROM json_each(?))"
+    f" AND status IN ({', '.join(repr(source) for source in _SOURCES[Status.DELIVERED])})"
+    " AND recipient = ? RETURNING id"
+)
+
+# Statuses an outgoing message may be created with (``sent``: handed to a
+# live connection in the same transaction that stores it).
+_NEW_OUTGOING = frozenset({Status.QUEUED, Status.SENDING, Status.SENT})
 
 
 class TrustResult(enum.Enum):
@@ -162,6 +178,41 @@ def _message(row: tuple[Any, ...]) -> dict[str, Any]:
         "time": time,
         "error": error,
     }
+
+
+class NewMessage(NamedTuple):
+    """A message to store (see :meth:`Store.add_message`).  A tuple: made
+    per message on busy paths, where a frozen dataclass costs several times
+    more to build."""
+
+    message_id: str
+    sender: int
+    recipient: int
+    text: str
+    status: Status | str
+    time: float
+
+
+_INSERT = (
+    "INSERT INTO messages (id, peer, sender, recipient, text, status, time, updated, error, outgoing, read)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?) ON CONFLICT (id) DO NOTHING"
+)
+
+
+def _message_row(message: NewMessage) -> tuple[Any, ...]:
+    """The INSERT values for a new message, checked (StoreError if bad)."""
+    _check_id(message.message_id)
+    _check_text(message.text)
+    state = _status(message.status)
+    if state is Status.RECEIVED:
+        peer, outgoing = message.sender, False
+    elif state in _NEW_OUTGOING:
+        peer, outgoing = message.recipient, True
+    else:
+        raise StoreError(f"a new message cannot start as {state.value!r}")
+    # Our own messages are never unread.
+    return (message.message_id, peer, message.sender, message.recipient, message.text, state.value,
+            message.time, message.time, int(outgoing), int(outgoing))
 
 
 def _known_peer(row: tuple[Any, ...]) -> KnownPeer:
@@ -291,39 +342,26 @@ class Store:
 
         ``status`` says the direction: ``received`` for an incoming message
         (the conversation is with ``sender``, and it counts as unread),
-        ``queued`` or ``sending`` for an outgoing one (the conversation is
-        with ``recipient``).  ``time`` orders the conversation.  The text is
-        stored verbatim; length limits are the caller's (api.MAX_TEXT_BYTES).
+        ``queued``, ``sending`` or ``sent`` for an outgoing one (the
+        conversation is with ``recipient``).  ``time`` orders the conversation.
+        The text is stored verbatim; length limits are the caller's
+        (api.MAX_TEXT_BYTES).
         """
-        _check_id(message_id)
-        _check_text(text)
-        state = _status(status)
-        if state is Status.RECEIVED:
-            peer, outgoing = sender, False
-        elif state in _NEW_OUTGOING:
-            peer, outgoing = recipient, True
-        else:
-            raise StoreError(f"a new message cannot start as {state.value!r}")
+        return bool(self.add_messages([NewMessage(message_id, sender, recipient, text, status, time)]))
+
+    def add_messages(self, messages: Sequence[NewMessage]) -> set[str]:
+        """Store several new messages as :meth:`add_message` stores each (in
+        this order), in one transaction; return the ids that were new.  All
+        are checked before any is stored."""
+        rows = [_message_row(message) for message in messages]
+        fresh: set[str] = set()
         with self._write() as conn:
-            cursor = conn.execute(
-                "INSERT INTO messages"
-                " (id, peer, sender, recipient, text, status, time, updated, error, outgoing, read)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)"
-                " ON CONFLICT (id) DO NOTHING",
-                (
-                    message_id,
-                    peer,
-                    sender,
-                    recipient,
-                    text,
-                    state.value,
-                    time,
-                    time,
-                    int(outgoing),
-                    int(outgoing),  # our own messages are never unread
-                ),
-            )
-            return cursor.rowcount == 1
+            # One cached statement, run per row: a multi-row INSERT would be
+            # parsed again for every new row count.
+            for row in rows:
+                if conn.execute(_INSERT, row).rowcount == 1:
+                    fresh.add(row[0])
+        return fresh
 
     def set_status(
         self,
@@ -349,14 +387,22 @@ class Store:
         sources = _SOURCES[target]
         if not sources:
             return False
-        marks = ", ".join("?" * len(sources))
+        when = _time.time() if now is None else now
         with self._write() as conn:
-            cursor = conn.execute(
-                f"UPDATE messages SET status = ?, error = ?, updated = ?"
-                f" WHERE id = ? AND status IN ({marks})",
-                (target.value, error, _time.time() if now is None else now, message_id, *sources),
-            )
+            cursor = conn.execute(_SET_STATUS[target], (target.value, error, when, message_id, *sources))
             return cursor.rowcount == 1
+
+    def mark_delivered(self, message_ids: Sequence[str], recipient: int, *, now: float) -> list[str]:
+        """Receipts from ``recipient``: each of ``message_ids`` that was sent
+        to it moves to ``delivered`` (as set_status would), with one
+        statement; returns the ids that changed, in the given order."""
+        for message_id in message_ids:
+            _check_id(message_id)
+        with self._write() as conn:
+            # The ids go as one JSON array: a cached statement whatever their number.
+            rows = conn.execute(_MARK_DELIVERED, (now, json.dumps(message_ids), recipient)).fetchall()
+        changed = {row[0] for row in rows}
+        return [message_id for message_id in dict.fromkeys(message_ids) if message_id in changed]
 
     def get_message(self, message_id: str) -> dict[str, Any] | None:
         """The message as the API shows it, or None."""

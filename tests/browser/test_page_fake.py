@@ -167,6 +167,15 @@ async def test_page_end_to_end_with_fake_peer(harness: Harness) -> None:
     await expect(page.locator(h.testid("unread-badge", h.peer(3)))).to_have_text("1")
     await expect(page.locator(h.testid("unread-badge", h.peer(2)))).to_have_count(0)
 
+    # Events published together reach the page as one batch frame; each is handled, in order.
+    api.receive(2, "batched one")
+    api.receive(2, "batched two")
+    api.set_connection(2, "direct", "127.0.0.1:5001")
+    await expect(page.locator(h.testid("message-text"))).to_have_text(
+        ["hello bob", "line one\nline two", XSS, "batched one", "batched two"]
+    )
+    await expect(page.locator(h.testid("connection-state", h.peer(2)))).to_have_text("direct")
+
     # A refused peer says why; after dropped events ("resync") the page reloads its state.
     api.set_peer_error(4, "refused: a different key answered for id 4")
     await expect(page.locator(h.testid("peer-error", h.peer(4)))).to_have_text(
@@ -193,7 +202,7 @@ async def test_page_end_to_end_with_fake_peer(harness: Harness) -> None:
     await page.reload()
     await expect(page.locator(h.testid("conversation"))).to_have_attribute("data-peer-id", "2")
     texts = page.locator(h.testid("message-text"))
-    await expect(texts).to_have_text(["hello bob", "line one\nline two", XSS])
+    await expect(texts).to_have_text(["hello bob", "line one\nline two", XSS, "batched one", "batched two"])
     await expect(page.locator(h.testid("my-id"))).to_have_text("1")
 
     # Nothing hostile ran or was parsed as HTML, and the CSP blocked nothing of ours.

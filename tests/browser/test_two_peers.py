@@ -109,7 +109,8 @@ class Peer:
 
     def received(self, text: str) -> list[dict]:
         """``message`` events with this text that the webpeer pushed to the page."""
-        return [f for f in self.ws_in if f.get("type") == "message" and f["message"]["text"] == text]
+        events = [e for f in self.ws_in for e in (f["events"] if f.get("type") == "batch" else [f])]
+        return [e for e in events if e.get("type") == "message" and e["message"]["text"] == text]
 
     async def my_id(self) -> int:
         await expect(self.testid("my-id")).to_have_text(re.compile(r"^[1-9][0-9]*$"), timeout=WAIT_MS)

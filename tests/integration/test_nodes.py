@@ -11,7 +11,10 @@ import pytest
 from rendezvous.core import ServerConfig
 from rendezvous.server import RendezvousServer
 from rendezvous.sqlite_registry import SqliteRegistry
+from webpeer.api import ApiError
+from webpeer.link import LinkState
 from webpeer.node import NodeConfig, PeerNode
+from webpeer.store import StoreError
 
 
 async def wait_for(predicate, timeout: float = 5.0, what: str = "condition") -> Any:
@@ -84,6 +87,96 @@ async def test_the_course_project_scenario(nodes) -> None:
     assert [m["status"] for m in one.messages(3)] == ["delivered"]
     conn = next(p for p in one.peers() if p["id"] == 3)["connection"]
     assert conn["state"] == "direct" and conn["address"] == f"127.0.0.1:{three.udp_address[1]}"
+
+
+async def test_sends_in_one_loop_turn_share_one_commit(nodes) -> None:
+    alice, bob = await nodes("alice"), await nodes("bob")
+    await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")
+    first = await alice.send_message(2, "opens the connection")
+    await wait_for(lambda: alice.store.get_message(first["id"])["status"] == "delivered", what="first delivered")
+    statements: list[str] = []
+    events = alice.subscribe()
+    commits_when_answered: list[int] = []
+    alice.store._conn.set_trace_callback(statements.append)  # type: ignore[union-attr]
+    futures = [alice.submit_message(2, f"burst {n}") for n in range(50)]
+    for future in futures:
+        future.add_done_callback(lambda _: commits_when_answered.append(statements.count("COMMIT")))
+    assert events.empty()  # nothing is announced before it is stored
+    stored = await asyncio.gather(*futures)
+    alice.store._conn.set_trace_callback(None)  # type: ignore[union-attr]
+    # Stored, marked sent (the link was ready) and answered in one commit.
+    assert commits_when_answered == [1] * 50
+    assert [m["status"] for m in stored] == ["sent"] * 50
+    assert [alice.store.get_message(m["id"])["status"] in ("sent", "delivered") for m in stored] == [True] * 50
+    announced = [events.get_nowait() for _ in range(50)]
+    assert [e["message"]["text"] for e in announced] == [f"burst {n}" for n in range(50)]
+    assert {e["message"]["status"] for e in announced} == {"sent"}
+    await wait_for(lambda: len(bob.messages(1)) == 51, what="all at bob")
+    assert [m["text"] for m in bob.messages(1)][1:] == [f"burst {n}" for n in range(50)]
+    await wait_for(lambda: {m["status"] for m in alice.messages(2)} == {"delivered"}, what="all delivered")
+
+
+class _LinkFrom:
+    """Stands for a link to ``peer_id`` when frames are handed to the node directly."""
+
+    def __init__(self, peer_id: int) -> None:
+        self.peer_id = peer_id
+        self.closed: str | None = None
+        self.state = LinkState.READY
+        self.sent: list[dict] = []
+
+    def close(self, reason: str) -> None:
+        self.closed = reason
+
+    def send_frames(self, frames: list[dict], now: float | None = None) -> None:
+        self.sent += frames
+
+
+async def test_a_failed_commit_acknowledges_nothing_and_answers_with_an_error(nodes, monkeypatch) -> None:
+    alice = await nodes("alice")
+    events = alice.subscribe()
+    link = _LinkFrom(2)
+    alice._on_frame(link, {"t": "msg", "id": "m1", "text": "hi", "time": 1.0}, 2.0)  # type: ignore[arg-type]
+    future = alice.submit_message(2, "mine")
+
+    def broken(*args, **kwargs):
+        raise StoreError("disk I/O error")
+
+    monkeypatch.setattr(alice.store, "add_messages", broken)
+    with pytest.raises(StoreError):
+        alice._flush()
+    assert link.sent == []  # no ack for a message that is not stored
+    with pytest.raises(ApiError, match="could not store"):
+        future.result()
+    assert events.get_nowait() == {"type": "resync"} and events.empty()
+    monkeypatch.undo()
+    alice._flush()
+    assert link.sent == [] and alice.store.conversation(2) == []
+    # The sender sends it again (a new link): now it is stored, then acknowledged.
+    alice._on_frame(link, {"t": "msg", "id": "m1", "text": "hi", "time": 1.0}, 3.0)  # type: ignore[arg-type]
+    alice._flush()
+    assert link.sent == [{"t": "ack", "id": "m1"}]
+    assert [m["text"] for m in alice.store.conversation(2)] == ["hi"]
+
+
+async def test_a_receipt_counts_only_from_the_recipient(nodes) -> None:
+    alice = await nodes("alice")
+    alice.store.add_message("m1", sender=1, recipient=2, text="to 2", status="sent", time=1.0)
+    events = alice.subscribe()
+    for peer_id in (3, 2, 2):
+        alice._on_frame(_LinkFrom(peer_id), {"t": "ack", "id": "m1"}, 2.0)  # type: ignore[arg-type]
+        alice._flush()
+        if peer_id == 3:
+            assert alice.store.get_message("m1")["status"] == "sent"
+            assert events.empty()
+    assert alice.store.get_message("m1")["status"] == "delivered"
+    assert events.get_nowait() == {"type": "status", "id": "m1", "status": "delivered", "error": None}
+    assert events.empty()  # the repeated receipt changed nothing
+    odd = _LinkFrom(2)
+    for bad in ("", "\ud800", "x" * 65):
+        alice._on_frame(odd, {"t": "ack", "id": bad}, 3.0)  # type: ignore[arg-type]
+    alice._flush()  # ignored, not an error
+    assert odd.closed is None and events.empty()
 
 
 async def test_both_sides_talk_on_one_connection(nodes) -> None:

@@ -98,9 +98,11 @@ async def next_event(ws, predicate, timeout: float = 8.0) -> dict:
         while True:
             message = await ws.receive()
             assert message.type == aiohttp.WSMsgType.TEXT, message
-            event = json.loads(message.data)
-            if predicate(event):
-                return event
+            frame = json.loads(message.data)
+            # Events ready at once come as one batch frame.
+            for event in frame["events"] if frame["type"] == "batch" else [frame]:
+                if predicate(event):
+                    return event
 
     return await asyncio.wait_for(loop(), timeout)
 

@@ -54,8 +54,10 @@ class FakePeerApi:
         self.publish({"type": "peers", "peers": self.peers()})
         return peer
 
-    def publish(self, event: JSON) -> None:
+    def publish(self, event: JSON, *, skip: asyncio.Queue[JSON] | None = None) -> None:
         for queue in list(self._queues):
+            if queue is skip:
+                continue
             try:
                 queue.put_nowait(event)
             except asyncio.QueueFull:  # as PeerNode: drop the backlog, tell the page to reload
@@ -109,6 +111,11 @@ class FakePeerApi:
         return found[-limit:]
 
     async def send_message(self, to: int, text: str) -> JSON:
+        return await self.submit_message(to, text)
+
+    def submit_message(
+        self, to: int, text: str, *, answered_on: asyncio.Queue[JSON] | None = None
+    ) -> asyncio.Future[JSON]:
         if not text.strip():
             raise ApiError(400, "empty message")
         if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
@@ -118,8 +125,10 @@ class FakePeerApi:
         self.sent.append((to, text))
         status = "sending" if self._peers[to]["online"] else "queued"
         message = self._new_message(to, self._me["id"], to, text, status)
-        self.publish({"type": "message", "message": dict(message)})
-        return dict(message)
+        self.publish({"type": "message", "message": dict(message)}, skip=answered_on)
+        future: asyncio.Future[JSON] = asyncio.get_running_loop().create_future()
+        future.set_result(dict(message))
+        return future
 
     async def retry(self, message_id: str) -> JSON:
         message = self._messages.get(message_id)

@@ -14,6 +14,7 @@ from webpeer.api import MAX_TEXT_BYTES
 from webpeer.store import (
     EXPIRED_ERROR,
     SCHEMA_VERSION,
+    NewMessage,
     TRANSITIONS,
     Status,
     Store,
@@ -472,3 +473,48 @@ def test_batch_commits_once_and_rolls_back_on_error(db_path: Path, store: Store)
     # The store is usable after a rolled back batch.
     assert receive(store, "after", 2, 5.0)
     assert store.unread_counts() == {2: 3}
+
+
+# -- many at once (one transaction) ----------------------------------------
+
+
+def test_add_messages_stores_in_order_and_returns_the_new_ids(store: Store) -> None:
+    assert receive(store, "2:a", 2, 1.0)
+    many = [NewMessage(f"2:{n}", 2, ME, f"text {n}", "received", 2.0) for n in range(1200)]
+    many.insert(5, NewMessage("2:a", 2, ME, "a repeat", "received", 2.0))  # stored before: not new
+    many.append(NewMessage("2:7", 2, ME, "a repeat in the same call", "received", 2.0))
+    fresh = store.add_messages(many)
+    assert fresh == {f"2:{n}" for n in range(1200)}
+    conversation = store.conversation(2, limit=5000)
+    assert [m["text"] for m in conversation] == ["yo"] + [f"text {n}" for n in range(1200)]
+    assert store.unread_counts() == {2: 1201}
+    sent = store.add_messages([NewMessage("s", ME, 3, "out", "sent", 3.0), NewMessage("q", ME, 3, "later", "queued", 4.0)])
+    assert sent == {"s", "q"} and statuses(store, 3) == {"s": "sent", "q": "queued"}
+    assert store.unread_counts() == {2: 1201}  # our own are never unread
+
+
+def test_add_messages_checks_all_before_storing_any(store: Store) -> None:
+    good = NewMessage("ok", ME, 2, "fine", "queued", 1.0)
+    with pytest.raises(StoreError, match="Unicode"):
+        store.add_messages([good, NewMessage("bad", ME, 2, "lone \ud800", "queued", 1.0)])
+    with pytest.raises(StoreError, match="cannot start as"):
+        store.add_messages([good, NewMessage("bad", ME, 2, "x", "delivered", 1.0)])
+    assert store.conversation(2) == []
+
+
+def test_mark_delivered_counts_only_receipts_from_the_recipient(store: Store) -> None:
+    ids = [f"m{n}" for n in range(700)]
+    store.add_messages([NewMessage(i, ME, 2, "hi", "sent", 1.0) for i in ids])
+    send(store, "to-carol", 3, 1.0, status="sent")
+    receive(store, "2:in", 2, 1.0)
+    send(store, "failed", 2, 1.0)
+    store.set_status("failed", "failed", "gave up")
+    asked = ["failed", *reversed(ids), "to-carol", "2:in", "unknown", "m3"]
+    changed = store.mark_delivered(asked, 2, now=5.0)
+    assert changed == ["failed", *reversed(ids)]  # in the order given, each once
+    assert store.get_message("failed") == {**store.get_message("failed"), "status": "delivered", "error": None}  # type: ignore[dict-item]
+    assert store.get_message("to-carol")["status"] == "sent"  # type: ignore[index]
+    assert store.get_message("2:in")["status"] == "received"  # type: ignore[index]
+    assert store.mark_delivered(ids, 2, now=6.0) == []  # already delivered
+    with pytest.raises(StoreError):
+        store.mark_delivered([""], 2, now=7.0)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 import socket
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -80,7 +81,26 @@ async def site() -> AsyncIterator[Site]:
     await client.close()
 
 
+# Events that came in a batch frame and were not read yet, per socket.
+_unread: weakref.WeakKeyDictionary[aiohttp.ClientWebSocketResponse, list[dict[str, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 async def receive_json(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5.0) -> dict[str, Any]:
+    """The next event, whether it came alone or in a batch."""
+    pending = _unread.setdefault(ws, [])
+    if pending:
+        return pending.pop(0)
+    value = await receive_frame(ws, timeout)
+    if value["type"] == "batch":
+        assert len(value["events"]) > 1
+        pending.extend(value["events"][1:])
+        return value["events"][0]
+    return value
+
+
+async def receive_frame(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5.0) -> dict[str, Any]:
     msg = await ws.receive(timeout=timeout)
     assert msg.type == WSMsgType.TEXT, msg
     value = json.loads(msg.data)
@@ -648,6 +668,166 @@ async def test_ws_send_read_and_retry(site: Site) -> None:
         assert answer["client_id"] == "r2" and answer["message"]["status"] == "sending"
 
 
+async def test_ws_events_ready_at_once_come_as_one_batch(site: Site) -> None:
+    async with await site.ws() as ws:
+        await receive_frame(ws)
+        first = site.api.receive(2, "one")
+        second = site.api.receive(2, "two")
+        site.api.set_status(second["id"], "delivered")
+        assert await receive_frame(ws) == {"type": "batch", "events": [
+            {"type": "message", "message": first},
+            {"type": "message", "message": second},
+            {"type": "status", "id": second["id"], "status": "delivered", "error": None},
+        ]}
+        site.api.receive(2, "alone")
+        assert (await receive_frame(ws))["type"] == "message"  # a single event is not wrapped
+
+
+def test_large_batches_are_split_and_a_bad_event_is_dropped() -> None:
+    from webpeer.web import WS_BATCH_BYTES, _frames
+
+    big = [{"type": "message", "message": {"text": "x" * (WS_BATCH_BYTES // 3)}} for _ in range(7)]
+    frames = [json.loads(text) for text in _frames(big)]
+    assert all(len(json.dumps(frame)) <= WS_BATCH_BYTES for frame in frames)
+    assert len(frames) > 1
+    unpacked = [e for f in frames for e in (f["events"] if f["type"] == "batch" else [f])]
+    assert unpacked == big
+    huge = {"type": "message", "message": {"text": "y" * 2 * WS_BATCH_BYTES}}
+    assert [json.loads(text) for text in _frames([huge])] == [huge]  # alone, it may exceed the size
+    good = {"type": "resync"}
+    assert [json.loads(text) for text in _frames([good, {"type": "bad", "value": object()}, good])] == [good, good]
+
+
+async def test_ws_own_send_comes_back_as_the_answer_others_get_the_event(site: Site) -> None:
+    async with await site.ws() as mine, await site.ws() as other:
+        await receive_json(mine)
+        await receive_json(other)
+        await mine.send_json({"type": "send", "to": 2, "text": "from this tab", "client_id": "t1"})
+        answer = await receive_json(mine)
+        assert answer["type"] == "sent" and answer["message"]["text"] == "from this tab"
+        event = await receive_json(other)
+        assert event == {"type": "message", "message": answer["message"]}
+        site.api.receive(2, "next")  # the next thing this tab hears is not its own message again
+        assert (await receive_json(mine))["message"]["text"] == "next"
+
+
+class HoldingApi(FakePeerApi):
+    """Sends are stored only when the test says so (a commit that takes a while)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[tuple[asyncio.Future[dict[str, Any]], dict[str, Any]]] = []
+
+    def submit_message(
+        self, to: int, text: str, *, answered_on: asyncio.Queue[dict[str, Any]] | None = None
+    ) -> asyncio.Future[dict[str, Any]]:
+        stored = super().submit_message(to, text, answered_on=answered_on).result()
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.held.append((future, stored))
+        return future
+
+    def commit(self) -> None:
+        for future, stored in self.held:
+            future.set_result(stored)
+        self.held.clear()
+
+
+async def test_ws_sent_answers_wait_for_the_commit_and_keep_request_order() -> None:
+    api = HoldingApi()
+    api.add_peer(2, "bob")
+    port = free_port()
+    async with TestClient(TestServer(create_app(WebConfig(port=port, token=TOKEN), api), port=port)) as client:
+        ws = await client.ws_connect("/ws", headers={"Origin": f"http://127.0.0.1:{port}", "Authorization": f"Bearer {TOKEN}"})
+        await receive_json(ws)
+        for n in range(3):
+            await ws.send_json({"type": "send", "to": 2, "text": f"m{n}", "client_id": f"c{n}"})
+        await ws.send_json({"type": "send", "to": 99, "text": "x", "client_id": "bad"})
+        for _ in range(100):
+            if len(api.held) == 3:
+                break
+            await asyncio.sleep(0.01)
+        # Nothing comes before the commit (this socket gets no "message"
+        # events for its own sends: the answers carry the messages).
+        with pytest.raises(asyncio.TimeoutError):
+            await receive_json(ws, timeout=0.2)
+        api.commit()
+        answers = [await receive_json(ws) for _ in range(4)]
+        assert [(a["type"], a["client_id"]) for a in answers] == [
+            ("sent", "c0"), ("sent", "c1"), ("sent", "c2"), ("error", "bad")
+        ]
+        assert [a["message"]["text"] for a in answers[:3]] == ["m0", "m1", "m2"]
+        await ws.close()
+
+
+async def test_ws_answers_survive_a_dropped_event_backlog() -> None:
+    api = HoldingApi()
+    api.add_peer(2, "bob")
+    port = free_port()
+    async with TestClient(TestServer(create_app(WebConfig(port=port, token=TOKEN), api), port=port)) as client:
+        ws = await client.ws_connect("/ws", headers={"Origin": f"http://127.0.0.1:{port}", "Authorization": f"Bearer {TOKEN}"})
+        await receive_json(ws)
+        for n in range(3):
+            await ws.send_json({"type": "send", "to": 2, "text": f"m{n}", "client_id": f"c{n}"})
+        for _ in range(100):
+            if len(api.held) == 3:
+                break
+            await asyncio.sleep(0.01)
+        api.commit()
+        await asyncio.sleep(0)  # the answers are ready; the writer has not run yet
+        for i in range(2000):  # many more than the queue holds: its backlog is dropped
+            api.receive(2, f"flood {i}")
+        seen = []
+        while len([e for e in seen if e["type"] == "sent"]) < 3 or {"type": "resync"} not in seen:
+            seen.append(await receive_json(ws))
+        assert [e["client_id"] for e in seen if e["type"] == "sent"] == ["c0", "c1", "c2"]
+        assert {"type": "resync"} in seen
+        await ws.close()
+
+
+async def test_ws_answer_goes_before_news_about_its_message() -> None:
+    api = HoldingApi()
+    api.add_peer(2, "bob")
+    port = free_port()
+    async with TestClient(TestServer(create_app(WebConfig(port=port, token=TOKEN), api), port=port)) as client:
+        ws = await client.ws_connect("/ws", headers={"Origin": f"http://127.0.0.1:{port}", "Authorization": f"Bearer {TOKEN}"})
+        await receive_json(ws)
+        await ws.send_json({"type": "send", "to": 2, "text": "quick", "client_id": "q"})
+        for _ in range(100):
+            if api.held:
+                break
+            await asyncio.sleep(0.01)
+        message_id = api.held[0][1]["id"]
+        api.commit()
+        api.set_status(message_id, "delivered")  # its receipt, before the answer went out
+        first, second = await receive_json(ws), await receive_json(ws)
+        assert (first["type"], first["client_id"]) == ("sent", "q")  # the page learns of the message first
+        assert second == {"type": "status", "id": message_id, "status": "delivered", "error": None}
+        await ws.close()
+
+
+async def test_ws_stops_reading_a_page_with_too_many_unanswered_sends(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("webpeer.web.MAX_UNANSWERED", 5)
+    api = HoldingApi()
+    api.add_peer(2, "bob")
+    port = free_port()
+    async with TestClient(TestServer(create_app(WebConfig(port=port, token=TOKEN), api), port=port)) as client:
+        ws = await client.ws_connect("/ws", headers={"Origin": f"http://127.0.0.1:{port}", "Authorization": f"Bearer {TOKEN}"})
+        await receive_json(ws)
+        for n in range(8):
+            await ws.send_json({"type": "send", "to": 2, "text": f"m{n}", "client_id": f"c{n}"})
+        await asyncio.sleep(0.2)
+        assert len(api.held) == 5  # the other three wait in the socket
+        api.commit()
+        for _ in range(100):
+            if len(api.held) == 3:
+                break
+            await asyncio.sleep(0.01)
+        api.commit()
+        answers = [await receive_json(ws) for _ in range(8)]
+        assert [a["client_id"] for a in answers] == [f"c{n}" for n in range(8)]
+        await ws.close()
+
+
 @pytest.mark.parametrize(
     ("request_text", "status", "client_id", "words"),
     [
@@ -735,6 +915,13 @@ class _BrokenApi(FakePeerApi):
 
     async def send_message(self, to: int, text: str) -> dict[str, Any]:
         raise RuntimeError("bug in the peer")
+
+    def submit_message(
+        self, to: int, text: str, *, answered_on: asyncio.Queue[dict[str, Any]] | None = None
+    ) -> asyncio.Future[dict[str, Any]]:
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future.set_exception(RuntimeError("bug in the peer"))
+        return future
 
 
 async def test_a_bug_in_the_peer_is_a_500_not_a_dead_socket(caplog: pytest.LogCaptureFixture) -> None:
