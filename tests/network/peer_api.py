@@ -40,6 +40,12 @@ def call(port: int, token: str, method: str, path: str, body: object = None) -> 
         return json.loads(response.read() or b"null")
 
 
+def events(frame_data: str) -> list[dict]:
+    """One websocket frame's events: events ready together come as a batch."""
+    event = json.loads(frame_data)
+    return event["events"] if event.get("type") == "batch" else [event]
+
+
 async def watch(port: int, token: str, sender: int, text: str) -> dict[str, float]:
     import aiohttp  # the project venv's; only this command needs it
 
@@ -48,10 +54,10 @@ async def watch(port: int, token: str, sender: int, text: str) -> dict[str, floa
         async with session.ws_connect(f"{base}/ws?token={token}", headers={"Origin": base}) as ws:
             print("ready", flush=True)
             async for frame in ws:
-                event = json.loads(frame.data)
-                message = event.get("message") if event.get("type") == "message" else None
-                if message and message["from"] == sender and message["text"] == text:
-                    return {"at": time.time()}
+                for event in events(frame.data):
+                    message = event.get("message") if event.get("type") == "message" else None
+                    if message and message["from"] == sender and message["text"] == text:
+                        return {"at": time.time()}
     raise SystemExit("websocket closed before the message came")
 
 
@@ -72,11 +78,11 @@ async def send_wait(port: int, token: str, to: int, text: str) -> dict[str, obje
                 reply.raise_for_status()
                 message_id = (await reply.json())["id"]
             while message_id not in delivered:
-                event = json.loads((await ws.receive()).data)
-                if event.get("type") == "status" and event.get("status") == "delivered":
-                    delivered.add(event["id"])
-                elif event.get("type") == "connection" and event.get("peer") == to:
-                    connection = event["connection"]
+                for event in events((await ws.receive()).data):
+                    if event.get("type") == "status" and event.get("status") == "delivered":
+                        delivered.add(event["id"])
+                    elif event.get("type") == "connection" and event.get("peer") == to:
+                        connection = event["connection"]
             return {"id": message_id, "seconds": time.monotonic() - started, "posted_at": posted_at,
                     "connection": connection}
 
