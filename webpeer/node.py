@@ -49,7 +49,6 @@ from .link import (
 from .natprobe import NatProbe
 from .punch import PunchSession
 from .traversal import (
-    BIRTHDAY_ATTEMPTS,
     KEEPALIVE_INTERVAL,
     QUIC_IDLE_TIMEOUT,
     RELAY_HOST,
@@ -66,7 +65,7 @@ from .registration import (
     Relayed,
     Stopped,
 )
-from .store import NewMessage, Status, Store, StoreError, TrustResult
+from .store import NewMessage, Status, Store, TrustResult
 from .wire import FrameError, require
 
 logger = logging.getLogger("webpeer")

@@ -20,36 +20,16 @@ Security (issue 3), enforced by one middleware and one response signal:
   nosniff, no-referrer, and (except static files) Cache-Control: no-store.
 - Request bodies are capped at :data:`MAX_BODY_BYTES`; message texts at
   :data:`~webpeer.api.MAX_TEXT_BYTES` UTF-8 bytes (413); websocket messages
-  above :data:`WS_MAX_MESSAGE_BYTES` get an error event and the socket stays
+  above :data:`webpeer.websocket.WS_MAX_MESSAGE_BYTES` get an error event and the socket stays
   open (aiohttp itself closes the socket, code 1009, only above
-  :data:`WS_HARD_LIMIT_BYTES`).
+  :data:`webpeer.websocket.WS_HARD_LIMIT_BYTES`).
 
-Websocket protocol (JSON text frames, one object each):
-
-    <- {"type": "hello", "me": <me>, "peers": [<peer>, ...]}     first, once
-    <- every event of PeerApi.subscribe() as is (message, status, peers, connection, me)
-    <- {"type": "batch", "events": [<event>, ...]}   several events (and answers) that were
-       ready at once, in order: the same as receiving each one on its own
-    -> {"type": "send", "to": N, "text": "...", "client_id": "..."}
-    <- {"type": "sent", "client_id": "...", "message": <message>}   once the message is stored;
-       this socket gets no "message" event for it (other sockets do)
-    -> {"type": "retry", "id": "...", "client_id": "..."}         answered like send
-    -> {"type": "read", "peer": N}                                 no answer on success
-    <- {"type": "error", "client_id": "..."|null, "status": int, "error": "..."}
-       for any request that fails (bad JSON, unknown type, too large, ApiError)
-
-``client_id`` is optional everywhere (a string of at most 128 characters) and
-only echoed back, so the page can match answers to what it sent.  Answers
-come in the order of the requests.  Sends that arrive together are stored in
-one commit (PeerApi.submit_message), and each ``sent`` answer goes after it.
+The websocket is in webpeer/websocket.py; request parsing in webpeer/parse.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import hmac
-import json
 import logging
 import re
 import weakref
@@ -60,29 +40,19 @@ from typing import Any
 
 import aiohttp_jinja2
 import jinja2
-from aiohttp import WSCloseCode, WSMsgType, hdrs, web
+from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger
 
-from webpeer.api import JSON, MAX_TEXT_BYTES, ApiError, PeerApi
+from webpeer import websocket
+from webpeer.api import MAX_TEXT_BYTES, ApiError, PeerApi
+from webpeer.parse import BadRequest, loads, message_id, peer_id
+from webpeer.parse import text as parse_text
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 80 * 1024
 """Largest request body (aiohttp's client_max_size); room for a full text plus JSON escaping."""
-WS_MAX_MESSAGE_BYTES = 80 * 1024
-"""Largest websocket message we process; a larger one is answered with an error event."""
-WS_HARD_LIMIT_BYTES = 1024 * 1024
-"""aiohttp's max_msg_size: above it aiohttp closes the socket (1009) before we see the message."""
-WS_HEARTBEAT_SECONDS = 15.0
-WS_BATCH_BYTES = 256 * 1024
-"""A batch event larger than this is split (one event alone may be larger)."""
-REQUESTS_PER_TURN = 100
-"""Websocket requests handled before the handler lets the rest of the loop run."""
-MAX_UNANSWERED = 1000
-"""A socket's answers not yet written; at this many its handler stops reading requests."""
-MAX_CLIENT_ID_CHARS = 128
 MAX_HISTORY_LIMIT = 5000
-MAX_PEER_ID = 2**63 - 1
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9._~-]{1,512}")
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -309,60 +279,14 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
         headers["Cache-Control"] = "no-store"
 
 
-# ---------------------------------------------------------------- parsing
-
-
-class _BadRequest(Exception):
-    """A request we refuse before it reaches the api; status and message for the client."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def _loads(data: str | bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(data)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise _BadRequest(400, f"malformed JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise _BadRequest(400, "malformed request: expected a JSON object")
-    return value
-
-
-def _peer_id(value: object, what: str, *, from_url: bool = False) -> int:
-    """A peer id from JSON (an int, not a bool) or from a URL (decimal digits)."""
-    if from_url and isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
-        value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_PEER_ID:
-        return value
-    raise _BadRequest(400, f"{what} must be a positive integer peer id")
-
-
-def _text(value: object) -> str:
-    if not isinstance(value, str):
-        raise _BadRequest(400, "text must be a string")
-    size = len(value.encode("utf-8", "surrogatepass"))
-    if size > MAX_TEXT_BYTES:
-        raise _BadRequest(413, f"message text is {size} bytes; the limit is {MAX_TEXT_BYTES} bytes of UTF-8")
-    return value
-
-
-def _message_id(value: object) -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= 200:
-        raise _BadRequest(400, "id must be a message id string")
-    return value
-
-
 async def _read_json(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise _BadRequest(
+        raise BadRequest(
             413, f"request body larger than {MAX_BODY_BYTES} bytes (a message text may have {MAX_TEXT_BYTES} bytes)"
         ) from None
-    return _loads(body)
+    return loads(body)
 
 
 # ---------------------------------------------------------------- HTTP handlers
@@ -398,14 +322,14 @@ async def _api_peers(request: web.Request) -> web.Response:
 
 async def _api_messages(request: web.Request) -> web.Response:
     try:
-        peer = _peer_id(request.query.get("peer"), "peer", from_url=True)
+        peer = peer_id(request.query.get("peer"), "peer", from_url=True)
         limit = 500
         if "limit" in request.query:
             raw = request.query["limit"]
             if not (raw.isascii() and raw.isdigit() and 0 < int(raw) <= MAX_HISTORY_LIMIT):
-                raise _BadRequest(400, f"limit must be an integer in 1..{MAX_HISTORY_LIMIT}")
+                raise BadRequest(400, f"limit must be an integer in 1..{MAX_HISTORY_LIMIT}")
             limit = int(raw)
-    except _BadRequest as exc:
+    except BadRequest as exc:
         return _error(exc.status, exc.message)
     return web.json_response(request.app[API_KEY].messages(peer, limit))
 
@@ -413,9 +337,9 @@ async def _api_messages(request: web.Request) -> web.Response:
 async def _api_send(request: web.Request) -> web.Response:
     try:
         body = await _read_json(request)
-        to = _peer_id(body.get("to"), "to")
-        text = _text(body.get("text"))
-    except _BadRequest as exc:
+        to = peer_id(body.get("to"), "to")
+        text = parse_text(body.get("text"))
+    except BadRequest as exc:
         return _error(exc.status, exc.message)
     message = await request.app[API_KEY].send_message(to, text)
     return web.json_response(message, status=201)
@@ -423,17 +347,17 @@ async def _api_send(request: web.Request) -> web.Response:
 
 async def _api_retry(request: web.Request) -> web.Response:
     try:
-        message_id = _message_id(request.match_info["id"])
-    except _BadRequest as exc:
+        wanted = message_id(request.match_info["id"])
+    except BadRequest as exc:
         return _error(exc.status, exc.message)
-    message = await request.app[API_KEY].retry(message_id)
+    message = await request.app[API_KEY].retry(wanted)
     return web.json_response(message)
 
 
 async def _api_read(request: web.Request) -> web.Response:
     try:
-        peer = _peer_id(request.match_info["id"], "peer id", from_url=True)
-    except _BadRequest as exc:
+        peer = peer_id(request.match_info["id"], "peer id", from_url=True)
+    except BadRequest as exc:
         return _error(exc.status, exc.message)
     request.app[API_KEY].mark_read(peer)
     return web.Response(status=204)
@@ -443,213 +367,11 @@ async def _api_read(request: web.Request) -> web.Response:
 
 
 async def _websocket(request: web.Request) -> web.WebSocketResponse:
-    api = request.app[API_KEY]
-    ws = web.WebSocketResponse(heartbeat=WS_HEARTBEAT_SECONDS, max_msg_size=WS_HARD_LIMIT_BYTES)
-    await ws.prepare(request)
-    sockets = request.app[SOCKETS_KEY]
-    sockets.add(ws)
-    # Subscribe before the snapshot, so nothing between the two is lost.
-    queue = api.subscribe()
-    answers = _Answers(queue)
-    forwarder: asyncio.Task[None] | None = None
-    try:
-        await ws.send_str(json.dumps({"type": "hello", "me": api.me(), "peers": api.peers()}))
-        forwarder = asyncio.create_task(_forward(queue, answers, ws))
-        handled = 0
-        async for msg in ws:
-            # Frames already received come back from the loop above without
-            # a loop turn in between, so the sends among them share one commit.
-            if msg.type == WSMsgType.TEXT:
-                await _ws_request(api, msg.data, answers)
-            elif msg.type == WSMsgType.BINARY:
-                answers.add(None, _ws_error(None, 400, "binary messages are not supported; send JSON text"))
-            else:  # ERROR: aiohttp has closed the socket already
-                break
-            handled += 1
-            if handled % REQUESTS_PER_TURN == 0:
-                # Let the commit and the writer run, so a long burst does not
-                # pile up more events than the queue holds.
-                await asyncio.sleep(0)
-            while answers.backlog >= MAX_UNANSWERED:
-                # A page that sends but does not read: stop reading it too.
-                await answers.taken()
-    except ConnectionError:
-        pass  # the browser went away mid-send
-    finally:
-        if forwarder is not None:
-            forwarder.cancel()
-        api.unsubscribe(queue)
-        sockets.discard(ws)
-    return ws
-
-
-# Put in a socket's event queue to wake its writer for answers (never sent).
-_WAKE: JSON = {"type": "wake"}
-
-
-class _Answers:
-    """One socket's answers, in the order of its requests: a send's answer
-    waits for the commit that stores the message, and the answers to later
-    requests wait behind it.  They are kept out of the event queue, whose
-    backlog is dropped when the page falls behind (it gets "resync"): an
-    answer is never dropped."""
-
-    def __init__(self, queue: asyncio.Queue[JSON]) -> None:
-        self.queue = queue
-        self._waiting: collections.deque[tuple[str | None, asyncio.Future[JSON] | JSON]] = collections.deque()
-        self._ready: list[JSON] = []
-        self._taken = asyncio.Event()
-
-    @property
-    def backlog(self) -> int:
-        """Answers not yet taken by the writer (ready or waiting for a commit)."""
-        return len(self._waiting) + len(self._ready)
-
-    def add(self, client_id: str | None, answer: asyncio.Future[JSON] | JSON) -> None:
-        """``answer``: the reply itself, or a future of the sent message."""
-        self._waiting.append((client_id, answer))
-        if len(self._waiting) == 1:
-            self._release()
-
-    def take(self) -> list[JSON]:
-        """The answers ready to go, in order (for the writer)."""
-        ready, self._ready = self._ready, []
-        self._taken.set()
-        return ready
-
-    async def taken(self) -> None:
-        """Returns when the writer next takes answers."""
-        self._taken.clear()
-        await self._taken.wait()
-
-    def _release(self, _: object = None) -> None:
-        released = False
-        while self._waiting:
-            client_id, answer = self._waiting[0]
-            if isinstance(answer, asyncio.Future):
-                if not answer.done():
-                    # Only the first waits with a callback: the ones behind it
-                    # (usually stored by the same commit) go when it goes.
-                    answer.add_done_callback(self._release)
-                    break
-                answer = _sent_answer(client_id, answer)
-            self._waiting.popleft()
-            self._ready.append(answer)
-            released = True
-        if released:
-            try:
-                self.queue.put_nowait(_WAKE)
-            except asyncio.QueueFull:
-                pass  # the writer has plenty to wake it
-
-
-def _sent_answer(client_id: str | None, future: asyncio.Future[JSON]) -> JSON:
-    if future.cancelled():
-        return _ws_error(client_id, 500, "the send was cancelled")
-    error = future.exception()
-    if error is None:
-        return {"type": "sent", "client_id": client_id, "message": future.result()}
-    if isinstance(error, ApiError):
-        return _ws_error(client_id, error.status, error.message)
-    log.error("unexpected error storing a message", exc_info=error)
-    return _ws_error(client_id, 500, "internal error in webpeer (see its log)")
-
-
-async def _forward(queue: asyncio.Queue[JSON], answers: _Answers, ws: web.WebSocketResponse) -> None:
-    """Pushes the answers and the api's events to one socket until it
-    closes: everything there is by the time it runs goes as one frame.
-    Answers go first: the events now queued may be about a message whose
-    answer is among them (a status from the same commit, or a receipt
-    already), and the page knows the message only from its answer."""
-    while True:
-        first = await queue.get()
-        events = answers.take()
-        if first is not _WAKE:
-            events.append(first)
-        while not queue.empty():
-            if (event := queue.get_nowait()) is not _WAKE:
-                events.append(event)
-        if not events:
-            continue
-        for data in _frames(events):
-            try:
-                await ws.send_str(data)
-            except ConnectionError:
-                return
-
-
-def _frames(events: list[JSON]) -> list[str]:
-    """The websocket texts for ``events``: one event as itself, several as
-    ``{"type": "batch", "events": [...]}``, split in halves until each is at
-    most WS_BATCH_BYTES (or one event).  One frame and one JSON encoding for
-    all of them: per event, those cost more than the event itself."""
-    try:
-        text = json.dumps(events[0] if len(events) == 1 else {"type": "batch", "events": events})
-    except (TypeError, ValueError):
-        if len(events) == 1:
-            log.exception("dropping an event that is not JSON: %r", events[0])
-            return []
-        return [frame for event in events for frame in _frames([event])]
-    if len(text) <= WS_BATCH_BYTES or len(events) == 1:
-        return [text]
-    half = len(events) // 2
-    return _frames(events[:half]) + _frames(events[half:])
-
-
-def _ws_error(client_id: str | None, status: int, message: str) -> JSON:
-    return {"type": "error", "client_id": client_id, "status": status, "error": message}
-
-
-async def _ws_request(api: PeerApi, data: str, answers: _Answers) -> None:
-    """One client request; its answer (if any) goes to ``answers``."""
-    if len(data) > WS_MAX_MESSAGE_BYTES or len(data.encode("utf-8", "surrogatepass")) > WS_MAX_MESSAGE_BYTES:
-        answers.add(None, _ws_error(
-            None,
-            413,
-            f"websocket message larger than {WS_MAX_MESSAGE_BYTES} bytes (a message text may have {MAX_TEXT_BYTES} bytes)",
-        ))
-        return
-    client_id: str | None = None
-    try:
-        request = _loads(data)
-        raw_id = request.get("client_id")
-        if raw_id is not None:
-            if not isinstance(raw_id, str) or len(raw_id) > MAX_CLIENT_ID_CHARS:
-                raise _BadRequest(400, f"client_id must be a string of at most {MAX_CLIENT_ID_CHARS} characters")
-            client_id = raw_id
-        kind = request.get("type")
-        if kind == "send":
-            # Not awaited: the next frames are read (and stored in the same
-            # commit) while this one waits for it.
-            # The answer carries the stored message: this socket is not sent
-            # its "message" event too.
-            future = api.submit_message(
-                _peer_id(request.get("to"), "to"), _text(request.get("text")), answered_on=answers.queue
-            )
-            answers.add(client_id, future)
-            return
-        if kind == "retry":
-            message = await api.retry(_message_id(request.get("id")))
-            answers.add(client_id, {"type": "sent", "client_id": client_id, "message": message})
-            return
-        if kind == "read":
-            api.mark_read(_peer_id(request.get("peer"), "peer"))
-            return
-        raise _BadRequest(400, f"unknown request type {repr(kind)[:40]}; expected send, retry or read")
-    except _BadRequest as exc:
-        answers.add(client_id, _ws_error(client_id, exc.status, exc.message))
-    except ApiError as exc:
-        answers.add(client_id, _ws_error(client_id, exc.status, exc.message))
-    except Exception:
-        # Keep the socket (and the page's live view) alive across a bug in the peer.
-        log.exception("unexpected error handling a websocket request")
-        answers.add(client_id, _ws_error(client_id, 500, "internal error in webpeer (see its log)"))
+    return await websocket.serve(request, request.app[API_KEY], request.app[SOCKETS_KEY])
 
 
 async def _close_websockets(app: web.Application) -> None:
-    sockets: weakref.WeakSet[web.WebSocketResponse] = app[SOCKETS_KEY]
-    for ws in list(sockets):
-        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"webpeer is shutting down")
+    await websocket.close_all(app[SOCKETS_KEY])
 
 
 def _asset_version(static_dir: Path) -> str:

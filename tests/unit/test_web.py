@@ -21,10 +21,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from fake_api import FakePeerApi
 
 from webpeer.api import MAX_TEXT_BYTES
+from webpeer.websocket import WS_HARD_LIMIT_BYTES, WS_MAX_MESSAGE_BYTES
 from webpeer.web import (
     MAX_BODY_BYTES,
-    WS_HARD_LIMIT_BYTES,
-    WS_MAX_MESSAGE_BYTES,
     WebConfig,
     create_app,
     default_static_dir,
@@ -684,7 +683,7 @@ async def test_ws_events_ready_at_once_come_as_one_batch(site: Site) -> None:
 
 
 def test_large_batches_are_split_and_a_bad_event_is_dropped() -> None:
-    from webpeer.web import WS_BATCH_BYTES, _frames
+    from webpeer.websocket import WS_BATCH_BYTES, _frames
 
     big = [{"type": "message", "message": {"text": "x" * (WS_BATCH_BYTES // 3)}} for _ in range(7)]
     frames = [json.loads(text) for text in _frames(big)]
@@ -806,7 +805,7 @@ async def test_ws_answer_goes_before_news_about_its_message() -> None:
 
 
 async def test_ws_stops_reading_a_page_with_too_many_unanswered_sends(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("webpeer.web.MAX_UNANSWERED", 5)
+    monkeypatch.setattr("webpeer.websocket.MAX_UNANSWERED", 5)
     api = HoldingApi()
     api.add_peer(2, "bob")
     port = free_port()
