@@ -4,9 +4,10 @@ QUIC links to other peers, the history store, and the events for the page.
 It is the adapter around the sans-IO pieces (registration.py, link.py,
 punch.py, natprobe.py): it moves datagrams between the sockets and them,
 re-arms one timer, and turns their events into store updates and page
-events.  Finding a path through NATs (checks, relay, many-port probing) is
-in traversal.py, a mixin of this class.  It implements
-webpeer.api.PeerApi for the web layer.
+events.  Two mixins of this class hold the rest: traversal.py finds a path
+through NATs (checks, relay, many-port probing), messaging.py moves messages
+(sends, receipts, the offline queue).  It implements webpeer.api.PeerApi for
+the web layer.
 
 Demultiplexing on the one socket (RFC 7983 / RFC 9443): a first byte below
 0x40 is STUN (the rendezvous server, later punch probes), anything else is
@@ -33,7 +34,7 @@ from rendezvous.client import PeerInfo
 from rendezvous.stun import Address, Message, StunProtocolError, decode, looks_like_stun
 from rendezvous.udp import UdpEndpoint
 
-from .api import MAX_TEXT_BYTES, JSON, ApiError
+from .api import JSON, ApiError
 from .identity import Identity, fingerprint
 from .link import (
     ConnectionIdsChanged,
@@ -46,6 +47,7 @@ from .link import (
     Role,
     quic_configuration,
 )
+from .messaging import MessagingMixin
 from .natprobe import NatProbe
 from .punch import PunchSession
 from .traversal import (
@@ -66,7 +68,6 @@ from .registration import (
     Stopped,
 )
 from .store import NewMessage, Status, Store, TrustResult
-from .wire import FrameError, require
 
 logger = logging.getLogger("webpeer")
 
@@ -134,7 +135,7 @@ class PeerState:
         return {"state": "connecting", "address": f"{link.address[0]}:{link.address[1]}"}
 
 
-class PeerNode(TraversalMixin):
+class PeerNode(MessagingMixin, TraversalMixin):
     def __init__(self, config: NodeConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.clock = clock
@@ -282,67 +283,6 @@ class PeerNode(TraversalMixin):
     def messages(self, peer_id: int, limit: int = 500) -> list[JSON]:
         return self.store.conversation(peer_id, limit)
 
-    async def send_message(self, to: int, text: str) -> JSON:
-        return await self.submit_message(to, text)
-
-    def submit_message(
-        self, to: int, text: str, *, answered_on: asyncio.Queue[JSON] | None = None
-    ) -> asyncio.Future[JSON]:
-        """Check a message and queue it for the next flush, which stores every
-        message submitted in this loop turn in one commit and then hands them
-        to their links.  The future gets the stored message after that commit
-        (so an answer to the page never gets ahead of the disk); bad input
-        raises ApiError here.  ``answered_on``: the subscriber that gets the
-        message as its answer, so not as a "message" event too."""
-        if not isinstance(text, str) or not text.strip():
-            raise ApiError(400, "message text is empty")
-        try:
-            size = len(text.encode("utf-8"))
-        except UnicodeEncodeError as error:  # a lone surrogate: SQLite could not store it
-            raise ApiError(400, f"message text is not valid Unicode: {error.reason}") from None
-        if size > MAX_TEXT_BYTES:
-            raise ApiError(413, f"message text is longer than {MAX_TEXT_BYTES} bytes")
-        my_id = self.registration.peer_id
-        if my_id is None:
-            raise ApiError(503, "not registered with the rendezvous server yet")
-        if not isinstance(to, int) or isinstance(to, bool) or not 0 < to < 2**32:
-            raise ApiError(400, "'to' must be a peer id")
-        if to == my_id:
-            raise ApiError(400, "cannot send a message to yourself")
-        now = self.clock()
-        message: JSON = {"id": self._new_message_id(now), "peer": to, "from": my_id, "to": to, "text": text,
-                         "status": str(Status.QUEUED), "time": now, "error": None}
-        future: asyncio.Future[JSON] = asyncio.get_running_loop().create_future()
-        self._outbox.append((message, future, answered_on))
-        self._schedule_flush()
-        return future
-
-    def _new_message_id(self, now: float) -> str:
-        """32 hex digits: the time in microseconds, 32 random bits chosen at
-        start-up, then a counter (so ids never repeat).  Ids that grow with
-        time go to the end of the store's id index (ours and, prefixed by our
-        id, the receiver's); random ones would dirty a different index page
-        per message, and each commit would write all of those pages."""
-        time_us = max(0, int(now * 1_000_000)) & 0xFF_FFFF_FFFF_FFFF
-        return f"{time_us:014x}{self._id_prefix}{next(self._id_counter) & 0xFF_FFFF_FFFF:010x}"
-
-    async def retry(self, message_id: str) -> JSON:
-        message = self.store.get_message(message_id)
-        if message is None:
-            raise ApiError(404, "no such message")
-        if message["status"] != Status.FAILED:
-            raise ApiError(409, f"message is {message['status']}, not failed")
-        peer = self.peer_states.setdefault(message["to"], PeerState(message["to"]))
-        self._set_status(message_id, Status.SENDING if peer.online else Status.QUEUED)
-        peer.last_error = None
-        self._pump_peer(peer)
-        self._flush()
-        return self.store.get_message(message_id) or message
-
-    def mark_read(self, peer_id: int) -> None:
-        if self.store.mark_read(peer_id):
-            self._publish_peers()
-
     def subscribe(self) -> asyncio.Queue[JSON]:
         queue: asyncio.Queue[JSON] = asyncio.Queue(SUBSCRIBER_QUEUE)
         self._subscribers.add(queue)
@@ -369,10 +309,6 @@ class PeerNode(TraversalMixin):
 
     def _publish_peers(self) -> None:
         self._publish({"type": "peers", "peers": self.peers_json()})
-
-    def _set_status(self, message_id: str, status: Status, error: str | None = None) -> None:
-        if self.store.set_status(message_id, status, error, now=self.clock()):
-            self._publish({"type": "status", "id": message_id, "status": str(status), "error": error})
 
     # ------------------------------------------------------------ datagrams
 
@@ -500,58 +436,6 @@ class PeerNode(TraversalMixin):
         for data in self.registration.datagrams_to_send():
             endpoint.sendto(data, self.config.server)
         self._arm_timer(now)
-
-    def _store_incoming(self, now: float) -> None:
-        """Inside the flush's transaction: store the messages and receipts
-        that the links' frames brought, hold the acks for those messages
-        until the commit, and tell the page (also after it) what is new."""
-        incoming, self._incoming = self._incoming, []
-        if incoming:
-            fresh = self.store.add_messages(incoming)
-            for message in incoming:
-                if message.message_id in fresh:
-                    fresh.discard(message.message_id)  # a repeat in the same flush: once
-                    # The page counts unread messages from these events; a full
-                    # peer list (with its unread query) per message would cost
-                    # more than the message itself.  (The row as get_message reads it.)
-                    self._publish({"type": "message", "message": {
-                        "id": message.message_id, "peer": message.sender, "from": message.sender,
-                        "to": message.recipient, "text": message.text, "status": str(Status.RECEIVED),
-                        "time": message.time, "error": None}})
-        acks, self._acks = self._acks, {}
-        for link, frames in acks.items():
-            self._after_commit.setdefault(link, []).extend(frames)
-        receipts, self._receipts = self._receipts, {}
-        for peer_id, message_ids in receipts.items():
-            valid = [m for m in message_ids if m and len(m) <= 64 and m.isascii()]  # ours are hex
-            for message_id in self.store.mark_delivered(valid, peer_id, now=now):
-                self._publish({"type": "status", "id": message_id, "status": str(Status.DELIVERED), "error": None})
-
-    def _store_outbox(self, outbox: list[tuple[JSON, asyncio.Future[JSON], asyncio.Queue[JSON] | None]]) -> None:
-        """Inside the flush's transaction: store the submitted messages.  One
-        whose peer has a ready link is stored as sent, and its frame goes on
-        that link once the commit is done; the others are queued or sending,
-        and their peers start connecting."""
-        waiting: dict[int, PeerState] = {}
-        for message, _, answered_on in outbox:
-            to = message["to"]
-            peer = self.peer_states.get(to)
-            if peer is None:
-                peer = self.peer_states[to] = PeerState(to)
-            link = peer.link
-            if link is not None and link.state is LinkState.READY:
-                status = Status.SENT
-                self._after_commit.setdefault(link, []).append(
-                    {"t": "msg", "id": message["id"], "text": message["text"], "time": message["time"]})
-            else:
-                status = Status.SENDING if peer.online else Status.QUEUED
-                waiting[to] = peer
-            message["status"] = str(status)
-            self._publish({"type": "message", "message": message}, skip=answered_on)
-        self.store.add_messages([NewMessage(m["id"], m["from"], m["to"], m["text"], m["status"], m["time"])
-                                 for m, _, _ in outbox])
-        for peer in waiting.values():
-            self._pump_peer(peer)
 
     def _all_links(self) -> list[PeerLink]:
         links = [p.link for p in self.peer_states.values() if p.link is not None]
@@ -706,47 +590,6 @@ class PeerNode(TraversalMixin):
 
     # ------------------------------------------------------------ connecting and sending
 
-    def _undelivered(self, peer_id: int) -> list[JSON]:
-        """Outgoing messages to ``peer_id`` with no receipt yet, oldest first."""
-        me = self.registration.peer_id
-        return [
-            m for m in self.store.conversation(peer_id, limit=10_000)
-            if m["from"] == me and m["status"] in (Status.QUEUED, Status.SENDING, Status.SENT)
-        ]
-
-    def _pump_peer(self, peer: PeerState, *, resend_sent: bool = False, force_connect: bool = False) -> None:
-        """Make progress on a peer's outgoing messages: connect, or send.
-        ``resend_sent``: a new link, so messages already sent on a previous one
-        without a receipt go again."""
-        pending = self.store.pending_outgoing(peer.peer_id)
-        if resend_sent or force_connect:
-            pending = self._undelivered(peer.peer_id)
-        if not pending:
-            return
-        link = peer.link
-        if link is not None and link.state is LinkState.READY:
-            for message in pending:
-                if message["status"] != Status.SENT or resend_sent:
-                    self._send_on(link, message)
-            return
-        if not peer.online:
-            for message in pending:
-                if message["status"] == Status.SENDING:
-                    self._set_status(message["id"], Status.QUEUED)
-            return
-        for message in pending:
-            if message["status"] == Status.QUEUED:
-                self._set_status(message["id"], Status.SENDING)
-        if peer.connecting_since is None and (link is None or link.state is LinkState.CLOSED):
-            if self.registration.connect(peer.peer_id, self.clock()):
-                peer.connecting_since = self.clock()
-                self._publish({"type": "connection", "peer": peer.peer_id, "connection": peer.connection()})
-
-    def _send_on(self, link: PeerLink, message: JSON) -> None:
-        link.send_frame({"t": "msg", "id": message["id"], "text": message["text"], "time": message["time"]}, self.clock())
-        if message["status"] != Status.SENT:
-            self._set_status(message["id"], Status.SENT)
-
     def _on_connect_answered(self, event: ConnectAnswered, now: float) -> None:
         peer = self.peer_states.setdefault(event.peer_id, PeerState(event.peer_id))
         if event.info is None:
@@ -884,44 +727,6 @@ class PeerNode(TraversalMixin):
         self._publish({"type": "connection", "peer": peer.peer_id, "connection": peer.connection()})
         self._pump_peer(peer, resend_sent=True)
 
-    def _on_frame(self, link: PeerLink, frame: JSON, now: float) -> None:
-        peer_id = link.peer_id
-        assert peer_id is not None
-        kind = frame["t"]
-        try:
-            if kind == "msg":
-                message_id = require(frame, "id", str)
-                text = require(frame, "text", str)
-                sent_at = frame.get("time")
-                try:
-                    size = len(text.encode("utf-8"))
-                    message_id.encode("utf-8")
-                except UnicodeEncodeError:  # a lone surrogate: SQLite could not store it
-                    raise FrameError("message is not valid Unicode") from None
-                if len(message_id) > 64 or size > MAX_TEXT_BYTES:
-                    raise FrameError("message too long")
-                when = float(sent_at) if isinstance(sent_at, (int, float)) and not isinstance(sent_at, bool) else now
-                # Ids are the sender's: scope them by sender.  Stored with the
-                # others of this flush, before its commit.
-                self._incoming.append(NewMessage(
-                    f"{peer_id}:{message_id}", peer_id, self.registration.peer_id or 0, text, Status.RECEIVED, when))
-                # Acknowledge, also a duplicate (its ack was lost), once it is
-                # stored; the ack leaves after the commit.
-                self._acks.setdefault(link, []).append({"t": "ack", "id": message_id})
-            elif kind == "birthday":
-                self._on_birthday_frame(link, frame, now)
-            elif kind == "nat":
-                self._on_nat_frame(link, frame, now)
-            elif kind == "ack":
-                message_id = require(frame, "id", str)
-                # Applied with the others of this flush, before its commit; only a
-                # receipt from the peer the message went to counts.
-                self._receipts.setdefault(peer_id, []).append(message_id)
-            else:
-                self.stats["unknown_frames"] += 1
-        except FrameError as error:
-            link.close(f"bad frame: {error}")
-
     def _on_link_closed(self, link: PeerLink, event: LinkClosed, now: float) -> None:
         self._closing.append(link)
         if link.endpoint and link.endpoint not in self._spare_expiry and not any(
@@ -956,9 +761,3 @@ class PeerNode(TraversalMixin):
 
     def peer_state(self, peer_id: int) -> PeerState:
         return self.peer_states.setdefault(peer_id, PeerState(peer_id))
-
-    async def _expire_queued_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(60)
-            for message_id in self.store.expire_queued(self.clock() - self.config.retention, now=self.clock()):
-                self._publish({"type": "status", "id": message_id, "status": "failed", "error": "peer stayed offline"})
