@@ -58,17 +58,17 @@ def _need_lab() -> None:
 
 
 class Peer:
-    def __init__(self, lab: Lab, site, name: str, data_dir: Path, server: str) -> None:
-        self.lab, self.site, self.name = lab, site, name
+    def __init__(self, lab: Lab, site, name: str, data_dir: Path, server: str, http_port: int = HTTP_PORT) -> None:
+        self.lab, self.site, self.name, self.http_port = lab, site, name, http_port
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.log = open(data_dir.parent / f"{name}.log", "w")
         self.process = lab.popen(site, [
-            sys.executable, "-m", "webpeer", "--server", server, "--http-port", str(HTTP_PORT),
+            sys.executable, "-m", "webpeer", "--server", server, "--http-port", str(http_port),
             "--name", name, "--data-dir", str(data_dir), "--token", TOKEN, "--no-browser",
         ], env=env, stdout=self.log, stderr=self.log)
 
     def api(self, *args: str) -> object:
-        result = self.lab.run(self.site, [sys.executable, PEER_API, str(HTTP_PORT), TOKEN, *args])
+        result = self.lab.run(self.site, [sys.executable, PEER_API, str(self.http_port), TOKEN, *args])
         if result.returncode != 0:
             raise AssertionError(f"{self.name} {args}: {result.stderr[-500:]}")
         return json.loads(result.stdout)
@@ -76,7 +76,7 @@ class Peer:
     def watch(self, sender: int, text: str) -> subprocess.Popen[str]:
         """Watch this peer's websocket for ``text`` from ``sender``; returns
         once it is connected (the process then prints the arrival time)."""
-        process = self.lab.popen(self.site, [sys.executable, PEER_API, str(HTTP_PORT), TOKEN, "watch", str(sender), text],
+        process = self.lab.popen(self.site, [sys.executable, PEER_API, str(self.http_port), TOKEN, "watch", str(sender), text],
                                  stdout=subprocess.PIPE, text=True)
         assert process.stdout is not None and process.stdout.readline().strip() == "ready"
         return process
@@ -162,6 +162,30 @@ def test_messages_cross_every_pair_of_nats(tmp_path: Path, nat_a: NatType, nat_b
     if result["connection"]["state"] == "direct":
         # The address in use is the other site's public address (or bob's own, without NAT).
         assert result["connection"]["address"].split(":")[0].startswith("198.51.100.")
+
+
+def test_two_peers_behind_one_nat_talk_over_their_network(tmp_path: Path) -> None:
+    """Both on one host behind a port-restricted NAT (no hairpinning, as
+    Linux masquerade): the server sees one public address for both, so each
+    starts QUIC toward the other's local address, which works at once."""
+    with Lab() as lab:
+        lab.set_link(delay_ms=20)
+        site = lab.site("a", NatType.PORT_RESTRICTED)
+        server = start_rendezvous(lab, tmp_path)
+        alice = Peer(lab, site, "alice", tmp_path / "alice", server)
+        bob = Peer(lab, site, "bob", tmp_path / "bob", server, http_port=HTTP_PORT + 1)
+        id_a = alice.wait(lambda: (m := alice.api("me")) and m["id"], 20, "alice registered")
+        id_b = bob.wait(lambda: (m := bob.api("me")) and m["id"], 20, "bob registered")
+        alice.wait(lambda: any(p["id"] == id_b and p["online"] for p in alice.api("peers")), 20, "bob online")
+        assert alice.api("me")["public_address"].split(":")[0] == bob.api("me")["public_address"].split(":")[0]
+        sent = alice.api("send-wait", str(id_b), "over the home network")
+        # CONNECT through the server (one 40 ms round trip), then the local
+        # path with no delay: well under the 2 s after which it would relay.
+        assert sent["seconds"] < 1.0, sent
+        assert sent["connection"]["state"] == "direct"
+        assert sent["connection"]["address"].split(":")[0] == site.host.address  # local, not the NAT's public one
+        reply = bob.api("send", str(id_a), "and back")
+        bob.wait(lambda: all_delivered(bob, id_a, [reply["id"]]), 20, "bob's reply delivered")
 
 
 def start_rendezvous(lab: Lab, tmp_path: Path) -> str:
