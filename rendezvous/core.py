@@ -17,6 +17,9 @@ the clock or the disk.  The wire format is in docs/PROTOCOL.md; in short:
     -> SEND indication (SESSION, PEER-ID dest, DATA)
                          and to the dest:   DATA indication (PEER-ID source, DATA)
 
+The course project's plain-text protocol is answered in legacy_handling.py (a
+mixin of the core).
+
 REGISTER is the one request that needs the (async) registry: the core hands
 it out as a :class:`PendingRegistration`; the adapter gets the id from the
 registry and calls :meth:`ServerCore.complete_registration`, so the reply
@@ -34,9 +37,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import legacy as legacy_text
+from .legacy_handling import LegacyTextMixin
 from .directory import Directory
 from .ratelimit import KeyedLimiter
-from .registry import PeerRecord, is_legacy_identity, legacy_identity
+from .registry import PeerRecord, is_legacy_identity
 from .stun import (
     MAX_RELAY_PAYLOAD,
     PUNCH_KEY_LENGTH,
@@ -64,14 +68,19 @@ from .stun import (
     looks_like_stun,
     pack_type,
 )
-from .events import Dropped, Event, PeerOffline, PeerOnline, PendingRegistration, RequestReceived, ServerConfig
+from .events import (
+    AMPLIFICATION_FACTOR,
+    MAX_REPLY_BYTES,
+    Dropped,
+    Event,
+    PeerOffline,
+    PeerOnline,
+    PendingRegistration,
+    RequestReceived,
+    ServerConfig,
+)
 from .tokens import Tokens, registration_details, registration_payload, session_peer_id, verify_signature
 from .transactions import TransactionTable
-
-# A LIST reply, like every reply, stays within this many bytes (no IP
-# fragmentation on any path with an MTU of 1280 or more).
-MAX_REPLY_BYTES = 1200
-AMPLIFICATION_FACTOR = 3
 
 
 class _InProgress:
@@ -82,7 +91,7 @@ IN_PROGRESS = _InProgress()
 
 
 @dataclass
-class ServerCore:
+class ServerCore(LegacyTextMixin):
     """All the server's protocol logic; see the module docstring."""
 
     config: ServerConfig
@@ -666,72 +675,6 @@ class ServerCore:
         self.stats["relayed_packets"] += 1
         self.stats["relayed_bytes"] += len(payload)
         self._outbox.append((encode(out), dest.observed))
-
-    # ------------------------------------------------------------ legacy text
-
-    def _receive_legacy(self, data: bytes, address: Address, now: float) -> None:
-        me = self.directory.legacy_peer_at(address)
-        try:
-            request = legacy_text.parse_request(data)
-        except legacy_text.LegacyProtocolError as error:
-            self.stats["legacy_errors"] += 1
-            self._legacy_reply(error.reply, address, len(data), me is not None)
-            return
-        self.stats["legacy_requests"] += 1
-        if isinstance(request, legacy_text.LegacyRegister):
-            self._events.append(RequestReceived("REGISTER", address))
-            if not self._register_limit.allow(address[0], now):
-                self._legacy_reply(legacy_text.format_error("rate limited"), address, len(data), False)
-                return
-            self._registrations.append(
-                PendingRegistration(legacy_identity(address), address, "", (), self.config.default_ttl, None, len(data))
-            )
-            return
-        kind = {legacy_text.LegacyList: "LIST", legacy_text.LegacyConnect: "CONNECT", legacy_text.LegacyExit: "EXIT"}
-        detail = f" to peer {request.target_id}" if isinstance(request, legacy_text.LegacyConnect) else ""
-        self._events.append(RequestReceived(kind[type(request)], address, detail))
-        if me is None:
-            # The plain-text protocol cannot prove an address; answering LIST or
-            # CONNECT to anyone would make the server an amplifier.  Only
-            # addresses that registered get answers (and those are rate limited).
-            self._legacy_reply(legacy_text.format_error("register first"), address, len(data), False)
-            return
-        if not self._request_limit.allow(me.peer_id, now):
-            self._drop("legacy rate limited", address)
-            return
-        if not self._legacy_bytes.allow(address[0], now, MAX_REPLY_BYTES):
-            # A legacy REGISTER proves nothing, so a spoofed one could make this
-            # address a target; the per-IP byte budget caps what any one IP
-            # (whatever its ports) can be sent, i.e. the worst amplification.
-            self._drop("legacy byte budget", address)
-            return
-        # The original client never refreshes: any request counts as one.
-        me.last_seen = now
-        me.expires_at = now + self.config.default_ttl
-        self.directory.touch(me)
-        if isinstance(request, legacy_text.LegacyList):
-            entries = [
-                (r.peer_id, r.observed)
-                for r in self.directory.page(0, self.config.list_max_limit, legacy=True)
-                if r.peer_id != me.peer_id
-            ]
-            self._outbox.append((legacy_text.format_list_ack(entries), address))
-        elif isinstance(request, legacy_text.LegacyConnect):
-            target = self.directory.get(request.target_id)
-            if target is None or not is_legacy_identity(target.identity):
-                self._outbox.append((legacy_text.format_error(f"unknown peer {request.target_id}"), address))
-            else:
-                self._outbox.append((legacy_text.format_connect_ack(target.observed), address))
-        else:
-            self.directory.remove(me.peer_id, now)
-            self._events.append(PeerOffline(me.peer_id, "unregistered"))
-            self._outbox.append((legacy_text.format_exit_ack(), address))
-
-    def _legacy_reply(self, data: bytes, address: Address, request_length: int, verified: bool) -> None:
-        if not verified and len(data) > AMPLIFICATION_FACTOR * request_length:
-            self._drop("legacy reply would amplify", address)
-            return
-        self._outbox.append((data, address))
 
 
 # Header start (type, length, cookie) of a bare Binding request, without and with FINGERPRINT.

@@ -10,6 +10,13 @@ from dataclasses import dataclass
 from .stun import Address, Message
 from .transactions import RetransmitPolicy
 
+# Protocol limits (docs/PROTOCOL.md): every reply, a LIST page too, stays
+# within MAX_REPLY_BYTES (no IP fragmentation on any path with an MTU of 1280
+# or more), and none to an address that has not proven itself is larger than
+# AMPLIFICATION_FACTOR times its request.
+MAX_REPLY_BYTES = 1200
+AMPLIFICATION_FACTOR = 3
+
 
 @dataclass(frozen=True)
 class ServerConfig:
