@@ -9,6 +9,7 @@ import re
 import socket
 import weakref
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -730,21 +731,33 @@ class HoldingApi(FakePeerApi):
             future.set_result(stored)
         self.held.clear()
 
+    async def wait_held(self, count: int) -> None:
+        """Until ``count`` sends wait for their commit (the socket reads them in its own time)."""
+        for _ in range(100):
+            if len(self.held) >= count:
+                return
+            await asyncio.sleep(0.01)
 
-async def test_ws_sent_answers_wait_for_the_commit_and_keep_request_order() -> None:
+
+@asynccontextmanager
+async def holding_socket() -> AsyncIterator[tuple[HoldingApi, aiohttp.ClientWebSocketResponse]]:
+    """A site over a HoldingApi that knows peer 2, and a websocket past its hello."""
     api = HoldingApi()
     api.add_peer(2, "bob")
     port = free_port()
     async with TestClient(TestServer(create_app(WebConfig(port=port, token=TOKEN), api), port=port)) as client:
         ws = await client.ws_connect("/ws", headers={"Origin": f"http://127.0.0.1:{port}", "Authorization": f"Bearer {TOKEN}"})
         await receive_json(ws)
+        yield api, ws
+        await ws.close()
+
+
+async def test_ws_sent_answers_wait_for_the_commit_and_keep_request_order() -> None:
+    async with holding_socket() as (api, ws):
         for n in range(3):
             await ws.send_json({"type": "send", "to": 2, "text": f"m{n}", "client_id": f"c{n}"})
         await ws.send_json({"type": "send", "to": 99, "text": "x", "client_id": "bad"})
-        for _ in range(100):
-            if len(api.held) == 3:
-                break
-            await asyncio.sleep(0.01)
+        await api.wait_held(3)
         # Nothing comes before the commit (this socket gets no "message"
         # events for its own sends: the answers carry the messages).
         with pytest.raises(asyncio.TimeoutError):
@@ -755,22 +768,13 @@ async def test_ws_sent_answers_wait_for_the_commit_and_keep_request_order() -> N
             ("sent", "c0"), ("sent", "c1"), ("sent", "c2"), ("error", "bad")
         ]
         assert [a["message"]["text"] for a in answers[:3]] == ["m0", "m1", "m2"]
-        await ws.close()
 
 
 async def test_ws_answers_survive_a_dropped_event_backlog() -> None:
-    api = HoldingApi()
-    api.add_peer(2, "bob")
-    port = free_port()
-    async with TestClient(TestServer(create_app(WebConfig(port=port, token=TOKEN), api), port=port)) as client:
-        ws = await client.ws_connect("/ws", headers={"Origin": f"http://127.0.0.1:{port}", "Authorization": f"Bearer {TOKEN}"})
-        await receive_json(ws)
+    async with holding_socket() as (api, ws):
         for n in range(3):
             await ws.send_json({"type": "send", "to": 2, "text": f"m{n}", "client_id": f"c{n}"})
-        for _ in range(100):
-            if len(api.held) == 3:
-                break
-            await asyncio.sleep(0.01)
+        await api.wait_held(3)
         api.commit()
         await asyncio.sleep(0)  # the answers are ready; the writer has not run yet
         for i in range(2000):  # many more than the queue holds: its backlog is dropped
@@ -780,51 +784,32 @@ async def test_ws_answers_survive_a_dropped_event_backlog() -> None:
             seen.append(await receive_json(ws))
         assert [e["client_id"] for e in seen if e["type"] == "sent"] == ["c0", "c1", "c2"]
         assert {"type": "resync"} in seen
-        await ws.close()
 
 
 async def test_ws_answer_goes_before_news_about_its_message() -> None:
-    api = HoldingApi()
-    api.add_peer(2, "bob")
-    port = free_port()
-    async with TestClient(TestServer(create_app(WebConfig(port=port, token=TOKEN), api), port=port)) as client:
-        ws = await client.ws_connect("/ws", headers={"Origin": f"http://127.0.0.1:{port}", "Authorization": f"Bearer {TOKEN}"})
-        await receive_json(ws)
+    async with holding_socket() as (api, ws):
         await ws.send_json({"type": "send", "to": 2, "text": "quick", "client_id": "q"})
-        for _ in range(100):
-            if api.held:
-                break
-            await asyncio.sleep(0.01)
+        await api.wait_held(1)
         message_id = api.held[0][1]["id"]
         api.commit()
         api.set_status(message_id, "delivered")  # its receipt, before the answer went out
         first, second = await receive_json(ws), await receive_json(ws)
         assert (first["type"], first["client_id"]) == ("sent", "q")  # the page learns of the message first
         assert second == {"type": "status", "id": message_id, "status": "delivered", "error": None}
-        await ws.close()
 
 
 async def test_ws_stops_reading_a_page_with_too_many_unanswered_sends(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("webpeer.websocket.MAX_UNANSWERED", 5)
-    api = HoldingApi()
-    api.add_peer(2, "bob")
-    port = free_port()
-    async with TestClient(TestServer(create_app(WebConfig(port=port, token=TOKEN), api), port=port)) as client:
-        ws = await client.ws_connect("/ws", headers={"Origin": f"http://127.0.0.1:{port}", "Authorization": f"Bearer {TOKEN}"})
-        await receive_json(ws)
+    async with holding_socket() as (api, ws):
         for n in range(8):
             await ws.send_json({"type": "send", "to": 2, "text": f"m{n}", "client_id": f"c{n}"})
         await asyncio.sleep(0.2)
         assert len(api.held) == 5  # the other three wait in the socket
         api.commit()
-        for _ in range(100):
-            if len(api.held) == 3:
-                break
-            await asyncio.sleep(0.01)
+        await api.wait_held(3)
         api.commit()
         answers = [await receive_json(ws) for _ in range(8)]
         assert [a["client_id"] for a in answers] == [f"c{n}" for n in range(8)]
-        await ws.close()
 
 
 @pytest.mark.parametrize(
