@@ -235,11 +235,7 @@ class PeerLink:
         return self._events.pop(0) if self._events else None
 
     def send_frame(self, frame: Frame, now: float | None = None) -> None:
-        if self.state is not LinkState.READY:
-            raise RuntimeError(f"cannot send {frame.get('t')!r} on a link in state {self.state.value}")
-        self._send(frame)
-        if now is not None:
-            self.last_activity = self.last_sent = now
+        self.send_frames([frame], now)
 
     def send_frames(self, frames: list[Frame], now: float | None = None) -> None:
         """Several frames in one write to the stream: a busy peer sends a
@@ -435,4 +431,3 @@ class PeerLink:
         held, self._held = self._held, []
         for frame in held:
             self._events.append(FrameReceived(frame))
-

@@ -246,7 +246,7 @@ class TraversalMixin(_Base):
             peer.birthday_at = now
 
     def _symmetric(self) -> bool:
-        return self._nat is not None and self._nat.mapping == "endpoint-dependent"
+        return self._nat is not None and self._nat.mapping == DEPENDENT
 
     def _birthday_timers(self, now: float) -> None:
         for peer in self.peer_states.values():
