@@ -49,6 +49,7 @@ from aioquic.quic.connection import QuicConnection
 from rendezvous.stun import Address
 
 from .identity import Identity, auth_payload, raw_public_key, verify
+from .path import Direct, Path, Relayed
 from .wire import Frame, FrameDecoder, FrameError, encode_frame, require
 
 ALPN = "peerlink/1"
@@ -115,6 +116,21 @@ class ConnectionIdsChanged(LinkEvent):
     retired: tuple[bytes, ...]
 
 
+# aioquic wants an address for every path.  A relayed path has none, so it
+# gets this placeholder (the discard-only prefix, RFC 6666) with the peer's
+# id; it never leaves this module and is never a destination.
+_RELAY_PLACEHOLDER = "100::"
+
+
+def _quic_address(path: Path) -> Address:
+    return path.address if isinstance(path, Direct) else (_RELAY_PLACEHOLDER, path.peer_id)
+
+
+def _path_of(address: Any) -> Path:
+    host, port = str(address[0]), int(address[1])
+    return Relayed(port) if host == _RELAY_PLACEHOLDER else Direct((host, port))
+
+
 def quic_configuration(identity: Identity, role: Role, idle_timeout: float) -> QuicConfiguration:
     configuration = QuicConfiguration(
         is_client=role is Role.CONNECTOR,
@@ -139,7 +155,7 @@ class PeerLink:
         quic: QuicConnection,
         identity: Identity,
         my_id: int,
-        address: Address,
+        path: Path,
         *,
         expected_peer: tuple[int, bytes] | None = None,
         random_bytes: Any = os.urandom,
@@ -150,7 +166,7 @@ class PeerLink:
         self.quic = quic
         self.identity = identity
         self.my_id = my_id
-        self.address = address
+        self.path = path
         self.expected_peer = expected_peer
         self.peer_id: int | None = expected_peer[0] if expected_peer else None
         self.peer_key: bytes | None = expected_peer[1] if expected_peer else None
@@ -170,8 +186,8 @@ class PeerLink:
         # Connector: our first flight (the Initial), kept until the other side
         # answers, so that it can go again the moment a check shows the path
         # open (QUIC's own retransmission would wait a second or more).
-        self._first_flight: list[tuple[bytes, Address]] | None = None
-        self._replay: list[tuple[bytes, Address]] = []
+        self._first_flight: list[tuple[bytes, Path]] | None = None
+        self._replay: list[tuple[bytes, Path]] = []
         self.heard_back = False  # any datagram from the other side yet
         self._offered: tuple[bytes, bytes] | None = None  # acceptor: (nonce, sig) from the hello
         self._hello_at = 0.0
@@ -181,32 +197,41 @@ class PeerLink:
 
     @classmethod
     def connect(
-        cls, identity: Identity, my_id: int, address: Address, peer_id: int, peer_key: bytes, now: float,
+        cls, identity: Identity, my_id: int, path: Path, peer_id: int, peer_key: bytes, now: float,
         idle_timeout: float = 30.0,
     ) -> "PeerLink":
         quic = QuicConnection(configuration=quic_configuration(identity, Role.CONNECTOR, idle_timeout))
-        link = cls(Role.CONNECTOR, quic, identity, my_id, address, expected_peer=(peer_id, peer_key))
-        quic.connect(address, now=now)
+        link = cls(Role.CONNECTOR, quic, identity, my_id, path, expected_peer=(peer_id, peer_key))
+        quic.connect(_quic_address(path), now=now)
         return link
 
     @classmethod
     def accept(
-        cls, identity: Identity, my_id: int, address: Address, original_destination_cid: bytes,
+        cls, identity: Identity, my_id: int, path: Path, original_destination_cid: bytes,
         configuration: QuicConfiguration,
     ) -> "PeerLink":
         quic = QuicConnection(configuration=configuration, original_destination_connection_id=original_destination_cid)
-        return cls(Role.ACCEPTOR, quic, identity, my_id, address)
+        return cls(Role.ACCEPTOR, quic, identity, my_id, path)
+
+    @property
+    def address(self) -> Address | None:
+        """The direct path's address; None for a relayed link."""
+        return self.path.address if isinstance(self.path, Direct) else None
+
+    @property
+    def relayed(self) -> bool:
+        return isinstance(self.path, Relayed)
 
     # ------------------------------------------------------------ sans-IO surface
 
-    def receive_datagram(self, data: bytes, address: Address, now: float) -> None:
+    def receive_datagram(self, data: bytes, path: Path, now: float) -> None:
         self.heard_back = True
         self._first_flight = None
-        self.quic.receive_datagram(data, address, now)
+        self.quic.receive_datagram(data, _quic_address(path), now)
         self._process_quic_events(now)
 
-    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
-        out = [(data, (str(addr[0]), int(addr[1]))) for data, addr in self.quic.datagrams_to_send(now)]
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Path]]:
+        out = [(data, _path_of(addr)) for data, addr in self.quic.datagrams_to_send(now)]
         if self.role is Role.CONNECTOR and self._first_flight is None and not self.heard_back and out:
             self._first_flight = list(out)
         if self._replay:

@@ -14,6 +14,7 @@ from rendezvous.sqlite_registry import SqliteRegistry
 from webpeer.api import ApiError
 from webpeer.link import LinkState
 from webpeer.node import NodeConfig, PeerNode
+from webpeer.path import Direct
 from webpeer.store import StoreError
 
 
@@ -70,7 +71,7 @@ async def nodes(rendezvous: RendezvousServer, tmp_path: Path):
 async def test_the_course_project_scenario(nodes) -> None:
     one, two, three = await nodes("one"), await nodes("two"), await nodes("three")
     assert [n.registration.peer_id for n in (one, two, three)] == [1, 2, 3]
-    await wait_for(lambda: {p["id"] for p in one.peers() if p["online"]} == {2, 3}, what="1 sees 2 and 3")
+    await wait_for(lambda: {p["id"] for p in one.peers_json() if p["online"]} == {2, 3}, what="1 sees 2 and 3")
     inbox3, inbox1 = three.subscribe(), one.subscribe()
     events1 = one.subscribe()
     sent = await one.send_message(3, "Hello from 1 to 3")
@@ -85,13 +86,13 @@ async def test_the_course_project_scenario(nodes) -> None:
     # History on both sides.
     assert [m["text"] for m in three.messages(1)] == ["Hello from 1 to 3"]
     assert [m["status"] for m in one.messages(3)] == ["delivered"]
-    conn = next(p for p in one.peers() if p["id"] == 3)["connection"]
+    conn = next(p for p in one.peers_json() if p["id"] == 3)["connection"]
     assert conn["state"] == "direct" and conn["address"] == f"127.0.0.1:{three.udp_address[1]}"
 
 
 async def test_sends_in_one_loop_turn_share_one_commit(nodes) -> None:
     alice, bob = await nodes("alice"), await nodes("bob")
-    await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")
+    await wait_for(lambda: any(p["online"] for p in alice.peers_json()), what="alice sees bob")
     first = await alice.send_message(2, "opens the connection")
     await wait_for(lambda: alice.store.get_message(first["id"])["status"] == "delivered", what="first delivered")
     statements: list[str] = []
@@ -136,7 +137,7 @@ async def test_a_failed_commit_acknowledges_nothing_and_answers_with_an_error(no
     alice = await nodes("alice")
     events = alice.subscribe()
     link = _LinkFrom(2)
-    alice._on_frame(link, {"t": "msg", "id": "m1", "text": "hi", "time": 1.0}, 2.0)  # type: ignore[arg-type]
+    alice.engine._on_frame(link, {"t": "msg", "id": "m1", "text": "hi", "time": 1.0}, 2.0)  # type: ignore[arg-type]
     future = alice.submit_message(2, "mine")
 
     def broken(*args, **kwargs):
@@ -153,7 +154,7 @@ async def test_a_failed_commit_acknowledges_nothing_and_answers_with_an_error(no
     alice._flush()
     assert link.sent == [] and alice.store.conversation(2) == []
     # The sender sends it again (a new link): now it is stored, then acknowledged.
-    alice._on_frame(link, {"t": "msg", "id": "m1", "text": "hi", "time": 1.0}, 3.0)  # type: ignore[arg-type]
+    alice.engine._on_frame(link, {"t": "msg", "id": "m1", "text": "hi", "time": 1.0}, 3.0)  # type: ignore[arg-type]
     alice._flush()
     assert link.sent == [{"t": "ack", "id": "m1"}]
     assert [m["text"] for m in alice.store.conversation(2)] == ["hi"]
@@ -164,7 +165,7 @@ async def test_a_receipt_counts_only_from_the_recipient(nodes) -> None:
     alice.store.add_message("m1", sender=1, recipient=2, text="to 2", status="sent", time=1.0)
     events = alice.subscribe()
     for peer_id in (3, 2, 2):
-        alice._on_frame(_LinkFrom(peer_id), {"t": "ack", "id": "m1"}, 2.0)  # type: ignore[arg-type]
+        alice.engine._on_frame(_LinkFrom(peer_id), {"t": "ack", "id": "m1"}, 2.0)  # type: ignore[arg-type]
         alice._flush()
         if peer_id == 3:
             assert alice.store.get_message("m1")["status"] == "sent"
@@ -174,15 +175,15 @@ async def test_a_receipt_counts_only_from_the_recipient(nodes) -> None:
     assert events.empty()  # the repeated receipt changed nothing
     odd = _LinkFrom(2)
     for bad in ("", "\ud800", "x" * 65):
-        alice._on_frame(odd, {"t": "ack", "id": bad}, 3.0)  # type: ignore[arg-type]
+        alice.engine._on_frame(odd, {"t": "ack", "id": bad}, 3.0)  # type: ignore[arg-type]
     alice._flush()  # ignored, not an error
     assert odd.closed is None and events.empty()
 
 
 async def test_both_sides_talk_on_one_connection(nodes) -> None:
     alice, bob = await nodes("alice"), await nodes("bob")
-    await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")
-    await wait_for(lambda: any(p["online"] for p in bob.peers()), what="bob sees alice")
+    await wait_for(lambda: any(p["online"] for p in alice.peers_json()), what="alice sees bob")
+    await wait_for(lambda: any(p["online"] for p in bob.peers_json()), what="bob sees alice")
     a = await alice.send_message(2, "hi bob")
     b = await bob.send_message(1, "hi alice")
     await wait_for(lambda: alice.store.get_message(a["id"])["status"] == "delivered", what="a delivered")
@@ -197,9 +198,9 @@ async def test_both_sides_talk_on_one_connection(nodes) -> None:
 async def test_message_to_offline_peer_is_queued_then_delivered(nodes, tmp_path) -> None:
     alice = await nodes("alice")
     bob = await nodes("bob")
-    await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")
+    await wait_for(lambda: any(p["online"] for p in alice.peers_json()), what="alice sees bob")
     await bob.stop()
-    await wait_for(lambda: not any(p["online"] for p in alice.peers()), what="bob offline")
+    await wait_for(lambda: not any(p["online"] for p in alice.peers_json()), what="bob offline")
     queued = await alice.send_message(2, "are you there?")
     assert queued["status"] == "queued"
     bob_again = await nodes("bob", data_dir=tmp_path / "bob")
@@ -210,7 +211,7 @@ async def test_message_to_offline_peer_is_queued_then_delivered(nodes, tmp_path)
 
 async def test_peer_restart_mid_conversation(nodes, tmp_path) -> None:
     alice, bob = await nodes("alice"), await nodes("bob")
-    await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")
+    await wait_for(lambda: any(p["online"] for p in alice.peers_json()), what="alice sees bob")
     first = await alice.send_message(2, "before the restart")
     await wait_for(lambda: alice.store.get_message(first["id"])["status"] == "delivered", what="first delivered")
     await bob.stop()
@@ -227,27 +228,27 @@ async def test_peer_restart_mid_conversation(nodes, tmp_path) -> None:
 async def test_a_different_key_answering_for_an_id_is_refused(nodes, tmp_path) -> None:
     alice, bob = await nodes("alice"), await nodes("bob")
     mallory = await nodes("mallory")
-    await wait_for(lambda: {p["id"] for p in alice.peers() if p["online"]} == {2, 3}, what="alice sees both")
+    await wait_for(lambda: {p["id"] for p in alice.peers_json() if p["online"]} == {2, 3}, what="alice sees both")
     # Mallory answers on bob's address: the CONNECT answer gives bob's address
     # and key, but point alice at mallory's socket instead.
-    from webpeer import node as node_module
+    from webpeer.link import PeerLink
 
-    original = node_module.PeerLink.connect
+    original = PeerLink.connect
 
-    def to_mallory(identity, my_id, address, peer_id, peer_key, now, idle_timeout=30.0):
-        return original(identity, my_id, mallory.udp_address, peer_id, peer_key, now, idle_timeout)
+    def to_mallory(identity, my_id, path, peer_id, peer_key, now, idle_timeout=30.0):
+        return original(identity, my_id, Direct(mallory.udp_address), peer_id, peer_key, now, idle_timeout)
 
-    node_module.PeerLink.connect = to_mallory  # type: ignore[method-assign]
+    PeerLink.connect = to_mallory  # type: ignore[method-assign]
     try:
         sent = await alice.send_message(2, "for bob only")
         await wait_for(lambda: alice.store.get_message(sent["id"])["status"] == "failed", what="failed")
     finally:
-        node_module.PeerLink.connect = original  # type: ignore[method-assign]
+        PeerLink.connect = original  # type: ignore[method-assign]
     message = alice.store.get_message(sent["id"])
     assert "different key" in message["error"]
     assert mallory.messages(1) == []
     assert bob.messages(1) == []
-    peer = next(p for p in alice.peers() if p["id"] == 2)
+    peer = next(p for p in alice.peers_json() if p["id"] == 2)
     assert "different key" in peer["error"]
     # Retrying with the real address works.
     await alice.retry(sent["id"])
@@ -259,7 +260,7 @@ async def test_garbage_on_the_udp_socket_breaks_nothing(nodes) -> None:
     import socket
 
     alice, bob = await nodes("alice"), await nodes("bob")
-    await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")
+    await wait_for(lambda: any(p["online"] for p in alice.peers_json()), what="alice sees bob")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as junk:
         for size in (0, 1, 19, 20, 21, 100, 1199, 1200, 1500):
             for first in (0x00, 0x01, 0x40, 0x80, 0xC0, 0xFF):
@@ -309,7 +310,7 @@ async def test_server_restart_peers_register_again_and_keep_ids(tmp_path) -> Non
 
 async def test_simultaneous_connects_end_as_one_connection(nodes) -> None:
     alice, bob = await nodes("alice"), await nodes("bob")
-    await wait_for(lambda: any(p["online"] for p in alice.peers()) and any(p["online"] for p in bob.peers()),
+    await wait_for(lambda: any(p["online"] for p in alice.peers_json()) and any(p["online"] for p in bob.peers_json()),
                    what="both see each other")
     a, b = await asyncio.gather(alice.send_message(2, "from alice"), bob.send_message(1, "from bob"))
     await wait_for(lambda: alice.store.get_message(a["id"])["status"] == "delivered"
@@ -326,7 +327,7 @@ async def test_simultaneous_connects_end_as_one_connection(nodes) -> None:
 async def test_idle_connection_closes_and_reopens_transparently(nodes) -> None:
     alice = await nodes("alice", idle_timeout=1.0)
     bob = await nodes("bob", idle_timeout=1.0)
-    await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")
+    await wait_for(lambda: any(p["online"] for p in alice.peers_json()), what="alice sees bob")
     first = await alice.send_message(2, "one")
     await wait_for(lambda: alice.store.get_message(first["id"])["status"] == "delivered", what="first delivered")
     await wait_for(lambda: alice.peer_states[2].link is None, timeout=5, what="idle link closed")
@@ -338,7 +339,7 @@ async def test_idle_connection_closes_and_reopens_transparently(nodes) -> None:
 async def test_quic_starts_with_the_checks_on_the_likeliest_path(nodes) -> None:
     alice = await nodes("alice")
     bob = await nodes("bob")
-    await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")
+    await wait_for(lambda: any(p["online"] for p in alice.peers_json()), what="alice sees bob")
     sent = await alice.send_message(bob.registration.peer_id, "early")
     await wait_for(lambda: alice.store.get_message(sent["id"])["status"] == "delivered", what="delivered")
     # One QUIC connection, opened on the CONNECT answer beside the checks, and kept.
@@ -346,7 +347,7 @@ async def test_quic_starts_with_the_checks_on_the_likeliest_path(nodes) -> None:
     assert alice.stats["early_link_replaced"] == 0
     link = alice.peer_states[bob.registration.peer_id].link
     assert link is not None and link.address == bob.udp_address
-    assert not alice._upgrades
+    assert not alice.engine._upgrades
 
 
 async def test_a_wrong_first_guess_gives_way_to_the_path_the_checks_find(nodes, monkeypatch) -> None:
@@ -359,26 +360,26 @@ async def test_a_wrong_first_guess_gives_way_to_the_path_the_checks_find(nodes, 
     # Bob claims a local address that does not answer; he shares alice's
     # public address, so alice's first guess is that local address.
     bob = await nodes("bob", before_start=lambda node: monkeypatch.setattr(node, "_local_candidates", lambda: (dead,)))
-    await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")
+    await wait_for(lambda: any(p["online"] for p in alice.peers_json()), what="alice sees bob")
     sent = await alice.send_message(2, "past the wrong guess")
     await wait_for(lambda: alice.store.get_message(sent["id"])["status"] == "delivered", timeout=1.5,
                    what="delivered directly (well before the relay's 2 s)")
     assert alice.stats["quic_opened_early"] == 1 and alice.stats["early_link_replaced"] == 1
-    connection = next(p for p in alice.peers() if p["id"] == 2)["connection"]
+    connection = next(p for p in alice.peers_json() if p["id"] == 2)["connection"]
     assert connection["state"] == "direct" and connection["address"] == "%s:%d" % bob.udp_address
     assert [m["text"] for m in bob.messages(1)] == ["past the wrong guess"]
     # The abandoned attempt is gone, not left among the links.
-    assert all(link.address != dead for link in alice._all_links())
+    assert all(link.address != dead for link in alice.engine.links())
 
 
 async def test_an_acceptor_that_must_ask_for_the_key_keeps_the_one_connection(nodes) -> None:
     bob = await nodes("bob", list_interval=3600)  # lists before alice exists, and not again for an hour
     alice = await nodes("alice")
     bob_id, alice_id = bob.registration.peer_id, alice.registration.peer_id
-    await wait_for(lambda: any(p["id"] == bob_id and p["online"] for p in alice.peers()), what="alice sees bob")
+    await wait_for(lambda: any(p["id"] == bob_id and p["online"] for p in alice.peers_json()), what="alice sees bob")
     assert alice_id not in bob.peer_states  # bob has never heard of alice
     # Alice reaches bob's address straight away (no introduction for bob).
-    alice._open_link(alice.peer_state(bob_id), bob.udp_address, alice.clock())
+    alice.engine.open_link(alice.peer_state(bob_id), Direct(bob.udp_address), alice.clock())
     alice._flush()
     sent = await alice.send_message(bob_id, "who is this?")
     await wait_for(lambda: alice.store.get_message(sent["id"])["status"] == "delivered", what="delivered")
@@ -393,34 +394,32 @@ async def test_an_acceptor_that_must_ask_for_the_key_keeps_the_one_connection(no
 async def test_relay_carries_quic_when_no_direct_path(nodes, rendezvous) -> None:
     alice = await nodes("alice", relay_only=True)
     bob = await nodes("bob")
-    await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")
+    await wait_for(lambda: any(p["online"] for p in alice.peers_json()), what="alice sees bob")
     sent = await alice.send_message(2, "through the relay")
     await wait_for(lambda: alice.store.get_message(sent["id"])["status"] == "delivered", what="delivered")
     reply = await bob.send_message(1, "and back")
     await wait_for(lambda: bob.store.get_message(reply["id"])["status"] == "delivered", what="reply delivered")
-    assert next(p for p in alice.peers() if p["id"] == 2)["connection"]["state"] == "relayed"
-    assert next(p for p in bob.peers() if p["id"] == 1)["connection"]["state"] == "relayed"
+    assert next(p for p in alice.peers_json() if p["id"] == 2)["connection"]["state"] == "relayed"
+    assert next(p for p in bob.peers_json() if p["id"] == 1)["connection"]["state"] == "relayed"
     assert rendezvous.core.stats["relayed_packets"] > 0
     assert [m["text"] for m in bob.messages(1)] == ["through the relay", "and back"]
 
 
 async def test_a_relayed_connection_upgrades_to_direct(nodes) -> None:
-    import dataclasses
-
     alice = await nodes("alice", relay_only=True)
     bob = await nodes("bob")
-    await wait_for(lambda: any(p["online"] for p in alice.peers()), what="alice sees bob")
+    await wait_for(lambda: any(p["online"] for p in alice.peers_json()), what="alice sees bob")
     first = await alice.send_message(2, "relayed")
     await wait_for(lambda: alice.store.get_message(first["id"])["status"] == "delivered", what="first delivered")
-    assert next(p for p in alice.peers() if p["id"] == 2)["connection"]["state"] == "relayed"
+    assert next(p for p in alice.peers_json() if p["id"] == 2)["connection"]["state"] == "relayed"
     # A direct path becomes possible (here: alice stops refusing it); the
     # periodic upgrade attempt (every 30 s, made due now) must find it.
-    alice.config = dataclasses.replace(alice.config, relay_only=False)
+    alice.engine.pathfinder.relay_only = False
     alice.peer_states[2].upgrade_at = alice.clock()
     alice._on_timer()
-    await wait_for(lambda: (next(p for p in alice.peers() if p["id"] == 2)["connection"] or {}).get("state")
+    await wait_for(lambda: (next(p for p in alice.peers_json() if p["id"] == 2)["connection"] or {}).get("state")
                    == "direct", timeout=8, what="upgraded to direct")
     second = await alice.send_message(2, "direct")
     await wait_for(lambda: alice.store.get_message(second["id"])["status"] == "delivered", what="second delivered")
     assert [m["text"] for m in bob.messages(1)] == ["relayed", "direct"]
-    assert not alice._upgrades
+    assert not alice.engine._upgrades

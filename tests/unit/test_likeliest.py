@@ -1,13 +1,11 @@
-"""Which candidate the early QUIC Initial goes to (traversal._likeliest): a
+"""Which candidate the early QUIC Initial goes to (pathfinder.likeliest): a
 pure choice over the introduction and our own observed address."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 from rendezvous.client import PeerInfo
 from rendezvous.stun import Candidate, CandidateKind
-from webpeer.traversal import TraversalMixin
+from webpeer.pathfinder import likeliest as choose
 
 OBSERVED = CandidateKind.OBSERVED
 LOCAL = CandidateKind.LOCAL
@@ -15,8 +13,7 @@ LOCAL = CandidateKind.LOCAL
 
 def likeliest(mine, *candidates):
     info = PeerInfo(2, b"k" * 32, "bob", tuple(Candidate(kind, address) for kind, address in candidates), b"p" * 16)
-    node = SimpleNamespace(registration=SimpleNamespace(observed=mine))
-    return TraversalMixin._likeliest(node, info)  # type: ignore[arg-type]
+    return choose(info, mine)
 
 
 def test_another_network_gets_the_observed_address() -> None:

@@ -8,11 +8,12 @@ from aioquic.quic.packet import pull_quic_header
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from webpeer.identity import Identity
+from webpeer.path import Direct
 from webpeer.wire import encode_frame
 from webpeer.link import FrameReceived, HelloReceived, LinkClosed, LinkReady, LinkState, PeerLink, Role, quic_configuration
 
-A_ADDR = ("127.0.0.1", 4001)
-B_ADDR = ("127.0.0.1", 4002)
+A_ADDR = Direct(("127.0.0.1", 4001))
+B_ADDR = Direct(("127.0.0.1", 4002))
 
 
 def identity() -> Identity:

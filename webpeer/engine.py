@@ -1,0 +1,593 @@
+"""The peer's protocol engine: sans-IO, the peer's counterpart of the
+server's ``ServerCore`` (in the style of aioquic's ``QuicConnection``).
+
+Datagrams, the page's requests and ``now`` go in; datagrams to send
+(:class:`~webpeer.path.Transmit`), page events (webpeer/events.py), spare
+socket commands and the next deadline come out.  Nothing here touches a
+socket, reads the clock or commits: the node (webpeer/node.py) does those,
+and wraps each :meth:`PeerEngine.process` in one history transaction, then
+calls :meth:`PeerEngine.committed` (or :meth:`PeerEngine.rolled_back`).
+
+The engine owns the registration machine (registration.py), the QUIC links
+by connection id, and one :class:`~webpeer.peer_session.PeerSession` per
+remote peer; its components own the rest: :class:`~webpeer.pathfinder.PathFinder`
+(checks, relay, NAT type, many-port probing) and
+:class:`~webpeer.message_flow.MessageFlow` (sends, receipts, the offline queue).
+
+Demultiplexing on the one socket (RFC 7983 / RFC 9443): a first byte below
+0x40 is STUN (the rendezvous server, our NAT checks, other peers' probes),
+anything else is QUIC, routed by destination connection id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aioquic.buffer import Buffer
+from aioquic.quic.packet import PACKET_TYPE_INITIAL, pull_quic_header
+
+from rendezvous.client import PeerInfo
+from rendezvous.stun import Address, StunProtocolError, decode, looks_like_stun
+
+from .api import JSON
+from .events import ConnectionChanged, MeChanged, PageEvent, PeersChanged, Resync
+from .identity import Identity, fingerprint
+from .link import (
+    ConnectionIdsChanged,
+    FrameReceived,
+    HelloReceived,
+    LinkClosed,
+    LinkReady,
+    LinkState,
+    PeerLink,
+    Role,
+    quic_configuration,
+)
+from .message_flow import Draft, MessageFlow
+from .path import Direct, Path, Relayed, Transmit
+from .pathfinder import PathFinder, SpareCommand
+from .peer_session import UPGRADE_INTERVAL, Due, PeerSession
+from .registration import (
+    ConnectAnswered,
+    Introduced,
+    PeersListed,
+    Registered,
+    RegistrationLost,
+    RegistrationMachine,
+    Stopped,
+)
+from .registration import (
+    Relayed as RelayedDatagram,
+)
+from .store import Store, TrustResult
+from .wire import Frame, FrameError
+
+logger = logging.getLogger("webpeer")
+
+QUIC_IDLE_TIMEOUT = 30.0  # no packet at all for this long: the path is dead
+MAX_UNAUTHENTICATED_LINKS = 32
+MAX_FLUSH_ROUNDS = 10  # events can cause more events; bounded
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    server: Address = ("127.0.0.1", 3478)
+    name: str = ""
+    ttl: int = 60
+    list_interval: float = 2.0
+    idle_timeout: float = 120.0  # a link unused this long is closed (keepalives stop before)
+    relay_only: bool = False  # never try a direct path (diagnostics, and tests of the relay)
+
+
+class PeerEngine:
+    """See the module docstring.  ``history``: the open store; the engine
+    reads and writes it, the node commits."""
+
+    def __init__(self, config: EngineConfig, identity: Identity, history: Store) -> None:
+        self.config = config
+        self.identity = identity
+        self.history = history
+        self.stats: Counter[str] = Counter()
+        self.registration = RegistrationMachine(
+            identity, nickname=config.name, ttl=config.ttl, list_interval=config.list_interval
+        )
+        self.peer_states: dict[int, PeerSession] = {}
+        self.pathfinder = PathFinder(self, self.stats, relay_only=config.relay_only)
+        self.flow = MessageFlow(self, history, self.stats)
+        self._cids: dict[bytes, PeerLink] = {}
+        self._accepting: set[PeerLink] = set()  # acceptor links not yet authenticated
+        self._awaiting_key: dict[int, list[PeerLink]] = {}  # acceptor links waiting on CONNECT for the key
+        self._closing: list[PeerLink] = []  # closed links whose last datagrams (CONNECTION_CLOSE) are not out yet
+        self._upgrades: set[PeerLink] = set()  # direct links being set up beside a relayed one
+        self._acceptor_config = quic_configuration(identity, Role.ACCEPTOR, QUIC_IDLE_TIMEOUT)
+        self._events: list[PageEvent] = []
+        self._process_mark: int | None = None  # where this process()'s events start
+        self.stopped = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self, local: tuple[Address, ...], now: float) -> None:
+        """``local``: our socket's addresses as other peers on our network reach it."""
+        for known in self.history.known_peers():
+            self.peer_states[known.peer_id] = PeerSession(known.peer_id, known.name, None)
+        self.registration.local = local
+        self.registration.start(now)
+
+    def stop(self, now: float) -> None:
+        """Unregister; the node waits a little for :attr:`stopped`, then
+        calls :meth:`close_links`."""
+        self.registration.stop(now)
+
+    def close_links(self) -> None:
+        for session in self.peer_states.values():
+            if session.link is not None:
+                session.link.close("peer shutting down")
+        for link in list(self._accepting):
+            link.close("peer shutting down")
+
+    # ------------------------------------------------------------ contexts for the components
+
+    @property
+    def my_id(self) -> int | None:
+        return self.registration.peer_id
+
+    @property
+    def observed(self) -> Address | None:
+        return self.registration.observed
+
+    def session(self, peer_id: int) -> PeerSession:
+        return self.peer_states.setdefault(peer_id, PeerSession(peer_id))
+
+    def sessions(self) -> Iterable[PeerSession]:
+        return list(self.peer_states.values())
+
+    def links(self) -> list[PeerLink]:
+        links = [p.link for p in self.peer_states.values() if p.link is not None]
+        return links + [link for link in (*self._accepting, *self._upgrades) if link not in links]
+
+    def publish(self, event: PageEvent) -> None:
+        self._events.append(event)
+
+    def nat_learned(self) -> None:
+        self.publish(MeChanged(self.me()))
+
+    def connect(self, session: PeerSession, now: float) -> None:
+        """Ask the rendezvous to introduce us, unless an attempt is under way."""
+        if session.connecting_since is None and session.live_link is None:
+            if self.registration.connect(session.peer_id, now):
+                session.connecting_since = now
+                self._publish_connection(session)
+
+    # ------------------------------------------------------------ the page's reads
+
+    def me(self) -> JSON:
+        observed = self.registration.observed
+        return {
+            "id": self.registration.peer_id,
+            "name": self.config.name,
+            "fingerprint": self.identity.fingerprint,
+            "public_address": f"{observed[0]}:{observed[1]}" if observed else None,
+            "server": f"{self.config.server[0]}:{self.config.server[1]}",
+            "registered": self.registration.state.value == "registered",
+            "nat": self.pathfinder.nat_result(),
+        }
+
+    def peers_json(self) -> list[JSON]:
+        unread = self.history.unread_counts()
+        out = []
+        for peer in sorted(self.peer_states.values(), key=lambda p: p.peer_id):
+            if peer.peer_id == self.registration.peer_id:
+                continue
+            known = self.history.known_peer(peer.peer_id)
+            key = peer.public_key or (known.public_key if known else None)
+            out.append({
+                "id": peer.peer_id,
+                "name": peer.name or (known.name if known else ""),
+                "fingerprint": fingerprint(key) if key else None,
+                "online": peer.online,
+                "unread": unread.get(peer.peer_id, 0),
+                "key_changed": bool(known and known.key_changed),
+                "connection": peer.connection(),
+                "error": peer.last_error,
+            })
+        return out
+
+    def messages(self, peer_id: int, limit: int = 500) -> list[JSON]:
+        return self.history.conversation(peer_id, limit)
+
+    # ------------------------------------------------------------ the page's requests
+
+    def draft(self, to: int, text: str, now: float, origin: object | None = None) -> Draft:
+        """A message for the next :meth:`process` to store (the caller has
+        validated text and id)."""
+        return self.flow.draft(to, text, now, origin)
+
+    def retry(self, message_id: str, now: float) -> None:
+        self.flow.retry(message_id, now)
+
+    def mark_read(self, peer_id: int) -> None:
+        if self.history.mark_read(peer_id):
+            self._publish_peers()
+
+    def expire_queued(self, older_than: float, now: float) -> None:
+        self.flow.expire(older_than, now)
+
+    # ------------------------------------------------------------ outputs
+
+    def next_event(self) -> PageEvent | None:
+        return self._events.pop(0) if self._events else None
+
+    def take_events(self) -> list[PageEvent]:
+        events, self._events = self._events, []
+        return events
+
+    def next_command(self) -> SpareCommand | None:
+        return self.pathfinder.next_command()
+
+    def spare_unavailable(self, index: int) -> None:
+        self.pathfinder.spare_unavailable(index)
+
+    def datagrams_to_send(self, now: float) -> list[Transmit]:
+        server = self.config.server
+        out = [Transmit(data, server) for data in self.registration.datagrams_to_send()]
+        out += self.pathfinder.datagrams_to_send()
+        closing, self._closing = self._closing, []
+        for link in self.links() + closing:
+            for data, path in link.datagrams_to_send(now):
+                if isinstance(path, Relayed):
+                    # The rendezvous server carries it (SEND/DATA).
+                    if not self.registration.send_relayed(path.peer_id, data):
+                        self.stats["relay_unavailable"] += 1
+                else:
+                    out.append(Transmit(data, path.address, link.endpoint))
+        out += [Transmit(data, server) for data in self.registration.datagrams_to_send()]
+        return out
+
+    def next_deadline(self) -> float | None:
+        timers = [self.registration.get_timer()] + [link.get_timer() for link in self.links()]
+        deadlines = [t for t in timers if t is not None] + self.pathfinder.deadlines()
+        for session in self.peer_states.values():
+            deadlines += session.deadlines(self.config.idle_timeout)
+        return min(deadlines, default=None)
+
+    # ------------------------------------------------------------ inputs
+
+    def receive_datagram(self, data: bytes, address: Address, now: float, socket: int = 0) -> None:
+        """A datagram on socket ``socket`` (0: the main one; others are spares)."""
+        if looks_like_stun(data):
+            try:
+                message = decode(data, require_fingerprint=True)
+            except StunProtocolError:
+                self.stats["bad_stun"] += 1
+                return
+            if socket:
+                self.pathfinder.on_spare_probe(socket, message, address, now)
+            elif self.pathfinder.owns_nat_check(message):
+                self.pathfinder.on_nat_answer(message, address, now)
+            elif address == self.config.server:
+                self.registration.receive(message, now)
+            else:
+                self.pathfinder.on_probe(message, address, now)
+            return
+        self._on_quic(data, Direct(address), now, socket)
+
+    def handle_timer(self, now: float) -> None:
+        if (timer := self.registration.get_timer()) is not None and timer <= now:
+            self.registration.handle_timer(now)
+        for link in self.links():
+            if (timer := link.get_timer()) is not None and timer <= now:
+                link.handle_timer(now)
+        self.pathfinder.handle_timer(now)
+        for session in list(self.peer_states.values()):
+            for due in session.due(now, self.config.idle_timeout):
+                link = session.link
+                if due is Due.CONNECT_TIMED_OUT:
+                    self._connect_failed(session, "could not reach the peer", now)
+                elif due is Due.CLOSE_IDLE and link is not None:
+                    link.close("idle")  # opens again when there is something to send
+                elif due is Due.KEEPALIVE and link is not None:
+                    link.keepalive(now)  # keeps the NAT mappings of this path open
+                elif due is Due.TRY_UPGRADE:
+                    # Relayed for a while: try for a direct path again.
+                    session.upgrade_at = now + UPGRADE_INTERVAL
+                    self.registration.connect(session.peer_id, now)
+
+    def process(self, now: float, drafts: list[Draft] | None = None) -> None:
+        """Act on everything that came in: the node runs this inside one
+        history transaction, and then calls :meth:`committed`."""
+        self._process_mark = len(self._events)
+        for _ in range(MAX_FLUSH_ROUNDS):
+            busy = self._drain_registration(now)
+            busy |= self._drain_links(now)
+            self.flow.store_incoming(now)
+            busy |= self.pathfinder.check_punches(now)
+            if not busy:
+                break
+        self.flow.store_drafts(drafts or [], now)
+
+    def committed(self, now: float) -> None:
+        """The transaction around :meth:`process` is on disk: the frames it
+        held back (acks, messages stored as sent) may leave."""
+        self._process_mark = None
+        for link, frames in self.flow.take_after_commit().items():
+            if link.state is LinkState.READY:
+                link.send_frames(frames, now)
+
+    def rolled_back(self) -> None:
+        """The transaction around :meth:`process` failed: what its events
+        announced is not on disk, and nothing may be acknowledged (the
+        senders will send it again).  The pages reload."""
+        if self._process_mark is not None:
+            del self._events[self._process_mark:]
+            self._process_mark = None
+        self.flow.rolled_back()
+        self.publish(Resync())
+
+    # ------------------------------------------------------------ QUIC
+
+    def _on_quic(self, data: bytes, path: Path, now: float, socket: int = 0) -> None:
+        try:
+            header = pull_quic_header(Buffer(data=data), host_cid_length=8)
+        except ValueError:
+            self.stats["bad_quic"] += 1
+            return
+        link = self._cids.get(header.destination_cid)
+        if link is None:
+            my_id = self.registration.peer_id
+            if (
+                header.packet_type != PACKET_TYPE_INITIAL
+                or len(data) < 1200
+                or len(self._accepting) >= MAX_UNAUTHENTICATED_LINKS
+                or my_id is None
+            ):
+                self.stats["quic_dropped"] += 1
+                return
+            link = PeerLink.accept(self.identity, my_id, path, header.destination_cid, self._acceptor_config)
+            link.endpoint = socket
+            self._accepting.add(link)
+            self._cids[header.destination_cid] = link
+            self._cids[link.quic.host_cid] = link
+        link.receive_datagram(data, path, now)
+
+    # ------------------------------------------------------------ registration events
+
+    def _drain_registration(self, now: float) -> bool:
+        busy = False
+        while (event := self.registration.next_event()) is not None:
+            busy = True
+            if isinstance(event, Registered):
+                logger.info("registered as peer %d, seen as %s:%d", event.peer_id, *event.observed)
+                self.pathfinder.registered(event.observed, self.config.server, self.registration.local, now)
+                self.publish(MeChanged(self.me()))
+            elif isinstance(event, RegistrationLost):
+                logger.info("registration lost: %s", event.reason)
+                self.publish(MeChanged(self.me()))
+            elif isinstance(event, PeersListed):
+                self._on_peers_listed(event, now)
+            elif isinstance(event, Introduced):
+                self._learn(event.info, now)
+                if self.registration.peer_id is not None and event.info.punch_key is not None:
+                    # Probe back at once: both NATs must see outgoing packets.
+                    self.pathfinder.start_checks(event.info, now, connect=False)
+            elif isinstance(event, ConnectAnswered):
+                self._on_connect_answered(event, now)
+            elif isinstance(event, RelayedDatagram):
+                if event.payload and event.payload[0] >= 0x40:
+                    self._on_quic(event.payload, Relayed(event.peer_id), now)
+                else:
+                    self.stats["relayed_dropped"] += 1
+            elif isinstance(event, Stopped):
+                self.stopped = True
+        return busy
+
+    def _on_peers_listed(self, event: PeersListed, now: float) -> None:
+        online = {entry.peer_id: entry for entry in event.entries}
+        changed = False
+        for peer_id, entry in online.items():
+            if peer_id not in self.peer_states:
+                changed = True
+            session = self.session(peer_id)
+            change = session.listed(entry.online_since, entry.nickname, entry.public_key)
+            changed |= change.changed
+            self._remember_key(session, now)
+            if change.restarted and session.ready_link is not None:
+                # Registered anew: its old process (and our link to it) is gone.
+                # (A link still being set up was aimed by a fresh CONNECT: keep it.)
+                session.ready_link.close("peer restarted")
+            if change.came_online or change.restarted:
+                # Including messages sent on a link that died before their receipt.
+                self.flow.pump(session, now, force_connect=True)
+        for session in self.peer_states.values():
+            if session.online and session.peer_id not in online:
+                session.online = False
+                changed = True
+                self.flow.went_offline(session, now)
+        if changed:
+            self._publish_peers()
+
+    def _learn(self, info: PeerInfo, now: float) -> None:
+        """An introduction or CONNECT answer: the registry's word on a peer's key."""
+        session = self.session(info.peer_id)
+        session.public_key = info.public_key
+        session.candidates = tuple(c.address for c in info.candidates)
+        if info.nickname:
+            session.name = info.nickname
+        session.online = True
+        self._remember_key(session, now)
+        for link in self._awaiting_key.pop(info.peer_id, []):
+            link.confirm_hello(info.public_key, session.issued_nonces)
+
+    def _remember_key(self, session: PeerSession, now: float) -> None:
+        if session.public_key is None:
+            return
+        result = self.history.remember_peer(session.peer_id, session.public_key, session.name, now)
+        if result is TrustResult.CHANGED:
+            logger.warning("peer %d now has a different key (fingerprint %s)",
+                           session.peer_id, fingerprint(session.public_key))
+            self._publish_peers()
+
+    def _on_connect_answered(self, event: ConnectAnswered, now: float) -> None:
+        session = self.session(event.peer_id)
+        if event.info is None:
+            if event.error and event.error.startswith("404"):
+                session.online = False
+                session.connecting_since = None
+                self.flow.pump(session, now)  # back to queued
+                self._publish_peers()
+            else:
+                self._connect_failed(session, f"rendezvous: {event.error}", now)
+            return
+        self._learn(event.info, now)
+        if session.connecting_since is None and any(
+            link.peer_id == session.peer_id and link.state is not LinkState.CLOSED for link in self._accepting
+        ):
+            # This CONNECT only asked for the key of a peer that is connecting
+            # to us (_on_hello): that connection is the one; open no other.
+            return
+        if session.live_link is not None and not session.relayed:
+            return  # already connected (or the other side connected to us meanwhile)
+        if self.registration.peer_id is None or not event.info.candidates:
+            self._connect_failed(session, "the server gave no address for the peer", now)
+            return
+        self.pathfinder.start_checks(event.info, now, connect=True)
+        self.pathfinder.open_early(session, event.info, now)
+        self._publish_connection(session)
+
+    # ------------------------------------------------------------ links
+
+    def open_link(self, session: PeerSession, path: Path, now: float, nonce: bytes | None = None,
+                  replace: bool = False) -> None:
+        """QUIC on ``path``.  ``replace``: a link still handshaking (opened
+        early, on a guess) gives way to this one."""
+        my_id = self.registration.peer_id
+        if session.public_key is None or my_id is None:
+            self._connect_failed(session, "no key for the peer", now)
+            return
+        link = PeerLink.connect(self.identity, my_id, path, session.peer_id, session.public_key, now)
+        link.check_nonce = nonce
+        previous = session.link
+        if previous is None or previous.state is LinkState.CLOSED:
+            session.link = link
+        elif replace and previous.state is not LinkState.READY:
+            session.link = link
+            self._retire(previous, "another path was chosen", now)
+        else:
+            self._upgrades.add(link)  # a direct path beside a relayed link: switch when it is ready
+        self._cids[link.quic.host_cid] = link
+        self._publish_connection(session)
+
+    def _retire(self, link: PeerLink, reason: str, now: float) -> None:
+        """Close a link that its peer no longer points to, and clean up after
+        it now (nothing else would read its LinkClosed event)."""
+        link.close(reason)
+        while (event := link.next_event()) is not None:
+            if isinstance(event, LinkClosed):
+                self._on_link_closed(link, event, now)
+
+    def _connect_failed(self, session: PeerSession, reason: str, now: float) -> None:
+        session.connecting_since = None
+        session.last_error = reason
+        # The attempt is over: checks still under way for it open no link
+        # (a check toward the address that just failed would fail again,
+        # and could fail a retry the user starts meanwhile).
+        self.pathfinder.abandon(session.peer_id)
+        if session.link is not None and session.link.state is not LinkState.READY:
+            session.link.close(reason)
+        # Everything without a receipt fails (the user can retry), which also
+        # stops the closing link from starting another attempt.
+        self.flow.fail_undelivered(session.peer_id, reason, now)
+        self.publish(ConnectionChanged(session.peer_id, None))
+        self._publish_peers()
+
+    def _drain_links(self, now: float) -> bool:
+        busy = False
+        for link in self.links():
+            while (event := link.next_event()) is not None:
+                busy = True
+                if isinstance(event, ConnectionIdsChanged):
+                    for cid in event.issued:
+                        self._cids[cid] = link
+                    for cid in event.retired:
+                        self._cids.pop(cid, None)
+                elif isinstance(event, HelloReceived):
+                    self._on_hello(link, event, now)
+                elif isinstance(event, LinkReady):
+                    self.flow.store_incoming(now)  # receipts that came first count first
+                    self._on_link_ready(link, event, now)
+                elif isinstance(event, FrameReceived):
+                    self._on_frame(link, event.frame, now)
+                elif isinstance(event, LinkClosed):
+                    self.flow.store_incoming(now)
+                    self._on_link_closed(link, event, now)
+        return busy
+
+    def _on_frame(self, link: PeerLink, frame: Frame, now: float) -> None:
+        try:
+            if not (self.flow.on_frame(link, frame, now) or self.pathfinder.on_frame(link, frame, now)):
+                self.stats["unknown_frames"] += 1
+        except FrameError as error:
+            link.close(f"bad frame: {error}")
+
+    def _on_hello(self, link: PeerLink, event: HelloReceived, now: float) -> None:
+        session = self.peer_states.get(event.peer_id)
+        if session is not None and session.public_key is not None:
+            link.confirm_hello(session.public_key, session.issued_nonces)
+            return
+        # We have not heard of this id from the registry yet (its introduction
+        # may still be on its way): ask the server, and decide on its answer.
+        self._awaiting_key.setdefault(event.peer_id, []).append(link)
+        if not self.registration.connect(event.peer_id, now):
+            link.confirm_hello(None)
+
+    def _on_link_ready(self, link: PeerLink, event: LinkReady, now: float) -> None:
+        self._accepting.discard(link)
+        self._upgrades.discard(link)
+        session = self.session(event.peer_id)
+        dropped = session.adopt(link, now)
+        if dropped is not None:
+            self._retire(dropped, "duplicate connection", now)
+        ready = session.link
+        assert ready is not None
+        if ready.relayed:
+            self.pathfinder.tell_nat(ready)
+            self.pathfinder.consider_birthday(session, now)
+        logger.info("connected to peer %d over %s (%s)", event.peer_id, link.path, link.role.value)
+        self._publish_connection(session)
+        self.flow.pump(session, now, resend_sent=True)
+
+    def _on_link_closed(self, link: PeerLink, event: LinkClosed, now: float) -> None:
+        self._closing.append(link)
+        self.pathfinder.link_closed(link, self.links())
+        self._accepting.discard(link)
+        self._upgrades.discard(link)
+        for cid in [cid for cid, owner in self._cids.items() if owner is link]:
+            del self._cids[cid]
+        for links in self._awaiting_key.values():
+            if link in links:
+                links.remove(link)
+        session = self.peer_states.get(link.peer_id) if link.peer_id is not None else None
+        if session is None or session.link is not link:
+            return
+        session.link = None
+        session.connecting_since = None  # whatever attempt this link was, it is over
+        logger.info("link to peer %s closed: %s", link.peer_id, event.reason)
+        if "different key" in event.reason or "registry does not give" in event.reason:
+            self._connect_failed(session, event.reason, now)
+            return
+        self.publish(ConnectionChanged(session.peer_id, None))
+        # Messages sent but not acknowledged stay "sent" and go again on the
+        # next link (the receiver stores by id, so a repeat is harmless).
+        if self.flow.undelivered(session.peer_id):
+            self.flow.pump(session, now, force_connect=True)
+
+    # ------------------------------------------------------------ page events
+
+    def _publish_peers(self) -> None:
+        self.publish(PeersChanged(self.peers_json()))
+
+    def _publish_connection(self, session: PeerSession) -> None:
+        self.publish(ConnectionChanged(session.peer_id, session.connection()))
+

@@ -1,0 +1,76 @@
+"""What the engine tells the pages: small frozen events, one class per
+websocket event type (their JSON is documented in webpeer/api.py and the
+README).  The engine queues them; the node hands them to every subscriber
+once the flush that caused them is committed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PageEvent:
+    """Base of everything the pages are told."""
+
+    def to_json(self) -> JSON:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class MessageAdded(PageEvent):
+    """A new incoming or outgoing message.  ``origin``: the subscriber that
+    sent it and gets it as its answer instead (opaque to the engine)."""
+
+    message: JSON
+    origin: object | None = None
+
+    def to_json(self) -> JSON:
+        return {"type": "message", "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChanged(PageEvent):
+    message_id: str
+    status: str
+    error: str | None = None
+
+    def to_json(self) -> JSON:
+        return {"type": "status", "id": self.message_id, "status": self.status, "error": self.error}
+
+
+@dataclass(frozen=True, slots=True)
+class PeersChanged(PageEvent):
+    peers: list[JSON]
+
+    def to_json(self) -> JSON:
+        return {"type": "peers", "peers": self.peers}
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionChanged(PageEvent):
+    peer_id: int
+    connection: JSON | None
+
+    def to_json(self) -> JSON:
+        return {"type": "connection", "peer": self.peer_id, "connection": self.connection}
+
+
+@dataclass(frozen=True, slots=True)
+class MeChanged(PageEvent):
+    me: JSON
+
+    def to_json(self) -> JSON:
+        return {"type": "me", "me": self.me}
+
+
+@dataclass(frozen=True, slots=True)
+class Resync(PageEvent):
+    """What the page was told may not hold (a failed commit, or a page that
+    fell behind): reload everything."""
+
+    def to_json(self) -> JSON:
+        return {"type": "resync"}

@@ -1,0 +1,289 @@
+"""How messages move (pure): the page's sends, stored and handed to links;
+incoming messages and receipts, stored; the queue of messages for peers
+that are offline (docs/PROTOCOL.md 11.2).
+
+:class:`MessageFlow` owns what is in flight within one flush: the messages
+the links brought, the acks owed for them, the receipts, and the frames that
+may leave only after the flush's commit.  It reads and writes the history
+through :class:`History` (the SQLite store in the real peer) inside the
+transaction the node opens around a flush, and reaches the rest of the
+engine only through :class:`FlowContext`.  Everything a flush stores is one
+commit; what the page and the other peer hear of it (answers, events, acks,
+message frames) goes only after that commit.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .api import MAX_TEXT_BYTES, ApiError
+from .events import MessageAdded, PageEvent, StatusChanged
+from .link import PeerLink
+from .peer_session import PeerSession
+from .store import NewMessage, Status
+from .wire import Frame, FrameError, require
+
+logger = logging.getLogger("webpeer")
+
+JSON = dict[str, Any]
+MAX_ID_CHARS = 64  # a peer's message ids (ours are 32 hex digits)
+
+
+class History(Protocol):
+    """What the message flow needs of the history store."""
+
+    def add_messages(self, messages: Sequence[NewMessage]) -> set[str]: ...
+
+    def set_status(self, message_id: str, status: str, error: str | None = None, *, now: float) -> bool: ...
+
+    def mark_delivered(self, message_ids: Sequence[str], recipient: int, *, now: float) -> list[str]: ...
+
+    def get_message(self, message_id: str) -> dict[str, Any] | None: ...
+
+    def conversation(self, peer: int, limit: int = 500) -> list[dict[str, Any]]: ...
+
+    def pending_outgoing(self, peer: int | None = None) -> list[dict[str, Any]]: ...
+
+    def expire_queued(self, older_than: float, *, now: float | None = None) -> list[str]: ...
+
+
+class FlowContext(Protocol):
+    """What the message flow may ask of the engine."""
+
+    @property
+    def my_id(self) -> int | None: ...
+
+    def session(self, peer_id: int) -> PeerSession: ...
+
+    def connect(self, session: PeerSession, now: float) -> None:
+        """Ask the rendezvous to introduce us (unless an attempt is under way)."""
+
+    def publish(self, event: PageEvent) -> None: ...
+
+
+@dataclass(slots=True)
+class Draft:
+    """A message the page submitted, waiting for the next flush to store it.
+    ``origin``: who submitted it (it gets the message as its answer, not as
+    an event); opaque here."""
+
+    message: JSON
+    origin: object | None = None
+
+
+class MessageFlow:
+    def __init__(self, context: FlowContext, history: History, stats: Counter[str]) -> None:
+        self.context = context
+        self.history = history
+        self.stats = stats
+        self._id_prefix = f"{secrets.randbits(32):08x}"
+        self._id_counter = itertools.count()
+        self._incoming: list[NewMessage] = []  # what the links brought this flush
+        self._acks: dict[PeerLink, list[Frame]] = {}  # owed for those messages once stored
+        self._receipts: dict[int, list[str]] = {}  # peer id -> our message ids it acknowledged
+        # Frames that may leave only once the flush's commit is done: acks for
+        # stored messages, and new messages stored as sent.
+        self._after_commit: dict[PeerLink, list[Frame]] = {}
+
+    # ------------------------------------------------------------ the page's side
+
+    def draft(self, to: int, text: str, now: float, origin: object | None = None) -> Draft:
+        """A checked message (text and id already validated by the caller),
+        to be stored by the next :meth:`store_drafts`."""
+        my_id = self.context.my_id
+        if my_id is None:
+            raise ApiError(503, "not registered with the rendezvous server yet")
+        if to == my_id:
+            raise ApiError(400, "cannot send a message to yourself")
+        message: JSON = {"id": self.new_message_id(now), "peer": to, "from": my_id, "to": to, "text": text,
+                         "status": str(Status.QUEUED), "time": now, "error": None}
+        return Draft(message, origin)
+
+    def new_message_id(self, now: float) -> str:
+        """32 hex digits: the time in microseconds, 32 random bits chosen at
+        start-up, then a counter (so ids never repeat).  Ids that grow with
+        time go to the end of the store's id index (ours and, prefixed by our
+        id, the receiver's); random ones would dirty a different index page
+        per message, and each commit would write all of those pages."""
+        time_us = max(0, int(now * 1_000_000)) & 0xFF_FFFF_FFFF_FFFF
+        return f"{time_us:014x}{self._id_prefix}{next(self._id_counter) & 0xFF_FFFF_FFFF:010x}"
+
+    def retry(self, message_id: str, now: float) -> None:
+        message = self.history.get_message(message_id)
+        if message is None:
+            raise ApiError(404, "no such message")
+        if message["status"] != Status.FAILED:
+            raise ApiError(409, f"message is {message['status']}, not failed")
+        session = self.context.session(message["to"])
+        self.set_status(message_id, Status.SENDING if session.online else Status.QUEUED, now)
+        session.last_error = None
+        self.pump(session, now)
+
+    def set_status(self, message_id: str, status: Status, now: float, error: str | None = None) -> None:
+        if self.history.set_status(message_id, status, error, now=now):
+            self.context.publish(StatusChanged(message_id, str(status), error))
+
+    def store_drafts(self, drafts: list[Draft], now: float) -> None:
+        """Inside the flush's transaction: store the submitted messages.  One
+        whose peer has a ready link is stored as sent, and its frame goes on
+        that link once the commit is done; the others are queued or sending,
+        and their peers start connecting."""
+        if not drafts:
+            return
+        waiting: dict[int, PeerSession] = {}
+        for draft in drafts:
+            message = draft.message
+            session = self.context.session(message["to"])
+            link = session.ready_link
+            if link is not None:
+                status = Status.SENT
+                self._after_commit.setdefault(link, []).append(
+                    {"t": "msg", "id": message["id"], "text": message["text"], "time": message["time"]})
+            else:
+                status = Status.SENDING if session.online else Status.QUEUED
+                waiting[session.peer_id] = session
+            message["status"] = str(status)
+            self.context.publish(MessageAdded(message, draft.origin))
+        self.history.add_messages([NewMessage(m["id"], m["from"], m["to"], m["text"], m["status"], m["time"])
+                                   for m in (d.message for d in drafts)])
+        for session in waiting.values():
+            self.pump(session, now)
+
+    def expire(self, older_than: float, now: float) -> None:
+        """Queued messages for a peer that stayed offline too long fail."""
+        for message_id in self.history.expire_queued(older_than, now=now):
+            self.context.publish(StatusChanged(message_id, str(Status.FAILED), "peer stayed offline"))
+
+    # ------------------------------------------------------------ the links' side
+
+    def on_frame(self, link: PeerLink, frame: Frame, now: float) -> bool:
+        """A message or receipt frame from a peer; False if it is neither.
+        Raises FrameError for a malformed one."""
+        peer_id = link.peer_id
+        assert peer_id is not None
+        kind = frame["t"]
+        if kind == "msg":
+            message_id = require(frame, "id", str)
+            text = require(frame, "text", str)
+            sent_at = frame.get("time")
+            try:
+                size = len(text.encode("utf-8"))
+                message_id.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate: SQLite could not store it
+                raise FrameError("message is not valid Unicode") from None
+            if len(message_id) > MAX_ID_CHARS or size > MAX_TEXT_BYTES:
+                raise FrameError("message too long")
+            finite = isinstance(sent_at, (int, float)) and not isinstance(sent_at, bool) and abs(sent_at) < 1e12
+            when = float(sent_at) if finite else now
+            # Ids are the sender's: scope them by sender.  Stored with the
+            # others of this flush, before its commit.
+            self._incoming.append(NewMessage(
+                f"{peer_id}:{message_id}", peer_id, self.context.my_id or 0, text, Status.RECEIVED, when))
+            # Acknowledge, also a duplicate (its ack was lost), once it is
+            # stored; the ack leaves after the commit.
+            self._acks.setdefault(link, []).append({"t": "ack", "id": message_id})
+            return True
+        if kind == "ack":
+            message_id = require(frame, "id", str)
+            # Applied with the others of this flush, before its commit; only a
+            # receipt from the peer the message went to counts.
+            self._receipts.setdefault(peer_id, []).append(message_id)
+            return True
+        return False
+
+    def store_incoming(self, now: float) -> None:
+        """Inside the flush's transaction: store the messages and receipts
+        that the links' frames brought, hold the acks for those messages
+        until the commit, and tell the page (also after it) what is new."""
+        incoming, self._incoming = self._incoming, []
+        if incoming:
+            fresh = self.history.add_messages(incoming)
+            for message in incoming:
+                if message.message_id in fresh:
+                    fresh.discard(message.message_id)  # a repeat in the same flush: once
+                    # The page counts unread messages from these events; a full
+                    # peer list (with its unread query) per message would cost
+                    # more than the message itself.  (The row as get_message reads it.)
+                    self.context.publish(MessageAdded({
+                        "id": message.message_id, "peer": message.sender, "from": message.sender,
+                        "to": message.recipient, "text": message.text, "status": str(Status.RECEIVED),
+                        "time": message.time, "error": None}))
+        acks, self._acks = self._acks, {}
+        for link, frames in acks.items():
+            self._after_commit.setdefault(link, []).extend(frames)
+        receipts, self._receipts = self._receipts, {}
+        for peer_id, message_ids in receipts.items():
+            valid = [m for m in message_ids if m and len(m) <= MAX_ID_CHARS and m.isascii()]  # ours are hex
+            for message_id in self.history.mark_delivered(valid, peer_id, now=now):
+                self.context.publish(StatusChanged(message_id, str(Status.DELIVERED)))
+
+    def take_after_commit(self) -> dict[PeerLink, list[Frame]]:
+        """The frames the commit released, per link."""
+        after_commit, self._after_commit = self._after_commit, {}
+        return after_commit
+
+    def rolled_back(self) -> None:
+        """The flush's commit failed: nothing it stored may be acknowledged
+        (the senders will send it again)."""
+        self._incoming, self._acks, self._receipts, self._after_commit = [], {}, {}, {}
+
+    # ------------------------------------------------------------ outgoing progress
+
+    def undelivered(self, peer_id: int) -> list[JSON]:
+        """Outgoing messages to ``peer_id`` with no receipt yet, oldest first."""
+        me = self.context.my_id
+        return [
+            m for m in self.history.conversation(peer_id, limit=10_000)
+            if m["from"] == me and m["status"] in (Status.QUEUED, Status.SENDING, Status.SENT)
+        ]
+
+    def pump(self, session: PeerSession, now: float, *, resend_sent: bool = False,
+             force_connect: bool = False) -> None:
+        """Make progress on a peer's outgoing messages: connect, or send.
+        ``resend_sent``: a new link, so messages already sent on a previous one
+        without a receipt go again."""
+        pending = self.history.pending_outgoing(session.peer_id)
+        if resend_sent or force_connect:
+            pending = self.undelivered(session.peer_id)
+        if not pending:
+            return
+        link = session.ready_link
+        if link is not None:
+            for message in pending:
+                if message["status"] != Status.SENT or resend_sent:
+                    self._send_on(link, message, now)
+            return
+        if not session.online:
+            for message in pending:
+                if message["status"] == Status.SENDING:
+                    self.set_status(message["id"], Status.QUEUED, now)
+            return
+        for message in pending:
+            if message["status"] == Status.QUEUED:
+                self.set_status(message["id"], Status.SENDING, now)
+        if session.live_link is None:
+            self.context.connect(session, now)
+
+    def went_offline(self, session: PeerSession, now: float) -> None:
+        """The registry no longer lists the peer: what was being sent waits."""
+        if session.ready_link is not None:
+            return
+        for message in self.history.pending_outgoing(session.peer_id):
+            if message["status"] == Status.SENDING:
+                self.set_status(message["id"], Status.QUEUED, now)
+
+    def fail_undelivered(self, peer_id: int, reason: str, now: float) -> None:
+        """Everything without a receipt fails (the user can retry)."""
+        for message in self.undelivered(peer_id):
+            self.set_status(message["id"], Status.FAILED, now, reason)
+
+    def _send_on(self, link: PeerLink, message: JSON, now: float) -> None:
+        link.send_frame({"t": "msg", "id": message["id"], "text": message["text"], "time": message["time"]}, now)
+        if message["status"] != Status.SENT:
+            self.set_status(message["id"], Status.SENT, now)
