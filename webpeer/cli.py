@@ -1,4 +1,9 @@
-"""``webpeer``: one user's peer, and the page that drives it on 127.0.0.1."""
+"""The ``webpeer`` command: one user's peer, and the page that drives it on 127.0.0.1.
+
+Owns the command line (every option also read from a ``WEBPEER_*`` variable),
+the default data dir, and the process's life: it ties the node to the page's
+app, prints the page's URL, and runs until SIGINT or SIGTERM.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,8 @@ import secrets
 import signal
 import sys
 import webbrowser
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import AsyncIterator, Sequence
 
 import platformdirs
 from aiohttp import web
@@ -38,8 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server", type=parse_server, default=parse_server(env("WEBPEER_SERVER", "127.0.0.1:3478")),
                         help="rendezvous server HOST:PORT (env WEBPEER_SERVER, default 127.0.0.1:3478)")
     parser.add_argument("--http-port", type=int, default=int(env("WEBPEER_HTTP_PORT", "8000")),
-                        help="port of the local page on 127.0.0.1; 0 picks a free one (env WEBPEER_HTTP_PORT, default 8000)")
-    parser.add_argument("--name", default=env("WEBPEER_NAME", ""), help="nickname shown to other peers (env WEBPEER_NAME)")
+                        help="port of the local page on 127.0.0.1; 0 picks a free one "
+                        "(env WEBPEER_HTTP_PORT, default 8000)")
+    parser.add_argument("--name", default=env("WEBPEER_NAME", ""),
+                        help="nickname shown to other peers (env WEBPEER_NAME)")
     parser.add_argument("--data-dir", type=Path, default=env("WEBPEER_DATA_DIR"),
                         help="where the key and the history live (env WEBPEER_DATA_DIR; default: "
                         "<user data dir>/peerlink/peers/<name or port-N>)")
@@ -58,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def node_context(node: PeerNode):  # type: ignore[no-untyped-def]
+def node_context(node: PeerNode) -> Callable[[web.Application], AsyncIterator[None]]:
     """aiohttp cleanup context: the node (socket, registration, store) lives as long as the app."""
 
     async def context(app: web.Application) -> AsyncIterator[None]:
@@ -98,8 +105,8 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger("quic").setLevel(logging.WARNING)
     run = asyncio.run
     try:

@@ -69,7 +69,7 @@ class Identity:
         return self.private_key.sign(payload)
 
     @classmethod
-    def load_or_create(cls, data_dir: Path) -> "Identity":
+    def load_or_create(cls, data_dir: Path) -> Identity:
         """The key in ``data_dir``, made on first run (file mode 0600)."""
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = data_dir / KEY_FILE
@@ -90,7 +90,7 @@ class Identity:
 
     def certificate(self, now: datetime.datetime | None = None) -> x509.Certificate:
         """Self-signed, made from the identity key; only the key inside matters."""
-        now = now or datetime.datetime.now(datetime.timezone.utc)
+        now = now or datetime.datetime.now(datetime.UTC)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "peerlink " + self.fingerprint)])
         return (
             x509.CertificateBuilder()

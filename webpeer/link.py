@@ -30,8 +30,9 @@ acceptor's answer to a connectivity check carried (docs/PROTOCOL.md 11.4);
 the acceptor accepts a nonce it issued to that peer recently too.  Without
 either, the connector waits for the challenge.
 
-Every transition is in ``_TRANSITIONS``; an illegal one closes the link and
-names the frame and the state.  Time comes in as ``now``.
+Before READY, a frame is taken only if ``_TRANSITIONS`` has a row for it in
+the current state (or it is held behind a hello, as above); any other closes
+the link and names the frame and the state.  Time comes in as ``now``.
 """
 
 from __future__ import annotations
@@ -39,12 +40,13 @@ from __future__ import annotations
 import enum
 import os
 import ssl
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any, Collection
 
 from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from rendezvous.stun import Address
 
@@ -158,7 +160,7 @@ class PeerLink:
         path: Path,
         *,
         expected_peer: tuple[int, bytes] | None = None,
-        random_bytes: Any = os.urandom,
+        random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         if role is Role.CONNECTOR and expected_peer is None:
             raise ValueError("a connector must know whom it expects")
@@ -199,7 +201,7 @@ class PeerLink:
     def connect(
         cls, identity: Identity, my_id: int, path: Path, peer_id: int, peer_key: bytes, now: float,
         idle_timeout: float = 30.0,
-    ) -> "PeerLink":
+    ) -> PeerLink:
         quic = QuicConnection(configuration=quic_configuration(identity, Role.CONNECTOR, idle_timeout))
         link = cls(Role.CONNECTOR, quic, identity, my_id, path, expected_peer=(peer_id, peer_key))
         quic.connect(_quic_address(path), now=now)
@@ -209,7 +211,7 @@ class PeerLink:
     def accept(
         cls, identity: Identity, my_id: int, path: Path, original_destination_cid: bytes,
         configuration: QuicConfiguration,
-    ) -> "PeerLink":
+    ) -> PeerLink:
         quic = QuicConnection(configuration=configuration, original_destination_connection_id=original_destination_cid)
         return cls(Role.ACCEPTOR, quic, identity, my_id, path)
 
@@ -347,10 +349,13 @@ class PeerLink:
         # aioquic keeps the peer's certificate on its TLS context; there is no
         # public accessor, and this check is the whole point of the handshake.
         certificate = self.quic.tls._peer_certificate
-        presented = None
+        presented: bytes | None = None
         if certificate is not None:
+            # Only an Ed25519 key can be the registry's.  (aioquic has already
+            # checked that the key signed the handshake, so it is a signing key.)
             try:
-                presented = raw_public_key(certificate.public_key())
+                key = certificate.public_key()
+                presented = raw_public_key(key) if isinstance(key, Ed25519PublicKey) else None
             except Exception:
                 presented = None
         if presented != self.peer_key:

@@ -19,8 +19,9 @@ retransmissions means the NAT filters.  Time comes in as ``now``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Final, Literal, TypedDict
 
 from rendezvous.stun import Address, Attr, Message, MessageClass, Method, encode
 from rendezvous.transactions import RetransmitPolicy, TransactionTable
@@ -28,9 +29,25 @@ from rendezvous.transactions import RetransmitPolicy, TransactionTable
 POLICY = RetransmitPolicy(rto=0.3, max_sends=3, last_wait_factor=2)  # gives up after ~1.5 s
 CHANGE_IP_AND_PORT = 0x6
 
-UNKNOWN = "unknown"
-INDEPENDENT = "endpoint-independent"
-DEPENDENT = "endpoint-dependent"
+UNKNOWN: Final = "unknown"
+INDEPENDENT: Final = "endpoint-independent"
+DEPENDENT: Final = "endpoint-dependent"
+
+# What the probe learns of the NAT's mapping or its filtering (RFC 4787 terms).
+Behaviour = Literal["unknown", "endpoint-independent", "endpoint-dependent"]
+# The three Binding requests, in the order they go out (see above).
+Step = Literal["first", "filtering", "other"]
+# What the page calls the NAT.
+NatKind = Literal["no NAT", "full cone", "restricted cone", "cone", "symmetric", "unknown"]
+
+
+class NatResult(TypedDict):
+    """The probe's finding as the page and /api/me show it."""
+
+    type: NatKind
+    mapping: Behaviour
+    filtering: Behaviour
+    note: str  # why the probe stopped early, or ""
 
 
 @dataclass
@@ -38,11 +55,11 @@ class NatProbe:
     server: Address
     local: tuple[Address, ...]
     random_bytes: Callable[[int], bytes] = os.urandom
-    mapping: str = UNKNOWN
-    filtering: str = UNKNOWN
+    mapping: Behaviour = UNKNOWN
+    filtering: Behaviour = UNKNOWN
     done: bool = False
     reason: str = ""
-    _table: TransactionTable[str] = field(default_factory=lambda: TransactionTable(POLICY))
+    _table: TransactionTable[Step] = field(default_factory=lambda: TransactionTable(POLICY))
     _outbox: list[tuple[bytes, Address]] = field(default_factory=list)
     _first: Address | None = None
     _other: Address | None = None
@@ -62,8 +79,9 @@ class NatProbe:
     def owns(self, transaction_id: bytes) -> bool:
         return transaction_id in self._table
 
-    def result(self) -> dict[str, str]:
+    def result(self) -> NatResult:
         """For the page and /api/me."""
+        kind: NatKind
         if self.mapping == INDEPENDENT and self.local and self._first in self.local:
             kind = "no NAT"
         elif self.mapping == DEPENDENT:
@@ -101,7 +119,7 @@ class NatProbe:
 
     def handle_timer(self, now: float) -> None:
         result = self._table.handle_timer(now)
-        self._outbox.extend((data, target) for data, target in ((d, self._target(d)) for d, _ in result.resend))
+        self._outbox.extend((data, self._target(data)) for data, _ in result.resend)
         for _, step in result.timed_out:
             if step == "filtering":
                 # Never reached us from an address we had not sent to: it filters.
@@ -113,7 +131,7 @@ class NatProbe:
 
     # ------------------------------------------------------------ internals
 
-    def _binding(self, step: str, target: Address, now: float, change: int | None) -> None:
+    def _binding(self, step: Step, target: Address, now: float, change: int | None) -> None:
         request = Message(Method.BINDING, MessageClass.REQUEST, self.random_bytes(12))
         if change is not None:
             request.add(Attr.CHANGE_REQUEST, change)

@@ -2,16 +2,19 @@
 
 Both peers learn each other's candidates (observed and local addresses) from
 the rendezvous server, with a fresh PUNCH-KEY that only the two of them got.
-Each side then sends STUN Binding requests to every candidate at once, paced,
+Each side then sends STUN Binding requests to every candidate in turn, paced,
 with USERNAME "<their id>:<my id>" and MESSAGE-INTEGRITY under the key, and
-answers the other side's requests.  A request that arrives from an address
-we did not know is a peer-reflexive candidate (the other side's NAT mapping
-toward us): it is probed at once, as ICE does.  The first candidate that
-answers one of our requests is a path that works both ways: our packets
-reach it, its packets reach us.
+answers the other side's requests; every answer carries this side's nonce
+(CHALLENGE), which the connector may sign in its QUIC hello (link.py).  A
+request that arrives from an address we did not know is a peer-reflexive
+candidate (the other side's NAT mapping toward us): it is probed at once, as
+ICE does.  The first candidate that answers one of our requests is a path
+that works both ways: our packets reach it, its packets reach us.
 
-    probes:   t=0 every candidate, then one probe every PACE seconds, round
-              robin, each candidate at most every REPEAT seconds
+    probes:   ``burst`` (1) every PACE seconds from t=0: candidates never probed
+              first, in order, then the one probed longest ago, each at most
+              every REPEAT seconds; the first valid request from an address
+              is probed back at once (a triggered check)
     success:  a valid answer from address A -> SUCCEEDED(A)
     failure:  nothing within TIMEOUT seconds -> FAILED (the caller relays)
 
@@ -22,8 +25,8 @@ from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from rendezvous.stun import Address, Attr, Message, MessageClass, Method, encode
 

@@ -199,7 +199,11 @@ _INSERT = (
 )
 
 
-def _message_row(message: NewMessage) -> tuple[Any, ...]:
+# The INSERT's values: id, peer, sender, recipient, text, status, time, updated, outgoing, read.
+_MessageRow = tuple[str, int, int, int, str, str, float, float, int, int]
+
+
+def _message_row(message: NewMessage) -> _MessageRow:
     """The INSERT values for a new message, checked (StoreError if bad)."""
     _check_id(message.message_id)
     _check_text(message.text)

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any
+from typing import Any, TypeVar
 
 MAX_FRAME = 96 * 1024  # a 64 KiB text, JSON-escaped, fits
 LENGTH = struct.Struct("!I")
 
+# Decoded JSON from the other peer: only "t" is known to be there (a str).
 Frame = dict[str, Any]
+
+_T = TypeVar("_T")
 
 
 class FrameError(Exception):
@@ -43,7 +46,7 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[Frame]:
         buffer = self._buffer
         buffer += data
-        frames = []
+        frames: list[Frame] = []
         start = 0  # consumed bytes are cut off once, at the end (a datagram holds many frames)
         try:
             while len(buffer) - start >= LENGTH.size:
@@ -67,7 +70,7 @@ class FrameDecoder:
         return frames
 
 
-def require(frame: Frame, key: str, kind: type) -> Any:
+def require(frame: Frame, key: str, kind: type[_T]) -> _T:
     """A field of an untrusted frame, type-checked (bool is not an int here)."""
     value = frame.get(key)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
