@@ -563,11 +563,11 @@ async def test_retry(site: Site) -> None:
 
 async def test_mark_read(site: Site) -> None:
     site.api.receive(2, "unread one")
-    assert site.api.peers()[0]["unread"] == 1
+    assert site.api.peers_json()[0]["unread"] == 1
     response = await site.client.post("/api/peers/2/read", headers=site.bearer)
     assert response.status == 204
     assert site.api.read_marks == [2]
-    assert site.api.peers()[0]["unread"] == 0
+    assert site.api.peers_json()[0]["unread"] == 0
     response = await site.client.post("/api/peers/abc/read", headers=site.bearer)
     assert response.status == 400
 
@@ -619,7 +619,7 @@ async def test_ws_accepts_cookie_query_token_and_bearer(site: Site) -> None:
 async def test_ws_hello_then_live_events(site: Site) -> None:
     async with await site.ws() as ws:
         hello = await receive_json(ws)
-        assert hello == {"type": "hello", "me": site.api.me(), "peers": site.api.peers()}
+        assert hello == {"type": "hello", "me": site.api.me(), "peers": site.api.peers_json()}
         incoming = site.api.receive(2, "live <b>hi</b>")
         assert await receive_json(ws) == {"type": "message", "message": incoming}
         site.api.set_connection(2, "direct", "127.0.0.1:5000")
