@@ -109,8 +109,9 @@ async def receive_json(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5.0
     value = await receive_frame(ws, timeout)
     if value["type"] == "batch":
         assert len(value["events"]) > 1
-        pending.extend(value["events"][1:])
-        return value["events"][0]
+        events: list[dict[str, Any]] = value["events"]
+        pending.extend(events[1:])
+        return events[0]
     return value
 
 
@@ -799,7 +800,7 @@ async def test_ws_answers_survive_a_dropped_event_backlog(holding: Holding) -> N
     await asyncio.sleep(0)  # the answers are ready; the writer has not run yet
     for i in range(2000):  # many more than the queue holds: its backlog is dropped
         api.receive(2, f"flood {i}")
-    seen = []
+    seen: list[dict[str, Any]] = []
     while len([e for e in seen if e["type"] == "sent"]) < 3 or {"type": "resync"} not in seen:
         seen.append(await receive_json(ws))
     assert [e["client_id"] for e in seen if e["type"] == "sent"] == ["c0", "c1", "c2"]
