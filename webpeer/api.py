@@ -1,5 +1,7 @@
 """The contract between the web layer and the peer: what the page can ask and
-what it is told.  The web layer (webpeer/web.py) only talks to a
+what it is told, and :class:`ApiError`, the one error type for a request the
+peer refuses (webpeer/validate.py holds the checks of texts and ids that
+raise it).  The web layer (webpeer/web.py) only talks to a
 :class:`PeerApi`; the real one is webpeer.node.PeerNode, and unit tests of
 the web layer use a small in-memory fake.
 
@@ -37,7 +39,12 @@ MAX_TEXT_BYTES = 64 * 1024
 
 
 class ApiError(Exception):
-    """A request the peer refuses, with an HTTP-ish status for the web layer."""
+    """A request the peer refuses, with an HTTP-ish status for the web layer.
+
+    Raised by the peer and by the web layer's own checks alike; web.py turns
+    it into ``{"error": message}`` with that status, websocket.py into an
+    "error" event.  ``message`` is for the user: say what was wrong and,
+    for a limit, what the limit is."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -46,17 +53,21 @@ class ApiError(Exception):
 
 
 class PeerApi(Protocol):
+    """What the web layer may call on the peer (webpeer.node.PeerNode)."""
+
     def me(self) -> JSON: ...
 
-    def peers(self) -> list[JSON]: ...
+    def peers_json(self) -> list[JSON]:
+        """Every known peer, as <peer> shapes."""
+        ...
 
     def messages(self, peer_id: int, limit: int = 500) -> list[JSON]: ...
 
     async def send_message(self, to: int, text: str) -> JSON:
         """Store and start sending; returns the stored message (status queued,
-        sending, or sent if a connection was ready).  Raises ApiError(400) for
-        an empty or too long text, ApiError(404) for an id the server never
-        gave out."""
+        sending, or sent if a connection was ready).  Raises ApiError for
+        input webpeer.validate refuses (400; 413 for a text over
+        MAX_TEXT_BYTES), ApiError(404) for an id the server never gave out."""
         ...
 
     def submit_message(

@@ -24,7 +24,10 @@ Security (issue 3), enforced by one middleware and one response signal:
   open (aiohttp itself closes the socket, code 1009, only above
   :data:`webpeer.websocket.WS_HARD_LIMIT_BYTES`).
 
-The websocket is in webpeer/websocket.py; request parsing in webpeer/parse.py.
+The websocket is in webpeer/websocket.py; request bodies are decoded by
+webpeer/parse.py and their fields checked by webpeer/validate.py (the rules
+the peer itself applies).  Every refusal is an :class:`~webpeer.api.ApiError`,
+which the middleware turns into ``{"error": message}`` with its status.
 """
 
 from __future__ import annotations
@@ -43,10 +46,9 @@ import jinja2
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger
 
-from webpeer import websocket
+from webpeer import validate, websocket
 from webpeer.api import MAX_TEXT_BYTES, ApiError, PeerApi
-from webpeer.parse import BadRequest, loads, message_id, peer_id
-from webpeer.parse import text as parse_text
+from webpeer.parse import loads
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +285,7 @@ async def _read_json(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise BadRequest(
+        raise ApiError(
             413, f"request body larger than {MAX_BODY_BYTES} bytes (a message text may have {MAX_TEXT_BYTES} bytes)"
         ) from None
     return loads(body)
@@ -317,48 +319,41 @@ async def _api_me(request: web.Request) -> web.Response:
 
 
 async def _api_peers(request: web.Request) -> web.Response:
-    return web.json_response(request.app[API_KEY].peers())
+    return web.json_response(request.app[API_KEY].peers_json())
+
+
+# The handlers raise ApiError for bad input; _guard answers it.
 
 
 async def _api_messages(request: web.Request) -> web.Response:
-    try:
-        peer = peer_id(request.query.get("peer"), "peer", from_url=True)
-        limit = 500
-        if "limit" in request.query:
-            raw = request.query["limit"]
-            if not (raw.isascii() and raw.isdigit() and 0 < int(raw) <= MAX_HISTORY_LIMIT):
-                raise BadRequest(400, f"limit must be an integer in 1..{MAX_HISTORY_LIMIT}")
-            limit = int(raw)
-    except BadRequest as exc:
-        return _error(exc.status, exc.message)
+    peer = validate.peer_id(request.query.get("peer"), "peer", from_url=True)
+    limit = 500
+    if "limit" in request.query:
+        raw = request.query["limit"]
+        # Length first: int() raises on more than 4300 digits (that would be a
+        # 500), and a dozen digits are out of range whatever they say.
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 12 and 0 < int(raw) <= MAX_HISTORY_LIMIT):
+            raise ApiError(400, f"limit must be an integer in 1..{MAX_HISTORY_LIMIT}")
+        limit = int(raw)
     return web.json_response(request.app[API_KEY].messages(peer, limit))
 
 
 async def _api_send(request: web.Request) -> web.Response:
-    try:
-        body = await _read_json(request)
-        to = peer_id(body.get("to"), "to")
-        text = parse_text(body.get("text"))
-    except BadRequest as exc:
-        return _error(exc.status, exc.message)
+    body = await _read_json(request)
+    to = validate.peer_id(body.get("to"), "to")
+    text = validate.message_text(body.get("text"))
     message = await request.app[API_KEY].send_message(to, text)
     return web.json_response(message, status=201)
 
 
 async def _api_retry(request: web.Request) -> web.Response:
-    try:
-        wanted = message_id(request.match_info["id"])
-    except BadRequest as exc:
-        return _error(exc.status, exc.message)
+    wanted = validate.message_id(request.match_info["id"])
     message = await request.app[API_KEY].retry(wanted)
     return web.json_response(message)
 
 
 async def _api_read(request: web.Request) -> web.Response:
-    try:
-        peer = peer_id(request.match_info["id"], "peer id", from_url=True)
-    except BadRequest as exc:
-        return _error(exc.status, exc.message)
+    peer = validate.peer_id(request.match_info["id"], "peer id", from_url=True)
     request.app[API_KEY].mark_read(peer)
     return web.Response(status=204)
 

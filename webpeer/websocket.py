@@ -1,4 +1,7 @@
-"""The page's websocket: live events out, sends in.
+"""The page's websocket: live events out, sends in.  This module owns the
+socket's protocol below, the order of its answers and its flow control; the
+fields of a request are checked by webpeer/validate.py, and every refusal is
+an :class:`~webpeer.api.ApiError` that becomes an "error" event.
 
 Websocket protocol (JSON text frames, one object each):
 
@@ -31,7 +34,8 @@ import weakref
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from webpeer.api import JSON, MAX_TEXT_BYTES, ApiError, PeerApi
-from webpeer.parse import BadRequest, loads, message_id, peer_id, text
+from webpeer import validate
+from webpeer.parse import loads
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +63,7 @@ async def serve(request: web.Request, api: PeerApi, sockets: weakref.WeakSet[web
     answers = _Answers(queue)
     forwarder: asyncio.Task[None] | None = None
     try:
-        await ws.send_str(json.dumps({"type": "hello", "me": api.me(), "peers": api.peers()}))
+        await ws.send_str(json.dumps({"type": "hello", "me": api.me(), "peers": api.peers_json()}))
         forwarder = asyncio.create_task(_forward(queue, answers, ws))
         handled = 0
         async for msg in ws:
@@ -221,7 +225,7 @@ async def _ws_request(api: PeerApi, data: str, answers: _Answers) -> None:
         raw_id = request.get("client_id")
         if raw_id is not None:
             if not isinstance(raw_id, str) or len(raw_id) > MAX_CLIENT_ID_CHARS:
-                raise BadRequest(400, f"client_id must be a string of at most {MAX_CLIENT_ID_CHARS} characters")
+                raise ApiError(400, f"client_id must be a string of at most {MAX_CLIENT_ID_CHARS} characters")
             client_id = raw_id
         kind = request.get("type")
         if kind == "send":
@@ -229,21 +233,19 @@ async def _ws_request(api: PeerApi, data: str, answers: _Answers) -> None:
             # commit) while this one waits for it.
             # The answer carries the stored message: this socket is not sent
             # its "message" event too.
-            future = api.submit_message(
-                peer_id(request.get("to"), "to"), text(request.get("text")), answered_on=answers.queue
-            )
+            to = validate.peer_id(request.get("to"), "to")
+            text = validate.message_text(request.get("text"))
+            future = api.submit_message(to, text, answered_on=answers.queue)
             answers.add(client_id, future)
             return
         if kind == "retry":
-            message = await api.retry(message_id(request.get("id")))
+            message = await api.retry(validate.message_id(request.get("id")))
             answers.add(client_id, {"type": "sent", "client_id": client_id, "message": message})
             return
         if kind == "read":
-            api.mark_read(peer_id(request.get("peer"), "peer"))
+            api.mark_read(validate.peer_id(request.get("peer"), "peer"))
             return
-        raise BadRequest(400, f"unknown request type {repr(kind)[:40]}; expected send, retry or read")
-    except BadRequest as exc:
-        answers.add(client_id, _ws_error(client_id, exc.status, exc.message))
+        raise ApiError(400, f"unknown request type {repr(kind)[:40]}; expected send, retry or read")
     except ApiError as exc:
         answers.add(client_id, _ws_error(client_id, exc.status, exc.message))
     except Exception:
@@ -253,5 +255,6 @@ async def _ws_request(api: PeerApi, data: str, answers: _Answers) -> None:
 
 
 async def close_all(sockets: weakref.WeakSet[web.WebSocketResponse]) -> None:
+    """Close every page's socket (on shutdown: browsers would otherwise wait for a timeout)."""
     for ws in list(sockets):
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"webpeer is shutting down")

@@ -2,7 +2,8 @@
 
 It keeps peers and messages in dicts, records what the web layer asked for,
 and lets a test play the network: ``receive`` (a peer sent us something),
-``set_status``, ``set_connection``, ``publish``.
+``set_status``, ``set_connection``, ``publish``.  It checks input with
+webpeer.validate, the rules the real peer applies.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import itertools
 import time
 from typing import Any
 
-from webpeer.api import JSON, MAX_TEXT_BYTES, ApiError
+from webpeer import validate
+from webpeer.api import JSON, ApiError
 
 QUEUE_SIZE = 256
 
@@ -51,7 +53,7 @@ class FakePeerApi:
             "error": None,
         }
         self._peers[peer_id] = peer
-        self.publish({"type": "peers", "peers": self.peers()})
+        self.publish({"type": "peers", "peers": self.peers_json()})
         return peer
 
     def publish(self, event: JSON, *, skip: asyncio.Queue[JSON] | None = None) -> None:
@@ -87,7 +89,7 @@ class FakePeerApi:
 
     def set_peer_error(self, peer_id: int, error: str | None) -> None:
         self._peers[peer_id]["error"] = error
-        self.publish({"type": "peers", "peers": self.peers()})
+        self.publish({"type": "peers", "peers": self.peers_json()})
 
     def rename_quietly(self, peer_id: int, name: str) -> None:
         """A change the page is not told about (as if its event was dropped)."""
@@ -102,7 +104,7 @@ class FakePeerApi:
     def me(self) -> JSON:
         return dict(self._me)
 
-    def peers(self) -> list[JSON]:
+    def peers_json(self) -> list[JSON]:
         return [dict(peer) for peer in self._peers.values()]
 
     def messages(self, peer_id: int, limit: int = 500) -> list[JSON]:
@@ -116,10 +118,8 @@ class FakePeerApi:
     def submit_message(
         self, to: int, text: str, *, answered_on: asyncio.Queue[JSON] | None = None
     ) -> asyncio.Future[JSON]:
-        if not text.strip():
-            raise ApiError(400, "empty message")
-        if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
-            raise ApiError(400, "message too long")
+        text = validate.message_text(text)
+        to = validate.peer_id(to, "to")
         if to not in self._peers:
             raise ApiError(404, f"no peer with id {to}")
         self.sent.append((to, text))
@@ -145,7 +145,7 @@ class FakePeerApi:
         peer = self._peers.get(peer_id)
         if peer is not None and peer["unread"]:
             peer["unread"] = 0
-            self.publish({"type": "peers", "peers": self.peers()})
+            self.publish({"type": "peers", "peers": self.peers_json()})
 
     def subscribe(self) -> asyncio.Queue[JSON]:
         queue: asyncio.Queue[JSON] = asyncio.Queue(QUEUE_SIZE)

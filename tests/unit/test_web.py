@@ -1,5 +1,7 @@
 """The web layer (webpeer/web.py) against an in-memory PeerApi, over real
-loopback HTTP: every security rule, every route and the websocket protocol."""
+loopback HTTP: every security rule, every route and the websocket protocol.
+Sites run under pytest-aiohttp's ``aiohttp_client`` fixture, which closes
+them after each test."""
 
 from __future__ import annotations
 
@@ -8,8 +10,7 @@ import json
 import re
 import socket
 import weakref
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -18,8 +19,9 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from fake_api import FakePeerApi
+from pytest_aiohttp import AiohttpClient
 
 from webpeer.api import MAX_TEXT_BYTES
 from webpeer.websocket import WS_HARD_LIMIT_BYTES, WS_MAX_MESSAGE_BYTES
@@ -68,17 +70,29 @@ class Site:
         return await self.client.ws_connect("/ws", headers={"Origin": self.origin, **self.bearer})
 
 
+SiteFactory = Callable[[FakePeerApi], Awaitable[Site]]
+
+
 @pytest.fixture
-async def site() -> AsyncIterator[Site]:
+def make_site(aiohttp_client: AiohttpClient) -> SiteFactory:
+    """Serves a site over ``api`` on 127.0.0.1 at a port fixed before the app
+    is made (the config's port is part of the Host, Origin and cookie checks)."""
+
+    async def make(api: FakePeerApi) -> Site:
+        port = free_port()
+        app = create_app(WebConfig(port=port, token=TOKEN), api)
+        client = await aiohttp_client(app, server_kwargs={"host": "127.0.0.1", "port": port})
+        return Site(client, api, port)
+
+    return make
+
+
+@pytest.fixture
+async def site(make_site: SiteFactory) -> Site:
     api = FakePeerApi()
     api.add_peer(2, "bob")
     api.add_peer(3, "carol", online=False)
-    port = free_port()
-    app = create_app(WebConfig(port=port, token=TOKEN), api)
-    client = TestClient(TestServer(app, host="127.0.0.1", port=port))
-    await client.start_server()
-    yield Site(client, api, port)
-    await client.close()
+    return await make_site(api)
 
 
 # Events that came in a batch frame and were not read yet, per socket.
@@ -95,8 +109,9 @@ async def receive_json(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5.0
     value = await receive_frame(ws, timeout)
     if value["type"] == "batch":
         assert len(value["events"]) > 1
-        pending.extend(value["events"][1:])
-        return value["events"][0]
+        events: list[dict[str, Any]] = value["events"]
+        pending.extend(events[1:])
+        return events[0]
     return value
 
 
@@ -467,6 +482,8 @@ async def test_send_then_history_oldest_first(site: Site) -> None:
         "?peer=2&limit=x",
         "?peer=99999999999999999999",
         "?peer=%D9%A3",
+        "?peer=4294967296",  # registry ids are 32-bit
+        "?peer=2&limit=" + "9" * 5000,  # more digits than int() takes: a 400, not a 500
     ],
 )
 async def test_history_rejects_bad_parameters(site: Site, query: str) -> None:
@@ -529,6 +546,8 @@ async def test_malformed_json_is_400(site: Site, body: bytes) -> None:
         {"to": 2, "text": 5},
         {"to": 2, "text": None},
         {"to": 2**70, "text": "a"},
+        {"to": 2**32, "text": "a"},
+        {"to": 2, "text": "\ud800"},  # a lone surrogate: json.dumps writes it as an escape
     ],
 )
 async def test_bad_fields_are_400(site: Site, body: dict[str, Any]) -> None:
@@ -563,11 +582,11 @@ async def test_retry(site: Site) -> None:
 
 async def test_mark_read(site: Site) -> None:
     site.api.receive(2, "unread one")
-    assert site.api.peers()[0]["unread"] == 1
+    assert site.api.peers_json()[0]["unread"] == 1
     response = await site.client.post("/api/peers/2/read", headers=site.bearer)
     assert response.status == 204
     assert site.api.read_marks == [2]
-    assert site.api.peers()[0]["unread"] == 0
+    assert site.api.peers_json()[0]["unread"] == 0
     response = await site.client.post("/api/peers/abc/read", headers=site.bearer)
     assert response.status == 400
 
@@ -619,7 +638,7 @@ async def test_ws_accepts_cookie_query_token_and_bearer(site: Site) -> None:
 async def test_ws_hello_then_live_events(site: Site) -> None:
     async with await site.ws() as ws:
         hello = await receive_json(ws)
-        assert hello == {"type": "hello", "me": site.api.me(), "peers": site.api.peers()}
+        assert hello == {"type": "hello", "me": site.api.me(), "peers": site.api.peers_json()}
         incoming = site.api.receive(2, "live <b>hi</b>")
         assert await receive_json(ws) == {"type": "message", "message": incoming}
         site.api.set_connection(2, "direct", "127.0.0.1:5000")
@@ -739,77 +758,81 @@ class HoldingApi(FakePeerApi):
             await asyncio.sleep(0.01)
 
 
-@asynccontextmanager
-async def holding_socket() -> AsyncIterator[tuple[HoldingApi, aiohttp.ClientWebSocketResponse]]:
+Holding = tuple[HoldingApi, aiohttp.ClientWebSocketResponse]
+
+
+@pytest.fixture
+async def holding(make_site: SiteFactory) -> AsyncIterator[Holding]:
     """A site over a HoldingApi that knows peer 2, and a websocket past its hello."""
     api = HoldingApi()
     api.add_peer(2, "bob")
-    port = free_port()
-    async with TestClient(TestServer(create_app(WebConfig(port=port, token=TOKEN), api), port=port)) as client:
-        ws = await client.ws_connect("/ws", headers={"Origin": f"http://127.0.0.1:{port}", "Authorization": f"Bearer {TOKEN}"})
-        await receive_json(ws)
-        yield api, ws
-        await ws.close()
+    site = await make_site(api)
+    ws = await site.ws()
+    await receive_json(ws)
+    yield api, ws
+    await ws.close()
 
 
-async def test_ws_sent_answers_wait_for_the_commit_and_keep_request_order() -> None:
-    async with holding_socket() as (api, ws):
-        for n in range(3):
-            await ws.send_json({"type": "send", "to": 2, "text": f"m{n}", "client_id": f"c{n}"})
-        await ws.send_json({"type": "send", "to": 99, "text": "x", "client_id": "bad"})
-        await api.wait_held(3)
-        # Nothing comes before the commit (this socket gets no "message"
-        # events for its own sends: the answers carry the messages).
-        with pytest.raises(asyncio.TimeoutError):
-            await receive_json(ws, timeout=0.2)
-        api.commit()
-        answers = [await receive_json(ws) for _ in range(4)]
-        assert [(a["type"], a["client_id"]) for a in answers] == [
-            ("sent", "c0"), ("sent", "c1"), ("sent", "c2"), ("error", "bad")
-        ]
-        assert [a["message"]["text"] for a in answers[:3]] == ["m0", "m1", "m2"]
+async def test_ws_sent_answers_wait_for_the_commit_and_keep_request_order(holding: Holding) -> None:
+    api, ws = holding
+    for n in range(3):
+        await ws.send_json({"type": "send", "to": 2, "text": f"m{n}", "client_id": f"c{n}"})
+    await ws.send_json({"type": "send", "to": 99, "text": "x", "client_id": "bad"})
+    await api.wait_held(3)
+    # Nothing comes before the commit (this socket gets no "message"
+    # events for its own sends: the answers carry the messages).
+    with pytest.raises(asyncio.TimeoutError):
+        await receive_json(ws, timeout=0.2)
+    api.commit()
+    answers = [await receive_json(ws) for _ in range(4)]
+    assert [(a["type"], a["client_id"]) for a in answers] == [
+        ("sent", "c0"), ("sent", "c1"), ("sent", "c2"), ("error", "bad")
+    ]
+    assert [a["message"]["text"] for a in answers[:3]] == ["m0", "m1", "m2"]
 
 
-async def test_ws_answers_survive_a_dropped_event_backlog() -> None:
-    async with holding_socket() as (api, ws):
-        for n in range(3):
-            await ws.send_json({"type": "send", "to": 2, "text": f"m{n}", "client_id": f"c{n}"})
-        await api.wait_held(3)
-        api.commit()
-        await asyncio.sleep(0)  # the answers are ready; the writer has not run yet
-        for i in range(2000):  # many more than the queue holds: its backlog is dropped
-            api.receive(2, f"flood {i}")
-        seen = []
-        while len([e for e in seen if e["type"] == "sent"]) < 3 or {"type": "resync"} not in seen:
-            seen.append(await receive_json(ws))
-        assert [e["client_id"] for e in seen if e["type"] == "sent"] == ["c0", "c1", "c2"]
-        assert {"type": "resync"} in seen
+async def test_ws_answers_survive_a_dropped_event_backlog(holding: Holding) -> None:
+    api, ws = holding
+    for n in range(3):
+        await ws.send_json({"type": "send", "to": 2, "text": f"m{n}", "client_id": f"c{n}"})
+    await api.wait_held(3)
+    api.commit()
+    await asyncio.sleep(0)  # the answers are ready; the writer has not run yet
+    for i in range(2000):  # many more than the queue holds: its backlog is dropped
+        api.receive(2, f"flood {i}")
+    seen: list[dict[str, Any]] = []
+    while len([e for e in seen if e["type"] == "sent"]) < 3 or {"type": "resync"} not in seen:
+        seen.append(await receive_json(ws))
+    assert [e["client_id"] for e in seen if e["type"] == "sent"] == ["c0", "c1", "c2"]
+    assert {"type": "resync"} in seen
 
 
-async def test_ws_answer_goes_before_news_about_its_message() -> None:
-    async with holding_socket() as (api, ws):
-        await ws.send_json({"type": "send", "to": 2, "text": "quick", "client_id": "q"})
-        await api.wait_held(1)
-        message_id = api.held[0][1]["id"]
-        api.commit()
-        api.set_status(message_id, "delivered")  # its receipt, before the answer went out
-        first, second = await receive_json(ws), await receive_json(ws)
-        assert (first["type"], first["client_id"]) == ("sent", "q")  # the page learns of the message first
-        assert second == {"type": "status", "id": message_id, "status": "delivered", "error": None}
+async def test_ws_answer_goes_before_news_about_its_message(holding: Holding) -> None:
+    api, ws = holding
+    await ws.send_json({"type": "send", "to": 2, "text": "quick", "client_id": "q"})
+    await api.wait_held(1)
+    message_id = api.held[0][1]["id"]
+    api.commit()
+    api.set_status(message_id, "delivered")  # its receipt, before the answer went out
+    first, second = await receive_json(ws), await receive_json(ws)
+    assert (first["type"], first["client_id"]) == ("sent", "q")  # the page learns of the message first
+    assert second == {"type": "status", "id": message_id, "status": "delivered", "error": None}
 
 
-async def test_ws_stops_reading_a_page_with_too_many_unanswered_sends(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_ws_stops_reading_a_page_with_too_many_unanswered_sends(
+    monkeypatch: pytest.MonkeyPatch, holding: Holding
+) -> None:
     monkeypatch.setattr("webpeer.websocket.MAX_UNANSWERED", 5)
-    async with holding_socket() as (api, ws):
-        for n in range(8):
-            await ws.send_json({"type": "send", "to": 2, "text": f"m{n}", "client_id": f"c{n}"})
-        await asyncio.sleep(0.2)
-        assert len(api.held) == 5  # the other three wait in the socket
-        api.commit()
-        await api.wait_held(3)
-        api.commit()
-        answers = [await receive_json(ws) for _ in range(8)]
-        assert [a["client_id"] for a in answers] == [f"c{n}" for n in range(8)]
+    api, ws = holding
+    for n in range(8):
+        await ws.send_json({"type": "send", "to": 2, "text": f"m{n}", "client_id": f"c{n}"})
+    await asyncio.sleep(0.2)
+    assert len(api.held) == 5  # the other three wait in the socket
+    api.commit()
+    await api.wait_held(3)
+    api.commit()
+    answers = [await receive_json(ws) for _ in range(8)]
+    assert [a["client_id"] for a in answers] == [f"c{n}" for n in range(8)]
 
 
 @pytest.mark.parametrize(
@@ -825,6 +848,9 @@ async def test_ws_stops_reading_a_page_with_too_many_unanswered_sends(monkeypatc
         ('{"type": "send", "to": 2, "text": "x", "client_id": 5}', 400, None, "client_id"),
         ('{"type": "read", "peer": null}', 400, None, "positive integer"),
         ('{"type": "retry", "id": 7}', 400, None, "message id"),
+        ('{"type": "send", "to": 2, "text": " \\n ", "client_id": "c6"}', 400, "c6", "empty message"),
+        ('{"type": "send", "to": 2, "text": "a\\udc00", "client_id": "c7"}', 400, "c7", "not valid Unicode"),
+        ('{"type": "send", "to": 4294967296, "text": "x", "client_id": "c8"}', 400, "c8", "positive integer"),
     ],
 )
 async def test_ws_bad_requests_get_error_events(
@@ -875,23 +901,17 @@ async def test_ws_beyond_hard_limit_closes_only_that_socket(site: Site) -> None:
         assert (await receive_until(other, "sent"))["client_id"] == "f"
 
 
-async def test_ws_closed_on_shutdown() -> None:
+async def test_ws_closed_on_shutdown(make_site: SiteFactory) -> None:
     api = FakePeerApi()
-    port = free_port()
-    server = TestServer(create_app(WebConfig(port=port, token=TOKEN), api), host="127.0.0.1", port=port)
-    client = TestClient(server)
-    await client.start_server()
-    try:
-        ws = await client.ws_connect("/ws", headers={"Authorization": f"Bearer {TOKEN}"})
-        await receive_json(ws)
-        closing = asyncio.create_task(server.close())  # runs on_shutdown
-        msg = await ws.receive(timeout=5)
-        assert msg.type == WSMsgType.CLOSE
-        assert ws.close_code == aiohttp.WSCloseCode.GOING_AWAY
-        await asyncio.wait_for(closing, 10)
-        assert api.subscribers == 0
-    finally:
-        await client.close()
+    client = (await make_site(api)).client
+    ws = await client.ws_connect("/ws", headers={"Authorization": f"Bearer {TOKEN}"})
+    await receive_json(ws)
+    closing = asyncio.create_task(client.server.close())  # runs on_shutdown
+    msg = await ws.receive(timeout=5)
+    assert msg.type == WSMsgType.CLOSE
+    assert ws.close_code == aiohttp.WSCloseCode.GOING_AWAY
+    await asyncio.wait_for(closing, 10)
+    assert api.subscribers == 0
 
 
 class _BrokenApi(FakePeerApi):
@@ -908,23 +928,24 @@ class _BrokenApi(FakePeerApi):
         return future
 
 
-async def test_a_bug_in_the_peer_is_a_500_not_a_dead_socket(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_bug_in_the_peer_is_a_500_not_a_dead_socket(
+    make_site: SiteFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     api = _BrokenApi()
     api.add_peer(2, "bob")
-    port = free_port()
-    async with TestClient(TestServer(create_app(WebConfig(port=port, token=TOKEN), api), port=port)) as client:
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        response = await client.post("/api/messages", json={"to": 2, "text": "x"}, headers=headers)
-        assert response.status == 500
-        assert "internal error" in (await response.json())["error"]
-        async with client.ws_connect("/ws", headers=headers) as ws:
-            await receive_json(ws)
-            await ws.send_json({"type": "send", "to": 2, "text": "x", "client_id": "b"})
-            error = await receive_until(ws, "error")
-            assert error["status"] == 500 and error["client_id"] == "b"
-            await ws.send_json({"type": "read", "peer": 2})
-            await ws.send_json({"type": "what"})
-            assert (await receive_until(ws, "error"))["status"] == 400
+    client = (await make_site(api)).client
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    response = await client.post("/api/messages", json={"to": 2, "text": "x"}, headers=headers)
+    assert response.status == 500
+    assert "internal error" in (await response.json())["error"]
+    async with client.ws_connect("/ws", headers=headers) as ws:
+        await receive_json(ws)
+        await ws.send_json({"type": "send", "to": 2, "text": "x", "client_id": "b"})
+        error = await receive_until(ws, "error")
+        assert error["status"] == 500 and error["client_id"] == "b"
+        await ws.send_json({"type": "read", "peer": 2})
+        await ws.send_json({"type": "what"})
+        assert (await receive_until(ws, "error"))["status"] == 400
     assert "bug in the peer" in caplog.text
 
 
