@@ -34,6 +34,7 @@ export function createMessagesView(actions, root = document) {
 
     const items = peer === null ? [] : itemsOf(state, peer, conversation);
     const wasNearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < NEAR_BOTTOM_PX;
+    let added = 0;
     let mineChanged = false;
     const next = new Map();
     const nodes = items.map(({ key, item, mine, pending }) => {
@@ -42,6 +43,7 @@ export function createMessagesView(actions, root = document) {
         next.set(key, old);
         return old.node;
       }
+      added += 1;
       if (mine) mineChanged = true;
       const node = messageElement(item, mine, pending, actions);
       next.set(key, { item, mine, node });
@@ -55,7 +57,7 @@ export function createMessagesView(actions, root = document) {
     const reopened = peer !== shownPeer || state.historyLoads !== shownLoads;
     shownPeer = peer;
     shownLoads = state.historyLoads;
-    if (reopened || mineChanged || wasNearBottom) list.scrollTop = list.scrollHeight;
+    if (reopened || mineChanged || (wasNearBottom && added > 0)) list.scrollTop = list.scrollHeight;
   }
 
   return { render };
