@@ -17,7 +17,9 @@ Security (issue 3), enforced by one middleware and one response signal:
   Bearer header: browsers always send Origin on these requests, and a cross-site
   page cannot attach an Authorization header without a CORS preflight we fail.
 - Every response carries a Content-Security-Policy without 'unsafe-inline',
-  nosniff, no-referrer, and (except static files) Cache-Control: no-store.
+  nosniff, no-referrer, and Cache-Control: no-store (static files: no-cache,
+  see :func:`_security_headers`).  Scripts are served as text/javascript
+  whatever the system's MIME table says (module scripts require it).
 - Request bodies are capped at :data:`MAX_BODY_BYTES`; message texts at
   :data:`~webpeer.api.MAX_TEXT_BYTES` UTF-8 bytes (413); websocket messages
   above :data:`webpeer.websocket.WS_MAX_MESSAGE_BYTES` get an error event and the socket stays
@@ -56,6 +58,8 @@ MAX_BODY_BYTES = 80 * 1024
 """Largest request body (aiohttp's client_max_size); room for a full text plus JSON escaping."""
 MAX_HISTORY_LIMIT = 5000
 
+_STATIC_TYPES = {".js": "text/javascript; charset=utf-8"}
+"""Content types of static files that must not depend on the system's MIME table."""
 _TOKEN_RE = re.compile(r"[A-Za-z0-9._~-]{1,512}")
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -77,7 +81,8 @@ def default_templates_dir() -> Path:
 
 
 def default_static_dir() -> Path:
-    """Where app.js and app.css live: webpeer/static when installed, else <checkout>/static."""
+    """Where the page's modules (main.js, views/ ...) and app.css live: webpeer/static when
+    installed, else <checkout>/static."""
     return _asset_dir("static")
 
 
@@ -279,6 +284,15 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
     headers["Cross-Origin-Opener-Policy"] = "same-origin"
     if not request.path.startswith("/static/"):
         headers["Cache-Control"] = "no-store"
+        return
+    # The page's modules import each other by plain names (no ?v=), so the
+    # browser must revalidate them (a 304 when unchanged) rather than guess.
+    headers["Cache-Control"] = "no-cache"
+    content_type = _STATIC_TYPES.get(Path(request.path).suffix)
+    if content_type is not None and response.status == 200:
+        # Browsers refuse module scripts of any non-JavaScript type, and some
+        # systems' MIME tables map .js to text/plain.
+        headers[hdrs.CONTENT_TYPE] = content_type
 
 
 async def _read_json(request: web.Request) -> dict[str, Any]:
@@ -370,9 +384,10 @@ async def _close_websockets(app: web.Application) -> None:
 
 
 def _asset_version(static_dir: Path) -> str:
-    """Changes whenever a static file changes, so browsers never run a stale app.js."""
+    """Changes whenever a static file changes (views/ included), so the page's URL
+    of main.js changes with any of them."""
     newest = 0
-    for path in static_dir.glob("*"):
+    for path in static_dir.rglob("*"):
         if path.is_file():
             newest = max(newest, path.stat().st_mtime_ns)
     return format(newest, "x")

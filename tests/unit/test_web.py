@@ -158,7 +158,8 @@ def test_config_rejects_unsafe_tokens_and_ports() -> None:
 
 def test_default_asset_dirs_hold_the_page() -> None:
     assert (default_templates_dir() / "index.html").is_file()
-    assert (default_static_dir() / "app.js").is_file()
+    assert (default_static_dir() / "main.js").is_file()
+    assert (default_static_dir() / "views" / "messages.js").is_file()
     assert (default_static_dir() / "app.css").is_file()
 
 
@@ -215,7 +216,7 @@ async def test_start_site_refuses_a_port_the_app_does_not_answer_for() -> None:
 )
 async def test_wrong_host_header_is_forbidden(site: Site, host: str) -> None:
     host = host.format(port=site.port)
-    for path in ["/", f"/?token={TOKEN}", "/api/me", "/static/app.js", "/ws"]:
+    for path in ["/", f"/?token={TOKEN}", "/api/me", "/static/main.js", "/ws"]:
         response = await site.client.get(path, headers={"Host": host, **site.bearer, "Origin": site.origin})
         assert response.status == 403, (host, path)
         assert "Host" in (await response.json())["error"]
@@ -313,6 +314,7 @@ class _PageAudit(HTMLParser):
         self.problems: list[str] = []
         self.testids: set[str] = set()
         self.scripts: list[str] = []
+        self.module_scripts: list[str] = []
         self._in_script = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -327,6 +329,8 @@ class _PageAudit(HTMLParser):
                 self.problems.append("inline <script>")
             else:
                 self.scripts.append(names["src"] or "")
+                if names.get("type") == "module":
+                    self.module_scripts.append((names["src"] or "").split("?")[0])
             self._in_script = True
         if names.get("data-testid"):
             self.testids.add(names["data-testid"] or "")
@@ -350,7 +354,8 @@ async def test_page_has_no_inline_code_and_all_test_ids(site: Site) -> None:
     audit = _PageAudit()
     audit.feed(html)
     assert audit.problems == []
-    assert [src.split("?")[0] for src in audit.scripts] == ["/static/app.js"]
+    assert [src.split("?")[0] for src in audit.scripts] == ["/static/main.js"]
+    assert audit.module_scripts == ["/static/main.js"]
     expected = {
         "my-id",
         "my-name",
@@ -364,15 +369,22 @@ async def test_page_has_no_inline_code_and_all_test_ids(site: Site) -> None:
         "server-status",
     }
     assert expected <= audit.testids
-    # The dynamic ones are made by app.js.
-    script = (default_static_dir() / "app.js").read_text()
+    # The dynamic ones are made by the views.
+    script = "\n".join(path.read_text() for path in _scripts())
     for testid in ["peer-item", "message", "message-text", "retry-button", "unread-badge", "connection-state"]:
         assert f'"{testid}"' in script, testid
 
 
+def _scripts() -> list[Path]:
+    """The page's modules: main.js and everything it may import."""
+    scripts = sorted(default_static_dir().rglob("*.js"))
+    assert default_static_dir() / "main.js" in scripts
+    return scripts
+
+
 def test_script_never_parses_strings_as_html() -> None:
-    script = (default_static_dir() / "app.js").read_text()
-    code = re.sub(r"//.*", "", script)  # the header comment names what it avoids
+    script = "\n".join(path.read_text() for path in _scripts())
+    code = re.sub(r"//.*", "", script)  # the header comments name what they avoid
     for sink in [
         "innerHTML",
         "outerHTML",
@@ -389,11 +401,20 @@ def test_script_never_parses_strings_as_html() -> None:
 
 
 async def test_static_files_are_served_with_headers(site: Site) -> None:
-    for name, kind in [("app.js", "javascript"), ("app.css", "text/css")]:
+    for name, kind in [
+        ("main.js", "text/javascript"),
+        ("views/messages.js", "text/javascript"),  # subfolders are served too
+        ("app.css", "text/css"),
+    ]:
         response = await site.client.get(f"/static/{name}")
-        assert response.status == 200
+        assert response.status == 200, name
         assert kind in response.headers["Content-Type"]
+        # Modules import each other without ?v=: the browser must revalidate them.
+        assert response.headers["Cache-Control"] == "no-cache"
         assert_security_headers(response, site.port)
+        etag = response.headers["ETag"]
+        again = await site.client.get(f"/static/{name}", headers={"If-None-Match": etag})
+        assert again.status == 304, name
     assert (await site.client.get("/static/../webpeer/web.py")).status in (403, 404)
     assert (await site.client.get("/static/%2e%2e/pyproject.toml")).status in (403, 404)
     assert (await site.client.get("/static/")).status in (403, 404)

@@ -1,0 +1,67 @@
+// The webpeer's JSON API over HTTP (README "JSON API").
+//
+// The token lives in an HttpOnly cookie that the server set when the page was
+// opened with ?token=; "same-origin" credentials send it, so JavaScript never
+// sees the token.  Every call resolves to the parsed JSON (null for 204) or
+// rejects with an Error whose message is the server's {"error": ...} text.
+
+async function errorText(response) {
+  try {
+    const body = await response.json();
+    if (body && typeof body.error === "string") return body.error;
+  } catch (_) {
+    // not JSON: fall through
+  }
+  return `HTTP ${response.status}`;
+}
+
+async function getJson(url, headers = {}) {
+  const response = await fetch(url, { headers, credentials: "same-origin" });
+  if (!response.ok) throw new Error(await errorText(response));
+  return response.json();
+}
+
+async function postJson(url, body) {
+  const response = await fetch(url, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Accept: "application/json" },
+    credentials: "same-origin",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (!response.ok) throw new Error(await errorText(response));
+  return response.status === 204 ? null : response.json();
+}
+
+export function fetchMe() {
+  return getJson("/api/me");
+}
+
+export function fetchPeers() {
+  return getJson("/api/peers");
+}
+
+export function fetchMessages(peerId) {
+  return getJson(`/api/messages?peer=${encodeURIComponent(peerId)}`, { Accept: "application/json" });
+}
+
+export function postMessage(to, text) {
+  return postJson("/api/messages", { to, text });
+}
+
+export function postRetry(messageId) {
+  return postJson(`/api/messages/${encodeURIComponent(messageId)}/retry`);
+}
+
+export function postRead(peerId) {
+  return postJson(`/api/peers/${encodeURIComponent(peerId)}/read`);
+}
+
+/** True when this browser has no valid token cookie (as opposed to "webpeer is down"). */
+export async function isSignedOut() {
+  try {
+    const response = await fetch("/api/me", { credentials: "same-origin" });
+    return response.status === 401;
+  } catch (_) {
+    return false;
+  }
+}

@@ -1,0 +1,165 @@
+// webpeer page, entry point: no framework, no build step.
+//
+// One loop: every event (from the websocket, from HTTP answers, from the
+// user) goes through dispatch(), which runs the reducer (state.js), redraws
+// the views (views/*.js) from the new state, then starts whatever the event
+// calls for (fetches, websocket requests).  The views only draw; the reducer
+// only computes; the network lives in api.js and socket.js.
+
+import * as api from "./api.js";
+import { PeerSocket } from "./socket.js";
+import { findPeer, initialState, readsOnArrival, reduce } from "./state.js";
+import { createBannersView } from "./views/banners.js";
+import { createComposerView } from "./views/composer.js";
+import { createConversationView } from "./views/conversation.js";
+import { createMessagesView } from "./views/messages.js";
+import { createMeView } from "./views/me.js";
+import { createPeersView } from "./views/peers.js";
+
+const MAX_TEXT_BYTES = 64 * 1024; // webpeer.api.MAX_TEXT_BYTES: refused here before it is sent
+const HASH_PEER = /^#peer-([1-9][0-9]{0,15})$/;
+
+function start() {
+  let state = initialState({ visible: document.visibilityState === "visible" });
+  let clientCounter = 1;
+  const newClientId = (prefix) => `${prefix}${Date.now().toString(36)}-${clientCounter++}`;
+
+  const socket = new PeerSocket({
+    onEvent: (event) => dispatch(event),
+    onOpen: () => dispatch({ type: "socket-opened" }),
+    onClose: ({ retryInMs, unanswered }) => {
+      dispatch({ type: "socket-closed", retryInSeconds: Math.ceil(retryInMs / 1000), unanswered });
+      // Tell "webpeer stopped" apart from "this browser is not signed in".
+      api.isSignedOut().then((signedOut) => signedOut && dispatch({ type: "signed-out" }));
+    },
+  });
+
+  const actions = {
+    select: (peerId) => selectPeer(peerId),
+    send: (text) => state.selected !== null && sendText(state.selected, text),
+    retry: (messageId) => retryMessage(messageId),
+    resend: (clientId) => resendPending(clientId),
+    showError: (error) => dispatch({ type: "error-shown", error }),
+    dismissError: () => dispatch({ type: "error-dismissed" }),
+  };
+  const composer = createComposerView(actions);
+  const views = [
+    createMeView(),
+    createBannersView(actions),
+    createPeersView(actions),
+    createConversationView(),
+    createMessagesView(actions),
+    composer,
+  ];
+
+  function dispatch(event) {
+    const before = state;
+    state = reduce(state, event);
+    for (const view of views) view.render(state);
+    followUp(event, before);
+  }
+
+  // What an event sets in motion beyond the state change.
+  function followUp(event, before) {
+    switch (event.type) {
+      case "hello":
+        // Catch up on anything missed while disconnected.
+        if (state.selected !== null) loadHistory(state.selected);
+        break;
+      case "message":
+        if (readsOnArrival(before, event.message)) tellRead(event.message.peer);
+        break;
+      case "resync":
+        reloadAll(); // we fell behind and events were dropped
+        break;
+      default:
+        break;
+    }
+  }
+
+  function selectPeer(peerId) {
+    dispatch({ type: "peer-selected", peer: peerId });
+    history.replaceState(null, "", `#peer-${peerId}`);
+    markRead(peerId);
+    loadHistory(peerId);
+    composer.focus();
+  }
+
+  function markRead(peerId) {
+    dispatch({ type: "marked-read", peer: peerId });
+    tellRead(peerId);
+  }
+
+  function tellRead(peerId) {
+    if (!socket.send({ type: "read", peer: peerId })) api.postRead(peerId).catch(() => {});
+  }
+
+  async function loadHistory(peerId) {
+    const since = state.liveClock;
+    try {
+      const messages = await api.fetchMessages(peerId);
+      dispatch({ type: "history-loaded", peer: peerId, messages, since });
+    } catch (error) {
+      actions.showError(`Could not load the conversation: ${error.message}`);
+    }
+  }
+
+  async function reloadAll() {
+    try {
+      const [me, peers] = await Promise.all([api.fetchMe(), api.fetchPeers()]);
+      dispatch({ type: "reloaded", me, peers });
+    } catch (error) {
+      actions.showError(`Could not reload the peer list: ${error.message}`);
+    }
+    if (state.selected !== null) loadHistory(state.selected);
+  }
+
+  function sendText(peerId, text) {
+    const clientId = newClientId("c");
+    dispatch({ type: "send-started", clientId, peer: peerId, text, time: Date.now() / 1000 });
+    const size = new TextEncoder().encode(text).length;
+    if (size > MAX_TEXT_BYTES) {
+      dispatch({ type: "send-failed", clientId, error: `too long: ${size} bytes, the limit is ${MAX_TEXT_BYTES}` });
+      return;
+    }
+    if (socket.request({ type: "send", to: peerId, text, client_id: clientId })) return;
+    api.postMessage(peerId, text)
+      .then((message) => dispatch({ type: "sent", client_id: clientId, message }))
+      .catch((error) => dispatch({ type: "send-failed", clientId, error: error.message }));
+  }
+
+  function resendPending(clientId) {
+    const pending = state.pending.get(clientId);
+    if (!pending) return;
+    dispatch({ type: "send-withdrawn", clientId });
+    sendText(pending.peer, pending.text);
+  }
+
+  function retryMessage(messageId) {
+    if (socket.request({ type: "retry", id: messageId, client_id: newClientId("r") })) return;
+    api.postRetry(messageId)
+      .then((message) => dispatch({ type: "sent", client_id: null, message }))
+      .catch((error) => actions.showError(`Retry failed: ${error.message}`));
+  }
+
+  document.addEventListener("visibilitychange", () => {
+    const visible = document.visibilityState === "visible";
+    dispatch({ type: "visibility-changed", visible });
+    if (visible && state.selected !== null) {
+      const peer = findPeer(state, state.selected);
+      if (peer && peer.unread) markRead(state.selected);
+    }
+  });
+
+  for (const view of views) view.render(state);
+  const match = HASH_PEER.exec(location.hash);
+  if (match) {
+    // Reopen the conversation of before the reload (no read mark, no focus: the user did nothing yet).
+    dispatch({ type: "peer-selected", peer: Number(match[1]) });
+    loadHistory(state.selected);
+  }
+  socket.connect();
+}
+
+// Module scripts run after the document is parsed, so the elements exist.
+start();

@@ -1,0 +1,262 @@
+// The page's state and its one reducer: reduce(state, event) -> state.
+//
+// Pure: no DOM, no clock, no network.  States are never changed in place; a
+// case returns a new object for every part it touches and shares the rest, so
+// a view can tell what changed by comparing references (===).
+//
+// Events come from two places:
+// - the webpeer's websocket (see webpeer/websocket.py): hello, message,
+//   status, peers, connection, me, resync, and the answers sent and error;
+// - the page itself (named in the past tense, for what already happened):
+//   peer-selected, visibility-changed, marked-read, send-started, send-failed,
+//   send-withdrawn, history-loaded, reloaded, socket-opened, socket-closed,
+//   signed-out, error-shown, error-dismissed.
+// A new feature adds its cases to HANDLERS below; unknown events change nothing
+// (a newer server may send events this page does not know).
+
+export function initialState({ selected = null, visible = true } = {}) {
+  return {
+    me: null,
+    peers: [], // in the server's order
+    conversations: new Map(), // peer id -> Map(message id -> message), in arrival order
+    messagePeer: new Map(), // message id -> peer id, for status events
+    // Live updates are numbered, so a history snapshot can tell which of its
+    // messages are older than what the websocket already said (see historyLoaded).
+    liveClock: 0,
+    liveAt: new Map(), // message id -> liveClock of its last live update
+    pending: new Map(), // client id -> {clientId, peer, text, time, status, error}, not stored yet
+    selected, // the open conversation's peer id, or null
+    visible, // the page is visible (so an open conversation is being read)
+    link: { connected: null, retryInSeconds: 0, signedOut: false }, // connected: null until the first try
+    error: null, // text of the error banner, or null when hidden
+    historyLoads: 0, // counts loads of the open conversation (the view then scrolls to the end)
+  };
+}
+
+export function reduce(state, event) {
+  const handler = event && HANDLERS.get(event.type);
+  return handler ? handler(state, event) : state;
+}
+
+// ---------------------------------------------------------------- queries
+
+export function findPeer(state, id) {
+  return state.peers.find((peer) => peer.id === id);
+}
+
+export function isMine(state, message) {
+  return state.me !== null && message.from === state.me.id;
+}
+
+export function conversationOf(state, peerId) {
+  return state.conversations.get(peerId) ?? EMPTY_CONVERSATION;
+}
+
+/** The open conversation is being read: its unread count is not shown and new messages in it are read. */
+export function isReading(state, peerId) {
+  return peerId === state.selected && state.visible;
+}
+
+/** A message event that the page should answer with "read": new, from the other side, being read. */
+export function readsOnArrival(state, message) {
+  return !conversationOf(state, message.peer).has(message.id) && !isMine(state, message) && isReading(state, message.peer);
+}
+
+const EMPTY_CONVERSATION = new Map();
+
+// ---------------------------------------------------------------- helpers
+
+function withPeerChanges(state, id, changes) {
+  if (!findPeer(state, id)) return state;
+  return { ...state, peers: state.peers.map((peer) => (peer.id === id ? { ...peer, ...changes } : peer)) };
+}
+
+function withPending(state, clientId, pending) {
+  const next = new Map(state.pending);
+  if (pending) next.set(clientId, pending);
+  else next.delete(clientId);
+  return { ...state, pending: next };
+}
+
+function withoutPending(state, clientId) {
+  return state.pending.has(clientId) ? withPending(state, clientId, null) : state;
+}
+
+// Store one message that the websocket (or an HTTP answer) just told us about.
+function storeLive(state, message) {
+  const conversations = new Map(state.conversations);
+  conversations.set(message.peer, new Map(conversationOf(state, message.peer)).set(message.id, message));
+  const liveClock = state.liveClock + 1;
+  return {
+    ...state,
+    conversations,
+    messagePeer: new Map(state.messagePeer).set(message.id, message.peer),
+    liveClock,
+    liveAt: new Map(state.liveAt).set(message.id, liveClock),
+  };
+}
+
+// ---------------------------------------------------------------- websocket events
+
+function hello(state, event) {
+  const next = { ...state, me: event.me, peers: event.peers };
+  // The open conversation is drawn again from the start (and reloaded by main.js).
+  return state.selected === null ? next : { ...next, historyLoads: state.historyLoads + 1 };
+}
+
+function message(state, event) {
+  const msg = event.message;
+  let next = state;
+  if (isMine(state, msg)) {
+    // Our own message may be announced before the "sent" answer: drop the
+    // pending copy so it never shows twice.
+    for (const pending of state.pending.values()) {
+      if (pending.peer === msg.peer && pending.text === msg.text && pending.status === "sending") {
+        next = withoutPending(next, pending.clientId);
+        break;
+      }
+    }
+  }
+  const known = conversationOf(state, msg.peer).has(msg.id);
+  next = storeLive(next, msg);
+  if (known || isMine(state, msg)) return next;
+  if (isReading(state, msg.peer)) return markedRead(next, { peer: msg.peer }); // main.js tells the server
+  const peer = findPeer(state, msg.peer);
+  return peer ? withPeerChanges(next, msg.peer, { unread: (peer.unread || 0) + 1 }) : next;
+}
+
+function status(state, event) {
+  const peerId = state.messagePeer.get(event.id);
+  if (peerId === undefined) return state; // not loaded on this page
+  const msg = conversationOf(state, peerId).get(event.id);
+  if (!msg) return state;
+  return storeLive(state, { ...msg, status: event.status, error: event.error ?? null });
+}
+
+function peers(state, event) {
+  return { ...state, peers: event.peers };
+}
+
+function connection(state, event) {
+  return withPeerChanges(state, event.peer, { connection: event.connection });
+}
+
+function me(state, event) {
+  return { ...state, me: event.me };
+}
+
+function sent(state, event) {
+  const next = event.client_id ? withoutPending(state, event.client_id) : state;
+  return storeLive(next, event.message);
+}
+
+function error(state, event) {
+  if (event.client_id && state.pending.has(event.client_id)) {
+    return sendFailed(state, { clientId: event.client_id, error: event.error });
+  }
+  return { ...state, error: event.error };
+}
+
+// ---------------------------------------------------------------- the page's own events
+
+function peerSelected(state, event) {
+  return { ...state, selected: event.peer };
+}
+
+function visibilityChanged(state, event) {
+  return { ...state, visible: event.visible };
+}
+
+function markedRead(state, event) {
+  const peer = findPeer(state, event.peer);
+  return peer && peer.unread ? withPeerChanges(state, event.peer, { unread: 0 }) : state;
+}
+
+function sendStarted(state, event) {
+  const { clientId, peer, text, time } = event;
+  return withPending(state, clientId, { clientId, peer, text, time, status: "sending", error: null });
+}
+
+function sendFailed(state, event) {
+  const pending = state.pending.get(event.clientId);
+  if (!pending) return state;
+  return withPending(state, event.clientId, { ...pending, status: "failed", error: event.error });
+}
+
+function sendWithdrawn(state, event) {
+  return withoutPending(state, event.clientId);
+}
+
+// A conversation fetched over HTTP.  `since` is the liveClock when the request
+// started: a message the websocket updated after that is newer than the snapshot.
+function historyLoaded(state, event) {
+  const conversation = new Map(conversationOf(state, event.peer));
+  const messagePeer = new Map(state.messagePeer);
+  for (const msg of event.messages) {
+    const live = state.liveAt.get(msg.id);
+    if (live !== undefined && live > event.since && conversation.has(msg.id)) continue;
+    conversation.set(msg.id, msg);
+    messagePeer.set(msg.id, msg.peer);
+  }
+  const conversations = new Map(state.conversations).set(event.peer, conversation);
+  const historyLoads = state.historyLoads + (event.peer === state.selected ? 1 : 0);
+  return { ...state, conversations, messagePeer, historyLoads };
+}
+
+// What /api/me and /api/peers said after a resync.
+function reloaded(state, event) {
+  return { ...state, me: event.me, peers: event.peers };
+}
+
+function socketOpened(state) {
+  return { ...state, link: { connected: true, retryInSeconds: 0, signedOut: false } };
+}
+
+// `unanswered`: client ids of requests the dead socket will never answer.
+function socketClosed(state, event) {
+  let next = state;
+  for (const clientId of event.unanswered ?? []) {
+    const pending = next.pending.get(clientId);
+    if (pending && pending.status === "sending") {
+      next = sendFailed(next, { clientId, error: "connection to webpeer lost" });
+    }
+  }
+  return { ...next, link: { connected: false, retryInSeconds: event.retryInSeconds, signedOut: false } };
+}
+
+function signedOut(state) {
+  return state.link.connected === false ? { ...state, link: { ...state.link, signedOut: true } } : state;
+}
+
+function errorShown(state, event) {
+  return { ...state, error: event.error };
+}
+
+function errorDismissed(state) {
+  return state.error === null ? state : { ...state, error: null };
+}
+
+const HANDLERS = new Map([
+  ["hello", hello],
+  ["message", message],
+  ["status", status],
+  ["peers", peers],
+  ["connection", connection],
+  ["me", me],
+  ["resync", (state) => state], // main.js reloads everything and reports "reloaded"
+  ["sent", sent],
+  ["error", error],
+  ["peer-selected", peerSelected],
+  ["visibility-changed", visibilityChanged],
+  ["marked-read", markedRead],
+  ["send-started", sendStarted],
+  ["send-failed", sendFailed],
+  ["send-withdrawn", sendWithdrawn],
+  ["history-loaded", historyLoaded],
+  ["reloaded", reloaded],
+  ["socket-opened", socketOpened],
+  ["socket-closed", socketClosed],
+  ["signed-out", signedOut],
+  ["error-shown", errorShown],
+  ["error-dismissed", errorDismissed],
+]);

@@ -1,0 +1,39 @@
+// The header: my name, id, fingerprint, public address, NAT type and server state.
+
+import { byTestId, changed } from "./dom.js";
+
+export function createMeView(root = document) {
+  const el = {
+    name: byTestId("my-name", root),
+    id: byTestId("my-id", root),
+    fingerprint: byTestId("my-fingerprint", root),
+    address: byTestId("my-address", root),
+    nat: byTestId("my-nat", root),
+    serverStatus: byTestId("server-status", root),
+    serverDot: byTestId("server-dot", root),
+  };
+  const memo = {};
+
+  function render(state) {
+    const me = state.me;
+    if (!me || !changed(memo, [me])) return;
+    el.name.textContent = me.name || "(no name)";
+    el.id.textContent = me.id === null || me.id === undefined ? "?" : String(me.id);
+    el.fingerprint.textContent = me.fingerprint || "";
+    el.address.textContent = me.public_address || "unknown yet";
+    const nat = me.nat || {};
+    const known = nat.type && nat.type !== "unknown";
+    el.nat.textContent = known ? nat.type : (nat.note ? "unknown" : "not known yet");
+    el.nat.title = known
+      ? `mapping ${nat.mapping}, filtering ${nat.filtering}`
+      : (nat.note || "asked of the rendezvous server after registering");
+    const registered = Boolean(me.registered);
+    el.serverStatus.textContent = registered
+      ? `registered with ${me.server}`
+      : `not registered (server ${me.server || "?"})`;
+    el.serverDot.dataset.state = registered ? "ok" : "down";
+    document.title = me.name ? `${me.name} · webpeer` : "webpeer";
+  }
+
+  return { render };
+}

@@ -1,0 +1,102 @@
+// The sidebar: the live peer list (online dot, unread badge, connection state,
+// key-changed warning, refusal reason) and the "Chat with id" form.
+
+import { byTestId, changed, connectionText, make } from "./dom.js";
+import { isReading } from "../state.js";
+
+const PEER_ID = /^[1-9][0-9]{0,15}$/;
+
+/** @param {{select: (peerId: number) => void, showError: (text: string) => void}} actions */
+export function createPeersView(actions, root = document) {
+  const list = byTestId("peer-list", root);
+  const noPeers = byTestId("no-peers", root);
+  const memo = {};
+
+  const itemOf = (event) => event.target.closest('[data-testid="peer-item"]');
+  list.addEventListener("click", (event) => {
+    const item = itemOf(event);
+    if (item) actions.select(Number(item.dataset.peerId));
+  });
+  list.addEventListener("keydown", (event) => {
+    const item = itemOf(event);
+    if (item && (event.key === "Enter" || event.key === " ")) {
+      event.preventDefault();
+      actions.select(Number(item.dataset.peerId));
+    }
+  });
+  byTestId("open-peer-form", root).addEventListener("submit", (event) => {
+    event.preventDefault();
+    const input = byTestId("open-peer-id", root);
+    const value = input.value.trim();
+    if (PEER_ID.test(value)) {
+      input.value = "";
+      actions.select(Number(value));
+    } else {
+      actions.showError("A peer id is a positive whole number.");
+    }
+  });
+
+  function render(state) {
+    if (!changed(memo, [state.peers, state.me, state.selected, state.visible])) return;
+    const myId = state.me ? state.me.id : undefined;
+    const items = state.peers.filter((peer) => peer.id !== myId).map((peer) => peerItem(state, peer));
+    list.replaceChildren(...items);
+    noPeers.hidden = items.length > 0;
+  }
+
+  return { render };
+}
+
+function peerItem(state, peer) {
+  const item = make("li", "peer");
+  item.dataset.testid = "peer-item";
+  item.dataset.peerId = String(peer.id);
+  item.dataset.online = peer.online ? "true" : "false";
+  item.tabIndex = 0;
+  item.setAttribute("role", "button");
+  if (peer.online) item.classList.add("online");
+  if (peer.id === state.selected) item.classList.add("selected");
+
+  const top = make("div", "peer-top");
+  const dot = make("span", "dot");
+  dot.dataset.testid = "online-dot";
+  dot.title = peer.online ? "online" : "offline";
+  top.append(dot);
+  const name = make("span", "peer-name", peer.name || "(no name)");
+  name.dataset.testid = "peer-name";
+  top.append(name, make("span", "peer-id", `#${peer.id}`));
+  // The open conversation is being read: no badge, even before the server agrees.
+  if (peer.unread > 0 && !isReading(state, peer.id)) {
+    const badge = make("span", "badge", peer.unread > 99 ? "99+" : peer.unread);
+    badge.dataset.testid = "unread-badge";
+    badge.title = `${peer.unread} unread`;
+    top.append(badge);
+  }
+  item.append(top);
+
+  const conn = connectionText(peer.connection);
+  const line = make("div", "peer-conn");
+  const stateSpan = make("span", `conn-state conn-${conn.state}`, conn.label);
+  stateSpan.dataset.testid = "connection-state";
+  stateSpan.dataset.state = conn.state;
+  line.append(stateSpan);
+  if (conn.address) {
+    const address = make("span", "conn-address mono", conn.address);
+    address.dataset.testid = "connection-address";
+    line.append(address);
+  }
+  item.append(line);
+
+  if (peer.key_changed) {
+    const warning = make("div", "key-changed", "⚠ key changed");
+    warning.dataset.testid = "key-warning";
+    warning.title = "This peer's key is not the one seen before";
+    item.append(warning);
+  }
+  if (peer.error) {
+    const error = make("div", "peer-error", peer.error);
+    error.dataset.testid = "peer-error";
+    item.append(error);
+  }
+  return item;
+}

@@ -1,0 +1,187 @@
+// The page's reducer (static/state.js), without a browser: `node --test`.
+// Run by tests/js/test_reducer.py, which says how.
+
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { conversationOf, findPeer, initialState, readsOnArrival, reduce } from "../../static/state.js";
+
+const ALICE = { id: 1, name: "alice", fingerprint: "SHA256:a", registered: true };
+const peer = (id, name, extra = {}) => ({ id, name, online: true, unread: 0, key_changed: false, error: null, connection: null, ...extra });
+const msg = (id, from, to, text, extra = {}) => ({ id, peer: from === 1 ? to : from, from, to, text, status: "received", time: 100, error: null, ...extra });
+
+function run(state, ...events) {
+  return events.reduce(reduce, state);
+}
+
+// A deep, comparable picture of a state (Maps included), to prove nothing was changed in place.
+function snapshot(value) {
+  return JSON.stringify(value, (_, v) => (v instanceof Map ? [...v] : v));
+}
+
+function greeted(options) {
+  return run(initialState(options), { type: "hello", me: ALICE, peers: [ALICE, peer(2, "bob"), peer(3, "carol")] });
+}
+
+test("hello sets me and the peers; an unknown event changes nothing", () => {
+  const state = greeted();
+  assert.equal(state.me.id, 1);
+  assert.deepEqual(state.peers.map((p) => p.id), [1, 2, 3]);
+  for (const type of ["wake", "constructor", "__proto__", "toString", "batch"]) {
+    assert.equal(reduce(state, { type }), state, type);
+  }
+  assert.equal(reduce(state, null), state);
+});
+
+test("the reducer never changes the state it is given", () => {
+  const events = [
+    { type: "hello", me: ALICE, peers: [ALICE, peer(2, "bob")] },
+    { type: "peer-selected", peer: 2 },
+    { type: "send-started", clientId: "c1", peer: 2, text: "hi", time: 101 },
+    { type: "message", message: msg("m1", 2, 1, "hello") },
+    { type: "sent", client_id: "c1", message: msg("m2", 1, 2, "hi", { status: "sending" }) },
+    { type: "status", id: "m2", status: "delivered", error: null },
+    { type: "connection", peer: 2, connection: { state: "direct", address: "127.0.0.1:5" } },
+    { type: "history-loaded", peer: 2, messages: [msg("m0", 2, 1, "old")], since: 0 },
+    { type: "socket-closed", retryInSeconds: 1, unanswered: [] },
+    { type: "error-shown", error: "boom" },
+  ];
+  let state = initialState();
+  for (const event of events) {
+    const before = snapshot(state);
+    const next = reduce(state, event);
+    assert.equal(snapshot(state), before, event.type);
+    assert.notEqual(next, state, event.type);
+    state = next;
+  }
+});
+
+test("a new message from a peer counts as unread unless its conversation is open and visible", () => {
+  let state = greeted();
+  state = reduce(state, { type: "message", message: msg("m1", 2, 1, "one") });
+  assert.equal(findPeer(state, 2).unread, 1);
+  // The same message again (history and live overlap) is not counted twice.
+  state = reduce(state, { type: "message", message: msg("m1", 2, 1, "one") });
+  assert.equal(findPeer(state, 2).unread, 1);
+
+  state = reduce(state, { type: "peer-selected", peer: 2 });
+  state = reduce(state, { type: "marked-read", peer: 2 });
+  assert.equal(findPeer(state, 2).unread, 0);
+  const incoming = msg("m2", 2, 1, "two");
+  assert.equal(readsOnArrival(state, incoming), true);
+  state = reduce(state, { type: "message", message: incoming });
+  assert.equal(findPeer(state, 2).unread, 0);
+
+  state = reduce(state, { type: "visibility-changed", visible: false });
+  assert.equal(readsOnArrival(state, msg("m3", 2, 1, "three")), false);
+  state = reduce(state, { type: "message", message: msg("m3", 2, 1, "three") });
+  assert.equal(findPeer(state, 2).unread, 1);
+
+  // My own messages are never unread; nor do they need a read mark.
+  assert.equal(readsOnArrival(state, msg("m4", 1, 3, "mine")), false);
+  state = reduce(state, { type: "message", message: msg("m4", 1, 3, "mine") });
+  assert.equal(findPeer(state, 3).unread, 0);
+});
+
+test("a send is pending until the sent answer stores it; my message event may come first", () => {
+  let state = run(greeted(), { type: "peer-selected", peer: 2 },
+    { type: "send-started", clientId: "c1", peer: 2, text: "hi", time: 101 },
+    { type: "send-started", clientId: "c2", peer: 2, text: "hi", time: 102 });
+  assert.deepEqual([...state.pending.keys()], ["c1", "c2"]);
+  assert.equal(state.pending.get("c1").status, "sending");
+
+  // Another tab's socket announced it first: the first matching pending copy goes.
+  state = reduce(state, { type: "message", message: msg("m1", 1, 2, "hi", { status: "sent" }) });
+  assert.deepEqual([...state.pending.keys()], ["c2"]);
+  state = reduce(state, { type: "sent", client_id: "c1", message: msg("m1", 1, 2, "hi", { status: "sent" }) });
+  state = reduce(state, { type: "sent", client_id: "c2", message: msg("m2", 1, 2, "hi", { status: "sending" }) });
+  assert.equal(state.pending.size, 0);
+  assert.deepEqual([...conversationOf(state, 2).keys()], ["m1", "m2"]);
+  assert.equal(findPeer(state, 2).unread, 0);
+});
+
+test("status events update known messages only", () => {
+  let state = run(greeted(), { type: "message", message: msg("m1", 1, 2, "hi", { status: "sending" }) });
+  const before = conversationOf(state, 2).get("m1");
+  state = reduce(state, { type: "status", id: "m1", status: "failed", error: "peer unreachable" });
+  const after = conversationOf(state, 2).get("m1");
+  assert.notEqual(after, before);
+  assert.deepEqual([after.status, after.error], ["failed", "peer unreachable"]);
+  state = reduce(state, { type: "status", id: "m1", status: "delivered" });
+  assert.equal(conversationOf(state, 2).get("m1").error, null);
+  assert.equal(reduce(state, { type: "status", id: "elsewhere", status: "sent" }), state);
+});
+
+test("an error answer fails its pending send; any other error goes to the banner", () => {
+  let state = run(greeted(), { type: "send-started", clientId: "c1", peer: 2, text: "hi", time: 1 });
+  state = reduce(state, { type: "error", client_id: "c1", status: 503, error: "not registered yet" });
+  assert.deepEqual([state.pending.get("c1").status, state.pending.get("c1").error], ["failed", "not registered yet"]);
+  assert.equal(state.error, null);
+  state = reduce(state, { type: "error", client_id: "r9", status: 409, error: "not failed" });
+  assert.equal(state.error, "not failed");
+  state = reduce(state, { type: "error-dismissed" });
+  assert.equal(state.error, null);
+  state = reduce(state, { type: "send-withdrawn", clientId: "c1" });
+  assert.equal(state.pending.size, 0);
+});
+
+test("a history snapshot does not undo what the websocket said after the request started", () => {
+  let state = run(greeted(), { type: "peer-selected", peer: 2 },
+    { type: "message", message: msg("m1", 1, 2, "early", { status: "sending" }) });
+  const since = state.liveClock;
+  state = reduce(state, { type: "status", id: "m1", status: "delivered" });
+  const loadsBefore = state.historyLoads;
+  state = reduce(state, {
+    type: "history-loaded", peer: 2, since,
+    messages: [msg("m0", 2, 1, "older"), msg("m1", 1, 2, "early", { status: "sent" })],
+  });
+  assert.equal(conversationOf(state, 2).get("m1").status, "delivered");
+  assert.equal(conversationOf(state, 2).get("m0").text, "older");
+  assert.equal(state.historyLoads, loadsBefore + 1);
+  // A status for a message that only history brought is applied.
+  state = reduce(state, { type: "status", id: "m0", status: "failed", error: "x" });
+  assert.equal(conversationOf(state, 2).get("m0").status, "failed");
+  // Another peer's history does not move the open conversation.
+  state = reduce(state, { type: "history-loaded", peer: 3, since: state.liveClock, messages: [] });
+  assert.equal(state.historyLoads, loadsBefore + 1);
+});
+
+test("peer list, connection and me events", () => {
+  let state = greeted();
+  state = reduce(state, { type: "connection", peer: 2, connection: { state: "relayed", address: "127.0.0.1:3478" } });
+  assert.equal(findPeer(state, 2).connection.state, "relayed");
+  assert.equal(reduce(state, { type: "connection", peer: 99, connection: null }), state);
+  state = reduce(state, { type: "peers", peers: [peer(2, "bobby")] });
+  assert.deepEqual(state.peers.map((p) => p.name), ["bobby"]);
+  state = reduce(state, { type: "me", me: { ...ALICE, registered: false } });
+  assert.equal(state.me.registered, false);
+  state = reduce(state, { type: "reloaded", me: ALICE, peers: [peer(2, "bob"), peer(4, "dan")] });
+  assert.deepEqual(state.peers.map((p) => p.id), [2, 4]);
+  assert.equal(reduce(state, { type: "resync" }), state); // main.js does the reloading
+});
+
+test("a closed socket fails the sends it will never answer, and says when it retries", () => {
+  let state = run(greeted(),
+    { type: "socket-opened" },
+    { type: "send-started", clientId: "c1", peer: 2, text: "a", time: 1 },
+    { type: "send-started", clientId: "c2", peer: 2, text: "b", time: 2 });
+  assert.equal(state.link.connected, true);
+  state = reduce(state, { type: "signed-out" });
+  assert.equal(state.link.signedOut, false); // only meaningful while disconnected
+  state = reduce(state, { type: "socket-closed", retryInSeconds: 2, unanswered: ["c1", "r5"] });
+  assert.deepEqual([state.pending.get("c1").status, state.pending.get("c1").error], ["failed", "connection to webpeer lost"]);
+  assert.equal(state.pending.get("c2").status, "sending"); // went over HTTP: its answer still comes
+  assert.deepEqual(state.link, { connected: false, retryInSeconds: 2, signedOut: false });
+  state = reduce(state, { type: "signed-out" });
+  assert.equal(state.link.signedOut, true);
+  state = reduce(state, { type: "socket-opened" });
+  assert.deepEqual(state.link, { connected: true, retryInSeconds: 0, signedOut: false });
+});
+
+test("hello again (a reconnect) redraws the open conversation", () => {
+  let state = run(greeted(), { type: "peer-selected", peer: 2 });
+  const loads = state.historyLoads;
+  state = reduce(state, { type: "hello", me: ALICE, peers: [] });
+  assert.equal(state.historyLoads, loads + 1);
+  assert.equal(state.selected, 2);
+});
