@@ -42,6 +42,7 @@ import os
 import ssl
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any
 
 from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .api import MAX_TEXT_BYTES, ApiError
+from . import validate
+from .api import ApiError
 from .events import MessageAdded, PageEvent, StatusChanged
 from .link import PeerLink
 from .peer_session import PeerSession
@@ -32,7 +33,6 @@ from .wire import Frame, FrameError, require
 logger = logging.getLogger("webpeer")
 
 JSON = dict[str, Any]
-MAX_ID_CHARS = 64  # a peer's message ids (ours are 32 hex digits)
 
 
 class History(Protocol):
@@ -169,16 +169,12 @@ class MessageFlow:
         assert peer_id is not None
         kind = frame["t"]
         if kind == "msg":
-            message_id = require(frame, "id", str)
-            text = require(frame, "text", str)
-            sent_at = frame.get("time")
             try:
-                size = len(text.encode("utf-8"))
-                message_id.encode("utf-8")
-            except UnicodeEncodeError:  # a lone surrogate: SQLite could not store it
-                raise FrameError("message is not valid Unicode") from None
-            if len(message_id) > MAX_ID_CHARS or size > MAX_TEXT_BYTES:
-                raise FrameError("message too long")
+                message_id = validate.message_id(frame.get("id"), max_chars=validate.MAX_FRAME_MESSAGE_ID_CHARS)
+                text = validate.message_text(frame.get("text"))
+            except validate.InvalidValue as error:
+                raise FrameError(f"frame 'msg': {error.message}") from None
+            sent_at = frame.get("time")
             finite = isinstance(sent_at, (int, float)) and not isinstance(sent_at, bool) and abs(sent_at) < 1e12
             when = float(sent_at) if finite else now
             # Ids are the sender's: scope them by sender.  Stored with the
@@ -219,7 +215,7 @@ class MessageFlow:
             self._after_commit.setdefault(link, []).extend(frames)
         receipts, self._receipts = self._receipts, {}
         for peer_id, message_ids in receipts.items():
-            valid = [m for m in message_ids if m and len(m) <= MAX_ID_CHARS and m.isascii()]  # ours are hex
+            valid = [m for m in message_ids if m and len(m) <= validate.MAX_FRAME_MESSAGE_ID_CHARS and m.isascii()]
             for message_id in self.history.mark_delivered(valid, peer_id, now=now):
                 self.context.publish(StatusChanged(message_id, str(Status.DELIVERED)))
 

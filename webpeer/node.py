@@ -22,7 +22,8 @@ from pathlib import Path
 from rendezvous.stun import Address
 from rendezvous.udp import UdpEndpoint
 
-from .api import JSON, MAX_TEXT_BYTES, ApiError
+from . import validate
+from .api import JSON, ApiError
 from .engine import EngineConfig, PeerEngine
 from .events import MessageAdded, PageEvent, Resync
 from .identity import Identity
@@ -169,18 +170,10 @@ class PeerNode:
         (so an answer to the page never gets ahead of the disk); bad input
         raises ApiError here.  ``answered_on``: the subscriber that gets the
         message as its answer, so not as a "message" event too."""
-        if not isinstance(text, str) or not text.strip():
-            raise ApiError(400, "message text is empty")
-        try:
-            size = len(text.encode("utf-8"))
-        except UnicodeEncodeError as error:  # a lone surrogate: SQLite could not store it
-            raise ApiError(400, f"message text is not valid Unicode: {error.reason}") from None
-        if size > MAX_TEXT_BYTES:
-            raise ApiError(413, f"message text is longer than {MAX_TEXT_BYTES} bytes")
+        text = validate.message_text(text)
         if self.engine.my_id is None:
             raise ApiError(503, "not registered with the rendezvous server yet")
-        if not isinstance(to, int) or isinstance(to, bool) or not 0 < to < 2**32:
-            raise ApiError(400, "'to' must be a peer id")
+        to = validate.peer_id(to, "to")
         draft = self.engine.draft(to, text, self.clock(), origin=answered_on)
         future: asyncio.Future[JSON] = asyncio.get_running_loop().create_future()
         self._outbox.append((draft, future))
