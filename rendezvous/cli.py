@@ -14,7 +14,7 @@ from typing import Sequence
 
 import platformdirs
 
-from .core import ServerConfig
+from .events import ServerConfig
 from .server import RendezvousServer
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import logging
 import os
 import socket
@@ -180,11 +179,3 @@ class UdpEndpoint:
             before = self._batch.send_errors
             self._batch.flush()
             self.stats["send_errors"] += self._batch.send_errors - before
-
-
-def is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
