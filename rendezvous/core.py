@@ -34,15 +34,28 @@ import hashlib
 import os
 import struct
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from . import legacy as legacy_text
-from .legacy_handling import LegacyTextHandler
 from .directory import Directory
+from .events import (
+    AMPLIFICATION_FACTOR,
+    MAX_REPLY_BYTES,
+    Dropped,
+    Event,
+    PeerOffline,
+    PeerOnline,
+    PendingRegistration,
+    RequestReceived,
+    ServerConfig,
+)
+from .legacy_handling import LegacyTextHandler
 from .ratelimit import KeyedLimiter
 from .registry import PeerRecord, is_legacy_identity
 from .stun import (
+    FINGERPRINT_XOR,
+    MAGIC_COOKIE_BYTES,
     MAX_RELAY_PAYLOAD,
     PUNCH_KEY_LENGTH,
     REASONS,
@@ -57,32 +70,18 @@ from .stun import (
     Method,
     PeerEntry,
     StunProtocolError,
-    FINGERPRINT_XOR,
-    MAGIC_COOKIE_BYTES,
-    decode,
-    encode,
     binding_body,
     binding_success_with_body,
-    refresh_success,
+    decode,
+    encode,
     encode_attribute,
     fast_binding_success,
     looks_like_stun,
     pack_type,
-)
-from .events import (
-    AMPLIFICATION_FACTOR,
-    MAX_REPLY_BYTES,
-    Dropped,
-    Event,
-    PeerOffline,
-    PeerOnline,
-    PendingRegistration,
-    RequestReceived,
-    ServerConfig,
+    refresh_success,
 )
 from .tokens import Tokens, registration_details, registration_payload, session_peer_id, verify_signature
 from .transactions import TransactionTable
-
 
 # The events and config are defined in events.py; they are named here too
 # because callers (the adapter, the tests) think of them as the core's.

@@ -11,9 +11,10 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .core import ServerCore
+from .directory import Directory
 from .events import (
     Dropped,
     PeerOffline,
@@ -22,7 +23,6 @@ from .events import (
     RequestReceived,
     ServerConfig,
 )
-from .directory import Directory
 from .registry import Registry
 from .stun import Address
 from .tokens import Tokens

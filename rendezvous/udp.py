@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 from . import mmsg
 from .stun import Address
@@ -69,7 +69,7 @@ class UdpEndpoint:
         *,
         batched: bool = True,
         buffer_size: int | None = 4 * 1024 * 1024,
-    ) -> "UdpEndpoint":
+    ) -> UdpEndpoint:
         """``batched=False`` and ``buffer_size=None`` (the kernel's default)
         for sockets that carry a few datagrams: the batch buffers cost about
         1.5 ms and 256 KiB per socket to set up."""

@@ -251,7 +251,8 @@ class RegistrationMachine:
             self._back_off(now, step.reason)
             return
         self.state = RegState.REGISTERED
-        self.peer_id, self.observed, self.granted_ttl, self._session = step.peer_id, step.observed, step.ttl, step.session
+        self.peer_id, self.observed = step.peer_id, step.observed
+        self.granted_ttl, self._session = step.ttl, step.session
         self._backoff = 1.0
         self._wake_at = now + max(1.0, step.ttl * REFRESH_FRACTION)
         self._next_list = now  # list right away, then every list_interval
