@@ -109,6 +109,8 @@ class _Request:
 
 
 class RegistrationMachine:
+    """One peer's registration at the server (see the module docstring)."""
+
     def __init__(
         self,
         identity: Identity,

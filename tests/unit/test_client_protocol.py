@@ -124,8 +124,8 @@ def test_handshake_registers_with_the_real_core() -> None:
     assert sent == 2 and handshake.signed
     assert isinstance(step, Registration)
     assert (step.peer_id, step.ttl, step.observed) == (1, 90, ME)
-    assert core.directory.get(1).nickname == "alice"
-    assert core.directory.get(1).local == (("10.0.0.2", 4000),)
+    record = core.directory.get(1)
+    assert record is not None and (record.nickname, record.local) == ("alice", local)
 
 
 def test_handshake_signs_the_first_challenge_only() -> None:
