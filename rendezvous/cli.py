@@ -9,12 +9,12 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import platformdirs
 
-from .core import ServerConfig
+from .events import ServerConfig
 from .server import RendezvousServer
 
 

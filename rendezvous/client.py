@@ -1,9 +1,11 @@
-"""Client side of the rendezvous protocol.
+"""An asyncio client of the rendezvous server over its own UDP socket.
 
-``requests`` builds the request messages (pure); :class:`RendezvousClient`
-is a small asyncio client over its own UDP socket, with RFC 8489
-retransmissions, used by the tests, the benchmark and the command line.
-The webpeer drives the same messages from its own sans-IO state machine.
+:class:`RendezvousClient` is used by the tests, the benchmarks and the
+command-line tool.  It only moves bytes and timers: building and signing
+requests, retransmission, matching answers and acknowledging introductions
+are :mod:`rendezvous.client_protocol`'s, which the webpeer's sans-IO
+registration machine uses too.  The names tests and tools import from here
+(``register_request``, ``PeerInfo`` ...) are re-exported from there.
 """
 
 from __future__ import annotations
@@ -17,25 +19,51 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from .client_protocol import (
+    INTERACTIVE_POLICY,
+    Answer,
+    Introduction,
+    PeerInfo,
+    RegisterHandshake,
+    RegisterRefused,
+    Registration,
+    RelayData,
+    ServerConversation,
+    error_of,
+    new_request,
+    register_request,
+    relay_indication,
+    session_request,
+)
 from .stun import (
     Address,
     Attr,
-    Candidate,
-    CandidateKind,
     Message,
-    MessageClass,
     Method,
     PeerEntry,
     StunProtocolError,
     decode,
-    encode,
 )
-from .tokens import registration_details, registration_payload
-from .transactions import RetransmitPolicy, TransactionTable
+from .transactions import RetransmitPolicy
 from .udp import UdpEndpoint
 
-# Interactive default: give up after ~3 s instead of the RFC's 39.5 s.
-FAST_POLICY = RetransmitPolicy(rto=0.25, max_sends=5, last_wait_factor=4)
+__all__ = [
+    "FAST_POLICY",
+    "MalformedAnswer",
+    "PeerInfo",
+    "Registration",
+    "RendezvousClient",
+    "RendezvousError",
+    "TransactionTimeout",
+    "cursor_after",
+    "new_request",
+    "public_key_bytes",
+    "register_request",
+    "session_request",
+]
+
+# The interactive policy under the name callers know.
+FAST_POLICY = INTERACTIVE_POLICY
 
 
 def public_key_bytes(private_key: Ed25519PrivateKey) -> bytes:
@@ -52,71 +80,12 @@ class RendezvousError(Exception):
         self.response = response
 
 
+class MalformedAnswer(Exception):
+    """The server's success answer lacks what the protocol requires."""
+
+
 class TransactionTimeout(Exception):
     """No answer after all retransmissions."""
-
-
-def new_request(method: Method) -> Message:
-    return Message(method, MessageClass.REQUEST, os.urandom(12))
-
-
-def register_request(
-    public_key: bytes,
-    *,
-    nickname: str = "",
-    local: tuple[Address, ...] = (),
-    ttl: int | None = None,
-    challenge: bytes | None = None,
-    signature: bytes | None = None,
-) -> Message:
-    message = new_request(Method.REGISTER).add(Attr.PUBLIC_KEY, public_key)
-    if nickname:
-        message.add(Attr.NICKNAME, nickname)
-    for address in local:
-        message.add(Attr.CANDIDATE, Candidate(CandidateKind.LOCAL, address))
-    if ttl is not None:
-        message.add(Attr.TTL, ttl)
-    if challenge is not None:
-        message.add(Attr.CHALLENGE, challenge)
-    if signature is not None:
-        message.add(Attr.SIGNATURE, signature)
-    return message
-
-
-def session_request(method: Method, session: bytes, *attributes: tuple[int, Any]) -> Message:
-    message = new_request(method).add(Attr.SESSION, session)
-    for code, value in attributes:
-        message.add(code, value)
-    return message
-
-
-@dataclass(frozen=True)
-class Registration:
-    peer_id: int
-    ttl: int
-    observed: Address
-    session: bytes
-
-
-@dataclass(frozen=True)
-class PeerInfo:
-    """What CONNECT and INTRODUCE say about the other side."""
-
-    peer_id: int
-    public_key: bytes
-    nickname: str
-    candidates: tuple[Candidate, ...]
-    punch_key: bytes | None = None  # shared by both sides of one introduction
-
-    @classmethod
-    def from_message(cls, message: Message) -> "PeerInfo":
-        return cls(
-            peer_id=message.get(Attr.PEER_ID),
-            public_key=message.get(Attr.PUBLIC_KEY),
-            nickname=message.get(Attr.NICKNAME, ""),
-            candidates=tuple(message.get_all(Attr.CANDIDATE)),
-            punch_key=message.get(Attr.PUNCH_KEY),
-        )
 
 
 @dataclass
@@ -133,16 +102,15 @@ class RendezvousClient:
     def __post_init__(self) -> None:
         self.public_key = public_key_bytes(self.private_key)
         self._endpoint: UdpEndpoint | None = None
-        self._table: TransactionTable[asyncio.Future[Message]] = TransactionTable(self.policy)
+        self._conversation: ServerConversation[asyncio.Future[Message]] = ServerConversation(self.policy)
         self._timer: asyncio.TimerHandle | None = None
         self.introductions: asyncio.Queue[PeerInfo] = asyncio.Queue()
         self.relayed: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
         self.other: asyncio.Queue[tuple[bytes, Address]] = asyncio.Queue()
-        self._seen_introductions: dict[bytes, None] = {}
 
     # ------------------------------------------------------------ socket
 
-    async def open(self, host: str = "127.0.0.1", port: int = 0) -> "RendezvousClient":
+    async def open(self, host: str = "127.0.0.1", port: int = 0) -> RendezvousClient:
         self._endpoint = UdpEndpoint.bind(host, port, self._on_datagram, lambda: None)
         self._endpoint.start()
         return self
@@ -174,26 +142,24 @@ class RendezvousClient:
             message = decode(data, require_fingerprint=True)
         except StunProtocolError:
             return
-        if message.message_class in (MessageClass.SUCCESS, MessageClass.ERROR):
-            future = self._table.complete(message.transaction_id)
-            if future is not None and not future.done():
-                future.set_result(message)
-        elif message.message_class == MessageClass.REQUEST and message.method == Method.INTRODUCE:
-            ack = Message(Method.INTRODUCE, MessageClass.SUCCESS, message.transaction_id)
-            self.send_raw(encode(ack))
-            # A retransmission (our ack was lost) is acknowledged again but reported once.
-            if message.transaction_id not in self._seen_introductions:
-                self._seen_introductions[message.transaction_id] = None
-                if len(self._seen_introductions) > 256:
-                    del self._seen_introductions[next(iter(self._seen_introductions))]
-                self.introductions.put_nowait(PeerInfo.from_message(message))
-        elif message.message_class == MessageClass.INDICATION and message.method == Method.DATA:
-            self.relayed.put_nowait((message.get(Attr.PEER_ID), message.get(Attr.DATA)))
+        received = self._conversation.receive(message)
+        if isinstance(received, Answer):
+            if not received.context.done():
+                received.context.set_result(message)
+        elif isinstance(received, Introduction):
+            self.introductions.put_nowait(received.info)
+        elif isinstance(received, RelayData):
+            self.relayed.put_nowait((received.peer_id, received.payload))
+        self._send_queued()  # INTRODUCE acks
+
+    def _send_queued(self) -> None:
+        for data in self._conversation.datagrams_to_send():
+            self.send_raw(data)
 
     def _arm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        at = self._table.get_timer()
+        at = self._conversation.get_timer()
         if at is None:
             return
         loop = asyncio.get_running_loop()
@@ -201,28 +167,26 @@ class RendezvousClient:
 
     def _on_timer(self) -> None:
         loop = asyncio.get_running_loop()
-        result = self._table.handle_timer(loop.time())
-        for data, _ in result.resend:
-            self.send_raw(data)
-        for _, future in result.timed_out:
+        for future in self._conversation.handle_timer(loop.time()):
             if not future.done():
                 future.set_exception(TransactionTimeout("no answer from the rendezvous server"))
+        self._send_queued()
         self._arm()
 
     async def request(self, message: Message, *, check: bool = True) -> Message:
         """Send a request, retransmitting, and return the response."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Message] = loop.create_future()
-        data = encode(message)
-        self.send_raw(self._table.start(message.transaction_id, data, future, loop.time()))
+        self._conversation.request(message, future, loop.time())
+        self._send_queued()
         self._arm()
         try:
             response = await future
         finally:
-            self._table.cancel(message.transaction_id)
-        if check and response.message_class == MessageClass.ERROR:
-            code, reason = response.get(Attr.ERROR_CODE)
-            raise RendezvousError(code, reason, response)
+            self._conversation.cancel(message.transaction_id)
+        error = error_of(response) if check else None
+        if error is not None:
+            raise RendezvousError(error.code, error.reason, response)
         return response
 
     # ------------------------------------------------------------ methods
@@ -233,27 +197,18 @@ class RendezvousClient:
         return observed
 
     async def register(self, ttl: int | None = None) -> Registration:
-        first = register_request(self.public_key, nickname=self.nickname, local=self.local, ttl=ttl)
-        response = await self.request(first, check=False)
-        if response.message_class == MessageClass.ERROR:
-            challenge = response.get(Attr.CHALLENGE)
-            if challenge is None:
-                code, reason = response.get(Attr.ERROR_CODE)
-                raise RendezvousError(code, reason, response)
-            details = registration_details(self.nickname, self.local, ttl)
-            signature = self.private_key.sign(registration_payload(challenge, self.public_key, details))
-            signed = register_request(
-                self.public_key, nickname=self.nickname, local=self.local, ttl=ttl,
-                challenge=challenge, signature=signature,
-            )
-            response = await self.request(signed)
-        self.registration = Registration(
-            peer_id=response.get(Attr.PEER_ID),
-            ttl=response.get(Attr.TTL),
-            observed=response.get(Attr.XOR_MAPPED_ADDRESS),
-            session=response.get(Attr.SESSION),
+        handshake = RegisterHandshake(
+            self.private_key, self.public_key, nickname=self.nickname, local=self.local, ttl=ttl
         )
-        return self.registration
+        step: Message | Registration | RegisterRefused = handshake.first_request()
+        while isinstance(step, Message):
+            step = handshake.answer(await self.request(step, check=False))
+        if isinstance(step, RegisterRefused):
+            if step.error is None:
+                raise MalformedAnswer(step.reason)
+            raise RendezvousError(step.error.code, step.error.reason, step.response)
+        self.registration = step
+        return step
 
     def _session(self) -> bytes:
         if self.registration is None:
@@ -293,9 +248,8 @@ class RendezvousClient:
         return PeerInfo.from_message(response)
 
     def send_relayed(self, peer_id: int, payload: bytes) -> None:
-        message = Message(Method.SEND, MessageClass.INDICATION, os.urandom(12))
-        message.add(Attr.SESSION, self._session()).add(Attr.PEER_ID, peer_id).add(Attr.DATA, payload)
-        self.send_raw(encode(message))
+        self._conversation.indicate(relay_indication(self._session(), peer_id, payload, os.urandom(12)))
+        self._send_queued()
 
 
 def cursor_after(peer_id: int) -> bytes:

@@ -17,8 +17,9 @@ the clock or the disk.  The wire format is in docs/PROTOCOL.md; in short:
     -> SEND indication (SESSION, PEER-ID dest, DATA)
                          and to the dest:   DATA indication (PEER-ID source, DATA)
 
-The course project's plain-text protocol is answered in legacy_handling.py (a
-mixin of the core).
+The course project's plain-text protocol is answered by a
+:class:`~rendezvous.legacy_handling.LegacyTextHandler` that the core holds;
+it reaches the core only through the narrow context at the end of this file.
 
 REGISTER is the one request that needs the (async) registry: the core hands
 it out as a :class:`PendingRegistration`; the adapter gets the id from the
@@ -33,15 +34,28 @@ import hashlib
 import os
 import struct
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from . import legacy as legacy_text
-from .legacy_handling import LegacyTextMixin
 from .directory import Directory
+from .events import (
+    AMPLIFICATION_FACTOR,
+    MAX_REPLY_BYTES,
+    Dropped,
+    Event,
+    PeerOffline,
+    PeerOnline,
+    PendingRegistration,
+    RequestReceived,
+    ServerConfig,
+)
+from .legacy_handling import LegacyTextHandler
 from .ratelimit import KeyedLimiter
 from .registry import PeerRecord, is_legacy_identity
 from .stun import (
+    FINGERPRINT_XOR,
+    MAGIC_COOKIE_BYTES,
     MAX_RELAY_PAYLOAD,
     PUNCH_KEY_LENGTH,
     REASONS,
@@ -56,31 +70,32 @@ from .stun import (
     Method,
     PeerEntry,
     StunProtocolError,
-    FINGERPRINT_XOR,
-    MAGIC_COOKIE_BYTES,
-    decode,
-    encode,
     binding_body,
     binding_success_with_body,
-    refresh_success,
+    decode,
+    encode,
     encode_attribute,
     fast_binding_success,
     looks_like_stun,
     pack_type,
-)
-from .events import (
-    AMPLIFICATION_FACTOR,
-    MAX_REPLY_BYTES,
-    Dropped,
-    Event,
-    PeerOffline,
-    PeerOnline,
-    PendingRegistration,
-    RequestReceived,
-    ServerConfig,
+    refresh_success,
 )
 from .tokens import Tokens, registration_details, registration_payload, session_peer_id, verify_signature
 from .transactions import TransactionTable
+
+# The events and config are defined in events.py; they are named here too
+# because callers (the adapter, the tests) think of them as the core's.
+__all__ = [
+    "IN_PROGRESS",
+    "Dropped",
+    "Event",
+    "PeerOffline",
+    "PeerOnline",
+    "PendingRegistration",
+    "RequestReceived",
+    "ServerConfig",
+    "ServerCore",
+]
 
 
 class _InProgress:
@@ -91,7 +106,7 @@ IN_PROGRESS = _InProgress()
 
 
 @dataclass
-class ServerCore(LegacyTextMixin):
+class ServerCore:
     """All the server's protocol logic; see the module docstring."""
 
     config: ServerConfig
@@ -122,7 +137,7 @@ class ServerCore(LegacyTextMixin):
         # IPv4 source -> pre-built Binding response body (its XOR-MAPPED-ADDRESS
         # does not depend on the transaction id for IPv4).
         self._binding_bodies: dict[Address, bytes] = {}
-        self._legacy_bytes = KeyedLimiter(c.legacy_bytes_per_second, c.legacy_bytes_per_second * 2)
+        self._legacy = LegacyTextHandler(_LegacyPort(self))
         self._handlers: dict[int, Callable[[Message, Address, float, int], Message | None]] = {
             Method.REFRESH: self._refresh,
             Method.UNREGISTER: self._unregister,
@@ -178,7 +193,7 @@ class ServerCore(LegacyTextMixin):
         if looks_like_stun(data):
             self._receive_stun(data, address, now)
         elif self.config.legacy_text and legacy_text.looks_like_legacy(data):
-            self._receive_legacy(data, address, now)
+            self._legacy.receive(data, address, now)
         else:
             self._drop("not STUN", address)
 
@@ -452,7 +467,7 @@ class ServerCore(LegacyTextMixin):
         self.stats["registered"] += 1
         request = pending.request
         if request is None:
-            self._outbox.append((legacy_text.format_register_ack(peer_id), pending.address))
+            self._legacy.registered(pending, peer_id)
             return
         reply = self._success(request)
         reply.add(Attr.PEER_ID, peer_id)
@@ -468,7 +483,7 @@ class ServerCore(LegacyTextMixin):
         """The registry could not assign an id (overloaded or broken)."""
         self.stats["registry_failures"] += 1
         if pending.request is None:
-            self._outbox.append((legacy_text.format_error("try again later"), pending.address))
+            self._legacy.registration_failed(pending)
             return
         self._replies.pop((pending.address, pending.request.transaction_id), None)
         reply = self._error(pending.request, ErrorCode.TRY_AGAIN_LATER)
@@ -710,3 +725,41 @@ def _introduction_id(request_id: bytes, target: PeerRecord) -> bytes:
     """Derived from the CONNECT's id so that a retransmitted CONNECT whose reply was
     cached does not start a second introduction; unguessable since the request's is."""
     return hashlib.sha256(b"introduce" + request_id + struct.pack("!I", target.peer_id)).digest()[:12]
+
+
+class _LegacyPort:
+    """The core as the legacy handler sees it (:class:`~rendezvous.legacy_handling.LegacyContext`):
+    its outputs, its drop counter and the rate limits both protocols share."""
+
+    def __init__(self, core: ServerCore) -> None:
+        self._core = core
+
+    @property
+    def config(self) -> ServerConfig:
+        return self._core.config
+
+    @property
+    def directory(self) -> Directory:
+        return self._core.directory
+
+    @property
+    def stats(self) -> Counter[str]:
+        return self._core.stats
+
+    def send(self, data: bytes, address: Address) -> None:
+        self._core._outbox.append((data, address))
+
+    def report(self, event: Event) -> None:
+        self._core._events.append(event)
+
+    def drop(self, reason: str, address: Address) -> None:
+        self._core._drop(reason, address)
+
+    def queue_registration(self, pending: PendingRegistration) -> None:
+        self._core._registrations.append(pending)
+
+    def allow_register(self, address: Address, now: float) -> bool:
+        return self._core._register_limit.allow(address[0], now)
+
+    def allow_request(self, peer_id: int, now: float) -> bool:
+        return self._core._request_limit.allow(peer_id, now)

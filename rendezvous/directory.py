@@ -10,13 +10,12 @@ dirty records in one batch every few seconds.
 from __future__ import annotations
 
 import heapq
-from typing import Iterator
+from collections.abc import Iterator
 
 from sortedcontainers import SortedList
 
 from .registry import PeerRecord, is_legacy_identity
 from .stun import Address
-
 
 SLOTS_PER_SECOND = 4
 
@@ -28,8 +27,8 @@ def _slot(when: float) -> int:
 class Directory:
     def __init__(self) -> None:
         self._by_id: dict[int, PeerRecord] = {}
-        self._modern_ids: SortedList = SortedList()
-        self._legacy_ids: SortedList = SortedList()
+        self._modern_ids: SortedList[int] = SortedList()
+        self._legacy_ids: SortedList[int] = SortedList()
         # Legacy (plain-text) peers are known only by their address.
         self._legacy_by_address: dict[Address, int] = {}
         # Expiry wheel: slot (a quarter of a second) -> ids that may expire in

@@ -1,4 +1,5 @@
-"""The rendezvous server core's configuration and the events it reports.
+"""The rendezvous server core's configuration, the protocol's reply limits,
+and the events the core reports to its adapter.
 
 Split from core.py so that the core file holds the protocol logic only.
 """

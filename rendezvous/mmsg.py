@@ -19,7 +19,7 @@ import errno
 import os
 import socket
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 from .stun import Address
 

@@ -10,8 +10,9 @@ microseconds, batched), so no threads are involved.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol
+from typing import Protocol
 
 from .stun import Address
 

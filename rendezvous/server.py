@@ -11,18 +11,18 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from .core import (
+from .core import ServerCore
+from .directory import Directory
+from .events import (
     Dropped,
     PeerOffline,
     PeerOnline,
     PendingRegistration,
     RequestReceived,
     ServerConfig,
-    ServerCore,
 )
-from .directory import Directory
 from .registry import Registry
 from .stun import Address
 from .tokens import Tokens
@@ -63,7 +63,6 @@ class RendezvousServer:
         self._timer_at: float | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._registering: set[asyncio.Task[None]] = set()
-        self._stopped = asyncio.Event()
 
     @property
     def address(self) -> Address:
@@ -122,11 +121,7 @@ class RendezvousServer:
         if self.core is not None:
             await self.registry.save(self.core.directory.take_dirty())
         await self.registry.close()
-        self._stopped.set()
         logger.info("Rendezvous server stopped")
-
-    async def wait_stopped(self) -> None:
-        await self._stopped.wait()
 
     # ------------------------------------------------------------ plumbing
 

@@ -15,8 +15,9 @@ import hashlib
 import hmac
 import socket
 import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, NamedTuple
 
 MAGIC_COOKIE = 0x2112A442
 MAGIC_COOKIE_BYTES = struct.pack("!I", MAGIC_COOKIE)
@@ -404,7 +405,7 @@ class Message:
     def get_all(self, code: int) -> list[Any]:
         return [value for attr_code, value in self.attributes if attr_code == code]
 
-    def add(self, code: int, value: Any) -> "Message":
+    def add(self, code: int, value: Any) -> Message:
         self.attributes.append((code, value))
         return self
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import logging
 import os
 import socket
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 from . import mmsg
 from .stun import Address
@@ -70,7 +69,7 @@ class UdpEndpoint:
         *,
         batched: bool = True,
         buffer_size: int | None = 4 * 1024 * 1024,
-    ) -> "UdpEndpoint":
+    ) -> UdpEndpoint:
         """``batched=False`` and ``buffer_size=None`` (the kernel's default)
         for sockets that carry a few datagrams: the batch buffers cost about
         1.5 ms and 256 KiB per socket to set up."""
@@ -180,11 +179,3 @@ class UdpEndpoint:
             before = self._batch.send_errors
             self._batch.flush()
             self.stats["send_errors"] += self._batch.send_errors - before
-
-
-def is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True

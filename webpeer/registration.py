@@ -7,33 +7,39 @@ when the server has forgotten it (401 on refresh, e.g. after a server
 restart) or when the server stops answering, lists the online peers every
 few seconds, asks for introductions, acknowledges the server's INTRODUCE
 requests and unregisters on a clean exit.
+
+The protocol itself (building and signing REGISTER, retransmission, matching
+answers, acknowledging INTRODUCE once) is rendezvous.client_protocol's, shared
+with the asyncio client; this machine decides when to register, refresh,
+list and back off.
 """
 
 from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
 
-from rendezvous.client import PeerInfo, register_request, session_request
-from rendezvous.stun import (
-    MAX_RELAY_PAYLOAD,
-    Address,
-    Attr,
-    Message,
-    MessageClass,
-    Method,
-    PeerEntry,
-    encode,
+from rendezvous.client_protocol import (
+    INTERACTIVE_POLICY,
+    Answer,
+    Introduction,
+    PeerInfo,
+    RegisterHandshake,
+    RegisterRefused,
+    RelayData,
+    ServerConversation,
+    error_of,
+    relay_indication,
+    session_request,
 )
-from rendezvous.tokens import registration_details, registration_payload
-from rendezvous.transactions import RetransmitPolicy, TransactionTable
+from rendezvous.stun import MAX_RELAY_PAYLOAD, Address, Attr, Message, Method, PeerEntry
+from rendezvous.transactions import RetransmitPolicy
 
 from .identity import Identity
 
-# Interactive: a lost server is noticed in ~3 s, not the RFC's 39.5 s.
-POLICY = RetransmitPolicy(rto=0.25, max_sends=5, last_wait_factor=4)
+POLICY = INTERACTIVE_POLICY
 REFRESH_FRACTION = 0.35  # refresh at 35% of the TTL: 21 s of 60
 MAX_BACKOFF = 30.0
 
@@ -103,6 +109,8 @@ class _Request:
 
 
 class RegistrationMachine:
+    """One peer's registration at the server (see the module docstring)."""
+
     def __init__(
         self,
         identity: Identity,
@@ -125,26 +133,24 @@ class RegistrationMachine:
         self.granted_ttl = ttl
         self._session: bytes | None = None
         self._random = random_bytes
-        self._table: TransactionTable[_Request] = TransactionTable(policy)
-        self._outbox: list[bytes] = []
+        self._conversation: ServerConversation[_Request] = ServerConversation(policy)
+        self._handshake: RegisterHandshake | None = None
         self._events: list[RegEvent] = []
         self._wake_at: float | None = None  # next refresh, retry or list
         self._next_list: float | None = None
         self._backoff = 1.0
-        self._seen_introductions: dict[bytes, None] = {}
         self._listing = False
 
     # ------------------------------------------------------------ outputs
 
     def datagrams_to_send(self) -> list[bytes]:
-        out, self._outbox = self._outbox, []
-        return out
+        return self._conversation.datagrams_to_send()
 
     def next_event(self) -> RegEvent | None:
         return self._events.pop(0) if self._events else None
 
     def get_timer(self) -> float | None:
-        times = [t for t in (self._table.get_timer(), self._wake_at, self._next_list) if t is not None]
+        times = [t for t in (self._conversation.get_timer(), self._wake_at, self._next_list) if t is not None]
         return min(times) if times else None
 
     # ------------------------------------------------------------ commands
@@ -174,32 +180,24 @@ class RegistrationMachine:
             self._listing = True
             self._request(session_request(Method.LIST, self._session, (Attr.LIMIT, 100)), _Request("list"), now)
 
-    def session_token(self) -> bytes | None:
-        return self._session
-
     def send_relayed(self, peer_id: int, payload: bytes) -> bool:
         """Queue a SEND indication: the server forwards ``payload`` to
         ``peer_id`` as DATA.  False when not registered (nothing sent)."""
         if self._session is None or self.state is not RegState.REGISTERED or len(payload) > MAX_RELAY_PAYLOAD:
             return False
-        message = Message(Method.SEND, MessageClass.INDICATION, self._random(12))
-        message.add(Attr.SESSION, self._session).add(Attr.PEER_ID, peer_id).add(Attr.DATA, payload)
-        self._outbox.append(encode(message))
+        self._conversation.indicate(relay_indication(self._session, peer_id, payload, self._random(12)))
         return True
 
     # ------------------------------------------------------------ input
 
     def handle_timer(self, now: float) -> None:
-        result = self._table.handle_timer(now)
-        for data, _ in result.resend:
-            self._outbox.append(data)
-        for _, request in result.timed_out:
-            self._on_timeout(request, now)
+        for timed_out in self._conversation.handle_timer(now):
+            self._on_timeout(timed_out, now)
         if self._wake_at is not None and self._wake_at <= now:
             self._wake_at = None
             if self.state is RegState.REGISTERED and self._session is not None:
-                request = session_request(Method.REFRESH, self._session, (Attr.TTL, self.ttl))
-                self._request(request, _Request("refresh"), now)
+                refresh = session_request(Method.REFRESH, self._session, (Attr.TTL, self.ttl))
+                self._request(refresh, _Request("refresh"), now)
             elif self.state is RegState.BACKING_OFF:
                 self._register(now)
         if self._next_list is not None and self._next_list <= now:
@@ -208,75 +206,65 @@ class RegistrationMachine:
 
     def receive(self, message: Message, now: float) -> None:
         """A decoded STUN message from the server's address."""
-        cls = message.message_class
-        if cls == MessageClass.REQUEST and message.method == Method.INTRODUCE:
-            self._on_introduce(message)
-            return
-        if cls == MessageClass.INDICATION and message.method == Method.DATA:
-            peer_id, payload = message.get(Attr.PEER_ID), message.get(Attr.DATA)
-            if isinstance(peer_id, int) and isinstance(payload, bytes):
-                self._events.append(Relayed(peer_id, payload))
-            return
-        if cls not in (MessageClass.SUCCESS, MessageClass.ERROR):
-            return
-        request = self._table.complete(message.transaction_id)
-        if request is None:
-            return  # late or stray answer
-        handler = getattr(self, f"_on_{request.kind}")
-        handler(request, message, now)
+        received = self._conversation.receive(message)
+        if isinstance(received, Introduction):
+            self._events.append(Introduced(received.info))
+        elif isinstance(received, RelayData):
+            self._events.append(Relayed(received.peer_id, received.payload))
+        elif isinstance(received, Answer):
+            request = received.context
+            if request.kind == "register":
+                self._on_register(message, now)
+            elif request.kind == "refresh":
+                self._on_refresh(message, now)
+            elif request.kind == "unregister":
+                self._stopped()
+            elif request.kind == "list":
+                self._on_list(request, message, now)
+            else:
+                self._on_connect(request, message, now)
 
     # ------------------------------------------------------------ internals
 
     def _request(self, message: Message, context: _Request, now: float) -> None:
+        # Ids come from the injected randomness, so tests can fix them.
         message.transaction_id = self._random(12)
-        self._outbox.append(self._table.start(message.transaction_id, encode(message), context, now))
+        self._conversation.request(message, context, now)
 
-    def _register(self, now: float, challenge: bytes | None = None) -> None:
-        signature = None
-        if challenge is not None:
-            details = registration_details(self.nickname, self.local, self.ttl)
-            signature = self.identity.sign(registration_payload(challenge, self.identity.public_key, details))
-        request = register_request(
-            self.identity.public_key, nickname=self.nickname, local=self.local, ttl=self.ttl,
-            challenge=challenge, signature=signature,
+    def _register(self, now: float) -> None:
+        # A new handshake each time: nickname, local candidates and TTL are
+        # read now (the node fills in local candidates just before start).
+        self._handshake = RegisterHandshake(
+            self.identity, self.identity.public_key, nickname=self.nickname, local=self.local, ttl=self.ttl
         )
-        self.state = RegState.REGISTERING if challenge else RegState.CHALLENGING
-        self._request(request, _Request("register"), now)
+        self.state = RegState.CHALLENGING
+        self._request(self._handshake.first_request(), _Request("register"), now)
 
-    def _error(self, message: Message) -> tuple[int, str] | None:
-        if message.message_class != MessageClass.ERROR:
-            return None
-        value = message.get(Attr.ERROR_CODE)
-        return (value.code, value.reason) if value is not None else (500, "error without ERROR-CODE")
-
-    def _on_register(self, request: _Request, message: Message, now: float) -> None:
-        error = self._error(message)
-        if error is not None:
-            challenge = message.get(Attr.CHALLENGE)
-            if error[0] == 401 and challenge is not None and self.state is RegState.CHALLENGING:
-                self._register(now, challenge)
-                return
-            self._back_off(now, f"registration refused: {error[0]} {error[1]}")
+    def _on_register(self, message: Message, now: float) -> None:
+        if self._handshake is None or self.state in (RegState.STOPPING, RegState.STOPPED):
+            return  # stopped meanwhile: no Registered after Stopped
+        step = self._handshake.answer(message)
+        if isinstance(step, Message):
+            self.state = RegState.REGISTERING
+            self._request(step, _Request("register"), now)
             return
-        peer_id, observed, ttl, session = (
-            message.get(Attr.PEER_ID), message.get(Attr.XOR_MAPPED_ADDRESS),
-            message.get(Attr.TTL), message.get(Attr.SESSION),
-        )
-        if not isinstance(peer_id, int) or observed is None or not isinstance(ttl, int) or session is None:
-            self._back_off(now, "registration answer is missing attributes")
+        self._handshake = None
+        if isinstance(step, RegisterRefused):
+            self._back_off(now, step.reason)
             return
         self.state = RegState.REGISTERED
-        self.peer_id, self.observed, self.granted_ttl, self._session = peer_id, observed, ttl, session
+        self.peer_id, self.observed = step.peer_id, step.observed
+        self.granted_ttl, self._session = step.ttl, step.session
         self._backoff = 1.0
-        self._wake_at = now + max(1.0, ttl * REFRESH_FRACTION)
+        self._wake_at = now + max(1.0, step.ttl * REFRESH_FRACTION)
         self._next_list = now  # list right away, then every list_interval
-        self._events.append(Registered(peer_id, observed, ttl))
+        self._events.append(Registered(step.peer_id, step.observed, step.ttl))
 
-    def _on_refresh(self, request: _Request, message: Message, now: float) -> None:
-        error = self._error(message)
+    def _on_refresh(self, message: Message, now: float) -> None:
+        error = error_of(message)
         if error is not None:
             # 401: the server forgot us (restart, expiry) or we moved: register again.
-            self._lost(now, f"refresh refused: {error[0]} {error[1]}")
+            self._lost(now, f"refresh refused: {error.code} {error.reason}")
             self._register(now)
             return
         observed = message.get(Attr.XOR_MAPPED_ADDRESS)
@@ -291,11 +279,8 @@ class RegistrationMachine:
             return
         self._wake_at = now + max(1.0, self.granted_ttl * REFRESH_FRACTION)
 
-    def _on_unregister(self, request: _Request, message: Message, now: float) -> None:
-        self._stopped()
-
     def _on_list(self, request: _Request, message: Message, now: float) -> None:
-        if self._error(message) is not None or self._session is None:
+        if error_of(message) is not None or self._session is None:
             self._listing = False
             return
         request.pages.extend(message.get_all(Attr.PEER_ENTRY))
@@ -308,30 +293,18 @@ class RegistrationMachine:
         self._events.append(PeersListed(tuple(request.pages)))
 
     def _on_connect(self, request: _Request, message: Message, now: float) -> None:
-        error = self._error(message)
+        error = error_of(message)
         if error is not None:
-            self._events.append(ConnectAnswered(request.peer_id, None, f"{error[0]} {error[1]}"))
-            if error[0] == 401:
+            self._events.append(ConnectAnswered(request.peer_id, None, f"{error.code} {error.reason}"))
+            if error.code == 401:
                 self._lost(now, "session refused")
                 self._register(now)
             return
         info = PeerInfo.from_message(message)
-        if info.peer_id != request.peer_id or not isinstance(info.public_key, bytes):
+        if info.peer_id != request.peer_id or not info.complete:
             self._events.append(ConnectAnswered(request.peer_id, None, "malformed answer"))
             return
         self._events.append(ConnectAnswered(request.peer_id, info, None))
-
-    def _on_introduce(self, message: Message) -> None:
-        ack = Message(Method.INTRODUCE, MessageClass.SUCCESS, message.transaction_id)
-        self._outbox.append(encode(ack))
-        if message.transaction_id in self._seen_introductions:
-            return  # our ack was lost and the server sent it again
-        self._seen_introductions[message.transaction_id] = None
-        if len(self._seen_introductions) > 256:
-            del self._seen_introductions[next(iter(self._seen_introductions))]
-        info = PeerInfo.from_message(message)
-        if isinstance(info.peer_id, int) and isinstance(info.public_key, bytes):
-            self._events.append(Introduced(info))
 
     def _on_timeout(self, request: _Request, now: float) -> None:
         if request.kind == "unregister":
@@ -361,6 +334,3 @@ class RegistrationMachine:
             self.state = RegState.STOPPED
             self._session = None
             self._events.append(Stopped())
-
-    def describe(self) -> dict[str, Any]:
-        return {"state": self.state.value, "peer_id": self.peer_id, "observed": self.observed}
