@@ -1,0 +1,286 @@
+"""An in-memory network for the pure engines, driven with literal times.
+
+One rendezvous ``ServerCore`` (with an RFC 5780 second address) and any
+number of ``PeerEngine``\\ s, each behind a modelled NAT, exchange datagrams
+through a queue with a fixed one-way latency.  Nothing here opens a socket
+or reads the clock: ``net.run(seconds)`` advances ``net.now`` from one
+deadline or delivery to the next, so a test says "8 s later" and means it.
+
+The NAT model is the usual four kinds (RFC 4787 terms):
+
+- ``none``: the peer's address is public.
+- ``full-cone``: endpoint-independent mapping and filtering.
+- ``port-restricted``: endpoint-independent mapping; inbound only from an
+  address:port the mapping has sent to.
+- ``symmetric``: a new public port per destination; filtering as port-restricted.
+
+``net.cut(a, b)`` drops every datagram between two peers' hosts (no direct
+path at all, as between two symmetric NATs); ``net.mend(a, b)`` restores it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from rendezvous.core import ServerConfig, ServerCore
+from rendezvous.stun import Address
+from rendezvous.tokens import Tokens
+from webpeer.engine import EngineConfig, PeerEngine
+from webpeer.events import PageEvent, StatusChanged
+from webpeer.identity import Identity
+from webpeer.pathfinder import CloseSpare, OpenSpare, SpareCommand
+from webpeer.store import Store
+
+SERVER = ("203.0.113.1", 3478)
+SERVER_OTHER = ("203.0.113.2", 3479)
+LATENCY = 0.005  # one way
+MAIN_PORT = 5000
+SPARE_BASE = 6000
+
+
+@dataclass
+class Nat:
+    kind: str  # none, full-cone, port-restricted, symmetric
+    public_ip: str
+    _ports: Iterator[int] = field(default_factory=lambda: itertools.count(40000))
+    _mapping: dict[tuple[Address, Address | None], int] = field(default_factory=dict)
+    _inside: dict[int, Address] = field(default_factory=dict)
+    _sent_to: set[tuple[int, Address]] = field(default_factory=set)
+
+    def outbound(self, source: Address, destination: Address) -> Address:
+        if self.kind == "none":
+            return source
+        key = (source, destination if self.kind == "symmetric" else None)
+        port = self._mapping.get(key)
+        if port is None:
+            port = self._mapping[key] = next(self._ports)
+            self._inside[port] = source
+        self._sent_to.add((port, destination))
+        return (self.public_ip, port)
+
+    def inbound(self, destination: Address, source: Address) -> Address | None:
+        if self.kind == "none":
+            return destination
+        inside = self._inside.get(destination[1])
+        if inside is None:
+            return None
+        if self.kind != "full-cone" and (destination[1], source) not in self._sent_to:
+            return None
+        return inside
+
+
+class Peer:
+    """One engine with its store, its NAT and what it told its pages."""
+
+    def __init__(self, net: PeerNet, name: str, identity: Identity, data_dir: Path, host: str, nat: Nat,
+                 **config: object) -> None:
+        self.net = net
+        self.name = name
+        self.identity = identity
+        self.host = host
+        self.nat = nat
+        self.store = Store(data_dir / "history.sqlite3")
+        self.store.open()
+        options: dict[str, object] = {"list_interval": 1.0, **config}
+        self.engine = PeerEngine(EngineConfig(server=SERVER, name=name, **options), identity, self.store)  # type: ignore[arg-type]
+        self.events: list[PageEvent] = []
+        self.commands: list[SpareCommand] = []
+        self.spares: set[int] = set()
+        self.alive = True
+        self.engine.start(((host, MAIN_PORT),), net.now)
+
+    @property
+    def peer_id(self) -> int:
+        assert self.engine.my_id is not None
+        return self.engine.my_id
+
+    def socket_address(self, socket: int) -> Address:
+        return (self.host, MAIN_PORT if socket == 0 else SPARE_BASE + socket)
+
+    def send(self, to: Peer | int, text: str) -> str:
+        """The page sends a message; returns its id (stored by this flush)."""
+        target = to.peer_id if isinstance(to, Peer) else to
+        draft = self.engine.draft(target, text, self.net.now)
+        self.flush([draft])
+        return str(draft.message["id"])
+
+    def status(self, message_id: str) -> str:
+        message = self.store.get_message(message_id)
+        assert message is not None
+        return str(message["status"])
+
+    def statuses(self, message_id: str) -> list[str]:
+        """Every status the pages were told for a message, in order."""
+        return [e.status for e in self.events if isinstance(e, StatusChanged) and e.message_id == message_id]
+
+    def connection(self, other: Peer) -> dict[str, object] | None:
+        return self.engine.session(other.peer_id).connection()
+
+    def flush(self, drafts: list | None = None) -> None:
+        if not self.alive:
+            return
+        now = self.net.now
+        with self.store.batch():
+            self.engine.process(now, drafts)
+        self.engine.committed(now)
+        self.events += self.engine.take_events()
+        while (command := self.engine.next_command()) is not None:
+            self.commands.append(command)
+            if isinstance(command, OpenSpare):
+                self.spares.add(command.index)
+            elif isinstance(command, CloseSpare):
+                self.spares.discard(command.index)
+        for data, address, socket in self.engine.datagrams_to_send(now):
+            if socket and socket not in self.spares:
+                continue
+            source = self.nat.outbound(self.socket_address(socket), address)
+            self.net.transmit(data, source, address)
+
+    def crash(self) -> None:
+        """The process dies: no unregistration, nothing more in or out."""
+        self.alive = False
+        self.store.close()
+
+
+class PeerNet:
+    def __init__(self, tmp_path: Path, now: float = 1000.0) -> None:
+        self.tmp_path = tmp_path
+        self.now = now
+        config = ServerConfig(primary_address=SERVER, other_address=SERVER_OTHER)
+        self.server = ServerCore(config, Tokens(b"s" * 32))
+        self.peers: list[Peer] = []
+        self._ids: dict[bytes, int] = {}
+        self._queue: list[tuple[float, int, bytes, Address, Address]] = []
+        self._order = itertools.count()
+        self._cut: set[frozenset[str]] = set()
+        self.dropped = 0
+        self.delivered_to: Callable[[Address], None] | None = None
+
+    # ------------------------------------------------------------ building
+
+    def add(self, name: str, nat: str = "none", *, identity: Identity | None = None, **config: object) -> Peer:
+        index = len(self.peers) + 1
+        private = f"10.0.{index}.2" if nat != "none" else f"198.51.100.{index}"
+        public = f"198.51.100.{index}"
+        data_dir = self.tmp_path / name
+        data_dir.mkdir(exist_ok=True)
+        peer = Peer(self, name, identity or Identity(Ed25519PrivateKey.generate()), data_dir, private,
+                    Nat(nat, public), **config)
+        self.peers.append(peer)
+        peer.flush()
+        return peer
+
+    def stop(self, peer: Peer) -> None:
+        """The process stops cleanly: it unregisters and closes its links."""
+        peer.engine.stop(self.now)
+        peer.flush()
+        self.run(0.05)
+        peer.engine.close_links()
+        peer.flush()
+        peer.crash()
+
+    def start_again(self, peer: Peer, **config: object) -> Peer:
+        """The same user (key and history) starts again, on another address."""
+        index = len(self.peers) + 1
+        again = Peer(self, peer.name, peer.identity, self.tmp_path / peer.name, f"198.51.100.{index}",
+                     Nat("none", f"198.51.100.{index}"), **config)
+        self.peers.append(again)
+        again.flush()
+        return again
+
+    def cut(self, a: Peer, b: Peer) -> None:
+        self._cut.add(frozenset((a.nat.public_ip, b.nat.public_ip)))
+
+    def mend(self, a: Peer, b: Peer) -> None:
+        self._cut.discard(frozenset((a.nat.public_ip, b.nat.public_ip)))
+
+    # ------------------------------------------------------------ moving datagrams
+
+    def transmit(self, data: bytes, source: Address, destination: Address) -> None:
+        if frozenset((source[0], destination[0])) in self._cut:
+            self.dropped += 1
+            return
+        heapq.heappush(self._queue, (self.now + LATENCY, next(self._order), data, source, destination))
+
+    def _deliver(self, data: bytes, source: Address, destination: Address) -> None:
+        if destination in (SERVER, SERVER_OTHER):
+            self.server.receive_datagram(data, source, self.now, via_other=destination == SERVER_OTHER)
+            self._flush_server()
+            return
+        for peer in self.peers:
+            if not peer.alive or peer.nat.public_ip != destination[0]:
+                continue
+            inside = peer.nat.inbound(destination, source)
+            if inside is None:
+                self.dropped += 1
+                return
+            if inside[1] == MAIN_PORT:
+                socket = 0
+            elif inside[1] - SPARE_BASE in peer.spares:
+                socket = inside[1] - SPARE_BASE
+            else:
+                return
+            peer.engine.receive_datagram(data, source, self.now, socket)
+            peer.flush()
+            return
+
+    def _flush_server(self) -> None:
+        for pending in self.server.pending_registrations():
+            peer_id = self._ids.setdefault(pending.identity, len(self._ids) + 1)
+            self.server.complete_registration(pending, peer_id, None, self.now)
+        for data, address in self.server.datagrams_to_send():
+            self.transmit(data, SERVER, address)
+        for data, address in self.server.datagrams_to_send_from_other():
+            self.transmit(data, SERVER_OTHER, address)
+        self.server.events()
+
+    # ------------------------------------------------------------ time
+
+    def _next_time(self) -> float | None:
+        times = [self._queue[0][0]] if self._queue else []
+        if (timer := self.server.get_timer()) is not None:
+            times.append(timer)
+        for peer in self.peers:
+            if peer.alive and (deadline := peer.engine.next_deadline()) is not None:
+                times.append(deadline)
+        return min(times, default=None)
+
+    def run(self, seconds: float) -> None:
+        self._advance(lambda: False, self.now + seconds)
+
+    def run_until(self, condition: Callable[[], bool], timeout: float) -> float:
+        """Advance time until ``condition()`` holds; returns how long it took.
+        Fails if it does not hold within ``timeout`` (simulated) seconds."""
+        start = self.now
+        if not self._advance(condition, start + timeout):
+            raise AssertionError(f"not within {timeout} s (simulated)")
+        return self.now - start
+
+    def _advance(self, condition: Callable[[], bool], end: float) -> bool:
+        rounds_at_this_time = 0
+        while not condition():
+            due = self._next_time()
+            if due is None or due > end:
+                self.now = end
+                return condition()
+            rounds_at_this_time = rounds_at_this_time + 1 if due <= self.now else 0
+            if rounds_at_this_time > 10_000:
+                raise AssertionError(f"a deadline at {due} is never served (the engine spins)")
+            self.now = max(self.now, due)
+            while self._queue and self._queue[0][0] <= self.now:
+                _, _, data, source, destination = heapq.heappop(self._queue)
+                self._deliver(data, source, destination)
+            if (timer := self.server.get_timer()) is not None and timer <= self.now:
+                self.server.handle_timer(self.now)
+                self._flush_server()
+            for peer in list(self.peers):
+                if peer.alive and (deadline := peer.engine.next_deadline()) is not None and deadline <= self.now:
+                    peer.engine.handle_timer(self.now)
+                    peer.flush()
+        return True
