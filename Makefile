@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR := .demo
 
-# What mypy (strict) and ruff check; widened as more of the tree is typed.
-TYPED := rendezvous webpeer/registration.py
+# mypy (strict) checks both programs; ruff lints and checks the format of all the Python.
+TYPED := rendezvous webpeer
+LINTED := rendezvous webpeer tests bench scripts
 
 .PHONY: demo test check typecheck bench system-deps venv clean
 
@@ -25,9 +26,10 @@ system-deps:
 # Types and lint first: a failure there stops `make test` before the long run.
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy $(TYPED)
-	$(VENV)/bin/ruff check $(TYPED)
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 
-# The fast loop (well under a minute): typed checks and the unit tests.
+# The fast loop (well under a minute): types, lint, format and the unit tests.
 check: typecheck
 	$(PY) -m pytest -q tests/unit
 

@@ -85,7 +85,7 @@ async def wait_ready(port: int, timeout: float) -> float:
         try:
             await asyncio.wait_for(client.binding(), 1.0)
             return time.perf_counter() - started
-        except (asyncio.TimeoutError, Exception):
+        except (TimeoutError, Exception):
             await asyncio.sleep(0.5)
         finally:
             client.close()

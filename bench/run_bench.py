@@ -514,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     selected = scenarios.by_name(args.only)
     if args.list or not selected:
         for s in scenarios.SCENARIOS:
-            print(f"{s.name:45} loads {', '.join(l.label for l in s.loads)}")
+            print(f"{s.name:45} loads {', '.join(load.label for load in s.loads)}")
         return 0 if selected else 2
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")

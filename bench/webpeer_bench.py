@@ -55,9 +55,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -174,7 +175,7 @@ def _self_signed() -> tuple[Any, Any]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -360,7 +361,7 @@ class Network:
         for proc in procs:
             try:
                 await asyncio.wait_for(proc.process.wait(), STOP_TIMEOUT)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 proc.process.kill()
                 await proc.process.wait()
         for proc in procs:
@@ -440,7 +441,7 @@ class EventSocket:
         self._task = asyncio.create_task(self._read())
 
     @classmethod
-    async def open(cls, session: Any, proc: Proc) -> "EventSocket":
+    async def open(cls, session: Any, proc: Proc) -> EventSocket:
         ws = await session.ws_connect(f"ws://{HOST}:{proc.port}/ws?token={proc.token}", headers={"Origin": proc.base},
                                       max_msg_size=0, autoping=True)
         hello = json.loads((await ws.receive()).data)

@@ -26,7 +26,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from aioquic.buffer import Buffer
+# aioquic.buffer re-exports this without __all__; the extension module is where it lives.
+from aioquic._buffer import Buffer
 from aioquic.quic.packet import PACKET_TYPE_INITIAL, pull_quic_header
 
 from rendezvous.client import PeerInfo
@@ -283,13 +284,13 @@ class PeerEngine:
         self.pathfinder.handle_timer(now)
         for session in list(self.peer_states.values()):
             for due in session.due(now, self.config.idle_timeout):
-                link = session.link
+                current = session.link
                 if due is Due.CONNECT_TIMED_OUT:
                     self._connect_failed(session, "could not reach the peer", now)
-                elif due is Due.CLOSE_IDLE and link is not None:
-                    link.close("idle")  # opens again when there is something to send
-                elif due is Due.KEEPALIVE and link is not None:
-                    link.keepalive(now)  # keeps the NAT mappings of this path open
+                elif due is Due.CLOSE_IDLE and current is not None:
+                    current.close("idle")  # opens again when there is something to send
+                elif due is Due.KEEPALIVE and current is not None:
+                    current.keepalive(now)  # keeps the NAT mappings of this path open
                 elif due is Due.TRY_UPGRADE:
                     # Relayed for a while: try for a direct path again.
                     session.upgrade_at = now + UPGRADE_INTERVAL

@@ -32,6 +32,8 @@ from .wire import Frame, FrameError, require
 
 logger = logging.getLogger("webpeer")
 
+MAX_SANE_TIME = 1e11  # unix seconds, about the year 5138: anything past is not a time
+
 JSON = dict[str, Any]
 
 
@@ -175,8 +177,11 @@ class MessageFlow:
             except validate.InvalidValue as error:
                 raise FrameError(f"frame 'msg': {error.message}") from None
             sent_at = frame.get("time")
-            finite = isinstance(sent_at, (int, float)) and not isinstance(sent_at, bool) and abs(sent_at) < 1e12
-            when = float(sent_at) if finite else now
+            # The sender's clock, shown beside the message: a number, and a
+            # sane one (JSON from a peer may carry Infinity or NaN), else ours.
+            when = now
+            if isinstance(sent_at, (int, float)) and not isinstance(sent_at, bool) and abs(sent_at) < MAX_SANE_TIME:
+                when = float(sent_at)
             # Ids are the sender's: scope them by sender.  Stored with the
             # others of this flush, before its commit.
             self._incoming.append(NewMessage(

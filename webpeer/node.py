@@ -113,7 +113,7 @@ class PeerNode:
         self._flush()
         try:
             await asyncio.wait_for(self._stopped.wait(), STOP_WAIT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         self.engine.close_links()
         self._flush()

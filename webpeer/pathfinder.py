@@ -24,7 +24,7 @@ from rendezvous.client import PeerInfo
 from rendezvous.stun import Address, Attr, CandidateKind, Message, MessageClass, Method
 
 from .link import LinkState, PeerLink
-from .natprobe import DEPENDENT, INDEPENDENT, UNKNOWN, NatProbe
+from .natprobe import DEPENDENT, INDEPENDENT, UNKNOWN, NatProbe, NatResult
 from .path import Direct, Path, Relayed, Transmit
 from .peer_session import UPGRADE_INTERVAL, PeerSession
 from .punch import PunchSession, PunchState
@@ -46,7 +46,6 @@ BIRTHDAY_WINDOW = 6.0  # how long spare sockets live unless a link uses one
 BIRTHDAY_RETRY = 12.0  # still relayed this long after an attempt: try again
 BIRTHDAY_ATTEMPTS = 3
 SPARE_CLOSE_DELAY = 1.0  # a spare whose link closed goes once its CONNECTION_CLOSE is out
-UNKNOWN_NAT = {"type": "unknown", "mapping": UNKNOWN, "filtering": UNKNOWN, "note": ""}
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +150,10 @@ class PathFinder:
             self.nat = NatProbe(server, local)
             self.nat.start(now)
 
-    def nat_result(self) -> dict[str, str]:
-        return self.nat.result() if self.nat is not None else dict(UNKNOWN_NAT)
+    def nat_result(self) -> NatResult:
+        if self.nat is None:
+            return {"type": "unknown", "mapping": UNKNOWN, "filtering": UNKNOWN, "note": ""}
+        return self.nat.result()
 
     def owns_nat_check(self, message: Message) -> bool:
         return self.nat is not None and self.nat.owns(message.transaction_id)

@@ -33,8 +33,8 @@ import weakref
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from webpeer.api import JSON, MAX_TEXT_BYTES, ApiError, PeerApi
 from webpeer import validate
+from webpeer.api import JSON, MAX_TEXT_BYTES, ApiError, PeerApi
 from webpeer.parse import loads
 
 log = logging.getLogger(__name__)

@@ -9,16 +9,14 @@ What a peer controls is hostile here: a peer name and a message text are
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from browser.chromium import CHROMIUM_ARGS, chromium_path
 from aiohttp import web
+from browser.chromium import CHROMIUM_ARGS, chromium_path
 from playwright.async_api import ConsoleMessage, Dialog, Page, async_playwright, expect
 from unit.fake_api import FakePeerApi
 

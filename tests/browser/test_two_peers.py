@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import sys

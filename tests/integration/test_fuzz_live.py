@@ -27,8 +27,8 @@ import os
 import random
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
@@ -336,7 +336,7 @@ async def test_server_survives_thousands_of_hostile_datagrams(
     newcomer = await make_client()
     assert await newcomer.binding() == newcomer.address
     # The registered peers are all still online with the same ids and keys ...
-    for peer, peer_id in zip(peers, ids):
+    for peer, peer_id in zip(peers, ids, strict=True):
         record = core.directory.get(peer_id)
         assert record is not None, peer_id
         assert record.identity == peer.public_key

@@ -259,7 +259,7 @@ async def test_garbage_on_the_udp_socket_breaks_nothing(nodes) -> None:
     import os
     import socket
 
-    alice, bob = await nodes("alice"), await nodes("bob")
+    alice, _bob = await nodes("alice"), await nodes("bob")
     await wait_for(lambda: any(p["online"] for p in alice.peers_json()), what="alice sees bob")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as junk:
         for size in (0, 1, 19, 20, 21, 100, 1199, 1200, 1500):
@@ -366,7 +366,7 @@ async def test_a_wrong_first_guess_gives_way_to_the_path_the_checks_find(nodes, 
                    what="delivered directly (well before the relay's 2 s)")
     assert alice.stats["quic_opened_early"] == 1 and alice.stats["early_link_replaced"] == 1
     connection = next(p for p in alice.peers_json() if p["id"] == 2)["connection"]
-    assert connection["state"] == "direct" and connection["address"] == "%s:%d" % bob.udp_address
+    assert connection["state"] == "direct" and connection["address"] == "{}:{}".format(*bob.udp_address)
     assert [m["text"] for m in bob.messages(1)] == ["past the wrong guess"]
     # The abandoned attempt is gone, not left among the links.
     assert all(link.address != dead for link in alice.engine.links())

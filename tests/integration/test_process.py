@@ -84,7 +84,7 @@ class ServerProcess:
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         raise AssertionError(f"no log line matching {pattern!r}; got:\n" + "\n".join(self.lines))
 
@@ -341,7 +341,7 @@ async def test_acknowledged_registrations_survive_kill_9(tmp_path: Path, process
 
     async def reregister(client: RendezvousClient, share: list[tuple[bytes, int]]) -> None:
         for public_key, peer_id in share:
-            for attempt in range(20):
+            for _attempt in range(20):
                 try:
                     got = await register_key(client, by_key[public_key])
                     break

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from rendezvous.client import RendezvousClient, RendezvousError, cursor_after, register_request, session_request
+from rendezvous.client import RendezvousClient, RendezvousError, register_request, session_request
 from rendezvous.server import RendezvousServer
 from rendezvous.stun import Attr, CandidateKind, Message, MessageClass, Method, decode, encode
 
@@ -226,7 +226,7 @@ async def test_relay_is_rate_limited(db_path) -> None:
         bob = await RendezvousClient(server.address).open()
         await alice.register()
         await bob.register()
-        for i in range(50):
+        for _ in range(50):
             alice.send_relayed(2, b"x" * 100)
         await asyncio.sleep(0.3)
         delivered = bob.relayed.qsize()

@@ -11,9 +11,9 @@ import asyncio
 import os
 import shutil
 import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 
@@ -97,7 +97,7 @@ async def run_tool(argv: Sequence[str], timeout: float) -> ToolResult:
     )
     try:
         out, _ = await asyncio.wait_for(process.communicate(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         process.kill()
         out, _ = await process.communicate()
         pytest.fail(f"{argv[0]} got no answer within {timeout} s; it printed:\n{out.decode(errors='replace')}")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any, Callable, cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import aioice
 import aioice.ice

@@ -9,10 +9,9 @@ system one.  The page is about:blank: an RTCPeerConnection with only our
 
 from __future__ import annotations
 
-import os
-import shutil
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from browser.chromium import chromium_path
@@ -89,11 +88,11 @@ class Candidate:
     url: str
 
     @classmethod
-    def parse(cls, line: str, url: str) -> "Candidate":
+    def parse(cls, line: str, url: str) -> Candidate:
         # candidate:<foundation> <component> <transport> <priority> <address> <port> typ <type> [raddr <a> rport <p>] ...
         fields = line.split()
         assert fields[6] == "typ", line
-        extras = dict(zip(fields[8::2], fields[9::2]))
+        extras = dict(zip(fields[8::2], fields[9::2], strict=False))
         rport = extras.get("rport")
         return cls(fields[7], fields[4], int(fields[5]), extras.get("raddr"), None if rport is None else int(rport), url)
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import re
 import socket
-from typing import Any, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import pytest
 

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
 from netlab import UDPTOOL, Lab, LabError, NatType, Site, remove_stale_namespaces, tool, unavailable_reason
 
 pytestmark = pytest.mark.network

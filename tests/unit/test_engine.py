@@ -7,14 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from peer_net import Peer, PeerNet
 
 from webpeer.events import ConnectionChanged
 from webpeer.link import LinkState, Role
 from webpeer.pathfinder import SPARE_SOCKETS, SPRAY_PROBES, OpenSpare
 from webpeer.peer_session import CONNECT_TIMEOUT, UPGRADE_INTERVAL
 from webpeer.punch import TIMEOUT as CHECKS_TIMEOUT
-
-from peer_net import Peer, PeerNet
 
 
 @pytest.fixture

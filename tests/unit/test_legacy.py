@@ -270,7 +270,7 @@ def test_list_round_trip_through_original_client_regex(
         next_line = f"{peer_id},{(host, port)}".encode()
         assert len(reply) + (1 if parsed else 0) + len(next_line) > max_bytes
     # Each line is also a literal Python tuple, as the original printed it.
-    for line, (peer_id, address) in zip(reply[9:].decode().split("\n"), parsed):
+    for line, (peer_id, address) in zip(reply[9:].decode().split("\n"), parsed, strict=True):
         head, _, tail = line.partition(",")
         assert int(head) == peer_id and ast.literal_eval(tail) == address
 

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 from aioquic.buffer import Buffer
+from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import StreamDataReceived
 from aioquic.quic.packet import pull_quic_header
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from webpeer.identity import Identity
+from webpeer.link import (
+    FrameReceived,
+    HelloReceived,
+    LinkClosed,
+    LinkReady,
+    LinkState,
+    PeerLink,
+    Role,
+    quic_configuration,
+)
 from webpeer.path import Direct
 from webpeer.wire import encode_frame
-from webpeer.link import FrameReceived, HelloReceived, LinkClosed, LinkReady, LinkState, PeerLink, Role, quic_configuration
 
 A_ADDR = Direct(("127.0.0.1", 4001))
 B_ADDR = Direct(("127.0.0.1", 4002))
@@ -162,7 +172,7 @@ def test_a_hello_may_sign_a_nonce_from_a_check_answer_but_only_one_that_was_issu
         a.check_nonce = nonce
         config = quic_configuration(bob, Role.ACCEPTOR, 30.0)
 
-        def factory(cid: bytes) -> PeerLink:
+        def factory(cid: bytes, config: QuicConfiguration = config) -> PeerLink:
             return PeerLink.accept(bob, 2, A_ADDR, cid, config)
 
         registry = {1: alice.public_key}.get

@@ -14,8 +14,8 @@ from webpeer.api import MAX_TEXT_BYTES
 from webpeer.store import (
     EXPIRED_ERROR,
     SCHEMA_VERSION,
-    NewMessage,
     TRANSITIONS,
+    NewMessage,
     Status,
     Store,
     StoreError,

@@ -42,7 +42,7 @@ LONG_TERM_TID = bytes.fromhex("78ad3433c6ad72c029da412e")
 LONG_TERM_USERNAME = "\u30de\u30c8\u30ea\u30c3\u30af\u30b9"
 LONG_TERM_REALM = "example.org"
 LONG_TERM_NONCE = "f//499k954d6OL34oL9FSTvy64sA"
-LONG_TERM_KEY = hashlib.md5(f"{LONG_TERM_USERNAME}:{LONG_TERM_REALM}:TheMatrIX".encode("utf-8")).digest()
+LONG_TERM_KEY = hashlib.md5(f"{LONG_TERM_USERNAME}:{LONG_TERM_REALM}:TheMatrIX".encode()).digest()
 PEERLINK_TID = bytes(range(12))
 TID = bytes.fromhex("0102030405060708090a0b0c")
 

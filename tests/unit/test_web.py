@@ -24,7 +24,6 @@ from fake_api import FakePeerApi
 from pytest_aiohttp import AiohttpClient
 
 from webpeer.api import MAX_TEXT_BYTES
-from webpeer.websocket import WS_HARD_LIMIT_BYTES, WS_MAX_MESSAGE_BYTES
 from webpeer.web import (
     MAX_BODY_BYTES,
     WebConfig,
@@ -33,6 +32,7 @@ from webpeer.web import (
     default_templates_dir,
     start_site,
 )
+from webpeer.websocket import WS_HARD_LIMIT_BYTES, WS_MAX_MESSAGE_BYTES
 
 TOKEN = "test-token_0123456789abcdefXYZ"
 
