@@ -55,9 +55,7 @@ def _not_connected(data: bytes, addr: Any) -> None:
 async def serve(host: str, port: int, recv_size: int | None) -> None:
     """Serve until cancelled by a signal."""
     loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(
-        lambda: EchoProtocol(recv_size), local_addr=(host, port)
-    )
+    transport, _ = await loop.create_datagram_endpoint(lambda: EchoProtocol(recv_size), local_addr=(host, port))
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)

@@ -50,12 +50,18 @@ def measure(nat_a, nat_b, delay_ms: float, rounds: int) -> dict[str, object]:
         paths.add(path)
     rtt = 2 * delay_ms
     return {
-        "pair": f"{nat_a.name.lower()} / {nat_b.name.lower()}", "path": "/".join(sorted(paths)),
-        "expected": expected_path(nat_a, nat_b), "delay_ms": delay_ms,
-        "receipt_ms": round(statistics.median(times), 1), "receipt_min_ms": round(min(times), 1),
-        "receipt_max_ms": round(max(times), 1), "receipt_rtts": round(statistics.median(times) / rtt, 2),
-        "arrival_ms": round(statistics.median(arrivals), 1), "arrival_min_ms": round(min(arrivals), 1),
-        "arrival_max_ms": round(max(arrivals), 1), "arrival_rtts": round(statistics.median(arrivals) / rtt, 2),
+        "pair": f"{nat_a.name.lower()} / {nat_b.name.lower()}",
+        "path": "/".join(sorted(paths)),
+        "expected": expected_path(nat_a, nat_b),
+        "delay_ms": delay_ms,
+        "receipt_ms": round(statistics.median(times), 1),
+        "receipt_min_ms": round(min(times), 1),
+        "receipt_max_ms": round(max(times), 1),
+        "receipt_rtts": round(statistics.median(times) / rtt, 2),
+        "arrival_ms": round(statistics.median(arrivals), 1),
+        "arrival_min_ms": round(min(arrivals), 1),
+        "arrival_max_ms": round(max(arrivals), 1),
+        "arrival_rtts": round(statistics.median(arrivals) / rtt, 2),
         "upgrade_s": [round(u, 1) for u in upgrades],
     }
 
@@ -81,15 +87,19 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     rtt_ms = 2 * args.delay_ms
-    print(f"\n| pair | path | POST -> at bob, median (min-max) ms | in {rtt_ms:.0f} ms round trips | counted round trips "
-          "| POST -> `delivered` at alice, median (min-max) ms | in round trips | counted | relayed -> direct after (s) |")
+    print(
+        f"\n| pair | path | POST -> at bob, median (min-max) ms | in {rtt_ms:.0f} ms round trips | counted round trips "
+        "| POST -> `delivered` at alice, median (min-max) ms | in round trips | counted | relayed -> direct after (s) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         upgrade = ", ".join(str(u) for u in row["upgrade_s"]) or "-"
-        print(f"| {row['pair']} | {row['path']} | {row['arrival_ms']} ({row['arrival_min_ms']}-{row['arrival_max_ms']}) "
-              f"| {row['arrival_rtts']} | {row.get('counted_arrival_rtts', '-')} "
-              f"| {row['receipt_ms']} ({row['receipt_min_ms']}-{row['receipt_max_ms']}) "
-              f"| {row['receipt_rtts']} | {row.get('counted_receipt_rtts', '-')} | {upgrade} |")
+        print(
+            f"| {row['pair']} | {row['path']} | {row['arrival_ms']} ({row['arrival_min_ms']}-{row['arrival_max_ms']}) "
+            f"| {row['arrival_rtts']} | {row.get('counted_arrival_rtts', '-')} "
+            f"| {row['receipt_ms']} ({row['receipt_min_ms']}-{row['receipt_max_ms']}) "
+            f"| {row['receipt_rtts']} | {row.get('counted_receipt_rtts', '-')} | {upgrade} |"
+        )
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "nat_bench.json").write_text(json.dumps(rows, indent=2))

@@ -135,8 +135,22 @@ async def run_size(size: int, samples: int, workdir: Path) -> dict[str, object]:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     server = subprocess.Popen(
-        ["taskset", "-c", "0", sys.executable, "-m", "rendezvous", "--host", "127.0.0.1", "--port", str(port),
-         "--db", str(db), "--log-level", "warning"],
+        [
+            "taskset",
+            "-c",
+            "0",
+            sys.executable,
+            "-m",
+            "rendezvous",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--db",
+            str(db),
+            "--log-level",
+            "warning",
+        ],
         env=env,
     )
     try:
@@ -161,17 +175,26 @@ def main() -> None:
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "registry_scale.json").write_text(json.dumps(runs, indent=2))
-    print("| keys | seed s | server start s | RSS MiB | " + " | ".join(
-        f"{op} p50/p99 us" for op in runs[0]["latency"]) + " |")
+    print(
+        "| keys | seed s | server start s | RSS MiB | "
+        + " | ".join(f"{op} p50/p99 us" for op in runs[0]["latency"])
+        + " |"
+    )
     print("|---" * (4 + len(runs[0]["latency"])) + "|")
     for run in runs:
         cells = [f"{v['p50_us']:.0f} / {v['p99_us']:.0f}" for v in run["latency"].values()]
-        print(f"| {run['size']:,} | {run['seed_s']:.1f} | {run['start_s']:.1f} | {run['rss_mib']:.0f} | " + " | ".join(cells) + " |")
+        print(
+            f"| {run['size']:,} | {run['seed_s']:.1f} | {run['start_s']:.1f} | {run['rss_mib']:.0f} | "
+            + " | ".join(cells)
+            + " |"
+        )
     if len(runs) >= 2:
         small, big = runs[0]["latency"], runs[-1]["latency"]
         print()
         for op in small:
-            print(f"{op}: p99 ratio {runs[-1]['size']:,} vs {runs[0]['size']:,} keys = {big[op]['p99_us'] / small[op]['p99_us']:.2f}x")
+            print(
+                f"{op}: p99 ratio {runs[-1]['size']:,} vs {runs[0]['size']:,} keys = {big[op]['p99_us'] / small[op]['p99_us']:.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -300,8 +300,7 @@ def run_scenario(ctx: Context, scenario: Scenario, args: argparse.Namespace, rou
             log(
                 f"    {result['replies_per_s']:>10.0f} replies/s  p50 {result['p50_us']:.0f} us  "
                 f"p99 {result['p99_us']:.0f} us  server CPU {cpu_cell(result, 'server')}  "
-                f"gen CPU {cpu_cell(result, 'gen')}"
-                + (f"  [{'; '.join(row['warnings'])}]" if row["warnings"] else "")
+                f"gen CPU {cpu_cell(result, 'gen')}" + (f"  [{'; '.join(row['warnings'])}]" if row["warnings"] else "")
             )
             rows.append(row)
     finally:

@@ -117,9 +117,7 @@ def need_module(name: str) -> Requirement:
     def check(ctx: Context) -> str | None:
         probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec(sys.argv[1]) is None)"
         try:
-            found = subprocess.run(
-                [str(ctx.python), "-c", probe, name], capture_output=True, timeout=30, check=False
-            )
+            found = subprocess.run([str(ctx.python), "-c", probe, name], capture_output=True, timeout=30, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"cannot probe for {name}: {exc}"
         return None if found.returncode == 0 else f"{name} not importable by {ctx.python}"
@@ -207,7 +205,10 @@ def peerlink_templates(method: str, ctx: Context, port: int, load: Load) -> list
     ``method`` request per peer, to be sent from that peer's own port."""
     out = subprocess.run(
         [str(ctx.python), str(ctx.bench_dir / "peerlink_templates.py"), str(port), str(load.sockets), method],
-        check=True, capture_output=True, text=True, timeout=120,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
     ).stdout
     templates = []
     for line in out.split("\n"):

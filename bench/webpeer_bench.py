@@ -301,9 +301,22 @@ def measure_floor(loop_name: str, window: int, args: argparse.Namespace, workdir
             time.sleep(0.02)
         port = int(port_file.read_text())
         client = subprocess.Popen(
-            me + ["_quic_client", "--loop", loop_name, "--port", str(port), "--window", str(window),
-                  "--warmup", str(args.floor_warmup), "--seconds", str(args.floor_seconds),
-                  "--server-pid", str(server.pid)],
+            me
+            + [
+                "_quic_client",
+                "--loop",
+                loop_name,
+                "--port",
+                str(port),
+                "--window",
+                str(window),
+                "--warmup",
+                str(args.floor_warmup),
+                "--seconds",
+                str(args.floor_seconds),
+                "--server-pid",
+                str(server.pid),
+            ],
             stdout=subprocess.PIPE,
         )
         pin(client.pid, args.bob_cpu)
@@ -374,7 +387,11 @@ async def _spawn(name: str, args: list[str], workdir: Path, stdout: bool) -> asy
     log_file = open(workdir / f"{name}.log", "wb")
     try:
         return await asyncio.create_subprocess_exec(
-            sys.executable, *args, env=env, stdout=asyncio.subprocess.PIPE if stdout else log_file, stderr=log_file,
+            sys.executable,
+            *args,
+            env=env,
+            stdout=asyncio.subprocess.PIPE if stdout else log_file,
+            stderr=log_file,
         )
     finally:
         log_file.close()
@@ -382,17 +399,50 @@ async def _spawn(name: str, args: list[str], workdir: Path, stdout: bool) -> asy
 
 async def start_network(workdir: Path) -> Network:
     port = free_udp_port()
-    process = await _spawn("rendezvous", ["-m", "rendezvous", "--host", HOST, "--port", str(port),
-                                          "--db", str(workdir / "rendezvous.sqlite3"), "--log-level", "warning"],
-                           workdir, stdout=False)
+    process = await _spawn(
+        "rendezvous",
+        [
+            "-m",
+            "rendezvous",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--db",
+            str(workdir / "rendezvous.sqlite3"),
+            "--log-level",
+            "warning",
+        ],
+        workdir,
+        stdout=False,
+    )
     return Network(workdir, port, Proc("rendezvous", process))
 
 
 async def start_peer(network: Network, name: str, cpu: int | None) -> Proc:
     data_dir = network.workdir / name
-    process = await _spawn(name, ["-m", "webpeer", "--server", f"{HOST}:{network.server_port}", "--http-port", "0",
-                                  "--name", name, "--data-dir", str(data_dir), "--no-browser", "--udp-host", HOST,
-                                  "--log-level", "warning"], network.workdir, stdout=True)
+    process = await _spawn(
+        name,
+        [
+            "-m",
+            "webpeer",
+            "--server",
+            f"{HOST}:{network.server_port}",
+            "--http-port",
+            "0",
+            "--name",
+            name,
+            "--data-dir",
+            str(data_dir),
+            "--no-browser",
+            "--udp-host",
+            HOST,
+            "--log-level",
+            "warning",
+        ],
+        network.workdir,
+        stdout=True,
+    )
     pin(process.pid, cpu)
     proc = Proc(name, process, data_dir=data_dir)
     network.peers.append(proc)
@@ -442,8 +492,12 @@ class EventSocket:
 
     @classmethod
     async def open(cls, session: Any, proc: Proc) -> EventSocket:
-        ws = await session.ws_connect(f"ws://{HOST}:{proc.port}/ws?token={proc.token}", headers={"Origin": proc.base},
-                                      max_msg_size=0, autoping=True)
+        ws = await session.ws_connect(
+            f"ws://{HOST}:{proc.port}/ws?token={proc.token}",
+            headers={"Origin": proc.base},
+            max_msg_size=0,
+            autoping=True,
+        )
         hello = json.loads((await ws.receive()).data)
         assert hello["type"] == "hello", hello
         return cls(ws)
@@ -474,8 +528,9 @@ class EventSocket:
 # ---- 2. latency ---------------------------------------------------------------------
 
 
-async def measure_latency(session: Any, alice: Proc, bob: Proc, ws_alice: EventSocket, ws_bob: EventSocket,
-                          count: int) -> dict[str, Any]:
+async def measure_latency(
+    session: Any, alice: Proc, bob: Proc, ws_alice: EventSocket, ws_bob: EventSocket, count: int
+) -> dict[str, Any]:
     """One message at a time: POST on alice -> ``message`` on bob's websocket,
     and -> ``delivered`` on alice's; the next goes when both are seen."""
     loop = asyncio.get_running_loop()
@@ -506,8 +561,9 @@ async def measure_latency(session: Any, alice: Proc, bob: Proc, ws_alice: EventS
         text = f"latency {tag} {i}"
         arrived[text] = loop.create_future()
         t0 = clock()
-        async with session.post(alice.base + "/api/messages", json={"to": bob.peer_id, "text": text},
-                                headers=alice.headers) as response:
+        async with session.post(
+            alice.base + "/api/messages", json={"to": bob.peer_id, "text": text}, headers=alice.headers
+        ) as response:
             assert response.status == 201, await response.text()
             message_id = (await response.json())["id"]
         t_bob = await asyncio.wait_for(arrived[text], 5)
@@ -526,8 +582,15 @@ async def measure_latency(session: Any, alice: Proc, bob: Proc, ws_alice: EventS
 # ---- 3. throughput ------------------------------------------------------------------
 
 
-async def measure_throughput(ws_alice: EventSocket, bob: Proc, window: int, warmup: float, seconds: float,
-                             meter: CpuMeter, on_window: Callable[[bool], None] | None = None) -> dict[str, Any]:
+async def measure_throughput(
+    ws_alice: EventSocket,
+    bob: Proc,
+    window: int,
+    warmup: float,
+    seconds: float,
+    meter: CpuMeter,
+    on_window: Callable[[bool], None] | None = None,
+) -> dict[str, Any]:
     """``send`` frames on alice's websocket, at most ``window`` not yet
     ``delivered``; counts ``delivered`` status events in the measured window."""
     state = {"delivered": 0, "in_window": 0, "measuring": False}
@@ -565,8 +628,9 @@ async def measure_throughput(ws_alice: EventSocket, bob: Proc, window: int, warm
             break
         while sent - state["delivered"] < window:
             sent += 1
-            await ws.send_str(json.dumps({"type": "send", "to": bob.peer_id, "text": f"tp {tag} {sent}",
-                                          "client_id": str(sent)}))
+            await ws.send_str(
+                json.dumps({"type": "send", "to": bob.peer_id, "text": f"tp {tag} {sent}", "client_id": str(sent)})
+            )
         more.clear()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(more.wait(), 0.25)
@@ -598,8 +662,9 @@ def check_persisted(alice: Proc, bob: Proc, tag: str) -> dict[str, Any]:
         assert proc.data_dir is not None
         db = sqlite3.connect(f"file:{proc.data_dir / 'history.sqlite3'}?mode=ro", uri=True)
         try:
-            rows = db.execute("SELECT status, count(*) FROM messages WHERE text LIKE ? GROUP BY status",
-                              (f"tp {tag} %",)).fetchall()
+            rows = db.execute(
+                "SELECT status, count(*) FROM messages WHERE text LIKE ? GROUP BY status", (f"tp {tag} %",)
+            ).fetchall()
         finally:
             db.close()
         out[proc.name] = dict(rows)
@@ -647,8 +712,11 @@ async def connect_each(session: Any, pairs: list[tuple[Proc, ConnectWatch, Proc]
     for sender, watch, target in pairs:
         cpu0 = cpu_seconds(target.process.pid)
         t0 = clock()
-        async with session.post(sender.base + "/api/messages", json={"to": target.peer_id, "text": "hello, new peer"},
-                                headers=sender.headers) as response:
+        async with session.post(
+            sender.base + "/api/messages",
+            json={"to": target.peer_id, "text": "hello, new peer"},
+            headers=sender.headers,
+        ) as response:
             assert response.status == 201, await response.text()
             message = await response.json()
         direct.append(await watch.when(("direct", target.peer_id)) - t0)
@@ -657,15 +725,26 @@ async def connect_each(session: Any, pairs: list[tuple[Proc, ConnectWatch, Proc]
         target_cpu.append(cpu1[0] - cpu0[0])
         if ("answered", target.peer_id) in watch.seen:
             answered.append(watch.seen[("answered", target.peer_id)] - t0)
-    result = {"post_to_direct": summary_ms(direct), "post_to_delivered": summary_ms(delivered),
-              "target_cpu": summary_ms(target_cpu)}
+    result = {
+        "post_to_direct": summary_ms(direct),
+        "post_to_delivered": summary_ms(delivered),
+        "target_cpu": summary_ms(target_cpu),
+    }
     if answered:
         result["post_to_quic_start"] = summary_ms(answered)
     return result
 
 
-async def measure_connect(session: Any, network: Network, alice: Proc, bob: Proc, ws_alice: EventSocket,
-                          ws_bob: EventSocket, count: int, cpu: int | None) -> dict[str, Any]:
+async def measure_connect(
+    session: Any,
+    network: Network,
+    alice: Proc,
+    bob: Proc,
+    ws_alice: EventSocket,
+    ws_bob: EventSocket,
+    count: int,
+    cpu: int | None,
+) -> dict[str, Any]:
     """``count`` fresh webpeer processes.  ``cold``: alice (even ones) or bob
     (odd ones) sends to each, so each one's first QUIC connection ever is
     measured (what a user who just started a peer gets).  ``warm``: then the
@@ -674,8 +753,9 @@ async def measure_connect(session: Any, network: Network, alice: Proc, bob: Proc
     between them is not a difference between alice's and bob's core."""
     fresh: list[Proc] = []
     for start in range(0, count, 4):  # a few at a time: start-up is CPU-bound
-        fresh += await asyncio.gather(*(start_peer(network, f"fresh{i}", cpu)
-                                        for i in range(start, min(count, start + 4))))
+        fresh += await asyncio.gather(
+            *(start_peer(network, f"fresh{i}", cpu) for i in range(start, min(count, start + 4)))
+        )
     await asyncio.gather(*(wait_registered(session, proc) for proc in fresh))
     # Alice and bob learn that they are online (with their keys) from their periodic LIST.
     ids = {proc.peer_id for proc in fresh}
@@ -707,11 +787,28 @@ class Profiler:
         if not starting:
             return
         for name, pid in self.pids.items():
-            self.procs.append(subprocess.Popen(
-                [self.py_spy, "record", "--pid", str(pid), "--duration", str(int(self.seconds)), "--rate", "250",
-                 "--function", "--format", "raw", "--output", str(self.out_dir / f"profile-{name}.txt"),
-                 "--nonblocking"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            self.procs.append(
+                subprocess.Popen(
+                    [
+                        self.py_spy,
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--duration",
+                        str(int(self.seconds)),
+                        "--rate",
+                        "250",
+                        "--function",
+                        "--format",
+                        "raw",
+                        "--output",
+                        str(self.out_dir / f"profile-{name}.txt"),
+                        "--nonblocking",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
 
     def finish(self) -> dict[str, dict[str, list[tuple[str, float]]]]:
         for proc in self.procs:
@@ -756,8 +853,9 @@ async def run_webpeer_parts(args: argparse.Namespace, workdir: Path, results: di
     network = await start_network(workdir)
     try:
         async with aiohttp.ClientSession() as session:
-            alice, bob = await asyncio.gather(start_peer(network, "alice", args.alice_cpu),
-                                              start_peer(network, "bob", args.bob_cpu))
+            alice, bob = await asyncio.gather(
+                start_peer(network, "alice", args.alice_cpu), start_peer(network, "bob", args.bob_cpu)
+            )
             await asyncio.gather(wait_registered(session, alice), wait_registered(session, bob))
             await wait_sees_online(session, alice, {bob.peer_id})
             ws_alice, ws_bob = await EventSocket.open(session, alice), await EventSocket.open(session, bob)
@@ -769,15 +867,26 @@ async def run_webpeer_parts(args: argparse.Namespace, workdir: Path, results: di
             if "throughput" in parts:
                 # Only alice's websocket is open: the page of the sender.
                 await ws_bob.close()
-                meter = CpuMeter({"alice": alice.process.pid, "bob": bob.process.pid, "driver": os.getpid(),
-                                  "rendezvous": network.server.process.pid})
+                meter = CpuMeter(
+                    {
+                        "alice": alice.process.pid,
+                        "bob": bob.process.pid,
+                        "driver": os.getpid(),
+                        "rendezvous": network.server.process.pid,
+                    }
+                )
                 profiler = None
                 if args.profile:
-                    profiler = Profiler(args.profile, {"alice": alice.process.pid, "bob": bob.process.pid}, workdir,
-                                        args.throughput_seconds)
+                    profiler = Profiler(
+                        args.profile,
+                        {"alice": alice.process.pid, "bob": bob.process.pid},
+                        workdir,
+                        args.throughput_seconds,
+                    )
                 log(f"throughput: window {args.window}, {args.throughput_seconds} s")
-                tp = await measure_throughput(ws_alice, bob, args.window, args.throughput_warmup,
-                                              args.throughput_seconds, meter, profiler)
+                tp = await measure_throughput(
+                    ws_alice, bob, args.window, args.throughput_warmup, args.throughput_seconds, meter, profiler
+                )
                 tp["persisted"] = check_persisted(alice, bob, tp.pop("tag"))
                 results["throughput"] = tp
                 if profiler is not None:
@@ -786,8 +895,9 @@ async def run_webpeer_parts(args: argparse.Namespace, workdir: Path, results: di
                 log(f"connect: {args.connect_peers} fresh peers")
                 if ws_bob.ws.closed:
                     ws_bob = await EventSocket.open(session, bob)
-                results["connect"] = await measure_connect(session, network, alice, bob, ws_alice, ws_bob,
-                                                           args.connect_peers, args.bob_cpu)
+                results["connect"] = await measure_connect(
+                    session, network, alice, bob, ws_alice, ws_bob, args.connect_peers, args.bob_cpu
+                )
             await ws_alice.close()
             if not ws_bob.ws.closed:
                 await ws_bob.close()
@@ -809,8 +919,9 @@ def verdicts(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]
         rows.append((f"latency p50 <= {TARGET_LATENCY_P50_MS:g} ms", f"{p50} ms", "", p50 <= TARGET_LATENCY_P50_MS))
     if "throughput" in results:
         rate = results["throughput"]["delivered_per_s"]
-        rows.append((f"throughput >= {TARGET_THROUGHPUT:,.0f} delivered/s", f"{rate:,}/s", "",
-                     rate >= TARGET_THROUGHPUT))
+        rows.append(
+            (f"throughput >= {TARGET_THROUGHPUT:,.0f} delivered/s", f"{rate:,}/s", "", rate >= TARGET_THROUGHPUT)
+        )
         reference = results.get("floor_reference_window")
         for loop_name in ("uvloop", "asyncio"):
             for window in sorted({reference, results.get("throughput", {}).get("window")} - {None}):
@@ -819,13 +930,25 @@ def verdicts(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]
                     continue
                 ratio = rate / floor_row["round_trips_per_s"]
                 verdict = ratio >= TARGET_FLOOR_RATIO if window == reference else None
-                rows.append((f"throughput >= {TARGET_FLOOR_RATIO}x bare aioquic ({loop_name}, W={window})",
-                             f"{ratio:.3f}x", f"{rate:,} / {floor_row['round_trips_per_s']:,}", verdict))
+                rows.append(
+                    (
+                        f"throughput >= {TARGET_FLOOR_RATIO}x bare aioquic ({loop_name}, W={window})",
+                        f"{ratio:.3f}x",
+                        f"{rate:,} / {floor_row['round_trips_per_s']:,}",
+                        verdict,
+                    )
+                )
     if "connect" in results:
         for phase in ("cold", "warm"):
             p50 = results["connect"][phase]["post_to_direct"]["p50_ms"]
-            rows.append((f"connect to a new peer <= {TARGET_CONNECT_MS:g} ms (p50, {phase} peer process)", f"{p50} ms",
-                         "", p50 <= TARGET_CONNECT_MS))
+            rows.append(
+                (
+                    f"connect to a new peer <= {TARGET_CONNECT_MS:g} ms (p50, {phase} peer process)",
+                    f"{p50} ms",
+                    "",
+                    p50 <= TARGET_CONNECT_MS,
+                )
+            )
     return rows
 
 
@@ -833,42 +956,58 @@ def render(results: dict[str, Any]) -> str:
     lines = [f"webpeer bench, {results['date']}, {results['machine']}", f"command: {results['command']}", ""]
     if results.get("floor"):
         cpus = results["cpus"]
-        lines += [f"bare aioquic echo (server on cpu {cpus['alice']}, client on cpu {cpus['bob']}; "
-                  "the least disturbed of the rounds)",
-                  "| loop, window | round trips/s | p50 ms | p99 ms | server CPU % (waited) | client CPU % (waited) "
-                  "| all rounds, round trips/s |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+        lines += [
+            f"bare aioquic echo (server on cpu {cpus['alice']}, client on cpu {cpus['bob']}; "
+            "the least disturbed of the rounds)",
+            "| loop, window | round trips/s | p50 ms | p99 ms | server CPU % (waited) | client CPU % (waited) "
+            "| all rounds, round trips/s |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
         for key, r in results["floor"].items():
             server, client = r["cpu"]["server"], r["cpu"]["client"]
             rounds = ", ".join(f"{n:,}" for n in r.get("rounds_round_trips_per_s", []))
-            lines.append(f"| {key} | {r['round_trips_per_s']:,} | {r['p50_ms']} | {r['p99_ms']} | "
-                         f"{server['cpu_pct']} ({server['waited_pct']}) | "
-                         f"{client['cpu_pct']} ({client['waited_pct']}) | {rounds} |")
+            lines.append(
+                f"| {key} | {r['round_trips_per_s']:,} | {r['p50_ms']} | {r['p99_ms']} | "
+                f"{server['cpu_pct']} ({server['waited_pct']}) | "
+                f"{client['cpu_pct']} ({client['waited_pct']}) | {rounds} |"
+            )
         lines.append("")
     if "latency" in results:
         lat = results["latency"]
-        lines += ["latency, one message at a time",
-                  "| path | count | p50 ms | p90 ms | p99 ms | max ms |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "latency, one message at a time",
+            "| path | count | p50 ms | p90 ms | p99 ms | max ms |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for key in ("post_to_bob_event", "post_to_delivered"):
             s = lat[key]
             lines.append(f"| {key} | {s['count']} | {s['p50_ms']} | {s['p90_ms']} | {s['p99_ms']} | {s['max_ms']} |")
         lines.append("")
     if "throughput" in results:
         tp = results["throughput"]
-        lines += [f"throughput: {tp['delivered_per_s']:,} delivered msgs/s (window {tp['window']}, "
-                  f"{tp['delivered_in_window']} in {tp['measured_s']} s; sent {tp['sent_total']}, "
-                  f"delivered {tp['delivered_total']}, resyncs {tp['resync_events']}, errors {tp['error_replies']})",
-                  f"delivered in each second from the start (warm-up included): {tp['delivered_each_second']}",
-                  f"persisted: {tp['persisted']}",
-                  "CPU in the window: " + ", ".join(f"{k} {v['cpu_pct']}% (waited {v['waited_pct']}%)"
-                                                    for k, v in tp["cpu"].items()),
-                  "CPU per delivered message: " + ", ".join(
-                      f"{k} {1e6 * v['cpu_s'] / max(1, tp['delivered_in_window']):.0f} us"
-                      for k, v in tp["cpu"].items() if k != "rendezvous"), ""]
+        lines += [
+            f"throughput: {tp['delivered_per_s']:,} delivered msgs/s (window {tp['window']}, "
+            f"{tp['delivered_in_window']} in {tp['measured_s']} s; sent {tp['sent_total']}, "
+            f"delivered {tp['delivered_total']}, resyncs {tp['resync_events']}, errors {tp['error_replies']})",
+            f"delivered in each second from the start (warm-up included): {tp['delivered_each_second']}",
+            f"persisted: {tp['persisted']}",
+            "CPU in the window: "
+            + ", ".join(f"{k} {v['cpu_pct']}% (waited {v['waited_pct']}%)" for k, v in tp["cpu"].items()),
+            "CPU per delivered message: "
+            + ", ".join(
+                f"{k} {1e6 * v['cpu_s'] / max(1, tp['delivered_in_window']):.0f} us"
+                for k, v in tp["cpu"].items()
+                if k != "rendezvous"
+            ),
+            "",
+        ]
     if "connect" in results:
-        lines += ["connect to a fresh peer (cold: its process's first QUIC connection; warm: its second; "
-                  "target_cpu: CPU time the fresh peer spent from POST to delivered)",
-                  "| phase, path | count | p50 ms | p90 ms | max ms |", "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "connect to a fresh peer (cold: its process's first QUIC connection; warm: its second; "
+            "target_cpu: CPU time the fresh peer spent from POST to delivered)",
+            "| phase, path | count | p50 ms | p90 ms | max ms |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
         for phase in ("cold", "warm"):
             c = results["connect"][phase]
             for key in ("post_to_quic_start", "post_to_direct", "post_to_delivered", "target_cpu"):
@@ -901,14 +1040,22 @@ def main() -> None:
     client.add_argument("--warmup", type=float, default=0.5)
     client.add_argument("--seconds", type=float, default=3.0)
     client.add_argument("--server-pid", type=int, required=True)
-    parser.add_argument("--only", nargs="+", default=["floor", "latency", "throughput", "connect"],
-                        choices=["floor", "latency", "throughput", "connect"])
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=["floor", "latency", "throughput", "connect"],
+        choices=["floor", "latency", "throughput", "connect"],
+    )
     parser.add_argument("--alice-cpu", type=int, default=0, help="core of alice (and of the QUIC echo server)")
     parser.add_argument("--bob-cpu", type=int, default=1, help="core of bob, the fresh peers and the QUIC echo client")
     parser.add_argument("--driver-cpu", type=int, default=None, help="core of this process (default: not pinned)")
     parser.add_argument("--floor-windows", type=int, nargs="+", default=[1, 16, 200])
-    parser.add_argument("--floor-reference-window", type=int, default=16,
-                        help="the floor row the 0.3x target is judged on (16 reproduces the issue's figures)")
+    parser.add_argument(
+        "--floor-reference-window",
+        type=int,
+        default=16,
+        help="the floor row the 0.3x target is judged on (16 reproduces the issue's figures)",
+    )
     parser.add_argument("--floor-seconds", type=float, default=3.0)
     parser.add_argument("--floor-rounds", type=int, default=2, help="rounds of the floor; the least disturbed is shown")
     parser.add_argument("--floor-warmup", type=float, default=0.5)

@@ -43,33 +43,65 @@ def build_parser() -> argparse.ArgumentParser:
         description="peerlink rendezvous: a STUN server (RFC 8489) that also keeps the peer registry, "
         "introduces peers to each other and relays for them when no direct path opens.",
     )
-    parser.add_argument("--host", default=env("RENDEZVOUS_HOST", "0.0.0.0"),
-                        help="address to listen on; '::' for IPv6 and IPv4 (env RENDEZVOUS_HOST, default %(default)s)")
+    parser.add_argument(
+        "--host",
+        default=env("RENDEZVOUS_HOST", "0.0.0.0"),
+        help="address to listen on; '::' for IPv6 and IPv4 (env RENDEZVOUS_HOST, default %(default)s)",
+    )
     # String defaults go through ``type`` too, so a bad env value is a usage error, not a traceback.
-    parser.add_argument("--port", type=int, default=env("RENDEZVOUS_PORT", "3478"),
-                        help="UDP port (env RENDEZVOUS_PORT, default %(default)s, the STUN port)")
-    parser.add_argument("--db", default=env("RENDEZVOUS_DB", str(default_db_path())),
-                        help="SQLite registry file, created if missing (env RENDEZVOUS_DB, default %(default)s)")
-    parser.add_argument("--ttl", type=int, default=env("RENDEZVOUS_TTL", "60"),
-                        help="seconds a peer stays listed without a refresh, when it asks for no TTL of its own "
-                        "(env RENDEZVOUS_TTL, default %(default)s)")
-    parser.add_argument("--log-level", default=env("RENDEZVOUS_LOG_LEVEL", "info"),
-                        choices=LOG_LEVELS,
-                        help="log verbosity (env RENDEZVOUS_LOG_LEVEL, default %(default)s)")
-    parser.add_argument("--legacy-text", action="store_true", default=_env_flag("RENDEZVOUS_LEGACY_TEXT"),
-                        help="also speak the original course project's plain-text protocol (REGISTER, LIST, "
-                        "CONNECT:<id>, EXIT) on the same port; unauthenticated, so off by default "
-                        "(env RENDEZVOUS_LEGACY_TEXT=1)")
-    parser.add_argument("--peer-request-rate", type=float,
-                        default=env("RENDEZVOUS_PEER_REQUEST_RATE", "50"),
-                        help="LIST and CONNECT requests per second allowed per registered peer, with a burst of "
-                        "twice that (env RENDEZVOUS_PEER_REQUEST_RATE, default %(default)s)")
-    parser.add_argument("--other-address", type=_address, default=env("RENDEZVOUS_OTHER_ADDRESS"),
-                        help="HOST:PORT of a second socket on another IP address of this host, for RFC 5780 "
-                        "NAT behaviour discovery (peers learn whether their NAT is symmetric and how it "
-                        "filters); off when not set (env RENDEZVOUS_OTHER_ADDRESS)")
-    parser.add_argument("--no-uvloop", action="store_true", default=_env_flag("RENDEZVOUS_NO_UVLOOP"),
-                        help="use the default asyncio loop even when uvloop is installed (env RENDEZVOUS_NO_UVLOOP=1)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=env("RENDEZVOUS_PORT", "3478"),
+        help="UDP port (env RENDEZVOUS_PORT, default %(default)s, the STUN port)",
+    )
+    parser.add_argument(
+        "--db",
+        default=env("RENDEZVOUS_DB", str(default_db_path())),
+        help="SQLite registry file, created if missing (env RENDEZVOUS_DB, default %(default)s)",
+    )
+    parser.add_argument(
+        "--ttl",
+        type=int,
+        default=env("RENDEZVOUS_TTL", "60"),
+        help="seconds a peer stays listed without a refresh, when it asks for no TTL of its own "
+        "(env RENDEZVOUS_TTL, default %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=env("RENDEZVOUS_LOG_LEVEL", "info"),
+        choices=LOG_LEVELS,
+        help="log verbosity (env RENDEZVOUS_LOG_LEVEL, default %(default)s)",
+    )
+    parser.add_argument(
+        "--legacy-text",
+        action="store_true",
+        default=_env_flag("RENDEZVOUS_LEGACY_TEXT"),
+        help="also speak the original course project's plain-text protocol (REGISTER, LIST, "
+        "CONNECT:<id>, EXIT) on the same port; unauthenticated, so off by default "
+        "(env RENDEZVOUS_LEGACY_TEXT=1)",
+    )
+    parser.add_argument(
+        "--peer-request-rate",
+        type=float,
+        default=env("RENDEZVOUS_PEER_REQUEST_RATE", "50"),
+        help="LIST and CONNECT requests per second allowed per registered peer, with a burst of "
+        "twice that (env RENDEZVOUS_PEER_REQUEST_RATE, default %(default)s)",
+    )
+    parser.add_argument(
+        "--other-address",
+        type=_address,
+        default=env("RENDEZVOUS_OTHER_ADDRESS"),
+        help="HOST:PORT of a second socket on another IP address of this host, for RFC 5780 "
+        "NAT behaviour discovery (peers learn whether their NAT is symmetric and how it "
+        "filters); off when not set (env RENDEZVOUS_OTHER_ADDRESS)",
+    )
+    parser.add_argument(
+        "--no-uvloop",
+        action="store_true",
+        default=_env_flag("RENDEZVOUS_NO_UVLOOP"),
+        help="use the default asyncio loop even when uvloop is installed (env RENDEZVOUS_NO_UVLOOP=1)",
+    )
     return parser
 
 
@@ -81,8 +113,11 @@ async def serve(args: argparse.Namespace) -> None:
     if not args.peer_request_rate > 0:
         raise SystemExit("rendezvous: --peer-request-rate must be positive")
     config = ServerConfig(
-        default_ttl=args.ttl, min_ttl=min(10, args.ttl), legacy_text=args.legacy_text,
-        requests_per_second=args.peer_request_rate, requests_burst=2 * args.peer_request_rate,
+        default_ttl=args.ttl,
+        min_ttl=min(10, args.ttl),
+        legacy_text=args.legacy_text,
+        requests_per_second=args.peer_request_rate,
+        requests_burst=2 * args.peer_request_rate,
     )
     server = RendezvousServer(config, SqliteRegistry(args.db), args.host, args.port, other=args.other_address)
     await server.start()

@@ -225,7 +225,9 @@ class RendezvousClient:
         await self.request(session_request(Method.UNREGISTER, self._session()))
         self.registration = None
 
-    async def list_page(self, limit: int | None = None, cursor: bytes | None = None) -> tuple[list[PeerEntry], bytes | None]:
+    async def list_page(
+        self, limit: int | None = None, cursor: bytes | None = None
+    ) -> tuple[list[PeerEntry], bytes | None]:
         extra: list[tuple[int, Any]] = []
         if limit is not None:
             extra.append((Attr.LIMIT, limit))

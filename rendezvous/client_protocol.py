@@ -224,8 +224,12 @@ class RegisterHandshake:
         details = registration_details(self.nickname, self.local, self.ttl)
         signature = self._signer.sign(registration_payload(challenge, self.public_key, details))
         return register_request(
-            self.public_key, nickname=self.nickname, local=self.local, ttl=self.ttl,
-            challenge=challenge, signature=signature,
+            self.public_key,
+            nickname=self.nickname,
+            local=self.local,
+            ttl=self.ttl,
+            challenge=challenge,
+            signature=signature,
         )
 
 

@@ -131,7 +131,9 @@ class ServerCore:
         c = self.config
         self._register_limit = KeyedLimiter(c.register_per_second, c.register_burst)
         self._request_limit = KeyedLimiter(c.requests_per_second, c.requests_burst)
-        self._relay_packets = KeyedLimiter(c.relay_packets_per_second, c.relay_packets_per_second * c.relay_burst_seconds)
+        self._relay_packets = KeyedLimiter(
+            c.relay_packets_per_second, c.relay_packets_per_second * c.relay_burst_seconds
+        )
         self._relay_bytes = KeyedLimiter(c.relay_bytes_per_second, c.relay_bytes_per_second * c.relay_burst_seconds)
         self._software_tlv = encode_attribute(Attr.SOFTWARE, self.config.software)
         # IPv4 source -> pre-built Binding response body (its XOR-MAPPED-ADDRESS
@@ -299,7 +301,13 @@ class ServerCore:
         return Message(request.method, MessageClass.ERROR, request.transaction_id, [(Attr.ERROR_CODE, value)])
 
     def _send_reply(
-        self, reply: Message, address: Address, request_length: int, *, verified: bool, cache_until: float | None,
+        self,
+        reply: Message,
+        address: Address,
+        request_length: int,
+        *,
+        verified: bool,
+        cache_until: float | None,
         from_other: bool = False,
     ) -> None:
         if not reply.classic:
@@ -423,9 +431,9 @@ class ServerCore:
             reply = self._error(message, ErrorCode.UNAUTHORIZED, "Bad Signature")
             self._send_reply(reply, address, length, verified=False, cache_until=None)
             return
-        locals_ = tuple(
-            c.address for c in message.get_all(Attr.CANDIDATE) if c.kind == CandidateKind.LOCAL
-        )[: self.config.max_local_candidates]
+        locals_ = tuple(c.address for c in message.get_all(Attr.CANDIDATE) if c.kind == CandidateKind.LOCAL)[
+            : self.config.max_local_candidates
+        ]
         pending = PendingRegistration(
             identity=public_key,
             address=address,
@@ -475,7 +483,10 @@ class ServerCore:
         reply.add(Attr.XOR_MAPPED_ADDRESS, pending.address)
         reply.add(Attr.SESSION, self.tokens.session(peer_id, pending.identity, pending.address))
         self._send_reply(
-            reply, pending.address, pending.request_length, verified=True,
+            reply,
+            pending.address,
+            pending.request_length,
+            verified=True,
             cache_until=now + self.config.transaction_cache_seconds,
         )
 
@@ -531,9 +542,9 @@ class ServerCore:
             ttl = int.from_bytes(data[offset + 4 : offset + 8], "big")
             offset += 8
         if size == offset + 8:
-            if data[offset : offset + 4] != _FINGERPRINT_TLV or int.from_bytes(data[offset + 4 : offset + 8], "big") != (
-                binascii.crc32(data[:offset]) ^ FINGERPRINT_XOR
-            ):
+            if data[offset : offset + 4] != _FINGERPRINT_TLV or int.from_bytes(
+                data[offset + 4 : offset + 8], "big"
+            ) != (binascii.crc32(data[:offset]) ^ FINGERPRINT_XOR):
                 return False
         elif size != offset:
             return False
@@ -652,7 +663,9 @@ class ServerCore:
         self._introducing[pair] = (introduction.transaction_id, punch_key)
         if len(self._introducing) > 2 * self.config.max_pending_introductions:
             self._introducing.clear()  # only a shortcut; the table is the truth
-        self._outbox.append((self._introductions.start(introduction.transaction_id, data, target.observed, now), target.observed))
+        self._outbox.append(
+            (self._introductions.start(introduction.transaction_id, data, target.observed, now), target.observed)
+        )
         self.stats["introductions_sent"] += 1
         return reply
 
@@ -667,7 +680,11 @@ class ServerCore:
             self._drop("SEND incomplete", address)
             return
         sender = self.directory.get(session_peer_id(token))
-        if sender is None or sender.observed != address or not self.tokens.check_session(token, sender.identity, address):
+        if (
+            sender is None
+            or sender.observed != address
+            or not self.tokens.check_session(token, sender.identity, address)
+        ):
             self._drop("SEND unauthorised", address)
             return
         if message.unknown_required:

@@ -120,9 +120,7 @@ def looks_like_legacy(data: bytes) -> bool:
 def parse_request(data: bytes) -> LegacyRequest:
     """Decode one datagram into a request, or raise :class:`LegacyProtocolError`."""
     if len(data) > MAX_REQUEST_BYTES:
-        raise LegacyProtocolError(
-            f"request too long: {len(data)} bytes (max {MAX_REQUEST_BYTES})"
-        )
+        raise LegacyProtocolError(f"request too long: {len(data)} bytes (max {MAX_REQUEST_BYTES})")
     try:
         text = data.decode("utf-8", errors="strict")
     except UnicodeDecodeError as exc:
@@ -134,7 +132,7 @@ def parse_request(data: bytes) -> LegacyRequest:
     if simple is not None:
         return simple
     if text.startswith(_CONNECT_PREFIX):
-        return LegacyConnect(_parse_peer_id(text[len(_CONNECT_PREFIX):]))
+        return LegacyConnect(_parse_peer_id(text[len(_CONNECT_PREFIX) :]))
     raise LegacyProtocolError(f"unknown command {_quote(text)}")
 
 
@@ -180,9 +178,7 @@ def format_register_ack(peer_id: int) -> bytes:
     return f"REGISTER_ACK:{peer_id}".encode()
 
 
-def format_list_ack(
-    entries: Iterable[tuple[int, Address]], max_bytes: int = DEFAULT_LIST_MAX_BYTES
-) -> bytes:
+def format_list_ack(entries: Iterable[tuple[int, Address]], max_bytes: int = DEFAULT_LIST_MAX_BYTES) -> bytes:
     """``LIST_ACK:`` and one ``<id>,('<ip>', <port>)`` line per entry.
 
     The caller leaves the requester out.  Lines are added in the given order

@@ -70,8 +70,16 @@ class _Region:
         for i in range(BATCH):
             IOVEC.pack_into(self.iovecs, i * IOVEC.size, data_base + i * SLOT, SLOT)
             MMSGHDR.pack_into(
-                self.headers, i * MMSGHDR.size, names_base + i * NAME_SIZE, NAME_SIZE,
-                iov_base + i * IOVEC.size, 1, 0, 0, 0, 0,
+                self.headers,
+                i * MMSGHDR.size,
+                names_base + i * NAME_SIZE,
+                NAME_SIZE,
+                iov_base + i * IOVEC.size,
+                1,
+                0,
+                0,
+                0,
+                0,
             )
         self.pristine = self.headers.raw  # namelen reset before every receive
         self.headers_view = memoryview(self.headers).cast("B")
@@ -192,7 +200,12 @@ class BatchedSocket:
                 host = "::ffff:" + host
             packed = socket.inet_pton(socket.AF_INET6, host.partition("%")[0])
             return struct.pack("<H", socket.AF_INET6) + struct.pack("!HI", port, 0) + packed + bytes(4)
-        return struct.pack("<H", socket.AF_INET) + struct.pack("!H", port) + socket.inet_pton(socket.AF_INET, host) + bytes(8)
+        return (
+            struct.pack("<H", socket.AF_INET)
+            + struct.pack("!H", port)
+            + socket.inet_pton(socket.AF_INET, host)
+            + bytes(8)
+        )
 
     def flush(self) -> None:
         """Send the queued datagrams: one system call for the whole batch."""

@@ -44,7 +44,12 @@ def open_database(
 
 
 def _prepare(
-    conn: sqlite3.Connection, path: Path, schema: str, version: int, error: type[Exception], what: str,
+    conn: sqlite3.Connection,
+    path: Path,
+    schema: str,
+    version: int,
+    error: type[Exception],
+    what: str,
     pragmas: tuple[str, ...],
 ) -> None:
     # The first statement reads the header: a file that is not a

@@ -72,10 +72,7 @@ CREATE TABLE IF NOT EXISTS peers (
 CREATE INDEX IF NOT EXISTS peers_expires_at ON peers (expires_at);
 """
 
-_COLUMNS = (
-    "peer_id, identity, nickname, observed, local,"
-    " first_seen, last_seen, expires_at, online_since"
-)
+_COLUMNS = "peer_id, identity, nickname, observed, local, first_seen, last_seen, expires_at, online_since"
 
 _UPDATE_STATE = """
 UPDATE peers SET nickname = ?, observed = ?, local = ?, first_seen = ?,
@@ -217,7 +214,11 @@ class SqliteRegistry:
             raise RegistryError(f"cannot create directory for {self._path}: {exc}") from exc
         # 32 MiB of page cache keeps the identity index of ~1M peers hot.
         self._conn = open_database(
-            self._path, schema=_SCHEMA, version=SCHEMA_VERSION, error=RegistryError, what="registry",
+            self._path,
+            schema=_SCHEMA,
+            version=SCHEMA_VERSION,
+            error=RegistryError,
+            what="registry",
             pragmas=("PRAGMA cache_size=-32768",),
         )
 
@@ -274,16 +275,13 @@ class SqliteRegistry:
             with self._transaction() as conn:
                 for identity in pending:
                     cursor = conn.execute(
-                        "INSERT INTO peers (identity) VALUES (?)"
-                        " ON CONFLICT (identity) DO NOTHING",
+                        "INSERT INTO peers (identity) VALUES (?) ON CONFLICT (identity) DO NOTHING",
                         (identity,),
                     )
                     if cursor.rowcount == 1 and cursor.lastrowid is not None:
                         results[identity] = cursor.lastrowid
                     else:
-                        row = conn.execute(
-                            "SELECT peer_id FROM peers WHERE identity = ?", (identity,)
-                        ).fetchone()
+                        row = conn.execute("SELECT peer_id FROM peers WHERE identity = ?", (identity,)).fetchone()
                         results[identity] = row[0]
         except RegistryError as exc:
             error = exc
@@ -299,9 +297,7 @@ class SqliteRegistry:
     async def lookup_id(self, identity: bytes) -> int | None:
         """The id bound to ``identity``, or None.  Never writes."""
         with self._errors() as conn:
-            row = conn.execute(
-                "SELECT peer_id FROM peers WHERE identity = ?", (bytes(identity),)
-            ).fetchone()
+            row = conn.execute("SELECT peer_id FROM peers WHERE identity = ?", (bytes(identity),)).fetchone()
         return None if row is None else int(row[0])
 
     # -- state -----------------------------------------------------------
@@ -323,9 +319,7 @@ class SqliteRegistry:
             if limit is None:
                 # No ORDER BY: with it the planner prefers walking the whole
                 # table in rowid order over the expires_at index.
-                rows = conn.execute(
-                    f"SELECT {_COLUMNS} FROM peers WHERE expires_at > ?", (now,)
-                ).fetchall()
+                rows = conn.execute(f"SELECT {_COLUMNS} FROM peers WHERE expires_at > ?", (now,)).fetchall()
                 rows.sort(key=lambda row: row[0])
             else:
                 # Walks the primary key from ``after_id``: one pass over the table in all.
@@ -338,9 +332,7 @@ class SqliteRegistry:
     async def get(self, peer_id: int) -> PeerRecord | None:
         """The record of ``peer_id``, or None if the id was never assigned."""
         with self._errors() as conn:
-            row = conn.execute(
-                f"SELECT {_COLUMNS} FROM peers WHERE peer_id = ?", (peer_id,)
-            ).fetchone()
+            row = conn.execute(f"SELECT {_COLUMNS} FROM peers WHERE peer_id = ?", (peer_id,)).fetchone()
         return None if row is None else _record(row)
 
     async def count(self) -> int:
@@ -354,13 +346,10 @@ class SqliteRegistry:
         if self._secret is None:
             with self._transaction() as conn:
                 conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('secret', ?)"
-                    " ON CONFLICT (key) DO NOTHING",
+                    "INSERT INTO meta (key, value) VALUES ('secret', ?) ON CONFLICT (key) DO NOTHING",
                     (os.urandom(SECRET_SIZE),),
                 )
-                (value,) = conn.execute(
-                    "SELECT value FROM meta WHERE key = 'secret'"
-                ).fetchone()
+                (value,) = conn.execute("SELECT value FROM meta WHERE key = 'secret'").fetchone()
             if not isinstance(value, bytes) or len(value) != SECRET_SIZE:
                 raise RegistryError(f"stored secret in {self._path} is not {SECRET_SIZE} bytes")
             self._secret = value

@@ -354,7 +354,11 @@ ATTRIBUTES: dict[int, AttributeSpec] = {
     Attr.LIMIT: AttributeSpec("LIMIT", pack_u32, unpack_u32, 4, 4),
     Attr.CURSOR: AttributeSpec("CURSOR", pack_bytes, unpack_bytes, 1, MAX_CURSOR_LENGTH),
     Attr.PEER_ENTRY: AttributeSpec(
-        "PEER-ENTRY", pack_peer_entry, unpack_peer_entry, PEER_ENTRY_FIXED.size, PEER_ENTRY_FIXED.size + MAX_NICKNAME_BYTES
+        "PEER-ENTRY",
+        pack_peer_entry,
+        unpack_peer_entry,
+        PEER_ENTRY_FIXED.size,
+        PEER_ENTRY_FIXED.size + MAX_NICKNAME_BYTES,
     ),
     Attr.PUNCH_KEY: AttributeSpec("PUNCH-KEY", pack_bytes, unpack_bytes, PUNCH_KEY_LENGTH, PUNCH_KEY_LENGTH),
     Attr.SOFTWARE: AttributeSpec("SOFTWARE", pack_text, unpack_text, 0, 763),
@@ -581,9 +585,7 @@ def decode(data: bytes, *, allow_classic: bool = False, require_fingerprint: boo
             offset = padded_end
             continue
         if not spec.min_length <= attr_length <= spec.max_length:
-            raise MalformedMessage(
-                f"{spec.name} length {attr_length} outside {spec.min_length}..{spec.max_length}"
-            )
+            raise MalformedMessage(f"{spec.name} length {attr_length} outside {spec.min_length}..{spec.max_length}")
         message.attributes.append((code, spec.unpack(value, xor_tid)))
         if code == Attr.MESSAGE_INTEGRITY:
             seen_integrity = True

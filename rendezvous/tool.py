@@ -65,8 +65,9 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m rendezvous.tool", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m rendezvous.tool", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--server", type=parse_server, default=("127.0.0.1", 3478), help="HOST:PORT")
     parser.add_argument("--key", type=Path, help="file holding this client's Ed25519 key")
     parser.add_argument("--name", default="", help="nickname to register with")

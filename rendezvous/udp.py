@@ -151,10 +151,15 @@ class UdpEndpoint:
             # The kernel buffer is full: UDP may drop, and so do we (counted).
             self.stats["send_dropped"] += 1
         except OSError as error:
-            if error.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EINVAL, errno.EAFNOSUPPORT):
+            if error.errno not in (
+                errno.ECONNREFUSED,
+                errno.EHOSTUNREACH,
+                errno.ENETUNREACH,
+                errno.EINVAL,
+                errno.EAFNOSUPPORT,
+            ):
                 logger.warning("sendto %s failed: %s", address, error)
             self.stats["send_errors"] += 1
-
 
     def send_many(self, items: list[tuple[bytes, Address]]) -> None:
         """Send several datagrams (one sendmmsg where available)."""

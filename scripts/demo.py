@@ -27,19 +27,47 @@ def main() -> int:
     DEMO.mkdir(exist_ok=True)
     python = sys.executable
     processes = [
-        subprocess.Popen([python, "-m", "rendezvous", "--host", "127.0.0.1", "--port", str(SERVER_PORT),
-                          "--db", str(DEMO / "rendezvous.sqlite3"), "--legacy-text",
-                          # A second loopback address, so the peers can learn their NAT type (none here).
-                          "--other-address", f"127.0.0.2:{SERVER_PORT + 1}"])
+        subprocess.Popen(
+            [
+                python,
+                "-m",
+                "rendezvous",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(SERVER_PORT),
+                "--db",
+                str(DEMO / "rendezvous.sqlite3"),
+                "--legacy-text",
+                # A second loopback address, so the peers can learn their NAT type (none here).
+                "--other-address",
+                f"127.0.0.2:{SERVER_PORT + 1}",
+            ]
+        )
     ]
     time.sleep(0.5)
     urls = []
     try:
         for name, port in PEERS:
             peer = subprocess.Popen(
-                [python, "-m", "webpeer", "--server", f"127.0.0.1:{SERVER_PORT}", "--http-port", str(port),
-                 "--name", name, "--data-dir", str(DEMO / name), "--no-browser", "--log-level", "warning"],
-                stdout=subprocess.PIPE, text=True,
+                [
+                    python,
+                    "-m",
+                    "webpeer",
+                    "--server",
+                    f"127.0.0.1:{SERVER_PORT}",
+                    "--http-port",
+                    str(port),
+                    "--name",
+                    name,
+                    "--data-dir",
+                    str(DEMO / name),
+                    "--no-browser",
+                    "--log-level",
+                    "warning",
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
             )
             processes.append(peer)
             assert peer.stdout is not None

@@ -20,7 +20,9 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def server(db_path: Path) -> AsyncIterator[RendezvousServer]:
-    server = RendezvousServer(ServerConfig(legacy_text=True), SqliteRegistry(db_path), "127.0.0.1", 0, flush_interval=0.2)
+    server = RendezvousServer(
+        ServerConfig(legacy_text=True), SqliteRegistry(db_path), "127.0.0.1", 0, flush_interval=0.2
+    )
     await server.start()
     yield server
     await server.stop()

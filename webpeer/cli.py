@@ -38,30 +38,63 @@ def default_data_dir(name: str, http_port: int) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
-    parser = argparse.ArgumentParser(prog="webpeer", description="peerlink peer: messages go straight to other "
-                                     "peers over UDP (QUIC); open the printed URL to use it.")
-    parser.add_argument("--server", type=parse_server, default=parse_server(env("WEBPEER_SERVER", "127.0.0.1:3478")),
-                        help="rendezvous server HOST:PORT (env WEBPEER_SERVER, default 127.0.0.1:3478)")
-    parser.add_argument("--http-port", type=int, default=int(env("WEBPEER_HTTP_PORT", "8000")),
-                        help="port of the local page on 127.0.0.1; 0 picks a free one "
-                        "(env WEBPEER_HTTP_PORT, default 8000)")
-    parser.add_argument("--name", default=env("WEBPEER_NAME", ""),
-                        help="nickname shown to other peers (env WEBPEER_NAME)")
-    parser.add_argument("--data-dir", type=Path, default=env("WEBPEER_DATA_DIR"),
-                        help="where the key and the history live (env WEBPEER_DATA_DIR; default: "
-                        "<user data dir>/peerlink/peers/<name or port-N>)")
-    parser.add_argument("--udp-port", type=int, default=int(env("WEBPEER_UDP_PORT", "0")),
-                        help="UDP port for the server and other peers; 0 picks one (env WEBPEER_UDP_PORT)")
-    parser.add_argument("--udp-host", default=env("WEBPEER_UDP_HOST", "0.0.0.0"),
-                        help="address the UDP socket binds (env WEBPEER_UDP_HOST, default 0.0.0.0)")
-    parser.add_argument("--token", default=env("WEBPEER_TOKEN"),
-                        help="the page's access token (env WEBPEER_TOKEN); random for each start otherwise")
+    parser = argparse.ArgumentParser(
+        prog="webpeer",
+        description="peerlink peer: messages go straight to other "
+        "peers over UDP (QUIC); open the printed URL to use it.",
+    )
+    parser.add_argument(
+        "--server",
+        type=parse_server,
+        default=parse_server(env("WEBPEER_SERVER", "127.0.0.1:3478")),
+        help="rendezvous server HOST:PORT (env WEBPEER_SERVER, default 127.0.0.1:3478)",
+    )
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        default=int(env("WEBPEER_HTTP_PORT", "8000")),
+        help="port of the local page on 127.0.0.1; 0 picks a free one (env WEBPEER_HTTP_PORT, default 8000)",
+    )
+    parser.add_argument(
+        "--name", default=env("WEBPEER_NAME", ""), help="nickname shown to other peers (env WEBPEER_NAME)"
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=env("WEBPEER_DATA_DIR"),
+        help="where the key and the history live (env WEBPEER_DATA_DIR; default: "
+        "<user data dir>/peerlink/peers/<name or port-N>)",
+    )
+    parser.add_argument(
+        "--udp-port",
+        type=int,
+        default=int(env("WEBPEER_UDP_PORT", "0")),
+        help="UDP port for the server and other peers; 0 picks one (env WEBPEER_UDP_PORT)",
+    )
+    parser.add_argument(
+        "--udp-host",
+        default=env("WEBPEER_UDP_HOST", "0.0.0.0"),
+        help="address the UDP socket binds (env WEBPEER_UDP_HOST, default 0.0.0.0)",
+    )
+    parser.add_argument(
+        "--token",
+        default=env("WEBPEER_TOKEN"),
+        help="the page's access token (env WEBPEER_TOKEN); random for each start otherwise",
+    )
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser")
-    parser.add_argument("--relay-only", action="store_true", default=os.environ.get("WEBPEER_RELAY_ONLY") == "1",
-                        help="never try a direct path to other peers: everything goes through the rendezvous "
-                        "server's relay (env WEBPEER_RELAY_ONLY=1; for diagnosis)")
-    parser.add_argument("--log-level", default=env("WEBPEER_LOG_LEVEL", "info"),
-                        choices=["debug", "info", "warning", "error"], help="log verbosity (env WEBPEER_LOG_LEVEL)")
+    parser.add_argument(
+        "--relay-only",
+        action="store_true",
+        default=os.environ.get("WEBPEER_RELAY_ONLY") == "1",
+        help="never try a direct path to other peers: everything goes through the rendezvous "
+        "server's relay (env WEBPEER_RELAY_ONLY=1; for diagnosis)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=env("WEBPEER_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity (env WEBPEER_LOG_LEVEL)",
+    )
     return parser
 
 
@@ -84,8 +117,16 @@ def node_context(node: PeerNode) -> Callable[[web.Application], AsyncIterator[No
 async def serve(args: argparse.Namespace) -> None:
     token = args.token or secrets.token_urlsafe(24)
     data_dir = args.data_dir or default_data_dir(args.name, args.http_port)
-    node = PeerNode(NodeConfig(server=args.server, data_dir=Path(data_dir), name=args.name,
-                               udp_host=args.udp_host, udp_port=args.udp_port, relay_only=args.relay_only))
+    node = PeerNode(
+        NodeConfig(
+            server=args.server,
+            data_dir=Path(data_dir),
+            name=args.name,
+            udp_host=args.udp_host,
+            udp_port=args.udp_port,
+            relay_only=args.relay_only,
+        )
+    )
     app = create_app(WebConfig(port=args.http_port, token=token), node)
     app.cleanup_ctx.append(node_context(node))
     runner = await start_site(app, args.http_port)
@@ -105,8 +146,11 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
     logging.getLogger("quic").setLevel(logging.WARNING)
     run = asyncio.run
     try:

@@ -184,16 +184,18 @@ class PeerEngine:
                 continue
             known = self.history.known_peer(peer.peer_id)
             key = peer.public_key or (known.public_key if known else None)
-            out.append({
-                "id": peer.peer_id,
-                "name": peer.name or (known.name if known else ""),
-                "fingerprint": fingerprint(key) if key else None,
-                "online": peer.online,
-                "unread": unread.get(peer.peer_id, 0),
-                "key_changed": bool(known and known.key_changed),
-                "connection": peer.connection(),
-                "error": peer.last_error,
-            })
+            out.append(
+                {
+                    "id": peer.peer_id,
+                    "name": peer.name or (known.name if known else ""),
+                    "fingerprint": fingerprint(key) if key else None,
+                    "online": peer.online,
+                    "unread": unread.get(peer.peer_id, 0),
+                    "key_changed": bool(known and known.key_changed),
+                    "connection": peer.connection(),
+                    "error": peer.last_error,
+                }
+            )
         return out
 
     def messages(self, peer_id: int, limit: int = 500) -> list[JSON]:
@@ -322,7 +324,7 @@ class PeerEngine:
         announced is not on disk, and nothing may be acknowledged (the
         senders will send it again).  The pages reload."""
         if self._process_mark is not None:
-            del self._events[self._process_mark:]
+            del self._events[self._process_mark :]
             self._process_mark = None
         self.flow.rolled_back()
         self.publish(Resync())
@@ -426,8 +428,9 @@ class PeerEngine:
             return
         result = self.history.remember_peer(session.peer_id, session.public_key, session.name, now)
         if result is TrustResult.CHANGED:
-            logger.warning("peer %d now has a different key (fingerprint %s)",
-                           session.peer_id, fingerprint(session.public_key))
+            logger.warning(
+                "peer %d now has a different key (fingerprint %s)", session.peer_id, fingerprint(session.public_key)
+            )
             self._publish_peers()
 
     def _on_connect_answered(self, event: ConnectAnswered, now: float) -> None:
@@ -459,8 +462,9 @@ class PeerEngine:
 
     # ------------------------------------------------------------ links
 
-    def open_link(self, session: PeerSession, path: Path, now: float, nonce: bytes | None = None,
-                  replace: bool = False) -> None:
+    def open_link(
+        self, session: PeerSession, path: Path, now: float, nonce: bytes | None = None, replace: bool = False
+    ) -> None:
         """QUIC on ``path``.  ``replace``: a link still handshaking (opened
         early, on a guess) gives way to this one."""
         my_id = self.registration.peer_id
@@ -591,4 +595,3 @@ class PeerEngine:
 
     def _publish_connection(self, session: PeerSession) -> None:
         self.publish(ConnectionChanged(session.peer_id, session.connection()))
-

@@ -200,7 +200,13 @@ class PeerLink:
 
     @classmethod
     def connect(
-        cls, identity: Identity, my_id: int, path: Path, peer_id: int, peer_key: bytes, now: float,
+        cls,
+        identity: Identity,
+        my_id: int,
+        path: Path,
+        peer_id: int,
+        peer_key: bytes,
+        now: float,
         idle_timeout: float = 30.0,
     ) -> PeerLink:
         quic = QuicConnection(configuration=quic_configuration(identity, Role.CONNECTOR, idle_timeout))
@@ -210,7 +216,11 @@ class PeerLink:
 
     @classmethod
     def accept(
-        cls, identity: Identity, my_id: int, path: Path, original_destination_cid: bytes,
+        cls,
+        identity: Identity,
+        my_id: int,
+        path: Path,
+        original_destination_cid: bytes,
         configuration: QuicConfiguration,
     ) -> PeerLink:
         quic = QuicConnection(configuration=configuration, original_destination_connection_id=original_destination_cid)
@@ -373,8 +383,15 @@ class PeerLink:
         READY at once (frames sent behind it are held until it checks out)."""
         assert self.peer_key is not None
         signature = self.identity.sign(auth_payload(nonce, self.peer_key, self.identity.public_key))
-        self._send({"t": "hello", "id": self.my_id, "key": self.identity.public_key.hex(),
-                    "nonce": nonce.hex(), "sig": signature.hex()})
+        self._send(
+            {
+                "t": "hello",
+                "id": self.my_id,
+                "key": self.identity.public_key.hex(),
+                "nonce": nonce.hex(),
+                "sig": signature.hex(),
+            }
+        )
         self._ready(now)
 
     def _on_challenge_stream(self, data: bytes, now: float) -> None:

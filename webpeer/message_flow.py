@@ -103,8 +103,16 @@ class MessageFlow:
             raise ApiError(503, "not registered with the rendezvous server yet")
         if to == my_id:
             raise ApiError(400, "cannot send a message to yourself")
-        message: JSON = {"id": self.new_message_id(now), "peer": to, "from": my_id, "to": to, "text": text,
-                         "status": str(Status.QUEUED), "time": now, "error": None}
+        message: JSON = {
+            "id": self.new_message_id(now),
+            "peer": to,
+            "from": my_id,
+            "to": to,
+            "text": text,
+            "status": str(Status.QUEUED),
+            "time": now,
+            "error": None,
+        }
         return Draft(message, origin)
 
     def new_message_id(self, now: float) -> str:
@@ -146,14 +154,19 @@ class MessageFlow:
             if link is not None:
                 status = Status.SENT
                 self._after_commit.setdefault(link, []).append(
-                    {"t": "msg", "id": message["id"], "text": message["text"], "time": message["time"]})
+                    {"t": "msg", "id": message["id"], "text": message["text"], "time": message["time"]}
+                )
             else:
                 status = Status.SENDING if session.online else Status.QUEUED
                 waiting[session.peer_id] = session
             message["status"] = str(status)
             self.context.publish(MessageAdded(message, draft.origin))
-        self.history.add_messages([NewMessage(m["id"], m["from"], m["to"], m["text"], m["status"], m["time"])
-                                   for m in (d.message for d in drafts)])
+        self.history.add_messages(
+            [
+                NewMessage(m["id"], m["from"], m["to"], m["text"], m["status"], m["time"])
+                for m in (d.message for d in drafts)
+            ]
+        )
         for session in waiting.values():
             self.pump(session, now)
 
@@ -184,8 +197,9 @@ class MessageFlow:
                 when = float(sent_at)
             # Ids are the sender's: scope them by sender.  Stored with the
             # others of this flush, before its commit.
-            self._incoming.append(NewMessage(
-                f"{peer_id}:{message_id}", peer_id, self.context.my_id or 0, text, Status.RECEIVED, when))
+            self._incoming.append(
+                NewMessage(f"{peer_id}:{message_id}", peer_id, self.context.my_id or 0, text, Status.RECEIVED, when)
+            )
             # Acknowledge, also a duplicate (its ack was lost), once it is
             # stored; the ack leaves after the commit.
             self._acks.setdefault(link, []).append({"t": "ack", "id": message_id})
@@ -211,10 +225,20 @@ class MessageFlow:
                     # The page counts unread messages from these events; a full
                     # peer list (with its unread query) per message would cost
                     # more than the message itself.  (The row as get_message reads it.)
-                    self.context.publish(MessageAdded({
-                        "id": message.message_id, "peer": message.sender, "from": message.sender,
-                        "to": message.recipient, "text": message.text, "status": str(Status.RECEIVED),
-                        "time": message.time, "error": None}))
+                    self.context.publish(
+                        MessageAdded(
+                            {
+                                "id": message.message_id,
+                                "peer": message.sender,
+                                "from": message.sender,
+                                "to": message.recipient,
+                                "text": message.text,
+                                "status": str(Status.RECEIVED),
+                                "time": message.time,
+                                "error": None,
+                            }
+                        )
+                    )
         acks, self._acks = self._acks, {}
         for link, frames in acks.items():
             self._after_commit.setdefault(link, []).extend(frames)
@@ -240,12 +264,12 @@ class MessageFlow:
         """Outgoing messages to ``peer_id`` with no receipt yet, oldest first."""
         me = self.context.my_id
         return [
-            m for m in self.history.conversation(peer_id, limit=10_000)
+            m
+            for m in self.history.conversation(peer_id, limit=10_000)
             if m["from"] == me and m["status"] in (Status.QUEUED, Status.SENDING, Status.SENT)
         ]
 
-    def pump(self, session: PeerSession, now: float, *, resend_sent: bool = False,
-             force_connect: bool = False) -> None:
+    def pump(self, session: PeerSession, now: float, *, resend_sent: bool = False, force_connect: bool = False) -> None:
         """Make progress on a peer's outgoing messages: connect, or send.
         ``resend_sent``: a new link, so messages already sent on a previous one
         without a receipt go again."""

@@ -54,8 +54,14 @@ class NodeConfig:
     retention: float = RETENTION
 
     def engine_config(self) -> EngineConfig:
-        return EngineConfig(server=self.server, name=self.name, ttl=self.ttl, list_interval=self.list_interval,
-                            idle_timeout=self.idle_timeout, relay_only=self.relay_only)
+        return EngineConfig(
+            server=self.server,
+            name=self.name,
+            ttl=self.ttl,
+            list_interval=self.list_interval,
+            idle_timeout=self.idle_timeout,
+            relay_only=self.relay_only,
+        )
 
 
 class PeerNode:
@@ -280,8 +286,15 @@ class PeerNode:
         try:
             # Plain sockets: each carries a few probes, and 256 batched ones
             # would take ~0.4 s (and 64 MiB) to set up, stalling this loop.
-            spare = UdpEndpoint.bind(self.config.udp_host, 0, functools.partial(self._on_spare_datagram, index),
-                                     self._flush, self.engine.stats, batched=False, buffer_size=None)
+            spare = UdpEndpoint.bind(
+                self.config.udp_host,
+                0,
+                functools.partial(self._on_spare_datagram, index),
+                self._flush,
+                self.engine.stats,
+                batched=False,
+                buffer_size=None,
+            )
         except OSError:
             self.engine.spare_unavailable(index)
             return

@@ -82,8 +82,9 @@ class PathContext(Protocol):
 
     def links(self) -> list[PeerLink]: ...
 
-    def open_link(self, session: PeerSession, path: Path, now: float, nonce: bytes | None = None,
-                  replace: bool = False) -> None: ...
+    def open_link(
+        self, session: PeerSession, path: Path, now: float, nonce: bytes | None = None, replace: bool = False
+    ) -> None: ...
 
     def nat_learned(self) -> None:
         """Our NAT type is known (the page shows it)."""
@@ -124,8 +125,10 @@ class PathFinder:
         return self._commands.pop(0) if self._commands else None
 
     def deadlines(self) -> list[float]:
-        timers = [session.get_timer() for session in
-                  (*self._punches.values(), *self._sprays.values(), *self._spare_sessions.values())]
+        timers = [
+            session.get_timer()
+            for session in (*self._punches.values(), *self._sprays.values(), *self._spare_sessions.values())
+        ]
         if self.nat is not None:
             timers.append(self.nat.get_timer())
         out = [timer for timer in timers if timer is not None]
@@ -198,8 +201,9 @@ class PathFinder:
             session = self._punches.get(peer_id) if peer_id is not None else None
             handled = session is not None and session.receive(message, address, now)
             if len(self._early_probes) >= EARLY_PROBE_PEERS:
-                self._early_probes = {k: v for k, v in self._early_probes.items()
-                                      if now - v[0][2] < EARLY_PROBE_LIFETIME}
+                self._early_probes = {
+                    k: v for k, v in self._early_probes.items() if now - v[0][2] < EARLY_PROBE_LIFETIME
+                }
             if session is None and peer_id is not None and len(self._early_probes) < EARLY_PROBE_PEERS:
                 # The other side's introduction reached it before ours reached
                 # us: keep its probe a moment, to answer it once we have the key.
@@ -208,8 +212,10 @@ class PathFinder:
                     early.append((message, address, now))
                     handled = True
         else:
-            handled = any(s.owns(message.transaction_id) and s.receive(message, address, now)
-                          for s in (*self._punches.values(), *self._sprays.values()))
+            handled = any(
+                s.owns(message.transaction_id) and s.receive(message, address, now)
+                for s in (*self._punches.values(), *self._sprays.values())
+            )
         if not handled:
             self.stats["probes_refused"] += 1
 
@@ -353,8 +359,14 @@ class PathFinder:
         side is not, and the path between us is the relay (which carries
         the coordination)."""
         link = session.ready_link
-        if (self.symmetric() and session.remote_mapping == INDEPENDENT and link is not None and link.relayed
-                and session.birthday_at is None and session.birthday_attempts < BIRTHDAY_ATTEMPTS):
+        if (
+            self.symmetric()
+            and session.remote_mapping == INDEPENDENT
+            and link is not None
+            and link.relayed
+            and session.birthday_at is None
+            and session.birthday_attempts < BIRTHDAY_ATTEMPTS
+        ):
             session.birthday_at = now
 
     def _birthday_timers(self, now: float) -> None:
@@ -368,8 +380,9 @@ class PathFinder:
             if expires <= now:
                 del self._spare_expiry[index]
                 self._spare_sessions.pop(index, None)
-                if not any(link.endpoint == index for link in self.context.links()
-                           if link.state is not LinkState.CLOSED):
+                if not any(
+                    link.endpoint == index for link in self.context.links() if link.state is not LinkState.CLOSED
+                ):
                     self._close_spare(index)
         for peer_id, spray in list(self._sprays.items()):
             if spray.state is PunchState.PROBING:
@@ -378,10 +391,15 @@ class PathFinder:
             if spray.state is PunchState.FAILED:
                 logger.info("many-port probing toward peer %d: no hit in %d probes", peer_id, spray.probes_sent)
             if spray.state is PunchState.SUCCEEDED and spray.chosen is not None:
-                logger.info("many-port probing found %s:%s for peer %d after %d probes",
-                            *spray.chosen, peer_id, spray.probes_sent)
-                self.context.open_link(self.context.session(peer_id), Direct(spray.chosen), now,
-                                       nonce=spray.remote_nonce)
+                logger.info(
+                    "many-port probing found %s:%s for peer %d after %d probes",
+                    *spray.chosen,
+                    peer_id,
+                    spray.probes_sent,
+                )
+                self.context.open_link(
+                    self.context.session(peer_id), Direct(spray.chosen), now, nonce=spray.remote_nonce
+                )
 
     def _start_birthday(self, session: PeerSession, link: PeerLink, now: float) -> None:
         """We are behind a symmetric NAT and talk to the peer through the
@@ -407,8 +425,12 @@ class PathFinder:
         link.send_frame({"t": "birthday", "key": key.hex(), "host": observed[0]}, now)
         if session.birthday_attempts < BIRTHDAY_ATTEMPTS:
             session.birthday_at = now + BIRTHDAY_RETRY
-        logger.info("many-port probing toward peer %d from %d sockets (attempt %d)",
-                    session.peer_id, SPARE_SOCKETS, session.birthday_attempts)
+        logger.info(
+            "many-port probing toward peer %d from %d sockets (attempt %d)",
+            session.peer_id,
+            SPARE_SOCKETS,
+            session.birthday_attempts,
+        )
 
     def spare_unavailable(self, index: int) -> None:
         """The node could not bind spare ``index`` (out of ports or files)."""
@@ -436,8 +458,15 @@ class PathFinder:
         rng = random.SystemRandom()
         ports = rng.sample(range(1024, 65536), SPRAY_PROBES)
         self._sprays[link.peer_id] = PunchSession(
-            my_id, link.peer_id, key, [(host, port) for port in ports], now,
-            timeout=BIRTHDAY_WINDOW - 1.0, pace=0.01, repeat=1e9, burst=SPRAY_PROBES // 300 + 1,
+            my_id,
+            link.peer_id,
+            key,
+            [(host, port) for port in ports],
+            now,
+            timeout=BIRTHDAY_WINDOW - 1.0,
+            pace=0.01,
+            repeat=1e9,
+            burst=SPRAY_PROBES // 300 + 1,
             max_candidates=SPRAY_PROBES + 16,
         )
 
@@ -445,8 +474,11 @@ class PathFinder:
         """A link is over: a spare socket it alone used goes too (after the
         flush sends its CONNECTION_CLOSE)."""
         index = link.endpoint
-        if index and index in self._spares and index not in self._spare_expiry and not any(
-            other.endpoint == index for other in others if other is not link
+        if (
+            index
+            and index in self._spares
+            and index not in self._spare_expiry
+            and not any(other.endpoint == index for other in others if other is not link)
         ):
             self._close_spare(index, SPARE_CLOSE_DELAY)
 

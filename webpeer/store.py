@@ -80,8 +80,7 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
 
 # The same table read backwards, for a single conditional UPDATE.
 _SOURCES: dict[Status, tuple[str, ...]] = {
-    target: tuple(sorted(s.value for s, targets in TRANSITIONS.items() if target in targets))
-    for target in Status
+    target: tuple(sorted(s.value for s, targets in TRANSITIONS.items() if target in targets)) for target in Status
 }
 
 # One UPDATE per target status, built once (set_status runs per message).
@@ -215,8 +214,18 @@ def _message_row(message: NewMessage) -> _MessageRow:
     else:
         raise StoreError(f"a new message cannot start as {state.value!r}")
     # Our own messages are never unread.
-    return (message.message_id, peer, message.sender, message.recipient, message.text, state.value,
-            message.time, message.time, int(outgoing), int(outgoing))
+    return (
+        message.message_id,
+        peer,
+        message.sender,
+        message.recipient,
+        message.text,
+        state.value,
+        message.time,
+        message.time,
+        int(outgoing),
+        int(outgoing),
+    )
 
 
 def _known_peer(row: tuple[Any, ...]) -> KnownPeer:
@@ -295,9 +304,7 @@ class Store:
             _create_private(self._path)
         except OSError as exc:
             raise StoreError(f"cannot create {self._path}: {exc}") from exc
-        self._conn = open_database(
-            self._path, schema=_SCHEMA, version=SCHEMA_VERSION, error=StoreError, what="store"
-        )
+        self._conn = open_database(self._path, schema=_SCHEMA, version=SCHEMA_VERSION, error=StoreError, what="store")
 
     def close(self) -> None:
         """Close the file.  Calling it again does nothing."""
@@ -411,9 +418,7 @@ class Store:
     def get_message(self, message_id: str) -> dict[str, Any] | None:
         """The message as the API shows it, or None."""
         with self._read() as conn:
-            row = conn.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)
-            ).fetchone()
+            row = conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,)).fetchone()
         return None if row is None else _message(row)
 
     def conversation(self, peer: int, limit: int = 500) -> list[dict[str, Any]]:
@@ -423,8 +428,7 @@ class Store:
             raise StoreError(f"limit must be an int >= 0, not {limit!r:.40}")
         with self._read() as conn:
             rows = conn.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer = ?"
-                " ORDER BY time DESC, rowid DESC LIMIT ?",
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer = ? ORDER BY time DESC, rowid DESC LIMIT ?",
                 (peer, limit),
             ).fetchall()
         rows.reverse()
@@ -437,13 +441,11 @@ class Store:
         with self._read() as conn:
             if peer is None:
                 rows = conn.execute(
-                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE {_PENDING}"
-                    " ORDER BY time, rowid"
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE {_PENDING} ORDER BY time, rowid"
                 ).fetchall()
             else:
                 rows = conn.execute(
-                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE {_PENDING} AND peer = ?"
-                    " ORDER BY time, rowid",
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE {_PENDING} AND peer = ? ORDER BY time, rowid",
                     (peer,),
                 ).fetchall()
         return [_message(row) for row in rows]
@@ -497,8 +499,7 @@ class Store:
             ).fetchone()
             if row is None:
                 conn.execute(
-                    "INSERT INTO peers (peer_id, public_key, name, first_seen, last_seen)"
-                    " VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO peers (peer_id, public_key, name, first_seen, last_seen) VALUES (?, ?, ?, ?, ?)",
                     (peer_id, key, name, now, now),
                 )
                 return TrustResult.NEW
@@ -530,9 +531,7 @@ class Store:
     def known_peer(self, peer_id: int) -> KnownPeer | None:
         """What we remember about ``peer_id``, or None if never seen."""
         with self._read() as conn:
-            row = conn.execute(
-                f"SELECT {_PEER_COLUMNS} FROM peers WHERE peer_id = ?", (peer_id,)
-            ).fetchone()
+            row = conn.execute(f"SELECT {_PEER_COLUMNS} FROM peers WHERE peer_id = ?", (peer_id,)).fetchone()
         return None if row is None else _known_peer(row)
 
     def known_peers(self) -> list[KnownPeer]:

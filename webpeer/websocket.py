@@ -53,7 +53,9 @@ MAX_UNANSWERED = 1000
 MAX_CLIENT_ID_CHARS = 128
 
 
-async def serve(request: web.Request, api: PeerApi, sockets: weakref.WeakSet[web.WebSocketResponse]) -> web.WebSocketResponse:
+async def serve(
+    request: web.Request, api: PeerApi, sockets: weakref.WeakSet[web.WebSocketResponse]
+) -> web.WebSocketResponse:
     """One page's websocket, until it closes."""
     ws = web.WebSocketResponse(heartbeat=WS_HEARTBEAT_SECONDS, max_msg_size=WS_HARD_LIMIT_BYTES)
     await ws.prepare(request)
@@ -213,11 +215,14 @@ def _ws_error(client_id: str | None, status: int, message: str) -> JSON:
 async def _ws_request(api: PeerApi, data: str, answers: _Answers) -> None:
     """One client request; its answer (if any) goes to ``answers``."""
     if len(data) > WS_MAX_MESSAGE_BYTES or len(data.encode("utf-8", "surrogatepass")) > WS_MAX_MESSAGE_BYTES:
-        answers.add(None, _ws_error(
+        answers.add(
             None,
-            413,
-            f"websocket message larger than {WS_MAX_MESSAGE_BYTES} bytes (a message text may have {MAX_TEXT_BYTES} bytes)",
-        ))
+            _ws_error(
+                None,
+                413,
+                f"websocket message larger than {WS_MAX_MESSAGE_BYTES} bytes (a message text may have {MAX_TEXT_BYTES} bytes)",
+            ),
+        )
         return
     client_id: str | None = None
     try:

@@ -26,6 +26,7 @@ TOKEN = "browser-test-token_0123456789"
 XSS = "<img src=x onerror=alert(1)>"
 SCREENSHOT = Path("/tmp/webpeer.png")
 
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

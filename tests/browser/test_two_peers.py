@@ -40,6 +40,7 @@ WAIT_MS = 10_000
 START_SECONDS = 10.0
 SCREENSHOTS = {"alice": Path("/tmp/alice.png"), "bob": Path("/tmp/bob.png")}
 
+
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -160,8 +161,18 @@ async def peers(tmp_path: Path) -> AsyncIterator[tuple[Peer, Peer]]:
     children: list[tuple[asyncio.subprocess.Process, Path]] = []
     drains: list[asyncio.Task[None]] = []
     server_log = logs / "rendezvous.log"
-    server = await spawn(server_log, "rendezvous", "--host", "127.0.0.1", "--port", str(port),
-                         "--db", str(tmp_path / "registry.sqlite3"), "--log-level", "warning")
+    server = await spawn(
+        server_log,
+        "rendezvous",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--db",
+        str(tmp_path / "registry.sqlite3"),
+        "--log-level",
+        "warning",
+    )
     try:
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
@@ -169,9 +180,23 @@ async def peers(tmp_path: Path) -> AsyncIterator[tuple[Peer, Peer]]:
                 pages: list[Peer] = []
                 for name in ("alice", "bob"):
                     log = logs / f"{name}.log"
-                    process = await spawn(log, "webpeer", "--server", f"127.0.0.1:{port}", "--http-port", "0",
-                                          "--name", name, "--data-dir", str(tmp_path / name), "--no-browser",
-                                          "--udp-host", "127.0.0.1", "--log-level", "warning")
+                    process = await spawn(
+                        log,
+                        "webpeer",
+                        "--server",
+                        f"127.0.0.1:{port}",
+                        "--http-port",
+                        "0",
+                        "--name",
+                        name,
+                        "--data-dir",
+                        str(tmp_path / name),
+                        "--no-browser",
+                        "--udp-host",
+                        "127.0.0.1",
+                        "--log-level",
+                        "warning",
+                    )
                     children.append((process, log))
                     assert process.stdout is not None
                     try:

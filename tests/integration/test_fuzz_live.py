@@ -118,8 +118,19 @@ def stun_mutant(draw: st.DrawFn, seeds: list[Seed]) -> bytes:
     operations = draw(
         st.lists(
             st.sampled_from(
-                ["drop", "duplicate", "retype", "revalue", "flip value", "insert", "unknowns", "method", "class",
-                 "cookie", "declared length"]
+                [
+                    "drop",
+                    "duplicate",
+                    "retype",
+                    "revalue",
+                    "flip value",
+                    "insert",
+                    "unknowns",
+                    "method",
+                    "class",
+                    "cookie",
+                    "declared length",
+                ]
             ),
             max_size=3,
         )
@@ -159,7 +170,11 @@ def stun_mutant(draw: st.DrawFn, seeds: list[Seed]) -> bytes:
                 flipped[bit // 8] ^= 1 << (bit % 8)
                 tlvs[index] = (code, bytes(flipped), declared)
             elif operation == "declared length":
-                tlvs[index] = (code, value, draw(st.sampled_from([0xFFFF, 0xFFFC, len(value) + 4, max(0, len(value) - 1)])))
+                tlvs[index] = (
+                    code,
+                    value,
+                    draw(st.sampled_from([0xFFFF, 0xFFFC, len(value) + 4, max(0, len(value) - 1)])),
+                )
     fingerprint = draw(st.sampled_from(["good", "good", "good", "bad", "none"]))
     data = put_together(message_type, cookie_tid, tlvs, fingerprint, draw(st.integers(0, 31)))
     return draw(raw_mutant(data))
@@ -185,9 +200,23 @@ def raw_mutant(draw: st.DrawFn, data: bytes) -> bytes:
 
 
 LEGACY_COMMANDS = [
-    b"REGISTER", b"LIST", b"EXIT", b"CONNECT:", b"CONNECT:1", b"CONNECT:2", b"CONNECT:3", b"CONNECT:99",
-    b"CONNECT:abc", b"CONNECT:-1", b"CONNECT:4294967296", b"CONNECT:\xd9\xa3", b"REGISTER_ACK:1", b"LIST_ACK:",
-    b"Hello", b"EXIT_ACK", b"CONNECT:000000000000000000000001",
+    b"REGISTER",
+    b"LIST",
+    b"EXIT",
+    b"CONNECT:",
+    b"CONNECT:1",
+    b"CONNECT:2",
+    b"CONNECT:3",
+    b"CONNECT:99",
+    b"CONNECT:abc",
+    b"CONNECT:-1",
+    b"CONNECT:4294967296",
+    b"CONNECT:\xd9\xa3",
+    b"REGISTER_ACK:1",
+    b"LIST_ACK:",
+    b"Hello",
+    b"EXIT_ACK",
+    b"CONNECT:000000000000000000000001",
 ]
 
 
@@ -205,7 +234,9 @@ def noise() -> st.SearchStrategy[bytes]:
     return st.one_of(
         st.binary(max_size=120),
         # Looks like STUN by its first byte, is not.
-        st.builds(lambda first, rest: bytes([first]) + rest, st.integers(0, 0x3F), st.binary(min_size=19, max_size=100)),
+        st.builds(
+            lambda first, rest: bytes([first]) + rest, st.integers(0, 0x3F), st.binary(min_size=19, max_size=100)
+        ),
         # Looks like legacy text by its first byte.
         st.builds(lambda first, rest: bytes([first]) + rest, st.integers(0x41, 0x5A), st.binary(max_size=70)),
         st.text(max_size=40).map(str.encode),
@@ -216,12 +247,15 @@ def noise() -> st.SearchStrategy[bytes]:
 
 def datagrams(seeds: list[Seed]) -> st.SearchStrategy[bytes]:
     mutant = stun_mutant(seeds)
-    return st.one_of(mutant, mutant, mutant, mutant, st.sampled_from(sorted({_rebuild(s) for s in seeds})),
-                     legacy_mutant(), noise())
+    return st.one_of(
+        mutant, mutant, mutant, mutant, st.sampled_from(sorted({_rebuild(s) for s in seeds})), legacy_mutant(), noise()
+    )
 
 
 def _rebuild(original: Seed) -> bytes:
-    return put_together(original.message_type, original.cookie_tid, [(c, v, None) for c, v in original.attributes], "good")
+    return put_together(
+        original.message_type, original.cookie_tid, [(c, v, None) for c, v in original.attributes], "good"
+    )
 
 
 def generate(strategy: st.SearchStrategy[bytes], count: int, seed_value: int) -> list[bytes]:
@@ -271,7 +305,9 @@ async def seed_requests(fuzzer: RendezvousClient, victim: RendezvousClient) -> l
         session_request(Method.LIST, victim.registration.session),
         session_request(Method.UNREGISTER, victim.registration.session),
         Message(Method.SEND, MessageClass.INDICATION, os.urandom(12))
-        .add(Attr.SESSION, session).add(Attr.PEER_ID, 2).add(Attr.DATA, b"\x40relayed"),
+        .add(Attr.SESSION, session)
+        .add(Attr.PEER_ID, 2)
+        .add(Attr.DATA, b"\x40relayed"),
         Message(Method.INTRODUCE, MessageClass.SUCCESS, os.urandom(12)),
         Message(Method.BINDING, MessageClass.SUCCESS, os.urandom(12)).add(Attr.XOR_MAPPED_ADDRESS, ("127.0.0.1", 9)),
     ]
@@ -327,9 +363,20 @@ async def test_server_survives_thousands_of_hostile_datagrams(
     assert received >= 0.95 * len(batch), (received, len(batch))
     assert core.stats["dropped"] > 0.1 * len(batch)
     # The mutants reached the logic, not just the codec's checks.
-    for counter in ("binding", "binding_classic", "error 400", "error 401", "error 420", "list", "connect",
-                    "dropped: malformed: IntegrityError", "dropped: malformed: MalformedMessage",
-                    "dropped: not STUN", "legacy_requests", "legacy_errors"):
+    for counter in (
+        "binding",
+        "binding_classic",
+        "error 400",
+        "error 401",
+        "error 420",
+        "list",
+        "connect",
+        "dropped: malformed: IntegrityError",
+        "dropped: malformed: MalformedMessage",
+        "dropped: not STUN",
+        "legacy_requests",
+        "legacy_errors",
+    ):
         assert core.stats[counter] > 0, (counter, seed_value, dict(core.stats))
 
     # Still a STUN server.

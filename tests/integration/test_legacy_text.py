@@ -58,7 +58,7 @@ class OriginalClient:
     async def list(self) -> list[str]:
         reply = (await self.ask(b"LIST")).decode()
         assert reply.startswith("LIST_ACK:"), reply
-        body = reply[len("LIST_ACK:"):]
+        body = reply[len("LIST_ACK:") :]
         return body.split("\n") if body else []
 
     def close(self) -> None:

@@ -218,8 +218,11 @@ async def test_peer_restart_mid_conversation(nodes, tmp_path) -> None:
     bob2 = await nodes("bob", data_dir=tmp_path / "bob")
     assert bob2.registration.peer_id == 2
     second = await alice.send_message(2, "after the restart")
-    await wait_for(lambda: alice.store.get_message(second["id"])["status"] == "delivered", timeout=10,
-                   what=lambda: f"second delivered: {alice.store.get_message(second['id'])} {alice.peer_states[2]}")
+    await wait_for(
+        lambda: alice.store.get_message(second["id"])["status"] == "delivered",
+        timeout=10,
+        what=lambda: f"second delivered: {alice.store.get_message(second['id'])} {alice.peer_states[2]}",
+    )
     assert [m["text"] for m in bob2.messages(1)] == ["before the restart", "after the restart"]
     reply = await bob2.send_message(1, "I'm back")
     await wait_for(lambda: bob2.store.get_message(reply["id"])["status"] == "delivered", what="reply delivered")
@@ -278,8 +281,9 @@ async def test_server_restart_peers_register_again_and_keep_ids(tmp_path) -> Non
     address = server.address
     peers = []
     for name in ("alice", "bob"):
-        node = PeerNode(NodeConfig(server=address, data_dir=tmp_path / name, name=name, udp_host="127.0.0.1",
-                                   list_interval=0.3))
+        node = PeerNode(
+            NodeConfig(server=address, data_dir=tmp_path / name, name=name, udp_host="127.0.0.1", list_interval=0.3)
+        )
         await node.start()
         peers.append(node)
     alice, bob = peers
@@ -297,8 +301,16 @@ async def test_server_restart_peers_register_again_and_keep_ids(tmp_path) -> Non
         for node in peers:
             node.registration._wake_at = node.clock()
             node._flush()
-        await wait_for(lambda: alice.registration.state.value == "registered" and bob.registration.state.value == "registered"
-                       and 1 in server.core.directory and 2 in server.core.directory, timeout=8, what="registered again")
+        await wait_for(
+            lambda: (
+                alice.registration.state.value == "registered"
+                and bob.registration.state.value == "registered"
+                and 1 in server.core.directory
+                and 2 in server.core.directory
+            ),
+            timeout=8,
+            what="registered again",
+        )
         assert (alice.registration.peer_id, bob.registration.peer_id) == ids
         sent = await alice.send_message(ids[1], "after the server restart")
         await wait_for(lambda: alice.store.get_message(sent["id"])["status"] == "delivered", what="delivered")
@@ -310,11 +322,18 @@ async def test_server_restart_peers_register_again_and_keep_ids(tmp_path) -> Non
 
 async def test_simultaneous_connects_end_as_one_connection(nodes) -> None:
     alice, bob = await nodes("alice"), await nodes("bob")
-    await wait_for(lambda: any(p["online"] for p in alice.peers_json()) and any(p["online"] for p in bob.peers_json()),
-                   what="both see each other")
+    await wait_for(
+        lambda: any(p["online"] for p in alice.peers_json()) and any(p["online"] for p in bob.peers_json()),
+        what="both see each other",
+    )
     a, b = await asyncio.gather(alice.send_message(2, "from alice"), bob.send_message(1, "from bob"))
-    await wait_for(lambda: alice.store.get_message(a["id"])["status"] == "delivered"
-                   and bob.store.get_message(b["id"])["status"] == "delivered", what="both delivered")
+    await wait_for(
+        lambda: (
+            alice.store.get_message(a["id"])["status"] == "delivered"
+            and bob.store.get_message(b["id"])["status"] == "delivered"
+        ),
+        what="both delivered",
+    )
     await asyncio.sleep(0.3)  # let a losing duplicate finish closing
     link_a, link_b = alice.peer_states[2].link, bob.peer_states[1].link
     assert link_a is not None and link_b is not None
@@ -362,8 +381,11 @@ async def test_a_wrong_first_guess_gives_way_to_the_path_the_checks_find(nodes, 
     bob = await nodes("bob", before_start=lambda node: monkeypatch.setattr(node, "_local_candidates", lambda: (dead,)))
     await wait_for(lambda: any(p["online"] for p in alice.peers_json()), what="alice sees bob")
     sent = await alice.send_message(2, "past the wrong guess")
-    await wait_for(lambda: alice.store.get_message(sent["id"])["status"] == "delivered", timeout=1.5,
-                   what="delivered directly (well before the relay's 2 s)")
+    await wait_for(
+        lambda: alice.store.get_message(sent["id"])["status"] == "delivered",
+        timeout=1.5,
+        what="delivered directly (well before the relay's 2 s)",
+    )
     assert alice.stats["quic_opened_early"] == 1 and alice.stats["early_link_replaced"] == 1
     connection = next(p for p in alice.peers_json() if p["id"] == 2)["connection"]
     assert connection["state"] == "direct" and connection["address"] == "{}:{}".format(*bob.udp_address)
@@ -417,8 +439,11 @@ async def test_a_relayed_connection_upgrades_to_direct(nodes) -> None:
     alice.engine.pathfinder.relay_only = False
     alice.peer_states[2].upgrade_at = alice.clock()
     alice._on_timer()
-    await wait_for(lambda: (next(p for p in alice.peers_json() if p["id"] == 2)["connection"] or {}).get("state")
-                   == "direct", timeout=8, what="upgraded to direct")
+    await wait_for(
+        lambda: (next(p for p in alice.peers_json() if p["id"] == 2)["connection"] or {}).get("state") == "direct",
+        timeout=8,
+        what="upgraded to direct",
+    )
     second = await alice.send_message(2, "direct")
     await wait_for(lambda: alice.store.get_message(second["id"])["status"] == "delivered", what="second delivered")
     assert [m["text"] for m in bob.messages(1)] == ["relayed", "direct"]

@@ -107,9 +107,22 @@ async def start_server(db: Path, *extra: str, port: int | None = None) -> Server
     for _ in range(3):
         chosen = port or free_udp_port()
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "rendezvous", "--host", "127.0.0.1", "--port", str(chosen), "--db", str(db),
-            "--log-level", "info", *extra,
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=clean_env(),
+            sys.executable,
+            "-m",
+            "rendezvous",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(chosen),
+            "--db",
+            str(db),
+            "--log-level",
+            "info",
+            *extra,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=clean_env(),
         )
         server = ServerProcess(proc, chosen)
         try:
@@ -214,9 +227,11 @@ async def test_log_lines_match_the_original_project(tmp_path: Path, processes, c
         assert f"Received {line} Request From Client: {c}{detail}" in messages, line
     # The lines are in the order the requests were made.
     order = [m for m in messages if m.startswith("Received ")]
-    assert order.index(f"Received LIST Request From Client: {a}") < order.index(
-        f"Received CONNECT Request From Client: {a} to peer 2"
-    ) < order.index(f"Received UNREGISTER Request From Client: {a}")
+    assert (
+        order.index(f"Received LIST Request From Client: {a}")
+        < order.index(f"Received CONNECT Request From Client: {a} to peer 2")
+        < order.index(f"Received UNREGISTER Request From Client: {a}")
+    )
     assert await server.stop() == 0
     assert server.messages()[-1] == "Rendezvous server stopped"
     assert server.messages("ERROR") == [] and server.messages("WARNING") == []
@@ -359,7 +374,9 @@ async def test_acknowledged_registrations_survive_kill_9(tmp_path: Path, process
     newcomer = await register_key(sockets[0], Ed25519PrivateKey.generate())
     assert newcomer > max(acknowledged.values())
     assert await restarted.stop() == 0
-    print(f"acknowledged {len(acknowledged)} of {KEYS} before kill -9; {unfinished} workers were mid-load; refused {len(refused)}")
+    print(
+        f"acknowledged {len(acknowledged)} of {KEYS} before kill -9; {unfinished} workers were mid-load; refused {len(refused)}"
+    )
 
 
 # ------------------------------------------------------------ (d) options and environment
@@ -426,8 +443,13 @@ async def test_server_configured_by_environment_alone(tmp_path: Path, clients) -
         RENDEZVOUS_NO_UVLOOP="1",
     )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rendezvous",
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+        sys.executable,
+        "-m",
+        "rendezvous",
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
     )
     server = ServerProcess(proc, port)
     try:
@@ -451,7 +473,10 @@ def test_bad_settings_exit_with_a_message(tmp_path: Path) -> None:
     def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "rendezvous", "--host", "127.0.0.1", *args],
-            capture_output=True, text=True, env=clean_env(**env), timeout=20,
+            capture_output=True,
+            text=True,
+            env=clean_env(**env),
+            timeout=20,
         )
 
     db = str(tmp_path / "x.sqlite3")

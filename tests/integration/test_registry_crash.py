@@ -58,9 +58,7 @@ async def test_acknowledged_ids_survive_sigkill(tmp_path: Path) -> None:
     path = tmp_path / "registry.sqlite3"
     src = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=str(src))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, env=env
-    )
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, env=env)
     try:
         output = read_until(proc, ACKNOWLEDGED_BEFORE_KILL, time.monotonic() + 6)
         assert proc.poll() is None, "the child must die mid-work, not finish"

@@ -89,7 +89,9 @@ async def test_list_reply_never_exceeds_1200_bytes(server: RendezvousServer, mak
     clients = [await make_client(nickname="n" * 64) for _ in range(40)]
     for client in clients:
         await client.register()
-    response = await clients[0].request(session_request(Method.LIST, clients[0].registration.session, (Attr.LIMIT, 100)))
+    response = await clients[0].request(
+        session_request(Method.LIST, clients[0].registration.session, (Attr.LIMIT, 100))
+    )
     assert len(response.raw) <= 1200
     assert response.get(Attr.CURSOR) is not None
     assert len(await clients[0].list_all(limit=100)) == 39

@@ -54,13 +54,34 @@ class WebPeer:
 @pytest.fixture
 async def network(tmp_path: Path):
     port = free_udp_port()
-    server = await start("rendezvous", "--host", "127.0.0.1", "--port", str(port), "--db", str(tmp_path / "r.sqlite3"),
-                         "--log-level", "warning")
+    server = await start(
+        "rendezvous",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--db",
+        str(tmp_path / "r.sqlite3"),
+        "--log-level",
+        "warning",
+    )
     peers: list[WebPeer] = []
 
     async def add(name: str) -> WebPeer:
-        process = await start("webpeer", "--server", f"127.0.0.1:{port}", "--http-port", "0", "--name", name,
-                              "--data-dir", str(tmp_path / name), "--no-browser", "--udp-host", "127.0.0.1")
+        process = await start(
+            "webpeer",
+            "--server",
+            f"127.0.0.1:{port}",
+            "--http-port",
+            "0",
+            "--name",
+            name,
+            "--data-dir",
+            str(tmp_path / name),
+            "--no-browser",
+            "--udp-host",
+            "127.0.0.1",
+        )
         line = await asyncio.wait_for(process.stdout.readline(), 10)
         peer = WebPeer(process, line.decode().removeprefix("Open ").strip())
         peers.append(peer)

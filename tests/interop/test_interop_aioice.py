@@ -77,7 +77,9 @@ def binding_with_software_and_fingerprint() -> stun.Message:
     return request
 
 
-@pytest.mark.parametrize("make_request", [bare_binding, binding_with_software_and_fingerprint], ids=["bare", "fingerprint"])
+@pytest.mark.parametrize(
+    "make_request", [bare_binding, binding_with_software_and_fingerprint], ids=["bare", "fingerprint"]
+)
 async def test_aioice_stun_transaction_reads_our_xor_mapped_address(
     stun_server: RendezvousServer,
     server_stats: Callable[[RendezvousServer], dict[str, int]],

@@ -94,7 +94,9 @@ class Candidate:
         assert fields[6] == "typ", line
         extras = dict(zip(fields[8::2], fields[9::2], strict=False))
         rport = extras.get("rport")
-        return cls(fields[7], fields[4], int(fields[5]), extras.get("raddr"), None if rport is None else int(rport), url)
+        return cls(
+            fields[7], fields[4], int(fields[5]), extras.get("raddr"), None if rport is None else int(rport), url
+        )
 
 
 @pytest.fixture

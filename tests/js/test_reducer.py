@@ -20,7 +20,9 @@ HERE = Path(__file__).resolve().parent
 def _node() -> tuple[str, int]:
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not installed (Debian package nodejs); the reducer is then only tested through the browser tests")
+        pytest.skip(
+            "node is not installed (Debian package nodejs); the reducer is then only tested through the browser tests"
+        )
     version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True).stdout.strip()
     match = re.match(r"v(\d+)\.(\d+)", version)
     if match is None or (int(match[1]), int(match[2])) < (20, 10):

@@ -11,4 +11,14 @@ from .rules import NatType
 UDPTOOL = Path(__file__).with_name("udptool.py")
 """A stdlib-only UDP probe program to run inside lab hosts (see its docstring)."""
 
-__all__ = ["Host", "Lab", "LabError", "NatType", "Site", "UDPTOOL", "remove_stale_namespaces", "tool", "unavailable_reason"]
+__all__ = [
+    "Host",
+    "Lab",
+    "LabError",
+    "NatType",
+    "Site",
+    "UDPTOOL",
+    "remove_stale_namespaces",
+    "tool",
+    "unavailable_reason",
+]

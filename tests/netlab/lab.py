@@ -97,7 +97,9 @@ def tool(name: str) -> str:
     search = os.pathsep.join([os.environ.get("PATH", os.defpath), *SBIN])
     path = shutil.which(name, path=search)
     if path is None:
-        raise LabError(f"missing tool {name} (Debian package {TOOLS.get(name, name)}): run scripts/system-deps.sh as root")
+        raise LabError(
+            f"missing tool {name} (Debian package {TOOLS.get(name, name)}): run scripts/system-deps.sh as root"
+        )
     return path
 
 
@@ -212,7 +214,9 @@ class Lab:
             raise
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def start(self) -> None:
@@ -380,7 +384,9 @@ class Lab:
         argv = [sys.executable, str(DELAY_PROGRAM), "--queue", str(DELAY_QUEUE), "--delay-ms", str(delay_ms)]
         # stderr is inherited, not piped: nobody would read a pipe while the
         # program runs, and pytest shows captured output on failure.
-        process = subprocess.Popen([tool("ip"), "netns", "exec", self.internet, *argv], stdout=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [tool("ip"), "netns", "exec", self.internet, *argv], stdout=subprocess.PIPE, text=True
+        )
         self._delay = process
         assert process.stdout is not None
         ready, _, _ = select.select([process.stdout], [], [], 10.0)
@@ -389,14 +395,43 @@ class Lab:
             self._stop_delay()
             raise LabError(f"delay program did not start (exit status {process.returncode})")
         # Only now queue packets: with no program bound, queued packets drop.
-        self._check([tool("ip"), "netns", "exec", self.internet, tool("iptables"), "-w", "-A", "FORWARD",
-                     "-j", "NFQUEUE", "--queue-num", str(DELAY_QUEUE)])
+        self._check(
+            [
+                tool("ip"),
+                "netns",
+                "exec",
+                self.internet,
+                tool("iptables"),
+                "-w",
+                "-A",
+                "FORWARD",
+                "-j",
+                "NFQUEUE",
+                "--queue-num",
+                str(DELAY_QUEUE),
+            ]
+        )
         self._delay_ms = delay_ms
 
     def _stop_delay(self) -> None:
         # Unqueue first, so no packet is queued to a program that is gone.
-        subprocess.run([tool("ip"), "netns", "exec", self.internet, tool("iptables"), "-w", "-D", "FORWARD",
-                        "-j", "NFQUEUE", "--queue-num", str(DELAY_QUEUE)], capture_output=True)
+        subprocess.run(
+            [
+                tool("ip"),
+                "netns",
+                "exec",
+                self.internet,
+                tool("iptables"),
+                "-w",
+                "-D",
+                "FORWARD",
+                "-j",
+                "NFQUEUE",
+                "--queue-num",
+                str(DELAY_QUEUE),
+            ],
+            capture_output=True,
+        )
         process, self._delay = self._delay, None
         self._delay_ms = 0.0
         if process is None:

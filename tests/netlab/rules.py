@@ -59,7 +59,8 @@ def router_ruleset(nat: NatType, private_host: str, mapping_timeout: int) -> str
     # chain after srcnat) together with the host's own port, and send
     # anything arriving at that external port to the host.  The entry lives
     # ``mapping_timeout`` seconds after the host's last outbound datagram.
-    cone_map = f"""
+    cone_map = (
+        f"""
   map fullcone {{
     type inet_service : inet_service
     flags timeout
@@ -71,7 +72,10 @@ def router_ruleset(nat: NatType, private_host: str, mapping_timeout: int) -> str
   chain cone_record {{
     type filter hook postrouting priority srcnat + 10; policy accept;
     oifname "{WAN}" meta l4proto udp update @fullcone {{ udp sport timeout {mapping_timeout}s : ct original proto-src }}
-  }}""" if full_cone else ""
+  }}"""
+        if full_cone
+        else ""
+    )
     accept_cone = f'\n    iifname "{WAN}" ct status dnat accept' if full_cone else ""
     return f"""
 table ip netlab_nat {{

@@ -83,8 +83,12 @@ async def send_wait(port: int, token: str, to: int, text: str) -> dict[str, obje
                         delivered.add(event["id"])
                     elif event.get("type") == "connection" and event.get("peer") == to:
                         connection = event["connection"]
-            return {"id": message_id, "seconds": time.monotonic() - started, "posted_at": posted_at,
-                    "connection": connection}
+            return {
+                "id": message_id,
+                "seconds": time.monotonic() - started,
+                "posted_at": posted_at,
+                "connection": connection,
+            }
 
 
 def main() -> None:
@@ -97,8 +101,10 @@ def main() -> None:
         answer = call(int(port), token, "POST", "/api/messages", {"to": int(args[0]), "text": args[1]})
     elif command == "burst":
         to, count, prefix = int(args[0]), int(args[1]), args[2]
-        answer = [call(int(port), token, "POST", "/api/messages", {"to": to, "text": f"{prefix} {i}"})["id"]
-                  for i in range(count)]
+        answer = [
+            call(int(port), token, "POST", "/api/messages", {"to": to, "text": f"{prefix} {i}"})["id"]
+            for i in range(count)
+        ]
     elif command == "send-wait":
         answer = asyncio.run(asyncio.wait_for(send_wait(int(port), token, int(args[0]), args[1]), 30))
     elif command == "watch":

@@ -62,10 +62,28 @@ class Peer:
         self.lab, self.site, self.name, self.http_port = lab, site, name, http_port
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.log = open(data_dir.parent / f"{name}.log", "w")
-        self.process = lab.popen(site, [
-            sys.executable, "-m", "webpeer", "--server", server, "--http-port", str(http_port),
-            "--name", name, "--data-dir", str(data_dir), "--token", TOKEN, "--no-browser",
-        ], env=env, stdout=self.log, stderr=self.log)
+        self.process = lab.popen(
+            site,
+            [
+                sys.executable,
+                "-m",
+                "webpeer",
+                "--server",
+                server,
+                "--http-port",
+                str(http_port),
+                "--name",
+                name,
+                "--data-dir",
+                str(data_dir),
+                "--token",
+                TOKEN,
+                "--no-browser",
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=self.log,
+        )
 
     def api(self, *args: str) -> object:
         result = self.lab.run(self.site, [sys.executable, PEER_API, str(self.http_port), TOKEN, *args])
@@ -76,8 +94,12 @@ class Peer:
     def watch(self, sender: int, text: str) -> subprocess.Popen[str]:
         """Watch this peer's websocket for ``text`` from ``sender``; returns
         once it is connected (the process then prints the arrival time)."""
-        process = self.lab.popen(self.site, [sys.executable, PEER_API, str(self.http_port), TOKEN, "watch", str(sender), text],
-                                 stdout=subprocess.PIPE, text=True)
+        process = self.lab.popen(
+            self.site,
+            [sys.executable, PEER_API, str(self.http_port), TOKEN, "watch", str(sender), text],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert process.stdout is not None and process.stdout.readline().strip() == "ready"
         return process
 
@@ -121,12 +143,22 @@ def run_pair(tmp_path: Path, nat_a: NatType, nat_b: NatType, delay_ms: float = 0
         # event before its receipt): a relayed one may turn direct soon after.
         connection = sent["connection"]
         assert connection is not None and connection["state"] in ("direct", "relayed"), connection
-        result = {"connection": connection, "first_delivery": first_delivery, "arrived": arrived,
-                  "eventual": connection}
+        result = {
+            "connection": connection,
+            "first_delivery": first_delivery,
+            "arrived": arrived,
+            "eventual": connection,
+        }
         if eventual_path(nat_a, nat_b) != connection["state"]:
             result["eventual"] = alice.wait(
-                lambda: (c := next(p for p in alice.api("peers") if p["id"] == id_b)["connection"])
-                and c["state"] == eventual_path(nat_a, nat_b) and c, 30, "the path to change")
+                lambda: (
+                    (c := next(p for p in alice.api("peers") if p["id"] == id_b)["connection"])
+                    and c["state"] == eventual_path(nat_a, nat_b)
+                    and c
+                ),
+                30,
+                "the path to change",
+            )
             # From the first delivery until the change was seen (polled: an upper bound).
             result["upgrade_s"] = time.time() - (sent["posted_at"] + sent["seconds"])
             later = alice.api("send-wait", str(id_b), "after the upgrade")
@@ -141,15 +173,19 @@ PAIRS = list(itertools.combinations_with_replacement(NAT_TYPES, 2))
 def test_messages_cross_every_pair_of_nats(tmp_path: Path, nat_a: NatType, nat_b: NatType, record_property) -> None:
     result = run_pair(tmp_path, nat_a, nat_b)
     record_property("first_delivery_s", round(result["first_delivery"], 3))
-    print(f"\n{nat_a.name} <-> {nat_b.name}: {result['connection']['state']}, first message at bob after "
-          f"{result['arrived'] * 1000:.0f} ms, its receipt at alice after {result['first_delivery'] * 1000:.0f} ms")
+    print(
+        f"\n{nat_a.name} <-> {nat_b.name}: {result['connection']['state']}, first message at bob after "
+        f"{result['arrived'] * 1000:.0f} ms, its receipt at alice after {result['first_delivery'] * 1000:.0f} ms"
+    )
     # Bob has it before alice has the receipt (plus slack: her side polls, his is a websocket).
     assert 0 < result["arrived"] < result["first_delivery"] + 0.1
     assert result["connection"]["state"] == expected_path(nat_a, nat_b)
     assert result["eventual"]["state"] == eventual_path(nat_a, nat_b)
     if "upgrade_s" in result:
-        print(f"  then {result['eventual']['state']} via {result['eventual']['address']} "
-              f"{result['upgrade_s']:.1f} s later")
+        print(
+            f"  then {result['eventual']['state']} via {result['eventual']['address']} "
+            f"{result['upgrade_s']:.1f} s later"
+        )
     # Many-port probing only where it can work: the symmetric side of a
     # symmetric/port-restricted pair tries it; two symmetric sides never do
     # (each told the other its mapping over the relay).
@@ -192,11 +228,25 @@ def start_rendezvous(lab: Lab, tmp_path: Path) -> str:
     """The server on the lab's internet, with its second address for RFC 5780
     NAT discovery; returns its HOST:PORT."""
     primary, other = lab.rendezvous.addresses[:2]
-    lab.popen(lab.rendezvous, [
-        sys.executable, "-m", "rendezvous", "--host", primary, "--port", "3478",
-        "--other-address", f"{other}:3479",
-        "--db", str(tmp_path / "rendezvous.sqlite3"), "--log-level", "warning",
-    ], env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    lab.popen(
+        lab.rendezvous,
+        [
+            sys.executable,
+            "-m",
+            "rendezvous",
+            "--host",
+            primary,
+            "--port",
+            "3478",
+            "--other-address",
+            f"{other}:3479",
+            "--db",
+            str(tmp_path / "rendezvous.sqlite3"),
+            "--log-level",
+            "warning",
+        ],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     return f"{primary}:3478"
 
 
@@ -263,9 +313,14 @@ def test_each_peer_learns_its_nat_type(tmp_path: Path) -> None:
     with Lab() as lab:
         sites = {nat: lab.site(nat.name.lower().replace("_", "")[:8], nat) for nat in NAT_TYPES}
         server = start_rendezvous(lab, tmp_path)
-        peers = {nat: Peer(lab, site, nat.name.lower(), tmp_path / nat.name.lower(), server) for nat, site in sites.items()}
+        peers = {
+            nat: Peer(lab, site, nat.name.lower(), tmp_path / nat.name.lower(), server) for nat, site in sites.items()
+        }
         for nat, peer in peers.items():
-            me = peer.wait(lambda p=peer: (m := p.api("me")) and m["nat"]["type"] not in ("unknown", "cone") and m,
-                           20, "NAT type known")
+            me = peer.wait(
+                lambda p=peer: (m := p.api("me")) and m["nat"]["type"] not in ("unknown", "cone") and m,
+                20,
+                "NAT type known",
+            )
             print(f"\n{nat.name}: {me['nat']}")
             assert me["nat"]["type"] == NAT_NAMES[nat], me["nat"]

@@ -66,8 +66,13 @@ def first_line(process: subprocess.Popen[str]) -> dict[str, Any]:
 def lab() -> Iterator[Lab]:
     require_lab()
     with Lab() as lab:
-        for name, nat in (("fc", NatType.FULL_CONE), ("pr", NatType.PORT_RESTRICTED),
-                          ("sy", NatType.SYMMETRIC), ("pub", NatType.NONE), ("y", NatType.NONE)):
+        for name, nat in (
+            ("fc", NatType.FULL_CONE),
+            ("pr", NatType.PORT_RESTRICTED),
+            ("sy", NatType.SYMMETRIC),
+            ("pub", NatType.NONE),
+            ("y", NatType.NONE),
+        ):
             lab.site(name, nat)
         # Echo servers: the rendezvous host (two ports) and a second public host Y.
         first_line(start(lab, lab.rendezvous, "echo", "--bind", ECHO, "--bind", f"{RV}:3479"))
@@ -212,8 +217,10 @@ def test_delay_adds_its_one_way_time_in_each_direction(lab: Lab) -> None:
     finally:
         lab.set_link()
     plain = rtts(lab, 10)
-    print(f"delay 50 ms one way: RTT median {statistics.median(delayed):.1f} ms "
-          f"(min {min(delayed):.1f}, max {max(delayed):.1f}); without: {statistics.median(plain):.2f} ms")
+    print(
+        f"delay 50 ms one way: RTT median {statistics.median(delayed):.1f} ms "
+        f"(min {min(delayed):.1f}, max {max(delayed):.1f}); without: {statistics.median(plain):.2f} ms"
+    )
     assert len(delayed) == 10 and len(plain) == 10
     assert 90 <= statistics.median(delayed) <= 200
     assert min(delayed) >= 95  # every packet waits, both ways
@@ -223,12 +230,16 @@ def test_delay_adds_its_one_way_time_in_each_direction(lab: Lab) -> None:
 
 def test_lab_namespaces_have_no_way_out(lab: Lab) -> None:
     for netns in lab.namespaces:
-        links = subprocess.run([tool("ip"), "-n", netns, "-d", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+        links = subprocess.run(
+            [tool("ip"), "-n", netns, "-d", "-o", "link", "show"], capture_output=True, text=True, check=True
+        ).stdout
         for line in links.splitlines():
             # Only loopback and veths whose peers are in lab namespaces
             # (a peer elsewhere would show as "link-netnsid" of a non-lab ns).
             assert " lo: " in line or " veth " in line, line
-    internet_routes = subprocess.run([tool("ip"), "-n", lab.internet, "route", "show"], capture_output=True, text=True, check=True).stdout
+    internet_routes = subprocess.run(
+        [tool("ip"), "-n", lab.internet, "route", "show"], capture_output=True, text=True, check=True
+    ).stdout
     assert "default" not in internet_routes
     for route in internet_routes.splitlines():
         assert route.startswith(("198.51.100.", "203.0.113.")), route
@@ -258,8 +269,9 @@ def busy_lab(lab: Lab) -> list[subprocess.Popen[bytes]]:
     return [tracked, untracked]
 
 
-def assert_gone(lab: Lab, namespaces: list[str], processes: list[subprocess.Popen[bytes]], delay_pid: int,
-                links_before: set[str]) -> None:
+def assert_gone(
+    lab: Lab, namespaces: list[str], processes: list[subprocess.Popen[bytes]], delay_pid: int, links_before: set[str]
+) -> None:
     assert not {ns for ns in netns_names() if ns.startswith(lab.prefix)}
     assert set(namespaces) & netns_names() == set()
     assert root_links() == links_before

@@ -78,8 +78,9 @@ class Nat:
 class Peer:
     """One engine with its store, its NAT and what it told its pages."""
 
-    def __init__(self, net: PeerNet, name: str, identity: Identity, data_dir: Path, host: str, nat: Nat,
-                 **config: object) -> None:
+    def __init__(
+        self, net: PeerNet, name: str, identity: Identity, data_dir: Path, host: str, nat: Nat, **config: object
+    ) -> None:
         self.net = net
         self.name = name
         self.identity = identity
@@ -170,8 +171,15 @@ class PeerNet:
         public = f"198.51.100.{index}"
         data_dir = self.tmp_path / name
         data_dir.mkdir(exist_ok=True)
-        peer = Peer(self, name, identity or Identity(Ed25519PrivateKey.generate()), data_dir, private,
-                    Nat(nat, public), **config)
+        peer = Peer(
+            self,
+            name,
+            identity or Identity(Ed25519PrivateKey.generate()),
+            data_dir,
+            private,
+            Nat(nat, public),
+            **config,
+        )
         self.peers.append(peer)
         peer.flush()
         return peer
@@ -188,8 +196,15 @@ class PeerNet:
     def start_again(self, peer: Peer, **config: object) -> Peer:
         """The same user (key and history) starts again, on another address."""
         index = len(self.peers) + 1
-        again = Peer(self, peer.name, peer.identity, self.tmp_path / peer.name, f"198.51.100.{index}",
-                     Nat("none", f"198.51.100.{index}"), **config)
+        again = Peer(
+            self,
+            peer.name,
+            peer.identity,
+            self.tmp_path / peer.name,
+            f"198.51.100.{index}",
+            Nat("none", f"198.51.100.{index}"),
+            **config,
+        )
         self.peers.append(again)
         again.flush()
         return again

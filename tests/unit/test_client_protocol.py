@@ -118,7 +118,7 @@ def test_handshake_registers_with_the_real_core() -> None:
         core.receive_datagram(encode(step), ME, T0)
         for pending in core.pending_registrations():
             core.complete_registration(pending, 1, None, T0)
-        (reply, to), = core.datagrams_to_send()
+        ((reply, to),) = core.datagrams_to_send()
         assert to == ME
         step = handshake.answer(decode(reply))
     assert sent == 2 and handshake.signed

@@ -214,8 +214,9 @@ def test_register_is_challenge_then_signature_then_id(h: Harness) -> None:
 
     details = registration_details("alice", (("10.0.0.5", 4000),), None)
     signature = alice.sign(registration_payload(challenge, public_key, details))
-    signed = register_request(public_key, nickname="alice", local=(("10.0.0.5", 4000),), challenge=challenge,
-                              signature=signature)
+    signed = register_request(
+        public_key, nickname="alice", local=(("10.0.0.5", 4000),), challenge=challenge, signature=signature
+    )
     h.core.receive_datagram(encode(signed), ALICE, T0 + 1)
     # No answer until the registry has made the id durable.
     assert h.core.datagrams_to_send() == []
@@ -236,7 +237,12 @@ def test_register_is_challenge_then_signature_then_id(h: Harness) -> None:
     assert len(reply.get(Attr.SESSION)) == 20
     record = h.core.directory.get(7)
     assert record is not None
-    assert (record.identity, record.observed, record.first_seen, record.expires_at) == (public_key, ALICE, T0 + 2, T0 + 62)
+    assert (record.identity, record.observed, record.first_seen, record.expires_at) == (
+        public_key,
+        ALICE,
+        T0 + 2,
+        T0 + 62,
+    )
     # A later retransmission gets the very same bytes.
     h.core.receive_datagram(encode(signed), ALICE, T0 + 3)
     assert h.core.datagrams_to_send() == [(data, ALICE)]
@@ -294,8 +300,9 @@ def test_failed_registration_is_503_and_can_be_retried(h: Harness) -> None:
     alice = key(1)
     public_key = public_key_bytes(alice)
     challenge = h.ask(register_request(public_key), ALICE, T0).get(Attr.CHALLENGE)
-    signed = register_request(public_key, challenge=challenge,
-                              signature=alice.sign(registration_payload(challenge, public_key)))
+    signed = register_request(
+        public_key, challenge=challenge, signature=alice.sign(registration_payload(challenge, public_key))
+    )
     h.core.receive_datagram(encode(signed), ALICE, T0)
     [pending] = h.core.pending_registrations()
     h.core.fail_registration(pending, T0)
@@ -313,8 +320,9 @@ def test_registrations_are_rate_limited_per_source_ip() -> None:
     public_key = public_key_bytes(key(9))
     address = ("192.0.2.10", 2000)
     challenge = h.ask(register_request(public_key), address, T0).get(Attr.CHALLENGE)
-    signed = register_request(public_key, challenge=challenge,
-                              signature=key(9).sign(registration_payload(challenge, public_key)))
+    signed = register_request(
+        public_key, challenge=challenge, signature=key(9).sign(registration_payload(challenge, public_key))
+    )
     assert error_code(h.ask(signed, address, T0)) == 429
     # Another IP is not affected; the same one is again a second later.
     h.register(key(10), BOB, T0)
@@ -348,8 +356,8 @@ def test_requests_need_the_session_from_its_own_address(h: Harness) -> None:
 
 
 def test_peers_expire_at_their_ttl_and_refresh_extends_it(h: Harness) -> None:
-    h.register(key(1), ALICE, T0)              # expires at 1060
-    h.register(key(2), BOB, T0 + 5, ttl=20)    # expires at 1025
+    h.register(key(1), ALICE, T0)  # expires at 1060
+    h.register(key(2), BOB, T0 + 5, ttl=20)  # expires at 1025
     h.core.events()
     # The timer may round up to the directory's grain: at most EXPIRY_GRAIN late.
     assert 1025.0 <= h.core.get_timer() <= 1025.0 + EXPIRY_GRAIN
@@ -457,7 +465,9 @@ def test_list_rejects_a_bad_cursor(h: Harness, cursor: bytes) -> None:
 def test_list_reply_fits_1200_bytes_whatever_the_limit(h: Harness) -> None:
     for n in range(1, 41):
         h.register(key(n), ("192.0.2.1", 1000 + n), T0, nickname="n" * 64)
-    out = h.feed(session_request(Method.LIST, h.sessions[("192.0.2.1", 1001)], (Attr.LIMIT, 100)), ("192.0.2.1", 1001), T0)
+    out = h.feed(
+        session_request(Method.LIST, h.sessions[("192.0.2.1", 1001)], (Attr.LIMIT, 100)), ("192.0.2.1", 1001), T0
+    )
     [(data, _)] = out
     assert len(data) <= 1200
     reply = decode(data)
@@ -481,7 +491,8 @@ def test_connect_answers_and_introduces_with_rfc_retransmissions(h: Harness) -> 
     assert reply.get(Attr.PUBLIC_KEY) == public_key_bytes(key(2))
     assert reply.get(Attr.NICKNAME) == "bob"
     assert [(c.kind, c.address) for c in reply.get_all(Attr.CANDIDATE)] == [
-        (CandidateKind.OBSERVED, BOB), (CandidateKind.LOCAL, ("10.0.0.2", 5000))
+        (CandidateKind.OBSERVED, BOB),
+        (CandidateKind.LOCAL, ("10.0.0.2", 5000)),
     ]
     intro = decode(intros[0], require_fingerprint=True)
     assert (intro.method, intro.message_class) == (Method.INTRODUCE, MessageClass.REQUEST)
@@ -535,10 +546,12 @@ def test_connect_errors(h: Harness) -> None:
         core.register(key(1), ALICE, T0)
     legacy.feed(b"REGISTER", BOB, T0)  # legacy peer 2
     assert legacy.core.directory.get(2).identity == legacy_identity(BOB)
-    cases = [(h, [(Attr.PEER_ID, 1)], (400, "Cannot connect to yourself")),
-             (h, [(Attr.PEER_ID, 99)], (404, "Unknown Peer")),
-             (h, [], (400, "PEER-ID missing")),
-             (legacy, [(Attr.PEER_ID, 2)], (404, "Unknown Peer"))]
+    cases = [
+        (h, [(Attr.PEER_ID, 1)], (400, "Cannot connect to yourself")),
+        (h, [(Attr.PEER_ID, 99)], (404, "Unknown Peer")),
+        (h, [], (400, "PEER-ID missing")),
+        (legacy, [(Attr.PEER_ID, 2)], (404, "Unknown Peer")),
+    ]
     for harness, attributes, expected in cases:
         assert harness.request(Method.CONNECT, ALICE, T0, *attributes).get(Attr.ERROR_CODE) == expected
 
@@ -680,8 +693,9 @@ def test_the_signature_covers_nickname_addresses_and_ttl(h: Harness) -> None:
     # Someone on the path renames her, or adds an address for her introductions: refused.
     for tampered in (
         register_request(public_key, nickname="mallory", challenge=challenge, signature=signature),
-        register_request(public_key, nickname="alice", local=(("203.0.113.66", 9),), challenge=challenge,
-                         signature=signature),
+        register_request(
+            public_key, nickname="alice", local=(("203.0.113.66", 9),), challenge=challenge, signature=signature
+        ),
         register_request(public_key, nickname="alice", ttl=3600, challenge=challenge, signature=signature),
     ):
         assert h.ask(tampered, ALICE, T0).get(Attr.ERROR_CODE) == (401, "Bad Signature")

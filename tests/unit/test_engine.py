@@ -137,7 +137,8 @@ def test_both_sides_connecting_at_once_keep_the_same_one_link(net: PeerNet) -> N
     # The rule: both keep the connection the lower id (alice, 1) opened.
     assert link_at_alice.role is Role.CONNECTOR and link_at_bob.role is Role.ACCEPTOR
     assert link_at_alice.quic.host_cid in {c.cid for c in link_at_bob.quic._peer_cid_available} | {
-        link_at_bob.quic._peer_cid.cid}
+        link_at_bob.quic._peer_cid.cid
+    }
     # Nothing else is left open, and both messages arrived once.
     assert [link for link in alice.engine.links() if link.state is not LinkState.CLOSED] == [link_at_alice]
     assert [link for link in bob.engine.links() if link.state is not LinkState.CLOSED] == [link_at_bob]

@@ -52,9 +52,7 @@ class FakeCore:
         return self.request_allowed
 
     def online(self, peer_id: int, address: Address) -> None:
-        self.directory.put(
-            PeerRecord(peer_id, legacy_identity(address), "", address, (), T0, T0, T0 + 60, T0)
-        )
+        self.directory.put(PeerRecord(peer_id, legacy_identity(address), "", address, (), T0, T0, T0 + 60, T0))
 
 
 def test_register_is_handed_to_the_core_and_acknowledged_once_the_id_is_known() -> None:

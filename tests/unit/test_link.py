@@ -30,8 +30,9 @@ def identity() -> Identity:
     return Identity(Ed25519PrivateKey.generate())
 
 
-def pump(a: PeerLink, b: PeerLink | None, now: float, acceptor_factory=None, registry=None, rounds: int = 20,
-         issued=()):
+def pump(
+    a: PeerLink, b: PeerLink | None, now: float, acceptor_factory=None, registry=None, rounds: int = 20, issued=()
+):
     """Move datagrams both ways until quiet; returns (a, b, events_a, events_b)."""
     events_a: list = []
     events_b: list = []

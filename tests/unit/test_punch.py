@@ -53,7 +53,7 @@ def test_an_answer_to_our_probe_is_success_with_the_other_sides_nonce() -> None:
     alice = session(1, 2, [BOB_AT])
     bob = session(2, 1, [ALICE_AT])
     bob.datagrams_to_send()
-    (request, _), = decoded(alice.datagrams_to_send())
+    ((request, _),) = decoded(alice.datagrams_to_send())
     assert bob.receive(request, ALICE_AT, T0 + 0.02)
     answers = decoded(bob.datagrams_to_send())
     answer = next(m for m, address in answers if m.message_class == MessageClass.SUCCESS)
@@ -84,7 +84,9 @@ def test_a_request_from_an_unknown_address_is_peer_reflexive_and_probed_at_once(
     assert alice.receive(decode(encode(request, integrity_key=KEY)), bob_elsewhere, T0 + 0.02)
     out = decoded(alice.datagrams_to_send())
     assert [(m.message_class, address) for m, address in out] == [
-        (MessageClass.SUCCESS, bob_elsewhere), (MessageClass.REQUEST, bob_elsewhere)]
+        (MessageClass.SUCCESS, bob_elsewhere),
+        (MessageClass.REQUEST, bob_elsewhere),
+    ]
     assert alice.candidates == [BOB_AT, bob_elsewhere]
     assert alice.reflexive == bob_elsewhere
     # Only the first such address is reported.

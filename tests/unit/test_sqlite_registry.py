@@ -98,9 +98,7 @@ async def test_same_identity_same_id_after_reopen(registry: SqliteRegistry) -> N
         await again.close()
 
 
-async def test_ids_are_never_reused_even_after_a_row_disappears(
-    registry: SqliteRegistry, db_path: Path
-) -> None:
+async def test_ids_are_never_reused_even_after_a_row_disappears(registry: SqliteRegistry, db_path: Path) -> None:
     for n in (1, 2, 3):
         await registry.assign_id(key(n))
     await registry.close()
@@ -118,9 +116,7 @@ async def test_ids_are_never_reused_even_after_a_row_disappears(
         await again.close()
 
 
-async def test_assigned_id_is_committed_when_assign_returns(
-    registry: SqliteRegistry, db_path: Path
-) -> None:
+async def test_assigned_id_is_committed_when_assign_returns(registry: SqliteRegistry, db_path: Path) -> None:
     peer_id = await registry.assign_id(key(42))
     # A second, independent connection only sees committed data.
     other = sqlite3.connect(db_path)
@@ -133,9 +129,7 @@ async def test_assigned_id_is_committed_when_assign_returns(
 
 async def test_fresh_id_has_empty_state(registry: SqliteRegistry) -> None:
     peer_id = await registry.assign_id(key(1))
-    assert await registry.get(peer_id) == PeerRecord(
-        peer_id, key(1), "", ("", 0), (), 0.0, 0.0, 0.0, 0.0
-    )
+    assert await registry.get(peer_id) == PeerRecord(peer_id, key(1), "", ("", 0), (), 0.0, 0.0, 0.0, 0.0)
     assert await registry.get(peer_id + 1) is None
     assert await registry.load_online(0.0) == []
 
@@ -143,9 +137,7 @@ async def test_fresh_id_has_empty_state(registry: SqliteRegistry) -> None:
 # -- group commit -----------------------------------------------------------
 
 
-async def test_concurrent_assignments_share_one_transaction(
-    registry: SqliteRegistry, db_path: Path
-) -> None:
+async def test_concurrent_assignments_share_one_transaction(registry: SqliteRegistry, db_path: Path) -> None:
     await registry.assign_id(key(0))  # some history before the burst
     before = registry.transactions
     ids = await asyncio.gather(*(registry.assign_id(key(n)) for n in range(1, 101)))
@@ -168,9 +160,7 @@ async def test_separate_ticks_are_separate_transactions(registry: SqliteRegistry
 
 
 async def test_same_new_identity_twice_in_one_batch(registry: SqliteRegistry) -> None:
-    a, b, c = await asyncio.gather(
-        registry.assign_id(key(5)), registry.assign_id(key(6)), registry.assign_id(key(5))
-    )
+    a, b, c = await asyncio.gather(registry.assign_id(key(5)), registry.assign_id(key(6)), registry.assign_id(key(5)))
     assert a == c == 1
     assert b == 2
     assert await registry.count() == 2
@@ -248,9 +238,7 @@ async def test_save_ignores_unknown_ids_and_mismatched_identities(
         ]
     )
     assert await registry.count() == 1
-    assert (await registry.get(peer_id)) == PeerRecord(
-        peer_id, key(1), "", ("", 0), (), 0.0, 0.0, 0.0, 0.0
-    )
+    assert (await registry.get(peer_id)) == PeerRecord(peer_id, key(1), "", ("", 0), (), 0.0, 0.0, 0.0, 0.0)
     await registry.save([])
 
 
@@ -268,28 +256,20 @@ async def test_ipv6_addresses_round_trip(registry: SqliteRegistry) -> None:
     assert await registry.load_online(0.0) == [saved]
 
 
-@given(
-    st.lists(
-        st.tuples(st.text(max_size=40), st.integers(min_value=0, max_value=65535)), max_size=5
-    )
-)
+@given(st.lists(st.tuples(st.text(max_size=40), st.integers(min_value=0, max_value=65535)), max_size=5))
 def test_address_encoding_round_trips(addresses: list[tuple[str, int]]) -> None:
     assert decode_addresses(encode_addresses(addresses)) == tuple(addresses)
     for address in addresses:
         assert decode_address(encode_address(address)) == address
 
 
-@pytest.mark.parametrize(
-    "text", ["", "not json", "[1, 2]", '["h"]', '["h", "80"]', '["h", true]', '{"h": 1}']
-)
+@pytest.mark.parametrize("text", ["", "not json", "[1, 2]", '["h"]', '["h", "80"]', '["h", true]', '{"h": 1}'])
 def test_bad_stored_address_raises_registry_error(text: str) -> None:
     with pytest.raises(RegistryError):
         decode_address(text)
 
 
-async def test_garbage_in_a_row_raises_registry_error(
-    registry: SqliteRegistry, db_path: Path
-) -> None:
+async def test_garbage_in_a_row_raises_registry_error(registry: SqliteRegistry, db_path: Path) -> None:
     peer_id = await registry.assign_id(key(1))
     other = sqlite3.connect(db_path)
     with other:
@@ -302,9 +282,7 @@ async def test_garbage_in_a_row_raises_registry_error(
 # -- secret -------------------------------------------------------------------
 
 
-async def test_secret_is_32_bytes_and_stable_across_reopen(
-    registry: SqliteRegistry, tmp_path: Path
-) -> None:
+async def test_secret_is_32_bytes_and_stable_across_reopen(registry: SqliteRegistry, tmp_path: Path) -> None:
     secret = await registry.secret()
     assert isinstance(secret, bytes) and len(secret) == 32
     assert await registry.secret() == secret
@@ -344,9 +322,7 @@ async def test_wal_mode_is_persistent(registry: SqliteRegistry, db_path: Path) -
         other.close()
 
 
-@pytest.mark.parametrize(
-    "content", [b"this is not a database at all, just some text" * 50, bytes(range(256)) * 16]
-)
+@pytest.mark.parametrize("content", [b"this is not a database at all, just some text" * 50, bytes(range(256)) * 16])
 async def test_not_a_database_raises_at_open(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "junk.sqlite3"
     path.write_bytes(content)
@@ -369,9 +345,7 @@ async def test_directory_in_place_of_file_raises_at_open(tmp_path: Path) -> None
 async def test_newer_schema_version_is_refused(registry: SqliteRegistry, db_path: Path) -> None:
     await registry.close()
     with sqlite3.connect(db_path) as conn:
-        conn.execute(
-            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION + 1,)
-        )
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION + 1,))
     conn.close()
     with pytest.raises(RegistryError, match="schema version"):
         await SqliteRegistry(db_path).open()
@@ -394,15 +368,11 @@ async def test_close_twice_and_use_after_close(db_path: Path) -> None:
         assert await again.assign_id(key(1)) == 1
 
 
-async def test_locked_database_fails_the_flush_with_registry_error(
-    registry: SqliteRegistry, db_path: Path
-) -> None:
+async def test_locked_database_fails_the_flush_with_registry_error(registry: SqliteRegistry, db_path: Path) -> None:
     blocker = sqlite3.connect(db_path, isolation_level=None, timeout=0)
     blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
     try:
-        results = await asyncio.gather(
-            registry.assign_id(key(1)), registry.assign_id(key(2)), return_exceptions=True
-        )
+        results = await asyncio.gather(registry.assign_id(key(1)), registry.assign_id(key(2)), return_exceptions=True)
         assert all(isinstance(r, RegistryError) for r in results), results
     finally:
         blocker.execute("ROLLBACK")

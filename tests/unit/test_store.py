@@ -188,7 +188,16 @@ def test_insert_is_idempotent_on_id(store: Store) -> None:
     assert receive(store, "dup", 2, 99.0, text="second") is False
     assert send(store, "dup", 3, 5.0, text="third") is False
     assert store.conversation(2) == [
-        {"id": "dup", "peer": 2, "from": 2, "to": ME, "text": "first", "status": "received", "time": 10.0, "error": None}
+        {
+            "id": "dup",
+            "peer": 2,
+            "from": 2,
+            "to": ME,
+            "text": "first",
+            "status": "received",
+            "time": 10.0,
+            "error": None,
+        }
     ]
     assert store.conversation(3) == []
     assert store.unread_counts() == {2: 1}
@@ -256,8 +265,14 @@ def test_late_sent_does_not_downgrade_delivered(store: Store) -> None:
     assert store.set_status("m", "sending") is False
     assert store.set_status("m", "queued") is False
     assert store.get_message("m") == {
-        "id": "m", "peer": 2, "from": ME, "to": 2, "text": "hi",
-        "status": "delivered", "time": 1.0, "error": None,
+        "id": "m",
+        "peer": 2,
+        "from": ME,
+        "to": 2,
+        "text": "hi",
+        "status": "delivered",
+        "time": 1.0,
+        "error": None,
     }
 
 
@@ -488,7 +503,9 @@ def test_add_messages_stores_in_order_and_returns_the_new_ids(store: Store) -> N
     conversation = store.conversation(2, limit=5000)
     assert [m["text"] for m in conversation] == ["yo"] + [f"text {n}" for n in range(1200)]
     assert store.unread_counts() == {2: 1201}
-    sent = store.add_messages([NewMessage("s", ME, 3, "out", "sent", 3.0), NewMessage("q", ME, 3, "later", "queued", 4.0)])
+    sent = store.add_messages(
+        [NewMessage("s", ME, 3, "out", "sent", 3.0), NewMessage("q", ME, 3, "later", "queued", 4.0)]
+    )
     assert sent == {"s", "q"} and statuses(store, 3) == {"s": "sent", "q": "queued"}
     assert store.unread_counts() == {2: 1201}  # our own are never unread
 

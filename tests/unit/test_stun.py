@@ -419,7 +419,12 @@ def test_repeated_attributes_keep_wire_order() -> None:
 
 V4 = ("192.0.2.1", 32853)
 V6 = ("2001:db8:1234:5678:11:2233:4455:6677", 32853)
-MAX_ADDRESSES = [("0.0.0.0", 0), ("255.255.255.255", 65535), ("::", 0), ("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 65535)]
+MAX_ADDRESSES = [
+    ("0.0.0.0", 0),
+    ("255.255.255.255", 65535),
+    ("::", 0),
+    ("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 65535),
+]
 
 SAMPLES: dict[int, list[Any]] = {
     Attr.MAPPED_ADDRESS: [V4, V6, *MAX_ADDRESSES],

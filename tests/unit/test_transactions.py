@@ -89,7 +89,7 @@ def test_cancel_forgets_quietly() -> None:
 
 def test_interleaved_transactions_keep_their_own_schedules() -> None:
     table: TransactionTable[str] = TransactionTable(RetransmitPolicy(rto=1.0, max_sends=3, last_wait_factor=1))
-    table.start(b"a" * 12, b"A", "a", T0)        # resend 1001, 1003; timeout 1004
+    table.start(b"a" * 12, b"A", "a", T0)  # resend 1001, 1003; timeout 1004
     table.start(b"b" * 12, b"B", "b", T0 + 1.5)  # resend 1002.5, 1004.5; timeout 1005.5
     events = []
     while (at := table.get_timer()) is not None:

@@ -96,9 +96,7 @@ async def site(make_site: SiteFactory) -> Site:
 
 
 # Events that came in a batch frame and were not read yet, per socket.
-_unread: weakref.WeakKeyDictionary[aiohttp.ClientWebSocketResponse, list[dict[str, Any]]] = (
-    weakref.WeakKeyDictionary()
-)
+_unread: weakref.WeakKeyDictionary[aiohttp.ClientWebSocketResponse, list[dict[str, Any]]] = weakref.WeakKeyDictionary()
 
 
 async def receive_json(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5.0) -> dict[str, Any]:
@@ -714,11 +712,14 @@ async def test_ws_events_ready_at_once_come_as_one_batch(site: Site) -> None:
         first = site.api.receive(2, "one")
         second = site.api.receive(2, "two")
         site.api.set_status(second["id"], "delivered")
-        assert await receive_frame(ws) == {"type": "batch", "events": [
-            {"type": "message", "message": first},
-            {"type": "message", "message": second},
-            {"type": "status", "id": second["id"], "status": "delivered", "error": None},
-        ]}
+        assert await receive_frame(ws) == {
+            "type": "batch",
+            "events": [
+                {"type": "message", "message": first},
+                {"type": "message", "message": second},
+                {"type": "status", "id": second["id"], "status": "delivered", "error": None},
+            ],
+        }
         site.api.receive(2, "alone")
         assert (await receive_frame(ws))["type"] == "message"  # a single event is not wrapped
 
@@ -807,7 +808,10 @@ async def test_ws_sent_answers_wait_for_the_commit_and_keep_request_order(holdin
     api.commit()
     answers = [await receive_json(ws) for _ in range(4)]
     assert [(a["type"], a["client_id"]) for a in answers] == [
-        ("sent", "c0"), ("sent", "c1"), ("sent", "c2"), ("error", "bad")
+        ("sent", "c0"),
+        ("sent", "c1"),
+        ("sent", "c2"),
+        ("error", "bad"),
     ]
     assert [a["message"]["text"] for a in answers[:3]] == ["m0", "m1", "m2"]
 
