@@ -1,1 +1,1 @@
-"""peerlink webpeer: one user's peer process (see issue: webpeer)."""
+"""peerlink webpeer: one user's peer process (docs/ARCHITECTURE.md shows its layers)."""

@@ -1,3 +1,5 @@
+"""``python -m webpeer``: the same command line as the ``webpeer`` script (cli.py)."""
+
 from .cli import main
 
 main()
