@@ -68,7 +68,12 @@ from .wire import Frame, FrameError
 
 logger = logging.getLogger("webpeer")
 
-QUIC_IDLE_TIMEOUT = 30.0  # no packet at all for this long: the path is dead
+# No packet at all for this long: the path (or the peer) is dead.  Ready
+# links ping every peer_session.KEEPALIVE_INTERVAL, so a live one never idles
+# out, and a dead peer is noticed within this.
+QUIC_IDLE_TIMEOUT = 8.0
+# QUIC's reason when the idle timer closes a connection: the other side went silent.
+SILENT = "Idle timeout"
 MAX_UNAUTHENTICATED_LINKS = 32
 MAX_FLUSH_ROUNDS = 10  # events can cause more events; bounded
 
@@ -155,12 +160,16 @@ class PeerEngine:
     def nat_learned(self) -> None:
         self.publish(MeChanged(self.me()))
 
-    def connect(self, session: PeerSession, now: float) -> None:
-        """Ask the rendezvous to introduce us, unless an attempt is under way."""
-        if session.connecting_since is None and session.live_link is None:
-            if self.registration.connect(session.peer_id, now):
-                session.connecting_since = now
-                self._publish_connection(session)
+    def connect(self, session: PeerSession, now: float) -> bool:
+        """Ask the rendezvous to introduce us, unless an attempt is under way;
+        False if none is (we are not registered: Registered starts them)."""
+        if session.connecting_since is not None or session.live_link is not None:
+            return True
+        if not self.registration.connect(session.peer_id, now):
+            return False
+        session.connecting_since = now
+        self._publish_connection(session)
+        return True
 
     # ------------------------------------------------------------ the page's reads
 
@@ -189,7 +198,7 @@ class PeerEngine:
                     "id": peer.peer_id,
                     "name": peer.name or (known.name if known else ""),
                     "fingerprint": fingerprint(key) if key else None,
-                    "online": peer.online,
+                    "online": peer.reachable,
                     "unread": unread.get(peer.peer_id, 0),
                     "key_changed": bool(known and known.key_changed),
                     "connection": peer.connection(),
@@ -251,6 +260,7 @@ class PeerEngine:
 
     def next_deadline(self) -> float | None:
         timers = [self.registration.get_timer()] + [link.get_timer() for link in self.links()]
+        timers.append(self.flow.receipt_deadline())
         deadlines = [t for t in timers if t is not None] + self.pathfinder.deadlines()
         for session in self.peer_states.values():
             deadlines += session.deadlines(self.config.idle_timeout)
@@ -297,6 +307,13 @@ class PeerEngine:
                     # Relayed for a while: try for a direct path again.
                     session.upgrade_at = now + UPGRADE_INTERVAL
                     self.registration.connect(session.peer_id, now)
+                elif due is Due.RETRY:
+                    # It did not answer last time; messages for it still wait.
+                    session.retry_at = None
+                    if session.online and self.flow.undelivered(session.peer_id):
+                        self.flow.pump(session, now, force_connect=True, retry=True)
+        if (deadline := self.flow.receipt_deadline()) is not None and deadline <= now:
+            self.flow.resend_unreceipted(now)
 
     def process(self, now: float, drafts: list[Draft] | None = None) -> None:
         """Act on everything that came in: the node runs this inside one
@@ -365,6 +382,9 @@ class PeerEngine:
                 logger.info("registered as peer %d, seen as %s:%d", event.peer_id, *event.observed)
                 self.pathfinder.registered(event.observed, self.config.server, self.registration.local, now)
                 self.publish(MeChanged(self.me()))
+                # Messages written while we were not registered go now.
+                for peer_id in self.flow.has_pending():
+                    self.flow.pump(self.session(peer_id), now, force_connect=True)
             elif isinstance(event, RegistrationLost):
                 logger.info("registration lost: %s", event.reason)
                 self.publish(MeChanged(self.me()))
@@ -424,8 +444,9 @@ class PeerEngine:
             link.confirm_hello(info.public_key, session.issued_nonces)
 
     def _remember_key(self, session: PeerSession, now: float) -> None:
-        if session.public_key is None:
-            return
+        if session.public_key is None or session.remembered == (session.public_key, session.name):
+            return  # nothing new: an idle peer's listings write nothing
+        session.remembered = (session.public_key, session.name)
         result = self.history.remember_peer(session.peer_id, session.public_key, session.name, now)
         if result is TrustResult.CHANGED:
             logger.warning(
@@ -471,7 +492,9 @@ class PeerEngine:
         if session.public_key is None or my_id is None:
             self._connect_failed(session, "no key for the peer", now)
             return
-        link = PeerLink.connect(self.identity, my_id, path, session.peer_id, session.public_key, now)
+        link = PeerLink.connect(
+            self.identity, my_id, path, session.peer_id, session.public_key, now, idle_timeout=QUIC_IDLE_TIMEOUT
+        )
         link.check_nonce = nonce
         previous = session.link
         if previous is None or previous.state is LinkState.CLOSED:
@@ -496,14 +519,14 @@ class PeerEngine:
         session.connecting_since = None
         session.last_error = reason
         # The attempt is over: checks still under way for it open no link
-        # (a check toward the address that just failed would fail again,
-        # and could fail a retry the user starts meanwhile).
+        # (a check toward the address that just failed would fail again).
         self.pathfinder.abandon(session.peer_id)
+        # Nothing fails for this: the messages wait, queued, and we try again
+        # (backing off) for as long as the registry lists the peer.
+        session.attempt_failed(now)
         if session.link is not None and session.link.state is not LinkState.READY:
             session.link.close(reason)
-        # Everything without a receipt fails (the user can retry), which also
-        # stops the closing link from starting another attempt.
-        self.flow.fail_undelivered(session.peer_id, reason, now)
+        self.flow.requeue(session, now)
         self.publish(ConnectionChanged(session.peer_id, None))
         self._publish_peers()
 
@@ -581,6 +604,15 @@ class PeerEngine:
         logger.info("link to peer %s closed: %s", link.peer_id, event.reason)
         if "different key" in event.reason or "registry does not give" in event.reason:
             self._connect_failed(session, event.reason, now)
+            return
+        if event.reason == SILENT and link.ready_at is not None:
+            # It stopped answering (killed, paused, cut off): shown offline,
+            # and its messages wait queued while we try again, backing off.
+            logger.info("peer %d went silent", session.peer_id)
+            session.attempt_failed(now)
+            self.flow.requeue(session, now)
+            self.publish(ConnectionChanged(session.peer_id, None))
+            self._publish_peers()
             return
         self.publish(ConnectionChanged(session.peer_id, None))
         # Messages sent but not acknowledged stay "sent" and go again on the

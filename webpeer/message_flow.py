@@ -14,6 +14,7 @@ message frames) goes only after that commit.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import secrets
@@ -33,6 +34,12 @@ from .wire import Frame, FrameError, require
 logger = logging.getLogger("webpeer")
 
 MAX_SANE_TIME = 1e11  # unix seconds, about the year 5138: anything past is not a time
+# A message sent on a ready link whose receipt has not come this long after
+# goes again on that link (the receiver stores by id: a repeat is harmless),
+# waiting twice as long each time, up to RECEIPT_WAIT_MAX.  QUIC delivered the
+# bytes, but the receiver may have failed to store them (a full disk).
+RECEIPT_WAIT = 2.0
+RECEIPT_WAIT_MAX = 8.0
 
 JSON = dict[str, Any]
 
@@ -63,8 +70,9 @@ class FlowContext(Protocol):
 
     def session(self, peer_id: int) -> PeerSession: ...
 
-    def connect(self, session: PeerSession, now: float) -> None:
-        """Ask the rendezvous to introduce us (unless an attempt is under way)."""
+    def connect(self, session: PeerSession, now: float) -> bool:
+        """Ask the rendezvous to introduce us (unless an attempt is under
+        way); False if no attempt is under way (we are not registered)."""
 
     def publish(self, event: PageEvent) -> None: ...
 
@@ -92,6 +100,11 @@ class MessageFlow:
         # Frames that may leave only once the flush's commit is done: acks for
         # stored messages, and new messages stored as sent.
         self._after_commit: dict[PeerLink, list[Frame]] = {}
+        # Our messages sent without a receipt yet: id -> (peer id, sends, when
+        # to send again), and the same deadlines as a heap (stale entries are
+        # skipped when they come up).
+        self._unacked: dict[str, tuple[int, int, float]] = {}
+        self._receipt_deadlines: list[tuple[float, str]] = []
 
     # ------------------------------------------------------------ the page's side
 
@@ -156,9 +169,12 @@ class MessageFlow:
                 self._after_commit.setdefault(link, []).append(
                     {"t": "msg", "id": message["id"], "text": message["text"], "time": message["time"]}
                 )
+                self._await_receipt(message["id"], session.peer_id, now)
             else:
-                status = Status.SENDING if session.online else Status.QUEUED
+                status = Status.SENDING if session.reachable else Status.QUEUED
                 waiting[session.peer_id] = session
+                if session.unreachable and session.retry_at is None:
+                    session.retry_at = now + session.retry_delay  # it went quiet: keep trying, backing off
             message["status"] = str(status)
             self.context.publish(MessageAdded(message, draft.origin))
         self.history.add_messages(
@@ -247,6 +263,9 @@ class MessageFlow:
             valid = [m for m in message_ids if m and len(m) <= validate.MAX_FRAME_MESSAGE_ID_CHARS and m.isascii()]
             for message_id in self.history.mark_delivered(valid, peer_id, now=now):
                 self.context.publish(StatusChanged(message_id, str(Status.DELIVERED)))
+            for message_id in valid:
+                if (entry := self._unacked.get(message_id)) is not None and entry[0] == peer_id:
+                    del self._unacked[message_id]
 
     def take_after_commit(self) -> dict[PeerLink, list[Frame]]:
         """The frames the commit released, per link."""
@@ -269,10 +288,19 @@ class MessageFlow:
             if m["from"] == me and m["status"] in (Status.QUEUED, Status.SENDING, Status.SENT)
         ]
 
-    def pump(self, session: PeerSession, now: float, *, resend_sent: bool = False, force_connect: bool = False) -> None:
+    def pump(
+        self,
+        session: PeerSession,
+        now: float,
+        *,
+        resend_sent: bool = False,
+        force_connect: bool = False,
+        retry: bool = False,
+    ) -> None:
         """Make progress on a peer's outgoing messages: connect, or send.
         ``resend_sent``: a new link, so messages already sent on a previous one
-        without a receipt go again."""
+        without a receipt go again.  ``retry``: try to connect even though the
+        peer did not answer last time (its retry time has come)."""
         pending = self.history.pending_outgoing(session.peer_id)
         if resend_sent or force_connect:
             pending = self.undelivered(session.peer_id)
@@ -284,31 +312,65 @@ class MessageFlow:
                 if message["status"] != Status.SENT or resend_sent:
                     self._send_on(link, message, now)
             return
-        if not session.online:
-            for message in pending:
-                if message["status"] == Status.SENDING:
-                    self.set_status(message["id"], Status.QUEUED, now)
+        if not session.online or (session.unreachable and not retry):
+            self.requeue(session, now)
             return
         for message in pending:
             if message["status"] == Status.QUEUED:
                 self.set_status(message["id"], Status.SENDING, now)
-        if session.live_link is None:
-            self.context.connect(session, now)
+        if session.live_link is None and not self.context.connect(session, now):
+            self.requeue(session, now)  # we are not registered: they go when we are
+
+    def has_pending(self) -> set[int]:
+        """The peers with outgoing messages not yet sent."""
+        return {message["to"] for message in self.history.pending_outgoing()}
 
     def went_offline(self, session: PeerSession, now: float) -> None:
         """The registry no longer lists the peer: what was being sent waits."""
-        if session.ready_link is not None:
-            return
+        if session.ready_link is None:
+            self.requeue(session, now)
+
+    def requeue(self, session: PeerSession, now: float) -> None:
+        """No attempt is under way for the peer: what was being sent waits,
+        ``queued``, for the next one (it is never ``failed`` for that)."""
         for message in self.history.pending_outgoing(session.peer_id):
             if message["status"] == Status.SENDING:
                 self.set_status(message["id"], Status.QUEUED, now)
 
-    def fail_undelivered(self, peer_id: int, reason: str, now: float) -> None:
-        """Everything without a receipt fails (the user can retry)."""
-        for message in self.undelivered(peer_id):
-            self.set_status(message["id"], Status.FAILED, now, reason)
+    # ------------------------------------------------------------ receipts that do not come
+
+    def receipt_deadline(self) -> float | None:
+        heap = self._receipt_deadlines
+        while heap and self._unacked.get(heap[0][1], (0, 0, -1.0))[2] != heap[0][0]:
+            heapq.heappop(heap)  # answered, or sent again since
+        return heap[0][0] if heap else None
+
+    def resend_unreceipted(self, now: float) -> None:
+        """Messages whose receipt is overdue go again on their peer's ready
+        link (a link that closed sends them all again when the next opens)."""
+        due: dict[int, list[str]] = {}
+        while (deadline := self.receipt_deadline()) is not None and deadline <= now:
+            _, message_id = heapq.heappop(self._receipt_deadlines)
+            due.setdefault(self._unacked[message_id][0], []).append(message_id)
+        for peer_id, message_ids in due.items():
+            link = self.context.session(peer_id).ready_link
+            for message_id in message_ids:
+                message = self.history.get_message(message_id)
+                if link is None or message is None or message["status"] != Status.SENT:
+                    self._unacked.pop(message_id, None)
+                    continue
+                self.stats["messages_resent"] += 1
+                self._send_on(link, message, now)
+
+    def _await_receipt(self, message_id: str, peer_id: int, now: float) -> None:
+        sends = self._unacked[message_id][1] + 1 if message_id in self._unacked else 0
+        deadline = now + min(RECEIPT_WAIT * 2**sends, RECEIPT_WAIT_MAX)
+        self._unacked[message_id] = (peer_id, sends, deadline)
+        heapq.heappush(self._receipt_deadlines, (deadline, message_id))
 
     def _send_on(self, link: PeerLink, message: JSON, now: float) -> None:
         link.send_frame({"t": "msg", "id": message["id"], "text": message["text"], "time": message["time"]}, now)
+        assert link.peer_id is not None
+        self._await_receipt(message["id"], link.peer_id, now)
         if message["status"] != Status.SENT:
             self.set_status(message["id"], Status.SENT, now)

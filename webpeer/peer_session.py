@@ -20,7 +20,15 @@ from .link import LinkState, PeerLink, Role
 JSON = dict[str, Any]
 
 CONNECT_TIMEOUT = 8.0  # CONNECT + QUIC handshake + authentication
-KEEPALIVE_INTERVAL = 10.0  # NAT UDP mappings often die after ~30 s of silence
+# A ready link pings this often when nothing else goes out: it keeps NAT
+# mappings open (they often die after ~30 s of silence), and its answers keep
+# QUIC's idle timer (engine.QUIC_IDLE_TIMEOUT, 8 s) from closing a live path,
+# so a silent one is a dead peer, noticed within 10 s (a ping, then 8 s).
+KEEPALIVE_INTERVAL = 2.0
+# Connection attempts for undelivered messages start again after this, then
+# twice as long each time the attempt fails, up to RETRY_MAX.
+RETRY_FIRST = 1.0
+RETRY_MAX = 30.0
 UPGRADE_INTERVAL = 30.0  # while relayed, look for a direct path this often
 SIMULTANEOUS_WINDOW = 5.0  # two links to one peer ready within this: a race, not a restart
 NONCE_LIFETIME = 60.0  # a check answer's nonce may be signed in a hello this long
@@ -33,6 +41,7 @@ class Due(enum.Enum):
     CLOSE_IDLE = "close idle link"
     KEEPALIVE = "keepalive"
     TRY_UPGRADE = "try for a direct path"
+    RETRY = "try to connect again"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +94,15 @@ class PeerSession:
     # Nonces we put in our answers to its checks, and when: its QUIC hello
     # may sign one of them instead of waiting for a challenge (link.py).
     issued_nonces: dict[bytes, float] = field(default_factory=dict)
+    # The registry lists it, but it does not answer (a connection attempt
+    # failed, or our link to it went silent): shown offline, its messages
+    # wait queued, and we try again at retry_at, backing off.
+    unreachable: bool = False
+    retry_at: float | None = None
+    retry_delay: float = RETRY_FIRST
+    # What we last wrote to the history for it (its key and name): an idle
+    # peer's listings then write nothing.
+    remembered: tuple[bytes, str] | None = None
 
     # ------------------------------------------------------------ queries
 
@@ -98,6 +116,11 @@ class PeerSession:
         """The link, unless it is closed."""
         link = self.link
         return link if link is not None and link.state is not LinkState.CLOSED else None
+
+    @property
+    def reachable(self) -> bool:
+        """Online as far as we can tell: listed, and not known to be silent."""
+        return self.online and not self.unreachable
 
     @property
     def relayed(self) -> bool:
@@ -132,7 +155,21 @@ class PeerSession:
         changed = not self.online or restarted or self.name != nickname or self.public_key != public_key
         came_online = not self.online
         self.online, self.name, self.public_key, self.online_since = True, nickname, public_key, online_since
+        if restarted or came_online:
+            self.reachable_again()  # a new process, or back after its entry expired: worth a try at once
         return ListingChange(changed, came_online, restarted)
+
+    def reachable_again(self) -> None:
+        self.unreachable = False
+        self.retry_at = None
+        self.retry_delay = RETRY_FIRST
+
+    def attempt_failed(self, now: float) -> None:
+        """A connection attempt (or a link) to it failed: try again later,
+        each time a little later."""
+        self.unreachable = True
+        self.retry_at = now + self.retry_delay
+        self.retry_delay = min(self.retry_delay * 2, RETRY_MAX)
 
     def adopt(self, link: PeerLink, now: float) -> PeerLink | None:
         """``link`` is ready: make it the peer's link.  Returns the link that
@@ -146,6 +183,7 @@ class PeerSession:
         self.connecting_since = None
         self.online = True
         self.last_error = None
+        self.reachable_again()
         if self.relayed:
             if self.upgrade_at is None:
                 self.upgrade_at = now + UPGRADE_INTERVAL
@@ -161,12 +199,16 @@ class PeerSession:
             due.append(Due.CONNECT_TIMED_OUT)
         link = self.ready_link
         if link is not None:
-            if now - link.last_activity >= idle_timeout:
+            # The same sums as deadlines(): "now - last >= interval" can be
+            # false at the very deadline "last + interval" (float rounding).
+            if now >= link.last_activity + idle_timeout:
                 due.append(Due.CLOSE_IDLE)  # opens again when there is something to send
-            elif now - link.last_sent >= KEEPALIVE_INTERVAL:
+            elif now >= link.last_sent + KEEPALIVE_INTERVAL:
                 due.append(Due.KEEPALIVE)  # keeps the NAT mappings of this path open
             elif link.relayed and self.upgrade_at is not None and self.upgrade_at <= now:
                 due.append(Due.TRY_UPGRADE)
+        if self.retry_at is not None and self.retry_at <= now:
+            due.append(Due.RETRY)
         return due
 
     def deadlines(self, idle_timeout: float) -> list[float]:
@@ -181,4 +223,6 @@ class PeerSession:
                 out.append(self.upgrade_at)
         if self.birthday_at is not None:
             out.append(self.birthday_at)
+        if self.retry_at is not None:
+            out.append(self.retry_at)
         return out

@@ -35,7 +35,7 @@ from webpeer.engine import EngineConfig, PeerEngine
 from webpeer.events import PageEvent, StatusChanged
 from webpeer.identity import Identity
 from webpeer.pathfinder import CloseSpare, OpenSpare, SpareCommand
-from webpeer.store import Store
+from webpeer.store import Store, StoreError
 
 SERVER = ("203.0.113.1", 3478)
 SERVER_OTHER = ("203.0.113.2", 3479)
@@ -127,9 +127,13 @@ class Peer:
         if not self.alive:
             return
         now = self.net.now
-        with self.store.batch():
-            self.engine.process(now, drafts)
-        self.engine.committed(now)
+        try:
+            with self.store.batch():
+                self.engine.process(now, drafts)
+        except StoreError:
+            self.engine.rolled_back()  # as the node does: nothing acknowledged
+        else:
+            self.engine.committed(now)
         self.events += self.engine.take_events()
         while (command := self.engine.next_command()) is not None:
             self.commands.append(command)

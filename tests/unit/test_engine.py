@@ -9,11 +9,14 @@ from pathlib import Path
 import pytest
 from peer_net import Peer, PeerNet
 
+from webpeer.engine import QUIC_IDLE_TIMEOUT
 from webpeer.events import ConnectionChanged
 from webpeer.link import LinkState, Role
+from webpeer.message_flow import RECEIPT_WAIT_MAX
 from webpeer.pathfinder import SPARE_SOCKETS, SPRAY_PROBES, OpenSpare
-from webpeer.peer_session import CONNECT_TIMEOUT, UPGRADE_INTERVAL
+from webpeer.peer_session import CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, UPGRADE_INTERVAL
 from webpeer.punch import TIMEOUT as CHECKS_TIMEOUT
+from webpeer.store import StoreError
 
 
 @pytest.fixture
@@ -74,18 +77,76 @@ def test_a_message_for_an_offline_peer_waits_queued_then_goes(net: PeerNet) -> N
 # ------------------------------------------------------------ connect timeout
 
 
-def test_an_unreachable_peer_fails_the_messages_after_the_connect_timeout(net: PeerNet) -> None:
+def test_an_unreachable_peer_keeps_its_messages_queued_and_gets_them_when_back(net: PeerNet) -> None:
     alice, bob = registered_pair(net)
     bob.crash()  # still listed by the server, but gone
     sent = alice.send(bob, "into the void")
     started = net.now
     net.run(CONNECT_TIMEOUT - 0.1)
     assert alice.status(sent) == "sending"  # the relay was tried; nothing answered yet
-    took = net.run_until(lambda: alice.status(sent) == "failed", 0.5)
-    assert CONNECT_TIMEOUT - 0.1 <= net.now - started <= CONNECT_TIMEOUT + 0.1, took
-    message = alice.store.get_message(sent)
-    assert message is not None and message["error"] == "could not reach the peer"
+    net.run_until(lambda: alice.status(sent) == "queued", 0.5)
+    assert CONNECT_TIMEOUT - 0.1 <= net.now - started <= CONNECT_TIMEOUT + 0.1
     assert alice.engine.session(bob.peer_id).last_error == "could not reach the peer"
+    assert [p["online"] for p in alice.engine.peers_json()] == [False]  # shown offline, though listed
+    # It is never failed for that: attempts go on, further and further apart.
+    net.run(120)
+    assert alice.status(sent) == "queued"
+    assert "failed" not in alice.statuses(sent)
+    attempts = [s for s in alice.statuses(sent) if s == "sending"]
+    assert 4 <= len(attempts) <= 10  # 1, 2, 4, 8, 16, 30 s apart (each attempt lasts 8 s)
+    # Bob comes back: it goes, with no user action.
+    bob = net.start_again(bob)
+    took = net.run_until(lambda: alice.status(sent) == "delivered", 5)
+    assert took < 2.5
+    assert [m["text"] for m in bob.store.conversation(alice.peer_id)] == ["into the void"]
+
+
+def test_a_peer_that_goes_silent_is_shown_offline_within_ten_seconds(net: PeerNet) -> None:
+    alice, bob = registered_pair(net)
+    first = alice.send(bob, "hello")
+    net.run_until(lambda: alice.status(first) == "delivered", 1)
+    bob.crash()
+    took = net.run_until(lambda: not alice.engine.peers_json()[0]["online"], 12)
+    # The last answered ping, the next one, then QUIC's idle timeout.
+    assert QUIC_IDLE_TIMEOUT <= took <= KEEPALIVE_INTERVAL + QUIC_IDLE_TIMEOUT + 0.1 <= 10.1
+    later = alice.send(bob, "are you there?")
+    assert alice.status(later) == "queued"  # never "sent" into a dead link
+    net.run(30)
+    # Attempts to reach it come and go (sending, queued); none is "sent".
+    assert alice.status(later) in ("queued", "sending")
+    assert set(alice.statuses(later)) == {"sending", "queued"}
+
+
+def test_a_receiver_that_could_not_store_gets_the_message_again(net: PeerNet, monkeypatch) -> None:
+    alice, bob = registered_pair(net)
+    first = alice.send(bob, "warm up")
+    net.run_until(lambda: alice.status(first) == "delivered", 1)
+
+    def disk_full(*args: object, **kwargs: object) -> set[str]:
+        raise StoreError("database or disk is full")
+
+    monkeypatch.setattr(bob.store, "add_messages", disk_full)
+    sent = alice.send(bob, "while bob's disk is full")
+    net.run(20)
+    assert alice.status(sent) == "sent"  # QUIC delivered the bytes; no receipt, since nothing was stored
+    assert bob.store.conversation(alice.peer_id)[-1]["text"] == "warm up"
+    monkeypatch.undo()  # space again
+    took = net.run_until(lambda: alice.status(sent) == "delivered", RECEIPT_WAIT_MAX + 1)
+    assert took <= RECEIPT_WAIT_MAX + 0.1
+    assert [m["text"] for m in bob.store.conversation(alice.peer_id)] == ["warm up", "while bob's disk is full"]
+
+
+def test_messages_written_while_unregistered_wait_queued_and_go_on_registration(net: PeerNet) -> None:
+    alice, bob = registered_pair(net)
+    alice.engine.registration.stop(net.now)  # as if our registration was lost
+    alice.flush()
+    net.run(0.5)
+    assert alice.engine.my_id is None or alice.engine.registration.state.value != "registered"
+    sent = alice.send(bob, "written offline")
+    assert alice.status(sent) == "queued"
+    alice.engine.registration.start(net.now)
+    alice.flush()
+    net.run_until(lambda: alice.status(sent) == "delivered", 3)
 
 
 # ------------------------------------------------------------ relay, then upgrade
