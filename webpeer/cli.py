@@ -36,6 +36,22 @@ def default_data_dir(name: str, http_port: int) -> Path:
     return Path(platformdirs.user_data_dir("peerlink")) / "peers" / label
 
 
+def positive_days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of days: {text!r}") from None
+    if not 0 < days <= 36500:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"retention must be more than 0 and at most 36500 days, not {text}")
+    return days
+
+
+def ttl_seconds(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 10 <= int(text) <= 3600):
+        raise argparse.ArgumentTypeError(f"ttl must be a whole number of seconds from 10 to 3600, not {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
     parser = argparse.ArgumentParser(
@@ -90,6 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
         "server's relay (env WEBPEER_RELAY_ONLY=1; for diagnosis)",
     )
     parser.add_argument(
+        "--retention-days",
+        type=positive_days,
+        default=float(env("WEBPEER_RETENTION_DAYS", "7")),
+        help="a message for a peer that stays offline waits this long, then fails "
+        "(env WEBPEER_RETENTION_DAYS, default 7)",
+    )
+    parser.add_argument(
+        "--ttl",
+        type=ttl_seconds,
+        default=int(env("WEBPEER_TTL", "60")),
+        help="seconds the server lists this peer without a refresh; 10..3600 (env WEBPEER_TTL, default 60)",
+    )
+    parser.add_argument(
         "--log-level",
         default=env("WEBPEER_LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error"],
@@ -125,6 +154,8 @@ async def serve(args: argparse.Namespace) -> None:
             udp_host=args.udp_host,
             udp_port=args.udp_port,
             relay_only=args.relay_only,
+            retention=args.retention_days * 24 * 3600,
+            ttl=args.ttl,
         )
     )
     app = create_app(WebConfig(port=args.http_port, token=token), node)

@@ -112,6 +112,7 @@ class PeerEngine:
         self._events: list[PageEvent] = []
         self._process_mark: int | None = None  # where this process()'s events start
         self.stopped = False
+        self.storage_error: str | None = None  # why the last commit failed, until one works
 
     # ------------------------------------------------------------ lifecycle
 
@@ -183,6 +184,7 @@ class PeerEngine:
             "server": f"{self.config.server[0]}:{self.config.server[1]}",
             "registered": self.registration.state.value == "registered",
             "nat": self.pathfinder.nat_result(),
+            "storage_error": self.storage_error,
         }
 
     def peers_json(self) -> list[JSON]:
@@ -345,6 +347,16 @@ class PeerEngine:
             self._process_mark = None
         self.flow.rolled_back()
         self.publish(Resync())
+
+    def storage_failed(self, error: str) -> None:
+        """The node could not commit: the page shows why until it can."""
+        if self.storage_error != error:
+            self.storage_error = error
+            self.publish(MeChanged(self.me()))
+
+    def storage_recovered(self) -> None:
+        self.storage_error = None
+        self.publish(MeChanged(self.me()))
 
     # ------------------------------------------------------------ QUIC
 

@@ -32,7 +32,7 @@ from .message_flow import Draft
 from .pathfinder import CloseSpare, OpenSpare
 from .peer_session import PeerSession
 from .registration import RegistrationMachine
-from .store import Store
+from .store import Store, StoreError
 
 logger = logging.getLogger("webpeer")
 
@@ -83,6 +83,7 @@ class PeerNode:
         # The page's sends waiting for the next flush to store them, with
         # the futures their answers go to.
         self._outbox: list[tuple[Draft, asyncio.Future[JSON]]] = []
+        self._reported: set[str] = set()  # internal errors already logged with their traceback
 
     # ------------------------------------------------------------ what tests and the CLI look at
 
@@ -251,23 +252,32 @@ class PeerNode:
         now = self.clock()
         self._flush_scheduled = False
         outbox, self._outbox = self._outbox, []
+        written = self.store.rows_written
         try:
             with self.store.batch():
                 self.engine.process(now, [draft for draft, _ in outbox])
-        except BaseException as error:
-            # Rolled back: nothing it announced is on disk, nothing is acknowledged.
+        except Exception as error:
+            # Rolled back: nothing it announced is on disk, nothing is
+            # acknowledged (the senders send it again), and the loop goes on.
             self.engine.rolled_back()
+            status = 503 if isinstance(error, StoreError) else 500
             for _, future in outbox:
                 if not future.done():
-                    future.set_exception(ApiError(500, f"could not store the message: {error}"))
-            self._publish_events()
+                    future.set_exception(ApiError(status, f"could not store the message: {error}"))
+            self._flush_failed(error)
+        except BaseException:
+            self.engine.rolled_back()
             raise
-        self.engine.committed(now)
-        # Answers first: the page's writer then finds them and these events
-        # queued together, and sends them as one frame.
-        for draft, future in outbox:
-            if not future.done():
-                future.set_result(draft.message)
+        else:
+            self.engine.committed(now)
+            # Answers first: the page's writer then finds them and these events
+            # queued together, and sends them as one frame.
+            for draft, future in outbox:
+                if not future.done():
+                    future.set_result(draft.message)
+            if self.engine.storage_error is not None and self.store.rows_written > written:
+                logger.warning("the history can be written again")
+                self.engine.storage_recovered()
         self._publish_events()
         self._run_commands()
         for data, address, index in self.engine.datagrams_to_send(now):
@@ -275,6 +285,23 @@ class PeerNode:
         if self.engine.stopped:
             self._stopped.set()
         self._arm_timer(now)
+
+    def _flush_failed(self, error: Exception) -> None:
+        """One clear line when the history cannot be written (a full disk,
+        a read-only or broken file), not one per datagram; the page shows it
+        until a commit works again.  Anything else is a bug: its traceback,
+        once per kind."""
+        if isinstance(error, StoreError):
+            self.engine.stats["commits_failed"] += 1
+            if self.engine.storage_error is None:
+                logger.error("cannot write the history (%s): nothing is acknowledged until it can; retrying", error)
+            self.engine.storage_failed(str(error))
+            return
+        self.engine.stats["flush_errors"] += 1
+        kind = f"{type(error).__name__}: {error}"[:200]
+        if kind not in self._reported:
+            self._reported.add(kind)
+            logger.exception("internal error while handling input; nothing of it was stored")
 
     def _run_commands(self) -> None:
         while (command := self.engine.next_command()) is not None:

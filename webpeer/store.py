@@ -292,6 +292,12 @@ class Store:
         """The database file."""
         return self._path
 
+    @property
+    def rows_written(self) -> int:
+        """Rows inserted, updated or deleted since the store was opened (a
+        commit that wrote nothing proves nothing about a full disk)."""
+        return self._conn.total_changes if self._conn is not None else 0
+
     # -- lifecycle -------------------------------------------------------
 
     def open(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,7 @@ class _LinkFrom:
         self.sent += frames
 
 
-async def test_a_failed_commit_acknowledges_nothing_and_answers_with_an_error(nodes, monkeypatch) -> None:
+async def test_a_failed_commit_acknowledges_nothing_and_answers_with_an_error(nodes, monkeypatch, caplog) -> None:
     alice = await nodes("alice")
     events = alice.subscribe()
     link = _LinkFrom(2)
@@ -144,20 +145,31 @@ async def test_a_failed_commit_acknowledges_nothing_and_answers_with_an_error(no
         raise StoreError("disk I/O error")
 
     monkeypatch.setattr(alice.store, "add_messages", broken)
-    with pytest.raises(StoreError):
+    with caplog.at_level(logging.ERROR, logger="webpeer"):
+        alice._flush()  # no exception out of the loop's callback (issue 9)
         alice._flush()
     assert link.sent == []  # no ack for a message that is not stored
-    with pytest.raises(ApiError, match="could not store"):
+    with pytest.raises(ApiError, match="could not store") as refused:
         future.result()
-    assert events.get_nowait() == {"type": "resync"} and events.empty()
+    assert refused.value.status == 503
+    assert events.get_nowait() == {"type": "resync"}
+    # One clear line, not a traceback per attempt, and the page is told why.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        "cannot write the history (disk I/O error): nothing is acknowledged until it can; retrying"
+    ]
+    assert all(r.exc_info is None for r in caplog.records)
+    me = events.get_nowait()
+    assert me["type"] == "me" and me["me"]["storage_error"] == "disk I/O error"
     monkeypatch.undo()
     alice._flush()
     assert link.sent == [] and alice.store.conversation(2) == []
+    assert alice.me()["storage_error"] == "disk I/O error"  # a commit that wrote nothing proves nothing
     # The sender sends it again (a new link): now it is stored, then acknowledged.
     alice.engine._on_frame(link, {"t": "msg", "id": "m1", "text": "hi", "time": 1.0}, 3.0)  # type: ignore[arg-type]
     alice._flush()
     assert link.sent == [{"t": "ack", "id": "m1"}]
     assert [m["text"] for m in alice.store.conversation(2)] == ["hi"]
+    assert alice.me()["storage_error"] is None
 
 
 async def test_a_receipt_counts_only_from_the_recipient(nodes) -> None:
