@@ -153,6 +153,7 @@ def test_message_shape(store: Store) -> None:
         "status": "queued",
         "time": 100.25,
         "error": None,
+        "key_changed": False,
     }
     assert receive(store, "m2", 3, 101.0, text="hey")
     incoming = store.get_message("m2")
@@ -197,6 +198,7 @@ def test_insert_is_idempotent_on_id(store: Store) -> None:
             "status": "received",
             "time": 10.0,
             "error": None,
+            "key_changed": False,
         }
     ]
     assert store.conversation(3) == []
@@ -273,6 +275,7 @@ def test_late_sent_does_not_downgrade_delivered(store: Store) -> None:
         "status": "delivered",
         "time": 1.0,
         "error": None,
+        "key_changed": False,
     }
 
 
