@@ -65,3 +65,17 @@ export async function isSignedOut() {
     return false;
   }
 }
+
+export function fetchSafety(peerId) {
+  return getJson(`/api/peers/${encodeURIComponent(peerId)}/safety`, { Accept: "application/json" });
+}
+
+/** The QR code of the peer's safety number (an SVG the server draws); `version` changes with the key. */
+export function safetyQrUrl(peerId, version) {
+  return `/api/peers/${encodeURIComponent(peerId)}/safety.svg?v=${encodeURIComponent(version)}`;
+}
+
+/** action: "accept" | "block" | "verify" | "unverify"; resolves to the new safety answer. */
+export function postTrust(peerId, action) {
+  return postJson(`/api/peers/${encodeURIComponent(peerId)}/trust`, { action });
+}

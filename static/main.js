@@ -8,13 +8,14 @@
 
 import * as api from "./api.js";
 import { PeerSocket } from "./socket.js";
-import { findPeer, initialState, readsOnArrival, reduce } from "./state.js";
+import { findPeer, initialState, readsOnArrival, reduce, showsSafety } from "./state.js";
 import { createBannersView } from "./views/banners.js";
 import { createComposerView } from "./views/composer.js";
 import { createConversationView } from "./views/conversation.js";
 import { createMessagesView } from "./views/messages.js";
 import { createMeView } from "./views/me.js";
 import { createPeersView } from "./views/peers.js";
+import { createSafetyView } from "./views/safety.js";
 
 const MAX_TEXT_BYTES = 64 * 1024; // webpeer.api.MAX_TEXT_BYTES: refused here before it is sent
 const HASH_PEER = /^#peer-([1-9][0-9]{0,15})$/;
@@ -41,13 +42,16 @@ function start() {
     resend: (clientId) => resendPending(clientId),
     showError: (error) => dispatch({ type: "error-shown", error }),
     dismissError: () => dispatch({ type: "error-dismissed" }),
+    toggleSafety: (open) => dispatch({ type: "safety-toggled", open }),
+    trust: (action) => state.selected !== null && decideTrust(state.selected, action),
   };
   const composer = createComposerView(actions);
   const views = [
     createMeView(),
     createBannersView(actions),
     createPeersView(actions),
-    createConversationView(),
+    createConversationView(actions),
+    createSafetyView(actions),
     createMessagesView(actions),
     composer,
   ];
@@ -72,8 +76,43 @@ function start() {
       case "resync":
         reloadAll(); // we fell behind and events were dropped
         break;
+      case "trust":
+        // Accepting shows what the new key sent; the trusted key coming back drops it.
+        if (event.peer === state.selected) {
+          loadHistory(event.peer);
+          if (showsSafety(state)) loadSafety(event.peer);
+        }
+        break;
       default:
         break;
+    }
+    // The safety view needs the open peer's safety number when it shows.
+    if (showsSafety(state) && (state.safety === null || state.safety.peer !== state.selected)) {
+      if (safetyLoading !== state.selected && safetyFailed !== state.selected) loadSafety(state.selected);
+    }
+  }
+
+  let safetyLoading = null; // the peer whose safety number is being fetched
+  let safetyFailed = null; // the peer whose safety number could not be fetched (not asked again by itself)
+
+  async function loadSafety(peerId) {
+    safetyLoading = peerId;
+    safetyFailed = null;
+    try {
+      dispatch({ type: "safety-loaded", safety: await api.fetchSafety(peerId) });
+    } catch (error) {
+      safetyFailed = peerId;
+      actions.showError(`Could not load the safety number: ${error.message}`);
+    } finally {
+      if (safetyLoading === peerId) safetyLoading = null;
+    }
+  }
+
+  async function decideTrust(peerId, action) {
+    try {
+      dispatch({ type: "safety-loaded", safety: await api.postTrust(peerId, action) });
+    } catch (error) {
+      actions.showError(`Could not ${action} the key: ${error.message}`);
     }
   }
 

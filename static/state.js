@@ -6,11 +6,11 @@
 //
 // Events come from two places:
 // - the webpeer's websocket (see webpeer/websocket.py): hello, message,
-//   status, peers, connection, me, resync, and the answers sent and error;
+//   status, peers, connection, me, trust, resync, and the answers sent and error;
 // - the page itself (named in the past tense, for what already happened):
 //   peer-selected, visibility-changed, marked-read, send-started, send-failed,
 //   send-withdrawn, history-loaded, reloaded, socket-opened, socket-closed,
-//   signed-out, error-shown, error-dismissed.
+//   signed-out, error-shown, error-dismissed, safety-loaded, safety-toggled.
 // A new feature adds its cases to HANDLERS below; unknown events change nothing
 // (a newer server may send events this page does not know).
 
@@ -30,6 +30,8 @@ export function initialState({ selected = null, visible = true } = {}) {
     link: { connected: null, retryInSeconds: 0, signedOut: false }, // connected: null until the first try
     error: null, // text of the error banner, or null when hidden
     historyLoads: 0, // counts loads of the open conversation (the view then scrolls to the end)
+    safety: null, // the open conversation's GET /api/peers/N/safety answer, or null
+    safetyOpen: false, // the user opened the safety view of a trusted peer
   };
 }
 
@@ -60,6 +62,29 @@ export function isReading(state, peerId) {
 /** A message event that the page should answer with "read": new, from the other side, being read. */
 export function readsOnArrival(state, message) {
   return !conversationOf(state, message.peer).has(message.id) && !isMine(state, message) && isReading(state, message.peer);
+}
+
+/** The open peer's key is not trusted (changed or blocked): the safety view shows and sending waits. */
+export function keyUndecided(peer) {
+  return Boolean(peer) && (peer.trust === "changed" || peer.trust === "blocked");
+}
+
+/** The safety view (fingerprints, safety number, Accept / Block / Verify) is shown. */
+export function showsSafety(state) {
+  if (state.selected === null) return false;
+  return state.safetyOpen || keyUndecided(findPeer(state, state.selected));
+}
+
+/** Why the composer is disabled for the open peer, or null when it may send. */
+export function composerBlock(state) {
+  if (state.selected === null) return null;
+  const peer = findPeer(state, state.selected);
+  if (!peer) return null;
+  if (peer.trust === "changed") {
+    return "Sending is held: this peer's key changed. Compare the safety number with them, then accept the new key or block it.";
+  }
+  if (peer.trust === "blocked") return "You blocked this peer's key: nothing is sent to it.";
+  return null;
 }
 
 const EMPTY_CONVERSATION = new Map();
@@ -145,6 +170,16 @@ function me(state, event) {
   return { ...state, me: event.me };
 }
 
+// A peer's key changed or came back, or the user decided about it (webpeer/trust.py).
+function trust(state, event) {
+  return withPeerChanges(state, event.peer, {
+    trust: event.trust,
+    key_changed: event.trust === "changed",
+    verified: Boolean(event.verified),
+    verified_key_changed: Boolean(event.verified_key_changed),
+  });
+}
+
 function sent(state, event) {
   const next = event.client_id ? withoutPending(state, event.client_id) : state;
   return storeLive(next, event.message);
@@ -160,7 +195,17 @@ function error(state, event) {
 // ---------------------------------------------------------------- the page's own events
 
 function peerSelected(state, event) {
-  return { ...state, selected: event.peer };
+  if (event.peer === state.selected) return state;
+  return { ...state, selected: event.peer, safety: null, safetyOpen: false };
+}
+
+// GET /api/peers/N/safety (or a trust action's answer); kept for the open peer only.
+function safetyLoaded(state, event) {
+  return event.safety && event.safety.peer === state.selected ? { ...state, safety: event.safety } : state;
+}
+
+function safetyToggled(state, event) {
+  return { ...state, safetyOpen: Boolean(event.open) };
 }
 
 function visibilityChanged(state, event) {
@@ -243,6 +288,7 @@ const HANDLERS = new Map([
   ["peers", peers],
   ["connection", connection],
   ["me", me],
+  ["trust", trust],
   ["resync", (state) => state], // main.js reloads everything and reports "reloaded"
   ["sent", sent],
   ["error", error],
@@ -259,4 +305,6 @@ const HANDLERS = new Map([
   ["signed-out", signedOut],
   ["error-shown", errorShown],
   ["error-dismissed", errorDismissed],
+  ["safety-loaded", safetyLoaded],
+  ["safety-toggled", safetyToggled],
 ]);

@@ -10,11 +10,22 @@ JSON shapes (also documented in the README):
     me:       {"id": int|null, "name": str, "fingerprint": str, "public_address": "host:port"|null,
                "server": "host:port", "registered": bool}
     peer:     {"id": int, "name": str, "fingerprint": str, "online": bool, "unread": int,
-               "key_changed": bool,
+               "trust": "trusted"|"changed"|"blocked", "key_changed": bool (trust == "changed"),
+               "verified": bool, "verified_key_changed": bool (a verified key was replaced: warn louder),
                "connection": null | {"state": "connecting"|"direct"|"relayed", "address": "host:port"|null}}
     message:  {"id": str, "peer": int, "from": int, "to": int, "text": str,
-               "status": "queued"|"sending"|"sent"|"delivered"|"failed"|"received",
-               "time": float (unix seconds), "error": str|null}
+               "status": "queued"|"sending"|"sent"|"delivered"|"failed"|"held"|"received",
+               "time": float (unix seconds), "error": str|null,
+               "key_changed": bool (received from a new key before the user accepted it)}
+    safety:   {"peer": int, "safety_number": "12 groups of 5 digits", "my_fingerprint": str,
+               "their_fingerprint": str (the key the registry gives now),
+               "previous_fingerprint": str|null (while changed: the trusted key),
+               "trust", "key_changed", "verified", "verified_key_changed" (as in peer)}
+
+Messages to a peer whose key changed are "held" (error "key changed") until
+the user accepts the new key (then they go on) or blocks it (they fail, "key
+blocked"); messages from the new key are not listed until it is accepted
+(webpeer/trust.py).
 
 Events pushed to every websocket (each a dict with "type"):
 
@@ -23,6 +34,11 @@ Events pushed to every websocket (each a dict with "type"):
     {"type": "peers", "peers": [<peer>, ...]}        the peer list changed
     {"type": "connection", "peer": int, "connection": <connection or null>}
     {"type": "me", "me": <me>}                       registration state changed
+    {"type": "trust", "peer": int, "trust": str, "verified": bool, "verified_key_changed": bool}
+                                                     a peer's key changed or came back, or was
+                                                     accepted, blocked, verified, unverified
+                                                     (reload its conversation: accepted messages
+                                                     appear)
     {"type": "resync"}                               this subscriber fell behind and its backlog
                                                      was dropped: reload me, peers and the open
                                                      conversation
@@ -85,6 +101,18 @@ class PeerApi(Protocol):
         ...
 
     def mark_read(self, peer_id: int) -> None: ...
+
+    def safety(self, peer_id: int) -> JSON:
+        """The <safety> of a peer; ApiError(404) if no key is known for it."""
+        ...
+
+    async def set_trust(self, peer_id: int, action: str) -> JSON:
+        """``action``: "accept" | "block" | "verify" | "unverify" (checked by
+        webpeer.validate.trust_action); returns the new <safety>.  ApiError
+        404 for a peer with no known key, 409 for an action that does not
+        apply (accept with no change pending, block of a blocked key, verify
+        of a blocked key)."""
+        ...
 
     def subscribe(self) -> asyncio.Queue[JSON]:
         """A queue that receives every event from now on (bounded: a consumer

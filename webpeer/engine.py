@@ -12,7 +12,8 @@ The engine owns the registration machine (registration.py), the QUIC links
 by connection id, and one :class:`~webpeer.peer_session.PeerSession` per
 remote peer; its components own the rest: :class:`~webpeer.pathfinder.PathFinder`
 (checks, relay, NAT type, many-port probing) and
-:class:`~webpeer.message_flow.MessageFlow` (sends, receipts, the offline queue).
+:class:`~webpeer.message_flow.MessageFlow` (sends, receipts, the offline queue)
+and :class:`~webpeer.trust.Trust` (the key-change gate and verification).
 
 Demultiplexing on the one socket (RFC 7983 / RFC 9443): a first byte below
 0x40 is STUN (the rendezvous server, our NAT checks, other peers' probes),
@@ -63,7 +64,8 @@ from .registration import (
 from .registration import (
     Relayed as RelayedDatagram,
 )
-from .store import Store, TrustResult
+from .store import Status, Store
+from .trust import Action, Trust, link_verdict
 from .wire import Frame, FrameError
 
 logger = logging.getLogger("webpeer")
@@ -103,6 +105,7 @@ class PeerEngine:
         self.peer_states: dict[int, PeerSession] = {}
         self.pathfinder = PathFinder(self, self.stats, relay_only=config.relay_only)
         self.flow = MessageFlow(self, history, self.stats)
+        self.trust = Trust(self, history)
         self._cids: dict[bytes, PeerLink] = {}
         self._accepting: set[PeerLink] = set()  # acceptor links not yet authenticated
         self._awaiting_key: dict[int, list[PeerLink]] = {}  # acceptor links waiting on CONNECT for the key
@@ -161,6 +164,44 @@ class PeerEngine:
     def nat_learned(self) -> None:
         self.publish(MeChanged(self.me()))
 
+    # The trust component's context (and the flow's gate hooks): trust.py decides.
+
+    @property
+    def my_public_key(self) -> bytes:
+        return self.identity.public_key
+
+    def send_gate(self, peer_id: int) -> tuple[Status, str] | None:
+        return self.trust.send_gate(peer_id)
+
+    def hides_from(self, link: PeerLink) -> bool:
+        return self.trust.hides(link.peer_id, link.peer_key)
+
+    def trust_changed(self, peer_id: int, now: float) -> None:
+        """A peer's key changed or came back, or the user decided about it:
+        close the links trust condemns, then hold (or fail) or release its messages."""
+        trust = self.trust.of(peer_id)
+        for link in self.links():
+            if link.peer_id == peer_id and link.state is not LinkState.CLOSED:
+                if (reason := link_verdict(trust, link.peer_key, link.role)) is not None:
+                    link.close(reason)
+        session = self.session(peer_id)
+        if self.trust.send_gate(peer_id) is None:
+            self.flow.release_held(session, now)
+        else:
+            # An attempt under way is over: it would open a link to the new key.
+            session.connecting_since = None
+            self.pathfinder.abandon(peer_id)
+            self.flow.pump(session, now)
+            self._publish_connection(session)
+        self._publish_peers()
+
+    def set_trust(self, peer_id: int, action: Action, now: float) -> JSON:
+        """The user accepts, blocks, verifies or unverifies a peer's key (api.py)."""
+        return self.trust.act(peer_id, action, now)
+
+    def safety(self, peer_id: int) -> JSON:
+        return self.trust.safety(peer_id)
+
     def connect(self, session: PeerSession, now: float) -> bool:
         """Ask the rendezvous to introduce us, unless an attempt is under way;
         False if none is (we are not registered: Registered starts them)."""
@@ -202,7 +243,7 @@ class PeerEngine:
                     "fingerprint": fingerprint(key) if key else None,
                     "online": peer.reachable,
                     "unread": unread.get(peer.peer_id, 0),
-                    "key_changed": bool(known and known.key_changed),
+                    **self.trust.of(peer.peer_id).to_json(),  # trust, key_changed, verified ...
                     "connection": peer.connection(),
                     "error": peer.last_error,
                 }
@@ -217,6 +258,7 @@ class PeerEngine:
     def draft(self, to: int, text: str, now: float, origin: object | None = None) -> Draft:
         """A message for the next :meth:`process` to store (the caller has
         validated text and id)."""
+        self.trust.check_send(to)
         return self.flow.draft(to, text, now, origin)
 
     def retry(self, message_id: str, now: float) -> None:
@@ -346,6 +388,7 @@ class PeerEngine:
             del self._events[self._process_mark :]
             self._process_mark = None
         self.flow.rolled_back()
+        self.trust.rolled_back()
         self.publish(Resync())
 
     def storage_failed(self, error: str) -> None:
@@ -404,7 +447,11 @@ class PeerEngine:
                 self._on_peers_listed(event, now)
             elif isinstance(event, Introduced):
                 self._learn(event.info, now)
-                if self.registration.peer_id is not None and event.info.punch_key is not None:
+                if (
+                    self.registration.peer_id is not None
+                    and event.info.punch_key is not None
+                    and not self.trust.refuses(event.info.peer_id, event.info.public_key)
+                ):
                     # Probe back at once: both NATs must see outgoing packets.
                     self.pathfinder.start_checks(event.info, now, connect=False)
             elif isinstance(event, ConnectAnswered):
@@ -459,12 +506,7 @@ class PeerEngine:
         if session.public_key is None or session.remembered == (session.public_key, session.name):
             return  # nothing new: an idle peer's listings write nothing
         session.remembered = (session.public_key, session.name)
-        result = self.history.remember_peer(session.peer_id, session.public_key, session.name, now)
-        if result is TrustResult.CHANGED:
-            logger.warning(
-                "peer %d now has a different key (fingerprint %s)", session.peer_id, fingerprint(session.public_key)
-            )
-            self._publish_peers()
+        self.trust.remember(session.peer_id, session.public_key, session.name, now)
 
     def _on_connect_answered(self, event: ConnectAnswered, now: float) -> None:
         session = self.session(event.peer_id)
@@ -478,6 +520,8 @@ class PeerEngine:
                 self._connect_failed(session, f"rendezvous: {event.error}", now)
             return
         self._learn(event.info, now)
+        if not self.trust.may_connect(session.peer_id):
+            return  # a key change pending, or a blocked key (trust.py): no link to it
         if session.connecting_since is None and any(
             link.peer_id == session.peer_id and link.state is not LinkState.CLOSED for link in self._accepting
         ):
@@ -504,6 +548,8 @@ class PeerEngine:
         if session.public_key is None or my_id is None:
             self._connect_failed(session, "no key for the peer", now)
             return
+        if not self.trust.may_connect(session.peer_id):
+            return  # trust.py: no link to a key the user has not accepted
         link = PeerLink.connect(
             self.identity, my_id, path, session.peer_id, session.public_key, now, idle_timeout=QUIC_IDLE_TIMEOUT
         )
@@ -565,6 +611,9 @@ class PeerEngine:
         return busy
 
     def _on_frame(self, link: PeerLink, frame: Frame, now: float) -> None:
+        if self.trust.refuses(link.peer_id, link.peer_key):
+            link.close("key blocked")  # trust.py: nothing from it is stored or acknowledged
+            return
         try:
             if not (self.flow.on_frame(link, frame, now) or self.pathfinder.on_frame(link, frame, now)):
                 self.stats["unknown_frames"] += 1
@@ -572,6 +621,9 @@ class PeerEngine:
             link.close(f"bad frame: {error}")
 
     def _on_hello(self, link: PeerLink, event: HelloReceived, now: float) -> None:
+        if self.trust.refuses(event.peer_id, event.public_key):
+            link.close("key blocked")  # trust.py
+            return
         session = self.peer_states.get(event.peer_id)
         if session is not None and session.public_key is not None:
             link.confirm_hello(session.public_key, session.issued_nonces)

@@ -60,6 +60,27 @@ class ConnectionChanged(PageEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class PeerTrustChanged(PageEvent):
+    """A peer's key changed, came back, or the user accepted, blocked,
+    verified or unverified it (webpeer/trust.py).  ``verified_key_changed``:
+    the louder warning, a verified key replaced by one not accepted."""
+
+    peer_id: int
+    trust: str  # "trusted" | "changed" | "blocked"
+    verified: bool
+    verified_key_changed: bool
+
+    def to_json(self) -> JSON:
+        return {
+            "type": "trust",
+            "peer": self.peer_id,
+            "trust": self.trust,
+            "verified": self.verified,
+            "verified_key_changed": self.verified_key_changed,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class MeChanged(PageEvent):
     me: JSON
 

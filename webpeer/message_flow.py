@@ -28,7 +28,7 @@ from .api import ApiError
 from .events import MessageAdded, PageEvent, StatusChanged
 from .link import PeerLink
 from .peer_session import PeerSession
-from .store import NewMessage, Status
+from .store import KEY_CHANGE_HIDDEN, KEY_CHANGE_NONE, NewMessage, Status
 from .wire import Frame, FrameError, require
 
 logger = logging.getLogger("webpeer")
@@ -61,6 +61,8 @@ class History(Protocol):
 
     def expire_queued(self, older_than: float, *, now: float | None = None) -> list[str]: ...
 
+    def held_outgoing(self, peer: int) -> list[dict[str, Any]]: ...
+
 
 class FlowContext(Protocol):
     """What the message flow may ask of the engine."""
@@ -75,6 +77,14 @@ class FlowContext(Protocol):
         way); False if no attempt is under way (we are not registered)."""
 
     def publish(self, event: PageEvent) -> None: ...
+
+    # The key-change gate (webpeer/trust.py decides).
+    def send_gate(self, peer_id: int) -> tuple[Status, str] | None:
+        """The status (held or failed) and reason that the peer's outgoing
+        messages take instead of going out; None: they may go."""
+
+    def hides_from(self, link: PeerLink) -> bool:
+        """Messages over ``link`` are stored hidden (a key not accepted yet)."""
 
 
 @dataclass(slots=True)
@@ -125,6 +135,7 @@ class MessageFlow:
             "status": str(Status.QUEUED),
             "time": now,
             "error": None,
+            "key_changed": False,
         }
         return Draft(message, origin)
 
@@ -164,7 +175,10 @@ class MessageFlow:
             message = draft.message
             session = self.context.session(message["to"])
             link = session.ready_link
-            if link is not None:
+            if (gate := self.context.send_gate(session.peer_id)) is not None:
+                # Key change pending (trust.py): stored held, with the reason; nothing goes.
+                status, message["error"] = gate
+            elif link is not None:
                 status = Status.SENT
                 self._after_commit.setdefault(link, []).append(
                     {"t": "msg", "id": message["id"], "text": message["text"], "time": message["time"]}
@@ -179,7 +193,7 @@ class MessageFlow:
             self.context.publish(MessageAdded(message, draft.origin))
         self.history.add_messages(
             [
-                NewMessage(m["id"], m["from"], m["to"], m["text"], m["status"], m["time"])
+                NewMessage(m["id"], m["from"], m["to"], m["text"], m["status"], m["time"], error=m["error"])
                 for m in (d.message for d in drafts)
             ]
         )
@@ -213,8 +227,11 @@ class MessageFlow:
                 when = float(sent_at)
             # Ids are the sender's: scope them by sender.  Stored with the
             # others of this flush, before its commit.
+            hidden = KEY_CHANGE_HIDDEN if self.context.hides_from(link) else KEY_CHANGE_NONE
             self._incoming.append(
-                NewMessage(f"{peer_id}:{message_id}", peer_id, self.context.my_id or 0, text, Status.RECEIVED, when)
+                NewMessage(
+                    f"{peer_id}:{message_id}", peer_id, self.context.my_id or 0, text, Status.RECEIVED, when, hidden
+                )
             )
             # Acknowledge, also a duplicate (its ack was lost), once it is
             # stored; the ack leaves after the commit.
@@ -236,7 +253,9 @@ class MessageFlow:
         if incoming:
             fresh = self.history.add_messages(incoming)
             for message in incoming:
-                if message.message_id in fresh:
+                if message.message_id in fresh and message.key_change == KEY_CHANGE_HIDDEN:
+                    fresh.discard(message.message_id)  # shown once its key is accepted (trust.py)
+                elif message.message_id in fresh:
                     fresh.discard(message.message_id)  # a repeat in the same flush: once
                     # The page counts unread messages from these events; a full
                     # peer list (with its unread query) per message would cost
@@ -252,6 +271,7 @@ class MessageFlow:
                                 "status": str(Status.RECEIVED),
                                 "time": message.time,
                                 "error": None,
+                                "key_changed": False,
                             }
                         )
                     )
@@ -301,6 +321,9 @@ class MessageFlow:
         ``resend_sent``: a new link, so messages already sent on a previous one
         without a receipt go again.  ``retry``: try to connect even though the
         peer did not answer last time (its retry time has come)."""
+        if (gate := self.context.send_gate(session.peer_id)) is not None:
+            self._gate(session.peer_id, *gate, now)
+            return
         pending = self.history.pending_outgoing(session.peer_id)
         if resend_sent or force_connect:
             pending = self.undelivered(session.peer_id)
@@ -374,3 +397,16 @@ class MessageFlow:
         self._await_receipt(message["id"], link.peer_id, now)
         if message["status"] != Status.SENT:
             self.set_status(message["id"], Status.SENT, now)
+
+    # ------------------------------------------------------------ the key-change gate (trust.py decides)
+
+    def _gate(self, peer_id: int, status: Status, reason: str, now: float) -> None:
+        """Nothing goes to the peer: what waits to go is held (or failed)."""
+        for message in self.undelivered(peer_id) + self.history.held_outgoing(peer_id):
+            self.set_status(message["id"], status, now, reason)
+
+    def release_held(self, session: PeerSession, now: float) -> None:
+        """The peer's key is trusted again: its held messages go on."""
+        for message in self.history.held_outgoing(session.peer_id):
+            self.set_status(message["id"], Status.SENDING if session.reachable else Status.QUEUED, now)
+        self.pump(session, now, force_connect=True)

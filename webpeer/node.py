@@ -33,6 +33,7 @@ from .pathfinder import CloseSpare, OpenSpare
 from .peer_session import PeerSession
 from .registration import RegistrationMachine
 from .store import Store, StoreError
+from .trust import Action
 
 logger = logging.getLogger("webpeer")
 
@@ -201,6 +202,25 @@ class PeerNode:
     def mark_read(self, peer_id: int) -> None:
         self.engine.mark_read(peer_id)
         self._publish_events()
+
+    def safety(self, peer_id: int) -> JSON:
+        return self.engine.safety(peer_id)
+
+    async def set_trust(self, peer_id: int, action: str) -> JSON:
+        """One commit for the decision and what it moves (held messages,
+        revealed ones), then a flush sends what it released."""
+        chosen = Action(validate.trust_action(action))
+        try:
+            with self.store.batch():
+                answer = self.engine.set_trust(peer_id, chosen, self.clock())
+        except ApiError:
+            raise  # refused before anything was written
+        except BaseException:
+            self.engine.rolled_back()
+            self._publish_events()
+            raise
+        self._flush()
+        return answer
 
     def subscribe(self) -> asyncio.Queue[JSON]:
         queue: asyncio.Queue[JSON] = asyncio.Queue(SUBSCRIBER_QUEUE)

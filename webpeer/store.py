@@ -18,17 +18,34 @@ Message lifecycle (see ``TRANSITIONS``)::
     outgoing:  queued <-> sending -> sent -> delivered
                   \\          \\        \\        ^
                    +----------+--------+-> failed -> (retry) queued | sending
+               queued | sending | sent | failed -> held -> queued | sending | failed
     incoming:  received
 
 ``delivered`` and ``received`` are final.  A receipt proves delivery, so
 ``delivered`` is accepted from every other outgoing state; nothing moves a
 message backwards from ``sent`` (a late "sent" after "delivered" is refused,
-and so is "sending" after "sent").
+and so is "sending" after "sent").  ``held``: the peer's key changed and the
+user has not accepted the new key (webpeer/trust.py); nothing goes out until
+they do (then queued | sending), and if they block the key it fails.  A held
+message carries the reason in ``error`` too.
+
+Messages received from a key whose change the user has not accepted yet are
+stored with ``key_change`` = :data:`KEY_CHANGE_HIDDEN`: no read of the
+conversation, the unread counts or the read marks sees them until the change
+is accepted (they become :data:`KEY_CHANGE_SHOWN`, and the API marks them
+``"key_changed": true``); they are deleted if the key is blocked or the
+trusted key comes back instead.
 
 Trust on first use: the first key seen for a peer id is trusted.  A different
 key later is stored as the current key with ``key_changed`` set and the last
 trusted key kept in ``previous_key``, until the user accepts the change or the
-trusted key comes back.
+trusted key comes back.  Keys the user blocked are kept per peer id
+(``blocked_keys``); ``verified_key`` is the key whose safety number the user
+compared and marked verified.
+
+Schema versions: 1 had no held status, no ``key_change``, no
+``verified_key`` and no ``blocked_keys``; :data:`_MIGRATIONS` upgrades a
+version 1 file when it is opened.
 """
 
 from __future__ import annotations
@@ -46,7 +63,7 @@ from typing import Any, NamedTuple
 
 from rendezvous.sqlite_file import open_database
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # The error stored on queued messages that outlived the retention limit.
 EXPIRED_ERROR = "peer stayed offline"
 
@@ -65,15 +82,21 @@ class Status(enum.StrEnum):
     SENT = "sent"  # the peer's QUIC stack acknowledged it
     DELIVERED = "delivered"  # the peer stored it and sent a receipt
     FAILED = "failed"  # gave up; the user can retry
+    HELD = "held"  # the peer's key changed: waits for the user to accept (or block) the new key
     RECEIVED = "received"  # an incoming message
 
 
 # status -> the statuses it may move to.  Anything else is refused.
 TRANSITIONS: dict[Status, frozenset[Status]] = {
-    Status.QUEUED: frozenset({Status.SENDING, Status.DELIVERED, Status.FAILED}),
-    Status.SENDING: frozenset({Status.QUEUED, Status.SENT, Status.DELIVERED, Status.FAILED}),
-    Status.SENT: frozenset({Status.DELIVERED, Status.FAILED}),
-    Status.FAILED: frozenset({Status.QUEUED, Status.SENDING, Status.DELIVERED}),
+    Status.QUEUED: frozenset({Status.SENDING, Status.DELIVERED, Status.FAILED, Status.HELD}),
+    Status.SENDING: frozenset({Status.QUEUED, Status.SENT, Status.DELIVERED, Status.FAILED, Status.HELD}),
+    # A sent message without a receipt would go again on the next link, which
+    # may be to the new key: it is held like the others.
+    Status.SENT: frozenset({Status.DELIVERED, Status.FAILED, Status.HELD}),
+    Status.FAILED: frozenset({Status.QUEUED, Status.SENDING, Status.DELIVERED, Status.HELD}),
+    # Released on acceptance; failed when the key is blocked; a receipt (from
+    # the old key, for a send before the change) still proves delivery.
+    Status.HELD: frozenset({Status.QUEUED, Status.SENDING, Status.FAILED, Status.DELIVERED}),
     Status.DELIVERED: frozenset(),
     Status.RECEIVED: frozenset(),
 }
@@ -98,8 +121,9 @@ _MARK_DELIVERED = (
 )
 
 # Statuses an outgoing message may be created with (``sent``: handed to a
-# live connection in the same transaction that stores it).
-_NEW_OUTGOING = frozenset({Status.QUEUED, Status.SENDING, Status.SENT})
+# live connection in the same transaction that stores it; ``held``: the
+# peer's key change is pending, see webpeer/trust.py).
+_NEW_OUTGOING = frozenset({Status.QUEUED, Status.SENDING, Status.SENT, Status.HELD})
 
 
 class TrustResult(enum.Enum):
@@ -109,6 +133,12 @@ class TrustResult(enum.Enum):
     SAME = "same"  # the key is the one stored (a pending change stays pending)
     CHANGED = "changed"  # a key different from the stored one: warn the user
     RESTORED = "restored"  # the trusted key came back; the warning is cleared
+
+
+# messages.key_change: how an incoming message relates to a key change.
+KEY_CHANGE_NONE = 0
+KEY_CHANGE_HIDDEN = 1  # from a key not accepted (yet): not shown, not counted
+KEY_CHANGE_SHOWN = 2  # from a key the user accepted after it came: shown under a "key changed" line
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +152,13 @@ class KnownPeer:
     last_seen: float
     key_changed: bool  # public_key is not the trusted key: the user was not asked yet
     previous_key: bytes | None  # while key_changed: the trusted key; after, history
+    verified_key: bytes | None = None  # the key the user marked verified (safety number compared)
+    blocked: bool = False  # public_key is one the user blocked for this peer
+
+    @property
+    def trusted_key(self) -> bytes | None:
+        """The key the user trusts for this peer (None: a change is pending and no key was trusted)."""
+        return self.previous_key if self.key_changed else self.public_key
 
 
 _SCHEMA = """
@@ -140,7 +177,8 @@ CREATE TABLE IF NOT EXISTS messages (
     updated   REAL NOT NULL,
     error     TEXT,
     outgoing  INTEGER NOT NULL,
-    read      INTEGER NOT NULL
+    read      INTEGER NOT NULL,
+    key_change INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS messages_peer_time ON messages (peer, time);
 CREATE INDEX IF NOT EXISTS messages_pending ON messages (peer, time)
@@ -154,19 +192,40 @@ CREATE TABLE IF NOT EXISTS peers (
     first_seen   REAL NOT NULL,
     last_seen    REAL NOT NULL,
     key_changed  INTEGER NOT NULL DEFAULT 0,
-    previous_key BLOB
+    previous_key BLOB,
+    verified_key BLOB
+);
+CREATE TABLE IF NOT EXISTS blocked_keys (
+    peer_id    INTEGER NOT NULL,
+    public_key BLOB NOT NULL,
+    blocked_at REAL NOT NULL,
+    PRIMARY KEY (peer_id, public_key)
 )
 """
 
-_MESSAGE_COLUMNS = "id, peer, sender, recipient, text, status, time, error"
-_PEER_COLUMNS = "peer_id, public_key, name, first_seen, last_seen, key_changed, previous_key"
+# version -> what turns a file of that version into the next one (run before
+# _SCHEMA, which then adds the new tables and indexes).
+_MIGRATIONS = {
+    1: """
+ALTER TABLE messages ADD COLUMN key_change INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE peers ADD COLUMN verified_key BLOB
+""",
+}
+
+_MESSAGE_COLUMNS = "id, peer, sender, recipient, text, status, time, error, key_change"
+_PEER_COLUMNS = (
+    "peer_id, public_key, name, first_seen, last_seen, key_changed, previous_key, verified_key,"
+    " EXISTS (SELECT 1 FROM blocked_keys b WHERE b.peer_id = peers.peer_id AND b.public_key = peers.public_key)"
+)
+# Incoming messages from a key not accepted (yet) are left out of every read.
+_VISIBLE = f"key_change != {KEY_CHANGE_HIDDEN}"
 # The partial indexes are used only when the query repeats their WHERE terms.
 _PENDING = "status IN ('queued', 'sending')"
 
 
 def _message(row: tuple[Any, ...]) -> dict[str, Any]:
     """A row as the API's message object."""
-    message_id, peer, sender, recipient, text, status, time, error = row
+    message_id, peer, sender, recipient, text, status, time, error, key_change = row
     return {
         "id": message_id,
         "peer": peer,
@@ -176,6 +235,7 @@ def _message(row: tuple[Any, ...]) -> dict[str, Any]:
         "status": status,
         "time": time,
         "error": error,
+        "key_changed": key_change != KEY_CHANGE_NONE,
     }
 
 
@@ -190,16 +250,18 @@ class NewMessage(NamedTuple):
     text: str
     status: Status | str
     time: float
+    key_change: int = KEY_CHANGE_NONE  # incoming only: KEY_CHANGE_HIDDEN from a key not accepted yet
+    error: str | None = None  # only with held or failed (a new message held for a key change)
 
 
 _INSERT = (
-    "INSERT INTO messages (id, peer, sender, recipient, text, status, time, updated, error, outgoing, read)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?) ON CONFLICT (id) DO NOTHING"
+    "INSERT INTO messages (id, peer, sender, recipient, text, status, time, updated, error, outgoing, read, key_change)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
 )
 
 
-# The INSERT's values: id, peer, sender, recipient, text, status, time, updated, outgoing, read.
-_MessageRow = tuple[str, int, int, int, str, str, float, float, int, int]
+# The INSERT's values: id, peer, sender, recipient, text, status, time, updated, error, outgoing, read, key_change.
+_MessageRow = tuple[str, int, int, int, str, str, float, float, str | None, int, int, int]
 
 
 def _message_row(message: NewMessage) -> _MessageRow:
@@ -213,6 +275,12 @@ def _message_row(message: NewMessage) -> _MessageRow:
         peer, outgoing = message.recipient, True
     else:
         raise StoreError(f"a new message cannot start as {state.value!r}")
+    if message.key_change not in (KEY_CHANGE_NONE, KEY_CHANGE_HIDDEN) or (message.key_change and outgoing):
+        raise StoreError(f"a new message cannot have key_change {message.key_change!r:.20} with status {state.value!r}")
+    if message.error is not None:
+        if state is not Status.HELD:
+            raise StoreError(f"a new message has an error only when held, not {state.value!r}")
+        _check_text(message.error)
     # Our own messages are never unread.
     return (
         message.message_id,
@@ -223,13 +291,15 @@ def _message_row(message: NewMessage) -> _MessageRow:
         state.value,
         message.time,
         message.time,
+        message.error,
         int(outgoing),
         int(outgoing),
+        message.key_change,
     )
 
 
 def _known_peer(row: tuple[Any, ...]) -> KnownPeer:
-    peer_id, public_key, name, first_seen, last_seen, key_changed, previous_key = row
+    peer_id, public_key, name, first_seen, last_seen, key_changed, previous_key, verified_key, blocked = row
     return KnownPeer(
         peer_id=peer_id,
         public_key=bytes(public_key),
@@ -238,6 +308,8 @@ def _known_peer(row: tuple[Any, ...]) -> KnownPeer:
         last_seen=last_seen,
         key_changed=bool(key_changed),
         previous_key=None if previous_key is None else bytes(previous_key),
+        verified_key=None if verified_key is None else bytes(verified_key),
+        blocked=bool(blocked),
     )
 
 
@@ -310,7 +382,9 @@ class Store:
             _create_private(self._path)
         except OSError as exc:
             raise StoreError(f"cannot create {self._path}: {exc}") from exc
-        self._conn = open_database(self._path, schema=_SCHEMA, version=SCHEMA_VERSION, error=StoreError, what="store")
+        self._conn = open_database(
+            self._path, schema=_SCHEMA, version=SCHEMA_VERSION, error=StoreError, what="store", migrations=_MIGRATIONS
+        )
 
     def close(self) -> None:
         """Close the file.  Calling it again does nothing."""
@@ -392,14 +466,14 @@ class Store:
         current one.  True if the message changed; False, changing nothing,
         for an unknown id, the same status again, or a refused transition.
 
-        ``error`` goes with ``failed`` only (it is cleared on any other
-        status); ``now`` (default: the clock) is recorded as the update time.
+        ``error`` goes with ``failed`` and ``held`` only (it is cleared on any
+        other status); ``now`` (default: the clock) is recorded as the update time.
         """
         _check_id(message_id)
         target = _status(status)
         if error is not None:
-            if target is not Status.FAILED:
-                raise StoreError(f"an error goes with status 'failed', not {target.value!r}")
+            if target not in (Status.FAILED, Status.HELD):
+                raise StoreError(f"an error goes with status 'failed' or 'held', not {target.value!r}")
             _check_text(error)
         sources = _SOURCES[target]
         if not sources:
@@ -434,7 +508,8 @@ class Store:
             raise StoreError(f"limit must be an int >= 0, not {limit!r:.40}")
         with self._read() as conn:
             rows = conn.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer = ? ORDER BY time DESC, rowid DESC LIMIT ?",
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer = ? AND {_VISIBLE}"
+                " ORDER BY time DESC, rowid DESC LIMIT ?",
                 (peer, limit),
             ).fetchall()
         rows.reverse()
@@ -474,7 +549,7 @@ class Store:
         """Peer id -> number of unread incoming messages (peers with none are left out)."""
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT peer, count(*) FROM messages WHERE outgoing = 0 AND read = 0 GROUP BY peer"
+                f"SELECT peer, count(*) FROM messages WHERE outgoing = 0 AND read = 0 AND {_VISIBLE} GROUP BY peer"
             ).fetchall()
         return {peer: count for peer, count in rows}
 
@@ -482,7 +557,7 @@ class Store:
         """Mark every incoming message from ``peer`` read; return how many were unread."""
         with self._write() as conn:
             cursor = conn.execute(
-                "UPDATE messages SET read = 1 WHERE outgoing = 0 AND read = 0 AND peer = ?",
+                f"UPDATE messages SET read = 1 WHERE outgoing = 0 AND read = 0 AND peer = ? AND {_VISIBLE}",
                 (peer,),
             )
             return cursor.rowcount
@@ -555,6 +630,68 @@ class Store:
                 (peer_id,),
             )
             return cursor.rowcount == 1
+
+    # -- key changes: held messages, hidden messages, blocked and verified keys --
+
+    def held_outgoing(self, peer: int) -> list[dict[str, Any]]:
+        """Outgoing messages to ``peer`` that are ``held``, oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer = ? AND outgoing = 1 AND status = 'held'"
+                " ORDER BY time, rowid",
+                (peer,),
+            ).fetchall()
+        return [_message(row) for row in rows]
+
+    def reveal_messages(self, peer: int) -> int:
+        """The user accepted ``peer``'s new key: the messages it sent before
+        that are shown from now on (marked as received across a key change).
+        Returns how many."""
+        with self._write() as conn:
+            return conn.execute(
+                "UPDATE messages SET key_change = ? WHERE peer = ? AND key_change = ?",
+                (KEY_CHANGE_SHOWN, peer, KEY_CHANGE_HIDDEN),
+            ).rowcount
+
+    def drop_hidden_messages(self, peer: int) -> int:
+        """The key change ended without acceptance (blocked, or the trusted key
+        came back): delete what that key sent.  Returns how many."""
+        with self._write() as conn:
+            return conn.execute(
+                "DELETE FROM messages WHERE peer = ? AND key_change = ?", (peer, KEY_CHANGE_HIDDEN)
+            ).rowcount
+
+    def block_key(self, peer_id: int, public_key: bytes, now: float) -> bool:
+        """Never trust ``public_key`` for ``peer_id``; False if it already was blocked."""
+        if not isinstance(public_key, bytes) or not public_key:
+            raise StoreError("public_key must be non-empty bytes")
+        with self._write() as conn:
+            return (
+                conn.execute(
+                    "INSERT INTO blocked_keys (peer_id, public_key, blocked_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT DO NOTHING",
+                    (peer_id, public_key, now),
+                ).rowcount
+                == 1
+            )
+
+    def unblock_key(self, peer_id: int, public_key: bytes) -> bool:
+        """Undo :meth:`block_key`; False if the key was not blocked."""
+        with self._write() as conn:
+            return (
+                conn.execute(
+                    "DELETE FROM blocked_keys WHERE peer_id = ? AND public_key = ?", (peer_id, public_key)
+                ).rowcount
+                == 1
+            )
+
+    def set_verified_key(self, peer_id: int, public_key: bytes | None) -> bool:
+        """Record the key whose safety number the user compared (None: not
+        verified).  False for a peer never seen."""
+        with self._write() as conn:
+            return (
+                conn.execute("UPDATE peers SET verified_key = ? WHERE peer_id = ?", (public_key, peer_id)).rowcount == 1
+            )
 
     # -- helpers ---------------------------------------------------------
 

@@ -96,6 +96,17 @@ def peer_id(value: object, what: str = "peer id", *, from_url: bool = False) -> 
     raise InvalidValue(400, f"{what} must be a positive integer peer id (1..{MAX_PEER_ID})")
 
 
+TRUST_ACTIONS = ("accept", "block", "verify", "unverify")
+"""What POST /api/peers/N/trust may ask (webpeer/trust.py, Action)."""
+
+
+def trust_action(value: object) -> str:
+    """One of :data:`TRUST_ACTIONS` (InvalidValue 400 otherwise)."""
+    if isinstance(value, str) and value in TRUST_ACTIONS:
+        return value
+    raise InvalidValue(400, f"action must be one of {', '.join(TRUST_ACTIONS)}")
+
+
 def message_id(value: object, what: str = "id", *, max_chars: int = MAX_MESSAGE_ID_CHARS) -> str:
     """A message id: a str of 1 .. ``max_chars`` characters, valid Unicode.
     ``what`` names the field in the error (InvalidValue 400)."""

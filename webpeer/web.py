@@ -35,6 +35,7 @@ which the middleware turns into ``{"error": message}`` with its status.
 from __future__ import annotations
 
 import hmac
+import io
 import logging
 import re
 import weakref
@@ -45,6 +46,7 @@ from typing import Any
 
 import aiohttp_jinja2
 import jinja2
+import segno
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger
 
@@ -140,6 +142,9 @@ def create_app(config: WebConfig, api: PeerApi) -> web.Application:
     app.router.add_post("/api/messages", _api_send)
     app.router.add_post("/api/messages/{id}/retry", _api_retry)
     app.router.add_post("/api/peers/{id}/read", _api_read)
+    app.router.add_get("/api/peers/{id}/safety", _api_safety)
+    app.router.add_get("/api/peers/{id}/safety.svg", _api_safety_svg)
+    app.router.add_post("/api/peers/{id}/trust", _api_trust)
     app.router.add_get("/ws", _websocket)
     app.router.add_static("/static/", config.static_dir, show_index=False, follow_symlinks=False)
     app.on_response_prepare.append(_security_headers)
@@ -370,6 +375,36 @@ async def _api_read(request: web.Request) -> web.Response:
     peer = validate.peer_id(request.match_info["id"], "peer id", from_url=True)
     request.app[API_KEY].mark_read(peer)
     return web.Response(status=204)
+
+
+async def _api_safety(request: web.Request) -> web.Response:
+    peer = validate.peer_id(request.match_info["id"], "peer id", from_url=True)
+    return web.json_response(request.app[API_KEY].safety(peer))
+
+
+async def _api_safety_svg(request: web.Request) -> web.Response:
+    """The safety number as a QR code: an SVG of paths only (no script, no
+    style element), drawn here so the page needs no QR library; the CSP
+    applies to it like to every response (img-src 'self')."""
+    peer = validate.peer_id(request.match_info["id"], "peer id", from_url=True)
+    return web.Response(
+        body=safety_qr_svg(request.app[API_KEY].safety(peer)["safety_number"]), content_type="image/svg+xml"
+    )
+
+
+def safety_qr_svg(safety_number: str) -> bytes:
+    """The QR code of a safety number's 60 digits (numeric mode: the densest)."""
+    digits = "".join(ch for ch in safety_number if ch.isdigit())
+    out = io.BytesIO()
+    segno.make(digits, error="m").save(out, kind="svg", scale=4, xmldecl=False, svgclass="qr", lineclass=None)
+    return out.getvalue()
+
+
+async def _api_trust(request: web.Request) -> web.Response:
+    peer = validate.peer_id(request.match_info["id"], "peer id", from_url=True)
+    body = await _read_json(request)
+    action = validate.trust_action(body.get("action"))
+    return web.json_response(await request.app[API_KEY].set_trust(peer, action))
 
 
 # ---------------------------------------------------------------- websocket

@@ -1,6 +1,8 @@
 // The message box: Enter sends, Shift+Enter is a newline; disabled while no
-// conversation is open.
+// conversation is open, and (with the reason shown above it) while the open
+// peer's key change waits for the user's decision or its key is blocked.
 
+import { composerBlock } from "../state.js";
 import { byTestId, changed } from "./dom.js";
 
 /** @param {{send: (text: string) => void}} actions */
@@ -8,6 +10,7 @@ export function createComposerView(actions, root = document) {
   const form = byTestId("composer-form", root);
   const composer = byTestId("composer", root);
   const sendButton = byTestId("send-button", root);
+  const note = byTestId("composer-note", root);
   const memo = {};
 
   function submit() {
@@ -32,9 +35,12 @@ export function createComposerView(actions, root = document) {
   });
 
   function render(state) {
-    if (!changed(memo, [state.selected])) return;
-    composer.disabled = state.selected === null;
-    sendButton.disabled = state.selected === null;
+    const blocked = composerBlock(state);
+    if (!changed(memo, [state.selected, blocked])) return;
+    composer.disabled = state.selected === null || blocked !== null;
+    sendButton.disabled = composer.disabled;
+    note.hidden = blocked === null;
+    note.textContent = blocked ?? "";
   }
 
   return { render, focus: () => composer.focus() };

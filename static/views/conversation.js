@@ -1,10 +1,13 @@
-// The open conversation's header: who, fingerprint, connection, key-changed
-// warning and refusal reason; "No conversation open" when none is.
+// The open conversation's header: who, fingerprint, verified badge,
+// connection, key-changed warning (louder for a verified key) and refusal
+// reason, and the button that opens the safety view; "No conversation open"
+// when none is.
 
 import { byTestId, changed, connectionText } from "./dom.js";
 import { findPeer } from "../state.js";
 
-export function createConversationView(root = document) {
+/** @param {{toggleSafety: (open: boolean) => void}} actions */
+export function createConversationView(actions, root = document) {
   const el = {
     conversation: byTestId("conversation", root),
     name: byTestId("conversation-name", root),
@@ -12,9 +15,12 @@ export function createConversationView(root = document) {
     fingerprint: byTestId("conversation-fingerprint", root),
     connection: byTestId("conversation-connection", root),
     keyWarning: byTestId("conversation-key-warning", root),
+    verified: byTestId("conversation-verified", root),
+    safetyButton: byTestId("safety-button", root),
     error: byTestId("conversation-error", root),
     empty: byTestId("conversation-empty", root),
   };
+  el.safetyButton.addEventListener("click", () => actions.toggleSafety(true));
   const memo = {};
 
   function render(state) {
@@ -29,6 +35,8 @@ export function createConversationView(root = document) {
       el.fingerprint.textContent = "";
       el.connection.textContent = "";
       el.keyWarning.hidden = true;
+      el.verified.hidden = true;
+      el.safetyButton.hidden = true;
       el.error.hidden = true;
       return;
     }
@@ -44,7 +52,15 @@ export function createConversationView(root = document) {
     } else {
       el.connection.textContent = "not in the peer list";
     }
-    el.keyWarning.hidden = !(peer && peer.key_changed);
+    el.keyWarning.hidden = !(peer && (peer.key_changed || peer.trust === "blocked"));
+    el.keyWarning.classList.toggle("key-alarm", Boolean(peer && peer.verified_key_changed));
+    el.keyWarning.textContent = peer && peer.trust === "blocked"
+      ? "⛔ You blocked this peer's new key."
+      : peer && peer.verified_key_changed
+        ? "⚠ The key you verified for this peer changed: it may not be the same person."
+        : "⚠ This peer's key changed since you first talked: it may not be the same person.";
+    el.verified.hidden = !(peer && peer.verified);
+    el.safetyButton.hidden = !peer || !peer.fingerprint;
     el.error.textContent = peer && peer.error ? peer.error : "";
     el.error.hidden = !(peer && peer.error);
   }

@@ -1,6 +1,8 @@
 // The open conversation's messages: stored ones in time order, then the ones
 // still being sent (pending); for mine a status (queued, sending, sent,
-// delivered, failed with a Retry button).
+// delivered, held while the peer's key change waits, failed with a Retry
+// button).  A "key changed" line goes before each run of messages received
+// from a new key before the user accepted it.
 //
 // The reducer makes a new object for every message that changes, so an element
 // is reused while its message is the same object and made again otherwise:
@@ -15,6 +17,7 @@ const STATUS_LABELS = {
   sent: "sent ✓",
   delivered: "delivered ✓✓",
   failed: "failed",
+  held: "held",
   received: "",
 };
 const NEAR_BOTTOM_PX = 80;
@@ -66,14 +69,22 @@ export function createMessagesView(actions, root = document) {
 function itemsOf(state, peer, conversation) {
   // Array.prototype.sort is stable: equal times keep their arrival order.
   const stored = [...conversation.values()].sort((a, b) => a.time - b.time);
-  const items = stored.map((message) => ({
-    key: `m:${message.id}`, item: message, mine: isMine(state, message), pending: false,
-  }));
+  const items = [];
+  let afterChange = false;
+  for (const message of stored) {
+    const mine = isMine(state, message);
+    const fromNewKey = Boolean(message.key_changed) && !mine;
+    if (fromNewKey && !afterChange) items.push({ key: `k:${message.id}`, item: KEY_LINE, mine: false, pending: false });
+    if (!mine) afterChange = fromNewKey;
+    items.push({ key: `m:${message.id}`, item: message, mine, pending: false });
+  }
   for (const pending of state.pending.values()) {
     if (pending.peer === peer) items.push({ key: `c:${pending.clientId}`, item: pending, mine: true, pending: true });
   }
   return items;
 }
+
+const KEY_LINE = { line: "key changed: the messages below came from the peer's new key, before you accepted it" };
 
 // Make the list's children exactly `nodes`, moving only what is out of place.
 function placeInOrder(list, nodes) {
@@ -89,6 +100,11 @@ function formatTime(seconds) {
 }
 
 function messageElement(message, mine, pending, actions) {
+  if (message === KEY_LINE) {
+    const line = make("li", "key-line", KEY_LINE.line);
+    line.dataset.testid = "key-change-line";
+    return line;
+  }
   const item = make("li", "message");
   item.dataset.testid = "message";
   item.classList.add(mine ? "mine" : "theirs");
@@ -108,6 +124,11 @@ function messageElement(message, mine, pending, actions) {
     const status = make("span", `status status-${message.status}`, STATUS_LABELS[message.status] ?? message.status);
     status.dataset.testid = "message-status";
     meta.append(status);
+  }
+  if (message.status === "held" && message.error) {
+    const reason = make("span", "message-error", message.error);
+    reason.dataset.testid = "message-error";
+    meta.append(reason);
   }
   if (message.status === "failed") {
     if (message.error) {

@@ -87,11 +87,24 @@ function peerItem(state, peer) {
   }
   item.append(line);
 
+  if (peer.verified) {
+    const badge = make("span", "verified-badge", "✔");
+    badge.dataset.testid = "verified-badge";
+    badge.title = "You verified this peer's key (safety number compared)";
+    top.append(badge);
+  }
   if (peer.key_changed) {
-    const warning = make("div", "key-changed", "⚠ key changed");
+    // Louder when the key that changed was one the user had verified.
+    const alarm = Boolean(peer.verified_key_changed);
+    const warning = make("div", alarm ? "key-changed key-alarm" : "key-changed", alarm ? "⚠ VERIFIED key changed" : "⚠ key changed");
     warning.dataset.testid = "key-warning";
-    warning.title = "This peer's key is not the one seen before";
+    warning.dataset.alarm = alarm ? "true" : "false";
+    warning.title = "This peer's key is not the one seen before: sending is held until you accept it";
     item.append(warning);
+  } else if (peer.trust === "blocked") {
+    const blocked = make("div", "key-blocked", "⛔ key blocked");
+    blocked.dataset.testid = "key-blocked";
+    item.append(blocked);
   }
   if (peer.error) {
     const error = make("div", "peer-error", peer.error);

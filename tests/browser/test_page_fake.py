@@ -205,7 +205,8 @@ async def test_page_end_to_end_with_fake_peer(harness: Harness) -> None:
     await expect(page.locator(h.testid("my-id"))).to_have_text("1")
 
     # Nothing hostile ran or was parsed as HTML, and the CSP blocked nothing of ours.
-    assert await page.locator("img").count() == 0
+    # (The one <img> of the page's own is the safety view's QR code.)
+    assert await page.locator('img:not([data-testid="safety-qr"])').count() == 0
     assert h.dialogs == []
     assert h.page_errors == []
     assert [e for e in h.console_errors if "Content Security Policy" in e] == []
@@ -228,3 +229,78 @@ async def test_page_without_token_does_not_work(harness: Harness) -> None:
     response = await page.goto(f"{h.url}?token=wrong")
     assert response is not None and response.status == 401
     assert h.api.subscribers == 0
+
+
+async def test_a_changed_key_is_compared_and_accepted_then_the_held_message_goes(harness: Harness) -> None:
+    h, page, api = harness, harness.page, harness.api
+    await page.goto(f"{h.url}?token={TOKEN}")
+    await page.locator(h.peer(2)).click()
+    composer = page.locator(h.testid("composer"))
+    await expect(composer).to_be_enabled()
+    await expect(page.locator(h.testid("safety-panel"))).to_be_hidden()
+
+    # bob's key changes: the page warns, holds what waits, and will not send.
+    await composer.fill("are you still bob?")
+    await composer.press("Enter")
+    await until(lambda: api.sent == [(2, "are you still bob?")], "the message")
+    message_id = api.messages(2)[0]["id"]
+    api.change_key(2)
+    api.receive_from_new_key(2, "yes, new laptop")
+    held = page.locator(f'[data-message-id="{message_id}"]')
+    await expect(held).to_have_attribute("data-status", "held")
+    await expect(held.locator(h.testid("message-error"))).to_have_text("key changed")
+    await expect(page.locator(h.testid("key-warning", h.peer(2)))).to_contain_text("key changed")
+    await expect(page.locator(h.testid("conversation-key-warning"))).to_be_visible()
+    await expect(composer).to_be_disabled()
+    await expect(page.locator(h.testid("send-button"))).to_be_disabled()
+    await expect(page.locator(h.testid("composer-note"))).to_contain_text("Sending is held")
+    await expect(page.locator(h.testid("message-text"))).to_have_text(["are you still bob?"])  # nothing hidden shows
+
+    # The safety view: old and new fingerprints side by side, the number, its QR code.
+    safety = api.safety(2)
+    panel = page.locator(h.testid("safety-panel"))
+    await expect(panel).to_be_visible()
+    await expect(panel).to_have_attribute("data-trust", "changed")
+    await expect(page.locator(h.testid("safety-old-fingerprint"))).to_have_text(safety["previous_fingerprint"])
+    await expect(page.locator(h.testid("safety-their-fingerprint"))).to_have_text(safety["their_fingerprint"])
+    assert safety["previous_fingerprint"] != safety["their_fingerprint"]
+    await expect(page.locator(h.testid("safety-number"))).to_have_text(safety["safety_number"])
+    qr = page.locator(h.testid("safety-qr"))
+    await expect(qr).to_be_visible()
+    await page.wait_for_function(
+        "document.querySelector('[data-testid=\"safety-qr\"]').naturalWidth > 0"
+    )  # the SVG loaded under the CSP
+    await expect(page.locator(h.testid("trust-verify"))).to_be_visible()
+
+    # Accept: the held message goes, the composer opens, the new key's message shows under the line.
+    await page.locator(h.testid("trust-accept")).click()
+    await until(lambda: api.trust_actions == [(2, "accept")], "the accept")
+    await expect(held).to_have_attribute("data-status", "delivered")
+    await expect(composer).to_be_enabled()
+    await expect(page.locator(h.testid("composer-note"))).to_be_hidden()
+    await expect(panel).to_be_hidden()
+    await expect(page.locator(h.testid("key-warning", h.peer(2)))).to_have_count(0)
+    await expect(page.locator(h.testid("message-text"))).to_have_text(["are you still bob?", "yes, new laptop"])
+    await expect(page.locator(h.testid("key-change-line"))).to_have_count(1)
+
+    # Mark as verified from the safety view: a badge in the peer list; a change now warns louder.
+    await page.locator(h.testid("safety-button")).click()
+    await expect(panel).to_be_visible()
+    await page.locator(h.testid("trust-verify")).click()
+    await expect(page.locator(h.testid("verified-badge", h.peer(2)))).to_be_visible()
+    await expect(page.locator(h.testid("conversation-verified"))).to_be_visible()
+    await page.locator(h.testid("safety-close")).click()
+    await expect(panel).to_be_hidden()
+    api.change_key(2)
+    await expect(page.locator(h.testid("key-warning", h.peer(2)))).to_have_attribute("data-alarm", "true")
+    await expect(panel).to_have_attribute("data-alarm", "true")
+    await expect(page.locator(h.testid("safety-alarm"))).to_contain_text("VERIFIED")
+    await expect(page.locator(h.testid("verified-badge", h.peer(2)))).to_have_count(0)
+
+    # Block: the composer stays shut and says why.
+    await page.locator(h.testid("trust-block")).click()
+    await expect(page.locator(h.testid("key-blocked", h.peer(2)))).to_be_visible()
+    await expect(page.locator(h.testid("composer-note"))).to_contain_text("blocked")
+    await expect(composer).to_be_disabled()
+    assert h.page_errors == [] and h.dialogs == []
+    assert [e for e in h.console_errors if "Content Security Policy" in e] == []

@@ -123,6 +123,7 @@ class _LinkFrom:
 
     def __init__(self, peer_id: int) -> None:
         self.peer_id = peer_id
+        self.peer_key: bytes | None = None  # not authenticated as any key (trust.py asks)
         self.closed: str | None = None
         self.state = LinkState.READY
         self.sent: list[dict] = []
@@ -466,3 +467,23 @@ async def test_a_relayed_connection_upgrades_to_direct(nodes) -> None:
     await wait_for(lambda: alice.store.get_message(second["id"])["status"] == "delivered", what="second delivered")
     assert [m["text"] for m in bob.messages(1)] == ["relayed", "direct"]
     assert not alice.engine._upgrades
+
+
+async def test_trust_decisions_go_through_the_node_in_one_commit_and_are_announced(nodes) -> None:
+    alice = await nodes("alice")
+    bob = await nodes("bob")
+    await wait_for(lambda: any(p["online"] for p in alice.peers_json()), what="alice sees bob")
+    events = alice.subscribe()
+    safety = await alice.set_trust(2, "verify")
+    assert safety["verified"] is True and safety["trust"] == "trusted"
+    assert safety["safety_number"] == bob.safety(1)["safety_number"]
+    event = await next_event(events, "trust")
+    assert event == {"type": "trust", "peer": 2, "trust": "trusted", "verified": True, "verified_key_changed": False}
+    assert [p["verified"] for p in alice.peers_json() if p["id"] == 2] == [True]
+    with pytest.raises(ApiError) as refused:
+        await alice.set_trust(2, "accept")  # no key change to accept
+    assert refused.value.status == 409
+    with pytest.raises(ApiError) as bad:
+        await alice.set_trust(2, "trust")
+    assert bad.value.status == 400
+    assert (await alice.set_trust(2, "unverify"))["verified"] is False

@@ -185,3 +185,39 @@ test("hello again (a reconnect) redraws the open conversation", () => {
   assert.equal(state.historyLoads, loads + 1);
   assert.equal(state.selected, 2);
 });
+
+test("a trust event updates the peer; a changed or blocked key shows the safety view and shuts the composer", async () => {
+  const { composerBlock, showsSafety } = await import("../../static/state.js");
+  let state = run(greeted(), { type: "peer-selected", peer: 2 });
+  assert.equal(showsSafety(state), false);
+  assert.equal(composerBlock(state), null);
+  const before = snapshot(state);
+  const changed = reduce(state, { type: "trust", peer: 2, trust: "changed", verified: false, verified_key_changed: true });
+  assert.equal(snapshot(state), before);
+  const bob = findPeer(changed, 2);
+  assert.deepEqual([bob.trust, bob.key_changed, bob.verified, bob.verified_key_changed], ["changed", true, false, true]);
+  assert.equal(findPeer(changed, 3), findPeer(state, 3)); // untouched peers are shared
+  assert.equal(showsSafety(changed), true);
+  assert.match(composerBlock(changed), /held/);
+  state = reduce(changed, { type: "trust", peer: 2, trust: "blocked", verified: false, verified_key_changed: false });
+  assert.match(composerBlock(state), /blocked/);
+  state = reduce(state, { type: "trust", peer: 2, trust: "trusted", verified: true, verified_key_changed: false });
+  assert.equal(showsSafety(state), false);
+  assert.equal(composerBlock(state), null);
+  assert.equal(findPeer(state, 2).verified, true);
+  // Opened by hand for a trusted peer, closed again; another peer closes it.
+  state = reduce(state, { type: "safety-toggled", open: true });
+  assert.equal(showsSafety(state), true);
+  state = reduce(state, { type: "peer-selected", peer: 3 });
+  assert.equal(showsSafety(state), false);
+});
+
+test("a safety answer is kept for the open peer only", () => {
+  let state = run(greeted(), { type: "peer-selected", peer: 2 });
+  const safety = { peer: 2, safety_number: "12345", their_fingerprint: "F" };
+  state = reduce(state, { type: "safety-loaded", safety });
+  assert.equal(state.safety, safety);
+  assert.equal(reduce(state, { type: "safety-loaded", safety: { ...safety, peer: 3 } }), state);
+  state = reduce(state, { type: "peer-selected", peer: 3 });
+  assert.equal(state.safety, null);
+});

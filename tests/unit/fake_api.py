@@ -9,12 +9,15 @@ webpeer.validate, the rules the real peer applies.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import time
 from typing import Any
 
 from webpeer import validate
 from webpeer.api import JSON, ApiError
+from webpeer.identity import fingerprint
+from webpeer.trust import KEY_BLOCKED, KEY_CHANGED, safety_number
 
 QUEUE_SIZE = 256
 
@@ -38,6 +41,9 @@ class FakePeerApi:
         self.sent: list[tuple[int, str]] = []
         self.read_marks: list[int] = []
         self.retried: list[str] = []
+        self.trust_actions: list[tuple[int, str]] = []
+        self._keys: dict[int, list[bytes]] = {}  # peer id -> its keys, oldest first
+        self._my_key = hashlib.sha256(b"me:" + name.encode()).digest()
 
     # -------------------------------------------------- test controls
 
@@ -48,11 +54,18 @@ class FakePeerApi:
             "fingerprint": f"SHA256:fake-{name}",
             "online": online,
             "unread": 0,
+            "trust": "changed" if key_changed else "trusted",
             "key_changed": key_changed,
+            "verified": False,
+            "verified_key_changed": False,
             "connection": None,
             "error": None,
         }
         self._peers[peer_id] = peer
+        self._keys[peer_id] = [hashlib.sha256(f"{peer_id}:{name}".encode()).digest()]
+        if key_changed:
+            self._keys[peer_id].append(hashlib.sha256(f"{peer_id}:{name}:new".encode()).digest())
+        peer["fingerprint"] = fingerprint(self._keys[peer_id][-1])
         self.publish({"type": "peers", "peers": self.peers_json()})
         return peer
 
@@ -91,6 +104,43 @@ class FakePeerApi:
         self._peers[peer_id]["error"] = error
         self.publish({"type": "peers", "peers": self.peers_json()})
 
+    def change_key(self, peer_id: int) -> None:
+        """The registry gives the peer a new key: what waits to go is held (as trust.py does)."""
+        peer = self._peers[peer_id]
+        keys = self._keys[peer_id]
+        keys.append(hashlib.sha256(keys[-1] + b"new").digest())
+        peer.update(
+            fingerprint=fingerprint(keys[-1]),
+            trust="changed",
+            key_changed=True,
+            verified_key_changed=peer["verified"],
+            verified=False,
+        )
+        for message in self._messages.values():
+            if message["to"] == peer_id and message["status"] in ("queued", "sending", "sent"):
+                self.set_status(message["id"], "held", KEY_CHANGED)
+        self._publish_trust(peer_id)
+
+    def receive_from_new_key(self, from_id: int, text: str) -> JSON:
+        """A message from the peer's key that the user has not accepted: kept
+        out of the history and the events until it is (as the store does)."""
+        message = self._new_message(from_id, from_id, self._me["id"], text, "received")
+        message["hidden"] = True
+        return dict(message)
+
+    def _publish_trust(self, peer_id: int) -> None:
+        peer = self._peers[peer_id]
+        self.publish(
+            {
+                "type": "trust",
+                "peer": peer_id,
+                "trust": peer["trust"],
+                "verified": peer["verified"],
+                "verified_key_changed": peer["verified_key_changed"],
+            }
+        )
+        self.publish({"type": "peers", "peers": self.peers_json()})
+
     def rename_quietly(self, peer_id: int, name: str) -> None:
         """A change the page is not told about (as if its event was dropped)."""
         self._peers[peer_id]["name"] = name
@@ -108,7 +158,11 @@ class FakePeerApi:
         return [dict(peer) for peer in self._peers.values()]
 
     def messages(self, peer_id: int, limit: int = 500) -> list[JSON]:
-        found = [dict(m) for m in self._messages.values() if m["peer"] == peer_id]
+        found = [
+            {k: v for k, v in m.items() if k != "hidden"}
+            for m in self._messages.values()
+            if m["peer"] == peer_id and not m.get("hidden")
+        ]
         found.sort(key=lambda m: m["time"])
         return found[-limit:]
 
@@ -122,9 +176,15 @@ class FakePeerApi:
         to = validate.peer_id(to, "to")
         if to not in self._peers:
             raise ApiError(404, f"no peer with id {to}")
+        if self._peers[to]["trust"] == "blocked":
+            raise ApiError(409, f"peer {to}'s key is blocked")
         self.sent.append((to, text))
         status = "sending" if self._peers[to]["online"] else "queued"
+        if self._peers[to]["trust"] == "changed":
+            status = "held"
         message = self._new_message(to, self._me["id"], to, text, status)
+        if status == "held":
+            message["error"] = KEY_CHANGED
         self.publish({"type": "message", "message": dict(message)}, skip=answered_on)
         future: asyncio.Future[JSON] = asyncio.get_running_loop().create_future()
         future.set_result(dict(message))
@@ -146,6 +206,54 @@ class FakePeerApi:
         if peer is not None and peer["unread"]:
             peer["unread"] = 0
             self.publish({"type": "peers", "peers": self.peers_json()})
+
+    def safety(self, peer_id: int) -> JSON:
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            raise ApiError(404, f"no key is known for peer {peer_id} yet")
+        keys = self._keys[peer_id]
+        return {
+            "peer": peer_id,
+            "safety_number": safety_number(self._my_key, keys[-1]),
+            "my_fingerprint": fingerprint(self._my_key),
+            "their_fingerprint": fingerprint(keys[-1]),
+            "previous_fingerprint": fingerprint(keys[-2]) if len(keys) > 1 else None,
+            "trust": peer["trust"],
+            "key_changed": peer["key_changed"],
+            "verified": peer["verified"],
+            "verified_key_changed": peer["verified_key_changed"],
+        }
+
+    async def set_trust(self, peer_id: int, action: str) -> JSON:
+        action = validate.trust_action(action)
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            raise ApiError(404, f"no key is known for peer {peer_id} yet")
+        self.trust_actions.append((peer_id, action))
+        if action in ("accept", "verify") and peer["trust"] != "trusted":
+            if action == "verify" and peer["trust"] == "blocked":
+                raise ApiError(409, "blocked: accept it before verifying it")
+            peer.update(trust="trusted", key_changed=False, verified_key_changed=False)
+            for message in self._messages.values():
+                if message["peer"] == peer_id and message.pop("hidden", False):
+                    message["key_changed"] = True
+            # Released: the held messages go (and, in this fake, arrive at once).
+            for message in list(self._messages.values()):
+                if message["to"] == peer_id and message["status"] == "held":
+                    self.set_status(message["id"], "sending")
+                    self.set_status(message["id"], "delivered")
+        elif action == "accept":
+            raise ApiError(409, "no key change to accept")
+        if action == "block":
+            if peer["trust"] == "blocked":
+                raise ApiError(409, "already blocked")
+            peer.update(trust="blocked", key_changed=False)
+            for message in list(self._messages.values()):
+                if message["to"] == peer_id and message["status"] == "held":
+                    self.set_status(message["id"], "failed", KEY_BLOCKED)
+        peer["verified"] = action == "verify" or (peer["verified"] and action != "unverify")
+        self._publish_trust(peer_id)
+        return self.safety(peer_id)
 
     def subscribe(self) -> asyncio.Queue[JSON]:
         queue: asyncio.Queue[JSON] = asyncio.Queue(QUEUE_SIZE)
@@ -169,6 +277,7 @@ class FakePeerApi:
             "status": status,
             "time": time.time(),
             "error": None,
+            "key_changed": False,
         }
         self._messages[message_id] = message
         return message

@@ -213,6 +213,23 @@ class PeerNet:
         again.flush()
         return again
 
+    def new_key(self, peer: Peer) -> Peer:
+        """The same id at the server, a new key: ``peer`` stops, and a new
+        identity (with a fresh data dir) registers and is given the old id,
+        as if the user reinstalled, or someone took the id over at the server."""
+        old_id = peer.peer_id
+        if peer.alive:
+            self.stop(peer)
+        identity = Identity(Ed25519PrivateKey.generate())
+        self._ids[identity.public_key] = old_id
+        index = len(self.peers) + 1
+        data_dir = self.tmp_path / f"{peer.name}-{index}"
+        data_dir.mkdir()
+        again = Peer(self, peer.name, identity, data_dir, f"198.51.100.{index}", Nat("none", f"198.51.100.{index}"))
+        self.peers.append(again)
+        again.flush()
+        return again
+
     def cut(self, a: Peer, b: Peer) -> None:
         self._cut.add(frozenset((a.nat.public_ip, b.nat.public_ip)))
 

@@ -153,6 +153,7 @@ def test_message_shape(store: Store) -> None:
         "status": "queued",
         "time": 100.25,
         "error": None,
+        "key_changed": False,
     }
     assert receive(store, "m2", 3, 101.0, text="hey")
     incoming = store.get_message("m2")
@@ -197,6 +198,7 @@ def test_insert_is_idempotent_on_id(store: Store) -> None:
             "status": "received",
             "time": 10.0,
             "error": None,
+            "key_changed": False,
         }
     ]
     assert store.conversation(3) == []
@@ -273,6 +275,7 @@ def test_late_sent_does_not_downgrade_delivered(store: Store) -> None:
         "status": "delivered",
         "time": 1.0,
         "error": None,
+        "key_changed": False,
     }
 
 
@@ -322,6 +325,7 @@ def test_every_transition_follows_the_table(tmp_path: Path) -> None:
             Status.SENT: [Status.SENDING, Status.SENT],
             Status.DELIVERED: [Status.SENDING, Status.DELIVERED],
             Status.FAILED: [Status.FAILED],
+            Status.HELD: [Status.HELD],
         }
         n = 0
         for source, path in paths.items():
@@ -331,7 +335,7 @@ def test_every_transition_follows_the_table(tmp_path: Path) -> None:
                 send(s, message_id, 2, float(n))
                 for step in path:
                     assert s.set_status(message_id, step), (source, step)
-                error = "e" if target is Status.FAILED else None
+                error = "e" if target in (Status.FAILED, Status.HELD) else None
                 changed = s.set_status(message_id, target, error)
                 expected = target in TRANSITIONS[source]
                 assert changed is expected, (source, target)

@@ -989,3 +989,46 @@ async def test_slow_consumer_gets_a_snapshot_not_a_crash(site: Site) -> None:
         await ws.send_json({"type": "read", "peer": 2})
         await ws.send_json({"type": "nope"})
         assert (await receive_until(ws, "error"))["status"] == 400
+
+
+# ---------------------------------------------------------------- key trust
+
+
+async def test_safety_number_and_its_qr_code(site: Site) -> None:
+    response = await site.client.get("/api/peers/2/safety", headers=site.bearer)
+    assert response.status == 200
+    safety = await response.json()
+    assert safety == site.api.safety(2)
+    assert len(safety["safety_number"].split()) == 12
+    response = await site.client.get("/api/peers/2/safety.svg", headers=site.bearer)
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("image/svg+xml")
+    assert_security_headers(response, site.port)
+    svg = (await response.read()).decode()
+    assert svg.startswith("<svg") and "<path" in svg
+    assert "<script" not in svg and "<style" not in svg and "style=" not in svg
+    missing = await site.client.get("/api/peers/9/safety.svg", headers=site.bearer)
+    assert missing.status == 404
+    assert (await site.client.get("/api/peers/2/safety.svg")).status == 401
+
+
+async def test_trust_actions_are_checked_at_the_edge(site: Site) -> None:
+    site.api.change_key(2)
+    for body in [{}, {"action": "trust me"}, {"action": 1}, {"action": ["accept"]}]:
+        response = await site.client.post("/api/peers/2/trust", json=body, headers=site.bearer)
+        assert response.status == 400, body
+        assert "action must be one of accept, block, verify, unverify" in (await response.json())["error"]
+    bad_id = await site.client.post("/api/peers/0/trust", json={"action": "accept"}, headers=site.bearer)
+    assert bad_id.status == 400
+    await site.sign_in()
+    forged = await site.client.post(
+        "/api/peers/2/trust", json={"action": "accept"}, headers={"Origin": "http://evil.example"}
+    )
+    assert forged.status == 403
+    assert site.api.trust_actions == []
+    response = await site.client.post("/api/peers/2/trust", json={"action": "accept"}, headers=site.bearer)
+    assert response.status == 200
+    assert (await response.json())["trust"] == "trusted"
+    again = await site.client.post("/api/peers/2/trust", json={"action": "accept"}, headers=site.bearer)
+    assert again.status == 409
+    assert site.api.trust_actions == [(2, "accept"), (2, "accept")]
