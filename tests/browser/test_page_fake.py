@@ -228,3 +228,21 @@ async def test_page_without_token_does_not_work(harness: Harness) -> None:
     response = await page.goto(f"{h.url}?token=wrong")
     assert response is not None and response.status == 401
     assert h.api.subscribers == 0
+
+
+async def test_the_header_says_how_the_server_is_doing(harness: Harness) -> None:
+    h, page, api = harness, harness.page, harness.api
+    api._me.update(id=None, registered=False, server_state="connecting", public_address=None)
+    await page.goto(f"{h.url}?token={TOKEN}")
+    status, dot = page.locator(h.testid("server-status")), page.locator(h.testid("server-dot"))
+    await expect(status).to_have_text("connecting to the server…")
+    await expect(dot).to_have_attribute("data-state", "connecting")
+    api._me.update(server_state="unreachable")
+    api.publish({"type": "me", "me": api.me()})
+    await expect(status).to_have_text("cannot reach the server 127.0.0.1:3478 (still trying)")
+    await expect(dot).to_have_attribute("data-state", "down")
+    api._me.update(id=1, registered=True, server_state="registered", public_address="127.0.0.1:40001")
+    api.publish({"type": "me", "me": api.me()})
+    await expect(status).to_have_text("registered with 127.0.0.1:3478")
+    await expect(dot).to_have_attribute("data-state", "ok")
+    assert h.page_errors == []
