@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import os
 from pathlib import Path
 
@@ -24,10 +25,24 @@ from .stun import Address
 
 
 def parse_server(text: str) -> Address:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
+    """``HOST:PORT``: an IPv4 address or a name (``127.0.0.1:3478``,
+    ``rendezvous.example.org:3478``), or an IPv6 address in brackets
+    (``[::1]:3478``; without them the port could not be told apart).  Names
+    are left as they are, for the caller to resolve."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host.partition("%")[0])
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an IPv6 address in brackets: {text!r}") from None
+    elif ":" in host or "[" in host or "]" in host:
+        raise argparse.ArgumentTypeError(f"write an IPv6 address in brackets, as in [::1]:3478; got {text!r}")
+    if not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
 
 
 def load_key(path: Path | None) -> Ed25519PrivateKey:

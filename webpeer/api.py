@@ -8,7 +8,9 @@ the web layer use a small in-memory fake.
 JSON shapes (also documented in the README):
 
     me:       {"id": int|null, "name": str, "fingerprint": str, "public_address": "host:port"|null,
-               "server": "host:port", "registered": bool}
+               "server": "host:port" (as given), "server_address": "host:port" (the address in use),
+               "registered": bool, "server_state": "connecting"|"unreachable"|"registered", "nat": {...}}
+              (an IPv6 host is written in brackets: "[::1]:3478")
     peer:     {"id": int, "name": str, "fingerprint": str, "online": bool, "unread": int,
                "trust": "trusted"|"changed"|"blocked", "key_changed": bool (trust == "changed"),
                "verified": bool, "verified_key_changed": bool (a verified key was replaced: warn louder),

@@ -1,8 +1,11 @@
 """The ``webpeer`` command: one user's peer, and the page that drives it on 127.0.0.1.
 
 Owns the command line (every option also read from a ``WEBPEER_*`` variable),
-the default data dir, and the process's life: it ties the node to the page's
-app, prints the page's URL, and runs until SIGINT or SIGTERM.
+the default data dir and its lock (one process per data dir), and the
+process's life: it ties the node to the page's app, prints the page's URL,
+and runs until SIGINT or SIGTERM.  What stops it from starting (a data dir
+in use or read-only, a name that does not resolve, a port in use) is one
+line on stderr and exit status 1, not a traceback.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ from aiohttp import web
 
 from rendezvous.tool import parse_server
 
+from .datadir import DataDirError, DataDirLock
+from .engine import address_text
 from .node import NodeConfig, PeerNode
+from .store import StoreError
 from .web import WebConfig, create_app, start_site
 
 logger = logging.getLogger("webpeer")
@@ -62,8 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--server",
         type=parse_server,
-        default=parse_server(env("WEBPEER_SERVER", "127.0.0.1:3478")),
-        help="rendezvous server HOST:PORT (env WEBPEER_SERVER, default 127.0.0.1:3478)",
+        # A string default goes through parse_server too (a bad variable is a usage error).
+        default=env("WEBPEER_SERVER", "127.0.0.1:3478"),
+        help="rendezvous server HOST:PORT: an IPv4 address, a name (every address it resolves to "
+        "is tried) or [IPv6]:PORT (env WEBPEER_SERVER, default 127.0.0.1:3478)",
     )
     parser.add_argument(
         "--http-port",
@@ -89,8 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--udp-host",
-        default=env("WEBPEER_UDP_HOST", "0.0.0.0"),
-        help="address the UDP socket binds (env WEBPEER_UDP_HOST, default 0.0.0.0)",
+        default=env("WEBPEER_UDP_HOST", ""),
+        help="address the UDP socket binds (env WEBPEER_UDP_HOST); default: :: (IPv6 and IPv4), "
+        "or 0.0.0.0 where the host has no IPv6",
+    )
+    parser.add_argument(
+        "--ttl",
+        type=ttl_seconds,
+        default=env("WEBPEER_TTL", "60"),
+        help="seconds the server keeps this peer listed without a refresh, 10..3600 "
+        "(env WEBPEER_TTL, default 60; refreshes go at 35%% of it)",
     )
     parser.add_argument(
         "--token",
@@ -111,12 +127,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=float(env("WEBPEER_RETENTION_DAYS", "7")),
         help="a message for a peer that stays offline waits this long, then fails "
         "(env WEBPEER_RETENTION_DAYS, default 7)",
-    )
-    parser.add_argument(
-        "--ttl",
-        type=ttl_seconds,
-        default=int(env("WEBPEER_TTL", "60")),
-        help="seconds the server lists this peer without a refresh; 10..3600 (env WEBPEER_TTL, default 60)",
     )
     parser.add_argument(
         "--log-level",
@@ -143,28 +153,36 @@ def node_context(node: PeerNode) -> Callable[[web.Application], AsyncIterator[No
     return context
 
 
-async def serve(args: argparse.Namespace) -> None:
+async def serve(args: argparse.Namespace, lock: DataDirLock) -> None:
     token = args.token or secrets.token_urlsafe(24)
-    data_dir = args.data_dir or default_data_dir(args.name, args.http_port)
+    data_dir = lock.data_dir
     node = PeerNode(
         NodeConfig(
             server=args.server,
-            data_dir=Path(data_dir),
+            data_dir=data_dir,
             name=args.name,
             udp_host=args.udp_host,
             udp_port=args.udp_port,
+            ttl=args.ttl,
             relay_only=args.relay_only,
             retention=args.retention_days * 24 * 3600,
-            ttl=args.ttl,
         )
     )
     app = create_app(WebConfig(port=args.http_port, token=token), node)
     app.cleanup_ctx.append(node_context(node))
     runner = await start_site(app, args.http_port)
     port = runner.addresses[0][1]
+    lock.record(port)
     url = f"http://127.0.0.1:{port}/?token={token}"
     print(f"Open {url}", flush=True)
-    logger.info("peer data in %s; UDP %s:%d; rendezvous %s:%d", data_dir, *node.udp_address, *args.server)
+    servers = ", ".join(address_text(a) for a in node.registration.servers)
+    named = address_text(args.server)
+    logger.info(
+        "peer data in %s; UDP %s; rendezvous %s",
+        data_dir,
+        address_text(node.udp_address),
+        named if servers == named else f"{named} ({servers})",
+    )
     if not args.no_browser:
         webbrowser.open(url)
     stop = asyncio.Event()
@@ -190,7 +208,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         run = uvloop.run
     except ImportError:
         pass
+    data_dir = Path(args.data_dir or default_data_dir(args.name, args.http_port))
     try:
-        run(serve(args))
-    except OSError as error:
+        lock = DataDirLock.acquire(data_dir)
+    except DataDirError as error:
         raise SystemExit(f"webpeer: {error}") from None
+    try:
+        run(serve(args, lock))
+    except (OSError, StoreError) as error:
+        raise SystemExit(f"webpeer: {error}") from None
+    finally:
+        lock.release()

@@ -59,6 +59,8 @@ from .registration import (
     Registered,
     RegistrationLost,
     RegistrationMachine,
+    ServerAnswered,
+    ServerSilent,
     Stopped,
 )
 from .registration import (
@@ -90,6 +92,12 @@ class EngineConfig:
     relay_only: bool = False  # never try a direct path (diagnostics, and tests of the relay)
 
 
+def address_text(address: Address) -> str:
+    """HOST:PORT, with an IPv6 host in brackets."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class PeerEngine:
     """See the module docstring.  ``history``: the open store; the engine
     reads and writes it, the node commits."""
@@ -100,7 +108,7 @@ class PeerEngine:
         self.history = history
         self.stats: Counter[str] = Counter()
         self.registration = RegistrationMachine(
-            identity, nickname=config.name, ttl=config.ttl, list_interval=config.list_interval
+            identity, servers=(config.server,), nickname=config.name, ttl=config.ttl, list_interval=config.list_interval
         )
         self.peer_states: dict[int, PeerSession] = {}
         self.pathfinder = PathFinder(self, self.stats, relay_only=config.relay_only)
@@ -221,9 +229,11 @@ class PeerEngine:
             "id": self.registration.peer_id,
             "name": self.config.name,
             "fingerprint": self.identity.fingerprint,
-            "public_address": f"{observed[0]}:{observed[1]}" if observed else None,
-            "server": f"{self.config.server[0]}:{self.config.server[1]}",
+            "public_address": address_text(observed) if observed else None,
+            "server": address_text(self.config.server),
+            "server_address": address_text(self.registration.server),
             "registered": self.registration.state.value == "registered",
+            "server_state": self.registration.server_state.value,
             "nat": self.pathfinder.nat_result(),
             "storage_error": self.storage_error,
         }
@@ -287,7 +297,7 @@ class PeerEngine:
         self.pathfinder.spare_unavailable(index)
 
     def datagrams_to_send(self, now: float) -> list[Transmit]:
-        server = self.config.server
+        server = self.registration.server
         out = [Transmit(data, server) for data in self.registration.datagrams_to_send()]
         out += self.pathfinder.datagrams_to_send()
         closing, self._closing = self._closing, []
@@ -324,7 +334,7 @@ class PeerEngine:
                 self.pathfinder.on_spare_probe(socket, message, address, now)
             elif self.pathfinder.owns_nat_check(message):
                 self.pathfinder.on_nat_answer(message, address, now)
-            elif address == self.config.server:
+            elif address == self.registration.server:
                 self.registration.receive(message, now)
             else:
                 self.pathfinder.on_probe(message, address, now)
@@ -435,7 +445,7 @@ class PeerEngine:
             busy = True
             if isinstance(event, Registered):
                 logger.info("registered as peer %d, seen as %s:%d", event.peer_id, *event.observed)
-                self.pathfinder.registered(event.observed, self.config.server, self.registration.local, now)
+                self.pathfinder.registered(event.observed, self.registration.server, self.registration.local, now)
                 self.publish(MeChanged(self.me()))
                 # Messages written while we were not registered go now.
                 for peer_id in self.flow.has_pending():
@@ -463,6 +473,13 @@ class PeerEngine:
                     self.stats["relayed_dropped"] += 1
             elif isinstance(event, Stopped):
                 self.stopped = True
+            elif isinstance(event, ServerSilent):
+                still = "yet" if not event.ever_answered else "for a few seconds"
+                logger.warning("no answer from the rendezvous at %s %s; still trying", self._server_text(), still)
+                self.publish(MeChanged(self.me()))
+            elif isinstance(event, ServerAnswered):
+                logger.info("the rendezvous at %s answers", self._server_text())
+                self.publish(MeChanged(self.me()))
         return busy
 
     def _on_peers_listed(self, event: PeersListed, now: float) -> None:
@@ -683,6 +700,11 @@ class PeerEngine:
         # next link (the receiver stores by id, so a repeat is harmless).
         if self.flow.undelivered(session.peer_id):
             self.flow.pump(session, now, force_connect=True)
+
+    def _server_text(self) -> str:
+        """The server as the user named it, and the address in use if that differs."""
+        named, used = address_text(self.config.server), address_text(self.registration.server)
+        return named if named == used else f"{named} ({used})"
 
     # ------------------------------------------------------------ page events
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rendezvous.stun import Address
-from rendezvous.udp import UdpEndpoint
+from rendezvous.udp import UdpEndpoint, normalise
 
 from . import validate
 from .api import JSON, ApiError
@@ -41,14 +41,20 @@ SUBSCRIBER_QUEUE = 1000
 RETENTION = 7 * 24 * 3600.0  # queued messages for an offline peer are kept this long
 EXPIRY_INTERVAL = 60.0
 STOP_WAIT = 1.0  # how long stop() waits for the server to confirm the unregistration
+DUAL_STACK = "::"  # with IPV6_V6ONLY off (UdpEndpoint.bind): IPv6, and IPv4 as IPv4-mapped addresses
+IPV4_ANY = "0.0.0.0"
+
+
+class ServerNameError(OSError):
+    """The rendezvous server's name does not resolve to an address our socket can reach."""
 
 
 @dataclass(frozen=True)
 class NodeConfig:
-    server: Address = ("127.0.0.1", 3478)
+    server: Address = ("127.0.0.1", 3478)  # the host may be a name: the node resolves it
     data_dir: Path = Path(".")
     name: str = ""
-    udp_host: str = "0.0.0.0"
+    udp_host: str = ""  # empty: dual-stack "::" where the host has IPv6, else 0.0.0.0
     udp_port: int = 0
     ttl: int = 60
     list_interval: float = 2.0
@@ -75,6 +81,7 @@ class PeerNode:
         self.store = Store(config.data_dir / "history.sqlite3")
         self.engine = PeerEngine(config.engine_config(), self.identity, self.store)
         self._endpoint: UdpEndpoint | None = None
+        self._udp_host = config.udp_host  # what the main socket is bound to (the spares bind the same)
         self._spares: dict[int, UdpEndpoint] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._subscribers: set[asyncio.Queue[JSON]] = set()
@@ -108,9 +115,14 @@ class PeerNode:
 
     async def start(self) -> None:
         self.store.open()
-        self._endpoint = UdpEndpoint.bind(
-            self.config.udp_host, self.config.udp_port, self._on_datagram, self._flush, self.engine.stats
-        )
+        self._endpoint = self._bind_main()
+        try:
+            servers = await self._resolve_server()
+        except OSError:
+            self._endpoint.close()
+            self._endpoint = None
+            raise
+        self.registration.use_servers(servers)
         self._endpoint.start()
         self.engine.start(self._local_candidates(), self.clock())
         self._housekeeping = asyncio.create_task(self._expire_queued_periodically())
@@ -144,15 +156,64 @@ class PeerNode:
         assert self._endpoint is not None
         return self._endpoint.address
 
+    def _bind_main(self) -> UdpEndpoint:
+        """The main socket: on the configured host, or by default dual-stack,
+        so that an IPv6 server (or peer) is reachable as well as an IPv4 one;
+        plain IPv4 where the host has no IPv6."""
+
+        def bind(host: str) -> UdpEndpoint:
+            return UdpEndpoint.bind(host, self.config.udp_port, self._on_datagram, self._flush, self.engine.stats)
+
+        if self.config.udp_host:
+            return bind(self.config.udp_host)
+        try:
+            endpoint = bind(DUAL_STACK)
+            self._udp_host = DUAL_STACK
+        except OSError:
+            endpoint = bind(IPV4_ANY)
+            self._udp_host = IPV4_ANY
+        return endpoint
+
+    async def _resolve_server(self) -> tuple[Address, ...]:
+        """The server's addresses, in getaddrinfo's order, that our socket can
+        send to: the registration tries each in turn until one answers.  Kept
+        in the form the socket reports senders in (IPv4 as plain IPv4, even
+        when written IPv4-mapped), because the engine tells the server's
+        datagrams from the others by comparing addresses."""
+        host, port = self.config.server
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_DGRAM, proto=socket.IPPROTO_UDP
+            )
+        except socket.gaierror as error:
+            raise ServerNameError(f"cannot resolve the rendezvous server {host!r}: {error.strerror}") from None
+        v4_only = ":" not in self._udp_host
+        v6_only = ":" in self._udp_host and self._udp_host != DUAL_STACK
+        found: list[Address] = []
+        for family, _, _, _, sockaddr in infos:
+            address = normalise(sockaddr)
+            is_v6 = ":" in address[0]
+            if (v4_only and is_v6) or (v6_only and not is_v6) or family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            if address not in found:
+                found.append(address)
+        if not found:
+            raise ServerNameError(
+                f"the rendezvous server {host!r} has no address the UDP socket on {self._udp_host} can reach"
+                " (--udp-host :: reaches both IPv4 and IPv6)"
+            )
+        return tuple(found)
+
     def _local_candidates(self) -> tuple[Address, ...]:
         """The address of the interface that routes to the server, with our port."""
         port = self.udp_address[1]
-        host = self.config.udp_host
-        if host in ("0.0.0.0", "::"):
-            family = socket.AF_INET6 if ":" in self.config.server[0] else socket.AF_INET
+        host = self._udp_host
+        server = self.registration.server
+        if host in (IPV4_ANY, DUAL_STACK):
+            family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
             with socket.socket(family, socket.SOCK_DGRAM) as probe:
                 try:
-                    probe.connect(self.config.server)  # no packet is sent
+                    probe.connect(server)  # no packet is sent
                     host = probe.getsockname()[0]
                 except OSError:
                     return ()
@@ -337,7 +398,7 @@ class PeerNode:
             # Plain sockets: each carries a few probes, and 256 batched ones
             # would take ~0.4 s (and 64 MiB) to set up, stalling this loop.
             spare = UdpEndpoint.bind(
-                self.config.udp_host,
+                self._udp_host,
                 0,
                 functools.partial(self._on_spare_datagram, index),
                 self._flush,

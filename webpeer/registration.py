@@ -8,6 +8,17 @@ restart) or when the server stops answering, lists the online peers every
 few seconds, asks for introductions, acknowledges the server's INTRODUCE
 requests and unregisters on a clean exit.
 
+It also says how the server is doing (:attr:`RegistrationMachine.server_state`):
+``connecting`` until it answers, ``unreachable`` once requests have gone
+unanswered for :data:`SILENCE_NOTICE` seconds (:class:`ServerSilent`, and
+:class:`ServerAnswered` when it answers again), ``registered`` when it has
+given us an id.  A silent server is retried every second or so for as long
+as it stays silent, so that peers register again within about two seconds
+of its return however long it was away; a server that answers but refuses
+is retried with an exponential backoff.  When the server's name resolved to
+several addresses (the node resolves it), each unanswered registration
+moves on to the next address.
+
 The protocol itself (building and signing REGISTER, retransmission, matching
 answers, acknowledging INTRODUCE once) is rendezvous.client_protocol's, shared
 with the asyncio client; this machine decides when to register, refresh,
@@ -41,7 +52,25 @@ from .identity import Identity
 
 POLICY = INTERACTIVE_POLICY
 REFRESH_FRACTION = 0.35  # refresh at 35% of the TTL: 21 s of 60
+# A server that answers "no" is asked again later and later, up to this.
 MAX_BACKOFF = 30.0
+# A silent server is asked again this soon after an attempt times out (a
+# random point in the range, so that the peers of a server that comes back
+# do not all arrive in the same millisecond).  With the attempt's own
+# retransmissions (gaps of 0.25 to 2 s) nothing we send is ever more than
+# 2 s apart, whatever the length of the outage: one attempt (5 datagrams)
+# every ~5.5 s costs the server about what a registered peer's LISTs do.
+SILENT_RETRY = (0.5, 1.0)
+# Requests unanswered this long: the server is said to be unreachable.
+SILENCE_NOTICE = 3.0
+
+
+class ServerState(enum.Enum):
+    """What the page and /api/me say about the server."""
+
+    CONNECTING = "connecting"  # not registered, and the server is not known to be silent
+    UNREACHABLE = "unreachable"  # requests unanswered for SILENCE_NOTICE seconds
+    REGISTERED = "registered"
 
 
 class RegState(enum.Enum):
@@ -101,6 +130,19 @@ class Stopped(RegEvent):
     pass
 
 
+@dataclass(frozen=True)
+class ServerSilent(RegEvent):
+    """Our requests have gone unanswered for SILENCE_NOTICE seconds.
+    ``ever_answered``: False when the server has never answered us yet."""
+
+    ever_answered: bool
+
+
+@dataclass(frozen=True)
+class ServerAnswered(RegEvent):
+    """The server answers again after a :class:`ServerSilent`."""
+
+
 @dataclass
 class _Request:
     kind: str
@@ -115,6 +157,7 @@ class RegistrationMachine:
         self,
         identity: Identity,
         *,
+        servers: tuple[Address, ...] = (("127.0.0.1", 3478),),
         nickname: str = "",
         local: tuple[Address, ...] = (),
         ttl: int = 60,
@@ -139,7 +182,36 @@ class RegistrationMachine:
         self._wake_at: float | None = None  # next refresh, retry or list
         self._next_list: float | None = None
         self._backoff = 1.0
+        self._retry_on_any_answer = False  # backing off because the server was silent
         self._listing = False
+        self.servers: tuple[Address, ...] = ()
+        self._server_index = 0
+        self.use_servers(servers)
+        self._silent_since: float | None = None  # requests unanswered since then
+        self._unreachable = False
+        self._ever_answered = False
+
+    @property
+    def server(self) -> Address:
+        """The server address in use: the datagrams for the server go there,
+        and only datagrams from there are the server's."""
+        return self.servers[self._server_index]
+
+    def use_servers(self, servers: tuple[Address, ...]) -> None:
+        """The addresses the server's name resolved to, in the order to try
+        them (call before :meth:`start`)."""
+        if not servers:
+            raise ValueError("at least one server address is needed")
+        self.servers = servers
+        self._server_index = 0
+
+    @property
+    def server_state(self) -> ServerState:
+        if self._unreachable:
+            return ServerState.UNREACHABLE
+        if self.state is RegState.REGISTERED:
+            return ServerState.REGISTERED
+        return ServerState.CONNECTING
 
     # ------------------------------------------------------------ outputs
 
@@ -151,6 +223,8 @@ class RegistrationMachine:
 
     def get_timer(self) -> float | None:
         times = [t for t in (self._conversation.get_timer(), self._wake_at, self._next_list) if t is not None]
+        if self._silent_since is not None and not self._unreachable:
+            times.append(self._silent_since + SILENCE_NOTICE)
         return min(times) if times else None
 
     # ------------------------------------------------------------ commands
@@ -166,6 +240,7 @@ class RegistrationMachine:
         else:
             self._stopped()
         self._wake_at = self._next_list = None
+        self._silent_since = None
 
     def connect(self, peer_id: int, now: float) -> bool:
         """Ask the server to introduce us; False when not registered yet."""
@@ -193,6 +268,14 @@ class RegistrationMachine:
     def handle_timer(self, now: float) -> None:
         for timed_out in self._conversation.handle_timer(now):
             self._on_timeout(timed_out, now)
+        if (
+            self._silent_since is not None
+            and not self._unreachable
+            and now >= self._silent_since + SILENCE_NOTICE
+            and self.state is not RegState.STOPPED
+        ):
+            self._unreachable = True
+            self._events.append(ServerSilent(self._ever_answered))
         if self._wake_at is not None and self._wake_at <= now:
             self._wake_at = None
             if self.state is RegState.REGISTERED and self._session is not None:
@@ -207,6 +290,7 @@ class RegistrationMachine:
     def receive(self, message: Message, now: float) -> None:
         """A decoded STUN message from the server's address."""
         received = self._conversation.receive(message)
+        self._heard_from_server(now)
         if isinstance(received, Introduction):
             self._events.append(Introduced(received.info))
         elif isinstance(received, RelayData):
@@ -223,6 +307,11 @@ class RegistrationMachine:
                 self._on_list(request, message, now)
             else:
                 self._on_connect(request, message, now)
+        if self.state is RegState.BACKING_OFF and self._retry_on_any_answer:
+            # The silent server is back (whatever it said, even a late answer
+            # or an INTRODUCE): register now rather than at the next retry.
+            self._wake_at = None
+            self._register(now)
 
     # ------------------------------------------------------------ internals
 
@@ -230,6 +319,16 @@ class RegistrationMachine:
         # Ids come from the injected randomness, so tests can fix them.
         message.transaction_id = self._random(12)
         self._conversation.request(message, context, now)
+        if self._silent_since is None:
+            self._silent_since = now
+
+    def _heard_from_server(self, now: float) -> None:
+        self._ever_answered = True
+        # Still waiting on other requests: the silence, if any, starts now.
+        self._silent_since = now if len(self._conversation) else None
+        if self._unreachable:
+            self._unreachable = False
+            self._events.append(ServerAnswered())
 
     def _register(self, now: float) -> None:
         # A new handshake each time: nickname, local candidates and TTL are
@@ -256,6 +355,7 @@ class RegistrationMachine:
         self.peer_id, self.observed = step.peer_id, step.observed
         self.granted_ttl, self._session = step.ttl, step.session
         self._backoff = 1.0
+        self._retry_on_any_answer = False
         self._wake_at = now + max(1.0, step.ttl * REFRESH_FRACTION)
         self._next_list = now  # list right away, then every list_interval
         self._events.append(Registered(step.peer_id, step.observed, step.ttl))
@@ -280,7 +380,15 @@ class RegistrationMachine:
         self._wake_at = now + max(1.0, self.granted_ttl * REFRESH_FRACTION)
 
     def _on_list(self, request: _Request, message: Message, now: float) -> None:
-        if error_of(message) is not None or self._session is None:
+        error = error_of(message)
+        if error is not None and error.code == 401 and self.state is RegState.REGISTERED:
+            # The server forgot us (it was down longer than our TTL, say):
+            # register now, not at the next refresh up to 21 s later.
+            self._listing = False
+            self._lost(now, f"list refused: {error.code} {error.reason}")
+            self._register(now)
+            return
+        if error is not None or self._session is None:
             self._listing = False
             return
         request.pages.extend(message.get_all(Attr.PEER_ENTRY))
@@ -311,11 +419,21 @@ class RegistrationMachine:
             self._stopped()
         elif request.kind == "list":
             self._listing = False
+            if self._next_list is not None:
+                # List again at once: while the server is silent this keeps
+                # something on its way to it, so its return is seen within
+                # the retransmission gaps (2 s at most), not a list interval later.
+                self._next_list = now
         elif request.kind == "connect":
             self._events.append(ConnectAnswered(request.peer_id, None, "the server did not answer"))
         elif request.kind in ("register", "refresh"):
+            if request.kind == "register" and self.state is RegState.CHALLENGING:
+                # Not even a challenge came back: perhaps this address of the
+                # server's name is unreachable (IPv6 without a route, say), so
+                # the next attempt tries the next one.
+                self._server_index = (self._server_index + 1) % len(self.servers)
             self._lost(now, "the server did not answer")
-            self._back_off(now, "the server did not answer")
+            self._back_off(now, "the server did not answer", silent=True)
 
     def _lost(self, now: float, reason: str) -> None:
         if self.state is RegState.REGISTERED:
@@ -323,14 +441,20 @@ class RegistrationMachine:
         self._session = None
         self._next_list = None
 
-    def _back_off(self, now: float, reason: str) -> None:
+    def _back_off(self, now: float, reason: str, *, silent: bool = False) -> None:
         self.state = RegState.BACKING_OFF
         self._session = None
-        self._wake_at = now + self._backoff
-        self._backoff = min(MAX_BACKOFF, self._backoff * 2)
+        self._retry_on_any_answer = silent
+        if silent:
+            low, high = SILENT_RETRY
+            self._wake_at = now + low + (high - low) * int.from_bytes(self._random(2), "big") / 0xFFFF
+        else:
+            self._wake_at = now + self._backoff
+            self._backoff = min(MAX_BACKOFF, self._backoff * 2)
 
     def _stopped(self) -> None:
         if self.state is not RegState.STOPPED:
             self.state = RegState.STOPPED
             self._session = None
+            self._silent_since = None
             self._events.append(Stopped())

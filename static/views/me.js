@@ -27,11 +27,17 @@ export function createMeView(root = document) {
     el.nat.title = known
       ? `mapping ${nat.mapping}, filtering ${nat.filtering}`
       : (nat.note || "asked of the rendezvous server after registering");
-    const registered = Boolean(me.registered);
-    el.serverStatus.textContent = registered
-      ? `registered with ${me.server}`
-      : `not registered (server ${me.server || "?"})`;
-    el.serverDot.dataset.state = registered ? "ok" : "down";
+    // server_state: "connecting" until the server answers, "unreachable"
+    // once it has been silent ~3 s, "registered" (older peers: registered only).
+    const serverState = me.server_state || (me.registered ? "registered" : "connecting");
+    const server = me.server || "?";
+    el.serverStatus.textContent = {
+      registered: `registered with ${server}`,
+      unreachable: `cannot reach the server ${server} (still trying)`,
+    }[serverState] || "connecting to the server…";
+    el.serverDot.dataset.state = { registered: "ok", unreachable: "down" }[serverState] || "connecting";
+    const at = me.server_address && me.server_address !== server ? ` at ${me.server_address}` : "";
+    el.serverStatus.title = `rendezvous server ${server}${at}`;
     document.title = me.name ? `${me.name} · webpeer` : "webpeer";
   }
 

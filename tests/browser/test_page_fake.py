@@ -304,3 +304,21 @@ async def test_a_changed_key_is_compared_and_accepted_then_the_held_message_goes
     await expect(composer).to_be_disabled()
     assert h.page_errors == [] and h.dialogs == []
     assert [e for e in h.console_errors if "Content Security Policy" in e] == []
+
+
+async def test_the_header_says_how_the_server_is_doing(harness: Harness) -> None:
+    h, page, api = harness, harness.page, harness.api
+    api._me.update(id=None, registered=False, server_state="connecting", public_address=None)
+    await page.goto(f"{h.url}?token={TOKEN}")
+    status, dot = page.locator(h.testid("server-status")), page.locator(h.testid("server-dot"))
+    await expect(status).to_have_text("connecting to the server…")
+    await expect(dot).to_have_attribute("data-state", "connecting")
+    api._me.update(server_state="unreachable")
+    api.publish({"type": "me", "me": api.me()})
+    await expect(status).to_have_text("cannot reach the server 127.0.0.1:3478 (still trying)")
+    await expect(dot).to_have_attribute("data-state", "down")
+    api._me.update(id=1, registered=True, server_state="registered", public_address="127.0.0.1:40001")
+    api.publish({"type": "me", "me": api.me()})
+    await expect(status).to_have_text("registered with 127.0.0.1:3478")
+    await expect(dot).to_have_attribute("data-state", "ok")
+    assert h.page_errors == []

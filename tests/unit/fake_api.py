@@ -33,6 +33,7 @@ class FakePeerApi:
             "public_address": "127.0.0.1:40001",
             "server": "127.0.0.1:3478",
             "registered": True,
+            "server_state": "registered",
         }
         self._peers: dict[int, JSON] = {}
         self._messages: dict[str, JSON] = {}
