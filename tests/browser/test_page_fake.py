@@ -322,3 +322,18 @@ async def test_the_header_says_how_the_server_is_doing(harness: Harness) -> None
     await expect(status).to_have_text("registered with 127.0.0.1:3478")
     await expect(dot).to_have_attribute("data-state", "ok")
     assert h.page_errors == []
+
+
+async def test_a_storage_fault_shows_a_banner_until_it_clears(harness: Harness) -> None:
+    h, page, api = harness, harness.page, harness.api
+    await page.goto(f"{h.url}?token={TOKEN}")
+    banner = page.locator(h.testid("storage-banner"))
+    await expect(banner).to_be_hidden()
+    api._me.update(storage_error="database or disk is full")
+    api.publish({"type": "me", "me": api.me()})
+    await expect(banner).to_be_visible()
+    await expect(page.locator(h.testid("storage-text"))).to_contain_text("database or disk is full")
+    api._me.update(storage_error=None)
+    api.publish({"type": "me", "me": api.me()})
+    await expect(banner).to_be_hidden()
+    assert h.page_errors == []
