@@ -87,6 +87,10 @@ def main() -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        # Stopping: a second Ctrl-C or SIGTERM (make and the terminal both
+        # pass one on) must not cut the children's clean shutdown short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         for process in reversed(processes):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
