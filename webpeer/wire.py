@@ -28,6 +28,30 @@ class FrameError(Exception):
 # Built once: json.dumps with non-default options builds an encoder per call,
 # which costs about a third of encoding a small frame (one per message).
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+MAX_INT_DIGITS = 20  # any integer a frame carries (ids, ports) fits in 64 bits
+
+
+def _refuse_constant(name: str) -> object:
+    raise FrameError(f"{name} is not a number a frame may carry")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise FrameError(f"an integer of {len(text)} digits")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):  # 1e400 reads as inf
+        raise FrameError(f"number {text[:40]!r} is not finite")
+    return value
+
+
+# Frames come from other peers: NaN, Infinity, numbers too large to be
+# anything but an attack (int() of 5,000 digits raises; 1e400 is inf) are
+# refused as they are read, so nothing downstream ever sees them.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_int=_bounded_int, parse_float=_finite_float)
 
 
 def encode_frame(frame: Frame) -> bytes:
@@ -59,9 +83,10 @@ class FrameDecoder:
                 body = buffer[start + LENGTH.size : end]
                 start = end
                 try:
-                    frame = json.loads(body.decode("utf-8"))
-                except (UnicodeDecodeError, json.JSONDecodeError) as error:
-                    raise FrameError(f"frame is not JSON: {error}") from None
+                    frame = _DECODER.decode(body.decode("utf-8"))
+                except (ValueError, RecursionError) as error:  # UnicodeDecodeError and JSONDecodeError too
+                    # RecursionError: nesting deeper than the interpreter's stack.
+                    raise FrameError(f"frame is not JSON we accept: {str(error)[:100]}") from None
                 if not isinstance(frame, dict) or not isinstance(frame.get("t"), str):
                     raise FrameError("frame is not an object with a string 't'")
                 frames.append(frame)

@@ -34,3 +34,28 @@ def test_bad_frames_raise_frame_error(data: bytes, words: str) -> None:
     good = encode_frame({"t": "ack", "id": "m1"})
     with pytest.raises(FrameError, match=words):
         decoder.feed(good + data)
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b'{"t": "msg", "time": NaN}', "NaN"),
+        (b'{"t": "msg", "time": Infinity}', "Infinity"),
+        (b'{"t": "msg", "time": -Infinity}', "Infinity"),
+        (b'{"t": "msg", "time": 1e400}', "not finite"),
+        (b'{"t": "hello", "id": ' + b"9" * 5000 + b"}", "5000 digits"),
+        (b"[" * 40_000 + b"]" * 40_000, "not JSON"),
+    ],
+)
+def test_poison_values_from_a_peer_are_a_frame_error_not_a_crash(body: bytes, why: str) -> None:
+    # Each of these once raised out of the datagram handler, or reached the
+    # store as a time it could not hold (issue 16, finding 4).
+    with pytest.raises(FrameError, match=why):
+        FrameDecoder().feed(LENGTH.pack(len(body)) + body)
+
+
+def test_ordinary_numbers_still_read() -> None:
+    body = b'{"t": "msg", "time": 1764350000.25, "id": "m1", "n": -3, "big": 18446744073709551615}'
+    assert FrameDecoder().feed(LENGTH.pack(len(body)) + body) == [
+        {"t": "msg", "time": 1764350000.25, "id": "m1", "n": -3, "big": 18446744073709551615}
+    ]
