@@ -139,6 +139,7 @@ def create_app(config: WebConfig, api: PeerApi) -> web.Application:
     app.router.add_get("/api/messages", _api_messages)
     app.router.add_post("/api/messages", _api_send)
     app.router.add_post("/api/messages/{id}/retry", _api_retry)
+    app.router.add_post("/api/messages/{id}/cancel", _api_cancel)
     app.router.add_post("/api/peers/{id}/read", _api_read)
     app.router.add_get("/ws", _websocket)
     app.router.add_static("/static/", config.static_dir, show_index=False, follow_symlinks=False)
@@ -363,6 +364,12 @@ async def _api_send(request: web.Request) -> web.Response:
 async def _api_retry(request: web.Request) -> web.Response:
     wanted = validate.message_id(request.match_info["id"])
     message = await request.app[API_KEY].retry(wanted)
+    return web.json_response(message)
+
+
+async def _api_cancel(request: web.Request) -> web.Response:
+    wanted = validate.message_id(request.match_info["id"])
+    message = await request.app[API_KEY].cancel(wanted)
     return web.json_response(message)
 
 

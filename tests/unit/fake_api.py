@@ -22,7 +22,7 @@ QUEUE_SIZE = 256
 class FakePeerApi:
     """Behaves like the contract in webpeer/api.py says, with no network."""
 
-    def __init__(self, my_id: int = 1, name: str = "alice") -> None:
+    def __init__(self, my_id: int = 1, name: str = "alice", *, highest_id: int = 100) -> None:
         self._me: JSON = {
             "id": my_id,
             "name": name,
@@ -38,6 +38,9 @@ class FakePeerApi:
         self.sent: list[tuple[int, str]] = []
         self.read_marks: list[int] = []
         self.retried: list[str] = []
+        self.cancelled: list[str] = []
+        # Ids above this were never assigned by "the server" (404 unknown peer N).
+        self.highest_id = highest_id
 
     # -------------------------------------------------- test controls
 
@@ -120,10 +123,13 @@ class FakePeerApi:
     ) -> asyncio.Future[JSON]:
         text = validate.message_text(text)
         to = validate.peer_id(to, "to")
-        if to not in self._peers:
-            raise ApiError(404, f"no peer with id {to}")
+        if to == self._me["id"]:
+            raise ApiError(400, "cannot send a message to yourself")
+        if to > self.highest_id:
+            raise ApiError(404, f"unknown peer {to}")
         self.sent.append((to, text))
-        status = "sending" if self._peers[to]["online"] else "queued"
+        # An id that exists but was never listed is offline: queued, as a real peer does.
+        status = "sending" if to in self._peers and self._peers[to]["online"] else "queued"
         message = self._new_message(to, self._me["id"], to, text, status)
         self.publish({"type": "message", "message": dict(message)}, skip=answered_on)
         future: asyncio.Future[JSON] = asyncio.get_running_loop().create_future()
@@ -138,6 +144,18 @@ class FakePeerApi:
             raise ApiError(409, f"message {message_id} has not failed")
         self.retried.append(message_id)
         self.set_status(message_id, "sending")
+        return dict(message)
+
+    async def cancel(self, message_id: str) -> JSON:
+        message = self._messages.get(message_id)
+        if message is None or message["status"] == "received":
+            raise ApiError(404, f"no message {message_id}")
+        if message["status"] not in ("queued", "sending"):
+            raise ApiError(
+                409, f"message {message_id} is {message['status']}: only a queued or sending one can be cancelled"
+            )
+        self.cancelled.append(message_id)
+        self.set_status(message_id, "failed", "cancelled")
         return dict(message)
 
     def mark_read(self, peer_id: int) -> None:
