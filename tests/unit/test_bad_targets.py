@@ -63,6 +63,19 @@ def test_a_send_to_an_assigned_id_whose_peer_is_offline_is_queued_and_goes_later
     net.run_until(lambda: alice.status(waiting) == alice.status(again) == "delivered", 4)
 
 
+def test_a_send_to_an_online_peer_not_listed_yet_asks_and_the_answer_connects(net: PeerNet) -> None:
+    carol = net.add("carol")
+    net.run_until(lambda: carol.engine.my_id is not None, 2)
+    alice = net.add("alice")
+    net.run_until(lambda: alice.engine.my_id is not None, 2)
+    assert alice.engine.session(carol.peer_id).public_key is None  # her first LIST is still on its way
+    sent = alice.submit(carol, "hello carol")
+    assert alice.held and alice.store.get_message(sent) is None
+    took = net.run_until(lambda: alice.store.get_message(sent) is not None and alice.status(sent) == "delivered", 1)
+    assert took < 0.1  # the lookup's CONNECT was also the connection's
+    assert alice.refused == [] and net.server.stats["connect"] == 1
+
+
 def test_a_send_to_a_known_peer_asks_the_server_nothing(net: PeerNet) -> None:
     alice, bob = registered_pair(net)
     connects = net.server.stats["connect"]
