@@ -12,6 +12,7 @@ the clock or the disk.  The wire format is in docs/PROTOCOL.md; in short:
     -> UNREGISTER (SESSION)                 <- success
     -> LIST (SESSION, [LIMIT], [CURSOR])    <- PEER-ENTRY*, [CURSOR]
     -> CONNECT (SESSION, PEER-ID target)    <- PEER-ID, PUBLIC-KEY, NICKNAME, CANDIDATE*
+                                               (404 Unknown Peer: not online; 410 No Such Peer: never assigned)
                          and to the target: INTRODUCE request (PEER-ID, PUBLIC-KEY, NICKNAME, CANDIDATE*),
                                             retransmitted until the target answers it
     -> SEND indication (SESSION, PEER-ID dest, DATA)
@@ -115,6 +116,10 @@ class ServerCore:
     stats: Counter[str] = field(default_factory=Counter)
     # Randomness comes in from outside too, so tests can fix it.
     _random: Callable[[int], bytes] = os.urandom
+    # The highest id the registry ever assigned (the adapter loads it at
+    # start; complete_registration raises it).  Ids are never reused, so a
+    # CONNECT to an id above it names nobody, ever yet: 410, not 404.
+    highest_id: int = 0
 
     def __post_init__(self) -> None:
         self._outbox: list[tuple[bytes, Address]] = []
@@ -450,6 +455,7 @@ class ServerCore:
         self, pending: PendingRegistration, peer_id: int, first_seen: float | None, now: float
     ) -> None:
         """The registry bound ``pending.identity`` to ``peer_id`` (durably): go online and answer."""
+        self.highest_id = max(self.highest_id, peer_id)
         record = self.directory.get(peer_id)
         if record is not None and record.identity == pending.identity:
             record.observed = pending.address
@@ -635,6 +641,8 @@ class ServerCore:
         if target_id is None:
             return self._error(message, ErrorCode.BAD_REQUEST, "PEER-ID missing")
         target = self.directory.get(target_id)
+        if target is None and not 0 < target_id <= self.highest_id:
+            return self._error(message, ErrorCode.NO_SUCH_PEER)
         if target is None or is_legacy_identity(target.identity):
             return self._error(message, ErrorCode.UNKNOWN_PEER)
         if target.peer_id == peer.peer_id:

@@ -66,6 +66,9 @@ class Registry(Protocol):
     * ``load_online`` returns the records whose ``expires_at`` is after ``now``,
       in id order (used at start-up so a restarted server still knows who is
       online); with ``limit``, only that many, starting after ``after_id``.
+    * ``highest_id`` returns the highest id ever assigned (0 if none): ids
+      are never reused, so every id above it is one nobody was ever given
+      (the server answers CONNECT to such an id with 410, not 404).
     * ``secret`` returns a 32-byte random secret created on first use and kept,
       so that challenges and session tokens survive a restart.
     """
@@ -85,5 +88,7 @@ class Registry(Protocol):
     async def get(self, peer_id: int) -> PeerRecord | None: ...
 
     async def count(self) -> int: ...
+
+    async def highest_id(self) -> int: ...
 
     async def secret(self) -> bytes: ...

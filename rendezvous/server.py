@@ -80,7 +80,9 @@ class RendezvousServer:
                 directory.put(record)
             last_id = page[-1].peer_id
         directory.take_dirty()  # just loaded: nothing to write back
-        self.core = ServerCore(self.config, Tokens(secret), directory)
+        # Ids above this were never given to anyone: CONNECT to one gets 410.
+        highest = await self.registry.highest_id()
+        self.core = ServerCore(self.config, Tokens(secret), directory, highest_id=highest)
         self._endpoint = UdpEndpoint.bind(self.host, self.port, self._on_datagram, self._flush, self.core.stats)
         self._endpoint.start()
         if self.other is not None:

@@ -341,6 +341,17 @@ class SqliteRegistry:
             (value,) = conn.execute("SELECT count(*) FROM peers").fetchone()
         return int(value)
 
+    async def highest_id(self) -> int:
+        """The highest id ever assigned (0 before the first).  AUTOINCREMENT
+        keeps it in sqlite_sequence, which outlives deleted rows; max(peer_id)
+        covers a table made without it (or before any row)."""
+        with self._errors() as conn:
+            (value,) = conn.execute(
+                "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'peers'), 0),"
+                " coalesce((SELECT max(peer_id) FROM peers), 0))"
+            ).fetchone()
+        return int(value)
+
     async def secret(self) -> bytes:
         """The server's 32-byte secret, created on first use and kept."""
         if self._secret is None:

@@ -110,7 +110,8 @@ class Attr(enum.IntEnum):
 class ErrorCode(enum.IntEnum):
     BAD_REQUEST = 400
     UNAUTHORIZED = 401
-    UNKNOWN_PEER = 404
+    UNKNOWN_PEER = 404  # the id was assigned, but its peer is not online (or is a legacy-text peer)
+    NO_SUCH_PEER = 410  # the server never assigned the id (docs/PROTOCOL.md 5.6)
     UNKNOWN_ATTRIBUTE = 420
     RATE_LIMITED = 429
     SERVER_ERROR = 500
@@ -121,6 +122,7 @@ REASONS = {
     ErrorCode.BAD_REQUEST: "Bad Request",
     ErrorCode.UNAUTHORIZED: "Unauthorized",
     ErrorCode.UNKNOWN_PEER: "Unknown Peer",
+    ErrorCode.NO_SUCH_PEER: "No Such Peer",
     ErrorCode.UNKNOWN_ATTRIBUTE: "Unknown Attribute",
     ErrorCode.RATE_LIMITED: "Rate Limited",
     ErrorCode.SERVER_ERROR: "Server Error",

@@ -52,6 +52,10 @@ export function postRetry(messageId) {
   return postJson(`/api/messages/${encodeURIComponent(messageId)}/retry`);
 }
 
+export function postCancel(messageId) {
+  return postJson(`/api/messages/${encodeURIComponent(messageId)}/cancel`);
+}
+
 export function postRead(peerId) {
   return postJson(`/api/peers/${encodeURIComponent(peerId)}/read`);
 }

@@ -40,6 +40,7 @@ function start() {
     send: (text) => state.selected !== null && sendText(state.selected, text),
     retry: (messageId) => retryMessage(messageId),
     resend: (clientId) => resendPending(clientId),
+    cancel: (messageId) => cancelMessage(messageId),
     showError: (error) => dispatch({ type: "error-shown", error }),
     dismissError: () => dispatch({ type: "error-dismissed" }),
     toggleSafety: (open) => dispatch({ type: "safety-toggled", open }),
@@ -179,6 +180,13 @@ function start() {
     api.postRetry(messageId)
       .then((message) => dispatch({ type: "sent", client_id: null, message }))
       .catch((error) => actions.showError(`Retry failed: ${error.message}`));
+  }
+
+  function cancelMessage(messageId) {
+    if (socket.request({ type: "cancel", id: messageId, client_id: newClientId("x") })) return;
+    api.postCancel(messageId)
+      .then((message) => dispatch({ type: "cancelled", client_id: null, message }))
+      .catch((error) => actions.showError(`Cancel failed: ${error.message}`));
   }
 
   document.addEventListener("visibilitychange", () => {

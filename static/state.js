@@ -6,7 +6,8 @@
 //
 // Events come from two places:
 // - the webpeer's websocket (see webpeer/websocket.py): hello, message,
-//   status, peers, connection, me, trust, resync, and the answers sent and error;
+//   status, peers, connection, me, trust, resync, and the answers sent, cancelled
+//   and error;
 // - the page itself (named in the past tense, for what already happened):
 //   peer-selected, visibility-changed, marked-read, send-started, send-failed,
 //   send-withdrawn, history-loaded, reloaded, socket-opened, socket-closed,
@@ -185,6 +186,11 @@ function sent(state, event) {
   return storeLive(next, event.message);
 }
 
+// The answer to a cancel: the message, now failed ("cancelled").
+function cancelled(state, event) {
+  return storeLive(state, event.message);
+}
+
 function error(state, event) {
   if (event.client_id && state.pending.has(event.client_id)) {
     return sendFailed(state, { clientId: event.client_id, error: event.error });
@@ -291,6 +297,7 @@ const HANDLERS = new Map([
   ["trust", trust],
   ["resync", (state) => state], // main.js reloads everything and reports "reloaded"
   ["sent", sent],
+  ["cancelled", cancelled],
   ["error", error],
   ["peer-selected", peerSelected],
   ["visibility-changed", visibilityChanged],

@@ -85,7 +85,10 @@ class PeerApi(Protocol):
         """Store and start sending; returns the stored message (status queued,
         sending, or sent if a connection was ready).  Raises ApiError for
         input webpeer.validate refuses (400; 413 for a text over
-        MAX_TEXT_BYTES), ApiError(404) for an id the server never gave out."""
+        MAX_TEXT_BYTES), ApiError(404, "unknown peer N") for an id the server
+        never gave out (asked before storing, for an id not known yet), 400
+        for our own id, 503 if this peer never registered (it has no id).
+        Before registration (with an id from an earlier one) it is queued."""
         ...
 
     def submit_message(
@@ -100,6 +103,13 @@ class PeerApi(Protocol):
 
     async def retry(self, message_id: str) -> JSON:
         """Send a failed message again; ApiError(404) if unknown, (409) if not failed."""
+        ...
+
+    async def cancel(self, message_id: str) -> JSON:
+        """Take back an outgoing message that is queued or sending: it becomes
+        failed, error "cancelled", and is never sent by itself afterwards.
+        ApiError(404) if unknown (or not ours), (409) for any other status
+        (a sent one may have arrived)."""
         ...
 
     def mark_read(self, peer_id: int) -> None: ...

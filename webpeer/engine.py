@@ -32,7 +32,7 @@ from aioquic._buffer import Buffer
 from aioquic.quic.packet import PACKET_TYPE_INITIAL, pull_quic_header
 
 from rendezvous.client import PeerInfo
-from rendezvous.stun import Address, StunProtocolError, decode, looks_like_stun
+from rendezvous.stun import Address, ErrorCode, StunProtocolError, decode, looks_like_stun
 
 from .api import JSON
 from .events import ConnectionChanged, MeChanged, PageEvent, PeersChanged, Resync
@@ -67,6 +67,7 @@ from .registration import (
     Relayed as RelayedDatagram,
 )
 from .store import Status, Store
+from .targets import LookupAnswer, Targets
 from .trust import Action, Trust, link_verdict
 from .wire import Frame, FrameError
 
@@ -114,6 +115,7 @@ class PeerEngine:
         self.pathfinder = PathFinder(self, self.stats, relay_only=config.relay_only)
         self.flow = MessageFlow(self, history, self.stats)
         self.trust = Trust(self, history)
+        self.targets = Targets()  # lookups of ids the page writes to (issue 9, bad targets)
         self._cids: dict[bytes, PeerLink] = {}
         self._accepting: set[PeerLink] = set()  # acceptor links not yet authenticated
         self._awaiting_key: dict[int, list[PeerLink]] = {}  # acceptor links waiting on CONNECT for the key
@@ -127,10 +129,15 @@ class PeerEngine:
 
     # ------------------------------------------------------------ lifecycle
 
-    def start(self, local: tuple[Address, ...], now: float) -> None:
-        """``local``: our socket's addresses as other peers on our network reach it."""
+    def start(self, local: tuple[Address, ...], now: float, *, last_id: int | None = None) -> None:
+        """``local``: our socket's addresses as other peers on our network reach it.
+        ``last_id``: the id this identity had at its last registration with
+        this server (the node keeps it in a file): the page's sends are
+        queued under it until we are registered again (ids never change)."""
         for known in self.history.known_peers():
             self.peer_states[known.peer_id] = PeerSession(known.peer_id, known.name, None)
+        if last_id is not None and self.registration.peer_id is None:
+            self.registration.peer_id = last_id
         self.registration.local = local
         self.registration.start(now)
 
@@ -274,6 +281,30 @@ class PeerEngine:
     def retry(self, message_id: str, now: float) -> None:
         self.flow.retry(message_id, now)
 
+    def cancel(self, message_id: str, now: float) -> None:
+        """The user cancels a queued or sending message (ApiError 404, 409)."""
+        self.flow.cancel(message_id, now)
+
+    def look_up(self, peer_id: int, now: float) -> bool:
+        """Before a send to ``peer_id``: True if the node should hold it
+        until :meth:`take_lookups` says whether the server ever assigned that
+        id (a CONNECT asks; its answer also starts the connection).  False
+        for an id we know (no added round trip on the usual path), and when
+        we cannot ask (not registered: the message waits queued, and fails
+        if a later answer is 410)."""
+        if self._known(peer_id):
+            return False
+        if self.targets.asking(peer_id):
+            return True
+        if not self.connect(self.session(peer_id), now):
+            return False
+        self.targets.ask(peer_id, now)
+        return True
+
+    def take_lookups(self) -> list[LookupAnswer]:
+        """The lookups the server answered (or that gave up) since the last call."""
+        return self.targets.take_answers()
+
     def mark_read(self, peer_id: int) -> None:
         if self.history.mark_read(peer_id):
             self._publish_peers()
@@ -315,6 +346,7 @@ class PeerEngine:
     def next_deadline(self) -> float | None:
         timers = [self.registration.get_timer()] + [link.get_timer() for link in self.links()]
         timers.append(self.flow.receipt_deadline())
+        timers.append(self.targets.deadline())
         deadlines = [t for t in timers if t is not None] + self.pathfinder.deadlines()
         for session in self.peer_states.values():
             deadlines += session.deadlines(self.config.idle_timeout)
@@ -368,6 +400,8 @@ class PeerEngine:
                         self.flow.pump(session, now, force_connect=True, retry=True)
         if (deadline := self.flow.receipt_deadline()) is not None and deadline <= now:
             self.flow.resend_unreceipted(now)
+        if (deadline := self.targets.deadline()) is not None and deadline <= now:
+            self.targets.handle_timer(now)
 
     def process(self, now: float, drafts: list[Draft] | None = None) -> None:
         """Act on everything that came in: the node runs this inside one
@@ -447,8 +481,11 @@ class PeerEngine:
                 logger.info("registered as peer %d, seen as %s:%d", event.peer_id, *event.observed)
                 self.pathfinder.registered(event.observed, self.registration.server, self.registration.local, now)
                 self.publish(MeChanged(self.me()))
-                # Messages written while we were not registered go now.
+                # Messages written while we were not registered go now; for
+                # an id we never heard of, the CONNECT asks whether it exists.
                 for peer_id in self.flow.has_pending():
+                    if not self._known(peer_id):
+                        self.connect(self.session(peer_id), now)
                     self.flow.pump(self.session(peer_id), now, force_connect=True)
             elif isinstance(event, RegistrationLost):
                 logger.info("registration lost: %s", event.reason)
@@ -526,6 +563,12 @@ class PeerEngine:
         self.trust.remember(session.peer_id, session.public_key, session.name, now)
 
     def _on_connect_answered(self, event: ConnectAnswered, now: float) -> None:
+        if event.code == ErrorCode.NO_SUCH_PEER:
+            self._no_such_peer(event.peer_id, now)
+            return
+        # 404 says the id exists; other errors (and no answer) say nothing of it.
+        exists = event.info is not None or event.code == ErrorCode.UNKNOWN_PEER
+        self.targets.answered(event.peer_id, assigned=True if exists else None)
         session = self.session(event.peer_id)
         if event.info is None:
             if event.error and event.error.startswith("404"):
@@ -553,6 +596,34 @@ class PeerEngine:
         self.pathfinder.start_checks(event.info, now, connect=True)
         self.pathfinder.open_early(session, event.info, now)
         self._publish_connection(session)
+
+    def _known(self, peer_id: int) -> bool:
+        """We know ``peer_id`` exists: we have its key (listed, introduced,
+        remembered) or the server said it is only offline."""
+        session = self.peer_states.get(peer_id)
+        if session is not None and session.public_key is not None:
+            return True  # the usual case, and no query
+        return self.targets.exists(peer_id) or self.history.known_peer(peer_id) is not None
+
+    def _no_such_peer(self, peer_id: int, now: float) -> None:
+        """The server never assigned ``peer_id`` (410): nothing for it can
+        be delivered.  What waits for it fails, and an id we only made up a
+        session for leaves the peer list."""
+        logger.info("the server never assigned peer id %d", peer_id)
+        self.targets.answered(peer_id, assigned=False)
+        self.flow.fail_unknown_peer(peer_id, now)
+        for link in self._awaiting_key.pop(peer_id, []):
+            link.confirm_hello(None)  # nobody can hold the key of an id nobody has
+        session = self.peer_states.get(peer_id)
+        if session is None:
+            return
+        session.connecting_since = None
+        session.online = False
+        self.pathfinder.abandon(peer_id)
+        if session.public_key is None and session.link is None:
+            del self.peer_states[peer_id]
+        self.publish(ConnectionChanged(peer_id, None))
+        self._publish_peers()
 
     # ------------------------------------------------------------ links
 

@@ -40,8 +40,16 @@ MAX_SANE_TIME = 1e11  # unix seconds, about the year 5138: anything past is not 
 # bytes, but the receiver may have failed to store them (a full disk).
 RECEIPT_WAIT = 2.0
 RECEIPT_WAIT_MAX = 8.0
+# The error of a message the user cancelled (a final failure: nothing sends
+# a failed message by itself).
+CANCELLED = "cancelled"
 
 JSON = dict[str, Any]
+
+
+def unknown_peer(peer_id: int) -> str:
+    """What the page is told about an id the server never assigned."""
+    return f"unknown peer {peer_id}"
 
 
 class History(Protocol):
@@ -123,7 +131,11 @@ class MessageFlow:
         to be stored by the next :meth:`store_drafts`."""
         my_id = self.context.my_id
         if my_id is None:
-            raise ApiError(503, "not registered with the rendezvous server yet")
+            # Our id (the sender of every message) comes from our first
+            # registration; once known it is kept, and sends are queued.
+            raise ApiError(
+                503, "this peer has never registered with its rendezvous server, so it has no id to send from yet"
+            )
         if to == my_id:
             raise ApiError(400, "cannot send a message to yourself")
         message: JSON = {
@@ -158,6 +170,25 @@ class MessageFlow:
         self.set_status(message_id, Status.SENDING if session.online else Status.QUEUED, now)
         session.last_error = None
         self.pump(session, now)
+
+    def cancel(self, message_id: str, now: float) -> None:
+        """The user takes back a message not yet handed to a link: ``queued``
+        or ``sending`` (a ``sent`` one may have arrived).  It becomes
+        ``failed`` (:data:`CANCELLED`), which nothing sends by itself."""
+        message = self.history.get_message(message_id)
+        if message is None or message["status"] == Status.RECEIVED:
+            raise ApiError(404, "no such message")
+        if message["status"] not in (Status.QUEUED, Status.SENDING):
+            raise ApiError(409, f"message is {message['status']}: only a queued or sending one can be cancelled")
+        # Conditional on its status still being queued or sending (the store's table).
+        if not self.history.set_status(message_id, Status.FAILED, CANCELLED, now=now):
+            raise ApiError(409, "message was sent meanwhile: it can no longer be cancelled")
+        self.context.publish(StatusChanged(message_id, str(Status.FAILED), CANCELLED))
+
+    def fail_unknown_peer(self, peer_id: int, now: float) -> None:
+        """The server never assigned ``peer_id``: what waits for it can never go."""
+        for message in self.history.pending_outgoing(peer_id):
+            self.set_status(message["id"], Status.FAILED, now, unknown_peer(peer_id))
 
     def set_status(self, message_id: str, status: Status, now: float, error: str | None = None) -> None:
         if self.history.set_status(message_id, status, error, now=now):

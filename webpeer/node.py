@@ -23,15 +23,15 @@ from pathlib import Path
 from rendezvous.stun import Address
 from rendezvous.udp import UdpEndpoint, normalise
 
-from . import validate
+from . import last_id, validate
 from .api import JSON, ApiError
 from .engine import EngineConfig, PeerEngine
 from .events import MessageAdded, PageEvent, Resync
 from .identity import Identity
-from .message_flow import Draft
+from .message_flow import Draft, unknown_peer
 from .pathfinder import CloseSpare, OpenSpare
 from .peer_session import PeerSession
-from .registration import RegistrationMachine
+from .registration import RegistrationMachine, RegState
 from .store import Store, StoreError
 from .trust import Action
 
@@ -91,6 +91,10 @@ class PeerNode:
         # The page's sends waiting for the next flush to store them, with
         # the futures their answers go to.
         self._outbox: list[tuple[Draft, asyncio.Future[JSON]]] = []
+        # Sends to an id we never heard of, held until the server says whether
+        # it ever assigned it (PeerEngine.look_up), by that id.
+        self._looking_up: dict[int, list[tuple[Draft, asyncio.Future[JSON]]]] = {}
+        self._saved_id: int | None = None  # the id in the data dir's last-id file
         self._reported: set[str] = set()  # internal errors already logged with their traceback
 
     # ------------------------------------------------------------ what tests and the CLI look at
@@ -124,7 +128,8 @@ class PeerNode:
             raise
         self.registration.use_servers(servers)
         self._endpoint.start()
-        self.engine.start(self._local_candidates(), self.clock())
+        self._saved_id = last_id.load(self.config.data_dir, self.config.server)
+        self.engine.start(self._local_candidates(), self.clock(), last_id=self._saved_id)
         self._housekeeping = asyncio.create_task(self._expire_queued_periodically())
         self._flush()
 
@@ -140,6 +145,11 @@ class PeerNode:
             pass
         self.engine.close_links()
         self._flush()
+        for waiting in self._looking_up.values():
+            for _, future in waiting:
+                if not future.done():
+                    future.set_exception(ApiError(503, "webpeer is stopping"))
+        self._looking_up.clear()
         if self._housekeeping is not None:
             self._housekeeping.cancel()
         if self._timer is not None:
@@ -243,14 +253,27 @@ class PeerNode:
         raises ApiError here.  ``answered_on``: the subscriber that gets the
         message as its answer, so not as a "message" event too."""
         text = validate.message_text(text)
-        if self.engine.my_id is None:
-            raise ApiError(503, "not registered with the rendezvous server yet")
         to = validate.peer_id(to, "to")
-        draft = self.engine.draft(to, text, self.clock(), origin=answered_on)
+        now = self.clock()
+        # Refuses our own id (400), and sending before we ever had an id (503).
+        draft = self.engine.draft(to, text, now, origin=answered_on)
         future: asyncio.Future[JSON] = asyncio.get_running_loop().create_future()
-        self._outbox.append((draft, future))
+        if self.engine.look_up(to, now):
+            # An id we never heard of: stored only if the server ever gave it
+            # out (the answer comes through _settle_lookups); 404 otherwise.
+            self._looking_up.setdefault(to, []).append((draft, future))
+        else:
+            self._outbox.append((draft, future))
         self._schedule_flush()
         return future
+
+    async def cancel(self, message_id: str) -> JSON:
+        self.engine.cancel(message_id, self.clock())
+        self._flush()
+        message = self.store.get_message(message_id)
+        if message is None:
+            raise ApiError(404, "no such message")
+        return message
 
     async def retry(self, message_id: str) -> JSON:
         self.engine.retry(message_id, self.clock())
@@ -360,12 +383,34 @@ class PeerNode:
                 logger.warning("the history can be written again")
                 self.engine.storage_recovered()
         self._publish_events()
+        self._settle_lookups()
+        self._remember_id()
         self._run_commands()
         for data, address, index in self.engine.datagrams_to_send(now):
             (self._spares.get(index, endpoint) if index else endpoint).sendto(data, address)
         if self.engine.stopped:
             self._stopped.set()
         self._arm_timer(now)
+
+    def _settle_lookups(self) -> None:
+        """Sends held for a lookup: refused if the server never assigned the
+        id, else stored by the next flush (queued if it said nothing)."""
+        for answer in self.engine.take_lookups():
+            for draft, future in self._looking_up.pop(answer.peer_id, []):
+                if future.done():
+                    continue
+                if answer.never_assigned:
+                    future.set_exception(ApiError(404, unknown_peer(answer.peer_id)))
+                else:
+                    self._outbox.append((draft, future))
+                    self._schedule_flush()
+
+    def _remember_id(self) -> None:
+        """Keep the id the server gave us, for sends before the next registration."""
+        peer_id = self.engine.my_id
+        if peer_id is not None and peer_id != self._saved_id and self.registration.state is RegState.REGISTERED:
+            self._saved_id = peer_id
+            last_id.save(self.config.data_dir, self.config.server, peer_id)
 
     def _flush_failed(self, error: Exception) -> None:
         """One clear line when the history cannot be written (a full disk,

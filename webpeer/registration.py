@@ -117,6 +117,9 @@ class ConnectAnswered(RegEvent):
     peer_id: int
     info: PeerInfo | None
     error: str | None
+    # The server's error code, when it answered with one: 404 (the id's peer
+    # is offline) and 410 (the id was never assigned) mean different things.
+    code: int | None = None
 
 
 @dataclass(frozen=True)
@@ -403,7 +406,7 @@ class RegistrationMachine:
     def _on_connect(self, request: _Request, message: Message, now: float) -> None:
         error = error_of(message)
         if error is not None:
-            self._events.append(ConnectAnswered(request.peer_id, None, f"{error.code} {error.reason}"))
+            self._events.append(ConnectAnswered(request.peer_id, None, f"{error.code} {error.reason}", error.code))
             if error.code == 401:
                 self._lost(now, "session refused")
                 self._register(now)

@@ -141,6 +141,7 @@ def create_app(config: WebConfig, api: PeerApi) -> web.Application:
     app.router.add_get("/api/messages", _api_messages)
     app.router.add_post("/api/messages", _api_send)
     app.router.add_post("/api/messages/{id}/retry", _api_retry)
+    app.router.add_post("/api/messages/{id}/cancel", _api_cancel)
     app.router.add_post("/api/peers/{id}/read", _api_read)
     app.router.add_get("/api/peers/{id}/safety", _api_safety)
     app.router.add_get("/api/peers/{id}/safety.svg", _api_safety_svg)
@@ -368,6 +369,12 @@ async def _api_send(request: web.Request) -> web.Response:
 async def _api_retry(request: web.Request) -> web.Response:
     wanted = validate.message_id(request.match_info["id"])
     message = await request.app[API_KEY].retry(wanted)
+    return web.json_response(message)
+
+
+async def _api_cancel(request: web.Request) -> web.Response:
+    wanted = validate.message_id(request.match_info["id"])
+    message = await request.app[API_KEY].cancel(wanted)
     return web.json_response(message)
 
 

@@ -13,6 +13,8 @@ Websocket protocol (JSON text frames, one object each):
     <- {"type": "sent", "client_id": "...", "message": <message>}   once the message is stored;
        this socket gets no "message" event for it (other sockets do)
     -> {"type": "retry", "id": "...", "client_id": "..."}         answered like send
+    -> {"type": "cancel", "id": "...", "client_id": "..."}
+    <- {"type": "cancelled", "client_id": "...", "message": <message>}   now failed, error "cancelled"
     -> {"type": "read", "peer": N}                                 no answer on success
     <- {"type": "error", "client_id": "..."|null, "status": int, "error": "..."}
        for any request that fails (bad JSON, unknown type, too large, ApiError)
@@ -247,10 +249,14 @@ async def _ws_request(api: PeerApi, data: str, answers: _Answers) -> None:
             message = await api.retry(validate.message_id(request.get("id")))
             answers.add(client_id, {"type": "sent", "client_id": client_id, "message": message})
             return
+        if kind == "cancel":
+            message = await api.cancel(validate.message_id(request.get("id")))
+            answers.add(client_id, {"type": "cancelled", "client_id": client_id, "message": message})
+            return
         if kind == "read":
             api.mark_read(validate.peer_id(request.get("peer"), "peer"))
             return
-        raise ApiError(400, f"unknown request type {repr(kind)[:40]}; expected send, retry or read")
+        raise ApiError(400, f"unknown request type {repr(kind)[:40]}; expected send, retry, cancel or read")
     except ApiError as exc:
         answers.add(client_id, _ws_error(client_id, exc.status, exc.message))
     except Exception:

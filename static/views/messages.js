@@ -1,8 +1,8 @@
 // The open conversation's messages: stored ones in time order, then the ones
-// still being sent (pending); for mine a status (queued, sending, sent,
-// delivered, held while the peer's key change waits, failed with a Retry
-// button).  A "key changed" line goes before each run of messages received
-// from a new key before the user accepted it.
+// still being sent (pending); for mine a status (queued and sending with a
+// Cancel button, sent, delivered, held while the peer's key change waits,
+// failed with a Retry button).  A "key changed" line goes before each run of
+// messages received from a new key before the user accepted it.
 //
 // The reducer makes a new object for every message that changes, so an element
 // is reused while its message is the same object and made again otherwise:
@@ -22,7 +22,7 @@ const STATUS_LABELS = {
 };
 const NEAR_BOTTOM_PX = 80;
 
-/** @param {{retry: (messageId: string) => void, resend: (clientId: string) => void}} actions */
+/** @param {{retry: (messageId: string) => void, resend: (clientId: string) => void, cancel: (messageId: string) => void}} actions */
 export function createMessagesView(actions, root = document) {
   const list = byTestId("message-list", root);
   const memo = {};
@@ -129,6 +129,15 @@ function messageElement(message, mine, pending, actions) {
     const reason = make("span", "message-error", message.error);
     reason.dataset.testid = "message-error";
     meta.append(reason);
+  }
+  // Only a stored message not yet handed to a connection can be taken back
+  // (a "sent" one may already have arrived).
+  if (mine && !pending && (message.status === "queued" || message.status === "sending")) {
+    const cancel = make("button", "cancel", "Cancel");
+    cancel.type = "button";
+    cancel.dataset.testid = "cancel-button";
+    cancel.addEventListener("click", () => actions.cancel(message.id));
+    meta.append(cancel);
   }
   if (message.status === "failed") {
     if (message.error) {

@@ -337,3 +337,38 @@ async def test_a_storage_fault_shows_a_banner_until_it_clears(harness: Harness) 
     api.publish({"type": "me", "me": api.me()})
     await expect(banner).to_be_hidden()
     assert h.page_errors == []
+
+
+async def test_a_queued_message_can_be_cancelled_and_a_bad_target_says_why(harness: Harness) -> None:
+    h, page, api = harness, harness.page, harness.api
+    api.add_peer(5, "dave", online=False)
+    await page.goto(f"{h.url}?token={TOKEN}")
+    await page.locator(h.peer(5)).click()  # dave, offline: his messages wait queued
+    composer = page.locator(h.testid("composer"))
+    await composer.fill("never mind")
+    await composer.press("Enter")
+    await until(lambda: api.sent == [(5, "never mind")], "the fake to get the message")
+    queued = page.locator(h.testid("message")).filter(has_text="never mind")
+    await expect(queued).to_have_attribute("data-status", "queued")
+    await queued.locator(h.testid("cancel-button")).click()
+    message_id = api.messages(5)[0]["id"]
+    await until(lambda: api.cancelled == [message_id], "the cancel")
+    await expect(queued).to_have_attribute("data-status", "failed")
+    await expect(queued.locator(h.testid("message-error"))).to_have_text("cancelled")
+    await expect(queued.locator(h.testid("cancel-button"))).to_have_count(0)
+    await expect(queued.locator(h.testid("retry-button"))).to_be_visible()
+    # A delivered message has no Cancel button.
+    api.set_status(message_id, "delivered")
+    await expect(queued.locator(h.testid("cancel-button"))).to_have_count(0)
+
+    # An id nobody was ever given: the send fails on the page, saying so, and nothing is stored.
+    await page.locator(h.testid("open-peer-id")).fill("999")
+    await page.locator(h.testid("open-peer-button")).click()
+    await expect(page.locator(h.testid("conversation"))).to_have_attribute("data-peer-id", "999")
+    await composer.fill("hello?")
+    await composer.press("Enter")
+    refused = page.locator(h.testid("message")).filter(has_text="hello?")
+    await expect(refused).to_have_attribute("data-status", "failed")
+    await expect(refused.locator(h.testid("message-error"))).to_have_text("unknown peer 999")
+    assert api.messages(999) == []
+    assert h.page_errors == [] and h.dialogs == []

@@ -140,6 +140,7 @@ async def test_a_failed_commit_acknowledges_nothing_and_answers_with_an_error(no
     events = alice.subscribe()
     link = _LinkFrom(2)
     alice.engine._on_frame(link, {"t": "msg", "id": "m1", "text": "hi", "time": 1.0}, 2.0)  # type: ignore[arg-type]
+    alice.store.remember_peer(2, b"\x02" * 32, "bob", 1.0)  # a peer we know: its send is not held for a lookup
     future = alice.submit_message(2, "mine")
 
     def broken(*args, **kwargs):

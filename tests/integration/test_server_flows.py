@@ -138,10 +138,38 @@ async def test_introduction_is_retransmitted_until_acknowledged(server: Rendezvo
 async def test_connect_to_unknown_or_self(server: RendezvousServer, make_client) -> None:
     alice = await make_client()
     await alice.register()
-    with pytest.raises(RendezvousError, match="404 Unknown Peer"):
+    with pytest.raises(RendezvousError, match="410 No Such Peer"):
         await alice.connect(99)
     with pytest.raises(RendezvousError, match="400"):
         await alice.connect(1)
+
+
+async def test_a_restarted_server_still_knows_which_ids_it_gave_out(db_path) -> None:
+    from rendezvous.core import ServerConfig
+    from rendezvous.sqlite_registry import SqliteRegistry
+
+    server = RendezvousServer(ServerConfig(), SqliteRegistry(db_path), "127.0.0.1", 0)
+    await server.start()
+    try:
+        bob = await RendezvousClient(server.address).open()
+        await bob.register()
+        await bob.unregister()
+        bob.close()
+    finally:
+        await server.stop()
+    again = RendezvousServer(ServerConfig(), SqliteRegistry(db_path), "127.0.0.1", 0)
+    await again.start()
+    try:
+        assert again.core is not None and again.core.highest_id == 1
+        alice = await RendezvousClient(again.address).open()
+        assert (await alice.register()).peer_id == 2
+        with pytest.raises(RendezvousError, match="404 Unknown Peer"):
+            await alice.connect(1)  # bob's id: his, though he is offline
+        with pytest.raises(RendezvousError, match="410 No Such Peer"):
+            await alice.connect(3)
+        alice.close()
+    finally:
+        await again.stop()
 
 
 async def test_requests_need_a_valid_session(server: RendezvousServer, make_client) -> None:

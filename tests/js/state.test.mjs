@@ -221,3 +221,12 @@ test("a safety answer is kept for the open peer only", () => {
   state = reduce(state, { type: "peer-selected", peer: 3 });
   assert.equal(state.safety, null);
 });
+
+test("a cancelled answer stores the message as failed, cancelled; the page drops nothing else", () => {
+  let state = run(greeted(), { type: "message", message: msg("m1", 1, 2, "oops", { status: "queued" }) });
+  const before = snapshot(state);
+  const next = reduce(state, { type: "cancelled", client_id: "x1", message: msg("m1", 1, 2, "oops", { status: "failed", error: "cancelled" }) });
+  assert.equal(snapshot(state), before);
+  assert.deepEqual([conversationOf(next, 2).get("m1").status, conversationOf(next, 2).get("m1").error], ["failed", "cancelled"]);
+  assert.equal(next.error, null);
+});

@@ -25,7 +25,7 @@ QUEUE_SIZE = 256
 class FakePeerApi:
     """Behaves like the contract in webpeer/api.py says, with no network."""
 
-    def __init__(self, my_id: int = 1, name: str = "alice") -> None:
+    def __init__(self, my_id: int = 1, name: str = "alice", *, highest_id: int = 100) -> None:
         self._me: JSON = {
             "id": my_id,
             "name": name,
@@ -45,6 +45,9 @@ class FakePeerApi:
         self.trust_actions: list[tuple[int, str]] = []
         self._keys: dict[int, list[bytes]] = {}  # peer id -> its keys, oldest first
         self._my_key = hashlib.sha256(b"me:" + name.encode()).digest()
+        self.cancelled: list[str] = []
+        # Ids above this were never assigned by "the server" (404 unknown peer N).
+        self.highest_id = highest_id
 
     # -------------------------------------------------- test controls
 
@@ -175,13 +178,17 @@ class FakePeerApi:
     ) -> asyncio.Future[JSON]:
         text = validate.message_text(text)
         to = validate.peer_id(to, "to")
-        if to not in self._peers:
-            raise ApiError(404, f"no peer with id {to}")
-        if self._peers[to]["trust"] == "blocked":
+        if to == self._me["id"]:
+            raise ApiError(400, "cannot send a message to yourself")
+        if to > self.highest_id:
+            raise ApiError(404, f"unknown peer {to}")
+        peer = self._peers.get(to)
+        if peer is not None and peer["trust"] == "blocked":
             raise ApiError(409, f"peer {to}'s key is blocked")
         self.sent.append((to, text))
-        status = "sending" if self._peers[to]["online"] else "queued"
-        if self._peers[to]["trust"] == "changed":
+        # An id that exists but was never listed is offline: queued, as a real peer does.
+        status = "sending" if peer is not None and peer["online"] else "queued"
+        if peer is not None and peer["trust"] == "changed":
             status = "held"
         message = self._new_message(to, self._me["id"], to, text, status)
         if status == "held":
@@ -199,6 +206,18 @@ class FakePeerApi:
             raise ApiError(409, f"message {message_id} has not failed")
         self.retried.append(message_id)
         self.set_status(message_id, "sending")
+        return dict(message)
+
+    async def cancel(self, message_id: str) -> JSON:
+        message = self._messages.get(message_id)
+        if message is None or message["status"] == "received":
+            raise ApiError(404, f"no message {message_id}")
+        if message["status"] not in ("queued", "sending"):
+            raise ApiError(
+                409, f"message {message_id} is {message['status']}: only a queued or sending one can be cancelled"
+            )
+        self.cancelled.append(message_id)
+        self.set_status(message_id, "failed", "cancelled")
         return dict(message)
 
     def mark_read(self, peer_id: int) -> None:

@@ -16,6 +16,7 @@ The NAT model is the usual four kinds (RFC 4787 terms):
 
 ``net.cut(a, b)`` drops every datagram between two peers' hosts (no direct
 path at all, as between two symmetric NATs); ``net.mend(a, b)`` restores it.
+``net.server_down`` drops everything sent to the rendezvous server.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from rendezvous.tokens import Tokens
 from webpeer.engine import EngineConfig, PeerEngine
 from webpeer.events import PageEvent, StatusChanged
 from webpeer.identity import Identity
+from webpeer.message_flow import Draft
 from webpeer.pathfinder import CloseSpare, OpenSpare, SpareCommand
 from webpeer.store import Store, StoreError
 
@@ -79,7 +81,15 @@ class Peer:
     """One engine with its store, its NAT and what it told its pages."""
 
     def __init__(
-        self, net: PeerNet, name: str, identity: Identity, data_dir: Path, host: str, nat: Nat, **config: object
+        self,
+        net: PeerNet,
+        name: str,
+        identity: Identity,
+        data_dir: Path,
+        host: str,
+        nat: Nat,
+        last_id: int | None = None,
+        **config: object,
     ) -> None:
         self.net = net
         self.name = name
@@ -94,7 +104,11 @@ class Peer:
         self.commands: list[SpareCommand] = []
         self.spares: set[int] = set()
         self.alive = True
-        self.engine.start(((host, MAIN_PORT),), net.now)
+        # As the node does: sends to an id the engine never heard of wait for
+        # the server's word on it; those it never assigned are refused.
+        self.held: list[Draft] = []
+        self.refused: list[str] = []  # ids of drafts refused as "unknown peer"
+        self.engine.start(((host, MAIN_PORT),), net.now, last_id=last_id)
 
     @property
     def peer_id(self) -> int:
@@ -109,6 +123,18 @@ class Peer:
         target = to.peer_id if isinstance(to, Peer) else to
         draft = self.engine.draft(target, text, self.net.now)
         self.flush([draft])
+        return str(draft.message["id"])
+
+    def submit(self, to: Peer | int, text: str) -> str:
+        """The page sends through the node's path (PeerEngine.look_up first);
+        returns the draft's id, stored now, later, or refused (:attr:`refused`)."""
+        target = to.peer_id if isinstance(to, Peer) else to
+        draft = self.engine.draft(target, text, self.net.now)
+        if self.engine.look_up(target, self.net.now):
+            self.held.append(draft)
+            self.flush()
+        else:
+            self.flush([draft])
         return str(draft.message["id"])
 
     def status(self, message_id: str) -> str:
@@ -135,6 +161,14 @@ class Peer:
         else:
             self.engine.committed(now)
         self.events += self.engine.take_events()
+        settled: list[Draft] = []
+        for answer in self.engine.take_lookups():
+            for draft in [d for d in self.held if d.message["to"] == answer.peer_id]:
+                self.held.remove(draft)
+                if answer.never_assigned:
+                    self.refused.append(str(draft.message["id"]))
+                else:
+                    settled.append(draft)
         while (command := self.engine.next_command()) is not None:
             self.commands.append(command)
             if isinstance(command, OpenSpare):
@@ -146,6 +180,8 @@ class Peer:
                 continue
             source = self.nat.outbound(self.socket_address(socket), address)
             self.net.transmit(data, source, address)
+        if settled:
+            self.flush(settled)
 
     def crash(self) -> None:
         """The process dies: no unregistration, nothing more in or out."""
@@ -165,6 +201,7 @@ class PeerNet:
         self._order = itertools.count()
         self._cut: set[frozenset[str]] = set()
         self.dropped = 0
+        self.server_down = False
         self.delivered_to: Callable[[Address], None] | None = None
 
     # ------------------------------------------------------------ building
@@ -197,7 +234,7 @@ class PeerNet:
         peer.flush()
         peer.crash()
 
-    def start_again(self, peer: Peer, **config: object) -> Peer:
+    def start_again(self, peer: Peer, last_id: int | None = None, **config: object) -> Peer:
         """The same user (key and history) starts again, on another address."""
         index = len(self.peers) + 1
         again = Peer(
@@ -207,6 +244,7 @@ class PeerNet:
             self.tmp_path / peer.name,
             f"198.51.100.{index}",
             Nat("none", f"198.51.100.{index}"),
+            last_id,
             **config,
         )
         self.peers.append(again)
@@ -239,7 +277,9 @@ class PeerNet:
     # ------------------------------------------------------------ moving datagrams
 
     def transmit(self, data: bytes, source: Address, destination: Address) -> None:
-        if frozenset((source[0], destination[0])) in self._cut:
+        if frozenset((source[0], destination[0])) in self._cut or (
+            self.server_down and destination in (SERVER, SERVER_OTHER)
+        ):
             self.dropped += 1
             return
         heapq.heappush(self._queue, (self.now + LATENCY, next(self._order), data, source, destination))

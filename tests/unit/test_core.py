@@ -548,12 +548,44 @@ def test_connect_errors(h: Harness) -> None:
     assert legacy.core.directory.get(2).identity == legacy_identity(BOB)
     cases = [
         (h, [(Attr.PEER_ID, 1)], (400, "Cannot connect to yourself")),
-        (h, [(Attr.PEER_ID, 99)], (404, "Unknown Peer")),
+        (h, [(Attr.PEER_ID, 99)], (410, "No Such Peer")),
+        (h, [(Attr.PEER_ID, 0)], (410, "No Such Peer")),
         (h, [], (400, "PEER-ID missing")),
         (legacy, [(Attr.PEER_ID, 2)], (404, "Unknown Peer")),
     ]
     for harness, attributes, expected in cases:
         assert harness.request(Method.CONNECT, ALICE, T0, *attributes).get(Attr.ERROR_CODE) == expected
+
+
+def test_the_410_answer_has_the_bytes_docs_protocol_shows(h: Harness) -> None:
+    h.register(key(1), ALICE, T0)
+    request = session_request(Method.CONNECT, h.sessions[ALICE], (Attr.PEER_ID, 99))
+    request.transaction_id = bytes(range(12))
+    [(data, _)] = h.feed(request, ALICE, T0)
+    assert data.hex() == (
+        "21150028" "2112a442" "000102030405060708090a0b"
+        "00090010" "0000040a4e6f205375636820" "50656572"
+        "80220008" "706565726c696e6b"
+        "80280004" "66123860"
+    )  # fmt: skip
+
+
+def test_connect_tells_an_offline_peer_from_an_id_never_assigned(h: Harness) -> None:
+    h.register(key(1), ALICE, T0)
+    h.register(key(2), BOB, T0)
+    assert h.request(Method.UNREGISTER, BOB, T0 + 1).message_class == MessageClass.SUCCESS
+    # Bob's id stays his: offline is 404; 3 was never given to anyone: 410.
+    assert h.request(Method.CONNECT, ALICE, T0 + 2, (Attr.PEER_ID, 2)).get(Attr.ERROR_CODE) == (404, "Unknown Peer")
+    assert h.request(Method.CONNECT, ALICE, T0 + 2, (Attr.PEER_ID, 3)).get(Attr.ERROR_CODE) == (410, "No Such Peer")
+    # A registration raises the mark; so does what the adapter loaded at start.
+    h.register(key(3), CAROL, T0 + 3)
+    h.request(Method.UNREGISTER, CAROL, T0 + 3)
+    assert error_code(h.request(Method.CONNECT, ALICE, T0 + 4, (Attr.PEER_ID, 3))) == 404
+    restarted = ServerCore(ServerConfig(), Tokens(SECRET), highest_id=500)
+    assert restarted.highest_id == 500
+    h.core.highest_id = 500
+    assert error_code(h.request(Method.CONNECT, ALICE, T0 + 5, (Attr.PEER_ID, 500))) == 404
+    assert error_code(h.request(Method.CONNECT, ALICE, T0 + 5, (Attr.PEER_ID, 501))) == 410
 
 
 # ------------------------------------------------------------ SEND (relay)

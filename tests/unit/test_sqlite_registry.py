@@ -70,10 +70,12 @@ async def reopen(reg: SqliteRegistry) -> SqliteRegistry:
 async def test_ids_start_at_one_and_follow_call_order(registry: SqliteRegistry) -> None:
     backend: Registry = registry  # mypy checks that the protocol is implemented
     assert await backend.count() == 0
+    assert await backend.highest_id() == 0
     assert await registry.assign_id(key(1)) == 1
     assert await registry.assign_id(key(2)) == 2
     assert await registry.assign_id(key(3)) == 3
     assert await registry.count() == 3
+    assert await registry.highest_id() == 3
 
 
 async def test_known_identity_gets_its_id_without_a_write(registry: SqliteRegistry) -> None:
@@ -110,6 +112,7 @@ async def test_ids_are_never_reused_even_after_a_row_disappears(registry: Sqlite
     await again.open()
     try:
         assert await again.lookup_id(key(3)) is None
+        assert await again.highest_id() == 3  # id 3 was given out, though its row is gone
         assert await again.assign_id(key(4)) == 4
         assert await again.assign_id(key(3)) == 5
     finally:

@@ -455,10 +455,16 @@ async def test_post_with_bearer_may_omit_origin_but_not_lie(site: Site) -> None:
 async def test_every_post_route_checks_origin(site: Site) -> None:
     await site.sign_in()
     failed = site.api._new_message(2, 1, 2, "x", "failed")
-    for path in ["/api/messages", f"/api/messages/{failed['id']}/retry", "/api/peers/2/read"]:
+    queued = site.api._new_message(2, 1, 2, "x", "queued")
+    for path in [
+        "/api/messages",
+        f"/api/messages/{failed['id']}/retry",
+        f"/api/messages/{queued['id']}/cancel",
+        "/api/peers/2/read",
+    ]:
         response = await site.client.post(path, json={}, headers={"Origin": "http://evil.example"})
         assert response.status == 403, path
-    assert site.api.retried == [] and site.api.read_marks == []
+    assert site.api.retried == [] and site.api.read_marks == [] and site.api.cancelled == []
 
 
 # ---------------------------------------------------------------- API routes
@@ -577,9 +583,13 @@ async def test_bad_fields_are_400(site: Site, body: dict[str, Any]) -> None:
 
 
 async def test_api_errors_keep_their_status(site: Site) -> None:
-    response = await site.client.post("/api/messages", json={"to": 99, "text": "hi"}, headers=site.bearer)
+    response = await site.client.post("/api/messages", json={"to": 999, "text": "hi"}, headers=site.bearer)
     assert response.status == 404
-    assert await response.json() == {"error": "no peer with id 99"}
+    assert await response.json() == {"error": "unknown peer 999"}
+    response = await site.client.post("/api/messages", json={"to": 1, "text": "hi"}, headers=site.bearer)
+    assert response.status == 400
+    assert await response.json() == {"error": "cannot send a message to yourself"}
+    assert site.api.sent == []
     response = await site.client.post("/api/messages", json={"to": 2, "text": "  "}, headers=site.bearer)
     assert response.status == 400
     assert await response.json() == {"error": "empty message"}
@@ -597,6 +607,39 @@ async def test_retry(site: Site) -> None:
     assert response.status == 200
     assert (await response.json())["status"] == "sending"
     assert site.api.retried == [sent["id"]]
+
+
+async def test_a_send_to_an_id_that_exists_but_was_never_listed_is_queued(site: Site) -> None:
+    response = await site.client.post("/api/messages", json={"to": 50, "text": "hi"}, headers=site.bearer)
+    assert response.status == 201
+    assert (await response.json())["status"] == "queued"
+
+
+async def test_cancel(site: Site) -> None:
+    response = await site.client.post("/api/messages/nope/cancel", headers=site.bearer)
+    assert response.status == 404
+    assert await response.json() == {"error": "no message nope"}
+    response = await site.client.post("/api/messages/%20/cancel", headers=site.bearer)
+    assert response.status in (400, 404)
+    site.api.add_peer(5, "dave", online=False)
+    queued = await (await site.client.post("/api/messages", json={"to": 5, "text": "x"}, headers=site.bearer)).json()
+    assert queued["status"] == "queued"
+    response = await site.client.post(f"/api/messages/{queued['id']}/cancel", headers=site.bearer)
+    assert response.status == 200
+    assert await response.json() == {**queued, "status": "failed", "error": "cancelled"}
+    assert site.api.cancelled == [queued["id"]]
+    # Only once: it is failed now.  A sent one may have arrived: 409 too.
+    response = await site.client.post(f"/api/messages/{queued['id']}/cancel", headers=site.bearer)
+    assert response.status == 409
+    sending = await (await site.client.post("/api/messages", json={"to": 2, "text": "y"}, headers=site.bearer)).json()
+    site.api.set_status(sending["id"], "sent")
+    response = await site.client.post(f"/api/messages/{sending['id']}/cancel", headers=site.bearer)
+    assert response.status == 409
+    assert "only a queued or sending one" in (await response.json())["error"]
+    # Someone else's message is not ours to cancel.
+    received = site.api.receive(2, "hi")
+    response = await site.client.post(f"/api/messages/{received['id']}/cancel", headers=site.bearer)
+    assert response.status == 404
 
 
 async def test_mark_read(site: Site) -> None:
@@ -705,6 +748,14 @@ async def test_ws_send_read_and_retry(site: Site) -> None:
         answer = await receive_until(ws, "sent")
         assert answer["client_id"] == "r2" and answer["message"]["status"] == "sending"
 
+        await ws.send_json({"type": "cancel", "id": sent["message"]["id"], "client_id": "x1"})
+        cancelled = await receive_until(ws, "cancelled")
+        assert cancelled["client_id"] == "x1"
+        assert (cancelled["message"]["status"], cancelled["message"]["error"]) == ("failed", "cancelled")
+        await ws.send_json({"type": "cancel", "id": sent["message"]["id"], "client_id": "x2"})
+        error = await receive_until(ws, "error")
+        assert (error["client_id"], error["status"]) == ("x2", 409)
+
 
 async def test_ws_events_ready_at_once_come_as_one_batch(site: Site) -> None:
     async with await site.ws() as ws:
@@ -799,7 +850,7 @@ async def test_ws_sent_answers_wait_for_the_commit_and_keep_request_order(holdin
     api, ws = holding
     for n in range(3):
         await ws.send_json({"type": "send", "to": 2, "text": f"m{n}", "client_id": f"c{n}"})
-    await ws.send_json({"type": "send", "to": 99, "text": "x", "client_id": "bad"})
+    await ws.send_json({"type": "send", "to": 999, "text": "x", "client_id": "bad"})
     await api.wait_held(3)
     # Nothing comes before the commit (this socket gets no "message"
     # events for its own sends: the answers carry the messages).
@@ -867,7 +918,10 @@ async def test_ws_stops_reading_a_page_with_too_many_unanswered_sends(
         ("[]", 400, None, "JSON object"),
         ('{"type": "dance", "client_id": "c9"}', 400, "c9", "unknown request type"),
         ('{"client_id": "c9"}', 400, "c9", "unknown request type"),
-        ('{"type": "send", "to": 99, "text": "x", "client_id": "c2"}', 404, "c2", "no peer with id 99"),
+        ('{"type": "send", "to": 999, "text": "x", "client_id": "c2"}', 404, "c2", "unknown peer 999"),
+        ('{"type": "send", "to": 1, "text": "x", "client_id": "c2"}', 400, "c2", "cannot send a message to yourself"),
+        ('{"type": "cancel", "id": 7, "client_id": "c2"}', 400, "c2", "message id"),
+        ('{"type": "cancel", "id": "nope", "client_id": "c2"}', 404, "c2", "no message nope"),
         ('{"type": "send", "to": "2", "text": "x", "client_id": "c3"}', 400, "c3", "positive integer"),
         ('{"type": "send", "to": 2, "client_id": "c4"}', 400, "c4", "text must be a string"),
         ('{"type": "send", "to": 2, "text": "x", "client_id": 5}', 400, None, "client_id"),
