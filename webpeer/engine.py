@@ -32,7 +32,7 @@ from aioquic._buffer import Buffer
 from aioquic.quic.packet import PACKET_TYPE_INITIAL, pull_quic_header
 
 from rendezvous.client import PeerInfo
-from rendezvous.stun import Address, ErrorCode, StunProtocolError, decode, looks_like_stun
+from rendezvous.stun import Address, CandidateKind, ErrorCode, StunProtocolError, decode, looks_like_stun
 
 from .api import JSON
 from .events import ConnectionChanged, MeChanged, PageEvent, PeersChanged, Resync
@@ -79,7 +79,13 @@ logger = logging.getLogger("webpeer")
 QUIC_IDLE_TIMEOUT = 8.0
 # QUIC's reason when the idle timer closes a connection: the other side went silent.
 SILENT = "Idle timeout"
+# Inbound connections that have not proved their key yet: at most this
+# many, at most MAX_UNAUTHENTICATED_PER_SOURCE from one IP (one host cannot
+# hold them all), and each only for HELLO_DEADLINE (silent handshakes cannot
+# squat).  When all are taken, the oldest makes room.
 MAX_UNAUTHENTICATED_LINKS = 32
+MAX_UNAUTHENTICATED_PER_SOURCE = 4
+HELLO_DEADLINE = 3.0
 MAX_FLUSH_ROUNDS = 10  # events can cause more events; bounded
 
 
@@ -117,7 +123,9 @@ class PeerEngine:
         self.trust = Trust(self, history)
         self.targets = Targets()  # lookups of ids the page writes to (issue 9, bad targets)
         self._cids: dict[bytes, PeerLink] = {}
-        self._accepting: set[PeerLink] = set()  # acceptor links not yet authenticated
+        # Acceptor links not yet authenticated: when each came, and from where
+        # (an IP, or the relay and the peer id the server vouches for).
+        self._accepting: dict[PeerLink, tuple[float, object]] = {}
         self._awaiting_key: dict[int, list[PeerLink]] = {}  # acceptor links waiting on CONNECT for the key
         self._closing: list[PeerLink] = []  # closed links whose last datagrams (CONNECTION_CLOSE) are not out yet
         self._upgrades: set[PeerLink] = set()  # direct links being set up beside a relayed one
@@ -162,6 +170,10 @@ class PeerEngine:
     @property
     def observed(self) -> Address | None:
         return self.registration.observed
+
+    @property
+    def local(self) -> tuple[Address, ...]:
+        return self.registration.local
 
     def session(self, peer_id: int) -> PeerSession:
         return self.peer_states.setdefault(peer_id, PeerSession(peer_id))
@@ -346,6 +358,7 @@ class PeerEngine:
     def next_deadline(self) -> float | None:
         timers = [self.registration.get_timer()] + [link.get_timer() for link in self.links()]
         timers.append(self.flow.receipt_deadline())
+        timers += [since + HELLO_DEADLINE for since, _ in self._accepting.values()]
         timers.append(self.targets.deadline())
         deadlines = [t for t in timers if t is not None] + self.pathfinder.deadlines()
         for session in self.peer_states.values():
@@ -380,6 +393,10 @@ class PeerEngine:
             if (timer := link.get_timer()) is not None and timer <= now:
                 link.handle_timer(now)
         self.pathfinder.handle_timer(now)
+        for link, (since, _) in list(self._accepting.items()):
+            if since + HELLO_DEADLINE <= now and link.state is not LinkState.READY:
+                self.stats["hello_timeouts"] += 1
+                self._retire(link, "no authentication in time", now)
         for session in list(self.peer_states.values()):
             for due in session.due(now, self.config.idle_timeout):
                 current = session.link
@@ -456,17 +473,20 @@ class PeerEngine:
         link = self._cids.get(header.destination_cid)
         if link is None:
             my_id = self.registration.peer_id
-            if (
-                header.packet_type != PACKET_TYPE_INITIAL
-                or len(data) < 1200
-                or len(self._accepting) >= MAX_UNAUTHENTICATED_LINKS
-                or my_id is None
-            ):
+            if header.packet_type != PACKET_TYPE_INITIAL or len(data) < 1200 or my_id is None:
                 self.stats["quic_dropped"] += 1
                 return
+            source: object = path.address[0] if isinstance(path, Direct) else ("relay", path.peer_id)
+            if sum(1 for _, src in self._accepting.values() if src == source) >= MAX_UNAUTHENTICATED_PER_SOURCE:
+                self.stats["quic_dropped_source_full"] += 1
+                return
+            if len(self._accepting) >= MAX_UNAUTHENTICATED_LINKS:
+                oldest = min(self._accepting, key=lambda link: self._accepting[link][0])
+                self.stats["unauthenticated_evicted"] += 1
+                self._retire(oldest, "too many connections waiting to authenticate", now)
             link = PeerLink.accept(self.identity, my_id, path, header.destination_cid, self._acceptor_config)
             link.endpoint = socket
-            self._accepting.add(link)
+            self._accepting[link] = (now, source)
             self._cids[header.destination_cid] = link
             self._cids[link.quic.host_cid] = link
         link.receive_datagram(data, path, now)
@@ -549,6 +569,7 @@ class PeerEngine:
         session = self.session(info.peer_id)
         session.public_key = info.public_key
         session.candidates = tuple(c.address for c in info.candidates)
+        session.observed = next((c.address for c in info.candidates if c.kind is CandidateKind.OBSERVED), None)
         if info.nickname:
             session.name = info.nickname
         session.online = True
@@ -723,7 +744,7 @@ class PeerEngine:
             link.confirm_hello(None)
 
     def _on_link_ready(self, link: PeerLink, event: LinkReady, now: float) -> None:
-        self._accepting.discard(link)
+        self._accepting.pop(link, None)
         self._upgrades.discard(link)
         session = self.session(event.peer_id)
         dropped = session.adopt(link, now)
@@ -741,7 +762,7 @@ class PeerEngine:
     def _on_link_closed(self, link: PeerLink, event: LinkClosed, now: float) -> None:
         self._closing.append(link)
         self.pathfinder.link_closed(link, self.links())
-        self._accepting.discard(link)
+        self._accepting.pop(link, None)
         self._upgrades.discard(link)
         for cid in [cid for cid, owner in self._cids.items() if owner is link]:
             del self._cids[cid]
@@ -753,7 +774,7 @@ class PeerEngine:
             return
         session.link = None
         session.connecting_since = None  # whatever attempt this link was, it is over
-        logger.info("link to peer %s closed: %s", link.peer_id, event.reason)
+        logger.info("link to peer %s closed: %r", link.peer_id, event.reason)  # the reason may be the peer's words
         if "different key" in event.reason or "registry does not give" in event.reason:
             self._connect_failed(session, event.reason, now)
             return

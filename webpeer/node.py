@@ -336,10 +336,24 @@ class PeerNode:
     # ------------------------------------------------------------ datagrams and timers
 
     def _on_datagram(self, data: bytes, address: Address) -> None:
-        self.engine.receive_datagram(data, address, self.clock())
+        self._receive(data, address, 0)
 
     def _on_spare_datagram(self, index: int, data: bytes, address: Address) -> None:
-        self.engine.receive_datagram(data, address, self.clock(), socket=index)
+        self._receive(data, address, index)
+
+    def _receive(self, data: bytes, address: Address, socket: int) -> None:
+        """No exception from one datagram escapes into the socket's reader (it
+        would drop the rest of the batch): it is counted and, once per kind,
+        logged with its traceback (it is a bug: the engine refuses bad input
+        by itself)."""
+        try:
+            self.engine.receive_datagram(data, address, self.clock(), socket)
+        except Exception as error:
+            self.engine.stats["datagram_errors"] += 1
+            kind = f"{type(error).__name__}: {error}"[:200]
+            if kind not in self._reported:
+                self._reported.add(kind)
+                logger.exception("internal error on a datagram from %r; dropped", address)
 
     def _schedule_flush(self) -> None:
         """Flush once at the end of this loop turn: many sends in one turn

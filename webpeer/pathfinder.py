@@ -12,6 +12,7 @@ come out as :class:`~webpeer.path.Transmit` with the socket they leave from.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import random
@@ -45,6 +46,8 @@ SPRAY_PROBES = 1200
 BIRTHDAY_WINDOW = 6.0  # how long spare sockets live unless a link uses one
 BIRTHDAY_RETRY = 12.0  # still relayed this long after an attempt: try again
 BIRTHDAY_ATTEMPTS = 3
+SPRAYS_PER_WINDOW = 3  # sprays for one peer in SPRAY_BUDGET_WINDOW: its attempts, no more
+SPRAY_BUDGET_WINDOW = 300.0
 SPARE_CLOSE_DELAY = 1.0  # a spare whose link closed goes once its CONNECTION_CLOSE is out
 
 
@@ -75,6 +78,10 @@ class PathContext(Protocol):
     @property
     def observed(self) -> Address | None:
         """Our address as the rendezvous server sees it."""
+
+    @property
+    def local(self) -> tuple[Address, ...]:
+        """Our socket's addresses on our own network."""
 
     def session(self, peer_id: int) -> PeerSession: ...
 
@@ -107,6 +114,7 @@ class PathFinder:
         self._spare_expiry: dict[int, float] = {}
         self._next_spare = 1
         self._sprays: dict[int, PunchSession] = {}
+        self._spray_times: dict[int, list[float]] = {}  # peer id -> when we last sprayed for it
         self._commands: list[SpareCommand] = []
 
     # ------------------------------------------------------------ outputs
@@ -231,7 +239,7 @@ class PathFinder:
         that works, or through the relay if none does."""
         my_id = self.context.my_id
         assert my_id is not None
-        candidates = [c.address for c in info.candidates]
+        candidates = usable_candidates(info, self.context.local, self.context.observed)
         current = self._punches.get(info.peer_id)
         if current is not None and current.key == info.punch_key and current.state is PunchState.PROBING:
             current.add_candidates(candidates, now)
@@ -241,10 +249,12 @@ class PathFinder:
             session = PunchSession(my_id, info.peer_id, b"", [], now, timeout=0.0)
             session.state = PunchState.FAILED
             session.started -= PUNCH_LINGER
-        elif info.punch_key is None:
-            # A server without PUNCH-KEY: no checks possible; try its observed address.
+        elif info.punch_key is None or not candidates:
+            # A server without PUNCH-KEY: no checks possible; try its observed
+            # address.  (No usable candidate at all: the relay.)
             session = PunchSession(my_id, info.peer_id, b"", [], now, timeout=0.0)
-            session.state, session.chosen = PunchState.SUCCEEDED, candidates[0]
+            session.state = PunchState.SUCCEEDED if candidates else PunchState.FAILED
+            session.chosen = candidates[0] if candidates else None
         else:
             session = PunchSession(my_id, info.peer_id, info.punch_key, candidates, now)
         session.connect = connect
@@ -405,7 +415,9 @@ class PathFinder:
         """We are behind a symmetric NAT and talk to the peer through the
         relay: probe it from many fresh sockets, and ask it (over the relay,
         which is end-to-end authenticated) to spray our address with probes."""
-        targets = list(session.candidates)
+        # Only the peer's address as the server observed it: its NAT's mapping
+        # is what the spares must meet (and a self-declared one is no target).
+        targets = [session.observed] if session.observed is not None else []
         observed = self.context.observed
         my_id = self.context.my_id
         if not targets or observed is None or my_id is None:
@@ -451,9 +463,22 @@ class PathFinder:
         if len(key) != 16 or self.symmetric() or my_id is None or link.peer_id is None:
             logger.info("peer %s asks for many-port probing; not possible from here", link.peer_id)
             return
-        if link.peer_id in self._sprays or not any(host == a[0] for a in self.context.session(link.peer_id).candidates):
-            logger.info("peer %s asks for many-port probing of %s: refused", link.peer_id, host[:64])
-            return  # one at a time; and only toward the address the registry gave for it
+        session = self.context.session(link.peer_id)
+        recent = [when for when in self._spray_times.get(link.peer_id, []) if now - when < SPRAY_BUDGET_WINDOW]
+        if (
+            not link.relayed
+            or link.peer_id in self._sprays
+            or session.observed is None
+            or host != session.observed[0]
+            or len(recent) >= SPRAYS_PER_WINDOW
+        ):
+            # Only over the relay (a direct path needs none), one at a time, a
+            # few per window, and only toward the peer's own public address as
+            # the server saw it: never a host the peer merely names.
+            self.stats["sprays_refused"] += 1
+            logger.info("peer %s asks for many-port probing of %r: refused", link.peer_id, host[:64])
+            return
+        self._spray_times[link.peer_id] = [*recent, now]
         logger.info("many-port probing: spraying %d ports of %s for peer %d", SPRAY_PROBES, host, link.peer_id)
         rng = random.SystemRandom()
         ports = rng.sample(range(1024, 65536), SPRAY_PROBES)
@@ -486,6 +511,34 @@ class PathFinder:
         if index in self._spares:
             self._spares.discard(index)
             self._commands.append(CloseSpare(index, after))
+
+
+def usable_candidates(info: PeerInfo, local: tuple[Address, ...], mine: Address | None) -> list[Address]:
+    """The candidates worth probing: the address the server observed, and a
+    declared local one only when it can be on our own network (we share a
+    public address, or it is in one of our /24 (IPv4) or /64 (IPv6)
+    networks).  Any other declared address is a host the peer merely names:
+    probing it would make us a reflector toward a stranger."""
+    observed = [c.address for c in info.candidates if c.kind is CandidateKind.OBSERVED]
+    same_public = mine is not None and any(address[0] == mine[0] for address in observed)
+    out = list(observed)
+    for candidate in info.candidates:
+        if candidate.kind is CandidateKind.LOCAL and (same_public or _near(candidate.address, local)):
+            out.append(candidate.address)
+    return out
+
+
+def _near(address: Address, local: tuple[Address, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address[0])
+        for own, _ in local:
+            own_ip = ipaddress.ip_address(own)
+            prefix = 24 if own_ip.version == 4 else 64
+            if own_ip.version == ip.version and ip in ipaddress.ip_network(f"{own_ip}/{prefix}", strict=False):
+                return True
+    except ValueError:
+        return False
+    return False
 
 
 def likeliest(info: PeerInfo, mine: Address | None) -> Address:

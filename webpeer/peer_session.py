@@ -86,6 +86,7 @@ class PeerSession:
     last_error: str | None = None
     upgrade_at: float | None = None  # while relayed: when to try for a direct path again
     candidates: tuple[tuple[str, int], ...] = ()  # its addresses, as the registry last gave them
+    observed: tuple[str, int] | None = None  # the one of them the server saw (not self-declared)
     birthday_at: float | None = None  # when to try many-port probing (we are symmetric, it is relayed)
     birthday_attempts: int = 0
     # Its NAT's mapping, as it told us ("nat" frame): many-port probing only

@@ -89,6 +89,7 @@ class Peer:
         host: str,
         nat: Nat,
         last_id: int | None = None,
+        declared: tuple[Address, ...] = (),
         **config: object,
     ) -> None:
         self.net = net
@@ -108,7 +109,8 @@ class Peer:
         # the server's word on it; those it never assigned are refused.
         self.held: list[Draft] = []
         self.refused: list[str] = []  # ids of drafts refused as "unknown peer"
-        self.engine.start(((host, MAIN_PORT),), net.now, last_id=last_id)
+        # ``declared``: more local addresses it claims at registration (a liar's).
+        self.engine.start(((host, MAIN_PORT), *declared), net.now, last_id=last_id)
 
     @property
     def peer_id(self) -> int:
@@ -206,7 +208,15 @@ class PeerNet:
 
     # ------------------------------------------------------------ building
 
-    def add(self, name: str, nat: str = "none", *, identity: Identity | None = None, **config: object) -> Peer:
+    def add(
+        self,
+        name: str,
+        nat: str = "none",
+        *,
+        identity: Identity | None = None,
+        declared: tuple[Address, ...] = (),
+        **config: object,
+    ) -> Peer:
         index = len(self.peers) + 1
         private = f"10.0.{index}.2" if nat != "none" else f"198.51.100.{index}"
         public = f"198.51.100.{index}"
@@ -219,6 +229,7 @@ class PeerNet:
             data_dir,
             private,
             Nat(nat, public),
+            declared=declared,
             **config,
         )
         self.peers.append(peer)
