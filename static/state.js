@@ -10,7 +10,8 @@
 // - the page itself (named in the past tense, for what already happened):
 //   peer-selected, visibility-changed, marked-read, send-started, send-failed,
 //   send-withdrawn, history-loaded, reloaded, socket-opened, socket-closed,
-//   signed-out, error-shown, error-dismissed, safety-loaded, safety-toggled.
+//   signed-out, error-shown, error-dismissed, safety-loaded, safety-toggled,
+//   older-loaded.
 // A new feature adds its cases to HANDLERS below; unknown events change nothing
 // (a newer server may send events this page does not know).
 
@@ -32,6 +33,7 @@ export function initialState({ selected = null, visible = true } = {}) {
     historyLoads: 0, // counts loads of the open conversation (the view then scrolls to the end)
     safety: null, // the open conversation's GET /api/peers/N/safety answer, or null
     safetyOpen: false, // the user opened the safety view of a trusted peer
+    historyStart: new Map(), // peer id -> true once the conversation's first message is loaded
   };
 }
 
@@ -88,6 +90,22 @@ export function composerBlock(state) {
 }
 
 const EMPTY_CONVERSATION = new Map();
+
+/** The first message of the conversation is loaded: nothing older to page back to. */
+export function reachedStart(state, peerId) {
+  return state.historyStart?.get(peerId) === true;
+}
+
+/** The oldest loaded message's id (the cursor for ?before=), or null when none is loaded. */
+export function oldestLoaded(state, peerId) {
+  let oldest = null;
+  // Strictly older only: among equal times the first in map order is the
+  // server's first (older pages are put in front, in the server's order).
+  for (const msg of conversationOf(state, peerId).values()) {
+    if (oldest === null || msg.time < oldest.time) oldest = msg;
+  }
+  return oldest === null ? null : oldest.id;
+}
 
 // ---------------------------------------------------------------- helpers
 
@@ -248,6 +266,34 @@ function historyLoaded(state, event) {
   return { ...state, conversations, messagePeer, historyLoads };
 }
 
+// `complete`: the answer held fewer messages than asked for, so it reaches the start.
+function withStart(state, event) {
+  if (!event.complete || reachedStart(state, event.peer)) return state;
+  return { ...state, historyStart: new Map(state.historyStart ?? []).set(event.peer, true) };
+}
+
+function historyLoadedWithStart(state, event) {
+  return withStart(historyLoaded(state, event), event);
+}
+
+// An older page (GET /api/messages?before=): put in front, in the server's
+// order, so ties in time keep it.  No historyLoads bump: the view keeps its
+// scroll position instead of jumping to the end.  What the websocket updated
+// meanwhile is newer than this page and stays.
+function olderLoaded(state, event) {
+  const existing = conversationOf(state, event.peer);
+  const conversation = new Map();
+  const messagePeer = new Map(state.messagePeer);
+  for (const msg of event.messages) {
+    if (existing.has(msg.id)) continue;
+    conversation.set(msg.id, msg);
+    messagePeer.set(msg.id, msg.peer);
+  }
+  for (const [id, msg] of existing) conversation.set(id, msg);
+  const conversations = new Map(state.conversations).set(event.peer, conversation);
+  return withStart({ ...state, conversations, messagePeer }, event);
+}
+
 // What /api/me and /api/peers said after a resync.
 function reloaded(state, event) {
   return { ...state, me: event.me, peers: event.peers };
@@ -298,7 +344,8 @@ const HANDLERS = new Map([
   ["send-started", sendStarted],
   ["send-failed", sendFailed],
   ["send-withdrawn", sendWithdrawn],
-  ["history-loaded", historyLoaded],
+  ["history-loaded", historyLoadedWithStart],
+  ["older-loaded", olderLoaded],
   ["reloaded", reloaded],
   ["socket-opened", socketOpened],
   ["socket-closed", socketClosed],

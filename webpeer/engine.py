@@ -263,6 +263,12 @@ class PeerEngine:
     def messages(self, peer_id: int, limit: int = 500) -> list[JSON]:
         return self.history.conversation(peer_id, limit)
 
+    def messages_page(
+        self, peer_id: int, limit: int, *, before: str | None = None, after: str | None = None
+    ) -> list[JSON] | None:
+        """A page of history next to a message; None if the message is not in this conversation."""
+        return self.history.conversation_page(peer_id, limit, before=before, after=after)
+
     # ------------------------------------------------------------ the page's requests
 
     def draft(self, to: int, text: str, now: float, origin: object | None = None) -> Draft:

@@ -354,7 +354,16 @@ async def _api_messages(request: web.Request) -> web.Response:
         if not (raw.isascii() and raw.isdigit() and len(raw) <= 12 and 0 < int(raw) <= MAX_HISTORY_LIMIT):
             raise ApiError(400, f"limit must be an integer in 1..{MAX_HISTORY_LIMIT}")
         limit = int(raw)
+    if "before" in request.query or "after" in request.query:
+        return web.json_response(_history_page(request, peer, limit))
     return web.json_response(request.app[API_KEY].messages(peer, limit))
+
+
+def _history_page(request: web.Request, peer: int, limit: int) -> list[dict[str, Any]]:
+    """``?before=ID`` / ``?after=ID``: the ``limit`` messages next to message ID
+    (404 if it is not in this conversation), for paging through a long history."""
+    before, after = validate.history_cursor(request.query.get("before"), request.query.get("after"))
+    return request.app[API_KEY].messages_page(peer, limit, before=before, after=after)
 
 
 async def _api_send(request: web.Request) -> web.Response:

@@ -7,9 +7,14 @@
 // The reducer makes a new object for every message that changes, so an element
 // is reused while its message is the same object and made again otherwise:
 // a status event redraws one element, not the list.
+//
+// History comes in pages: near the top the list asks for the page before its
+// oldest message (actions.loadOlder), keeps what the reader looks at in place
+// when it arrives, and says "start of the conversation" once the first
+// message is loaded.
 
 import { byTestId, changed, make } from "./dom.js";
-import { conversationOf, isMine } from "../state.js";
+import { conversationOf, isMine, reachedStart } from "../state.js";
 
 const STATUS_LABELS = {
   queued: "queued",
@@ -21,33 +26,42 @@ const STATUS_LABELS = {
   received: "",
 };
 const NEAR_BOTTOM_PX = 80;
+const LOAD_OLDER_PX = 300; // this close to the top, the page before is fetched
 
-/** @param {{retry: (messageId: string) => void, resend: (clientId: string) => void}} actions */
+/** @param {{retry: (messageId: string) => void, resend: (clientId: string) => void, loadOlder: () => void}} actions */
 export function createMessagesView(actions, root = document) {
   const list = byTestId("message-list", root);
   const memo = {};
   let shown = new Map(); // key -> {item, mine, node} of what the list holds now
   let shownPeer = null;
   let shownLoads = -1;
+  list.addEventListener("scroll", () => {
+    if (list.scrollTop < LOAD_OLDER_PX && shownPeer !== null) actions.loadOlder();
+  }, { passive: true });
 
   function render(state) {
     const peer = state.selected;
     const conversation = peer === null ? null : conversationOf(state, peer);
-    if (!changed(memo, [peer, conversation, state.pending, state.me, state.historyLoads])) return;
+    const start = peer !== null && reachedStart(state, peer);
+    if (!changed(memo, [peer, conversation, state.pending, state.me, state.historyLoads, start])) return;
 
-    const items = peer === null ? [] : itemsOf(state, peer, conversation);
+    const items = peer === null ? [] : withStartLine(itemsOf(state, peer, conversation), start);
     const wasNearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < NEAR_BOTTOM_PX;
+    const anchor = wasNearBottom ? null : scrollAnchor(list);
     let added = 0;
     let mineChanged = false;
     const next = new Map();
-    const nodes = items.map(({ key, item, mine, pending }) => {
+    const olderThan = firstShownIndex(items, shown); // items before it are an older page: no follow
+    const nodes = items.map(({ key, item, mine, pending }, index) => {
       const old = shown.get(key);
       if (old && old.item === item && old.mine === mine) {
         next.set(key, old);
         return old.node;
       }
-      added += 1;
-      if (mine) mineChanged = true;
+      if (index >= olderThan) {
+        added += 1;
+        if (mine) mineChanged = true;
+      }
       const node = messageElement(item, mine, pending, actions);
       next.set(key, { item, mine, node });
       return node;
@@ -61,6 +75,7 @@ export function createMessagesView(actions, root = document) {
     shownPeer = peer;
     shownLoads = state.historyLoads;
     if (reopened || mineChanged || (wasNearBottom && added > 0)) list.scrollTop = list.scrollHeight;
+    else keepInPlace(list, anchor);
   }
 
   return { render };
@@ -84,6 +99,45 @@ function itemsOf(state, peer, conversation) {
   return items;
 }
 
+// Where the first message the list already showed is in the new items (0 if none was shown).
+function firstShownIndex(items, shown) {
+  for (const [key] of shown) {
+    if (!key.startsWith("m:")) continue;
+    const index = items.findIndex((entry) => entry.key === key);
+    return index < 0 ? 0 : index;
+  }
+  return 0;
+}
+
+const START_LINE = { line: "start of the conversation" };
+
+function withStartLine(items, start) {
+  return start ? [{ key: "start", item: START_LINE, mine: false, pending: false }, ...items] : items;
+}
+
+// The first element in view and where it is, so that adding messages above it
+// (an older page) moves nothing the reader sees.  The list has
+// overflow-anchor: none, so the browser's own anchoring does not add to this.
+function scrollAnchor(list) {
+  const top = list.getBoundingClientRect().top;
+  const children = list.children;
+  // Children are stacked top to bottom: a binary search, not a walk through thousands.
+  let low = 0;
+  let high = children.length;
+  while (low < high) {
+    const middle = (low + high) >> 1;
+    if (children[middle].getBoundingClientRect().bottom > top) high = middle;
+    else low = middle + 1;
+  }
+  return low < children.length ? { node: children[low], top: children[low].getBoundingClientRect().top } : null;
+}
+
+function keepInPlace(list, anchor) {
+  if (anchor === null || !anchor.node.isConnected) return;
+  const moved = anchor.node.getBoundingClientRect().top - anchor.top;
+  if (moved !== 0) list.scrollTop += moved;
+}
+
 const KEY_LINE = { line: "key changed: the messages below came from the peer's new key, before you accepted it" };
 
 // Make the list's children exactly `nodes`, moving only what is out of place.
@@ -100,6 +154,11 @@ function formatTime(seconds) {
 }
 
 function messageElement(message, mine, pending, actions) {
+  if (message === START_LINE) {
+    const line = make("li", "start-line", START_LINE.line);
+    line.dataset.testid = "conversation-start";
+    return line;
+  }
   if (message === KEY_LINE) {
     const line = make("li", "key-line", KEY_LINE.line);
     line.dataset.testid = "key-change-line";

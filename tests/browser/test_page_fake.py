@@ -337,3 +337,42 @@ async def test_a_storage_fault_shows_a_banner_until_it_clears(harness: Harness) 
     api.publish({"type": "me", "me": api.me()})
     await expect(banner).to_be_hidden()
     assert h.page_errors == []
+
+
+async def test_scrolling_up_pages_back_to_the_first_of_5000_messages(harness: Harness) -> None:
+    h, page, api = harness, harness.page, harness.api
+    api.add_history(2, 5000, start=1_700_000_000.0, step=30.0)
+    await page.goto(f"{h.url}?token={TOKEN}")
+    await page.locator(h.peer(2)).click()
+    messages = page.locator(h.testid("message"))
+    await expect(messages.last).to_have_attribute("data-message-id", api.messages(2)[-1]["id"])
+    await expect(messages).to_have_count(200)  # the latest page
+    start = page.locator(h.testid("conversation-start"))
+    await expect(start).to_have_count(0)
+    first_id = api.messages(2, 10_000)[0]["id"]
+
+    # Scroll to the top again and again: each older page goes in front, and
+    # what was at the top stays where the reader saw it.
+    for _ in range(40):
+        if await start.count():
+            break
+        count = await messages.count()
+        top_id = await messages.first.get_attribute("data-message-id")
+        await page.locator(h.testid("message-list")).evaluate("list => { list.scrollTop = 0; }")
+        await page.wait_for_function(
+            "n => document.querySelectorAll('[data-testid=message]').length !== n"
+            " || document.querySelector('[data-testid=conversation-start]')",
+            arg=count,
+        )
+        if await messages.count() == count:
+            continue  # the last answer was empty: the start
+        kept = page.locator(f'[data-message-id="{top_id}"]')
+        offset = await kept.evaluate("m => m.getBoundingClientRect().top - m.parentElement.getBoundingClientRect().top")
+        assert -5 <= offset <= 40, f"the message that was at the top moved to {offset}px"
+    await expect(start).to_be_visible()
+    await expect(messages).to_have_count(5000)
+    await expect(messages.first).to_have_attribute("data-message-id", first_id)
+    await expect(messages.first.locator(h.testid("message-text"))).to_have_text("old 0")
+    ids = await messages.evaluate_all("ms => ms.map(m => m.dataset.messageId)")
+    assert ids == [m["id"] for m in api.messages(2, 10_000)]  # no gap, no duplicate, in order
+    assert h.page_errors == []

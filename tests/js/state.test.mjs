@@ -221,3 +221,27 @@ test("a safety answer is kept for the open peer only", () => {
   state = reduce(state, { type: "peer-selected", peer: 3 });
   assert.equal(state.safety, null);
 });
+
+test("older pages go in front in the server's order, and the start is reached once a page is short", async () => {
+  const { oldestLoaded, reachedStart } = await import("../../static/state.js");
+  let state = run(greeted({ selected: 2 }), {
+    type: "history-loaded", peer: 2, since: 0, complete: false,
+    messages: [msg("m3", 2, 1, "c", { time: 20 }), msg("m4", 1, 2, "d", { time: 30 })],
+  });
+  assert.equal(oldestLoaded(state, 2), "m3");
+  assert.equal(reachedStart(state, 2), false);
+  const loads = state.historyLoads;
+  const before = snapshot(state);
+  const next = reduce(state, {
+    type: "older-loaded", peer: 2, complete: true,
+    messages: [msg("m1", 2, 1, "a", { time: 20 }), msg("m2", 2, 1, "b", { time: 20 }), msg("m3", 2, 1, "dup", { time: 20 })],
+  });
+  assert.equal(snapshot(state), before); // nothing changed in place
+  assert.deepEqual([...conversationOf(next, 2).keys()], ["m1", "m2", "m3", "m4"]);
+  assert.equal(conversationOf(next, 2).get("m3").text, "c"); // what was loaded stays
+  assert.equal(oldestLoaded(next, 2), "m1"); // equal times: the server's first
+  assert.equal(reachedStart(next, 2), true);
+  assert.equal(next.historyLoads, loads); // no jump to the end
+  assert.equal(next.messagePeer.get("m1"), 2);
+  assert.equal(oldestLoaded(next, 3), null);
+});

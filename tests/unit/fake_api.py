@@ -167,6 +167,33 @@ class FakePeerApi:
         found.sort(key=lambda m: m["time"])
         return found[-limit:]
 
+    def messages_page(
+        self, peer_id: int, limit: int, *, before: str | None = None, after: str | None = None
+    ) -> list[JSON]:
+        everything = self.messages(peer_id, len(self._messages))
+        ids = [m["id"] for m in everything]
+        anchor = before if before is not None else after
+        if anchor not in ids:
+            raise ApiError(404, f"no message {anchor} with peer {peer_id}")
+        at = ids.index(anchor)
+        return everything[max(0, at - limit) : at] if before is not None else everything[at + 1 : at + 1 + limit]
+
+    def add_history(self, peer_id: int, count: int, *, start: float, step: float = 60.0) -> None:
+        """``count`` old messages with the peer, alternately theirs and mine,
+        ``step`` seconds apart from ``start``, published to no one (history
+        from before the page opened)."""
+        me = self._me["id"]
+        for n in range(count):
+            mine = n % 2 == 1
+            message = self._new_message(
+                peer_id,
+                me if mine else peer_id,
+                peer_id if mine else me,
+                f"old {n}",
+                "delivered" if mine else "received",
+            )
+            message["time"] = start + n * step
+
     async def send_message(self, to: int, text: str) -> JSON:
         return await self.submit_message(to, text)
 
