@@ -376,3 +376,33 @@ async def test_scrolling_up_pages_back_to_the_first_of_5000_messages(harness: Ha
     ids = await messages.evaluate_all("ms => ms.map(m => m.dataset.messageId)")
     assert ids == [m["id"] for m in api.messages(2, 10_000)]  # no gap, no duplicate, in order
     assert h.page_errors == []
+
+
+async def test_each_conversation_keeps_its_own_draft_across_a_reload(harness: Harness) -> None:
+    h, page, api = harness, harness.page, harness.api
+    await page.goto(f"{h.url}?token={TOKEN}")
+    composer = page.locator(h.testid("composer"))
+    await page.locator(h.peer(2)).click()
+    await composer.press_sequentially("half a thought for bob")
+    await page.locator(h.peer(3)).click()
+    await expect(composer).to_have_value("")  # bob's text does not follow
+    await composer.fill("for the other one")
+    await page.locator(h.peer(2)).click()
+    await expect(composer).to_have_value("half a thought for bob")
+
+    await page.reload()  # reopens bob's conversation (#peer-2)
+    await expect(page.locator(h.testid("conversation"))).to_have_attribute("data-peer-id", "2")
+    await expect(composer).to_have_value("half a thought for bob")
+    await page.locator(h.peer(3)).click()
+    await expect(composer).to_have_value("for the other one")
+
+    # Sent: the draft is gone, here and after a reload.
+    await composer.press("Enter")
+    await until(lambda: api.sent == [(3, "for the other one")], "the message")
+    await expect(composer).to_have_value("")
+    await page.reload()
+    await expect(page.locator(h.testid("conversation"))).to_have_attribute("data-peer-id", "3")
+    await expect(composer).to_have_value("")
+    await page.locator(h.peer(2)).click()
+    await expect(composer).to_have_value("half a thought for bob")
+    assert h.page_errors == []
