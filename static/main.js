@@ -8,12 +8,13 @@
 
 import * as api from "./api.js";
 import { PeerSocket } from "./socket.js";
-import { findPeer, initialState, oldestLoaded, reachedStart, readsOnArrival, reduce, showsSafety } from "./state.js";
+import { findPeer, initialState, notifiesOnArrival, oldestLoaded, reachedStart, readsOnArrival, reduce, showsSafety } from "./state.js";
 import { createBannersView } from "./views/banners.js";
 import { createComposerView } from "./views/composer.js";
 import { createConversationView } from "./views/conversation.js";
 import { createMessagesView } from "./views/messages.js";
 import { createMeView } from "./views/me.js";
+import { createNotificationsView } from "./views/notifications.js";
 import { createPeersView } from "./views/peers.js";
 import { createSafetyView } from "./views/safety.js";
 
@@ -48,6 +49,7 @@ function start() {
     loadOlder: () => loadOlder(),
   };
   const composer = createComposerView(actions);
+  const notifications = createNotificationsView(actions);
   const views = [
     createMeView(),
     createBannersView(actions),
@@ -56,6 +58,7 @@ function start() {
     createSafetyView(actions),
     createMessagesView(actions),
     composer,
+    notifications,
   ];
 
   function dispatch(event) {
@@ -88,6 +91,7 @@ function start() {
       default:
         break;
     }
+    if (event.type === "message" && notifiesOnArrival(before, event.message)) notifications.notify(state, event.message);
     // The safety view needs the open peer's safety number when it shows.
     if (showsSafety(state) && (state.safety === null || state.safety.peer !== state.selected)) {
       if (safetyLoading !== state.selected && safetyFailed !== state.selected) loadSafety(state.selected);

@@ -66,6 +66,11 @@ export function readsOnArrival(state, message) {
   return !conversationOf(state, message.peer).has(message.id) && !isMine(state, message) && isReading(state, message.peer);
 }
 
+/** A message event worth a desktop notification: new, from the other side, and not being read. */
+export function notifiesOnArrival(state, message) {
+  return !conversationOf(state, message.peer).has(message.id) && !isMine(state, message) && !isReading(state, message.peer);
+}
+
 /** The open peer's key is not trusted (changed or blocked): the safety view shows and sending waits. */
 export function keyUndecided(peer) {
   return Boolean(peer) && (peer.trust === "changed" || peer.trust === "blocked");

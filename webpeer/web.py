@@ -146,6 +146,7 @@ def create_app(config: WebConfig, api: PeerApi) -> web.Application:
     app.router.add_get("/api/peers/{id}/safety.svg", _api_safety_svg)
     app.router.add_post("/api/peers/{id}/trust", _api_trust)
     app.router.add_get("/ws", _websocket)
+    app.router.add_get("/favicon.ico", _favicon)
     app.router.add_static("/static/", config.static_dir, show_index=False, follow_symlinks=False)
     app.on_response_prepare.append(_security_headers)
     app.on_shutdown.append(_close_websockets)
@@ -331,6 +332,14 @@ async def _index(request: web.Request) -> web.StreamResponse:
         )
     context = {"asset_version": request.app[ASSET_VERSION_KEY]}
     return aiohttp_jinja2.render_template("index.html", request, context)
+
+
+async def _favicon(request: web.Request) -> web.FileResponse:
+    """Browsers (and tools) ask for /favicon.ico whatever the page links; the
+    page's own icon is an SVG (static/favicon.svg), which they all take."""
+    return web.FileResponse(
+        Path(request.app[CONFIG_KEY].static_dir) / "favicon.svg", headers={hdrs.CONTENT_TYPE: "image/svg+xml"}
+    )
 
 
 async def _api_me(request: web.Request) -> web.Response:

@@ -406,3 +406,75 @@ async def test_each_conversation_keeps_its_own_draft_across_a_reload(harness: Ha
     await page.locator(h.peer(2)).click()
     await expect(composer).to_have_value("half a thought for bob")
     assert h.page_errors == []
+
+
+# Records each desktop notification the page makes (the real one is made too).
+NOTIFICATION_SPY = """
+(() => {
+  const Real = window.Notification;
+  window.shownNotifications = [];
+  class Spy extends Real {
+    constructor(title, options) {
+      super(title, options);
+      window.shownNotifications.push({ title, body: options && options.body });
+    }
+  }
+  Object.defineProperty(Spy, "permission", { get: () => Real.permission });
+  Spy.requestPermission = (...args) => Real.requestPermission(...args);
+  window.Notification = Spy;
+})();
+"""
+
+
+async def test_unread_count_in_the_title_a_favicon_dot_and_desktop_notifications(harness: Harness) -> None:
+    h, api = harness, harness.api
+    browser = h.page.context.browser
+    assert browser is not None
+    context = await browser.new_context(permissions=["notifications"], viewport={"width": 1100, "height": 700})
+    try:
+        page = await context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        await page.add_init_script(NOTIFICATION_SPY)
+        await page.goto(f"{h.url}?token={TOKEN}")
+        await expect(page.locator(h.testid("peer-item"))).to_have_count(3)
+        await expect(page).to_have_title("peerlink · alice")
+        icon = page.locator(h.testid("favicon"))
+        await expect(icon).to_have_attribute("href", "/static/favicon.svg")
+
+        # Off until the user turns them on.
+        await page.locator(h.peer(3)).click()
+        api.receive(2, "not yet")
+        await expect(page).to_have_title("(1) peerlink · alice")
+        toggle = page.locator(h.testid("notify-toggle"))
+        await expect(toggle).to_have_text("Desktop notifications: off")
+        await toggle.click()
+        await expect(toggle).to_have_text("Desktop notifications: on")
+        await expect(toggle).to_have_attribute("aria-pressed", "true")
+
+        api.receive(2, "are you there?")
+        api.receive(2, f"and {XSS}")
+        await expect(page).to_have_title("(3) peerlink · alice")
+        await expect(icon).to_have_attribute("href", "/static/favicon-unread.svg")
+        await page.wait_for_function("window.shownNotifications.length === 2")
+        shown = await page.evaluate("window.shownNotifications")
+        assert shown == [
+            {"title": "bob #2", "body": "are you there?"},
+            {"title": "bob #2", "body": f"and {XSS}"},
+        ]
+
+        # Nothing for the conversation being read; opening bob's clears the count and the dot.
+        api.receive(3, "in the open chat")
+        await expect(page.locator(h.testid("message-text"))).to_have_text(["in the open chat"])
+        await page.locator(h.peer(2)).click()
+        await expect(page).to_have_title("peerlink · alice")
+        await expect(icon).to_have_attribute("href", "/static/favicon.svg")
+        assert len(await page.evaluate("window.shownNotifications")) == 2
+
+        # The switch survives a reload.
+        await page.reload()
+        await expect(page.locator(h.testid("notify-toggle"))).to_have_text("Desktop notifications: on")
+        assert errors == []
+        assert await page.locator('img:not([data-testid="safety-qr"])').count() == 0
+    finally:
+        await context.close()

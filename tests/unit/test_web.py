@@ -488,6 +488,14 @@ async def test_send_then_history_oldest_first(site: Site) -> None:
     assert [m["text"] for m in history] == ["second"]
 
 
+async def test_favicon_is_served_as_svg(site: Site) -> None:
+    response = await site.client.get("/favicon.ico")  # no token needed: browsers ask for it unasked
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("image/svg+xml")
+    assert (await response.read()).startswith(b"<svg")
+    assert "Content-Security-Policy" in response.headers
+
+
 async def test_history_pages_through_5000_messages_without_gap_or_duplicate(site: Site) -> None:
     site.api.add_history(2, 5000, start=1_700_000_000.0, step=0.0)  # one timestamp: order is storage order
     site.api.add_history(3, 10, start=1_700_000_000.0)
