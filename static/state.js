@@ -34,6 +34,9 @@ export function initialState({ selected = null, visible = true } = {}) {
     safety: null, // the open conversation's GET /api/peers/N/safety answer, or null
     safetyOpen: false, // the user opened the safety view of a trusted peer
     historyStart: new Map(), // peer id -> true once the conversation's first message is loaded
+    // The "N new messages" line of the conversation just opened: {peer, count, before}, `before`
+    // the id of the first unread message once the history is loaded (null until then).
+    unreadDivider: null,
   };
 }
 
@@ -278,7 +281,28 @@ function withStart(state, event) {
 }
 
 function historyLoadedWithStart(state, event) {
-  return withStart(historyLoaded(state, event), event);
+  return placeDivider(withStart(historyLoaded(state, event), event));
+}
+
+// Opening a conversation with unread messages draws a line above the first of them.
+function peerSelectedWithDivider(state, event) {
+  const next = peerSelected(state, event);
+  if (next === state) return state;
+  const peer = findPeer(state, event.peer);
+  const count = peer ? peer.unread || 0 : 0;
+  return placeDivider({ ...next, unreadDivider: count > 0 ? { peer: event.peer, count, before: null } : null });
+}
+
+// The first unread message is the count-th last one from the other side; the
+// line stays above it while more arrive.  Placed once that many are loaded.
+function placeDivider(state) {
+  const divider = state.unreadDivider;
+  if (!divider || divider.before !== null) return state;
+  const theirs = [...conversationOf(state, divider.peer).values()]
+    .filter((msg) => !isMine(state, msg))
+    .sort((a, b) => a.time - b.time);
+  if (theirs.length < divider.count) return state;
+  return { ...state, unreadDivider: { ...divider, before: theirs[theirs.length - divider.count].id } };
 }
 
 // An older page (GET /api/messages?before=): put in front, in the server's
@@ -343,7 +367,7 @@ const HANDLERS = new Map([
   ["resync", (state) => state], // main.js reloads everything and reports "reloaded"
   ["sent", sent],
   ["error", error],
-  ["peer-selected", peerSelected],
+  ["peer-selected", peerSelectedWithDivider],
   ["visibility-changed", visibilityChanged],
   ["marked-read", markedRead],
   ["send-started", sendStarted],

@@ -12,6 +12,11 @@
 // oldest message (actions.loadOlder), keeps what the reader looks at in place
 // when it arrives, and says "start of the conversation" once the first
 // message is loaded.
+//
+// A conversation opened with unread messages shows a "N new messages" line
+// above the first of them and starts there; a message from the other side
+// that arrives while the reader is scrolled up shows a "New messages" button
+// instead of moving the list.
 
 import { byTestId, changed, make } from "./dom.js";
 import { conversationOf, isMine, reachedStart } from "../state.js";
@@ -31,6 +36,7 @@ const LOAD_OLDER_PX = 300; // this close to the top, the page before is fetched
 /** @param {{retry: (messageId: string) => void, resend: (clientId: string) => void, loadOlder: () => void}} actions */
 export function createMessagesView(actions, root = document) {
   const list = byTestId("message-list", root);
+  const newButton = newMessagesButton(list, byTestId("new-messages", root));
   const memo = {};
   let shown = new Map(); // key -> {item, mine, node} of what the list holds now
   let shownPeer = null;
@@ -43,12 +49,14 @@ export function createMessagesView(actions, root = document) {
     const peer = state.selected;
     const conversation = peer === null ? null : conversationOf(state, peer);
     const start = peer !== null && reachedStart(state, peer);
-    if (!changed(memo, [peer, conversation, state.pending, state.me, state.historyLoads, start])) return;
+    const divider = state.unreadDivider && state.unreadDivider.peer === peer ? state.unreadDivider : null;
+    if (!changed(memo, [peer, conversation, state.pending, state.me, state.historyLoads, start, divider])) return;
 
-    const items = peer === null ? [] : withStartLine(itemsOf(state, peer, conversation), start);
+    const items = peer === null ? [] : withDivider(withStartLine(itemsOf(state, peer, conversation), start), divider);
     const wasNearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < NEAR_BOTTOM_PX;
     const anchor = wasNearBottom ? null : scrollAnchor(list);
     let added = 0;
+    let theirsAdded = 0;
     let mineChanged = false;
     const next = new Map();
     const olderThan = firstShownIndex(items, shown); // items before it are an older page: no follow
@@ -61,6 +69,8 @@ export function createMessagesView(actions, root = document) {
       if (index >= olderThan) {
         added += 1;
         if (mine) mineChanged = true;
+        else if (!key.startsWith("m:")) added -= 1; // a line (divider, start), not a message
+        else theirsAdded += 1;
       }
       const node = messageElement(item, mine, pending, actions);
       next.set(key, { item, mine, node });
@@ -74,8 +84,12 @@ export function createMessagesView(actions, root = document) {
     const reopened = peer !== shownPeer || state.historyLoads !== shownLoads;
     shownPeer = peer;
     shownLoads = state.historyLoads;
-    if (reopened || mineChanged || (wasNearBottom && added > 0)) list.scrollTop = list.scrollHeight;
+    const follow = reopened || mineChanged || (wasNearBottom && added > 0);
+    if (follow) list.scrollTop = list.scrollHeight;
     else keepInPlace(list, anchor);
+    if (reopened) startAtDivider(list, next.get("unread"));
+    if (reopened || follow) newButton.hide();
+    else if (theirsAdded > 0) newButton.show();
   }
 
   return { render };
@@ -107,6 +121,52 @@ function firstShownIndex(items, shown) {
     return index < 0 ? 0 : index;
   }
   return 0;
+}
+
+// The reader starts at the unread line (with a little of what came before)
+// when the unread messages are more than a screen.
+function startAtDivider(list, shownDivider) {
+  if (!shownDivider) return;
+  const above = shownDivider.node.getBoundingClientRect().top - list.getBoundingClientRect().top - 40;
+  if (above < 0) list.scrollTop += above;
+}
+
+function withDivider(items, divider) {
+  if (!divider || divider.before === null) return items;
+  const at = items.findIndex((entry) => entry.key === `m:${divider.before}`);
+  if (at < 0) return items;
+  const line = { key: "unread", item: dividerLine(divider.count), mine: false, pending: false };
+  return [...items.slice(0, at), line, ...items.slice(at)];
+}
+
+// One line object per count, so the element is made again only when the count changes.
+const DIVIDER_LINES = new Map();
+function dividerLine(count) {
+  if (!DIVIDER_LINES.has(count)) {
+    DIVIDER_LINES.set(count, { divider: true, line: count === 1 ? "1 new message" : `${count} new messages` });
+  }
+  return DIVIDER_LINES.get(count);
+}
+
+// "New messages ↓": shown when a message from the other side arrives below
+// the reader's view; a click (or scrolling down to it) hides it.
+function newMessagesButton(list, button) {
+  const hide = () => {
+    button.hidden = true;
+  };
+  button.addEventListener("click", () => {
+    list.scrollTop = list.scrollHeight;
+    hide();
+  });
+  list.addEventListener("scroll", () => {
+    if (list.scrollHeight - list.scrollTop - list.clientHeight < NEAR_BOTTOM_PX) hide();
+  }, { passive: true });
+  return {
+    hide,
+    show: () => {
+      button.hidden = false;
+    },
+  };
 }
 
 const START_LINE = { line: "start of the conversation" };
@@ -154,6 +214,11 @@ function formatTime(seconds) {
 }
 
 function messageElement(message, mine, pending, actions) {
+  if (message.divider) {
+    const line = make("li", "unread-line", message.line);
+    line.dataset.testid = "unread-divider";
+    return line;
+  }
   if (message === START_LINE) {
     const line = make("li", "start-line", START_LINE.line);
     line.dataset.testid = "conversation-start";

@@ -478,3 +478,48 @@ async def test_unread_count_in_the_title_a_favicon_dot_and_desktop_notifications
         assert await page.locator('img:not([data-testid="safety-qr"])').count() == 0
     finally:
         await context.close()
+
+
+async def test_an_unread_divider_when_a_conversation_opens_and_a_new_messages_button(harness: Harness) -> None:
+    h, page, api = harness, harness.page, harness.api
+    api.add_history(2, 80, start=1_700_000_000.0)
+    await page.goto(f"{h.url}?token={TOKEN}")
+    await page.locator(h.peer(3)).click()
+    for n in range(3):
+        api.receive(2, f"unread {n}")
+    await expect(page.locator(h.testid("unread-badge", h.peer(2)))).to_have_text("3")
+
+    await page.locator(h.peer(2)).click()
+    divider = page.locator(h.testid("unread-divider"))
+    await expect(divider).to_have_text("3 new messages")
+    await expect(divider).to_be_in_viewport()
+    following = await divider.evaluate("d => d.nextElementSibling.textContent")
+    assert following.startswith("unread 0")
+    await expect(page.locator(h.testid("unread-badge", h.peer(2)))).to_have_count(0)
+    assert await page.locator(h.testid("unread-divider")).count() == 1
+
+    # Scrolled up, a new message does not move the list: a button says it came.
+    button = page.locator(h.testid("new-messages"))
+    await expect(button).to_be_hidden()
+    message_list = page.locator(h.testid("message-list"))
+    await message_list.evaluate("list => { list.scrollTop = 0; }")
+    api.receive(2, "while you were up there")
+    last = page.locator(h.testid("message")).last
+    await expect(last).to_contain_text("while you were up there")
+    await expect(button).to_be_visible()
+    await expect(last).not_to_be_in_viewport()
+    await button.click()
+    await expect(button).to_be_hidden()
+    await expect(last).to_be_in_viewport()
+
+    # At the bottom, a new message just shows; my own never brings the button.
+    api.receive(2, "at the bottom")
+    await expect(page.locator(h.testid("message")).last).to_be_in_viewport()
+    await expect(button).to_be_hidden()
+
+    # Opened again with nothing unread: no divider.
+    await page.locator(h.peer(3)).click()
+    await page.locator(h.peer(2)).click()
+    await expect(page.locator(h.testid("message")).last).to_contain_text("at the bottom")
+    await expect(divider).to_have_count(0)
+    assert h.page_errors == []
