@@ -17,9 +17,13 @@
 // above the first of them and starts there; a message from the other side
 // that arrives while the reader is scrolled up shows a "New messages" button
 // instead of moving the list.
+//
+// A line names the day before each day's first message; each time's tooltip
+// is the full date.  http(s) addresses in texts are links (links.js).
 
 import { byTestId, changed, make } from "./dom.js";
 import { conversationOf, isMine, reachedStart } from "../state.js";
+import { appendWithLinks } from "./links.js";
 
 const STATUS_LABELS = {
   queued: "queued",
@@ -52,7 +56,7 @@ export function createMessagesView(actions, root = document) {
     const divider = state.unreadDivider && state.unreadDivider.peer === peer ? state.unreadDivider : null;
     if (!changed(memo, [peer, conversation, state.pending, state.me, state.historyLoads, start, divider])) return;
 
-    const items = peer === null ? [] : withDivider(withStartLine(itemsOf(state, peer, conversation), start), divider);
+    const items = peer === null ? [] : withDivider(withStartLine(withDays(itemsOf(state, peer, conversation)), start), divider);
     const wasNearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < NEAR_BOTTOM_PX;
     const anchor = wasNearBottom ? null : scrollAnchor(list);
     let added = 0;
@@ -123,6 +127,40 @@ function firstShownIndex(items, shown) {
   return 0;
 }
 
+// A day line before the first message of each day (the local day).  One line
+// object per day and label, so its element is kept from render to render.
+const DAY_LINES = new Map();
+function withDays(items) {
+  const out = [];
+  let lastDay = null;
+  for (const entry of items) {
+    const time = entry.item.time;
+    if (typeof time === "number") {
+      const date = new Date(time * 1000);
+      const day = `${date.getFullYear()}-${date.getMonth() + 1}-${date.getDate()}`;
+      if (day !== lastDay) {
+        const label = dayLabel(date);
+        const key = `${day} ${label}`;
+        if (!DAY_LINES.has(key)) DAY_LINES.set(key, { day: true, line: label, title: date.toLocaleDateString() });
+        out.push({ key: `d:${day}`, item: DAY_LINES.get(key), mine: false, pending: false });
+        lastDay = day;
+      }
+    }
+    out.push(entry);
+  }
+  return out;
+}
+
+function dayLabel(date) {
+  const today = new Date();
+  const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+  if (date.toDateString() === today.toDateString()) return "Today";
+  if (date.toDateString() === yesterday.toDateString()) return "Yesterday";
+  const options = { weekday: "long", day: "numeric", month: "long" };
+  if (date.getFullYear() !== today.getFullYear()) options.year = "numeric";
+  return date.toLocaleDateString([], options);
+}
+
 // The reader starts at the unread line (with a little of what came before)
 // when the unread messages are more than a screen.
 function startAtDivider(list, shownDivider) {
@@ -189,6 +227,8 @@ function scrollAnchor(list) {
     if (children[middle].getBoundingClientRect().bottom > top) high = middle;
     else low = middle + 1;
   }
+  // A message, not a line: a day's line moves up when an older page brings more of that day.
+  while (low < children.length && children[low].dataset.testid !== "message") low += 1;
   return low < children.length ? { node: children[low], top: children[low].getBoundingClientRect().top } : null;
 }
 
@@ -213,7 +253,22 @@ function formatTime(seconds) {
   return new Date(seconds * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
 
+// hh:mm, with the full date and time as the tooltip.
+function timeElement(seconds) {
+  const time = make("time", "time", formatTime(seconds));
+  const date = new Date(seconds * 1000);
+  time.dateTime = date.toISOString();
+  time.title = date.toLocaleString([], { dateStyle: "full", timeStyle: "short" });
+  return time;
+}
+
 function messageElement(message, mine, pending, actions) {
+  if (message.day) {
+    const line = make("li", "day-line", message.line);
+    line.dataset.testid = "day-separator";
+    line.title = message.title;
+    return line;
+  }
   if (message.divider) {
     const line = make("li", "unread-line", message.line);
     line.dataset.testid = "unread-divider";
@@ -238,12 +293,13 @@ function messageElement(message, mine, pending, actions) {
   item.dataset.time = String(message.time);
 
   const bubble = make("div", "bubble");
-  const text = make("div", "message-text", message.text);
+  const text = make("div", "message-text");
+  appendWithLinks(text, message.text);
   text.dataset.testid = "message-text";
   bubble.append(text);
 
   const meta = make("div", "meta");
-  meta.append(make("time", "time", formatTime(message.time)));
+  meta.append(timeElement(message.time));
   if (mine) {
     const status = make("span", `status status-${message.status}`, STATUS_LABELS[message.status] ?? message.status);
     status.dataset.testid = "message-status";
