@@ -284,6 +284,18 @@ function historyLoadedWithStart(state, event) {
   return placeDivider(withStart(historyLoaded(state, event), event));
 }
 
+// The peer list shows each conversation's latest message and is ordered by it:
+// a message event or a send's answer makes it the latest unless an even later one is known.
+function withLastMessage(state, msg) {
+  const peer = msg && findPeer(state, msg.peer);
+  if (!peer) return state;
+  const last = peer.last_message;
+  if (last && (last.id === msg.id || last.time > msg.time)) return state;
+  return withPeerChanges(state, msg.peer, {
+    last_message: { id: msg.id, from: msg.from, time: msg.time, text: msg.text.slice(0, 120) },
+  });
+}
+
 // Opening a conversation with unread messages draws a line above the first of them.
 function peerSelectedWithDivider(state, event) {
   const next = peerSelected(state, event);
@@ -358,14 +370,14 @@ function errorDismissed(state) {
 
 const HANDLERS = new Map([
   ["hello", hello],
-  ["message", message],
+  ["message", (state, event) => withLastMessage(message(state, event), event.message)],
   ["status", status],
   ["peers", peers],
   ["connection", connection],
   ["me", me],
   ["trust", trust],
   ["resync", (state) => state], // main.js reloads everything and reports "reloaded"
-  ["sent", sent],
+  ["sent", (state, event) => withLastMessage(sent(state, event), event.message)],
   ["error", error],
   ["peer-selected", peerSelectedWithDivider],
   ["visibility-changed", visibilityChanged],

@@ -14,7 +14,8 @@ JSON shapes (also documented in the README):
     peer:     {"id": int, "name": str, "fingerprint": str, "online": bool, "unread": int,
                "trust": "trusted"|"changed"|"blocked", "key_changed": bool (trust == "changed"),
                "verified": bool, "verified_key_changed": bool (a verified key was replaced: warn louder),
-               "connection": null | {"state": "connecting"|"direct"|"relayed", "address": "host:port"|null}}
+               "connection": null | {"state": "connecting"|"direct"|"relayed", "address": "host:port"|null},
+               "last_message": null | {"id", "from", "time", "text" (its first 120 characters)}}
     message:  {"id": str, "peer": int, "from": int, "to": int, "text": str,
                "status": "queued"|"sending"|"sent"|"delivered"|"failed"|"held"|"received",
                "time": float (unix seconds), "error": str|null,

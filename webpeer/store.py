@@ -593,6 +593,16 @@ class Store:
             ).fetchall()
         return {peer: count for peer, count in rows}
 
+    def last_message(self, peer: int) -> dict[str, Any] | None:
+        """The latest message with ``peer`` (the peer list's preview and order), or None."""
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer = ? AND {_VISIBLE}"
+                " ORDER BY time DESC, rowid DESC LIMIT 1",
+                (peer,),
+            ).fetchone()
+        return None if row is None else _message(row)
+
     def mark_read(self, peer: int) -> int:
         """Mark every incoming message from ``peer`` read; return how many were unread."""
         with self._write() as conn:

@@ -563,3 +563,39 @@ async def test_day_separators_and_links_that_are_links_only_for_http(harness: Ha
     assert await page.locator('a[href^="javascript"], a[href^="data"], a[href^="ftp"]').count() == 0
     assert await page.locator('img:not([data-testid="safety-qr"])').count() == 0
     assert h.page_errors == [] and h.dialogs == []
+
+
+async def test_peers_ordered_by_last_activity_with_a_preview_and_no_chat_with_myself(harness: Harness) -> None:
+    h, page, api = harness, harness.page, harness.api
+    api.add_history(3, 2, start=1_700_000_000.0)  # old 0 (theirs), old 1 (mine)
+    api.add_history(2, 1, start=1_600_000_000.0)
+    await page.goto(f"{h.url}?token={TOKEN}")
+    items = page.locator(h.testid("peer-item"))
+    await expect(items).to_have_count(3)
+
+    async def order() -> list[str | None]:
+        return [await item.get_attribute("data-peer-id") for item in await items.all()]
+
+    assert await order() == ["3", "2", "4"]  # carol (4) never talked: last
+    await expect(page.locator(h.testid("peer-preview", h.peer(3)))).to_have_text("you: old 1")
+    await expect(page.locator(h.testid("peer-preview", h.peer(4)))).to_have_count(0)
+
+    api.receive(2, f"fresh {XSS}")
+    await expect(page.locator(h.testid("peer-preview", h.peer(2)))).to_have_text(f"fresh {XSS}")
+    await expect(items.first).to_have_attribute("data-peer-id", "2")
+    await page.locator(h.peer(3)).click()
+    await page.locator(h.testid("composer")).fill("back to you")
+    await page.locator(h.testid("composer")).press("Enter")
+    await expect(page.locator(h.testid("peer-preview", h.peer(3)))).to_have_text("you: back to you")
+    await expect(items.first).to_have_attribute("data-peer-id", "3")
+    await page.reload()  # the order and previews come from the server too
+    await expect(items.first).to_have_attribute("data-peer-id", "3")
+    await expect(page.locator(h.testid("peer-preview", h.peer(2)))).to_have_text(f"fresh {XSS}")
+
+    # My own id in "Chat with id" opens nothing and says why.
+    await page.locator(h.testid("open-peer-id")).fill("1")
+    await page.locator(h.testid("open-peer-button")).click()
+    await expect(page.locator(h.testid("error-text"))).to_contain_text("your own id")
+    await expect(page.locator(h.testid("conversation"))).to_have_attribute("data-peer-id", "3")
+    assert await page.locator('img:not([data-testid="safety-qr"])').count() == 0
+    assert h.page_errors == []

@@ -156,7 +156,13 @@ class FakePeerApi:
         return dict(self._me)
 
     def peers_json(self) -> list[JSON]:
-        return [dict(peer) for peer in self._peers.values()]
+        return [dict(peer, last_message=self._last_message(peer["id"])) for peer in self._peers.values()]
+
+    def _last_message(self, peer_id: int) -> JSON | None:
+        latest = self.messages(peer_id, 1)
+        if not latest:
+            return None
+        return {key: latest[0][key] for key in ("id", "from", "time")} | {"text": latest[0]["text"][:120]}
 
     def messages(self, peer_id: int, limit: int = 500) -> list[JSON]:
         found = [

@@ -218,6 +218,16 @@ def test_conversation_page_needs_a_message_of_that_conversation(store: Store) ->
         store.conversation_page(2, 10, before="a", after="a")
 
 
+def test_last_message_is_the_latest_visible_one(store: Store) -> None:
+    assert store.last_message(2) is None
+    send(store, "a", 2, 1.0)
+    receive(store, "b", 2, 5.0, text="latest")
+    send(store, "c", 2, 3.0)
+    store.add_messages([NewMessage("hidden", 2, ME, "x", Status.RECEIVED, 9.0, KEY_CHANGE_HIDDEN)])
+    latest = store.last_message(2)
+    assert latest is not None and (latest["id"], latest["text"]) == ("b", "latest")
+
+
 def test_conversation_limit_keeps_the_latest(store: Store) -> None:
     for i in range(10):
         send(store, f"m{i}", 2, float(i))
