@@ -40,8 +40,14 @@ export function fetchPeers() {
   return getJson("/api/peers");
 }
 
-export function fetchMessages(peerId) {
-  return getJson(`/api/messages?peer=${encodeURIComponent(peerId)}`, { Accept: "application/json" });
+export function fetchMessages(peerId, limit = 500) {
+  return getJson(`/api/messages?peer=${encodeURIComponent(peerId)}&limit=${limit}`, { Accept: "application/json" });
+}
+
+/** Up to `limit` messages just before message `beforeId`, oldest first ([] at the start). */
+export function fetchOlderMessages(peerId, beforeId, limit) {
+  const query = `peer=${encodeURIComponent(peerId)}&before=${encodeURIComponent(beforeId)}&limit=${limit}`;
+  return getJson(`/api/messages?${query}`, { Accept: "application/json" });
 }
 
 export function postMessage(to, text) {

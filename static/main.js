@@ -8,17 +8,19 @@
 
 import * as api from "./api.js";
 import { PeerSocket } from "./socket.js";
-import { findPeer, initialState, readsOnArrival, reduce, showsSafety } from "./state.js";
+import { findPeer, initialState, notifiesOnArrival, oldestLoaded, reachedStart, readsOnArrival, reduce, showsSafety } from "./state.js";
 import { createBannersView } from "./views/banners.js";
 import { createComposerView } from "./views/composer.js";
 import { createConversationView } from "./views/conversation.js";
 import { createMessagesView } from "./views/messages.js";
 import { createMeView } from "./views/me.js";
+import { createNotificationsView } from "./views/notifications.js";
 import { createPeersView } from "./views/peers.js";
 import { createSafetyView } from "./views/safety.js";
 
 const MAX_TEXT_BYTES = 64 * 1024; // webpeer.api.MAX_TEXT_BYTES: refused here before it is sent
 const HASH_PEER = /^#peer-([1-9][0-9]{0,15})$/;
+const HISTORY_PAGE = 200; // messages per history request: the latest ones, then older ones as the user scrolls up
 
 function start() {
   let state = initialState({ visible: document.visibilityState === "visible" });
@@ -45,8 +47,10 @@ function start() {
     dismissError: () => dispatch({ type: "error-dismissed" }),
     toggleSafety: (open) => dispatch({ type: "safety-toggled", open }),
     trust: (action) => state.selected !== null && decideTrust(state.selected, action),
+    loadOlder: () => loadOlder(),
   };
   const composer = createComposerView(actions);
+  const notifications = createNotificationsView(actions);
   const views = [
     createMeView(),
     createBannersView(actions),
@@ -55,6 +59,7 @@ function start() {
     createSafetyView(actions),
     createMessagesView(actions),
     composer,
+    notifications,
   ];
 
   function dispatch(event) {
@@ -87,6 +92,7 @@ function start() {
       default:
         break;
     }
+    if (event.type === "message" && notifiesOnArrival(before, event.message)) notifications.notify(state, event.message);
     // The safety view needs the open peer's safety number when it shows.
     if (showsSafety(state) && (state.safety === null || state.safety.peer !== state.selected)) {
       if (safetyLoading !== state.selected && safetyFailed !== state.selected) loadSafety(state.selected);
@@ -137,10 +143,29 @@ function start() {
   async function loadHistory(peerId) {
     const since = state.liveClock;
     try {
-      const messages = await api.fetchMessages(peerId);
-      dispatch({ type: "history-loaded", peer: peerId, messages, since });
+      const messages = await api.fetchMessages(peerId, HISTORY_PAGE);
+      dispatch({ type: "history-loaded", peer: peerId, messages, since, complete: messages.length < HISTORY_PAGE });
     } catch (error) {
       actions.showError(`Could not load the conversation: ${error.message}`);
+    }
+  }
+
+  let olderLoading = null; // the peer whose older page is being fetched (one request at a time)
+
+  // The user scrolled near the top of the open conversation: fetch the page before its oldest message.
+  async function loadOlder() {
+    const peerId = state.selected;
+    if (peerId === null || olderLoading !== null || reachedStart(state, peerId)) return;
+    const before = oldestLoaded(state, peerId);
+    if (before === null) return; // the first page is not loaded yet
+    olderLoading = peerId;
+    try {
+      const messages = await api.fetchOlderMessages(peerId, before, HISTORY_PAGE);
+      dispatch({ type: "older-loaded", peer: peerId, messages, complete: messages.length < HISTORY_PAGE });
+    } catch (error) {
+      actions.showError(`Could not load older messages: ${error.message}`);
+    } finally {
+      olderLoading = null;
     }
   }
 

@@ -11,7 +11,8 @@
 // - the page itself (named in the past tense, for what already happened):
 //   peer-selected, visibility-changed, marked-read, send-started, send-failed,
 //   send-withdrawn, history-loaded, reloaded, socket-opened, socket-closed,
-//   signed-out, error-shown, error-dismissed, safety-loaded, safety-toggled.
+//   signed-out, error-shown, error-dismissed, safety-loaded, safety-toggled,
+//   older-loaded.
 // A new feature adds its cases to HANDLERS below; unknown events change nothing
 // (a newer server may send events this page does not know).
 
@@ -33,6 +34,10 @@ export function initialState({ selected = null, visible = true } = {}) {
     historyLoads: 0, // counts loads of the open conversation (the view then scrolls to the end)
     safety: null, // the open conversation's GET /api/peers/N/safety answer, or null
     safetyOpen: false, // the user opened the safety view of a trusted peer
+    historyStart: new Map(), // peer id -> true once the conversation's first message is loaded
+    // The "N new messages" line of the conversation just opened: {peer, count, before}, `before`
+    // the id of the first unread message once the history is loaded (null until then).
+    unreadDivider: null,
   };
 }
 
@@ -65,6 +70,11 @@ export function readsOnArrival(state, message) {
   return !conversationOf(state, message.peer).has(message.id) && !isMine(state, message) && isReading(state, message.peer);
 }
 
+/** A message event worth a desktop notification: new, from the other side, and not being read. */
+export function notifiesOnArrival(state, message) {
+  return !conversationOf(state, message.peer).has(message.id) && !isMine(state, message) && !isReading(state, message.peer);
+}
+
 /** The open peer's key is not trusted (changed or blocked): the safety view shows and sending waits. */
 export function keyUndecided(peer) {
   return Boolean(peer) && (peer.trust === "changed" || peer.trust === "blocked");
@@ -89,6 +99,22 @@ export function composerBlock(state) {
 }
 
 const EMPTY_CONVERSATION = new Map();
+
+/** The first message of the conversation is loaded: nothing older to page back to. */
+export function reachedStart(state, peerId) {
+  return state.historyStart?.get(peerId) === true;
+}
+
+/** The oldest loaded message's id (the cursor for ?before=), or null when none is loaded. */
+export function oldestLoaded(state, peerId) {
+  let oldest = null;
+  // Strictly older only: among equal times the first in map order is the
+  // server's first (older pages are put in front, in the server's order).
+  for (const msg of conversationOf(state, peerId).values()) {
+    if (oldest === null || msg.time < oldest.time) oldest = msg;
+  }
+  return oldest === null ? null : oldest.id;
+}
 
 // ---------------------------------------------------------------- helpers
 
@@ -254,6 +280,67 @@ function historyLoaded(state, event) {
   return { ...state, conversations, messagePeer, historyLoads };
 }
 
+// `complete`: the answer held fewer messages than asked for, so it reaches the start.
+function withStart(state, event) {
+  if (!event.complete || reachedStart(state, event.peer)) return state;
+  return { ...state, historyStart: new Map(state.historyStart ?? []).set(event.peer, true) };
+}
+
+function historyLoadedWithStart(state, event) {
+  return placeDivider(withStart(historyLoaded(state, event), event));
+}
+
+// The peer list shows each conversation's latest message and is ordered by it:
+// a message event or a send's answer makes it the latest unless an even later one is known.
+function withLastMessage(state, msg) {
+  const peer = msg && findPeer(state, msg.peer);
+  if (!peer) return state;
+  const last = peer.last_message;
+  if (last && (last.id === msg.id || last.time > msg.time)) return state;
+  return withPeerChanges(state, msg.peer, {
+    last_message: { id: msg.id, from: msg.from, time: msg.time, text: msg.text.slice(0, 120) },
+  });
+}
+
+// Opening a conversation with unread messages draws a line above the first of them.
+function peerSelectedWithDivider(state, event) {
+  const next = peerSelected(state, event);
+  if (next === state) return state;
+  const peer = findPeer(state, event.peer);
+  const count = peer ? peer.unread || 0 : 0;
+  return placeDivider({ ...next, unreadDivider: count > 0 ? { peer: event.peer, count, before: null } : null });
+}
+
+// The first unread message is the count-th last one from the other side; the
+// line stays above it while more arrive.  Placed once that many are loaded.
+function placeDivider(state) {
+  const divider = state.unreadDivider;
+  if (!divider || divider.before !== null) return state;
+  const theirs = [...conversationOf(state, divider.peer).values()]
+    .filter((msg) => !isMine(state, msg))
+    .sort((a, b) => a.time - b.time);
+  if (theirs.length < divider.count) return state;
+  return { ...state, unreadDivider: { ...divider, before: theirs[theirs.length - divider.count].id } };
+}
+
+// An older page (GET /api/messages?before=): put in front, in the server's
+// order, so ties in time keep it.  No historyLoads bump: the view keeps its
+// scroll position instead of jumping to the end.  What the websocket updated
+// meanwhile is newer than this page and stays.
+function olderLoaded(state, event) {
+  const existing = conversationOf(state, event.peer);
+  const conversation = new Map();
+  const messagePeer = new Map(state.messagePeer);
+  for (const msg of event.messages) {
+    if (existing.has(msg.id)) continue;
+    conversation.set(msg.id, msg);
+    messagePeer.set(msg.id, msg.peer);
+  }
+  for (const [id, msg] of existing) conversation.set(id, msg);
+  const conversations = new Map(state.conversations).set(event.peer, conversation);
+  return withStart({ ...state, conversations, messagePeer }, event);
+}
+
 // What /api/me and /api/peers said after a resync.
 function reloaded(state, event) {
   return { ...state, me: event.me, peers: event.peers };
@@ -289,23 +376,24 @@ function errorDismissed(state) {
 
 const HANDLERS = new Map([
   ["hello", hello],
-  ["message", message],
+  ["message", (state, event) => withLastMessage(message(state, event), event.message)],
   ["status", status],
   ["peers", peers],
   ["connection", connection],
   ["me", me],
   ["trust", trust],
   ["resync", (state) => state], // main.js reloads everything and reports "reloaded"
-  ["sent", sent],
+  ["sent", (state, event) => withLastMessage(sent(state, event), event.message)],
   ["cancelled", cancelled],
   ["error", error],
-  ["peer-selected", peerSelected],
+  ["peer-selected", peerSelectedWithDivider],
   ["visibility-changed", visibilityChanged],
   ["marked-read", markedRead],
   ["send-started", sendStarted],
   ["send-failed", sendFailed],
   ["send-withdrawn", sendWithdrawn],
-  ["history-loaded", historyLoaded],
+  ["history-loaded", historyLoadedWithStart],
+  ["older-loaded", olderLoaded],
   ["reloaded", reloaded],
   ["socket-opened", socketOpened],
   ["socket-closed", socketClosed],

@@ -14,7 +14,8 @@ JSON shapes (also documented in the README):
     peer:     {"id": int, "name": str, "fingerprint": str, "online": bool, "unread": int,
                "trust": "trusted"|"changed"|"blocked", "key_changed": bool (trust == "changed"),
                "verified": bool, "verified_key_changed": bool (a verified key was replaced: warn louder),
-               "connection": null | {"state": "connecting"|"direct"|"relayed", "address": "host:port"|null}}
+               "connection": null | {"state": "connecting"|"direct"|"relayed", "address": "host:port"|null},
+               "last_message": null | {"id", "from", "time", "text" (its first 120 characters)}}
     message:  {"id": str, "peer": int, "from": int, "to": int, "text": str,
                "status": "queued"|"sending"|"sent"|"delivered"|"failed"|"held"|"received",
                "time": float (unix seconds), "error": str|null,
@@ -28,6 +29,11 @@ Messages to a peer whose key changed are "held" (error "key changed") until
 the user accepts the new key (then they go on) or blocks it (they fail, "key
 blocked"); messages from the new key are not listed until it is accepted
 (webpeer/trust.py).
+
+History paging: GET /api/messages?peer=N[&limit=K][&before=ID | &after=ID]
+answers [<message>, ...] oldest first: without before/after the latest K
+(PeerApi.messages), else the K just before or after message ID
+(PeerApi.messages_page).
 
 Events pushed to every websocket (each a dict with "type"):
 
@@ -79,7 +85,20 @@ class PeerApi(Protocol):
         """Every known peer, as <peer> shapes."""
         ...
 
-    def messages(self, peer_id: int, limit: int = 500) -> list[JSON]: ...
+    def messages(self, peer_id: int, limit: int = 500) -> list[JSON]:
+        """The latest ``limit`` messages with the peer, oldest first."""
+        ...
+
+    def messages_page(
+        self, peer_id: int, limit: int, *, before: str | None = None, after: str | None = None
+    ) -> list[JSON]:
+        """History paging: up to ``limit`` messages just before the message
+        ``before`` (or just after ``after``; exactly one is given), oldest
+        first, in the order :meth:`messages` lists them (time, then storage
+        order), so paging back from the oldest one shown meets every message
+        once.  An empty list: nothing further that way.  ApiError(404) if the
+        message is not in this conversation."""
+        ...
 
     async def send_message(self, to: int, text: str) -> JSON:
         """Store and start sending; returns the stored message (status queued,

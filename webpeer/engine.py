@@ -275,12 +275,19 @@ class PeerEngine:
                     **self.trust.of(peer.peer_id).to_json(),  # trust, key_changed, verified ...
                     "connection": peer.connection(),
                     "error": peer.last_error,
+                    "last_message": _preview(self.history.last_message(peer.peer_id)),
                 }
             )
         return out
 
     def messages(self, peer_id: int, limit: int = 500) -> list[JSON]:
         return self.history.conversation(peer_id, limit)
+
+    def messages_page(
+        self, peer_id: int, limit: int, *, before: str | None = None, after: str | None = None
+    ) -> list[JSON] | None:
+        """A page of history next to a message; None if the message is not in this conversation."""
+        return self.history.conversation_page(peer_id, limit, before=before, after=after)
 
     # ------------------------------------------------------------ the page's requests
 
@@ -805,3 +812,19 @@ class PeerEngine:
 
     def _publish_connection(self, session: PeerSession) -> None:
         self.publish(ConnectionChanged(session.peer_id, session.connection()))
+
+
+PREVIEW_CHARS = 120
+"""How much of the latest text the peer list gets (it shows one line)."""
+
+
+def _preview(message: JSON | None) -> JSON | None:
+    """The peer list's view of a conversation's latest message: who, when, the start of the text."""
+    if message is None:
+        return None
+    return {
+        "id": message["id"],
+        "from": message["from"],
+        "time": message["time"],
+        "text": message["text"][:PREVIEW_CHARS],
+    }

@@ -240,6 +240,14 @@ class PeerNode:
     def messages(self, peer_id: int, limit: int = 500) -> list[JSON]:
         return self.engine.messages(peer_id, limit)
 
+    def messages_page(
+        self, peer_id: int, limit: int, *, before: str | None = None, after: str | None = None
+    ) -> list[JSON]:
+        page = self.engine.messages_page(peer_id, limit, before=before, after=after)
+        if page is None:
+            raise ApiError(404, f"no message {before if before is not None else after} with peer {peer_id}")
+        return page
+
     async def send_message(self, to: int, text: str) -> JSON:
         return await self.submit_message(to, text)
 

@@ -515,6 +515,46 @@ class Store:
         rows.reverse()
         return [_message(row) for row in rows]
 
+    def conversation_page(
+        self, peer: int, limit: int, *, before: str | None = None, after: str | None = None
+    ) -> list[dict[str, Any]] | None:
+        """Up to ``limit`` messages with ``peer`` just before (or just after)
+        the message ``before`` (``after``), oldest first; None if that message
+        is not in this conversation.  Exactly one of the two is given.
+
+        Pages go by (time, rowid), the order :meth:`conversation` lists in, so
+        walking back page by page meets every message once, equal times
+        included.  ``time <= ?`` (or ``>=``) bounds the range of the
+        ``messages_peer_time`` index (whose entries end with the rowid); the
+        OR only filters the rows of the boundary time."""
+        if (before is None) == (after is None):
+            raise StoreError("give exactly one of before and after")
+        if not isinstance(limit, int) or limit < 0:
+            raise StoreError(f"limit must be an int >= 0, not {limit!r:.40}")
+        anchor_id = before if before is not None else after
+        with self._read() as conn:
+            anchor = conn.execute(
+                f"SELECT time, rowid FROM messages WHERE id = ? AND peer = ? AND {_VISIBLE}", (anchor_id, peer)
+            ).fetchone()
+            if anchor is None:
+                return None
+            if before is not None:
+                rows = conn.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer = ? AND {_VISIBLE}"
+                    " AND time <= ? AND (time < ? OR rowid < ?)"
+                    " ORDER BY time DESC, rowid DESC LIMIT ?",
+                    (peer, anchor[0], anchor[0], anchor[1], limit),
+                ).fetchall()
+                rows.reverse()
+            else:
+                rows = conn.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer = ? AND {_VISIBLE}"
+                    " AND time >= ? AND (time > ? OR rowid > ?)"
+                    " ORDER BY time, rowid LIMIT ?",
+                    (peer, anchor[0], anchor[0], anchor[1], limit),
+                ).fetchall()
+        return [_message(row) for row in rows]
+
     def pending_outgoing(self, peer: int | None = None) -> list[dict[str, Any]]:
         """Outgoing messages to (re)send, oldest first: ``queued`` and
         ``sending`` ones (after a restart, ``sending`` means the send was cut
@@ -552,6 +592,16 @@ class Store:
                 f"SELECT peer, count(*) FROM messages WHERE outgoing = 0 AND read = 0 AND {_VISIBLE} GROUP BY peer"
             ).fetchall()
         return {peer: count for peer, count in rows}
+
+    def last_message(self, peer: int) -> dict[str, Any] | None:
+        """The latest message with ``peer`` (the peer list's preview and order), or None."""
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE peer = ? AND {_VISIBLE}"
+                " ORDER BY time DESC, rowid DESC LIMIT 1",
+                (peer,),
+            ).fetchone()
+        return None if row is None else _message(row)
 
     def mark_read(self, peer: int) -> int:
         """Mark every incoming message from ``peer`` read; return how many were unread."""

@@ -118,3 +118,15 @@ def message_id(value: object, what: str = "id", *, max_chars: int = MAX_MESSAGE_
         else:
             return value
     raise InvalidValue(400, f"{what} must be a message id: a string of 1..{max_chars} characters")
+
+
+def history_cursor(before: object, after: object) -> tuple[str | None, str | None]:
+    """The ``before`` and ``after`` of a history page (GET /api/messages):
+    message ids, at most one of them given (None: not given).  Both at once
+    would ask for two pages in one answer (InvalidValue 400)."""
+    if before is not None and after is not None:
+        raise InvalidValue(400, "give before or after, not both")
+    return (
+        None if before is None else message_id(before, "before"),
+        None if after is None else message_id(after, "after"),
+    )

@@ -147,6 +147,7 @@ def create_app(config: WebConfig, api: PeerApi) -> web.Application:
     app.router.add_get("/api/peers/{id}/safety.svg", _api_safety_svg)
     app.router.add_post("/api/peers/{id}/trust", _api_trust)
     app.router.add_get("/ws", _websocket)
+    app.router.add_get("/favicon.ico", _favicon)
     app.router.add_static("/static/", config.static_dir, show_index=False, follow_symlinks=False)
     app.on_response_prepare.append(_security_headers)
     app.on_shutdown.append(_close_websockets)
@@ -334,6 +335,14 @@ async def _index(request: web.Request) -> web.StreamResponse:
     return aiohttp_jinja2.render_template("index.html", request, context)
 
 
+async def _favicon(request: web.Request) -> web.FileResponse:
+    """Browsers (and tools) ask for /favicon.ico whatever the page links; the
+    page's own icon is an SVG (static/favicon.svg), which they all take."""
+    return web.FileResponse(
+        Path(request.app[CONFIG_KEY].static_dir) / "favicon.svg", headers={hdrs.CONTENT_TYPE: "image/svg+xml"}
+    )
+
+
 async def _api_me(request: web.Request) -> web.Response:
     return web.json_response(request.app[API_KEY].me())
 
@@ -355,7 +364,16 @@ async def _api_messages(request: web.Request) -> web.Response:
         if not (raw.isascii() and raw.isdigit() and len(raw) <= 12 and 0 < int(raw) <= MAX_HISTORY_LIMIT):
             raise ApiError(400, f"limit must be an integer in 1..{MAX_HISTORY_LIMIT}")
         limit = int(raw)
+    if "before" in request.query or "after" in request.query:
+        return web.json_response(_history_page(request, peer, limit))
     return web.json_response(request.app[API_KEY].messages(peer, limit))
+
+
+def _history_page(request: web.Request, peer: int, limit: int) -> list[dict[str, Any]]:
+    """``?before=ID`` / ``?after=ID``: the ``limit`` messages next to message ID
+    (404 if it is not in this conversation), for paging through a long history."""
+    before, after = validate.history_cursor(request.query.get("before"), request.query.get("after"))
+    return request.app[API_KEY].messages_page(peer, limit, before=before, after=after)
 
 
 async def _api_send(request: web.Request) -> web.Response:

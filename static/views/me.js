@@ -38,7 +38,7 @@ export function createMeView(root = document) {
     el.serverDot.dataset.state = { registered: "ok", unreachable: "down" }[serverState] || "connecting";
     const at = me.server_address && me.server_address !== server ? ` at ${me.server_address}` : "";
     el.serverStatus.title = `rendezvous server ${server}${at}`;
-    document.title = me.name ? `${me.name} · webpeer` : "webpeer";
+    // The tab title (with the unread count) is views/notifications.js's.
   }
 
   return { render };

@@ -7,9 +7,23 @@
 // The reducer makes a new object for every message that changes, so an element
 // is reused while its message is the same object and made again otherwise:
 // a status event redraws one element, not the list.
+//
+// History comes in pages: near the top the list asks for the page before its
+// oldest message (actions.loadOlder), keeps what the reader looks at in place
+// when it arrives, and says "start of the conversation" once the first
+// message is loaded.
+//
+// A conversation opened with unread messages shows a "N new messages" line
+// above the first of them and starts there; a message from the other side
+// that arrives while the reader is scrolled up shows a "New messages" button
+// instead of moving the list.
+//
+// A line names the day before each day's first message; each time's tooltip
+// is the full date.  http(s) addresses in texts are links (links.js).
 
 import { byTestId, changed, make } from "./dom.js";
-import { conversationOf, isMine } from "../state.js";
+import { conversationOf, isMine, reachedStart } from "../state.js";
+import { appendWithLinks } from "./links.js";
 
 const STATUS_LABELS = {
   queued: "queued",
@@ -21,33 +35,47 @@ const STATUS_LABELS = {
   received: "",
 };
 const NEAR_BOTTOM_PX = 80;
+const LOAD_OLDER_PX = 300; // this close to the top, the page before is fetched
 
-/** @param {{retry: (messageId: string) => void, resend: (clientId: string) => void, cancel: (messageId: string) => void}} actions */
+/** @param {{retry: (messageId: string) => void, resend: (clientId: string) => void, cancel: (messageId: string) => void, loadOlder: () => void}} actions */
 export function createMessagesView(actions, root = document) {
   const list = byTestId("message-list", root);
+  const newButton = newMessagesButton(list, byTestId("new-messages", root));
   const memo = {};
   let shown = new Map(); // key -> {item, mine, node} of what the list holds now
   let shownPeer = null;
   let shownLoads = -1;
+  list.addEventListener("scroll", () => {
+    if (list.scrollTop < LOAD_OLDER_PX && shownPeer !== null) actions.loadOlder();
+  }, { passive: true });
 
   function render(state) {
     const peer = state.selected;
     const conversation = peer === null ? null : conversationOf(state, peer);
-    if (!changed(memo, [peer, conversation, state.pending, state.me, state.historyLoads])) return;
+    const start = peer !== null && reachedStart(state, peer);
+    const divider = state.unreadDivider && state.unreadDivider.peer === peer ? state.unreadDivider : null;
+    if (!changed(memo, [peer, conversation, state.pending, state.me, state.historyLoads, start, divider])) return;
 
-    const items = peer === null ? [] : itemsOf(state, peer, conversation);
+    const items = peer === null ? [] : withDivider(withStartLine(withDays(itemsOf(state, peer, conversation)), start), divider);
     const wasNearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < NEAR_BOTTOM_PX;
+    const anchor = wasNearBottom ? null : scrollAnchor(list);
     let added = 0;
+    let theirsAdded = 0;
     let mineChanged = false;
     const next = new Map();
-    const nodes = items.map(({ key, item, mine, pending }) => {
+    const olderThan = firstShownIndex(items, shown); // items before it are an older page: no follow
+    const nodes = items.map(({ key, item, mine, pending }, index) => {
       const old = shown.get(key);
       if (old && old.item === item && old.mine === mine) {
         next.set(key, old);
         return old.node;
       }
-      added += 1;
-      if (mine) mineChanged = true;
+      if (index >= olderThan) {
+        added += 1;
+        if (mine) mineChanged = true;
+        else if (!key.startsWith("m:")) added -= 1; // a line (divider, start), not a message
+        else theirsAdded += 1;
+      }
       const node = messageElement(item, mine, pending, actions);
       next.set(key, { item, mine, node });
       return node;
@@ -60,7 +88,12 @@ export function createMessagesView(actions, root = document) {
     const reopened = peer !== shownPeer || state.historyLoads !== shownLoads;
     shownPeer = peer;
     shownLoads = state.historyLoads;
-    if (reopened || mineChanged || (wasNearBottom && added > 0)) list.scrollTop = list.scrollHeight;
+    const follow = reopened || mineChanged || (wasNearBottom && added > 0);
+    if (follow) list.scrollTop = list.scrollHeight;
+    else keepInPlace(list, anchor);
+    if (reopened) startAtDivider(list, next.get("unread"));
+    if (reopened || follow) newButton.hide();
+    else if (theirsAdded > 0) newButton.show();
   }
 
   return { render };
@@ -84,6 +117,127 @@ function itemsOf(state, peer, conversation) {
   return items;
 }
 
+// Where the first message the list already showed is in the new items (0 if none was shown).
+function firstShownIndex(items, shown) {
+  for (const [key] of shown) {
+    if (!key.startsWith("m:")) continue;
+    const index = items.findIndex((entry) => entry.key === key);
+    return index < 0 ? 0 : index;
+  }
+  return 0;
+}
+
+// A day line before the first message of each day (the local day).  One line
+// object per day and label, so its element is kept from render to render.
+const DAY_LINES = new Map();
+function withDays(items) {
+  const out = [];
+  let lastDay = null;
+  for (const entry of items) {
+    const time = entry.item.time;
+    if (typeof time === "number") {
+      const date = new Date(time * 1000);
+      const day = `${date.getFullYear()}-${date.getMonth() + 1}-${date.getDate()}`;
+      if (day !== lastDay) {
+        const label = dayLabel(date);
+        const key = `${day} ${label}`;
+        if (!DAY_LINES.has(key)) DAY_LINES.set(key, { day: true, line: label, title: date.toLocaleDateString() });
+        out.push({ key: `d:${day}`, item: DAY_LINES.get(key), mine: false, pending: false });
+        lastDay = day;
+      }
+    }
+    out.push(entry);
+  }
+  return out;
+}
+
+function dayLabel(date) {
+  const today = new Date();
+  const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+  if (date.toDateString() === today.toDateString()) return "Today";
+  if (date.toDateString() === yesterday.toDateString()) return "Yesterday";
+  const options = { weekday: "long", day: "numeric", month: "long" };
+  if (date.getFullYear() !== today.getFullYear()) options.year = "numeric";
+  return date.toLocaleDateString([], options);
+}
+
+// The reader starts at the unread line (with a little of what came before)
+// when the unread messages are more than a screen.
+function startAtDivider(list, shownDivider) {
+  if (!shownDivider) return;
+  const above = shownDivider.node.getBoundingClientRect().top - list.getBoundingClientRect().top - 40;
+  if (above < 0) list.scrollTop += above;
+}
+
+function withDivider(items, divider) {
+  if (!divider || divider.before === null) return items;
+  const at = items.findIndex((entry) => entry.key === `m:${divider.before}`);
+  if (at < 0) return items;
+  const line = { key: "unread", item: dividerLine(divider.count), mine: false, pending: false };
+  return [...items.slice(0, at), line, ...items.slice(at)];
+}
+
+// One line object per count, so the element is made again only when the count changes.
+const DIVIDER_LINES = new Map();
+function dividerLine(count) {
+  if (!DIVIDER_LINES.has(count)) {
+    DIVIDER_LINES.set(count, { divider: true, line: count === 1 ? "1 new message" : `${count} new messages` });
+  }
+  return DIVIDER_LINES.get(count);
+}
+
+// "New messages ↓": shown when a message from the other side arrives below
+// the reader's view; a click (or scrolling down to it) hides it.
+function newMessagesButton(list, button) {
+  const hide = () => {
+    button.hidden = true;
+  };
+  button.addEventListener("click", () => {
+    list.scrollTop = list.scrollHeight;
+    hide();
+  });
+  list.addEventListener("scroll", () => {
+    if (list.scrollHeight - list.scrollTop - list.clientHeight < NEAR_BOTTOM_PX) hide();
+  }, { passive: true });
+  return {
+    hide,
+    show: () => {
+      button.hidden = false;
+    },
+  };
+}
+
+const START_LINE = { line: "start of the conversation" };
+
+function withStartLine(items, start) {
+  return start ? [{ key: "start", item: START_LINE, mine: false, pending: false }, ...items] : items;
+}
+
+// The first element in view and where it is, so that adding messages above it
+// (an older page) moves nothing the reader sees.  The list has
+// overflow-anchor: none, so the browser's own anchoring does not add to this.
+function scrollAnchor(list) {
+  const top = list.getBoundingClientRect().top;
+  const children = list.children;
+  // Children are stacked top to bottom: a binary search, not a walk through thousands.
+  let low = 0;
+  let high = children.length;
+  while (low < high) {
+    const middle = (low + high) >> 1;
+    if (children[middle].getBoundingClientRect().bottom > top) high = middle;
+    else low = middle + 1;
+  }
+  // A message, not a line: a day's line moves up when an older page brings more of that day.
+  while (low < children.length && children[low].dataset.testid !== "message") low += 1;
+  return low < children.length ? { node: children[low], top: children[low].getBoundingClientRect().top } : null;
+}
+
+function keepInPlace(list, anchor) {
+  if (anchor === null || !anchor.node.isConnected) return;
+  const moved = anchor.node.getBoundingClientRect().top - anchor.top;
+  if (moved !== 0) list.scrollTop += moved;
+}
+
 const KEY_LINE = { line: "key changed: the messages below came from the peer's new key, before you accepted it" };
 
 // Make the list's children exactly `nodes`, moving only what is out of place.
@@ -99,7 +253,32 @@ function formatTime(seconds) {
   return new Date(seconds * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
 
+// hh:mm, with the full date and time as the tooltip.
+function timeElement(seconds) {
+  const time = make("time", "time", formatTime(seconds));
+  const date = new Date(seconds * 1000);
+  time.dateTime = date.toISOString();
+  time.title = date.toLocaleString([], { dateStyle: "full", timeStyle: "short" });
+  return time;
+}
+
 function messageElement(message, mine, pending, actions) {
+  if (message.day) {
+    const line = make("li", "day-line", message.line);
+    line.dataset.testid = "day-separator";
+    line.title = message.title;
+    return line;
+  }
+  if (message.divider) {
+    const line = make("li", "unread-line", message.line);
+    line.dataset.testid = "unread-divider";
+    return line;
+  }
+  if (message === START_LINE) {
+    const line = make("li", "start-line", START_LINE.line);
+    line.dataset.testid = "conversation-start";
+    return line;
+  }
   if (message === KEY_LINE) {
     const line = make("li", "key-line", KEY_LINE.line);
     line.dataset.testid = "key-change-line";
@@ -114,12 +293,13 @@ function messageElement(message, mine, pending, actions) {
   item.dataset.time = String(message.time);
 
   const bubble = make("div", "bubble");
-  const text = make("div", "message-text", message.text);
+  const text = make("div", "message-text");
+  appendWithLinks(text, message.text);
   text.dataset.testid = "message-text";
   bubble.append(text);
 
   const meta = make("div", "meta");
-  meta.append(make("time", "time", formatTime(message.time)));
+  meta.append(timeElement(message.time));
   if (mine) {
     const status = make("span", `status status-${message.status}`, STATUS_LABELS[message.status] ?? message.status);
     status.dataset.testid = "message-status";

@@ -1,5 +1,7 @@
 // The sidebar: the live peer list (online dot, unread badge, connection state,
 // key-changed warning, refusal reason) and the "Chat with id" form.
+// Peers are ordered by their conversation's latest message, newest first,
+// with the start of its text under the name; peers never talked to follow, by id.
 
 import { byTestId, changed, connectionText, make } from "./dom.js";
 import { isReading } from "../state.js";
@@ -28,7 +30,9 @@ export function createPeersView(actions, root = document) {
     event.preventDefault();
     const input = byTestId("open-peer-id", root);
     const value = input.value.trim();
-    if (PEER_ID.test(value)) {
+    if (isMyId(value)) {
+      actions.showError("That is your own id: give it to others so they can reach you.");
+    } else if (PEER_ID.test(value)) {
       input.value = "";
       actions.select(Number(value));
     } else {
@@ -36,15 +40,37 @@ export function createPeersView(actions, root = document) {
     }
   });
 
+  let myId = null;
+  const isMyId = (value) => myId !== null && value.replace(/^0+/, "") === String(myId);
+
   function render(state) {
     if (!changed(memo, [state.peers, state.me, state.selected, state.visible])) return;
-    const myId = state.me ? state.me.id : undefined;
-    const items = state.peers.filter((peer) => peer.id !== myId).map((peer) => peerItem(state, peer));
+    myId = state.me ? state.me.id : null;
+    const items = byActivity(state.peers.filter((peer) => peer.id !== myId)).map((peer) => {
+      const item = peerItem(state, peer);
+      addPreview(state, item, peer);
+      return item;
+    });
     list.replaceChildren(...items);
     noPeers.hidden = items.length > 0;
   }
 
   return { render };
+}
+
+function byActivity(peers) {
+  const timeOf = (peer) => (peer.last_message ? peer.last_message.time : -Infinity);
+  return [...peers].sort((a, b) => timeOf(b) - timeOf(a) || a.id - b.id);
+}
+
+// The start of the latest message, after the name line ("you: " for mine).
+function addPreview(state, item, peer) {
+  const last = peer.last_message;
+  if (!last) return;
+  const mine = state.me !== null && last.from === state.me.id;
+  const preview = make("div", "peer-preview", `${mine ? "you: " : ""}${last.text}`);
+  preview.dataset.testid = "peer-preview";
+  item.firstElementChild.after(preview);
 }
 
 function peerItem(state, peer) {

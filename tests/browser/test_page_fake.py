@@ -372,3 +372,265 @@ async def test_a_queued_message_can_be_cancelled_and_a_bad_target_says_why(harne
     await expect(refused.locator(h.testid("message-error"))).to_have_text("unknown peer 999")
     assert api.messages(999) == []
     assert h.page_errors == [] and h.dialogs == []
+
+
+async def test_scrolling_up_pages_back_to_the_first_of_5000_messages(harness: Harness) -> None:
+    h, page, api = harness, harness.page, harness.api
+    api.add_history(2, 5000, start=1_700_000_000.0, step=30.0)
+    await page.goto(f"{h.url}?token={TOKEN}")
+    await page.locator(h.peer(2)).click()
+    messages = page.locator(h.testid("message"))
+    await expect(messages.last).to_have_attribute("data-message-id", api.messages(2)[-1]["id"])
+    await expect(messages).to_have_count(200)  # the latest page
+    start = page.locator(h.testid("conversation-start"))
+    await expect(start).to_have_count(0)
+    first_id = api.messages(2, 10_000)[0]["id"]
+
+    # Scroll to the top again and again: each older page goes in front, and
+    # what was at the top stays where the reader saw it.
+    for _ in range(40):
+        if await start.count():
+            break
+        count = await messages.count()
+        # Scroll to the top, and say where the top message is then (before the older page comes).
+        top_id, seen_at = await page.locator(h.testid("message-list")).evaluate(
+            """list => {
+              list.scrollTop = 0;
+              const top = list.querySelector('[data-testid=message]');
+              return [top.dataset.messageId, top.getBoundingClientRect().top - list.getBoundingClientRect().top];
+            }"""
+        )
+        await page.wait_for_function(
+            "n => document.querySelectorAll('[data-testid=message]').length !== n"
+            " || document.querySelector('[data-testid=conversation-start]')",
+            arg=count,
+        )
+        if await messages.count() == count:
+            continue  # the last answer was empty: the start
+        kept = page.locator(f'[data-message-id="{top_id}"]')
+        offset = await kept.evaluate("m => m.getBoundingClientRect().top - m.parentElement.getBoundingClientRect().top")
+        assert abs(offset - seen_at) <= 2, f"the message that was at the top moved from {seen_at}px to {offset}px"
+    await expect(start).to_be_visible()
+    await expect(messages).to_have_count(5000)
+    await expect(messages.first).to_have_attribute("data-message-id", first_id)
+    await expect(messages.first.locator(h.testid("message-text"))).to_have_text("old 0")
+    ids = await messages.evaluate_all("ms => ms.map(m => m.dataset.messageId)")
+    assert ids == [m["id"] for m in api.messages(2, 10_000)]  # no gap, no duplicate, in order
+    assert h.page_errors == []
+
+
+async def test_each_conversation_keeps_its_own_draft_across_a_reload(harness: Harness) -> None:
+    h, page, api = harness, harness.page, harness.api
+    await page.goto(f"{h.url}?token={TOKEN}")
+    composer = page.locator(h.testid("composer"))
+    await page.locator(h.peer(2)).click()
+    await composer.press_sequentially("half a thought for bob")
+    await page.locator(h.peer(3)).click()
+    await expect(composer).to_have_value("")  # bob's text does not follow
+    await composer.fill("for the other one")
+    await page.locator(h.peer(2)).click()
+    await expect(composer).to_have_value("half a thought for bob")
+
+    await page.reload()  # reopens bob's conversation (#peer-2)
+    await expect(page.locator(h.testid("conversation"))).to_have_attribute("data-peer-id", "2")
+    await expect(composer).to_have_value("half a thought for bob")
+    await page.locator(h.peer(3)).click()
+    await expect(composer).to_have_value("for the other one")
+
+    # Sent: the draft is gone, here and after a reload.
+    await composer.press("Enter")
+    await until(lambda: api.sent == [(3, "for the other one")], "the message")
+    await expect(composer).to_have_value("")
+    await page.reload()
+    await expect(page.locator(h.testid("conversation"))).to_have_attribute("data-peer-id", "3")
+    await expect(composer).to_have_value("")
+    await page.locator(h.peer(2)).click()
+    await expect(composer).to_have_value("half a thought for bob")
+    assert h.page_errors == []
+
+
+# Records each desktop notification the page makes (the real one is made too).
+NOTIFICATION_SPY = """
+(() => {
+  const Real = window.Notification;
+  window.shownNotifications = [];
+  class Spy extends Real {
+    constructor(title, options) {
+      super(title, options);
+      window.shownNotifications.push({ title, body: options && options.body });
+    }
+  }
+  Object.defineProperty(Spy, "permission", { get: () => Real.permission });
+  Spy.requestPermission = (...args) => Real.requestPermission(...args);
+  window.Notification = Spy;
+})();
+"""
+
+
+async def test_unread_count_in_the_title_a_favicon_dot_and_desktop_notifications(harness: Harness) -> None:
+    h, api = harness, harness.api
+    browser = h.page.context.browser
+    assert browser is not None
+    context = await browser.new_context(permissions=["notifications"], viewport={"width": 1100, "height": 700})
+    try:
+        page = await context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        await page.add_init_script(NOTIFICATION_SPY)
+        await page.goto(f"{h.url}?token={TOKEN}")
+        await expect(page.locator(h.testid("peer-item"))).to_have_count(3)
+        await expect(page).to_have_title("peerlink · alice")
+        icon = page.locator(h.testid("favicon"))
+        await expect(icon).to_have_attribute("href", "/static/favicon.svg")
+
+        # Off until the user turns them on.
+        await page.locator(h.peer(3)).click()
+        api.receive(2, "not yet")
+        await expect(page).to_have_title("(1) peerlink · alice")
+        toggle = page.locator(h.testid("notify-toggle"))
+        await expect(toggle).to_have_text("Desktop notifications: off")
+        await toggle.click()
+        await expect(toggle).to_have_text("Desktop notifications: on")
+        await expect(toggle).to_have_attribute("aria-pressed", "true")
+
+        api.receive(2, "are you there?")
+        api.receive(2, f"and {XSS}")
+        await expect(page).to_have_title("(3) peerlink · alice")
+        await expect(icon).to_have_attribute("href", "/static/favicon-unread.svg")
+        await page.wait_for_function("window.shownNotifications.length === 2")
+        shown = await page.evaluate("window.shownNotifications")
+        assert shown == [
+            {"title": "bob #2", "body": "are you there?"},
+            {"title": "bob #2", "body": f"and {XSS}"},
+        ]
+
+        # Nothing for the conversation being read; opening bob's clears the count and the dot.
+        api.receive(3, "in the open chat")
+        await expect(page.locator(h.testid("message-text"))).to_have_text(["in the open chat"])
+        await page.locator(h.peer(2)).click()
+        await expect(page).to_have_title("peerlink · alice")
+        await expect(icon).to_have_attribute("href", "/static/favicon.svg")
+        assert len(await page.evaluate("window.shownNotifications")) == 2
+
+        # The switch survives a reload.
+        await page.reload()
+        await expect(page.locator(h.testid("notify-toggle"))).to_have_text("Desktop notifications: on")
+        assert errors == []
+        assert await page.locator('img:not([data-testid="safety-qr"])').count() == 0
+    finally:
+        await context.close()
+
+
+async def test_an_unread_divider_when_a_conversation_opens_and_a_new_messages_button(harness: Harness) -> None:
+    h, page, api = harness, harness.page, harness.api
+    api.add_history(2, 80, start=1_700_000_000.0)
+    await page.goto(f"{h.url}?token={TOKEN}")
+    await page.locator(h.peer(3)).click()
+    for n in range(3):
+        api.receive(2, f"unread {n}")
+    await expect(page.locator(h.testid("unread-badge", h.peer(2)))).to_have_text("3")
+
+    await page.locator(h.peer(2)).click()
+    divider = page.locator(h.testid("unread-divider"))
+    await expect(divider).to_have_text("3 new messages")
+    await expect(divider).to_be_in_viewport()
+    following = await divider.evaluate("d => d.nextElementSibling.textContent")
+    assert following.startswith("unread 0")
+    await expect(page.locator(h.testid("unread-badge", h.peer(2)))).to_have_count(0)
+    assert await page.locator(h.testid("unread-divider")).count() == 1
+
+    # Scrolled up, a new message does not move the list: a button says it came.
+    button = page.locator(h.testid("new-messages"))
+    await expect(button).to_be_hidden()
+    message_list = page.locator(h.testid("message-list"))
+    await message_list.evaluate("list => { list.scrollTop = 0; }")
+    api.receive(2, "while you were up there")
+    last = page.locator(h.testid("message")).last
+    await expect(last).to_contain_text("while you were up there")
+    await expect(button).to_be_visible()
+    await expect(last).not_to_be_in_viewport()
+    await button.click()
+    await expect(button).to_be_hidden()
+    await expect(last).to_be_in_viewport()
+
+    # At the bottom, a new message just shows; my own never brings the button.
+    api.receive(2, "at the bottom")
+    await expect(page.locator(h.testid("message")).last).to_be_in_viewport()
+    await expect(button).to_be_hidden()
+
+    # Opened again with nothing unread: no divider.
+    await page.locator(h.peer(3)).click()
+    await page.locator(h.peer(2)).click()
+    await expect(page.locator(h.testid("message")).last).to_contain_text("at the bottom")
+    await expect(divider).to_have_count(0)
+    assert h.page_errors == []
+
+
+async def test_day_separators_and_links_that_are_links_only_for_http(harness: Harness) -> None:
+    h, page, api = harness, harness.page, harness.api
+    api.add_history(2, 3, start=1_709_294_400.0, step=3600.0)  # 2024-03-01 12:00 UTC, then hourly
+    api.add_history(2, 2, start=1_709_380_800.0)  # the next day, noon UTC
+    await page.goto(f"{h.url}?token={TOKEN}")
+    await page.locator(h.peer(2)).click()
+    text = (
+        "see <https://example.org/a?b=1&c=2>. or (http://example.com/x_(y)) but not"
+        " javascript:alert(1) nor data:text/html,hi nor ftp://files.example.org/f nor www.example.net"
+    )
+    api.receive(2, text)
+    days = page.locator(h.testid("day-separator"))
+    await expect(days).to_have_count(3)
+    await expect(days.last).to_have_text("Today")
+    await expect(days.first).to_contain_text("March")
+    await expect(days.first).to_contain_text("2024")
+    first_time = page.locator(h.testid("message")).first.locator("time")
+    await expect(first_time).to_have_attribute("datetime", "2024-03-01T12:00:00.000Z")
+    assert "2024" in (await first_time.get_attribute("title") or "")
+
+    message = page.locator(h.testid("message")).last
+    await expect(message.locator(h.testid("message-text"))).to_have_text(text)  # the text is all there
+    links = message.locator(h.testid("message-link"))
+    await expect(links).to_have_count(2)
+    await expect(links.first).to_have_text("https://example.org/a?b=1&c=2")
+    await expect(links.first).to_have_attribute("href", "https://example.org/a?b=1&c=2")
+    await expect(links.first).to_have_attribute("target", "_blank")
+    await expect(links.first).to_have_attribute("rel", "noopener noreferrer")
+    await expect(links.last).to_have_text("http://example.com/x_(y)")
+    assert await page.locator('a[href^="javascript"], a[href^="data"], a[href^="ftp"]').count() == 0
+    assert await page.locator('img:not([data-testid="safety-qr"])').count() == 0
+    assert h.page_errors == [] and h.dialogs == []
+
+
+async def test_peers_ordered_by_last_activity_with_a_preview_and_no_chat_with_myself(harness: Harness) -> None:
+    h, page, api = harness, harness.page, harness.api
+    api.add_history(3, 2, start=1_700_000_000.0)  # old 0 (theirs), old 1 (mine)
+    api.add_history(2, 1, start=1_600_000_000.0)
+    await page.goto(f"{h.url}?token={TOKEN}")
+    items = page.locator(h.testid("peer-item"))
+    await expect(items).to_have_count(3)
+
+    async def order() -> list[str | None]:
+        return [await item.get_attribute("data-peer-id") for item in await items.all()]
+
+    assert await order() == ["3", "2", "4"]  # carol (4) never talked: last
+    await expect(page.locator(h.testid("peer-preview", h.peer(3)))).to_have_text("you: old 1")
+    await expect(page.locator(h.testid("peer-preview", h.peer(4)))).to_have_count(0)
+
+    api.receive(2, f"fresh {XSS}")
+    await expect(page.locator(h.testid("peer-preview", h.peer(2)))).to_have_text(f"fresh {XSS}")
+    await expect(items.first).to_have_attribute("data-peer-id", "2")
+    await page.locator(h.peer(3)).click()
+    await page.locator(h.testid("composer")).fill("back to you")
+    await page.locator(h.testid("composer")).press("Enter")
+    await expect(page.locator(h.testid("peer-preview", h.peer(3)))).to_have_text("you: back to you")
+    await expect(items.first).to_have_attribute("data-peer-id", "3")
+    await page.reload()  # the order and previews come from the server too
+    await expect(items.first).to_have_attribute("data-peer-id", "3")
+    await expect(page.locator(h.testid("peer-preview", h.peer(2)))).to_have_text(f"fresh {XSS}")
+
+    # My own id in "Chat with id" opens nothing and says why.
+    await page.locator(h.testid("open-peer-id")).fill("1")
+    await page.locator(h.testid("open-peer-button")).click()
+    await expect(page.locator(h.testid("error-text"))).to_contain_text("your own id")
+    await expect(page.locator(h.testid("conversation"))).to_have_attribute("data-peer-id", "3")
+    assert await page.locator('img:not([data-testid="safety-qr"])').count() == 0
+    assert h.page_errors == []

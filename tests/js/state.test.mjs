@@ -230,3 +230,51 @@ test("a cancelled answer stores the message as failed, cancelled; the page drops
   assert.deepEqual([conversationOf(next, 2).get("m1").status, conversationOf(next, 2).get("m1").error], ["failed", "cancelled"]);
   assert.equal(next.error, null);
 });
+
+test("older pages go in front in the server's order, and the start is reached once a page is short", async () => {
+  const { oldestLoaded, reachedStart } = await import("../../static/state.js");
+  let state = run(greeted({ selected: 2 }), {
+    type: "history-loaded", peer: 2, since: 0, complete: false,
+    messages: [msg("m3", 2, 1, "c", { time: 20 }), msg("m4", 1, 2, "d", { time: 30 })],
+  });
+  assert.equal(oldestLoaded(state, 2), "m3");
+  assert.equal(reachedStart(state, 2), false);
+  const loads = state.historyLoads;
+  const before = snapshot(state);
+  const next = reduce(state, {
+    type: "older-loaded", peer: 2, complete: true,
+    messages: [msg("m1", 2, 1, "a", { time: 20 }), msg("m2", 2, 1, "b", { time: 20 }), msg("m3", 2, 1, "dup", { time: 20 })],
+  });
+  assert.equal(snapshot(state), before); // nothing changed in place
+  assert.deepEqual([...conversationOf(next, 2).keys()], ["m1", "m2", "m3", "m4"]);
+  assert.equal(conversationOf(next, 2).get("m3").text, "c"); // what was loaded stays
+  assert.equal(oldestLoaded(next, 2), "m1"); // equal times: the server's first
+  assert.equal(reachedStart(next, 2), true);
+  assert.equal(next.historyLoads, loads); // no jump to the end
+  assert.equal(next.messagePeer.get("m1"), 2);
+  assert.equal(oldestLoaded(next, 3), null);
+});
+
+test("opening a conversation with unread messages puts the divider above the first of them, once", () => {
+  let state = run(
+    greeted(),
+    { type: "history-loaded", peer: 2, since: 0, messages: [msg("a", 2, 1, "old", { time: 1 }), msg("b", 1, 2, "mine", { time: 2 })] },
+    { type: "message", message: msg("u1", 2, 1, "new 1", { time: 3 }) },
+    { type: "message", message: msg("u2", 2, 1, "new 2", { time: 4 }) },
+  );
+  assert.equal(findPeer(state, 2).unread, 2);
+  state = reduce(state, { type: "peer-selected", peer: 2 });
+  assert.deepEqual(state.unreadDivider, { peer: 2, count: 2, before: "u1" });
+  state = run(state, { type: "marked-read", peer: 2 }, { type: "message", message: msg("u3", 2, 1, "new 3", { time: 5 }) });
+  assert.equal(state.unreadDivider.before, "u1"); // stays where it was
+  state = run(state, { type: "peer-selected", peer: 3 });
+  assert.equal(state.unreadDivider, null);
+  // Unread messages not loaded yet: placed when the history comes.
+  state = run(state, { type: "message", message: msg("c1", 3, 1, "hi", { time: 6 }) });
+  state = { ...state, peers: state.peers.map((p) => (p.id === 2 ? { ...p, unread: 5 } : p)) };
+  state = reduce(state, { type: "peer-selected", peer: 2 });
+  assert.deepEqual(state.unreadDivider, { peer: 2, count: 5, before: null });
+  const history = ["h1", "h2", "h3", "h4", "h5", "h6"].map((id, i) => msg(id, 2, 1, id, { time: 10 + i }));
+  state = reduce(state, { type: "history-loaded", peer: 2, since: state.liveClock, messages: history });
+  assert.equal(state.unreadDivider.before, "h2");
+});

@@ -159,7 +159,13 @@ class FakePeerApi:
         return dict(self._me)
 
     def peers_json(self) -> list[JSON]:
-        return [dict(peer) for peer in self._peers.values()]
+        return [dict(peer, last_message=self._last_message(peer["id"])) for peer in self._peers.values()]
+
+    def _last_message(self, peer_id: int) -> JSON | None:
+        latest = self.messages(peer_id, 1)
+        if not latest:
+            return None
+        return {key: latest[0][key] for key in ("id", "from", "time")} | {"text": latest[0]["text"][:120]}
 
     def messages(self, peer_id: int, limit: int = 500) -> list[JSON]:
         found = [
@@ -169,6 +175,33 @@ class FakePeerApi:
         ]
         found.sort(key=lambda m: m["time"])
         return found[-limit:]
+
+    def messages_page(
+        self, peer_id: int, limit: int, *, before: str | None = None, after: str | None = None
+    ) -> list[JSON]:
+        everything = self.messages(peer_id, len(self._messages))
+        ids = [m["id"] for m in everything]
+        anchor = before if before is not None else after
+        if anchor not in ids:
+            raise ApiError(404, f"no message {anchor} with peer {peer_id}")
+        at = ids.index(anchor)
+        return everything[max(0, at - limit) : at] if before is not None else everything[at + 1 : at + 1 + limit]
+
+    def add_history(self, peer_id: int, count: int, *, start: float, step: float = 60.0) -> None:
+        """``count`` old messages with the peer, alternately theirs and mine,
+        ``step`` seconds apart from ``start``, published to no one (history
+        from before the page opened)."""
+        me = self._me["id"]
+        for n in range(count):
+            mine = n % 2 == 1
+            message = self._new_message(
+                peer_id,
+                me if mine else peer_id,
+                peer_id if mine else me,
+                f"old {n}",
+                "delivered" if mine else "received",
+            )
+            message["time"] = start + n * step
 
     async def send_message(self, to: int, text: str) -> JSON:
         return await self.submit_message(to, text)

@@ -13,6 +13,7 @@ import pytest
 from webpeer.api import MAX_TEXT_BYTES
 from webpeer.store import (
     EXPIRED_ERROR,
+    KEY_CHANGE_HIDDEN,
     SCHEMA_VERSION,
     TRANSITIONS,
     NewMessage,
@@ -172,6 +173,59 @@ def test_conversation_is_oldest_first_and_per_peer(store: Store) -> None:
     assert [m["id"] for m in store.conversation(2)] == ["a", "b1", "b2", "c"]
     assert [m["id"] for m in store.conversation(3)] == ["other"]
     assert store.conversation(4) == []
+
+
+def test_conversation_pages_back_and_forth_without_gap_or_duplicate(store: Store) -> None:
+    # 5,000 messages, stored out of time order, four to a timestamp (ties go
+    # by storage order), one of them from a key not accepted yet (never listed).
+    messages = [
+        NewMessage(f"m{i}", ME if i % 2 else 2, 2 if i % 2 else ME, "x", "sent" if i % 2 else "received", float(i // 4))
+        for i in range(5000)
+    ]
+    store.add_messages(messages[2500:] + messages[:2500])
+    store.add_messages([NewMessage("hidden", 2, ME, "x", Status.RECEIVED, 100.0, KEY_CHANGE_HIDDEN)])
+    send(store, "elsewhere", 3, 100.0)
+    everything = [m["id"] for m in store.conversation(2, limit=10_000)]
+    assert len(everything) == 5000 and "hidden" not in everything
+
+    page = store.conversation(2, limit=300)
+    seen = [m["id"] for m in page]
+    while page:
+        page = store.conversation_page(2, 300, before=page[0]["id"]) or []
+        seen[:0] = [m["id"] for m in page]
+    assert seen == everything
+
+    assert store.conversation_page(2, 1, before=everything[0]) == []  # the start
+    forward = [everything[0]]
+    page = [{"id": everything[0]}]
+    while page:
+        page = store.conversation_page(2, 700, after=page[-1]["id"]) or []
+        forward += [m["id"] for m in page]
+    assert forward == everything
+
+
+def test_conversation_page_needs_a_message_of_that_conversation(store: Store) -> None:
+    send(store, "a", 2, 1.0)
+    send(store, "b", 3, 2.0)
+    store.add_messages([NewMessage("hidden", 2, ME, "x", Status.RECEIVED, 3.0, KEY_CHANGE_HIDDEN)])
+    assert store.conversation_page(2, 10, before="b") is None  # bob's message is not alice's
+    assert store.conversation_page(2, 10, after="hidden") is None
+    assert store.conversation_page(2, 10, before="nope") is None
+    assert store.conversation_page(2, 10, after="a") == []
+    with pytest.raises(StoreError):
+        store.conversation_page(2, 10)
+    with pytest.raises(StoreError):
+        store.conversation_page(2, 10, before="a", after="a")
+
+
+def test_last_message_is_the_latest_visible_one(store: Store) -> None:
+    assert store.last_message(2) is None
+    send(store, "a", 2, 1.0)
+    receive(store, "b", 2, 5.0, text="latest")
+    send(store, "c", 2, 3.0)
+    store.add_messages([NewMessage("hidden", 2, ME, "x", Status.RECEIVED, 9.0, KEY_CHANGE_HIDDEN)])
+    latest = store.last_message(2)
+    assert latest is not None and (latest["id"], latest["text"]) == ("b", "latest")
 
 
 def test_conversation_limit_keeps_the_latest(store: Store) -> None:

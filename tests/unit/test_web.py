@@ -494,6 +494,61 @@ async def test_send_then_history_oldest_first(site: Site) -> None:
     assert [m["text"] for m in history] == ["second"]
 
 
+async def test_favicon_is_served_as_svg(site: Site) -> None:
+    response = await site.client.get("/favicon.ico")  # no token needed: browsers ask for it unasked
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("image/svg+xml")
+    assert (await response.read()).startswith(b"<svg")
+    assert "Content-Security-Policy" in response.headers
+
+
+async def test_history_pages_through_5000_messages_without_gap_or_duplicate(site: Site) -> None:
+    site.api.add_history(2, 5000, start=1_700_000_000.0, step=0.0)  # one timestamp: order is storage order
+    site.api.add_history(3, 10, start=1_700_000_000.0)
+    everything = site.api.messages(2, 10_000)
+
+    async def get(query: str) -> list[dict[str, Any]]:
+        response = await site.client.get("/api/messages?peer=2" + query, headers=site.bearer)
+        assert response.status == 200, await response.text()
+        page: list[dict[str, Any]] = await response.json()
+        return page
+
+    page = await get("&limit=100")
+    backward, sizes = list(page), []
+    while page:
+        page = await get(f"&before={page[0]['id']}&limit=450")
+        sizes.append(len(page))
+        backward[:0] = page
+    assert [m["id"] for m in backward] == [m["id"] for m in everything]
+    assert sizes == [450] * 10 + [400, 0]  # full pages, the rest, then nothing: the start
+
+    page = await get("&limit=1&before=" + everything[1]["id"])
+    assert [m["id"] for m in page] == [everything[0]["id"]]
+    forward = list(page)
+    while page:
+        page = await get(f"&after={page[-1]['id']}&limit=5000")
+        forward += page
+    assert [m["id"] for m in forward] == [m["id"] for m in everything]
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [
+        ("?peer=2&before=m1&after=m2", 400),
+        ("?peer=2&before=", 400),
+        ("?peer=2&after=" + "x" * 201, 400),
+        ("?peer=2&before=m1&limit=0", 400),
+        ("?peer=2&before=nope", 404),
+        ("?peer=3&before=m1", 404),  # m1 is bob's: not in carol's conversation
+    ],
+)
+async def test_history_paging_rejects_bad_cursors(site: Site, query: str, status: int) -> None:
+    site.api.add_history(2, 3, start=1_700_000_000.0)
+    response = await site.client.get("/api/messages" + query, headers=site.bearer)
+    assert response.status == status
+    assert (await response.json())["error"]
+
+
 @pytest.mark.parametrize(
     "query",
     [
