@@ -597,6 +597,12 @@ class PeerEngine:
         # 404 says the id exists; other errors (and no answer) say nothing of it.
         exists = event.info is not None or event.code == ErrorCode.UNKNOWN_PEER
         self.targets.answered(event.peer_id, assigned=True if exists else None)
+        if event.info is None:
+            # Nobody the server knows online by that id: a hello claiming it was a lie.
+            for link in self._awaiting_key.pop(event.peer_id, []):
+                link.confirm_hello(None)
+            if event.peer_id not in self.peer_states:
+                return  # an id we never had business with (a hello's claim) gets no entry in the list
         session = self.session(event.peer_id)
         if event.info is None:
             if event.error and event.error.startswith("404"):

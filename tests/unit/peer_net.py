@@ -205,6 +205,7 @@ class PeerNet:
         self.dropped = 0
         self.server_down = False
         self.delivered_to: Callable[[Address], None] | None = None
+        self.raw_endpoints: dict[Address, Callable[[bytes, Address], None]] = {}
 
     # ------------------------------------------------------------ building
 
@@ -296,6 +297,9 @@ class PeerNet:
         heapq.heappush(self._queue, (self.now + LATENCY, next(self._order), data, source, destination))
 
     def _deliver(self, data: bytes, source: Address, destination: Address) -> None:
+        if (raw := self.raw_endpoints.get(destination)) is not None:
+            raw(data, source)  # a test's own hand-made endpoint (an attacker, say)
+            return
         if destination in (SERVER, SERVER_OTHER):
             self.server.receive_datagram(data, source, self.now, via_other=destination == SERVER_OTHER)
             self._flush_server()

@@ -128,3 +128,37 @@ def test_silent_handshakes_do_not_lock_out_an_honest_peer(net: PeerNet, hosts: i
     net.run(3.5)
     assert not alice.engine._accepting  # nobody proved a key: all gone after the hello deadline
     assert alice.engine.stats["hello_timeouts"] > 0
+
+
+def test_hellos_claiming_ids_nobody_holds_add_no_peers_and_hold_no_slot(net: PeerNet) -> None:
+    alice, bob = pair(net)
+    listed_before = [p["id"] for p in alice.engine.peers_json()]
+    connects_before = net.server.stats["connect"]
+    mallory_host = ("203.0.113.50", 7000)
+    liars: list[PeerLink] = []
+
+    def answer(data: bytes, source: tuple[str, int]) -> None:
+        for link in liars:
+            link.receive_datagram(data, Direct(source), net.now)
+            for out, _ in link.datagrams_to_send(net.now):
+                net.transmit(out, mallory_host, source)
+
+    net.raw_endpoints[mallory_host] = answer
+    for claimed in (500, 501, 502, bob.peer_id + 1):  # never assigned, and assigned but offline
+        # A hello needs the claimed id's key to be accepted; mallory has none:
+        # it claims the ids with its own key and hopes alice asks the server.
+        liar = PeerLink.connect(
+            Identity(Ed25519PrivateKey.generate()),
+            claimed,
+            Direct((alice.nat.public_ip, MAIN_PORT)),
+            alice.peer_id,
+            alice.identity.public_key,
+            net.now,
+        )
+        liars[:] = [liar]
+        for data, _ in liar.datagrams_to_send(net.now):
+            net.transmit(data, mallory_host, (alice.nat.public_ip, MAIN_PORT))
+        net.run(1)
+    assert [p["id"] for p in alice.engine.peers_json()] == listed_before  # no "(no name) #500"
+    assert not alice.engine._accepting and not alice.engine._awaiting_key
+    assert net.server.stats["connect"] - connects_before == 4  # alice did ask about each claim
