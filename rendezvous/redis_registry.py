@@ -530,7 +530,7 @@ class RedisRegistry:
                 self._failed(exc)
                 resync = True
                 try:
-                    await pubsub.reset()
+                    await pubsub.aclose()  # the next subscribe reconnects
                 except (RedisError, OSError):
                     pass
                 await asyncio.sleep(delay)

@@ -81,6 +81,7 @@ class RendezvousServer:
         self._owed: dict[int, PeerRecord] = {}
         self._registry_failing = False
         self._flush_soon = asyncio.Event()
+        self._closing = False
 
     @property
     def address(self) -> Address:
@@ -141,11 +142,10 @@ class RendezvousServer:
         if self._timer is not None:
             self._timer.cancel()
         if self._flusher is not None:
-            self._flusher.cancel()
-            try:
-                await self._flusher
-            except asyncio.CancelledError:
-                pass
+            # Let a save in progress finish (its socket timeouts bound it) rather than cancel it.
+            self._closing = True
+            self._flush_soon.set()
+            await self._flusher
         if self._registering:
             await asyncio.gather(*self._registering, return_exceptions=True)
         if self._forwarding:
@@ -263,12 +263,16 @@ class RendezvousServer:
         """Refreshes only touch memory; their state reaches the registry here,
         in batches; while it fails, with a growing wait between tries."""
         wait = self.flush_interval
+        loop = asyncio.get_running_loop()
         while True:
-            try:
-                await asyncio.wait_for(self._flush_soon.wait(), wait)
-            except TimeoutError:
-                pass
+            # Not asyncio.wait_for: on 3.11 it can swallow the cancellation
+            # of a stop that lands as the event is set.
+            timer = loop.call_later(wait, self._flush_soon.set)
+            await self._flush_soon.wait()
+            timer.cancel()
             self._flush_soon.clear()
+            if self._closing:
+                return
             if await self.flush_registry():
                 wait = self.flush_interval
             else:
