@@ -258,8 +258,12 @@ class RedisRegistry:
         except (RedisError, OSError) as exc:
             await client.aclose()
             raise RegistryError(f"cannot reach Redis at {redacted(self._url)}: {exc}") from None
-        if not persistence.get("aof_enabled") and not persistence.get("rdb_last_save_time"):
-            logger.warning("Redis at %s keeps no append-only file: ids are lost if Redis dies", redacted(self._url))
+        if not persistence.get("aof_enabled"):
+            logger.warning(
+                "Redis at %s has no append-only file (appendonly no): ids handed out since its last "
+                "snapshot are lost if Redis dies",
+                redacted(self._url),
+            )
         self._assign = client.register_script(_ASSIGN)
         self._save = client.register_script(_SAVE)
         self._redis = client
@@ -535,6 +539,9 @@ class RedisRegistry:
                     pass
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, LISTEN_BACKOFF[1])
+            except Exception:
+                # A handler's bug must not end the listening for good.
+                logger.exception("presence listener: a message could not be applied")
 
     async def forward_introduction(self, home: str, target_id: int, data: bytes) -> None:
         await self._call(self._client().publish(self._key("instance", home), target_id.to_bytes(4, "big") + data))

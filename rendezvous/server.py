@@ -27,7 +27,7 @@ from .events import (
     RequestReceived,
     ServerConfig,
 )
-from .registry import PeerRecord, Presence, Registry, RegistryUnavailable
+from .registry import PeerRecord, Presence, Registry, RegistryUnavailable, is_legacy_identity
 from .stun import Address
 from .tokens import Tokens
 from .udp import UdpEndpoint
@@ -104,7 +104,9 @@ class RendezvousServer:
         last_id = 0
         while page := await self.registry.load_online(now, after_id=last_id, limit=LOAD_PAGE):
             for record in page:
-                directory.put(record)
+                # Other instances' legacy peers are theirs alone (known by address).
+                if not (record.home and is_legacy_identity(record.identity)):
+                    directory.put(record)
             last_id = page[-1].peer_id
         directory.take_dirty()  # just loaded: nothing to write back
         self.core = ServerCore(self.config, Tokens(secret), directory, stats)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from redis_process import RedisProcess, free_tcp_port
-from test_process import clean_env, free_udp_port
+from test_process import clean_env, free_udp_port, start_server
 
 from rendezvous.client import RendezvousClient
 from rendezvous.core import ServerConfig
@@ -323,3 +323,35 @@ def test_cli_with_an_unreachable_or_bad_registry_exits_with_one_line(tmp_path: P
         assert message in result.stderr
         assert "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.timeout(60)
+async def test_two_processes_on_one_redis(tmp_path: Path, redis_server: RedisProcess) -> None:
+    """``python -m rendezvous --registry``, twice: the CLI path end to end."""
+    a = await start_server(tmp_path / "unused-a.sqlite3", "--registry", redis_server.url)
+    b = await start_server(tmp_path / "unused-b.sqlite3", "--registry", redis_server.url)
+    opened: list[RendezvousClient] = []
+    try:
+        await a.wait_for(rf"Instance \S+:{a.port} sharing the registry")
+        alice = await RendezvousClient(a.address, nickname="alice").open()
+        bob = await RendezvousClient(b.address, nickname="bob").open()
+        opened += [alice, bob]
+        assert (await alice.register()).peer_id == 1
+        assert (await bob.register()).peer_id == 2
+
+        async def bob_sees_alice() -> bool:
+            return await listed(bob) == [1]
+
+        await eventually(bob_sees_alice)
+        await bob.connect(1)
+        intro = await asyncio.wait_for(alice.introductions.get(), 3)
+        assert intro.peer_id == 2
+        assert await a.stop() == 0 and await b.stop() == 0
+        assert not (tmp_path / "unused-a.sqlite3").exists()
+        for server in (a, b):
+            assert server.messages("ERROR") == [] and not [line for line in server.lines if "Traceback" in line]
+    finally:
+        for client in opened:
+            client.close()
+        await a.kill()
+        await b.kill()
