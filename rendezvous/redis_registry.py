@@ -115,13 +115,13 @@ def check_url(url: str) -> str:
     """``url`` if it names a Redis server redis-py can reach, else RegistryError."""
     parts = urlsplit(url)
     if parts.scheme not in SCHEMES:
-        raise RegistryError(f"--registry {url!r}: expected redis://HOST:PORT/DB or rediss://HOST:PORT/DB")
+        raise RegistryError(f"--registry {redacted(url)!r}: expected redis://HOST:PORT/DB or rediss://HOST:PORT/DB")
     if parts.scheme != "unix" and not parts.hostname:
-        raise RegistryError(f"--registry {url!r}: no host")
+        raise RegistryError(f"--registry {redacted(url)!r}: no host")
     try:
         parts.port  # noqa: B018 (raises ValueError on a bad port)
     except ValueError as exc:
-        raise RegistryError(f"--registry {url!r}: {exc}") from None
+        raise RegistryError(f"--registry {redacted(url)!r}: {exc}") from None
     return url
 
 
@@ -254,10 +254,13 @@ class RedisRegistry:
             raise RegistryError(f"--registry {redacted(self._url)}: {exc}") from None
         try:
             await client.ping()
-            persistence = await client.info("persistence")
         except (RedisError, OSError) as exc:
             await client.aclose()
             raise RegistryError(f"cannot reach Redis at {redacted(self._url)}: {exc}") from None
+        try:
+            persistence = await client.info("persistence")
+        except RedisError:  # INFO may be forbidden (ACL, managed Redis): then we cannot tell
+            persistence = {"aof_enabled": 1}
         if not persistence.get("aof_enabled"):
             logger.warning(
                 "Redis at %s has no append-only file (appendonly no): ids handed out since its last "
