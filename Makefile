@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $(STAMP)
 
-# Debian packages the tests use (coturn for STUN interop); installed when root.
+# Debian packages the tests use (coturn for STUN interop, redis-server for the
+# Redis registry); installed when root.
 system-deps:
 	@bash scripts/system-deps.sh
 

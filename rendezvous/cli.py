@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="SQLite registry file, created if missing (env RENDEZVOUS_DB, default %(default)s)",
     )
     parser.add_argument(
+        "--registry",
+        default=env("RENDEZVOUS_REGISTRY"),
+        help="redis://HOST:PORT/DB (or rediss://, TLS): keep the registry in Redis, shared by every "
+        "instance given the same URL, instead of the --db file; those instances list each other's "
+        "peers and forward introductions to each other (env RENDEZVOUS_REGISTRY)",
+    )
+    parser.add_argument(
         "--ttl",
         type=int,
         default=env("RENDEZVOUS_TTL", "60"),
@@ -106,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def serve(args: argparse.Namespace) -> None:
+    from .registry import Presence, Registry
     from .sqlite_registry import SqliteRegistry
 
     if not 1 <= args.ttl <= 86400:
@@ -119,7 +127,15 @@ async def serve(args: argparse.Namespace) -> None:
         requests_per_second=args.peer_request_rate,
         requests_burst=2 * args.peer_request_rate,
     )
-    server = RendezvousServer(config, SqliteRegistry(args.db), args.host, args.port, other=args.other_address)
+    registry: Registry
+    presence: Presence | None = None
+    if args.registry:
+        from .redis_registry import RedisRegistry
+
+        registry = presence = RedisRegistry(args.registry)
+    else:
+        registry = SqliteRegistry(args.db)
+    server = RendezvousServer(config, registry, args.host, args.port, other=args.other_address, presence=presence)
     await server.start()
     # Everything loaded so far (up to millions of peer records) lives as long
     # as the process: keep the cyclic garbage collector from rescanning it.
@@ -152,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             pass
         else:
             run = uvloop.run
-    from .sqlite_registry import RegistryError
+    from .registry import RegistryError
 
     try:
         run(serve(args))

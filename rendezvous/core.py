@@ -26,6 +26,14 @@ REGISTER is the one request that needs the (async) registry: the core hands
 it out as a :class:`PendingRegistration`; the adapter gets the id from the
 registry and calls :meth:`ServerCore.complete_registration`, so the reply
 goes out only once the id is durable.
+
+Several instances on one registry (docs/ARCHITECTURE.md): the adapter feeds
+the other instances' peers in with :meth:`ServerCore.mirror`; LIST and
+CONNECT answer for them as for local peers, but an INTRODUCE to a mirrored
+target comes out of :meth:`ServerCore.introductions_to_forward` for its home
+instance, which hands it back to its own core with
+:meth:`ServerCore.deliver_introduction` (the target's NAT knows that
+instance's address, not ours).
 """
 
 from __future__ import annotations
@@ -126,6 +134,8 @@ class ServerCore:
         self._outbox_other: list[tuple[bytes, Address]] = []
         self._events: list[Event] = []
         self._registrations: list[PendingRegistration] = []
+        # (home instance, target id, INTRODUCE datagram) for targets registered elsewhere.
+        self._forwards: list[tuple[str, int, bytes]] = []
         # (address, transaction id) -> (expires at, reply bytes or IN_PROGRESS)
         # An OrderedDict, not a dict: evicting the oldest entry of a plain dict
         # (next(iter(d))) gets slower with every deletion at its front.
@@ -172,6 +182,50 @@ class ServerCore:
         out, self._registrations = self._registrations, []
         return out
 
+    def introductions_to_forward(self) -> list[tuple[str, int, bytes]]:
+        """INTRODUCEs for mirrored targets: (home instance, target id, datagram)."""
+        out, self._forwards = self._forwards, []
+        return out
+
+    # ------------------------------------------------------------ other instances
+
+    def mirror(self, records: list[PeerRecord], now: float) -> None:
+        """Take in the latest state of peers registered with other instances
+        (``home`` set).  A peer of ours that registered elsewhere since (a
+        later ``last_seen``) has moved: its record becomes the mirror."""
+        for record in records:
+            if not record.home or is_legacy_identity(record.identity):
+                continue
+            # Another instance assigned it: it exists (a CONNECT to it is 404 when offline, not 410).
+            self.highest_id = max(self.highest_id, record.peer_id)
+            current = self.directory.get(record.peer_id)
+            if current is not None and not current.home and record.last_seen <= current.last_seen:
+                continue  # ours is newer (or the same registration)
+            if record.expires_at <= now:
+                if current is not None:
+                    self.directory.remove(record.peer_id, now)
+                continue
+            if current is not None and not current.home:
+                self.stats["peers_moved_away"] += 1
+            self.directory.put(record)
+            self.stats["mirrored"] += 1
+
+    def deliver_introduction(self, target_id: int, data: bytes, now: float) -> None:
+        """Send (and retransmit until acknowledged) an INTRODUCE another
+        instance built for ``target_id``, a peer registered here."""
+        target = self.directory.get(target_id)
+        if target is None or target.home or data[:2] != _INTRODUCE_TYPE or len(data) < 20:
+            self.stats["introductions_undeliverable"] += 1
+            return
+        transaction_id = data[8:20]
+        if transaction_id in self._introductions:
+            return  # a duplicate of one being retransmitted
+        if len(self._introductions) >= self.config.max_pending_introductions:
+            self.stats["introductions_dropped"] += 1
+            return
+        self._outbox.append((self._introductions.start(transaction_id, data, target.observed, now), target.observed))
+        self.stats["introductions_sent"] += 1
+
     def get_timer(self) -> float | None:
         candidates = [t for t in (self._introductions.get_timer(), self.directory.next_expiry()) if t is not None]
         return min(candidates) if candidates else None
@@ -183,6 +237,8 @@ class ServerCore:
             self._outbox.append((data, address))
         self.stats["introductions_timed_out"] += len(timers.timed_out)
         for record in self.directory.expire(now):
+            if record.home:
+                continue  # a mirror: its home reports it
             self.stats["peers_expired"] += 1
             self._events.append(PeerOffline(record.peer_id, "expired"))
         self._prune_replies(now)
@@ -458,6 +514,7 @@ class ServerCore:
         self.highest_id = max(self.highest_id, peer_id)
         record = self.directory.get(peer_id)
         if record is not None and record.identity == pending.identity:
+            record.home = ""  # registered here now, wherever it was before
             record.observed = pending.address
             record.nickname = pending.nickname
             record.local = pending.local
@@ -525,7 +582,8 @@ class ServerCore:
     def _session_record(self, token: bytes, address: Address) -> PeerRecord | None:
         """The online peer whose SESSION ``token`` is valid from ``address``."""
         record = self.directory.get(session_peer_id(token))
-        if record is None or record.observed != address:
+        # A mirrored peer's requests go to its home: here it registers first.
+        if record is None or record.home or record.observed != address:
             return None
         if record.verified_session != token:
             if not self.tokens.check_session(token, record.identity, address):
@@ -671,6 +729,10 @@ class ServerCore:
         self._introducing[pair] = (introduction.transaction_id, punch_key)
         if len(self._introducing) > 2 * self.config.max_pending_introductions:
             self._introducing.clear()  # only a shortcut; the table is the truth
+        if target.home:
+            self._forwards.append((target.home, target.peer_id, data))
+            self.stats["introductions_forwarded"] += 1
+            return reply
         self._outbox.append(
             (self._introductions.start(introduction.transaction_id, data, target.observed, now), target.observed)
         )
@@ -690,6 +752,7 @@ class ServerCore:
         sender = self.directory.get(session_peer_id(token))
         if (
             sender is None
+            or sender.home
             or sender.observed != address
             or not self.tokens.check_session(token, sender.identity, address)
         ):
@@ -702,6 +765,10 @@ class ServerCore:
         dest = self.directory.get(dest_id)
         if dest is None or is_legacy_identity(dest.identity) or dest is sender:
             self._drop("SEND to unknown peer", address)
+            return
+        if dest.home:
+            # Relay between instances is not built yet (issue 13).
+            self._drop("SEND to a peer on another instance", address)
             return
         if not (
             self._relay_packets.allow(sender.peer_id, now)
@@ -723,6 +790,7 @@ _FINGERPRINT_TLV = b"\x80\x28\x00\x04"
 _SESSION_TLV = struct.pack("!HH", Attr.SESSION, 20)
 _TTL_TLV = struct.pack("!HH", Attr.TTL, 4)
 _REFRESH_TYPE = struct.pack("!H", pack_type(Method.REFRESH, MessageClass.REQUEST))
+_INTRODUCE_TYPE = struct.pack("!H", pack_type(Method.INTRODUCE, MessageClass.REQUEST))
 
 
 def _fingerprint_ok(data: bytes) -> bool:

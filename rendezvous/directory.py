@@ -5,6 +5,10 @@ order, from a cursor (LIST); what do we know of id N (CONNECT, SEND); which
 peer expires next.  It also remembers which records changed since the last
 flush, so that a REFRESH costs no disk write of its own: the server saves the
 dirty records in one batch every few seconds.
+
+When several instances share a registry, it also holds mirrors of the peers
+registered elsewhere (``PeerRecord.home`` set): listed and found like the
+others, expired by the same wheel, but never dirty (their home writes them).
 """
 
 from __future__ import annotations
@@ -65,7 +69,11 @@ class Directory:
         self._by_id[record.peer_id] = record
         if previous is None or previous.expires_at != record.expires_at:
             self._schedule(record)
-        self._dirty[record.peer_id] = record
+        if record.home:
+            # A mirror of another instance's peer: that instance writes it.
+            self._dirty.pop(record.peer_id, None)
+        else:
+            self._dirty[record.peer_id] = record
 
     def _schedule(self, record: PeerRecord) -> None:
         slot = _slot(record.expires_at)
@@ -94,7 +102,8 @@ class Directory:
         else:
             self._modern_ids.discard(peer_id)
         record.expires_at = min(record.expires_at, now)
-        self._dirty[peer_id] = record
+        if not record.home:
+            self._dirty[peer_id] = record
         return record
 
     def next_expiry(self) -> float | None:

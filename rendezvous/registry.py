@@ -10,13 +10,23 @@ microseconds, batched), so no threads are involved.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from .stun import Address
 
 LEGACY_PREFIX = b"legacy:"
+
+
+class RegistryError(Exception):
+    """The registry cannot be used: a bad file or URL, a newer schema, a
+    locked or read-only file, a disk or network error, or it is closed."""
+
+
+class RegistryUnavailable(RegistryError):
+    """A networked registry cannot be reached right now.  The backend has
+    already said so in the log (once per outage), so callers need not."""
 
 
 def legacy_identity(address: Address) -> bytes:
@@ -50,6 +60,12 @@ class PeerRecord:
     # Not stored: the SESSION token that last checked out for this peer at its
     # current address, so a REFRESH need not recompute the HMAC.
     verified_session: bytes | None = field(default=None, compare=False, repr=False)
+    # Which instance the peer is registered with, when several share one
+    # registry: "" for this one (the peer's home is here), else the other
+    # instance's name (a mirrored record: listed and CONNECT-able here, but
+    # its introductions leave from its home).  Not compared: the same peer
+    # is the same record wherever it is mirrored.
+    home: str = field(default="", compare=False)
 
 
 class Registry(Protocol):
@@ -92,3 +108,29 @@ class Registry(Protocol):
     async def highest_id(self) -> int: ...
 
     async def secret(self) -> bytes: ...
+
+
+# Called with records another instance wrote (its peers' latest state).
+RecordsHandler = Callable[[list[PeerRecord]], None]
+# Called with (target peer id, INTRODUCE datagram) forwarded by another instance.
+IntroductionHandler = Callable[[int, bytes], None]
+
+
+class Presence(Protocol):
+    """What instances sharing one registry tell each other (Redis pub/sub in
+    :mod:`rendezvous.redis_registry`; docs/ARCHITECTURE.md, "Several
+    instances").  The records themselves travel with ``Registry.save``."""
+
+    @property
+    def instance(self) -> str:
+        """This instance's name, as other instances see it in ``PeerRecord.home``."""
+        ...
+
+    async def start(self, instance: str, on_records: RecordsHandler, on_introduction: IntroductionHandler) -> None:
+        """Take the name ``instance`` and start listening; ``on_records`` also
+        gets a full reload of the online peers after every reconnection."""
+        ...
+
+    async def forward_introduction(self, home: str, target_id: int, data: bytes) -> None:
+        """Hand an INTRODUCE for ``target_id`` to its home instance, which sends it."""
+        ...

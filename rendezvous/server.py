@@ -3,6 +3,8 @@
 It only moves bytes and timers: datagrams from the socket into the core, the
 core's datagrams onto the socket, REGISTERs to the registry and back, dirty
 records to the registry every few seconds, and the core's events to the log.
+With a shared registry (``presence``), also the other instances' records into
+the core and the introductions it forwards out to them.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from .core import ServerCore
@@ -23,7 +27,7 @@ from .events import (
     RequestReceived,
     ServerConfig,
 )
-from .registry import Registry
+from .registry import PeerRecord, Presence, Registry, RegistryUnavailable, is_legacy_identity
 from .stun import Address
 from .tokens import Tokens
 from .udp import UdpEndpoint
@@ -35,6 +39,8 @@ logger = logging.getLogger("rendezvous")
 MAX_PENDING_REGISTRATIONS = 10_000
 # Online peers are loaded at start-up in pages of this many.
 LOAD_PAGE = 10_000
+# While the registry fails, writes are retried after 2x the last wait, up to this.
+MAX_FLUSH_BACKOFF = 30.0
 
 
 class RendezvousServer:
@@ -48,6 +54,8 @@ class RendezvousServer:
         flush_interval: float = 2.0,
         clock: Callable[[], float] = time.time,
         other: Address | None = None,
+        presence: Presence | None = None,
+        instance: str | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -63,6 +71,17 @@ class RendezvousServer:
         self._timer_at: float | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._registering: set[asyncio.Task[None]] = set()
+        # Other instances sharing the registry (None: this one is alone), and
+        # this instance's name among them (default: host name and port).
+        self.presence = presence
+        self.instance = instance
+        self._forwarding: set[asyncio.Task[None]] = set()
+        self._early_records: list[PeerRecord] = []
+        # Records the registry has not taken yet (it failed): written first next time.
+        self._owed: dict[int, PeerRecord] = {}
+        self._registry_failing = False
+        self._flush_soon = asyncio.Event()
+        self._closing = False
 
     @property
     def address(self) -> Address:
@@ -72,18 +91,30 @@ class RendezvousServer:
     async def start(self) -> None:
         await self.registry.open()
         secret = await self.registry.secret()
+        stats: Counter[str] = Counter()
+        # Bound (not yet read) before loading: the port names this instance.
+        self._endpoint = UdpEndpoint.bind(self.host, self.port, self._on_datagram, self._flush, stats)
+        if self.presence is not None:
+            if self.instance is None:
+                self.instance = f"{socket.gethostname()}:{self._endpoint.address[1]}"
+            # Subscribed before loading, so nothing written meanwhile is missed.
+            await self.presence.start(self.instance, self._on_records, self._on_introduction)
         directory = Directory()
         now = self.clock()
         last_id = 0
         while page := await self.registry.load_online(now, after_id=last_id, limit=LOAD_PAGE):
             for record in page:
-                directory.put(record)
+                # Other instances' legacy peers are theirs alone (known by address).
+                if not (record.home and is_legacy_identity(record.identity)):
+                    directory.put(record)
             last_id = page[-1].peer_id
         directory.take_dirty()  # just loaded: nothing to write back
         # Ids above this were never given to anyone: CONNECT to one gets 410.
         highest = await self.registry.highest_id()
-        self.core = ServerCore(self.config, Tokens(secret), directory, highest_id=highest)
-        self._endpoint = UdpEndpoint.bind(self.host, self.port, self._on_datagram, self._flush, self.core.stats)
+        self.core = ServerCore(self.config, Tokens(secret), directory, stats, highest_id=highest)
+        if self._early_records:
+            self.core.mirror(self._early_records, now)
+            self._early_records = []
         self._endpoint.start()
         if self.other is not None:
             self._other_endpoint = UdpEndpoint.bind(
@@ -98,6 +129,8 @@ class RendezvousServer:
         self._flusher = asyncio.create_task(self._flush_registry_periodically())
         host, port = self.address
         logger.info("Running STUN Server on %s:%s...", host, port)
+        if self.presence is not None:
+            logger.info("Instance %s sharing the registry with the others", self.instance)
         if len(directory):
             logger.info("%d peers still online from before the restart", len(directory))
         self._arm_timer()
@@ -113,15 +146,16 @@ class RendezvousServer:
         if self._timer is not None:
             self._timer.cancel()
         if self._flusher is not None:
-            self._flusher.cancel()
-            try:
-                await self._flusher
-            except asyncio.CancelledError:
-                pass
+            # Let a save in progress finish (its socket timeouts bound it) rather than cancel it.
+            self._closing = True
+            self._flush_soon.set()
+            await self._flusher
         if self._registering:
             await asyncio.gather(*self._registering, return_exceptions=True)
-        if self.core is not None:
-            await self.registry.save(self.core.directory.take_dirty())
+        if self._forwarding:
+            await asyncio.gather(*self._forwarding, return_exceptions=True)
+        if self.core is not None and not await self.flush_registry():
+            logger.warning("%d peer records not written: the registry is unavailable", len(self._owed))
         await self.registry.close()
         logger.info("Rendezvous server stopped")
 
@@ -148,7 +182,15 @@ class RendezvousServer:
         if outgoing:
             endpoint.send_many(outgoing)
         for event in core.events():
+            if self.presence is not None and isinstance(event, PeerOnline | PeerOffline):
+                # Other instances learn of arrivals and departures at once, not in 2 s.
+                if not self._registry_failing:
+                    self._flush_soon.set()
             self._log(event)
+        for home, target_id, data in core.introductions_to_forward():
+            task = asyncio.create_task(self._forward(home, target_id, data))
+            self._forwarding.add(task)
+            task.add_done_callback(self._forwarding.discard)
         for pending in core.pending_registrations():
             if len(self._registering) >= MAX_PENDING_REGISTRATIONS:
                 core.fail_registration(pending, self.clock())
@@ -167,6 +209,8 @@ class RendezvousServer:
                 known = await self.registry.get(peer_id)
                 if known is not None and known.first_seen > 0:
                     first_seen = known.first_seen
+        except RegistryUnavailable:
+            self.core.fail_registration(pending, self.clock())  # the registry said so in the log
         except Exception:
             logger.exception("registry failed to assign an id")
             self.core.fail_registration(pending, self.clock())
@@ -195,24 +239,72 @@ class RendezvousServer:
         self.core.handle_timer(self.clock())
         self._flush()
 
-    async def _flush_registry_periodically(self) -> None:
-        """Refreshes only touch memory; their state reaches the disk here, in batches."""
-        while True:
-            await asyncio.sleep(self.flush_interval)
-            await self.flush_registry()
-
-    async def flush_registry(self) -> None:
-        assert self.core is not None
-        dirty = self.core.directory.take_dirty()
-        if not dirty:
-            return
+    async def _forward(self, home: str, target_id: int, data: bytes) -> None:
+        assert self.presence is not None and self.core is not None
         try:
-            await self.registry.save(dirty)
+            await self.presence.forward_introduction(home, target_id, data)
+        except RegistryUnavailable:
+            self.core.stats["introductions_not_forwarded"] += 1
         except Exception:
-            logger.exception("could not save %d peer records; will retry", len(dirty))
-            for record in dirty:
-                if record.peer_id in self.core.directory:
-                    self.core.directory.touch(record)
+            logger.exception("could not forward an introduction to instance %s", home)
+            self.core.stats["introductions_not_forwarded"] += 1
+
+    def _on_records(self, records: list[PeerRecord]) -> None:
+        """Another instance's peers changed (or a reload after a reconnection)."""
+        if self.core is None:
+            self._early_records.extend(records)
+            return
+        self.core.mirror(records, self.clock())
+        self._flush()
+
+    def _on_introduction(self, target_id: int, data: bytes) -> None:
+        if self.core is None:
+            return
+        self.core.deliver_introduction(target_id, data, self.clock())
+        self._flush()
+
+    async def _flush_registry_periodically(self) -> None:
+        """Refreshes only touch memory; their state reaches the registry here,
+        in batches; while it fails, with a growing wait between tries."""
+        wait = self.flush_interval
+        loop = asyncio.get_running_loop()
+        while True:
+            # Not asyncio.wait_for: on 3.11 it can swallow the cancellation
+            # of a stop that lands as the event is set.
+            timer = loop.call_later(wait, self._flush_soon.set)
+            await self._flush_soon.wait()
+            timer.cancel()
+            self._flush_soon.clear()
+            if self._closing:
+                return
+            if await self.flush_registry():
+                wait = self.flush_interval
+            else:
+                wait = min(2 * wait, MAX_FLUSH_BACKOFF)
+
+    async def flush_registry(self) -> bool:
+        """Write the changed records, and any a failed write left owed.
+        False if the registry failed (they stay owed)."""
+        assert self.core is not None
+        for record in self.core.directory.take_dirty():
+            self._owed[record.peer_id] = record
+        if not self._owed:
+            return True
+        owed, self._owed = self._owed, {}
+        try:
+            await self.registry.save(owed.values())
+        except Exception as error:
+            for peer_id, record in owed.items():
+                self._owed.setdefault(peer_id, record)
+            if not self._registry_failing:
+                self._registry_failing = True
+                if not isinstance(error, RegistryUnavailable):  # that one logged itself
+                    logger.error("could not save %d peer records (%s); retrying with backoff", len(owed), error)
+            return False
+        if self._registry_failing:
+            self._registry_failing = False
+            logger.info("Registry writes caught up: %d peer records", len(owed))
+        return True
 
     def _log(self, event: object) -> None:
         if isinstance(event, RequestReceived):

@@ -46,7 +46,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .registry import PeerRecord
+from .registry import PeerRecord, RegistryError
 from .sqlite_file import open_database
 from .stun import Address
 
@@ -81,11 +81,6 @@ WHERE peer_id = ? AND identity = ?
 """
 
 _INSERT_FULL = f"INSERT INTO peers ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-
-
-class RegistryError(Exception):
-    """The registry file cannot be used: not a database, a newer schema, a
-    locked or read-only file, a disk error, or the registry is closed."""
 
 
 def encode_address(address: Address) -> str:

@@ -1,11 +1,16 @@
-"""Shared fixtures: a real rendezvous server on a loopback port with a real SQLite file."""
+"""Shared fixtures: a real rendezvous server on a loopback port with a real
+SQLite file; real ``redis-server`` processes for the Redis registry."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import shutil
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+# tests/ is on sys.path (pytest's prepend import mode), so the helper module imports by name.
+from redis_process import RedisProcess
 
 from rendezvous.client import RendezvousClient
 from rendezvous.core import ServerConfig
@@ -41,3 +46,25 @@ async def make_client(server: RendezvousServer) -> AsyncIterator[Callable[..., R
     yield make  # type: ignore[misc]
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def redis_servers(tmp_path: Path) -> Iterator[Callable[..., RedisProcess]]:
+    """Start ``redis-server`` processes (skip the test if it is not installed); all killed at the end."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (Debian package redis-server; scripts/system-deps.sh)")
+    started: list[RedisProcess] = []
+
+    def start(*, appendonly: bool = False) -> RedisProcess:
+        server = RedisProcess(tmp_path / f"redis{len(started)}", appendonly=appendonly).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+@pytest.fixture
+def redis_server(redis_servers: Callable[..., RedisProcess]) -> RedisProcess:
+    return redis_servers()

@@ -404,6 +404,7 @@ ENV_VALUES = {
     "host": ("::1", "::1"),
     "port": ("4000", 4000),
     "db": ("/tmp/elsewhere.sqlite3", "/tmp/elsewhere.sqlite3"),
+    "registry": ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
     "ttl": ("15", 15),
     "log_level": ("debug", "debug"),
     "legacy_text": ("1", True),

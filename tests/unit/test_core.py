@@ -8,6 +8,7 @@ part (the registry), which is not what these tests are about.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 from binascii import crc32
@@ -26,7 +27,7 @@ from rendezvous.core import (
     ServerConfig,
     ServerCore,
 )
-from rendezvous.registry import legacy_identity
+from rendezvous.registry import PeerRecord, legacy_identity
 from rendezvous.stun import (
     FINGERPRINT_XOR,
     Address,
@@ -622,6 +623,93 @@ def test_relay_is_rate_limited_per_sender() -> None:
     # Bob's budget is his own; Alice's refills at 10 per second.
     assert len(h.feed(send(h.sessions[BOB], 1, b"p"), BOB, T0)) == 1
     assert sum(len(h.feed(send(h.sessions[ALICE], 2, b"p"), ALICE, T0 + 0.5)) for _ in range(10)) == 5
+
+
+# ------------------------------------------------------------ several instances
+
+
+def two_instances() -> tuple[Harness, Harness]:
+    """Two cores sharing one registry: ids from one table, one secret."""
+    a, b = Harness(), Harness()
+    b.ids = a.ids
+    return a, b
+
+
+def homed(record: PeerRecord, home: str) -> PeerRecord:
+    return dataclasses.replace(record, home=home, verified_session=None)
+
+
+def test_a_mirrored_peer_is_listed_and_its_introduction_is_forwarded_home() -> None:
+    a, b = two_instances()
+    a.register(key(1), ALICE, T0, nickname="alice")
+    b.register(key(2), BOB, T0, nickname="bob")
+    alice = a.core.directory.get(1)
+    assert alice is not None
+    b.core.mirror([homed(alice, "A")], T0)
+    assert a.core.directory.take_dirty() and b.core.directory.take_dirty() == [b.core.directory.get(2)]
+    assert [entry.peer_id for entry in b.request(Method.LIST, BOB, T0).get_all(Attr.PEER_ENTRY)] == [1]
+    out = b.feed(session_request(Method.CONNECT, b.sessions[BOB], (Attr.PEER_ID, 1)), BOB, T0)
+    # B answers its peer but sends nothing to Alice: her NAT knows A's address, not B's.
+    assert [address for _, address in out] == [BOB]
+    assert decode(out[0][0]).get(Attr.PUBLIC_KEY) == public_key_bytes(key(1))
+    [(home, target, intro)] = b.core.introductions_to_forward()
+    assert (home, target) == ("A", 1)
+    # A sends it, retransmits it, and takes Alice's acknowledgement.
+    a.core.deliver_introduction(target, intro, T0)
+    assert a.core.datagrams_to_send() == [(intro, ALICE)]
+    a.core.deliver_introduction(target, intro, T0 + 0.1)  # a duplicate: ignored
+    assert a.core.datagrams_to_send() == []
+    a.core.handle_timer(T0 + 0.5)
+    assert a.core.datagrams_to_send() == [(intro, ALICE)]
+    a.feed(Message(Method.INTRODUCE, MessageClass.SUCCESS, decode(intro).transaction_id), ALICE, T0 + 0.6)
+    assert a.core.stats["introductions_acknowledged"] == 1
+    # Only INTRODUCE requests for peers registered here are delivered.
+    a.core.deliver_introduction(2, intro, T0)
+    a.core.deliver_introduction(1, b"junk" * 10, T0)
+    assert a.core.stats["introductions_undeliverable"] == 2
+
+
+def test_a_mirrored_peer_has_no_session_and_no_relay_here() -> None:
+    a, b = two_instances()
+    a.register(key(1), ALICE, T0)
+    b.register(key(2), BOB, T0)
+    alice = a.core.directory.get(1)
+    assert alice is not None
+    b.core.mirror([homed(alice, "A")], T0)
+    # Alice's token is good (one secret) but her requests belong at A.
+    reply = b.ask(session_request(Method.LIST, a.sessions[ALICE]), ALICE, T0)
+    assert reply.get(Attr.ERROR_CODE) == (401, "Register Again")
+    assert b.feed(send(b.sessions[BOB], 1, b"x"), BOB, T0) == []
+    assert b.core.stats["dropped: SEND to a peer on another instance"] == 1
+
+
+def test_mirrors_follow_their_home_and_a_newer_registration_moves_a_peer() -> None:
+    a, b = two_instances()
+    a.register(key(1), ALICE, T0)
+    alice = a.core.directory.get(1)
+    assert alice is not None
+    b.core.mirror([homed(alice, "A")], T0)
+    # Mirrors expire by themselves (their home died) without an offline event...
+    b.core.handle_timer(alice.expires_at + 1)
+    assert 1 not in b.core.directory
+    assert not [e for e in b.core.events() if isinstance(e, PeerOffline)]
+    # ...or leave when their home says so (UNREGISTER: expires_at = now).
+    b.core.mirror([homed(alice, "A")], T0)
+    b.core.mirror([homed(dataclasses.replace(alice, expires_at=T0 + 1), "A")], T0 + 2)
+    assert 1 not in b.core.directory
+    # Alice registers at B later: A's copy becomes a mirror of B's, and A never writes it.
+    b.register(key(1), ALICE, T0 + 5)
+    moved = b.core.directory.get(1)
+    assert moved is not None and moved.home == ""
+    a.core.directory.take_dirty()
+    a.core.mirror([homed(moved, "B")], T0 + 5)
+    assert a.core.directory.get(1).home == "B"  # type: ignore[union-attr]
+    assert a.core.directory.take_dirty() == []
+    assert a.core.stats["peers_moved_away"] == 1
+    # An older record from elsewhere does not take a local peer away.
+    a.register(key(1), ALICE, T0 + 9)
+    a.core.mirror([homed(moved, "B")], T0 + 9)
+    assert a.core.directory.get(1).home == ""  # type: ignore[union-attr]
 
 
 # ------------------------------------------------------------ legacy text

@@ -1,16 +1,19 @@
-"""SqliteRegistry on real database files in tmp_path."""
+"""SqliteRegistry on real database files in tmp_path; the Registry contract
+tests (those taking ``shared``) run on RedisRegistry too, against a real
+``redis-server`` (skipped when it is not installed)."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rendezvous.redis_registry import RedisRegistry
 from rendezvous.registry import PeerRecord, Registry, legacy_identity
 from rendezvous.sqlite_registry import (
     SCHEMA_VERSION,
@@ -64,13 +67,42 @@ async def reopen(reg: SqliteRegistry) -> SqliteRegistry:
     return again
 
 
+AnyRegistry = SqliteRegistry | RedisRegistry
+Backend = Callable[..., AnyRegistry]
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """Makes registries on one store: ``backend()`` again is a reopen; ``backend("b")`` another store."""
+    if request.param == "sqlite":
+        return lambda name="registry": SqliteRegistry(tmp_path / f"{name}.sqlite3")
+    url = request.getfixturevalue("redis_server").url
+    return lambda name="registry": RedisRegistry(url, prefix=f"{name}:")
+
+
+@pytest.fixture
+async def shared(backend: Backend) -> AsyncIterator[AnyRegistry]:
+    reg = backend()
+    await reg.open()
+    yield reg
+    await reg.close()
+
+
+async def reopen_on(backend: Backend, reg: AnyRegistry) -> AnyRegistry:
+    await reg.close()
+    again = backend()
+    await again.open()
+    return again
+
+
 # -- ids ------------------------------------------------------------------
 
 
-async def test_ids_start_at_one_and_follow_call_order(registry: SqliteRegistry) -> None:
-    backend: Registry = registry  # mypy checks that the protocol is implemented
-    assert await backend.count() == 0
-    assert await backend.highest_id() == 0
+async def test_ids_start_at_one_and_follow_call_order(shared: AnyRegistry) -> None:
+    registry = shared
+    checked: Registry = registry  # mypy checks that the protocol is implemented
+    assert await checked.count() == 0
+    assert await checked.highest_id() == 0
     assert await registry.assign_id(key(1)) == 1
     assert await registry.assign_id(key(2)) == 2
     assert await registry.assign_id(key(3)) == 3
@@ -88,9 +120,10 @@ async def test_known_identity_gets_its_id_without_a_write(registry: SqliteRegist
     assert await registry.count() == 1
 
 
-async def test_same_identity_same_id_after_reopen(registry: SqliteRegistry) -> None:
+async def test_same_identity_same_id_after_reopen(shared: AnyRegistry, backend: Backend) -> None:
+    registry = shared
     ids = [await registry.assign_id(key(n)) for n in range(5)]
-    again = await reopen(registry)
+    again = await reopen_on(backend, registry)
     try:
         assert [await again.assign_id(key(n)) for n in range(5)] == ids
         assert await again.assign_id(key(99)) == 6
@@ -130,7 +163,8 @@ async def test_assigned_id_is_committed_when_assign_returns(registry: SqliteRegi
     assert rows == [(peer_id, key(42))]
 
 
-async def test_fresh_id_has_empty_state(registry: SqliteRegistry) -> None:
+async def test_fresh_id_has_empty_state(shared: AnyRegistry) -> None:
+    registry = shared
     peer_id = await registry.assign_id(key(1))
     assert await registry.get(peer_id) == PeerRecord(peer_id, key(1), "", ("", 0), (), 0.0, 0.0, 0.0, 0.0)
     assert await registry.get(peer_id + 1) is None
@@ -162,14 +196,16 @@ async def test_separate_ticks_are_separate_transactions(registry: SqliteRegistry
     assert registry.transactions == before + 2
 
 
-async def test_same_new_identity_twice_in_one_batch(registry: SqliteRegistry) -> None:
+async def test_same_new_identity_twice_in_one_batch(shared: AnyRegistry) -> None:
+    registry = shared
     a, b, c = await asyncio.gather(registry.assign_id(key(5)), registry.assign_id(key(6)), registry.assign_id(key(5)))
     assert a == c == 1
     assert b == 2
     assert await registry.count() == 2
 
 
-async def test_cancelled_caller_does_not_disturb_the_batch(registry: SqliteRegistry) -> None:
+async def test_cancelled_caller_does_not_disturb_the_batch(shared: AnyRegistry) -> None:
+    registry = shared
     doomed = asyncio.ensure_future(registry.assign_id(key(1)))
     twin = asyncio.ensure_future(registry.assign_id(key(1)))
     other = asyncio.ensure_future(registry.assign_id(key(2)))
@@ -200,7 +236,8 @@ async def test_close_commits_pending_assignments(db_path: Path) -> None:
 # -- state --------------------------------------------------------------------
 
 
-async def test_save_and_load_online_filters_on_expiry(registry: SqliteRegistry) -> None:
+async def test_save_and_load_online_filters_on_expiry(shared: AnyRegistry) -> None:
+    registry = shared
     ids = [await registry.assign_id(key(n)) for n in range(1, 5)]
     records = [
         record(ids[0], key(1), expires_at=1100.0),
@@ -208,21 +245,25 @@ async def test_save_and_load_online_filters_on_expiry(registry: SqliteRegistry) 
         record(ids[2], key(3), expires_at=1000.0),  # exactly now: gone
         record(ids[3], key(4), expires_at=999.0),
     ]
-    before = registry.transactions
+    before = registry.transactions if isinstance(registry, SqliteRegistry) else registry.round_trips
     await registry.save(records)
-    assert registry.transactions == before + 1
+    after = registry.transactions if isinstance(registry, SqliteRegistry) else registry.round_trips
+    assert after == before + 1  # one transaction; one pipeline (no PUBLISH without an instance name)
     online = await registry.load_online(1000.0)
     assert online == records[:2]
+    assert await registry.load_online(1000.0, after_id=ids[0], limit=10) == records[1:2]
+    assert await registry.load_online(1000.0, limit=1) == records[:1]
     assert await registry.load_online(1060.0) == records[:1]
     assert await registry.load_online(2000.0) == []
     assert await registry.get(ids[3]) == records[3]
 
 
-async def test_save_overwrites_and_survives_reopen(registry: SqliteRegistry) -> None:
+async def test_save_overwrites_and_survives_reopen(shared: AnyRegistry, backend: Backend) -> None:
+    registry = shared
     peer_id = await registry.assign_id(key(1))
     await registry.save([record(peer_id, key(1), nickname="old")])
     await registry.save([record(peer_id, key(1), nickname="new", last_seen=1090.0)])
-    again = await reopen(registry)
+    again = await reopen_on(backend, registry)
     try:
         got = await again.get(peer_id)
     finally:
@@ -230,9 +271,8 @@ async def test_save_overwrites_and_survives_reopen(registry: SqliteRegistry) -> 
     assert got == record(peer_id, key(1), nickname="new", last_seen=1090.0)
 
 
-async def test_save_ignores_unknown_ids_and_mismatched_identities(
-    registry: SqliteRegistry,
-) -> None:
+async def test_save_ignores_unknown_ids_and_mismatched_identities(shared: AnyRegistry) -> None:
+    registry = shared
     peer_id = await registry.assign_id(key(1))
     await registry.save(
         [
@@ -245,7 +285,8 @@ async def test_save_ignores_unknown_ids_and_mismatched_identities(
     await registry.save([])
 
 
-async def test_ipv6_addresses_round_trip(registry: SqliteRegistry) -> None:
+async def test_ipv6_addresses_round_trip(shared: AnyRegistry) -> None:
+    registry = shared
     peer_id = await registry.assign_id(key(1))
     saved = record(
         peer_id,
@@ -285,16 +326,17 @@ async def test_garbage_in_a_row_raises_registry_error(registry: SqliteRegistry, 
 # -- secret -------------------------------------------------------------------
 
 
-async def test_secret_is_32_bytes_and_stable_across_reopen(registry: SqliteRegistry, tmp_path: Path) -> None:
+async def test_secret_is_32_bytes_and_stable_across_reopen(shared: AnyRegistry, backend: Backend) -> None:
+    registry = shared
     secret = await registry.secret()
     assert isinstance(secret, bytes) and len(secret) == 32
     assert await registry.secret() == secret
-    again = await reopen(registry)
+    again = await reopen_on(backend, registry)
     try:
         assert await again.secret() == secret
     finally:
         await again.close()
-    elsewhere = SqliteRegistry(tmp_path / "other.sqlite3")
+    elsewhere = backend("other")
     await elsewhere.open()
     try:
         assert await elsewhere.secret() != secret
@@ -354,8 +396,8 @@ async def test_newer_schema_version_is_refused(registry: SqliteRegistry, db_path
         await SqliteRegistry(db_path).open()
 
 
-async def test_close_twice_and_use_after_close(db_path: Path) -> None:
-    reg = SqliteRegistry(db_path)
+async def test_close_twice_and_use_after_close(backend: Backend) -> None:
+    reg = backend()
     await reg.open()
     await reg.open()  # already open: no-op
     assert await reg.assign_id(key(1)) == 1
@@ -367,7 +409,7 @@ async def test_close_twice_and_use_after_close(db_path: Path) -> None:
         await reg.secret()
     with pytest.raises(RegistryError, match="not open"):
         await reg.save([record(1, key(1))])
-    async with SqliteRegistry(db_path) as again:
+    async with backend() as again:
         assert await again.assign_id(key(1)) == 1
 
 

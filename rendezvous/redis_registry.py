@@ -1,0 +1,560 @@
+"""The Redis registry backend: several rendezvous instances, one registry.
+
+``rendezvous --registry redis://HOST:PORT/DB`` (or ``rediss://``).  Every
+instance on the same Redis database shares the ids, the secret (so a SESSION
+minted by one is good at another) and the online records.
+
+Keys (``P`` is the prefix, ``peerlink:`` by default)
+----------------------------------------------------
+``P next_id``          the last id handed out (INCR)
+``P ids``              hash identity -> id: the sticky binding
+``P peer:<id>``        hash: ``identity``, ``state`` (JSON: nickname, addresses,
+                       times), ``expires_at``, ``last_seen``, ``home`` (the
+                       instance the peer is registered with)
+``P online``           sorted set of the ids saved with a state, score = id, so
+                       loads walk it in id order; they skip the expired ones
+                       and drop those expired for long (STALE_AFTER)
+``P secret``           the 32-byte server secret (SET NX)
+
+Channels: ``P presence`` carries every batch of records an instance wrote;
+``P instance:<name>`` carries the introductions forwarded to instance
+``<name>`` (docs/ARCHITECTURE.md, "Several instances, one registry").
+
+Durability
+----------
+``assign_id`` runs one Lua script (look up, else INCR and HSET, atomically:
+two instances racing for one new key get one id, and no id is wasted) and
+returns once Redis has answered, so the binding is in Redis before REGISTER
+is answered: killing the *instance* cannot lose it.  Surviving the death of
+*Redis* is Redis's configuration: ``appendonly yes`` with ``appendfsync
+always`` (or ``everysec``: up to a second of new ids may be handed out again,
+like SQLite's power-loss case).  :meth:`RedisRegistry.open` logs a warning
+when persistence is off.  Like SqliteRegistry, new identities arriving in one
+loop iteration share one pipelined round trip (group commit), and ``save``
+(the write-behind of refreshes, every 2 s) is one pipeline per batch.
+
+Outages
+-------
+Every call fails fast (short socket timeouts) with
+:class:`~rendezvous.registry.RegistryUnavailable`; the first failure logs one
+WARNING line and the first success after it one INFO line.  Ids this
+instance has seen are cached (a key's id never changes), so known peers can
+register again while Redis is away.  The pub/sub listener reconnects with
+backoff and reloads the online records when it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+
+from .registry import (
+    IntroductionHandler,
+    PeerRecord,
+    RecordsHandler,
+    RegistryError,
+    RegistryUnavailable,
+)
+from .sqlite_registry import decode_address, decode_addresses, encode_address, encode_addresses
+
+logger = logging.getLogger("rendezvous")
+
+SECRET_SIZE = 32
+SCHEMES = ("redis", "rediss", "unix")
+# A cached id per identity seen; past this the cache starts over (it is only
+# a shortcut for outages and repeat registrations).
+ID_CACHE_SIZE = 1 << 20
+# Records older than this past their expiry leave the online index when a
+# load walks over them (their home stopped writing: it died).
+STALE_AFTER = 120.0
+# Pub/sub reconnection backoff.
+LISTEN_BACKOFF = (0.2, 10.0)
+
+# KEYS: ids hash, next_id counter.  ARGV: identity, prefix of the peer hash keys.
+_ASSIGN = """
+local id = redis.call('HGET', KEYS[1], ARGV[1])
+if id then return tonumber(id) end
+id = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[1], ARGV[1], id)
+redis.call('HSET', ARGV[2] .. id, 'identity', ARGV[1])
+return id
+"""
+
+# KEYS: peer hash, online set.  ARGV: identity, state, expires_at, last_seen,
+# home, now, peer id.  Ignores ids bound to another identity (as SQLite
+# does), and never overwrites a live record of another instance with an
+# older one: a peer that moved from A to B must not be taken offline by A
+# writing its expiry afterwards.
+_SAVE = """
+local stored = redis.call('HMGET', KEYS[1], 'identity', 'home', 'expires_at', 'last_seen')
+if stored[1] ~= ARGV[1] then return 0 end
+local now = tonumber(ARGV[6])
+if stored[2] and stored[2] ~= ARGV[5] and tonumber(stored[3] or '0') > now
+   and tonumber(stored[4] or '0') > tonumber(ARGV[4]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'expires_at', ARGV[3], 'last_seen', ARGV[4], 'home', ARGV[5])
+redis.call('ZADD', KEYS[2], tonumber(ARGV[7]), ARGV[7])
+return 1
+"""
+
+
+def check_url(url: str) -> str:
+    """``url`` if it names a Redis server redis-py can reach, else RegistryError."""
+    parts = urlsplit(url)
+    if parts.scheme not in SCHEMES:
+        raise RegistryError(f"--registry {redacted(url)!r}: expected redis://HOST:PORT/DB or rediss://HOST:PORT/DB")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise RegistryError(f"--registry {redacted(url)!r}: no host")
+    try:
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError as exc:
+        raise RegistryError(f"--registry {redacted(url)!r}: {exc}") from None
+    return url
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for log lines."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+
+
+def _state(record: PeerRecord) -> str:
+    return json.dumps(
+        [
+            record.nickname,
+            json.loads(encode_address(record.observed)),
+            json.loads(encode_addresses(record.local)),
+            record.first_seen,
+            record.online_since,
+        ],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def _record(peer_id: int, fields: Sequence[bytes | None]) -> PeerRecord | None:
+    """A record from the ``identity, state, expires_at, last_seen, home`` fields."""
+    identity, state, expires_at, last_seen, home = fields
+    if identity is None:
+        return None
+    if state is None:  # bound, never saved
+        return PeerRecord(peer_id, bytes(identity), "", ("", 0), (), 0.0, 0.0, 0.0, 0.0)
+    try:
+        nickname, observed, local, first_seen, online_since = json.loads(state)
+        return PeerRecord(
+            peer_id=peer_id,
+            identity=bytes(identity),
+            nickname=str(nickname),
+            observed=decode_address(json.dumps(observed)),
+            local=decode_addresses(json.dumps(local)),
+            first_seen=float(first_seen),
+            last_seen=float(last_seen or 0),
+            expires_at=float(expires_at or 0),
+            online_since=float(online_since),
+            home=(home or b"").decode(),
+        )
+    except (ValueError, TypeError) as exc:
+        raise RegistryError(f"stored record of peer {peer_id} is damaged: {exc}") from exc
+
+
+def encode_records(records: Iterable[PeerRecord]) -> bytes:
+    """A presence message: the records' full state, JSON."""
+    return json.dumps(
+        [[r.peer_id, r.identity.hex(), _state(r), r.expires_at, r.last_seen, r.home] for r in records],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode()
+
+
+def decode_records(data: bytes) -> list[PeerRecord]:
+    """Inverse of :func:`encode_records`; raises RegistryError."""
+    try:
+        rows = json.loads(data)
+        out = []
+        for peer_id, identity, state, expires_at, last_seen, home in rows:
+            record = _record(
+                int(peer_id),
+                (
+                    bytes.fromhex(identity),
+                    state.encode(),
+                    str(expires_at).encode(),
+                    str(last_seen).encode(),
+                    home.encode(),
+                ),
+            )
+            if record is not None:
+                out.append(record)
+        return out
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise RegistryError(f"bad presence message: {exc}") from exc
+
+
+class RedisRegistry:
+    """:class:`rendezvous.registry.Registry` and
+    :class:`rendezvous.registry.Presence` on one Redis database."""
+
+    def __init__(self, url: str, *, prefix: str = "peerlink:", timeout: float = 1.0) -> None:
+        self._url = check_url(url)
+        self._prefix = prefix
+        self._timeout = timeout
+        self._redis: aioredis.Redis | None = None
+        self._secret: bytes | None = None
+        self._ids: dict[bytes, int] = {}
+        self._pending: dict[bytes, list[asyncio.Future[int]]] = {}
+        self._flush_task: asyncio.Task[None] | None = None
+        self._down = False
+        self._instance = ""
+        self._listener: asyncio.Task[None] | None = None
+        self._assign: Any = None
+        self._save: Any = None
+        self.round_trips = 0  # pipelines and commands sent (tests, metrics)
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    @property
+    def instance(self) -> str:
+        return self._instance
+
+    def _key(self, *parts: str | int) -> str:
+        return self._prefix + ":".join(str(p) for p in parts)
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect and check that Redis answers; RegistryError if it does not."""
+        if self._redis is not None:
+            return
+        try:
+            client: aioredis.Redis = aioredis.Redis.from_url(
+                self._url,
+                decode_responses=False,
+                socket_connect_timeout=self._timeout,
+                socket_timeout=self._timeout,
+                # One quick retry for a dropped connection; outages are ours to handle.
+                retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
+            )
+        except (ValueError, RedisError) as exc:
+            raise RegistryError(f"--registry {redacted(self._url)}: {exc}") from None
+        try:
+            await client.ping()
+        except (RedisError, OSError) as exc:
+            await client.aclose()
+            raise RegistryError(f"cannot reach Redis at {redacted(self._url)}: {exc}") from None
+        try:
+            persistence = await client.info("persistence")
+        except RedisError:  # INFO may be forbidden (ACL, managed Redis): then we cannot tell
+            persistence = {"aof_enabled": 1}
+        if not persistence.get("aof_enabled"):
+            logger.warning(
+                "Redis at %s has no append-only file (appendonly no): ids handed out since its last "
+                "snapshot are lost if Redis dies",
+                redacted(self._url),
+            )
+        self._assign = client.register_script(_ASSIGN)
+        self._save = client.register_script(_SAVE)
+        self._redis = client
+
+    async def close(self) -> None:
+        """Commit the ids still waiting, stop listening, disconnect.  Idempotent."""
+        if self._redis is None:
+            return
+        if self._flush_task is not None:
+            await asyncio.gather(self._flush_task, return_exceptions=True)
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+            self._listener = None
+        client, self._redis = self._redis, None
+        self._secret = None
+        await client.aclose()
+
+    async def __aenter__(self) -> RedisRegistry:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _client(self) -> aioredis.Redis:
+        if self._redis is None:
+            raise RegistryError(f"registry {redacted(self._url)} is not open")
+        return self._redis
+
+    def _failed(self, exc: BaseException) -> RegistryError:
+        """The error to raise for a failed call, logging the outage once."""
+        if isinstance(exc, RegistryError):
+            return exc
+        if not self._down:
+            self._down = True
+            logger.warning(
+                "Redis at %s unreachable (%s): serving the peers this instance knows, retrying",
+                redacted(self._url),
+                exc,
+            )
+        return RegistryUnavailable(f"Redis at {redacted(self._url)} unreachable: {exc}")
+
+    def _succeeded(self) -> None:
+        if self._down:
+            self._down = False
+            logger.info("Redis at %s reachable again", redacted(self._url))
+
+    # -- ids -------------------------------------------------------------
+
+    async def assign_id(self, identity: bytes) -> int:
+        """The id bound to ``identity``, binding the next one if it has none.
+        Returns once Redis holds the binding."""
+        identity = bytes(identity)
+        cached = self._ids.get(identity)
+        if cached is not None:
+            return cached
+        self._client()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        self._pending.setdefault(identity, []).append(future)
+        if self._flush_task is None:
+            self._flush_task = asyncio.ensure_future(self._flush_ids())
+        return await future
+
+    async def _flush_ids(self) -> None:
+        """One pipeline for every identity that arrived in this loop iteration."""
+        await asyncio.sleep(0)
+        self._flush_task = None
+        pending, self._pending = self._pending, {}
+        if not pending:
+            return
+        results: list[Any] = []
+        error: RegistryError | None = None
+        try:
+            async with self._client().pipeline(transaction=False) as pipe:
+                for identity in pending:
+                    await self._assign(
+                        keys=[self._key("ids"), self._key("next_id")],
+                        args=[identity, self._key("peer", "")],
+                        client=pipe,
+                    )
+                results = await pipe.execute()
+            self.round_trips += 1
+            self._succeeded()
+        except (RedisError, OSError, RegistryError) as exc:
+            error = self._failed(exc)
+        for index, (identity, futures) in enumerate(pending.items()):
+            if error is None:
+                self._remember(identity, int(results[index]))
+            for future in futures:
+                if future.done():
+                    continue
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(int(results[index]))
+
+    def _remember(self, identity: bytes, peer_id: int) -> None:
+        if len(self._ids) >= ID_CACHE_SIZE:
+            self._ids.clear()
+        self._ids[identity] = peer_id
+
+    async def lookup_id(self, identity: bytes) -> int | None:
+        identity = bytes(identity)
+        if identity in self._ids:
+            return self._ids[identity]
+        value = await self._call(self._client().hget(self._key("ids"), identity))
+        if value is None:
+            return None
+        self._remember(identity, int(value))
+        return int(value)
+
+    async def _call(self, awaitable: Any) -> Any:
+        try:
+            result = await awaitable
+        except (RedisError, OSError) as exc:
+            raise self._failed(exc) from None
+        self.round_trips += 1
+        self._succeeded()
+        return result
+
+    # -- state -----------------------------------------------------------
+
+    async def save(self, records: Iterable[PeerRecord]) -> None:
+        """Write the records this instance is home to, in one pipeline, then
+        tell the other instances (``P presence``) about those that were written."""
+        records = list(records)
+        if not records:
+            return
+        client = self._client()
+        # Live means expires_at is after the wall clock (record times are wall times).
+        wall = time.time()
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                for record in records:
+                    await self._save(
+                        keys=[self._key("peer", record.peer_id), self._key("online")],
+                        args=[
+                            bytes(record.identity),
+                            _state(record),
+                            repr(record.expires_at),
+                            repr(record.last_seen),
+                            self._instance,
+                            repr(wall),
+                            record.peer_id,
+                        ],
+                        client=pipe,
+                    )
+                written = await pipe.execute()
+            self.round_trips += 1
+            announced = [_homed(record, self._instance) for record, ok in zip(records, written, strict=True) if ok]
+            if announced and self._instance:
+                await client.publish(self._key("presence"), encode_records(announced))
+                self.round_trips += 1
+            self._succeeded()
+        except (RedisError, OSError) as exc:
+            raise self._failed(exc) from None
+
+    async def load_online(self, now: float, after_id: int = 0, limit: int | None = None) -> list[PeerRecord]:
+        """Records with ``expires_at`` after ``now``, in id order, after ``after_id``."""
+        client = self._client()
+        out: list[PeerRecord] = []
+        page = 1000 if limit is None else max(1, min(limit, 1000))
+        cursor = after_id
+        while limit is None or len(out) < limit:
+            raw = await self._call(client.zrangebyscore(self._key("online"), f"({cursor}", "+inf", start=0, num=page))
+            ids = [int(i) for i in raw]
+            if not ids:
+                break
+            rows = await self._fetch(ids)
+            stale = []
+            for peer_id, record in zip(ids, rows, strict=True):
+                if record is None or record.expires_at <= now - STALE_AFTER:
+                    stale.append(peer_id)
+                elif record.expires_at > now:
+                    out.append(record)
+                    if limit is not None and len(out) >= limit:
+                        break
+            if stale:
+                await self._call(client.zrem(self._key("online"), *stale))
+            cursor = ids[-1]
+        return out
+
+    async def _fetch(self, ids: Sequence[int]) -> list[PeerRecord | None]:
+        fields = ("identity", "state", "expires_at", "last_seen", "home")
+        try:
+            async with self._client().pipeline(transaction=False) as pipe:
+                for peer_id in ids:
+                    pipe.hmget(self._key("peer", peer_id), fields)
+                rows = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise self._failed(exc) from None
+        self.round_trips += 1
+        self._succeeded()
+        return [self._local(_record(peer_id, row)) for peer_id, row in zip(ids, rows, strict=True)]
+
+    def _local(self, record: PeerRecord | None) -> PeerRecord | None:
+        """Records homed at this instance are its own: ``home`` "" (see PeerRecord)."""
+        if record is not None and record.home == self._instance:
+            record.home = ""
+        return record
+
+    async def get(self, peer_id: int) -> PeerRecord | None:
+        return (await self._fetch([peer_id]))[0]
+
+    async def count(self) -> int:
+        return int(await self._call(self._client().hlen(self._key("ids"))))
+
+    async def highest_id(self) -> int:
+        """The last id handed out by any instance (the INCR counter: ids are never reused)."""
+        value = await self._call(self._client().get(self._key("next_id")))
+        return int(value) if value is not None else 0
+
+    async def secret(self) -> bytes:
+        """The 32-byte secret shared by every instance: the first one to ask creates it."""
+        if self._secret is None:
+            client = self._client()
+            await self._call(client.set(self._key("secret"), os.urandom(SECRET_SIZE), nx=True))
+            value = await self._call(client.get(self._key("secret")))
+            if not isinstance(value, bytes) or len(value) != SECRET_SIZE:
+                raise RegistryError(f"stored secret in {redacted(self._url)} is not {SECRET_SIZE} bytes")
+            self._secret = value
+        return self._secret
+
+    # -- presence --------------------------------------------------------
+
+    async def start(self, instance: str, on_records: RecordsHandler, on_introduction: IntroductionHandler) -> None:
+        """Take the name ``instance``, subscribe, and keep listening (reconnecting) until closed."""
+        self._instance = instance
+        client = self._client()
+        pubsub: Any = client.pubsub()  # redis-py leaves aclose untyped
+        try:
+            await pubsub.subscribe(self._key("presence"), self._key("instance", instance))
+        except (RedisError, OSError) as exc:
+            await pubsub.aclose()
+            raise self._failed(exc) from None
+        self._listener = asyncio.create_task(self._listen(pubsub, on_records, on_introduction))
+
+    async def _listen(self, pubsub: Any, on_records: RecordsHandler, on_introduction: IntroductionHandler) -> None:
+        presence = self._key("presence").encode()
+        delay = LISTEN_BACKOFF[0]
+        resync = False
+        while True:
+            try:
+                if resync:
+                    # Messages published while we were away are lost: reload.
+                    await pubsub.subscribe(self._key("presence"), self._key("instance", self._instance))
+                    on_records(await self.load_online(time.time()))
+                    resync = False
+                    delay = LISTEN_BACKOFF[0]
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is None:
+                    continue
+                data = message["data"]
+                if message["channel"] == presence:
+                    records = [r for r in decode_records(data) if r.home != self._instance]
+                    if records:
+                        on_records(records)
+                elif len(data) > 4:
+                    on_introduction(int.from_bytes(data[:4], "big"), bytes(data[4:]))
+            except asyncio.CancelledError:
+                await pubsub.aclose()
+                raise
+            except RegistryError as exc:
+                if isinstance(exc, RegistryUnavailable):
+                    resync = True
+                    await asyncio.sleep(delay)
+                    delay = min(2 * delay, LISTEN_BACKOFF[1])
+                else:
+                    logger.warning("ignored a presence message: %s", exc)
+            except (RedisError, OSError) as exc:
+                self._failed(exc)
+                resync = True
+                try:
+                    await pubsub.aclose()  # the next subscribe reconnects
+                except (RedisError, OSError):
+                    pass
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, LISTEN_BACKOFF[1])
+            except Exception:
+                # A handler's bug must not end the listening for good.
+                logger.exception("presence listener: a message could not be applied")
+
+    async def forward_introduction(self, home: str, target_id: int, data: bytes) -> None:
+        await self._call(self._client().publish(self._key("instance", home), target_id.to_bytes(4, "big") + data))
+
+
+def _homed(record: PeerRecord, instance: str) -> PeerRecord:
+    """A copy of a local record with its home spelled out, for other instances."""
+    return dataclasses.replace(record, home=instance, verified_session=None)
