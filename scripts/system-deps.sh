@@ -9,6 +9,7 @@ command -v turnutils_stunclient >/dev/null 2>&1 || need+=(coturn)
 command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 command -v stun >/dev/null 2>&1 || need+=(stun-client)  # RFC 3489 client (tests/interop)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)     # WebRTC ICE gathering (tests/interop)
+command -v tmux >/dev/null 2>&1 || need+=(tmux)             # a real terminal for webpeer chat (tests/integration/test_terminal.py)
 # The NAT lab (tests/netlab): namespaces and veths, NAT rules, the NFQUEUE
 # rule for delay, conntrack flushes, per-namespace sysctls.
 command -v ip >/dev/null 2>&1 || need+=(iproute2)

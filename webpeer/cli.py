@@ -6,6 +6,12 @@ process's life: it ties the node to the page's app, prints the page's URL,
 and runs until SIGINT or SIGTERM.  What stops it from starting (a data dir
 in use or read-only, a name that does not resolve, a port in use) is one
 line on stderr and exit status 1, not a traceback.
+
+With a subcommand (``chat``, ``id``, ``peers``, ``send``, ``history``,
+``listen``) it is a client of the data dir's peer instead: the running
+``webpeer`` if there is one, else a peer of its own for as long as the
+command lasts (webpeer/commands.py; the terminal is webpeer/terminal.py).
+Without one it behaves exactly as before the subcommands existed.
 """
 
 from __future__ import annotations
