@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -25,7 +26,7 @@ import secrets
 import signal
 import sys
 import webbrowser
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -245,10 +246,10 @@ async def serve(args: argparse.Namespace, lock: DataDirLock) -> None:
     await runner.cleanup()
 
 
-async def until_signalled() -> None:
+async def until_signalled(*signals: signal.Signals) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in signals or (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
 
@@ -259,13 +260,11 @@ async def run_command(args: argparse.Namespace, data_dir: Path) -> None:
     page_port = (args.http_port if args.http_port_given else 0) if long_lived else None
     async with commands.open_peer(args, data_dir, page_port=page_port) as opened:
         if args.command == "chat":
-            # Logging goes above the prompt too (patch_stdout swaps sys.stderr).
-            for handler in logging.getLogger().handlers:
-                if isinstance(handler, logging.StreamHandler):
-                    handler.setStream(sys.stderr)
             if opened.page:
                 print(f"The page: {opened.page}", flush=True)
-            await ChatUI(opened.client).run()
+            # SIGTERM and SIGHUP (the terminal went away) end the chat as
+            # EXIT does: open_peer's exit then unregisters.
+            await until_first(ChatUI(opened.client).run(), until_signalled(signal.SIGTERM, signal.SIGHUP))
         elif args.command == "id":
             await commands.show_id(opened)
         elif args.command == "peers":
@@ -275,13 +274,20 @@ async def run_command(args: argparse.Namespace, data_dir: Path) -> None:
         elif args.command == "send":
             await commands.send(opened, args.peer, args.text, args.wait, args.timeout)
         elif args.command == "listen":
-            stop = asyncio.create_task(until_signalled())
-            work = asyncio.create_task(commands.listen(opened, args.json))
-            await asyncio.wait({stop, work}, return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
-            work.cancel()
-            if work.done():
-                work.result()  # its error, if any, is the command's
+            await until_first(commands.listen(opened, args.json), until_signalled())
+
+
+async def until_first(work: Coroutine[Any, Any, None], stop: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` until it ends or ``stop`` does; ``work``'s error is raised."""
+    work_task, stop_task = asyncio.create_task(work), asyncio.create_task(stop)
+    await asyncio.wait({work_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    stop_task.cancel()
+    if not work_task.done():
+        work_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work_task
+        return
+    work_task.result()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -22,8 +22,11 @@ menu's plain lines belong in, and could not be driven as simply by tmux.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
-from collections.abc import Callable
+import logging
+import sys
+from collections.abc import Callable, Iterator
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.patch_stdout import patch_stdout
@@ -65,7 +68,7 @@ class ChatUI:
 
     async def run(self) -> None:
         session: PromptSession[str] = PromptSession()
-        with patch_stdout(raw=True):
+        with patch_stdout(raw=True), _logs_above_prompt():
             events = await self.client.subscribe()
             listener = asyncio.create_task(self._follow(events))
             try:
@@ -245,7 +248,7 @@ class ChatUI:
                     targets[message["id"]] = message["to"]
                     self.show_status(message["id"], message["to"], message["status"], message.get("error"))
                 else:
-                    self.incoming(message)
+                    await self.incoming(message)
             elif kind == "status" and event["id"] in targets:
                 self.show_status(event["id"], targets[event["id"]], event["status"], event.get("error"))
             elif kind == "resync":
@@ -261,11 +264,29 @@ class ChatUI:
             self.say(f"You Have Been Registered Successfully. Your Id is: {me['id']}")
             self.say(MENU)
 
-    def incoming(self, message: JSON) -> None:
+    async def incoming(self, message: JSON) -> None:
         sender = message["from"]
+        if not self.peers.get(sender, {}).get("connection"):
+            # A peer that reached us before our next LIST or its "connection"
+            # event: ask, so the line has its name and link.
+            self.peers = {peer["id"]: peer for peer in await self.client.peers()}
         connection = self.peers.get(sender, {}).get("connection")
         how = connection["state"] if connection else "connecting"
         self.say(f"Received Incoming Message From {self.who(sender)} ({how}): {message['text']}")
+
+
+@contextlib.contextmanager
+def _logs_above_prompt() -> Iterator[None]:
+    """Point the log's stream handlers at the patched stderr, so a warning
+    prints above the prompt like a message instead of through it."""
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
+    previous = [h.setStream(sys.stderr) for h in handlers]
+    try:
+        yield
+    finally:
+        for handler, stream in zip(handlers, previous, strict=True):
+            if stream is not None:
+                handler.setStream(stream)
 
 
 def parse_id(text: str) -> int | None:

@@ -25,6 +25,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from webpeer.datadir import read_holder
+
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 10.0
 
@@ -241,6 +243,37 @@ async def test_two_terminals_and_a_page(lab: dict[str, Any], tmp_path: Path) -> 
     await until(bob_offline, timeout=5)
     assert time.monotonic() - left < 2.5
     await until(lambda: _async(not bob.running()), timeout=5)
+
+    # SIGTERM ends a chat as EXIT does (the terminal is left to the shell).
+    pid, _ = read_holder(tmp_path / "alice")
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+
+    async def alice_offline() -> bool:
+        peers = await page.call("GET", "/api/peers")
+        return any(p["id"] == 2 and not p["online"] for p in peers)
+
+    await until(alice_offline, timeout=5)
+    await until(lambda: _async(not alice.running()), timeout=5)
+
+
+async def test_a_chat_attaches_to_the_peer_running_on_its_data_dir(lab: dict[str, Any]) -> None:
+    page = await lab["page"]("page")  # id 1
+    term = lab["terminal"]("page")  # the same data dir: attaches, no second peer
+    await term.shows(r"You Have Been Registered Successfully\. Your Id is: 1$")
+    assert "The page:" not in term.screen()
+    status, out, err = await lab["cli"]("send", "1", "hello page", "--wait", "delivered", name="other")
+    assert (status, out) == (0, "delivered\n"), err
+    await term.shows(r"^Received Incoming Message From other #2 \(\w+\): hello page$")
+    term.keys("/open 2")
+    term.keys("from the page's terminal")
+    await term.shows(r"^Message to other #2: \w+$")  # queued: other's peer stopped after its send
+    term.keys("/close")
+    term.keys("4")
+    await term.shows(r"^Detached")
+    assert page.proc.returncode is None and (await page.call("GET", "/api/me"))["registered"]
+    history = await page.call("GET", "/api/messages?peer=2")
+    assert [m["text"] for m in history] == ["hello page", "from the page's terminal"]
 
 
 async def _async(value: bool) -> bool:
