@@ -62,6 +62,7 @@ class ChatUI:
         self.me: JSON = {}
         self.peers: dict[int, JSON] = {}
         self.outgoing: dict[str, str] = {}  # our messages' ids -> the status last shown
+        self.targets: dict[str, int] = {}  # our messages' ids -> the peer they go to
         self.done = False
 
     # ------------------------------------------------------------ the loop
@@ -70,6 +71,9 @@ class ChatUI:
         session: PromptSession[str] = PromptSession()
         with patch_stdout(raw=True), _logs_above_prompt():
             events = await self.client.subscribe()
+            # The first event (hello: who we are, the peers) before the
+            # first prompt, so the greeting comes before it.
+            await self.on_event(await events.next())
             listener = asyncio.create_task(self._follow(events))
             try:
                 while not self.done and not listener.done():
@@ -229,31 +233,32 @@ class ChatUI:
     # ------------------------------------------------------------ the peer's events
 
     async def _follow(self, events: EventStream) -> None:
-        targets: dict[str, int] = {}  # our message ids -> the peer they go to
         while True:
-            event = await events.next()
-            kind = event["type"]
-            if kind == "hello":
-                self.peers = {peer["id"]: peer for peer in event["peers"]}
-                self.on_me(event["me"])
-            elif kind == "me":
-                self.on_me(event["me"])
-            elif kind == "peers":
-                self.peers = {peer["id"]: peer for peer in event["peers"]}
-            elif kind == "connection" and event["peer"] in self.peers:
-                self.peers[event["peer"]]["connection"] = event["connection"]
-            elif kind == "message":
-                message = event["message"]
-                if message["from"] == self.me.get("id"):
-                    targets[message["id"]] = message["to"]
-                    self.show_status(message["id"], message["to"], message["status"], message.get("error"))
-                else:
-                    await self.incoming(message)
-            elif kind == "status" and event["id"] in targets:
-                self.show_status(event["id"], targets[event["id"]], event["status"], event.get("error"))
-            elif kind == "resync":
-                self.peers = {peer["id"]: peer for peer in await self.client.peers()}
-                self.on_me(await self.client.me())
+            await self.on_event(await events.next())
+
+    async def on_event(self, event: JSON) -> None:
+        kind = event["type"]
+        if kind == "hello":
+            self.peers = {peer["id"]: peer for peer in event["peers"]}
+            self.on_me(event["me"])
+        elif kind == "me":
+            self.on_me(event["me"])
+        elif kind == "peers":
+            self.peers = {peer["id"]: peer for peer in event["peers"]}
+        elif kind == "connection" and event["peer"] in self.peers:
+            self.peers[event["peer"]]["connection"] = event["connection"]
+        elif kind == "message":
+            message = event["message"]
+            if message["from"] == self.me.get("id"):
+                self.targets[message["id"]] = message["to"]
+                self.show_status(message["id"], message["to"], message["status"], message.get("error"))
+            else:
+                await self.incoming(message)
+        elif kind == "status" and event["id"] in self.targets:
+            self.show_status(event["id"], self.targets[event["id"]], event["status"], event.get("error"))
+        elif kind == "resync":
+            self.peers = {peer["id"]: peer for peer in await self.client.peers()}
+            self.on_me(await self.client.me())
 
     def on_me(self, me: JSON) -> None:
         first = self.me.get("id") is None and me.get("id") is not None
