@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -49,13 +50,20 @@ def env() -> dict[str, str]:
 class Terminal:
     """One ``webpeer chat`` in a detached tmux session on a socket of its own."""
 
-    def __init__(self, socket_name: str, command: list[str]) -> None:
+    def __init__(self, socket_name: str, socket_dir: str, command: list[str]) -> None:
         self.socket = socket_name
+        # tmux leaves its socket file behind when the last session ends: keep
+        # it in a directory of the test's own, removed at the end.
+        self.env = dict(env(), TMUX_TMPDIR=socket_dir)
         self.tmux("new-session", "-d", "-x", "200", "-y", "50", shlex.join(command))
 
     def tmux(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["tmux", "-L", self.socket, "-f", "/dev/null", *args], env=env(), capture_output=True, text=True, timeout=10
+            ["tmux", "-L", self.socket, "-f", "/dev/null", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
 
     def keys(self, text: str, enter: bool = True) -> None:
@@ -118,6 +126,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     server_address = f"127.0.0.1:{port}"
     procs: list[asyncio.subprocess.Process] = []
     terminals: list[Terminal] = []
+    socket_dir = tempfile.mkdtemp(prefix="pl-tmux-")  # short: a unix socket's path has ~100 bytes
 
     async def spawn(*args: str, stdout: int = subprocess.PIPE) -> asyncio.subprocess.Process:
         proc = await asyncio.create_subprocess_exec(
@@ -150,7 +159,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
 
     def terminal(name: str) -> Terminal:
         command = [sys.executable, "-m", "webpeer", *peer_args(name), "--udp-host", "127.0.0.1", "chat"]
-        term = Terminal(f"peerlink-test-{os.getpid()}-{name}", command)
+        term = Terminal(f"peerlink-{name}", socket_dir, command)
         terminals.append(term)
         return term
 
@@ -170,6 +179,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     }
     for term in terminals:
         term.kill()
+    shutil.rmtree(socket_dir, ignore_errors=True)
     for proc in procs:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
