@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="peerlink peer: messages go straight to other "
         "peers over UDP (QUIC); open the printed URL to use it.  With a subcommand: the "
         "terminal (chat) or one scripted action; these use the webpeer already running on "
-        "the data dir, or run the peer themselves while they last.",
+        "the data dir, or run the peer themselves while they last.  Without one: the peer and its page.",
     )
     add_peer_options(parser, sub=False)
     parser.set_defaults(http_port_given="WEBPEER_HTTP_PORT" in os.environ, command=None)

@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .api import JSON, ApiError
-from .datadir import DataDirBusy, DataDirLock, read_holder, read_token, write_token
+from .datadir import DataDirBusy, DataDirLock, read_token, write_token
 from .node import NodeConfig, PeerNode
 from .peerclient import HttpPeer, LocalPeer, PeerClient
 from .web import WebConfig, create_app, start_site
 
-ATTACH_WAIT = 10.0  # a holder that is still starting writes its port within this
+ATTACH_WAIT = 10.0  # how long to wait for a holder without a page to write its port or to end
 REGISTER_WAIT = 10.0
 LIST_WAIT = 1.0  # after registering, the first LIST answer comes within a round trip; margin for load
 DELIVERY_GRACE = 3.0  # a briefly started peer waits this long for the receipt before it stops
@@ -71,10 +71,9 @@ async def open_peer(args: argparse.Namespace, data_dir: Path, *, page_port: int 
     """The peer of ``data_dir``: the running one, or one started here (and
     stopped, unregistering, on the way out).  ``page_port``: serve the page
     on it when started here (None: no page)."""
-    try:
-        lock = DataDirLock.acquire(data_dir)
-    except DataDirBusy as busy:
-        async with _attach(data_dir, busy) as client:
+    lock = await _lock_or_holder(data_dir)
+    if not isinstance(lock, DataDirLock):
+        async with _attach(data_dir, *lock) as client:
             yield Opened(client, None)
         return
     try:
@@ -99,16 +98,24 @@ async def open_peer(args: argparse.Namespace, data_dir: Path, *, page_port: int 
         lock.release()
 
 
-@asynccontextmanager
-async def _attach(data_dir: Path, busy: DataDirBusy) -> AsyncIterator[PeerClient]:
-    port = busy.port
+async def _lock_or_holder(data_dir: Path) -> DataDirLock | tuple[DataDirBusy, int]:
+    """The data dir's lock, or who holds it and its page's port.  A holder
+    with no page yet is starting (its port comes soon) or is another
+    command's brief peer (it ends soon): ask again for a while."""
     deadline = time.monotonic() + ATTACH_WAIT
-    while port is None and time.monotonic() < deadline:
-        # The holder is starting: it writes its port once its page is up.
+    while True:
+        try:
+            return DataDirLock.acquire(data_dir)
+        except DataDirBusy as busy:
+            if busy.port is not None:
+                return busy, busy.port
+            if time.monotonic() > deadline:
+                raise CommandError(f"{busy} (and it serves no page to attach to)") from None
         await asyncio.sleep(0.1)
-        _, port = read_holder(data_dir)
-    if port is None:
-        raise CommandError(f"{busy} (and it serves no page to attach to)")
+
+
+@asynccontextmanager
+async def _attach(data_dir: Path, busy: DataDirBusy, port: int) -> AsyncIterator[PeerClient]:
     token = read_token(data_dir)
     if token is None:
         raise CommandError(f"the webpeer on {data_dir} (pid {busy.pid}) left no page.token to attach with")
