@@ -75,19 +75,25 @@ class ChatUI:
             # first prompt, so the greeting comes before it.
             await self.on_event(await events.next())
             listener = asyncio.create_task(self._follow(events))
+            prompt: asyncio.Task[str] | None = None
             try:
                 while not self.done and not listener.done():
                     prompt = asyncio.create_task(session.prompt_async(self.prompt()))
                     await asyncio.wait({prompt, listener}, return_when=asyncio.FIRST_COMPLETED)
                     if not prompt.done():
-                        prompt.cancel()  # the peer went away under us
-                        break
+                        break  # the peer went away under us
                     try:
                         line = prompt.result()
                     except (EOFError, KeyboardInterrupt):
                         break
                     await self.handle(line)
             finally:
+                # Also when we are cancelled (SIGTERM): the prompt gives the
+                # terminal back as it was before we print or exit.
+                if prompt is not None and not prompt.done():
+                    prompt.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await prompt
                 listener.cancel()
                 await events.close()
             if listener.done() and not listener.cancelled() and listener.exception() is not None:
