@@ -10,6 +10,7 @@ command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 command -v stun >/dev/null 2>&1 || need+=(stun-client)  # RFC 3489 client (tests/interop)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)     # WebRTC ICE gathering (tests/interop)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)  # the Redis registry (tests/integration/test_redis.py)
+command -v tmux >/dev/null 2>&1 || need+=(tmux)             # a real terminal for webpeer chat (tests/integration/test_terminal.py)
 # The NAT lab (tests/netlab): namespaces and veths, NAT rules, the NFQUEUE
 # rule for delay, conntrack flushes, per-namespace sysctls.
 command -v ip >/dev/null 2>&1 || need+=(iproute2)

@@ -10,6 +10,11 @@ the second one can say which process to look for.
 
 The file is never deleted: deleting it would let a third process lock a new
 file while the second still holds the old one.
+
+The holder also writes its page's access token to ``page.token`` (mode
+0600, like the key): the pid and port say where the running peer is, the
+token lets the same user's ``webpeer chat`` and script commands talk to it
+(webpeer/peerclient.py) instead of being refused.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 from pathlib import Path
 
 LOCK_NAME = "webpeer.lock"
+TOKEN_NAME = "page.token"
 
 
 class DataDirError(Exception):
@@ -86,6 +92,35 @@ class DataDirLock:
         if self._fd is not None:
             os.close(self._fd)  # closing the only descriptor drops the flock
             self._fd = None
+
+
+def write_token(data_dir: Path, token: str) -> None:
+    """The page's token, readable by this user only (the token opens the whole API)."""
+    fd = os.open(data_dir / TOKEN_NAME, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # a file left by an older run may have other modes
+        os.write(fd, f"{token}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def read_token(data_dir: Path) -> str | None:
+    try:
+        return (data_dir / TOKEN_NAME).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def read_holder(data_dir: Path) -> tuple[int | None, int | None]:
+    """The pid and page port the lock's holder wrote (None for what it has not written)."""
+    try:
+        fd = os.open(data_dir / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None, None
+    try:
+        return _read_holder(fd)
+    finally:
+        os.close(fd)
 
 
 def unusable(data_dir: Path, error: OSError) -> str:
