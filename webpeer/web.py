@@ -10,7 +10,9 @@ Security (issue 3), enforced by one middleware and one response signal:
   (DNS rebinding: a hostile name that resolves to 127.0.0.1 is refused).
 - ``/api/*`` and ``/ws`` need the token, else 401: ``Authorization: Bearer
   TOKEN``, or the HttpOnly SameSite=Strict cookie that ``GET /?token=TOKEN``
-  sets, or ``?token=`` on ``/ws`` only.  Compared in constant time.
+  sets, or ``?token=`` on ``/ws`` only.  Compared in constant time.  The
+  cookie holds :func:`cookie_value` (bound to the port), not the token.
+- At most ``max_open_requests`` requests (websockets included) at once, else 503.
 - Every unsafe method (POST ...) and ``/ws`` need ``Origin`` equal to
   ``http://127.0.0.1:PORT`` or ``http://localhost:PORT``, else 403 (CSRF and
   cross-site websocket hijacking).  A missing Origin is accepted only with a
@@ -34,6 +36,7 @@ which the middleware turns into ``{"error": message}`` with its status.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import io
 import logging
@@ -59,6 +62,11 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 80 * 1024
 """Largest request body (aiohttp's client_max_size); room for a full text plus JSON escaping."""
 MAX_HISTORY_LIMIT = 5000
+MAX_OPEN_REQUESTS = 128
+"""Requests being handled at once, open websockets included (each is one
+request for its whole life); past it the site answers 503 at once.  A page
+holds one websocket and a few requests; this bounds the file descriptors and
+memory that local scripts or forgotten tabs can take."""
 
 _STATIC_TYPES = {".js": "text/javascript; charset=utf-8"}
 """Content types of static files that must not depend on the system's MIME table."""
@@ -100,6 +108,7 @@ class WebConfig:
 
     port: int
     token: str
+    max_open_requests: int = MAX_OPEN_REQUESTS
     templates_dir: Path = field(default_factory=default_templates_dir)
     static_dir: Path = field(default_factory=default_static_dir)
 
@@ -114,6 +123,7 @@ CONFIG_KEY = web.AppKey[WebConfig]("webpeer_config")
 API_KEY = web.AppKey[PeerApi]("webpeer_api")
 SOCKETS_KEY = web.AppKey["weakref.WeakSet[web.WebSocketResponse]"]("webpeer_sockets")
 ASSET_VERSION_KEY = web.AppKey[str]("webpeer_asset_version")
+LOAD_KEY = web.AppKey["_Load"]("webpeer_load")
 AUTH_KEY = web.RequestKey[str]("webpeer_auth")
 """How the request authenticated: "bearer", "cookie" or "query"."""
 
@@ -124,8 +134,9 @@ def create_app(config: WebConfig, api: PeerApi) -> web.Application:
     for directory in (config.templates_dir, config.static_dir):
         if not Path(directory).is_dir():
             raise ValueError(f"{directory} is not a directory")
-    app = web.Application(middlewares=[_guard], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[_limit, _guard], client_max_size=MAX_BODY_BYTES)
     app[CONFIG_KEY] = config
+    app[LOAD_KEY] = _Load()
     app[API_KEY] = api
     app[SOCKETS_KEY] = weakref.WeakSet()
     app[ASSET_VERSION_KEY] = _asset_version(Path(config.static_dir))
@@ -206,6 +217,15 @@ def _cookie_name(port: int) -> str:
     return f"webpeer_token_{port}"
 
 
+def cookie_value(token: str, port: int) -> str:
+    """What the cookie holds: an HMAC of the port under the token, not the token.
+
+    Browsers send a 127.0.0.1 cookie to every port of 127.0.0.1, so the value
+    is bound to this site's port (a name alone is not: any site can read all
+    the names) and never reveals the token itself."""
+    return hmac.new(token.encode(), f"webpeer cookie for port {port}".encode(), hashlib.sha256).hexdigest()
+
+
 def _authenticate(request: web.Request, token: str, port: int) -> str | None:
     """Which credential is valid ("bearer", "cookie", "query"), or None."""
     authorization = request.headers.get(hdrs.AUTHORIZATION)
@@ -214,7 +234,7 @@ def _authenticate(request: web.Request, token: str, port: int) -> str | None:
         if scheme.lower() == "bearer" and _same(value.strip(), token):
             return "bearer"
     cookie = request.cookies.get(_cookie_name(port))
-    if cookie is not None and _same(cookie, token):
+    if cookie is not None and _same(cookie, cookie_value(token, port)):
         return "cookie"
     if request.path == "/ws":
         query = request.query.get("token")
@@ -243,6 +263,27 @@ def _is_api(path: str) -> bool:
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+@dataclass
+class _Load:
+    """Requests (websockets included) being handled now."""
+
+    open: int = 0
+
+
+@web.middleware
+async def _limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """503 past the config's max_open_requests: the limit holds before any other work."""
+    load = request.app[LOAD_KEY]
+    limit = request.app[CONFIG_KEY].max_open_requests
+    if load.open >= limit:
+        return _error(503, f"too many open requests and websockets ({limit}): close some tabs or scripts")
+    load.open += 1
+    try:
+        return await handler(request)
+    finally:
+        load.open -= 1
 
 
 @web.middleware
@@ -323,10 +364,12 @@ async def _index(request: web.Request) -> web.StreamResponse:
             return web.Response(status=401, text="Wrong token: open the URL that webpeer printed.\n")
         # Set the cookie, then drop the token from the address bar and history.
         response = web.Response(status=303, headers={hdrs.LOCATION: "/"})
-        response.set_cookie(_cookie_name(port), config.token, httponly=True, samesite="Strict", path="/")
+        response.set_cookie(
+            _cookie_name(port), cookie_value(config.token, port), httponly=True, samesite="Strict", path="/"
+        )
         return response
     cookie = request.cookies.get(_cookie_name(port))
-    if cookie is None or not _same(cookie, config.token):
+    if cookie is None or not _same(cookie, cookie_value(config.token, port)):
         return web.Response(
             status=401,
             text="Not signed in: open the URL that webpeer printed (http://127.0.0.1:PORT/?token=...), then reload.\n",

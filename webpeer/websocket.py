@@ -66,9 +66,14 @@ async def serve(
     queue = api.subscribe()
     answers = _Answers(queue)
     forwarder: asyncio.Task[None] | None = None
+    closing: list[asyncio.Task[bool]] = []  # held here so the close is not garbage collected
     try:
         await ws.send_str(json.dumps({"type": "hello", "me": api.me(), "peers": api.peers_json()}))
         forwarder = asyncio.create_task(_forward(queue, answers, ws))
+        # A writer that died (the socket broke under a send, or a bug) must
+        # end the subscription now: the reader below may wait for a frame
+        # that never comes, and shutdown would then wait for it too.
+        forwarder.add_done_callback(lambda task: closing.extend(_writer_ended(task, api, queue, ws)))
         handled = 0
         async for msg in ws:
             # Frames already received come back from the loop above without
@@ -94,7 +99,25 @@ async def serve(
             forwarder.cancel()
         api.unsubscribe(queue)
         sockets.discard(ws)
+        for task in closing:
+            await asyncio.gather(task, return_exceptions=True)
     return ws
+
+
+def _writer_ended(
+    task: asyncio.Task[None], api: PeerApi, queue: asyncio.Queue[JSON], ws: web.WebSocketResponse
+) -> list[asyncio.Task[bool]]:
+    """Ends the subscription of a socket whose writer stopped; the socket's close, if started."""
+    if task.cancelled():
+        return []  # the reader ended first and stopped the writer
+    if (error := task.exception()) is not None:
+        log.error("a websocket writer failed; closing that socket", exc_info=error)
+    api.unsubscribe(queue)
+    if not ws.closed:
+        # Wakes the reader (its receive() gets a closing message), so the
+        # handler returns without waiting for the page.
+        return [asyncio.get_running_loop().create_task(ws.close(code=WSCloseCode.GOING_AWAY, message=b"writer failed"))]
+    return []
 
 
 # Put in a socket's event queue to wake its writer for answers (never sent).

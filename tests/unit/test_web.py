@@ -26,7 +26,9 @@ from pytest_aiohttp import AiohttpClient
 from webpeer.api import MAX_TEXT_BYTES
 from webpeer.web import (
     MAX_BODY_BYTES,
+    SOCKETS_KEY,
     WebConfig,
+    cookie_value,
     create_app,
     default_static_dir,
     default_templates_dir,
@@ -273,7 +275,9 @@ async def test_token_url_sets_cookie_and_redirects_without_token(site: Site) -> 
     assert response.status == 303
     assert response.headers["Location"] == "/"
     cookie = response.headers["Set-Cookie"]
-    assert cookie.startswith(f"webpeer_token_{site.port}={TOKEN};")
+    # The cookie holds the port's HMAC under the token, never the token.
+    assert cookie.startswith(f"webpeer_token_{site.port}={cookie_value(TOKEN, site.port)};")
+    assert TOKEN not in cookie
     assert "HttpOnly" in cookie
     assert "SameSite=Strict" in cookie
     assert "Path=/" in cookie
@@ -289,6 +293,62 @@ async def test_token_url_sets_cookie_and_redirects_without_token(site: Site) -> 
     me = await site.client.get("/api/me")
     assert me.status == 200
     assert (await me.json())["id"] == 1
+
+
+async def test_a_cookie_only_works_on_its_own_port(site: Site) -> None:
+    # Browsers send every 127.0.0.1 cookie to every port; the value is bound
+    # to the port, so another port's cookie (even renamed), or the bare token
+    # as a cookie, is refused.
+    name = f"webpeer_token_{site.port}"
+    for value in (cookie_value(TOKEN, site.port + 1), TOKEN):
+        for path in ("/api/me", "/"):
+            refused = await site.client.get(path, headers={"Cookie": f"{name}={value}"})
+            assert refused.status == 401, (path, value)
+    accepted = await site.client.get("/api/me", headers={"Cookie": f"{name}={cookie_value(TOKEN, site.port)}"})
+    assert accepted.status == 200
+
+
+async def test_open_requests_are_capped_with_a_clear_503(aiohttp_client: AiohttpClient) -> None:
+    port = free_port()
+    api = FakePeerApi()
+    app = create_app(WebConfig(port=port, token=TOKEN, max_open_requests=3), api)
+    client = await aiohttp_client(app, server_kwargs={"host": "127.0.0.1", "port": port})
+    headers = {"Origin": f"http://127.0.0.1:{port}", "Authorization": f"Bearer {TOKEN}"}
+    sockets = [await client.ws_connect("/ws", headers=headers) for _ in range(3)]
+    for ws in sockets:
+        await receive_json(ws)
+    refused = await client.get("/api/me", headers=headers)
+    assert refused.status == 503
+    assert "too many open" in (await refused.json())["error"]
+    await sockets[0].close()
+    for _ in range(100):
+        if (await client.get("/api/me", headers=headers)).status == 200:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("a closed websocket did not free its place")
+    for ws in sockets[1:]:
+        await ws.close()
+
+
+async def test_a_websocket_whose_writer_died_ends_its_subscription_at_once(site: Site) -> None:
+    ws = await site.ws()
+    await receive_json(ws)
+    assert site.api.subscribers == 1
+    (server_ws,) = list(site.client.app[SOCKETS_KEY])
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise ConnectionResetError("the writer died")
+
+    server_ws.send_str = broken  # type: ignore[method-assign]
+    site.api.add_peer(4, "dave")  # an event for the writer, which fails on it
+    for _ in range(50):
+        if site.api.subscribers == 0:
+            break
+        await asyncio.sleep(0.02)
+    # The page never closed its side; the subscription still ended within a second.
+    assert site.api.subscribers == 0
+    assert not ws.closed or ws.close_code is not None
 
 
 async def test_wrong_token_url_sets_no_cookie(site: Site) -> None:
