@@ -15,6 +15,7 @@ from pathlib import Path
 import platformdirs
 
 from .events import ServerConfig
+from .log_lines import keep_to_one_line
 from .server import RendezvousServer
 
 
@@ -160,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    keep_to_one_line(logging.getLogger().handlers)
     run = asyncio.run
     if not args.no_uvloop:
         try:

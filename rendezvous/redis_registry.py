@@ -537,7 +537,7 @@ class RedisRegistry:
                     await asyncio.sleep(delay)
                     delay = min(2 * delay, LISTEN_BACKOFF[1])
                 else:
-                    logger.warning("ignored a presence message: %s", exc)
+                    logger.warning("ignored a presence message: %r", str(exc))
             except (RedisError, OSError) as exc:
                 self._failed(exc)
                 resync = True

@@ -33,6 +33,7 @@ from typing import Any
 import platformdirs
 from aiohttp import web
 
+from rendezvous.log_lines import keep_to_one_line
 from rendezvous.tool import parse_server
 
 from . import commands
@@ -299,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("quic").setLevel(logging.WARNING)
+    keep_to_one_line(logging.getLogger().handlers)
     run = asyncio.run
     try:
         import uvloop

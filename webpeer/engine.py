@@ -515,7 +515,7 @@ class PeerEngine:
                         self.connect(self.session(peer_id), now)
                     self.flow.pump(self.session(peer_id), now, force_connect=True)
             elif isinstance(event, RegistrationLost):
-                logger.info("registration lost: %s", event.reason)
+                logger.info("registration lost: %r", event.reason)
                 self.publish(MeChanged(self.me()))
             elif isinstance(event, PeersListed):
                 self._on_peers_listed(event, now)

@@ -479,7 +479,7 @@ class PathFinder:
             logger.info("peer %s asks for many-port probing of %r: refused", link.peer_id, host[:64])
             return
         self._spray_times[link.peer_id] = [*recent, now]
-        logger.info("many-port probing: spraying %d ports of %s for peer %d", SPRAY_PROBES, host, link.peer_id)
+        logger.info("many-port probing: spraying %d ports of %r for peer %d", SPRAY_PROBES, host, link.peer_id)
         rng = random.SystemRandom()
         ports = rng.sample(range(1024, 65536), SPRAY_PROBES)
         self._sprays[link.peer_id] = PunchSession(

@@ -10,6 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from peer_net import MAIN_PORT, Peer, PeerNet
 
+from rendezvous.log_lines import keep_to_one_line
 from webpeer.identity import Identity
 from webpeer.link import LinkState, PeerLink
 from webpeer.path import Direct
@@ -169,3 +170,25 @@ def test_hellos_claiming_ids_nobody_holds_add_no_peers_and_hold_no_slot(net: Pee
     assert [p["id"] for p in alice.engine.peers_json()] == listed_before  # no "(no name) #500"
     assert not alice.engine._accepting and not alice.engine._awaiting_key
     assert net.server.stats["connect"] - connects_before == 3  # alice did ask about each claim
+
+
+def test_untrusted_text_cannot_forge_a_log_line(net: PeerNet, caplog: pytest.LogCaptureFixture) -> None:
+    # A nickname, a close reason and a named host are the peer's words: with
+    # a newline they could print a line that looks like ours.
+    forged = "x\nINFO webpeer.engine: registered as peer 1"
+    caplog.set_level("DEBUG")
+    keep_to_one_line([caplog.handler])  # as both programs' main() does for their handlers
+    alice = net.add("alice")
+    mallory = net.add(forged)  # its nickname
+    net.run_until(lambda: alice.engine.my_id is not None and mallory.engine.my_id is not None, 2)
+    sent = mallory.send(alice, "hello")
+    net.run_until(lambda: mallory.status(sent) == "delivered", 4)
+    link = mallory.engine.session(alice.peer_id).link
+    assert link is not None
+    link.close(forged)
+    mallory.flush()
+    net.run(3)
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line for line in lines if "\n" in line or "\r" in line] == []
+    # aioquic's own log of the reason is among them, escaped.
+    assert any("reason x\\nINFO" in line for line in lines)
