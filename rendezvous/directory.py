@@ -14,6 +14,7 @@ others, expired by the same wheel, but never dirty (their home writes them).
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 from collections.abc import Iterator
 
 from sortedcontainers import SortedList
@@ -35,6 +36,8 @@ class Directory:
         self._legacy_ids: SortedList[int] = SortedList()
         # Legacy (plain-text) peers are known only by their address.
         self._legacy_by_address: dict[Address, int] = {}
+        # Legacy peers online per source IP, for the per-IP cap on their ids.
+        self._legacy_per_host: Counter[str] = Counter()
         # Expiry wheel: slot (a quarter of a second) -> ids that may expire in
         # it, plus a heap of the slots in use.  Cheaper in memory than a heap of
         # (time, id) tuples (8 bytes a peer instead of ~90 at a million
@@ -56,14 +59,26 @@ class Directory:
         peer_id = self._legacy_by_address.get(address)
         return None if peer_id is None else self._by_id.get(peer_id)
 
+    def legacy_count_at(self, host: str) -> int:
+        """Legacy peers online from ``host`` (any port)."""
+        return self._legacy_per_host[host]
+
+    def _forget_legacy_address(self, address: Address) -> None:
+        del self._legacy_by_address[address]
+        self._legacy_per_host[address[0]] -= 1
+        if self._legacy_per_host[address[0]] <= 0:
+            del self._legacy_per_host[address[0]]
+
     def put(self, record: PeerRecord) -> None:
         """Insert or replace an online peer, and mark it for the next flush."""
         previous = self._by_id.get(record.peer_id)
         legacy = is_legacy_identity(record.identity)
         if previous is None:
             (self._legacy_ids if legacy else self._modern_ids).add(record.peer_id)
-        elif legacy and previous.observed != record.observed:
-            self._legacy_by_address.pop(previous.observed, None)
+        elif legacy and previous.observed != record.observed and previous.observed in self._legacy_by_address:
+            self._forget_legacy_address(previous.observed)
+        if legacy and record.observed not in self._legacy_by_address:
+            self._legacy_per_host[record.observed[0]] += 1
         if legacy:
             self._legacy_by_address[record.observed] = record.peer_id
         self._by_id[record.peer_id] = record
@@ -98,7 +113,7 @@ class Directory:
         if is_legacy_identity(record.identity):
             self._legacy_ids.discard(peer_id)
             if self._legacy_by_address.get(record.observed) == peer_id:
-                del self._legacy_by_address[record.observed]
+                self._forget_legacy_address(record.observed)
         else:
             self._modern_ids.discard(peer_id)
         record.expires_at = min(record.expires_at, now)

@@ -45,6 +45,9 @@ class ServerConfig:
     # Legacy LIST/CONNECT/EXIT replies per source IP (the text protocol
     # cannot prove addresses, so this bounds what a spoofer can aim at one).
     legacy_bytes_per_second: float = 16 * 1024
+    # Legacy ids online (or being assigned) per source IP: a legacy REGISTER
+    # proves nothing, so spoofed ones must not mint ids without bound.
+    legacy_ids_per_ip: int = 4
     # Replies kept for retransmitted requests (RFC 8489: 40 s).
     transaction_cache_seconds: float = 40.0
     transaction_cache_size: int = 65_536

@@ -80,6 +80,9 @@ class LegacyTextHandler:
         self._context = context
         rate = context.config.legacy_bytes_per_second
         self._bytes = KeyedLimiter(rate, rate * 2)
+        # REGISTERs handed to the registry and not answered yet, per IP: they
+        # count against the per-IP id cap before they are online.
+        self._assigning: Counter[str] = Counter()
 
     def receive(self, data: bytes, address: Address, now: float) -> None:
         """One datagram that looks like text.  Never raises for anything a remote can send."""
@@ -97,6 +100,15 @@ class LegacyTextHandler:
             if not ctx.allow_register(address, now):
                 self._reply(legacy_text.format_error("rate limited"), address, len(data), False)
                 return
+            host = address[0]
+            if (
+                me is None
+                and ctx.directory.legacy_count_at(host) + self._assigning[host] >= ctx.config.legacy_ids_per_ip
+            ):
+                ctx.stats["legacy_ip_cap"] += 1
+                self._reply(legacy_text.format_error("ip limit"), address, len(data), False)
+                return
+            self._assigning[host] += 1
             ctx.queue_registration(
                 PendingRegistration(legacy_identity(address), address, "", (), ctx.config.default_ttl, None, len(data))
             )
@@ -142,11 +154,20 @@ class LegacyTextHandler:
 
     def registered(self, pending: PendingRegistration, peer_id: int) -> None:
         """The registry gave a text REGISTER its id."""
-        self._context.send(legacy_text.format_register_ack(peer_id), pending.address)
+        self._assigned(pending)
+        # The REGISTER proved nothing: its answer, too, stays within 3x.
+        self._reply(legacy_text.format_register_ack(peer_id), pending.address, pending.request_length, False)
 
     def registration_failed(self, pending: PendingRegistration) -> None:
         """The registry could not give a text REGISTER an id."""
-        self._context.send(legacy_text.format_error("try again later"), pending.address)
+        self._assigned(pending)
+        self._reply(legacy_text.format_error("try again later"), pending.address, pending.request_length, False)
+
+    def _assigned(self, pending: PendingRegistration) -> None:
+        host = pending.address[0]
+        self._assigning[host] -= 1
+        if self._assigning[host] <= 0:
+            del self._assigning[host]
 
     def _reply(self, data: bytes, address: Address, request_length: int, verified: bool) -> None:
         if not verified and len(data) > AMPLIFICATION_FACTOR * request_length:

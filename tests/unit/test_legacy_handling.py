@@ -108,3 +108,49 @@ def test_an_error_reply_that_would_amplify_is_dropped() -> None:
     assert core.sent == []
     assert Dropped("legacy reply would amplify", ONE) in core.events
     assert core.stats["legacy_errors"] == 1
+
+
+def test_register_replies_stay_within_3x_of_the_request() -> None:
+    core = FakeCore()
+    handler = LegacyTextHandler(core)
+    handler.receive(b"REGISTER", ONE, T0)
+    (pending,) = core.registrations
+    handler.registered(pending, 4_294_967_295)  # the longest REGISTER_ACK: 23 bytes for 8
+    assert core.sent == [(b"REGISTER_ACK:4294967295", ONE)]
+    # A spoofed REGISTER names someone else's address: nothing in answer to
+    # it, whatever happens next, is over 3x its size.
+    for data, address in core.sent:
+        assert len(data) <= 3 * len(b"REGISTER"), (data, address)
+
+
+def test_legacy_ids_are_capped_per_ip() -> None:
+    core = FakeCore()
+    handler = LegacyTextHandler(core)
+    cap = core.config.legacy_ids_per_ip
+    # Being assigned counts as much as online: a burst cannot overshoot.
+    for port in range(cap):
+        handler.receive(b"REGISTER", ("192.0.2.1", 5000 + port), T0)
+    handler.receive(b"REGISTER", ("192.0.2.1", 6000), T0)
+    assert len(core.registrations) == cap
+    assert core.sent == [(b"ERROR:ip limit", ("192.0.2.1", 6000))]
+    assert core.stats["legacy_ip_cap"] == 1
+    # Another IP is not affected.
+    handler.receive(b"REGISTER", TWO, T0)
+    assert len(core.registrations) == cap + 1
+    # Once assigned they are online; when one goes offline (EXIT or expiry),
+    # its place is free again.
+    for peer_id, pending in enumerate(core.registrations[:cap], start=10):
+        core.directory.put(PeerRecord(peer_id, pending.identity, "", pending.address, (), T0, T0, T0 + 60, T0))
+        handler.registered(pending, peer_id)
+    assert core.directory.legacy_count_at("192.0.2.1") == cap
+    handler.receive(b"REGISTER", ("192.0.2.1", 6001), T0 + 1)
+    assert len(core.registrations) == cap + 1
+    core.directory.expire(T0 + 61)
+    assert core.directory.legacy_count_at("192.0.2.1") == 0
+    handler.receive(b"REGISTER", ("192.0.2.1", 6001), T0 + 62)
+    assert len(core.registrations) == cap + 2
+    # A registered address registering again is not a new id.
+    core.directory.put(PeerRecord(20, legacy_identity(ONE), "", ONE, (), T0, T0, T0 + 200, T0))
+    for _ in range(cap + 1):
+        handler.receive(b"REGISTER", ONE, T0 + 63)
+    assert len(core.registrations) == cap + 2 + cap + 1
