@@ -32,7 +32,7 @@ from aioquic._buffer import Buffer
 from aioquic.quic.packet import PACKET_TYPE_INITIAL, pull_quic_header
 
 from rendezvous.client import PeerInfo
-from rendezvous.stun import Address, CandidateKind, ErrorCode, StunProtocolError, decode, looks_like_stun
+from rendezvous.stun import Address, CandidateKind, ErrorCode, PeerEntry, StunProtocolError, decode, looks_like_stun
 
 from .api import JSON
 from .events import ConnectionChanged, MeChanged, PageEvent, PeersChanged, Resync
@@ -53,9 +53,11 @@ from .path import Direct, Path, Relayed, Transmit
 from .pathfinder import PathFinder, SpareCommand
 from .peer_session import UPGRADE_INTERVAL, Due, PeerSession
 from .registration import (
+    MAX_WATCHED,
     ConnectAnswered,
     Introduced,
     PeersListed,
+    PresenceChanged,
     Registered,
     RegistrationLost,
     RegistrationMachine,
@@ -133,6 +135,10 @@ class PeerEngine:
         self._events: list[PageEvent] = []
         self._process_mark: int | None = None  # where this process()'s events start
         self.stopped = False
+        # How many sessions the registration machine was last given as
+        # contacts: sessions are only ever added (or, rarely, removed), so a
+        # change of the count is a change of the contacts.
+        self._contacts_given = -1
         self.storage_error: str | None = None  # why the last commit failed, until one works
 
     # ------------------------------------------------------------ lifecycle
@@ -147,6 +153,7 @@ class PeerEngine:
         if last_id is not None and self.registration.peer_id is None:
             self.registration.peer_id = last_id
         self.registration.local = local
+        self._sync_contacts(now)
         self.registration.start(now)
 
     def stop(self, now: float) -> None:
@@ -439,6 +446,7 @@ class PeerEngine:
             if not busy:
                 break
         self.flow.store_drafts(drafts or [], now)
+        self._sync_contacts(now)
 
     def committed(self, now: float) -> None:
         """The transaction around :meth:`process` is on disk: the frames it
@@ -519,6 +527,8 @@ class PeerEngine:
                 self.publish(MeChanged(self.me()))
             elif isinstance(event, PeersListed):
                 self._on_peers_listed(event, now)
+            elif isinstance(event, PresenceChanged):
+                self._on_presence(event, now)
             elif isinstance(event, Introduced):
                 self._learn(event.info, now)
                 if (
@@ -546,23 +556,63 @@ class PeerEngine:
                 self.publish(MeChanged(self.me()))
         return busy
 
+    def add_contact(self, peer_id: int, now: float) -> None:
+        """The page adds an id to the peer list: its presence is watched from now on."""
+        if peer_id != self.registration.peer_id and peer_id not in self.peer_states:
+            self.session(peer_id)
+            self._publish_peers()
+        self._sync_contacts(now)
+
+    def contacts(self) -> tuple[int, ...]:
+        """The ids whose presence we watch: every peer we know (from the
+        store, from messages, keys and introductions, or added by the page),
+        oldest first, at most MAX_WATCHED of them (the server's cap)."""
+        mine = self.registration.peer_id
+        return tuple(peer_id for peer_id in self.peer_states if peer_id != mine)[:MAX_WATCHED]
+
+    def _sync_contacts(self, now: float) -> None:
+        if len(self.peer_states) != self._contacts_given:
+            self._contacts_given = len(self.peer_states)
+            self.registration.watch(self.contacts(), now)
+
+    def _on_presence(self, event: PresenceChanged, now: float) -> None:
+        """The server's word on some contacts (WATCH answer, PRESENCE): the
+        entries as LIST entries, the offline ones gone; the others untouched."""
+        mine = self.registration.peer_id
+        changed = False
+        for entry in event.online:
+            if entry.peer_id in self.peer_states and entry.peer_id != mine:  # only contacts
+                changed |= self._listed(entry, now)
+        for peer_id in event.offline:
+            session = self.peer_states.get(peer_id)
+            if session is not None and session.online:
+                session.online = False
+                changed = True
+                self.flow.went_offline(session, now)
+        if changed:
+            self._publish_peers()
+
+    def _listed(self, entry: PeerEntry, now: float) -> bool:
+        """The server lists ``entry`` as online (LIST, WATCH, PRESENCE);
+        True if the page's peer list changed."""
+        changed = entry.peer_id not in self.peer_states
+        session = self.session(entry.peer_id)
+        change = session.listed(entry.online_since, entry.nickname, entry.public_key)
+        self._remember_key(session, now)
+        if change.restarted and session.ready_link is not None:
+            # Registered anew: its old process (and our link to it) is gone.
+            # (A link still being set up was aimed by a fresh CONNECT: keep it.)
+            session.ready_link.close("peer restarted")
+        if change.came_online or change.restarted:
+            # Including messages sent on a link that died before their receipt.
+            self.flow.pump(session, now, force_connect=True)
+        return changed or change.changed
+
     def _on_peers_listed(self, event: PeersListed, now: float) -> None:
         online = {entry.peer_id: entry for entry in event.entries}
         changed = False
-        for peer_id, entry in online.items():
-            if peer_id not in self.peer_states:
-                changed = True
-            session = self.session(peer_id)
-            change = session.listed(entry.online_since, entry.nickname, entry.public_key)
-            changed |= change.changed
-            self._remember_key(session, now)
-            if change.restarted and session.ready_link is not None:
-                # Registered anew: its old process (and our link to it) is gone.
-                # (A link still being set up was aimed by a fresh CONNECT: keep it.)
-                session.ready_link.close("peer restarted")
-            if change.came_online or change.restarted:
-                # Including messages sent on a link that died before their receipt.
-                self.flow.pump(session, now, force_connect=True)
+        for entry in online.values():
+            changed |= self._listed(entry, now)
         for session in self.peer_states.values():
             if session.online and session.peer_id not in online:
                 session.online = False
@@ -633,9 +683,10 @@ class PeerEngine:
 
     def _known(self, peer_id: int) -> bool:
         """We know ``peer_id`` exists: we have its key (listed, introduced,
-        remembered) or the server said it is only offline."""
+        remembered), the server said it is online (WATCH, PRESENCE: an
+        online-since) or that it is only offline."""
         session = self.peer_states.get(peer_id)
-        if session is not None and session.public_key is not None:
+        if session is not None and (session.public_key is not None or session.online_since):
             return True  # the usual case, and no query
         return self.targets.exists(peer_id) or self.history.known_peer(peer_id) is not None
 
