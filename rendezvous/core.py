@@ -557,8 +557,13 @@ class ServerCore:
             record.nickname = pending.nickname
             record.local = pending.local
             record.last_seen = now
+            previous_expiry = record.expires_at
             record.expires_at = now + pending.ttl
             self.directory.put(record)
+            # put() compares the expiry with the record it holds, which is this
+            # one, changed in place: without this the new expiry was never
+            # filed, and a peer that registered again while online never expired.
+            self.directory.touch(record, previous_expiry)
         else:
             record = PeerRecord(
                 peer_id=peer_id,
