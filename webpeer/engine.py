@@ -55,6 +55,7 @@ from .peer_session import UPGRADE_INTERVAL, Due, PeerSession
 from .registration import (
     MAX_WATCHED,
     ConnectAnswered,
+    DirectoryListed,
     Introduced,
     PeersListed,
     PresenceChanged,
@@ -139,6 +140,11 @@ class PeerEngine:
         # contacts: sessions are only ever added (or, rarely, removed), so a
         # change of the count is a change of the contacts.
         self._contacts_given = -1
+        # The directory view: the first page of the server's online list,
+        # replaced at each refresh.  Shown beside the contacts, not watched:
+        # a crowd of strangers costs a bounded page, and never pushes a
+        # contact out of the watched set.
+        self.directory: dict[int, PeerEntry] = {}
         self.storage_error: str | None = None  # why the last commit failed, until one works
 
     # ------------------------------------------------------------ lifecycle
@@ -265,6 +271,28 @@ class PeerEngine:
         }
 
     def peers_json(self) -> list[JSON]:
+        """The contacts, then the directory's strangers, by id."""
+        out = self._contacts_json()
+        strangers = [entry for peer_id, entry in self.directory.items() if peer_id not in self.peer_states]
+        if strangers:
+            for entry in strangers:
+                out.append(
+                    {
+                        "id": entry.peer_id,
+                        "name": entry.nickname,
+                        "fingerprint": fingerprint(entry.public_key),
+                        "online": True,
+                        "unread": 0,
+                        **self.trust.of(entry.peer_id).to_json(),
+                        "connection": None,
+                        "error": None,
+                        "last_message": None,
+                    }
+                )
+            out.sort(key=lambda peer: int(peer["id"]))
+        return out
+
+    def _contacts_json(self) -> list[JSON]:
         unread = self.history.unread_counts()
         out = []
         for peer in sorted(self.peer_states.values(), key=lambda p: p.peer_id):
@@ -529,6 +557,11 @@ class PeerEngine:
                 self._on_peers_listed(event, now)
             elif isinstance(event, PresenceChanged):
                 self._on_presence(event, now)
+            elif isinstance(event, DirectoryListed):
+                directory = {e.peer_id: e for e in event.entries if e.peer_id != self.registration.peer_id}
+                if directory != self.directory:
+                    self.directory = directory
+                    self._publish_peers()
             elif isinstance(event, Introduced):
                 self._learn(event.info, now)
                 if (
@@ -688,6 +721,8 @@ class PeerEngine:
         session = self.peer_states.get(peer_id)
         if session is not None and (session.public_key is not None or session.online_since):
             return True  # the usual case, and no query
+        if peer_id in self.directory:
+            return True  # the server listed it
         return self.targets.exists(peer_id) or self.history.known_peer(peer_id) is not None
 
     def _no_such_peer(self, peer_id: int, now: float) -> None:

@@ -86,6 +86,10 @@ SILENCE_NOTICE = 3.0
 WATCH_REPAIR = 60.0
 # The server's cap on watched ids per peer (docs/PROTOCOL.md 5.9).
 MAX_WATCHED = 256
+# The directory view (who else is online, for the page to pick from): the
+# first LIST page only, every this many heartbeats.  One request and one
+# reply of at most 1200 bytes, whatever the server's population.
+DIRECTORY_EVERY = 5
 
 
 class ServerState(enum.Enum):
@@ -135,6 +139,13 @@ class PresenceChanged(RegEvent):
 
     online: tuple[PeerEntry, ...]
     offline: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DirectoryListed(RegEvent):
+    """The first page of the server's online list (the directory view)."""
+
+    entries: tuple[PeerEntry, ...]
 
 
 @dataclass(frozen=True)
@@ -227,6 +238,7 @@ class RegistrationMachine:
         self._watched: set[int] = set()
         self.watch_supported: bool | None = None
         self._next_watch: float | None = None
+        self._heartbeats = 0
         self.servers: tuple[Address, ...] = ()
         self._server_index = 0
         self.use_servers(servers)
@@ -360,7 +372,13 @@ class RegistrationMachine:
                 # within seconds that the server went silent or forgot us (401),
                 # and keeps our NAT's mapping open for its PRESENCE requests.
                 self._listing = True
-                self._request(session_request(Method.WATCH, self._session), _Request("heartbeat"), now)
+                if self._heartbeats % DIRECTORY_EVERY == 0:
+                    # The directory view's page doubles as this heartbeat.
+                    request = session_request(Method.LIST, self._session, (Attr.LIMIT, 100))
+                    self._request(request, _Request("directory"), now)
+                else:
+                    self._request(session_request(Method.WATCH, self._session), _Request("heartbeat"), now)
+                self._heartbeats += 1
         if self._next_watch is not None and self._next_watch <= now:
             self._next_watch = now + WATCH_REPAIR
             if self.state is RegState.REGISTERED and self.watch_supported is not False:
@@ -384,7 +402,7 @@ class RegistrationMachine:
                 self._on_refresh(message, now)
             elif request.kind == "unregister":
                 self._stopped()
-            elif request.kind == "list":
+            elif request.kind in ("list", "directory"):
                 self._on_list(request, message, now)
             elif request.kind in ("watch", "heartbeat"):
                 if request.kind == "heartbeat":
@@ -484,6 +502,10 @@ class RegistrationMachine:
         if error is not None or self._session is None:
             self._listing = False
             return
+        if request.kind == "directory":
+            self._listing = False
+            self._events.append(DirectoryListed(tuple(message.get_all(Attr.PEER_ENTRY))))
+            return
         request.pages.extend(message.get_all(Attr.PEER_ENTRY))
         cursor = message.get(Attr.CURSOR)
         if cursor is not None and len(request.pages) < 10_000:
@@ -532,7 +554,7 @@ class RegistrationMachine:
     def _on_timeout(self, request: _Request, now: float) -> None:
         if request.kind == "unregister":
             self._stopped()
-        elif request.kind in ("list", "heartbeat"):
+        elif request.kind in ("list", "heartbeat", "directory"):
             self._listing = False
             if self._next_list is not None:
                 # List again at once: while the server is silent this keeps

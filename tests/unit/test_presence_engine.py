@@ -81,11 +81,13 @@ def steady_minute(tmp_path: Path, population: int) -> int:
 def test_a_peers_bytes_per_minute_to_the_server_do_not_grow_with_the_population(tmp_path: Path) -> None:
     alone = steady_minute(tmp_path, 20)
     crowded = steady_minute(tmp_path, FAKES)
-    print(f"bytes per minute, 20 contacts: {alone} with 20 peers online, {crowded} with {FAKES}")
-    assert crowded == alone
-    # The heartbeat (an empty WATCH every second here, every 2 s by default),
-    # the REFRESH every 21 s, and the whole watched set once a minute.
-    assert alone < 12_000, alone
+    print(f"bytes per minute, 20 contacts: {alone} with 100 peers online, {crowded} with {FAKES}")
+    # (Within 1%: the exact count moves by a datagram's worth with timing.)
+    assert abs(crowded - alone) <= alone // 100
+    # The heartbeat (an empty WATCH every second here, every 2 s by default,
+    # every fifth one the directory view's page), the REFRESH every 21 s, and
+    # the whole watched set once a minute.
+    assert alone < 40_000, alone
 
 
 def test_a_lost_presence_is_retransmitted_and_the_contact_still_seen(net: PeerNet) -> None:
