@@ -558,10 +558,7 @@ class PeerEngine:
             elif isinstance(event, PresenceChanged):
                 self._on_presence(event, now)
             elif isinstance(event, DirectoryListed):
-                directory = {e.peer_id: e for e in event.entries if e.peer_id != self.registration.peer_id}
-                if directory != self.directory:
-                    self.directory = directory
-                    self._publish_peers()
+                self._on_directory(event, now)
             elif isinstance(event, Introduced):
                 self._learn(event.info, now)
                 if (
@@ -640,6 +637,19 @@ class PeerEngine:
             # Including messages sent on a link that died before their receipt.
             self.flow.pump(session, now, force_connect=True)
         return changed or change.changed
+
+    def _on_directory(self, event: DirectoryListed, now: float) -> None:
+        directory = {e.peer_id: e for e in event.entries if e.peer_id != self.registration.peer_id}
+        if directory == self.directory:
+            return
+        for peer_id, entry in directory.items():
+            if peer_id not in self.peer_states and self.directory.get(peer_id) != entry:
+                # The registry's word on its key, as the full LIST always gave
+                # it: the page can show its safety number and verify it before
+                # the first message.  (One page: a bounded number of writes.)
+                self.trust.remember(peer_id, entry.public_key, entry.nickname, now)
+        self.directory = directory
+        self._publish_peers()
 
     def _on_peers_listed(self, event: PeersListed, now: float) -> None:
         online = {entry.peer_id: entry for entry in event.entries}

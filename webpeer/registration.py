@@ -89,7 +89,7 @@ MAX_WATCHED = 256
 # The directory view (who else is online, for the page to pick from): the
 # first LIST page only, every this many heartbeats.  One request and one
 # reply of at most 1200 bytes, whatever the server's population.
-DIRECTORY_EVERY = 5
+DIRECTORY_EVERY = 2
 
 
 class ServerState(enum.Enum):
@@ -468,7 +468,9 @@ class RegistrationMachine:
             self._next_list = now  # an old server: list right away, then every list_interval
         else:
             self._send_watches(list(self._contacts), now, probe=True)
-            self._next_list = now + self.list_interval  # the heartbeat
+            # The heartbeat, the first one now: it is the directory view's page.
+            self._next_list = now
+            self._heartbeats = 0
         self._next_watch = now + WATCH_REPAIR
 
     def _on_refresh(self, message: Message, now: float) -> None:

@@ -57,8 +57,9 @@ def test_with_5000_fake_registrations_an_honest_pair_sees_each_other_and_message
     net.run_until(lambda: any(p["id"] == alice.peer_id and p["online"] for p in bob.engine.peers_json()), 1)
     assert net.now - start < 5
     assert alice.peer_id in bob.engine.contacts()
-    # Neither ever walked the directory.
-    assert net.server.stats["list"] == 0
+    # Neither ever walked the directory (5,000 entries are over 200 pages):
+    # only the directory view's first page, every other heartbeat.
+    assert net.server.stats["list"] <= 2 * (net.now - start + 2)
 
 
 def steady_minute(tmp_path: Path, population: int) -> int:
@@ -84,10 +85,10 @@ def test_a_peers_bytes_per_minute_to_the_server_do_not_grow_with_the_population(
     print(f"bytes per minute, 20 contacts: {alone} with 100 peers online, {crowded} with {FAKES}")
     # (Within 1%: the exact count moves by a datagram's worth with timing.)
     assert abs(crowded - alone) <= alone // 100
-    # The heartbeat (an empty WATCH every second here, every 2 s by default,
-    # every fifth one the directory view's page), the REFRESH every 21 s, and
-    # the whole watched set once a minute.
-    assert alone < 40_000, alone
+    # The heartbeat every second here (every 2 s by default), every other one
+    # the directory view's page (most of the bytes), the REFRESH every 21 s,
+    # and the whole watched set once a minute.
+    assert alone < 50_000, alone
 
 
 def test_a_lost_presence_is_retransmitted_and_the_contact_still_seen(net: PeerNet) -> None:
