@@ -10,11 +10,13 @@ asks for introductions, acknowledges the server's INTRODUCE and PRESENCE
 requests and unregisters on a clean exit.
 
 Presence costs what the contacts cost, not what the server's population
-does: one WATCH per 64 contacts at registration and every
+does: one WATCH per 10 contacts at registration and every
 :data:`WATCH_REPAIR` seconds (which also repairs a PRESENCE the server gave
-up on), and a PRESENCE when one of them changes.  Against a server that
-does not know WATCH (400 Unknown method) the machine falls back to the old
-walk of the whole LIST, paged, every ``list_interval`` seconds.
+up on), a PRESENCE when one of them changes, and a heartbeat every
+``list_interval`` seconds (an empty WATCH, or every :data:`DIRECTORY_EVERY`
+th one the first LIST page for the page's directory view).  Against a server
+that does not know WATCH (400 Unknown method) the machine falls back to the
+old walk of the whole LIST, paged, every ``list_interval`` seconds.
 
 It also says how the server is doing (:attr:`RegistrationMachine.server_state`):
 ``connecting`` until it answers, ``unreachable`` once requests have gone
