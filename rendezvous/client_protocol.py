@@ -34,6 +34,7 @@ from .stun import (
     Message,
     MessageClass,
     Method,
+    PeerEntry,
     encode,
 )
 from .tokens import registration_details, registration_payload
@@ -252,6 +253,15 @@ class Introduction:
 
 
 @dataclass(frozen=True)
+class PresenceNotice:
+    """The server tells of watched ids whose presence changed (first copy only):
+    LIST's entries for those online, the ids of the others."""
+
+    online: tuple[PeerEntry, ...]
+    offline: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class RelayData:
     """A relayed datagram from ``peer_id``."""
 
@@ -301,7 +311,7 @@ class ServerConversation(Generic[Context]):
         self._outbox.extend(data for data, _ in result.resend)
         return [context for _, context in result.timed_out]
 
-    def receive(self, message: Message) -> Answer[Context] | Introduction | RelayData | None:
+    def receive(self, message: Message) -> Answer[Context] | Introduction | PresenceNotice | RelayData | None:
         """A decoded message from the server's address.  None: nothing to report
         (a stray or late answer, a repeated or incomplete introduction, an
         incomplete DATA indication, a method a client does not handle)."""
@@ -312,11 +322,29 @@ class ServerConversation(Generic[Context]):
             return None if context is None else Answer(context, message)
         if cls == MessageClass.REQUEST and message.method == Method.INTRODUCE:
             return self._introduce(message)
+        if cls == MessageClass.REQUEST and message.method == Method.PRESENCE:
+            return self._presence(message)
         if cls == MessageClass.INDICATION and message.method == Method.DATA:
             peer_id, payload = message.get(Attr.PEER_ID), message.get(Attr.DATA)
             if isinstance(peer_id, int) and isinstance(payload, bytes):
                 return RelayData(peer_id, payload)
         return None
+
+    def _presence(self, message: Message) -> PresenceNotice | None:
+        # Acknowledged every time, reported once, as INTRODUCE (the server
+        # sends one PRESENCE at a time to us, so they cannot overtake each other).
+        self._outbox.append(encode(Message(Method.PRESENCE, MessageClass.SUCCESS, message.transaction_id)))
+        if not self._first_copy(message.transaction_id):
+            return None
+        return PresenceNotice(tuple(message.get_all(Attr.PEER_ENTRY)), message.get(Attr.OFFLINE_IDS, ()))
+
+    def _first_copy(self, transaction_id: bytes) -> bool:
+        if transaction_id in self._seen_introductions:
+            return False
+        self._seen_introductions[transaction_id] = None
+        if len(self._seen_introductions) > MAX_REMEMBERED_INTRODUCTIONS:
+            del self._seen_introductions[next(iter(self._seen_introductions))]
+        return True
 
     def _introduce(self, message: Message) -> Introduction | None:
         # Acknowledged every time: a repeat means our last ack was lost, and the

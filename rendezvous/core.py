@@ -15,6 +15,10 @@ the clock or the disk.  The wire format is in docs/PROTOCOL.md; in short:
                                                (404 Unknown Peer: not online; 410 No Such Peer: never assigned)
                          and to the target: INTRODUCE request (PEER-ID, PUBLIC-KEY, NICKNAME, CANDIDATE*),
                                             retransmitted until the target answers it
+    -> WATCH (SESSION, [WATCH-IDS])         <- PEER-ENTRY* (those online), [OFFLINE-IDS] (the others)
+                         and later, to the watcher: PRESENCE request (the same) when a watched
+                                            id comes online, goes offline or registers anew,
+                                            retransmitted until the watcher answers it
     -> SEND indication (SESSION, PEER-ID dest, DATA)
                          and to the dest:   DATA indication (PEER-ID source, DATA)
 
@@ -60,12 +64,14 @@ from .events import (
     ServerConfig,
 )
 from .legacy_handling import LegacyTextHandler
+from .presence import Subscriptions
 from .ratelimit import KeyedLimiter
 from .registry import PeerRecord, is_legacy_identity
 from .stun import (
     FINGERPRINT_XOR,
     MAGIC_COOKIE_BYTES,
     MAX_RELAY_PAYLOAD,
+    MAX_WATCH_IDS,
     PUNCH_KEY_LENGTH,
     REASONS,
     Address,
@@ -155,11 +161,18 @@ class ServerCore:
         # does not depend on the transaction id for IPv4).
         self._binding_bodies: dict[Address, bytes] = {}
         self._legacy = LegacyTextHandler(_LegacyPort(self))
+        self._subscriptions = Subscriptions(c.max_watched_per_peer)
+        # PRESENCE requests in flight: transaction id -> (watcher, its address).
+        self._notifications: TransactionTable[tuple[int, Address]] = TransactionTable(c.presence_policy)
+        # Watchers owed a PRESENCE that could not start (too many in flight).
+        self._presence_waiting: set[int] = set()
+        self.directory.take_presence_changes()  # and keep them from now on
         self._handlers: dict[int, Callable[[Message, Address, float, int], Message | None]] = {
             Method.REFRESH: self._refresh,
             Method.UNREGISTER: self._unregister,
             Method.LIST: self._list,
             Method.CONNECT: self._connect,
+            Method.WATCH: self._watch,
         }
 
     # ------------------------------------------------------------ outputs
@@ -209,6 +222,7 @@ class ServerCore:
                 self.stats["peers_moved_away"] += 1
             self.directory.put(record)
             self.stats["mirrored"] += 1
+        self._publish_presence(now)
 
     def deliver_introduction(self, target_id: int, data: bytes, now: float) -> None:
         """Send (and retransmit until acknowledged) an INTRODUCE another
@@ -227,7 +241,8 @@ class ServerCore:
         self.stats["introductions_sent"] += 1
 
     def get_timer(self) -> float | None:
-        candidates = [t for t in (self._introductions.get_timer(), self.directory.next_expiry()) if t is not None]
+        timers = (self._introductions.get_timer(), self._notifications.get_timer(), self.directory.next_expiry())
+        candidates = [t for t in timers if t is not None]
         return min(candidates) if candidates else None
 
     def handle_timer(self, now: float) -> None:
@@ -236,11 +251,19 @@ class ServerCore:
             self.stats["introductions_retransmitted"] += 1
             self._outbox.append((data, address))
         self.stats["introductions_timed_out"] += len(timers.timed_out)
+        notifications = self._notifications.handle_timer(now)
+        for data, (_, address) in notifications.resend:
+            self.stats["presence_retransmitted"] += 1
+            self._outbox.append((data, address))
+        for _, (watcher, _) in notifications.timed_out:
+            self.stats["presence_timed_out"] += 1
+            self._subscriptions.done(watcher, delivered=False)
         for record in self.directory.expire(now):
             if record.home:
                 continue  # a mirror: its home reports it
             self.stats["peers_expired"] += 1
             self._events.append(PeerOffline(record.peer_id, "expired"))
+        self._publish_presence(now)
         self._prune_replies(now)
 
     # ------------------------------------------------------------ input
@@ -259,6 +282,8 @@ class ServerCore:
             self._legacy.receive(data, address, now)
         else:
             self._drop("not STUN", address)
+        if self.directory.has_presence_changes() or self._presence_waiting:
+            self._publish_presence(now)
 
     def _drop(self, reason: str, address: Address) -> None:
         self.stats["dropped"] += 1
@@ -303,6 +328,16 @@ class ServerCore:
             self._receive_request(message, len(data), address, now)
         elif cls == MessageClass.INDICATION:
             self._receive_indication(message, address, now)
+        elif message.method == Method.PRESENCE and not message.classic:
+            # As for INTRODUCE: only the watcher, from the address it was told at.
+            context = self._notifications.context(message.transaction_id)
+            if context is None or context[1] != address:
+                self._drop("unexpected response", address)
+            else:
+                self._notifications.complete(message.transaction_id)
+                self.stats["presence_acknowledged"] += 1
+                if self._subscriptions.done(context[0], delivered=True):
+                    self._notify(context[0], now)
         elif message.method == Method.INTRODUCE and not message.classic:
             # Only the target, from the address it was introduced at, can acknowledge.
             if self._introductions.context(message.transaction_id) != address:
@@ -512,6 +547,9 @@ class ServerCore:
     ) -> None:
         """The registry bound ``pending.identity`` to ``peer_id`` (durably): go online and answer."""
         self.highest_id = max(self.highest_id, peer_id)
+        # A new session: the old one's subscription ends with it (the peer
+        # sends WATCH again once registered).
+        self._subscriptions.drop(peer_id)
         record = self.directory.get(peer_id)
         if record is not None and record.identity == pending.identity:
             record.home = ""  # registered here now, wherever it was before
@@ -519,8 +557,13 @@ class ServerCore:
             record.nickname = pending.nickname
             record.local = pending.local
             record.last_seen = now
+            previous_expiry = record.expires_at
             record.expires_at = now + pending.ttl
             self.directory.put(record)
+            # put() compares the expiry with the record it holds, which is this
+            # one, changed in place: without this the new expiry was never
+            # filed, and a peer that registered again while online never expired.
+            self.directory.touch(record, previous_expiry)
         else:
             record = PeerRecord(
                 peer_id=peer_id,
@@ -536,6 +579,7 @@ class ServerCore:
             self.directory.put(record)
             self._events.append(PeerOnline(peer_id, pending.address))
         self.stats["registered"] += 1
+        self._publish_presence(now)
         request = pending.request
         if request is None:
             self._legacy.registered(pending, peer_id)
@@ -738,6 +782,83 @@ class ServerCore:
         )
         self.stats["introductions_sent"] += 1
         return reply
+
+    def _watch(self, message: Message, address: Address, now: float, length: int) -> Message:
+        self.stats["watch"] += 1
+        peer = self._authorise(message, address, now)
+        if isinstance(peer, Message):
+            return peer
+        # At most one WATCH-IDS of at most MAX_WATCH_IDS ids (so that the
+        # answer fits); none just asks nothing, which is how a peer with no
+        # contacts learns that the server knows WATCH at all.
+        lists = message.get_all(Attr.WATCH_IDS)
+        if len(lists) > 1:
+            return self._error(message, ErrorCode.BAD_REQUEST, "One WATCH-IDS")
+        ids: tuple[int, ...] = lists[0] if lists else ()
+        if len(ids) > MAX_WATCH_IDS:
+            return self._error(message, ErrorCode.BAD_REQUEST, "Too Many Ids")
+        if not self._subscriptions.watch(peer.peer_id, ids):
+            self.stats["watch_refused"] += 1
+            return self._error(message, ErrorCode.BAD_REQUEST, "Too Many Watched")
+        return self._presence_of(self._success(message), ids)
+
+    def _presence_of(self, message: Message, ids: tuple[int, ...]) -> Message:
+        """Add the presence of ``ids`` as they stand: a PEER-ENTRY (as LIST
+        has it: key, nickname, online-since) for each keyed peer online, and
+        the others in OFFLINE-IDS."""
+        offline = []
+        for peer_id in dict.fromkeys(ids):
+            record = self.directory.get(peer_id)
+            if record is None or is_legacy_identity(record.identity):
+                offline.append(peer_id)
+            else:
+                message.add(
+                    Attr.PEER_ENTRY,
+                    PeerEntry(record.peer_id, int(record.online_since), record.identity, record.nickname),
+                )
+        if offline:
+            message.add(Attr.OFFLINE_IDS, tuple(offline))
+        return message
+
+    def _publish_presence(self, now: float) -> None:
+        """Turn the directory's presence changes into PRESENCE requests."""
+        ready: set[int] = set()
+        for peer_id, _ in self.directory.take_presence_changes():
+            record = self.directory.get(peer_id)
+            if record is None or record.home:
+                # Its session here ended (offline, or it registered with
+                # another instance): so does its subscription.
+                self._subscriptions.drop(peer_id)
+                self._presence_waiting.discard(peer_id)
+            ready.update(self._subscriptions.changed(peer_id))
+        if self._presence_waiting:
+            ready |= self._presence_waiting
+            self._presence_waiting = set()
+        for watcher in ready:
+            self._notify(watcher, now)
+
+    def _notify(self, watcher: int, now: float) -> None:
+        """Send ``watcher`` what it is owed, if nothing is in flight to it."""
+        record = self.directory.get(watcher)
+        if record is None or record.home:
+            self._subscriptions.drop(watcher)
+            return
+        if len(self._notifications) >= self.config.max_pending_presence:
+            self.stats["presence_deferred"] += 1
+            self._presence_waiting.add(watcher)
+            return
+        batch = self._subscriptions.take(watcher, MAX_WATCH_IDS)
+        if not batch:
+            return
+        notification = self._presence_of(Message(Method.PRESENCE, MessageClass.REQUEST, self._random(12)), batch)
+        data = encode(notification)
+        self._outbox.append(
+            (
+                self._notifications.start(notification.transaction_id, data, (watcher, record.observed), now),
+                record.observed,
+            )
+        )
+        self.stats["presence_sent"] += 1
 
     def _receive_indication(self, message: Message, address: Address, now: float) -> None:
         if message.method != Method.SEND or message.classic:

@@ -45,6 +45,10 @@ class Directory:
         self._buckets: dict[int, list[int]] = {}
         self._slots: list[int] = []
         self._dirty: dict[int, PeerRecord] = {}
+        # (id, online since or 0 for offline) of the keyed peers whose presence
+        # changed, for the core's presence subscriptions; None (not kept) unless
+        # a core takes them with take_presence_changes().
+        self._presence_changes: list[tuple[int, int]] | None = None
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -82,6 +86,12 @@ class Directory:
         if legacy:
             self._legacy_by_address[record.observed] = record.peer_id
         self._by_id[record.peer_id] = record
+        if (
+            self._presence_changes is not None
+            and not legacy
+            and (previous is None or int(previous.online_since) != int(record.online_since))
+        ):
+            self._presence_changes.append((record.peer_id, int(record.online_since)))
         if previous is None or previous.expires_at != record.expires_at:
             self._schedule(record)
         if record.home:
@@ -116,6 +126,8 @@ class Directory:
                 self._forget_legacy_address(record.observed)
         else:
             self._modern_ids.discard(peer_id)
+            if self._presence_changes is not None:
+                self._presence_changes.append((peer_id, 0))
         record.expires_at = min(record.expires_at, now)
         if not record.home:
             self._dirty[peer_id] = record
@@ -151,6 +163,15 @@ class Directory:
                 return
             limit -= 1
             yield self._by_id[peer_id]
+
+    def take_presence_changes(self) -> list[tuple[int, int]]:
+        """The presence changes since the last call (and keep them from now on)."""
+        changes = self._presence_changes or []
+        self._presence_changes = []
+        return changes
+
+    def has_presence_changes(self) -> bool:
+        return bool(self._presence_changes)
 
     def take_dirty(self) -> list[PeerRecord]:
         dirty = list(self._dirty.values())

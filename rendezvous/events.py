@@ -59,6 +59,12 @@ class ServerConfig:
     # Introductions being retransmitted at once; beyond this CONNECT still
     # answers the requester but the target is not told (counted).
     max_pending_introductions: int = 100_000
+    # Presence subscriptions (WATCH): ids one peer may watch, PRESENCE
+    # requests in flight at once (one per watcher at most; beyond this the
+    # changes wait, bounded by the watched sets), and their retransmission.
+    max_watched_per_peer: int = 256
+    max_pending_presence: int = 100_000
+    presence_policy: RetransmitPolicy = RetransmitPolicy(rto=0.5, max_sends=7, last_wait_factor=4)
 
 
 # ----------------------------------------------------------------- events

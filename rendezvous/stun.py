@@ -69,6 +69,8 @@ class Method(enum.IntEnum):
     INTRODUCE = 0x806
     SEND = 0x807
     DATA = 0x808
+    WATCH = 0x809  # a peer names the ids whose presence it wants to hear of
+    PRESENCE = 0x80A  # server to peer: those ids' presence changed (a request, retransmitted)
 
 
 class Attr(enum.IntEnum):
@@ -96,6 +98,8 @@ class Attr(enum.IntEnum):
     CURSOR = 0x4009
     PEER_ENTRY = 0x400A
     PUNCH_KEY = 0x400B
+    WATCH_IDS = 0x400C
+    OFFLINE_IDS = 0x400D
     # comprehension-optional
     SOFTWARE = 0x8022
     RESPONSE_ORIGIN = 0x802B  # RFC 5780
@@ -325,6 +329,23 @@ def unpack_peer_entry(value: bytes, tid: bytes) -> PeerEntry:
     return PeerEntry(peer_id, online_since, public_key, unpack_text(value[PEER_ENTRY_FIXED.size :], tid))
 
 
+# WATCH-IDS and OFFLINE-IDS: u32 peer ids back to back.  A WATCH carries at
+# most MAX_WATCH_IDS: its answer has a PEER-ENTRY (up to 112 bytes with the
+# TLV header) for each one online, and ten of those fit in MAX_REPLY_BYTES.
+MAX_WATCH_IDS = 10
+MAX_IDS_PER_ATTRIBUTE = 64
+
+
+def pack_id_list(value: tuple[int, ...], tid: bytes) -> bytes:
+    return struct.pack(f"!{len(value)}I", *value)
+
+
+def unpack_id_list(value: bytes, tid: bytes) -> tuple[int, ...]:
+    if len(value) % 4:
+        raise MalformedMessage("id list length is not a multiple of 4")
+    return struct.unpack(f"!{len(value) // 4}I", value)
+
+
 class AttributeSpec(NamedTuple):
     name: str
     pack: Callable[[Any, bytes], bytes]
@@ -363,6 +384,8 @@ ATTRIBUTES: dict[int, AttributeSpec] = {
         PEER_ENTRY_FIXED.size + MAX_NICKNAME_BYTES,
     ),
     Attr.PUNCH_KEY: AttributeSpec("PUNCH-KEY", pack_bytes, unpack_bytes, PUNCH_KEY_LENGTH, PUNCH_KEY_LENGTH),
+    Attr.WATCH_IDS: AttributeSpec("WATCH-IDS", pack_id_list, unpack_id_list, 4, 4 * MAX_IDS_PER_ATTRIBUTE),
+    Attr.OFFLINE_IDS: AttributeSpec("OFFLINE-IDS", pack_id_list, unpack_id_list, 4, 4 * MAX_IDS_PER_ATTRIBUTE),
     Attr.SOFTWARE: AttributeSpec("SOFTWARE", pack_text, unpack_text, 0, 763),
     Attr.RESPONSE_ORIGIN: AttributeSpec("RESPONSE-ORIGIN", pack_address, unpack_address, 8, 20),
     Attr.OTHER_ADDRESS: AttributeSpec("OTHER-ADDRESS", pack_address, unpack_address, 8, 20),

@@ -32,7 +32,7 @@ from aioquic._buffer import Buffer
 from aioquic.quic.packet import PACKET_TYPE_INITIAL, pull_quic_header
 
 from rendezvous.client import PeerInfo
-from rendezvous.stun import Address, CandidateKind, ErrorCode, StunProtocolError, decode, looks_like_stun
+from rendezvous.stun import Address, CandidateKind, ErrorCode, PeerEntry, StunProtocolError, decode, looks_like_stun
 
 from .api import JSON
 from .events import ConnectionChanged, MeChanged, PageEvent, PeersChanged, Resync
@@ -53,9 +53,12 @@ from .path import Direct, Path, Relayed, Transmit
 from .pathfinder import PathFinder, SpareCommand
 from .peer_session import UPGRADE_INTERVAL, Due, PeerSession
 from .registration import (
+    MAX_WATCHED,
     ConnectAnswered,
+    DirectoryListed,
     Introduced,
     PeersListed,
+    PresenceChanged,
     Registered,
     RegistrationLost,
     RegistrationMachine,
@@ -133,6 +136,15 @@ class PeerEngine:
         self._events: list[PageEvent] = []
         self._process_mark: int | None = None  # where this process()'s events start
         self.stopped = False
+        # How many sessions the registration machine was last given as
+        # contacts: sessions are only ever added (or, rarely, removed), so a
+        # change of the count is a change of the contacts.
+        self._contacts_given = -1
+        # The directory view: the first page of the server's online list,
+        # replaced at each refresh.  Shown beside the contacts, not watched:
+        # a crowd of strangers costs a bounded page, and never pushes a
+        # contact out of the watched set.
+        self.directory: dict[int, PeerEntry] = {}
         self.storage_error: str | None = None  # why the last commit failed, until one works
 
     # ------------------------------------------------------------ lifecycle
@@ -147,6 +159,7 @@ class PeerEngine:
         if last_id is not None and self.registration.peer_id is None:
             self.registration.peer_id = last_id
         self.registration.local = local
+        self._sync_contacts(now)
         self.registration.start(now)
 
     def stop(self, now: float) -> None:
@@ -258,6 +271,28 @@ class PeerEngine:
         }
 
     def peers_json(self) -> list[JSON]:
+        """The contacts, then the directory's strangers, by id."""
+        out = self._contacts_json()
+        strangers = [entry for peer_id, entry in self.directory.items() if peer_id not in self.peer_states]
+        if strangers:
+            for entry in strangers:
+                out.append(
+                    {
+                        "id": entry.peer_id,
+                        "name": entry.nickname,
+                        "fingerprint": fingerprint(entry.public_key),
+                        "online": True,
+                        "unread": 0,
+                        **self.trust.of(entry.peer_id).to_json(),
+                        "connection": None,
+                        "error": None,
+                        "last_message": None,
+                    }
+                )
+            out.sort(key=lambda peer: int(peer["id"]))
+        return out
+
+    def _contacts_json(self) -> list[JSON]:
         unread = self.history.unread_counts()
         out = []
         for peer in sorted(self.peer_states.values(), key=lambda p: p.peer_id):
@@ -439,6 +474,7 @@ class PeerEngine:
             if not busy:
                 break
         self.flow.store_drafts(drafts or [], now)
+        self._sync_contacts(now)
 
     def committed(self, now: float) -> None:
         """The transaction around :meth:`process` is on disk: the frames it
@@ -519,6 +555,10 @@ class PeerEngine:
                 self.publish(MeChanged(self.me()))
             elif isinstance(event, PeersListed):
                 self._on_peers_listed(event, now)
+            elif isinstance(event, PresenceChanged):
+                self._on_presence(event, now)
+            elif isinstance(event, DirectoryListed):
+                self._on_directory(event, now)
             elif isinstance(event, Introduced):
                 self._learn(event.info, now)
                 if (
@@ -546,23 +586,76 @@ class PeerEngine:
                 self.publish(MeChanged(self.me()))
         return busy
 
+    def add_contact(self, peer_id: int, now: float) -> None:
+        """The page adds an id to the peer list: its presence is watched from now on."""
+        if peer_id != self.registration.peer_id and peer_id not in self.peer_states:
+            self.session(peer_id)
+            self._publish_peers()
+        self._sync_contacts(now)
+
+    def contacts(self) -> tuple[int, ...]:
+        """The ids whose presence we watch: every peer we know (from the
+        store, from messages, keys and introductions, or added by the page),
+        oldest first, at most MAX_WATCHED of them (the server's cap)."""
+        mine = self.registration.peer_id
+        return tuple(peer_id for peer_id in self.peer_states if peer_id != mine)[:MAX_WATCHED]
+
+    def _sync_contacts(self, now: float) -> None:
+        if len(self.peer_states) != self._contacts_given:
+            self._contacts_given = len(self.peer_states)
+            self.registration.watch(self.contacts(), now)
+
+    def _on_presence(self, event: PresenceChanged, now: float) -> None:
+        """The server's word on some contacts (WATCH answer, PRESENCE): the
+        entries as LIST entries, the offline ones gone; the others untouched."""
+        mine = self.registration.peer_id
+        changed = False
+        for entry in event.online:
+            if entry.peer_id in self.peer_states and entry.peer_id != mine:  # only contacts
+                changed |= self._listed(entry, now)
+        for peer_id in event.offline:
+            session = self.peer_states.get(peer_id)
+            if session is not None and session.online:
+                session.online = False
+                changed = True
+                self.flow.went_offline(session, now)
+        if changed:
+            self._publish_peers()
+
+    def _listed(self, entry: PeerEntry, now: float) -> bool:
+        """The server lists ``entry`` as online (LIST, WATCH, PRESENCE);
+        True if the page's peer list changed."""
+        changed = entry.peer_id not in self.peer_states
+        session = self.session(entry.peer_id)
+        change = session.listed(entry.online_since, entry.nickname, entry.public_key)
+        self._remember_key(session, now)
+        if change.restarted and session.ready_link is not None:
+            # Registered anew: its old process (and our link to it) is gone.
+            # (A link still being set up was aimed by a fresh CONNECT: keep it.)
+            session.ready_link.close("peer restarted")
+        if change.came_online or change.restarted:
+            # Including messages sent on a link that died before their receipt.
+            self.flow.pump(session, now, force_connect=True)
+        return changed or change.changed
+
+    def _on_directory(self, event: DirectoryListed, now: float) -> None:
+        directory = {e.peer_id: e for e in event.entries if e.peer_id != self.registration.peer_id}
+        if directory == self.directory:
+            return
+        for peer_id, entry in directory.items():
+            if peer_id not in self.peer_states and self.directory.get(peer_id) != entry:
+                # The registry's word on its key, as the full LIST always gave
+                # it: the page can show its safety number and verify it before
+                # the first message.  (One page: a bounded number of writes.)
+                self.trust.remember(peer_id, entry.public_key, entry.nickname, now)
+        self.directory = directory
+        self._publish_peers()
+
     def _on_peers_listed(self, event: PeersListed, now: float) -> None:
         online = {entry.peer_id: entry for entry in event.entries}
         changed = False
-        for peer_id, entry in online.items():
-            if peer_id not in self.peer_states:
-                changed = True
-            session = self.session(peer_id)
-            change = session.listed(entry.online_since, entry.nickname, entry.public_key)
-            changed |= change.changed
-            self._remember_key(session, now)
-            if change.restarted and session.ready_link is not None:
-                # Registered anew: its old process (and our link to it) is gone.
-                # (A link still being set up was aimed by a fresh CONNECT: keep it.)
-                session.ready_link.close("peer restarted")
-            if change.came_online or change.restarted:
-                # Including messages sent on a link that died before their receipt.
-                self.flow.pump(session, now, force_connect=True)
+        for entry in online.values():
+            changed |= self._listed(entry, now)
         for session in self.peer_states.values():
             if session.online and session.peer_id not in online:
                 session.online = False
@@ -633,10 +726,13 @@ class PeerEngine:
 
     def _known(self, peer_id: int) -> bool:
         """We know ``peer_id`` exists: we have its key (listed, introduced,
-        remembered) or the server said it is only offline."""
+        remembered), the server said it is online (WATCH, PRESENCE: an
+        online-since) or that it is only offline."""
         session = self.peer_states.get(peer_id)
-        if session is not None and session.public_key is not None:
+        if session is not None and (session.public_key is not None or session.online_since):
             return True  # the usual case, and no query
+        if peer_id in self.directory:
+            return True  # the server listed it
         return self.targets.exists(peer_id) or self.history.known_peer(peer_id) is not None
 
     def _no_such_peer(self, peer_id: int, now: float) -> None:

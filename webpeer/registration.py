@@ -4,9 +4,19 @@ Messages in (already decoded, from the server's address) and ``now``;
 datagrams for the server and events out.  It registers (challenge, then a
 signed REGISTER), refreshes well before the TTL runs out, registers again
 when the server has forgotten it (401 on refresh, e.g. after a server
-restart) or when the server stops answering, lists the online peers every
-few seconds, asks for introductions, acknowledges the server's INTRODUCE
+restart) or when the server stops answering, watches its contacts'
+presence (WATCH, then the server's PRESENCE requests: docs/PROTOCOL.md 5.9),
+asks for introductions, acknowledges the server's INTRODUCE and PRESENCE
 requests and unregisters on a clean exit.
+
+Presence costs what the contacts cost, not what the server's population
+does: one WATCH per 10 contacts at registration and every
+:data:`WATCH_REPAIR` seconds (which also repairs a PRESENCE the server gave
+up on), a PRESENCE when one of them changes, and a heartbeat every
+``list_interval`` seconds (an empty WATCH, or every :data:`DIRECTORY_EVERY`
+th one the first LIST page for the page's directory view).  Against a server
+that does not know WATCH (400 Unknown method) the machine falls back to the
+old walk of the whole LIST, paged, every ``list_interval`` seconds.
 
 It also says how the server is doing (:attr:`RegistrationMachine.server_state`):
 ``connecting`` until it answers, ``unreachable`` once requests have gone
@@ -37,6 +47,7 @@ from rendezvous.client_protocol import (
     Answer,
     Introduction,
     PeerInfo,
+    PresenceNotice,
     RegisterHandshake,
     RegisterRefused,
     RelayData,
@@ -45,7 +56,15 @@ from rendezvous.client_protocol import (
     relay_indication,
     session_request,
 )
-from rendezvous.stun import MAX_RELAY_PAYLOAD, Address, Attr, Message, Method, PeerEntry
+from rendezvous.stun import (
+    MAX_RELAY_PAYLOAD,
+    MAX_WATCH_IDS,
+    Address,
+    Attr,
+    Message,
+    Method,
+    PeerEntry,
+)
 from rendezvous.transactions import RetransmitPolicy
 
 from .identity import Identity
@@ -63,6 +82,16 @@ MAX_BACKOFF = 30.0
 SILENT_RETRY = (0.5, 1.0)
 # Requests unanswered this long: the server is said to be unreachable.
 SILENCE_NOTICE = 3.0
+# The whole watched set is sent again this often: the server's PRESENCE
+# survives the loss of six datagrams in a row by retransmission; beyond that
+# (a long outage of our path) it gives up, and this brings the truth back.
+WATCH_REPAIR = 60.0
+# The server's cap on watched ids per peer (docs/PROTOCOL.md 5.9).
+MAX_WATCHED = 256
+# The directory view (who else is online, for the page to pick from): the
+# first LIST page only, every this many heartbeats.  One request and one
+# reply of at most 1200 bytes, whatever the server's population.
+DIRECTORY_EVERY = 2
 
 
 class ServerState(enum.Enum):
@@ -102,6 +131,22 @@ class RegistrationLost(RegEvent):
 
 @dataclass(frozen=True)
 class PeersListed(RegEvent):
+    entries: tuple[PeerEntry, ...]
+
+
+@dataclass(frozen=True)
+class PresenceChanged(RegEvent):
+    """The server's word on watched ids (a WATCH answer or a PRESENCE):
+    LIST's entries for those online, the ids of those offline."""
+
+    online: tuple[PeerEntry, ...]
+    offline: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DirectoryListed(RegEvent):
+    """The first page of the server's online list (the directory view)."""
+
     entries: tuple[PeerEntry, ...]
 
 
@@ -151,6 +196,7 @@ class _Request:
     kind: str
     peer_id: int = 0
     pages: list[PeerEntry] = field(default_factory=list)
+    ids: tuple[int, ...] = ()  # a WATCH's ids
 
 
 class RegistrationMachine:
@@ -187,6 +233,14 @@ class RegistrationMachine:
         self._backoff = 1.0
         self._retry_on_any_answer = False  # backing off because the server was silent
         self._listing = False
+        # Presence: the ids to watch (set by the engine), those a WATCH of
+        # this session carried, and whether the server knows WATCH (None:
+        # not known yet; False: an old server, walk the LIST instead).
+        self._contacts: tuple[int, ...] = ()
+        self._watched: set[int] = set()
+        self.watch_supported: bool | None = None
+        self._next_watch: float | None = None
+        self._heartbeats = 0
         self.servers: tuple[Address, ...] = ()
         self._server_index = 0
         self.use_servers(servers)
@@ -225,7 +279,8 @@ class RegistrationMachine:
         return self._events.pop(0) if self._events else None
 
     def get_timer(self) -> float | None:
-        times = [t for t in (self._conversation.get_timer(), self._wake_at, self._next_list) if t is not None]
+        timers = (self._conversation.get_timer(), self._wake_at, self._next_list, self._next_watch)
+        times = [t for t in timers if t is not None]
         if self._silent_since is not None and not self._unreachable:
             times.append(self._silent_since + SILENCE_NOTICE)
         return min(times) if times else None
@@ -242,7 +297,7 @@ class RegistrationMachine:
             self._request(session_request(Method.UNREGISTER, self._session), _Request("unregister"), now)
         else:
             self._stopped()
-        self._wake_at = self._next_list = None
+        self._wake_at = self._next_list = self._next_watch = None
         self._silent_since = None
 
     def connect(self, peer_id: int, now: float) -> bool:
@@ -253,7 +308,31 @@ class RegistrationMachine:
         self._request(request, _Request("connect", peer_id), now)
         return True
 
+    def watch(self, contacts: tuple[int, ...], now: float) -> None:
+        """The ids whose presence we want (at most :data:`MAX_WATCHED`; the
+        rest are ignored).  New ones are sent at once when registered."""
+        self._contacts = tuple(dict.fromkeys(contacts))[:MAX_WATCHED]
+        # Not known yet whether the server knows WATCH: sent anyway (an old
+        # server's 400 is what the probe would get too).
+        if self.state is RegState.REGISTERED and self.watch_supported is not False:
+            self._send_watches([i for i in self._contacts if i not in self._watched], now)
+
+    def _send_watches(self, ids: list[int], now: float, *, probe: bool = False) -> None:
+        """WATCH ``ids``, MAX_WATCH_IDS to a request; ``probe``: one even with none (to
+        learn whether the server knows WATCH)."""
+        if self._session is None:
+            return
+        chunks = [tuple(ids[i : i + MAX_WATCH_IDS]) for i in range(0, len(ids), MAX_WATCH_IDS)]
+        if not chunks and probe:
+            chunks = [()]
+        for chunk in chunks:
+            attributes = ((Attr.WATCH_IDS, chunk),) if chunk else ()
+            self._watched.update(chunk)
+            self._request(session_request(Method.WATCH, self._session, *attributes), _Request("watch", ids=chunk), now)
+
     def list_now(self, now: float) -> None:
+        """Walk the server's whole LIST (paged) once: the fallback against a
+        server without WATCH, and a directory view on demand."""
         if self._session is not None and self.state is RegState.REGISTERED and not self._listing:
             self._listing = True
             self._request(session_request(Method.LIST, self._session, (Attr.LIMIT, 100)), _Request("list"), now)
@@ -288,7 +367,24 @@ class RegistrationMachine:
                 self._register(now)
         if self._next_list is not None and self._next_list <= now:
             self._next_list = now + self.list_interval
-            self.list_now(now)
+            if self.watch_supported is False:
+                self.list_now(now)
+            elif not self._listing and self.state is RegState.REGISTERED and self._session is not None:
+                # The heartbeat: an empty WATCH (about 50 bytes each way) tells
+                # within seconds that the server went silent or forgot us (401),
+                # and keeps our NAT's mapping open for its PRESENCE requests.
+                self._listing = True
+                if self._heartbeats % DIRECTORY_EVERY == 0:
+                    # The directory view's page doubles as this heartbeat.
+                    request = session_request(Method.LIST, self._session, (Attr.LIMIT, 100))
+                    self._request(request, _Request("directory"), now)
+                else:
+                    self._request(session_request(Method.WATCH, self._session), _Request("heartbeat"), now)
+                self._heartbeats += 1
+        if self._next_watch is not None and self._next_watch <= now:
+            self._next_watch = now + WATCH_REPAIR
+            if self.state is RegState.REGISTERED and self.watch_supported is not False:
+                self._send_watches(list(self._contacts), now, probe=True)
 
     def receive(self, message: Message, now: float) -> None:
         """A decoded STUN message from the server's address."""
@@ -296,6 +392,8 @@ class RegistrationMachine:
         self._heard_from_server(now)
         if isinstance(received, Introduction):
             self._events.append(Introduced(received.info))
+        elif isinstance(received, PresenceNotice):
+            self._events.append(PresenceChanged(received.online, received.offline))
         elif isinstance(received, RelayData):
             self._events.append(Relayed(received.peer_id, received.payload))
         elif isinstance(received, Answer):
@@ -306,8 +404,12 @@ class RegistrationMachine:
                 self._on_refresh(message, now)
             elif request.kind == "unregister":
                 self._stopped()
-            elif request.kind == "list":
+            elif request.kind in ("list", "directory"):
                 self._on_list(request, message, now)
+            elif request.kind in ("watch", "heartbeat"):
+                if request.kind == "heartbeat":
+                    self._listing = False
+                self._on_watch(request, message, now)
             else:
                 self._on_connect(request, message, now)
         if self.state is RegState.BACKING_OFF and self._retry_on_any_answer:
@@ -360,8 +462,18 @@ class RegistrationMachine:
         self._backoff = 1.0
         self._retry_on_any_answer = False
         self._wake_at = now + max(1.0, step.ttl * REFRESH_FRACTION)
-        self._next_list = now  # list right away, then every list_interval
         self._events.append(Registered(step.peer_id, step.observed, step.ttl))
+        # A new session has no subscription: watch every contact again (and
+        # with none, ask anyway, to learn whether the server knows WATCH).
+        self._watched = set()
+        if self.watch_supported is False:
+            self._next_list = now  # an old server: list right away, then every list_interval
+        else:
+            self._send_watches(list(self._contacts), now, probe=True)
+            # The heartbeat, the first one now: it is the directory view's page.
+            self._next_list = now
+            self._heartbeats = 0
+        self._next_watch = now + WATCH_REPAIR
 
     def _on_refresh(self, message: Message, now: float) -> None:
         error = error_of(message)
@@ -394,6 +506,10 @@ class RegistrationMachine:
         if error is not None or self._session is None:
             self._listing = False
             return
+        if request.kind == "directory":
+            self._listing = False
+            self._events.append(DirectoryListed(tuple(message.get_all(Attr.PEER_ENTRY))))
+            return
         request.pages.extend(message.get_all(Attr.PEER_ENTRY))
         cursor = message.get(Attr.CURSOR)
         if cursor is not None and len(request.pages) < 10_000:
@@ -402,6 +518,28 @@ class RegistrationMachine:
             return
         self._listing = False
         self._events.append(PeersListed(tuple(request.pages)))
+
+    def _on_watch(self, request: _Request, message: Message, now: float) -> None:
+        error = error_of(message)
+        if error is None:
+            self.watch_supported = True
+            asked = set(request.ids)
+            # Only what we asked about: an answer is no place for other ids.
+            online = tuple(e for e in message.get_all(Attr.PEER_ENTRY) if e.peer_id in asked)
+            offline = tuple(i for i in message.get(Attr.OFFLINE_IDS, ()) if i in asked)
+            if online or offline:
+                self._events.append(PresenceChanged(online, offline))
+            return
+        self._watched.difference_update(request.ids)  # not watched: asked again at the next repair
+        if error.code == 400 and error.reason.startswith("Unknown method"):
+            # A server from before WATCH: walk its LIST as peers always did.
+            if self.watch_supported is not False:
+                self.watch_supported = False
+                if self.state is RegState.REGISTERED:
+                    self._next_list = now
+        elif error.code == 401 and self.state is RegState.REGISTERED:
+            self._lost(now, f"watch refused: {error.code} {error.reason}")
+            self._register(now)
 
     def _on_connect(self, request: _Request, message: Message, now: float) -> None:
         error = error_of(message)
@@ -420,7 +558,7 @@ class RegistrationMachine:
     def _on_timeout(self, request: _Request, now: float) -> None:
         if request.kind == "unregister":
             self._stopped()
-        elif request.kind == "list":
+        elif request.kind in ("list", "heartbeat", "directory"):
             self._listing = False
             if self._next_list is not None:
                 # List again at once: while the server is silent this keeps
@@ -429,6 +567,12 @@ class RegistrationMachine:
                 self._next_list = now
         elif request.kind == "connect":
             self._events.append(ConnectAnswered(request.peer_id, None, "the server did not answer"))
+        elif request.kind == "watch":
+            # Unanswered: those ids are asked again soon (not at once: the
+            # REFRESH already tells a silent server from a lossy path).
+            self._watched.difference_update(request.ids)
+            if self._next_watch is not None:
+                self._next_watch = min(self._next_watch, now + 1.0)
         elif request.kind in ("register", "refresh"):
             if request.kind == "register" and self.state is RegState.CHALLENGING:
                 # Not even a challenge came back: perhaps this address of the
@@ -443,6 +587,7 @@ class RegistrationMachine:
             self._events.append(RegistrationLost(reason))
         self._session = None
         self._next_list = None
+        self._next_watch = None
 
     def _back_off(self, now: float, reason: str, *, silent: bool = False) -> None:
         self.state = RegState.BACKING_OFF

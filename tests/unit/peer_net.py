@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,6 +207,11 @@ class PeerNet:
         self.server_down = False
         self.delivered_to: Callable[[Address], None] | None = None
         self.raw_endpoints: dict[Address, Callable[[bytes, Address], None]] = {}
+        # A test's own loss: datagrams for which it returns True are dropped.
+        self.lose: Callable[[bytes, Address, Address], bool] | None = None
+        # What each public IP sent to the server and got from it: datagrams, bytes.
+        self.to_server: Counter[tuple[str, str]] = Counter()
+        self.from_server: Counter[tuple[str, str]] = Counter()
 
     # ------------------------------------------------------------ building
 
@@ -294,6 +300,15 @@ class PeerNet:
         ):
             self.dropped += 1
             return
+        if self.lose is not None and self.lose(data, source, destination):
+            self.dropped += 1
+            return
+        if destination in (SERVER, SERVER_OTHER):
+            self.to_server[(source[0], "datagrams")] += 1
+            self.to_server[(source[0], "bytes")] += len(data)
+        elif source in (SERVER, SERVER_OTHER):
+            self.from_server[(destination[0], "datagrams")] += 1
+            self.from_server[(destination[0], "bytes")] += len(data)
         heapq.heappush(self._queue, (self.now + LATENCY, next(self._order), data, source, destination))
 
     def _deliver(self, data: bytes, source: Address, destination: Address) -> None:

@@ -219,13 +219,14 @@ def test_a_restarted_peer_is_reconnected_at_its_next_listing(net: PeerNet) -> No
     net.cut(alice, bob)
     net.stop(bob)
     net.mend(alice, bob)
+    assert old_link is not None and old_link.state is LinkState.READY
     bob = net.start_again(bob)
     net.run_until(lambda: bob.engine.my_id is not None, 2)
     assert bob.peer_id == 2  # same key, same id
-    assert old_link is not None and old_link.state is LinkState.READY
-    # The rule: the listing shows a new online-since, so alice drops the
-    # old link at once and connects anew.
-    took = net.run_until(lambda: old_link.state is LinkState.CLOSED, 1.1)  # the next LIST, within a second
+    # The rule: the server's PRESENCE (bob is a watched contact; the LIST
+    # entry against an old server) shows a new online-since, so alice drops
+    # the old link at once and connects anew.
+    took = net.run_until(lambda: old_link.state is LinkState.CLOSED, 1.1)  # told at bob's registration
     assert old_link.close_reason == "peer restarted", took
     second = alice.send(bob, "after")
     took = net.run_until(lambda: alice.status(second) == "delivered", 1)

@@ -156,7 +156,9 @@ def test_a_cancelled_message_is_never_sent_even_when_the_peer_comes_back(net: Pe
     alice, bob = registered_pair(net)
     bob_id = bob.peer_id
     net.stop(bob)
-    net.run_until(lambda: not alice.engine.session(bob_id).online, 3)
+    # The server's PRESENCE says bob is offline before his goodbye (CONNECTION_CLOSE)
+    # arrives: wait for both, as the old LIST every second did by its pace.
+    net.run_until(lambda: not alice.engine.session(bob_id).online and alice.engine.session(bob_id).link is None, 3)
     dropped = alice.send(bob_id, "never mind")
     kept = alice.send(bob_id, "this one")
     assert alice.status(dropped) == "queued"

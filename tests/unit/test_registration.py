@@ -85,7 +85,11 @@ def test_registers_with_a_signed_challenge_and_refreshes_in_time() -> None:
     events = h.pump({A: alice}, 1000.0)[A]
     assert Registered(1, A, 60) in events
     assert alice.state is RegState.REGISTERED
-    assert alice.get_timer() == 1000.0  # lists right away
+    # Its WATCH (no contacts yet: it asks whether the server knows WATCH)
+    # went at once and was answered; the heartbeat (first the directory
+    # view's page) is due at once too, then every list_interval.
+    assert alice.watch_supported is True
+    assert alice.get_timer() == 1000.0
     # The refresh is due at 35% of the TTL: 21 s.
     alice.handle_timer(1000.0)
     h.pump({A: alice}, 1000.0)

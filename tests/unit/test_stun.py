@@ -459,6 +459,8 @@ SAMPLES: dict[int, list[Any]] = {
     Attr.LIMIT: [0, 50, 2**32 - 1],
     Attr.CURSOR: [b"\x00", b"c" * stun.MAX_CURSOR_LENGTH],
     Attr.PUNCH_KEY: [bytes(16), bytes(range(16))],
+    Attr.WATCH_IDS: [(1,), (0, 2**32 - 1), tuple(range(stun.MAX_IDS_PER_ATTRIBUTE))],
+    Attr.OFFLINE_IDS: [(7,), tuple(range(1, stun.MAX_IDS_PER_ATTRIBUTE + 1))],
     Attr.CHANGE_REQUEST: [0, 0x2, 0x4, 0x6],
     Attr.RESPONSE_ORIGIN: [("203.0.113.10", 3478), ("2001:db8::1", 3479)],
     Attr.OTHER_ADDRESS: [("203.0.113.11", 3479)],

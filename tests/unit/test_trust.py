@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import struct
 from pathlib import Path
 
 import pytest
 from peer_net import Peer, PeerNet
 
+from rendezvous.stun import MessageClass, Method, pack_type
 from webpeer.api import ApiError
 from webpeer.events import MessageAdded, PeerTrustChanged
 from webpeer.identity import fingerprint
@@ -134,7 +136,9 @@ def test_nothing_goes_to_a_new_key_until_the_user_accepts_it_and_then_the_held_m
     before = alice.send(bob, "before")
     net.run_until(lambda: alice.status(before) == "delivered", 1)
     net.stop(bob)
-    net.run_until(lambda: not alice.engine.session(bob_id).online, 3)
+    # The server's PRESENCE says bob is offline before his goodbye (CONNECTION_CLOSE)
+    # arrives: wait for both, as the old LIST every second did by its pace.
+    net.run_until(lambda: not alice.engine.session(bob_id).online and alice.engine.session(bob_id).link is None, 3)
     waiting = alice.send(bob_id, "sent while bob was away")
     assert alice.status(waiting) == "queued"
 
@@ -309,8 +313,13 @@ def test_actions_that_do_not_apply_are_refused(net: PeerNet) -> None:
 def test_a_connect_answer_that_brings_a_new_key_opens_no_link_to_it(net: PeerNet) -> None:
     alice, bob = registered_pair(net)
     bob_id = bob.peer_id
+    # The server's PRESENCE (or, against an old server, the next LIST) would
+    # show bob2's key at once: lose them, so that the CONNECT answer is the
+    # first to bring it.
+    presence = struct.pack("!H", pack_type(Method.PRESENCE, MessageClass.REQUEST))
+    net.lose = lambda data, source, destination: data[:2] == presence
     bob2 = net.new_key(bob)
-    net.run(0.1)  # bob2 is registered; alice's listing (every second) has not shown the change yet
+    net.run(0.1)  # bob2 is registered; alice has not heard of the change yet
     assert alice.engine.session(bob_id).online and alice.engine.trust.of(bob_id).state is TrustState.TRUSTED
     sent = alice.send(bob_id, "to whoever answers")
     assert alice.status(sent) == "sending"  # a CONNECT is on its way; its answer carries bob2's key

@@ -1,0 +1,137 @@
+"""Presence that scales (issue 16, finding 1), through the pure engines and
+the server core with literal times (tests/unit/peer_net.py): a peer watches
+its contacts instead of walking the server's whole online list, so a crowd
+of fake registrations neither hides its contacts nor costs it bytes; against
+a server without WATCH it walks the LIST as before."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from peer_net import Peer, PeerNet
+
+from rendezvous.registry import PeerRecord
+from rendezvous.stun import MessageClass, Method, pack_type
+
+FAKES = 5_000
+FAKE_BASE = 100_000
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> PeerNet:
+    return PeerNet(tmp_path)
+
+
+def crowd(net: PeerNet, count: int) -> None:
+    """``count`` keyed peers online for an hour, straight into the directory (as a flooder's would be)."""
+    for n in range(count):
+        peer_id = FAKE_BASE + n
+        key = struct.pack("!I", peer_id) * 8
+        address = (f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", 9999)
+        record = PeerRecord(peer_id, key, f"fake{n}", address, (), net.now, net.now, net.now + 3600, net.now)
+        net.server.directory.put(record)
+    net.server.highest_id = max(net.server.highest_id, FAKE_BASE + count)
+    net.server.directory.take_dirty()
+
+
+def bytes_per_minute(net: PeerNet, peer: Peer) -> int:
+    ip = peer.nat.public_ip
+    return net.to_server[(ip, "bytes")] + net.from_server[(ip, "bytes")]
+
+
+def test_with_5000_fake_registrations_an_honest_pair_sees_each_other_and_messages_within_5_s(net: PeerNet) -> None:
+    crowd(net, FAKES)
+    alice = net.add("alice")
+    bob = net.add("bob")
+    net.run_until(lambda: alice.engine.my_id is not None and bob.engine.my_id is not None, 2)
+    start = net.now
+    # Alice's page adds bob by id (bob does not know alice yet).
+    alice.engine.add_contact(bob.peer_id, net.now)
+    alice.flush()
+    net.run_until(lambda: alice.engine.session(bob.peer_id).online, 5)
+    sent = alice.send(bob, "through the crowd")
+    net.run_until(lambda: alice.status(sent) == "delivered", 5 - (net.now - start))
+    # Bob learned alice from her message, watches her now, and sees her online.
+    net.run_until(lambda: any(p["id"] == alice.peer_id and p["online"] for p in bob.engine.peers_json()), 1)
+    assert net.now - start < 5
+    assert alice.peer_id in bob.engine.contacts()
+    # Neither ever walked the directory (5,000 entries are over 200 pages):
+    # only the directory view's first page, every other heartbeat.
+    assert net.server.stats["list"] <= 2 * (net.now - start + 2)
+
+
+def steady_minute(tmp_path: Path, population: int) -> int:
+    """Bytes a peer with 20 contacts exchanges with the server in its third
+    minute online, the server holding ``population`` other peers."""
+    net = PeerNet(tmp_path / f"n{population}")
+    (tmp_path / f"n{population}").mkdir()
+    crowd(net, population)
+    alice = net.add("alice")
+    net.run_until(lambda: alice.engine.my_id is not None, 2)
+    for n in range(20):
+        alice.engine.add_contact(FAKE_BASE + n, net.now)
+    alice.flush()
+    net.run(120)
+    before = bytes_per_minute(net, alice)
+    net.run(60)
+    return bytes_per_minute(net, alice) - before
+
+
+def test_a_peers_bytes_per_minute_to_the_server_do_not_grow_with_the_population(tmp_path: Path) -> None:
+    alone = steady_minute(tmp_path, 20)
+    crowded = steady_minute(tmp_path, FAKES)
+    print(f"bytes per minute, 20 contacts: {alone} with 100 peers online, {crowded} with {FAKES}")
+    # (Within 1%: the exact count moves by a datagram's worth with timing.)
+    assert abs(crowded - alone) <= alone // 100
+    # The heartbeat every second here (every 2 s by default), every other one
+    # the directory view's page (most of the bytes), the REFRESH every 21 s,
+    # and the whole watched set once a minute.
+    assert alone < 50_000, alone
+
+
+def test_a_lost_presence_is_retransmitted_and_the_contact_still_seen(net: PeerNet) -> None:
+    alice = net.add("alice")
+    net.run_until(lambda: alice.engine.my_id is not None, 2)
+    alice.engine.add_contact(2, net.now)
+    alice.flush()
+    net.run(0.5)
+    presence = struct.pack("!H", pack_type(Method.PRESENCE, MessageClass.REQUEST))
+    lost: list[bytes] = []
+
+    def lose_two(data: bytes, source: object, destination: object) -> bool:
+        if data[:2] == presence and len(lost) < 2:
+            lost.append(data)
+            return True
+        return False
+
+    net.lose = lose_two
+    bob = net.add("bob")
+    took = net.run_until(lambda: alice.engine.session(2).online, 3)
+    assert bob.peer_id == 2 and len(lost) == 2
+    assert 1.5 <= took <= 1.6  # the third send, at 1.5 s (RTO 0.5 s)
+    assert alice.engine.session(2).name == "bob"  # the entry carries the name and key
+
+
+def test_against_a_server_without_watch_the_peer_walks_the_list_as_before(net: PeerNet) -> None:
+    # A server from before WATCH answers it "400 Unknown method".
+    del net.server._handlers[Method.WATCH]
+    alice = net.add("alice")
+    bob = net.add("bob")
+    net.run_until(lambda: alice.engine.my_id is not None and bob.engine.my_id is not None, 2)
+    # No contacts, yet each finds the other in the listing, as peers always did.
+    net.run_until(lambda: bob.peer_id in alice.engine.peer_states and alice.peer_id in bob.engine.peer_states, 3)
+    assert alice.engine.registration.watch_supported is False
+    assert net.server.stats["list"] > 0
+    sent = alice.send(bob, "old server")
+    net.run_until(lambda: alice.status(sent) == "delivered", 2)
+    # The restart rule holds there too: a new online-since closes the old link.
+    old_link = alice.engine.session(bob.peer_id).link
+    assert old_link is not None
+    net.run(2)  # online-since is in whole seconds: a restart within the same second looks the same
+    net.cut(alice, bob)
+    net.stop(bob)
+    net.mend(alice, bob)
+    bob = net.start_again(bob)
+    net.run_until(lambda: old_link.close_reason == "peer restarted", 3)
