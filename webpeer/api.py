@@ -145,6 +145,10 @@ class PeerApi(Protocol):
         of a blocked key)."""
         ...
 
+    async def refresh_directory(self) -> None:
+        """Ask the server who is online now (the peer list is then fresh)."""
+        ...
+
     def subscribe(self) -> asyncio.Queue[JSON]:
         """A queue that receives every event from now on (bounded: a consumer
         that falls far behind loses its backlog and gets a "resync" event)."""

@@ -140,6 +140,8 @@ class PeerEngine:
         # contacts: sessions are only ever added (or, rarely, removed), so a
         # change of the count is a change of the contacts.
         self._contacts_given = -1
+        self._directory_given: set[int] = set()
+        self._directory_left: set[int] = set()  # strangers on the page whose PRESENCE said offline
         # The directory view: the first page of the server's online list,
         # replaced at each refresh.  Shown beside the contacts, not watched:
         # a crowd of strangers costs a bounded page, and never pushes a
@@ -281,7 +283,7 @@ class PeerEngine:
                         "id": entry.peer_id,
                         "name": entry.nickname,
                         "fingerprint": fingerprint(entry.public_key),
-                        "online": True,
+                        "online": entry.peer_id not in self._directory_left,
                         "unread": 0,
                         **self.trust.of(entry.peer_id).to_json(),
                         "connection": None,
@@ -598,11 +600,26 @@ class PeerEngine:
         store, from messages, keys and introductions, or added by the page),
         oldest first, at most MAX_WATCHED of them (the server's cap)."""
         mine = self.registration.peer_id
-        return tuple(peer_id for peer_id in self.peer_states if peer_id != mine)[:MAX_WATCHED]
+        known = [peer_id for peer_id in self.peer_states if peer_id != mine]
+        # Then the strangers the directory page shows (a handful: one page):
+        # watched too, so one who leaves is gone from the page at once, not
+        # at the next directory refresh.
+        shown = [peer_id for peer_id in self.directory if peer_id not in self.peer_states]
+        return tuple(known + shown)[:MAX_WATCHED]
 
     def _sync_contacts(self, now: float) -> None:
-        if len(self.peer_states) != self._contacts_given:
-            self._contacts_given = len(self.peer_states)
+        for peer_id, entry in list(self.directory.items()):
+            session = self.peer_states.get(peer_id)
+            if session is not None and not session.online and not session.online_since:
+                # A stranger on the directory page became a contact (we wrote
+                # to it): it is watched already, so no fresh answer will say
+                # it is online; the directory's word does, as for a contact.
+                if self._listed(entry, now):
+                    self._publish_peers()
+        given = len(self.peer_states) + len(self.directory)
+        if given != self._contacts_given or self.directory.keys() != self._directory_given:
+            self._contacts_given = given
+            self._directory_given = set(self.directory)
             self.registration.watch(self.contacts(), now)
 
     def _on_presence(self, event: PresenceChanged, now: float) -> None:
@@ -613,7 +630,15 @@ class PeerEngine:
         for entry in event.online:
             if entry.peer_id in self.peer_states and entry.peer_id != mine:  # only contacts
                 changed |= self._listed(entry, now)
+            elif entry.peer_id in self.directory:
+                self.directory[entry.peer_id] = entry  # a stranger on the page: its latest entry
+                self._directory_left.discard(entry.peer_id)
         for peer_id in event.offline:
+            if peer_id in self.directory and peer_id not in self.peer_states:
+                # A stranger on the directory page left: shown offline until
+                # the next directory page (which no longer has it) replaces it.
+                self._directory_left.add(peer_id)
+                changed = True
             session = self.peer_states.get(peer_id)
             if session is not None and session.online:
                 session.online = False
@@ -649,6 +674,8 @@ class PeerEngine:
                 # the first message.  (One page: a bounded number of writes.)
                 self.trust.remember(peer_id, entry.public_key, entry.nickname, now)
         self.directory = directory
+        self._directory_left.clear()
+        self._sync_contacts(now)
         self._publish_peers()
 
     def _on_peers_listed(self, event: PeersListed, now: float) -> None:

@@ -314,6 +314,19 @@ class PeerNode:
         self._flush()
         return answer
 
+    async def refresh_directory(self, timeout: float = 1.0) -> None:
+        """Ask the server who is online now and wait (briefly) for the answer:
+        the terminal's 2.LIST, like the course project's, shows the server's
+        list of this moment, not the one of the last heartbeat."""
+        registration = self.engine.registration
+        if not registration.directory_now(self.clock()):
+            return
+        self._flush()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while registration.listing and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+
     def subscribe(self) -> asyncio.Queue[JSON]:
         queue: asyncio.Queue[JSON] = asyncio.Queue(SUBSCRIBER_QUEUE)
         self._subscribers.add(queue)

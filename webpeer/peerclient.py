@@ -86,6 +86,7 @@ class LocalPeer:
         return self._api.me()
 
     async def peers(self) -> list[JSON]:
+        await self._api.refresh_directory()  # a LIST shows the server's list of now
         return self._api.peers_json()
 
     async def messages(self, peer_id: int, limit: int = 500) -> list[JSON]:

@@ -330,6 +330,20 @@ class RegistrationMachine:
             self._watched.update(chunk)
             self._request(session_request(Method.WATCH, self._session, *attributes), _Request("watch", ids=chunk), now)
 
+    @property
+    def listing(self) -> bool:
+        """A LIST (the walk, or the directory page) is waiting for its answer."""
+        return self._listing
+
+    def directory_now(self, now: float) -> bool:
+        """Ask for the directory page now (a user asked who is online); False
+        if it cannot go (not registered) or one is already on its way."""
+        if self._session is None or self.state is not RegState.REGISTERED or self._listing:
+            return False
+        self._listing = True
+        self._request(session_request(Method.LIST, self._session, (Attr.LIMIT, 100)), _Request("directory"), now)
+        return True
+
     def list_now(self, now: float) -> None:
         """Walk the server's whole LIST (paged) once: the fallback against a
         server without WATCH, and a directory view on demand."""

@@ -46,6 +46,7 @@ class FakePeerApi:
         self._keys: dict[int, list[bytes]] = {}  # peer id -> its keys, oldest first
         self._my_key = hashlib.sha256(b"me:" + name.encode()).digest()
         self.cancelled: list[str] = []
+        self.directory_refreshes = 0
         # Ids above this were never assigned by "the server" (404 unknown peer N).
         self.highest_id = highest_id
 
@@ -307,6 +308,9 @@ class FakePeerApi:
         peer["verified"] = action == "verify" or (peer["verified"] and action != "unverify")
         self._publish_trust(peer_id)
         return self.safety(peer_id)
+
+    async def refresh_directory(self) -> None:
+        self.directory_refreshes += 1
 
     def subscribe(self) -> asyncio.Queue[JSON]:
         queue: asyncio.Queue[JSON] = asyncio.Queue(QUEUE_SIZE)
