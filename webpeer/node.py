@@ -371,10 +371,7 @@ class PeerNode:
             self.engine.receive_datagram(data, address, self.clock(), socket)
         except Exception as error:
             self.engine.stats["datagram_errors"] += 1
-            kind = f"{type(error).__name__}: {error}"[:200]
-            if kind not in self._reported:
-                self._reported.add(kind)
-                logger.exception("internal error on a datagram from %r; dropped", address)
+            self._report_bug_once(error, "internal error on a datagram from %r; dropped", address)
 
     def _schedule_flush(self) -> None:
         """Flush once at the end of this loop turn: many sends in one turn
@@ -459,10 +456,15 @@ class PeerNode:
             self.engine.storage_failed(str(error))
             return
         self.engine.stats["flush_errors"] += 1
+        self._report_bug_once(error, "internal error while handling input; nothing of it was stored")
+
+    def _report_bug_once(self, error: Exception, message: str, *args: object) -> None:
+        """An unexpected exception is a bug: its traceback once per kind
+        (type and text), not once per datagram."""
         kind = f"{type(error).__name__}: {error}"[:200]
         if kind not in self._reported:
             self._reported.add(kind)
-            logger.exception("internal error while handling input; nothing of it was stored")
+            logger.error(message, *args, exc_info=error)
 
     def _run_commands(self) -> None:
         while (command := self.engine.next_command()) is not None:
