@@ -553,6 +553,16 @@ class ServerCore:
         record = self.directory.get(peer_id)
         if record is not None and record.identity == pending.identity:
             record.home = ""  # registered here now, wherever it was before
+            if record.observed != pending.address:
+                # Its registration is still live, yet it registers anew from
+                # another address: a new process (it crashed and came back
+                # within its TTL), or its NAT moved it. Either way the links
+                # its contacts hold are dead: a new online-since tells them
+                # (PRESENCE, LIST), so they drop those links now instead of
+                # at QUIC's idle timeout.
+                # (Whole seconds on the wire: it must differ as one.)
+                record.online_since = max(now, record.online_since + 1)
+                self.directory.online_again(record)
             record.observed = pending.address
             record.nickname = pending.nickname
             record.local = pending.local

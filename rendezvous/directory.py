@@ -115,6 +115,12 @@ class Directory:
             self._schedule(record)
         self._dirty[record.peer_id] = record
 
+    def online_again(self, record: PeerRecord) -> None:
+        """``record`` (already here) got a new ``online_since`` in place: a
+        new session of the same peer, which its watchers must hear of."""
+        if self._presence_changes is not None and not is_legacy_identity(record.identity):
+            self._presence_changes.append((record.peer_id, int(record.online_since)))
+
     def remove(self, peer_id: int, now: float) -> PeerRecord | None:
         """Take a peer offline (UNREGISTER/EXIT); its id stays with its key."""
         record = self._by_id.pop(peer_id, None)
