@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,14 @@ def _address(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     return host.strip("[]"), int(port)
+
+
+def _worker_index() -> int | None:
+    """Which of the ``--workers`` this process is (set by the supervisor), or None."""
+    from .workers import WORKER_ENV
+
+    value = os.environ.get(WORKER_ENV, "")
+    return int(value) if value.isdigit() else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
         "filters); off when not set (env RENDEZVOUS_OTHER_ADDRESS)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=env("RENDEZVOUS_WORKERS", "1"),
+        help="processes serving the one port (SO_REUSEPORT), e.g. one per core; more than one needs "
+        "the shared --registry redis://... (env RENDEZVOUS_WORKERS, default %(default)s)",
+    )
+    parser.add_argument(
         "--no-uvloop",
         action="store_true",
         default=_env_flag("RENDEZVOUS_NO_UVLOOP"),
@@ -128,6 +144,13 @@ async def serve(args: argparse.Namespace) -> None:
         requests_per_second=args.peer_request_rate,
         requests_burst=2 * args.peer_request_rate,
     )
+    instance = None
+    worker_index = _worker_index()
+    if worker_index is not None:
+        from .workers import die_with_supervisor
+
+        die_with_supervisor()
+        instance = f"{socket.gethostname()}:{args.port}/w{worker_index}"
     registry: Registry
     presence: Presence | None = None
     if args.registry:
@@ -136,7 +159,16 @@ async def serve(args: argparse.Namespace) -> None:
         registry = presence = RedisRegistry(args.registry)
     else:
         registry = SqliteRegistry(args.db)
-    server = RendezvousServer(config, registry, args.host, args.port, other=args.other_address, presence=presence)
+    server = RendezvousServer(
+        config,
+        registry,
+        args.host,
+        args.port,
+        other=args.other_address,
+        presence=presence,
+        instance=instance,
+        reuse_port=worker_index is not None,
+    )
     await server.start()
     # Everything loaded so far (up to millions of peer records) lives as long
     # as the process: keep the cyclic garbage collector from rescanning it.
@@ -156,9 +188,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     # argparse checks choices on the command line only, not on a default from the environment.
     if args.log_level.lower() not in LOG_LEVELS:
         parser.error(f"RENDEZVOUS_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {args.log_level!r}")
+    if not 1 <= args.workers <= 1024:
+        parser.error("--workers must be between 1 and 1024")
+    if args.workers > 1 and not args.registry:
+        parser.error(
+            "--workers above 1 needs a shared registry (--registry redis://HOST:PORT/DB): "
+            "the SQLite file (--db) belongs to one process"
+        )
+    worker_index = _worker_index()
+    worker = "" if worker_index is None else f"w{worker_index} "
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(message)s",
+        format=f"%(asctime)s {worker}%(levelname)s %(message)s",
         stream=sys.stderr,
     )
     keep_to_one_line(logging.getLogger().handlers)
@@ -172,6 +213,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             run = uvloop.run
     from .registry import RegistryError
 
+    if args.workers > 1:
+        from .workers import supervise
+
+        own_argv = list(sys.argv[1:] if argv is None else argv)
+        try:
+            raise SystemExit(run(supervise(own_argv, args.workers, args.host, args.port)))
+        except OSError as error:
+            raise SystemExit(f"rendezvous: {error}") from None
     try:
         run(serve(args))
     except (OSError, RegistryError) as error:

@@ -56,6 +56,7 @@ class RendezvousServer:
         other: Address | None = None,
         presence: Presence | None = None,
         instance: str | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -75,6 +76,7 @@ class RendezvousServer:
         # this instance's name among them (default: host name and port).
         self.presence = presence
         self.instance = instance
+        self.reuse_port = reuse_port  # one of several workers on this port
         self._forwarding: set[asyncio.Task[None]] = set()
         self._early_records: list[PeerRecord] = []
         # Records the registry has not taken yet (it failed): written first next time.
@@ -93,7 +95,9 @@ class RendezvousServer:
         secret = await self.registry.secret()
         stats: Counter[str] = Counter()
         # Bound (not yet read) before loading: the port names this instance.
-        self._endpoint = UdpEndpoint.bind(self.host, self.port, self._on_datagram, self._flush, stats)
+        self._endpoint = UdpEndpoint.bind(
+            self.host, self.port, self._on_datagram, self._flush, stats, reuse_port=self.reuse_port
+        )
         if self.presence is not None:
             if self.instance is None:
                 self.instance = f"{socket.gethostname()}:{self._endpoint.address[1]}"
@@ -118,7 +122,12 @@ class RendezvousServer:
         self._endpoint.start()
         if self.other is not None:
             self._other_endpoint = UdpEndpoint.bind(
-                self.other[0], self.other[1], self._on_other_datagram, self._flush, self.core.stats
+                self.other[0],
+                self.other[1],
+                self._on_other_datagram,
+                self._flush,
+                self.core.stats,
+                reuse_port=self.reuse_port,
             )
             self._other_endpoint.start()
             primary = self.address if self.host not in ("0.0.0.0", "::") else None
