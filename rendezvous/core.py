@@ -36,8 +36,11 @@ the other instances' peers in with :meth:`ServerCore.mirror`; LIST and
 CONNECT answer for them as for local peers, but an INTRODUCE to a mirrored
 target comes out of :meth:`ServerCore.introductions_to_forward` for its home
 instance, which hands it back to its own core with
-:meth:`ServerCore.deliver_introduction` (the target's NAT knows that
-instance's address, not ours).
+:meth:`ServerCore.deliver_forwarded` (the target's NAT knows that
+instance's address, not ours).  A SEND to a mirrored peer goes the same way:
+this instance checks the sender and its rate, builds the DATA indication and
+forwards it; the home only sends it on.  Workers of one ``--workers`` group
+share one socket address, so between them the DATA leaves from here directly.
 """
 
 from __future__ import annotations
@@ -134,13 +137,16 @@ class ServerCore:
     # start; complete_registration raises it).  Ids are never reused, so a
     # CONNECT to an id above it names nobody, ever yet: 410, not 404.
     highest_id: int = 0
+    # Instances whose names start with this share our socket's address and
+    # port (``--workers`` siblings): their peers' NATs accept what we send.
+    sibling_prefix: str = ""
 
     def __post_init__(self) -> None:
         self._outbox: list[tuple[bytes, Address]] = []
         self._outbox_other: list[tuple[bytes, Address]] = []
         self._events: list[Event] = []
         self._registrations: list[PendingRegistration] = []
-        # (home instance, target id, INTRODUCE datagram) for targets registered elsewhere.
+        # (home instance, target id, INTRODUCE or DATA datagram) for targets registered elsewhere.
         self._forwards: list[tuple[str, int, bytes]] = []
         # (address, transaction id) -> (expires at, reply bytes or IN_PROGRESS)
         # An OrderedDict, not a dict: evicting the oldest entry of a plain dict
@@ -196,7 +202,8 @@ class ServerCore:
         return out
 
     def introductions_to_forward(self) -> list[tuple[str, int, bytes]]:
-        """INTRODUCEs for mirrored targets: (home instance, target id, datagram)."""
+        """INTRODUCEs and relayed DATA indications for mirrored targets:
+        (home instance, target id, datagram), for :meth:`deliver_forwarded` there."""
         out, self._forwards = self._forwards, []
         return out
 
@@ -223,6 +230,21 @@ class ServerCore:
             self.directory.put(record)
             self.stats["mirrored"] += 1
         self._publish_presence(now)
+
+    def deliver_forwarded(self, target_id: int, data: bytes, now: float) -> None:
+        """Send on a datagram another instance built for ``target_id``, a peer
+        registered here: an INTRODUCE (retransmitted until acknowledged) or a
+        relayed DATA indication (sent once, like any relayed datagram)."""
+        if data[:2] != _DATA_TYPE:
+            self.deliver_introduction(target_id, data, now)
+            return
+        target = self.directory.get(target_id)
+        if target is None or target.home or not 20 <= len(data) <= _MAX_DATA_INDICATION:
+            self.stats["relay_undeliverable"] += 1
+            return
+        self.stats["relayed_from_instances"] += 1
+        self.stats["relayed_from_instances_bytes"] += len(data)
+        self._outbox.append((data, target.observed))
 
     def deliver_introduction(self, target_id: int, data: bytes, now: float) -> None:
         """Send (and retransmit until acknowledged) an INTRODUCE another
@@ -897,10 +919,6 @@ class ServerCore:
         if dest is None or is_legacy_identity(dest.identity) or dest is sender:
             self._drop("SEND to unknown peer", address)
             return
-        if dest.home:
-            # Relay between instances is not built yet (issue 13).
-            self._drop("SEND to a peer on another instance", address)
-            return
         if not (
             self._relay_packets.allow(sender.peer_id, now)
             and self._relay_bytes.allow(sender.peer_id, now, len(payload))
@@ -912,6 +930,11 @@ class ServerCore:
         out.add(Attr.PEER_ID, sender.peer_id).add(Attr.DATA, payload)
         self.stats["relayed_packets"] += 1
         self.stats["relayed_bytes"] += len(payload)
+        if dest.home and not (self.sibling_prefix and dest.home.startswith(self.sibling_prefix)):
+            # Its NAT knows its home's address, not ours: the home sends it on.
+            self.stats["relay_forwarded"] += 1
+            self._forwards.append((dest.home, dest.peer_id, encode(out)))
+            return
         self._outbox.append((encode(out), dest.observed))
 
 
@@ -922,6 +945,9 @@ _SESSION_TLV = struct.pack("!HH", Attr.SESSION, 20)
 _TTL_TLV = struct.pack("!HH", Attr.TTL, 4)
 _REFRESH_TYPE = struct.pack("!H", pack_type(Method.REFRESH, MessageClass.REQUEST))
 _INTRODUCE_TYPE = struct.pack("!H", pack_type(Method.INTRODUCE, MessageClass.REQUEST))
+_DATA_TYPE = struct.pack("!H", pack_type(Method.DATA, MessageClass.INDICATION))
+# Header, PEER-ID, DATA (padded) and FINGERPRINT around the largest payload.
+_MAX_DATA_INDICATION = 20 + 8 + 4 + MAX_RELAY_PAYLOAD + 3 + 8
 
 
 def _fingerprint_ok(data: bytes) -> bool:

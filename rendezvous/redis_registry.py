@@ -17,8 +17,8 @@ Keys (``P`` is the prefix, ``peerlink:`` by default)
 ``P secret``           the 32-byte server secret (SET NX)
 
 Channels: ``P presence`` carries every batch of records an instance wrote;
-``P instance:<name>`` carries the introductions forwarded to instance
-``<name>`` (docs/ARCHITECTURE.md, "Several instances, one registry").
+``P instance:<name>`` carries the introductions and relayed DATA
+indications forwarded to instance ``<name>`` (4-byte target id, datagram) (docs/ARCHITECTURE.md, "Several instances, one registry").
 
 Durability
 ----------
@@ -551,8 +551,19 @@ class RedisRegistry:
                 # A handler's bug must not end the listening for good.
                 logger.exception("presence listener: a message could not be applied")
 
-    async def forward_introduction(self, home: str, target_id: int, data: bytes) -> None:
-        await self._call(self._client().publish(self._key("instance", home), target_id.to_bytes(4, "big") + data))
+    async def forward_many(self, items: Sequence[tuple[str, int, bytes]]) -> None:
+        """One pipelined round trip: a PUBLISH per datagram on its home's channel."""
+        if not items:
+            return
+        try:
+            async with self._client().pipeline(transaction=False) as pipe:
+                for home, target_id, data in items:
+                    pipe.publish(self._key("instance", home), target_id.to_bytes(4, "big") + data)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise self._failed(exc) from None
+        self.round_trips += 1
+        self._succeeded()
 
 
 def _homed(record: PeerRecord, instance: str) -> PeerRecord:

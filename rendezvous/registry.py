@@ -10,7 +10,7 @@ microseconds, batched), so no threads are involved.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -131,6 +131,7 @@ class Presence(Protocol):
         gets a full reload of the online peers after every reconnection."""
         ...
 
-    async def forward_introduction(self, home: str, target_id: int, data: bytes) -> None:
-        """Hand an INTRODUCE for ``target_id`` to its home instance, which sends it."""
+    async def forward_many(self, items: Sequence[tuple[str, int, bytes]]) -> None:
+        """Hand datagrams (INTRODUCE, relayed DATA) for peers registered with
+        other instances to those (home, target id, datagram), which send them on."""
         ...

@@ -39,6 +39,8 @@ logger = logging.getLogger("rendezvous")
 MAX_PENDING_REGISTRATIONS = 10_000
 # Online peers are loaded at start-up in pages of this many.
 LOAD_PAGE = 10_000
+# Datagrams waiting to be forwarded to other instances beyond this are dropped (counted).
+MAX_PENDING_FORWARDS = 10_000
 # While the registry fails, writes are retried after 2x the last wait, up to this.
 MAX_FLUSH_BACKOFF = 30.0
 
@@ -77,7 +79,9 @@ class RendezvousServer:
         self.presence = presence
         self.instance = instance
         self.reuse_port = reuse_port  # one of several workers on this port
-        self._forwarding: set[asyncio.Task[None]] = set()
+        # (home, target id, datagram) for other instances, sent in batches by one task.
+        self._to_forward: list[tuple[str, int, bytes]] = []
+        self._forwarder: asyncio.Task[None] | None = None
         self._early_records: list[PeerRecord] = []
         # Records the registry has not taken yet (it failed): written first next time.
         self._owed: dict[int, PeerRecord] = {}
@@ -116,6 +120,9 @@ class RendezvousServer:
         # Ids above this were never given to anyone: CONNECT to one gets 410.
         highest = await self.registry.highest_id()
         self.core = ServerCore(self.config, Tokens(secret), directory, stats, highest_id=highest)
+        if self.reuse_port and self.instance is not None and "/" in self.instance:
+            # Workers named HOST:PORT/wI share this socket address: relay between them directly.
+            self.core.sibling_prefix = self.instance.rsplit("/", 1)[0] + "/"
         if self._early_records:
             self.core.mirror(self._early_records, now)
             self._early_records = []
@@ -161,8 +168,8 @@ class RendezvousServer:
             await self._flusher
         if self._registering:
             await asyncio.gather(*self._registering, return_exceptions=True)
-        if self._forwarding:
-            await asyncio.gather(*self._forwarding, return_exceptions=True)
+        if self._forwarder is not None:
+            await asyncio.gather(self._forwarder, return_exceptions=True)
         if self.core is not None and not await self.flush_registry():
             logger.warning("%d peer records not written: the registry is unavailable", len(self._owed))
         await self.registry.close()
@@ -196,10 +203,15 @@ class RendezvousServer:
                 if not self._registry_failing:
                     self._flush_soon.set()
             self._log(event)
-        for home, target_id, data in core.introductions_to_forward():
-            task = asyncio.create_task(self._forward(home, target_id, data))
-            self._forwarding.add(task)
-            task.add_done_callback(self._forwarding.discard)
+        forwards = core.introductions_to_forward()
+        if forwards:
+            room = MAX_PENDING_FORWARDS - len(self._to_forward)
+            if len(forwards) > room:
+                core.stats["forwards_dropped"] += len(forwards) - max(room, 0)
+                forwards = forwards[: max(room, 0)]
+            self._to_forward.extend(forwards)
+            if self._forwarder is None or self._forwarder.done():
+                self._forwarder = asyncio.create_task(self._forward_pending())
         for pending in core.pending_registrations():
             if len(self._registering) >= MAX_PENDING_REGISTRATIONS:
                 core.fail_registration(pending, self.clock())
@@ -248,15 +260,19 @@ class RendezvousServer:
         self.core.handle_timer(self.clock())
         self._flush()
 
-    async def _forward(self, home: str, target_id: int, data: bytes) -> None:
+    async def _forward_pending(self) -> None:
+        """Hand what waits for other instances to the registry, all of it per
+        round trip (relayed datagrams come in bursts)."""
         assert self.presence is not None and self.core is not None
-        try:
-            await self.presence.forward_introduction(home, target_id, data)
-        except RegistryUnavailable:
-            self.core.stats["introductions_not_forwarded"] += 1
-        except Exception:
-            logger.exception("could not forward an introduction to instance %s", home)
-            self.core.stats["introductions_not_forwarded"] += 1
+        while self._to_forward:
+            batch, self._to_forward = self._to_forward, []
+            try:
+                await self.presence.forward_many(batch)
+            except RegistryUnavailable:
+                self.core.stats["forwards_not_sent"] += len(batch)
+            except Exception:
+                logger.exception("could not forward %d datagrams to other instances", len(batch))
+                self.core.stats["forwards_not_sent"] += len(batch)
 
     def _on_records(self, records: list[PeerRecord]) -> None:
         """Another instance's peers changed (or a reload after a reconnection)."""
@@ -269,7 +285,7 @@ class RendezvousServer:
     def _on_introduction(self, target_id: int, data: bytes) -> None:
         if self.core is None:
             return
-        self.core.deliver_introduction(target_id, data, self.clock())
+        self.core.deliver_forwarded(target_id, data, self.clock())
         self._flush()
 
     async def _flush_registry_periodically(self) -> None:

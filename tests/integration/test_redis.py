@@ -235,6 +235,32 @@ async def test_a_peer_moving_to_another_instance_keeps_its_id(instances, clients
     assert intro.peer_id == 2
 
 
+async def test_relay_between_peers_on_two_instances(instances, clients) -> None:
+    a = await instances()
+    b = await instances()
+    alice = await clients(a)
+    bob = await clients(b)
+    assert (await alice.register()).peer_id == 1
+    assert (await bob.register()).peer_id == 2
+    assert a.core is not None and b.core is not None
+
+    async def mirrored() -> bool:
+        return 2 in a.core.directory and 1 in b.core.directory  # type: ignore[union-attr]
+
+    await eventually(mirrored)
+    # Each SEND is checked by the sender's instance and sent on by the
+    # receiver's (whose address the receiver's NAT knows), through Redis.
+    for n in range(20):
+        bob.send_relayed(1, b"to alice %d" % n)
+        alice.send_relayed(2, b"to bob %d" % n)
+    got_alice = [await asyncio.wait_for(alice.relayed.get(), 10) for _ in range(20)]
+    got_bob = [await asyncio.wait_for(bob.relayed.get(), 10) for _ in range(20)]
+    assert sorted(got_alice) == sorted((2, b"to alice %d" % n) for n in range(20))
+    assert sorted(got_bob) == sorted((1, b"to bob %d" % n) for n in range(20))
+    assert a.core.stats["relay_forwarded"] == b.core.stats["relay_forwarded"] == 20
+    assert a.core.stats["relayed_from_instances"] == b.core.stats["relayed_from_instances"] == 20
+
+
 async def test_ids_survive_restarting_every_instance(instances, clients) -> None:
     a = await instances()
     b = await instances()

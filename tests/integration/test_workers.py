@@ -89,6 +89,11 @@ async def test_two_workers_on_one_port_serve_peers_that_find_each_other(
         assert info.public_key == first.public_key
         intro = await asyncio.wait_for(first.introductions.get(), 10)
         assert intro.peer_id == ids[-1] and intro.public_key == last.public_key
+        # Relay between peers on the two workers: sent straight from the shared port.
+        last.send_relayed(ids[0], b"across workers")
+        assert await asyncio.wait_for(first.relayed.get(), 10) == (ids[-1], b"across workers")
+        first.send_relayed(ids[-1], b"and back")
+        assert await asyncio.wait_for(last.relayed.get(), 10) == (ids[0], b"and back")
         # SIGTERM to the supervisor stops both workers cleanly.
         pids = worker_pids(server)
         assert len(pids) == 2
