@@ -34,6 +34,7 @@ import platformdirs
 from aiohttp import web
 
 from rendezvous.log_lines import keep_to_one_line
+from rendezvous.stun import Address
 from rendezvous.tool import parse_server
 
 from . import commands
@@ -96,11 +97,12 @@ def add_peer_options(parser: argparse.ArgumentParser, *, sub: bool) -> None:
 
     add(
         "--server",
-        type=parse_server,
-        # A string default goes through parse_server too (a bad variable is a usage error).
+        type=parse_servers,
+        # A string default goes through parse_servers too (a bad variable is a usage error).
         default=env("WEBPEER_SERVER", "127.0.0.1:3478"),
         help="rendezvous server HOST:PORT: an IPv4 address, a name (every address it resolves to "
-        "is tried) or [IPv6]:PORT (env WEBPEER_SERVER, default 127.0.0.1:3478)",
+        "is tried) or [IPv6]:PORT; several, comma-separated, to fall back on in order when one "
+        "stops answering (env WEBPEER_SERVER, default 127.0.0.1:3478)",
     )
     add(
         "--http-port",
@@ -162,6 +164,20 @@ def add_peer_options(parser: argparse.ArgumentParser, *, sub: bool) -> None:
         choices=["debug", "info", "warning", "error"],
         help="log verbosity (env WEBPEER_LOG_LEVEL; default info, warning for the subcommands)",
     )
+
+
+# More would only slow the fall-back walk (each silent one costs ~5 s).
+MAX_SERVERS = 8
+
+
+def parse_servers(text: str) -> tuple[Address, ...]:
+    """``HOST:PORT[,HOST:PORT...]``: the servers to use, in order of preference."""
+    parts = [part for part in text.split(",") if part.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    if len(parts) > MAX_SERVERS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_SERVERS} servers, got {len(parts)}")
+    return tuple(dict.fromkeys(parse_server(part) for part in parts))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,7 +250,7 @@ async def serve(args: argparse.Namespace, lock: DataDirLock) -> None:
     url = f"http://127.0.0.1:{port}/?token={token}"
     print(f"Open {url}", flush=True)
     servers = ", ".join(address_text(a) for a in node.registration.servers)
-    named = address_text(args.server)
+    named = ",".join(address_text(server) for server in args.server)
     logger.info(
         "peer data in %s; UDP %s; rendezvous %s",
         data_dir,

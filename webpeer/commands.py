@@ -49,7 +49,8 @@ class CommandError(Exception):
 
 def node_config(args: argparse.Namespace, data_dir: Path) -> NodeConfig:
     return NodeConfig(
-        server=args.server,
+        server=args.server[0],
+        fallback_servers=args.server[1:],
         data_dir=data_dir,
         name=args.name,
         udp_host=args.udp_host,

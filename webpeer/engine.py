@@ -264,7 +264,8 @@ class PeerEngine:
             "name": self.config.name,
             "fingerprint": self.identity.fingerprint,
             "public_address": address_text(observed) if observed else None,
-            "server": address_text(self.config.server),
+            # With several servers (--server a,b), the one in use.
+            "server": self.registration.server_name or address_text(self.config.server),
             "server_address": address_text(self.registration.server),
             "registered": self.registration.state.value == "registered",
             "server_state": self.registration.server_state.value,
@@ -397,6 +398,7 @@ class PeerEngine:
                 else:
                     out.append(Transmit(data, path.address, link.endpoint))
         out += [Transmit(data, server) for data in self.registration.datagrams_to_send()]
+        out += [Transmit(data, address) for data, address in self.registration.probes_to_send()]
         return out
 
     def next_deadline(self) -> float | None:
@@ -425,6 +427,8 @@ class PeerEngine:
                 self.pathfinder.on_nat_answer(message, address, now)
             elif address == self.registration.server:
                 self.registration.receive(message, now)
+            elif address in self.registration.servers:
+                self.registration.receive_from_other_server(message, address, now)
             else:
                 self.pathfinder.on_probe(message, address, now)
             return
@@ -931,7 +935,8 @@ class PeerEngine:
 
     def _server_text(self) -> str:
         """The server as the user named it, and the address in use if that differs."""
-        named, used = address_text(self.config.server), address_text(self.registration.server)
+        named = self.registration.server_name or address_text(self.config.server)
+        used = address_text(self.registration.server)
         return named if named == used else f"{named} ({used})"
 
     # ------------------------------------------------------------ page events

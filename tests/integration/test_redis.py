@@ -261,6 +261,41 @@ async def test_relay_between_peers_on_two_instances(instances, clients) -> None:
     assert a.core.stats["relayed_from_instances"] == b.core.stats["relayed_from_instances"] == 20
 
 
+async def test_a_webpeer_falls_over_to_its_second_server_and_keeps_its_id(instances, tmp_path: Path) -> None:
+    """``webpeer --server a,b``: registered with A, A stops, the peer is on B with its id."""
+    from webpeer.engine import address_text
+    from webpeer.node import NodeConfig, PeerNode
+
+    a = await instances()
+    b = await instances()
+    config = NodeConfig(
+        server=a.address,
+        fallback_servers=(b.address,),
+        data_dir=tmp_path / "alice",
+        name="alice",
+        udp_host="127.0.0.1",
+        list_interval=0.3,
+    )
+    node = PeerNode(config)
+    await node.start()
+    try:
+
+        async def registered_with(server: RendezvousServer) -> bool:
+            return node.registration.state.value == "registered" and node.registration.server == server.address
+
+        await eventually(lambda: registered_with(a), timeout=20)
+        assert node.registration.peer_id == 1
+        assert node.me()["server"] == address_text(a.address)
+        await a.stop()
+        await eventually(lambda: registered_with(b), timeout=30)
+        assert node.registration.peer_id == 1
+        me = node.me()
+        assert me["server"] == address_text(b.address) and me["server_state"] == "registered"
+        assert b.core is not None and (record := b.core.directory.get(1)) is not None and not record.home
+    finally:
+        await node.stop()
+
+
 async def test_ids_survive_restarting_every_instance(instances, clients) -> None:
     a = await instances()
     b = await instances()
