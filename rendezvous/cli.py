@@ -114,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
         "filters); off when not set (env RENDEZVOUS_OTHER_ADDRESS)",
     )
     parser.add_argument(
+        "--metrics",
+        type=_address,
+        default=env("RENDEZVOUS_METRICS"),
+        help="HOST:PORT to serve Prometheus metrics on (http://HOST:PORT/metrics); with --workers N, "
+        "worker i uses PORT+i; off when not set (env RENDEZVOUS_METRICS)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=env("RENDEZVOUS_WORKERS", "1"),
@@ -170,6 +177,17 @@ async def serve(args: argparse.Namespace) -> None:
         reuse_port=worker_index is not None,
     )
     await server.start()
+    metrics = None
+    if args.metrics:
+        from .metrics import MetricsEndpoint
+
+        host, port = args.metrics
+        metrics = MetricsEndpoint(lambda: server.core, host, port + (worker_index or 0))
+        try:
+            await metrics.start()
+        except OSError:
+            await server.stop()
+            raise
     # Everything loaded so far (up to millions of peer records) lives as long
     # as the process: keep the cyclic garbage collector from rescanning it.
     gc.collect()
@@ -179,6 +197,8 @@ async def serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if metrics is not None:
+        await metrics.stop()
     await server.stop()
 
 

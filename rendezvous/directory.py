@@ -53,6 +53,10 @@ class Directory:
     def __len__(self) -> int:
         return len(self._by_id)
 
+    def local_count(self) -> int:
+        """Peers registered here (not mirrors of other instances'): a walk, for metrics scrapes."""
+        return sum(1 for record in self._by_id.values() if not record.home)
+
     def __contains__(self, peer_id: object) -> bool:
         return peer_id in self._by_id
 
