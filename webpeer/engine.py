@@ -52,6 +52,7 @@ from .message_flow import Draft, MessageFlow
 from .path import Direct, Path, Relayed, Transmit
 from .pathfinder import PathFinder, SpareCommand
 from .peer_session import UPGRADE_INTERVAL, Due, PeerSession
+from .quota import QuotaConfig
 from .registration import (
     MAX_WATCHED,
     ConnectAnswered,
@@ -100,6 +101,7 @@ class EngineConfig:
     list_interval: float = 2.0
     idle_timeout: float = 120.0  # a link unused this long is closed (keepalives stop before)
     relay_only: bool = False  # never try a direct path (diagnostics, and tests of the relay)
+    quota: QuotaConfig = QuotaConfig()  # what each sender may make us store (webpeer/quota.py)
 
 
 def address_text(address: Address) -> str:
@@ -122,7 +124,7 @@ class PeerEngine:
         )
         self.peer_states: dict[int, PeerSession] = {}
         self.pathfinder = PathFinder(self, self.stats, relay_only=config.relay_only)
-        self.flow = MessageFlow(self, history, self.stats)
+        self.flow = MessageFlow(self, history, self.stats, config.quota)
         self.trust = Trust(self, history)
         self.targets = Targets()  # lookups of ids the page writes to (issue 9, bad targets)
         self._cids: dict[bytes, PeerLink] = {}
@@ -898,6 +900,8 @@ class PeerEngine:
     def _on_link_closed(self, link: PeerLink, event: LinkClosed, now: float) -> None:
         self._closing.append(link)
         self.pathfinder.link_closed(link, self.links())
+        if link.peer_id is not None:
+            self.flow.quota.forget(link.peer_id)  # trust.py may have dropped its hidden messages meanwhile
         self._accepting.pop(link, None)
         self._upgrades.discard(link)
         for cid in [cid for cid, owner in self._cids.items() if owner is link]:

@@ -603,6 +603,16 @@ class Store:
             ).fetchone()
         return None if row is None else _message(row)
 
+    def stored_bytes_from(self, sender: int) -> int:
+        """UTF-8 bytes of the texts stored from ``sender``, hidden ones too
+        (webpeer/quota.py: what a sender may make us keep)."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT coalesce(sum(length(CAST(text AS BLOB))), 0) FROM messages WHERE peer = ? AND outgoing = 0",
+                (sender,),
+            ).fetchone()
+        return int(row[0])
+
     def mark_read(self, peer: int) -> int:
         """Mark every incoming message from ``peer`` read; return how many were unread."""
         with self._write() as conn:
