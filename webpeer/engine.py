@@ -533,9 +533,17 @@ class PeerEngine:
                 self._retire(oldest, "too many connections waiting to authenticate", now)
             link = PeerLink.accept(self.identity, my_id, path, header.destination_cid, self._acceptor_config)
             link.endpoint = socket
+            link.receive_datagram(data, path, now)
+            if not link.has_path:
+                # aioquic dropped the Initial before setting up a path (a QUIC
+                # version it does not speak, say): no connection began, so it
+                # takes no slot and no connection id (and nothing can be sent for it).
+                self.stats["quic_initial_unusable"] += 1
+                return
             self._accepting[link] = (now, source)
             self._cids[header.destination_cid] = link
             self._cids[link.quic.host_cid] = link
+            return
         link.receive_datagram(data, path, now)
 
     # ------------------------------------------------------------ registration events
