@@ -42,7 +42,7 @@ from .commands import node_config
 from .datadir import DataDirError, DataDirLock, write_token
 from .engine import address_text
 from .node import PeerNode
-from .quota import DEFAULT_MESSAGES_PER_MINUTE, DEFAULT_STORED_BYTES
+from .quota import DEFAULT_MESSAGES_PER_MINUTE, DEFAULT_STORED_BYTES, MAX_MESSAGES_PER_MINUTE
 from .store import StoreError
 from .terminal import ChatUI
 from .web import WebConfig, create_app, start_site
@@ -67,9 +67,9 @@ def positive_days(text: str) -> float:
 
 
 def per_minute(text: str) -> int:
-    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 1_000_000):
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_MESSAGES_PER_MINUTE):
         raise argparse.ArgumentTypeError(
-            f"a rate must be a whole number of messages per minute, 1 to 1000000, not {text!r}"
+            f"a rate must be a whole number of messages per minute, 1 to {MAX_MESSAGES_PER_MINUTE}, not {text!r}"
         )
     return int(text)
 
