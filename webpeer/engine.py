@@ -158,7 +158,10 @@ class PeerEngine:
         ``last_id``: the id this identity had at its last registration with
         this server (the node keeps it in a file): the page's sends are
         queued under it until we are registered again (ids never change)."""
-        for known in self.history.known_peers():
+        # Contacts only: strangers whose keys directory pages gave are known
+        # too, and would otherwise fill the watched set (MAX_WATCHED) after
+        # a restart, ahead of the contacts that came later.
+        for known in self.history.contacts():
             self.peer_states[known.peer_id] = PeerSession(known.peer_id, known.name, None)
         if last_id is not None and self.registration.peer_id is None:
             self.registration.peer_id = last_id

@@ -681,6 +681,20 @@ class Store:
             rows = conn.execute(f"SELECT {_PEER_COLUMNS} FROM peers ORDER BY peer_id").fetchall()
         return [_known_peer(row) for row in rows]
 
+    def contacts(self) -> list[KnownPeer]:
+        """The known peers that are contacts, by id: those we have messages
+        with or made a trust decision about (verified, key change pending,
+        blocked).  A stranger whose key a directory page gave (remembered so
+        the page can show its safety number) is not one."""
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_PEER_COLUMNS} FROM peers WHERE verified_key IS NOT NULL OR key_changed != 0"
+                " OR EXISTS (SELECT 1 FROM messages m WHERE m.peer = peers.peer_id)"
+                " OR EXISTS (SELECT 1 FROM blocked_keys b WHERE b.peer_id = peers.peer_id)"
+                " ORDER BY peer_id"
+            ).fetchall()
+        return [_known_peer(row) for row in rows]
+
     def accept_key_change(self, peer_id: int) -> bool:
         """The user trusts the peer's current key: clear the warning (the old
         key stays in previous_key as history).  False if no change was pending."""
