@@ -440,6 +440,10 @@ async def start_peer(network: Network, name: str, cpu: int | None) -> Proc:
             HOST,
             "--log-level",
             "warning",
+            # The throughput part sends ~18,000 messages a second to one peer:
+            # far past the default per-sender rate (webpeer/quota.py); this is its maximum.
+            "--peer-rate",
+            "1000000000",
         ],
         network.workdir,
         stdout=True,

@@ -128,6 +128,27 @@ def build_parser() -> argparse.ArgumentParser:
         "the shared --registry redis://... (env RENDEZVOUS_WORKERS, default %(default)s)",
     )
     parser.add_argument(
+        "--max-ids",
+        type=int,
+        default=int(env("RENDEZVOUS_MAX_IDS", "10000000")),
+        help="ids the registry holds at most; a new key past it gets 503 Registry Full "
+        "(env RENDEZVOUS_MAX_IDS, default 10000000)",
+    )
+    parser.add_argument(
+        "--id-retention-days",
+        type=float,
+        default=float(env("RENDEZVOUS_ID_RETENTION_DAYS", "365")),
+        help="the id of a key unseen this long is released, for a new key to reuse "
+        "(env RENDEZVOUS_ID_RETENTION_DAYS, default 365; 0 keeps ids forever)",
+    )
+    parser.add_argument(
+        "--max-online-per-ip",
+        type=int,
+        default=int(env("RENDEZVOUS_MAX_ONLINE_PER_IP", "1024")),
+        help="keyed peers online at once from one IP address; more get 503 Too Many From Address "
+        "(env RENDEZVOUS_MAX_ONLINE_PER_IP, default 1024)",
+    )
+    parser.add_argument(
         "--no-uvloop",
         action="store_true",
         default=_env_flag("RENDEZVOUS_NO_UVLOOP"),
@@ -144,7 +165,14 @@ async def serve(args: argparse.Namespace) -> None:
         raise SystemExit("rendezvous: --ttl must be between 1 and 86400 seconds")
     if not args.peer_request_rate > 0:
         raise SystemExit("rendezvous: --peer-request-rate must be positive")
+    if not args.max_ids >= 1:
+        raise SystemExit("rendezvous: --max-ids must be at least 1")
+    if not (args.id_retention_days == 0 or 1 <= args.id_retention_days <= 36500):
+        raise SystemExit("rendezvous: --id-retention-days must be 0 (forever) or 1 to 36500")
+    if not args.max_online_per_ip >= 1:
+        raise SystemExit("rendezvous: --max-online-per-ip must be at least 1")
     config = ServerConfig(
+        max_online_per_ip=args.max_online_per_ip,
         default_ttl=args.ttl,
         min_ttl=min(10, args.ttl),
         legacy_text=args.legacy_text,
@@ -163,9 +191,10 @@ async def serve(args: argparse.Namespace) -> None:
     if args.registry:
         from .redis_registry import RedisRegistry
 
-        registry = presence = RedisRegistry(args.registry)
+        registry = presence = RedisRegistry(args.registry, max_ids=args.max_ids)
     else:
-        registry = SqliteRegistry(args.db)
+        registry = SqliteRegistry(args.db, max_ids=args.max_ids)
+    retention = args.id_retention_days * 86400 if args.id_retention_days else None
     server = RendezvousServer(
         config,
         registry,
@@ -175,6 +204,7 @@ async def serve(args: argparse.Namespace) -> None:
         presence=presence,
         instance=instance,
         reuse_port=worker_index is not None,
+        id_retention=retention,
     )
     await server.start()
     metrics = None

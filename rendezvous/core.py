@@ -116,6 +116,12 @@ __all__ = [
 ]
 
 
+# 503 reason phrases of a REGISTER refused for a cap (docs/PROTOCOL.md 6).
+SERVER_FULL = "Server Full"
+TOO_MANY_FROM_ADDRESS = "Too Many From Address"
+REGISTRY_FULL = "Registry Full"
+
+
 class _InProgress:
     """Marks a transaction whose reply is not ready yet (REGISTER waiting on the registry)."""
 
@@ -134,7 +140,7 @@ class ServerCore:
     # Randomness comes in from outside too, so tests can fix it.
     _random: Callable[[int], bytes] = os.urandom
     # The highest id the registry ever assigned (the adapter loads it at
-    # start; complete_registration raises it).  Ids are never reused, so a
+    # start; complete_registration raises it).  Ids are reused only below it, so a
     # CONNECT to an id above it names nobody, ever yet: 410, not 404.
     highest_id: int = 0
     # Instances whose names start with this share our socket's address and
@@ -569,10 +575,13 @@ class ServerCore:
     ) -> None:
         """The registry bound ``pending.identity`` to ``peer_id`` (durably): go online and answer."""
         self.highest_id = max(self.highest_id, peer_id)
+        record = self.directory.get(peer_id)
+        if pending.request is not None and (refusal := self._online_cap(pending, record)) is not None:
+            self.fail_registration(pending, now, refusal)
+            return
         # A new session: the old one's subscription ends with it (the peer
         # sends WATCH again once registered).
         self._subscriptions.drop(peer_id)
-        record = self.directory.get(peer_id)
         if record is not None and record.identity == pending.identity:
             record.home = ""  # registered here now, wherever it was before
             if record.observed != pending.address:
@@ -629,14 +638,32 @@ class ServerCore:
             cache_until=now + self.config.transaction_cache_seconds,
         )
 
-    def fail_registration(self, pending: PendingRegistration, now: float) -> None:
-        """The registry could not assign an id (overloaded or broken)."""
-        self.stats["registry_failures"] += 1
+    def _online_cap(self, pending: PendingRegistration, record: PeerRecord | None) -> str | None:
+        """The reason phrase refusing a keyed peer that would go online past
+        ``max_online`` or ``max_online_per_ip``; None if it may.  A peer
+        already online here from the same IP only registers again."""
+        host = pending.address[0]
+        if record is not None and record.identity == pending.identity and not record.home:
+            if record.observed[0] == host:
+                return None
+            if self.directory.keyed_count_at(host) >= self.config.max_online_per_ip:
+                return TOO_MANY_FROM_ADDRESS
+            return None
+        if len(self.directory) >= self.config.max_online:
+            return SERVER_FULL
+        if self.directory.keyed_count_at(host) >= self.config.max_online_per_ip:
+            return TOO_MANY_FROM_ADDRESS
+        return None
+
+    def fail_registration(self, pending: PendingRegistration, now: float, reason: str | None = None) -> None:
+        """The registry could not assign an id (overloaded, broken, or full:
+        ``reason`` is the 503's phrase then, and of the online caps)."""
+        self.stats["registry_failures" if reason is None else f"registrations_refused: {reason}"] += 1
         if pending.request is None:
             self._legacy.registration_failed(pending)
             return
         self._replies.pop((pending.address, pending.request.transaction_id), None)
-        reply = self._error(pending.request, ErrorCode.TRY_AGAIN_LATER)
+        reply = self._error(pending.request, ErrorCode.TRY_AGAIN_LATER, reason)
         self._send_reply(reply, pending.address, pending.request_length, verified=False, cache_until=None)
 
     def _authorise(self, message: Message, address: Address, now: float, limited: bool = True) -> PeerRecord | Message:

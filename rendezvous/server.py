@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from .core import ServerCore
+from .core import REGISTRY_FULL, ServerCore
 from .directory import Directory
 from .events import (
     Dropped,
@@ -27,7 +27,7 @@ from .events import (
     RequestReceived,
     ServerConfig,
 )
-from .registry import PeerRecord, Presence, Registry, RegistryUnavailable, is_legacy_identity
+from .registry import PeerRecord, Presence, Registry, RegistryFull, RegistryUnavailable, is_legacy_identity
 from .stun import Address
 from .tokens import Tokens
 from .udp import UdpEndpoint
@@ -43,6 +43,10 @@ LOAD_PAGE = 10_000
 MAX_PENDING_FORWARDS = 10_000
 # While the registry fails, writes are retried after 2x the last wait, up to this.
 MAX_FLUSH_BACKOFF = 30.0
+# Ids of keys unseen for the retention are released this often, this many per
+# registry call (so one call never holds the registry long).
+RELEASE_INTERVAL = 3600.0
+RELEASE_BATCH = 1000
 
 
 class RendezvousServer:
@@ -59,8 +63,12 @@ class RendezvousServer:
         presence: Presence | None = None,
         instance: str | None = None,
         reuse_port: bool = False,
+        id_retention: float | None = None,
     ) -> None:
         self.config = config
+        # Ids of keys unseen this long (seconds) are released for reuse; None: kept forever.
+        self.id_retention = id_retention
+        self._next_release = 0.0
         self.registry = registry
         self.host = host
         self.port = port
@@ -232,6 +240,8 @@ class RendezvousServer:
                     first_seen = known.first_seen
         except RegistryUnavailable:
             self.core.fail_registration(pending, self.clock())  # the registry said so in the log
+        except RegistryFull:
+            self.core.fail_registration(pending, self.clock(), REGISTRY_FULL)
         except Exception:
             logger.exception("registry failed to assign an id")
             self.core.fail_registration(pending, self.clock())
@@ -304,8 +314,33 @@ class RendezvousServer:
                 return
             if await self.flush_registry():
                 wait = self.flush_interval
+                if self.id_retention is not None and self.clock() >= self._next_release:
+                    await self.release_unseen_ids()
             else:
                 wait = min(2 * wait, MAX_FLUSH_BACKOFF)
+
+    async def release_unseen_ids(self) -> int:
+        """Release the ids of keys unseen for ``id_retention`` (after a flush,
+        so every peer online here has been written as seen); how many."""
+        assert self.id_retention is not None
+        now = self.clock()
+        self._next_release = now + RELEASE_INTERVAL
+        released = 0
+        try:
+            online = self.core.directory if self.core is not None else ()
+            while batch := await self.registry.release_unseen(now - self.id_retention, RELEASE_BATCH, keep=online):
+                released += len(batch)
+                if len(batch) < RELEASE_BATCH or self._closing:
+                    break
+        except RegistryUnavailable:
+            pass  # said in the log; tried again at the next interval
+        except Exception:
+            logger.exception("could not release the ids of keys unseen for long")
+        if released:
+            logger.info("released %d ids of keys unseen for %.0f days", released, self.id_retention / 86400)
+            if self.core is not None:
+                self.core.stats["ids_released"] += released
+        return released
 
     async def flush_registry(self) -> bool:
         """Write the changed records, and any a failed write left owed.

@@ -43,6 +43,7 @@ from .commands import node_config
 from .datadir import DataDirError, DataDirLock, write_token
 from .engine import address_text
 from .node import PeerNode
+from .quota import DEFAULT_MESSAGES_PER_MINUTE, DEFAULT_STORED_BYTES, MAX_MESSAGES_PER_MINUTE
 from .store import StoreError
 from .terminal import ChatUI
 from .web import WebConfig, create_app, start_site
@@ -64,6 +65,20 @@ def positive_days(text: str) -> float:
     if not 0 < days <= 36500:  # also refuses nan and inf
         raise argparse.ArgumentTypeError(f"retention must be more than 0 and at most 36500 days, not {text}")
     return days
+
+
+def per_minute(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_MESSAGES_PER_MINUTE):
+        raise argparse.ArgumentTypeError(
+            f"a rate must be a whole number of messages per minute, 1 to {MAX_MESSAGES_PER_MINUTE}, not {text!r}"
+        )
+    return int(text)
+
+
+def megabytes(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 1_000_000):
+        raise argparse.ArgumentTypeError(f"a quota must be a whole number of MiB, 1 to 1000000, not {text!r}")
+    return int(text)
 
 
 def ttl_seconds(text: str) -> int:
@@ -157,6 +172,20 @@ def add_peer_options(parser: argparse.ArgumentParser, *, sub: bool) -> None:
         default=float(env("WEBPEER_RETENTION_DAYS", "7")),
         help="a message for a peer that stays offline waits this long, then fails "
         "(env WEBPEER_RETENTION_DAYS, default 7)",
+    )
+    add(
+        "--peer-rate",
+        type=per_minute,
+        default=env("WEBPEER_PEER_RATE", str(DEFAULT_MESSAGES_PER_MINUTE)),
+        help="messages per minute each peer may send us; more are refused back to it "
+        f"(env WEBPEER_PEER_RATE, default {DEFAULT_MESSAGES_PER_MINUTE})",
+    )
+    add(
+        "--peer-quota-mb",
+        type=megabytes,
+        default=env("WEBPEER_PEER_QUOTA_MB", str(DEFAULT_STORED_BYTES // 1_048_576)),
+        help="MiB of messages we keep from each peer; past it its messages are refused back to it "
+        f"(env WEBPEER_PEER_QUOTA_MB, default {DEFAULT_STORED_BYTES // 1_048_576})",
     )
     add(
         "--log-level",

@@ -35,6 +35,7 @@ from .api import JSON, ApiError
 from .datadir import DataDirBusy, DataDirLock, read_token, write_token
 from .node import NodeConfig, PeerNode
 from .peerclient import HttpPeer, LocalPeer, PeerClient
+from .quota import QuotaConfig
 from .web import WebConfig, create_app, start_site
 
 ATTACH_WAIT = 10.0  # how long to wait for a holder without a page to write its port or to end
@@ -58,6 +59,7 @@ def node_config(args: argparse.Namespace, data_dir: Path) -> NodeConfig:
         ttl=args.ttl,
         relay_only=args.relay_only,
         retention=args.retention_days * 24 * 3600,
+        quota=QuotaConfig(messages_per_minute=args.peer_rate, stored_bytes=args.peer_quota_mb * 1_048_576),
     )
 
 

@@ -52,6 +52,7 @@ from .message_flow import Draft, MessageFlow
 from .path import Direct, Path, Relayed, Transmit
 from .pathfinder import PathFinder, SpareCommand
 from .peer_session import UPGRADE_INTERVAL, Due, PeerSession
+from .quota import QuotaConfig
 from .registration import (
     MAX_WATCHED,
     ConnectAnswered,
@@ -100,6 +101,7 @@ class EngineConfig:
     list_interval: float = 2.0
     idle_timeout: float = 120.0  # a link unused this long is closed (keepalives stop before)
     relay_only: bool = False  # never try a direct path (diagnostics, and tests of the relay)
+    quota: QuotaConfig = QuotaConfig()  # what each sender may make us store (webpeer/quota.py)
 
 
 def address_text(address: Address) -> str:
@@ -122,7 +124,7 @@ class PeerEngine:
         )
         self.peer_states: dict[int, PeerSession] = {}
         self.pathfinder = PathFinder(self, self.stats, relay_only=config.relay_only)
-        self.flow = MessageFlow(self, history, self.stats)
+        self.flow = MessageFlow(self, history, self.stats, config.quota)
         self.trust = Trust(self, history)
         self.targets = Targets()  # lookups of ids the page writes to (issue 9, bad targets)
         self._cids: dict[bytes, PeerLink] = {}
@@ -156,7 +158,10 @@ class PeerEngine:
         ``last_id``: the id this identity had at its last registration with
         this server (the node keeps it in a file): the page's sends are
         queued under it until we are registered again (ids never change)."""
-        for known in self.history.known_peers():
+        # Contacts only: strangers whose keys directory pages gave are known
+        # too, and would otherwise fill the watched set (MAX_WATCHED) after
+        # a restart, ahead of the contacts that came later.
+        for known in self.history.contacts():
             self.peer_states[known.peer_id] = PeerSession(known.peer_id, known.name, None)
         if last_id is not None and self.registration.peer_id is None:
             self.registration.peer_id = last_id
@@ -535,9 +540,17 @@ class PeerEngine:
                 self._retire(oldest, "too many connections waiting to authenticate", now)
             link = PeerLink.accept(self.identity, my_id, path, header.destination_cid, self._acceptor_config)
             link.endpoint = socket
+            link.receive_datagram(data, path, now)
+            if not link.has_path:
+                # aioquic dropped the Initial before setting up a path (a QUIC
+                # version it does not speak, say): no connection began, so it
+                # takes no slot and no connection id (and nothing can be sent for it).
+                self.stats["quic_initial_unusable"] += 1
+                return
             self._accepting[link] = (now, source)
             self._cids[header.destination_cid] = link
             self._cids[link.quic.host_cid] = link
+            return
         link.receive_datagram(data, path, now)
 
     # ------------------------------------------------------------ registration events
@@ -902,6 +915,8 @@ class PeerEngine:
     def _on_link_closed(self, link: PeerLink, event: LinkClosed, now: float) -> None:
         self._closing.append(link)
         self.pathfinder.link_closed(link, self.links())
+        if link.peer_id is not None:
+            self.flow.quota.forget(link.peer_id)  # trust.py may have dropped its hidden messages meanwhile
         self._accepting.pop(link, None)
         self._upgrades.discard(link)
         for cid in [cid for cid, owner in self._cids.items() if owner is link]:

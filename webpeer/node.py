@@ -31,6 +31,7 @@ from .identity import Identity
 from .message_flow import Draft, unknown_peer
 from .pathfinder import CloseSpare, OpenSpare
 from .peer_session import PeerSession
+from .quota import QuotaConfig
 from .registration import RegistrationMachine, RegState
 from .store import Store, StoreError
 from .trust import Action
@@ -63,6 +64,7 @@ class NodeConfig:
     idle_timeout: float = 120.0  # a link unused this long is closed (keepalives stop before)
     relay_only: bool = False  # never try a direct path (diagnostics, and tests of the relay)
     retention: float = RETENTION
+    quota: QuotaConfig = QuotaConfig()  # what each sender may make us store (webpeer/quota.py)
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
@@ -72,6 +74,7 @@ class NodeConfig:
             list_interval=self.list_interval,
             idle_timeout=self.idle_timeout,
             relay_only=self.relay_only,
+            quota=self.quota,
         )
 
 
