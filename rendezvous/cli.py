@@ -130,21 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-ids",
         type=int,
-        default=int(env("RENDEZVOUS_MAX_IDS", "10000000")),
+        default=env("RENDEZVOUS_MAX_IDS", "10000000"),
         help="ids the registry holds at most; a new key past it gets 503 Registry Full "
         "(env RENDEZVOUS_MAX_IDS, default 10000000)",
     )
     parser.add_argument(
         "--id-retention-days",
         type=float,
-        default=float(env("RENDEZVOUS_ID_RETENTION_DAYS", "365")),
+        default=env("RENDEZVOUS_ID_RETENTION_DAYS", "365"),
         help="the id of a key unseen this long is released, for a new key to reuse "
         "(env RENDEZVOUS_ID_RETENTION_DAYS, default 365; 0 keeps ids forever)",
     )
     parser.add_argument(
         "--max-online-per-ip",
         type=int,
-        default=int(env("RENDEZVOUS_MAX_ONLINE_PER_IP", "1024")),
+        default=env("RENDEZVOUS_MAX_ONLINE_PER_IP", "1024"),
         help="keyed peers online at once from one IP address; more get 503 Too Many From Address "
         "(env RENDEZVOUS_MAX_ONLINE_PER_IP, default 1024)",
     )
