@@ -402,6 +402,7 @@ class FileTransfers:
                     link.send_frame({"t": CANCEL, "id": record.id, "reason": reason, "failed": True}, now)
                     break
                 sending.position += length
+                self.stats["file_bytes_sent"] += length
                 link.send_data(sending.stream_id, data, now, end=sending.position == record.size)
                 buffered += length
             else:
