@@ -32,6 +32,7 @@ bytes of it unacknowledged, so QUIC's flow and congestion control pace it.
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
 import re
 import secrets
@@ -39,7 +40,7 @@ import struct
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .api import ApiError
 from .events import FileChanged, PageEvent
@@ -58,6 +59,7 @@ STORED_NAME_BYTES = 180  # a stored name is cut to this (room for " (999)" and a
 MAX_MIME_CHARS = 127
 MAX_REASON_CHARS = 200
 MAX_FILE_SIZE = 4 * 1024**3  # the default of --max-file-size
+MAX_OFFERS_PER_PEER = 256  # unanswered offers one peer may have with us; more are refused
 CHUNK = 64 * 1024  # one read from the sender's file
 SEND_BUFFER = 2 * 1024 * 1024  # unacknowledged bytes per stream before we stop topping it up
 PROGRESS_INTERVAL = 0.1  # at most ~10 progress events a second per transfer
@@ -191,6 +193,10 @@ class FileTransfers:
         self._sending: dict[str, _Sending] = {}  # by file id
         self._receiving: dict[tuple[PeerLink, int], _Receiving] = {}
         self._progress: dict[str, _Progress] = {}
+        # The receiver hashes as it writes (the bytes come in order), so the
+        # check at the end reads nothing again: a hash of a 4 GiB file in
+        # one go would block the loop for seconds.  id -> (hash, bytes in it).
+        self._hashes: dict[str, tuple[Any, int]] = {}
 
     # ------------------------------------------------------------ the page's requests
 
@@ -321,6 +327,12 @@ class FileTransfers:
                 link.send_frame({"t": CANCEL, "id": file_id, "reason": "file id in use", "failed": True}, now)
             else:
                 self._answer_repeated_offer(link, self._active.get(file_id, known), now)
+            return
+        waiting = sum(1 for r in self._active.values() if r.peer == peer and r.status == FileStatus.OFFERED)
+        if waiting >= MAX_OFFERS_PER_PEER:
+            self.stats["file_offers_refused"] += 1
+            reason = f"too many offers waiting ({MAX_OFFERS_PER_PEER})"
+            link.send_frame({"t": CANCEL, "id": file_id, "reason": reason, "failed": True}, now)
             return
         if len(mime) > MAX_MIME_CHARS or not _MIME.fullmatch(mime):
             mime = DEFAULT_MIME
@@ -460,6 +472,7 @@ class FileTransfers:
         if not fresh:
             return
         try:
+            digest = self._hash_upto(record)
             self.storage.write(record.path, record.done, fresh)
         except OSError as error:
             # A full disk: what is written stays, for a later attempt.
@@ -468,7 +481,9 @@ class FileTransfers:
             self._finish(record, FileStatus.FAILED, reason, now)
             link.send_frame({"t": CANCEL, "id": record.id, "reason": reason, "failed": True}, now)
             return
+        digest.update(fresh)
         record.done += len(fresh)
+        self._hashes[record.id] = (digest, record.done)
         self.stats["file_bytes_received"] += len(fresh)
         if record.done == record.size:
             self._verify(link, record, now)
@@ -479,10 +494,31 @@ class FileTransfers:
             self.history.update_file(record)
         self._progress_event(record, now)
 
+    def _hash_upto(self, record: FileRecord) -> Any:
+        """The SHA-256 of the file's first ``record.done`` bytes, to go on
+        with.  Kept as the bytes come; after a restart, the bytes already
+        on disk are read once."""
+        kept = self._hashes.get(record.id)
+        if kept is not None and kept[1] == record.done:
+            return kept[0]
+        digest = hashlib.sha256()
+        for offset in range(0, record.done, CHUNK * 16):
+            length = min(CHUNK * 16, record.done - offset)
+            data = self.storage.read(record.path, offset, length)
+            if len(data) != length:
+                raise OSError(f"{record.path} is shorter than the {record.done} bytes it had")
+            digest.update(data)
+        self._hashes[record.id] = (digest, record.done)
+        return digest
+
     def _verify(self, link: PeerLink, record: FileRecord, now: float) -> None:
+        kept = self._hashes.pop(record.id, None)
         try:
             self.storage.release(record.path)
-            digest = self.storage.sha256(record.path)
+            if kept is not None and kept[1] == record.size:
+                digest = str(kept[0].hexdigest())
+            else:
+                digest = self.storage.sha256(record.path)  # nothing came since a restart
         except OSError as error:
             digest = f"unreadable: {error}"
         if digest == record.sha256:
@@ -522,6 +558,7 @@ class FileTransfers:
         record.status, record.error = status, error
         self._active.pop(record.id, None)
         self._progress.pop(record.id, None)
+        self._hashes.pop(record.id, None)
         sending = self._sending.pop(record.id, None)
         if sending is not None and status != FileStatus.COMPLETE:
             sending.link.abort_stream(sending.stream_id)

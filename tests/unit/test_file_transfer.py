@@ -129,6 +129,32 @@ def test_an_accepted_file_arrives_byte_identical_and_both_sides_say_complete(net
     assert kinds[0] == "offer" and kinds[1] == "accepted" and kinds[-1] == "complete"
 
 
+def test_the_receiver_hashes_as_it_writes_and_reads_nothing_again_at_the_end(
+    net: PeerNet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, bob = pair(net)
+    content = content_of(150_000)
+    file_id = offer(alice, bob, "x.bin", content)
+    net.run_until(lambda: status(bob, file_id) == "offered", 2)
+
+    def no_rereading(path: str) -> str:
+        raise AssertionError("the whole file was read again")
+
+    monkeypatch.setattr(bob.files, "sha256", no_rereading)
+    accept(bob, file_id)
+    net.run_until(lambda: status(alice, file_id) == "complete", 10)
+    assert status(bob, file_id) == "complete" and stored(bob, file_id) == content
+
+
+def test_offers_past_the_limit_per_peer_are_refused(net: PeerNet, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(file_transfer, "MAX_OFFERS_PER_PEER", 3)
+    alice, bob = pair(net)
+    ids = [offer(alice, bob, f"f{i}", b"x") for i in range(4)]
+    net.run_until(lambda: status(alice, ids[3]) == "failed", 5)
+    assert [status(bob, i) for i in ids] == ["offered", "offered", "offered", "absent"]
+    assert "too many offers" in (alice.store.get_file(ids[3]).error or "")  # type: ignore[union-attr]
+
+
 def test_progress_events_carry_bytes_and_rate_at_most_ten_a_second(net: PeerNet, slow_sender: None) -> None:
     alice, bob = pair(net)
     size = 300_000
