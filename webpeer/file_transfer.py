@@ -147,6 +147,11 @@ class FileContext(Protocol):
 
     def publish(self, event: PageEvent) -> None: ...
 
+    def hides_from(self, link: PeerLink) -> bool:
+        """The link's key is not the one the user trusts for its peer, and
+        the user has not decided yet (webpeer/trust.py): no file goes to it
+        or comes from it."""
+
 
 @dataclass(slots=True)
 class _Sending:
@@ -260,6 +265,8 @@ class FileTransfers:
     def link_ready(self, link: PeerLink, now: float) -> None:
         """Offer again what the peer has not finished, and ask again for
         what we accepted: a broken transfer resumes by itself."""
+        if self.context.hides_from(link):
+            return
         frames: list[Frame] = []
         for record in self._active.values():
             if record.peer != link.peer_id:
@@ -293,6 +300,12 @@ class FileTransfers:
         file_id = require(frame, "id", str)
         if not _HEX_ID.fullmatch(file_id):
             raise FrameError(f"{kind}: id must be 32 lowercase hex digits")
+        if self.context.hides_from(link):
+            self.stats["file_frames_untrusted_key"] += 1
+            if kind == OFFER:
+                reason = "the receiver has not accepted this peer's new key"
+                link.send_frame({"t": CANCEL, "id": file_id, "reason": reason, "failed": True}, now)
+            return True
         if kind == OFFER:
             self._on_offer(link, peer, file_id, frame, now)
             return True
@@ -422,6 +435,9 @@ class FileTransfers:
                 self._progress_event(record, now)
 
     def on_stream(self, link: PeerLink, event: StreamReceived, now: float) -> None:
+        if self.context.hides_from(link):
+            self.stats["file_streams_ignored"] += 1
+            return
         key = (link, event.stream_id)
         stream = self._receiving.get(key)
         if stream is None:
@@ -550,7 +566,8 @@ class FileTransfers:
         session = self.context.session(peer_id)
         link = session.ready_link
         if link is not None:
-            link.send_frame(frame, now)
+            if not self.context.hides_from(link):
+                link.send_frame(frame, now)
         else:
             self.context.connect(session, now)
 

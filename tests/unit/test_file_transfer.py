@@ -279,6 +279,17 @@ def test_a_file_that_does_not_match_its_hash_fails_on_both_sides(net: PeerNet) -
     assert bob.engine.stats["file_bytes_received"] == len(content)
 
 
+def test_an_offer_from_a_new_key_not_accepted_yet_is_refused_and_not_stored(net: PeerNet) -> None:
+    alice, bob = pair(net)
+    bob_id = bob.peer_id
+    bob2 = net.new_key(bob)
+    net.run_until(lambda: alice.engine.trust.of(bob_id).state.value == "changed", 10)
+    file_id = offer(bob2, alice, "from the new key.txt", b"hello")
+    net.run_until(lambda: status(bob2, file_id) == "failed", 10)
+    assert "new key" in (bob2.store.get_file(file_id).error or "")  # type: ignore[union-attr]
+    assert status(alice, file_id) == "absent"
+
+
 # ------------------------------------------------------------ resume
 
 
