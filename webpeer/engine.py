@@ -50,7 +50,7 @@ from .link import (
     StreamReceived,
     quic_configuration,
 )
-from .message_flow import Draft, MessageFlow
+from .message_flow import Draft, MessageFlow, unknown_peer
 from .path import Direct, Path, Relayed, Transmit
 from .pathfinder import PathFinder, SpareCommand
 from .peer_session import UPGRADE_INTERVAL, Due, PeerSession
@@ -783,6 +783,7 @@ class PeerEngine:
         logger.info("the server never assigned peer id %d", peer_id)
         self.targets.answered(peer_id, assigned=False)
         self.flow.fail_unknown_peer(peer_id, now)
+        self.files.fail_unknown_peer(peer_id, unknown_peer(peer_id), now)
         for link in self._awaiting_key.pop(peer_id, []):
             link.confirm_hello(None)  # nobody can hold the key of an id nobody has
         session = self.peer_states.get(peer_id)

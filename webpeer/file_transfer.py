@@ -253,6 +253,11 @@ class FileTransfers:
         self._send(record.peer, {"t": CANCEL, "id": record.id, "reason": "cancelled by the other side"}, now)
         return record
 
+    def fail_unknown_peer(self, peer_id: int, reason: str, now: float) -> None:
+        """The server never assigned ``peer_id``: nothing can reach it."""
+        for record in [r for r in self._active.values() if r.peer == peer_id]:
+            self._finish(record, FileStatus.FAILED, reason, now)
+
     def has_work(self, peer_id: int) -> bool:
         """Something for ``peer_id`` waits for a link."""
         return any(r.peer == peer_id and self._wants_link(r) for r in self._active.values())

@@ -290,6 +290,16 @@ def test_an_offer_from_a_new_key_not_accepted_yet_is_refused_and_not_stored(net:
     assert status(alice, file_id) == "absent"
 
 
+def test_a_file_for_an_id_the_server_never_assigned_fails(net: PeerNet) -> None:
+    alice, bob = pair(net)
+    path = alice.files.create("x")
+    with alice.store.batch():
+        record = alice.engine.files.offer(99, "x", path, 0, hashlib.sha256(b"").hexdigest(), "text/plain", net.now)
+    alice.flush()
+    net.run_until(lambda: status(alice, record.id) == "failed", 5)
+    assert alice.store.get_file(record.id).error == "unknown peer 99"  # type: ignore[union-attr]
+
+
 # ------------------------------------------------------------ resume
 
 
