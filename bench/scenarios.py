@@ -17,6 +17,7 @@ recomputes a trailing FINGERPRINT, so templates may carry one.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import struct
@@ -107,6 +108,15 @@ def need_binary(name: str) -> Requirement:
 
     def check(ctx: Context) -> str | None:
         return None if shutil.which(name) else f"{name} not installed"
+
+    return check
+
+
+def need_env(name: str) -> Requirement:
+    """Skip unless the environment variable ``name`` is set."""
+
+    def check(ctx: Context) -> str | None:
+        return None if os.environ.get(name) else f"{name} not set"
 
     return check
 
@@ -218,6 +228,16 @@ def peerlink_templates(method: str, ctx: Context, port: int, load: Load) -> list
     return templates
 
 
+# A Redis the bench may use (started by hand: bench/README.md, "REFRESH on Redis vs SQLite").
+BENCH_REDIS = "PEERLINK_BENCH_REDIS"
+
+
+def peerlink_server_redis(ctx: Context, port: int) -> list[str]:
+    """The rendezvous server with its registry in the Redis named by PEERLINK_BENCH_REDIS
+    (write-behind of refreshes: one pipeline every 2 s, and a PUBLISH of the batch)."""
+    return peerlink_server(ctx, port, "--registry", os.environ[BENCH_REDIS])
+
+
 def peerlink_server_default_loop(ctx: Context, port: int) -> list[str]:
     """The rendezvous server on asyncio's default loop (its own small-buffer UDP reader)."""
     return peerlink_server(ctx, port, "--no-uvloop")
@@ -286,6 +306,13 @@ SCENARIOS: list[Scenario] = [
         partial(peerlink_templates, "refresh"),
         requires=need_peerlink,
         notes="SESSION check (memoised), TTL update in memory; idempotent, so no reply cache",
+    ),
+    Scenario(
+        "peerlink REFRESH, Redis registry",
+        peerlink_server_redis,
+        partial(peerlink_templates, "refresh"),
+        requires=need_env(BENCH_REDIS),
+        notes="--registry redis://... (PEERLINK_BENCH_REDIS): refreshes written behind in one pipeline per 2 s",
     ),
     Scenario(
         "peerlink LIST (one page of 20)",

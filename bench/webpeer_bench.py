@@ -72,6 +72,7 @@ STOP_TIMEOUT = 10.0
 TARGET_LATENCY_P50_MS = 3.0
 TARGET_THROUGHPUT = 10_000.0
 TARGET_FLOOR_RATIO = 0.3
+TARGET_OFFLINE_MS = 1000.0  # issue 14: EXIT is seen offline within a second
 TARGET_CONNECT_MS = 30.0
 
 
@@ -439,6 +440,10 @@ async def start_peer(network: Network, name: str, cpu: int | None) -> Proc:
             HOST,
             "--log-level",
             "warning",
+            # The throughput part sends ~18,000 messages a second to one peer:
+            # far past the default per-sender rate (webpeer/quota.py); this is its maximum.
+            "--peer-rate",
+            "1000000000",
         ],
         network.workdir,
         stdout=True,
@@ -694,6 +699,11 @@ class ConnectWatch:
         elif event["type"] == "status" and event["status"] == "delivered":
             self.seen.setdefault(("delivered", event["id"]), now)
             self.news.set()
+        elif event["type"] == "peers":
+            for peer in event["peers"]:
+                if not peer.get("online"):
+                    self.seen.setdefault(("offline", peer["id"]), now)
+                    self.news.set()
 
     async def when(self, key: tuple[str, Any]) -> float:
         deadline = time.monotonic() + 10
@@ -772,8 +782,21 @@ async def measure_connect(
         meter.start()
         out[phase] = await connect_each(session, pairs)
         out[phase]["cpu"] = meter.stop()
-    await network.stop(fresh)
+    out["leave"] = await leave_each(network, fresh, senders[0][1])
     return out
+
+
+async def leave_each(network: Network, fresh: list[Proc], watch: ConnectWatch) -> dict[str, Any]:
+    """Each fresh peer (a contact of alice's by now) stops in turn, as a user
+    quits (SIGTERM: it unregisters): from the signal to alice's page showing
+    it offline (the server's PRESENCE push; its registration would only
+    expire after the TTL, 60 s)."""
+    offline = []
+    for proc in fresh:
+        t0 = time.perf_counter()
+        await network.stop([proc])
+        offline.append(await watch.when(("offline", proc.peer_id)) - t0)
+    return {"sigterm_to_offline_on_page": summary_ms(offline)}
 
 
 # ---- profiling ----------------------------------------------------------------------
@@ -952,6 +975,16 @@ def verdicts(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]
                     p50 <= TARGET_CONNECT_MS,
                 )
             )
+        if "leave" in results["connect"]:
+            leave = results["connect"]["leave"]["sigterm_to_offline_on_page"]
+            rows.append(
+                (
+                    f"a peer that quits shows offline on its contacts' pages <= {TARGET_OFFLINE_MS:g} ms (max)",
+                    f"{leave['max_ms']} ms",
+                    "issue 14: within a second",
+                    leave["max_ms"] <= TARGET_OFFLINE_MS,
+                )
+            )
     return rows
 
 
@@ -1017,6 +1050,11 @@ def render(results: dict[str, Any]) -> str:
                 if key in c:
                     s = c[key]
                     lines.append(f"| {phase}, {key} | {s['count']} | {s['p50_ms']} | {s['p90_ms']} | {s['max_ms']} |")
+        if "leave" in results["connect"]:
+            s = results["connect"]["leave"]["sigterm_to_offline_on_page"]
+            lines.append(
+                f"| leave, sigterm_to_offline_on_page | {s['count']} | {s['p50_ms']} | {s['p90_ms']} | {s['max_ms']} |"
+            )
         lines.append("")
     lines += ["| target | measured | | verdict |", "| --- | --- | --- | --- |"]
     for target, measured, comment, met in verdicts(results):

@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,14 @@ def _address(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     return host.strip("[]"), int(port)
+
+
+def _worker_index() -> int | None:
+    """Which of the ``--workers`` this process is (set by the supervisor), or None."""
+    from .workers import WORKER_ENV
+
+    value = os.environ.get(WORKER_ENV, "")
+    return int(value) if value.isdigit() else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +114,41 @@ def build_parser() -> argparse.ArgumentParser:
         "filters); off when not set (env RENDEZVOUS_OTHER_ADDRESS)",
     )
     parser.add_argument(
+        "--metrics",
+        type=_address,
+        default=env("RENDEZVOUS_METRICS"),
+        help="HOST:PORT to serve Prometheus metrics on (http://HOST:PORT/metrics); with --workers N, "
+        "worker i uses PORT+i; off when not set (env RENDEZVOUS_METRICS)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=env("RENDEZVOUS_WORKERS", "1"),
+        help="processes serving the one port (SO_REUSEPORT), e.g. one per core; more than one needs "
+        "the shared --registry redis://... (env RENDEZVOUS_WORKERS, default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-ids",
+        type=int,
+        default=int(env("RENDEZVOUS_MAX_IDS", "10000000")),
+        help="ids the registry holds at most; a new key past it gets 503 Registry Full "
+        "(env RENDEZVOUS_MAX_IDS, default 10000000)",
+    )
+    parser.add_argument(
+        "--id-retention-days",
+        type=float,
+        default=float(env("RENDEZVOUS_ID_RETENTION_DAYS", "365")),
+        help="the id of a key unseen this long is released, for a new key to reuse "
+        "(env RENDEZVOUS_ID_RETENTION_DAYS, default 365; 0 keeps ids forever)",
+    )
+    parser.add_argument(
+        "--max-online-per-ip",
+        type=int,
+        default=int(env("RENDEZVOUS_MAX_ONLINE_PER_IP", "1024")),
+        help="keyed peers online at once from one IP address; more get 503 Too Many From Address "
+        "(env RENDEZVOUS_MAX_ONLINE_PER_IP, default 1024)",
+    )
+    parser.add_argument(
         "--no-uvloop",
         action="store_true",
         default=_env_flag("RENDEZVOUS_NO_UVLOOP"),
@@ -121,23 +165,59 @@ async def serve(args: argparse.Namespace) -> None:
         raise SystemExit("rendezvous: --ttl must be between 1 and 86400 seconds")
     if not args.peer_request_rate > 0:
         raise SystemExit("rendezvous: --peer-request-rate must be positive")
+    if not args.max_ids >= 1:
+        raise SystemExit("rendezvous: --max-ids must be at least 1")
+    if not (args.id_retention_days == 0 or 1 <= args.id_retention_days <= 36500):
+        raise SystemExit("rendezvous: --id-retention-days must be 0 (forever) or 1 to 36500")
+    if not args.max_online_per_ip >= 1:
+        raise SystemExit("rendezvous: --max-online-per-ip must be at least 1")
     config = ServerConfig(
+        max_online_per_ip=args.max_online_per_ip,
         default_ttl=args.ttl,
         min_ttl=min(10, args.ttl),
         legacy_text=args.legacy_text,
         requests_per_second=args.peer_request_rate,
         requests_burst=2 * args.peer_request_rate,
     )
+    instance = None
+    worker_index = _worker_index()
+    if worker_index is not None:
+        from .workers import die_with_supervisor
+
+        die_with_supervisor()
+        instance = f"{socket.gethostname()}:{args.port}/w{worker_index}"
     registry: Registry
     presence: Presence | None = None
     if args.registry:
         from .redis_registry import RedisRegistry
 
-        registry = presence = RedisRegistry(args.registry)
+        registry = presence = RedisRegistry(args.registry, max_ids=args.max_ids)
     else:
-        registry = SqliteRegistry(args.db)
-    server = RendezvousServer(config, registry, args.host, args.port, other=args.other_address, presence=presence)
+        registry = SqliteRegistry(args.db, max_ids=args.max_ids)
+    retention = args.id_retention_days * 86400 if args.id_retention_days else None
+    server = RendezvousServer(
+        config,
+        registry,
+        args.host,
+        args.port,
+        other=args.other_address,
+        presence=presence,
+        instance=instance,
+        reuse_port=worker_index is not None,
+        id_retention=retention,
+    )
     await server.start()
+    metrics = None
+    if args.metrics:
+        from .metrics import MetricsEndpoint
+
+        host, port = args.metrics
+        metrics = MetricsEndpoint(lambda: server.core, host, port + (worker_index or 0))
+        try:
+            await metrics.start()
+        except OSError:
+            await server.stop()
+            raise
     # Everything loaded so far (up to millions of peer records) lives as long
     # as the process: keep the cyclic garbage collector from rescanning it.
     gc.collect()
@@ -147,6 +227,8 @@ async def serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if metrics is not None:
+        await metrics.stop()
     await server.stop()
 
 
@@ -156,9 +238,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     # argparse checks choices on the command line only, not on a default from the environment.
     if args.log_level.lower() not in LOG_LEVELS:
         parser.error(f"RENDEZVOUS_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {args.log_level!r}")
+    if not 1 <= args.workers <= 1024:
+        parser.error("--workers must be between 1 and 1024")
+    if args.workers > 1 and not args.registry:
+        parser.error(
+            "--workers above 1 needs a shared registry (--registry redis://HOST:PORT/DB): "
+            "the SQLite file (--db) belongs to one process"
+        )
+    worker_index = _worker_index()
+    worker = "" if worker_index is None else f"w{worker_index} "
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(message)s",
+        format=f"%(asctime)s {worker}%(levelname)s %(message)s",
         stream=sys.stderr,
     )
     keep_to_one_line(logging.getLogger().handlers)
@@ -172,6 +263,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             run = uvloop.run
     from .registry import RegistryError
 
+    if args.workers > 1:
+        from .workers import supervise
+
+        own_argv = list(sys.argv[1:] if argv is None else argv)
+        try:
+            raise SystemExit(run(supervise(own_argv, args.workers, args.host, args.port)))
+        except OSError as error:
+            raise SystemExit(f"rendezvous: {error}") from None
     try:
         run(serve(args))
     except (OSError, RegistryError) as error:

@@ -36,8 +36,11 @@ the other instances' peers in with :meth:`ServerCore.mirror`; LIST and
 CONNECT answer for them as for local peers, but an INTRODUCE to a mirrored
 target comes out of :meth:`ServerCore.introductions_to_forward` for its home
 instance, which hands it back to its own core with
-:meth:`ServerCore.deliver_introduction` (the target's NAT knows that
-instance's address, not ours).
+:meth:`ServerCore.deliver_forwarded` (the target's NAT knows that
+instance's address, not ours).  A SEND to a mirrored peer goes the same way:
+this instance checks the sender and its rate, builds the DATA indication and
+forwards it; the home only sends it on.  Workers of one ``--workers`` group
+share one socket address, so between them the DATA leaves from here directly.
 """
 
 from __future__ import annotations
@@ -113,6 +116,12 @@ __all__ = [
 ]
 
 
+# 503 reason phrases of a REGISTER refused for a cap (docs/PROTOCOL.md 6).
+SERVER_FULL = "Server Full"
+TOO_MANY_FROM_ADDRESS = "Too Many From Address"
+REGISTRY_FULL = "Registry Full"
+
+
 class _InProgress:
     """Marks a transaction whose reply is not ready yet (REGISTER waiting on the registry)."""
 
@@ -131,16 +140,19 @@ class ServerCore:
     # Randomness comes in from outside too, so tests can fix it.
     _random: Callable[[int], bytes] = os.urandom
     # The highest id the registry ever assigned (the adapter loads it at
-    # start; complete_registration raises it).  Ids are never reused, so a
+    # start; complete_registration raises it).  Ids are reused only below it, so a
     # CONNECT to an id above it names nobody, ever yet: 410, not 404.
     highest_id: int = 0
+    # Instances whose names start with this share our socket's address and
+    # port (``--workers`` siblings): their peers' NATs accept what we send.
+    sibling_prefix: str = ""
 
     def __post_init__(self) -> None:
         self._outbox: list[tuple[bytes, Address]] = []
         self._outbox_other: list[tuple[bytes, Address]] = []
         self._events: list[Event] = []
         self._registrations: list[PendingRegistration] = []
-        # (home instance, target id, INTRODUCE datagram) for targets registered elsewhere.
+        # (home instance, target id, INTRODUCE or DATA datagram) for targets registered elsewhere.
         self._forwards: list[tuple[str, int, bytes]] = []
         # (address, transaction id) -> (expires at, reply bytes or IN_PROGRESS)
         # An OrderedDict, not a dict: evicting the oldest entry of a plain dict
@@ -196,7 +208,8 @@ class ServerCore:
         return out
 
     def introductions_to_forward(self) -> list[tuple[str, int, bytes]]:
-        """INTRODUCEs for mirrored targets: (home instance, target id, datagram)."""
+        """INTRODUCEs and relayed DATA indications for mirrored targets:
+        (home instance, target id, datagram), for :meth:`deliver_forwarded` there."""
         out, self._forwards = self._forwards, []
         return out
 
@@ -223,6 +236,21 @@ class ServerCore:
             self.directory.put(record)
             self.stats["mirrored"] += 1
         self._publish_presence(now)
+
+    def deliver_forwarded(self, target_id: int, data: bytes, now: float) -> None:
+        """Send on a datagram another instance built for ``target_id``, a peer
+        registered here: an INTRODUCE (retransmitted until acknowledged) or a
+        relayed DATA indication (sent once, like any relayed datagram)."""
+        if data[:2] != _DATA_TYPE:
+            self.deliver_introduction(target_id, data, now)
+            return
+        target = self.directory.get(target_id)
+        if target is None or target.home or not 20 <= len(data) <= _MAX_DATA_INDICATION:
+            self.stats["relay_undeliverable"] += 1
+            return
+        self.stats["relayed_from_instances"] += 1
+        self.stats["relayed_from_instances_bytes"] += len(data)
+        self._outbox.append((data, target.observed))
 
     def deliver_introduction(self, target_id: int, data: bytes, now: float) -> None:
         """Send (and retransmit until acknowledged) an INTRODUCE another
@@ -547,12 +575,25 @@ class ServerCore:
     ) -> None:
         """The registry bound ``pending.identity`` to ``peer_id`` (durably): go online and answer."""
         self.highest_id = max(self.highest_id, peer_id)
+        record = self.directory.get(peer_id)
+        if pending.request is not None and (refusal := self._online_cap(pending, record)) is not None:
+            self.fail_registration(pending, now, refusal)
+            return
         # A new session: the old one's subscription ends with it (the peer
         # sends WATCH again once registered).
         self._subscriptions.drop(peer_id)
-        record = self.directory.get(peer_id)
         if record is not None and record.identity == pending.identity:
             record.home = ""  # registered here now, wherever it was before
+            if record.observed != pending.address:
+                # Its registration is still live, yet it registers anew from
+                # another address: a new process (it crashed and came back
+                # within its TTL), or its NAT moved it. Either way the links
+                # its contacts hold are dead: a new online-since tells them
+                # (PRESENCE, LIST), so they drop those links now instead of
+                # at QUIC's idle timeout.
+                # (Whole seconds on the wire: it must differ as one.)
+                record.online_since = max(now, record.online_since + 1)
+                self.directory.online_again(record)
             record.observed = pending.address
             record.nickname = pending.nickname
             record.local = pending.local
@@ -597,14 +638,32 @@ class ServerCore:
             cache_until=now + self.config.transaction_cache_seconds,
         )
 
-    def fail_registration(self, pending: PendingRegistration, now: float) -> None:
-        """The registry could not assign an id (overloaded or broken)."""
-        self.stats["registry_failures"] += 1
+    def _online_cap(self, pending: PendingRegistration, record: PeerRecord | None) -> str | None:
+        """The reason phrase refusing a keyed peer that would go online past
+        ``max_online`` or ``max_online_per_ip``; None if it may.  A peer
+        already online here from the same IP only registers again."""
+        host = pending.address[0]
+        if record is not None and record.identity == pending.identity and not record.home:
+            if record.observed[0] == host:
+                return None
+            if self.directory.keyed_count_at(host) >= self.config.max_online_per_ip:
+                return TOO_MANY_FROM_ADDRESS
+            return None
+        if len(self.directory) >= self.config.max_online:
+            return SERVER_FULL
+        if self.directory.keyed_count_at(host) >= self.config.max_online_per_ip:
+            return TOO_MANY_FROM_ADDRESS
+        return None
+
+    def fail_registration(self, pending: PendingRegistration, now: float, reason: str | None = None) -> None:
+        """The registry could not assign an id (overloaded, broken, or full:
+        ``reason`` is the 503's phrase then, and of the online caps)."""
+        self.stats["registry_failures" if reason is None else f"registrations_refused: {reason}"] += 1
         if pending.request is None:
             self._legacy.registration_failed(pending)
             return
         self._replies.pop((pending.address, pending.request.transaction_id), None)
-        reply = self._error(pending.request, ErrorCode.TRY_AGAIN_LATER)
+        reply = self._error(pending.request, ErrorCode.TRY_AGAIN_LATER, reason)
         self._send_reply(reply, pending.address, pending.request_length, verified=False, cache_until=None)
 
     def _authorise(self, message: Message, address: Address, now: float, limited: bool = True) -> PeerRecord | Message:
@@ -887,10 +946,6 @@ class ServerCore:
         if dest is None or is_legacy_identity(dest.identity) or dest is sender:
             self._drop("SEND to unknown peer", address)
             return
-        if dest.home:
-            # Relay between instances is not built yet (issue 13).
-            self._drop("SEND to a peer on another instance", address)
-            return
         if not (
             self._relay_packets.allow(sender.peer_id, now)
             and self._relay_bytes.allow(sender.peer_id, now, len(payload))
@@ -902,6 +957,11 @@ class ServerCore:
         out.add(Attr.PEER_ID, sender.peer_id).add(Attr.DATA, payload)
         self.stats["relayed_packets"] += 1
         self.stats["relayed_bytes"] += len(payload)
+        if dest.home and not (self.sibling_prefix and dest.home.startswith(self.sibling_prefix)):
+            # Its NAT knows its home's address, not ours: the home sends it on.
+            self.stats["relay_forwarded"] += 1
+            self._forwards.append((dest.home, dest.peer_id, encode(out)))
+            return
         self._outbox.append((encode(out), dest.observed))
 
 
@@ -912,6 +972,9 @@ _SESSION_TLV = struct.pack("!HH", Attr.SESSION, 20)
 _TTL_TLV = struct.pack("!HH", Attr.TTL, 4)
 _REFRESH_TYPE = struct.pack("!H", pack_type(Method.REFRESH, MessageClass.REQUEST))
 _INTRODUCE_TYPE = struct.pack("!H", pack_type(Method.INTRODUCE, MessageClass.REQUEST))
+_DATA_TYPE = struct.pack("!H", pack_type(Method.DATA, MessageClass.INDICATION))
+# Header, PEER-ID, DATA (padded) and FINGERPRINT around the largest payload.
+_MAX_DATA_INDICATION = 20 + 8 + 4 + MAX_RELAY_PAYLOAD + 3 + 8
 
 
 def _fingerprint_ok(data: bytes) -> bool:

@@ -38,6 +38,11 @@ class Directory:
         self._legacy_by_address: dict[Address, int] = {}
         # Legacy peers online per source IP, for the per-IP cap on their ids.
         self._legacy_per_host: Counter[str] = Counter()
+        # Keyed peers registered here (not mirrors), per source IP, for the
+        # per-IP cap on online ids; the host each was counted under (records
+        # are changed in place, so the old host cannot be read back from them).
+        self._keyed_per_host: Counter[str] = Counter()
+        self._counted_host: dict[int, str] = {}
         # Expiry wheel: slot (a quarter of a second) -> ids that may expire in
         # it, plus a heap of the slots in use.  Cheaper in memory than a heap of
         # (time, id) tuples (8 bytes a peer instead of ~90 at a million
@@ -53,6 +58,10 @@ class Directory:
     def __len__(self) -> int:
         return len(self._by_id)
 
+    def local_count(self) -> int:
+        """Peers registered here (not mirrors of other instances'): a walk, for metrics scrapes."""
+        return sum(1 for record in self._by_id.values() if not record.home)
+
     def __contains__(self, peer_id: object) -> bool:
         return peer_id in self._by_id
 
@@ -66,6 +75,24 @@ class Directory:
     def legacy_count_at(self, host: str) -> int:
         """Legacy peers online from ``host`` (any port)."""
         return self._legacy_per_host[host]
+
+    def keyed_count_at(self, host: str) -> int:
+        """Keyed peers registered here and online from ``host`` (any port)."""
+        return self._keyed_per_host[host]
+
+    def _count_host(self, peer_id: int, host: str | None) -> None:
+        """Count ``peer_id`` under ``host`` (None: under none)."""
+        before = self._counted_host.get(peer_id)
+        if before == host:
+            return
+        if before is not None:
+            del self._counted_host[peer_id]
+            self._keyed_per_host[before] -= 1
+            if self._keyed_per_host[before] <= 0:
+                del self._keyed_per_host[before]
+        if host is not None:
+            self._counted_host[peer_id] = host
+            self._keyed_per_host[host] += 1
 
     def _forget_legacy_address(self, address: Address) -> None:
         del self._legacy_by_address[address]
@@ -85,6 +112,8 @@ class Directory:
             self._legacy_per_host[record.observed[0]] += 1
         if legacy:
             self._legacy_by_address[record.observed] = record.peer_id
+        else:
+            self._count_host(record.peer_id, None if record.home else record.observed[0])
         self._by_id[record.peer_id] = record
         if (
             self._presence_changes is not None
@@ -115,6 +144,12 @@ class Directory:
             self._schedule(record)
         self._dirty[record.peer_id] = record
 
+    def online_again(self, record: PeerRecord) -> None:
+        """``record`` (already here) got a new ``online_since`` in place: a
+        new session of the same peer, which its watchers must hear of."""
+        if self._presence_changes is not None and not is_legacy_identity(record.identity):
+            self._presence_changes.append((record.peer_id, int(record.online_since)))
+
     def remove(self, peer_id: int, now: float) -> PeerRecord | None:
         """Take a peer offline (UNREGISTER/EXIT); its id stays with its key."""
         record = self._by_id.pop(peer_id, None)
@@ -126,6 +161,7 @@ class Directory:
                 self._forget_legacy_address(record.observed)
         else:
             self._modern_ids.discard(peer_id)
+            self._count_host(peer_id, None)
             if self._presence_changes is not None:
                 self._presence_changes.append((peer_id, 0))
         record.expires_at = min(record.expires_at, now)

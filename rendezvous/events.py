@@ -48,6 +48,11 @@ class ServerConfig:
     # Legacy ids online (or being assigned) per source IP: a legacy REGISTER
     # proves nothing, so spoofed ones must not mint ids without bound.
     legacy_ids_per_ip: int = 4
+    # Keyed peers online at once (503 "Server Full" past it) and per source IP
+    # (503 "Too Many From Address"; an office NAT shares one, hence generous):
+    # one host cannot fill the directory, nor the directory the memory.
+    max_online: int = 2_000_000
+    max_online_per_ip: int = 1024
     # Replies kept for retransmitted requests (RFC 8489: 40 s).
     transaction_cache_seconds: float = 40.0
     transaction_cache_size: int = 65_536

@@ -15,10 +15,14 @@ Keys (``P`` is the prefix, ``peerlink:`` by default)
                        loads walk it in id order; they skip the expired ones
                        and drop those expired for long (STALE_AFTER)
 ``P secret``           the 32-byte server secret (SET NX)
+``P seen``             sorted set of ids, score = when the key was last seen
+                       (saved, or handed its id): what ``release_unseen`` walks
+``P free``             sorted set of released ids (score = id), taken lowest
+                       first by new keys before ``next_id`` grows
 
 Channels: ``P presence`` carries every batch of records an instance wrote;
-``P instance:<name>`` carries the introductions forwarded to instance
-``<name>`` (docs/ARCHITECTURE.md, "Several instances, one registry").
+``P instance:<name>`` carries the introductions and relayed DATA
+indications forwarded to instance ``<name>`` (4-byte target id, datagram) (docs/ARCHITECTURE.md, "Several instances, one registry").
 
 Durability
 ----------
@@ -38,8 +42,9 @@ Outages
 Every call fails fast (short socket timeouts) with
 :class:`~rendezvous.registry.RegistryUnavailable`; the first failure logs one
 WARNING line and the first success after it one INFO line.  Ids this
-instance has seen are cached (a key's id never changes), so known peers can
-register again while Redis is away.  The pub/sub listener reconnects with
+instance has seen are cached, so known peers can register again while Redis
+is away (only then: a key's id changes when it is released after long unseen,
+so ``assign_id`` asks Redis whenever it can).  The pub/sub listener reconnects with
 backoff and reloads the online records when it is back.
 """
 
@@ -51,7 +56,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -65,6 +70,7 @@ from .registry import (
     PeerRecord,
     RecordsHandler,
     RegistryError,
+    RegistryFull,
     RegistryUnavailable,
 )
 from .sqlite_registry import decode_address, decode_addresses, encode_address, encode_addresses
@@ -76,20 +82,58 @@ SCHEMES = ("redis", "rediss", "unix")
 # A cached id per identity seen; past this the cache starts over (it is only
 # a shortcut for outages and repeat registrations).
 ID_CACHE_SIZE = 1 << 20
+# A cached id is used without asking Redis for this long (an id released
+# meanwhile would go to another key; keys are released only after days).
+ID_CACHE_TRUST = 3600.0
 # Records older than this past their expiry leave the online index when a
 # load walks over them (their home stopped writing: it died).
 STALE_AFTER = 120.0
 # Pub/sub reconnection backoff.
 LISTEN_BACKOFF = (0.2, 10.0)
 
-# KEYS: ids hash, next_id counter.  ARGV: identity, prefix of the peer hash keys.
+# KEYS: ids hash, next_id counter, seen set, free set.  ARGV: identity, prefix
+# of the peer hash keys, max ids (0: no cap), now.  -1: the registry is full.
+# A key handed its id counts as seen now, atomically: a release running at
+# the same time cannot take the id of a key that is back after long.
 _ASSIGN = """
 local id = redis.call('HGET', KEYS[1], ARGV[1])
-if id then return tonumber(id) end
-id = redis.call('INCR', KEYS[2])
+if id then
+  redis.call('ZADD', KEYS[3], tonumber(ARGV[4]), id)
+  return tonumber(id)
+end
+local max = tonumber(ARGV[3])
+if max > 0 and redis.call('HLEN', KEYS[1]) >= max then return -1 end
+local free = redis.call('ZPOPMIN', KEYS[4])
+if free[1] then id = tonumber(free[1]) else id = redis.call('INCR', KEYS[2]) end
 redis.call('HSET', KEYS[1], ARGV[1], id)
 redis.call('HSET', ARGV[2] .. id, 'identity', ARGV[1])
 return id
+"""
+
+# KEYS: seen set, ids hash, free set, online set.  ARGV: before, prefix of
+# the peer hash keys, then the candidate ids.  Releases each candidate still
+# seen before ``before`` whose record expired before it too (checked again
+# here, atomically: the key may have been handed its id since); returns them.
+_RELEASE = """
+local before = tonumber(ARGV[1])
+local out = {}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local seen = tonumber(redis.call('ZSCORE', KEYS[1], id) or '0')
+  local key = ARGV[2] .. id
+  local rec = redis.call('HMGET', key, 'identity', 'expires_at')
+  if not rec[1] then
+    redis.call('ZREM', KEYS[1], id)
+  elseif seen > 0 and seen < before and tonumber(rec[2] or '0') < before then
+    redis.call('HDEL', KEYS[2], rec[1])
+    redis.call('DEL', key)
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZREM', KEYS[4], id)
+    redis.call('ZADD', KEYS[3], tonumber(id), id)
+    table.insert(out, tonumber(id))
+  end
+end
+return out
 """
 
 # KEYS: peer hash, online set.  ARGV: identity, state, expires_at, last_seen,
@@ -107,6 +151,7 @@ if stored[2] and stored[2] ~= ARGV[5] and tonumber(stored[3] or '0') > now
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'expires_at', ARGV[3], 'last_seen', ARGV[4], 'home', ARGV[5])
 redis.call('ZADD', KEYS[2], tonumber(ARGV[7]), ARGV[7])
+redis.call('ZADD', KEYS[3], 'GT', tonumber(ARGV[4]), ARGV[7])
 return 1
 """
 
@@ -208,13 +253,16 @@ class RedisRegistry:
     """:class:`rendezvous.registry.Registry` and
     :class:`rendezvous.registry.Presence` on one Redis database."""
 
-    def __init__(self, url: str, *, prefix: str = "peerlink:", timeout: float = 1.0) -> None:
+    def __init__(
+        self, url: str, *, prefix: str = "peerlink:", timeout: float = 1.0, max_ids: int | None = None
+    ) -> None:
         self._url = check_url(url)
+        self._max_ids = max_ids
         self._prefix = prefix
         self._timeout = timeout
         self._redis: aioredis.Redis | None = None
         self._secret: bytes | None = None
-        self._ids: dict[bytes, int] = {}
+        self._ids: dict[bytes, tuple[int, float]] = {}  # identity -> (id, when cached, monotonic)
         self._pending: dict[bytes, list[asyncio.Future[int]]] = {}
         self._flush_task: asyncio.Task[None] | None = None
         self._down = False
@@ -222,6 +270,7 @@ class RedisRegistry:
         self._listener: asyncio.Task[None] | None = None
         self._assign: Any = None
         self._save: Any = None
+        self._release: Any = None
         self.round_trips = 0  # pipelines and commands sent (tests, metrics)
 
     @property
@@ -268,6 +317,7 @@ class RedisRegistry:
                 redacted(self._url),
             )
         self._assign = client.register_script(_ASSIGN)
+        self._release = client.register_script(_RELEASE)
         self._save = client.register_script(_SAVE)
         self._redis = client
 
@@ -321,16 +371,21 @@ class RedisRegistry:
         """The id bound to ``identity``, binding the next one if it has none.
         Returns once Redis holds the binding."""
         identity = bytes(identity)
-        cached = self._ids.get(identity)
-        if cached is not None:
-            return cached
+        # Always asked (in the batch's one round trip), never answered from the
+        # cache while Redis is there: the script marks the key seen, which is
+        # what keeps a release from taking the id of a key back after long.
         self._client()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
         self._pending.setdefault(identity, []).append(future)
         if self._flush_task is None:
             self._flush_task = asyncio.ensure_future(self._flush_ids())
-        return await future
+        try:
+            return await future
+        except RegistryUnavailable:
+            if (cached := self._cached(identity, any_age=True)) is not None:
+                return cached  # Redis is away: the id it had is the best we know
+            raise
 
     async def _flush_ids(self) -> None:
         """One pipeline for every identity that arrived in this loop iteration."""
@@ -345,8 +400,8 @@ class RedisRegistry:
             async with self._client().pipeline(transaction=False) as pipe:
                 for identity in pending:
                     await self._assign(
-                        keys=[self._key("ids"), self._key("next_id")],
-                        args=[identity, self._key("peer", "")],
+                        keys=[self._key("ids"), self._key("next_id"), self._key("seen"), self._key("free")],
+                        args=[identity, self._key("peer", ""), self._max_ids or 0, repr(time.time())],
                         client=pipe,
                     )
                 results = await pipe.execute()
@@ -355,26 +410,61 @@ class RedisRegistry:
         except (RedisError, OSError, RegistryError) as exc:
             error = self._failed(exc)
         for index, (identity, futures) in enumerate(pending.items()):
-            if error is None:
-                self._remember(identity, int(results[index]))
+            peer_id = int(results[index]) if error is None else -1
+            if peer_id > 0:
+                self._remember(identity, peer_id)
             for future in futures:
                 if future.done():
                     continue
                 if error is not None:
                     future.set_exception(error)
+                elif peer_id < 0:
+                    future.set_exception(RegistryFull(f"the registry holds its maximum of {self._max_ids} ids"))
                 else:
-                    future.set_result(int(results[index]))
+                    future.set_result(peer_id)
 
     def _remember(self, identity: bytes, peer_id: int) -> None:
         if len(self._ids) >= ID_CACHE_SIZE:
             self._ids.clear()
-        self._ids[identity] = peer_id
+        self._ids[identity] = (peer_id, time.monotonic())
+
+    def _cached(self, identity: bytes, *, any_age: bool = False) -> int | None:
+        """The cached id of ``identity``: one cached within ID_CACHE_TRUST
+        (a released key's id goes to another key, so an old entry is asked
+        again), or of any age while Redis is away."""
+        entry = self._ids.get(identity)
+        if entry is None or not (any_age or time.monotonic() - entry[1] < ID_CACHE_TRUST):
+            return None
+        return entry[0]
+
+    async def release_unseen(self, before: float, limit: int = 1000, *, keep: Container[int] = ()) -> list[int]:
+        """Release the ids of keys unseen since ``before`` (Registry contract)."""
+        raw = await self._call(
+            self._client().zrangebyscore(self._key("seen"), "(0", f"({before!r}", start=0, num=2 * limit)
+        )
+        candidates = [int(i) for i in raw if int(i) not in keep][:limit]
+        if not candidates:
+            return []
+        released = await self._call(
+            self._release(
+                keys=[self._key("seen"), self._key("ids"), self._key("free"), self._key("online")],
+                args=[repr(before), self._key("peer", ""), *candidates],
+            )
+        )
+        if released:
+            self._ids.clear()  # which identities they were is gone with them
+        return sorted(int(i) for i in released)
 
     async def lookup_id(self, identity: bytes) -> int | None:
         identity = bytes(identity)
-        if identity in self._ids:
-            return self._ids[identity]
-        value = await self._call(self._client().hget(self._key("ids"), identity))
+        if (cached := self._cached(identity)) is not None:
+            return cached
+        try:
+            value = await self._call(self._client().hget(self._key("ids"), identity))
+        except RegistryUnavailable:
+            if (cached := self._cached(identity, any_age=True)) is not None:
+                return cached
+            raise
         if value is None:
             return None
         self._remember(identity, int(value))
@@ -404,7 +494,7 @@ class RedisRegistry:
             async with client.pipeline(transaction=False) as pipe:
                 for record in records:
                     await self._save(
-                        keys=[self._key("peer", record.peer_id), self._key("online")],
+                        keys=[self._key("peer", record.peer_id), self._key("online"), self._key("seen")],
                         args=[
                             bytes(record.identity),
                             _state(record),
@@ -477,7 +567,7 @@ class RedisRegistry:
         return int(await self._call(self._client().hlen(self._key("ids"))))
 
     async def highest_id(self) -> int:
-        """The last id handed out by any instance (the INCR counter: ids are never reused)."""
+        """The highest id handed out by any instance (the INCR counter: released ids are reused below it)."""
         value = await self._call(self._client().get(self._key("next_id")))
         return int(value) if value is not None else 0
 
@@ -551,8 +641,19 @@ class RedisRegistry:
                 # A handler's bug must not end the listening for good.
                 logger.exception("presence listener: a message could not be applied")
 
-    async def forward_introduction(self, home: str, target_id: int, data: bytes) -> None:
-        await self._call(self._client().publish(self._key("instance", home), target_id.to_bytes(4, "big") + data))
+    async def forward_many(self, items: Sequence[tuple[str, int, bytes]]) -> None:
+        """One pipelined round trip: a PUBLISH per datagram on its home's channel."""
+        if not items:
+            return
+        try:
+            async with self._client().pipeline(transaction=False) as pipe:
+                for home, target_id, data in items:
+                    pipe.publish(self._key("instance", home), target_id.to_bytes(4, "big") + data)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise self._failed(exc) from None
+        self.round_trips += 1
+        self._succeeded()
 
 
 def _homed(record: PeerRecord, instance: str) -> PeerRecord:

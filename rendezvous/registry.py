@@ -10,7 +10,7 @@ microseconds, batched), so no threads are involved.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,6 +27,11 @@ class RegistryError(Exception):
 class RegistryUnavailable(RegistryError):
     """A networked registry cannot be reached right now.  The backend has
     already said so in the log (once per outage), so callers need not."""
+
+
+class RegistryFull(RegistryError):
+    """A new identity would take the registry past its cap on ids
+    (``--max-ids``); known identities still get theirs."""
 
 
 def legacy_identity(address: Address) -> bytes:
@@ -83,8 +88,16 @@ class Registry(Protocol):
       in id order (used at start-up so a restarted server still knows who is
       online); with ``limit``, only that many, starting after ``after_id``.
     * ``highest_id`` returns the highest id ever assigned (0 if none): ids
-      are never reused, so every id above it is one nobody was ever given
+      are reused only below it (``release_unseen``), so every id above it is
+      one nobody was ever given
       (the server answers CONNECT to such an id with 410, not 404).
+    * ``assign_id`` raises :class:`RegistryFull` for a new identity when the
+      registry already holds its ``max_ids`` (a constructor option).
+    * ``release_unseen(before, limit)`` deletes up to ``limit`` records whose
+      ``last_seen`` is before ``before`` (and after 0) and whose ``expires_at``
+      is before it too, and returns their ids; ``assign_id`` gives those ids
+      to new identities, lowest first, before any id above ``highest_id``.
+      Ids in ``keep`` (the server's online peers) are never released.
     * ``secret`` returns a 32-byte random secret created on first use and kept,
       so that challenges and session tokens survive a restart.
     """
@@ -104,6 +117,8 @@ class Registry(Protocol):
     async def get(self, peer_id: int) -> PeerRecord | None: ...
 
     async def count(self) -> int: ...
+
+    async def release_unseen(self, before: float, limit: int = 1000, *, keep: Container[int] = ()) -> list[int]: ...
 
     async def highest_id(self) -> int: ...
 
@@ -131,6 +146,7 @@ class Presence(Protocol):
         gets a full reload of the online peers after every reconnection."""
         ...
 
-    async def forward_introduction(self, home: str, target_id: int, data: bytes) -> None:
-        """Hand an INTRODUCE for ``target_id`` to its home instance, which sends it."""
+    async def forward_many(self, items: Sequence[tuple[str, int, bytes]]) -> None:
+        """Hand datagrams (INTRODUCE, relayed DATA) for peers registered with
+        other instances to those (home, target id, datagram), which send them on."""
         ...

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from .core import ServerCore
+from .core import REGISTRY_FULL, ServerCore
 from .directory import Directory
 from .events import (
     Dropped,
@@ -27,7 +27,7 @@ from .events import (
     RequestReceived,
     ServerConfig,
 )
-from .registry import PeerRecord, Presence, Registry, RegistryUnavailable, is_legacy_identity
+from .registry import PeerRecord, Presence, Registry, RegistryFull, RegistryUnavailable, is_legacy_identity
 from .stun import Address
 from .tokens import Tokens
 from .udp import UdpEndpoint
@@ -39,8 +39,14 @@ logger = logging.getLogger("rendezvous")
 MAX_PENDING_REGISTRATIONS = 10_000
 # Online peers are loaded at start-up in pages of this many.
 LOAD_PAGE = 10_000
+# Datagrams waiting to be forwarded to other instances beyond this are dropped (counted).
+MAX_PENDING_FORWARDS = 10_000
 # While the registry fails, writes are retried after 2x the last wait, up to this.
 MAX_FLUSH_BACKOFF = 30.0
+# Ids of keys unseen for the retention are released this often, this many per
+# registry call (so one call never holds the registry long).
+RELEASE_INTERVAL = 3600.0
+RELEASE_BATCH = 1000
 
 
 class RendezvousServer:
@@ -56,8 +62,13 @@ class RendezvousServer:
         other: Address | None = None,
         presence: Presence | None = None,
         instance: str | None = None,
+        reuse_port: bool = False,
+        id_retention: float | None = None,
     ) -> None:
         self.config = config
+        # Ids of keys unseen this long (seconds) are released for reuse; None: kept forever.
+        self.id_retention = id_retention
+        self._next_release = 0.0
         self.registry = registry
         self.host = host
         self.port = port
@@ -75,7 +86,10 @@ class RendezvousServer:
         # this instance's name among them (default: host name and port).
         self.presence = presence
         self.instance = instance
-        self._forwarding: set[asyncio.Task[None]] = set()
+        self.reuse_port = reuse_port  # one of several workers on this port
+        # (home, target id, datagram) for other instances, sent in batches by one task.
+        self._to_forward: list[tuple[str, int, bytes]] = []
+        self._forwarder: asyncio.Task[None] | None = None
         self._early_records: list[PeerRecord] = []
         # Records the registry has not taken yet (it failed): written first next time.
         self._owed: dict[int, PeerRecord] = {}
@@ -93,7 +107,9 @@ class RendezvousServer:
         secret = await self.registry.secret()
         stats: Counter[str] = Counter()
         # Bound (not yet read) before loading: the port names this instance.
-        self._endpoint = UdpEndpoint.bind(self.host, self.port, self._on_datagram, self._flush, stats)
+        self._endpoint = UdpEndpoint.bind(
+            self.host, self.port, self._on_datagram, self._flush, stats, reuse_port=self.reuse_port
+        )
         if self.presence is not None:
             if self.instance is None:
                 self.instance = f"{socket.gethostname()}:{self._endpoint.address[1]}"
@@ -112,13 +128,21 @@ class RendezvousServer:
         # Ids above this were never given to anyone: CONNECT to one gets 410.
         highest = await self.registry.highest_id()
         self.core = ServerCore(self.config, Tokens(secret), directory, stats, highest_id=highest)
+        if self.reuse_port and self.instance is not None and "/" in self.instance:
+            # Workers named HOST:PORT/wI share this socket address: relay between them directly.
+            self.core.sibling_prefix = self.instance.rsplit("/", 1)[0] + "/"
         if self._early_records:
             self.core.mirror(self._early_records, now)
             self._early_records = []
         self._endpoint.start()
         if self.other is not None:
             self._other_endpoint = UdpEndpoint.bind(
-                self.other[0], self.other[1], self._on_other_datagram, self._flush, self.core.stats
+                self.other[0],
+                self.other[1],
+                self._on_other_datagram,
+                self._flush,
+                self.core.stats,
+                reuse_port=self.reuse_port,
             )
             self._other_endpoint.start()
             primary = self.address if self.host not in ("0.0.0.0", "::") else None
@@ -152,8 +176,8 @@ class RendezvousServer:
             await self._flusher
         if self._registering:
             await asyncio.gather(*self._registering, return_exceptions=True)
-        if self._forwarding:
-            await asyncio.gather(*self._forwarding, return_exceptions=True)
+        if self._forwarder is not None:
+            await asyncio.gather(self._forwarder, return_exceptions=True)
         if self.core is not None and not await self.flush_registry():
             logger.warning("%d peer records not written: the registry is unavailable", len(self._owed))
         await self.registry.close()
@@ -187,10 +211,15 @@ class RendezvousServer:
                 if not self._registry_failing:
                     self._flush_soon.set()
             self._log(event)
-        for home, target_id, data in core.introductions_to_forward():
-            task = asyncio.create_task(self._forward(home, target_id, data))
-            self._forwarding.add(task)
-            task.add_done_callback(self._forwarding.discard)
+        forwards = core.introductions_to_forward()
+        if forwards:
+            room = MAX_PENDING_FORWARDS - len(self._to_forward)
+            if len(forwards) > room:
+                core.stats["forwards_dropped"] += len(forwards) - max(room, 0)
+                forwards = forwards[: max(room, 0)]
+            self._to_forward.extend(forwards)
+            if self._forwarder is None or self._forwarder.done():
+                self._forwarder = asyncio.create_task(self._forward_pending())
         for pending in core.pending_registrations():
             if len(self._registering) >= MAX_PENDING_REGISTRATIONS:
                 core.fail_registration(pending, self.clock())
@@ -211,6 +240,8 @@ class RendezvousServer:
                     first_seen = known.first_seen
         except RegistryUnavailable:
             self.core.fail_registration(pending, self.clock())  # the registry said so in the log
+        except RegistryFull:
+            self.core.fail_registration(pending, self.clock(), REGISTRY_FULL)
         except Exception:
             logger.exception("registry failed to assign an id")
             self.core.fail_registration(pending, self.clock())
@@ -239,15 +270,19 @@ class RendezvousServer:
         self.core.handle_timer(self.clock())
         self._flush()
 
-    async def _forward(self, home: str, target_id: int, data: bytes) -> None:
+    async def _forward_pending(self) -> None:
+        """Hand what waits for other instances to the registry, all of it per
+        round trip (relayed datagrams come in bursts)."""
         assert self.presence is not None and self.core is not None
-        try:
-            await self.presence.forward_introduction(home, target_id, data)
-        except RegistryUnavailable:
-            self.core.stats["introductions_not_forwarded"] += 1
-        except Exception:
-            logger.exception("could not forward an introduction to instance %s", home)
-            self.core.stats["introductions_not_forwarded"] += 1
+        while self._to_forward:
+            batch, self._to_forward = self._to_forward, []
+            try:
+                await self.presence.forward_many(batch)
+            except RegistryUnavailable:
+                self.core.stats["forwards_not_sent"] += len(batch)
+            except Exception:
+                logger.exception("could not forward %d datagrams to other instances", len(batch))
+                self.core.stats["forwards_not_sent"] += len(batch)
 
     def _on_records(self, records: list[PeerRecord]) -> None:
         """Another instance's peers changed (or a reload after a reconnection)."""
@@ -260,7 +295,7 @@ class RendezvousServer:
     def _on_introduction(self, target_id: int, data: bytes) -> None:
         if self.core is None:
             return
-        self.core.deliver_introduction(target_id, data, self.clock())
+        self.core.deliver_forwarded(target_id, data, self.clock())
         self._flush()
 
     async def _flush_registry_periodically(self) -> None:
@@ -279,8 +314,33 @@ class RendezvousServer:
                 return
             if await self.flush_registry():
                 wait = self.flush_interval
+                if self.id_retention is not None and self.clock() >= self._next_release:
+                    await self.release_unseen_ids()
             else:
                 wait = min(2 * wait, MAX_FLUSH_BACKOFF)
+
+    async def release_unseen_ids(self) -> int:
+        """Release the ids of keys unseen for ``id_retention`` (after a flush,
+        so every peer online here has been written as seen); how many."""
+        assert self.id_retention is not None
+        now = self.clock()
+        self._next_release = now + RELEASE_INTERVAL
+        released = 0
+        try:
+            online = self.core.directory if self.core is not None else ()
+            while batch := await self.registry.release_unseen(now - self.id_retention, RELEASE_BATCH, keep=online):
+                released += len(batch)
+                if len(batch) < RELEASE_BATCH or self._closing:
+                    break
+        except RegistryUnavailable:
+            pass  # said in the log; tried again at the next interval
+        except Exception:
+            logger.exception("could not release the ids of keys unseen for long")
+        if released:
+            logger.info("released %d ids of keys unseen for %.0f days", released, self.id_retention / 86400)
+            if self.core is not None:
+                self.core.stats["ids_released"] += released
+        return released
 
     async def flush_registry(self) -> bool:
         """Write the changed records, and any a failed write left owed.

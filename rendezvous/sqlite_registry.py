@@ -31,8 +31,12 @@ handing work to a thread.  The exceptions are ``count`` (a few milliseconds
 at a million rows), ``load_online`` (called once at start-up) and the bulk
 ``seed`` helper (benchmarks and imports).
 
-Ids come from an ``AUTOINCREMENT`` primary key: they start at 1, grow
-monotonically and are never reused, even for rows that would be deleted.
+Ids come from an ``AUTOINCREMENT`` primary key: they start at 1 and grow
+monotonically; a row deleted by hand never gives its id back.  The one way
+an id is reused is :meth:`SqliteRegistry.release_unseen`: the rows of keys
+unseen (offline) since a given time are deleted and their ids filed in
+``free_ids``, which new identities take, lowest first, before any new id.
+``max_ids`` caps the rows: a new identity past it gets :class:`RegistryFull`.
 """
 
 from __future__ import annotations
@@ -41,12 +45,12 @@ import asyncio
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .registry import PeerRecord, RegistryError
+from .registry import PeerRecord, RegistryError, RegistryFull
 from .sqlite_file import open_database
 from .stun import Address
 
@@ -70,6 +74,10 @@ CREATE TABLE IF NOT EXISTS peers (
     online_since REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS peers_expires_at ON peers (expires_at);
+CREATE INDEX IF NOT EXISTS peers_last_seen ON peers (last_seen);
+CREATE TABLE IF NOT EXISTS free_ids (
+    peer_id INTEGER PRIMARY KEY
+);
 """
 
 _COLUMNS = "peer_id, identity, nickname, observed, local, first_seen, last_seen, expires_at, online_since"
@@ -177,8 +185,14 @@ class SqliteRegistry:
     Not safe to share between event loops; one instance per server process.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, max_ids: int | None = None) -> None:
         self._path = Path(path)
+        self._max_ids = max_ids
+        self._count: int | None = None  # rows, read at the first assignment that needs it
+        # Ids handed out whose state has not been saved since: their rows may
+        # still say "unseen for a year" (a key back after long), so
+        # release_unseen must not take them.
+        self._unsaved: set[int] = set()
         self._conn: sqlite3.Connection | None = None
         self._secret: bytes | None = None
         # identity -> futures of every caller waiting for it in the next flush.
@@ -247,6 +261,7 @@ class SqliteRegistry:
         identity = bytes(identity)
         existing = await self.lookup_id(identity)
         if existing is not None:
+            self._handed_out(existing)
             return existing
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
@@ -264,30 +279,77 @@ class SqliteRegistry:
         pending, self._pending = self._pending, {}
         if not pending:
             return
-        results: dict[bytes, int] = {}
+        results: dict[bytes, int | None] = {}  # None: refused, the registry is full
         error: RegistryError | None = None
         try:
             with self._transaction() as conn:
+                count = self._rows(conn)
                 for identity in pending:
-                    cursor = conn.execute(
-                        "INSERT INTO peers (identity) VALUES (?) ON CONFLICT (identity) DO NOTHING",
-                        (identity,),
-                    )
-                    if cursor.rowcount == 1 and cursor.lastrowid is not None:
-                        results[identity] = cursor.lastrowid
-                    else:
-                        row = conn.execute("SELECT peer_id FROM peers WHERE identity = ?", (identity,)).fetchone()
+                    row = conn.execute("SELECT peer_id FROM peers WHERE identity = ?", (identity,)).fetchone()
+                    if row is not None:
                         results[identity] = row[0]
+                    elif self._max_ids is not None and count >= self._max_ids:
+                        results[identity] = None
+                    else:
+                        results[identity] = self._insert(conn, identity)
+                        count += 1
+            self._count = count
         except RegistryError as exc:
             error = exc
+            self._count = None  # rolled back: read again
         for identity, futures in pending.items():
             for future in futures:
                 if future.done():  # the caller was cancelled
                     continue
                 if error is not None:
                     future.set_exception(error)
+                elif (peer_id := results[identity]) is None:
+                    future.set_exception(RegistryFull(f"the registry holds its maximum of {self._max_ids} ids"))
                 else:
-                    future.set_result(results[identity])
+                    self._handed_out(peer_id)
+                    future.set_result(peer_id)
+
+    def _handed_out(self, peer_id: int) -> None:
+        if len(self._unsaved) >= 100_000:
+            self._unsaved.clear()  # registrations that never completed: only the release's guard forgets them
+        self._unsaved.add(peer_id)
+
+    def _rows(self, conn: sqlite3.Connection) -> int:
+        if self._count is None:
+            self._count = int(conn.execute("SELECT count(*) FROM peers").fetchone()[0])
+        return self._count
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, identity: bytes) -> int:
+        """Bind ``identity`` to the lowest released id, else to the next new one."""
+        free = conn.execute(
+            "DELETE FROM free_ids WHERE peer_id = (SELECT min(peer_id) FROM free_ids) RETURNING peer_id"
+        )
+        row = free.fetchone()
+        if row is not None:
+            conn.execute("INSERT INTO peers (peer_id, identity) VALUES (?, ?)", (row[0], identity))
+            return int(row[0])
+        cursor = conn.execute("INSERT INTO peers (identity) VALUES (?)", (identity,))
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    async def release_unseen(self, before: float, limit: int = 1000, *, keep: Container[int] = ()) -> list[int]:
+        """Delete up to ``limit`` rows of keys last seen before ``before`` and
+        offline since, and file their ids for reuse; returns those ids.
+        Rows never saved (last seen 0: an assignment whose registration
+        has not been written yet) and ids in ``keep`` (online) are left alone."""
+        with self._transaction() as conn:
+            candidates = conn.execute(
+                "SELECT peer_id FROM peers WHERE last_seen > 0 AND last_seen < ? AND expires_at < ?"
+                " ORDER BY last_seen LIMIT ?",
+                (before, before, 2 * limit + len(self._unsaved)),
+            ).fetchall()
+            released = sorted(i for (i,) in candidates if i not in self._unsaved and i not in keep)[:limit]
+            conn.executemany("DELETE FROM peers WHERE peer_id = ?", ((i,) for i in released))
+            conn.executemany("INSERT OR IGNORE INTO free_ids (peer_id) VALUES (?)", ((i,) for i in released))
+        if self._count is not None:
+            self._count -= len(released)
+        return released
 
     async def lookup_id(self, identity: bytes) -> int | None:
         """The id bound to ``identity``, or None.  Never writes."""
@@ -305,6 +367,7 @@ class SqliteRegistry:
             return
         with self._transaction() as conn:
             conn.executemany(_UPDATE_STATE, rows)
+        self._unsaved.difference_update(row[-2] for row in rows)
 
     async def load_online(self, now: float, after_id: int = 0, limit: int | None = None) -> list[PeerRecord]:
         """Records whose ``expires_at`` is after ``now``, by id; with ``limit``,

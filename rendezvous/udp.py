@@ -69,16 +69,22 @@ class UdpEndpoint:
         *,
         batched: bool = True,
         buffer_size: int | None = 4 * 1024 * 1024,
+        reuse_port: bool = False,
     ) -> UdpEndpoint:
         """``batched=False`` and ``buffer_size=None`` (the kernel's default)
         for sockets that carry a few datagrams: the batch buffers cost about
-        1.5 ms and 256 KiB per socket to set up."""
+        1.5 ms and 256 KiB per socket to set up.  ``reuse_port``: several
+        processes bind the same port (``rendezvous --workers``) and the kernel
+        spreads clients over them by a hash of their address, so each client
+        keeps talking to the same one."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             if family == socket.AF_INET6:
                 # "::" then serves IPv4 too, as IPv4-mapped addresses.
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if buffer_size is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_size)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer_size)

@@ -34,6 +34,7 @@ import platformdirs
 from aiohttp import web
 
 from rendezvous.log_lines import keep_to_one_line
+from rendezvous.stun import Address
 from rendezvous.tool import parse_server
 
 from . import commands
@@ -42,6 +43,7 @@ from .commands import node_config
 from .datadir import DataDirError, DataDirLock, write_token
 from .engine import address_text
 from .node import PeerNode
+from .quota import DEFAULT_MESSAGES_PER_MINUTE, DEFAULT_STORED_BYTES, MAX_MESSAGES_PER_MINUTE
 from .store import StoreError
 from .terminal import ChatUI
 from .web import WebConfig, create_app, start_site
@@ -78,6 +80,20 @@ def file_size(text: str) -> int:
     return int(number) * _SIZE_UNITS[unit]
 
 
+def per_minute(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_MESSAGES_PER_MINUTE):
+        raise argparse.ArgumentTypeError(
+            f"a rate must be a whole number of messages per minute, 1 to {MAX_MESSAGES_PER_MINUTE}, not {text!r}"
+        )
+    return int(text)
+
+
+def megabytes(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 1_000_000):
+        raise argparse.ArgumentTypeError(f"a quota must be a whole number of MiB, 1 to 1000000, not {text!r}")
+    return int(text)
+
+
 def ttl_seconds(text: str) -> int:
     if not (text.isascii() and text.isdigit() and 10 <= int(text) <= 3600):
         raise argparse.ArgumentTypeError(f"ttl must be a whole number of seconds from 10 to 3600, not {text!r}")
@@ -109,11 +125,12 @@ def add_peer_options(parser: argparse.ArgumentParser, *, sub: bool) -> None:
 
     add(
         "--server",
-        type=parse_server,
-        # A string default goes through parse_server too (a bad variable is a usage error).
+        type=parse_servers,
+        # A string default goes through parse_servers too (a bad variable is a usage error).
         default=env("WEBPEER_SERVER", "127.0.0.1:3478"),
         help="rendezvous server HOST:PORT: an IPv4 address, a name (every address it resolves to "
-        "is tried) or [IPv6]:PORT (env WEBPEER_SERVER, default 127.0.0.1:3478)",
+        "is tried) or [IPv6]:PORT; several, comma-separated, to fall back on in order when one "
+        "stops answering (env WEBPEER_SERVER, default 127.0.0.1:3478)",
     )
     add(
         "--http-port",
@@ -177,11 +194,39 @@ def add_peer_options(parser: argparse.ArgumentParser, *, sub: bool) -> None:
         "(env WEBPEER_RETENTION_DAYS, default 7)",
     )
     add(
+        "--peer-rate",
+        type=per_minute,
+        default=env("WEBPEER_PEER_RATE", str(DEFAULT_MESSAGES_PER_MINUTE)),
+        help="messages per minute each peer may send us; more are refused back to it "
+        f"(env WEBPEER_PEER_RATE, default {DEFAULT_MESSAGES_PER_MINUTE})",
+    )
+    add(
+        "--peer-quota-mb",
+        type=megabytes,
+        default=env("WEBPEER_PEER_QUOTA_MB", str(DEFAULT_STORED_BYTES // 1_048_576)),
+        help="MiB of messages we keep from each peer; past it its messages are refused back to it "
+        f"(env WEBPEER_PEER_QUOTA_MB, default {DEFAULT_STORED_BYTES // 1_048_576})",
+    )
+    add(
         "--log-level",
         default=env("WEBPEER_LOG_LEVEL"),
         choices=["debug", "info", "warning", "error"],
         help="log verbosity (env WEBPEER_LOG_LEVEL; default info, warning for the subcommands)",
     )
+
+
+# More would only slow the fall-back walk (each silent one costs ~5 s).
+MAX_SERVERS = 8
+
+
+def parse_servers(text: str) -> tuple[Address, ...]:
+    """``HOST:PORT[,HOST:PORT...]``: the servers to use, in order of preference."""
+    parts = [part for part in text.split(",") if part.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    if len(parts) > MAX_SERVERS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_SERVERS} servers, got {len(parts)}")
+    return tuple(dict.fromkeys(parse_server(part) for part in parts))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,7 +299,7 @@ async def serve(args: argparse.Namespace, lock: DataDirLock) -> None:
     url = f"http://127.0.0.1:{port}/?token={token}"
     print(f"Open {url}", flush=True)
     servers = ", ".join(address_text(a) for a in node.registration.servers)
-    named = address_text(args.server)
+    named = ",".join(address_text(server) for server in args.server)
     logger.info(
         "peer data in %s; UDP %s; rendezvous %s",
         data_dir,

@@ -35,6 +35,7 @@ from .api import JSON, ApiError
 from .datadir import DataDirBusy, DataDirLock, read_token, write_token
 from .node import NodeConfig, PeerNode
 from .peerclient import HttpPeer, LocalPeer, PeerClient
+from .quota import QuotaConfig
 from .web import WebConfig, create_app, start_site
 
 ATTACH_WAIT = 10.0  # how long to wait for a holder without a page to write its port or to end
@@ -49,7 +50,8 @@ class CommandError(Exception):
 
 def node_config(args: argparse.Namespace, data_dir: Path) -> NodeConfig:
     return NodeConfig(
-        server=args.server,
+        server=args.server[0],
+        fallback_servers=args.server[1:],
         data_dir=data_dir,
         name=args.name,
         udp_host=args.udp_host,
@@ -58,6 +60,7 @@ def node_config(args: argparse.Namespace, data_dir: Path) -> NodeConfig:
         relay_only=args.relay_only,
         retention=args.retention_days * 24 * 3600,
         max_file_size=args.max_file_size,
+        quota=QuotaConfig(messages_per_minute=args.peer_rate, stored_bytes=args.peer_quota_mb * 1_048_576),
     )
 
 

@@ -54,6 +54,7 @@ from .message_flow import Draft, MessageFlow, unknown_peer
 from .path import Direct, Path, Relayed, Transmit
 from .pathfinder import PathFinder, SpareCommand
 from .peer_session import UPGRADE_INTERVAL, Due, PeerSession
+from .quota import QuotaConfig
 from .registration import (
     MAX_WATCHED,
     ConnectAnswered,
@@ -103,6 +104,7 @@ class EngineConfig:
     idle_timeout: float = 120.0  # a link unused this long is closed (keepalives stop before)
     relay_only: bool = False  # never try a direct path (diagnostics, and tests of the relay)
     max_file_size: int = MAX_FILE_SIZE  # larger offers are refused (file_transfer.py)
+    quota: QuotaConfig = QuotaConfig()  # what each sender may make us store (webpeer/quota.py)
 
 
 def address_text(address: Address) -> str:
@@ -127,7 +129,7 @@ class PeerEngine:
         )
         self.peer_states: dict[int, PeerSession] = {}
         self.pathfinder = PathFinder(self, self.stats, relay_only=config.relay_only)
-        self.flow = MessageFlow(self, history, self.stats)
+        self.flow = MessageFlow(self, history, self.stats, config.quota)
         self.trust = Trust(self, history)
         self.files = FileTransfers(
             self, history, file_storage or NoFileStorage(), self.stats, max_size=config.max_file_size
@@ -164,7 +166,10 @@ class PeerEngine:
         ``last_id``: the id this identity had at its last registration with
         this server (the node keeps it in a file): the page's sends are
         queued under it until we are registered again (ids never change)."""
-        for known in self.history.known_peers():
+        # Contacts only: strangers whose keys directory pages gave are known
+        # too, and would otherwise fill the watched set (MAX_WATCHED) after
+        # a restart, ahead of the contacts that came later.
+        for known in self.history.contacts():
             self.peer_states[known.peer_id] = PeerSession(known.peer_id, known.name, None)
         self.files.start()
         if last_id is not None and self.registration.peer_id is None:
@@ -273,7 +278,8 @@ class PeerEngine:
             "name": self.config.name,
             "fingerprint": self.identity.fingerprint,
             "public_address": address_text(observed) if observed else None,
-            "server": address_text(self.config.server),
+            # With several servers (--server a,b), the one in use.
+            "server": self.registration.server_name or address_text(self.config.server),
             "server_address": address_text(self.registration.server),
             "registered": self.registration.state.value == "registered",
             "server_state": self.registration.server_state.value,
@@ -406,6 +412,7 @@ class PeerEngine:
                 else:
                     out.append(Transmit(data, path.address, link.endpoint))
         out += [Transmit(data, server) for data in self.registration.datagrams_to_send()]
+        out += [Transmit(data, address) for data, address in self.registration.probes_to_send()]
         return out
 
     def next_deadline(self) -> float | None:
@@ -434,6 +441,8 @@ class PeerEngine:
                 self.pathfinder.on_nat_answer(message, address, now)
             elif address == self.registration.server:
                 self.registration.receive(message, now)
+            elif address in self.registration.servers:
+                self.registration.receive_from_other_server(message, address, now)
             else:
                 self.pathfinder.on_probe(message, address, now)
             return
@@ -541,9 +550,17 @@ class PeerEngine:
                 self._retire(oldest, "too many connections waiting to authenticate", now)
             link = PeerLink.accept(self.identity, my_id, path, header.destination_cid, self._acceptor_config)
             link.endpoint = socket
+            link.receive_datagram(data, path, now)
+            if not link.has_path:
+                # aioquic dropped the Initial before setting up a path (a QUIC
+                # version it does not speak, say): no connection began, so it
+                # takes no slot and no connection id (and nothing can be sent for it).
+                self.stats["quic_initial_unusable"] += 1
+                return
             self._accepting[link] = (now, source)
             self._cids[header.destination_cid] = link
             self._cids[link.quic.host_cid] = link
+            return
         link.receive_datagram(data, path, now)
 
     # ------------------------------------------------------------ registration events
@@ -931,6 +948,8 @@ class PeerEngine:
         self._closing.append(link)
         self.files.link_closed(link)
         self.pathfinder.link_closed(link, self.links())
+        if link.peer_id is not None:
+            self.flow.quota.forget(link.peer_id)  # trust.py may have dropped its hidden messages meanwhile
         self._accepting.pop(link, None)
         self._upgrades.discard(link)
         for cid in [cid for cid, owner in self._cids.items() if owner is link]:
@@ -966,7 +985,8 @@ class PeerEngine:
 
     def _server_text(self) -> str:
         """The server as the user named it, and the address in use if that differs."""
-        named, used = address_text(self.config.server), address_text(self.registration.server)
+        named = self.registration.server_name or address_text(self.config.server)
+        used = address_text(self.registration.server)
         return named if named == used else f"{named} ({used})"
 
     # ------------------------------------------------------------ page events

@@ -254,8 +254,16 @@ class PeerLink:
         self.quic.receive_datagram(data, _quic_address(path), now)
         self._process_quic_events(now)
 
+    @property
+    def has_path(self) -> bool:
+        """QUIC knows where to send: false for an acceptor whose first Initial
+        aioquic dropped unread (an unsupported version, say)."""
+        return self.quic.get_peer_address() is not None
+
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Path]]:
-        out = [(data, _path_of(addr)) for data, addr in self.quic.datagrams_to_send(now)]
+        if not self.has_path and not self._replay:
+            return []  # aioquic's datagrams_to_send would raise IndexError: nowhere to send yet
+        out = [(data, _path_of(addr)) for data, addr in self.quic.datagrams_to_send(now)] if self.has_path else []
         if self.role is Role.CONNECTOR and self._first_flight is None and not self.heard_back and out:
             self._first_flight = list(out)
         if self._replay:

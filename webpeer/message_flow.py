@@ -28,6 +28,7 @@ from .api import ApiError
 from .events import MessageAdded, PageEvent, StatusChanged
 from .link import PeerLink
 from .peer_session import PeerSession
+from .quota import InboundQuota, QuotaConfig, reason_text
 from .store import KEY_CHANGE_HIDDEN, KEY_CHANGE_NONE, NewMessage, Status
 from .wire import Frame, FrameError, require
 
@@ -71,6 +72,8 @@ class History(Protocol):
 
     def held_outgoing(self, peer: int) -> list[dict[str, Any]]: ...
 
+    def stored_bytes_from(self, sender: int) -> int: ...
+
 
 class FlowContext(Protocol):
     """What the message flow may ask of the engine."""
@@ -106,15 +109,21 @@ class Draft:
 
 
 class MessageFlow:
-    def __init__(self, context: FlowContext, history: History, stats: Counter[str]) -> None:
+    def __init__(
+        self, context: FlowContext, history: History, stats: Counter[str], quota: QuotaConfig | None = None
+    ) -> None:
         self.context = context
         self.history = history
         self.stats = stats
+        self.quota = InboundQuota(quota or QuotaConfig(), history)
+        self._over_quota: set[int] = set()  # senders refused since their last stored message (logged once)
         self._id_prefix = f"{secrets.randbits(32):08x}"
         self._id_counter = itertools.count()
         self._incoming: list[NewMessage] = []  # what the links brought this flush
+        self._sizes: list[int] = []  # their texts' UTF-8 bytes, as the quota counted them
         self._acks: dict[PeerLink, list[Frame]] = {}  # owed for those messages once stored
         self._receipts: dict[int, list[str]] = {}  # peer id -> our message ids it acknowledged
+        self._refusals: dict[int, list[tuple[str, object]]] = {}  # peer id -> (our message id, its reason code)
         # Frames that may leave only once the flush's commit is done: acks for
         # stored messages, and new messages stored as sent.
         self._after_commit: dict[PeerLink, list[Frame]] = {}
@@ -256,6 +265,9 @@ class MessageFlow:
             when = now
             if isinstance(sent_at, (int, float)) and not isinstance(sent_at, bool) and abs(sent_at) < MAX_SANE_TIME:
                 when = float(sent_at)
+            if (refusal := self._over_quota_refusal(link, peer_id, message_id, text, now)) is not None:
+                self._acks.setdefault(link, []).append(refusal)
+                return True
             # Ids are the sender's: scope them by sender.  Stored with the
             # others of this flush, before its commit.
             hidden = KEY_CHANGE_HIDDEN if self.context.hides_from(link) else KEY_CHANGE_NONE
@@ -274,15 +286,45 @@ class MessageFlow:
             # receipt from the peer the message went to counts.
             self._receipts.setdefault(peer_id, []).append(message_id)
             return True
+        if kind == "refused":
+            # The peer would not store one of ours (its quota, webpeer/quota.py):
+            # applied with the receipts; only the code of its reason is used.
+            message_id = require(frame, "id", str)
+            self._refusals.setdefault(peer_id, []).append((message_id, frame.get("reason")))
+            return True
         return False
+
+    def _over_quota_refusal(self, link: PeerLink, peer_id: int, message_id: str, text: str, now: float) -> Frame | None:
+        """The ``refused`` frame for a message its sender may not make us
+        store (webpeer/quota.py), or None: it is stored.  A repeat of one
+        already stored is acknowledged again, never refused."""
+        size = len(text.encode())
+        reason = self.quota.admit(peer_id, size, now)
+        if reason is None:
+            self._over_quota.discard(peer_id)
+            self._sizes.append(size)
+            return None
+        if self.history.get_message(f"{peer_id}:{message_id}") is not None:
+            return {"t": "ack", "id": message_id}
+        self.stats[f"messages_refused_{reason}"] += 1
+        if peer_id not in self._over_quota:
+            if len(self._over_quota) >= 4096:
+                self._over_quota.clear()  # only the log's once-per-streak depends on it
+            self._over_quota.add(peer_id)
+            logger.warning("peer %d is over its %s quota: its messages are refused until it is not", peer_id, reason)
+        return {"t": "refused", "id": message_id, "reason": reason}
 
     def store_incoming(self, now: float) -> None:
         """Inside the flush's transaction: store the messages and receipts
         that the links' frames brought, hold the acks for those messages
         until the commit, and tell the page (also after it) what is new."""
         incoming, self._incoming = self._incoming, []
+        sizes, self._sizes = self._sizes, []
         if incoming:
             fresh = self.history.add_messages(incoming)
+            for message, size in zip(incoming, sizes, strict=True):
+                if message.message_id not in fresh:
+                    self.quota.refund(message.sender, size)  # a repeat: held once
             for message in incoming:
                 if message.message_id in fresh and message.key_change == KEY_CHANGE_HIDDEN:
                     fresh.discard(message.message_id)  # shown once its key is accepted (trust.py)
@@ -317,6 +359,27 @@ class MessageFlow:
             for message_id in valid:
                 if (entry := self._unacked.get(message_id)) is not None and entry[0] == peer_id:
                     del self._unacked[message_id]
+        refusals, self._refusals = self._refusals, {}
+        for peer_id, refused in refusals.items():
+            for message_id, reason in refused:
+                self._refused(peer_id, message_id, reason, now)
+
+    def _refused(self, peer_id: int, message_id: str, reason: object, now: float) -> None:
+        """Our message ``message_id`` to ``peer_id`` was refused by it: it
+        fails, with the reason (the user may retry it)."""
+        if not (message_id and len(message_id) <= validate.MAX_FRAME_MESSAGE_ID_CHARS and message_id.isascii()):
+            return
+        message = self.history.get_message(message_id)
+        if message is None or message["to"] != peer_id or message["from"] != self.context.my_id:
+            return  # not one of ours to that peer: nothing to say
+        if message["status"] not in (Status.SENDING, Status.SENT):
+            return
+        self.stats["messages_refused_by_peer"] += 1
+        text = reason_text(reason)
+        logger.info("peer %d refused message %s: %s", peer_id, message_id, text)
+        self.set_status(message_id, Status.FAILED, now, text)
+        if (entry := self._unacked.get(message_id)) is not None and entry[0] == peer_id:
+            del self._unacked[message_id]
 
     def take_after_commit(self) -> dict[PeerLink, list[Frame]]:
         """The frames the commit released, per link."""
@@ -327,6 +390,8 @@ class MessageFlow:
         """The flush's commit failed: nothing it stored may be acknowledged
         (the senders will send it again)."""
         self._incoming, self._acks, self._receipts, self._after_commit = [], {}, {}, {}
+        self._sizes, self._refusals = [], {}
+        self.quota.forget()  # it counted what was not stored
 
     # ------------------------------------------------------------ outgoing progress
 

@@ -26,7 +26,7 @@ from rendezvous.udp import UdpEndpoint, normalise
 
 from . import last_id, validate
 from .api import JSON, ApiError
-from .engine import EngineConfig, PeerEngine
+from .engine import EngineConfig, PeerEngine, address_text
 from .events import MessageAdded, PageEvent, Resync
 from .file_store import FileStore
 from .file_transfer import DEFAULT_MIME, MAX_FILE_SIZE, MAX_NAME_CHARS, too_large
@@ -34,6 +34,7 @@ from .identity import Identity
 from .message_flow import Draft, unknown_peer
 from .pathfinder import CloseSpare, OpenSpare
 from .peer_session import PeerSession
+from .quota import QuotaConfig
 from .registration import RegistrationMachine, RegState
 from .store import Store, StoreError
 from .trust import Action
@@ -55,6 +56,8 @@ class ServerNameError(OSError):
 @dataclass(frozen=True)
 class NodeConfig:
     server: Address = ("127.0.0.1", 3478)  # the host may be a name: the node resolves it
+    # More servers to fall back on, in order (--server a,b,c): the first that answers is used.
+    fallback_servers: tuple[Address, ...] = ()
     data_dir: Path = Path(".")
     name: str = ""
     udp_host: str = ""  # empty: dual-stack "::" where the host has IPv6, else 0.0.0.0
@@ -65,6 +68,7 @@ class NodeConfig:
     relay_only: bool = False  # never try a direct path (diagnostics, and tests of the relay)
     retention: float = RETENTION
     max_file_size: int = MAX_FILE_SIZE  # --max-file-size: larger files are neither sent nor accepted
+    quota: QuotaConfig = QuotaConfig()  # what each sender may make us store (webpeer/quota.py)
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
@@ -75,6 +79,7 @@ class NodeConfig:
             idle_timeout=self.idle_timeout,
             relay_only=self.relay_only,
             max_file_size=self.max_file_size,
+            quota=self.quota,
         )
 
 
@@ -127,12 +132,19 @@ class PeerNode:
         self.store.open()
         self._endpoint = self._bind_main()
         try:
-            servers = await self._resolve_server()
+            servers: list[Address] = []
+            names: list[str] = []
+            for server in (self.config.server, *self.config.fallback_servers):
+                for address in await self._resolve_server(server):
+                    if address not in servers:
+                        servers.append(address)
+                        names.append(address_text(server))
         except OSError:
             self._endpoint.close()
             self._endpoint = None
             raise
-        self.registration.use_servers(servers)
+        # Names are shown only when several servers were given (else the page shows the one).
+        self.registration.use_servers(tuple(servers), tuple(names) if self.config.fallback_servers else ())
         self._endpoint.start()
         self._saved_id = last_id.load(self.config.data_dir, self.config.server)
         self.engine.start(self._local_candidates(), self.clock(), last_id=self._saved_id)
@@ -191,13 +203,13 @@ class PeerNode:
             self._udp_host = IPV4_ANY
         return endpoint
 
-    async def _resolve_server(self) -> tuple[Address, ...]:
+    async def _resolve_server(self, server: Address | None = None) -> tuple[Address, ...]:
         """The server's addresses, in getaddrinfo's order, that our socket can
         send to: the registration tries each in turn until one answers.  Kept
         in the form the socket reports senders in (IPv4 as plain IPv4, even
         when written IPv4-mapped), because the engine tells the server's
         datagrams from the others by comparing addresses."""
-        host, port = self.config.server
+        host, port = server or self.config.server
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(
                 host, port, type=socket.SOCK_DGRAM, proto=socket.IPPROTO_UDP

@@ -25,9 +25,16 @@ unanswered for :data:`SILENCE_NOTICE` seconds (:class:`ServerSilent`, and
 given us an id.  A silent server is retried every second or so for as long
 as it stays silent, so that peers register again within about two seconds
 of its return however long it was away; a server that answers but refuses
-is retried with an exponential backoff.  When the server's name resolved to
-several addresses (the node resolves it), each unanswered registration
-moves on to the next address.
+is retried with an exponential backoff.
+
+Several servers (``webpeer --server a:3478,b:3478``, or one name that
+resolved to several addresses; the node resolves them, in order): the peer
+registers with the first that answers.  When the server in use stops
+answering (a REFRESH, a heartbeat or a registration times out), it moves on
+to the next at once, with a fresh conversation, and registers there (the
+registry gives it the same id).  While on any but the first, it asks the
+first for a Binding every :data:`PRIMARY_RECHECK` seconds and moves back
+when it answers: operators list their preferred server first.
 
 The protocol itself (building and signing REGISTER, retransmission, matching
 answers, acknowledging INTRODUCE once) is rendezvous.client_protocol's, shared
@@ -62,8 +69,10 @@ from rendezvous.stun import (
     Address,
     Attr,
     Message,
+    MessageClass,
     Method,
     PeerEntry,
+    encode,
 )
 from rendezvous.transactions import RetransmitPolicy
 
@@ -92,6 +101,9 @@ MAX_WATCHED = 256
 # first LIST page only, every this many heartbeats.  One request and one
 # reply of at most 1200 bytes, whatever the server's population.
 DIRECTORY_EVERY = 2
+# While registered with a fall-back server, the first is asked this often
+# whether it is back (one Binding: 20 bytes each way).
+PRIMARY_RECHECK = 30.0
 
 
 class ServerState(enum.Enum):
@@ -225,6 +237,7 @@ class RegistrationMachine:
         self.granted_ttl = ttl
         self._session: bytes | None = None
         self._random = random_bytes
+        self._policy = policy
         self._conversation: ServerConversation[_Request] = ServerConversation(policy)
         self._handshake: RegisterHandshake | None = None
         self._events: list[RegEvent] = []
@@ -242,7 +255,12 @@ class RegistrationMachine:
         self._next_watch: float | None = None
         self._heartbeats = 0
         self.servers: tuple[Address, ...] = ()
+        self.server_names: tuple[str, ...] = ()
         self._server_index = 0
+        # Asking the first server whether it is back (see the module docstring).
+        self._next_probe: float | None = None
+        self._probe_id: bytes | None = None
+        self._probes: list[tuple[bytes, Address]] = []
         self.use_servers(servers)
         self._silent_since: float | None = None  # requests unanswered since then
         self._unreachable = False
@@ -254,13 +272,61 @@ class RegistrationMachine:
         and only datagrams from there are the server's."""
         return self.servers[self._server_index]
 
-    def use_servers(self, servers: tuple[Address, ...]) -> None:
-        """The addresses the server's name resolved to, in the order to try
-        them (call before :meth:`start`)."""
+    def use_servers(self, servers: tuple[Address, ...], names: tuple[str, ...] = ()) -> None:
+        """The servers' addresses (those their names resolved to), in the
+        order to try them, and optionally the name each came from, for the
+        page (call before :meth:`start`)."""
         if not servers:
             raise ValueError("at least one server address is needed")
+        if names and len(names) != len(servers):
+            raise ValueError("one name per server address, or none")
         self.servers = servers
+        self.server_names = names
         self._server_index = 0
+
+    @property
+    def server_name(self) -> str | None:
+        """The name the server in use was given as (None: not given)."""
+        return self.server_names[self._server_index] if self.server_names else None
+
+    def probes_to_send(self) -> list[tuple[bytes, Address]]:
+        """Datagrams for a server other than the one in use (Bindings asking the first whether it is back)."""
+        out, self._probes = self._probes, []
+        return out
+
+    def receive_from_other_server(self, message: Message, address: Address, now: float) -> None:
+        """A decoded STUN message from one of :attr:`servers` not in use: the
+        answer to our probe of the first one moves us back to it; anything
+        else (a late answer of a server we left) is ignored."""
+        if (
+            address != self.servers[0]
+            or self._probe_id is None
+            or message.transaction_id != self._probe_id
+            or message.method != Method.BINDING
+            or message.message_class != MessageClass.SUCCESS
+            or self.state in (RegState.STOPPING, RegState.STOPPED)
+        ):
+            return
+        self._probe_id = None
+        self._lost(now, "the first server is back")
+        self._use_server(0, now)
+        self._register(now)
+
+    def _use_server(self, index: int, now: float) -> None:
+        """Talk to ``servers[index]`` from now on, with nothing in flight
+        (requests to the old one would reach the new one with a session it
+        may not know)."""
+        self._server_index = index
+        self._conversation = ServerConversation(self._policy)
+        self._listing = False
+        self._probe_id = None
+        self._next_probe = now + PRIMARY_RECHECK if index else None
+
+    def _fail_over(self, now: float, reason: str) -> None:
+        """The server in use went silent: register with the next one now."""
+        self._lost(now, reason)
+        self._use_server((self._server_index + 1) % len(self.servers), now)
+        self._register(now)
 
     @property
     def server_state(self) -> ServerState:
@@ -279,7 +345,7 @@ class RegistrationMachine:
         return self._events.pop(0) if self._events else None
 
     def get_timer(self) -> float | None:
-        timers = (self._conversation.get_timer(), self._wake_at, self._next_list, self._next_watch)
+        timers = (self._conversation.get_timer(), self._wake_at, self._next_list, self._next_watch, self._next_probe)
         times = [t for t in timers if t is not None]
         if self._silent_since is not None and not self._unreachable:
             times.append(self._silent_since + SILENCE_NOTICE)
@@ -297,7 +363,7 @@ class RegistrationMachine:
             self._request(session_request(Method.UNREGISTER, self._session), _Request("unregister"), now)
         else:
             self._stopped()
-        self._wake_at = self._next_list = self._next_watch = None
+        self._wake_at = self._next_list = self._next_watch = self._next_probe = None
         self._silent_since = None
 
     def connect(self, peer_id: int, now: float) -> bool:
@@ -362,7 +428,10 @@ class RegistrationMachine:
     # ------------------------------------------------------------ input
 
     def handle_timer(self, now: float) -> None:
-        for timed_out in self._conversation.handle_timer(now):
+        conversation = self._conversation
+        for timed_out in conversation.handle_timer(now):
+            if self._conversation is not conversation:
+                break  # failed over to another server: the old one's requests are moot
             self._on_timeout(timed_out, now)
         if (
             self._silent_since is not None
@@ -395,6 +464,12 @@ class RegistrationMachine:
                 else:
                     self._request(session_request(Method.WATCH, self._session), _Request("heartbeat"), now)
                 self._heartbeats += 1
+        if self._next_probe is not None and self._next_probe <= now:
+            self._next_probe = now + PRIMARY_RECHECK
+            self._probe_id = self._random(12)
+            self._probes.append(
+                (encode(Message(Method.BINDING, MessageClass.REQUEST, self._probe_id)), self.servers[0])
+            )
         if self._next_watch is not None and self._next_watch <= now:
             self._next_watch = now + WATCH_REPAIR
             if self.state is RegState.REGISTERED and self.watch_supported is not False:
@@ -570,6 +645,13 @@ class RegistrationMachine:
         self._events.append(ConnectAnswered(request.peer_id, info, None))
 
     def _on_timeout(self, request: _Request, now: float) -> None:
+        if (
+            len(self.servers) > 1
+            and request.kind in ("register", "refresh", "heartbeat", "directory", "list")
+            and self.state in (RegState.REGISTERED, RegState.CHALLENGING, RegState.REGISTERING)
+        ):
+            self._fail_over(now, "the server did not answer")
+            return
         if request.kind == "unregister":
             self._stopped()
         elif request.kind in ("list", "heartbeat", "directory"):

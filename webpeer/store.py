@@ -661,6 +661,16 @@ class Store:
             ).fetchone()
         return None if row is None else _message(row)
 
+    def stored_bytes_from(self, sender: int) -> int:
+        """UTF-8 bytes of the texts stored from ``sender``, hidden ones too
+        (webpeer/quota.py: what a sender may make us keep)."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT coalesce(sum(length(CAST(text AS BLOB))), 0) FROM messages WHERE peer = ? AND outgoing = 0",
+                (sender,),
+            ).fetchone()
+        return int(row[0])
+
     def mark_read(self, peer: int) -> int:
         """Mark every incoming message from ``peer`` read; return how many were unread."""
         with self._write() as conn:
@@ -727,6 +737,20 @@ class Store:
         """Every peer ever seen, by id."""
         with self._read() as conn:
             rows = conn.execute(f"SELECT {_PEER_COLUMNS} FROM peers ORDER BY peer_id").fetchall()
+        return [_known_peer(row) for row in rows]
+
+    def contacts(self) -> list[KnownPeer]:
+        """The known peers that are contacts, by id: those we have messages
+        with or made a trust decision about (verified, key change pending,
+        blocked).  A stranger whose key a directory page gave (remembered so
+        the page can show its safety number) is not one."""
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_PEER_COLUMNS} FROM peers WHERE verified_key IS NOT NULL OR key_changed != 0"
+                " OR EXISTS (SELECT 1 FROM messages m WHERE m.peer = peers.peer_id)"
+                " OR EXISTS (SELECT 1 FROM blocked_keys b WHERE b.peer_id = peers.peer_id)"
+                " ORDER BY peer_id"
+            ).fetchall()
         return [_known_peer(row) for row in rows]
 
     def accept_key_change(self, peer_id: int) -> bool:

@@ -96,8 +96,11 @@ class ChatUI:
                         await prompt
                 listener.cancel()
                 await events.close()
-            if listener.done() and not listener.cancelled() and listener.exception() is not None:
-                self.say(f"The peer stopped: {listener.exception()}")
+            if listener.done() and not listener.cancelled() and (error := listener.exception()) is not None:
+                # The peer we are attached to went away: not the user's
+                # choice, so the chat ends with an error (exit status 1).
+                reason = error.message if isinstance(error, ApiError) else str(error)
+                raise ApiError(502, f"the peer stopped: {reason}") from error
 
     def prompt(self) -> str:
         if self.mode is Mode.ASK_ID:

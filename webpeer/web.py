@@ -12,7 +12,9 @@ Security (issue 3), enforced by one middleware and one response signal:
   TOKEN``, or the HttpOnly SameSite=Strict cookie that ``GET /?token=TOKEN``
   sets, or ``?token=`` on ``/ws`` only.  Compared in constant time.  The
   cookie holds :func:`cookie_value` (bound to the port), not the token.
-- At most ``max_open_requests`` requests (websockets included) at once, else 503.
+- At most ``max_open_requests`` requests (websockets included) at once, else 503;
+  at most ``max_connections`` TCP connections, idle ones closed after
+  ``idle_timeout`` or to make room (webpeer/web_connections.py).
 - Every unsafe method (POST ...) and ``/ws`` need ``Origin`` equal to
   ``http://127.0.0.1:PORT`` or ``http://localhost:PORT``, else 403 (CSRF and
   cross-site websocket hijacking).  A missing Origin is accepted only with a
@@ -57,6 +59,7 @@ from aiohttp.abc import AbstractAccessLogger
 from webpeer import validate, websocket
 from webpeer.api import MAX_TEXT_BYTES, ApiError, PeerApi
 from webpeer.parse import loads
+from webpeer.web_connections import IDLE_TIMEOUT, MAX_CONNECTIONS, Connections, LocalSite
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +113,9 @@ class WebConfig:
     port: int
     token: str
     max_open_requests: int = MAX_OPEN_REQUESTS
+    # TCP connections open at once, and how long one may sit with no request (web_connections.py).
+    max_connections: int = MAX_CONNECTIONS
+    idle_timeout: float = IDLE_TIMEOUT
     templates_dir: Path = field(default_factory=default_templates_dir)
     static_dir: Path = field(default_factory=default_static_dir)
 
@@ -125,6 +131,7 @@ API_KEY = web.AppKey[PeerApi]("webpeer_api")
 SOCKETS_KEY = web.AppKey["weakref.WeakSet[web.WebSocketResponse]"]("webpeer_sockets")
 ASSET_VERSION_KEY = web.AppKey[str]("webpeer_asset_version")
 LOAD_KEY = web.AppKey["_Load"]("webpeer_load")
+CONNECTIONS_KEY = web.AppKey[Connections]("webpeer_connections")
 AUTH_KEY = web.RequestKey[str]("webpeer_auth")
 """How the request authenticated: "bearer", "cookie" or "query"."""
 
@@ -138,6 +145,7 @@ def create_app(config: WebConfig, api: PeerApi) -> web.Application:
     app = web.Application(middlewares=[_limit, _guard], client_max_size=MAX_BODY_BYTES)
     app[CONFIG_KEY] = config
     app[LOAD_KEY] = _Load()
+    app[CONNECTIONS_KEY] = Connections(config.max_connections)
     app[API_KEY] = api
     app[SOCKETS_KEY] = weakref.WeakSet()
     app[ASSET_VERSION_KEY] = _asset_version(Path(config.static_dir))
@@ -180,9 +188,11 @@ async def start_site(app: web.Application, port: int | None = None) -> web.AppRu
         port = config.port
     elif config.port and port != config.port:
         raise ValueError(f"the app only accepts Host/Origin for port {config.port}, not {port}")
-    runner = web.AppRunner(app, handle_signals=False, access_log_class=_AccessLogger)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log_class=_AccessLogger, keepalive_timeout=config.idle_timeout
+    )
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
+    site = LocalSite(runner, "127.0.0.1", port, app[CONNECTIONS_KEY])
     try:
         await site.start()
     except BaseException:
@@ -286,10 +296,13 @@ async def _limit(request: web.Request, handler: Handler) -> web.StreamResponse:
     if load.open >= limit:
         return _error(503, f"too many open requests and websockets ({limit}): close some tabs or scripts")
     load.open += 1
+    connections = request.app[CONNECTIONS_KEY]
+    connections.request_started(request.protocol)  # its connection is not idle (web_connections.py)
     try:
         return await handler(request)
     finally:
         load.open -= 1
+        connections.request_ended(request.protocol)
 
 
 @web.middleware

@@ -33,6 +33,7 @@ import json
 import logging
 import weakref
 
+import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from webpeer import validate
@@ -221,8 +222,9 @@ def _frames(events: list[JSON]) -> list[str]:
     most WS_BATCH_BYTES (or one event).  One frame and one JSON encoding for
     all of them: per event, those cost more than the event itself."""
     try:
-        text = json.dumps(events[0] if len(events) == 1 else {"type": "batch", "events": events})
-    except (TypeError, ValueError):
+        # orjson: a sixth of json.dumps's time for a batch (bench/WEBPEER.md).
+        text = orjson.dumps(events[0] if len(events) == 1 else {"type": "batch", "events": events}).decode()
+    except (TypeError, ValueError):  # orjson.JSONEncodeError is a TypeError
         if len(events) == 1:
             log.exception("dropping an event that is not JSON: %r", events[0])
             return []

@@ -411,6 +411,8 @@ ENV_VALUES = {
     "no_uvloop": ("yes", True),
     "peer_request_rate": ("7.5", 7.5),
     "other_address": ("127.0.0.2:3479", ("127.0.0.2", 3479)),
+    "workers": ("3", 3),
+    "metrics": ("127.0.0.1:9478", ("127.0.0.1", 9478)),
 }
 
 

@@ -242,16 +242,18 @@ async def test_two_terminals_and_a_page(lab: dict[str, Any], tmp_path: Path) -> 
     alice.keys("/history 2")
     await alice.shows(r"^You: half a line \[delivered\]\nYou: second line \[delivered\]$")
 
-    # 4.EXIT unregisters: the others see bob offline within a second or two.
+    # 4.EXIT unregisters: the others see bob offline at once, through the
+    # server's PRESENCE push. Nothing else could show it within this wait:
+    # bob's registration would expire only after the server's TTL (60 s).
+    # How fast "at once" is, is measured in bench/webpeer_bench.py (connect
+    # part, "leave"), not here.
     bob.keys("4")
 
     async def bob_offline() -> bool:
         peers = await page.call("GET", "/api/peers")
         return any(p["id"] == 3 and not p["online"] for p in peers)
 
-    left = time.monotonic()
-    await until(bob_offline, timeout=5)
-    assert time.monotonic() - left < 2.5
+    await until(bob_offline, timeout=20)
     await until(lambda: _async(not bob.running()), timeout=5)
 
     # SIGTERM ends a chat as EXIT does (the terminal is left to the shell).
@@ -263,7 +265,7 @@ async def test_two_terminals_and_a_page(lab: dict[str, Any], tmp_path: Path) -> 
         peers = await page.call("GET", "/api/peers")
         return any(p["id"] == 2 and not p["online"] for p in peers)
 
-    await until(alice_offline, timeout=5)
+    await until(alice_offline, timeout=20)
     await until(lambda: _async(not alice.running()), timeout=5)
 
 

@@ -30,6 +30,7 @@ from rendezvous.core import (
 from rendezvous.registry import PeerRecord, legacy_identity
 from rendezvous.stun import (
     FINGERPRINT_XOR,
+    MAX_RELAY_PAYLOAD,
     Address,
     Attr,
     CandidateKind,
@@ -669,7 +670,7 @@ def test_a_mirrored_peer_is_listed_and_its_introduction_is_forwarded_home() -> N
     assert a.core.stats["introductions_undeliverable"] == 2
 
 
-def test_a_mirrored_peer_has_no_session_and_no_relay_here() -> None:
+def test_a_mirrored_peer_has_no_session_here() -> None:
     a, b = two_instances()
     a.register(key(1), ALICE, T0)
     b.register(key(2), BOB, T0)
@@ -679,8 +680,67 @@ def test_a_mirrored_peer_has_no_session_and_no_relay_here() -> None:
     # Alice's token is good (one secret) but her requests belong at A.
     reply = b.ask(session_request(Method.LIST, a.sessions[ALICE]), ALICE, T0)
     assert reply.get(Attr.ERROR_CODE) == (401, "Register Again")
-    assert b.feed(send(b.sessions[BOB], 1, b"x"), BOB, T0) == []
-    assert b.core.stats["dropped: SEND to a peer on another instance"] == 1
+    assert b.feed(send(a.sessions[ALICE], 2, b"x"), ALICE, T0) == []
+    assert b.core.stats["dropped: SEND unauthorised"] == 1
+
+
+def test_relay_to_a_mirrored_peer_is_forwarded_to_its_home_which_sends_it_on() -> None:
+    a, b = two_instances()
+    a.register(key(1), ALICE, T0)
+    b.register(key(2), BOB, T0)
+    alice = a.core.directory.get(1)
+    assert alice is not None
+    b.core.mirror([homed(alice, "A")], T0)
+    # B checks Bob's session and rate, but sends nothing to Alice itself.
+    assert b.feed(send(b.sessions[BOB], 1, b"\x40quic"), BOB, T0) == []
+    [(home, target, data)] = b.core.introductions_to_forward()
+    assert (home, target) == ("A", 1)
+    assert b.core.stats["relay_forwarded"] == 1
+    a.core.deliver_forwarded(target, data, T0)
+    [(sent, to)] = a.core.datagrams_to_send()
+    assert to == ALICE
+    relayed = decode(sent)
+    assert (relayed.method, relayed.message_class) == (Method.DATA, MessageClass.INDICATION)
+    assert (relayed.get(Attr.PEER_ID), relayed.get(Attr.DATA)) == (2, b"\x40quic")
+    # Sent once, never retransmitted like an INTRODUCE.
+    a.core.handle_timer(T0 + 5)
+    assert a.core.datagrams_to_send() == []
+    # Only to peers registered at the home, and only well-sized DATA indications.
+    a.core.deliver_forwarded(2, data, T0)
+    a.core.deliver_forwarded(1, data[:2] + b"\x00" * 2000, T0)
+    assert a.core.datagrams_to_send() == []
+    assert a.core.stats["relay_undeliverable"] == 2
+    assert a.core.stats["relayed_from_instances"] == 1
+
+
+def test_the_largest_relayed_datagram_passes_the_homes_size_check() -> None:
+    a, b = two_instances()
+    a.register(key(1), ALICE, T0)
+    b.register(key(2), BOB, T0)
+    alice = a.core.directory.get(1)
+    assert alice is not None
+    b.core.mirror([homed(alice, "A")], T0)
+    b.feed(send(b.sessions[BOB], 1, b"q" * MAX_RELAY_PAYLOAD), BOB, T0)
+    [(_, target, data)] = b.core.introductions_to_forward()
+    a.core.deliver_forwarded(target, data, T0)
+    assert [to for _, to in a.core.datagrams_to_send()] == [ALICE]
+
+
+def test_relay_to_a_sibling_workers_peer_leaves_from_the_shared_socket() -> None:
+    a, b = two_instances()
+    a.register(key(1), ALICE, T0)
+    b.register(key(2), BOB, T0)
+    alice = a.core.directory.get(1)
+    assert alice is not None
+    b.core.sibling_prefix = "host:3478/"
+    b.core.mirror([homed(alice, "host:3478/w0")], T0)
+    [(sent, to)] = b.feed(send(b.sessions[BOB], 1, b"p"), BOB, T0)
+    assert to == ALICE and decode(sent).get(Attr.PEER_ID) == 2
+    assert b.core.introductions_to_forward() == []
+    # A worker of another port or host is another instance: forwarded.
+    b.core.mirror([homed(dataclasses.replace(alice, last_seen=T0 + 1), "host:3479/w0")], T0 + 1)
+    assert b.feed(send(b.sessions[BOB], 1, b"p"), BOB, T0 + 1) == []
+    assert [home for home, _, _ in b.core.introductions_to_forward()] == ["host:3479/w0"]
 
 
 def test_mirrors_follow_their_home_and_a_newer_registration_moves_a_peer() -> None:

@@ -234,6 +234,28 @@ def test_a_restarted_peer_is_reconnected_at_its_next_listing(net: PeerNet) -> No
     assert [m["text"] for m in bob.store.conversation(alice.peer_id)] == ["before", "after"]
 
 
+def test_a_peer_that_crashed_and_came_back_within_its_ttl_is_reconnected_at_once(net: PeerNet) -> None:
+    alice, bob = registered_pair(net)
+    first = alice.send(bob, "before")
+    net.run_until(lambda: alice.status(first) == "delivered", 1)
+    old_link = alice.engine.session(bob.peer_id).link
+    # kill -9: no unregister, no CONNECTION_CLOSE; the server still holds
+    # bob's registration (its TTL runs for a minute) when he is back.
+    bob.crash()
+    bob = net.start_again(bob)
+    net.run_until(lambda: bob.engine.my_id is not None, 2)
+    assert bob.peer_id == 2
+    # Registered anew from another address: the server counts a new online
+    # session and says so, and alice drops the dead link at once (before,
+    # she noticed it only by QUIC's idle timeout, 8-10 s later).
+    net.run_until(lambda: old_link is not None and old_link.state is LinkState.CLOSED, 1.1)
+    assert old_link is not None and old_link.close_reason == "peer restarted"
+    second = alice.send(bob, "after")
+    took = net.run_until(lambda: alice.status(second) == "delivered", 1)
+    assert took < 0.2
+    assert [m["text"] for m in bob.store.conversation(alice.peer_id)] == ["before", "after"]
+
+
 # ------------------------------------------------------------ many-port probing
 
 

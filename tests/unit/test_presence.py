@@ -16,6 +16,7 @@ from rendezvous.stun import MAX_WATCH_IDS, Address, Attr, Message, MessageClass,
 from rendezvous.tokens import Tokens
 
 CAROL: Address = ("192.0.2.30", 30003)
+BOB_AGAIN: Address = ("192.0.2.20", 20099)  # bob's next process
 
 
 @pytest.fixture
@@ -100,6 +101,20 @@ def test_watchers_are_told_of_online_offline_and_restart_and_each_is_acknowledge
     # Nothing is retransmitted once acknowledged.
     h.core.handle_timer(T0 + 60)
     assert told(h.core.datagrams_to_send(), ALICE) == []
+
+
+def test_a_live_peer_registering_anew_from_another_address_is_a_restart_for_its_watchers(h: Harness) -> None:
+    h.register(key(1), ALICE, T0)
+    watch(h, ALICE, (2,), T0)
+    [online] = told(register_collecting(h, key(2), BOB, T0 + 1), ALICE)
+    ack(h, online, ALICE, T0 + 1)
+    # The same peer registers again from the same address while its
+    # registration is live (a lost session): nothing changed for alice.
+    assert told(register_collecting(h, key(2), BOB, T0 + 5), ALICE) == []
+    # From another address (kill -9 and back within the TTL, or its NAT
+    # moved it): a new online-since, even within the same second.
+    [again] = told(register_collecting(h, key(2), BOB_AGAIN, T0 + 1.5), ALICE)
+    assert state(again) == ({2: int(T0 + 2)}, ())
 
 
 def test_a_lost_presence_is_retransmitted_until_acknowledged_and_only_the_watcher_can_acknowledge(h: Harness) -> None:

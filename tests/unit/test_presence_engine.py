@@ -135,3 +135,24 @@ def test_against_a_server_without_watch_the_peer_walks_the_list_as_before(net: P
     net.mend(alice, bob)
     bob = net.start_again(bob)
     net.run_until(lambda: old_link.close_reason == "peer restarted", 3)
+
+
+def test_strangers_a_directory_page_showed_are_not_contacts_after_a_restart(net: PeerNet) -> None:
+    crowd(net, 30)
+    alice = net.add("alice")
+    bob = net.add("bob")
+    net.run_until(lambda: alice.engine.my_id is not None and bob.engine.my_id is not None, 2)
+    net.run_until(lambda: len(alice.engine.directory) >= 5, 5)
+    strangers = [peer_id for peer_id in alice.engine.directory if peer_id != bob.peer_id]
+    # Their keys are remembered (the page can show a safety number before a first message)...
+    assert strangers and all(alice.store.known_peer(p) is not None for p in strangers)
+    sent = alice.send(bob, "hello")
+    net.run_until(lambda: alice.status(sent) == "delivered", 5)
+    alice_id = alice.peer_id
+    net.stop(alice)
+    alice = net.start_again(alice, last_id=alice_id)
+    # ...but after a restart only bob, whom she wrote to, is a contact (watched
+    # first, never pushed out by strangers that directory pages once showed).
+    assert set(alice.engine.peer_states) == {bob.peer_id}
+    assert alice.engine.contacts()[0] == bob.peer_id
+    assert all(alice.store.known_peer(p) is not None for p in strangers)

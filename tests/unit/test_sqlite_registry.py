@@ -448,3 +448,98 @@ async def test_seed_is_all_or_nothing(registry: SqliteRegistry) -> None:
         await registry.seed([record(10, key(10)), record(11, key(1))])  # key(1) is bound
     assert await registry.count() == 1
     assert await registry.lookup_id(key(10)) is None
+
+
+# -- caps and released ids (issue 16, finding 7) ---------------------------
+
+
+async def test_keys_unseen_since_the_retention_give_their_ids_back_lowest_first(shared: AnyRegistry) -> None:
+    registry = shared
+    ids = [await registry.assign_id(key(n)) for n in range(1, 6)]
+    await registry.save(
+        [
+            record(ids[0], key(1), last_seen=1000.0, expires_at=1060.0),  # unseen long: released
+            record(ids[1], key(2), last_seen=5000.0, expires_at=5060.0),  # seen lately
+            record(ids[2], key(3), last_seen=1500.0, expires_at=1560.0),  # unseen long: released
+            record(ids[3], key(4), last_seen=1000.0, expires_at=9000.0),  # still online at the cut
+        ]
+    )
+    # ids[4] was handed out and never saved (its registration is on the way): kept.
+    assert await registry.release_unseen(2000.0) == [ids[0], ids[2]]
+    assert await registry.release_unseen(2000.0) == []  # nothing twice
+    assert await registry.lookup_id(key(1)) is None
+    assert await registry.get(ids[0]) is None
+    assert await registry.count() == 3
+    assert await registry.highest_id() == ids[4]  # still the highest ever given out
+    # New keys take the released ids, lowest first, then new ones.
+    assert await registry.assign_id(key(6)) == ids[0]
+    assert await registry.assign_id(key(1)) == ids[2]  # the old key back: a new binding
+    assert await registry.assign_id(key(7)) == ids[4] + 1
+    fresh = await registry.get(ids[0])
+    assert fresh is not None and fresh.identity == key(6) and fresh.last_seen == 0  # no trace of key 1
+    assert {r.peer_id for r in await registry.load_online(1000.0)} == {ids[1], ids[3]}
+
+
+async def test_release_takes_at_most_the_limit(shared: AnyRegistry) -> None:
+    registry = shared
+    ids = [await registry.assign_id(key(n)) for n in range(1, 6)]
+    await registry.save([record(i, key(n), last_seen=1000.0, expires_at=1060.0) for n, i in enumerate(ids, 1)])
+    first = await registry.release_unseen(2000.0, limit=2)
+    second = await registry.release_unseen(2000.0, limit=10)
+    assert len(first) == 2 and sorted(first + second) == ids
+
+
+async def test_a_key_back_after_long_keeps_its_id_through_a_release(shared: AnyRegistry) -> None:
+    registry = shared
+    peer_id = await registry.assign_id(key(1))
+    await registry.save([record(peer_id, key(1), last_seen=1000.0, expires_at=1060.0)])
+    # It registers again: its id is handed out before its new state is written.
+    assert await registry.assign_id(key(1)) == peer_id
+    assert await registry.release_unseen(2000.0) == []
+    assert await registry.lookup_id(key(1)) == peer_id
+    await registry.save([record(peer_id, key(1), last_seen=3000.0, expires_at=3060.0)])
+    assert await registry.release_unseen(2000.0) == []
+
+
+@pytest.mark.parametrize("name", ["sqlite", "redis"])
+async def test_past_max_ids_a_new_key_is_refused_and_known_keys_are_not(
+    name: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    from rendezvous.registry import RegistryFull
+
+    registry: AnyRegistry
+    if name == "sqlite":
+        registry = SqliteRegistry(tmp_path / "full.sqlite3", max_ids=2)
+    else:
+        registry = RedisRegistry(request.getfixturevalue("redis_server").url, prefix="full:", max_ids=2)
+    await registry.open()
+    try:
+        first, second = await registry.assign_id(key(1)), await registry.assign_id(key(2))
+        with pytest.raises(RegistryFull):
+            await registry.assign_id(key(3))
+        # In one batch too: the known one gets its id, the new one is refused.
+        known, new = await asyncio.gather(
+            registry.assign_id(key(1)), registry.assign_id(key(4)), return_exceptions=True
+        )
+        assert known == first and isinstance(new, RegistryFull)
+        assert await registry.count() == 2
+        # Released, an id makes room again.
+        await registry.save([record(second, key(2), last_seen=1000.0, expires_at=1060.0)])
+        assert await registry.release_unseen(2000.0) == [second]
+        assert await registry.assign_id(key(3)) == second
+    finally:
+        await registry.close()
+
+
+async def test_a_release_survives_a_reopen(backend: Backend) -> None:
+    registry = backend()
+    await registry.open()
+    ids = [await registry.assign_id(key(n)) for n in (1, 2)]
+    await registry.save([record(ids[0], key(1), last_seen=1000.0, expires_at=1060.0)])
+    assert await registry.release_unseen(2000.0) == [ids[0]]
+    registry = await reopen_on(backend, registry)
+    try:
+        assert await registry.assign_id(key(3)) == ids[0]
+        assert await registry.lookup_id(key(1)) is None
+    finally:
+        await registry.close()

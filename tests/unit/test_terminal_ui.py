@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+from prompt_toolkit.application import create_app_session
+from prompt_toolkit.input import create_pipe_input
+from prompt_toolkit.output import DummyOutput
+
 from webpeer.api import JSON, ApiError
 from webpeer.peerclient import EventStream
 from webpeer.terminal import ASK_ID, ASK_TEXT, MENU, ChatUI, Mode
@@ -115,3 +120,49 @@ async def test_incoming_and_status_lines_from_events() -> None:
         "Message to bob #3: sending",
         "Message to bob #3: delivered",
     ]
+
+
+class StreamThatEnds(FakeStream):
+    """The hello, then the websocket closes (the attached webpeer stopped)."""
+
+    async def next(self) -> JSON:
+        if self.events.qsize():
+            return await self.events.get()
+        raise ApiError(502, "the webpeer closed its websocket (it stopped?)")
+
+
+class PeerThatStops(FakePeer):
+    attached = True
+
+    async def subscribe(self) -> EventStream:
+        me = await self.me()
+        return StreamThatEnds([{"type": "hello", "me": me, "peers": [BOB]}])
+
+
+async def test_the_chat_ends_with_an_error_when_its_peer_goes_away() -> None:
+    # A real prompt_toolkit session, on a pipe instead of a terminal.
+    with create_pipe_input() as keys, create_app_session(input=keys, output=DummyOutput()):
+        lines: list[str] = []
+        chat = ChatUI(PeerThatStops(), lines.append)
+        with pytest.raises(ApiError, match=r"^the peer stopped: the webpeer closed its websocket") as raised:
+            await asyncio.wait_for(chat.run(), 20)
+    assert raised.value.status == 502  # the command line turns it into exit status 1
+    assert not chat.done  # not the user's EXIT
+
+
+async def test_exit_from_the_menu_ends_the_chat_without_an_error() -> None:
+    with create_pipe_input() as keys, create_app_session(input=keys, output=DummyOutput()):
+        lines: list[str] = []
+        chat = ChatUI(PeerThatStopsNot(), lines.append)
+        keys.send_text("4\n")
+        await asyncio.wait_for(chat.run(), 20)
+    assert chat.done
+    assert lines[-1].startswith("Detached")
+
+
+class PeerThatStopsNot(FakePeer):
+    attached = True
+
+    async def subscribe(self) -> EventStream:
+        me = await self.me()
+        return FakeStream([{"type": "hello", "me": me, "peers": [BOB]}])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from webpeer.wire import LENGTH, MAX_FRAME, FrameDecoder, FrameError, encode_frame
+from webpeer.wire import LENGTH, MAX_FRAME, FrameDecoder, FrameError, encode_frame, require
 
 
 def test_frames_come_out_whole_however_the_bytes_are_cut() -> None:
@@ -39,12 +39,14 @@ def test_bad_frames_raise_frame_error(data: bytes, words: str) -> None:
 @pytest.mark.parametrize(
     ("body", "why"),
     [
-        (b'{"t": "msg", "time": NaN}', "NaN"),
-        (b'{"t": "msg", "time": Infinity}', "Infinity"),
-        (b'{"t": "msg", "time": -Infinity}', "Infinity"),
-        (b'{"t": "msg", "time": 1e400}', "not finite"),
-        (b'{"t": "hello", "id": ' + b"9" * 5000 + b"}", "5000 digits"),
-        (b"[" * 40_000 + b"]" * 40_000, "not JSON"),
+        (b'{"t": "msg", "time": NaN}', "unexpected character"),
+        (b'{"t": "msg", "time": Infinity}', "unexpected character"),
+        (b'{"t": "msg", "time": -Infinity}', "no digit after sign"),
+        (b'{"t": "msg", "time": 1e400}', "infinity"),
+        (b'{"t": "hello", "id": ' + b"9" * 5000 + b"}", "infinity"),
+        (b"[" * 40_000 + b"]" * 40_000, "depth limit"),
+        (b'{"t": "msg", "text": "\\ud800"}', "surrogate"),  # a lone surrogate, escaped
+        (b'{"t": "msg", "text": "\xed\xa0\x80"}', "not JSON"),  # one encoded: not UTF-8
     ],
 )
 def test_poison_values_from_a_peer_are_a_frame_error_not_a_crash(body: bytes, why: str) -> None:
@@ -52,6 +54,14 @@ def test_poison_values_from_a_peer_are_a_frame_error_not_a_crash(body: bytes, wh
     # store as a time it could not hold (issue 16, finding 4).
     with pytest.raises(FrameError, match=why):
         FrameDecoder().feed(LENGTH.pack(len(body)) + body)
+
+
+def test_an_integer_beyond_64_bits_is_not_an_int() -> None:
+    # It reads as a float, so a field that must be an int refuses it.
+    body = b'{"t": "hello", "id": ' + b"9" * 25 + b"}"
+    [frame] = FrameDecoder().feed(LENGTH.pack(len(body)) + body)
+    with pytest.raises(FrameError, match="'id' must be int"):
+        require(frame, "id", int)
 
 
 def test_ordinary_numbers_still_read() -> None:
