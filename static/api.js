@@ -62,6 +62,25 @@ export function postCancel(messageId) {
   return postJson(`/api/messages/${encodeURIComponent(messageId)}/cancel`);
 }
 
+export function fetchFiles(peerId) {
+  return getJson(`/api/files?peer=${encodeURIComponent(peerId)}`, { Accept: "application/json" });
+}
+
+/** Offer files (File objects) to a peer; resolves to the files as stored. */
+export async function uploadFiles(peerId, files) {
+  const form = new FormData();
+  form.append("to", String(peerId));
+  for (const file of files) form.append("file", file, file.name || "pasted");
+  const response = await fetch("/api/files", { method: "POST", body: form, credentials: "same-origin" });
+  if (!response.ok) throw new Error(await errorText(response));
+  return response.json();
+}
+
+/** action: "accept" | "cancel"; resolves to the file. */
+export function postFileAction(fileId, action) {
+  return postJson(`/api/files/${encodeURIComponent(fileId)}/${action}`);
+}
+
 export function postRead(peerId) {
   return postJson(`/api/peers/${encodeURIComponent(peerId)}/read`);
 }

@@ -12,6 +12,7 @@ import { findPeer, initialState, notifiesOnArrival, oldestLoaded, reachedStart, 
 import { createBannersView } from "./views/banners.js";
 import { createComposerView } from "./views/composer.js";
 import { createConversationView } from "./views/conversation.js";
+import { createFilesView } from "./views/files.js";
 import { createMessagesView } from "./views/messages.js";
 import { createMeView } from "./views/me.js";
 import { createNotificationsView } from "./views/notifications.js";
@@ -51,6 +52,7 @@ function start() {
   };
   const composer = createComposerView(actions);
   const notifications = createNotificationsView(actions);
+  const files = createFilesView(actions, api);
   const views = [
     createMeView(),
     createBannersView(actions),
@@ -60,6 +62,7 @@ function start() {
     createMessagesView(actions),
     composer,
     notifications,
+    files,
   ];
 
   function dispatch(event) {
@@ -75,6 +78,9 @@ function start() {
       case "hello":
         // Catch up on anything missed while disconnected.
         if (state.selected !== null) loadHistory(state.selected);
+        break;
+      case "file":
+        files.onEvent(event);
         break;
       case "message":
         if (readsOnArrival(before, event.message)) tellRead(event.message.peer);

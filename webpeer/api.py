@@ -20,6 +20,9 @@ JSON shapes (also documented in the README):
                "status": "queued"|"sending"|"sent"|"delivered"|"failed"|"held"|"received",
                "time": float (unix seconds), "error": str|null,
                "key_changed": bool (received from a new key before the user accepted it)}
+    file:     {"id": str (32 hex), "peer": int, "direction": "in"|"out", "name": str, "size": int,
+               "sha256": str, "mime": str, "status": "offered"|"accepted"|"complete"|"failed"|"cancelled",
+               "bytes": int (received, or sent and acknowledged), "error": str|null, "time": float}
     safety:   {"peer": int, "safety_number": "12 groups of 5 digits", "my_fingerprint": str,
                "their_fingerprint": str (the key the registry gives now),
                "previous_fingerprint": str|null (while changed: the trusted key),
@@ -47,6 +50,8 @@ Events pushed to every websocket (each a dict with "type"):
                                                      accepted, blocked, verified, unverified
                                                      (reload its conversation: accepted messages
                                                      appear)
+    {"type": "file", "kind": "offer"|"accepted"|"progress"|"complete"|"failed"|"cancelled",
+     "file": <file>[, "bytes": int, "rate": float (bytes/s; progress only, at most ~10/s a file)]}
     {"type": "resync"}                               this subscriber fell behind and its backlog
                                                      was dropped: reload me, peers and the open
                                                      conversation
@@ -55,6 +60,8 @@ Events pushed to every websocket (each a dict with "type"):
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Protocol
 
 JSON = dict[str, Any]
@@ -147,6 +154,28 @@ class PeerApi(Protocol):
 
     async def refresh_directory(self) -> None:
         """Ask the server who is online now (the peer list is then fresh)."""
+        ...
+
+    # Files (webpeer/file_transfer.py; the <file> shape is FileRecord.to_json in webpeer/store.py).
+
+    async def send_file(self, to: int, name: str, mime: str, chunks: AsyncIterator[bytes]) -> JSON:
+        """Copy an upload into files/ and offer it; the stored <file>.
+        ApiError 413 past --max-file-size, 400 for a bad id or name."""
+        ...
+
+    async def accept_file(self, file_id: str) -> JSON:
+        """ApiError 404 unknown, 409 not an offer waiting for us."""
+        ...
+
+    async def cancel_file(self, file_id: str) -> JSON:
+        """ApiError 404 unknown, 409 finished already."""
+        ...
+
+    def files(self, peer_id: int | None = None, limit: int = 500) -> list[JSON]: ...
+
+    def file_download(self, file_id: str) -> tuple[Path, JSON]:
+        """Where a file is and its <file>: one we sent, or one received
+        complete; ApiError 404 otherwise."""
         ...
 
     def subscribe(self) -> asyncio.Queue[JSON]:

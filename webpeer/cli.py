@@ -67,6 +67,19 @@ def positive_days(text: str) -> float:
     return days
 
 
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def file_size(text: str) -> int:
+    """A size in bytes, with an optional K, M, G or T (powers of 1024): "4G"."""
+    number, unit = text[:-1], text[-1:].upper()
+    if unit not in _SIZE_UNITS or unit == "":
+        number, unit = text, ""
+    if not (number.isascii() and number.isdigit() and len(number) <= 15 and int(number) > 0):
+        raise argparse.ArgumentTypeError(f"not a size in bytes (like 4G, 500M, 1000000): {text!r}")
+    return int(number) * _SIZE_UNITS[unit]
+
+
 def per_minute(text: str) -> int:
     if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_MESSAGES_PER_MINUTE):
         raise argparse.ArgumentTypeError(
@@ -165,6 +178,13 @@ def add_peer_options(parser: argparse.ArgumentParser, *, sub: bool) -> None:
         default=os.environ.get("WEBPEER_RELAY_ONLY") == "1",
         help="never try a direct path to other peers: everything goes through the rendezvous "
         "server's relay (env WEBPEER_RELAY_ONLY=1; for diagnosis)",
+    )
+    add(
+        "--max-file-size",
+        type=file_size,
+        default=file_size(env("WEBPEER_MAX_FILE_SIZE", "4G")),
+        help="files larger than this are neither sent nor accepted; an offer of one is refused "
+        "with the reason on both sides (env WEBPEER_MAX_FILE_SIZE, default 4G; K, M, G, T are powers of 1024)",
     )
     add(
         "--retention-days",

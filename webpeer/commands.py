@@ -59,6 +59,7 @@ def node_config(args: argparse.Namespace, data_dir: Path) -> NodeConfig:
         ttl=args.ttl,
         relay_only=args.relay_only,
         retention=args.retention_days * 24 * 3600,
+        max_file_size=args.max_file_size,
         quota=QuotaConfig(messages_per_minute=args.peer_rate, stored_bytes=args.peer_quota_mb * 1_048_576),
     )
 

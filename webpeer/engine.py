@@ -36,6 +36,7 @@ from rendezvous.stun import Address, CandidateKind, ErrorCode, PeerEntry, StunPr
 
 from .api import JSON
 from .events import ConnectionChanged, MeChanged, PageEvent, PeersChanged, Resync
+from .file_transfer import MAX_FILE_SIZE, FileStorage, FileTransfers, NoFileStorage
 from .identity import Identity, fingerprint
 from .link import (
     ConnectionIdsChanged,
@@ -46,9 +47,10 @@ from .link import (
     LinkState,
     PeerLink,
     Role,
+    StreamReceived,
     quic_configuration,
 )
-from .message_flow import Draft, MessageFlow
+from .message_flow import Draft, MessageFlow, unknown_peer
 from .path import Direct, Path, Relayed, Transmit
 from .pathfinder import PathFinder, SpareCommand
 from .peer_session import UPGRADE_INTERVAL, Due, PeerSession
@@ -101,6 +103,7 @@ class EngineConfig:
     list_interval: float = 2.0
     idle_timeout: float = 120.0  # a link unused this long is closed (keepalives stop before)
     relay_only: bool = False  # never try a direct path (diagnostics, and tests of the relay)
+    max_file_size: int = MAX_FILE_SIZE  # larger offers are refused (file_transfer.py)
     quota: QuotaConfig = QuotaConfig()  # what each sender may make us store (webpeer/quota.py)
 
 
@@ -114,7 +117,9 @@ class PeerEngine:
     """See the module docstring.  ``history``: the open store; the engine
     reads and writes it, the node commits."""
 
-    def __init__(self, config: EngineConfig, identity: Identity, history: Store) -> None:
+    def __init__(
+        self, config: EngineConfig, identity: Identity, history: Store, file_storage: FileStorage | None = None
+    ) -> None:
         self.config = config
         self.identity = identity
         self.history = history
@@ -126,6 +131,9 @@ class PeerEngine:
         self.pathfinder = PathFinder(self, self.stats, relay_only=config.relay_only)
         self.flow = MessageFlow(self, history, self.stats, config.quota)
         self.trust = Trust(self, history)
+        self.files = FileTransfers(
+            self, history, file_storage or NoFileStorage(), self.stats, max_size=config.max_file_size
+        )
         self.targets = Targets()  # lookups of ids the page writes to (issue 9, bad targets)
         self._cids: dict[bytes, PeerLink] = {}
         # Acceptor links not yet authenticated: when each came, and from where
@@ -163,6 +171,7 @@ class PeerEngine:
         # a restart, ahead of the contacts that came later.
         for known in self.history.contacts():
             self.peer_states[known.peer_id] = PeerSession(known.peer_id, known.name, None)
+        self.files.start()
         if last_id is not None and self.registration.peer_id is None:
             self.registration.peer_id = last_id
         self.registration.local = local
@@ -484,6 +493,7 @@ class PeerEngine:
             busy |= self.pathfinder.check_punches(now)
             if not busy:
                 break
+        self.files.pump(now)
         self.flow.store_drafts(drafts or [], now)
         self._sync_contacts(now)
 
@@ -569,6 +579,8 @@ class PeerEngine:
                     if not self._known(peer_id):
                         self.connect(self.session(peer_id), now)
                     self.flow.pump(self.session(peer_id), now, force_connect=True)
+                for peer_id in self.files.peers_with_work():
+                    self.connect(self.session(peer_id), now)  # unfinished files resume
             elif isinstance(event, RegistrationLost):
                 logger.info("registration lost: %r", event.reason)
                 self.publish(MeChanged(self.me()))
@@ -675,6 +687,8 @@ class PeerEngine:
             # Registered anew: its old process (and our link to it) is gone.
             # (A link still being set up was aimed by a fresh CONNECT: keep it.)
             session.ready_link.close("peer restarted")
+        if (change.came_online or change.restarted) and self.files.has_work(session.peer_id):
+            self.connect(session, now)  # its unfinished files resume on the new link
         if change.came_online or change.restarted:
             # Including messages sent on a link that died before their receipt.
             self.flow.pump(session, now, force_connect=True)
@@ -786,6 +800,7 @@ class PeerEngine:
         logger.info("the server never assigned peer id %d", peer_id)
         self.targets.answered(peer_id, assigned=False)
         self.flow.fail_unknown_peer(peer_id, now)
+        self.files.fail_unknown_peer(peer_id, unknown_peer(peer_id), now)
         for link in self._awaiting_key.pop(peer_id, []):
             link.confirm_hello(None)  # nobody can hold the key of an id nobody has
         session = self.peer_states.get(peer_id)
@@ -867,6 +882,8 @@ class PeerEngine:
                     self._on_link_ready(link, event, now)
                 elif isinstance(event, FrameReceived):
                     self._on_frame(link, event.frame, now)
+                elif isinstance(event, StreamReceived):
+                    self._on_file_stream(link, event, now)
                 elif isinstance(event, LinkClosed):
                     self.flow.store_incoming(now)
                     self._on_link_closed(link, event, now)
@@ -877,10 +894,23 @@ class PeerEngine:
             link.close("key blocked")  # trust.py: nothing from it is stored or acknowledged
             return
         try:
-            if not (self.flow.on_frame(link, frame, now) or self.pathfinder.on_frame(link, frame, now)):
+            if not (
+                self.flow.on_frame(link, frame, now)
+                or self.pathfinder.on_frame(link, frame, now)
+                or self.files.on_frame(link, frame, now)
+            ):
                 self.stats["unknown_frames"] += 1
         except FrameError as error:
             link.close(f"bad frame: {error}")
+
+    def _on_file_stream(self, link: PeerLink, event: StreamReceived, now: float) -> None:
+        if self.trust.refuses(link.peer_id, link.peer_key):
+            link.close("key blocked")
+            return
+        try:
+            self.files.on_stream(link, event, now)
+        except FrameError as error:
+            link.close(f"bad file stream: {error}")
 
     def _on_hello(self, link: PeerLink, event: HelloReceived, now: float) -> None:
         if self.trust.refuses(event.peer_id, event.public_key):
@@ -911,9 +941,12 @@ class PeerEngine:
         logger.info("connected to peer %d over %s (%s)", event.peer_id, link.path, link.role.value)
         self._publish_connection(session)
         self.flow.pump(session, now, resend_sent=True)
+        if session.link is link:
+            self.files.link_ready(link, now)
 
     def _on_link_closed(self, link: PeerLink, event: LinkClosed, now: float) -> None:
         self._closing.append(link)
+        self.files.link_closed(link)
         self.pathfinder.link_closed(link, self.links())
         if link.peer_id is not None:
             self.flow.quota.forget(link.peer_id)  # trust.py may have dropped its hidden messages meanwhile
@@ -947,6 +980,8 @@ class PeerEngine:
         # next link (the receiver stores by id, so a repeat is harmless).
         if self.flow.undelivered(session.peer_id):
             self.flow.pump(session, now, force_connect=True)
+        elif self.files.has_work(session.peer_id):
+            self.connect(session, now)
 
     def _server_text(self) -> str:
         """The server as the user named it, and the address in use if that differs."""

@@ -95,3 +95,22 @@ class Resync(PageEvent):
 
     def to_json(self) -> JSON:
         return {"type": "resync"}
+
+
+@dataclass(frozen=True, slots=True)
+class FileChanged(PageEvent):
+    """A file offered, accepted, moving, complete, failed or cancelled
+    (webpeer/file_transfer.py).  ``kind``: "offer" | "accepted" | "progress"
+    | "complete" | "failed" | "cancelled"; ``rate``: bytes a second since the
+    last progress event (progress only)."""
+
+    kind: str
+    file: JSON
+    rate: float = 0.0
+
+    def to_json(self) -> JSON:
+        event: JSON = {"type": "file", "kind": self.kind, "file": self.file}
+        if self.kind == "progress":
+            event["bytes"] = self.file["bytes"]
+            event["rate"] = round(self.rate, 1)
+        return event

@@ -109,6 +109,17 @@ class FrameReceived(LinkEvent):
 
 
 @dataclass(frozen=True)
+class StreamReceived(LinkEvent):
+    """Bytes on one of the other side's one-way data streams (files,
+    docs/PROTOCOL.md 11.6), in stream order; ``end``: the stream is over
+    (finished, or reset by the sender)."""
+
+    stream_id: int
+    data: bytes
+    end: bool
+
+
+@dataclass(frozen=True)
 class LinkClosed(LinkEvent):
     reason: str
 
@@ -292,6 +303,42 @@ class PeerLink:
         if now is not None:
             self.last_activity = self.last_sent = now
 
+    def open_data_stream(self, header: bytes, now: float) -> int:
+        """A new one-way stream of ours (a file's data, docs/PROTOCOL.md 11.6),
+        its header already queued; returns its id."""
+        if self.state is not LinkState.READY:
+            raise RuntimeError(f"cannot open a data stream on a link in state {self.state.value}")
+        stream_id = self.quic.get_next_available_stream_id(is_unidirectional=True)
+        self.quic.send_stream_data(stream_id, header)
+        self.last_activity = self.last_sent = now
+        return stream_id
+
+    def send_data(self, stream_id: int, data: bytes, now: float, *, end: bool = False) -> None:
+        self.quic.send_stream_data(stream_id, data, end_stream=end)
+        self.last_activity = self.last_sent = now
+
+    def stream_buffered(self, stream_id: int) -> int:
+        """Bytes given to a stream of ours that the other side has not
+        acknowledged yet: the sender tops a stream up only while this is
+        small, so QUIC's flow and congestion control pace the file and
+        memory stays flat.  (aioquic has no public accessor for it.)"""
+        stream = self.quic._streams.get(stream_id)
+        if stream is None:
+            return 0
+        sender = stream.sender
+        return int(sender._buffer_stop - sender._buffer_start)
+
+    def abort_stream(self, stream_id: int) -> None:
+        """Stop sending on a stream of ours (a cancelled or restarted file)."""
+        if self.state is LinkState.CLOSED:
+            return
+        stream = self.quic._streams.get(stream_id)
+        if stream is not None and not stream.sender.is_finished:
+            try:
+                self.quic.reset_stream(stream_id, error_code=0)
+            except (AssertionError, ValueError):
+                pass  # already finished by the time we ask: nothing to stop
+
     def keepalive(self, now: float) -> None:
         """A QUIC PING: keeps the NAT mappings of this path open and shows
         (by its acknowledgement, or by the idle timeout) whether the path lives."""
@@ -353,6 +400,8 @@ class PeerLink:
                 self._on_handshake_completed(now)
             elif isinstance(event, quic_events.StreamDataReceived):
                 self._on_stream_data(event, now)
+            elif isinstance(event, quic_events.StreamReset) and self._is_data_stream(event.stream_id):
+                self._events.append(StreamReceived(event.stream_id, b"", True))
             elif isinstance(event, quic_events.ConnectionTerminated):
                 self._closed(event.reason_phrase or f"connection closed (error {event.error_code})")
             elif isinstance(event, quic_events.ConnectionIdIssued):
@@ -425,6 +474,10 @@ class PeerLink:
                 self.close(f"bad challenge: {error}")
             return
         if event.stream_id != CONTROL_STREAM:
+            if self.state is LinkState.READY and self._is_data_stream(event.stream_id):
+                self.last_activity = now
+                self._events.append(StreamReceived(event.stream_id, event.data, event.end_stream))
+                return
             self.close(f"unexpected stream {event.stream_id}")
             return
         try:
@@ -435,6 +488,12 @@ class PeerLink:
                 self._on_frame(frame, now)
         except FrameError as error:
             self.close(f"bad frame: {error}")
+
+    def _is_data_stream(self, stream_id: int) -> bool:
+        """A one-way stream the other side opened (bit 1 set: unidirectional;
+        bit 0: who opened it, 0 the connector), other than the challenge."""
+        theirs = 1 if self.role is Role.CONNECTOR else 0
+        return stream_id & 2 == 2 and stream_id & 1 == theirs and stream_id != CHALLENGE_STREAM
 
     def _on_frame(self, frame: Frame, now: float) -> None:
         if self.state is LinkState.READY:

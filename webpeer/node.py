@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from . import last_id, validate
 from .api import JSON, ApiError
 from .engine import EngineConfig, PeerEngine, address_text
 from .events import MessageAdded, PageEvent, Resync
+from .file_store import FileStore
+from .file_transfer import DEFAULT_MIME, MAX_FILE_SIZE, MAX_NAME_CHARS, too_large
 from .identity import Identity
 from .message_flow import Draft, unknown_peer
 from .pathfinder import CloseSpare, OpenSpare
@@ -64,6 +67,7 @@ class NodeConfig:
     idle_timeout: float = 120.0  # a link unused this long is closed (keepalives stop before)
     relay_only: bool = False  # never try a direct path (diagnostics, and tests of the relay)
     retention: float = RETENTION
+    max_file_size: int = MAX_FILE_SIZE  # --max-file-size: larger files are neither sent nor accepted
     quota: QuotaConfig = QuotaConfig()  # what each sender may make us store (webpeer/quota.py)
 
     def engine_config(self) -> EngineConfig:
@@ -74,6 +78,7 @@ class NodeConfig:
             list_interval=self.list_interval,
             idle_timeout=self.idle_timeout,
             relay_only=self.relay_only,
+            max_file_size=self.max_file_size,
             quota=self.quota,
         )
 
@@ -84,7 +89,8 @@ class PeerNode:
         self.clock = clock
         self.identity = Identity.load_or_create(config.data_dir)
         self.store = Store(config.data_dir / "history.sqlite3")
-        self.engine = PeerEngine(config.engine_config(), self.identity, self.store)
+        self.file_store = FileStore(config.data_dir / "files")
+        self.engine = PeerEngine(config.engine_config(), self.identity, self.store, self.file_store)
         self._endpoint: UdpEndpoint | None = None
         self._udp_host = config.udp_host  # what the main socket is bound to (the spares bind the same)
         self._spares: dict[int, UdpEndpoint] = {}
@@ -171,6 +177,7 @@ class PeerNode:
         self._spares.clear()
         self._endpoint.close()
         self._endpoint = None
+        self.file_store.close()
         self.store.close()
 
     @property
@@ -302,6 +309,66 @@ class PeerNode:
         if message is None:
             raise ApiError(404, "no such message")
         return message
+
+    # ------------------------------------------------------------ files (file_transfer.py)
+
+    async def send_file(self, to: int, name: str, mime: str, chunks: AsyncIterator[bytes]) -> JSON:
+        """Copy an upload into files/ (a chunk at a time, hashing as it goes)
+        and offer it to ``to``.  ApiError 413 past --max-file-size (the copy
+        is removed), 400 for a bad id or name."""
+        to = validate.peer_id(to, "to")
+        if to == self.engine.my_id:
+            raise ApiError(400, "cannot send a file to yourself")
+        if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
+            raise ApiError(400, f"a file needs a name of 1 to {MAX_NAME_CHARS} characters")
+        limit = self.config.max_file_size
+        try:
+            path = self.file_store.create(name)
+        except OSError as error:
+            raise ApiError(507, f"cannot store the file: {error}") from None
+        digest, size = hashlib.sha256(), 0
+        try:
+            async for chunk in chunks:
+                if size + len(chunk) > limit:
+                    raise ApiError(413, too_large(size + len(chunk), limit) + " (--max-file-size)")
+                self.file_store.write(path, size, chunk)
+                digest.update(chunk)
+                size += len(chunk)
+        except BaseException as error:
+            self.file_store.release(path)
+            self.file_store.local_path(path).unlink(missing_ok=True)
+            if isinstance(error, OSError):
+                raise ApiError(507, f"cannot store the file: {error}") from None
+            raise
+        self.file_store.release(path)
+        mime = mime if mime and len(mime) <= 127 else DEFAULT_MIME
+        with self.store.batch():
+            record = self.engine.files.offer(to, name, path, size, digest.hexdigest(), mime, self.clock())
+        self._flush()
+        return record.to_json()
+
+    async def accept_file(self, file_id: str) -> JSON:
+        with self.store.batch():
+            record = self.engine.files.accept(validate_file_id(file_id), self.clock())
+        self._flush()
+        return record.to_json()
+
+    async def cancel_file(self, file_id: str) -> JSON:
+        with self.store.batch():
+            record = self.engine.files.cancel(validate_file_id(file_id), self.clock())
+        self._flush()
+        return record.to_json()
+
+    def files(self, peer_id: int | None = None, limit: int = 500) -> list[JSON]:
+        return [record.to_json() for record in self.store.files(peer_id, limit)]
+
+    def file_download(self, file_id: str) -> tuple[Path, JSON]:
+        """Where a file is on disk, for GET /api/files/ID: one we sent, or one
+        received and verified.  ApiError 404 otherwise."""
+        record = self.store.get_file(validate_file_id(file_id))
+        if record is None or not record.path or (not record.outgoing and record.status != "complete"):
+            raise ApiError(404, "no such file (or not complete yet)")
+        return self.file_store.local_path(record.path), record.to_json()
 
     def mark_read(self, peer_id: int) -> None:
         self.engine.mark_read(peer_id)
@@ -527,3 +594,9 @@ class PeerNode:
             now = self.clock()
             self.engine.expire_queued(now - self.config.retention, now)
             self._publish_events()
+
+
+def validate_file_id(file_id: object) -> str:
+    if not isinstance(file_id, str) or len(file_id) != 32 or any(c not in "0123456789abcdef" for c in file_id):
+        raise ApiError(404, "no such file")
+    return file_id

@@ -126,6 +126,49 @@ _MARK_DELIVERED = (
 _NEW_OUTGOING = frozenset({Status.QUEUED, Status.SENDING, Status.SENT, Status.HELD})
 
 
+@dataclass(slots=True)
+class FileRecord:
+    """A file offered to or by a peer (webpeer/file_transfer.py).  ``path``:
+    the file's name inside the data dir's files/ ("" until the receiver
+    accepts); ``done``: bytes the receiver holds (sender: bytes sent)."""
+
+    id: str
+    peer: int
+    outgoing: bool
+    name: str
+    path: str
+    size: int
+    sha256: str
+    mime: str
+    status: str
+    done: int
+    error: str | None
+    time: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "peer": self.peer,
+            "direction": "out" if self.outgoing else "in",
+            "name": self.name,
+            "size": self.size,
+            "sha256": self.sha256,
+            "mime": self.mime,
+            "status": self.status,
+            "bytes": self.done,
+            "error": self.error,
+            "time": self.time,
+        }
+
+
+_FILE_COLUMNS = "id, peer, outgoing, name, path, size, sha256, mime, status, done, error, time"
+
+
+def _file(row: tuple[Any, ...]) -> FileRecord:
+    file_id, peer, outgoing, name, path, size, sha256, mime, status, done, error, time = row
+    return FileRecord(file_id, peer, bool(outgoing), name, path, size, sha256, mime, status, done, error, time)
+
+
 class TrustResult(enum.Enum):
     """What :meth:`Store.remember_peer` learned about a peer's key."""
 
@@ -200,7 +243,22 @@ CREATE TABLE IF NOT EXISTS blocked_keys (
     public_key BLOB NOT NULL,
     blocked_at REAL NOT NULL,
     PRIMARY KEY (peer_id, public_key)
-)
+);
+CREATE TABLE IF NOT EXISTS files (
+    id       TEXT PRIMARY KEY,
+    peer     INTEGER NOT NULL,
+    outgoing INTEGER NOT NULL,
+    name     TEXT NOT NULL,
+    path     TEXT NOT NULL,
+    size     INTEGER NOT NULL,
+    sha256   TEXT NOT NULL,
+    mime     TEXT NOT NULL,
+    status   TEXT NOT NULL,
+    done     INTEGER NOT NULL,
+    error    TEXT,
+    time     REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_peer_time ON files (peer, time)
 """
 
 # version -> what turns a file of that version into the next one (run before
@@ -766,6 +824,60 @@ class Store:
             return (
                 conn.execute("UPDATE peers SET verified_key = ? WHERE peer_id = ?", (public_key, peer_id)).rowcount == 1
             )
+
+    # -- files (webpeer/file_transfer.py) -----------------------------
+
+    def add_file(self, record: FileRecord) -> bool:
+        """Store a new file record; False if its id is taken."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                f"INSERT OR IGNORE INTO files ({_FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.peer,
+                    int(record.outgoing),
+                    record.name,
+                    record.path,
+                    record.size,
+                    record.sha256,
+                    record.mime,
+                    record.status,
+                    record.done,
+                    record.error,
+                    record.time,
+                ),
+            )
+            return cursor.rowcount == 1
+
+    def update_file(self, record: FileRecord) -> None:
+        """Write back what changes in a record: status, progress, error, local path."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE files SET status = ?, done = ?, error = ?, path = ? WHERE id = ?",
+                (record.status, record.done, record.error, record.path, record.id),
+            )
+
+    def get_file(self, file_id: str) -> FileRecord | None:
+        with self._read() as conn:
+            row = conn.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE id = ?", (file_id,)).fetchone()
+        return _file(row) if row else None
+
+    def files(self, peer: int | None = None, limit: int = 500) -> list[FileRecord]:
+        """A conversation's files (or all), oldest first, the latest ``limit``."""
+        where, args = ("WHERE peer = ?", (peer, limit)) if peer is not None else ("", (limit,))
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_FILE_COLUMNS} FROM files {where} ORDER BY time DESC, rowid DESC LIMIT ?", args
+            ).fetchall()
+        return [_file(row) for row in reversed(rows)]
+
+    def active_files(self) -> list[FileRecord]:
+        """Files not finished yet (offered or transferring)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_FILE_COLUMNS} FROM files WHERE status IN ('offered', 'accepted') ORDER BY time"
+            ).fetchall()
+        return [_file(row) for row in rows]
 
     # -- helpers ---------------------------------------------------------
 

@@ -44,15 +44,16 @@ import io
 import logging
 import re
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp_jinja2
 import jinja2
 import segno
-from aiohttp import hdrs, web
+from aiohttp import BodyPartReader, hdrs, web
 from aiohttp.abc import AbstractAccessLogger
 
 from webpeer import validate, websocket
@@ -165,6 +166,11 @@ def create_app(config: WebConfig, api: PeerApi) -> web.Application:
     app.router.add_get("/api/peers/{id}/safety", _api_safety)
     app.router.add_get("/api/peers/{id}/safety.svg", _api_safety_svg)
     app.router.add_post("/api/peers/{id}/trust", _api_trust)
+    app.router.add_get("/api/files", _api_files)
+    app.router.add_post("/api/files", _api_send_files)
+    app.router.add_get("/api/files/{id}", _api_file)
+    app.router.add_post("/api/files/{id}/accept", _api_file_accept)
+    app.router.add_post("/api/files/{id}/cancel", _api_file_cancel)
     app.router.add_get("/ws", _websocket)
     app.router.add_get("/favicon.ico", _favicon)
     app.router.add_static("/static/", config.static_dir, show_index=False, follow_symlinks=False)
@@ -486,6 +492,88 @@ async def _api_trust(request: web.Request) -> web.Response:
     body = await _read_json(request)
     action = validate.trust_action(body.get("action"))
     return web.json_response(await request.app[API_KEY].set_trust(peer, action))
+
+
+# ---------------------------------------------------------------- files
+
+INLINE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+"""Received files the browser may show in the page (pictures it decodes
+itself); everything else, SVG and HTML included, is served as an attachment."""
+UPLOAD_CHUNK = 256 * 1024
+MAX_FILES_PER_UPLOAD = 100
+MAX_FIELD_BYTES = 64
+
+
+async def _api_files(request: web.Request) -> web.Response:
+    """GET /api/files?peer=N: that conversation's files, oldest first."""
+    peer = validate.peer_id(request.query.get("peer"), "peer", from_url=True)
+    return web.json_response(request.app[API_KEY].files(peer))
+
+
+async def _api_send_files(request: web.Request) -> web.Response:
+    """POST /api/files, multipart: a ``to`` field first, then one or more
+    ``file`` parts, each copied to files/ a chunk at a time and offered."""
+    if not request.content_type.startswith("multipart/"):
+        raise ApiError(400, "send multipart/form-data: a 'to' field, then one or more 'file' parts")
+    reader = await request.multipart()
+    api = request.app[API_KEY]
+    to: int | None = None
+    sent: list[dict[str, Any]] = []
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise ApiError(400, "nested multipart is not supported")
+        if part.name == "to":
+            raw = await part.read_chunk(MAX_FIELD_BYTES + 1)
+            if len(raw) > MAX_FIELD_BYTES:
+                raise ApiError(400, "'to' must be a peer id")
+            to = validate.peer_id(raw.decode("ascii", "replace").strip(), "to", from_url=True)
+        elif part.name == "file":
+            if to is None:
+                raise ApiError(400, "the 'to' field must come before the files")
+            if len(sent) >= MAX_FILES_PER_UPLOAD:
+                raise ApiError(413, f"at most {MAX_FILES_PER_UPLOAD} files in one request")
+            sent.append(
+                await api.send_file(to, part.filename or "", part.headers.get(hdrs.CONTENT_TYPE, ""), _chunks(part))
+            )
+        else:
+            await part.release()
+    if not sent:
+        raise ApiError(400, "no 'file' part")
+    return web.json_response(sent, status=201)
+
+
+async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(UPLOAD_CHUNK):
+        yield bytes(chunk)
+
+
+def content_disposition(name: str, inline: bool) -> str:
+    """RFC 6266: an ASCII fallback and the UTF-8 name (RFC 8187)."""
+    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\;' else "_" for c in name) or "file"
+    return f"{'inline' if inline else 'attachment'}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+async def _api_file(request: web.Request) -> web.StreamResponse:
+    """GET /api/files/ID: a file we sent, or one received and verified.
+    Pictures inline; anything else as an attachment, never rendered."""
+    path, record = request.app[API_KEY].file_download(request.match_info["id"])
+    mime = str(record["mime"]).lower()
+    inline = mime in INLINE_TYPES and request.query.get("download") != "1"
+    return web.FileResponse(
+        path,
+        headers={
+            hdrs.CONTENT_TYPE: mime if inline else (mime or "application/octet-stream"),
+            hdrs.CONTENT_DISPOSITION: content_disposition(str(record["name"]), inline),
+        },
+    )
+
+
+async def _api_file_accept(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[API_KEY].accept_file(request.match_info["id"]))
+
+
+async def _api_file_cancel(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[API_KEY].cancel_file(request.match_info["id"]))
 
 
 # ---------------------------------------------------------------- websocket

@@ -309,6 +309,23 @@ class FakePeerApi:
         self._publish_trust(peer_id)
         return self.safety(peer_id)
 
+    # Files: none in the fake (the page's files view lists an empty conversation).
+
+    def files(self, peer_id: int | None = None, limit: int = 500) -> list[JSON]:
+        return []
+
+    async def send_file(self, to: int, name: str, mime: str, chunks: Any) -> JSON:
+        raise ApiError(503, "the fake peer sends no files")
+
+    async def accept_file(self, file_id: str) -> JSON:
+        raise ApiError(404, "no such file")
+
+    async def cancel_file(self, file_id: str) -> JSON:
+        raise ApiError(404, "no such file")
+
+    def file_download(self, file_id: str) -> Any:
+        raise ApiError(404, "no such file")
+
     async def refresh_directory(self) -> None:
         self.directory_refreshes += 1
 

@@ -35,6 +35,7 @@ from rendezvous.stun import Address
 from rendezvous.tokens import Tokens
 from webpeer.engine import EngineConfig, PeerEngine
 from webpeer.events import PageEvent, StatusChanged
+from webpeer.file_store import FileStore
 from webpeer.identity import Identity
 from webpeer.message_flow import Draft
 from webpeer.pathfinder import CloseSpare, OpenSpare, SpareCommand
@@ -101,7 +102,8 @@ class Peer:
         self.store = Store(data_dir / "history.sqlite3")
         self.store.open()
         options: dict[str, object] = {"list_interval": 1.0, **config}
-        self.engine = PeerEngine(EngineConfig(server=SERVER, name=name, **options), identity, self.store)  # type: ignore[arg-type]
+        self.files = FileStore(data_dir / "files")  # real files in the test's directory, as the store is
+        self.engine = PeerEngine(EngineConfig(server=SERVER, name=name, **options), identity, self.store, self.files)  # type: ignore[arg-type]
         self.events: list[PageEvent] = []
         self.commands: list[SpareCommand] = []
         self.spares: set[int] = set()
@@ -190,6 +192,7 @@ class Peer:
         """The process dies: no unregistration, nothing more in or out."""
         self.alive = False
         self.store.close()
+        self.files.close()
 
 
 class PeerNet:

@@ -1,0 +1,329 @@
+"""Files between peers through the pure engines (tests/unit/peer_net.py,
+literal times; the files themselves are real, in the test's directory)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from peer_net import Peer, PeerNet
+
+from webpeer import file_transfer
+from webpeer.api import ApiError
+from webpeer.events import FileChanged
+from webpeer.file_transfer import PROGRESS_INTERVAL, STORED_NAME_BYTES, sanitize_name
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> PeerNet:
+    return PeerNet(tmp_path)
+
+
+@pytest.fixture
+def slow_sender(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Streams topped up a 4 KiB read at a time, only to 4 KiB unacknowledged: under 1 MB/s over
+    peer_net's 10 ms round trip, so a transfer of a few hundred KB lasts
+    long enough (in literal time) to be interrupted, and takes few datagrams."""
+    monkeypatch.setattr(file_transfer, "SEND_BUFFER", 4 * 1024)
+    monkeypatch.setattr(file_transfer, "CHUNK", 4 * 1024)
+
+
+def pair(net: PeerNet, **config: object) -> tuple[Peer, Peer]:
+    alice = net.add("alice", **config)
+    bob = net.add("bob", **config)
+    net.run_until(lambda: alice.engine.my_id is not None and bob.engine.my_id is not None, 2)
+    net.run_until(lambda: alice.engine.session(bob.peer_id).online and bob.engine.session(alice.peer_id).online, 5)
+    return alice, bob
+
+
+def offer(sender: Peer, to: Peer, name: str, content: bytes, sha256: str | None = None) -> str:
+    """The page uploads ``content`` as ``name`` and offers it (as PeerNode.send_file does)."""
+    path = sender.files.create(name)
+    sender.files.write(path, 0, content)
+    digest = sha256 or hashlib.sha256(content).hexdigest()
+    with sender.store.batch():
+        record = sender.engine.files.offer(to.peer_id, name, path, len(content), digest, "image/png", sender.net.now)
+    sender.flush()
+    return record.id
+
+
+def accept(peer: Peer, file_id: str) -> None:
+    with peer.store.batch():
+        peer.engine.files.accept(file_id, peer.net.now)
+    peer.flush()
+
+
+def cancel(peer: Peer, file_id: str) -> None:
+    with peer.store.batch():
+        peer.engine.files.cancel(file_id, peer.net.now)
+    peer.flush()
+
+
+def status(peer: Peer, file_id: str) -> str:
+    record = peer.store.get_file(file_id)
+    return record.status if record is not None else "absent"
+
+
+def stored(peer: Peer, file_id: str) -> bytes:
+    record = peer.store.get_file(file_id)
+    assert record is not None and record.path
+    return (peer.files.directory / record.path).read_bytes()
+
+
+def file_events(peer: Peer, file_id: str) -> list[FileChanged]:
+    return [e for e in peer.events if isinstance(e, FileChanged) and e.file["id"] == file_id]
+
+
+def content_of(size: int) -> bytes:
+    return os.urandom(size)
+
+
+# ------------------------------------------------------------ names
+
+
+@pytest.mark.parametrize(
+    ("offered", "expected"),
+    [
+        ("../../etc/passwd", "____etc_passwd"),
+        ("a\nb", "a_b"),
+        ("..", "_"),
+        ("", "file"),
+        ("C:\\Windows\\x.exe", "C__Windows_x.exe"),
+        (".bashrc", "bashrc"),
+        ("re\u202eport.txt", "re_port.txt"),  # a right-to-left override would disguise the extension
+        ("photo.jpg", "photo.jpg"),
+    ],
+)
+def test_an_offered_name_is_made_safe_to_store(offered: str, expected: str) -> None:
+    assert sanitize_name(offered) == expected
+
+
+def test_a_long_name_is_cut_to_the_limit_keeping_its_extension() -> None:
+    name = sanitize_name("é" * 300 + ".tar.gz")
+    assert len(name.encode()) <= STORED_NAME_BYTES
+    assert name.endswith(".gz") and name.startswith("é")
+
+
+# ------------------------------------------------------------ offer, accept, complete
+
+
+def test_an_accepted_file_arrives_byte_identical_and_both_sides_say_complete(net: PeerNet) -> None:
+    alice, bob = pair(net)
+    content = content_of(200_000)
+    file_id = offer(alice, bob, "photo.png", content)
+    net.run_until(lambda: status(bob, file_id) == "offered", 2)
+    assert status(alice, file_id) == "offered"
+    offered = file_events(bob, file_id)[0]
+    assert offered.kind == "offer" and offered.file["name"] == "photo.png" and offered.file["size"] == len(content)
+    net.run(1)
+    assert status(bob, file_id) == "offered"  # nothing moves before the user accepts
+    assert bob.engine.stats["file_bytes_received"] == 0
+    accept(bob, file_id)
+    net.run_until(lambda: status(alice, file_id) == "complete", 20)
+    assert status(bob, file_id) == "complete"
+    assert stored(bob, file_id) == content
+    assert [e.kind for e in file_events(alice, file_id)][-1] == "complete"
+    kinds = [e.kind for e in file_events(bob, file_id)]
+    assert kinds[0] == "offer" and kinds[1] == "accepted" and kinds[-1] == "complete"
+
+
+def test_the_receiver_hashes_as_it_writes_and_reads_nothing_again_at_the_end(
+    net: PeerNet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, bob = pair(net)
+    content = content_of(150_000)
+    file_id = offer(alice, bob, "x.bin", content)
+    net.run_until(lambda: status(bob, file_id) == "offered", 2)
+
+    def no_rereading(path: str) -> str:
+        raise AssertionError("the whole file was read again")
+
+    monkeypatch.setattr(bob.files, "sha256", no_rereading)
+    accept(bob, file_id)
+    net.run_until(lambda: status(alice, file_id) == "complete", 10)
+    assert status(bob, file_id) == "complete" and stored(bob, file_id) == content
+
+
+def test_offers_past_the_limit_per_peer_are_refused(net: PeerNet, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(file_transfer, "MAX_OFFERS_PER_PEER", 3)
+    alice, bob = pair(net)
+    ids = [offer(alice, bob, f"f{i}", b"x") for i in range(4)]
+    net.run_until(lambda: status(alice, ids[3]) == "failed", 5)
+    assert [status(bob, i) for i in ids] == ["offered", "offered", "offered", "absent"]
+    assert "too many offers" in (alice.store.get_file(ids[3]).error or "")  # type: ignore[union-attr]
+
+
+def test_progress_events_carry_bytes_and_rate_at_most_ten_a_second(net: PeerNet, slow_sender: None) -> None:
+    alice, bob = pair(net)
+    size = 300_000
+    file_id = offer(alice, bob, "big.bin", content_of(size))
+    net.run_until(lambda: status(bob, file_id) == "offered", 2)
+    accept(bob, file_id)
+    started = net.now
+    net.run_until(lambda: status(bob, file_id) == "complete", 30)
+    progress = [e for e in file_events(bob, file_id) if e.kind == "progress"]
+    assert progress, "no progress event"
+    times_apart = (net.now - started) / PROGRESS_INTERVAL + 1
+    assert len(progress) <= times_apart
+    sizes = [e.to_json()["bytes"] for e in progress]
+    assert len(progress) >= 2  # the transfer took a few tenths of a second
+    assert sizes == sorted(sizes) and 0 < sizes[-1] < size
+    assert all(e.to_json()["rate"] >= 0 for e in progress) and any(e.rate > 0 for e in progress)
+
+
+def test_an_offer_made_before_any_link_goes_once_one_is_ready(net: PeerNet) -> None:
+    alice, bob = pair(net)
+    assert alice.engine.session(bob.peer_id).link is None
+    file_id = offer(alice, bob, "late.txt", b"hello")
+    net.run_until(lambda: status(bob, file_id) == "offered", 10)
+    accept(bob, file_id)
+    net.run_until(lambda: status(alice, file_id) == "complete", 10)
+    assert stored(bob, file_id) == b"hello"
+
+
+def test_an_empty_file_completes(net: PeerNet) -> None:
+    alice, bob = pair(net)
+    file_id = offer(alice, bob, "empty", b"")
+    net.run_until(lambda: status(bob, file_id) == "offered", 2)
+    accept(bob, file_id)
+    net.run_until(lambda: status(alice, file_id) == "complete" and status(bob, file_id) == "complete", 5)
+    assert stored(bob, file_id) == b""
+
+
+def test_hostile_names_are_stored_inside_files_and_never_overwrite(net: PeerNet) -> None:
+    alice, bob = pair(net)
+    (bob.files.directory).mkdir(parents=True, exist_ok=True)
+    (bob.files.directory / "____etc_passwd").write_bytes(b"mine")
+    ids = [offer(alice, bob, name, name.encode()) for name in ("../../etc/passwd", "a\nb", "../../etc/passwd")]
+    net.run_until(lambda: all(status(bob, i) == "offered" for i in ids), 2)
+    for file_id in ids:
+        accept(bob, file_id)
+    net.run_until(lambda: all(status(bob, i) == "complete" for i in ids), 10)
+    paths = [bob.store.get_file(i).path for i in ids]  # type: ignore[union-attr]
+    assert paths == ["____etc_passwd (1)", "a_b", "____etc_passwd (2)"]
+    assert (bob.files.directory / "____etc_passwd").read_bytes() == b"mine"
+    assert sorted(p.name for p in bob.files.directory.iterdir()) == sorted(["____etc_passwd", *paths])
+    assert stored(bob, ids[1]) == b"a\nb"
+
+
+def test_several_files_at_once_all_arrive(net: PeerNet) -> None:
+    alice, bob = pair(net)
+    contents = [content_of(20_000 + i * 1000) for i in range(10)]
+    ids = [offer(alice, bob, f"f{i}.bin", content) for i, content in enumerate(contents)]
+    net.run_until(lambda: all(status(bob, i) == "offered" for i in ids), 2)
+    for file_id in ids:
+        accept(bob, file_id)
+    net.run_until(lambda: all(status(alice, i) == "complete" for i in ids), 20)
+    assert [stored(bob, i) for i in ids] == contents
+
+
+# ------------------------------------------------------------ refusals, cancels, failures
+
+
+def test_an_oversize_offer_is_refused_with_the_reason_on_both_sides(net: PeerNet) -> None:
+    alice, bob = pair(net, max_file_size=1000)
+    file_id = offer(alice, bob, "big.bin", content_of(1001))
+    net.run_until(lambda: status(alice, file_id) == "failed", 2)
+    assert status(bob, file_id) == "failed"
+    for peer in (alice, bob):
+        record = peer.store.get_file(file_id)
+        assert record is not None and "too large" in (record.error or "") and "1000" in (record.error or "")
+        assert file_events(peer, file_id)[-1].kind == "failed"
+    with pytest.raises(ApiError) as refused:
+        accept(bob, file_id)
+    assert refused.value.status == 409
+    assert not bob.files.directory.exists() or not any(bob.files.directory.iterdir())
+
+
+@pytest.mark.parametrize("who", ["receiver", "sender"])
+def test_a_cancel_on_either_side_mid_transfer_stops_both(net: PeerNet, who: str, slow_sender: None) -> None:
+    alice, bob = pair(net)
+    size = 300_000
+    file_id = offer(alice, bob, "big.bin", content_of(size))
+    net.run_until(lambda: status(bob, file_id) == "offered", 2)
+    accept(bob, file_id)
+    net.run_until(lambda: bob.engine.stats["file_bytes_received"] > 50_000, 10)
+    assert status(bob, file_id) == "accepted"
+    cancel(bob if who == "receiver" else alice, file_id)
+    net.run_until(lambda: status(alice, file_id) == "cancelled" and status(bob, file_id) == "cancelled", 2)
+    net.run(0.5)  # what was in flight lands (and is dropped)
+    received = bob.engine.stats["file_bytes_received"]
+    net.run(3)
+    assert bob.engine.stats["file_bytes_received"] == received < size
+    assert alice.engine.files._sending == {}
+    other = alice if who == "receiver" else bob
+    assert other.store.get_file(file_id).error == "cancelled by the other side"  # type: ignore[union-attr]
+
+
+def test_a_cancel_before_the_accept_reaches_the_receiver(net: PeerNet) -> None:
+    alice, bob = pair(net)
+    file_id = offer(alice, bob, "x.txt", b"x")
+    net.run_until(lambda: status(bob, file_id) == "offered", 2)
+    cancel(alice, file_id)
+    net.run_until(lambda: status(bob, file_id) == "cancelled", 2)
+    with pytest.raises(ApiError):
+        accept(bob, file_id)
+
+
+def test_a_file_that_does_not_match_its_hash_fails_on_both_sides(net: PeerNet) -> None:
+    alice, bob = pair(net)
+    content = content_of(200_000)
+    file_id = offer(alice, bob, "x.bin", content, sha256=hashlib.sha256(b"something else").hexdigest())
+    net.run_until(lambda: status(bob, file_id) == "offered", 2)
+    accept(bob, file_id)
+    net.run_until(lambda: status(bob, file_id) == "failed" and status(alice, file_id) == "failed", 10)
+    for peer in (alice, bob):
+        assert "SHA-256" in (peer.store.get_file(file_id).error or "")  # type: ignore[union-attr]
+    assert bob.engine.stats["file_bytes_received"] == len(content)
+
+
+def test_an_offer_from_a_new_key_not_accepted_yet_is_refused_and_not_stored(net: PeerNet) -> None:
+    alice, bob = pair(net)
+    bob_id = bob.peer_id
+    bob2 = net.new_key(bob)
+    net.run_until(lambda: alice.engine.trust.of(bob_id).state.value == "changed", 10)
+    file_id = offer(bob2, alice, "from the new key.txt", b"hello")
+    net.run_until(lambda: status(bob2, file_id) == "failed", 10)
+    assert "new key" in (bob2.store.get_file(file_id).error or "")  # type: ignore[union-attr]
+    assert status(alice, file_id) == "absent"
+
+
+def test_a_file_for_an_id_the_server_never_assigned_fails(net: PeerNet) -> None:
+    alice, bob = pair(net)
+    path = alice.files.create("x")
+    with alice.store.batch():
+        record = alice.engine.files.offer(99, "x", path, 0, hashlib.sha256(b"").hexdigest(), "text/plain", net.now)
+    alice.flush()
+    net.run_until(lambda: status(alice, record.id) == "failed", 5)
+    assert alice.store.get_file(record.id).error == "unknown peer 99"  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------ resume
+
+
+def test_a_receiver_killed_half_way_resumes_after_restart_without_sending_much_again(
+    net: PeerNet, slow_sender: None
+) -> None:
+    alice, bob = pair(net)
+    size = 300_000
+    content = content_of(size)
+    file_id = offer(alice, bob, "big.bin", content)
+    net.run_until(lambda: status(bob, file_id) == "offered", 2)
+    accept(bob, file_id)
+    net.run_until(lambda: bob.engine.stats["file_bytes_received"] >= size // 2, 20)
+    before = bob.engine.stats["file_bytes_received"]
+    assert before < size
+    bob.crash()
+    net.run(1)
+    bob2 = net.start_again(bob, last_id=bob.peer_id)
+    net.run_until(lambda: status(bob2, file_id) == "complete", 60)
+    assert stored(bob2, file_id) == content
+    net.run_until(lambda: status(alice, file_id) == "complete", 5)
+    again = bob2.engine.stats["file_bytes_received"]
+    assert before + again == size  # only what was missing was written again
+    # The bytes that came over the wire after the restart, duplicates
+    # included: the sender restarted from what the receiver held.
+    assert bob2.engine.stats["file_stream_bytes"] <= size - before + size // 10
+    assert alice.engine.stats["file_streams_opened"] == 2
