@@ -30,6 +30,8 @@ MESSAGE_CONTEXT = b"peerlink-group-msg-v1\x00"
 
 MAX_MEMBERS = 128
 """Members one group may hold (fan-out is sender-to-all; docs/PROTOCOL.md says what changes beyond)."""
+MAX_SENDERS = 1024
+"""Senders a summary's vector may name: members come and go, their messages stay."""
 MAX_PARENTS = 64
 """Parents of one operation, and heads one message names: concurrent branches one member merges at once."""
 MAX_NAME_CHARS = 100
@@ -266,26 +268,47 @@ def op_from_fields(obj: object) -> Op:
     return op
 
 
+def _pairs(value: object, what: str, limit: int) -> tuple[tuple[int, int], ...]:
+    """[[peer, seq], ...] sorted by peer, no peer twice: a vector clock."""
+    if not isinstance(value, list) or len(value) > limit:
+        raise GroupError(f"{what} must be a list of at most {limit} [peer, seq] pairs")
+    pairs: list[tuple[int, int]] = []
+    for item in value:
+        if not isinstance(item, list) or len(item) != 2:
+            raise GroupError(f"an entry of {what} must be [peer id, seq]")
+        seq = item[1]
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= MAX_SEQ:
+            raise GroupError(f"a seq in {what} must be an integer in 1..{MAX_SEQ}")
+        pairs.append((_peer(item[0], f"a peer id in {what}"), seq))
+    peers = [peer for peer, _ in pairs]
+    if peers != sorted(set(peers)):
+        raise GroupError(f"{what} must be sorted by peer id, without repeats")
+    return tuple(pairs)
+
+
+def check_delivered(value: object) -> tuple[tuple[int, int], ...]:
+    """A summary's delivered vector (everyone who ever wrote in the group)."""
+    return _pairs(value, "field 'd'", MAX_SENDERS)
+
+
+def check_group_id(value: object) -> str:
+    return _hex(value, _OP_ID, "field 'g'")
+
+
+def check_op_ids(value: object, what: str) -> tuple[str, ...]:
+    """A summary's heads: sorted op ids, none when the asker has not even the create op."""
+    return _op_ids(value, what, allow_empty=True)
+
+
 def message_from_fields(obj: object) -> GroupMessage:
     """An untrusted JSON object as a GroupMessage (GroupError if it is not one)."""
     if not isinstance(obj, dict):
         raise GroupError("a group message must be an object")
     _exact_keys(obj, _MESSAGE_FIELDS, "a group message")
     sender = _peer(obj.get("s"), "field 's'")
-    raw_deps = obj.get("d")
-    if not isinstance(raw_deps, list) or len(raw_deps) > MAX_MEMBERS:
-        raise GroupError(f"field 'd' must be a list of at most {MAX_MEMBERS} [peer, seq] pairs")
-    deps: list[tuple[int, int]] = []
-    for item in raw_deps:
-        if not isinstance(item, list) or len(item) != 2:
-            raise GroupError("a dependency must be [peer id, seq]")
-        seq = item[1]
-        if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= MAX_SEQ:
-            raise GroupError(f"a dependency's seq must be an integer in 1..{MAX_SEQ}")
-        deps.append((_peer(item[0], "a dependency's peer id"), seq))
-    peers = [peer for peer, _ in deps]
-    if peers != sorted(set(peers)) or sender in peers:
-        raise GroupError("dependencies must be sorted by peer id, without repeats or the sender")
+    deps = _pairs(obj.get("d"), "field 'd'", MAX_MEMBERS)
+    if sender in (peer for peer, _ in deps):
+        raise GroupError("a message's dependencies never name its sender")
     try:
         text = validate.message_text(obj.get("text"))
     except validate.InvalidValue as error:
@@ -294,7 +317,7 @@ def message_from_fields(obj: object) -> GroupMessage:
         group=_hex(obj.get("g"), _OP_ID, "field 'g'"),
         sender=sender,
         seq=_int(obj, "q", 1, MAX_SEQ),
-        deps=tuple(deps),
+        deps=deps,
         heads=_op_ids(obj.get("h"), "field 'h'", allow_empty=False),
         at=_int(obj, "at", 0, MAX_CLOCK_MS),
         text=text,

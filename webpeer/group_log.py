@@ -429,7 +429,9 @@ class GroupLog:
         never a member; no message written under ops that exclude the asker."""
         if not self.was_member(asker):
             return [], []
-        have = self._ancestors(summary.heads) | {self.id}  # heads we do not know: we send what we have
+        have = self._ancestors(summary.heads)
+        if summary.heads:
+            have.add(self.id)  # it has the create op, even if we know none of its heads
         ops = [self._ops[i] for i in self._linear if i not in have]
         theirs = dict(summary.delivered)
         messages: list[GroupMessage] = []
