@@ -36,6 +36,7 @@ from rendezvous.stun import Address, CandidateKind, ErrorCode, PeerEntry, StunPr
 
 from .api import JSON
 from .events import ConnectionChanged, MeChanged, PageEvent, PeersChanged, Resync
+from .groups import Groups
 from .identity import Identity, fingerprint
 from .link import (
     ConnectionIdsChanged,
@@ -124,6 +125,7 @@ class PeerEngine:
         self.pathfinder = PathFinder(self, self.stats, relay_only=config.relay_only)
         self.flow = MessageFlow(self, history, self.stats)
         self.trust = Trust(self, history)
+        self.groups = Groups(self, history, self.stats)  # group conversations (issue 12)
         self.targets = Targets()  # lookups of ids the page writes to (issue 9, bad targets)
         self._cids: dict[bytes, PeerLink] = {}
         # Acceptor links not yet authenticated: when each came, and from where
@@ -158,6 +160,7 @@ class PeerEngine:
         queued under it until we are registered again (ids never change)."""
         for known in self.history.known_peers():
             self.peer_states[known.peer_id] = PeerSession(known.peer_id, known.name, None)
+        self.groups.load()
         if last_id is not None and self.registration.peer_id is None:
             self.registration.peer_id = last_id
         self.registration.local = local
@@ -214,6 +217,18 @@ class PeerEngine:
 
     def send_gate(self, peer_id: int) -> tuple[Status, str] | None:
         return self.trust.send_gate(peer_id)
+
+    # The group component's context (groups.py).
+
+    def sign(self, payload: bytes) -> bytes:
+        return self.identity.sign(payload)
+
+    def key_of(self, peer_id: int) -> bytes | None:
+        known = self.history.known_peer(peer_id)
+        if known is not None:
+            return known.trusted_key
+        session = self.peer_states.get(peer_id)
+        return session.public_key if session is not None else None
 
     def hides_from(self, link: PeerLink) -> bool:
         return self.trust.hides(link.peer_id, link.peer_key)
@@ -476,6 +491,7 @@ class PeerEngine:
             if not busy:
                 break
         self.flow.store_drafts(drafts or [], now)
+        self.groups.store()
         self._sync_contacts(now)
 
     def committed(self, now: float) -> None:
@@ -485,6 +501,7 @@ class PeerEngine:
         for link, frames in self.flow.take_after_commit().items():
             if link.state is LinkState.READY:
                 link.send_frames(frames, now)
+        self.groups.committed(now)
 
     def rolled_back(self) -> None:
         """The transaction around :meth:`process` failed: what its events
@@ -495,6 +512,7 @@ class PeerEngine:
             self._process_mark = None
         self.flow.rolled_back()
         self.trust.rolled_back()
+        self.groups.rolled_back()
         self.publish(Resync())
 
     def storage_failed(self, error: str) -> None:
@@ -552,6 +570,7 @@ class PeerEngine:
                     if not self._known(peer_id):
                         self.connect(self.session(peer_id), now)
                     self.flow.pump(self.session(peer_id), now, force_connect=True)
+                self.groups.registered(now)
             elif isinstance(event, RegistrationLost):
                 logger.info("registration lost: %r", event.reason)
                 self.publish(MeChanged(self.me()))
@@ -860,7 +879,11 @@ class PeerEngine:
             link.close("key blocked")  # trust.py: nothing from it is stored or acknowledged
             return
         try:
-            if not (self.flow.on_frame(link, frame, now) or self.pathfinder.on_frame(link, frame, now)):
+            if not (
+                self.flow.on_frame(link, frame, now)
+                or self.pathfinder.on_frame(link, frame, now)
+                or self.groups.on_frame(link, frame, now)
+            ):
                 self.stats["unknown_frames"] += 1
         except FrameError as error:
             link.close(f"bad frame: {error}")
@@ -894,6 +917,7 @@ class PeerEngine:
         logger.info("connected to peer %d over %s (%s)", event.peer_id, link.path, link.role.value)
         self._publish_connection(session)
         self.flow.pump(session, now, resend_sent=True)
+        self.groups.link_ready(event.peer_id, now)
 
     def _on_link_closed(self, link: PeerLink, event: LinkClosed, now: float) -> None:
         self._closing.append(link)

@@ -400,6 +400,14 @@ class GroupLog:
         """Every delivered message, in this member's delivery order."""
         return [self._messages[key] for key in self._order]
 
+    @property
+    def progress(self) -> int:
+        """Grows with every op accepted and every message delivered."""
+        return len(self._ops) + len(self._order)
+
+    def delivered_vector(self) -> dict[int, int]:
+        return dict(self._delivered)
+
     def delivered_seq(self, sender: int) -> int:
         return self._delivered.get(sender, 0)
 
