@@ -228,7 +228,10 @@ class PeerEngine:
         if known is not None:
             return known.trusted_key
         session = self.peer_states.get(peer_id)
-        return session.public_key if session is not None else None
+        if session is not None and session.public_key is not None:
+            return session.public_key
+        entry = self.directory.get(peer_id)  # a stranger the directory page shows
+        return entry.public_key if entry is not None else None
 
     def hides_from(self, link: PeerLink) -> bool:
         return self.trust.hides(link.peer_id, link.peer_key)
