@@ -41,8 +41,12 @@ logger = logging.getLogger("webpeer")
 
 JSON = dict[str, Any]
 
-MAX_GROUPS = 200
-"""Groups kept in memory, those we were only shown (never a member of) included."""
+MAX_FOREIGN = 16
+"""Groups kept in memory that we were never a member of (a create op may come
+before the op that adds us); past this the oldest goes, so a peer sending made-up
+groups cannot crowd out real ones."""
+MAX_ASKING = 1000
+"""Summary requests waiting for an answer (a made-up group id costs one each)."""
 FILL_LIMIT = 200
 """Messages one answer to a ``gsum`` carries; the asker asks again if it made progress."""
 
@@ -323,9 +327,11 @@ class Groups:
             if op.kind is not OpKind.CREATE:
                 self._ask(group_id, peer, now)  # a group new to us: the whole of it
                 return
-            if len(self.logs) >= MAX_GROUPS:
-                raise GroupError(f"more than {MAX_GROUPS} groups")
-            log = GroupLog(op)
+            log = GroupLog(op)  # checks its signature first
+            foreign = [group for group in self.logs if group not in self._stored]
+            if len(foreign) >= MAX_FOREIGN:
+                self.stats["group_foreign_dropped"] += 1
+                del self.logs[foreign[0]]
             self.logs[log.id] = log
             self._accepted(log, Update(ops=[op]), peer, now)
             return
@@ -392,7 +398,7 @@ class Groups:
     def _ask(self, group_id: str, peer: int, now: float) -> None:
         """Send ``peer`` our summary of the group, asking for what we lack (once at a time)."""
         log = self.logs.get(group_id)
-        if (group_id, peer) in self._asking:
+        if (group_id, peer) in self._asking or len(self._asking) >= MAX_ASKING:
             return
         self._asking[(group_id, peer)] = log.progress if log is not None else 0
         summary = log.summary() if log is not None else Summary((), ())

@@ -13,6 +13,8 @@ from peer_net import Peer, PeerNet
 from webpeer.events import GroupChanged, GroupDelivery
 from webpeer.group_codec import Member, Op, OpKind
 from webpeer.group_frames import op_frame
+from webpeer.group_log import GroupLog
+from webpeer.groups import MAX_FOREIGN
 
 DEADLINE = 60.0  # simulated seconds: generous, the run stops as soon as the condition holds
 
@@ -109,6 +111,7 @@ def test_an_offline_member_catches_up_from_a_member_other_than_the_writer(net: P
     net.run_until(lambda: all(len(stored_keys(p, group_id)) == 10 for p in others), DEADLINE)
     net.stop(writer)  # the writer is gone before the member comes back
     back = net.start_again(away, last_id=away_id)
+    assert group_id in back.engine.groups.logs  # rebuilt from its store before anyone answered
     net.run_until(lambda: len(stored_keys(back, group_id)) == 10, DEADLINE)
     log = back.engine.groups.logs[group_id]
     assert [m.text for m in log.delivered()] == texts
@@ -160,3 +163,27 @@ def test_a_forged_membership_op_is_refused_by_every_member(net: PeerNet) -> None
         state = peer.engine.groups.logs[group_id].state
         assert 99 not in state.members
         assert len(peer.store.group_ops(group_id)) == 1  # the create op only: the replay changed nothing
+
+
+def test_made_up_groups_from_a_peer_cannot_crowd_out_real_ones(net: PeerNet) -> None:
+    peers = online_group(net, 2)
+    spammer, victim = peers
+    spammer.engine.connect(spammer.engine.session(victim.peer_id), net.now)
+    spammer.flush()
+    net.run_until(lambda: spammer.engine.session(victim.peer_id).ready_link is not None, DEADLINE)
+    post_link = spammer.engine.session(victim.peer_id).ready_link
+    assert post_link is not None
+    # Groups the victim is not in: kept only in memory, and only the latest few.
+    for n in range(MAX_FOREIGN + 10):
+        fake = GroupLog.create_group(
+            spammer.identity.sign, Member(spammer.peer_id, spammer.identity.public_key), f"spam {n}", [], f"{n:032x}", 1
+        )
+        post_link.send_frames([op_frame(fake.create)], net.now)
+    spammer.flush()
+    net.run(1)
+    assert victim.engine.groups.groups_json() == []
+    assert len(victim.engine.groups.logs) == MAX_FOREIGN
+    assert victim.store.group_ids() == []
+    # A real group still comes through.
+    group_id = create(net, [spammer, victim], "real")
+    assert [g["id"] for g in victim.engine.groups.groups_json()] == [group_id]
