@@ -161,6 +161,7 @@ class GroupLog:
         self._delivered: dict[int, int] = {}
         self._messages: dict[tuple[int, int], GroupMessage] = {}
         self._order: list[tuple[int, int]] = []
+        self._position: dict[tuple[int, int], int] = {}  # delivered message -> its index in _order
         self._held: dict[tuple[int, int], GroupMessage] = {}
         self._verified: set[tuple[int, int]] = set()  # held ones whose sender and signature were checked
 
@@ -393,6 +394,7 @@ class GroupLog:
 
     def _deliver(self, message: GroupMessage) -> None:
         self._messages[message.key] = message
+        self._position[message.key] = len(self._order)
         self._order.append(message.key)
         self._delivered[message.sender] = message.seq
 
@@ -442,11 +444,17 @@ class GroupLog:
             have.add(self.id)  # it has the create op, even if we know none of its heads
         ops = [self._ops[i] for i in self._linear if i not in have]
         theirs = dict(summary.delivered)
+        # Only what is past their vector, in our delivery order (a causal order they can apply).
+        wanted = sorted(
+            self._position[(sender, seq)]
+            for sender, last in self._delivered.items()
+            for seq in range(theirs.get(sender, 0) + 1, last + 1)
+        )
         messages: list[GroupMessage] = []
-        for key in self._order:
+        for position in wanted:
             if len(messages) >= limit:
                 break
-            message = self._messages[key]
-            if message.seq > theirs.get(message.sender, 0) and asker in self.state_at(message.heads).members:
+            message = self._messages[self._order[position]]
+            if asker in self.state_at(message.heads).members:
                 messages.append(message)
         return ops, messages
