@@ -422,6 +422,7 @@ class PeerEngine:
         timers.append(self.flow.receipt_deadline())
         timers += [since + HELLO_DEADLINE for since, _ in self._accepting.values()]
         timers.append(self.targets.deadline())
+        timers.append(self.groups.deadline())
         deadlines = [t for t in timers if t is not None] + self.pathfinder.deadlines()
         for session in self.peer_states.values():
             deadlines += session.deadlines(self.config.idle_timeout)
@@ -481,6 +482,8 @@ class PeerEngine:
             self.flow.resend_unreceipted(now)
         if (deadline := self.targets.deadline()) is not None and deadline <= now:
             self.targets.handle_timer(now)
+        if (deadline := self.groups.deadline()) is not None and deadline <= now:
+            self.groups.handle_timer(now)
 
     def process(self, now: float, drafts: list[Draft] | None = None) -> None:
         """Act on everything that came in: the node runs this inside one

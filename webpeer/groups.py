@@ -45,6 +45,11 @@ MAX_FOREIGN = 16
 """Groups kept in memory that we were never a member of (a create op may come
 before the op that adds us); past this the oldest goes, so a peer sending made-up
 groups cannot crowd out real ones."""
+RETRY_FIRST = 2.0
+RETRY_MAX = 60.0
+"""A member we had something for but no link to is tried again after
+RETRY_FIRST seconds, doubling up to RETRY_MAX, until a link to it opens
+(whose summary exchange then carries everything)."""
 MAX_ASKING = 1000
 """Summary requests waiting for an answer (a made-up group id costs one each)."""
 FILL_LIMIT = 200
@@ -104,6 +109,7 @@ class Groups:
         self._asking: dict[tuple[str, int], int] = {}  # (group, peer) -> our progress when we asked
         self._acks: set[tuple[str, int]] = set()  # (group, writer) owed a report after this flush
         self.seen: dict[str, dict[int, dict[int, int]]] = {}  # group -> member -> what it reported delivered
+        self._owed: dict[int, tuple[float, float]] = {}  # peer -> (when to try it again, the wait after that)
 
     # ------------------------------------------------------------ start-up
 
@@ -304,6 +310,7 @@ class Groups:
     def link_ready(self, peer: int, now: float) -> None:
         """A new link to ``peer``: exchange summaries for every group we share."""
         me = self.context.my_id
+        self._owed.pop(peer, None)
         for key in [key for key in self._asking if key[1] == peer]:
             del self._asking[key]  # what we asked on an earlier link may never have come
         for log in self.logs.values():
@@ -443,7 +450,28 @@ class Groups:
             link = self.context.session(peer).ready_link
             if link is not None:
                 link.send_frames(frames, now)
-            # else: the next link's summary exchange carries it
+            elif peer not in self._owed:
+                # The next link's summary exchange carries it; until one opens, try again.
+                self._owed[peer] = (now + RETRY_FIRST, RETRY_FIRST * 2)
+
+    def deadline(self) -> float | None:
+        return min((when for when, _ in self._owed.values()), default=None)
+
+    def handle_timer(self, now: float) -> None:
+        """Try again to reach the members we hold something for."""
+        me = self.context.my_id
+        for peer, (when, wait) in list(self._owed.items()):
+            if when > now:
+                continue
+            if not any(peer in log.state.members and me in log.state.members for log in self.logs.values()):
+                del self._owed[peer]  # no group we share any more
+                continue
+            self._owed[peer] = (now + wait, min(wait * 2, RETRY_MAX))
+            session = self.context.session(peer)
+            if session.ready_link is None:
+                self.context.connect(session, now)
+            else:
+                self.link_ready(peer, now)  # a link opened without telling us: exchange now
 
     def rolled_back(self) -> None:
         """The commit failed: what was accepted stays unsaved, and the frames

@@ -187,3 +187,19 @@ def test_made_up_groups_from_a_peer_cannot_crowd_out_real_ones(net: PeerNet) -> 
     # A real group still comes through.
     group_id = create(net, [spammer, victim], "real")
     assert [g["id"] for g in victim.engine.groups.groups_json()] == [group_id]
+
+
+def test_a_member_offline_when_the_group_was_made_gets_it_when_it_comes_back(net: PeerNet) -> None:
+    peers = online_group(net, 3)
+    away = peers[2]
+    away_id = away.peer_id
+    net.stop(away)
+    creator = peers[0]
+    group = creator.engine.groups.create("later", [p.peer_id for p in peers[1:]], net.now)
+    creator.flush()
+    post(net, creator, str(group["id"]), "hello all")
+    net.run_until(lambda: len(stored_keys(peers[1], str(group["id"]))) == 1, DEADLINE)
+    net.run(10)  # its first attempts found it offline
+    back = net.start_again(away, last_id=away_id)  # nothing of the group on it: only the others can tell it
+    net.run_until(lambda: len(stored_keys(back, str(group["id"]))) == 1, DEADLINE)
+    assert back.engine.groups.groups_json()[0]["name"] == "later"
