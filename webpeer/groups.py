@@ -50,6 +50,10 @@ RETRY_MAX = 60.0
 """A member we had something for but no link to is tried again after
 RETRY_FIRST seconds, doubling up to RETRY_MAX, until a link to it opens
 (whose summary exchange then carries everything)."""
+ASK_AGAIN = 5.0
+ASK_TRIES = 3
+"""A summary request unanswered ASK_AGAIN seconds is sent again (if a link
+is up), at most ASK_TRIES times; then the next link or the next news asks."""
 MAX_ASKING = 1000
 """Summary requests waiting for an answer (a made-up group id costs one each)."""
 FILL_LIMIT = 200
@@ -106,7 +110,10 @@ class Groups:
         self._unsaved_messages: dict[str, list[GroupMessage]] = {}
         self._stored: set[str] = set()  # groups whose rows are in the store (we are or were a member)
         self._outbox: dict[int, list[Frame]] = {}  # peer id -> frames that leave after the commit
-        self._asking: dict[tuple[str, int], int] = {}  # (group, peer) -> our progress when we asked
+        # (group, peer) -> our progress when we asked, and when to ask again if no answer came
+        # (the request or its answer went on a link that closed: a duplicate connection, say).
+        self._asking: dict[tuple[str, int], tuple[int, float]] = {}
+        self._asked_again: dict[tuple[str, int], int] = {}  # times asked again without an answer
         self._acks: set[tuple[str, int]] = set()  # (group, writer) owed a report after this flush
         self.seen: dict[str, dict[int, dict[int, int]]] = {}  # group -> member -> what it reported delivered
         self._owed: dict[int, tuple[float, float]] = {}  # peer -> (when to try it again, the wait after that)
@@ -312,6 +319,7 @@ class Groups:
         me = self.context.my_id
         self._owed.pop(peer, None)
         for key in [key for key in self._asking if key[1] == peer]:
+            self._asked_again.pop(key, None)
             del self._asking[key]  # what we asked on an earlier link may never have come
         for log in self.logs.values():
             if peer in log.state.members and me in log.state.members:
@@ -374,7 +382,8 @@ class Groups:
             out += [message_frame(m) for m in messages]
             out.append(summary_frame(log.id, log.summary(), want=False))
             return
-        asked = self._asking.pop((log.id, peer), None)
+        asked = self._asking.pop((log.id, peer), (None, 0.0))[0]
+        self._asked_again.pop((log.id, peer), None)
         behind = any(seq > log.delivered_seq(sender) for sender, seq in theirs.items())
         if asked is not None and log.progress > asked and (behind or log.missing() != (set(), {})):
             self._ask(log.id, peer, now)  # the answer was a page of a longer list: the next
@@ -407,7 +416,7 @@ class Groups:
         log = self.logs.get(group_id)
         if (group_id, peer) in self._asking or len(self._asking) >= MAX_ASKING:
             return
-        self._asking[(group_id, peer)] = log.progress if log is not None else 0
+        self._asking[(group_id, peer)] = (log.progress if log is not None else 0, now + ASK_AGAIN)
         summary = log.summary() if log is not None else Summary((), ())
         self._outbox.setdefault(peer, []).append(summary_frame(group_id, summary, want=True))
         self._reach(peer, now)
@@ -455,10 +464,23 @@ class Groups:
                 self._owed[peer] = (now + RETRY_FIRST, RETRY_FIRST * 2)
 
     def deadline(self) -> float | None:
-        return min((when for when, _ in self._owed.values()), default=None)
+        owed = (when for when, _ in self._owed.values())
+        asks = (when for _, when in self._asking.values())
+        return min((*owed, *asks), default=None)
 
     def handle_timer(self, now: float) -> None:
-        """Try again to reach the members we hold something for."""
+        """Try again to reach the members we hold something for, and ask
+        again where an answer did not come."""
+        for (group_id, peer), (_, when) in list(self._asking.items()):
+            if when <= now:
+                del self._asking[(group_id, peer)]
+                tries = self._asked_again.get((group_id, peer), 0)
+                if tries < ASK_TRIES and self.context.session(peer).ready_link is not None:
+                    self._asked_again[(group_id, peer)] = tries + 1
+                    self._ask(group_id, peer, now)
+                else:
+                    self._asked_again.pop((group_id, peer), None)
+                # else: the next link to it asks anew (link_ready)
         me = self.context.my_id
         for peer, (when, wait) in list(self._owed.items()):
             if when > now:
