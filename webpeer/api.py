@@ -33,6 +33,11 @@ the user accepts the new key (then they go on) or blocks it (they fail, "key
 blocked"); messages from the new key are not listed until it is accepted
 (webpeer/trust.py).
 
+    group:    {"id": str (64 hex), "name": str, "members": [int], "admins": [int], "member": bool (we are one),
+               "created_by": int, "created": float}
+    group message: {"id": "<sender>:<seq>", "group": str, "from": int, "seq": int, "text": str,
+               "time": float (the writer's clock), "delivered_to": [int] (members that reported it)}
+
 History paging: GET /api/messages?peer=N[&limit=K][&before=ID | &after=ID]
 answers [<message>, ...] oldest first: without before/after the latest K
 (PeerApi.messages), else the K just before or after message ID
@@ -52,6 +57,11 @@ Events pushed to every websocket (each a dict with "type"):
                                                      appear)
     {"type": "file", "kind": "offer"|"accepted"|"progress"|"complete"|"failed"|"cancelled",
      "file": <file>[, "bytes": int, "rate": float (bytes/s; progress only, at most ~10/s a file)]}
+    {"type": "group", "group": <group>, "change": null | {"kind", "by", "members", "target", "name",
+              "time", "applied"}}                    a group appeared or changed (the op, as a line)
+    {"type": "message", "message": <group message>}  a group message (its "group" is set)
+    {"type": "group_delivery", "group": str, "id": "<me>:<seq>", "delivered_to": [int]}
+                                                     members that have our messages up to that one
     {"type": "resync"}                               this subscriber fell behind and its backlog
                                                      was dropped: reload me, peers and the open
                                                      conversation
@@ -176,6 +186,30 @@ class PeerApi(Protocol):
     def file_download(self, file_id: str) -> tuple[Path, JSON]:
         """Where a file is and its <file>: one we sent, or one received
         complete; ApiError 404 otherwise."""
+
+    # Groups (webpeer/groups.py; docs/PROTOCOL.md 11.7).  Group ids are
+    # checked by webpeer.validate.group_id; an unknown one is ApiError(404).
+
+    def groups(self) -> list[JSON]:
+        """Every group we are or were a member of, as <group> shapes."""
+        ...
+
+    async def create_group(self, name: str, members: list[int]) -> JSON:
+        """A new group with us as its admin; ApiError 400 for a bad name, 409
+        for a member whose key we do not know yet."""
+        ...
+
+    def group_messages(self, group_id: str, limit: int = 500) -> list[JSON]:
+        """The latest ``limit`` delivered messages of the group, oldest first."""
+        ...
+
+    async def send_group_message(self, group_id: str, text: str) -> JSON:
+        """Our next message in the group (ApiError 403 if we are not a member)."""
+        ...
+
+    async def change_group(self, group_id: str, action: str, *, members: tuple[int, ...] = (), target: int = 0) -> JSON:
+        """``action``: "add" (``members``), "remove" (``target``), "leave";
+        returns the <group>.  ApiError 403 if we may not."""
         ...
 
     def subscribe(self) -> asyncio.Queue[JSON]:

@@ -37,6 +37,7 @@ from rendezvous.stun import Address, CandidateKind, ErrorCode, PeerEntry, StunPr
 from .api import JSON
 from .events import ConnectionChanged, MeChanged, PageEvent, PeersChanged, Resync
 from .file_transfer import MAX_FILE_SIZE, FileStorage, FileTransfers, NoFileStorage
+from .groups import Groups
 from .identity import Identity, fingerprint
 from .link import (
     ConnectionIdsChanged,
@@ -134,6 +135,7 @@ class PeerEngine:
         self.files = FileTransfers(
             self, history, file_storage or NoFileStorage(), self.stats, max_size=config.max_file_size
         )
+        self.groups = Groups(self, history, self.stats)  # group conversations (issue 12)
         self.targets = Targets()  # lookups of ids the page writes to (issue 9, bad targets)
         self._cids: dict[bytes, PeerLink] = {}
         # Acceptor links not yet authenticated: when each came, and from where
@@ -172,6 +174,7 @@ class PeerEngine:
         for known in self.history.contacts():
             self.peer_states[known.peer_id] = PeerSession(known.peer_id, known.name, None)
         self.files.start()
+        self.groups.load()
         if last_id is not None and self.registration.peer_id is None:
             self.registration.peer_id = last_id
         self.registration.local = local
@@ -228,6 +231,21 @@ class PeerEngine:
 
     def send_gate(self, peer_id: int) -> tuple[Status, str] | None:
         return self.trust.send_gate(peer_id)
+
+    # The group component's context (groups.py).
+
+    def sign(self, payload: bytes) -> bytes:
+        return self.identity.sign(payload)
+
+    def key_of(self, peer_id: int) -> bytes | None:
+        known = self.history.known_peer(peer_id)
+        if known is not None:
+            return known.trusted_key
+        session = self.peer_states.get(peer_id)
+        if session is not None and session.public_key is not None:
+            return session.public_key
+        entry = self.directory.get(peer_id)  # a stranger the directory page shows
+        return entry.public_key if entry is not None else None
 
     def hides_from(self, link: PeerLink) -> bool:
         return self.trust.hides(link.peer_id, link.peer_key)
@@ -420,6 +438,7 @@ class PeerEngine:
         timers.append(self.flow.receipt_deadline())
         timers += [since + HELLO_DEADLINE for since, _ in self._accepting.values()]
         timers.append(self.targets.deadline())
+        timers.append(self.groups.deadline())
         deadlines = [t for t in timers if t is not None] + self.pathfinder.deadlines()
         for session in self.peer_states.values():
             deadlines += session.deadlines(self.config.idle_timeout)
@@ -481,6 +500,8 @@ class PeerEngine:
             self.flow.resend_unreceipted(now)
         if (deadline := self.targets.deadline()) is not None and deadline <= now:
             self.targets.handle_timer(now)
+        if (deadline := self.groups.deadline()) is not None and deadline <= now:
+            self.groups.handle_timer(now)
 
     def process(self, now: float, drafts: list[Draft] | None = None) -> None:
         """Act on everything that came in: the node runs this inside one
@@ -495,6 +516,7 @@ class PeerEngine:
                 break
         self.files.pump(now)
         self.flow.store_drafts(drafts or [], now)
+        self.groups.store()
         self._sync_contacts(now)
 
     def committed(self, now: float) -> None:
@@ -504,6 +526,7 @@ class PeerEngine:
         for link, frames in self.flow.take_after_commit().items():
             if link.state is LinkState.READY:
                 link.send_frames(frames, now)
+        self.groups.committed(now)
 
     def rolled_back(self) -> None:
         """The transaction around :meth:`process` failed: what its events
@@ -514,6 +537,7 @@ class PeerEngine:
             self._process_mark = None
         self.flow.rolled_back()
         self.trust.rolled_back()
+        self.groups.rolled_back()
         self.publish(Resync())
 
     def storage_failed(self, error: str) -> None:
@@ -581,6 +605,7 @@ class PeerEngine:
                     self.flow.pump(self.session(peer_id), now, force_connect=True)
                 for peer_id in self.files.peers_with_work():
                     self.connect(self.session(peer_id), now)  # unfinished files resume
+                self.groups.registered(now)
             elif isinstance(event, RegistrationLost):
                 logger.info("registration lost: %r", event.reason)
                 self.publish(MeChanged(self.me()))
@@ -898,6 +923,7 @@ class PeerEngine:
                 self.flow.on_frame(link, frame, now)
                 or self.pathfinder.on_frame(link, frame, now)
                 or self.files.on_frame(link, frame, now)
+                or self.groups.on_frame(link, frame, now)
             ):
                 self.stats["unknown_frames"] += 1
         except FrameError as error:
@@ -943,6 +969,7 @@ class PeerEngine:
         self.flow.pump(session, now, resend_sent=True)
         if session.link is link:
             self.files.link_ready(link, now)
+        self.groups.link_ready(event.peer_id, now)
 
     def _on_link_closed(self, link: PeerLink, event: LinkClosed, now: float) -> None:
         self._closing.append(link)

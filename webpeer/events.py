@@ -114,3 +114,43 @@ class FileChanged(PageEvent):
             event["bytes"] = self.file["bytes"]
             event["rate"] = round(self.rate, 1)
         return event
+
+
+@dataclass(frozen=True, slots=True)
+class GroupChanged(PageEvent):
+    """A group appeared or its name, members or admins changed (webpeer/groups.py).
+    ``change``: the op that did it, as a line for the conversation ("1 added 3"), or None."""
+
+    group: JSON
+    change: JSON | None = None
+
+    def to_json(self) -> JSON:
+        return {"type": "group", "group": self.group, "change": self.change}
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMessageAdded(PageEvent):
+    """A group message delivered here (ours or another member's): a "message"
+    event whose message has ``group`` set."""
+
+    message: JSON
+
+    def to_json(self) -> JSON:
+        return {"type": "message", "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class GroupDelivery(PageEvent):
+    """Which members have delivered our group message ``message_id``."""
+
+    group_id: str
+    message_id: str
+    delivered_to: list[int]
+
+    def to_json(self) -> JSON:
+        return {
+            "type": "group_delivery",
+            "group": self.group_id,
+            "id": self.message_id,
+            "delivered_to": self.delivered_to,
+        }

@@ -30,6 +30,7 @@ from .engine import EngineConfig, PeerEngine, address_text
 from .events import MessageAdded, PageEvent, Resync
 from .file_store import FileStore
 from .file_transfer import DEFAULT_MIME, MAX_FILE_SIZE, MAX_NAME_CHARS, too_large
+from .group_codec import OpKind
 from .identity import Identity
 from .message_flow import Draft, unknown_peer
 from .pathfinder import CloseSpare, OpenSpare
@@ -405,6 +406,37 @@ class PeerNode:
         deadline = loop.time() + timeout
         while registration.listing and loop.time() < deadline:
             await asyncio.sleep(0.02)
+
+    # ------------------------------------------------------------ groups (webpeer/groups.py)
+
+    def groups(self) -> list[JSON]:
+        return self.engine.groups.groups_json()
+
+    async def create_group(self, name: str, members: list[int]) -> JSON:
+        answer = self.engine.groups.create(name, members, self.clock())
+        self._flush()  # stored, then the op goes to the members
+        return answer
+
+    def group_messages(self, group_id: str, limit: int = 500) -> list[JSON]:
+        return self.engine.groups.messages_json(group_id, limit)
+
+    async def send_group_message(self, group_id: str, text: str) -> JSON:
+        answer = self.engine.groups.post(group_id, text, self.clock())
+        self._flush()
+        return answer
+
+    async def change_group(self, group_id: str, action: str, *, members: tuple[int, ...] = (), target: int = 0) -> JSON:
+        now = self.clock()
+        if action == "add":
+            answer = self.engine.groups.change(group_id, OpKind.ADD, now, members=members)
+        elif action == "remove":
+            answer = self.engine.groups.change(group_id, OpKind.REMOVE, now, target=target)
+        elif action == "leave":
+            answer = self.engine.groups.change(group_id, OpKind.LEAVE, now)
+        else:
+            raise ApiError(400, f"unknown group action {action!r}")
+        self._flush()
+        return answer
 
     def subscribe(self) -> asyncio.Queue[JSON]:
         queue: asyncio.Queue[JSON] = asyncio.Queue(SUBSCRIBER_QUEUE)

@@ -261,6 +261,26 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE INDEX IF NOT EXISTS files_peer_time ON files (peer, time)
 """
 
+# Groups (webpeer/groups.py): each op and each delivered message as the JSON
+# its author signed, in the order this member accepted them (the rowid), so
+# the group log rebuilds by replaying them.  Additive: no version change.
+_GROUP_SCHEMA = """
+CREATE TABLE IF NOT EXISTS group_ops (
+    op_id    TEXT PRIMARY KEY,
+    group_id TEXT NOT NULL,
+    body     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS group_ops_group ON group_ops (group_id);
+CREATE TABLE IF NOT EXISTS group_messages (
+    group_id TEXT NOT NULL,
+    sender   INTEGER NOT NULL,
+    seq      INTEGER NOT NULL,
+    body     TEXT NOT NULL,
+    UNIQUE (group_id, sender, seq)
+);
+CREATE INDEX IF NOT EXISTS group_messages_group ON group_messages (group_id)
+"""
+
 # version -> what turns a file of that version into the next one (run before
 # _SCHEMA, which then adds the new tables and indexes).
 _MIGRATIONS = {
@@ -441,7 +461,12 @@ class Store:
         except OSError as exc:
             raise StoreError(f"cannot create {self._path}: {exc}") from exc
         self._conn = open_database(
-            self._path, schema=_SCHEMA, version=SCHEMA_VERSION, error=StoreError, what="store", migrations=_MIGRATIONS
+            self._path,
+            schema=_SCHEMA + ";" + _GROUP_SCHEMA,
+            version=SCHEMA_VERSION,
+            error=StoreError,
+            what="store",
+            migrations=_MIGRATIONS,
         )
 
     def close(self) -> None:
@@ -878,6 +903,44 @@ class Store:
                 f"SELECT {_FILE_COLUMNS} FROM files WHERE status IN ('offered', 'accepted') ORDER BY time"
             ).fetchall()
         return [_file(row) for row in rows]
+
+    # -- groups (webpeer/groups.py) ---------------------------------------
+
+    def add_group_ops(self, group_id: str, ops: Sequence[tuple[str, str]]) -> None:
+        """Store ``(op id, signed JSON)`` pairs of a group; known ones are kept as they are."""
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO group_ops (op_id, group_id, body) VALUES (?, ?, ?)",
+                [(op_id, group_id, body) for op_id, body in ops],
+            )
+
+    def add_group_messages(self, group_id: str, messages: Sequence[tuple[int, int, str]]) -> None:
+        """Store delivered ``(sender, seq, signed JSON)`` messages of a group, in delivery order."""
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO group_messages (group_id, sender, seq, body) VALUES (?, ?, ?, ?)",
+                [(group_id, sender, seq, body) for sender, seq, body in messages],
+            )
+
+    def group_ids(self) -> list[str]:
+        """Every group with stored ops, in the order they were first stored."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT group_id FROM group_ops GROUP BY group_id ORDER BY MIN(rowid)").fetchall()
+        return [row[0] for row in rows]
+
+    def group_ops(self, group_id: str) -> list[str]:
+        """A group's ops (signed JSON) in the order they were accepted."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT body FROM group_ops WHERE group_id = ? ORDER BY rowid", (group_id,)).fetchall()
+        return [row[0] for row in rows]
+
+    def group_messages(self, group_id: str) -> list[str]:
+        """A group's delivered messages (signed JSON) in delivery order."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT body FROM group_messages WHERE group_id = ? ORDER BY rowid", (group_id,)
+            ).fetchall()
+        return [row[0] for row in rows]
 
     # -- helpers ---------------------------------------------------------
 

@@ -130,3 +130,21 @@ def history_cursor(before: object, after: object) -> tuple[str | None, str | Non
         None if before is None else message_id(before, "before"),
         None if after is None else message_id(after, "after"),
     )
+
+
+MAX_GROUP_MEMBERS = 128
+"""Members one group may hold (webpeer/group_codec.py MAX_MEMBERS)."""
+
+
+def group_id(value: object) -> str:
+    """A group id: 64 lower-case hex digits (InvalidValue 400, 404 from the URL is the peer's call)."""
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return value
+    raise InvalidValue(400, "group id must be 64 lower-case hex digits")
+
+
+def member_ids(value: object, what: str = "members") -> list[int]:
+    """A list of 0 .. MAX_GROUP_MEMBERS - 1 peer ids (without repeats once checked)."""
+    if not isinstance(value, list) or len(value) >= MAX_GROUP_MEMBERS:
+        raise InvalidValue(400, f"{what} must be a list of at most {MAX_GROUP_MEMBERS - 1} peer ids")
+    return sorted({peer_id(item, f"an id in {what}") for item in value})

@@ -171,6 +171,13 @@ def create_app(config: WebConfig, api: PeerApi) -> web.Application:
     app.router.add_get("/api/files/{id}", _api_file)
     app.router.add_post("/api/files/{id}/accept", _api_file_accept)
     app.router.add_post("/api/files/{id}/cancel", _api_file_cancel)
+    app.router.add_get("/api/groups", _api_groups)
+    app.router.add_post("/api/groups", _api_create_group)
+    app.router.add_get("/api/groups/{id}/messages", _api_group_messages)
+    app.router.add_post("/api/groups/{id}/messages", _api_group_send)
+    app.router.add_post("/api/groups/{id}/members", _api_group_add)
+    app.router.add_delete("/api/groups/{id}/members/{peer}", _api_group_remove)
+    app.router.add_post("/api/groups/{id}/leave", _api_group_leave)
     app.router.add_get("/ws", _websocket)
     app.router.add_get("/favicon.ico", _favicon)
     app.router.add_static("/static/", config.static_dir, show_index=False, follow_symlinks=False)
@@ -574,6 +581,62 @@ async def _api_file_accept(request: web.Request) -> web.Response:
 
 async def _api_file_cancel(request: web.Request) -> web.Response:
     return web.json_response(await request.app[API_KEY].cancel_file(request.match_info["id"]))
+
+
+# ---------------------------------------------------------------- groups
+
+
+def _limit_query(request: web.Request) -> int:
+    raw = request.query.get("limit", "500")
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 12 and 0 < int(raw) <= MAX_HISTORY_LIMIT):
+        raise ApiError(400, f"limit must be an integer in 1..{MAX_HISTORY_LIMIT}")
+    return int(raw)
+
+
+async def _api_groups(request: web.Request) -> web.Response:
+    return web.json_response(request.app[API_KEY].groups())
+
+
+async def _api_create_group(request: web.Request) -> web.Response:
+    body = await _read_json(request)
+    members = validate.member_ids(body.get("members"))
+    name = body.get("name")
+    if not isinstance(name, str):
+        raise ApiError(400, "name must be a string")
+    group = await request.app[API_KEY].create_group(name, members)  # its length and blankness: checked there
+    return web.json_response(group, status=201)
+
+
+async def _api_group_messages(request: web.Request) -> web.Response:
+    group = validate.group_id(request.match_info["id"])
+    return web.json_response(request.app[API_KEY].group_messages(group, _limit_query(request)))
+
+
+async def _api_group_send(request: web.Request) -> web.Response:
+    group = validate.group_id(request.match_info["id"])
+    body = await _read_json(request)
+    text = validate.message_text(body.get("text"))
+    return web.json_response(await request.app[API_KEY].send_group_message(group, text), status=201)
+
+
+async def _api_group_add(request: web.Request) -> web.Response:
+    group = validate.group_id(request.match_info["id"])
+    body = await _read_json(request)
+    members = validate.member_ids(body.get("members"))
+    if not members:
+        raise ApiError(400, "members must name at least one peer id")
+    return web.json_response(await request.app[API_KEY].change_group(group, "add", members=tuple(members)))
+
+
+async def _api_group_remove(request: web.Request) -> web.Response:
+    group = validate.group_id(request.match_info["id"])
+    peer = validate.peer_id(request.match_info["peer"], "peer id", from_url=True)
+    return web.json_response(await request.app[API_KEY].change_group(group, "remove", target=peer))
+
+
+async def _api_group_leave(request: web.Request) -> web.Response:
+    group = validate.group_id(request.match_info["id"])
+    return web.json_response(await request.app[API_KEY].change_group(group, "leave"))
 
 
 # ---------------------------------------------------------------- websocket
