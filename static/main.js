@@ -17,6 +17,7 @@ import { createMeView } from "./views/me.js";
 import { createNotificationsView } from "./views/notifications.js";
 import { createPeersView } from "./views/peers.js";
 import { createSafetyView } from "./views/safety.js";
+import { createSettingsView } from "./views/settings.js";
 
 const MAX_TEXT_BYTES = 64 * 1024; // webpeer.api.MAX_TEXT_BYTES: refused here before it is sent
 const HASH_PEER = /^#peer-([1-9][0-9]{0,15})$/;
@@ -48,6 +49,10 @@ function start() {
     toggleSafety: (open) => dispatch({ type: "safety-toggled", open }),
     trust: (action) => state.selected !== null && decideTrust(state.selected, action),
     loadOlder: () => loadOlder(),
+    addContact: (peerId) => addContact(peerId),
+    rename: (peerId, nickname) => rename(peerId, nickname),
+    filter: (text) => dispatch({ type: "filter-changed", filter: text }),
+    setReadReceipts: (on) => changeSettings({ read_receipts: on }),
   };
   const composer = createComposerView(actions);
   const notifications = createNotificationsView(actions);
@@ -60,6 +65,7 @@ function start() {
     createMessagesView(actions),
     composer,
     notifications,
+    createSettingsView(actions),
   ];
 
   function dispatch(event) {
@@ -138,6 +144,41 @@ function start() {
 
   function tellRead(peerId) {
     if (!socket.send({ type: "read", peer: peerId })) api.postRead(peerId).catch(() => {});
+  }
+
+  // "Chat with id": the server is asked whether the id exists before it joins the list.
+  async function addContact(peerId) {
+    try {
+      await api.postContact(peerId);
+    } catch (error) {
+      actions.showError(`Could not add ${peerId}: ${error.message}`);
+      return;
+    }
+    selectPeer(peerId);
+  }
+
+  async function rename(peerId, nickname) {
+    try {
+      await api.putNickname(peerId, nickname); // the "peers" event brings the new name
+    } catch (error) {
+      actions.showError(`Could not rename: ${error.message}`);
+    }
+  }
+
+  async function loadSettings() {
+    try {
+      dispatch({ type: "settings-loaded", settings: await api.fetchSettings() });
+    } catch (error) {
+      actions.showError(`Could not load the settings: ${error.message}`);
+    }
+  }
+
+  async function changeSettings(changes) {
+    try {
+      dispatch({ type: "settings-loaded", settings: await api.putSettings(changes) });
+    } catch (error) {
+      actions.showError(`Could not change the settings: ${error.message}`);
+    }
   }
 
   async function loadHistory(peerId) {
@@ -231,6 +272,7 @@ function start() {
     loadHistory(state.selected);
   }
   socket.connect();
+  loadSettings();
 }
 
 // Module scripts run after the document is parsed, so the elements exist.

@@ -12,7 +12,8 @@
 //   peer-selected, visibility-changed, marked-read, send-started, send-failed,
 //   send-withdrawn, history-loaded, reloaded, socket-opened, socket-closed,
 //   signed-out, error-shown, error-dismissed, safety-loaded, safety-toggled,
-//   older-loaded.
+//   older-loaded, settings-loaded, filter-changed.
+// Also from the websocket: read-up-to (the peer has read our messages up to one).
 // A new feature adds its cases to HANDLERS below; unknown events change nothing
 // (a newer server may send events this page does not know).
 
@@ -38,6 +39,8 @@ export function initialState({ selected = null, visible = true } = {}) {
     // The "N new messages" line of the conversation just opened: {peer, count, before}, `before`
     // the id of the first unread message once the history is loaded (null until then).
     unreadDivider: null,
+    settings: null, // GET /api/settings: {read_receipts}, null until loaded
+    filter: "", // the peer list's filter box
   };
 }
 
@@ -99,6 +102,29 @@ export function composerBlock(state) {
 }
 
 const EMPTY_CONVERSATION = new Map();
+
+/** What the page calls a peer: the user's nickname for it, else its own name. */
+export function displayName(peer) {
+  if (!peer) return "";
+  return peer.nickname || peer.name || "";
+}
+
+/** Our message the peer has read (its read mark is at or after the message's time). */
+export function readByPeer(state, message) {
+  if (!isMine(state, message) || (message.status !== "sent" && message.status !== "delivered")) return false;
+  const mark = findPeer(state, message.peer)?.read_up_to;
+  return Boolean(mark) && message.time <= mark.time;
+}
+
+/** The peers the filter box lets through: its words in the nickname, name, #id or latest text. */
+export function filteredPeers(state) {
+  const words = state.filter.toLowerCase().split(/\s+/).filter(Boolean);
+  if (words.length === 0) return state.peers;
+  return state.peers.filter((peer) => {
+    const haystack = `${peer.nickname || ""} ${peer.name || ""} #${peer.id}`.toLowerCase();
+    return words.every((word) => haystack.includes(word));
+  });
+}
 
 /** The first message of the conversation is loaded: nothing older to page back to. */
 export function reachedStart(state, peerId) {
@@ -366,6 +392,21 @@ function signedOut(state) {
   return state.link.connected === false ? { ...state, link: { ...state.link, signedOut: true } } : state;
 }
 
+// The peer has read our messages up to event.id (sent at event.time); a mark never moves back.
+function readUpTo(state, event) {
+  const peer = findPeer(state, event.peer);
+  if (!peer || (peer.read_up_to && peer.read_up_to.time > event.time)) return state;
+  return withPeerChanges(state, event.peer, { read_up_to: { id: event.id, time: event.time } });
+}
+
+function settingsLoaded(state, event) {
+  return { ...state, settings: event.settings };
+}
+
+function filterChanged(state, event) {
+  return state.filter === event.filter ? state : { ...state, filter: String(event.filter) };
+}
+
 function errorShown(state, event) {
   return { ...state, error: event.error };
 }
@@ -402,4 +443,7 @@ const HANDLERS = new Map([
   ["error-dismissed", errorDismissed],
   ["safety-loaded", safetyLoaded],
   ["safety-toggled", safetyToggled],
+  ["read-up-to", readUpTo],
+  ["settings-loaded", settingsLoaded],
+  ["filter-changed", filterChanged],
 ]);

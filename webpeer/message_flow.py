@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from . import validate
 from .api import ApiError
-from .events import MessageAdded, PageEvent, StatusChanged
+from .events import MessageAdded, PageEvent, ReadUpTo, StatusChanged
 from .link import PeerLink
 from .peer_session import PeerSession
 from .store import KEY_CHANGE_HIDDEN, KEY_CHANGE_NONE, NewMessage, Status
@@ -71,6 +71,10 @@ class History(Protocol):
 
     def held_outgoing(self, peer: int) -> list[dict[str, Any]]: ...
 
+    def latest_received(self, peer: int) -> str | None: ...
+
+    def mark_seen_by(self, peer: int, message_id: str, *, now: float) -> float | None: ...
+
 
 class FlowContext(Protocol):
     """What the message flow may ask of the engine."""
@@ -115,6 +119,11 @@ class MessageFlow:
         self._incoming: list[NewMessage] = []  # what the links brought this flush
         self._acks: dict[PeerLink, list[Frame]] = {}  # owed for those messages once stored
         self._receipts: dict[int, list[str]] = {}  # peer id -> our message ids it acknowledged
+        self._seen: dict[int, list[str]] = {}  # peer id -> our message ids it says it has read
+        # Read receipts we owe a peer that had no ready link when the user read
+        # its messages: peer id -> its latest message id (sent on the next link;
+        # kept in memory only: a restart forgets them, the next read sends anew).
+        self._reads_owed: dict[int, str] = {}
         # Frames that may leave only once the flush's commit is done: acks for
         # stored messages, and new messages stored as sent.
         self._after_commit: dict[PeerLink, list[Frame]] = {}
@@ -274,6 +283,14 @@ class MessageFlow:
             # receipt from the peer the message went to counts.
             self._receipts.setdefault(peer_id, []).append(message_id)
             return True
+        if kind == "read":
+            # The peer has read our messages up to this one (docs/PROTOCOL.md).
+            try:
+                seen = validate.message_id(frame.get("id"), max_chars=validate.MAX_FRAME_MESSAGE_ID_CHARS)
+            except validate.InvalidValue as error:
+                raise FrameError(f"frame 'read': {error.message}") from None
+            self._seen.setdefault(peer_id, []).append(seen)
+            return True
         return False
 
     def store_incoming(self, now: float) -> None:
@@ -317,6 +334,11 @@ class MessageFlow:
             for message_id in valid:
                 if (entry := self._unacked.get(message_id)) is not None and entry[0] == peer_id:
                     del self._unacked[message_id]
+        seen, self._seen = self._seen, {}
+        for peer_id, message_ids in seen.items():
+            for message_id in message_ids:
+                if (when := self.history.mark_seen_by(peer_id, message_id, now=now)) is not None:
+                    self.context.publish(ReadUpTo(peer_id, message_id, when))
 
     def take_after_commit(self) -> dict[PeerLink, list[Frame]]:
         """The frames the commit released, per link."""
@@ -327,6 +349,25 @@ class MessageFlow:
         """The flush's commit failed: nothing it stored may be acknowledged
         (the senders will send it again)."""
         self._incoming, self._acks, self._receipts, self._after_commit = [], {}, {}, {}
+        self._seen = {}
+
+    # ------------------------------------------------------------ read receipts we send
+
+    def send_read(self, session: PeerSession, now: float) -> None:
+        """The user has read the peer's messages: tell it which is the latest
+        (on its ready link, else on the next one).  The stored id is
+        ``"<peer>:<its id>"``; the peer knows its message by its own id."""
+        latest = self.history.latest_received(session.peer_id)
+        if latest is None:
+            return
+        self._reads_owed[session.peer_id] = latest.partition(":")[2]
+        self.send_owed_read(session, now)
+
+    def send_owed_read(self, session: PeerSession, now: float) -> None:
+        """A ready link to the peer: the read receipt it is owed, if any, goes."""
+        link = session.ready_link
+        if link is not None and (message_id := self._reads_owed.pop(session.peer_id, None)):
+            link.send_frame({"t": "read", "id": message_id}, now)
 
     # ------------------------------------------------------------ outgoing progress
 

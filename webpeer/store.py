@@ -200,8 +200,33 @@ CREATE TABLE IF NOT EXISTS blocked_keys (
     public_key BLOB NOT NULL,
     blocked_at REAL NOT NULL,
     PRIMARY KEY (peer_id, public_key)
+);
+CREATE TABLE IF NOT EXISTS nicknames (
+    peer_id  INTEGER PRIMARY KEY,
+    nickname TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS read_marks (
+    peer       INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    time       REAL NOT NULL,
+    seq        INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 )
 """
+# The tables after blocked_keys are new in files of version 2 and need no
+# migration: _SCHEMA (CREATE ... IF NOT EXISTS) runs at every open.
+#   nicknames:  the user's own names for peers, shown instead of theirs.
+#   read_marks: per peer, the latest of our messages it said it has read
+#               (its "read" frame, docs/PROTOCOL.md); every earlier one is read too.
+#               (time, seq) is the message's place in the conversation's order
+#               (seq: its rowid), so a mark never moves back.
+#   settings:   the page's settings (SETTINGS holds the names and defaults).
+
+# setting name -> default value (JSON text).
+SETTINGS: dict[str, str] = {"read_receipts": "true"}
 
 # version -> what turns a file of that version into the next one (run before
 # _SCHEMA, which then adds the new tables and indexes).
@@ -611,6 +636,79 @@ class Store:
                 (peer,),
             )
             return cursor.rowcount
+
+    def latest_received(self, peer: int) -> str | None:
+        """The id (as stored: ``"<peer>:<sender's id>"``) of the latest visible
+        message received from ``peer``, or None (what a read receipt names)."""
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT id FROM messages WHERE peer = ? AND outgoing = 0 AND {_VISIBLE}"
+                " ORDER BY time DESC, rowid DESC LIMIT 1",
+                (peer,),
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    # -- read receipts, nicknames, settings ------------------------------
+
+    def mark_seen_by(self, peer: int, message_id: str, *, now: float) -> float | None:
+        """``peer`` says it has read our message ``message_id`` (and so all
+        before it): keep that as its read mark if the message is ours, went
+        to ``peer``, and is not older than the mark it has.  Returns the
+        message's time if the mark moved, else None."""
+        _check_id(message_id)
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT time, rowid FROM messages WHERE id = ? AND outgoing = 1 AND recipient = ?", (message_id, peer)
+            ).fetchone()
+            if row is None:
+                return None
+            when, seq = float(row[0]), int(row[1])
+            moved = conn.execute(
+                "INSERT INTO read_marks (peer, message_id, time, seq) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (peer) DO UPDATE SET message_id = excluded.message_id, time = excluded.time,"
+                " seq = excluded.seq WHERE (excluded.time, excluded.seq) > (read_marks.time, read_marks.seq)",
+                (peer, message_id, when, seq),
+            ).rowcount
+        return when if moved else None
+
+    def read_marks(self) -> dict[int, dict[str, Any]]:
+        """Peer id -> ``{"id": our latest message it has read, "time": its time}``."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT peer, message_id, time FROM read_marks").fetchall()
+        return {peer: {"id": message_id, "time": time} for peer, message_id, time in rows}
+
+    def set_nickname(self, peer_id: int, nickname: str | None) -> None:
+        """The user's name for ``peer_id``; None or "" forgets it."""
+        with self._write() as conn:
+            if nickname:
+                _check_text(nickname)
+                conn.execute(
+                    "INSERT INTO nicknames (peer_id, nickname) VALUES (?, ?)"
+                    " ON CONFLICT (peer_id) DO UPDATE SET nickname = excluded.nickname",
+                    (peer_id, nickname),
+                )
+            else:
+                conn.execute("DELETE FROM nicknames WHERE peer_id = ?", (peer_id,))
+
+    def nicknames(self) -> dict[int, str]:
+        with self._read() as conn:
+            rows = conn.execute("SELECT peer_id, nickname FROM nicknames").fetchall()
+        return {peer_id: nickname for peer_id, nickname in rows}
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting of :data:`SETTINGS`, stored or default, decoded."""
+        with self._read() as conn:
+            stored = dict(conn.execute("SELECT key, value FROM settings").fetchall())
+        return {key: json.loads(stored.get(key, default)) for key, default in SETTINGS.items()}
+
+    def set_setting(self, key: str, value: Any) -> None:
+        if key not in SETTINGS:
+            raise StoreError(f"unknown setting {key!r:.40}")
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value)),
+            )
 
     # -- peers (trust on first use) --------------------------------------
 

@@ -22,7 +22,7 @@
 // is the full date.  http(s) addresses in texts are links (links.js).
 
 import { byTestId, changed, make } from "./dom.js";
-import { conversationOf, isMine, reachedStart } from "../state.js";
+import { conversationOf, findPeer, isMine, reachedStart, readByPeer } from "../state.js";
 import { appendWithLinks } from "./links.js";
 
 const STATUS_LABELS = {
@@ -30,6 +30,7 @@ const STATUS_LABELS = {
   sending: "sending…",
   sent: "sent ✓",
   delivered: "delivered ✓✓",
+  read: "read ✓✓",
   failed: "failed",
   held: "held",
   received: "",
@@ -54,7 +55,8 @@ export function createMessagesView(actions, root = document) {
     const conversation = peer === null ? null : conversationOf(state, peer);
     const start = peer !== null && reachedStart(state, peer);
     const divider = state.unreadDivider && state.unreadDivider.peer === peer ? state.unreadDivider : null;
-    if (!changed(memo, [peer, conversation, state.pending, state.me, state.historyLoads, start, divider])) return;
+    const readMark = peer === null ? null : findPeer(state, peer)?.read_up_to;
+    if (!changed(memo, [peer, conversation, state.pending, state.me, state.historyLoads, start, divider, readMark])) return;
 
     const items = peer === null ? [] : withDivider(withStartLine(withDays(itemsOf(state, peer, conversation)), start), divider);
     const wasNearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < NEAR_BOTTOM_PX;
@@ -109,12 +111,24 @@ function itemsOf(state, peer, conversation) {
     const fromNewKey = Boolean(message.key_changed) && !mine;
     if (fromNewKey && !afterChange) items.push({ key: `k:${message.id}`, item: KEY_LINE, mine: false, pending: false });
     if (!mine) afterChange = fromNewKey;
-    items.push({ key: `m:${message.id}`, item: message, mine, pending: false });
+    items.push({ key: `m:${message.id}`, item: readByPeer(state, message) ? asRead(message) : message, mine, pending: false });
   }
   for (const pending of state.pending.values()) {
     if (pending.peer === peer) items.push({ key: `c:${pending.clientId}`, item: pending, mine: true, pending: true });
   }
   return items;
+}
+
+// Our message the peer has read is shown with status "read": one copy per
+// message object, so its element is kept from render to render.
+const READ_COPIES = new WeakMap();
+function asRead(message) {
+  let copy = READ_COPIES.get(message);
+  if (!copy) {
+    copy = { ...message, status: "read" };
+    READ_COPIES.set(message, copy);
+  }
+  return copy;
 }
 
 // Where the first message the list already showed is in the new items (0 if none was shown).

@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { conversationOf, findPeer, initialState, readsOnArrival, reduce } from "../../static/state.js";
+import { conversationOf, displayName, filteredPeers, findPeer, initialState, readByPeer, readsOnArrival, reduce } from "../../static/state.js";
 
 const ALICE = { id: 1, name: "alice", fingerprint: "SHA256:a", registered: true };
 const peer = (id, name, extra = {}) => ({ id, name, online: true, unread: 0, key_changed: false, error: null, connection: null, ...extra });
@@ -277,4 +277,46 @@ test("opening a conversation with unread messages puts the divider above the fir
   const history = ["h1", "h2", "h3", "h4", "h5", "h6"].map((id, i) => msg(id, 2, 1, id, { time: 10 + i }));
   state = reduce(state, { type: "history-loaded", peer: 2, since: state.liveClock, messages: history });
   assert.equal(state.unreadDivider.before, "h2");
+});
+
+test("read-up-to marks our messages up to its time as read, and never moves back", () => {
+  let state = run(
+    greeted(),
+    { type: "history-loaded", peer: 2, since: 0, messages: [
+      msg("a", 1, 2, "one", { status: "delivered", time: 100 }),
+      msg("b", 1, 2, "two", { status: "delivered", time: 200 }),
+      msg("c", 2, 1, "theirs", { time: 150 }),
+    ] },
+    { type: "read-up-to", peer: 2, id: "a", time: 100 },
+  );
+  const conv = conversationOf(state, 2);
+  assert.equal(readByPeer(state, conv.get("a")), true);
+  assert.equal(readByPeer(state, conv.get("b")), false);
+  assert.equal(readByPeer(state, conv.get("c")), false); // theirs: not ours to be read
+  state = reduce(state, { type: "read-up-to", peer: 2, id: "b", time: 200 });
+  assert.equal(readByPeer(state, conversationOf(state, 2).get("b")), true);
+  const back = reduce(state, { type: "read-up-to", peer: 2, id: "a", time: 100 });
+  assert.equal(back, state);
+  assert.equal(reduce(state, { type: "read-up-to", peer: 99, id: "x", time: 1 }), state);
+  // A failed or queued message is never shown read.
+  const failed = { ...conversationOf(state, 2).get("a"), status: "failed" };
+  assert.equal(readByPeer(state, failed), false);
+});
+
+test("the filter matches nickname, name and #id, every word", () => {
+  let state = run(initialState(), { type: "hello", me: ALICE, peers: [
+    peer(2, "bob", { nickname: "Bobby Tables" }), peer(3, "carol"), peer(23, "dave"),
+  ] });
+  const ids = () => filteredPeers(state).map((p) => p.id);
+  assert.deepEqual(ids(), [2, 3, 23]);
+  state = reduce(state, { type: "filter-changed", filter: "tables" });
+  assert.deepEqual(ids(), [2]);
+  state = reduce(state, { type: "filter-changed", filter: "#2" });
+  assert.deepEqual(ids(), [2, 23]);
+  state = reduce(state, { type: "filter-changed", filter: "bob  car" });
+  assert.deepEqual(ids(), []);
+  state = reduce(state, { type: "filter-changed", filter: "  " });
+  assert.deepEqual(ids(), [2, 3, 23]);
+  assert.equal(displayName(findPeer(state, 2)), "Bobby Tables");
+  assert.equal(displayName(findPeer(state, 3)), "carol");
 });
