@@ -100,6 +100,13 @@ export function putNickname(peerId, nickname) {
   return postJson(`/api/peers/${encodeURIComponent(peerId)}/nickname`, { nickname }, "PUT");
 }
 
+/** The latest messages with the peer having every word of `query`, newest first. */
+export function fetchSearch(query, peerId, limit = 50) {
+  const params = new URLSearchParams({ q: query, limit: String(limit) });
+  if (peerId !== null) params.set("peer", String(peerId));
+  return getJson(`/api/search?${params}`, { Accept: "application/json" });
+}
+
 export function fetchSettings() {
   return getJson("/api/settings", { Accept: "application/json" });
 }

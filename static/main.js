@@ -17,6 +17,7 @@ import { createMeView } from "./views/me.js";
 import { createNotificationsView } from "./views/notifications.js";
 import { createPeersView } from "./views/peers.js";
 import { createSafetyView } from "./views/safety.js";
+import { createSearchView } from "./views/search.js";
 import { createSettingsView } from "./views/settings.js";
 
 const MAX_TEXT_BYTES = 64 * 1024; // webpeer.api.MAX_TEXT_BYTES: refused here before it is sent
@@ -53,6 +54,8 @@ function start() {
     rename: (peerId, nickname) => rename(peerId, nickname),
     filter: (text) => dispatch({ type: "filter-changed", filter: text }),
     setReadReceipts: (on) => changeSettings({ read_receipts: on }),
+    search: (query) => state.selected !== null && search(state.selected, query),
+    closeSearch: () => dispatch({ type: "search-closed" }),
   };
   const composer = createComposerView(actions);
   const notifications = createNotificationsView(actions);
@@ -66,6 +69,7 @@ function start() {
     composer,
     notifications,
     createSettingsView(actions),
+    createSearchView(actions),
   ];
 
   function dispatch(event) {
@@ -162,6 +166,14 @@ function start() {
       await api.putNickname(peerId, nickname); // the "peers" event brings the new name
     } catch (error) {
       actions.showError(`Could not rename: ${error.message}`);
+    }
+  }
+
+  async function search(peerId, query) {
+    try {
+      dispatch({ type: "search-done", peer: peerId, query, results: await api.fetchSearch(query, peerId) });
+    } catch (error) {
+      actions.showError(`Search failed: ${error.message}`);
     }
   }
 

@@ -12,7 +12,7 @@
 //   peer-selected, visibility-changed, marked-read, send-started, send-failed,
 //   send-withdrawn, history-loaded, reloaded, socket-opened, socket-closed,
 //   signed-out, error-shown, error-dismissed, safety-loaded, safety-toggled,
-//   older-loaded, settings-loaded, filter-changed.
+//   older-loaded, settings-loaded, filter-changed, search-done, search-closed.
 // Also from the websocket: read-up-to (the peer has read our messages up to one).
 // A new feature adds its cases to HANDLERS below; unknown events change nothing
 // (a newer server may send events this page does not know).
@@ -41,6 +41,7 @@ export function initialState({ selected = null, visible = true } = {}) {
     unreadDivider: null,
     settings: null, // GET /api/settings: {read_receipts}, null until loaded
     filter: "", // the peer list's filter box
+    search: null, // {peer, query, results} of the open conversation's search, or null
   };
 }
 
@@ -254,7 +255,7 @@ function error(state, event) {
 
 function peerSelected(state, event) {
   if (event.peer === state.selected) return state;
-  return { ...state, selected: event.peer, safety: null, safetyOpen: false };
+  return { ...state, selected: event.peer, safety: null, safetyOpen: false, search: null };
 }
 
 // GET /api/peers/N/safety (or a trust action's answer); kept for the open peer only.
@@ -403,6 +404,12 @@ function settingsLoaded(state, event) {
   return { ...state, settings: event.settings };
 }
 
+// GET /api/search's answer for the open conversation (a late answer for another one is dropped).
+function searchDone(state, event) {
+  if (event.peer !== state.selected) return state;
+  return { ...state, search: { peer: event.peer, query: event.query, results: event.results } };
+}
+
 function filterChanged(state, event) {
   return state.filter === event.filter ? state : { ...state, filter: String(event.filter) };
 }
@@ -446,4 +453,6 @@ const HANDLERS = new Map([
   ["read-up-to", readUpTo],
   ["settings-loaded", settingsLoaded],
   ["filter-changed", filterChanged],
+  ["search-done", searchDone],
+  ["search-closed", (state) => (state.search === null ? state : { ...state, search: null })],
 ]);

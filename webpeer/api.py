@@ -156,6 +156,11 @@ class PeerApi(Protocol):
         """The <settings>."""
         ...
 
+    def search(self, words: list[str], peer_id: int | None, limit: int) -> list[JSON]:
+        """The latest ``limit`` messages (with ``peer_id``, or anyone) having
+        every one of ``words`` as the start of a word, newest first."""
+        ...
+
     def set_settings(self, changes: JSON) -> JSON:
         """Change some settings (checked by webpeer.validate.settings_change); returns the <settings>."""
         ...

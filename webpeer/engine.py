@@ -381,6 +381,9 @@ class PeerEngine:
             if session is not None and self.history.settings()["read_receipts"]:
                 self.flow.send_read(session, now)
 
+    def search(self, words: list[str], peer_id: int | None, limit: int) -> list[JSON]:
+        return self.history.search(words, peer=peer_id, limit=limit)
+
     def set_nickname(self, peer_id: int, nickname: str | None) -> None:
         """The user's own name for a peer (None: forget it); the peer list shows it."""
         self.history.set_nickname(peer_id, nickname)

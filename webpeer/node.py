@@ -331,6 +331,9 @@ class PeerNode:
     def settings(self) -> JSON:
         return self.store.settings()
 
+    def search(self, words: list[str], peer_id: int | None, limit: int) -> list[JSON]:
+        return self.engine.search(words, peer_id, limit)
+
     def set_settings(self, changes: JSON) -> JSON:
         with self.store.batch():
             for key, value in changes.items():

@@ -323,6 +323,28 @@ def _message_row(message: NewMessage) -> _MessageRow:
     )
 
 
+def _prefixed(table: str, columns: str) -> str:
+    return ", ".join(f"{table}.{column.strip()}" for column in columns.split(","))
+
+
+def _like_escape(word: str) -> str:
+    return word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _open_fts(conn: sqlite3.Connection) -> bool:
+    """Make the full-text index if this SQLite has FTS5; False if it has not."""
+    try:
+        conn.execute(
+            "CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5("
+            "text, message_id UNINDEXED, tokenize = 'unicode61 remove_diacritics 2')"
+        )
+    except sqlite3.OperationalError as error:
+        if "fts5" not in str(error):
+            raise
+        return False
+    return True
+
+
 def _known_peer(row: tuple[Any, ...]) -> KnownPeer:
     peer_id, public_key, name, first_seen, last_seen, key_changed, previous_key, verified_key, blocked = row
     return KnownPeer(
@@ -383,6 +405,7 @@ class Store:
         self._path = Path(path)
         self._conn: sqlite3.Connection | None = None
         self._batch_depth = 0
+        self._fts: bool | None = None  # FTS5 search index usable (None: not tried yet; see search)
 
     @property
     def path(self) -> Path:
@@ -647,6 +670,53 @@ class Store:
                 (peer,),
             ).fetchone()
         return None if row is None else str(row[0])
+
+    # -- search ------------------------------------------------------------
+
+    def search(self, words: Sequence[str], *, peer: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest ``limit`` visible messages (with ``peer``, or with
+        anyone) whose text has every one of ``words`` as the start of a word
+        (case- and accent-blind), newest first.
+
+        Full-text search with SQLite's FTS5 where this SQLite has it (the
+        index, ``messages_fts``, is made at the first search and caught up at
+        each one: storing a message costs nothing more); else a scan with
+        LIKE (every word anywhere in the text)."""
+        words = [w for w in words if w]
+        if not words or limit <= 0:
+            return []
+        with self._write() as conn:
+            if self._fts is None:
+                self._fts = _open_fts(conn)
+            if self._fts:
+                # Index what was stored since the last search (rowids only grow;
+                # the id is kept so a reused rowid never matches another message).
+                conn.execute(
+                    "INSERT INTO messages_fts (rowid, text, message_id) SELECT rowid, text, id FROM messages"
+                    " WHERE rowid > (SELECT coalesce(max(rowid), 0) FROM messages_fts)"
+                )
+        peer_clause = "" if peer is None else " AND m.peer = ?"
+        peer_args: tuple[int, ...] = () if peer is None else (peer,)
+        with self._read() as conn:
+            if self._fts:
+                query = " ".join('"' + word.replace('"', '""') + '"*' for word in words)
+                rows = conn.execute(
+                    f"SELECT {_prefixed('m', _MESSAGE_COLUMNS)} FROM messages_fts f"
+                    " JOIN messages m ON m.rowid = f.rowid AND m.id = f.message_id"
+                    f" WHERE messages_fts MATCH ? AND m.{_VISIBLE}{peer_clause}"
+                    " ORDER BY m.time DESC, m.rowid DESC LIMIT ?",
+                    (query, *peer_args, limit),
+                ).fetchall()
+            else:
+                likes = " AND ".join("m.text LIKE ? ESCAPE '\\'" for _ in words)
+                patterns = tuple("%" + _like_escape(word) + "%" for word in words)
+                rows = conn.execute(
+                    f"SELECT {_prefixed('m', _MESSAGE_COLUMNS)} FROM messages m"
+                    f" WHERE {likes} AND m.{_VISIBLE}{peer_clause}"
+                    " ORDER BY m.time DESC, m.rowid DESC LIMIT ?",
+                    (*patterns, *peer_args, limit),
+                ).fetchall()
+        return [_message(row) for row in rows]
 
     # -- read receipts, nicknames, settings ------------------------------
 

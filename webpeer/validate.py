@@ -163,3 +163,23 @@ def settings_change(value: object, known: dict[str, object]) -> dict[str, object
         if type(new) is not type(known[key]):
             raise InvalidValue(400, f"setting {key} must be {type(known[key]).__name__}")
     return dict(value)
+
+
+MAX_SEARCH_WORDS = 10
+
+
+def search_words(value: object) -> list[str]:
+    """A search: a str of at most MAX_SEARCH_CHARS characters, valid Unicode,
+    with 1 to MAX_SEARCH_WORDS words (separated by white space)."""
+    if not isinstance(value, str):
+        raise InvalidValue(400, "q must be a string")
+    if len(value) > MAX_SEARCH_CHARS:
+        raise InvalidValue(400, f"q is {len(value)} characters; the limit is {MAX_SEARCH_CHARS}")
+    if any(0xD800 <= ord(ch) <= 0xDFFF for ch in value):
+        raise InvalidValue(400, "q is not valid Unicode")
+    words = value.split()
+    if not words:
+        raise InvalidValue(400, "q is empty: give a word to search for")
+    if len(words) > MAX_SEARCH_WORDS:
+        raise InvalidValue(400, f"q has {len(words)} words; the limit is {MAX_SEARCH_WORDS}")
+    return words

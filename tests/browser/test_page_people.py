@@ -67,3 +67,27 @@ async def test_contacts_nicknames_read_receipts_filter_and_setting(harness: Harn
     assert h.page_errors == []
     # The one failed request is the refused id 999 (Chromium logs a 404 answer).
     assert len(h.console_errors) == 1 and "404" in h.console_errors[0]
+
+
+async def test_search_in_the_open_conversation(harness: Harness) -> None:  # noqa: F811
+    h, page, api = harness, harness.page, harness.api
+    api.receive(2, "the green door is open")
+    api.receive(2, "nothing to see")
+    api.receive(3, "green from someone else")
+    await page.goto(f"{h.url}?token={TOKEN}")
+    await page.locator(h.peer(2)).click()
+    search = page.locator(h.testid("search-input"))
+    await search.fill("green")
+    await search.press("Enter")
+    results = page.locator(h.testid("search-result"))
+    await expect(results).to_have_count(1)  # only bob's conversation
+    await expect(results).to_contain_text("the green door is open")
+    await expect(results).to_contain_text("bob")
+    await expect(page.locator(h.testid("search-summary"))).to_contain_text("1 message with “green”")
+    await search.fill("purple")
+    await search.press("Enter")
+    await expect(page.locator(h.testid("search-summary"))).to_have_text("No message has “purple”.")
+    await expect(results).to_have_count(0)
+    await search.press("Escape")
+    await expect(page.locator(h.testid("search-panel"))).to_be_hidden()
+    assert h.page_errors == [] and h.console_errors == []

@@ -29,6 +29,8 @@ async def test_reading_a_conversation_tells_the_sender(nodes) -> None:  # noqa: 
     events = alice.subscribe()
     sent = await alice.send_message(bob.registration.peer_id, "read me")
     await wait_for(lambda: bob.store.unread_counts().get(alice.registration.peer_id) == 1, 20, "bob to get it")
+    # Found by bob's search (the real store's index), by a word's start.
+    assert [m["text"] for m in bob.search(["rea"], alice.registration.peer_id, 10)] == ["read me"]
     bob.mark_read(alice.registration.peer_id)
     got = await next_event(events, "read-up-to", timeout=20)
     assert (got["peer"], got["id"]) == (bob.registration.peer_id, sent["id"])

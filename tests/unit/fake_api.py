@@ -289,6 +289,18 @@ class FakePeerApi:
     def settings(self) -> JSON:
         return dict(self._settings)
 
+    def search(self, words: list[str], peer_id: int | None, limit: int) -> list[JSON]:
+        """Every word anywhere in the text, case-blind (the store matches word starts)."""
+        found = [
+            m
+            for m in self._messages.values()
+            if not m.get("hidden")
+            and (peer_id is None or m["peer"] == peer_id)
+            and all(w.lower() in m["text"].lower() for w in words)
+        ]
+        found.sort(key=lambda m: m["time"], reverse=True)
+        return [dict(m) for m in found[:limit]]
+
     def set_settings(self, changes: JSON) -> JSON:
         self._settings.update(validate.settings_change(changes, self._settings))
         return dict(self._settings)

@@ -59,3 +59,19 @@ async def test_changes_need_the_pages_origin(site: Site) -> None:
     assert response.status == 403
     response = await site.client.put("/api/settings", json={"read_receipts": False}, headers=site.browser())
     assert response.status == 200
+
+
+async def test_search_checks_its_query_and_answers_newest_first(site: Site) -> None:
+    site.api.receive(2, "the green door")
+    site.api.add_peer(3, "carol")
+    site.api.receive(3, "a green light")
+    response = await site.client.get("/api/search", params={"q": "green"}, headers=site.bearer)
+    assert [m["text"] for m in await response.json()] == ["a green light", "the green door"]
+    response = await site.client.get("/api/search", params={"q": "green", "peer": "2"}, headers=site.bearer)
+    assert [m["text"] for m in await response.json()] == ["the green door"]
+    response = await site.client.get("/api/search", params={"q": "green", "limit": "1"}, headers=site.bearer)
+    assert len(await response.json()) == 1
+    for bad in ({}, {"q": "  "}, {"q": "x" * 201}, {"q": " ".join("w" * 11)}, {"q": "a", "limit": "0"},
+                {"q": "a", "limit": "201"}, {"q": "a", "peer": "x"}):  # fmt: skip
+        response = await site.client.get("/api/search", params=bad, headers=site.bearer)
+        assert response.status == 400, bad
