@@ -17,7 +17,10 @@ import { createMeView } from "./views/me.js";
 import { createNotificationsView } from "./views/notifications.js";
 import { createPeersView } from "./views/peers.js";
 import { createSafetyView } from "./views/safety.js";
+import { createLayoutView } from "./views/layout.js";
 import { createSearchView } from "./views/search.js";
+import { createThemeView } from "./views/theme.js";
+import { createWelcomeView } from "./views/welcome.js";
 import { createSettingsView } from "./views/settings.js";
 
 const MAX_TEXT_BYTES = 64 * 1024; // webpeer.api.MAX_TEXT_BYTES: refused here before it is sent
@@ -56,6 +59,10 @@ function start() {
     setReadReceipts: (on) => changeSettings({ read_receipts: on }),
     search: (query) => state.selected !== null && search(state.selected, query),
     closeSearch: () => dispatch({ type: "search-closed" }),
+    closeConversation: () => {
+      dispatch({ type: "conversation-closed" });
+      history.replaceState(null, "", location.pathname);
+    },
   };
   const composer = createComposerView(actions);
   const notifications = createNotificationsView(actions);
@@ -70,12 +77,33 @@ function start() {
     notifications,
     createSettingsView(actions),
     createSearchView(actions),
+    createWelcomeView(),
+    createThemeView(),
+    createLayoutView(actions),
   ];
+
+  // The state changes at once; the views draw it at most once per animation
+  // frame, so a burst of events (hundreds of messages in one websocket frame)
+  // costs one redraw, not one per message.  A hidden tab gets no frames: it
+  // draws on a timer instead (its title carries the unread count).
+  let renderPending = false;
+  function renderNow() {
+    if (!renderPending) return;
+    renderPending = false;
+    for (const view of views) view.render(state);
+  }
+  function scheduleRender() {
+    if (renderPending) return;
+    renderPending = true;
+    if (document.visibilityState === "visible") requestAnimationFrame(renderNow);
+    // Also a timer: a tab hidden before its frame came still draws (whichever runs first draws).
+    setTimeout(renderNow, document.visibilityState === "visible" ? 100 : 0);
+  }
 
   function dispatch(event) {
     const before = state;
     state = reduce(state, event);
-    for (const view of views) view.render(state);
+    scheduleRender();
     followUp(event, before);
   }
 
@@ -138,6 +166,7 @@ function start() {
     history.replaceState(null, "", `#peer-${peerId}`);
     markRead(peerId);
     loadHistory(peerId);
+    renderNow(); // the composer is enabled for this peer before it takes the focus
     composer.focus();
   }
 

@@ -12,7 +12,8 @@
 //   peer-selected, visibility-changed, marked-read, send-started, send-failed,
 //   send-withdrawn, history-loaded, reloaded, socket-opened, socket-closed,
 //   signed-out, error-shown, error-dismissed, safety-loaded, safety-toggled,
-//   older-loaded, settings-loaded, filter-changed, search-done, search-closed.
+//   older-loaded, settings-loaded, filter-changed, search-done, search-closed,
+//   conversation-closed.
 // Also from the websocket: read-up-to (the peer has read our messages up to one).
 // A new feature adds its cases to HANDLERS below; unknown events change nothing
 // (a newer server may send events this page does not know).
@@ -454,5 +455,8 @@ const HANDLERS = new Map([
   ["settings-loaded", settingsLoaded],
   ["filter-changed", filterChanged],
   ["search-done", searchDone],
+  ["conversation-closed", (state) => (state.selected === null ? state : {
+    ...state, selected: null, safety: null, safetyOpen: false, search: null, unreadDivider: null,
+  })],
   ["search-closed", (state) => (state.search === null ? state : { ...state, search: null })],
 ]);

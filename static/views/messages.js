@@ -20,9 +20,13 @@
 //
 // A line names the day before each day's first message; each time's tooltip
 // is the full date.  http(s) addresses in texts are links (links.js).
+//
+// A message that follows one from the same side within GROUP_SECONDS is
+// "grouped" (drawn close under it).  Each message starts with who wrote it
+// for screen readers ("You:" / the peer's name), hidden on screen.
 
 import { byTestId, changed, make } from "./dom.js";
-import { conversationOf, findPeer, isMine, reachedStart, readByPeer } from "../state.js";
+import { conversationOf, displayName, findPeer, isMine, reachedStart, readByPeer } from "../state.js";
 import { appendWithLinks } from "./links.js";
 
 const STATUS_LABELS = {
@@ -36,6 +40,7 @@ const STATUS_LABELS = {
   received: "",
 };
 const NEAR_BOTTOM_PX = 80;
+const GROUP_SECONDS = 300;
 const LOAD_OLDER_PX = 300; // this close to the top, the page before is fetched
 
 /** @param {{retry: (messageId: string) => void, resend: (clientId: string) => void, cancel: (messageId: string) => void, loadOlder: () => void}} actions */
@@ -58,7 +63,8 @@ export function createMessagesView(actions, root = document) {
     const readMark = peer === null ? null : findPeer(state, peer)?.read_up_to;
     if (!changed(memo, [peer, conversation, state.pending, state.me, state.historyLoads, start, divider, readMark])) return;
 
-    const items = peer === null ? [] : withDivider(withStartLine(withDays(itemsOf(state, peer, conversation)), start), divider);
+    const items = peer === null ? [] : withGroups(withDivider(withStartLine(withDays(itemsOf(state, peer, conversation)), start), divider));
+    const theirName = peer === null ? "" : displayName(findPeer(state, peer)) || `peer ${peer}`;
     const wasNearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < NEAR_BOTTOM_PX;
     const anchor = wasNearBottom ? null : scrollAnchor(list);
     let added = 0;
@@ -66,9 +72,9 @@ export function createMessagesView(actions, root = document) {
     let mineChanged = false;
     const next = new Map();
     const olderThan = firstShownIndex(items, shown); // items before it are an older page: no follow
-    const nodes = items.map(({ key, item, mine, pending }, index) => {
+    const nodes = items.map(({ key, item, mine, pending, grouped }, index) => {
       const old = shown.get(key);
-      if (old && old.item === item && old.mine === mine) {
+      if (old && old.item === item && old.mine === mine && old.grouped === grouped) {
         next.set(key, old);
         return old.node;
       }
@@ -78,8 +84,8 @@ export function createMessagesView(actions, root = document) {
         else if (!key.startsWith("m:")) added -= 1; // a line (divider, start), not a message
         else theirsAdded += 1;
       }
-      const node = messageElement(item, mine, pending, actions);
-      next.set(key, { item, mine, node });
+      const node = messageElement(item, mine, pending, actions, { grouped, sender: mine ? "You" : theirName });
+      next.set(key, { item, mine, node, grouped });
       return node;
     });
     placeInOrder(list, nodes);
@@ -223,6 +229,18 @@ function newMessagesButton(list, button) {
 
 const START_LINE = { line: "start of the conversation" };
 
+// Marks each message that follows one from the same side closely (no line between them).
+function withGroups(items) {
+  let previous = null;
+  return items.map((entry) => {
+    const isMessage = entry.key.startsWith("m:") || entry.key.startsWith("c:");
+    const grouped = isMessage && previous !== null && previous.mine === entry.mine
+      && Math.abs(entry.item.time - previous.item.time) < GROUP_SECONDS;
+    previous = isMessage ? entry : null;
+    return grouped === Boolean(entry.grouped) ? entry : { ...entry, grouped };
+  });
+}
+
 function withStartLine(items, start) {
   return start ? [{ key: "start", item: START_LINE, mine: false, pending: false }, ...items] : items;
 }
@@ -276,7 +294,7 @@ function timeElement(seconds) {
   return time;
 }
 
-function messageElement(message, mine, pending, actions) {
+function messageElement(message, mine, pending, actions, { grouped = false, sender = "" } = {}) {
   if (message.day) {
     const line = make("li", "day-line", message.line);
     line.dataset.testid = "day-separator";
@@ -301,12 +319,14 @@ function messageElement(message, mine, pending, actions) {
   const item = make("li", "message");
   item.dataset.testid = "message";
   item.classList.add(mine ? "mine" : "theirs");
+  if (grouped) item.classList.add("grouped");
   if (pending) item.dataset.clientId = message.clientId;
   else item.dataset.messageId = message.id;
   item.dataset.status = message.status;
   item.dataset.time = String(message.time);
 
   const bubble = make("div", "bubble");
+  if (sender) bubble.append(make("span", "sr-only", `${sender}: `));
   const text = make("div", "message-text");
   appendWithLinks(text, message.text);
   text.dataset.testid = "message-text";

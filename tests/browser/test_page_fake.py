@@ -538,7 +538,7 @@ async def test_an_unread_divider_when_a_conversation_opens_and_a_new_messages_bu
     divider = page.locator(h.testid("unread-divider"))
     await expect(divider).to_have_text("3 new messages")
     await expect(divider).to_be_in_viewport()
-    following = await divider.evaluate("d => d.nextElementSibling.textContent")
+    following = await divider.evaluate("d => d.nextElementSibling.querySelector('.message-text').textContent")
     assert following.startswith("unread 0")
     await expect(page.locator(h.testid("unread-badge", h.peer(2)))).to_have_count(0)
     assert await page.locator(h.testid("unread-divider")).count() == 1

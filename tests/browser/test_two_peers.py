@@ -319,7 +319,8 @@ async def test_two_real_peers_in_the_browser(peers: tuple[Peer, Peer]) -> None:
     # 4. The pair talks directly, and alice's page says over which address.
     await expect(bob_item.locator('[data-testid="connection-state"]')).to_have_text("direct", timeout=WAIT_MS)
     await expect(bob_item.locator('[data-testid="connection-state"]')).to_have_attribute("data-state", "direct")
-    bob_address = await bob.testid("my-address").inner_text()
+    # (Folded away in the header's "Connection details": its text, not what is on screen.)
+    bob_address = (await bob.testid("my-address").text_content() or "").strip()
     await expect(bob_item.locator('[data-testid="connection-address"]')).to_have_text(bob_address)
     await expect(alice.testid("conversation-connection")).to_have_text(f"online · direct via {bob_address}")
 

@@ -155,6 +155,11 @@ class FakePeerApi:
         self._peers[peer_id]["name"] = name
 
     @property
+    def backlog(self) -> int:
+        """Events published and not yet taken by the slowest subscriber."""
+        return max((queue.qsize() for queue in self._queues), default=0)
+
+    @property
     def subscribers(self) -> int:
         return len(self._queues)
 
