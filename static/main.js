@@ -66,10 +66,11 @@ function start() {
   };
   const composer = createComposerView(actions);
   const notifications = createNotificationsView(actions);
+  const peersView = createPeersView(actions);
   const views = [
     createMeView(),
     createBannersView(actions),
-    createPeersView(actions),
+    peersView,
     createConversationView(actions),
     createSafetyView(actions),
     createMessagesView(actions),
@@ -295,6 +296,18 @@ function start() {
       .then((message) => dispatch({ type: "cancelled", client_id: null, message }))
       .catch((error) => actions.showError(`Cancel failed: ${error.message}`));
   }
+
+  // Escape goes back to the peer list: focus on the open peer's entry (on a
+  // phone's one pane, the list comes back).  Fields with an Escape of their
+  // own (search, rename) take it first.
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape" || event.defaultPrevented || state.selected === null) return;
+    if (event.target.closest && event.target.closest("form.search-form, form.rename-form")) return;
+    const peerId = state.selected;
+    if (window.matchMedia("(max-width: 700px)").matches) actions.closeConversation();
+    renderNow();
+    peersView.focusPeer(peerId);
+  });
 
   document.addEventListener("visibilitychange", () => {
     const visible = document.visibilityState === "visible";

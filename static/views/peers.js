@@ -22,12 +22,17 @@ export function createPeersView(actions, root = document) {
     const item = itemOf(event);
     if (item) actions.select(Number(item.dataset.peerId));
   });
+  // Keyboard: each entry is a button (Tab reaches the list, Enter or Space
+  // opens); Up and Down move between entries, Home and End to the ends.
   list.addEventListener("keydown", (event) => {
     const item = itemOf(event);
-    if (item && (event.key === "Enter" || event.key === " ")) {
-      event.preventDefault();
-      actions.select(Number(item.dataset.peerId));
-    }
+    if (!item) return;
+    const items = [...list.querySelectorAll('[data-testid="peer-item"]')];
+    const at = items.indexOf(item);
+    const to = { ArrowDown: at + 1, ArrowUp: at - 1, Home: 0, End: items.length - 1 }[event.key];
+    if (to === undefined || to < 0 || to >= items.length) return;
+    event.preventDefault();
+    items[to].querySelector("button").focus();
   });
   byTestId("open-peer-form", root).addEventListener("submit", (event) => {
     event.preventDefault();
@@ -57,12 +62,20 @@ export function createPeersView(actions, root = document) {
       addPreview(state, item, peer);
       return item;
     });
+    // The list is drawn anew: the entry that had the keyboard focus gets it back.
+    const focused = list.contains(document.activeElement) ? itemOf({ target: document.activeElement }) : null;
     list.replaceChildren(...items);
+    if (focused) list.querySelector(`[data-peer-id="${focused.dataset.peerId}"] button`)?.focus();
     noPeers.hidden = items.length > 0;
     noPeers.textContent = state.filter ? "No peer matches the filter." : "No other peers are known yet.";
   }
 
-  return { render };
+  /** Keyboard focus to the entry of `peerId` (Escape from a conversation comes back here). */
+  function focusPeer(peerId) {
+    list.querySelector(`[data-peer-id="${peerId}"] button`)?.focus();
+  }
+
+  return { render, focusPeer };
 }
 
 function byActivity(peers) {
@@ -77,7 +90,7 @@ function addPreview(state, item, peer) {
   const mine = state.me !== null && last.from === state.me.id;
   const preview = make("div", "peer-preview", `${mine ? "you: " : ""}${last.text}`);
   preview.dataset.testid = "peer-preview";
-  item.firstElementChild.after(preview);
+  item.querySelector(".peer-top").after(preview);
 }
 
 function peerItem(state, peer) {
@@ -85,8 +98,6 @@ function peerItem(state, peer) {
   item.dataset.testid = "peer-item";
   item.dataset.peerId = String(peer.id);
   item.dataset.online = peer.online ? "true" : "false";
-  item.tabIndex = 0;
-  item.setAttribute("role", "button");
   if (peer.online) item.classList.add("online");
   if (peer.id === state.selected) item.classList.add("selected");
 
@@ -157,6 +168,13 @@ function peerItem(state, peer) {
     error.dataset.testid = "peer-error";
     item.append(error);
   }
+  // One button holds the entry: a list of buttons, as screen readers expect.
+  const button = make("button", "peer-button");
+  button.type = "button";
+  button.dataset.testid = "peer-button";
+  if (peer.id === state.selected) button.setAttribute("aria-current", "true");
+  button.append(...item.childNodes);
+  item.append(button);
   return item;
 }
 
