@@ -118,6 +118,18 @@ function start() {
       case "message":
         if (readsOnArrival(before, event.message)) tellRead(event.message.peer);
         break;
+      case "message-burst": {
+        const toldRead = new Set();
+        for (const inner of event.events) {
+          const peerId = inner.message.peer;
+          if (!toldRead.has(peerId) && readsOnArrival(before, inner.message)) {
+            toldRead.add(peerId);
+            tellRead(peerId);
+          }
+          if (notifiesOnArrival(before, inner.message)) notifications.notify(state, inner.message);
+        }
+        break;
+      }
       case "resync":
         reloadAll(); // we fell behind and events were dropped
         break;

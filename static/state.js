@@ -14,7 +14,8 @@
 //   signed-out, error-shown, error-dismissed, safety-loaded, safety-toggled,
 //   older-loaded, settings-loaded, filter-changed, search-done, search-closed,
 //   conversation-closed.
-// Also from the websocket: read-up-to (the peer has read our messages up to one).
+// Also from the websocket: read-up-to (the peer has read our messages up to one);
+// and from socket.js, message-burst: a run of message events from one frame.
 // A new feature adds its cases to HANDLERS below; unknown events change nothing
 // (a newer server may send events this page does not know).
 
@@ -203,6 +204,48 @@ function message(state, event) {
   if (isReading(state, msg.peer)) return markedRead(next, { peer: msg.peer }); // main.js tells the server
   const peer = findPeer(state, msg.peer);
   return peer ? withPeerChanges(next, msg.peer, { unread: (peer.unread || 0) + 1 }) : next;
+}
+
+// A run of message events, as applying each in turn would leave the state,
+// with one copy of each map instead of one per message.  Runs that hold one
+// of our own messages (a pending copy to drop) take the one-by-one way.
+function messageBurst(state, event) {
+  const messages = event.events.map((e) => e.message);
+  if (messages.some((msg) => isMine(state, msg))) {
+    return event.events.reduce((next, e) => withLastMessage(message(next, e), e.message), state);
+  }
+  const conversations = new Map(state.conversations);
+  const messagePeer = new Map(state.messagePeer);
+  const liveAt = new Map(state.liveAt);
+  let liveClock = state.liveClock;
+  const copied = new Set();
+  const unreadAdded = new Map();
+  const latest = new Map();
+  for (const msg of messages) {
+    if (!copied.has(msg.peer)) {
+      conversations.set(msg.peer, new Map(conversationOf(state, msg.peer)));
+      copied.add(msg.peer);
+    }
+    const conversation = conversations.get(msg.peer);
+    const known = conversation.has(msg.id);
+    conversation.set(msg.id, msg);
+    messagePeer.set(msg.id, msg.peer);
+    liveClock += 1;
+    liveAt.set(msg.id, liveClock);
+    if (!known && !isReading(state, msg.peer)) unreadAdded.set(msg.peer, (unreadAdded.get(msg.peer) || 0) + 1);
+    const last = latest.get(msg.peer);
+    if (!last || msg.time >= last.time) latest.set(msg.peer, msg);
+  }
+  let next = { ...state, conversations, messagePeer, liveAt, liveClock };
+  for (const peerId of copied) {
+    if (isReading(state, peerId)) next = markedRead(next, { peer: peerId }); // main.js tells the server
+  }
+  for (const [peerId, count] of unreadAdded) {
+    const peer = findPeer(next, peerId);
+    if (peer) next = withPeerChanges(next, peerId, { unread: (peer.unread || 0) + count });
+  }
+  for (const msg of latest.values()) next = withLastMessage(next, msg);
+  return next;
 }
 
 function status(state, event) {
@@ -426,6 +469,7 @@ function errorDismissed(state) {
 const HANDLERS = new Map([
   ["hello", hello],
   ["message", (state, event) => withLastMessage(message(state, event), event.message)],
+  ["message-burst", messageBurst],
   ["status", status],
   ["peers", peers],
   ["connection", connection],

@@ -320,3 +320,30 @@ test("the filter matches nickname, name and #id, every word", () => {
   assert.equal(displayName(findPeer(state, 2)), "Bobby Tables");
   assert.equal(displayName(findPeer(state, 3)), "carol");
 });
+
+test("a message-burst leaves the state as its messages one by one would", () => {
+  const start = run(
+    greeted(),
+    { type: "peer-selected", peer: 2 },
+    { type: "peers", peers: [ALICE, peer(2, "bob", { unread: 2 }), peer(3, "carol", { unread: 1 })] },
+  );
+  const events = [];
+  for (let n = 0; n < 50; n += 1) {
+    const from = n % 3 === 0 ? 3 : 2;
+    events.push({ type: "message", message: msg(`b${n}`, from, 1, `text ${n}`, { time: 200 + n }) });
+  }
+  events.push({ type: "message", message: msg("b7", 2, 1, "text 7", { time: 207 }) }); // a repeat
+  const oneByOne = events.reduce(reduce, start);
+  const burst = reduce(start, { type: "message-burst", events });
+  const picture = (state) => snapshot({ ...state, liveAt: [...state.liveAt.keys()].sort() });
+  assert.equal(picture(burst), picture(oneByOne));
+  assert.equal(findPeer(burst, 2).unread, 0); // open and visible: read as they came
+  assert.equal(findPeer(burst, 3).unread, 1 + 17);
+  assert.equal(findPeer(burst, 3).last_message.id, "b48");
+  // With one of ours in it, the one-by-one way (its pending copy is dropped).
+  const withMine = [...events, { type: "message", message: msg("m1", 1, 2, "mine", { time: 300 }) }];
+  const pendingStart = reduce(start, { type: "send-started", clientId: "c1", peer: 2, text: "mine", time: 300 });
+  const mixed = reduce(pendingStart, { type: "message-burst", events: withMine });
+  assert.equal(mixed.pending.size, 0);
+  assert.equal(picture(mixed), picture(withMine.reduce(reduce, pendingStart)));
+});
