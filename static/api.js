@@ -21,9 +21,9 @@ async function getJson(url, headers = {}) {
   return response.json();
 }
 
-async function postJson(url, body) {
+async function postJson(url, body, method = "POST") {
   const response = await fetch(url, {
-    method: "POST",
+    method,
     headers: { "Content-Type": "application/json", Accept: "application/json" },
     credentials: "same-origin",
     body: body === undefined ? undefined : JSON.stringify(body),
@@ -107,4 +107,30 @@ export function safetyQrUrl(peerId, version) {
 /** action: "accept" | "block" | "verify" | "unverify"; resolves to the new safety answer. */
 export function postTrust(peerId, action) {
   return postJson(`/api/peers/${encodeURIComponent(peerId)}/trust`, { action });
+}
+
+/** Put an id on the peer list; resolves to its peer object (rejects "unknown peer N" for an id never given out). */
+export function postContact(peerId) {
+  return postJson("/api/peers", { id: peerId });
+}
+
+/** The user's own name for a peer ("" forgets it). */
+export function putNickname(peerId, nickname) {
+  return postJson(`/api/peers/${encodeURIComponent(peerId)}/nickname`, { nickname }, "PUT");
+}
+
+/** The latest messages with the peer having every word of `query`, newest first. */
+export function fetchSearch(query, peerId, limit = 50) {
+  const params = new URLSearchParams({ q: query, limit: String(limit) });
+  if (peerId !== null) params.set("peer", String(peerId));
+  return getJson(`/api/search?${params}`, { Accept: "application/json" });
+}
+
+export function fetchSettings() {
+  return getJson("/api/settings", { Accept: "application/json" });
+}
+
+/** Change some settings ({read_receipts: bool}); resolves to all of them. */
+export function putSettings(changes) {
+  return postJson("/api/settings", changes, "PUT");
 }

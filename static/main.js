@@ -18,6 +18,11 @@ import { createMeView } from "./views/me.js";
 import { createNotificationsView } from "./views/notifications.js";
 import { createPeersView } from "./views/peers.js";
 import { createSafetyView } from "./views/safety.js";
+import { createLayoutView } from "./views/layout.js";
+import { createSearchView } from "./views/search.js";
+import { createThemeView } from "./views/theme.js";
+import { createWelcomeView } from "./views/welcome.js";
+import { createSettingsView } from "./views/settings.js";
 
 const MAX_TEXT_BYTES = 64 * 1024; // webpeer.api.MAX_TEXT_BYTES: refused here before it is sent
 const HASH_PEER = /^#peer-([1-9][0-9]{0,15})$/;
@@ -49,26 +54,60 @@ function start() {
     toggleSafety: (open) => dispatch({ type: "safety-toggled", open }),
     trust: (action) => state.selected !== null && decideTrust(state.selected, action),
     loadOlder: () => loadOlder(),
+    addContact: (peerId) => addContact(peerId),
+    rename: (peerId, nickname) => rename(peerId, nickname),
+    filter: (text) => dispatch({ type: "filter-changed", filter: text }),
+    setReadReceipts: (on) => changeSettings({ read_receipts: on }),
+    search: (query) => state.selected !== null && search(state.selected, query),
+    closeSearch: () => dispatch({ type: "search-closed" }),
+    closeConversation: () => {
+      dispatch({ type: "conversation-closed" });
+      history.replaceState(null, "", location.pathname);
+    },
   };
   const composer = createComposerView(actions);
   const notifications = createNotificationsView(actions);
   const files = createFilesView(actions, api);
+  const peersView = createPeersView(actions);
   const views = [
     createMeView(),
     createBannersView(actions),
-    createPeersView(actions),
+    peersView,
     createConversationView(actions),
     createSafetyView(actions),
     createMessagesView(actions),
     composer,
     notifications,
     files,
+    createSettingsView(actions),
+    createSearchView(actions),
+    createWelcomeView(),
+    createThemeView(),
+    createLayoutView(actions),
   ];
+
+  // The state changes at once; the views draw it at most once per animation
+  // frame, so a burst of events (hundreds of messages in one websocket frame)
+  // costs one redraw, not one per message.  A hidden tab gets no frames: it
+  // draws on a timer instead (its title carries the unread count).
+  let renderPending = false;
+  function renderNow() {
+    if (!renderPending) return;
+    renderPending = false;
+    for (const view of views) view.render(state);
+  }
+  function scheduleRender() {
+    if (renderPending) return;
+    renderPending = true;
+    if (document.visibilityState === "visible") requestAnimationFrame(renderNow);
+    // Also a timer: a tab hidden before its frame came still draws (whichever runs first draws).
+    setTimeout(renderNow, document.visibilityState === "visible" ? 100 : 0);
+  }
 
   function dispatch(event) {
     const before = state;
     state = reduce(state, event);
-    for (const view of views) view.render(state);
+    scheduleRender();
     followUp(event, before);
   }
 
@@ -85,6 +124,18 @@ function start() {
       case "message":
         if (readsOnArrival(before, event.message)) tellRead(event.message.peer);
         break;
+      case "message-burst": {
+        const toldRead = new Set();
+        for (const inner of event.events) {
+          const peerId = inner.message.peer;
+          if (!toldRead.has(peerId) && readsOnArrival(before, inner.message)) {
+            toldRead.add(peerId);
+            tellRead(peerId);
+          }
+          if (notifiesOnArrival(before, inner.message)) notifications.notify(state, inner.message);
+        }
+        break;
+      }
       case "resync":
         reloadAll(); // we fell behind and events were dropped
         break;
@@ -134,6 +185,7 @@ function start() {
     history.replaceState(null, "", `#peer-${peerId}`);
     markRead(peerId);
     loadHistory(peerId);
+    renderNow(); // the composer is enabled for this peer before it takes the focus
     composer.focus();
   }
 
@@ -144,6 +196,49 @@ function start() {
 
   function tellRead(peerId) {
     if (!socket.send({ type: "read", peer: peerId })) api.postRead(peerId).catch(() => {});
+  }
+
+  // "Chat with id": the server is asked whether the id exists before it joins the list.
+  async function addContact(peerId) {
+    try {
+      await api.postContact(peerId);
+    } catch (error) {
+      actions.showError(`Could not add ${peerId}: ${error.message}`);
+      return;
+    }
+    selectPeer(peerId);
+  }
+
+  async function rename(peerId, nickname) {
+    try {
+      await api.putNickname(peerId, nickname); // the "peers" event brings the new name
+    } catch (error) {
+      actions.showError(`Could not rename: ${error.message}`);
+    }
+  }
+
+  async function search(peerId, query) {
+    try {
+      dispatch({ type: "search-done", peer: peerId, query, results: await api.fetchSearch(query, peerId) });
+    } catch (error) {
+      actions.showError(`Search failed: ${error.message}`);
+    }
+  }
+
+  async function loadSettings() {
+    try {
+      dispatch({ type: "settings-loaded", settings: await api.fetchSettings() });
+    } catch (error) {
+      actions.showError(`Could not load the settings: ${error.message}`);
+    }
+  }
+
+  async function changeSettings(changes) {
+    try {
+      dispatch({ type: "settings-loaded", settings: await api.putSettings(changes) });
+    } catch (error) {
+      actions.showError(`Could not change the settings: ${error.message}`);
+    }
   }
 
   async function loadHistory(peerId) {
@@ -220,6 +315,18 @@ function start() {
       .catch((error) => actions.showError(`Cancel failed: ${error.message}`));
   }
 
+  // Escape goes back to the peer list: focus on the open peer's entry (on a
+  // phone's one pane, the list comes back).  Fields with an Escape of their
+  // own (search, rename) take it first.
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape" || event.defaultPrevented || state.selected === null) return;
+    if (event.target.closest && event.target.closest("form.search-form, form.rename-form")) return;
+    const peerId = state.selected;
+    if (window.matchMedia("(max-width: 700px)").matches) actions.closeConversation();
+    renderNow();
+    peersView.focusPeer(peerId);
+  });
+
   document.addEventListener("visibilitychange", () => {
     const visible = document.visibilityState === "visible";
     dispatch({ type: "visibility-changed", visible });
@@ -237,6 +344,7 @@ function start() {
     loadHistory(state.selected);
   }
   socket.connect();
+  loadSettings();
 }
 
 // Module scripts run after the document is parsed, so the elements exist.

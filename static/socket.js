@@ -85,9 +85,24 @@ export class PeerSocket {
       this.deliver(event);
     } else if (Array.isArray(event.events)) {
       // Events that were ready at once, in order, in one frame; batches do not nest.
+      // A run of message events goes as one "message-burst" (state.js takes it
+      // in one step: a burst of 1,000 messages is one copy of the state, not 1,000).
+      let run = [];
+      const flushRun = () => {
+        if (run.length === 1) this.deliver(run[0]);
+        else if (run.length > 1) this.deliver({ type: "message-burst", events: run });
+        run = [];
+      };
       for (const inner of event.events) {
-        if (isEvent(inner) && inner.type !== "batch") this.deliver(inner);
+        if (!isEvent(inner) || inner.type === "batch") continue;
+        if (inner.type === "message") {
+          run.push(inner);
+          continue;
+        }
+        flushRun();
+        this.deliver(inner);
       }
+      flushRun();
     }
   }
 

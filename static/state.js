@@ -12,7 +12,10 @@
 //   peer-selected, visibility-changed, marked-read, send-started, send-failed,
 //   send-withdrawn, history-loaded, reloaded, socket-opened, socket-closed,
 //   signed-out, error-shown, error-dismissed, safety-loaded, safety-toggled,
-//   older-loaded.
+//   older-loaded, settings-loaded, filter-changed, search-done, search-closed,
+//   conversation-closed.
+// Also from the websocket: read-up-to (the peer has read our messages up to one);
+// and from socket.js, message-burst: a run of message events from one frame.
 // A new feature adds its cases to HANDLERS below; unknown events change nothing
 // (a newer server may send events this page does not know).
 
@@ -38,6 +41,9 @@ export function initialState({ selected = null, visible = true } = {}) {
     // The "N new messages" line of the conversation just opened: {peer, count, before}, `before`
     // the id of the first unread message once the history is loaded (null until then).
     unreadDivider: null,
+    settings: null, // GET /api/settings: {read_receipts}, null until loaded
+    filter: "", // the peer list's filter box
+    search: null, // {peer, query, results} of the open conversation's search, or null
   };
 }
 
@@ -99,6 +105,29 @@ export function composerBlock(state) {
 }
 
 const EMPTY_CONVERSATION = new Map();
+
+/** What the page calls a peer: the user's nickname for it, else its own name. */
+export function displayName(peer) {
+  if (!peer) return "";
+  return peer.nickname || peer.name || "";
+}
+
+/** Our message the peer has read (its read mark is at or after the message's time). */
+export function readByPeer(state, message) {
+  if (!isMine(state, message) || (message.status !== "sent" && message.status !== "delivered")) return false;
+  const mark = findPeer(state, message.peer)?.read_up_to;
+  return Boolean(mark) && message.time <= mark.time;
+}
+
+/** The peers the filter box lets through: its words in the nickname, name, #id or latest text. */
+export function filteredPeers(state) {
+  const words = state.filter.toLowerCase().split(/\s+/).filter(Boolean);
+  if (words.length === 0) return state.peers;
+  return state.peers.filter((peer) => {
+    const haystack = `${peer.nickname || ""} ${peer.name || ""} #${peer.id}`.toLowerCase();
+    return words.every((word) => haystack.includes(word));
+  });
+}
 
 /** The first message of the conversation is loaded: nothing older to page back to. */
 export function reachedStart(state, peerId) {
@@ -177,6 +206,48 @@ function message(state, event) {
   return peer ? withPeerChanges(next, msg.peer, { unread: (peer.unread || 0) + 1 }) : next;
 }
 
+// A run of message events, as applying each in turn would leave the state,
+// with one copy of each map instead of one per message.  Runs that hold one
+// of our own messages (a pending copy to drop) take the one-by-one way.
+function messageBurst(state, event) {
+  const messages = event.events.map((e) => e.message);
+  if (messages.some((msg) => isMine(state, msg))) {
+    return event.events.reduce((next, e) => withLastMessage(message(next, e), e.message), state);
+  }
+  const conversations = new Map(state.conversations);
+  const messagePeer = new Map(state.messagePeer);
+  const liveAt = new Map(state.liveAt);
+  let liveClock = state.liveClock;
+  const copied = new Set();
+  const unreadAdded = new Map();
+  const latest = new Map();
+  for (const msg of messages) {
+    if (!copied.has(msg.peer)) {
+      conversations.set(msg.peer, new Map(conversationOf(state, msg.peer)));
+      copied.add(msg.peer);
+    }
+    const conversation = conversations.get(msg.peer);
+    const known = conversation.has(msg.id);
+    conversation.set(msg.id, msg);
+    messagePeer.set(msg.id, msg.peer);
+    liveClock += 1;
+    liveAt.set(msg.id, liveClock);
+    if (!known && !isReading(state, msg.peer)) unreadAdded.set(msg.peer, (unreadAdded.get(msg.peer) || 0) + 1);
+    const last = latest.get(msg.peer);
+    if (!last || msg.time >= last.time) latest.set(msg.peer, msg);
+  }
+  let next = { ...state, conversations, messagePeer, liveAt, liveClock };
+  for (const peerId of copied) {
+    if (isReading(state, peerId)) next = markedRead(next, { peer: peerId }); // main.js tells the server
+  }
+  for (const [peerId, count] of unreadAdded) {
+    const peer = findPeer(next, peerId);
+    if (peer) next = withPeerChanges(next, peerId, { unread: (peer.unread || 0) + count });
+  }
+  for (const msg of latest.values()) next = withLastMessage(next, msg);
+  return next;
+}
+
 function status(state, event) {
   const peerId = state.messagePeer.get(event.id);
   if (peerId === undefined) return state; // not loaded on this page
@@ -228,7 +299,7 @@ function error(state, event) {
 
 function peerSelected(state, event) {
   if (event.peer === state.selected) return state;
-  return { ...state, selected: event.peer, safety: null, safetyOpen: false };
+  return { ...state, selected: event.peer, safety: null, safetyOpen: false, search: null };
 }
 
 // GET /api/peers/N/safety (or a trust action's answer); kept for the open peer only.
@@ -366,6 +437,27 @@ function signedOut(state) {
   return state.link.connected === false ? { ...state, link: { ...state.link, signedOut: true } } : state;
 }
 
+// The peer has read our messages up to event.id (sent at event.time); a mark never moves back.
+function readUpTo(state, event) {
+  const peer = findPeer(state, event.peer);
+  if (!peer || (peer.read_up_to && peer.read_up_to.time > event.time)) return state;
+  return withPeerChanges(state, event.peer, { read_up_to: { id: event.id, time: event.time } });
+}
+
+function settingsLoaded(state, event) {
+  return { ...state, settings: event.settings };
+}
+
+// GET /api/search's answer for the open conversation (a late answer for another one is dropped).
+function searchDone(state, event) {
+  if (event.peer !== state.selected) return state;
+  return { ...state, search: { peer: event.peer, query: event.query, results: event.results } };
+}
+
+function filterChanged(state, event) {
+  return state.filter === event.filter ? state : { ...state, filter: String(event.filter) };
+}
+
 function errorShown(state, event) {
   return { ...state, error: event.error };
 }
@@ -377,6 +469,7 @@ function errorDismissed(state) {
 const HANDLERS = new Map([
   ["hello", hello],
   ["message", (state, event) => withLastMessage(message(state, event), event.message)],
+  ["message-burst", messageBurst],
   ["status", status],
   ["peers", peers],
   ["connection", connection],
@@ -402,4 +495,12 @@ const HANDLERS = new Map([
   ["error-dismissed", errorDismissed],
   ["safety-loaded", safetyLoaded],
   ["safety-toggled", safetyToggled],
+  ["read-up-to", readUpTo],
+  ["settings-loaded", settingsLoaded],
+  ["filter-changed", filterChanged],
+  ["search-done", searchDone],
+  ["conversation-closed", (state) => (state.selected === null ? state : {
+    ...state, selected: null, safety: null, safetyOpen: false, search: null, unreadDivider: null,
+  })],
+  ["search-closed", (state) => (state.search === null ? state : { ...state, search: null })],
 ]);

@@ -15,7 +15,12 @@ JSON shapes (also documented in the README):
                "trust": "trusted"|"changed"|"blocked", "key_changed": bool (trust == "changed"),
                "verified": bool, "verified_key_changed": bool (a verified key was replaced: warn louder),
                "connection": null | {"state": "connecting"|"direct"|"relayed", "address": "host:port"|null},
-               "last_message": null | {"id", "from", "time", "text" (its first 120 characters)}}
+               "last_message": null | {"id", "from", "time", "text" (its first 120 characters)},
+               "nickname": str|null (the user's own name for it, stored locally),
+               "read_up_to": null | {"id", "time"} (the latest of our messages it has read:
+                             every one of ours up to that time is read),
+               "last_seen": float|null (unix seconds: when its key last reached us)}
+    settings: {"read_receipts": bool (tell peers what we read; default true)}
     message:  {"id": str, "peer": int, "from": int, "to": int, "text": str,
                "status": "queued"|"sending"|"sent"|"delivered"|"failed"|"held"|"received",
                "time": float (unix seconds), "error": str|null,
@@ -50,6 +55,8 @@ Events pushed to every websocket (each a dict with "type"):
     {"type": "peers", "peers": [<peer>, ...]}        the peer list changed
     {"type": "connection", "peer": int, "connection": <connection or null>}
     {"type": "me", "me": <me>}                       registration state changed
+    {"type": "read-up-to", "peer": int, "id": str, "time": float}
+                                                     the peer has read our messages up to this one
     {"type": "trust", "peer": int, "trust": str, "verified": bool, "verified_key_changed": bool}
                                                      a peer's key changed or came back, or was
                                                      accepted, blocked, verified, unverified
@@ -148,7 +155,32 @@ class PeerApi(Protocol):
         (a sent one may have arrived)."""
         ...
 
-    def mark_read(self, peer_id: int) -> None: ...
+    def mark_read(self, peer_id: int) -> None:
+        """The user has read the conversation: its unread count drops to 0
+        and, unless read receipts are off, the peer is told."""
+        ...
+
+    async def add_contact(self, peer_id: int) -> JSON:
+        """Put an id on the peer list; returns its <peer>.  ApiError 400 for
+        our own id, 404 for an id the server never gave out."""
+        ...
+
+    def set_nickname(self, peer_id: int, nickname: str | None) -> None:
+        """The user's own name for a peer (None: forget it); a "peers" event follows."""
+        ...
+
+    def settings(self) -> JSON:
+        """The <settings>."""
+        ...
+
+    def search(self, words: list[str], peer_id: int | None, limit: int) -> list[JSON]:
+        """The latest ``limit`` messages (with ``peer_id``, or anyone) having
+        every one of ``words`` as the start of a word, newest first."""
+        ...
+
+    def set_settings(self, changes: JSON) -> JSON:
+        """Change some settings (checked by webpeer.validate.settings_change); returns the <settings>."""
+        ...
 
     def safety(self, peer_id: int) -> JSON:
         """The <safety> of a peer; ApiError(404) if no key is known for it."""

@@ -309,6 +309,11 @@ class PeerEngine:
         """The contacts, then the directory's strangers, by id."""
         out = self._contacts_json()
         strangers = [entry for peer_id, entry in self.directory.items() if peer_id not in self.peer_states]
+        nicknames = self.history.nicknames()
+        read_marks = self.history.read_marks()
+        for peer in out:
+            peer["nickname"] = nicknames.get(peer["id"])
+            peer["read_up_to"] = read_marks.get(peer["id"])
         if strangers:
             for entry in strangers:
                 out.append(
@@ -322,6 +327,9 @@ class PeerEngine:
                         "connection": None,
                         "error": None,
                         "last_message": None,
+                        "nickname": nicknames.get(entry.peer_id),
+                        "read_up_to": None,
+                        "last_seen": None,
                     }
                 )
             out.sort(key=lambda peer: int(peer["id"]))
@@ -346,6 +354,9 @@ class PeerEngine:
                     "connection": peer.connection(),
                     "error": peer.last_error,
                     "last_message": _preview(self.history.last_message(peer.peer_id)),
+                    # When its key last reached us (listed, introduced, connected): the
+                    # page shows it for an offline peer.
+                    "last_seen": known.last_seen if known else None,
                 }
             )
         return out
@@ -394,9 +405,22 @@ class PeerEngine:
         """The lookups the server answered (or that gave up) since the last call."""
         return self.targets.take_answers()
 
-    def mark_read(self, peer_id: int) -> None:
+    def mark_read(self, peer_id: int, now: float) -> None:
+        """The user has read the peer's conversation; unless read receipts are
+        off, the peer is told which of its messages is the latest read."""
         if self.history.mark_read(peer_id):
             self._publish_peers()
+            session = self.peer_states.get(peer_id)
+            if session is not None and self.history.settings()["read_receipts"]:
+                self.flow.send_read(session, now)
+
+    def search(self, words: list[str], peer_id: int | None, limit: int) -> list[JSON]:
+        return self.history.search(words, peer=peer_id, limit=limit)
+
+    def set_nickname(self, peer_id: int, nickname: str | None) -> None:
+        """The user's own name for a peer (None: forget it); the peer list shows it."""
+        self.history.set_nickname(peer_id, nickname)
+        self._publish_peers()
 
     def expire_queued(self, older_than: float, now: float) -> None:
         self.flow.expire(older_than, now)
@@ -970,6 +994,7 @@ class PeerEngine:
         if session.link is link:
             self.files.link_ready(link, now)
         self.groups.link_ready(event.peer_id, now)
+        self.flow.send_owed_read(session, now)
 
     def _on_link_closed(self, link: PeerLink, event: LinkClosed, now: float) -> None:
         self._closing.append(link)

@@ -81,6 +81,18 @@ class PeerTrustChanged(PageEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class ReadUpTo(PageEvent):
+    """The peer has read our messages up to ``message_id`` (sent at ``time``)."""
+
+    peer_id: int
+    message_id: str
+    time: float
+
+    def to_json(self) -> JSON:
+        return {"type": "read-up-to", "peer": self.peer_id, "id": self.message_id, "time": self.time}
+
+
+@dataclass(frozen=True, slots=True)
 class MeChanged(PageEvent):
     me: JSON
 

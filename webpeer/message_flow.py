@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from . import validate
 from .api import ApiError
-from .events import MessageAdded, PageEvent, StatusChanged
+from .events import MessageAdded, PageEvent, ReadUpTo, StatusChanged
 from .link import PeerLink
 from .peer_session import PeerSession
 from .quota import InboundQuota, QuotaConfig, reason_text
@@ -73,6 +73,10 @@ class History(Protocol):
     def held_outgoing(self, peer: int) -> list[dict[str, Any]]: ...
 
     def stored_bytes_from(self, sender: int) -> int: ...
+
+    def latest_received(self, peer: int) -> str | None: ...
+
+    def mark_seen_by(self, peer: int, message_id: str, *, now: float) -> float | None: ...
 
 
 class FlowContext(Protocol):
@@ -124,6 +128,11 @@ class MessageFlow:
         self._acks: dict[PeerLink, list[Frame]] = {}  # owed for those messages once stored
         self._receipts: dict[int, list[str]] = {}  # peer id -> our message ids it acknowledged
         self._refusals: dict[int, list[tuple[str, object]]] = {}  # peer id -> (our message id, its reason code)
+        self._seen: dict[int, list[str]] = {}  # peer id -> our message ids it says it has read
+        # Read receipts we owe a peer that had no ready link when the user read
+        # its messages: peer id -> its latest message id (sent on the next link;
+        # kept in memory only: a restart forgets them, the next read sends anew).
+        self._reads_owed: dict[int, str] = {}
         # Frames that may leave only once the flush's commit is done: acks for
         # stored messages, and new messages stored as sent.
         self._after_commit: dict[PeerLink, list[Frame]] = {}
@@ -292,6 +301,14 @@ class MessageFlow:
             message_id = require(frame, "id", str)
             self._refusals.setdefault(peer_id, []).append((message_id, frame.get("reason")))
             return True
+        if kind == "read":
+            # The peer has read our messages up to this one (docs/PROTOCOL.md).
+            try:
+                seen = validate.message_id(frame.get("id"), max_chars=validate.MAX_FRAME_MESSAGE_ID_CHARS)
+            except validate.InvalidValue as error:
+                raise FrameError(f"frame 'read': {error.message}") from None
+            self._seen.setdefault(peer_id, []).append(seen)
+            return True
         return False
 
     def _over_quota_refusal(self, link: PeerLink, peer_id: int, message_id: str, text: str, now: float) -> Frame | None:
@@ -363,6 +380,11 @@ class MessageFlow:
         for peer_id, refused in refusals.items():
             for message_id, reason in refused:
                 self._refused(peer_id, message_id, reason, now)
+        seen, self._seen = self._seen, {}
+        for peer_id, message_ids in seen.items():
+            for message_id in message_ids:
+                if (when := self.history.mark_seen_by(peer_id, message_id, now=now)) is not None:
+                    self.context.publish(ReadUpTo(peer_id, message_id, when))
 
     def _refused(self, peer_id: int, message_id: str, reason: object, now: float) -> None:
         """Our message ``message_id`` to ``peer_id`` was refused by it: it
@@ -392,6 +414,25 @@ class MessageFlow:
         self._incoming, self._acks, self._receipts, self._after_commit = [], {}, {}, {}
         self._sizes, self._refusals = [], {}
         self.quota.forget()  # it counted what was not stored
+        self._seen = {}
+
+    # ------------------------------------------------------------ read receipts we send
+
+    def send_read(self, session: PeerSession, now: float) -> None:
+        """The user has read the peer's messages: tell it which is the latest
+        (on its ready link, else on the next one).  The stored id is
+        ``"<peer>:<its id>"``; the peer knows its message by its own id."""
+        latest = self.history.latest_received(session.peer_id)
+        if latest is None:
+            return
+        self._reads_owed[session.peer_id] = latest.partition(":")[2]
+        self.send_owed_read(session, now)
+
+    def send_owed_read(self, session: PeerSession, now: float) -> None:
+        """A ready link to the peer: the read receipt it is owed, if any, goes."""
+        link = session.ready_link
+        if link is not None and (message_id := self._reads_owed.pop(session.peer_id, None)):
+            link.send_frame({"t": "read", "id": message_id}, now)
 
     # ------------------------------------------------------------ outgoing progress
 

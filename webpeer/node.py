@@ -106,6 +106,8 @@ class PeerNode:
         # Sends to an id we never heard of, held until the server says whether
         # it ever assigned it (PeerEngine.look_up), by that id.
         self._looking_up: dict[int, list[tuple[Draft, asyncio.Future[JSON]]]] = {}
+        # add_contact of ids never heard of: id -> futures told whether the server ever assigned it.
+        self._contact_lookups: dict[int, list[asyncio.Future[bool]]] = {}
         self._saved_id: int | None = None  # the id in the data dir's last-id file
         self._reported: set[str] = set()  # internal errors already logged with their traceback
 
@@ -169,6 +171,11 @@ class PeerNode:
                 if not future.done():
                     future.set_exception(ApiError(503, "webpeer is stopping"))
         self._looking_up.clear()
+        for contacts in self._contact_lookups.values():
+            for contact in contacts:
+                if not contact.done():
+                    contact.set_exception(ApiError(503, "webpeer is stopping"))
+        self._contact_lookups.clear()
         if self._housekeeping is not None:
             self._housekeeping.cancel()
         if self._timer is not None:
@@ -372,8 +379,46 @@ class PeerNode:
         return self.file_store.local_path(record.path), record.to_json()
 
     def mark_read(self, peer_id: int) -> None:
-        self.engine.mark_read(peer_id)
+        self.engine.mark_read(peer_id, self.clock())
         self._publish_events()
+        self._schedule_flush()  # the read receipt, if one went on a link
+
+    async def add_contact(self, peer_id: int) -> JSON:
+        """Put an id on the peer list (its presence is watched from now on)
+        and return its <peer>.  An id we never heard of is asked of the server
+        first: ApiError(404) if it never gave it out, 400 for our own id."""
+        peer_id = validate.peer_id(peer_id, "id")
+        if peer_id == self.engine.my_id:
+            raise ApiError(400, "that is your own id")
+        now = self.clock()
+        if self.engine.look_up(peer_id, now):
+            future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            self._contact_lookups.setdefault(peer_id, []).append(future)
+            self._flush()
+            if not await future:
+                raise ApiError(404, unknown_peer(peer_id))
+        self.engine.add_contact(peer_id, self.clock())
+        self._flush()
+        for peer in self.engine.peers_json():
+            if peer["id"] == peer_id:
+                return peer
+        raise ApiError(404, unknown_peer(peer_id))  # forgotten meanwhile (the server said never assigned)
+
+    def set_nickname(self, peer_id: int, nickname: str | None) -> None:
+        self.engine.set_nickname(peer_id, nickname)
+        self._publish_events()
+
+    def settings(self) -> JSON:
+        return self.store.settings()
+
+    def search(self, words: list[str], peer_id: int | None, limit: int) -> list[JSON]:
+        return self.engine.search(words, peer_id, limit)
+
+    def set_settings(self, changes: JSON) -> JSON:
+        with self.store.batch():
+            for key, value in changes.items():
+                self.store.set_setting(key, value)
+        return self.store.settings()
 
     def safety(self, peer_id: int) -> JSON:
         return self.engine.safety(peer_id)
@@ -539,6 +584,9 @@ class PeerNode:
         """Sends held for a lookup: refused if the server never assigned the
         id, else stored by the next flush (queued if it said nothing)."""
         for answer in self.engine.take_lookups():
+            for waiting in self._contact_lookups.pop(answer.peer_id, []):
+                if not waiting.done():
+                    waiting.set_result(not answer.never_assigned)
             for draft, future in self._looking_up.pop(answer.peer_id, []):
                 if future.done():
                     continue

@@ -258,7 +258,21 @@ CREATE TABLE IF NOT EXISTS files (
     error    TEXT,
     time     REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS files_peer_time ON files (peer, time)
+CREATE INDEX IF NOT EXISTS files_peer_time ON files (peer, time);
+CREATE TABLE IF NOT EXISTS nicknames (
+    peer_id  INTEGER PRIMARY KEY,
+    nickname TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS read_marks (
+    peer       INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    time       REAL NOT NULL,
+    seq        INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+)
 """
 
 # Groups (webpeer/groups.py): each op and each delivered message as the JSON
@@ -280,6 +294,17 @@ CREATE TABLE IF NOT EXISTS group_messages (
 );
 CREATE INDEX IF NOT EXISTS group_messages_group ON group_messages (group_id)
 """
+# The tables after blocked_keys are new in files of version 2 and need no
+# migration: _SCHEMA (CREATE ... IF NOT EXISTS) runs at every open.
+#   nicknames:  the user's own names for peers, shown instead of theirs.
+#   read_marks: per peer, the latest of our messages it said it has read
+#               (its "read" frame, docs/PROTOCOL.md); every earlier one is read too.
+#               (time, seq) is the message's place in the conversation's order
+#               (seq: its rowid), so a mark never moves back.
+#   settings:   the page's settings (SETTINGS holds the names and defaults).
+
+# setting name -> default value (JSON text).
+SETTINGS: dict[str, str] = {"read_receipts": "true"}
 
 # version -> what turns a file of that version into the next one (run before
 # _SCHEMA, which then adds the new tables and indexes).
@@ -376,6 +401,28 @@ def _message_row(message: NewMessage) -> _MessageRow:
     )
 
 
+def _prefixed(table: str, columns: str) -> str:
+    return ", ".join(f"{table}.{column.strip()}" for column in columns.split(","))
+
+
+def _like_escape(word: str) -> str:
+    return word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _open_fts(conn: sqlite3.Connection) -> bool:
+    """Make the full-text index if this SQLite has FTS5; False if it has not."""
+    try:
+        conn.execute(
+            "CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5("
+            "text, message_id UNINDEXED, tokenize = 'unicode61 remove_diacritics 2')"
+        )
+    except sqlite3.OperationalError as error:
+        if "fts5" not in str(error):
+            raise
+        return False
+    return True
+
+
 def _known_peer(row: tuple[Any, ...]) -> KnownPeer:
     peer_id, public_key, name, first_seen, last_seen, key_changed, previous_key, verified_key, blocked = row
     return KnownPeer(
@@ -436,6 +483,7 @@ class Store:
         self._path = Path(path)
         self._conn: sqlite3.Connection | None = None
         self._batch_depth = 0
+        self._fts: bool | None = None  # FTS5 search index usable (None: not tried yet; see search)
 
     @property
     def path(self) -> Path:
@@ -704,6 +752,126 @@ class Store:
                 (peer,),
             )
             return cursor.rowcount
+
+    def latest_received(self, peer: int) -> str | None:
+        """The id (as stored: ``"<peer>:<sender's id>"``) of the latest visible
+        message received from ``peer``, or None (what a read receipt names)."""
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT id FROM messages WHERE peer = ? AND outgoing = 0 AND {_VISIBLE}"
+                " ORDER BY time DESC, rowid DESC LIMIT 1",
+                (peer,),
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    # -- search ------------------------------------------------------------
+
+    def search(self, words: Sequence[str], *, peer: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest ``limit`` visible messages (with ``peer``, or with
+        anyone) whose text has every one of ``words`` as the start of a word
+        (case- and accent-blind), newest first.
+
+        Full-text search with SQLite's FTS5 where this SQLite has it (the
+        index, ``messages_fts``, is made at the first search and caught up at
+        each one: storing a message costs nothing more); else a scan with
+        LIKE (every word anywhere in the text)."""
+        words = [w for w in words if w]
+        if not words or limit <= 0:
+            return []
+        with self._write() as conn:
+            if self._fts is None:
+                self._fts = _open_fts(conn)
+            if self._fts:
+                # Index what was stored since the last search (rowids only grow;
+                # the id is kept so a reused rowid never matches another message).
+                conn.execute(
+                    "INSERT INTO messages_fts (rowid, text, message_id) SELECT rowid, text, id FROM messages"
+                    " WHERE rowid > (SELECT coalesce(max(rowid), 0) FROM messages_fts)"
+                )
+        peer_clause = "" if peer is None else " AND m.peer = ?"
+        peer_args: tuple[int, ...] = () if peer is None else (peer,)
+        with self._read() as conn:
+            if self._fts:
+                query = " ".join('"' + word.replace('"', '""') + '"*' for word in words)
+                rows = conn.execute(
+                    f"SELECT {_prefixed('m', _MESSAGE_COLUMNS)} FROM messages_fts f"
+                    " JOIN messages m ON m.rowid = f.rowid AND m.id = f.message_id"
+                    f" WHERE messages_fts MATCH ? AND m.{_VISIBLE}{peer_clause}"
+                    " ORDER BY m.time DESC, m.rowid DESC LIMIT ?",
+                    (query, *peer_args, limit),
+                ).fetchall()
+            else:
+                likes = " AND ".join("m.text LIKE ? ESCAPE '\\'" for _ in words)
+                patterns = tuple("%" + _like_escape(word) + "%" for word in words)
+                rows = conn.execute(
+                    f"SELECT {_prefixed('m', _MESSAGE_COLUMNS)} FROM messages m"
+                    f" WHERE {likes} AND m.{_VISIBLE}{peer_clause}"
+                    " ORDER BY m.time DESC, m.rowid DESC LIMIT ?",
+                    (*patterns, *peer_args, limit),
+                ).fetchall()
+        return [_message(row) for row in rows]
+
+    # -- read receipts, nicknames, settings ------------------------------
+
+    def mark_seen_by(self, peer: int, message_id: str, *, now: float) -> float | None:
+        """``peer`` says it has read our message ``message_id`` (and so all
+        before it): keep that as its read mark if the message is ours, went
+        to ``peer``, and is not older than the mark it has.  Returns the
+        message's time if the mark moved, else None."""
+        _check_id(message_id)
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT time, rowid FROM messages WHERE id = ? AND outgoing = 1 AND recipient = ?", (message_id, peer)
+            ).fetchone()
+            if row is None:
+                return None
+            when, seq = float(row[0]), int(row[1])
+            moved = conn.execute(
+                "INSERT INTO read_marks (peer, message_id, time, seq) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (peer) DO UPDATE SET message_id = excluded.message_id, time = excluded.time,"
+                " seq = excluded.seq WHERE (excluded.time, excluded.seq) > (read_marks.time, read_marks.seq)",
+                (peer, message_id, when, seq),
+            ).rowcount
+        return when if moved else None
+
+    def read_marks(self) -> dict[int, dict[str, Any]]:
+        """Peer id -> ``{"id": our latest message it has read, "time": its time}``."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT peer, message_id, time FROM read_marks").fetchall()
+        return {peer: {"id": message_id, "time": time} for peer, message_id, time in rows}
+
+    def set_nickname(self, peer_id: int, nickname: str | None) -> None:
+        """The user's name for ``peer_id``; None or "" forgets it."""
+        with self._write() as conn:
+            if nickname:
+                _check_text(nickname)
+                conn.execute(
+                    "INSERT INTO nicknames (peer_id, nickname) VALUES (?, ?)"
+                    " ON CONFLICT (peer_id) DO UPDATE SET nickname = excluded.nickname",
+                    (peer_id, nickname),
+                )
+            else:
+                conn.execute("DELETE FROM nicknames WHERE peer_id = ?", (peer_id,))
+
+    def nicknames(self) -> dict[int, str]:
+        with self._read() as conn:
+            rows = conn.execute("SELECT peer_id, nickname FROM nicknames").fetchall()
+        return {peer_id: nickname for peer_id, nickname in rows}
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting of :data:`SETTINGS`, stored or default, decoded."""
+        with self._read() as conn:
+            stored = dict(conn.execute("SELECT key, value FROM settings").fetchall())
+        return {key: json.loads(stored.get(key, default)) for key, default in SETTINGS.items()}
+
+    def set_setting(self, key: str, value: Any) -> None:
+        if key not in SETTINGS:
+            raise StoreError(f"unknown setting {key!r:.40}")
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value)),
+            )
 
     # -- peers (trust on first use) --------------------------------------
 

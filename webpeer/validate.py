@@ -148,3 +148,56 @@ def member_ids(value: object, what: str = "members") -> list[int]:
     if not isinstance(value, list) or len(value) >= MAX_GROUP_MEMBERS:
         raise InvalidValue(400, f"{what} must be a list of at most {MAX_GROUP_MEMBERS - 1} peer ids")
     return sorted({peer_id(item, f"an id in {what}") for item in value})
+
+
+MAX_NICKNAME_CHARS = 64
+MAX_SEARCH_CHARS = 200
+
+
+def nickname(value: object) -> str | None:
+    """The user's name for a peer: a str of at most MAX_NICKNAME_CHARS
+    characters, no control characters, spaces around it dropped; blank (or
+    null) means "no nickname" (None)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidValue(400, "nickname must be a string")
+    value = value.strip()
+    if len(value) > MAX_NICKNAME_CHARS:
+        raise InvalidValue(400, f"nickname is {len(value)} characters; the limit is {MAX_NICKNAME_CHARS}")
+    if any(ord(ch) < 32 or ord(ch) == 127 or 0xD800 <= ord(ch) <= 0xDFFF for ch in value):
+        raise InvalidValue(400, "nickname has a control character or invalid Unicode")
+    return value or None
+
+
+def settings_change(value: object, known: dict[str, object]) -> dict[str, object]:
+    """A change of the page's settings: a JSON object whose keys are settings
+    (``known``: name -> current value) and whose values have their type."""
+    if not isinstance(value, dict) or not value:
+        raise InvalidValue(400, "settings must be a non-empty JSON object")
+    for key, new in value.items():
+        if key not in known:
+            raise InvalidValue(400, f"unknown setting {key!r:.40}")
+        if type(new) is not type(known[key]):
+            raise InvalidValue(400, f"setting {key} must be {type(known[key]).__name__}")
+    return dict(value)
+
+
+MAX_SEARCH_WORDS = 10
+
+
+def search_words(value: object) -> list[str]:
+    """A search: a str of at most MAX_SEARCH_CHARS characters, valid Unicode,
+    with 1 to MAX_SEARCH_WORDS words (separated by white space)."""
+    if not isinstance(value, str):
+        raise InvalidValue(400, "q must be a string")
+    if len(value) > MAX_SEARCH_CHARS:
+        raise InvalidValue(400, f"q is {len(value)} characters; the limit is {MAX_SEARCH_CHARS}")
+    if any(0xD800 <= ord(ch) <= 0xDFFF for ch in value):
+        raise InvalidValue(400, "q is not valid Unicode")
+    words = value.split()
+    if not words:
+        raise InvalidValue(400, "q is empty: give a word to search for")
+    if len(words) > MAX_SEARCH_WORDS:
+        raise InvalidValue(400, f"q has {len(words)} words; the limit is {MAX_SEARCH_WORDS}")
+    return words

@@ -163,6 +163,11 @@ def create_app(config: WebConfig, api: PeerApi) -> web.Application:
     app.router.add_post("/api/messages/{id}/retry", _api_retry)
     app.router.add_post("/api/messages/{id}/cancel", _api_cancel)
     app.router.add_post("/api/peers/{id}/read", _api_read)
+    app.router.add_post("/api/peers", _api_add_contact)
+    app.router.add_put("/api/peers/{id}/nickname", _api_nickname)
+    app.router.add_get("/api/settings", _api_settings)
+    app.router.add_get("/api/search", _api_search)
+    app.router.add_put("/api/settings", _api_set_settings)
     app.router.add_get("/api/peers/{id}/safety", _api_safety)
     app.router.add_get("/api/peers/{id}/safety.svg", _api_safety_svg)
     app.router.add_post("/api/peers/{id}/trust", _api_trust)
@@ -469,6 +474,48 @@ async def _api_read(request: web.Request) -> web.Response:
     peer = validate.peer_id(request.match_info["id"], "peer id", from_url=True)
     request.app[API_KEY].mark_read(peer)
     return web.Response(status=204)
+
+
+async def _api_add_contact(request: web.Request) -> web.Response:
+    body = await _read_json(request)
+    peer = validate.peer_id(body.get("id"), "id")
+    return web.json_response(await request.app[API_KEY].add_contact(peer), status=201)
+
+
+async def _api_nickname(request: web.Request) -> web.Response:
+    peer = validate.peer_id(request.match_info["id"], "peer id", from_url=True)
+    body = await _read_json(request)
+    request.app[API_KEY].set_nickname(peer, validate.nickname(body.get("nickname")))
+    return web.Response(status=204)
+
+
+MAX_SEARCH_LIMIT = 200
+
+
+async def _api_search(request: web.Request) -> web.Response:
+    """``?q=words[&peer=N][&limit=K]``: the latest K (default 50) messages
+    having every word (as a word's start), newest first."""
+    words = validate.search_words(request.query.get("q"))
+    peer = None
+    if "peer" in request.query:
+        peer = validate.peer_id(request.query["peer"], "peer", from_url=True)
+    limit = 50
+    if "limit" in request.query:
+        raw = request.query["limit"]
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 4 and 0 < int(raw) <= MAX_SEARCH_LIMIT):
+            raise ApiError(400, f"limit must be an integer in 1..{MAX_SEARCH_LIMIT}")
+        limit = int(raw)
+    return web.json_response(request.app[API_KEY].search(words, peer, limit))
+
+
+async def _api_settings(request: web.Request) -> web.Response:
+    return web.json_response(request.app[API_KEY].settings())
+
+
+async def _api_set_settings(request: web.Request) -> web.Response:
+    api = request.app[API_KEY]
+    changes = validate.settings_change(await _read_json(request), api.settings())
+    return web.json_response(api.set_settings(changes))
 
 
 async def _api_safety(request: web.Request) -> web.Response:

@@ -4,9 +4,9 @@
 // when none is.
 
 import { byTestId, changed, connectionText } from "./dom.js";
-import { findPeer } from "../state.js";
+import { displayName, findPeer } from "../state.js";
 
-/** @param {{toggleSafety: (open: boolean) => void}} actions */
+/** @param {{toggleSafety: (open: boolean) => void, rename: (peerId: number, nickname: string) => void}} actions */
 export function createConversationView(actions, root = document) {
   const el = {
     conversation: byTestId("conversation", root),
@@ -19,11 +19,32 @@ export function createConversationView(actions, root = document) {
     safetyButton: byTestId("safety-button", root),
     error: byTestId("conversation-error", root),
     empty: byTestId("conversation-empty", root),
+    ownName: byTestId("conversation-own-name", root),
+    renameButton: byTestId("rename-button", root),
+    renameForm: byTestId("rename-form", root),
+    renameInput: byTestId("rename-input", root),
   };
   el.safetyButton.addEventListener("click", () => actions.toggleSafety(true));
+  // The nickname is the user's own name for the peer, kept by this webpeer only.
+  el.renameButton.addEventListener("click", () => {
+    const peer = findPeer(lastState, lastState.selected);
+    el.renameInput.value = peer && peer.nickname ? peer.nickname : "";
+    el.renameForm.hidden = false;
+    el.renameInput.focus();
+  });
+  el.renameForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    el.renameForm.hidden = true;
+    if (lastState.selected !== null) actions.rename(lastState.selected, el.renameInput.value.trim());
+  });
+  el.renameInput.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") el.renameForm.hidden = true;
+  });
+  let lastState = null;
   const memo = {};
 
   function render(state) {
+    lastState = state;
     const id = state.selected;
     const peer = id === null ? undefined : findPeer(state, id);
     if (!changed(memo, [id, peer])) return;
@@ -38,9 +59,14 @@ export function createConversationView(actions, root = document) {
       el.verified.hidden = true;
       el.safetyButton.hidden = true;
       el.error.hidden = true;
+      el.renameButton.hidden = true;
+      el.renameForm.hidden = true;
+      el.ownName.textContent = "";
       return;
     }
-    el.name.textContent = peer && peer.name ? peer.name : `peer ${id}`;
+    el.name.textContent = displayName(peer) || `peer ${id}`;
+    el.ownName.textContent = peer && peer.nickname && peer.name && peer.name !== peer.nickname ? `(${peer.name})` : "";
+    el.renameButton.hidden = !peer;
     el.id.textContent = `#${id}`;
     el.fingerprint.textContent = peer ? peer.fingerprint || "" : "";
     if (peer) {

@@ -20,9 +20,13 @@
 //
 // A line names the day before each day's first message; each time's tooltip
 // is the full date.  http(s) addresses in texts are links (links.js).
+//
+// A message that follows one from the same side within GROUP_SECONDS is
+// "grouped" (drawn close under it).  Each message starts with who wrote it
+// for screen readers ("You:" / the peer's name), hidden on screen.
 
 import { byTestId, changed, make } from "./dom.js";
-import { conversationOf, isMine, reachedStart } from "../state.js";
+import { conversationOf, displayName, findPeer, isMine, reachedStart, readByPeer } from "../state.js";
 import { appendWithLinks } from "./links.js";
 
 const STATUS_LABELS = {
@@ -30,11 +34,13 @@ const STATUS_LABELS = {
   sending: "sending…",
   sent: "sent ✓",
   delivered: "delivered ✓✓",
+  read: "read ✓✓",
   failed: "failed",
   held: "held",
   received: "",
 };
 const NEAR_BOTTOM_PX = 80;
+const GROUP_SECONDS = 300;
 const LOAD_OLDER_PX = 300; // this close to the top, the page before is fetched
 
 /** @param {{retry: (messageId: string) => void, resend: (clientId: string) => void, cancel: (messageId: string) => void, loadOlder: () => void}} actions */
@@ -54,9 +60,11 @@ export function createMessagesView(actions, root = document) {
     const conversation = peer === null ? null : conversationOf(state, peer);
     const start = peer !== null && reachedStart(state, peer);
     const divider = state.unreadDivider && state.unreadDivider.peer === peer ? state.unreadDivider : null;
-    if (!changed(memo, [peer, conversation, state.pending, state.me, state.historyLoads, start, divider])) return;
+    const readMark = peer === null ? null : findPeer(state, peer)?.read_up_to;
+    if (!changed(memo, [peer, conversation, state.pending, state.me, state.historyLoads, start, divider, readMark])) return;
 
-    const items = peer === null ? [] : withDivider(withStartLine(withDays(itemsOf(state, peer, conversation)), start), divider);
+    const items = peer === null ? [] : withGroups(withDivider(withStartLine(withDays(itemsOf(state, peer, conversation)), start), divider));
+    const theirName = peer === null ? "" : displayName(findPeer(state, peer)) || `peer ${peer}`;
     const wasNearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < NEAR_BOTTOM_PX;
     const anchor = wasNearBottom ? null : scrollAnchor(list);
     let added = 0;
@@ -64,9 +72,9 @@ export function createMessagesView(actions, root = document) {
     let mineChanged = false;
     const next = new Map();
     const olderThan = firstShownIndex(items, shown); // items before it are an older page: no follow
-    const nodes = items.map(({ key, item, mine, pending }, index) => {
+    const nodes = items.map(({ key, item, mine, pending, grouped }, index) => {
       const old = shown.get(key);
-      if (old && old.item === item && old.mine === mine) {
+      if (old && old.item === item && old.mine === mine && old.grouped === grouped) {
         next.set(key, old);
         return old.node;
       }
@@ -76,8 +84,8 @@ export function createMessagesView(actions, root = document) {
         else if (!key.startsWith("m:")) added -= 1; // a line (divider, start), not a message
         else theirsAdded += 1;
       }
-      const node = messageElement(item, mine, pending, actions);
-      next.set(key, { item, mine, node });
+      const node = messageElement(item, mine, pending, actions, { grouped, sender: mine ? "You" : theirName });
+      next.set(key, { item, mine, node, grouped });
       return node;
     });
     placeInOrder(list, nodes);
@@ -109,12 +117,24 @@ function itemsOf(state, peer, conversation) {
     const fromNewKey = Boolean(message.key_changed) && !mine;
     if (fromNewKey && !afterChange) items.push({ key: `k:${message.id}`, item: KEY_LINE, mine: false, pending: false });
     if (!mine) afterChange = fromNewKey;
-    items.push({ key: `m:${message.id}`, item: message, mine, pending: false });
+    items.push({ key: `m:${message.id}`, item: readByPeer(state, message) ? asRead(message) : message, mine, pending: false });
   }
   for (const pending of state.pending.values()) {
     if (pending.peer === peer) items.push({ key: `c:${pending.clientId}`, item: pending, mine: true, pending: true });
   }
   return items;
+}
+
+// Our message the peer has read is shown with status "read": one copy per
+// message object, so its element is kept from render to render.
+const READ_COPIES = new WeakMap();
+function asRead(message) {
+  let copy = READ_COPIES.get(message);
+  if (!copy) {
+    copy = { ...message, status: "read" };
+    READ_COPIES.set(message, copy);
+  }
+  return copy;
 }
 
 // Where the first message the list already showed is in the new items (0 if none was shown).
@@ -209,6 +229,18 @@ function newMessagesButton(list, button) {
 
 const START_LINE = { line: "start of the conversation" };
 
+// Marks each message that follows one from the same side closely (no line between them).
+function withGroups(items) {
+  let previous = null;
+  return items.map((entry) => {
+    const isMessage = entry.key.startsWith("m:") || entry.key.startsWith("c:");
+    const grouped = isMessage && previous !== null && previous.mine === entry.mine
+      && Math.abs(entry.item.time - previous.item.time) < GROUP_SECONDS;
+    previous = isMessage ? entry : null;
+    return grouped === Boolean(entry.grouped) ? entry : { ...entry, grouped };
+  });
+}
+
 function withStartLine(items, start) {
   return start ? [{ key: "start", item: START_LINE, mine: false, pending: false }, ...items] : items;
 }
@@ -249,8 +281,13 @@ function placeInOrder(list, nodes) {
   while (list.children.length > nodes.length) list.lastElementChild.remove();
 }
 
+// Made once: toLocaleTimeString with options builds a new formatter per call
+// (about a millisecond each), which made a burst of 1,000 messages take seconds.
+const TIME_FORMAT = new Intl.DateTimeFormat([], { hour: "2-digit", minute: "2-digit" });
+const FULL_FORMAT = new Intl.DateTimeFormat([], { dateStyle: "full", timeStyle: "short" });
+
 function formatTime(seconds) {
-  return new Date(seconds * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  return TIME_FORMAT.format(new Date(seconds * 1000));
 }
 
 // hh:mm, with the full date and time as the tooltip.
@@ -258,11 +295,11 @@ function timeElement(seconds) {
   const time = make("time", "time", formatTime(seconds));
   const date = new Date(seconds * 1000);
   time.dateTime = date.toISOString();
-  time.title = date.toLocaleString([], { dateStyle: "full", timeStyle: "short" });
+  time.title = FULL_FORMAT.format(date);
   return time;
 }
 
-function messageElement(message, mine, pending, actions) {
+function messageElement(message, mine, pending, actions, { grouped = false, sender = "" } = {}) {
   if (message.day) {
     const line = make("li", "day-line", message.line);
     line.dataset.testid = "day-separator";
@@ -287,12 +324,14 @@ function messageElement(message, mine, pending, actions) {
   const item = make("li", "message");
   item.dataset.testid = "message";
   item.classList.add(mine ? "mine" : "theirs");
+  if (grouped) item.classList.add("grouped");
   if (pending) item.dataset.clientId = message.clientId;
   else item.dataset.messageId = message.id;
   item.dataset.status = message.status;
   item.dataset.time = String(message.time);
 
   const bubble = make("div", "bubble");
+  if (sender) bubble.append(make("span", "sr-only", `${sender}: `));
   const text = make("div", "message-text");
   appendWithLinks(text, message.text);
   text.dataset.testid = "message-text";

@@ -2,13 +2,16 @@
 // key-changed warning, refusal reason) and the "Chat with id" form.
 // Peers are ordered by their conversation's latest message, newest first,
 // with the start of its text under the name; peers never talked to follow, by id.
+// A peer is shown by the user's nickname for it (its own name then in grey),
+// an offline one with when it was last seen; the filter box narrows the list.
+// "Chat with id" adds the id as a contact (the server says whether it exists).
 
 import { byTestId, changed, connectionText, make } from "./dom.js";
-import { isReading } from "../state.js";
+import { filteredPeers, isReading } from "../state.js";
 
 const PEER_ID = /^[1-9][0-9]{0,15}$/;
 
-/** @param {{select: (peerId: number) => void, showError: (text: string) => void}} actions */
+/** @param {{select: (peerId: number) => void, addContact: (peerId: number) => void, filter: (text: string) => void, showError: (text: string) => void}} actions */
 export function createPeersView(actions, root = document) {
   const list = byTestId("peer-list", root);
   const noPeers = byTestId("no-peers", root);
@@ -19,12 +22,17 @@ export function createPeersView(actions, root = document) {
     const item = itemOf(event);
     if (item) actions.select(Number(item.dataset.peerId));
   });
+  // Keyboard: each entry is a button (Tab reaches the list, Enter or Space
+  // opens); Up and Down move between entries, Home and End to the ends.
   list.addEventListener("keydown", (event) => {
     const item = itemOf(event);
-    if (item && (event.key === "Enter" || event.key === " ")) {
-      event.preventDefault();
-      actions.select(Number(item.dataset.peerId));
-    }
+    if (!item) return;
+    const items = [...list.querySelectorAll('[data-testid="peer-item"]')];
+    const at = items.indexOf(item);
+    const to = { ArrowDown: at + 1, ArrowUp: at - 1, Home: 0, End: items.length - 1 }[event.key];
+    if (to === undefined || to < 0 || to >= items.length) return;
+    event.preventDefault();
+    items[to].querySelector("button").focus();
   });
   byTestId("open-peer-form", root).addEventListener("submit", (event) => {
     event.preventDefault();
@@ -34,28 +42,40 @@ export function createPeersView(actions, root = document) {
       actions.showError("That is your own id: give it to others so they can reach you.");
     } else if (PEER_ID.test(value)) {
       input.value = "";
-      actions.select(Number(value));
+      actions.addContact(Number(value));
     } else {
       actions.showError("A peer id is a positive whole number.");
     }
   });
 
+  const filterBox = byTestId("peer-filter", root);
+  filterBox.addEventListener("input", () => actions.filter(filterBox.value));
+
   let myId = null;
   const isMyId = (value) => myId !== null && value.replace(/^0+/, "") === String(myId);
 
   function render(state) {
-    if (!changed(memo, [state.peers, state.me, state.selected, state.visible])) return;
+    if (!changed(memo, [state.peers, state.me, state.selected, state.visible, state.filter])) return;
     myId = state.me ? state.me.id : null;
-    const items = byActivity(state.peers.filter((peer) => peer.id !== myId)).map((peer) => {
+    const items = byActivity(filteredPeers(state).filter((peer) => peer.id !== myId)).map((peer) => {
       const item = peerItem(state, peer);
       addPreview(state, item, peer);
       return item;
     });
+    // The list is drawn anew: the entry that had the keyboard focus gets it back.
+    const focused = list.contains(document.activeElement) ? itemOf({ target: document.activeElement }) : null;
     list.replaceChildren(...items);
+    if (focused) list.querySelector(`[data-peer-id="${focused.dataset.peerId}"] button`)?.focus();
     noPeers.hidden = items.length > 0;
+    noPeers.textContent = state.filter ? "No peer matches the filter." : "No other peers are known yet.";
   }
 
-  return { render };
+  /** Keyboard focus to the entry of `peerId` (Escape from a conversation comes back here). */
+  function focusPeer(peerId) {
+    list.querySelector(`[data-peer-id="${peerId}"] button`)?.focus();
+  }
+
+  return { render, focusPeer };
 }
 
 function byActivity(peers) {
@@ -70,7 +90,7 @@ function addPreview(state, item, peer) {
   const mine = state.me !== null && last.from === state.me.id;
   const preview = make("div", "peer-preview", `${mine ? "you: " : ""}${last.text}`);
   preview.dataset.testid = "peer-preview";
-  item.firstElementChild.after(preview);
+  item.querySelector(".peer-top").after(preview);
 }
 
 function peerItem(state, peer) {
@@ -78,8 +98,6 @@ function peerItem(state, peer) {
   item.dataset.testid = "peer-item";
   item.dataset.peerId = String(peer.id);
   item.dataset.online = peer.online ? "true" : "false";
-  item.tabIndex = 0;
-  item.setAttribute("role", "button");
   if (peer.online) item.classList.add("online");
   if (peer.id === state.selected) item.classList.add("selected");
 
@@ -88,9 +106,16 @@ function peerItem(state, peer) {
   dot.dataset.testid = "online-dot";
   dot.title = peer.online ? "online" : "offline";
   top.append(dot);
-  const name = make("span", "peer-name", peer.name || "(no name)");
+  const name = make("span", "peer-name", peer.nickname || peer.name || "(no name)");
   name.dataset.testid = "peer-name";
-  top.append(name, make("span", "peer-id", `#${peer.id}`));
+  top.append(name);
+  if (peer.nickname && peer.name && peer.name !== peer.nickname) {
+    const own = make("span", "peer-own-name", peer.name);
+    own.dataset.testid = "peer-own-name";
+    own.title = "the name this peer gave itself";
+    top.append(own);
+  }
+  top.append(make("span", "peer-id", `#${peer.id}`));
   // The open conversation is being read: no badge, even before the server agrees.
   if (peer.unread > 0 && !isReading(state, peer.id)) {
     const badge = make("span", "badge", peer.unread > 99 ? "99+" : peer.unread);
@@ -110,6 +135,12 @@ function peerItem(state, peer) {
     const address = make("span", "conn-address mono", conn.address);
     address.dataset.testid = "connection-address";
     line.append(address);
+  }
+  if (!peer.online && typeof peer.last_seen === "number") {
+    const seen = make("span", "last-seen", `last seen ${lastSeenText(peer.last_seen)}`);
+    seen.dataset.testid = "last-seen";
+    seen.title = new Date(peer.last_seen * 1000).toLocaleString();
+    line.append(seen);
   }
   item.append(line);
 
@@ -137,5 +168,21 @@ function peerItem(state, peer) {
     error.dataset.testid = "peer-error";
     item.append(error);
   }
+  // One button holds the entry: a list of buttons, as screen readers expect.
+  const button = make("button", "peer-button");
+  button.type = "button";
+  button.dataset.testid = "peer-button";
+  if (peer.id === state.selected) button.setAttribute("aria-current", "true");
+  button.append(...item.childNodes);
+  item.append(button);
   return item;
+}
+
+/** "5 min ago", "3 h ago", else the date: when an offline peer was last seen. */
+export function lastSeenText(seconds, now = Date.now() / 1000) {
+  const ago = Math.max(0, now - seconds);
+  if (ago < 60) return "just now";
+  if (ago < 3600) return `${Math.floor(ago / 60)} min ago`;
+  if (ago < 86400) return `${Math.floor(ago / 3600)} h ago`;
+  return new Date(seconds * 1000).toLocaleDateString();
 }

@@ -361,9 +361,13 @@ async def test_a_queued_message_can_be_cancelled_and_a_bad_target_says_why(harne
     api.set_status(message_id, "delivered")
     await expect(queued.locator(h.testid("cancel-button"))).to_have_count(0)
 
-    # An id nobody was ever given: the send fails on the page, saying so, and nothing is stored.
+    # An id nobody was ever given: "Chat with id" refuses it; opened by its
+    # address (#peer-999) a send fails on the page, saying so, and nothing is stored.
     await page.locator(h.testid("open-peer-id")).fill("999")
     await page.locator(h.testid("open-peer-button")).click()
+    await expect(page.locator(h.testid("error-text"))).to_contain_text("unknown peer 999")
+    await page.goto(f"{h.url}#peer-999")
+    await page.reload()
     await expect(page.locator(h.testid("conversation"))).to_have_attribute("data-peer-id", "999")
     await composer.fill("hello?")
     await composer.press("Enter")
@@ -534,7 +538,7 @@ async def test_an_unread_divider_when_a_conversation_opens_and_a_new_messages_bu
     divider = page.locator(h.testid("unread-divider"))
     await expect(divider).to_have_text("3 new messages")
     await expect(divider).to_be_in_viewport()
-    following = await divider.evaluate("d => d.nextElementSibling.textContent")
+    following = await divider.evaluate("d => d.nextElementSibling.querySelector('.message-text').textContent")
     assert following.startswith("unread 0")
     await expect(page.locator(h.testid("unread-badge", h.peer(2)))).to_have_count(0)
     assert await page.locator(h.testid("unread-divider")).count() == 1

@@ -259,8 +259,10 @@ async def test_two_real_peers_in_the_browser(peers: tuple[Peer, Peer]) -> None:
     mine = alice.message("hello bob")
     await expect(mine).to_have_count(1, timeout=WAIT_MS)
     await expect(mine).to_have_class(re.compile(r"\bmine\b"))
-    await expect(mine).to_have_attribute("data-status", "delivered", timeout=WAIT_MS)
-    await expect(mine.locator('[data-testid="message-status"]')).to_contain_text("delivered")
+    # bob's page has the conversation open and visible: it is delivered, then
+    # read (bob's read receipt), which is what alice's page shows in the end.
+    await expect(mine).to_have_attribute("data-status", "read", timeout=WAIT_MS)
+    await expect(mine.locator('[data-testid="message-status"]')).to_have_text("read ✓✓")
     theirs = bob.message("hello bob")
     await expect(theirs).to_have_count(1, timeout=WAIT_MS)
     await expect(theirs).to_have_class(re.compile(r"\btheirs\b"))
@@ -282,7 +284,7 @@ async def test_two_real_peers_in_the_browser(peers: tuple[Peer, Peer]) -> None:
     await expect(composer).to_have_value("")
     two_lines = bob.message("line two")
     await expect(two_lines).to_have_count(1, timeout=WAIT_MS)
-    await expect(alice.message("line two")).to_have_attribute("data-status", "delivered", timeout=WAIT_MS)
+    await expect(alice.message("line two")).to_have_attribute("data-status", "read", timeout=WAIT_MS)
     assert alice.sent_texts() == ["hello bob", "line one\nline two"]
     text_node = two_lines.locator('[data-testid="message-text"]')
     assert await text_node.evaluate("node => node.textContent") == "line one\nline two"
@@ -293,7 +295,7 @@ async def test_two_real_peers_in_the_browser(peers: tuple[Peer, Peer]) -> None:
         await peer.page.reload()
         await expect(peer.testid("my-id")).to_have_text(re.compile(r"^[12]$"), timeout=WAIT_MS)
         await expect(peer.testid("message-text")).to_have_text(["hello bob", "line one line two"], timeout=WAIT_MS)
-    await expect(alice.message("hello bob")).to_have_attribute("data-status", "delivered")
+    await expect(alice.message("hello bob")).to_have_attribute("data-status", "read", timeout=WAIT_MS)
     await expect(bob.message("hello bob")).to_have_class(re.compile(r"\btheirs\b"))
 
     # 3. bob sends markup through his page; on alice's page it is text and runs nothing.
@@ -306,7 +308,7 @@ async def test_two_real_peers_in_the_browser(peers: tuple[Peer, Peer]) -> None:
     await expect(hostile.locator('[data-testid="message-text"]')).to_have_text(XSS)
     hostile_text = hostile.locator('[data-testid="message-text"]')
     assert await hostile_text.evaluate("node => node.textContent") == XSS
-    await expect(bob.message(XSS)).to_have_attribute("data-status", "delivered", timeout=WAIT_MS)
+    await expect(bob.message(XSS)).to_have_attribute("data-status", "read", timeout=WAIT_MS)
     for peer in peers:
         await expect(peer.testid("message-text")).to_have_count(3)
         await expect(
@@ -317,7 +319,8 @@ async def test_two_real_peers_in_the_browser(peers: tuple[Peer, Peer]) -> None:
     # 4. The pair talks directly, and alice's page says over which address.
     await expect(bob_item.locator('[data-testid="connection-state"]')).to_have_text("direct", timeout=WAIT_MS)
     await expect(bob_item.locator('[data-testid="connection-state"]')).to_have_attribute("data-state", "direct")
-    bob_address = await bob.testid("my-address").inner_text()
+    # (Folded away in the header's "Connection details": its text, not what is on screen.)
+    bob_address = (await bob.testid("my-address").text_content() or "").strip()
     await expect(bob_item.locator('[data-testid="connection-address"]')).to_have_text(bob_address)
     await expect(alice.testid("conversation-connection")).to_have_text(f"online · direct via {bob_address}")
 

@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { conversationOf, findPeer, initialState, readsOnArrival, reduce } from "../../static/state.js";
+import { conversationOf, displayName, filteredPeers, findPeer, initialState, readByPeer, readsOnArrival, reduce } from "../../static/state.js";
 
 const ALICE = { id: 1, name: "alice", fingerprint: "SHA256:a", registered: true };
 const peer = (id, name, extra = {}) => ({ id, name, online: true, unread: 0, key_changed: false, error: null, connection: null, ...extra });
@@ -277,4 +277,73 @@ test("opening a conversation with unread messages puts the divider above the fir
   const history = ["h1", "h2", "h3", "h4", "h5", "h6"].map((id, i) => msg(id, 2, 1, id, { time: 10 + i }));
   state = reduce(state, { type: "history-loaded", peer: 2, since: state.liveClock, messages: history });
   assert.equal(state.unreadDivider.before, "h2");
+});
+
+test("read-up-to marks our messages up to its time as read, and never moves back", () => {
+  let state = run(
+    greeted(),
+    { type: "history-loaded", peer: 2, since: 0, messages: [
+      msg("a", 1, 2, "one", { status: "delivered", time: 100 }),
+      msg("b", 1, 2, "two", { status: "delivered", time: 200 }),
+      msg("c", 2, 1, "theirs", { time: 150 }),
+    ] },
+    { type: "read-up-to", peer: 2, id: "a", time: 100 },
+  );
+  const conv = conversationOf(state, 2);
+  assert.equal(readByPeer(state, conv.get("a")), true);
+  assert.equal(readByPeer(state, conv.get("b")), false);
+  assert.equal(readByPeer(state, conv.get("c")), false); // theirs: not ours to be read
+  state = reduce(state, { type: "read-up-to", peer: 2, id: "b", time: 200 });
+  assert.equal(readByPeer(state, conversationOf(state, 2).get("b")), true);
+  const back = reduce(state, { type: "read-up-to", peer: 2, id: "a", time: 100 });
+  assert.equal(back, state);
+  assert.equal(reduce(state, { type: "read-up-to", peer: 99, id: "x", time: 1 }), state);
+  // A failed or queued message is never shown read.
+  const failed = { ...conversationOf(state, 2).get("a"), status: "failed" };
+  assert.equal(readByPeer(state, failed), false);
+});
+
+test("the filter matches nickname, name and #id, every word", () => {
+  let state = run(initialState(), { type: "hello", me: ALICE, peers: [
+    peer(2, "bob", { nickname: "Bobby Tables" }), peer(3, "carol"), peer(23, "dave"),
+  ] });
+  const ids = () => filteredPeers(state).map((p) => p.id);
+  assert.deepEqual(ids(), [2, 3, 23]);
+  state = reduce(state, { type: "filter-changed", filter: "tables" });
+  assert.deepEqual(ids(), [2]);
+  state = reduce(state, { type: "filter-changed", filter: "#2" });
+  assert.deepEqual(ids(), [2, 23]);
+  state = reduce(state, { type: "filter-changed", filter: "bob  car" });
+  assert.deepEqual(ids(), []);
+  state = reduce(state, { type: "filter-changed", filter: "  " });
+  assert.deepEqual(ids(), [2, 3, 23]);
+  assert.equal(displayName(findPeer(state, 2)), "Bobby Tables");
+  assert.equal(displayName(findPeer(state, 3)), "carol");
+});
+
+test("a message-burst leaves the state as its messages one by one would", () => {
+  const start = run(
+    greeted(),
+    { type: "peer-selected", peer: 2 },
+    { type: "peers", peers: [ALICE, peer(2, "bob", { unread: 2 }), peer(3, "carol", { unread: 1 })] },
+  );
+  const events = [];
+  for (let n = 0; n < 50; n += 1) {
+    const from = n % 3 === 0 ? 3 : 2;
+    events.push({ type: "message", message: msg(`b${n}`, from, 1, `text ${n}`, { time: 200 + n }) });
+  }
+  events.push({ type: "message", message: msg("b7", 2, 1, "text 7", { time: 207 }) }); // a repeat
+  const oneByOne = events.reduce(reduce, start);
+  const burst = reduce(start, { type: "message-burst", events });
+  const picture = (state) => snapshot({ ...state, liveAt: [...state.liveAt.keys()].sort() });
+  assert.equal(picture(burst), picture(oneByOne));
+  assert.equal(findPeer(burst, 2).unread, 0); // open and visible: read as they came
+  assert.equal(findPeer(burst, 3).unread, 1 + 17);
+  assert.equal(findPeer(burst, 3).last_message.id, "b48");
+  // With one of ours in it, the one-by-one way (its pending copy is dropped).
+  const withMine = [...events, { type: "message", message: msg("m1", 1, 2, "mine", { time: 300 }) }];
+  const pendingStart = reduce(start, { type: "send-started", clientId: "c1", peer: 2, text: "mine", time: 300 });
+  const mixed = reduce(pendingStart, { type: "message-burst", events: withMine });
+  assert.equal(mixed.pending.size, 0);
+  assert.equal(picture(mixed), picture(withMine.reduce(reduce, pendingStart)));
 });

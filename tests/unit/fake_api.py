@@ -49,6 +49,7 @@ class FakePeerApi:
         self.directory_refreshes = 0
         # Ids above this were never assigned by "the server" (404 unknown peer N).
         self.highest_id = highest_id
+        self._settings: JSON = {"read_receipts": True}
 
     # -------------------------------------------------- test controls
 
@@ -65,6 +66,9 @@ class FakePeerApi:
             "verified_key_changed": False,
             "connection": None,
             "error": None,
+            "nickname": None,
+            "read_up_to": None,
+            "last_seen": None if online else time.time() - 3600,
         }
         self._peers[peer_id] = peer
         self._keys[peer_id] = [hashlib.sha256(f"{peer_id}:{name}".encode()).digest()]
@@ -149,6 +153,11 @@ class FakePeerApi:
     def rename_quietly(self, peer_id: int, name: str) -> None:
         """A change the page is not told about (as if its event was dropped)."""
         self._peers[peer_id]["name"] = name
+
+    @property
+    def backlog(self) -> int:
+        """Events published and not yet taken by the slowest subscriber."""
+        return max((queue.qsize() for queue in self._queues), default=0)
 
     @property
     def subscribers(self) -> int:
@@ -260,6 +269,46 @@ class FakePeerApi:
         if peer is not None and peer["unread"]:
             peer["unread"] = 0
             self.publish({"type": "peers", "peers": self.peers_json()})
+
+    def peer_read(self, peer_id: int, message_id: str) -> None:
+        """Test control: the peer says it has read our messages up to ``message_id``."""
+        message = self._messages[message_id]
+        self._peers[peer_id]["read_up_to"] = {"id": message_id, "time": message["time"]}
+        self.publish({"type": "read-up-to", "peer": peer_id, "id": message_id, "time": message["time"]})
+
+    async def add_contact(self, peer_id: int) -> JSON:
+        peer_id = validate.peer_id(peer_id, "id")
+        if peer_id == self._me["id"]:
+            raise ApiError(400, "that is your own id")
+        if peer_id > self.highest_id:
+            raise ApiError(404, f"unknown peer {peer_id}")
+        if peer_id not in self._peers:
+            self.add_peer(peer_id, "", online=False)
+        return dict(self._peers[peer_id])
+
+    def set_nickname(self, peer_id: int, nickname: str | None) -> None:
+        if peer_id in self._peers:
+            self._peers[peer_id]["nickname"] = nickname
+            self.publish({"type": "peers", "peers": self.peers_json()})
+
+    def settings(self) -> JSON:
+        return dict(self._settings)
+
+    def search(self, words: list[str], peer_id: int | None, limit: int) -> list[JSON]:
+        """Every word anywhere in the text, case-blind (the store matches word starts)."""
+        found = [
+            m
+            for m in self._messages.values()
+            if not m.get("hidden")
+            and (peer_id is None or m["peer"] == peer_id)
+            and all(w.lower() in m["text"].lower() for w in words)
+        ]
+        found.sort(key=lambda m: m["time"], reverse=True)
+        return [dict(m) for m in found[:limit]]
+
+    def set_settings(self, changes: JSON) -> JSON:
+        self._settings.update(validate.settings_change(changes, self._settings))
+        return dict(self._settings)
 
     def safety(self, peer_id: int) -> JSON:
         peer = self._peers.get(peer_id)

@@ -1,0 +1,94 @@
+"""How the page takes a burst: N incoming messages into the open conversation
+(headless Chromium, the real web layer over the unit tests' fake peer).
+
+Measured in the page: from the first message event's arrival to the moment
+all N are in the message list (a MutationObserver), and the long tasks
+(PerformanceObserver "longtask", over 50 ms) in that time: count and longest.
+
+    .venv/bin/python bench/page_burst.py [--messages 1000] [--static DIR --templates DIR]
+
+--static/--templates: another tree's page (e.g. main's, to compare before
+and after).  Results: bench/PAGE.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from browser.chromium import CHROMIUM_ARGS, chromium_path
+from playwright.async_api import async_playwright
+from unit import fake_api
+
+from webpeer.web import WebConfig, create_app, default_static_dir, default_templates_dir, start_site
+
+TOKEN = "bench-token_0123456789abcdef"
+
+WATCH = """(count) => {
+  window.__bench = { longTasks: [], first: null, done: null };
+  new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) window.__bench.longTasks.push([entry.startTime, entry.duration]);
+  }).observe({ type: "longtask", buffered: false });
+  const target = document.querySelector('[data-testid="message-list"]');
+  new MutationObserver(() => {
+    const shown = target.querySelectorAll('[data-testid="message"]').length;
+    if (shown > 0 && window.__bench.first === null) window.__bench.first = performance.now();
+    if (shown >= count && window.__bench.done === null) window.__bench.done = performance.now();
+  }).observe(target, { childList: true });
+}"""
+
+
+async def run(messages: int, static: Path, templates: Path) -> dict[str, object]:
+    fake_api.QUEUE_SIZE = messages + 100  # the whole burst fits in the subscriber's queue
+    api = fake_api.FakePeerApi(my_id=1, name="alice")
+    api.add_peer(2, "bob")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = WebConfig(port=port, token=TOKEN, static_dir=static, templates_dir=templates)
+    runner = await start_site(create_app(config, api))
+    try:
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+            page = await browser.new_page(viewport={"width": 1100, "height": 700})
+            await page.goto(f"http://127.0.0.1:{port}/?token={TOKEN}")
+            await page.locator('[data-peer-id="2"]').click()
+            await page.wait_for_selector('[data-testid="conversation"][data-peer-id="2"]')
+            await page.wait_for_timeout(500)
+            await page.evaluate(WATCH, messages)
+            for n in range(messages):
+                api.receive(2, f"burst message {n} with a little text in it")
+            await page.wait_for_function("() => window.__bench.done !== null", timeout=120_000)
+            await page.wait_for_timeout(300)  # late long tasks are reported a little after
+            bench = await page.evaluate("window.__bench")
+            await browser.close()
+    finally:
+        await runner.cleanup()
+    first, done = bench["first"], bench["done"]
+    during = [d for start, d in bench["longTasks"] if start + d >= first - 1000]
+    return {
+        "messages": messages,
+        "first_to_all_shown_ms": round(done - first, 1),
+        "long_tasks": len(during),
+        "longest_task_ms": round(max(during, default=0.0), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--static", type=Path, default=default_static_dir())
+    parser.add_argument("--templates", type=Path, default=default_templates_dir())
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    for _ in range(args.runs):
+        print(json.dumps(asyncio.run(run(args.messages, args.static, args.templates))), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""How the page looks and holds up, in headless Chromium against the real web
+layer and the fake peer: the first-run card, dark mode (the system's and the
+theme button's), the one-pane layout of a phone, message grouping, and a
+burst of 500 incoming messages with the conversation open."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import pytest
+from aiohttp import web
+from browser.chromium import CHROMIUM_ARGS, chromium_path
+from playwright.async_api import Browser, Page, async_playwright, expect
+from unit.fake_api import FakePeerApi
+
+from webpeer.web import WebConfig, create_app, start_site
+
+TOKEN = "browser-looks-token_0123456789"
+LIGHT_BG = "rgb(244, 245, 247)"  # app.css --bg, light
+DARK_BG = "rgb(18, 21, 28)"  # app.css --bg, dark
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def tid(name: str, scope: str = "") -> str:
+    return f'{scope} [data-testid="{name}"]'.strip()
+
+
+def peer(peer_id: int) -> str:
+    return f'[data-testid="peer-item"][data-peer-id="{peer_id}"]'
+
+
+@dataclass
+class Site:
+    api: FakePeerApi
+    url: str
+    browser: Browser
+    errors: list[str]
+
+    async def page(self, width: int = 1100, height: int = 700, color_scheme: str = "light") -> Page:
+        context = await self.browser.new_context(viewport={"width": width, "height": height}, color_scheme=color_scheme)  # type: ignore[arg-type]
+        page = await context.new_page()
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+        await page.goto(f"{self.url}?token={TOKEN}")
+        return page
+
+
+@pytest.fixture
+async def site() -> AsyncIterator[Site]:
+    api = FakePeerApi(my_id=1, name="alice")
+    port = free_port()
+    runner: web.AppRunner = await start_site(create_app(WebConfig(port=port, token=TOKEN), api))
+    try:
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+            try:
+                yield Site(api, f"http://127.0.0.1:{port}/", browser, [])
+            finally:
+                await browser.close()
+    finally:
+        await runner.cleanup()
+
+
+async def body_background(page: Page) -> str:
+    return str(await page.evaluate("getComputedStyle(document.documentElement).backgroundColor"))
+
+
+async def test_first_run_card_says_who_i_am_copies_my_id_and_goes_away(site: Site) -> None:
+    page = await site.page()
+    await page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    card = page.locator(tid("welcome-card"))
+    await expect(card).to_be_visible()
+    await expect(page.locator(tid("welcome-name"))).to_have_text("alice #1")
+    await expect(page.locator(tid("welcome-id"))).to_have_text("1")
+    await expect(page.locator(tid("welcome-fingerprint"))).to_have_text("SHA256:fake-alice")
+    # Connection details are folded away, still there for the curious.
+    await expect(page.locator(tid("my-address"))).to_be_hidden()
+    await page.locator(tid("me-details") + " summary").click()
+    await expect(page.locator(tid("my-address"))).to_have_text("127.0.0.1:40001")
+    await page.locator(tid("welcome-copy")).click()
+    await expect(page.locator(tid("welcome-copied"))).to_have_text("Copied.")
+    assert await page.evaluate("navigator.clipboard.readText()") == "1"
+    await page.locator(tid("welcome-dismiss")).click()
+    await expect(card).to_be_hidden()
+    await page.reload()
+    await expect(page.locator(tid("my-id"))).to_have_text("1")
+    await expect(card).to_be_hidden()  # dismissed for good in this browser
+    assert site.errors == []
+
+
+async def test_the_card_is_not_shown_once_there_are_peers(site: Site) -> None:
+    site.api.add_peer(2, "bob")
+    page = await site.page()
+    await expect(page.locator(peer(2))).to_have_count(1)
+    await expect(page.locator(tid("welcome-card"))).to_be_hidden()
+
+
+async def test_dark_mode_follows_the_system_and_the_theme_button(site: Site) -> None:
+    page = await site.page(color_scheme="dark")
+    await expect(page.locator(tid("my-id"))).to_have_text("1")
+    assert await body_background(page) == DARK_BG
+    button = page.locator(tid("theme-toggle"))
+    await expect(button).to_have_text("Theme: auto")
+    await button.click()  # auto -> dark
+    await expect(button).to_have_text("Theme: dark")
+    assert await body_background(page) == DARK_BG
+    await button.click()  # dark -> light, though the system is dark
+    await expect(button).to_have_text("Theme: light")
+    assert await body_background(page) == LIGHT_BG
+    await page.reload()
+    await expect(button).to_have_text("Theme: light")  # kept in this browser
+    assert await body_background(page) == LIGHT_BG
+    light = await site.page(color_scheme="light")
+    assert await body_background(light) == LIGHT_BG
+
+
+async def test_a_phone_shows_the_list_then_the_conversation_then_the_list(site: Site) -> None:
+    site.api.add_peer(2, "bob")
+    page = await site.page(width=390, height=844)
+    sidebar, conversation = page.locator(".sidebar"), page.locator(tid("conversation"))
+    await expect(sidebar).to_be_visible()
+    await expect(conversation).to_be_hidden()
+    await page.locator(peer(2)).click()
+    await expect(conversation).to_be_visible()
+    await expect(sidebar).to_be_hidden()
+    composer = page.locator(tid("composer"))
+    await expect(composer).to_be_visible()
+    # The messages get most of the screen.
+    box = await page.locator(tid("message-list")).bounding_box()
+    assert box is not None and box["height"] > 844 / 2
+    await page.locator(tid("back-button")).click()
+    await expect(sidebar).to_be_visible()
+    await expect(conversation).to_be_hidden()
+    wide = await site.page(width=1100, height=700)
+    await expect(wide.locator(tid("back-button"))).to_be_hidden()
+    await expect(wide.locator(".sidebar")).to_be_visible()
+    await expect(wide.locator(tid("conversation"))).to_be_visible()
+
+
+async def test_close_messages_from_one_side_are_grouped_and_say_who_wrote_them(site: Site) -> None:
+    site.api.add_peer(2, "bob")
+    page = await site.page()
+    await page.locator(peer(2)).click()
+    site.api.receive(2, "first")
+    site.api.receive(2, "second")
+    messages = page.locator(tid("message"))
+    await expect(messages).to_have_count(2)
+    await expect(messages.nth(0)).not_to_have_class("message theirs grouped")
+    await expect(messages.nth(1)).to_have_class("message theirs grouped")
+    assert await messages.nth(1).locator(".sr-only").text_content() == "bob: "
+    await page.locator(tid("composer")).fill("mine")
+    await page.locator(tid("composer")).press("Enter")
+    await expect(messages).to_have_count(3)
+    await expect(messages.nth(2)).to_have_class("message mine")  # the other side: a new group
+    assert await messages.nth(2).locator(".sr-only").text_content() == "You: "
+
+
+async def test_a_burst_of_500_messages_into_the_open_conversation_all_show_in_order(site: Site) -> None:
+    site.api.add_peer(2, "bob")
+    page = await site.page()
+    await page.locator(peer(2)).click()
+    await expect(page.locator(tid("conversation"))).to_have_attribute("data-peer-id", "2")
+    # Five bursts of 100 as fast as the fake can take them (its subscriber
+    # queue holds 256 events; beyond, a page would be told to reload instead).
+    for burst in range(5):
+        for n in range(burst * 100, burst * 100 + 100):
+            site.api.receive(2, f"burst {n}")
+        await until(lambda: site.api.backlog == 0, "the site to hand the burst to the page")
+    texts = page.locator(tid("message-text"))
+    await expect(texts).to_have_count(500, timeout=20_000)
+    assert await texts.nth(0).text_content() == "burst 0"
+    assert await texts.nth(499).text_content() == "burst 499"
+    await expect(page.locator(tid("unread-badge"))).to_have_count(0)  # read as they came
+    assert site.errors == []
