@@ -1,5 +1,6 @@
 """Shared fixtures: a real rendezvous server on a loopback port with a real
-SQLite file; real ``redis-server`` processes for the Redis registry."""
+SQLite file; real ``redis-server`` processes for the Redis registry; ``net``,
+real rendezvous and webpeer processes (tests/processes.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
+from processes import Net
 
-# tests/ is on sys.path (pytest's prepend import mode), so the helper module imports by name.
+# tests/ is on sys.path (pytest's prepend import mode), so the helper modules import by name.
 from redis_process import RedisProcess
 
 from rendezvous.client import RendezvousClient
@@ -68,3 +71,14 @@ def redis_servers(tmp_path: Path) -> Iterator[Callable[..., RedisProcess]]:
 @pytest.fixture
 def redis_server(redis_servers: Callable[..., RedisProcess]) -> RedisProcess:
     return redis_servers()
+
+
+@pytest.fixture
+async def net(tmp_path: Path) -> AsyncIterator[Net]:
+    """A rendezvous process and webpeer processes on loopback, all stopped at the end."""
+    async with aiohttp.ClientSession() as session:
+        network = Net(tmp_path, session)
+        try:
+            yield network
+        finally:
+            await network.stop_all()

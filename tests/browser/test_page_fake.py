@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from aiohttp import web
 from browser.chromium import CHROMIUM_ARGS, chromium_path
-from playwright.async_api import ConsoleMessage, Dialog, Page, async_playwright, expect
+from playwright.async_api import Browser, ConsoleMessage, Dialog, Page, async_playwright, expect
 from unit.fake_api import FakePeerApi
 
 from webpeer.web import WebConfig, create_app, start_site
@@ -72,37 +73,52 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) 
         await asyncio.sleep(0.02)
 
 
-@pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
+# One Chromium for the module (a launch costs seconds on a loaded machine);
+# each test still gets a fresh page in a context of its own (no cookies,
+# storage or handlers carried over), so the tests and the browser share the
+# module's event loop.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser() -> AsyncIterator[Browser]:
     executable = chromium_path()
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def harness(browser: Browser) -> AsyncIterator[Harness]:
     api = FakePeerApi(my_id=1, name="alice")
     api.add_peer(2, "bob")
     api.add_peer(3, XSS)
     api.add_peer(4, "carol", online=False, key_changed=True)
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+    page = await browser.new_page(viewport={"width": 1100, "height": 700})  # in a new context
+    try:
+        h = Harness(api, free_port(), page, None)
+
+        async def on_dialog(dialog: Dialog) -> None:
+            h.dialogs.append(dialog.message)
+            await dialog.dismiss()
+
+        def on_console(message: ConsoleMessage) -> None:
+            if message.type == "error":
+                h.console_errors.append(message.text)
+
+        page.on("dialog", on_dialog)
+        page.on("pageerror", lambda error: h.page_errors.append(str(error)))
+        page.on("console", on_console)
+        await h.start_site()
         try:
-            page = await browser.new_page(viewport={"width": 1100, "height": 700})
-            h = Harness(api, free_port(), page, None)
-
-            async def on_dialog(dialog: Dialog) -> None:
-                h.dialogs.append(dialog.message)
-                await dialog.dismiss()
-
-            def on_console(message: ConsoleMessage) -> None:
-                if message.type == "error":
-                    h.console_errors.append(message.text)
-
-            page.on("dialog", on_dialog)
-            page.on("pageerror", lambda error: h.page_errors.append(str(error)))
-            page.on("console", on_console)
-            await h.start_site()
-            try:
-                yield h
-            finally:
-                await h.stop_site()
+            yield h
         finally:
-            await browser.close()
+            await h.stop_site()
+    finally:
+        await page.context.close()
 
 
 async def test_page_end_to_end_with_fake_peer(harness: Harness) -> None:

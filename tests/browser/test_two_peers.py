@@ -9,13 +9,8 @@ between the peers, SQLite history); nothing is faked.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import re
-import signal
-import socket
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,50 +27,24 @@ from playwright.async_api import (
     async_playwright,
     expect,
 )
+from processes import Child, free_udp_port, start_rendezvous, start_webpeer
 
-ROOT = Path(__file__).resolve().parents[2]
 XSS = "<img src=x onerror=alert(1)>"
 WAIT_MS = 10_000
 """How long an expect() waits for the page; everything here happens in well under a second."""
-START_SECONDS = 10.0
 SCREENSHOTS = {"alice": Path("/tmp/alice.png"), "bob": Path("/tmp/bob.png")}
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def spawn(log: Path, *args: str) -> asyncio.subprocess.Process:
-    """``python -m ARGS`` with stderr to a file (a full pipe would stall the child)."""
-    # Our own WEBPEER_*/RENDEZVOUS_* settings must not leak into the children.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WEBPEER_", "RENDEZVOUS_"))}
-    env["PYTHONPATH"] = str(ROOT)
-    with log.open("wb") as stderr:
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=stderr
-        )
-
-
-async def drain(stream: asyncio.StreamReader) -> None:
-    """Keep reading a child's stdout so it can never block on a full pipe."""
-    while await stream.read(4096):
-        pass
-
-
-async def stop(process: asyncio.subprocess.Process, log: Path) -> None:
+async def stop(child: Child) -> None:
     """SIGTERM, then demand a clean exit (the peer unregisters and closes its store)."""
-    if process.returncode is None:
-        process.send_signal(signal.SIGTERM)
+    name = child.log.stem if child.log is not None else "child"
     try:
-        code = await asyncio.wait_for(process.wait(), 10)
+        code = await child.stop()
     except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise AssertionError(f"{log.stem} did not exit on SIGTERM:\n{log.read_text(errors='replace')}") from None
-    assert code == 0, f"{log.stem} exited with {code}:\n{log.read_text(errors='replace')}"
-    assert "Traceback" not in log.read_text(errors="replace"), f"{log.stem} logged a crash:\n{log.read_text()}"
+        await child.kill()
+        raise AssertionError(f"{name} did not exit on SIGTERM:\n{child.logged()}") from None
+    assert code == 0, f"{name} exited with {code}:\n{child.logged()}"
+    assert "Traceback" not in child.logged(), f"{name} logged a crash:\n{child.logged()}"
 
 
 @dataclass
@@ -158,71 +127,38 @@ async def peers(tmp_path: Path) -> AsyncIterator[tuple[Peer, Peer]]:
     port = free_udp_port()
     logs = tmp_path / "logs"
     logs.mkdir()
-    children: list[tuple[asyncio.subprocess.Process, Path]] = []
-    drains: list[asyncio.Task[None]] = []
-    server_log = logs / "rendezvous.log"
-    server = await spawn(
-        server_log,
-        "rendezvous",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--db",
-        str(tmp_path / "registry.sqlite3"),
-        "--log-level",
-        "warning",
-    )
+    children: list[Child] = []
+    server = await start_rendezvous(port, tmp_path / "registry.sqlite3", log=logs / "rendezvous.log")
     try:
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
             try:
                 pages: list[Peer] = []
                 for name in ("alice", "bob"):
-                    log = logs / f"{name}.log"
-                    process = await spawn(
-                        log,
-                        "webpeer",
-                        "--server",
+                    process = await start_webpeer(
                         f"127.0.0.1:{port}",
-                        "--http-port",
-                        "0",
-                        "--name",
                         name,
-                        "--data-dir",
-                        str(tmp_path / name),
-                        "--no-browser",
+                        tmp_path / name,
                         "--udp-host",
                         "127.0.0.1",
                         "--log-level",
                         "warning",
+                        log=logs / f"{name}.log",
                     )
-                    children.append((process, log))
-                    assert process.stdout is not None
-                    try:
-                        line = (await asyncio.wait_for(process.stdout.readline(), START_SECONDS)).decode()
-                    except TimeoutError:
-                        raise AssertionError(f"{name} printed nothing:\n{log.read_text(errors='replace')}") from None
-                    drains.append(asyncio.create_task(drain(process.stdout)))
-                    match = re.fullmatch(r"Open (http://127\.0\.0\.1:\d+/\?token=\S+)\s*", line)
-                    assert match, f"{name} printed {line!r}:\n{log.read_text(errors='replace')}"
-                    peer = await open_page(browser, name, match[1])
+                    children.append(process)
+                    peer = await open_page(browser, name, process.url)
                     # Wait for the registration so alice is id 1 and bob id 2.
                     assert await peer.my_id() == len(pages) + 1
                     pages.append(peer)
                 yield pages[0], pages[1]
             finally:
                 await browser.close()
-        for process, log in reversed(children):
-            await stop(process, log)
-        await stop(server, server_log)
+        for process in reversed(children):
+            await stop(process)
+        await stop(server)
     finally:
-        for process, _ in [*children, (server, server_log)]:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-        for task in drains:
-            task.cancel()
+        for process in [*children, server]:
+            await process.kill()
 
 
 async def test_two_real_peers_in_the_browser(peers: tuple[Peer, Peer]) -> None:

@@ -1,18 +1,16 @@
 """Bad targets with real processes on loopback (issue 9, finding 5): an id
 the server never assigned, our own id, a send before registration, and
-cancel.  The processes and helpers are test_delivery_faults.py's."""
+cancel.  The processes and helpers are tests/processes.py's."""
 
 from __future__ import annotations
 
 import pytest
-from integration.test_delivery_faults import Net, Process, all_delivered, assert_no_traceback, net, wait_until
-
-__all__ = ["net"]  # the fixture, imported for the tests below
+from processes import WAIT, Net, WebPeer, all_delivered, assert_no_traceback, wait_until
 
 pytestmark = pytest.mark.slow
 
 
-async def post(net: Net, peer: Process, path: str, body: object | None = None) -> tuple[int, dict[str, object]]:
+async def post(net: Net, peer: WebPeer, path: str, body: object | None = None) -> tuple[int, dict[str, object]]:
     async with net.session.post(peer.base + path, json=body, headers=peer.headers) as response:
         return response.status, await response.json()
 
@@ -62,7 +60,7 @@ async def test_a_restarted_peer_whose_server_is_down_queues_and_delivers_when_it
     alice_id = await net.registered(alice)
     bob_id = await net.registered(bob)
     await net.send(alice, bob_id, "hello")
-    await wait_until(lambda: all_delivered(net, alice, bob_id, 1), 10, "the first message")
+    await wait_until(lambda: all_delivered(net, alice, bob_id, 1), WAIT, "the first message")
     await alice.stop()
     await server.stop()
     alice = await net.webpeer("alice")  # same data dir, no server to register with

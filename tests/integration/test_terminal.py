@@ -25,26 +25,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+from processes import WAIT, WebPeer, child_env, free_udp_port, start_rendezvous, start_webpeer, wait_until
 
 from webpeer.datadir import read_holder
-
-ROOT = Path(__file__).resolve().parents[2]
-WAIT = 10.0
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (scripts/system-deps.sh)")
 
 
-def free_udp_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def env() -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("WEBPEER_", "RENDEZVOUS_"))}
-    return dict(clean, PYTHONPATH=str(ROOT), TERM="xterm-256color")
+    return child_env(TERM="xterm-256color")
 
 
 class Terminal:
@@ -98,26 +87,17 @@ class Terminal:
 class PagePeer:
     """A webpeer process, driven through its HTTP API as the page drives it."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, port: int, token: str) -> None:
-        self.proc, self.port, self.token = proc, port, token
-        self.base = f"http://127.0.0.1:{port}"
+    def __init__(self, peer: WebPeer) -> None:
+        self.peer = peer
+        self.proc = peer.proc
 
     async def call(self, method: str, path: str, body: Any = None) -> Any:
-        headers = {"Authorization": f"Bearer {self.token}", "Origin": self.base}
         async with aiohttp.ClientSession() as session:
-            async with session.request(method, self.base + path, json=body, headers=headers) as response:
-                assert response.status in (200, 201), await response.text()
-                return await response.json()
+            return await self.peer.call(session, method, path, body)
 
 
 async def until(check: Callable[[], Any], timeout: float = WAIT, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(step)
+    return await wait_until(check, timeout, step=step)
 
 
 @pytest.fixture
@@ -135,21 +115,16 @@ async def lab(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
         procs.append(proc)
         return proc
 
-    server = await spawn("rendezvous", "--host", "127.0.0.1", "--port", str(port), "--db", str(tmp_path / "r.db"))
-    assert server.stderr is not None
-    while b"Running STUN Server" not in await asyncio.wait_for(server.stderr.readline(), WAIT):
-        pass
+    server = await start_rendezvous(port, tmp_path / "r.db")
+    procs.append(server.proc)
 
     def peer_args(name: str) -> list[str]:
         return ["--server", server_address, "--name", name, "--data-dir", str(tmp_path / name)]
 
     async def page(name: str) -> PagePeer:
-        proc = await spawn("webpeer", *peer_args(name), "--http-port", "0", "--no-browser", "--udp-host", "127.0.0.1")
-        assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), WAIT)).decode()
-        match = re.match(r"Open http://127\.0\.0\.1:(\d+)/\?token=(\S+)", line)
-        assert match, line
-        peer = PagePeer(proc, int(match[1]), match[2])
+        started = await start_webpeer(server_address, name, tmp_path / name, "--udp-host", "127.0.0.1")
+        procs.append(started.proc)
+        peer = PagePeer(started)
 
         async def registered() -> bool:
             return bool((await peer.call("GET", "/api/me"))["registered"])
@@ -253,8 +228,8 @@ async def test_two_terminals_and_a_page(lab: dict[str, Any], tmp_path: Path) -> 
         peers = await page.call("GET", "/api/peers")
         return any(p["id"] == 3 and not p["online"] for p in peers)
 
-    await until(bob_offline, timeout=20)
-    await until(lambda: _async(not bob.running()), timeout=5)
+    await until(bob_offline)
+    await until(lambda: _async(not bob.running()))
 
     # SIGTERM ends a chat as EXIT does (the terminal is left to the shell).
     pid, _ = read_holder(tmp_path / "alice")
@@ -265,8 +240,8 @@ async def test_two_terminals_and_a_page(lab: dict[str, Any], tmp_path: Path) -> 
         peers = await page.call("GET", "/api/peers")
         return any(p["id"] == 2 and not p["online"] for p in peers)
 
-    await until(alice_offline, timeout=20)
-    await until(lambda: _async(not alice.running()), timeout=5)
+    await until(alice_offline)
+    await until(lambda: _async(not alice.running()))
 
 
 async def test_a_chat_attaches_to_the_peer_running_on_its_data_dir(lab: dict[str, Any]) -> None:

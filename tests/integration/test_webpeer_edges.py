@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -24,24 +22,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+from processes import WAIT, Child, WebPeer, start_rendezvous, start_webpeer, wait_until
+from processes import free_udp_port as _free_udp_port
 
 from webpeer.node import NodeConfig, PeerNode
-
-ROOT = Path(__file__).resolve().parents[2]
-WAIT = 10.0
 
 
 def free_udp_port() -> int:
     """A port free on both ::1 and 127.0.0.1 (a dual-stack server binds both)."""
-    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind(("::", 0))
-        return int(sock.getsockname()[1])
-
-
-def env() -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("WEBPEER_", "RENDEZVOUS_"))}
-    return dict(clean, PYTHONPATH=str(ROOT))
+    return _free_udp_port(dual_stack=True)
 
 
 def can_unshare() -> bool:
@@ -51,69 +40,6 @@ def can_unshare() -> bool:
     return probe.returncode == 0
 
 
-class Proc:
-    """A child process whose stderr lines are collected as they come."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-        self.started = time.monotonic()
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc.stderr is not None
-        while line := await self.proc.stderr.readline():
-            self.lines.append(line.decode(errors="replace").rstrip("\n"))
-
-    async def wait_for_line(self, pattern: str, timeout: float = WAIT) -> float:
-        """Seconds since the start when a stderr line matching ``pattern`` came."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(regex.search(line) for line in self.lines):
-                return time.monotonic() - self.started
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"no line matching {pattern!r} in:\n" + "\n".join(self.lines))
-
-    async def exit_code(self, timeout: float = WAIT) -> int:
-        code = await asyncio.wait_for(self.proc.wait(), timeout)
-        await self._reader
-        return code
-
-    async def stop(self) -> int:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return await self.exit_code()
-
-
-class Peer(Proc):
-    port = 0
-    token = ""
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def call(self, session: aiohttp.ClientSession, method: str, path: str, body: Any = None) -> Any:
-        headers = {"Authorization": f"Bearer {self.token}", "Origin": self.base}
-        async with session.request(method, self.base + path, json=body, headers=headers) as response:
-            assert response.status in (200, 201), await response.text()
-            return await response.json()
-
-
-async def spawn(*args: str, wrap: Sequence[str] = ()) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        *wrap,
-        sys.executable,
-        "-m",
-        *args,
-        env=env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-
-
 def in_namespace(*setup: str) -> list[str]:
     """Run the command in a private mount namespace after ``setup`` (shell lines)."""
     return ["unshare", "-m", "sh", "-c", " && ".join([*setup, 'exec "$0" "$@"'])]
@@ -121,71 +47,46 @@ def in_namespace(*setup: str) -> list[str]:
 
 @pytest.fixture
 async def procs(tmp_path: Path) -> AsyncIterator[dict[str, Callable[..., Any]]]:
-    started: list[Proc] = []
+    started: list[Child] = []
 
-    async def server(port: int, host: str = "::", db: Path | None = None) -> Proc:
-        process = Proc(
-            await spawn(
-                "rendezvous",
-                "--host",
-                host,
-                "--port",
-                str(port),
-                "--db",
-                str(db or tmp_path / "r.sqlite3"),
-                "--log-level",
-                "info",
-            )
-        )
+    async def server(port: int, host: str = "::", db: Path | None = None) -> Child:
+        process = await start_rendezvous(port, db or tmp_path / "r.sqlite3", host=host)
         started.append(process)
-        await process.wait_for_line("Running STUN Server on ")
         return process
 
-    async def peer(name: str, server: str, *extra: str, wrap: Sequence[str] = (), data_dir: Path | None = None) -> Peer:
-        args = ["webpeer", "--server", server, "--http-port", "0", "--name", name, "--no-browser"]
-        args += ["--data-dir", str(data_dir or tmp_path / name), *extra]
-        process = Peer(await spawn(*args, wrap=wrap))
+    async def peer(
+        name: str, server: str, *extra: str, wrap: Sequence[str] = (), data_dir: Path | None = None
+    ) -> WebPeer:
+        process = await start_webpeer(server, name, data_dir or tmp_path / name, *extra, wrap=wrap)
         started.append(process)
-        assert process.proc.stdout is not None
-        line = (await asyncio.wait_for(process.proc.stdout.readline(), WAIT)).decode()
-        match = re.match(r"Open http://127\.0\.0\.1:(\d+)/\?token=(\S+)", line)
-        assert match, (line, process.lines)
-        process.port, process.token = int(match[1]), match[2]
         return process
 
-    async def failing(*args: str, wrap: Sequence[str] = ()) -> Proc:
-        process = Proc(await spawn("webpeer", "--http-port", "0", "--no-browser", *args, wrap=wrap))
+    async def failing(*args: str, wrap: Sequence[str] = ()) -> Child:
+        process = await Child.spawn("webpeer", "--http-port", "0", "--no-browser", *args, wrap=wrap)
         started.append(process)
         return process
 
     yield {"server": server, "peer": peer, "failing": failing}
     for process in started:
-        if process.proc.returncode is None:
-            process.proc.send_signal(signal.SIGTERM)
+        if process.returncode is None:
+            process.signal(signal.SIGTERM)
     for process in started:
         try:
             await process.exit_code()
         except TimeoutError:
-            process.proc.kill()
-            await process.proc.wait()
+            await process.kill()
 
 
 async def until(check: Callable[[], Any], timeout: float = WAIT, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(step)
+    return await wait_until(check, timeout, step=step)
 
 
-async def registered(session: aiohttp.ClientSession, peer: Peer) -> dict[str, Any] | None:
+async def registered(session: aiohttp.ClientSession, peer: WebPeer) -> dict[str, Any] | None:
     me = await peer.call(session, "GET", "/api/me")
     return me if me["registered"] and me["server_state"] == "registered" else None
 
 
-async def delivered(session: aiohttp.ClientSession, sender: Peer, receiver: Peer, to: int, text: str) -> None:
+async def delivered(session: aiohttp.ClientSession, sender: WebPeer, receiver: WebPeer, to: int, text: str) -> None:
     sent = await sender.call(session, "POST", "/api/messages", {"to": to, "text": text})
 
     async def arrived() -> bool:
@@ -254,10 +155,7 @@ async def test_in_process_a_node_named_to_a_v6_only_name_registers_over_the_dual
     try:
         await node.start()
         assert node.registration.server == ("::1", port)
-        for _ in range(100):
-            if node.me()["server_state"] == "registered":
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: node.me()["server_state"] == "registered")
         me = node.me()
         assert (me["registered"], me["server"], me["server_address"]) == (True, f"only6.test:{port}", f"[::1]:{port}")
         assert me["public_address"] == f"[::1]:{node.udp_address[1]}"
@@ -269,41 +167,44 @@ async def test_in_process_a_node_named_to_a_v6_only_name_registers_over_the_dual
 # ------------------------------------------------------------ issue 17: say it out loud
 
 
-async def test_with_no_server_the_peer_says_so_within_4_s_and_when_it_answers(procs, tmp_path: Path) -> None:
+async def test_with_no_server_the_peer_says_so_and_when_it_answers(procs, tmp_path: Path) -> None:
+    # When (3 s after the first request) is tests/unit/test_first_contact.py's
+    # to say, in simulated time; here the real process says it, once.
     port = free_udp_port()  # nothing listens there yet
     peer = await procs["peer"]("alone", f"127.0.0.1:{port}")
     async with aiohttp.ClientSession() as session:
         me = await peer.call(session, "GET", "/api/me")
         assert me["server_state"] == "connecting" and not me["registered"]
-        took = await peer.wait_for_line(
-            rf"no answer from the rendezvous at 127\.0\.0\.1:{port} yet; still trying", timeout=5
-        )
-        assert took <= 4.0 + 1.0, took  # ~3 s after the first request (the rest: interpreter start-up)
+        await peer.wait_for_line(rf"no answer from the rendezvous at 127\.0\.0\.1:{port} yet; still trying")
         me = await peer.call(session, "GET", "/api/me")
         assert me["server_state"] == "unreachable"
         await procs["server"](port, "127.0.0.1")
         await peer.wait_for_line(rf"the rendezvous at 127\.0\.0\.1:{port} answers")
-        await until(lambda: registered(session, peer), timeout=4)
+        await until(lambda: registered(session, peer))
     assert sum("no answer from the rendezvous" in line for line in peer.lines) == 1
 
 
 # ------------------------------------------------------------ issue 9: fast recovery
 
+LONG = os.environ.get("PEERLINK_LONG_FAULTS") == "1"
 
-@pytest.mark.slow
-async def test_after_a_30_s_outage_peers_register_within_2_s_of_the_return(procs, tmp_path: Path) -> None:
-    """The server is stopped for 30 s and started again on the same port and db.
+
+async def test_after_an_outage_peers_register_again_with_their_ids(procs, tmp_path: Path) -> None:
+    """The server is stopped until both peers have lost their registration,
+    then started again on the same port and db.
 
     With ``--ttl 10`` the peers refresh every 3.5 s, so each has lost its
     registration (a refresh unanswered for 4.75 s) 4.75 to 8.25 s into the
-    outage, and the server has let their entries expire.  The old schedule
-    (waits of 1, 2, 4, 8 ... 30 s between attempts of 4.75 s) sent nothing
-    from 20.25 to 29.25 s after the loss, which is where a return 30 s into
-    the outage falls (21.75 to 25.25 s after it): the peers registered again
-    4 to 7.5 s after the return (checked by running this test against it).
-    The shortest outage for which that holds whatever the refresh's phase
-    is about 29 s.  Now a silent server is asked again every 0.5-1 s, so
-    nothing sent is more than 2 s apart however long the outage.
+    outage, and the server has let their entries expire.
+
+    How soon they register again after the server's return (2 s at most,
+    however long the outage) is tests/unit/test_registration.py's to say, in
+    simulated time, for outages of 60 s and 10 min.  With
+    ``PEERLINK_LONG_FAULTS=1`` this test checks it with real processes too:
+    the outage lasts 30 s, which the old schedule (waits of 1, 2, 4, 8 ...
+    30 s between attempts of 4.75 s) answered only 4 to 7.5 s after the
+    return (checked by running this test against it); now a silent server
+    is asked again every 0.5-1 s, so nothing sent is more than 2 s apart.
     """
     port = free_udp_port()
     db = tmp_path / "r.sqlite3"
@@ -318,19 +219,21 @@ async def test_after_a_30_s_outage_peers_register_within_2_s_of_the_return(procs
         async def all_lost() -> bool:
             return not any([(await p.call(session, "GET", "/api/me"))["registered"] for p in peers])
 
-        await until(all_lost, timeout=15)
+        await until(all_lost)
         states = [(await p.call(session, "GET", "/api/me"))["server_state"] for p in peers]
         assert states == ["unreachable", "unreachable"]
-        await asyncio.sleep(max(0.0, down + 30.0 - time.monotonic()))
+        if LONG:
+            await asyncio.sleep(max(0.0, down + 30.0 - time.monotonic()))
         await procs["server"](port, "127.0.0.1", db)
         back = time.monotonic()
         took = []
         for peer in peers:
-            await until(lambda peer=peer: registered(session, peer), timeout=6, step=0.02)
+            await until(lambda peer=peer: registered(session, peer), step=0.02)
             took.append(time.monotonic() - back)
         print(f"registered again {', '.join(f'{t:.2f}' for t in took)} s after the server's return")
-        # ~2 s by design; the margin is for a loaded two-core machine.
-        assert max(took) <= 2.5, took
+        if LONG:
+            # ~2 s by design; the margin is for a loaded two-core machine.
+            assert max(took) <= 2.5, took
         ids = [(await p.call(session, "GET", "/api/me"))["id"] for p in peers]
         assert ids == [1, 2]  # the same keys got their ids back
 

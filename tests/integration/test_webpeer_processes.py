@@ -5,106 +5,32 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
-import signal
-import socket
-import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def start(*args: str) -> asyncio.subprocess.Process:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-
-
-class WebPeer:
-    def __init__(self, process: asyncio.subprocess.Process, url: str) -> None:
-        self.process = process
-        match = re.match(r"http://127\.0\.0\.1:(\d+)/\?token=(\S+)", url)
-        assert match, url
-        self.port, self.token = int(match[1]), match[2]
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.headers = {"Authorization": f"Bearer {self.token}", "Origin": self.base}
-
-    async def get(self, session: aiohttp.ClientSession, path: str):
-        async with session.get(self.base + path, headers=self.headers) as response:
-            assert response.status == 200, await response.text()
-            return await response.json()
-
-    async def post(self, session: aiohttp.ClientSession, path: str, body: dict):
-        async with session.post(self.base + path, json=body, headers=self.headers) as response:
-            assert response.status in (200, 201), await response.text()
-            return await response.json()
+from processes import WebPeer, free_udp_port, start_rendezvous, start_webpeer, wait_until
 
 
 @pytest.fixture
 async def network(tmp_path: Path):
     port = free_udp_port()
-    server = await start(
-        "rendezvous",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--db",
-        str(tmp_path / "r.sqlite3"),
-        "--log-level",
-        "warning",
-    )
+    server = await start_rendezvous(port, tmp_path / "r.sqlite3")
     peers: list[WebPeer] = []
 
     async def add(name: str) -> WebPeer:
-        process = await start(
-            "webpeer",
-            "--server",
-            f"127.0.0.1:{port}",
-            "--http-port",
-            "0",
-            "--name",
-            name,
-            "--data-dir",
-            str(tmp_path / name),
-            "--no-browser",
-            "--udp-host",
-            "127.0.0.1",
-        )
-        line = await asyncio.wait_for(process.stdout.readline(), 10)
-        peer = WebPeer(process, line.decode().removeprefix("Open ").strip())
+        peer = await start_webpeer(f"127.0.0.1:{port}", name, tmp_path / name, "--udp-host", "127.0.0.1")
         peers.append(peer)
         return peer
 
-    yield add
-    for peer in peers:
-        if peer.process.returncode is None:
-            peer.process.send_signal(signal.SIGTERM)
-    for peer in peers:
-        assert await asyncio.wait_for(peer.process.wait(), 10) == 0
-    server.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(server.wait(), 10) == 0
-
-
-async def wait_until(check, timeout: float = 8.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.1)
+    try:
+        yield add
+        for peer in peers:
+            assert await peer.stop() == 0, peer.text()
+        assert await server.stop() == 0, server.text()
+    finally:
+        for child in [*peers, server]:
+            await child.kill()
 
 
 async def ws_events(session: aiohttp.ClientSession, peer: WebPeer):

@@ -11,7 +11,9 @@ stops by itself (a lifetime or a count bounds each loop).
 - ``probe --to IP:PORT ...``: from one socket, ask each echo in turn and
   print what each saw: ``{"local": ..., "seen": {"ip:port": "ip:port"}}``;
   with ``--listen S`` then print every datagram received
-  (``{"from": ..., "data": ...}``) until ``last`` arrives or S seconds pass.
+  (``{"from": ..., "data": ...}``) until ``last`` arrives or S seconds pass;
+  with ``--then TEXT``, first wait for a line on stdin, then send TEXT to the
+  first echo (its direct answer is not printed) and listen from then on.
 - ``send --to IP:PORT --data TEXT``: send a few copies from one socket.
 - ``sink --bind IP:PORT``: count datagrams until idle; print ``{"count": n}``.
 - ``blast --to IP:PORT --count N``: send N numbered datagrams, paced.
@@ -68,7 +70,7 @@ def echo(binds: list[str], lifetime: float) -> None:
             socks[index].sendto(json.dumps({"seen": show(peer), "data": "last"}).encode(), peer)
 
 
-def probe(targets: list[str], payload: str, listen: float, port: int) -> None:
+def probe(targets: list[str], payload: str, listen: float, port: int, then: str | None = None) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("0.0.0.0", port))
     seen: dict[str, str] = {}
@@ -83,6 +85,9 @@ def probe(targets: list[str], payload: str, listen: float, port: int) -> None:
                     seen[target] = json.loads(data)["seen"]
                     break
     emit({"local": show(sock.getsockname()), "seen": seen})
+    if then is not None:
+        sys.stdin.readline()  # the caller's go: whatever it sent meanwhile has been sent
+        sock.sendto(then.encode(), endpoint(targets[0]))
     deadline = time.monotonic() + listen
     while time.monotonic() < deadline:
         ready, _, _ = select.select([sock], [], [], max(0.0, deadline - time.monotonic()))
@@ -92,6 +97,8 @@ def probe(targets: list[str], payload: str, listen: float, port: int) -> None:
         text = data.decode(errors="replace")
         if text.startswith("{"):
             text = json.loads(text).get("data", text)
+        if then is not None and text == then:
+            continue  # the echo's direct answer to it
         emit({"from": show(peer), "data": text})
         if text == "last":
             break
@@ -163,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="probe")
     p.add_argument("--listen", type=float, default=0.0)
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--then")
     p = commands.add_parser("send")
     p.add_argument("--to", required=True)
     p.add_argument("--data", required=True)
@@ -184,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "echo":
         echo(args.bind, args.lifetime)
     elif args.command == "probe":
-        probe(args.to, args.data, args.listen, args.port)
+        probe(args.to, args.data, args.listen, args.port, args.then)
     elif args.command == "send":
         send(args.to, args.data, args.copies, args.port)
     elif args.command == "sink":

@@ -114,9 +114,9 @@ def test_mapping_is_endpoint_independent_except_for_symmetric(lab: Lab, nat: Nat
 @pytest.mark.parametrize("nat", list(NatType), ids=lambda nat: nat.value)
 def test_filtering_lets_in_only_what_the_nat_type_allows(lab: Lab, nat: NatType) -> None:
     site = site_of(lab, nat)
-    # The host asks the rendezvous echo to answer once now and once more
-    # later ("last": the control that a contacted endpoint may still send).
-    listener = start(lab, site, "probe", "--to", ECHO, "--data", "later:1.5", "--listen", "4")
+    # The host asks the rendezvous echo where it sees it, then listens.
+    command = udptool("probe", "--to", ECHO, "--then", "later:0.2", "--listen", "10")
+    listener = lab.popen(site, command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     mapped = first_line(listener)["seen"][ECHO]
     # Meanwhile, two endpoints the host never sent to try the mapping:
     # another host, and the rendezvous address from another port.
@@ -124,7 +124,10 @@ def test_filtering_lets_in_only_what_the_nat_type_allows(lab: Lab, nat: NatType)
         data = "unsolicited" if sender is lab.sites["y"] else "otherport"
         sent = lab.run(sender, udptool("send", "--to", mapped, "--data", data, *args))
         assert sent.returncode == 0, sent.stderr
-    out, _ = listener.communicate(timeout=10)
+    # Only once both have sent (however long that took), the host asks the
+    # echo for one more answer 0.2 s later ("last": the control that a
+    # contacted endpoint may still send, and the end of the listening).
+    out, _ = listener.communicate("go\n", timeout=20)
     arrived = {record["data"] for record in json_lines(out)}
     if nat in (NatType.FULL_CONE, NatType.NONE):
         assert arrived == {"unsolicited", "otherport", "last"}
