@@ -150,6 +150,13 @@ def add_peer_options(parser: argparse.ArgumentParser, *, sub: bool) -> None:
         "server's relay (env WEBPEER_RELAY_ONLY=1; for diagnosis)",
     )
     add(
+        "--no-port-mapping",
+        action="store_true",
+        default=os.environ.get("WEBPEER_NO_PORT_MAPPING") == "1",
+        help="do not ask the router for a port mapping (PCP, NAT-PMP) that would let other peers "
+        "reach this one directly (env WEBPEER_NO_PORT_MAPPING=1)",
+    )
+    add(
         "--retention-days",
         type=positive_days,
         default=float(env("WEBPEER_RETENTION_DAYS", "7")),

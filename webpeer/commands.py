@@ -56,6 +56,7 @@ def node_config(args: argparse.Namespace, data_dir: Path) -> NodeConfig:
         udp_port=args.udp_port,
         ttl=args.ttl,
         relay_only=args.relay_only,
+        port_mapping=not args.no_port_mapping,
         retention=args.retention_days * 24 * 3600,
     )
 

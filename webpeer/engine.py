@@ -52,6 +52,7 @@ from .message_flow import Draft, MessageFlow
 from .path import Direct, Path, Relayed, Transmit
 from .pathfinder import PathFinder, SpareCommand
 from .peer_session import UPGRADE_INTERVAL, Due, PeerSession
+from .portmap import Mapping
 from .registration import (
     MAX_WATCHED,
     ConnectAnswered,
@@ -102,6 +103,11 @@ class EngineConfig:
     relay_only: bool = False  # never try a direct path (diagnostics, and tests of the relay)
 
 
+def mapping_json(mapping: Mapping) -> JSON:
+    """/api/me's ``port_mapping``: how the router maps our socket, until when (Unix time)."""
+    return {"protocol": mapping.protocol, "external": address_text(mapping.external), "expires": mapping.expires_at}
+
+
 def address_text(address: Address) -> str:
     """HOST:PORT, with an IPv6 host in brackets."""
     host, port = address
@@ -148,6 +154,7 @@ class PeerEngine:
         # contact out of the watched set.
         self.directory: dict[int, PeerEntry] = {}
         self.storage_error: str | None = None  # why the last commit failed, until one works
+        self.port_mapping: Mapping | None = None  # what our router maps to our socket (portmap.py)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -163,6 +170,13 @@ class PeerEngine:
         self.registration.local = local
         self._sync_contacts(now)
         self.registration.start(now)
+
+    def port_mapped(self, mapping: Mapping | None, now: float) -> None:
+        """The router mapped a port to our socket (or the mapping went): it
+        is offered to other peers as a candidate from our next REGISTER."""
+        self.port_mapping = mapping
+        self.registration.offer_mapped(() if mapping is None else (mapping.external,), now)
+        self.publish(MeChanged(self.me()))
 
     def stop(self, now: float) -> None:
         """Unregister; the node waits a little for :attr:`stopped`, then
@@ -259,6 +273,7 @@ class PeerEngine:
 
     def me(self) -> JSON:
         observed = self.registration.observed
+        mapping = self.port_mapping
         return {
             "id": self.registration.peer_id,
             "name": self.config.name,
@@ -269,6 +284,7 @@ class PeerEngine:
             "registered": self.registration.state.value == "registered",
             "server_state": self.registration.server_state.value,
             "nat": self.pathfinder.nat_result(),
+            "port_mapping": None if mapping is None else mapping_json(mapping),
             "storage_error": self.storage_error,
         }
 

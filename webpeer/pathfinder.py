@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from rendezvous.client import PeerInfo
-from rendezvous.stun import Address, Attr, CandidateKind, Message, MessageClass, Method
+from rendezvous.stun import Address, Attr, Candidate, CandidateKind, Message, MessageClass, Method
 
 from .link import LinkState, PeerLink
 from .natprobe import DEPENDENT, INDEPENDENT, UNKNOWN, NatProbe, NatResult
@@ -525,7 +525,19 @@ def usable_candidates(info: PeerInfo, local: tuple[Address, ...], mine: Address 
     for candidate in info.candidates:
         if candidate.kind is CandidateKind.LOCAL and (same_public or _near(candidate.address, local)):
             out.append(candidate.address)
+        elif _router_mapped(candidate, observed) and candidate.address not in out:
+            # Probed first: unlike the observed port, it lets anyone in.
+            out.insert(0, candidate.address)
     return out
+
+
+def _router_mapped(candidate: Candidate, observed: list[Address]) -> bool:
+    """A declared candidate on the peer's own public address (as the server
+    saw it) at another port: a port its router maps to it (PCP, NAT-PMP).
+    Probing it reaches no one but the peer's own public address."""
+    return candidate.kind is CandidateKind.LOCAL and any(
+        candidate.address[0] == address[0] and candidate.address != address for address in observed
+    )
 
 
 def _near(address: Address, local: tuple[Address, ...]) -> bool:
@@ -549,4 +561,5 @@ def likeliest(info: PeerInfo, mine: Address | None) -> Address:
     local = [c.address for c in info.candidates if c.kind is CandidateKind.LOCAL]
     if local and (not observed or (mine is not None and mine[0] == observed[0][0])):
         return local[0]
-    return (observed or local)[0]
+    mapped = [c.address for c in info.candidates if _router_mapped(c, observed)]
+    return (mapped or observed or local)[0]

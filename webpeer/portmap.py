@@ -240,10 +240,11 @@ class PortMapClient:
         internal_port: int,
         *,
         lifetime: int = DEFAULT_LIFETIME,
+        server_port: int = SERVER_PORT,
         random_bytes: Callable[[int], bytes] = os.urandom,
         jitter: Callable[[], float] | None = None,
     ) -> None:
-        self.gateway: Address = (str(ipaddress.IPv4Address(gateway)), SERVER_PORT)
+        self.gateway: Address = (str(ipaddress.IPv4Address(gateway)), server_port)
         self.client_ip = str(ipaddress.IPv4Address(client_ip))
         self.internal_port = internal_port
         self.lifetime = lifetime
