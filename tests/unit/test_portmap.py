@@ -216,6 +216,21 @@ def test_stop_before_any_mapping_sends_nothing() -> None:
         (b"", GATEWAY),
         (natpmp_map_reply(), GATEWAY),  # NAT-PMP success while we speak PCP
     ],
+    ids=[
+        "other-host",
+        "other-port",
+        "wrong-nonce",
+        "other-internal-port",
+        "tcp",
+        "a-request",
+        "not-multiple-of-4",
+        "truncated",
+        "map-without-payload",
+        "over-1100-bytes",
+        "version-3",
+        "empty",
+        "nat-pmp-while-pcp",
+    ],
 )
 def test_hostile_or_stray_answers_change_nothing(data: bytes, source: tuple[str, int]) -> None:
     c = client()
