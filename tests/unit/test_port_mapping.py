@@ -109,3 +109,20 @@ def test_a_lost_mapping_is_withdrawn_from_the_server(net: PeerNet) -> None:
     alice.flush()
     net.run_until(lambda: external not in net.server.directory.get(alice.peer_id).local, 2)  # type: ignore[union-attr]
     assert alice.engine.me()["port_mapping"] is None
+
+
+def test_the_early_connection_to_a_mapped_port_is_kept(net: PeerNet) -> None:
+    """Both mapped: the other side's checks reach our mapped port from a new
+    port of its symmetric NAT, but the early QUIC Initial aimed at its mapped
+    port gets through: moving QUIC to that peer-reflexive address would cost
+    a round trip."""
+    alice, bob = registered_pair(net, "symmetric", "symmetric")
+    for peer, port in ((alice, 50000), (bob, 50001)):
+        peer.nat.forwarded[port] = (peer.host, MAIN_PORT)
+        peer.engine.port_mapped(Mapping("pcp", (peer.nat.public_ip, port), 7200, net.now + 7200), net.now)
+        peer.flush()
+    net.run_until(lambda: all(p.engine.registration.state.value == "registered" for p in (alice, bob)), 2)
+    sent = alice.send(bob, "at once")
+    net.run_until(lambda: alice.status(sent) == "delivered", 4)
+    assert alice.connection(bob) == {"state": "direct", "address": "198.51.100.2:50001"}
+    assert alice.engine.stats["early_link_replaced"] == 0
