@@ -3,7 +3,11 @@ one-way delay on the lab's internet links (so one round trip is >= 40 ms).
 
 Needs root (it builds the NAT lab of tests/netlab in network namespaces).
 
-    sudo .venv/bin/python bench/nat_bench.py [--delay-ms 20] [--second-delay-ms 50] [--rounds 3]
+    sudo .venv/bin/python bench/nat_bench.py [--delay-ms 20] [--second-delay-ms 50] [--rounds 3] [--port-mapped]
+
+``--port-mapped``: instead of every pair, the pairs that relay without help
+(symmetric against symmetric or port-restricted), with miniupnpd granting
+port mappings (PCP) on both site routers.
 
 Two times from alice's POST /api/messages (which sends CONNECT): until the
 message reaches bob (the `message` event on his page's websocket, taken in
@@ -32,15 +36,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "network"), str(ROOT)]
 
-from netlab import unavailable_reason  # noqa: E402
+from netlab import NatType, unavailable_reason  # noqa: E402
 from test_nat_traversal import PAIRS, expected_path, run_pair  # noqa: E402
 
+MAPPED_PAIRS = [(NatType.SYMMETRIC, NatType.SYMMETRIC), (NatType.PORT_RESTRICTED, NatType.SYMMETRIC)]
 
-def measure(nat_a, nat_b, delay_ms: float, rounds: int) -> dict[str, object]:
+
+def measure(nat_a, nat_b, delay_ms: float, rounds: int, port_mapping: bool = False) -> dict[str, object]:
     times, arrivals, paths, upgrades = [], [], set(), []
     for _ in range(rounds):
         with tempfile.TemporaryDirectory(prefix="peerlink-natbench-") as tmp:
-            result = run_pair(Path(tmp), nat_a, nat_b, delay_ms=delay_ms)
+            result = run_pair(Path(tmp), nat_a, nat_b, delay_ms=delay_ms, port_mapping=port_mapping)
         times.append(result["first_delivery"] * 1000)
         arrivals.append(result["arrived"] * 1000)
         path = result["connection"]["state"]
@@ -50,9 +56,9 @@ def measure(nat_a, nat_b, delay_ms: float, rounds: int) -> dict[str, object]:
         paths.add(path)
     rtt = 2 * delay_ms
     return {
-        "pair": f"{nat_a.name.lower()} / {nat_b.name.lower()}",
+        "pair": f"{nat_a.name.lower()} / {nat_b.name.lower()}" + (", port mapped" if port_mapping else ""),
         "path": "/".join(sorted(paths)),
-        "expected": expected_path(nat_a, nat_b),
+        "expected": "direct" if port_mapping else expected_path(nat_a, nat_b),
         "delay_ms": delay_ms,
         "receipt_ms": round(statistics.median(times), 1),
         "receipt_min_ms": round(min(times), 1),
@@ -71,15 +77,17 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=20.0)
     parser.add_argument("--second-delay-ms", type=float, default=50.0, help="0: skip the round-trip count")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--port-mapped", action="store_true", help="only the pairs helped by router port mapping")
     args = parser.parse_args()
     reason = unavailable_reason()
     if reason:
         raise SystemExit(f"nat_bench: {reason}")
     rows = []
-    for nat_a, nat_b in PAIRS:
-        row = measure(nat_a, nat_b, args.delay_ms, args.rounds)
+    pairs = MAPPED_PAIRS if args.port_mapped else PAIRS
+    for nat_a, nat_b in pairs:
+        row = measure(nat_a, nat_b, args.delay_ms, args.rounds, args.port_mapped)
         if args.second_delay_ms and row["path"] == "direct":
-            second = measure(nat_a, nat_b, args.second_delay_ms, args.rounds)
+            second = measure(nat_a, nat_b, args.second_delay_ms, args.rounds, args.port_mapped)
             extra_rtt = 2 * (args.second_delay_ms - args.delay_ms)
             row["second"] = second
             row["counted_arrival_rtts"] = round((second["arrival_ms"] - row["arrival_ms"]) / extra_rtt, 2)
@@ -102,7 +110,9 @@ def main() -> None:
         )
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "nat_bench.json").write_text(json.dumps(rows, indent=2))
+    (out / ("nat_bench_port_mapped.json" if args.port_mapped else "nat_bench.json")).write_text(
+        json.dumps(rows, indent=2)
+    )
 
 
 if __name__ == "__main__":

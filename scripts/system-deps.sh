@@ -18,6 +18,9 @@ command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v conntrack >/dev/null 2>&1 || need+=(conntrack)
 command -v sysctl >/dev/null 2>&1 || need+=(procps)
+# A router that grants port mappings (NAT-PMP/PCP) inside the lab's NAT
+# namespaces (tests/network/test_port_mapping.py); /usr/sbin is not always on PATH.
+[ -x /usr/sbin/miniupnpd ] || command -v miniupnpd >/dev/null 2>&1 || need+=(miniupnpd-nftables)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -187,6 +187,13 @@ def add_peer_options(parser: argparse.ArgumentParser, *, sub: bool) -> None:
         "with the reason on both sides (env WEBPEER_MAX_FILE_SIZE, default 4G; K, M, G, T are powers of 1024)",
     )
     add(
+        "--no-port-mapping",
+        action="store_true",
+        default=os.environ.get("WEBPEER_NO_PORT_MAPPING") == "1",
+        help="do not ask the router for a port mapping (PCP, NAT-PMP) that would let other peers "
+        "reach this one directly (env WEBPEER_NO_PORT_MAPPING=1)",
+    )
+    add(
         "--retention-days",
         type=positive_days,
         default=float(env("WEBPEER_RETENTION_DAYS", "7")),

@@ -55,6 +55,7 @@ from .message_flow import Draft, MessageFlow, unknown_peer
 from .path import Direct, Path, Relayed, Transmit
 from .pathfinder import PathFinder, SpareCommand
 from .peer_session import UPGRADE_INTERVAL, Due, PeerSession
+from .portmap import Mapping
 from .quota import QuotaConfig
 from .registration import (
     MAX_WATCHED,
@@ -106,6 +107,11 @@ class EngineConfig:
     relay_only: bool = False  # never try a direct path (diagnostics, and tests of the relay)
     max_file_size: int = MAX_FILE_SIZE  # larger offers are refused (file_transfer.py)
     quota: QuotaConfig = QuotaConfig()  # what each sender may make us store (webpeer/quota.py)
+
+
+def mapping_json(mapping: Mapping) -> JSON:
+    """/api/me's ``port_mapping``: how the router maps our socket, until when (Unix time)."""
+    return {"protocol": mapping.protocol, "external": address_text(mapping.external), "expires": mapping.expires_at}
 
 
 def address_text(address: Address) -> str:
@@ -160,6 +166,7 @@ class PeerEngine:
         # contact out of the watched set.
         self.directory: dict[int, PeerEntry] = {}
         self.storage_error: str | None = None  # why the last commit failed, until one works
+        self.port_mapping: Mapping | None = None  # what our router maps to our socket (portmap.py)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -180,6 +187,13 @@ class PeerEngine:
         self.registration.local = local
         self._sync_contacts(now)
         self.registration.start(now)
+
+    def port_mapped(self, mapping: Mapping | None, now: float) -> None:
+        """The router mapped a port to our socket (or the mapping went): it
+        is offered to other peers as a candidate from our next REGISTER."""
+        self.port_mapping = mapping
+        self.registration.offer_mapped(() if mapping is None else (mapping.external,), now)
+        self.publish(MeChanged(self.me()))
 
     def stop(self, now: float) -> None:
         """Unregister; the node waits a little for :attr:`stopped`, then
@@ -291,6 +305,7 @@ class PeerEngine:
 
     def me(self) -> JSON:
         observed = self.registration.observed
+        mapping = self.port_mapping
         return {
             "id": self.registration.peer_id,
             "name": self.config.name,
@@ -302,6 +317,7 @@ class PeerEngine:
             "registered": self.registration.state.value == "registered",
             "server_state": self.registration.server_state.value,
             "nat": self.pathfinder.nat_result(),
+            "port_mapping": None if mapping is None else mapping_json(mapping),
             "storage_error": self.storage_error,
         }
 

@@ -35,6 +35,8 @@ from .identity import Identity
 from .message_flow import Draft, unknown_peer
 from .pathfinder import CloseSpare, OpenSpare
 from .peer_session import PeerSession
+from .portmap import Mapping
+from .portmapper import PortMapper
 from .quota import QuotaConfig
 from .registration import RegistrationMachine, RegState
 from .store import Store, StoreError
@@ -46,6 +48,7 @@ SUBSCRIBER_QUEUE = 1000
 RETENTION = 7 * 24 * 3600.0  # queued messages for an offline peer are kept this long
 EXPIRY_INTERVAL = 60.0
 STOP_WAIT = 1.0  # how long stop() waits for the server to confirm the unregistration
+PORT_MAPPING_STOP_WAIT = 1.0  # how long stop() waits for the router to confirm the mapping's deletion
 DUAL_STACK = "::"  # with IPV6_V6ONLY off (UdpEndpoint.bind): IPv6, and IPv4 as IPv4-mapped addresses
 IPV4_ANY = "0.0.0.0"
 
@@ -70,6 +73,7 @@ class NodeConfig:
     retention: float = RETENTION
     max_file_size: int = MAX_FILE_SIZE  # --max-file-size: larger files are neither sent nor accepted
     quota: QuotaConfig = QuotaConfig()  # what each sender may make us store (webpeer/quota.py)
+    port_mapping: bool = True  # ask the router to map our port (never for a server on loopback)
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
@@ -110,6 +114,7 @@ class PeerNode:
         self._contact_lookups: dict[int, list[asyncio.Future[bool]]] = {}
         self._saved_id: int | None = None  # the id in the data dir's last-id file
         self._reported: set[str] = set()  # internal errors already logged with their traceback
+        self._port_mapper: PortMapper | None = None
 
     # ------------------------------------------------------------ what tests and the CLI look at
 
@@ -150,14 +155,39 @@ class PeerNode:
         self.registration.use_servers(tuple(servers), tuple(names) if self.config.fallback_servers else ())
         self._endpoint.start()
         self._saved_id = last_id.load(self.config.data_dir, self.config.server)
-        self.engine.start(self._local_candidates(), self.clock(), last_id=self._saved_id)
+        local = self._local_candidates()
+        self.engine.start(local, self.clock(), last_id=self._saved_id)
         self._housekeeping = asyncio.create_task(self._expire_queued_periodically())
+        self._flush()
+        self._start_port_mapping(local)
+
+    def _start_port_mapping(self, local: tuple[Address, ...]) -> None:
+        """Ask the default gateway to map our port, unless told not to or the
+        server is on this host (no router between: nothing to gain, and no
+        datagram of a test on loopback leaves the host)."""
+        if not self.config.port_mapping or not local or local[0][0].startswith("127.") or ":" in local[0][0]:
+            return
+        mapper = PortMapper.for_default_gateway(self.udp_address[1], self._port_mapped, clock=self.clock)
+        if mapper is None:
+            return
+        try:
+            mapper.start()
+        except OSError as error:
+            logger.info("port mapping: cannot open its socket: %s", error)
+            return
+        self._port_mapper = mapper
+
+    def _port_mapped(self, mapping: Mapping | None) -> None:
+        self.engine.port_mapped(mapping, self.clock())
         self._flush()
 
     async def stop(self) -> None:
         """Unregister (waiting briefly for the answer), close links and the store."""
         if self._endpoint is None:
             return
+        mapper, self._port_mapper = self._port_mapper, None
+        if mapper is not None:
+            await mapper.stop(PORT_MAPPING_STOP_WAIT)
         self.engine.stop(self.clock())
         self._flush()
         try:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from rendezvous.client import PeerInfo
-from rendezvous.stun import Address, Attr, CandidateKind, Message, MessageClass, Method
+from rendezvous.stun import Address, Attr, Candidate, CandidateKind, Message, MessageClass, Method
 
 from .link import LinkState, PeerLink
 from .natprobe import DEPENDENT, INDEPENDENT, UNKNOWN, NatProbe, NatResult
@@ -103,6 +103,7 @@ class PathFinder:
         self.stats = stats
         self.relay_only = relay_only
         self._punches: dict[int, PunchSession] = {}  # peer id -> connectivity checks under way
+        self._mapped: dict[int, set[Address]] = {}  # peer id -> its router-mapped ports (from its introduction)
         # peer id -> probes that came before we had a session (and key) for it
         self._early_probes: dict[int, list[tuple[Message, Address, float]]] = {}
         self.nat: NatProbe | None = None
@@ -240,6 +241,8 @@ class PathFinder:
         my_id = self.context.my_id
         assert my_id is not None
         candidates = usable_candidates(info, self.context.local, self.context.observed)
+        observed = [c.address for c in info.candidates if c.kind is CandidateKind.OBSERVED]
+        self._mapped[info.peer_id] = {c.address for c in info.candidates if _router_mapped(c, observed)}
         current = self._punches.get(info.peer_id)
         if current is not None and current.key == info.punch_key and current.state is PunchState.PROBING:
             current.add_candidates(candidates, now)
@@ -295,6 +298,7 @@ class PathFinder:
             if now >= punch.started + punch.timeout + PUNCH_LINGER:
                 # Long over: stop answering the other side's late probes too.
                 del self._punches[peer_id]
+                self._mapped.pop(peer_id, None)
             if not punch.connect or punch.handled:
                 continue
             punch.handled = True
@@ -335,6 +339,11 @@ class PathFinder:
         session = self.context.session(peer_id)
         link = session.live_link
         if link is None or link.heard_back or link.relayed or link.address == target:
+            return False
+        if link.address in self._mapped.get(peer_id, ()):
+            # Aimed at a port the peer's router forwards to it: it gets
+            # through, and moving would start the handshake again.  (If the
+            # mapping is stale, the end of the checks still moves it.)
             return False
         punch.reflexive = None  # once
         logger.info("peer %d checks us from %s:%s: QUIC moves there", peer_id, *target)
@@ -525,7 +534,19 @@ def usable_candidates(info: PeerInfo, local: tuple[Address, ...], mine: Address 
     for candidate in info.candidates:
         if candidate.kind is CandidateKind.LOCAL and (same_public or _near(candidate.address, local)):
             out.append(candidate.address)
+        elif _router_mapped(candidate, observed) and candidate.address not in out:
+            # Probed first: unlike the observed port, it lets anyone in.
+            out.insert(0, candidate.address)
     return out
+
+
+def _router_mapped(candidate: Candidate, observed: list[Address]) -> bool:
+    """A declared candidate on the peer's own public address (as the server
+    saw it) at another port: a port its router maps to it (PCP, NAT-PMP).
+    Probing it reaches no one but the peer's own public address."""
+    return candidate.kind is CandidateKind.LOCAL and any(
+        candidate.address[0] == address[0] and candidate.address != address for address in observed
+    )
 
 
 def _near(address: Address, local: tuple[Address, ...]) -> bool:
@@ -549,4 +570,5 @@ def likeliest(info: PeerInfo, mine: Address | None) -> Address:
     local = [c.address for c in info.candidates if c.kind is CandidateKind.LOCAL]
     if local and (not observed or (mine is not None and mine[0] == observed[0][0])):
         return local[0]
-    return (observed or local)[0]
+    mapped = [c.address for c in info.candidates if _router_mapped(c, observed)]
+    return (mapped or observed or local)[0]

@@ -229,6 +229,7 @@ class RegistrationMachine:
         self.identity = identity
         self.nickname = nickname
         self.local = local
+        self.mapped: tuple[Address, ...] = ()  # router port mappings: registered as local candidates too
         self.ttl = ttl
         self.list_interval = list_interval
         self.state = RegState.IDLE
@@ -365,6 +366,15 @@ class RegistrationMachine:
             self._stopped()
         self._wake_at = self._next_list = self._next_watch = self._next_probe = None
         self._silent_since = None
+
+    def offer_mapped(self, mapped: tuple[Address, ...], now: float) -> None:
+        """A router port mapping came, changed or went: the server learns it
+        in a new REGISTER (whose signature covers the candidates)."""
+        if mapped == self.mapped:
+            return
+        self.mapped = mapped
+        if self.state is RegState.REGISTERED:
+            self._register(now)
 
     def connect(self, peer_id: int, now: float) -> bool:
         """Ask the server to introduce us; False when not registered yet."""
@@ -528,7 +538,11 @@ class RegistrationMachine:
         # A new handshake each time: nickname, local candidates and TTL are
         # read now (the node fills in local candidates just before start).
         self._handshake = RegisterHandshake(
-            self.identity, self.identity.public_key, nickname=self.nickname, local=self.local, ttl=self.ttl
+            self.identity,
+            self.identity.public_key,
+            nickname=self.nickname,
+            local=self.local + self.mapped,
+            ttl=self.ttl,
         )
         self.state = RegState.CHALLENGING
         self._request(self._handshake.first_request(), _Request("register"), now)
@@ -541,7 +555,7 @@ class RegistrationMachine:
             self.state = RegState.REGISTERING
             self._request(step, _Request("register"), now)
             return
-        self._handshake = None
+        offered, self._handshake = self._handshake.local, None
         if isinstance(step, RegisterRefused):
             self._back_off(now, step.reason)
             return
@@ -563,6 +577,8 @@ class RegistrationMachine:
             self._next_list = now
             self._heartbeats = 0
         self._next_watch = now + WATCH_REPAIR
+        if offered != self.local + self.mapped:
+            self._register(now)  # a port mapping changed while this one was under way
 
     def _on_refresh(self, message: Message, now: float) -> None:
         error = error_of(message)

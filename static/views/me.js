@@ -1,4 +1,4 @@
-// The header: my name, id, fingerprint, public address, NAT type and server state.
+// The header: my name, id, fingerprint, public address, NAT type, port mapping and server state.
 
 import { byTestId, changed } from "./dom.js";
 
@@ -9,6 +9,8 @@ export function createMeView(root = document) {
     fingerprint: byTestId("my-fingerprint", root),
     address: byTestId("my-address", root),
     nat: byTestId("my-nat", root),
+    portMapping: byTestId("my-port-mapping", root),
+    portMappingField: byTestId("my-port-mapping-field", root),
     serverStatus: byTestId("server-status", root),
     serverDot: byTestId("server-dot", root),
   };
@@ -27,6 +29,13 @@ export function createMeView(root = document) {
     el.nat.title = known
       ? `mapping ${nat.mapping}, filtering ${nat.filtering}`
       : (nat.note || "asked of the rendezvous server after registering");
+    // port_mapping: the address our router forwards to us (PCP, NAT-PMP), or null.
+    const mapping = me.port_mapping;
+    el.portMappingField.hidden = !mapping;
+    el.portMapping.textContent = mapping ? `port mapped by router: ${mapping.external}` : "";
+    el.portMapping.title = mapping
+      ? `${mapping.protocol}, renewed before ${new Date(mapping.expires * 1000).toLocaleString()}`
+      : "";
     // server_state: "connecting" until the server answers, "unreachable"
     // once it has been silent ~3 s, "registered" (older peers: registered only).
     const serverState = me.server_state || (me.registered ? "registered" : "connecting");

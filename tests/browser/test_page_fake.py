@@ -131,6 +131,7 @@ async def test_page_end_to_end_with_fake_peer(harness: Harness) -> None:
     await expect(page.locator(h.testid("my-name"))).to_have_text("alice")
     await expect(page.locator(h.testid("my-fingerprint"))).to_have_text("SHA256:fake-alice")
     await expect(page.locator(h.testid("my-address"))).to_have_text("127.0.0.1:40001")
+    await expect(page.locator(h.testid("my-port-mapping"))).to_have_text("port mapped by router: 198.51.100.7:40001")
     await expect(page.locator(h.testid("server-status"))).to_contain_text("registered")
     await expect(page.locator(h.testid("disconnected-banner"))).to_be_hidden()
 

@@ -39,10 +39,24 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .rules import NatType, internet_ruleset, loss_rules, router_ruleset
+from .rules import WAN, NatType, internet_ruleset, loss_rules, router_ruleset
 
 DELAY_PROGRAM = Path(__file__).with_name("delay.py")
 TOOLS = {"ip": "iproute2", "nft": "nftables", "iptables": "iptables", "conntrack": "conntrack", "sysctl": "procps"}
+OPTIONAL_TOOLS = {"miniupnpd": "miniupnpd-nftables"}  # only the tests that use them need them
+# miniupnpd's chains under its default names (table "filter", family inet),
+# as Debian's /etc/miniupnpd/nft_init.sh makes them, but forwarding by default
+# (the lab's own netlab_fw table does the filtering).
+MINIUPNPD_TABLES = """
+table inet filter {
+  chain forward { type filter hook forward priority 0; policy accept; jump miniupnpd; }
+  chain miniupnpd { }
+  chain prerouting { type nat hook prerouting priority -100; policy accept; jump prerouting_miniupnpd; }
+  chain postrouting { type nat hook postrouting priority 100; policy accept; jump postrouting_miniupnpd; }
+  chain prerouting_miniupnpd { }
+  chain postrouting_miniupnpd { }
+}
+"""
 SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 PREFIX_RE = re.compile(r"^pl(\d+)x[0-9a-f]{4}-")
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
@@ -98,7 +112,7 @@ def tool(name: str) -> str:
     path = shutil.which(name, path=search)
     if path is None:
         raise LabError(
-            f"missing tool {name} (Debian package {TOOLS.get(name, name)}): run scripts/system-deps.sh as root"
+            f"missing tool {name} (Debian package {TOOLS.get(name, OPTIONAL_TOOLS.get(name, name))}): run scripts/system-deps.sh as root"
         )
     return path
 
@@ -364,6 +378,78 @@ class Lab:
     def address(self, target: Target) -> str:
         """The target's own primary address (private behind a NAT)."""
         return (target.host if isinstance(target, Site) else target).address
+
+    def start_miniupnpd(self, site: Site, work_dir: Path, stun: tuple[str, int]) -> subprocess.Popen[Any]:
+        """Run Debian's miniupnpd (nftables build) on ``site``'s router, with
+        NAT-PMP and PCP on its LAN side and UPnP off: the router grants port
+        mappings to its private host.  Returns once it listens; killed at
+        teardown.  Its log is ``work_dir/<site>-miniupnpd.log``.
+
+        miniupnpd refuses to map while its WAN address is a reserved one (the
+        lab's are RFC 5737 documentation addresses) unless STUN says that
+        address is public and unfiltered: ``stun`` is the STUN server to ask
+        (the rendezvous, which answers RFC 5780 change requests), whose
+        answers the router's own firewall lets in."""
+        if site.router is None:
+            raise LabError(f"site {site.name} has no NAT router")
+        router = site.router
+        # The chains miniupnpd fills (its default names), DNATed packets let
+        # through the lab's own firewall (as for the full cone), and the STUN
+        # server's answers to the router itself, from any of its addresses.
+        self._nft(router.netns, MINIUPNPD_TABLES)
+        self._nft(
+            router.netns,
+            f'insert rule ip netlab_fw forward iifname "{WAN}" ct status dnat accept\n'
+            f'insert rule ip netlab_fw input iifname "{WAN}" ip saddr {{ {", ".join(RENDEZVOUS_ADDRESSES)} }} accept\n'
+            # The router's own datagrams (STUN) keep their ports: no masquerade.
+            f'insert rule ip netlab_nat out oifname "{WAN}" ip saddr {router.address} accept\n',
+        )
+        config = work_dir / f"{site.name}-miniupnpd.conf"
+        config.write_text(
+            "\n".join(
+                (
+                    f"ext_ifname={WAN}",
+                    f"listening_ip={router.addresses[1]}",
+                    "enable_upnp=no",
+                    "enable_natpmp=yes",  # NAT-PMP and PCP
+                    "ipv6_disable=yes",
+                    "secure_mode=yes",
+                    "system_uptime=no",
+                    "uuid=3d3cec3a-8cf0-11e0-98ee-001a6bd2d07b",
+                    "min_lifetime=120",
+                    "max_lifetime=86400",
+                    "ext_perform_stun=yes",
+                    f"ext_stun_host={stun[0]}",
+                    f"ext_stun_port={stun[1]}",
+                    "allow 1024-65535 10.0.0.0/8 1024-65535",
+                    "deny 0-65535 0.0.0.0/0 0-65535",
+                    "",
+                )
+            )
+        )
+        log_path = work_dir / f"{site.name}-miniupnpd.log"
+        log = open(log_path, "w")
+        argv = [tool("miniupnpd"), "-d", "-f", str(config), "-P", str(work_dir / f"{site.name}-miniupnpd.pid")]
+        process = subprocess.Popen([tool("ip"), "netns", "exec", router.netns, *argv], stdout=log, stderr=log)
+        log.close()
+        self._processes.append(process)
+        deadline = time.monotonic() + 10.0
+        while "Listening for NAT-PMP/PCP traffic" not in log_path.read_text():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"miniupnpd did not start on {router.name}: {log_path.read_text()[-800:]}")
+            time.sleep(0.02)
+        return process
+
+    def nft_list(self, target: Host, table: str) -> str:
+        """``nft list table`` of ``table`` (e.g. ``"inet filter"``) in ``target``'s namespace."""
+        result = subprocess.run(
+            [tool("ip"), "netns", "exec", target.netns, tool("nft"), "list", "table", *table.split()],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            raise LabError(f"nft list table {table}: {result.stderr.strip()}")
+        return result.stdout
 
     # -- conditions ----------------------------------------------------------
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from netlab import Lab, NatType, unavailable_reason
+from netlab import Lab, NatType, tool, unavailable_reason
 
 pytestmark = [pytest.mark.network]
 
@@ -118,14 +118,17 @@ class Peer:
         raise AssertionError(f"{self.name}: timed out waiting for {what} (last: {last!r})")
 
 
-def run_pair(tmp_path: Path, nat_a: NatType, nat_b: NatType, delay_ms: float = 0.0) -> dict[str, object]:
+def run_pair(
+    tmp_path: Path, nat_a: NatType, nat_b: NatType, delay_ms: float = 0.0, *, port_mapping: bool = False
+) -> dict[str, object]:
     """Both peers up and seeing each other, then the time from alice's POST
     (which starts CONNECT, the checks, QUIC and authentication) to her first
-    message being delivered, and a reply the other way."""
+    message being delivered, and a reply the other way.  ``port_mapping``:
+    the routers run miniupnpd, and both peers have their mapping first."""
     with Lab() as lab:
         if delay_ms:
             lab.set_link(delay_ms=delay_ms)
-        alice, bob, id_a, id_b = start_pair(lab, tmp_path, nat_a, nat_b)
+        alice, bob, id_a, id_b = start_pair(lab, tmp_path, nat_a, nat_b, port_mapping=port_mapping)
         # The server saw each peer at its NAT's public address.
         assert alice.api("me")["public_address"].split(":")[0] == lab.sites["a"].public_address
         assert bob.api("me")["public_address"].split(":")[0] == lab.sites["b"].public_address
@@ -150,7 +153,7 @@ def run_pair(tmp_path: Path, nat_a: NatType, nat_b: NatType, delay_ms: float = 0
             "arrived": arrived,
             "eventual": connection,
         }
-        if eventual_path(nat_a, nat_b) != connection["state"]:
+        if not port_mapping and eventual_path(nat_a, nat_b) != connection["state"]:
             result["eventual"] = alice.wait(
                 lambda: (
                     (c := next(p for p in alice.api("peers") if p["id"] == id_b)["connection"])
@@ -250,14 +253,34 @@ def start_rendezvous(lab: Lab, tmp_path: Path) -> str:
     return f"{primary}:3478"
 
 
-def start_pair(lab: Lab, tmp_path: Path, nat_a: NatType, nat_b: NatType):
+def start_port_mapping(lab: Lab, tmp_path: Path, server: str) -> None:
+    """miniupnpd on every site router, once the rendezvous (its STUN server,
+    asked once at its start) listens."""
+    host, port = server.rsplit(":", 1)
+    deadline = time.monotonic() + 60  # a loaded machine can take long to start Python
+    while not lab.run(lab.rendezvous, [tool("ss"), "-Hlun", f"sport = :{port}"]).stdout.strip():
+        assert time.monotonic() < deadline, "the rendezvous did not start"
+        time.sleep(0.05)
+    for site in lab.sites.values():
+        if site.router is not None:
+            lab.start_miniupnpd(site, tmp_path, (host, int(port)))
+
+
+def start_pair(lab: Lab, tmp_path: Path, nat_a: NatType, nat_b: NatType, *, port_mapping: bool = False):
     site_a = lab.site("a", nat_a)
     site_b = lab.site("b", nat_b)
     server = start_rendezvous(lab, tmp_path)
+    if port_mapping:
+        start_port_mapping(lab, tmp_path, server)
+
+    def ready(m: dict) -> bool:
+        # With a mapping, registered again with it (the server has it then).
+        return bool(m["id"] and (not port_mapping or (m["port_mapping"] and m["registered"])))
+
     alice = Peer(lab, site_a, "alice", tmp_path / "alice", server)
-    me_a = alice.wait(lambda: (m := alice.api("me")) and m["id"] and m, START, "alice registered")
+    me_a = alice.wait(lambda: (m := alice.api("me")) and ready(m) and m, START, "alice registered")
     bob = Peer(lab, site_b, "bob", tmp_path / "bob", server)
-    me_b = bob.wait(lambda: (m := bob.api("me")) and m["id"] and m, START, "bob registered")
+    me_b = bob.wait(lambda: (m := bob.api("me")) and ready(m) and m, START, "bob registered")
     alice.wait(lambda: any(p["id"] == me_b["id"] and p["online"] for p in alice.api("peers")), 20, "bob online")
     bob.wait(lambda: any(p["id"] == me_a["id"] and p["online"] for p in bob.api("peers")), 20, "alice online")
     return alice, bob, me_a["id"], me_b["id"]

@@ -34,6 +34,7 @@ class FakePeerApi:
             "server": "127.0.0.1:3478",
             "registered": True,
             "server_state": "registered",
+            "port_mapping": {"protocol": "pcp", "external": "198.51.100.7:40001", "expires": 1900000000.0},
         }
         self._peers: dict[int, JSON] = {}
         self._messages: dict[str, JSON] = {}

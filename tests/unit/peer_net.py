@@ -56,10 +56,15 @@ class Nat:
     _mapping: dict[tuple[Address, Address | None], int] = field(default_factory=dict)
     _inside: dict[int, Address] = field(default_factory=dict)
     _sent_to: set[tuple[int, Address]] = field(default_factory=set)
+    # Router port mappings (PCP, NAT-PMP): external port -> inside address, open to anyone.
+    forwarded: dict[int, Address] = field(default_factory=dict)
+    _replies: dict[tuple[Address, Address], int] = field(default_factory=dict)  # answers leave by the mapping
 
     def outbound(self, source: Address, destination: Address) -> Address:
         if self.kind == "none":
             return source
+        if (source, destination) in self._replies:
+            return (self.public_ip, self._replies[source, destination])
         key = (source, destination if self.kind == "symmetric" else None)
         port = self._mapping.get(key)
         if port is None:
@@ -71,6 +76,10 @@ class Nat:
     def inbound(self, destination: Address, source: Address) -> Address | None:
         if self.kind == "none":
             return destination
+        if destination[1] in self.forwarded:
+            inside = self.forwarded[destination[1]]
+            self._replies.setdefault((inside, source), destination[1])
+            return inside
         inside = self._inside.get(destination[1])
         if inside is None:
             return None

@@ -336,3 +336,23 @@ def test_each_unanswered_registration_tries_the_next_address_of_the_name() -> No
         if alice.state is RegState.CHALLENGING and alice.server != tried[-1]:
             tried.append(alice.server)
     assert tried == [SERVER, OTHER, SERVER, OTHER]
+
+
+def test_a_port_mapping_is_registered_at_once_even_while_a_registration_is_under_way() -> None:
+    h = Harness()
+    machine = h.machine("alice")
+    machine.local = (("10.0.0.2", 40000),)
+    machine.start(0.0)
+    first = machine.datagrams_to_send()  # the first REGISTER, without the mapping
+    machine.offer_mapped((("203.0.113.10", 50000),), 0.01)  # granted meanwhile
+    for data in first:
+        h.core.receive_datagram(data, A, 0.02)
+    h.pump({A: machine}, 0.02)
+    record = h.core.directory.get(machine.peer_id)  # type: ignore[arg-type]
+    assert record is not None and record.local == (("10.0.0.2", 40000), ("203.0.113.10", 50000))
+    assert machine.state is RegState.REGISTERED
+    machine.offer_mapped((), 5.0)  # the mapping went: registered again without it
+    assert machine.state is not RegState.REGISTERED
+    h.pump({A: machine}, 5.0)
+    assert h.core.directory.get(machine.peer_id).local == (("10.0.0.2", 40000),)  # type: ignore[arg-type, union-attr]
+    assert machine.state is RegState.REGISTERED

@@ -1,0 +1,164 @@
+"""The node's side of port mapping: find the default gateway, and move the
+pure :class:`~webpeer.portmap.PortMapClient`'s bytes and timer.
+
+The request goes out from a small socket of its own (PCP and NAT-PMP name
+the internal port in the request, so the mapping still points at the main
+socket, the one that speaks QUIC), which keeps the router's answers out of
+the engine's datagram demultiplexing.  IPv4 only: the gateway comes from
+``/proc/net/route`` (Linux); elsewhere, or without a default route, the
+peer simply does without a mapping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from rendezvous.stun import Address
+from rendezvous.udp import UdpEndpoint
+
+from .portmap import DEFAULT_LIFETIME, SERVER_PORT, Mapping, PortMapClient, PortMapLost, PortMapped
+
+logger = logging.getLogger("webpeer")
+
+ROUTE_TABLE = Path("/proc/net/route")
+RTF_UP = 0x1
+RTF_GATEWAY = 0x2
+
+
+def default_gateway(route_table: str) -> str | None:
+    """The IPv4 default gateway with the lowest metric in the text of
+    ``/proc/net/route`` (hex addresses in host byte order: little-endian)."""
+    best: tuple[int, str] | None = None
+    for line in route_table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        try:
+            destination, gateway, flags = int(fields[1], 16), int(fields[2], 16), int(fields[3], 16)
+            metric, mask = int(fields[6]), int(fields[7], 16)
+            if destination or mask or not flags & RTF_UP or not flags & RTF_GATEWAY or not gateway:
+                continue
+            address = str(ipaddress.IPv4Address(gateway.to_bytes(4, "little")))
+        except (ValueError, OverflowError):
+            continue
+        if best is None or metric < best[0]:
+            best = (metric, address)
+    return best[1] if best is not None else None
+
+
+def read_default_gateway(path: Path = ROUTE_TABLE) -> str | None:
+    try:
+        return default_gateway(path.read_text())
+    except OSError:
+        return None
+
+
+def source_address_toward(host: str, port: int) -> str | None:
+    """Our address on the interface that routes to ``host`` (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((host, port))
+            return str(probe.getsockname()[0])
+        except OSError:
+            return None
+
+
+class PortMapper:
+    """Keeps one mapping of ``internal_port`` at ``gateway`` while it runs;
+    ``on_change`` gets the mapping, or None when it is lost."""
+
+    def __init__(
+        self,
+        gateway: str,
+        client_ip: str,
+        internal_port: int,
+        on_change: Callable[[Mapping | None], None],
+        *,
+        clock: Callable[[], float],
+        server_port: int = SERVER_PORT,
+        lifetime: int = DEFAULT_LIFETIME,
+    ) -> None:
+        self.client = PortMapClient(gateway, client_ip, internal_port, lifetime=lifetime, server_port=server_port)
+        self._on_change = on_change
+        self._clock = clock
+        self._endpoint: UdpEndpoint | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._done = asyncio.Event()
+
+    @classmethod
+    def for_default_gateway(
+        cls, internal_port: int, on_change: Callable[[Mapping | None], None], *, clock: Callable[[], float]
+    ) -> PortMapper | None:
+        """A mapper for this host's default gateway, or None without one."""
+        gateway = read_default_gateway()
+        if gateway is None:
+            logger.info("port mapping: no IPv4 default gateway")
+            return None
+        client_ip = source_address_toward(gateway, SERVER_PORT)
+        if client_ip is None:
+            return None
+        return cls(gateway, client_ip, internal_port, on_change, clock=clock)
+
+    def start(self) -> None:
+        self._endpoint = UdpEndpoint.bind(
+            self.client.client_ip, 0, self._on_datagram, self._flush, batched=False, buffer_size=None
+        )
+        self._endpoint.start()
+        self.client.start(self._clock())
+        self._flush()
+
+    async def stop(self, wait: float) -> None:
+        """Delete the mapping, waiting up to ``wait`` seconds for the router's answer."""
+        if self._endpoint is None:
+            return
+        self.client.stop(self._clock())
+        self._flush()
+        try:
+            await asyncio.wait_for(self._done.wait(), wait)
+        except TimeoutError:
+            pass
+        if self._timer is not None:
+            self._timer.cancel()
+        self._endpoint.close()
+        self._endpoint = None
+
+    def _on_datagram(self, data: bytes, address: Address) -> None:
+        try:
+            self.client.receive(data, address, self._clock())
+        except Exception:  # a bug: the client refuses bad input by itself
+            logger.exception("port mapping: internal error on a datagram from %r", address)
+
+    def _flush(self) -> None:
+        endpoint = self._endpoint
+        if endpoint is None:
+            return
+        for data in self.client.datagrams_to_send():
+            endpoint.sendto(data, self.client.gateway)
+        while (event := self.client.next_event()) is not None:
+            if isinstance(event, PortMapped):
+                logger.info("port mapped by the router (%s): %s:%d", event.mapping.protocol, *event.mapping.external)
+                self._on_change(event.mapping)
+            elif isinstance(event, PortMapLost):
+                logger.info("port mapping lost: %s", event.reason)
+                self._on_change(None)
+            else:
+                logger.info("no port mapping from the router: %s", getattr(event, "reason", event))
+        if self.client.done:
+            self._done.set()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.client.get_timer()
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(loop.time() + max(0.0, deadline - self._clock()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.client.handle_timer(self._clock())
+        self._flush()
