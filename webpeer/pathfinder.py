@@ -436,11 +436,18 @@ class PathFinder:
             and link.relayed
             and session.birthday_at is None
             and session.birthday_attempts < BIRTHDAY_ATTEMPTS
+            and not self._checks_succeeded(session.peer_id)
         ):
             # Not before our checks end: the relay is ready long before them
             # (it starts with them), and they may still find a direct path
             # (against a full-cone NAT) without 256 sockets.
             session.birthday_at = max(now, self._checks_end(session.peer_id))
+
+    def _checks_succeeded(self, peer_id: int) -> bool:
+        """Our latest checks toward the peer found a direct path: its link
+        is on the way (the relay only won the race), no spares needed."""
+        punch = self._punches.get(peer_id)
+        return punch is not None and punch.state is PunchState.SUCCEEDED
 
     def _checks_end(self, peer_id: int) -> float:
         """When the connectivity checks toward the peer give up, if still under way (else 0)."""
@@ -455,7 +462,7 @@ class PathFinder:
                     continue
                 session.birthday_at = None
                 link = session.ready_link
-                if link is not None and link.relayed:
+                if link is not None and link.relayed and not self._checks_succeeded(session.peer_id):
                     self._start_birthday(session, link, now)
         for index, expires in list(self._spare_expiry.items()):
             if expires <= now:

@@ -161,3 +161,28 @@ def test_a_symmetric_peer_starts_the_relay_with_its_connect_and_still_ends_direc
     assert [m["text"] for m in bob.store.conversation(alice.peer_id)] == ["hello"] + [f"direct {i}" for i in range(100)]
     net.run(CHECKS_TIMEOUT + 1)
     assert len(open_links(alice)) == 1 and len(open_links(bob)) == 1
+
+
+def test_a_symmetric_peer_whose_relay_won_the_race_does_not_probe_many_ports_when_its_checks_succeeded(
+    net: PeerNet,
+) -> None:
+    # Full cone against symmetric: the checks find a direct path, but the
+    # direct QUIC packets are held up a while, so the relay is ready first
+    # and the peers tell each other their NAT mappings over it.  Bob
+    # (symmetric, facing an endpoint-independent mapping) must not open 256
+    # spare sockets: his checks succeeded, and the direct link follows.
+    alice, bob = registered_pair(net, "full-cone", "symmetric")
+    held_until = net.now + 0.3
+
+    def direct_quic_lost(data: bytes, source: tuple[str, int], destination: tuple[str, int]) -> bool:
+        through_server = {source, destination} & {SERVER, SERVER_OTHER}
+        return not through_server and data[0] >= 0x40 and net.now < held_until
+
+    net.lose = direct_quic_lost
+    sent = alice.send(bob, "hello")
+    net.run_until(lambda: alice.status(sent) == "delivered", CHECKS_TIMEOUT)
+    assert connection_states(alice, bob)[:2] == ["connecting", "relayed"]  # the relay won
+    net.run_until(lambda: (alice.connection(bob) or {}).get("state") == "direct", 5)
+    net.run(CHECKS_TIMEOUT + 1)
+    assert (bob.connection(alice) or {}).get("state") == "direct"
+    assert not bob.commands and not alice.commands  # no spare sockets on either side
