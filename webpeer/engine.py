@@ -94,6 +94,10 @@ SILENT = "Idle timeout"
 MAX_UNAUTHENTICATED_LINKS = 32
 MAX_UNAUTHENTICATED_PER_SOURCE = 4
 HELLO_DEADLINE = 3.0
+# A closed link's connection ids are kept this long: a late packet for it (the
+# answer to a relay attempt closed because a direct path won) is dropped, not
+# taken for a new connection.
+CLOSED_CID_LINGER = QUIC_IDLE_TIMEOUT
 MAX_FLUSH_ROUNDS = 10  # events can cause more events; bounded
 
 
@@ -144,12 +148,18 @@ class PeerEngine:
         self.groups = Groups(self, history, self.stats)  # group conversations (issue 12)
         self.targets = Targets()  # lookups of ids the page writes to (issue 9, bad targets)
         self._cids: dict[bytes, PeerLink] = {}
+        self._closed_cids: dict[bytes, float] = {}  # cid of a closed link -> until when to drop its packets
         # Acceptor links not yet authenticated: when each came, and from where
         # (an IP, or the relay and the peer id the server vouches for).
         self._accepting: dict[PeerLink, tuple[float, object]] = {}
         self._awaiting_key: dict[int, list[PeerLink]] = {}  # acceptor links waiting on CONNECT for the key
         self._closing: list[PeerLink] = []  # closed links whose last datagrams (CONNECTION_CLOSE) are not out yet
-        self._upgrades: set[PeerLink] = set()  # direct links being set up beside a relayed one
+        # Links we opened that are being set up beside a peer's session link:
+        # a direct one beside the relay (an upgrade, or the early guess while
+        # the relay was ready first), or the relay beside a direct guess (it
+        # starts with the checks: PathFinder.open_early).  One that becomes
+        # ready is adopted (PeerSession.choose_link decides between two).
+        self._upgrades: set[PeerLink] = set()
         self._acceptor_config = quic_configuration(identity, Role.ACCEPTOR, QUIC_IDLE_TIMEOUT)
         self._events: list[PageEvent] = []
         self._process_mark: int | None = None  # where this process()'s events start
@@ -231,6 +241,28 @@ class PeerEngine:
         links = [p.link for p in self.peer_states.values() if p.link is not None]
         return links + [link for link in (*self._accepting, *self._upgrades) if link not in links]
 
+    def peer_links(self, peer_id: int) -> list[PeerLink]:
+        """The live links we hold to ``peer_id``: its session's first, then
+        those we are setting up beside it."""
+        session = self.peer_states.get(peer_id)
+        own = [session.link] if session is not None and session.link is not None else []
+        beside = [link for link in self._upgrades if link.peer_id == peer_id and link not in own]
+        return [link for link in own + beside if link.state is not LinkState.CLOSED]
+
+    def drop_attempt(self, link: PeerLink, reason: str, now: float) -> None:
+        """Close a link still being set up; if it was its session's link,
+        another attempt under way for that peer (if any) takes its place, so
+        the peer does not look disconnected while that one goes on."""
+        session = self.peer_states.get(link.peer_id) if link.peer_id is not None else None
+        if session is not None and session.link is link:
+            others = [other for other in self.peer_links(session.peer_id) if other is not link]
+            session.link = others[0] if others else None
+            if others:
+                self._upgrades.discard(others[0])
+        self._retire(link, reason, now)  # (its LinkClosed also takes it out of _upgrades)
+        if session is not None:
+            self._publish_connection(session)
+
     def publish(self, event: PageEvent) -> None:
         self._events.append(event)
 
@@ -298,6 +330,9 @@ class PeerEngine:
         if not self.registration.connect(session.peer_id, now):
             return False
         session.connecting_since = now
+        # Where a direct path is unlikely, QUIC through the relay starts with
+        # the CONNECT, a round trip before its answer (pathfinder.py).
+        self.pathfinder.connecting(session, now)
         self._publish_connection(session)
         return True
 
@@ -599,6 +634,9 @@ class PeerEngine:
             self.stats["bad_quic"] += 1
             return
         link = self._cids.get(header.destination_cid)
+        if link is None and self._closed_cids.get(header.destination_cid, 0.0) > now:
+            self.stats["quic_for_closed_link"] += 1
+            return
         if link is None:
             my_id = self.registration.peer_id
             if header.packet_type != PACKET_TYPE_INITIAL or len(data) < 1200 or my_id is None:
@@ -824,6 +862,7 @@ class PeerEngine:
             if event.error and event.error.startswith("404"):
                 session.online = False
                 session.connecting_since = None
+                self._close_attempts(session, "the peer is offline", now)
                 self.flow.pump(session, now)  # back to queued
                 self._publish_peers()
             else:
@@ -896,14 +935,17 @@ class PeerEngine:
             self.identity, my_id, path, session.peer_id, session.public_key, now, idle_timeout=QUIC_IDLE_TIMEOUT
         )
         link.check_nonce = nonce
+        if replace:
+            # The direct guesses still handshaking give way (a relay being
+            # set up does not: it goes on until a direct link is ready).
+            for guess in self.peer_links(session.peer_id):
+                if not guess.relayed and guess.state is not LinkState.READY:
+                    self.drop_attempt(guess, "another path was chosen", now)
         previous = session.link
         if previous is None or previous.state is LinkState.CLOSED:
             session.link = link
-        elif replace and previous.state is not LinkState.READY:
-            session.link = link
-            self._retire(previous, "another path was chosen", now)
         else:
-            self._upgrades.add(link)  # a direct path beside a relayed link: switch when it is ready
+            self._upgrades.add(link)  # beside the session's link: adopted when it is ready
         self._cids[link.quic.host_cid] = link
         self._publish_connection(session)
 
@@ -924,11 +966,20 @@ class PeerEngine:
         # Nothing fails for this: the messages wait, queued, and we try again
         # (backing off) for as long as the registry lists the peer.
         session.attempt_failed(now)
-        if session.link is not None and session.link.state is not LinkState.READY:
-            session.link.close(reason)
+        self._close_attempts(session, reason, now)
         self.flow.requeue(session, now)
         self.publish(ConnectionChanged(session.peer_id, None))
         self._publish_peers()
+
+    def _close_attempts(self, session: PeerSession, reason: str, now: float) -> None:
+        """The attempt to reach the peer is over: the links still being set
+        up for it (the direct guess, the relay beside it) close."""
+        for link in self.peer_links(session.peer_id):
+            if link.state is not LinkState.READY:
+                if link is session.link:
+                    link.close(reason)  # its LinkClosed comes through _drain_links
+                else:
+                    self._retire(link, reason, now)
 
     def _drain_links(self, now: float) -> bool:
         busy = False
@@ -996,11 +1047,24 @@ class PeerEngine:
         self._accepting.pop(link, None)
         self._upgrades.discard(link)
         session = self.session(event.peer_id)
+        previous = session.link
         dropped = session.adopt(link, now)
         if dropped is not None:
             self._retire(dropped, "duplicate connection", now)
         ready = session.link
         assert ready is not None
+        if previous is not None and previous is not ready and previous is not dropped:
+            if previous.state is not LinkState.CLOSED:
+                # An attempt still under way (the direct guess, when the relay
+                # was ready first): it goes on beside, and takes over when ready.
+                self._upgrades.add(previous)
+        if not ready.relayed:
+            # A direct path is ready: a relay still being set up beside it is
+            # not needed (the rest of its handshake would only load the relay).
+            for other in self.peer_links(session.peer_id):
+                if other.relayed and other.state is not LinkState.READY:
+                    self.drop_attempt(other, "a direct path is ready", now)
+            session.direct_failed = False
         if ready.relayed:
             self.pathfinder.tell_nat(ready)
             self.pathfinder.consider_birthday(session, now)
@@ -1020,8 +1084,10 @@ class PeerEngine:
             self.flow.quota.forget(link.peer_id)  # trust.py may have dropped its hidden messages meanwhile
         self._accepting.pop(link, None)
         self._upgrades.discard(link)
+        self._closed_cids = {cid: until for cid, until in self._closed_cids.items() if until > now}
         for cid in [cid for cid, owner in self._cids.items() if owner is link]:
             del self._cids[cid]
+            self._closed_cids[cid] = now + CLOSED_CID_LINGER
         for links in self._awaiting_key.values():
             if link in links:
                 links.remove(link)

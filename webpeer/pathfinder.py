@@ -91,7 +91,14 @@ class PathContext(Protocol):
 
     def open_link(
         self, session: PeerSession, path: Path, now: float, nonce: bytes | None = None, replace: bool = False
-    ) -> None: ...
+    ) -> None:
+        """QUIC on ``path``; ``replace``: direct links still handshaking give way."""
+
+    def peer_links(self, peer_id: int) -> list[PeerLink]:
+        """The live links we hold to the peer (its session's first)."""
+
+    def drop_attempt(self, link: PeerLink, reason: str, now: float) -> None:
+        """Close a link still being set up (another attempt takes its place)."""
 
     def nat_learned(self) -> None:
         """Our NAT type is known (the page shows it)."""
@@ -274,19 +281,64 @@ class PathFinder:
         if punch is not None:
             punch.connect = False
 
+    def _direct_link(self, peer_id: int) -> PeerLink | None:
+        return next((link for link in self.context.peer_links(peer_id) if not link.relayed), None)
+
+    def _relayed_link(self, peer_id: int) -> PeerLink | None:
+        return next((link for link in self.context.peer_links(peer_id) if link.relayed), None)
+
+    def direct_unlikely(self, session: PeerSession) -> bool:
+        """Whether a direct path to the peer is unlikely: our NAT maps
+        endpoint-dependently (symmetric: direct only works against a peer
+        with no NAT or a full-cone one), the peer said its NAT does ("nat"
+        frame), or our last checks toward it found nothing."""
+        return self.relay_only or self.symmetric() or session.remote_mapping == DEPENDENT or session.direct_failed
+
+    def connecting(self, session: PeerSession, now: float) -> None:
+        """A CONNECT for ``session`` is on its way.  If a direct path is
+        unlikely, QUIC through the relay starts now rather than at the
+        answer: the relay needs no introduction (only that both are
+        registered), and the first message then arrives a round trip
+        sooner.  Otherwise the relay waits for the answer (open_early), a
+        round trip behind the direct guess, so a direct-capable pair's
+        direct link nearly always wins and the relay carries only the
+        start of a handshake."""
+        if (
+            session.public_key is None
+            or not session.online
+            or self.context.my_id is None
+            or not self.direct_unlikely(session)
+            or self._relayed_link(session.peer_id) is not None
+        ):
+            return
+        self.context.open_link(session, Relayed(session.peer_id), now)
+        self.stats["relay_opened_with_connect"] += 1
+
     def open_early(self, session: PeerSession, info: PeerInfo, now: float) -> None:
-        """Open QUIC at once, beside the checks, toward the likeliest
-        candidate: where both NATs map endpoint-independently the Initial
-        gets through (the other side's checks, sent at the same moment, open
-        its NAT), and the handshake is a round trip ahead of waiting for the
-        checks.  If the checks then find another path, that one wins
-        (check_punches); if they find none, the relay does."""
-        if self.relay_only or info.punch_key is None or not info.candidates:
-            return
-        if session.live_link is not None:
-            return
-        self.context.open_link(session, Direct(likeliest(info, self.context.observed)), now)
-        self.stats["quic_opened_early"] += 1
+        """Open QUIC at once, beside the checks, on two paths:
+
+        - toward the likeliest candidate: where both NATs map
+          endpoint-independently the Initial gets through (the other side's
+          checks, sent at the same moment, open its NAT), and the handshake is
+          a round trip ahead of waiting for the checks.  If the checks then
+          find another path, that one wins (check_punches);
+        - through the relay (unless one is under way already): no pair waits
+          for the checks' timeout to send.  Whichever link is ready first
+          carries the messages; a direct one that is ready later takes over
+          (PeerSession.choose_link), and messages without a receipt go again
+          on it (the receiver stores by id).  A relay still handshaking when
+          a direct link is ready is closed (engine._on_link_ready): for a
+          direct-capable pair the relay carries a first flight or two.
+        """
+        if session.ready_link is not None:
+            return  # an upgrade attempt beside a ready relayed link: the checks alone
+        if not (self.relay_only or info.punch_key is None or not info.candidates):
+            if self._direct_link(session.peer_id) is None:
+                self.context.open_link(session, Direct(likeliest(info, self.context.observed)), now)
+                self.stats["quic_opened_early"] += 1
+        if self._relayed_link(session.peer_id) is None:
+            self.context.open_link(session, Relayed(session.peer_id), now)
+            self.stats["relay_opened_early"] += 1
 
     def check_punches(self, now: float) -> bool:
         """Act on finished connectivity checks; True if a link was opened."""
@@ -304,9 +356,9 @@ class PathFinder:
             punch.handled = True
             session = self.context.session(peer_id)
             opened = True
-            early = session.live_link
-            if early is not None and early.relayed:
-                early = None  # a relayed link: a direct one goes beside it (an upgrade)
+            # The direct link (the early guess, or a ready one); a relayed
+            # link is not it: a direct one goes beside that (an upgrade).
+            early = self._direct_link(peer_id)
             if punch.state is PunchState.SUCCEEDED and punch.chosen is not None:
                 logger.info("direct path to peer %d: %s:%s (%d probes)", peer_id, *punch.chosen, punch.probes_sent)
                 if early is not None and (early.heard_back or early.address == punch.chosen):
@@ -322,10 +374,18 @@ class PathFinder:
                 if early is not None:
                     self.stats["early_link_replaced"] += 1  # the first guess was not the path
                 self.context.open_link(session, Direct(punch.chosen), now, nonce=punch.remote_nonce, replace=True)
-            elif session.live_link is None or (early is not None and not early.heard_back):
-                logger.info("no direct path to peer %d after %d probes: relaying", peer_id, punch.probes_sent)
-                self.context.open_link(session, Relayed(peer_id), now, replace=True)
-                session.upgrade_at = now + UPGRADE_INTERVAL
+            else:
+                unanswered = early is not None and not early.heard_back
+                session.direct_failed = punch.state is PunchState.FAILED and (early is None or unanswered)
+                if self._relayed_link(peer_id) is not None:
+                    # The relay started with the checks: the guess goes.
+                    logger.info("no direct path to peer %d after %d probes: relayed", peer_id, punch.probes_sent)
+                    if early is not None and unanswered:
+                        self.context.drop_attempt(early, "no direct path", now)
+                elif session.live_link is None or unanswered:
+                    logger.info("no direct path to peer %d after %d probes: relaying", peer_id, punch.probes_sent)
+                    self.context.open_link(session, Relayed(peer_id), now, replace=True)
+                    session.upgrade_at = now + UPGRADE_INTERVAL
         return opened
 
     def _follow_reflexive(self, peer_id: int, punch: PunchSession, now: float) -> bool:
@@ -337,8 +397,8 @@ class PathFinder:
         if not punch.connect or target is None:
             return False
         session = self.context.session(peer_id)
-        link = session.live_link
-        if link is None or link.heard_back or link.relayed or link.address == target:
+        link = self._direct_link(peer_id)
+        if link is None or link.heard_back or link.address == target:
             return False
         if link.address in self._mapped.get(peer_id, ()):
             # Aimed at a port the peer's router forwards to it: it gets
@@ -385,15 +445,33 @@ class PathFinder:
             and link.relayed
             and session.birthday_at is None
             and session.birthday_attempts < BIRTHDAY_ATTEMPTS
+            and not self._checks_succeeded(session.peer_id)
         ):
-            session.birthday_at = now
+            # Not before our checks end: the relay is ready long before them
+            # (it starts with them), and they may still find a direct path
+            # (against a full-cone NAT) without 256 sockets.
+            session.birthday_at = max(now, self._checks_end(session.peer_id))
+
+    def _checks_succeeded(self, peer_id: int) -> bool:
+        """Our latest checks toward the peer found a direct path: its link
+        is on the way (the relay only won the race), no spares needed."""
+        punch = self._punches.get(peer_id)
+        return punch is not None and punch.state is PunchState.SUCCEEDED
+
+    def _checks_end(self, peer_id: int) -> float:
+        """When the connectivity checks toward the peer give up, if still under way (else 0)."""
+        punch = self._punches.get(peer_id)
+        return punch.started + punch.timeout if punch is not None and punch.state is PunchState.PROBING else 0.0
 
     def _birthday_timers(self, now: float) -> None:
         for session in self.context.sessions():
             if session.birthday_at is not None and session.birthday_at <= now:
+                if (end := self._checks_end(session.peer_id)) > now:
+                    session.birthday_at = end  # checks under way (an upgrade attempt): after them
+                    continue
                 session.birthday_at = None
                 link = session.ready_link
-                if link is not None and link.relayed:
+                if link is not None and link.relayed and not self._checks_succeeded(session.peer_id):
                     self._start_birthday(session, link, now)
         for index, expires in list(self._spare_expiry.items()):
             if expires <= now:

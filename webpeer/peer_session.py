@@ -92,6 +92,9 @@ class PeerSession:
     # Its NAT's mapping, as it told us ("nat" frame): many-port probing only
     # helps against an endpoint-independent one.
     remote_mapping: str = "unknown"
+    # Our last connectivity checks toward it found no direct path: the next
+    # connection starts the relay with its CONNECT (pathfinder.connecting).
+    direct_failed: bool = False
     # Nonces we put in our answers to its checks, and when: its QUIC hello
     # may sign one of them instead of waiting for a challenge (link.py).
     issued_nonces: dict[bytes, float] = field(default_factory=dict)
