@@ -13,6 +13,22 @@ import { byTestId, make } from "./dom.js";
 
 const PICTURES = new Set(["image/png", "image/jpeg", "image/gif", "image/webp"]);
 const ACTIVE = new Set(["offered", "accepted"]);
+// How far along a status is: a file only ever moves forward (offered, then
+// accepted, then one of the final ones).
+const STAGE = new Map([["offered", 0], ["accepted", 1]]);
+
+/**
+ * Whether ``file`` is an older view than ``known`` (same id) and must not
+ * replace it.  The answer to an upload or an Accept is a snapshot from
+ * when the request was served, and the websocket may already have told of
+ * later steps: a small file can be complete before the answer to its
+ * Accept reaches the page, which then showed it "accepted" for good.
+ */
+export function isStale(known, file) {
+  if (!known) return false;
+  const stage = (status) => STAGE.get(status) ?? 2;
+  return stage(file.status) < stage(known.status);
+}
 
 export function formatBytes(bytes) {
   const units = ["B", "KB", "MB", "GB", "TB"];
@@ -150,7 +166,7 @@ export function createFilesView(actions, api, root = document) {
   }
 
   function update(file) {
-    if (file.peer !== peer) return;
+    if (file.peer !== peer || isStale(files.get(file.id), file)) return;
     files.set(file.id, file);
     draw(file);
   }

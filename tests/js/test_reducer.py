@@ -1,8 +1,9 @@
 """The page's reducer (static/state.js) under ``node --test``: no browser needed.
 
-The cases are in tests/js/state.test.mjs.  static/ has no package.json (it is
-served as is), so Node is told to detect ES module syntax in state.js itself;
-Node 22.7 and later does that by default.
+The cases are in tests/js/state.test.mjs, and the files view's rule for late
+snapshots (static/views/files.js) in tests/js/files.test.mjs.  static/ has no
+package.json (it is served as is), so Node is told to detect ES module syntax
+in state.js itself; Node 22.7 and later does that by default.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def test_reducer_under_node() -> None:
     node, major = _node()
     detect = ["--experimental-detect-module"] if major < 23 else []
     result = subprocess.run(
-        [node, *detect, "--test", str(HERE / "state.test.mjs")],
+        [node, *detect, "--test", str(HERE / "state.test.mjs"), str(HERE / "files.test.mjs")],
         capture_output=True,
         text=True,
         timeout=60,
