@@ -5,8 +5,13 @@ read-receipts setting."""
 
 from __future__ import annotations
 
-from browser.test_page_fake import TOKEN, Harness, harness, until  # noqa: F401  (the fixture)
+import pytest
+from browser.test_page_fake import TOKEN, Harness, browser, harness, until  # noqa: F401  (the fixtures)
 from playwright.async_api import expect
+
+# The harness runs on the module's loop, with one Chromium for the module
+# (test_page_fake.py's fixtures).
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 async def test_contacts_nicknames_read_receipts_filter_and_setting(harness: Harness) -> None:  # noqa: F811
