@@ -12,6 +12,12 @@ LINTED := rendezvous webpeer tests bench scripts
 
 .PHONY: demo test check typecheck bench system-deps venv clean
 
+# Keep compiled bytecode (and pytest's rewritten test modules) between runs
+# and across the processes a test starts, even where the environment says
+# PYTHONDONTWRITEBYTECODE=1: without it every run compiles every module
+# again, about 7 s of make check's collection alone.
+export PYTHONDONTWRITEBYTECODE =
+
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -30,9 +36,11 @@ typecheck: $(STAMP)
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
 
-# The fast loop (well under a minute): types, lint, format and the unit tests.
+# The fast loop (about half a minute): types, lint, format and the unit tests
+# but the few marked slow (the long fuzz runs, the 250-message group); make
+# test runs those too.
 check: typecheck
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q -m "not slow" tests/unit
 
 test: $(STAMP) typecheck system-deps
 	$(PY) -m pytest -q

@@ -859,6 +859,7 @@ def _registered_harness() -> Harness:
 SESSIONS = [_registered_harness().sessions[ALICE]]
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(
     st.one_of(framed_messages(), st.binary(max_size=100), st.text(max_size=30).map(str.encode)),

@@ -93,6 +93,7 @@ def mutate(rng: random.Random, samples: list[bytes]) -> bytes:
     return refingerprint(bytes(data))
 
 
+@pytest.mark.slow
 def test_mutated_datagrams_never_raise_keep_state_bounded_and_the_peers_still_talk(net: PeerNet) -> None:
     alice = net.add("alice")
     bob = net.add("bob")

@@ -60,6 +60,7 @@ def test_a_group_appears_on_every_member_with_its_name_and_members(net: PeerNet)
         assert any(isinstance(e, GroupChanged) and e.group["id"] == group_id for e in peer.events)
 
 
+@pytest.mark.slow
 def test_250_concurrent_messages_reach_all_5_members_once_each_in_order(net: PeerNet) -> None:
     peers = online_group(net)
     group_id = create(net, peers)

@@ -942,9 +942,11 @@ def decode_or_refuse(data: bytes, **options: bool) -> Message | None:
 
 
 OPTIONS = st.fixed_dictionaries({"allow_classic": st.booleans(), "require_fingerprint": st.booleans()})
+# 1,500 examples each: seconds, so marked slow (make test runs them, make check does not).
 FUZZ_SETTINGS = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.mark.slow
 @given(data=st.binary(max_size=1600), options=OPTIONS)
 @FUZZ_SETTINGS
 def test_arbitrary_bytes_decode_or_raise_protocol_error(data: bytes, options: dict[str, bool]) -> None:
@@ -971,6 +973,7 @@ def framed_datagrams(draw: st.DrawFn) -> bytes:
     return data
 
 
+@pytest.mark.slow
 @given(data=framed_datagrams(), options=OPTIONS)
 @FUZZ_SETTINGS
 def test_framed_random_attributes_decode_or_raise_protocol_error(data: bytes, options: dict[str, bool]) -> None:
@@ -997,6 +1000,7 @@ def mutated_goldens(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.slow
 @given(data=mutated_goldens(), options=OPTIONS)
 @FUZZ_SETTINGS
 def test_mutated_goldens_decode_or_raise_protocol_error(data: bytes, options: dict[str, bool]) -> None:
