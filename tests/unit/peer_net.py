@@ -402,3 +402,12 @@ class PeerNet:
                     peer.engine.handle_timer(self.now)
                     peer.flush()
         return True
+
+
+def online_pair(net: PeerNet) -> tuple[Peer, Peer]:
+    """alice and bob, registered and each seeing the other online (no NATs)."""
+    alice = net.add("alice")
+    bob = net.add("bob")
+    net.run_until(lambda: alice.engine.my_id is not None and bob.engine.my_id is not None, 2)
+    net.run_until(lambda: alice.engine.session(bob.peer_id).online and bob.engine.session(alice.peer_id).online, 3)
+    return alice, bob

@@ -4,9 +4,6 @@ datagrams moved in memory).  Each test names the rule it pins down."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 from peer_net import Peer, PeerNet
 
 from webpeer.engine import QUIC_IDLE_TIMEOUT
@@ -17,11 +14,6 @@ from webpeer.pathfinder import SPARE_SOCKETS, SPRAY_PROBES, OpenSpare
 from webpeer.peer_session import CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, UPGRADE_INTERVAL
 from webpeer.punch import TIMEOUT as CHECKS_TIMEOUT
 from webpeer.store import StoreError
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> PeerNet:
-    return PeerNet(tmp_path)
 
 
 def registered_pair(net: PeerNet, a_nat: str = "none", b_nat: str = "none", **config: object) -> tuple[Peer, Peer]:

@@ -23,7 +23,6 @@ import binascii
 import os
 import random
 import struct
-from pathlib import Path
 
 import pytest
 from peer_net import MAIN_PORT, SERVER, Peer, PeerNet
@@ -34,11 +33,6 @@ from webpeer.engine import MAX_UNAUTHENTICATED_LINKS
 COUNT = 100_000 if os.environ.get("PEERLINK_LONG_FUZZ") == "1" else 20_000
 STRANGERS = [("192.0.2.77", 4000 + n) for n in range(40)] + [("2001:db8::77", 4444)]
 _FINGERPRINT_HEAD = bytes.fromhex("80280004")
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> PeerNet:
-    return PeerNet(tmp_path)
 
 
 def capture(net: PeerNet, bob: Peer) -> list[tuple[bytes, tuple[str, int]]]:

@@ -4,8 +4,6 @@ ours may be aimed at a host the attacker merely names."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from peer_net import MAIN_PORT, Peer, PeerNet
@@ -16,11 +14,6 @@ from webpeer.link import LinkState, PeerLink
 from webpeer.path import Direct
 
 STRANGER = ("203.0.113.77", 9)  # a third party: nothing of ours may go there
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> PeerNet:
-    return PeerNet(tmp_path)
 
 
 def watch_stranger(net: PeerNet) -> list[tuple[str, int]]:

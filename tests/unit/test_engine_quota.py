@@ -6,18 +6,12 @@ failed with the reason; nothing is lost silently."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
 from peer_net import Peer, PeerNet
 
 from webpeer.events import StatusChanged
 from webpeer.quota import QuotaConfig
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> PeerNet:
-    return PeerNet(tmp_path)
 
 
 def pair(net: PeerNet, quota: QuotaConfig) -> tuple[Peer, Peer]:

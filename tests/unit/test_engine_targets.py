@@ -4,28 +4,13 @@ sends before registration, and a message the user takes back."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from peer_net import Peer, PeerNet
+from peer_net import Peer, PeerNet, online_pair
 
 from webpeer.api import ApiError
 from webpeer.events import StatusChanged
 from webpeer.message_flow import CANCELLED
 from webpeer.targets import LOOKUP_WAIT
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> PeerNet:
-    return PeerNet(tmp_path)
-
-
-def registered_pair(net: PeerNet) -> tuple[Peer, Peer]:
-    alice = net.add("alice")
-    bob = net.add("bob")
-    net.run_until(lambda: alice.engine.my_id is not None and bob.engine.my_id is not None, 2)
-    net.run_until(lambda: alice.engine.session(bob.peer_id).online and bob.engine.session(alice.peer_id).online, 3)
-    return alice, bob
 
 
 def failures(peer: Peer, message_id: str) -> list[tuple[str, str | None]]:
@@ -36,7 +21,7 @@ def failures(peer: Peer, message_id: str) -> list[tuple[str, str | None]]:
 
 
 def test_a_send_to_an_id_never_assigned_is_refused_and_nothing_is_stored(net: PeerNet) -> None:
-    alice, bob = registered_pair(net)
+    alice, bob = online_pair(net)
     refused = alice.submit(7, "anyone there?")
     assert alice.store.get_message(refused) is None  # held while the server is asked
     took = net.run_until(lambda: refused in alice.refused, 1)
@@ -77,7 +62,7 @@ def test_a_send_to_an_online_peer_not_listed_yet_asks_and_the_answer_connects(ne
 
 
 def test_a_send_to_a_known_peer_asks_the_server_nothing(net: PeerNet) -> None:
-    alice, bob = registered_pair(net)
+    alice, bob = online_pair(net)
     connects = net.server.stats["connect"]
     sent = alice.submit(bob, "hot path")
     assert alice.status(sent) == "sending" and not alice.held  # stored in the same flush
@@ -89,7 +74,7 @@ def test_a_send_to_a_known_peer_asks_the_server_nothing(net: PeerNet) -> None:
 
 
 def test_an_unanswered_lookup_stores_the_message_queued(net: PeerNet) -> None:
-    alice, _ = registered_pair(net)
+    alice, _ = online_pair(net)
     net.server_down = True
     held = alice.submit(5, "the server is silent")
     took = net.run_until(lambda: alice.store.get_message(held) is not None, LOOKUP_WAIT + 1)
@@ -98,7 +83,7 @@ def test_an_unanswered_lookup_stores_the_message_queued(net: PeerNet) -> None:
 
 
 def test_a_queued_message_to_an_id_the_server_then_says_it_never_gave_fails(net: PeerNet) -> None:
-    alice, bob = registered_pair(net)
+    alice, bob = online_pair(net)
     my_id = alice.peer_id
     net.stop(alice)
     net.server_down = True
@@ -114,7 +99,7 @@ def test_a_queued_message_to_an_id_the_server_then_says_it_never_gave_fails(net:
 
 
 def test_own_id_is_refused(net: PeerNet) -> None:
-    alice, _ = registered_pair(net)
+    alice, _ = online_pair(net)
     with pytest.raises(ApiError) as refused:
         alice.submit(alice.peer_id, "note to self")
     assert (refused.value.status, refused.value.message) == (400, "cannot send a message to yourself")
@@ -124,7 +109,7 @@ def test_own_id_is_refused(net: PeerNet) -> None:
 
 
 def test_a_restarted_peer_queues_sends_under_its_last_id_until_the_server_is_back(net: PeerNet) -> None:
-    alice, bob = registered_pair(net)
+    alice, bob = online_pair(net)
     my_id = alice.peer_id
     net.stop(alice)
     net.server_down = True
@@ -153,7 +138,7 @@ def test_a_peer_that_never_registered_cannot_send_and_says_why(net: PeerNet) -> 
 
 
 def test_a_cancelled_message_is_never_sent_even_when_the_peer_comes_back(net: PeerNet) -> None:
-    alice, bob = registered_pair(net)
+    alice, bob = online_pair(net)
     bob_id = bob.peer_id
     net.stop(bob)
     # The server's PRESENCE says bob is offline before his goodbye (CONNECTION_CLOSE)
@@ -177,7 +162,7 @@ def test_a_cancelled_message_is_never_sent_even_when_the_peer_comes_back(net: Pe
 
 
 def test_a_message_being_sent_can_be_cancelled_but_not_one_sent(net: PeerNet) -> None:
-    alice, bob = registered_pair(net)
+    alice, bob = online_pair(net)
     bob.crash()  # still listed: alice tries to reach it
     sending = alice.send(bob, "cut short")
     assert alice.status(sending) == "sending"

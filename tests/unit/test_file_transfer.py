@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 
 import pytest
 from peer_net import Peer, PeerNet
@@ -14,11 +13,6 @@ from webpeer import file_transfer
 from webpeer.api import ApiError
 from webpeer.events import FileChanged
 from webpeer.file_transfer import PROGRESS_INTERVAL, STORED_NAME_BYTES, sanitize_name
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> PeerNet:
-    return PeerNet(tmp_path)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from peer_net import Peer, PeerNet
@@ -17,11 +16,6 @@ from webpeer.group_log import GroupLog
 from webpeer.groups import MAX_FOREIGN
 
 DEADLINE = 60.0  # simulated seconds: generous, the run stops as soon as the condition holds
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> PeerNet:
-    return PeerNet(tmp_path)
 
 
 def online_group(net: PeerNet, size: int = 5) -> list[Peer]:

@@ -4,8 +4,6 @@ otherwise end relayed) go direct.  Also the gateway's parsing."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from peer_net import MAIN_PORT, Peer, PeerNet
 
@@ -28,11 +26,6 @@ def registered_pair(net: PeerNet, a_nat: str, b_nat: str) -> tuple[Peer, Peer]:
     net.run_until(lambda: alice.engine.session(bob.peer_id).online and bob.engine.session(alice.peer_id).online, 3)
     net.run(2)  # NAT discovery done
     return alice, bob
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> PeerNet:
-    return PeerNet(tmp_path)
 
 
 def test_default_gateway_is_the_default_route_with_the_lowest_metric() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-import pytest
 from peer_net import Peer, PeerNet
 
 from rendezvous.registry import PeerRecord
@@ -17,11 +16,6 @@ from rendezvous.stun import MessageClass, Method, pack_type
 
 FAKES = 5_000
 FAKE_BASE = 100_000
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> PeerNet:
-    return PeerNet(tmp_path)
 
 
 def crowd(net: PeerNet, count: int) -> None:

@@ -4,17 +4,9 @@ off switch keeps it from going; a reader with no link sends it on the next one."
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 from peer_net import Peer, PeerNet
 
 from webpeer.events import PeersChanged, ReadUpTo
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> PeerNet:
-    return PeerNet(tmp_path)
 
 
 def pair(net: PeerNet) -> tuple[Peer, Peer]:

@@ -7,8 +7,6 @@ engines on tests/unit/peer_net.py (5 ms one way: a direct round trip is
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from peer_net import LATENCY, SERVER, SERVER_OTHER, Peer, PeerNet
 from test_engine import connection_states, registered_pair
@@ -18,11 +16,6 @@ from webpeer.pathfinder import OpenSpare
 from webpeer.punch import TIMEOUT as CHECKS_TIMEOUT
 
 RTT = 2 * LATENCY  # a direct round trip; the relay's is twice this
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> PeerNet:
-    return PeerNet(tmp_path)
 
 
 def relayed_bytes(net: PeerNet) -> int:

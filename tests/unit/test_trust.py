@@ -7,10 +7,9 @@ from __future__ import annotations
 import re
 import sqlite3
 import struct
-from pathlib import Path
 
 import pytest
-from peer_net import Peer, PeerNet
+from peer_net import Peer, PeerNet, online_pair
 
 from rendezvous.stun import MessageClass, Method, pack_type
 from webpeer.api import ApiError
@@ -86,19 +85,6 @@ def test_link_verdicts() -> None:
 # ------------------------------------------------------------ through the engine
 
 
-@pytest.fixture
-def net(tmp_path: Path) -> PeerNet:
-    return PeerNet(tmp_path)
-
-
-def registered_pair(net: PeerNet) -> tuple[Peer, Peer]:
-    alice = net.add("alice")
-    bob = net.add("bob")
-    net.run_until(lambda: alice.engine.my_id is not None and bob.engine.my_id is not None, 2)
-    net.run_until(lambda: alice.engine.session(bob.peer_id).online and bob.engine.session(alice.peer_id).online, 3)
-    return alice, bob
-
-
 def spy_on_transmits(net: PeerNet) -> list[tuple[str, str]]:
     """(source host, destination host) of every datagram from now on."""
     seen: list[tuple[str, str]] = []
@@ -131,7 +117,7 @@ def decide(peer: Peer, other: int, action: Action) -> dict[str, object]:
 
 
 def test_nothing_goes_to_a_new_key_until_the_user_accepts_it_and_then_the_held_messages_go(net: PeerNet) -> None:
-    alice, bob = registered_pair(net)
+    alice, bob = online_pair(net)
     bob_id = bob.peer_id
     before = alice.send(bob, "before")
     net.run_until(lambda: alice.status(before) == "delivered", 1)
@@ -169,7 +155,7 @@ def test_nothing_goes_to_a_new_key_until_the_user_accepts_it_and_then_the_held_m
 
 
 def test_the_hold_survives_a_restart(net: PeerNet) -> None:
-    alice, bob = registered_pair(net)
+    alice, bob = online_pair(net)
     bob_id = bob.peer_id
     net.new_key(bob)
     key_change_seen(net, alice, bob_id)
@@ -182,7 +168,7 @@ def test_the_hold_survives_a_restart(net: PeerNet) -> None:
 
 
 def test_a_blocked_key_is_never_sent_anything_and_nothing_from_it_is_kept(net: PeerNet) -> None:
-    alice, bob = registered_pair(net)
+    alice, bob = online_pair(net)
     bob_id = bob.peer_id
     bob2 = net.new_key(bob)
     key_change_seen(net, alice, bob_id)
@@ -212,7 +198,7 @@ def test_a_blocked_key_is_never_sent_anything_and_nothing_from_it_is_kept(net: P
 
 
 def test_messages_from_a_changed_key_are_kept_hidden_until_the_user_accepts_it(net: PeerNet) -> None:
-    alice, bob = registered_pair(net)
+    alice, bob = online_pair(net)
     bob_id = bob.peer_id
     first = bob.send(alice, "from the old key")
     net.run_until(lambda: bob.status(first) == "delivered", 1)
@@ -243,7 +229,7 @@ def test_messages_from_a_changed_key_are_kept_hidden_until_the_user_accepts_it(n
 
 
 def test_the_trusted_key_coming_back_lifts_the_hold_by_itself(net: PeerNet) -> None:
-    alice, bob = registered_pair(net)
+    alice, bob = online_pair(net)
     bob_id = bob.peer_id
     bob2 = net.new_key(bob)
     key_change_seen(net, alice, bob_id)
@@ -263,7 +249,7 @@ def test_the_trusted_key_coming_back_lifts_the_hold_by_itself(net: PeerNet) -> N
 
 
 def test_a_verified_peer_whose_key_changes_is_flagged_louder(net: PeerNet) -> None:
-    alice, bob = registered_pair(net)
+    alice, bob = online_pair(net)
     bob_id = bob.peer_id
     answer = decide(alice, bob_id, Action.VERIFY)
     assert answer["verified"] is True
@@ -287,7 +273,7 @@ def test_a_verified_peer_whose_key_changes_is_flagged_louder(net: PeerNet) -> No
 
 
 def test_both_peers_compute_the_same_safety_number(net: PeerNet) -> None:
-    alice, bob = registered_pair(net)
+    alice, bob = online_pair(net)
     mine, theirs = alice.engine.safety(bob.peer_id), bob.engine.safety(alice.peer_id)
     assert mine["safety_number"] == theirs["safety_number"]
     assert mine["my_fingerprint"] == theirs["their_fingerprint"] == alice.identity.fingerprint
@@ -297,7 +283,7 @@ def test_both_peers_compute_the_same_safety_number(net: PeerNet) -> None:
 
 
 def test_actions_that_do_not_apply_are_refused(net: PeerNet) -> None:
-    alice, bob = registered_pair(net)
+    alice, bob = online_pair(net)
     with pytest.raises(ApiError) as nothing_to_accept:
         alice.engine.set_trust(bob.peer_id, Action.ACCEPT, net.now)
     assert nothing_to_accept.value.status == 409
@@ -311,7 +297,7 @@ def test_actions_that_do_not_apply_are_refused(net: PeerNet) -> None:
 
 
 def test_a_connect_answer_that_brings_a_new_key_opens_no_link_to_it(net: PeerNet) -> None:
-    alice, bob = registered_pair(net)
+    alice, bob = online_pair(net)
     bob_id = bob.peer_id
     # The server's PRESENCE (or, against an old server, the next LIST) would
     # show bob2's key at once: lose them, so that the CONNECT answer is the
