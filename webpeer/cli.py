@@ -45,7 +45,6 @@ from .engine import address_text
 from .node import PeerNode
 from .quota import DEFAULT_MESSAGES_PER_MINUTE, DEFAULT_STORED_BYTES, MAX_MESSAGES_PER_MINUTE
 from .store import StoreError
-from .terminal import ChatUI
 from .web import WebConfig, create_app, start_site
 
 logger = logging.getLogger("webpeer")
@@ -335,6 +334,10 @@ async def run_command(args: argparse.Namespace, data_dir: Path) -> None:
         if args.command == "chat":
             if opened.page:
                 print(f"The page: {opened.page}", flush=True)
+            # Imported here: prompt_toolkit costs ~0.2 s of start-up that a
+            # webpeer serving its page never needs.
+            from .terminal import ChatUI
+
             # SIGTERM and SIGHUP (the terminal went away) end the chat as
             # EXIT does: open_peer's exit then unregisters.
             await until_first(ChatUI(opened.client).run(), until_signalled(signal.SIGTERM, signal.SIGHUP))
