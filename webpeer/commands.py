@@ -59,6 +59,8 @@ def node_config(args: argparse.Namespace, data_dir: Path) -> NodeConfig:
         ttl=args.ttl,
         relay_only=args.relay_only,
         port_mapping=not args.no_port_mapping,
+        mailbox=not args.no_mailbox,
+        mailbox_after=max(0.0, args.mailbox_after),
         retention=args.retention_days * 24 * 3600,
         max_file_size=args.max_file_size,
         quota=QuotaConfig(messages_per_minute=args.peer_rate, stored_bytes=args.peer_quota_mb * 1_048_576),
