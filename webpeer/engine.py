@@ -723,7 +723,7 @@ class PeerEngine:
                 for peer_id in self.files.peers_with_work():
                     self.connect(self.session(peer_id), now)  # unfinished files resume
                 self.groups.registered(now)
-                self.mailbox.registered(now)
+                self.mailbox.registered(now, list(self.peer_states))
             elif isinstance(event, RegistrationLost):
                 logger.info("registration lost: %r", event.reason)
                 self.mailbox.lost()
@@ -821,6 +821,7 @@ class PeerEngine:
                 session.online = False
                 changed = True
                 self.flow.went_offline(session, now)
+                self.mailbox.peer_offline(peer_id, now)
         if changed:
             self._publish_peers()
 

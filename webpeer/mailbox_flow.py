@@ -38,7 +38,7 @@ from .store import Status
 logger = logging.getLogger("webpeer")
 
 MAIL_POLL = 60.0  # FETCH again this often while registered (the server does not push)
-SWEEP_INTERVAL = 2.0  # look for messages to deposit this often while registered
+SWEEP_INTERVAL = 1.0  # look for messages to deposit this often while registered (one indexed query)
 RETRY_AFTER = 30.0  # a DEPOSIT that got no answer (or a 503) is tried again after this
 DEFAULT_AFTER = 30.0  # a message waits queued this long before it is deposited
 
@@ -79,6 +79,8 @@ class MailboxContext(Protocol):
 class Outbox(Protocol):
     def pending_outgoing(self, peer: int | None = None) -> list[dict[str, Any]]: ...
 
+    def conversation(self, peer: int, limit: int = 500) -> list[dict[str, Any]]: ...
+
 
 class MailboxFlow:
     def __init__(
@@ -93,6 +95,12 @@ class MailboxFlow:
         self._in_flight: dict[bytes, str] = {}  # MAIL-ID deposited -> our message id
         self._not_before: dict[str, float] = {}  # message id -> when to try depositing it again
         self._unmailable: set[str] = set()  # too long to seal: they wait queued
+        # Peers that went offline (or whose state we do not know yet, after
+        # registering), and when to look at what we sent them: a message
+        # handed to a link that died with its peer is ``sent`` with no receipt,
+        # and is left in the mailbox too.  Only then, not at every sweep: that
+        # look reads the conversation.
+        self._recheck: dict[int, float] = {}
         self._next_sweep: float | None = None
         self._next_poll: float | None = None
         self._sweep_due = False
@@ -104,9 +112,17 @@ class MailboxFlow:
 
     # ------------------------------------------------------------ the engine's calls
 
-    def registered(self, now: float) -> None:
+    def peer_offline(self, peer_id: int, now: float) -> None:
+        """The server says ``peer_id`` went offline."""
+        if self.enabled:
+            self._recheck[peer_id] = now + self.after
+
+    def registered(self, now: float, peers: list[int]) -> None:
+        """Registered; ``peers``: every peer we know (their presence comes with our WATCH)."""
         if not self.enabled:
             return
+        for peer_id in peers:
+            self._recheck.setdefault(peer_id, now + self.after + SWEEP_INTERVAL)
         self._served = True
         self._next_sweep = now + SWEEP_INTERVAL
         self._next_poll = now + MAIL_POLL
@@ -163,11 +179,24 @@ class MailboxFlow:
         me = self.context.my_id
         if me is None:
             return
+        candidates = self.history.pending_outgoing()
+        for peer_id, due in list(self._recheck.items()):
+            if due > now:
+                continue
+            session = self.context.session(peer_id)
+            if session.online:
+                del self._recheck[peer_id]
+            elif session.ready_link is not None:
+                self._recheck[peer_id] = now + SWEEP_INTERVAL  # its link has not noticed yet
+            else:
+                del self._recheck[peer_id]
+                sent = [m for m in self.history.conversation(peer_id) if m["from"] == me and m["status"] == Status.SENT]
+                candidates += [{**m, "to": peer_id} for m in sent]
         waiting = set(self._in_flight.values())
-        for message in self.history.pending_outgoing():
+        for message in candidates:
             message_id, peer_id = message["id"], message["to"]
             if (
-                message["status"] != Status.QUEUED
+                message["status"] not in (Status.QUEUED, Status.SENT)
                 or message_id in waiting
                 or message_id in self._unmailable
                 or self._not_before.get(message_id, 0.0) > now

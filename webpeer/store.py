@@ -98,7 +98,8 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.STORED: frozenset({Status.DELIVERED, Status.FAILED, Status.HELD}),
     # A sent message without a receipt would go again on the next link, which
     # may be to the new key: it is held like the others.
-    Status.SENT: frozenset({Status.DELIVERED, Status.FAILED, Status.HELD}),
+    # Stored: its link died with the peer before the receipt, and the peer went offline.
+    Status.SENT: frozenset({Status.STORED, Status.DELIVERED, Status.FAILED, Status.HELD}),
     Status.FAILED: frozenset({Status.QUEUED, Status.SENDING, Status.DELIVERED, Status.HELD}),
     # Released on acceptance; failed when the key is blocked; a receipt (from
     # the old key, for a send before the change) still proves delivery.

@@ -93,3 +93,22 @@ def test_with_no_mailbox_a_message_waits_queued(net: PeerNet) -> None:
     net.run(AFTER * 4)
     assert alice.status(sent) == "queued"
     assert not net.mailbox.get(bob_id)
+
+
+def test_a_message_sent_into_a_link_that_died_with_its_peer_is_stored_too(net: PeerNet) -> None:
+    alice = net.add("alice", mailbox_after=AFTER)
+    bob = net.add("bob", mailbox_after=AFTER)
+    net.run_until(lambda: alice.engine.my_id is not None and bob.engine.my_id is not None, 2)
+    first = alice.send(bob.peer_id, "hello")
+    net.run_until(lambda: alice.status(first) == "delivered", 5)
+    alice_id, bob_id = alice.peer_id, bob.peer_id
+    bob.crash()  # gone, still listed until its registration expires
+    sent = alice.send(bob_id, "into a link that is dead")
+    assert alice.status(sent) == "sent"
+    # Its registration expires (TTL 60 s): offline; then, after AFTER, in the mailbox.
+    net.run_until(lambda: alice.status(sent) == "stored", 60 + AFTER + 10)
+    bob = net.start_again(bob, last_id=bob_id)
+    net.run_until(lambda: alice.status(sent) == "delivered", 10)
+    net.run_until(lambda: not net.mailbox[bob_id], 5)
+    texts = [m["text"] for m in bob.store.conversation(alice_id)]
+    assert texts.count("into a link that is dead") == 1
