@@ -167,3 +167,27 @@ def test_a_server_without_mailbox_does_not_know_the_methods() -> None:
     reply = h.ask(deposit(h, 2), ALICE, T0)
     assert reply.get(Attr.ERROR_CODE) == (400, "Unknown method 0x80b")
     assert h.core.mail_requests() == []
+
+
+def test_the_486_and_the_empty_fetch_have_the_bytes_docs_protocol_shows() -> None:
+    h = online_pair()
+    request = deposit(h, 2)
+    request.transaction_id = bytes(range(12))
+    h.feed(request, ALICE, T0)
+    h.core.mail_refused(only_request(h), MAILBOX_FULL, T0)
+    assert raw_reply_to(h, request, ALICE).hex() == (
+        "211b0028" "2112a442" "000102030405060708090a0b"
+        "00090010" "000004564d61696c626f7820" "46756c6c"
+        "80220008" "706565726c696e6b"
+        "80280004" "fb336070"
+    )  # fmt: skip
+    fetch = session_request(Method.FETCH, h.sessions[BOB])
+    fetch.transaction_id = bytes(range(12))
+    h.feed(fetch, BOB, T0)
+    h.core.mail_fetched(only_request(h), None, 0, T0)
+    assert raw_reply_to(h, fetch, BOB).hex() == (
+        "210c001c" "2112a442" "000102030405060708090a0b"
+        "4011000400000000"
+        "80220008" "706565726c696e6b"
+        "80280004" "8e9f880b"
+    )  # fmt: skip
