@@ -201,7 +201,8 @@ async def send(opened: Opened, to: int, text: str, wait: str, timeout: float) ->
         except ApiError as error:
             raise CommandError(error.message) from None
         status, why = message["status"], message.get("error")
-        wanted = ("delivered",) if wait == "delivered" else ("sent", "delivered")
+        # Stored in the peer's mailbox at the server: it has left us, as a sent one has.
+        wanted = ("delivered",) if wait == "delivered" else ("sent", "stored", "delivered")
         # When this process is the peer, stopping right after "sent" could
         # cut the link before the other side has the message: linger a
         # little for the receipt.
