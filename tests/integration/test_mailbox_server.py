@@ -86,3 +86,44 @@ async def test_deposit_then_fetch_and_delete_over_udp(mail_server: RendezvousSer
     finally:
         alice.close()
         bob.close()
+
+
+async def test_messages_past_the_age_limit_are_purged(tmp_path: Path) -> None:
+    now = [1_800_000_000.0]
+    registry = SqliteRegistry(tmp_path / "r.sqlite3")
+    config = ServerConfig(mailbox=MailLimits(max_age=3600.0))
+    server = RendezvousServer(
+        config, registry, "127.0.0.1", 0, flush_interval=0.2, clock=lambda: now[0], mailbox=registry.mailbox()
+    )
+    await server.start()
+    alice = await client(server)
+    try:
+        assert alice.registration is not None
+        deposit = session_request(
+            Method.DEPOSIT,
+            alice.registration.session,
+            (Attr.PEER_ID, 1),
+            (Attr.MAIL_ID, bytes(16)),
+            (Attr.SEALED, b"old"),
+        )
+        with pytest.raises(RendezvousError, match="400 Cannot mail yourself"):
+            await alice.request(deposit)
+        bob = await client(server)
+        bob.close()
+        assert bob.registration is not None
+        deposit = session_request(
+            Method.DEPOSIT,
+            alice.registration.session,
+            (Attr.PEER_ID, bob.registration.peer_id),
+            (Attr.MAIL_ID, bytes(16)),
+            (Attr.SEALED, b"old"),
+        )
+        await alice.request(deposit)
+        assert await server.purge_mail() == 0  # not old yet
+        now[0] += 3601.0
+        await server.purge_mail()  # (or the periodic one, if it came first: counted the same)
+        assert server.core is not None and server.core.stats["mail_expired"] == 1
+        assert await registry.mailbox().fetch(bob.registration.peer_id, None, now[0], 1e9) == (None, 0)
+    finally:
+        alice.close()
+        await server.stop()
