@@ -38,7 +38,9 @@ from .store import Status
 logger = logging.getLogger("webpeer")
 
 MAIL_POLL = 60.0  # FETCH again this often while registered (the server does not push)
-SWEEP_INTERVAL = 1.0  # look for messages to deposit this often while registered (one indexed query)
+# Look for messages to deposit this often while registered (one indexed
+# query): a sixth of --mailbox-after, 1 to 5 s (an idle peer wakes for it).
+SWEEP_MIN, SWEEP_MAX = 1.0, 5.0
 RETRY_AFTER = 30.0  # a DEPOSIT that got no answer (or a 503) is tried again after this
 DEFAULT_AFTER = 30.0  # a message waits queued this long before it is deposited
 
@@ -91,6 +93,7 @@ class MailboxFlow:
         self.stats = stats
         self.enabled = enabled
         self.after = after
+        self.sweep_interval = min(SWEEP_MAX, max(SWEEP_MIN, after / 6))
         self._served = True  # False once the server said it has no mailbox (until we register again)
         self._in_flight: dict[bytes, str] = {}  # MAIL-ID deposited -> our message id
         self._not_before: dict[str, float] = {}  # message id -> when to try depositing it again
@@ -122,9 +125,9 @@ class MailboxFlow:
         if not self.enabled:
             return
         for peer_id in peers:
-            self._recheck.setdefault(peer_id, now + self.after + SWEEP_INTERVAL)
+            self._recheck.setdefault(peer_id, now + self.after + self.sweep_interval)
         self._served = True
-        self._next_sweep = now + SWEEP_INTERVAL
+        self._next_sweep = now + self.sweep_interval
         self._next_poll = now + MAIL_POLL
         self._in_flight.clear()  # answers of the old session will not come
         self._fetching = False
@@ -141,7 +144,7 @@ class MailboxFlow:
 
     def handle_timer(self, now: float) -> None:
         if self._next_sweep is not None and self._next_sweep <= now:
-            self._next_sweep = now + SWEEP_INTERVAL
+            self._next_sweep = now + self.sweep_interval
             self._sweep_due = True
         if self._next_poll is not None and self._next_poll <= now:
             self._next_poll = now + MAIL_POLL
@@ -187,7 +190,7 @@ class MailboxFlow:
             if session.online:
                 del self._recheck[peer_id]
             elif session.ready_link is not None:
-                self._recheck[peer_id] = now + SWEEP_INTERVAL  # its link has not noticed yet
+                self._recheck[peer_id] = now + self.sweep_interval  # its link has not noticed yet
             else:
                 del self._recheck[peer_id]
                 sent = [m for m in self.history.conversation(peer_id) if m["from"] == me and m["status"] == Status.SENT]
