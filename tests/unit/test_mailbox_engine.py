@@ -112,3 +112,13 @@ def test_a_message_sent_into_a_link_that_died_with_its_peer_is_stored_too(net: P
     net.run_until(lambda: not net.mailbox[bob_id], 5)
     texts = [m["text"] for m in bob.store.conversation(alice_id)]
     assert texts.count("into a link that is dead") == 1
+
+
+def test_garbage_in_the_mailbox_is_dropped_counted_and_deleted(net: PeerNet) -> None:
+    _, bob, alice_id, bob_id = met_then_apart(net)
+    junk = Mail(bob_id, alice_id, bytes(16), b"\x00" * 200, net.now)
+    net.mailbox.setdefault(bob_id, {})[junk.mail_id] = junk
+    bob = net.start_again(bob, last_id=bob_id)
+    net.run_until(lambda: not net.mailbox[bob_id], 5)
+    assert bob.engine.stats["mail_dropped: does not open"] == 1
+    assert bob.store.conversation(alice_id) == []  # nothing stored of it
