@@ -195,6 +195,8 @@ class MailboxFlow:
                 del self._recheck[peer_id]
                 sent = [m for m in self.history.conversation(peer_id) if m["from"] == me and m["status"] == Status.SENT]
                 candidates += [{**m, "to": peer_id} for m in sent]
+        for message_id in [m for m, at in self._not_before.items() if at <= now]:
+            del self._not_before[message_id]  # (kept only while it holds a message back)
         waiting = set(self._in_flight.values())
         for message in candidates:
             message_id, peer_id = message["id"], message["to"]
