@@ -186,6 +186,20 @@ def add_peer_options(parser: argparse.ArgumentParser, *, sub: bool) -> None:
         "with the reason on both sides (env WEBPEER_MAX_FILE_SIZE, default 4G; K, M, G, T are powers of 1024)",
     )
     add(
+        "--no-mailbox",
+        action="store_true",
+        default=os.environ.get("WEBPEER_NO_MAILBOX") == "1",
+        help="never leave messages for offline peers in the server's mailbox, nor fetch ours "
+        "(env WEBPEER_NO_MAILBOX=1)",
+    )
+    add(
+        "--mailbox-after",
+        type=float,
+        default=float(env("WEBPEER_MAILBOX_AFTER", "30")),
+        help="seconds a message waits for an offline peer before it is sealed and left in the server's "
+        "mailbox (env WEBPEER_MAILBOX_AFTER, default 30)",
+    )
+    add(
         "--no-port-mapping",
         action="store_true",
         default=os.environ.get("WEBPEER_NO_PORT_MAPPING") == "1",

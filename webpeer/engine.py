@@ -30,6 +30,7 @@ from dataclasses import dataclass
 # aioquic.buffer re-exports this without __all__; the extension module is where it lives.
 from aioquic._buffer import Buffer
 from aioquic.quic.packet import PACKET_TYPE_INITIAL, pull_quic_header
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from rendezvous.client import PeerInfo
 from rendezvous.stun import Address, CandidateKind, ErrorCode, PeerEntry, StunProtocolError, decode, looks_like_stun
@@ -51,6 +52,8 @@ from .link import (
     StreamReceived,
     quic_configuration,
 )
+from .mailbox_flow import DEFAULT_AFTER as MAILBOX_AFTER
+from .mailbox_flow import MailboxFlow
 from .message_flow import Draft, MessageFlow, unknown_peer
 from .path import Direct, Path, Relayed, Transmit
 from .pathfinder import PathFinder, SpareCommand
@@ -62,6 +65,8 @@ from .registration import (
     ConnectAnswered,
     DirectoryListed,
     Introduced,
+    MailDeposited,
+    MailFetched,
     PeersListed,
     PresenceChanged,
     Registered,
@@ -111,6 +116,10 @@ class EngineConfig:
     relay_only: bool = False  # never try a direct path (diagnostics, and tests of the relay)
     max_file_size: int = MAX_FILE_SIZE  # larger offers are refused (file_transfer.py)
     quota: QuotaConfig = QuotaConfig()  # what each sender may make us store (webpeer/quota.py)
+    # The offline mailbox at the rendezvous (mailbox_flow.py): whether to use
+    # it, and how long a message waits queued for an offline peer before it is deposited.
+    mailbox: bool = True
+    mailbox_after: float = MAILBOX_AFTER
 
 
 def mapping_json(mapping: Mapping) -> JSON:
@@ -147,6 +156,8 @@ class PeerEngine:
         )
         self.groups = Groups(self, history, self.stats)  # group conversations (issue 12)
         self.targets = Targets()  # lookups of ids the page writes to (issue 9, bad targets)
+        # The offline mailbox at the rendezvous (docs/PROTOCOL.md 11.9).
+        self.mailbox = MailboxFlow(self, history, self.stats, enabled=config.mailbox, after=config.mailbox_after)
         self._cids: dict[bytes, PeerLink] = {}
         self._closed_cids: dict[bytes, float] = {}  # cid of a closed link -> until when to drop its packets
         # Acceptor links not yet authenticated: when each came, and from where
@@ -277,6 +288,28 @@ class PeerEngine:
 
     def send_gate(self, peer_id: int) -> tuple[Status, str] | None:
         return self.trust.send_gate(peer_id)
+
+    # The mailbox component's context (mailbox_flow.py).
+
+    @property
+    def signing_key(self) -> Ed25519PrivateKey:
+        return self.identity.private_key
+
+    def trusted_key(self, peer_id: int) -> bytes | None:
+        known = self.history.known_peer(peer_id)
+        return known.trusted_key if known is not None else None
+
+    def mail_deposit(self, peer_id: int, mail: bytes, sealed: bytes, now: float) -> bool:
+        return self.registration.deposit(peer_id, mail, sealed, now)
+
+    def mail_fetch(self, delete: bytes | None, now: float) -> bool:
+        return self.registration.fetch(delete, now)
+
+    def take_mailed(self, sender: int, message_id: str, text: str, when: float, now: float, *, hidden: bool) -> bool:
+        return self.flow.take_mailed(sender, message_id, text, when, now, hidden=hidden)
+
+    def set_message_status(self, message_id: str, status: Status, now: float, error: str | None = None) -> None:
+        self.flow.set_status(message_id, status, now, error)
 
     # The group component's context (groups.py).
 
@@ -514,6 +547,7 @@ class PeerEngine:
         timers += [since + HELLO_DEADLINE for since, _ in self._accepting.values()]
         timers.append(self.targets.deadline())
         timers.append(self.groups.deadline())
+        timers.append(self.mailbox.deadline())
         deadlines = [t for t in timers if t is not None] + self.pathfinder.deadlines()
         for session in self.peer_states.values():
             deadlines += session.deadlines(self.config.idle_timeout)
@@ -577,6 +611,8 @@ class PeerEngine:
             self.targets.handle_timer(now)
         if (deadline := self.groups.deadline()) is not None and deadline <= now:
             self.groups.handle_timer(now)
+        if (deadline := self.mailbox.deadline()) is not None and deadline <= now:
+            self.mailbox.handle_timer(now)
 
     def process(self, now: float, drafts: list[Draft] | None = None) -> None:
         """Act on everything that came in: the node runs this inside one
@@ -590,6 +626,7 @@ class PeerEngine:
             if not busy:
                 break
         self.files.pump(now)
+        self.mailbox.run(now)  # deposits due, and the FETCH after registering
         self.flow.store_drafts(drafts or [], now)
         self.groups.store()
         self._sync_contacts(now)
@@ -602,6 +639,7 @@ class PeerEngine:
             if link.state is LinkState.READY:
                 link.send_frames(frames, now)
         self.groups.committed(now)
+        self.mailbox.committed(now)
 
     def rolled_back(self) -> None:
         """The transaction around :meth:`process` failed: what its events
@@ -613,6 +651,7 @@ class PeerEngine:
         self.flow.rolled_back()
         self.trust.rolled_back()
         self.groups.rolled_back()
+        self.mailbox.rolled_back()
         self.publish(Resync())
 
     def storage_failed(self, error: str) -> None:
@@ -684,8 +723,10 @@ class PeerEngine:
                 for peer_id in self.files.peers_with_work():
                     self.connect(self.session(peer_id), now)  # unfinished files resume
                 self.groups.registered(now)
+                self.mailbox.registered(now, list(self.peer_states))
             elif isinstance(event, RegistrationLost):
                 logger.info("registration lost: %r", event.reason)
+                self.mailbox.lost()
                 self.publish(MeChanged(self.me()))
             elif isinstance(event, PeersListed):
                 self._on_peers_listed(event, now)
@@ -704,6 +745,10 @@ class PeerEngine:
                     self.pathfinder.start_checks(event.info, now, connect=False)
             elif isinstance(event, ConnectAnswered):
                 self._on_connect_answered(event, now)
+            elif isinstance(event, MailDeposited):
+                self.mailbox.on_deposited(event, now)
+            elif isinstance(event, MailFetched):
+                self.mailbox.on_fetched(event, now)
             elif isinstance(event, RelayedDatagram):
                 if event.payload and event.payload[0] >= 0x40:
                     self._on_quic(event.payload, Relayed(event.peer_id), now)
@@ -776,6 +821,7 @@ class PeerEngine:
                 session.online = False
                 changed = True
                 self.flow.went_offline(session, now)
+                self.mailbox.peer_offline(peer_id, now)
         if changed:
             self._publish_peers()
 

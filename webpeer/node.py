@@ -32,6 +32,7 @@ from .file_store import FileStore
 from .file_transfer import DEFAULT_MIME, MAX_FILE_SIZE, MAX_NAME_CHARS, too_large
 from .group_codec import OpKind
 from .identity import Identity
+from .mailbox_flow import DEFAULT_AFTER as MAILBOX_AFTER
 from .message_flow import Draft, unknown_peer
 from .pathfinder import CloseSpare, OpenSpare
 from .peer_session import PeerSession
@@ -74,6 +75,8 @@ class NodeConfig:
     max_file_size: int = MAX_FILE_SIZE  # --max-file-size: larger files are neither sent nor accepted
     quota: QuotaConfig = QuotaConfig()  # what each sender may make us store (webpeer/quota.py)
     port_mapping: bool = True  # ask the router to map our port (never for a server on loopback)
+    mailbox: bool = True  # --no-mailbox: neither deposit at nor fetch from the server's mailbox
+    mailbox_after: float = MAILBOX_AFTER  # --mailbox-after: a message waits queued this long first
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
@@ -85,6 +88,8 @@ class NodeConfig:
             relay_only=self.relay_only,
             max_file_size=self.max_file_size,
             quota=self.quota,
+            mailbox=self.mailbox,
+            mailbox_after=self.mailbox_after,
         )
 
 

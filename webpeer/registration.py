@@ -68,6 +68,7 @@ from rendezvous.stun import (
     MAX_WATCH_IDS,
     Address,
     Attr,
+    MailItem,
     Message,
     MessageClass,
     Method,
@@ -203,10 +204,32 @@ class ServerAnswered(RegEvent):
     """The server answers again after a :class:`ServerSilent`."""
 
 
+@dataclass(frozen=True)
+class MailDeposited(RegEvent):
+    """The answer to our DEPOSIT of ``mail_id`` for ``peer_id`` (docs/PROTOCOL.md
+    5.11): stored when ``error`` is None; else the server's code (None: no answer)."""
+
+    peer_id: int
+    mail_id: bytes
+    error: str | None
+    code: int | None = None
+
+
+@dataclass(frozen=True)
+class MailFetched(RegEvent):
+    """The answer to our FETCH (5.12): the oldest message waiting, if any,
+    and how many wait; or ``error`` (no answer, or the server's)."""
+
+    item: MailItem | None
+    count: int
+    error: str | None = None
+
+
 @dataclass
 class _Request:
     kind: str
     peer_id: int = 0
+    mail_id: bytes = b""
     pages: list[PeerEntry] = field(default_factory=list)
     ids: tuple[int, ...] = ()  # a WATCH's ids
 
@@ -435,6 +458,26 @@ class RegistrationMachine:
         self._conversation.indicate(relay_indication(self._session, peer_id, payload, self._random(12)))
         return True
 
+    def deposit(self, peer_id: int, mail_id: bytes, sealed: bytes, now: float) -> bool:
+        """Leave a sealed message in ``peer_id``'s mailbox at the server
+        (:class:`MailDeposited` answers); False when not registered."""
+        if self._session is None or self.state is not RegState.REGISTERED:
+            return False
+        request = session_request(
+            Method.DEPOSIT, self._session, (Attr.PEER_ID, peer_id), (Attr.MAIL_ID, mail_id), (Attr.SEALED, sealed)
+        )
+        self._request(request, _Request("deposit", peer_id, mail_id=mail_id), now)
+        return True
+
+    def fetch(self, delete: bytes | None, now: float) -> bool:
+        """Ask for our oldest mailbox message, deleting ``delete`` (the one
+        we stored) first (:class:`MailFetched` answers); False when not registered."""
+        if self._session is None or self.state is not RegState.REGISTERED:
+            return False
+        attributes = ((Attr.MAIL_ID, delete),) if delete is not None else ()
+        self._request(session_request(Method.FETCH, self._session, *attributes), _Request("fetch"), now)
+        return True
+
     # ------------------------------------------------------------ input
 
     def handle_timer(self, now: float) -> None:
@@ -509,6 +552,8 @@ class RegistrationMachine:
                 if request.kind == "heartbeat":
                     self._listing = False
                 self._on_watch(request, message, now)
+            elif request.kind in ("deposit", "fetch"):
+                self._on_mail(request, message, now)
             else:
                 self._on_connect(request, message, now)
         if self.state is RegState.BACKING_OFF and self._retry_on_any_answer:
@@ -660,6 +705,22 @@ class RegistrationMachine:
             return
         self._events.append(ConnectAnswered(request.peer_id, info, None))
 
+    def _on_mail(self, request: _Request, message: Message, now: float) -> None:
+        error = error_of(message)
+        if request.kind == "deposit":
+            if error is None:
+                self._events.append(MailDeposited(request.peer_id, request.mail_id, None))
+            else:
+                text = f"{error.code} {error.reason}"
+                self._events.append(MailDeposited(request.peer_id, request.mail_id, text, error.code))
+        elif error is None:
+            self._events.append(MailFetched(message.get(Attr.MAIL_ITEM), message.get(Attr.MAIL_COUNT, 0)))
+        else:
+            self._events.append(MailFetched(None, 0, f"{error.code} {error.reason}"))
+        if error is not None and error.code == 401 and self.state is RegState.REGISTERED:
+            self._lost(now, f"{request.kind} refused: {error.code} {error.reason}")
+            self._register(now)
+
     def _on_timeout(self, request: _Request, now: float) -> None:
         if (
             len(self.servers) > 1
@@ -679,6 +740,10 @@ class RegistrationMachine:
                 self._next_list = now
         elif request.kind == "connect":
             self._events.append(ConnectAnswered(request.peer_id, None, "the server did not answer"))
+        elif request.kind == "deposit":
+            self._events.append(MailDeposited(request.peer_id, request.mail_id, "the server did not answer"))
+        elif request.kind == "fetch":
+            self._events.append(MailFetched(None, 0, "the server did not answer"))
         elif request.kind == "watch":
             # Unanswered: those ids are asked again soon (not at once: the
             # REFRESH already tells a silent server from a lossy path).

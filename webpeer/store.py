@@ -80,6 +80,7 @@ class Status(enum.StrEnum):
     QUEUED = "queued"  # waiting for the peer to come online
     SENDING = "sending"  # handed to a connection, not yet acknowledged
     SENT = "sent"  # the peer's QUIC stack acknowledged it
+    STORED = "stored"  # sealed in the peer's mailbox at the server (it was offline); still sent when it is back
     DELIVERED = "delivered"  # the peer stored it and sent a receipt
     FAILED = "failed"  # gave up; the user can retry
     HELD = "held"  # the peer's key changed: waits for the user to accept (or block) the new key
@@ -88,11 +89,17 @@ class Status(enum.StrEnum):
 
 # status -> the statuses it may move to.  Anything else is refused.
 TRANSITIONS: dict[Status, frozenset[Status]] = {
-    Status.QUEUED: frozenset({Status.SENDING, Status.DELIVERED, Status.FAILED, Status.HELD}),
-    Status.SENDING: frozenset({Status.QUEUED, Status.SENT, Status.DELIVERED, Status.FAILED, Status.HELD}),
+    Status.QUEUED: frozenset({Status.SENDING, Status.STORED, Status.DELIVERED, Status.FAILED, Status.HELD}),
+    Status.SENDING: frozenset(
+        {Status.QUEUED, Status.SENT, Status.STORED, Status.DELIVERED, Status.FAILED, Status.HELD}
+    ),
+    # In the mailbox: delivered on the receiver's ack (it fetched it, or got
+    # it again directly); held like a sent one if the key changes meanwhile.
+    Status.STORED: frozenset({Status.DELIVERED, Status.FAILED, Status.HELD}),
     # A sent message without a receipt would go again on the next link, which
     # may be to the new key: it is held like the others.
-    Status.SENT: frozenset({Status.DELIVERED, Status.FAILED, Status.HELD}),
+    # Stored: its link died with the peer before the receipt, and the peer went offline.
+    Status.SENT: frozenset({Status.STORED, Status.DELIVERED, Status.FAILED, Status.HELD}),
     Status.FAILED: frozenset({Status.QUEUED, Status.SENDING, Status.DELIVERED, Status.HELD}),
     # Released on acceptance; failed when the key is blocked; a receipt (from
     # the old key, for a send before the change) still proves delivery.

@@ -33,6 +33,7 @@ const STATUS_LABELS = {
   queued: "queued",
   sending: "sending…",
   sent: "sent ✓",
+  stored: "stored on server",
   delivered: "delivered ✓✓",
   read: "read ✓✓",
   failed: "failed",
