@@ -134,3 +134,33 @@ export function fetchSettings() {
 export function putSettings(changes) {
   return postJson("/api/settings", changes, "PUT");
 }
+
+// ---------------------------------------------------------------- groups (README "JSON API")
+
+export function fetchGroups() {
+  return getJson("/api/groups", { Accept: "application/json" });
+}
+
+export function postGroup(name, members) {
+  return postJson("/api/groups", { name, members });
+}
+
+export function fetchGroupMessages(groupId, limit) {
+  return getJson(`/api/groups/${encodeURIComponent(groupId)}/messages?limit=${limit}`, { Accept: "application/json" });
+}
+
+export function postGroupMessage(groupId, text) {
+  return postJson(`/api/groups/${encodeURIComponent(groupId)}/messages`, { text });
+}
+
+export function postGroupMembers(groupId, members) {
+  return postJson(`/api/groups/${encodeURIComponent(groupId)}/members`, { members });
+}
+
+export function deleteGroupMember(groupId, peerId) {
+  return postJson(`/api/groups/${encodeURIComponent(groupId)}/members/${encodeURIComponent(peerId)}`, undefined, "DELETE");
+}
+
+export function postGroupLeave(groupId) {
+  return postJson(`/api/groups/${encodeURIComponent(groupId)}/leave`);
+}

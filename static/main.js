@@ -23,9 +23,14 @@ import { createSearchView } from "./views/search.js";
 import { createThemeView } from "./views/theme.js";
 import { createWelcomeView } from "./views/welcome.js";
 import { createSettingsView } from "./views/settings.js";
+import { findGroup, isReadingGroup, newestGroupTime } from "./group_state.js";
+import { loadReadMark, saveReadMark } from "./group_reads.js";
+import { createGroupView } from "./views/group.js";
+import { createNewGroupView } from "./views/group_new.js";
 
 const MAX_TEXT_BYTES = 64 * 1024; // webpeer.api.MAX_TEXT_BYTES: refused here before it is sent
 const HASH_PEER = /^#peer-([1-9][0-9]{0,15})$/;
+const HASH_GROUP = /^#group-([0-9a-f]{64})$/;
 const HISTORY_PAGE = 200; // messages per history request: the latest ones, then older ones as the user scrolls up
 
 function start() {
@@ -34,7 +39,7 @@ function start() {
   const newClientId = (prefix) => `${prefix}${Date.now().toString(36)}-${clientCounter++}`;
 
   const socket = new PeerSocket({
-    onEvent: (event) => dispatch(event),
+    onEvent: (event) => dispatchFromSocket(event),
     onOpen: () => dispatch({ type: "socket-opened" }),
     onClose: ({ retryInMs, unanswered }) => {
       dispatch({ type: "socket-closed", retryInSeconds: Math.ceil(retryInMs / 1000), unanswered });
@@ -60,6 +65,12 @@ function start() {
     setReadReceipts: (on) => changeSettings({ read_receipts: on }),
     search: (query) => state.selected !== null && search(state.selected, query),
     closeSearch: () => dispatch({ type: "search-closed" }),
+    selectGroup: (groupId) => selectGroup(groupId),
+    createGroup: (name, members) => createGroup(name, members),
+    sendToGroup: (groupId, text) => sendToGroup(groupId, text),
+    addToGroup: (groupId, peerId) => changeGroup(() => api.postGroupMembers(groupId, [peerId]), "add the member"),
+    removeFromGroup: (groupId, peerId) => changeGroup(() => api.deleteGroupMember(groupId, peerId), "remove the member"),
+    leaveGroup: (groupId) => changeGroup(() => api.postGroupLeave(groupId), "leave the group"),
     closeConversation: () => {
       dispatch({ type: "conversation-closed" });
       history.replaceState(null, "", location.pathname);
@@ -69,6 +80,7 @@ function start() {
   const notifications = createNotificationsView(actions);
   const files = createFilesView(actions, api);
   const peersView = createPeersView(actions);
+  const groupView = createGroupView(actions);
   const views = [
     createMeView(),
     createBannersView(actions),
@@ -84,6 +96,8 @@ function start() {
     createWelcomeView(),
     createThemeView(),
     createLayoutView(actions),
+    groupView,
+    createNewGroupView(actions),
   ];
 
   // The state changes at once; the views draw it at most once per animation
@@ -111,8 +125,24 @@ function start() {
     followUp(event, before);
   }
 
+  // A group's message comes as a "message" with `group` set: the reducer gets it as
+  // "group-message", so the one-to-one cases (state.js) never see one.
+  function dispatchFromSocket(event) {
+    if (event.type === "message" && event.message && event.message.group) {
+      dispatch({ type: "group-message", message: event.message });
+    } else if (event.type === "message-burst" && event.events.some((inner) => inner.message.group)) {
+      const direct = event.events.filter((inner) => !inner.message.group);
+      for (const inner of event.events) if (inner.message.group) dispatch({ type: "group-message", message: inner.message });
+      if (direct.length === 1) dispatch(direct[0]);
+      else if (direct.length > 1) dispatch({ ...event, events: direct });
+    } else {
+      dispatch(event);
+    }
+  }
+
   // What an event sets in motion beyond the state change.
   function followUp(event, before) {
+    followUpGroups(event, before);
     switch (event.type) {
       case "hello":
         // Catch up on anything missed while disconnected.
@@ -169,6 +199,86 @@ function start() {
       actions.showError(`Could not load the safety number: ${error.message}`);
     } finally {
       if (safetyLoading === peerId) safetyLoading = null;
+    }
+  }
+
+  // ------------------------------------------------------------ groups
+
+  function followUpGroups(event, before) {
+    switch (event.type) {
+      case "hello":
+      case "resync":
+        loadGroups();
+        break;
+      case "group":
+        // A group new to this page (we were added): what was written before we saw it.
+        if (!findGroup(before, event.group.id)) loadGroupHistory(event.group.id);
+        break;
+      default:
+        break;
+    }
+    // What the open group shows while the page is visible is read.
+    const open = state.selectedGroup;
+    if (open !== null && isReadingGroup(state, open)) saveReadMark(open, newestGroupTime(state, open));
+  }
+
+  async function loadGroups() {
+    try {
+      const groups = await api.fetchGroups();
+      dispatch({ type: "groups-loaded", groups });
+      await Promise.all(groups.map((group) => loadGroupHistory(group.id)));
+    } catch (error) {
+      actions.showError(`Could not load the groups: ${error.message}`);
+    }
+  }
+
+  async function loadGroupHistory(groupId) {
+    try {
+      const messages = await api.fetchGroupMessages(groupId, HISTORY_PAGE);
+      dispatch({ type: "group-history-loaded", group: groupId, messages, readMark: loadReadMark(groupId) });
+    } catch (error) {
+      actions.showError(`Could not load the group's messages: ${error.message}`);
+    }
+  }
+
+  function selectGroup(groupId) {
+    dispatch({ type: "group-selected", group: groupId });
+    history.replaceState(null, "", `#group-${groupId}`);
+    renderNow(); // the composer is shown before it takes the focus
+    groupView.focus();
+  }
+
+  async function createGroup(name, members) {
+    try {
+      const group = await api.postGroup(name, members);
+      dispatch({ type: "group", group, change: null });
+      selectGroup(group.id);
+      return true;
+    } catch (error) {
+      actions.showError(`Could not create the group: ${error.message}`);
+      return false;
+    }
+  }
+
+  async function sendToGroup(groupId, text) {
+    const size = new TextEncoder().encode(text).length;
+    if (size > MAX_TEXT_BYTES) {
+      actions.showError(`Not sent: too long: ${size} bytes, the limit is ${MAX_TEXT_BYTES}`);
+      return;
+    }
+    try {
+      dispatch({ type: "group-sent", message: await api.postGroupMessage(groupId, text) });
+    } catch (error) {
+      actions.showError(`Could not send to the group: ${error.message}`);
+    }
+  }
+
+  // The answer is the group after the change; the "group" event brings it with the change as a line.
+  async function changeGroup(call, what) {
+    try {
+      dispatch({ type: "group", group: await call(), change: null });
+    } catch (error) {
+      actions.showError(`Could not ${what}: ${error.message}`);
     }
   }
 
@@ -327,6 +437,16 @@ function start() {
     peersView.focusPeer(peerId);
   });
 
+  // Escape in an open group: back to its entry in the list (on a phone, the list comes back).
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape" || event.defaultPrevented || state.selectedGroup === null) return;
+    if (event.target.closest && event.target.closest("form.new-group")) return;
+    const groupId = state.selectedGroup;
+    if (window.matchMedia("(max-width: 700px)").matches) actions.closeConversation();
+    renderNow();
+    peersView.focusGroup(groupId);
+  });
+
   document.addEventListener("visibilitychange", () => {
     const visible = document.visibilityState === "visible";
     dispatch({ type: "visibility-changed", visible });
@@ -343,6 +463,8 @@ function start() {
     dispatch({ type: "peer-selected", peer: Number(match[1]) });
     loadHistory(state.selected);
   }
+  const groupMatch = HASH_GROUP.exec(location.hash);
+  if (groupMatch) dispatch({ type: "group-selected", group: groupMatch[1] });
   socket.connect();
   loadSettings();
 }

@@ -17,7 +17,10 @@
 // Also from the websocket: read-up-to (the peer has read our messages up to one);
 // and from socket.js, message-burst: a run of message events from one frame.
 // A new feature adds its cases to HANDLERS below; unknown events change nothing
-// (a newer server may send events this page does not know).
+// (a newer server may send events this page does not know).  The groups'
+// state and cases live in group_state.js.
+
+import { afterPageEvent, GROUP_HANDLERS, initialGroupState } from "./group_state.js";
 
 export function initialState({ selected = null, visible = true } = {}) {
   return {
@@ -44,12 +47,13 @@ export function initialState({ selected = null, visible = true } = {}) {
     settings: null, // GET /api/settings: {read_receipts}, null until loaded
     filter: "", // the peer list's filter box
     search: null, // {peer, query, results} of the open conversation's search, or null
+    ...initialGroupState(),
   };
 }
 
 export function reduce(state, event) {
   const handler = event && HANDLERS.get(event.type);
-  return handler ? handler(state, event) : state;
+  return handler ? afterPageEvent(handler(state, event), event) : state;
 }
 
 // ---------------------------------------------------------------- queries
@@ -503,4 +507,5 @@ const HANDLERS = new Map([
     ...state, selected: null, safety: null, safetyOpen: false, search: null, unreadDivider: null,
   })],
   ["search-closed", (state) => (state.search === null ? state : { ...state, search: null })],
+  ...GROUP_HANDLERS,
 ]);

@@ -51,6 +51,10 @@ class FakePeerApi:
         # Ids above this were never assigned by "the server" (404 unknown peer N).
         self.highest_id = highest_id
         self._settings: JSON = {"read_receipts": True}
+        self._groups: dict[str, JSON] = {}  # group id -> <group>
+        self._group_messages: dict[str, list[JSON]] = {}  # group id -> its messages, oldest first
+        self._group_seq: dict[tuple[str, int], int] = {}  # (group, sender) -> its last seq
+        self._group_changes: dict[str, list[JSON]] = {}  # group id -> its changes, oldest first
 
     # -------------------------------------------------- test controls
 
@@ -387,6 +391,114 @@ class FakePeerApi:
     def unsubscribe(self, queue: asyncio.Queue[JSON]) -> None:
         if queue in self._queues:
             self._queues.remove(queue)
+
+    # -------------------------------------------------- groups (webpeer/groups.py's page side)
+
+    def add_group(self, name: str, members: list[int], *, admin: int | None = None, created: float = 0.0) -> JSON:
+        """A group that already exists (we are in it), made by ``admin`` (default: us)."""
+        me = self._me["id"]
+        by = me if admin is None else admin
+        group_id = hashlib.sha256(f"group:{name}:{len(self._groups)}".encode()).hexdigest()
+        group: JSON = {
+            "id": group_id,
+            "name": name,
+            "members": sorted({me, by, *members}),
+            "admins": [by],
+            "member": True,
+            "created_by": by,
+            "created": created or time.time(),
+        }
+        self._groups[group_id] = group
+        self._group_messages[group_id] = []
+        self._group_changes[group_id] = []
+        self._changed(group, {"kind": "create", "by": by, "members": group["members"], "target": None, "name": name})
+        return dict(group)
+
+    def _changed(self, group: JSON, change: JSON) -> None:
+        at = group["created"] if change["kind"] == "create" else time.time()
+        change = change | {"time": at, "applied": True}
+        self._group_changes[group["id"]].append(change)
+        self.publish({"type": "group", "group": dict(group), "change": change})
+
+    def group_receive(self, group_id: str, from_id: int, text: str, *, at: float | None = None) -> JSON:
+        """A member's message in the group arrives."""
+        message = self._group_message(group_id, from_id, text, at)
+        self.publish({"type": "message", "message": dict(message)})
+        return dict(message)
+
+    def group_delivered(self, group_id: str, message_id: str, member: int) -> None:
+        """``member`` reports having our messages up to ``message_id``."""
+        sender, seq = (int(part) for part in message_id.split(":"))
+        for message in self._group_messages[group_id]:
+            if message["from"] == sender and message["seq"] <= seq and member not in message["delivered_to"]:
+                message["delivered_to"] = sorted([*message["delivered_to"], member])
+        delivered = [m for m in self._group_messages[group_id] if m["id"] == message_id][0]["delivered_to"]
+        self.publish({"type": "group_delivery", "group": group_id, "id": message_id, "delivered_to": delivered})
+
+    def _group_message(self, group_id: str, sender: int, text: str, at: float | None) -> JSON:
+        seq = self._group_seq.get((group_id, sender), 0) + 1
+        self._group_seq[(group_id, sender)] = seq
+        message: JSON = {
+            "id": f"{sender}:{seq}",
+            "group": group_id,
+            "from": sender,
+            "seq": seq,
+            "text": text,
+            "time": time.time() if at is None else at,
+            "delivered_to": [],
+        }
+        self._group_messages[group_id].append(message)
+        return message
+
+    def _group(self, group_id: str) -> JSON:
+        if group_id not in self._groups:
+            raise ApiError(404, "no such group")
+        return self._groups[group_id]
+
+    def groups(self) -> list[JSON]:
+        return [dict(group) for group in self._groups.values()]
+
+    async def create_group(self, name: str, members: list[int]) -> JSON:
+        if not name.strip() or len(name) > 100:
+            raise ApiError(400, "a group name is 1 to 100 characters, not blank")
+        for peer_id in members:
+            if peer_id not in self._peers:
+                raise ApiError(409, f"no key known for peer {peer_id} yet: it must have been online once")
+        return self.add_group(name, [m for m in members if m != self._me["id"]])
+
+    def group_messages(self, group_id: str, limit: int = 500) -> list[JSON]:
+        self._group(group_id)
+        return [dict(m) for m in self._group_messages[group_id][-limit:]]
+
+    async def send_group_message(self, group_id: str, text: str) -> JSON:
+        if not self._group(group_id)["member"]:
+            raise ApiError(403, "you are not a member of this group")
+        message = self._group_message(group_id, self._me["id"], text, None)
+        self.publish({"type": "message", "message": dict(message)})
+        return dict(message)
+
+    async def change_group(self, group_id: str, action: str, *, members: tuple[int, ...] = (), target: int = 0) -> JSON:
+        group = self._group(group_id)
+        me = self._me["id"]
+        if action in ("add", "remove") and me not in group["admins"]:
+            raise ApiError(403, "not an admin of this group")
+        if action == "add":
+            group["members"] = sorted({*group["members"], *members})
+        elif action == "remove":
+            group["members"] = [m for m in group["members"] if m != target]
+        elif action == "leave":
+            group["members"] = [m for m in group["members"] if m != me]
+            group["member"] = False
+        else:
+            raise ApiError(400, f"unknown group action {action!r}")
+        self._changed(
+            group, {"kind": action, "by": me, "members": list(members), "target": target or None, "name": None}
+        )
+        return dict(group)
+
+    def group_changes(self, group_id: str) -> list[JSON]:
+        self._group(group_id)
+        return [dict(change) for change in self._group_changes[group_id]]
 
     # -------------------------------------------------- internals
 
