@@ -149,6 +149,11 @@ export function fetchGroupMessages(groupId, limit) {
   return getJson(`/api/groups/${encodeURIComponent(groupId)}/messages?limit=${limit}`, { Accept: "application/json" });
 }
 
+/** Every membership change of the group, oldest first (the lines of its conversation). */
+export function fetchGroupChanges(groupId) {
+  return getJson(`/api/groups/${encodeURIComponent(groupId)}/changes`, { Accept: "application/json" });
+}
+
 export function postGroupMessage(groupId, text) {
   return postJson(`/api/groups/${encodeURIComponent(groupId)}/messages`, { text });
 }

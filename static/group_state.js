@@ -5,10 +5,12 @@
 // Events:
 // - from the websocket: group (a group appeared or changed, with the change as
 //   a line), group_delivery (which members have our messages up to one);
-//   a group's "message" reaches the reducer as group-message (main.js tells
-//   the two kinds of message apart, so state.js never sees a group message);
+//   a group's "message" reaches the reducer as group-message, and a run of them
+//   in one frame as group-messages (main.js tells the two kinds of message
+//   apart, so state.js never sees a group message);
 // - from the page: groups-loaded (GET /api/groups), group-history-loaded
-//   (GET /api/groups/ID/messages, with the user's read mark of the group),
+//   (GET /api/groups/ID/messages and .../changes, with the user's read mark of
+//   the group),
 //   group-selected, group-closed, group-sent (POST .../messages's answer).
 //
 // Unread counts: webpeer keeps no read state for groups, so the page keeps a
@@ -101,21 +103,28 @@ function withUnread(state, groupId, count) {
   return { ...state, groupUnread: new Map(state.groupUnread).set(groupId, count) };
 }
 
+// GET /api/groups's answer.  A group that came live meanwhile (one just made
+// here) and is not in it yet stays.
 function groupsLoaded(state, event) {
-  return { ...state, groups: event.groups };
+  const listed = new Set(event.groups.map((group) => group.id));
+  return { ...state, groups: [...event.groups, ...state.groups.filter((group) => !listed.has(group.id))] };
 }
 
 // A group appeared or changed; its change (if any) becomes a line of its conversation.
 function groupChanged(state, event) {
-  let next = withGroup(state, event.group);
-  if (event.change) {
-    const lines = state.groupLines.get(event.group.id) ?? [];
-    const line = { ...event.change, id: `${event.change.kind}:${event.change.by}:${event.change.time}` };
-    if (!lines.some((known) => known.id === line.id)) {
-      next = { ...next, groupLines: new Map(next.groupLines).set(event.group.id, [...lines, line]) };
-    }
+  const next = withGroup(state, event.group);
+  return event.change ? withLines(next, event.group.id, [event.change]) : next;
+}
+
+// Changes as lines, each once (the same change from the websocket and from
+// GET .../changes is one line; the later copy wins: "applied" may have changed).
+function withLines(state, groupId, changes) {
+  const lines = new Map((state.groupLines.get(groupId) ?? []).map((line) => [line.id, line]));
+  for (const change of changes) {
+    const id = `${change.kind}:${change.by}:${change.time}`;
+    lines.set(id, { ...change, id });
   }
-  return next;
+  return { ...state, groupLines: new Map(state.groupLines).set(groupId, [...lines.values()]) };
 }
 
 // Stores messages (new ones and newer copies of known ones) in one copy of the group's map.
@@ -136,17 +145,32 @@ function union(a = [], b = []) {
 }
 
 function groupMessage(state, event) {
-  const msg = event.message;
-  const isNew = !groupMessagesOf(state, msg.group).has(msg.id);
-  const next = withMessages(state, msg.group, [msg]);
-  const mine = state.me !== null && msg.from === state.me.id;
-  if (!isNew || mine || isReadingGroup(state, msg.group)) return next;
-  return withUnread(next, msg.group, (state.groupUnread.get(msg.group) ?? 0) + 1);
+  return groupMessages(state, { messages: [event.message] });
+}
+
+// A run of group messages from one websocket frame: one copy of each group's map.
+function groupMessages(state, event) {
+  const byGroup = new Map();
+  for (const msg of event.messages) byGroup.set(msg.group, [...(byGroup.get(msg.group) ?? []), msg]);
+  let next = state;
+  for (const [groupId, messages] of byGroup) {
+    const known = groupMessagesOf(state, groupId);
+    const fresh = new Set(messages.filter((msg) => !known.has(msg.id) && !isMineIn(state, msg)).map((msg) => msg.id));
+    next = withMessages(next, groupId, messages);
+    if (fresh.size > 0 && !isReadingGroup(state, groupId)) {
+      next = withUnread(next, groupId, (state.groupUnread.get(groupId) ?? 0) + fresh.size);
+    }
+  }
+  return next;
+}
+
+function isMineIn(state, msg) {
+  return state.me !== null && msg.from === state.me.id;
 }
 
 // GET /api/groups/ID/messages, with `readMark` (the time of the latest message the user read).
 function groupHistoryLoaded(state, event) {
-  const next = withMessages(state, event.group, event.messages);
+  const next = withLines(withMessages(state, event.group, event.messages), event.group, event.changes ?? []);
   if (isReadingGroup(state, event.group)) return withUnread(next, event.group, 0);
   const me = state.me ? state.me.id : null;
   let unread = 0;
@@ -191,6 +215,7 @@ export const GROUP_HANDLERS = [
   ["groups-loaded", groupsLoaded],
   ["group", groupChanged],
   ["group-message", groupMessage],
+  ["group-messages", groupMessages],
   ["group-sent", (state, event) => withMessages(state, event.message.group, [event.message])],
   ["group-history-loaded", groupHistoryLoaded],
   ["group_delivery", groupDelivery],

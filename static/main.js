@@ -132,7 +132,8 @@ function start() {
       dispatch({ type: "group-message", message: event.message });
     } else if (event.type === "message-burst" && event.events.some((inner) => inner.message.group)) {
       const direct = event.events.filter((inner) => !inner.message.group);
-      for (const inner of event.events) if (inner.message.group) dispatch({ type: "group-message", message: inner.message });
+      const messages = event.events.filter((inner) => inner.message.group).map((inner) => inner.message);
+      dispatch({ type: "group-messages", messages });
       if (direct.length === 1) dispatch(direct[0]);
       else if (direct.length > 1) dispatch({ ...event, events: direct });
     } else {
@@ -234,8 +235,11 @@ function start() {
 
   async function loadGroupHistory(groupId) {
     try {
-      const messages = await api.fetchGroupMessages(groupId, HISTORY_PAGE);
-      dispatch({ type: "group-history-loaded", group: groupId, messages, readMark: loadReadMark(groupId) });
+      const [messages, changes] = await Promise.all([
+        api.fetchGroupMessages(groupId, HISTORY_PAGE),
+        api.fetchGroupChanges(groupId),
+      ]);
+      dispatch({ type: "group-history-loaded", group: groupId, messages, changes, readMark: loadReadMark(groupId) });
     } catch (error) {
       actions.showError(`Could not load the group's messages: ${error.message}`);
     }

@@ -42,6 +42,8 @@ blocked"); messages from the new key are not listed until it is accepted
                "created_by": int, "created": float}
     group message: {"id": "<sender>:<seq>", "group": str, "from": int, "seq": int, "text": str,
                "time": float (the writer's clock), "delivered_to": [int] (members that reported it)}
+    group change: {"kind": "create"|"add"|"remove"|"promote"|"leave"|"rename", "by": int, "members": [int],
+               "target": int | None, "name": str | None, "time": float, "applied": bool}
 
 History paging: GET /api/messages?peer=N[&limit=K][&before=ID | &after=ID]
 answers [<message>, ...] oldest first: without before/after the latest K
@@ -233,6 +235,11 @@ class PeerApi(Protocol):
 
     def group_messages(self, group_id: str, limit: int = 500) -> list[JSON]:
         """The latest ``limit`` delivered messages of the group, oldest first."""
+        ...
+
+    def group_changes(self, group_id: str) -> list[JSON]:
+        """Every membership change of the group, oldest first (as a "group"
+        event's ``change``)."""
         ...
 
     async def send_group_message(self, group_id: str, text: str) -> JSON:

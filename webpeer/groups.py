@@ -252,6 +252,11 @@ class Groups:
         log = self._log(group_id)
         return [self.message_json(log, m) for m in log.delivered()[-limit:]]
 
+    def changes_json(self, group_id: str) -> list[JSON]:
+        """Every membership change of the group, in the order all members apply
+        them, as the ``change`` of a "group" event (the page's lines)."""
+        return [self._change(op, applied) for op, applied in self._log(group_id).timeline()]
+
     def group_json(self, log: GroupLog) -> JSON:
         me = self.context.my_id
         return {

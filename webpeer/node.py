@@ -500,6 +500,9 @@ class PeerNode:
     def group_messages(self, group_id: str, limit: int = 500) -> list[JSON]:
         return self.engine.groups.messages_json(group_id, limit)
 
+    def group_changes(self, group_id: str) -> list[JSON]:
+        return self.engine.groups.changes_json(group_id)
+
     async def send_group_message(self, group_id: str, text: str) -> JSON:
         answer = self.engine.groups.post(group_id, text, self.clock())
         self._flush()

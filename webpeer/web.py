@@ -180,6 +180,7 @@ def create_app(config: WebConfig, api: PeerApi) -> web.Application:
     app.router.add_post("/api/groups", _api_create_group)
     app.router.add_get("/api/groups/{id}/messages", _api_group_messages)
     app.router.add_post("/api/groups/{id}/messages", _api_group_send)
+    app.router.add_get("/api/groups/{id}/changes", _api_group_changes)
     app.router.add_post("/api/groups/{id}/members", _api_group_add)
     app.router.add_delete("/api/groups/{id}/members/{peer}", _api_group_remove)
     app.router.add_post("/api/groups/{id}/leave", _api_group_leave)
@@ -657,6 +658,11 @@ async def _api_create_group(request: web.Request) -> web.Response:
 async def _api_group_messages(request: web.Request) -> web.Response:
     group = validate.group_id(request.match_info["id"])
     return web.json_response(request.app[API_KEY].group_messages(group, _limit_query(request)))
+
+
+async def _api_group_changes(request: web.Request) -> web.Response:
+    group = validate.group_id(request.match_info["id"])
+    return web.json_response(request.app[API_KEY].group_changes(group))
 
 
 async def _api_group_send(request: web.Request) -> web.Response:

@@ -4,6 +4,8 @@
 // each of our messages which members have it ("delivered to 2 of 3", the
 // names in a details element that opens on click, Enter or Space).
 //
+// Each group keeps its own draft (drafts.js), as each peer's conversation does.
+//
 // As in messages.js, an element is kept while its message is the same object
 // (the reducer makes a new one when its delivery changes), so a delivery
 // event redraws one message, not the list; an open delivery list stays open.
@@ -13,6 +15,9 @@ import { findGroup, groupMessagesOf, isGroupAdmin, recipientsOf } from "../group
 import { byTestId, changed, make } from "./dom.js";
 import { appendWithLinks } from "./links.js";
 import { changeText } from "./group_text.js";
+import { loadDraft, saveDraft } from "../drafts.js";
+
+const draftKey = (groupId) => `group-${groupId}`; // drafts.js keys; a peer's are its id
 
 const NEAR_BOTTOM_PX = 80;
 const TIME_FORMAT = new Intl.DateTimeFormat([], { hour: "2-digit", minute: "2-digit" });
@@ -50,8 +55,10 @@ export function createGroupView(actions, root = document) {
     const text = el.composer.value;
     if (el.composer.disabled || groupId === null || text.trim() === "") return;
     el.composer.value = "";
+    saveDraft(draftKey(groupId), "");
     actions.sendToGroup(groupId, text);
   }
+  el.composer.addEventListener("input", () => groupId !== null && saveDraft(draftKey(groupId), el.composer.value));
   el.form.addEventListener("submit", (event) => {
     event.preventDefault();
     submit();
@@ -91,11 +98,12 @@ export function createGroupView(actions, root = document) {
     el.peerSection.hidden = id !== null;
     el.section.dataset.groupId = id ?? "";
     if (id !== groupId) {
+      if (groupId !== null) saveDraft(draftKey(groupId), el.composer.value);
       groupId = id;
       shown = new Map();
       openDeliveries.clear();
       el.list.replaceChildren();
-      el.composer.value = "";
+      el.composer.value = id === null ? "" : loadDraft(draftKey(id)); // each group has its own draft
       el.members.open = false;
     }
     if (id === null) return;

@@ -8,7 +8,8 @@ page per peer.
 alice makes the group with bob and carol on her page; it shows on theirs;
 what alice writes shows on both, with her name; her page shows it delivered
 to 2 of 2 (and to whom); bob's answer shows on alice's page; alice removes
-carol, and carol's page says so and stops her writing."""
+carol, and carol's page says so, stops her writing, and still says so after
+a reload."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def group_message(peer: Peer, text: str) -> Locator:
 
 async def test_a_group_made_on_one_page_is_written_in_on_three(three: tuple[Peer, Peer, Peer]) -> None:
     alice, bob, carol = three
-    bob_id, carol_id = await bob.my_id(), await carol.my_id()
+    alice_id, bob_id, carol_id = await alice.my_id(), await bob.my_id(), await carol.my_id()
 
     # alice ticks bob and carol (offered once their keys are known) and names the group.
     await alice.testid("new-group-button").click()
@@ -105,6 +106,14 @@ async def test_a_group_made_on_one_page_is_written_in_on_three(three: tuple[Peer
     await expect(answer.locator('[data-testid="group-sender"]')).to_have_text("bob")
     await expect(group_message(carol, "yes, at the corner")).to_have_count(1, timeout=WAIT_MS)
 
+    # Each conversation keeps its own draft: bob's half-written group text waits while he looks at alice's.
+    await bob.testid("group-composer").fill("half written")
+    await bob.page.locator(bob.peer_item(alice_id)).click()
+    await expect(bob.testid("group-conversation")).to_be_hidden()
+    await expect(bob.testid("composer")).to_have_value("")
+    await items["bob"].click()
+    await expect(bob.testid("group-composer")).to_have_value("half written")
+
     # alice (the admin) removes carol: a line on every page, and carol can no longer write.
     await alice.testid("group-members-summary").click()
     await expect(alice.testid("group-member")).to_have_count(3)
@@ -118,6 +127,13 @@ async def test_a_group_made_on_one_page_is_written_in_on_three(three: tuple[Peer
     await bob.testid("group-members-summary").click()
     await expect(bob.testid("group-member")).to_have_count(2, timeout=WAIT_MS)
     await expect(bob.testid("group-remove")).to_have_count(0)
+
+    # A reload keeps the group open (its address) and its lines (GET .../changes).
+    await carol.page.reload()
+    await expect(carol.testid("group-line")).to_have_text(
+        ["alice created the group “lunch”", "alice removed you"], timeout=WAIT_MS
+    )
+    await expect(group_message(carol, "noodles at noon?")).to_have_count(1)
 
     for peer in three:
         assert peer.dialogs == [], peer.name

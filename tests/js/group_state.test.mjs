@@ -65,6 +65,24 @@ test("a history answer counts the others' messages after the read mark", () => {
   assert.equal(groupActivity(state, state.groups[0]), 104);
 });
 
+test("a frame's run of group messages is stored in one step, counting each new one once", () => {
+  let state = run(greeted(), { type: "groups-loaded", groups: [group()] }, { type: "group-message", message: gmsg(2, 1, "known") });
+  const before = state.groupUnread.get(G);
+  state = run(state, { type: "group-messages", messages: [gmsg(2, 1, "known"), gmsg(3, 1, "new"), gmsg(3, 1, "new"), gmsg(1, 1, "mine")] });
+  assert.equal(state.groupUnread.get(G) - before, 1);
+  assert.deepEqual([...groupMessagesOf(state, G).keys()], ["2:1", "3:1", "1:1"]);
+});
+
+test("changes from history and from the websocket are one line each, the later copy winning", () => {
+  const change = (kind, time, applied = true) => ({ kind, by: 1, members: [], target: 3, name: null, time, applied });
+  let state = run(greeted(), { type: "group", group: group(), change: change("remove", 60) });
+  state = run(state, {
+    type: "group-history-loaded", group: G, readMark: 0, messages: [], changes: [change("create", 50), change("remove", 60, false)],
+  });
+  const lines = state.groupLines.get(G);
+  assert.deepEqual(lines.map((line) => [line.kind, line.applied]).sort(), [["create", true], ["remove", false]]);
+});
+
 test("a delivery report reaches every earlier message of ours, and never shrinks", () => {
   let state = run(greeted(), { type: "groups-loaded", groups: [group()] });
   state = run(state, ...[1, 2, 3].map((seq) => ({ type: "group-message", message: gmsg(1, seq, `m${seq}`) })));
@@ -103,4 +121,10 @@ test("membership changes read as sentences", () => {
   assert.equal(line("leave", { by: 3 }), "carol left");
   assert.equal(line("create", { name: "lunch" }), "you created the group “lunch”");
   assert.match(line("remove", { target: 2, applied: false }), /did not apply/);
+});
+
+test("the group list's answer keeps a group that came live meanwhile", () => {
+  const other = { ...group(), id: "b".repeat(64), name: "just made" };
+  const state = run(greeted(), { type: "group", group: other, change: null }, { type: "groups-loaded", groups: [group()] });
+  assert.deepEqual(state.groups.map((g) => g.name), ["lunch", "just made"]);
 });
