@@ -20,7 +20,9 @@
 export function initialGroupState() {
   return {
     groups: [], // <group> shapes (README, GET /api/groups), in the server's order
-    groupMessages: new Map(), // group id -> Map(message id -> message), in arrival order
+    // group id -> Map(message id -> message) in the order webpeer delivered them (causal: a
+    // reply after what it answers, whatever the writers' clocks say), never re-sorted by time
+    groupMessages: new Map(),
     groupLines: new Map(), // group id -> [change] (membership changes seen while the page is open)
     groupUnread: new Map(), // group id -> messages from others after the read mark
     selectedGroup: null, // the open group's id, or null (a peer's conversation and a group never both open)
@@ -128,8 +130,16 @@ function withLines(state, groupId, changes) {
 }
 
 // Stores messages (new ones and newer copies of known ones) in one copy of the group's map.
-function withMessages(state, groupId, messages) {
-  const conversation = new Map(groupMessagesOf(state, groupId));
+// `snapshot`: the messages are a history answer, in delivery order: they go first, in
+// that order, and what only the websocket brought (newer) after them.
+function withMessages(state, groupId, messages, snapshot = false) {
+  const before = groupMessagesOf(state, groupId);
+  const conversation = snapshot ? new Map() : new Map(before);
+  if (snapshot) {
+    const listed = new Set(messages.map((msg) => msg.id));
+    for (const msg of messages) conversation.set(msg.id, before.get(msg.id) ?? msg);
+    for (const [id, msg] of before) if (!listed.has(id)) conversation.set(id, msg);
+  }
   for (const msg of messages) {
     const known = conversation.get(msg.id);
     // delivered_to only grows (a history answer may be older than a delivery event).
@@ -170,7 +180,7 @@ function isMineIn(state, msg) {
 
 // GET /api/groups/ID/messages, with `readMark` (the time of the latest message the user read).
 function groupHistoryLoaded(state, event) {
-  const next = withLines(withMessages(state, event.group, event.messages), event.group, event.changes ?? []);
+  const next = withLines(withMessages(state, event.group, event.messages, true), event.group, event.changes ?? []);
   if (isReadingGroup(state, event.group)) return withUnread(next, event.group, 0);
   const me = state.me ? state.me.id : null;
   let unread = 0;

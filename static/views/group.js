@@ -39,6 +39,9 @@ export function createGroupView(actions, root = document) {
     addForm: byTestId("group-add-form", root),
     addSelect: byTestId("group-add-select", root),
     leave: byTestId("group-leave", root),
+    leaveConfirm: byTestId("group-leave-confirm", root),
+    leaveYes: byTestId("group-leave-yes", root),
+    leaveNo: byTestId("group-leave-no", root),
     list: byTestId("group-message-list", root),
     note: byTestId("group-composer-note", root),
     form: byTestId("group-composer-form", root),
@@ -76,7 +79,18 @@ export function createGroupView(actions, root = document) {
     const peerId = Number(el.addSelect.value);
     if (groupId !== null && peerId > 0) actions.addToGroup(groupId, peerId);
   });
-  el.leave.addEventListener("click", () => groupId !== null && actions.leaveGroup(groupId));
+  // Leaving cannot be undone by the one who left: asked once more.
+  const askLeave = (ask) => {
+    el.leaveConfirm.hidden = !ask;
+    el.leave.hidden = ask;
+    (ask ? el.leaveNo : el.leave).focus();
+  };
+  el.leave.addEventListener("click", () => askLeave(true));
+  el.leaveNo.addEventListener("click", () => askLeave(false));
+  el.leaveYes.addEventListener("click", () => {
+    el.leaveConfirm.hidden = true;
+    if (groupId !== null) actions.leaveGroup(groupId);
+  });
   el.memberList.addEventListener("click", (event) => {
     const button = event.target.closest('[data-testid="group-remove"]');
     if (button && groupId !== null) actions.removeFromGroup(groupId, Number(button.dataset.peerId));
@@ -105,6 +119,7 @@ export function createGroupView(actions, root = document) {
       el.list.replaceChildren();
       el.composer.value = id === null ? "" : loadDraft(draftKey(id)); // each group has its own draft
       el.members.open = false;
+      el.leaveConfirm.hidden = true;
     }
     if (id === null) return;
     const me = state.me ? state.me.id : null;
@@ -117,7 +132,8 @@ export function createGroupView(actions, root = document) {
     const admin = isMember && isGroupAdmin(group, me);
     drawMembers(state, group, admin, nameOf);
     drawAddChoices(state, group, admin);
-    el.leave.hidden = !isMember;
+    el.leave.hidden = !isMember || !el.leaveConfirm.hidden;
+    if (!isMember) el.leaveConfirm.hidden = true;
     el.composer.disabled = !isMember;
     el.send.disabled = !isMember;
     el.note.hidden = isMember || !group;
@@ -188,13 +204,22 @@ export function createGroupView(actions, root = document) {
   return { render, focus };
 }
 
-// Messages and membership lines in time order (equal times: lines first, as a
-// group's creation comes before what is written in it).
+// The messages in webpeer's delivery order (causal: never sorted by the
+// writers' clocks), each membership line before the first message written
+// after it (a group's creation before what is written in it).
 function itemsOf(messages, lines) {
+  const pending = [...(lines ?? [])].sort((a, b) => a.time - b.time);
   const items = [];
-  for (const line of lines ?? []) items.push({ key: `l:${line.id}`, item: line, line: true, time: line.time });
-  for (const msg of messages.values()) items.push({ key: `m:${msg.id}`, item: msg, line: false, time: msg.time });
-  return items.sort((a, b) => a.time - b.time || Number(b.line) - Number(a.line));
+  let next = 0;
+  for (const msg of messages.values()) {
+    while (next < pending.length && pending[next].time <= msg.time) {
+      const line = pending[next++];
+      items.push({ key: `l:${line.id}`, item: line, line: true });
+    }
+    items.push({ key: `m:${msg.id}`, item: msg, line: false });
+  }
+  for (const line of pending.slice(next)) items.push({ key: `l:${line.id}`, item: line, line: true });
+  return items;
 }
 
 function lineElement(change, nameOf) {

@@ -151,5 +151,17 @@ async def test_no_axe_violations_in_a_group_and_it_works_by_keyboard(site: Site)
         result = await violations(page)
         if result:
             found[f"group, {scheme}"] = result
+    # Leaving asks once more; Stay keeps everything as it was, Leave closes the composer.
+    await page.locator(tid("group-leave")).click()
+    await expect(page.locator(tid("group-leave-no"))).to_be_focused()
+    await page.keyboard.press("Enter")
+    await expect(page.locator(tid("group-leave"))).to_be_focused()
+    await expect(page.locator(tid("group-composer"))).to_be_enabled()
+    await page.keyboard.press("Enter")
+    await page.locator(tid("group-leave-yes")).click()
+    await expect(page.locator(tid("group-composer"))).to_be_disabled()
+    await expect(page.locator(tid("group-composer-note"))).to_contain_text("no longer a member")
+    await expect(page.locator(tid("group-leave"))).to_be_hidden()
+    await expect(page.locator(tid("group-line")).last).to_have_text("you left")
     assert found == {}, json.dumps(found, indent=1)
     assert site.errors == []

@@ -128,3 +128,13 @@ test("the group list's answer keeps a group that came live meanwhile", () => {
   const state = run(greeted(), { type: "group", group: other, change: null }, { type: "groups-loaded", groups: [group()] });
   assert.deepEqual(state.groups.map((g) => g.name), ["lunch", "just made"]);
 });
+
+test("messages keep webpeer's delivery order, not the writers' clocks; live ones stay after a snapshot", () => {
+  // carol's clock is behind: her answer to bob carries an earlier time than his question.
+  const question = gmsg(2, 1, "question", { time: 200 });
+  const answer = gmsg(3, 1, "answer", { time: 150 });
+  const live = gmsg(2, 2, "newer, live", { time: 300 });
+  let state = run(greeted(), { type: "groups-loaded", groups: [group()] }, { type: "group-message", message: live });
+  state = run(state, { type: "group-history-loaded", group: G, readMark: 0, messages: [question, answer] });
+  assert.deepEqual([...groupMessagesOf(state, G).keys()], ["2:1", "3:1", "2:2"]);
+});
