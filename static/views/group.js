@@ -127,7 +127,11 @@ export function createGroupView(actions, root = document) {
 
     el.name.textContent = group ? group.name : "group";
     const members = group ? group.members : [];
-    el.count.textContent = `${members.length} member${members.length === 1 ? "" : "s"}`;
+    const doubtful = members.filter((peerId) => {
+      const peer = findPeer(state, peerId);
+      return peer && (peer.key_changed || peer.trust === "blocked");
+    }).length;
+    el.count.textContent = `${members.length} member${members.length === 1 ? "" : "s"}${doubtful ? `, ⚠ ${doubtful} with a changed key` : ""}`;
     const isMember = Boolean(group && group.member);
     const admin = isMember && isGroupAdmin(group, me);
     drawMembers(state, group, admin, nameOf);
@@ -169,6 +173,14 @@ export function createGroupView(actions, root = document) {
       item.append(make("span", "group-member-name", nameOf(peerId)));
       item.append(make("span", "peer-id", `#${peerId}`));
       if (isGroupAdmin(group, peerId)) item.append(make("span", "group-admin", "admin"));
+      // As in the peer list: a member whose key changed (or was blocked) may not be who it was.
+      const peer = findPeer(state, peerId);
+      if (peer && (peer.key_changed || peer.trust === "blocked")) {
+        const warning = make("span", "key-changed", peer.trust === "blocked" ? "⛔ key blocked" : "⚠ key changed");
+        warning.dataset.testid = "group-member-key-warning";
+        warning.title = "Open the conversation with this peer to compare the safety number and decide";
+        item.append(warning);
+      }
       if (admin && peerId !== me) {
         const remove = make("button", "link-button group-remove", "remove");
         remove.type = "button";

@@ -151,6 +151,11 @@ async def test_no_axe_violations_in_a_group_and_it_works_by_keyboard(site: Site)
         result = await violations(page)
         if result:
             found[f"group, {scheme}"] = result
+    # A member's key change shows in the group (as in the peer list).
+    site.api.change_key(3)
+    warning = page.locator(f'{tid("group-member")}[data-peer-id="3"] {tid("group-member-key-warning")}')
+    await expect(warning).to_have_text("⚠ key changed")
+    await expect(page.locator(tid("group-member-count"))).to_have_text("3 members, ⚠ 1 with a changed key")
     # Leaving asks once more; Stay keeps everything as it was, Leave closes the composer.
     await page.locator(tid("group-leave")).click()
     await expect(page.locator(tid("group-leave-no"))).to_be_focused()
