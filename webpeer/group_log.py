@@ -46,6 +46,16 @@ from webpeer.identity import verify
 Signer = Callable[[bytes], bytes]
 """Signs a payload with our identity key (``Identity.sign``)."""
 
+KeyView = Callable[[int], "tuple[bytes, bool] | None"]
+"""The key this member's user now has for a peer (webpeer/trust.py) when it is
+not the one the group names, and whether the user accepted it; None if none."""
+
+
+class KeyPending(GroupError):
+    """A message signed by its sender's new key, which the user has not
+    accepted yet: held (like one-to-one messages from a changed key), not refused."""
+
+
 MAX_HELD_OPS = 1000
 """Ops kept while their parents are missing."""
 MAX_HELD_MESSAGES = 5000
@@ -140,13 +150,14 @@ def _apply(state: GroupState, op: Op) -> str | None:
 class GroupLog:
     """One group as this member knows it."""
 
-    def __init__(self, create: Op, *, check_signatures: bool = True) -> None:
+    def __init__(self, create: Op, *, check_signatures: bool = True, key_view: KeyView | None = None) -> None:
         if create.kind is not OpKind.CREATE or create.group or create.parents:
             raise GroupError("a group starts with a create operation")
         keys = {m.peer: m.key for m in create.members}
         if create.author not in keys:
             raise GroupError("a create operation's author must be among its members")
         self._check = check_signatures  # off only to rebuild from our own store
+        self._key_view = key_view
         if self._check and not verify(keys[create.author], create.sig, create.signed_bytes()):
             raise GroupError("bad signature on the create operation")
         self.id = create.id
@@ -164,18 +175,27 @@ class GroupLog:
         self._position: dict[tuple[int, int], int] = {}  # delivered message -> its index in _order
         self._held: dict[tuple[int, int], GroupMessage] = {}
         self._verified: set[tuple[int, int]] = set()  # held ones whose sender and signature were checked
+        self._pending: set[tuple[int, int]] = set()  # held ones signed by a new key the user has not accepted
 
     # -- making things (ours) ---------------------------------------------------------------------------------
 
     @classmethod
     def create_group(
-        cls, sign: Signer, me: Member, name: str, others: Iterable[Member], nonce: str, at: int
+        cls,
+        sign: Signer,
+        me: Member,
+        name: str,
+        others: Iterable[Member],
+        nonce: str,
+        at: int,
+        *,
+        key_view: KeyView | None = None,
     ) -> GroupLog:
         members = {m.peer: m for m in others}
         members[me.peer] = me
         op = Op("", OpKind.CREATE, me.peer, (), at, name=name, members=tuple(members[p] for p in sorted(members)))
         op = replace(op, nonce=nonce)
-        return cls(replace(op, sig=sign(op.signed_bytes())))
+        return cls(replace(op, sig=sign(op.signed_bytes())), key_view=key_view)
 
     def make_op(
         self,
@@ -350,7 +370,12 @@ class GroupLog:
         if key not in self._held and len(self._held) >= MAX_HELD_MESSAGES:
             raise GroupError(f"more than {MAX_HELD_MESSAGES} messages wait for what they follow")
         if all(h in self._ops for h in message.heads):
-            self._check_message(message)  # raises for a forgery: nothing is held
+            try:
+                self._check_message(message)  # raises for a forgery: nothing is held
+            except KeyPending:
+                self._held[key] = message  # checked again when the user decides (recheck)
+                self._pending.add(key)
+                return Update()
             self._held[key] = message
             self._verified.add(key)
         elif key not in self._held:
@@ -361,8 +386,15 @@ class GroupLog:
         key = self.state_at(message.heads).members.get(message.sender)
         if key is None:
             raise GroupError(f"message from peer {message.sender}, not a member when it was written")
-        if self._check and not verify(key, message.sig, message.signed_bytes()):
-            raise GroupError(f"bad signature on a message from peer {message.sender}")
+        if not self._check or verify(key, message.sig, message.signed_bytes()):
+            return
+        # The sender's key changed since the group named it: the user's decision on the new key decides.
+        view = self._key_view(message.sender) if self._key_view is not None else None
+        if view is not None and view[0] != key and verify(view[0], message.sig, message.signed_bytes()):
+            if view[1]:
+                return
+            raise KeyPending(f"a message from peer {message.sender}'s new key, not accepted yet")
+        raise GroupError(f"bad signature on a message from peer {message.sender}")
 
     def _deliver_ready(self) -> Update:
         update = Update()
@@ -379,6 +411,9 @@ class GroupLog:
                         continue
                     try:
                         self._check_message(message)
+                    except KeyPending:
+                        self._pending.add(key)  # stays held until the user decides (recheck)
+                        continue
                     except GroupError:
                         del self._held[key]  # a forgery that waited for its heads
                         update.dropped += 1
@@ -391,6 +426,29 @@ class GroupLog:
                     update.messages.append(message)
                     progress = True
         return update
+
+    def recheck(self) -> Update:
+        """The user decided about a key: deliver what waited for it (a key
+        accepted), or drop it (a key blocked); keep it while still undecided."""
+        update = Update()
+        for key in sorted(self._pending):
+            message = self._held[key]
+            try:
+                self._check_message(message)
+            except KeyPending:
+                continue
+            except GroupError:
+                del self._held[key]
+                update.dropped += 1
+            else:
+                self._verified.add(key)
+            self._pending.discard(key)
+        update.extend(self._deliver_ready())
+        return update
+
+    def held_for_key(self) -> list[int]:
+        """The senders whose messages wait for the user to accept their new key."""
+        return sorted({sender for sender, _ in self._pending})
 
     def _deliver(self, message: GroupMessage) -> None:
         self._messages[message.key] = message

@@ -287,3 +287,40 @@ def test_members_receiving_everything_in_any_order_converge(seed: int, steps: in
                 assert position[dep] < position[m.key]  # causal order across senders
         results.append(snapshot(log))
     assert results[0] == results[1] == results[2]
+
+
+def test_a_message_from_a_members_new_key_is_held_until_the_user_decides() -> None:
+    alice = new_group()
+    views: dict[int, tuple[bytes, bool]] = {}
+    watcher = GroupLog(alice.create, key_view=views.get)  # dan's replica; his user's view of the keys
+    bob = copy_of(alice)
+    new_phone = person(20)  # bob's new key: the group still names his old one
+    b1 = bob.post(new_phone.sign, 2, "new phone, same bob", 3_000)
+    with pytest.raises(GroupError, match="bad signature"):
+        watcher.add_message(b1)  # nobody told this member of a new key: a forgery
+    views[2] = (new_phone.public_key, False)  # the registry gave it; the user has not accepted it
+    assert watcher.add_message(b1).messages == [] and watcher.held_for_key() == [2]
+    carol = GroupLog(alice.create, key_view={2: (new_phone.public_key, True)}.get)
+    carol.add_message(b1)  # carol's user had accepted it: her reply follows it
+    c1 = carol.post(person(3).sign, 3, "welcome back", 3_001)
+    assert watcher.add_message(c1).messages == []  # the reply waits for what it replies to
+    assert [m.text for m in watcher.delivered()] == []
+    assert watcher.recheck().messages == []  # still undecided: still held
+    views[2] = (new_phone.public_key, True)  # accepted
+    assert [m.text for m in watcher.recheck().messages] == ["new phone, same bob", "welcome back"]
+    assert watcher.held_for_key() == []
+
+
+def test_a_blocked_new_key_s_held_messages_are_dropped_and_an_unknown_key_is_still_a_forgery() -> None:
+    alice = new_group()
+    views: dict[int, tuple[bytes, bool]] = {2: (person(20).public_key, False)}
+    watcher = GroupLog(alice.create, key_view=views.get)
+    bob = copy_of(alice)
+    held = bob.post(person(20).sign, 2, "held", 3_000)
+    assert watcher.add_message(held).messages == []
+    other = copy_of(alice).post(person(21).sign, 2, "a third key", 3_000)
+    with pytest.raises(GroupError, match="two different messages|bad signature"):
+        watcher.add_message(other)
+    del views[2]  # blocked: the view gives no key
+    update = watcher.recheck()
+    assert (update.messages, update.dropped, watcher.held_for_key()) == ([], 1, [])
