@@ -157,6 +157,7 @@ class GroupLog:
         if create.author not in keys:
             raise GroupError("a create operation's author must be among its members")
         self._check = check_signatures  # off only to rebuild from our own store
+        self.reader: int | None = None  # our id, once known: who may take withheld copies
         self._key_view = key_view
         if self._check and not verify(keys[create.author], create.sig, create.signed_bytes()):
             raise GroupError("bad signature on the create operation")
@@ -354,15 +355,18 @@ class GroupLog:
 
     def add_message(self, message: GroupMessage) -> Update:
         """Take another member's message: delivered now with whatever it
-        unblocks, held until its causes come, or GroupError if forged."""
+        unblocks, held until its causes come, or GroupError if forged.  A
+        withheld copy (no text) stands for a message :attr:`reader` (we) was
+        not a member for when it was written: it is delivered as a placeholder
+        that keeps the sender's order and what follows it deliverable."""
         if message.group != self.id:
             raise GroupError("a message of another group")
         key = message.key
         known = self._messages.get(key) or (self._held.get(key) if key in self._verified else None)
         if known is not None:
-            if known != message:
+            if known.without_text() != message.without_text():
                 raise GroupError(f"peer {message.sender} sent two different messages as number {message.seq}")
-            return Update()
+            return Update()  # the same again (or its withheld copy)
         if message.seq <= self._delivered.get(message.sender, 0):
             return Update()  # delivered before this log was rebuilt without it: nothing to do
         if message.seq > self._delivered.get(message.sender, 0) + MAX_AHEAD:
@@ -383,9 +387,12 @@ class GroupLog:
         return self._deliver_ready()
 
     def _check_message(self, message: GroupMessage) -> None:
-        key = self.state_at(message.heads).members.get(message.sender)
+        members = self.state_at(message.heads).members
+        key = members.get(message.sender)
         if key is None:
             raise GroupError(f"message from peer {message.sender}, not a member when it was written")
+        if message.withheld and self._check and (self.reader is None or self.reader in members):
+            raise GroupError(f"a withheld copy of a message from peer {message.sender} we may read")
         if not self._check or verify(key, message.sig, message.signed_bytes()):
             return
         # The sender's key changed since the group named it: the user's decision on the new key decides.
@@ -457,8 +464,12 @@ class GroupLog:
         self._delivered[message.sender] = message.seq
 
     def delivered(self) -> list[GroupMessage]:
-        """Every delivered message, in this member's delivery order."""
+        """Every delivered message (withheld copies too), in this member's delivery order."""
         return [self._messages[key] for key in self._order]
+
+    def readable(self) -> list[GroupMessage]:
+        """The delivered messages with their text: what the page shows."""
+        return [m for m in self.delivered() if not m.withheld]
 
     @property
     def progress(self) -> int:
@@ -494,7 +505,8 @@ class GroupLog:
     def lacking(self, summary: Summary, asker: int, limit: int = 200) -> tuple[list[Op], list[GroupMessage]]:
         """The ops and at most ``limit`` messages ``asker`` lacks, given its
         summary, in an order it can apply them in.  Nothing for a peer that was
-        never a member; no message written under ops that exclude the asker."""
+        never a member; no message written under ops that exclude the asker
+        (to a member again, its withheld copy)."""
         if not self.was_member(asker):
             return [], []
         have = self._ancestors(summary.heads)
@@ -509,10 +521,16 @@ class GroupLog:
             for seq in range(theirs.get(sender, 0) + 1, last + 1)
         )
         messages: list[GroupMessage] = []
+        member_now = asker in self.state.members
         for position in wanted:
             if len(messages) >= limit:
                 break
             message = self._messages[self._order[position]]
             if asker in self.state_at(message.heads).members:
-                messages.append(message)
+                if not message.withheld:  # else another member gives it the text
+                    messages.append(message)
+            elif member_now:
+                # Written while it was out (it was removed, then added again): not
+                # the text, but the signed proof that lets what follows be delivered.
+                messages.append(message.without_text())
         return ops, messages

@@ -258,7 +258,7 @@ class Groups:
 
     def messages_json(self, group_id: str, limit: int = 500) -> list[JSON]:
         log = self._log(group_id)
-        return [self.message_json(log, m) for m in log.delivered()[-limit:]]
+        return [self.message_json(log, m) for m in log.readable()[-limit:]]
 
     def group_json(self, log: GroupLog) -> JSON:
         me = self.context.my_id
@@ -375,6 +375,7 @@ class Groups:
         if log is None:
             self._ask(message.group, peer, now)
             return
+        log.reader = self.context.my_id
         self._accepted(log, log.add_message(message), peer, now)
 
     def _on_summary(self, peer: int, frame: SummaryFrame, now: float) -> None:
@@ -424,8 +425,9 @@ class Groups:
             for op in update.ops:
                 self.context.publish(GroupChanged(self.group_json(log), self._change(op, applied.get(op.id, False))))
             for message in update.messages:
-                self.context.publish(GroupMessageAdded(self.message_json(log, message)))
-                self._acks.add((log.id, message.sender))
+                if not message.withheld:  # a placeholder for one written while we were out: not shown
+                    self.context.publish(GroupMessageAdded(self.message_json(log, message)))
+                    self._acks.add((log.id, message.sender))
         if log.missing() != (set(), {}):
             self._ask(log.id, peer, now)
 
