@@ -256,9 +256,26 @@ class Groups:
     def groups_json(self) -> list[JSON]:
         return [self.group_json(log) for log in self.logs.values() if log.id in self._stored]
 
-    def messages_json(self, group_id: str, limit: int = 500) -> list[JSON]:
+    def messages_json(
+        self, group_id: str, limit: int = 500, *, before: str | None = None, after: str | None = None
+    ) -> list[JSON]:
+        """The latest ``limit`` messages in our delivery order (the order every
+        page of this member shows), or the ``limit`` before / after one."""
         log = self._log(group_id)
-        return [self.message_json(log, m) for m in log.readable()[-limit:]]
+        messages = log.readable()
+        cursor = before if before is not None else after
+        if cursor is None:
+            page = messages[-limit:]
+        else:
+            index = next((i for i, m in enumerate(messages) if f"{m.sender}:{m.seq}" == cursor), None)
+            if index is None:
+                raise ApiError(404, f"no message {cursor} in this group")
+            page = (
+                messages[max(0, index - limit) : index]
+                if before is not None
+                else messages[index + 1 : index + 1 + limit]
+            )
+        return [self.message_json(log, m) for m in page]
 
     def group_json(self, log: GroupLog) -> JSON:
         me = self.context.my_id

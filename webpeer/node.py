@@ -492,8 +492,10 @@ class PeerNode:
         self._flush()  # stored, then the op goes to the members
         return answer
 
-    def group_messages(self, group_id: str, limit: int = 500) -> list[JSON]:
-        return self.engine.groups.messages_json(group_id, limit)
+    def group_messages(
+        self, group_id: str, limit: int = 500, *, before: str | None = None, after: str | None = None
+    ) -> list[JSON]:
+        return self.engine.groups.messages_json(group_id, limit, before=before, after=after)
 
     async def send_group_message(self, group_id: str, text: str) -> JSON:
         answer = self.engine.groups.post(group_id, text, self.clock())
