@@ -62,7 +62,7 @@ class OpKind(StrEnum):
 _KIND_FIELDS: dict[OpKind, frozenset[str]] = {
     OpKind.CREATE: frozenset({"name", "m", "n"}),
     OpKind.ADD: frozenset({"m"}),
-    OpKind.REMOVE: frozenset({"tg"}),
+    OpKind.REMOVE: frozenset({"tg", "u"}),
     OpKind.PROMOTE: frozenset({"tg"}),
     OpKind.LEAVE: frozenset(),
     OpKind.RENAME: frozenset({"name"}),
@@ -92,6 +92,7 @@ class Op:
     members: tuple[Member, ...] = ()  # create: everyone, author included; add: who joins
     target: int = 0  # remove, promote
     nonce: str = ""  # create: makes the group id unique
+    upto: int = 0  # remove: the target's last message the remover accepts (its cut-off)
     sig: bytes = b""
 
     def fields(self) -> dict[str, Any]:
@@ -104,6 +105,8 @@ class Op:
             out["m"] = [[m.peer, m.key.hex()] for m in self.members]
         if self.kind in (OpKind.REMOVE, OpKind.PROMOTE):
             out["tg"] = self.target
+        if self.kind is OpKind.REMOVE:
+            out["u"] = self.upto
         if self.kind is OpKind.CREATE:
             out["n"] = self.nonce
         return out
@@ -277,6 +280,7 @@ def op_from_fields(obj: object) -> Op:
         members=_members(obj.get("m")) if kind in (OpKind.CREATE, OpKind.ADD) else (),
         target=_peer(obj.get("tg"), "field 'tg'") if kind in (OpKind.REMOVE, OpKind.PROMOTE) else 0,
         nonce=_hex(obj.get("n"), _NONCE, "field 'n'") if create else "",
+        upto=_int(obj, "u", 0, MAX_SEQ) if kind is OpKind.REMOVE else 0,
         sig=bytes.fromhex(_hex(obj.get("sig"), _HEX_SIG, "field 'sig'")),
     )
     if create and op.parents:

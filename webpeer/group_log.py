@@ -176,6 +176,7 @@ class GroupLog:
         self._position: dict[tuple[int, int], int] = {}  # delivered message -> its index in _order
         self._held: dict[tuple[int, int], GroupMessage] = {}
         self._verified: set[tuple[int, int]] = set()  # held ones whose sender and signature were checked
+        self._removals: dict[int, list[Op]] = {}  # peer -> accepted ops removing it (their cut-offs)
         self._pending: set[tuple[int, int]] = set()  # held ones signed by a new key the user has not accepted
 
     # -- making things (ours) ---------------------------------------------------------------------------------
@@ -220,6 +221,8 @@ class GroupLog:
             name=name if kind is OpKind.RENAME else "",
             members=members if kind is OpKind.ADD else (),
             target=target if kind in (OpKind.REMOVE, OpKind.PROMOTE) else 0,
+            # The cut-off: what we have of the target's is all of it we accept unless it comes back.
+            upto=self._delivered.get(target, 0) if kind is OpKind.REMOVE else 0,
         )
         op = replace(op, sig=sign(op.signed_bytes()))
         self.add_op(op)
@@ -273,6 +276,8 @@ class GroupLog:
         if reason is not None:
             raise GroupError(f"operation refused: {reason}")
         self._ops[op.id] = op
+        if op.kind is OpKind.REMOVE:
+            self._removals.setdefault(op.target, []).append(op)
         self._heads.difference_update(op.parents)
         self._heads.add(op.id)
 
@@ -391,7 +396,12 @@ class GroupLog:
         key = members.get(message.sender)
         if key is None:
             raise GroupError(f"message from peer {message.sender}, not a member when it was written")
-        if message.withheld and self._check and (self.reader is None or self.reader in members):
+        if (
+            message.withheld
+            and self._check
+            and (self.reader is None or self.reader in members)
+            and not self._cut(message)
+        ):
             raise GroupError(f"a withheld copy of a message from peer {message.sender} we may read")
         if not self._check or verify(key, message.sig, message.signed_bytes()):
             return
@@ -429,6 +439,8 @@ class GroupLog:
                 if all(self._delivered.get(s, 0) >= q for s, q in message.deps):
                     del self._held[key]
                     self._verified.discard(key)
+                    if self._cut(message):
+                        message = message.without_text()  # kept in order, never shown
                     self._deliver(message)
                     update.messages.append(message)
                     progress = True
@@ -456,6 +468,20 @@ class GroupLog:
     def held_for_key(self) -> list[int]:
         """The senders whose messages wait for the user to accept their new key."""
         return sorted({sender for sender, _ in self._pending})
+
+    def _cut(self, message: GroupMessage) -> bool:
+        """Written by a member past the cut-off of a removal (that took effect)
+        it had not seen: so a removed member cannot go on writing "concurrently"."""
+        removals = self._removals.get(message.sender)
+        if not removals:
+            return False
+        past: set[str] | None = None
+        for op in removals:
+            if message.seq > op.upto and op.id not in self._ignored:
+                past = self._ancestors(message.heads) if past is None else past
+                if op.id not in past:
+                    return True
+        return False
 
     def _deliver(self, message: GroupMessage) -> None:
         self._messages[message.key] = message
@@ -527,7 +553,7 @@ class GroupLog:
                 break
             message = self._messages[self._order[position]]
             if asker in self.state_at(message.heads).members:
-                if not message.withheld:  # else another member gives it the text
+                if not message.withheld or self._cut(message):  # else another member gives it the text
                     messages.append(message)
             elif member_now:
                 # Written while it was out (it was removed, then added again): not

@@ -246,6 +246,41 @@ def test_a_member_added_again_gets_what_follows_but_only_withheld_copies_of_what
     assert all(not m.withheld for m in messages)
 
 
+def test_a_removal_cuts_off_what_the_removed_member_writes_without_having_seen_it() -> None:
+    alice = new_group()
+    bob, carol, dave = copy_of(alice), copy_of(alice), copy_of(alice)
+    d1 = dave.post(person(4).sign, 4, "one", 3_000)
+    alice.add_message(d1)
+    removal = alice.make_op(person(1).sign, 1, OpKind.REMOVE, 3_001, target=4)
+    assert removal.upto == 1 and removal.to_fields()["u"] == 1  # signed: the cut-off is the admin's word
+    # Dave never learns of it and keeps writing under the old membership.
+    late = [dave.post(person(4).sign, 4, f"late {n}", 3_002 + n) for n in range(3)]
+    for message in (d1, *late):
+        bob.add_message(message)  # bob got them before the removal: he shows them (too late to unsee)
+    b1 = bob.post(person(2).sign, 2, "after dave's last", 3_010)  # and answers the last
+    assert b1.deps == ((4, 4),)
+    bob.add_op(removal)
+    carol.add_op(removal)  # carol learns of the removal first
+    for message in (d1, *late):
+        carol.add_message(message)
+    update = carol.add_message(b1)
+    assert [m.text for m in update.messages] == ["after dave's last"]  # not stuck on what was cut
+    assert [m.text for m in carol.readable()] == ["one", "after dave's last"]
+    assert [m.key for m in carol.delivered() if m.withheld] == [(4, 2), (4, 3), (4, 4)]
+    # A member that has only the cut-off copies passes them on, so nobody waits for their text.
+    newcomer = copy_of(new_group())
+    newcomer.add_op(removal)
+    sync(newcomer, carol, 3)
+    assert [m.text for m in newcomer.readable()] == ["one", "after dave's last"]
+    assert newcomer.missing() == (set(), {})
+    # Added again, dave writes under ops that include his removal: no cut-off applies.
+    alice.make_op(person(1).sign, 1, OpKind.ADD, 3_020, members=(member(4),))
+    sync(dave, alice, 4)
+    back = dave.post(person(4).sign, 4, "back", 3_021)
+    sync(carol, alice, 3)
+    assert [m.text for m in carol.add_message(back).messages] == ["back"]
+
+
 # -- convergence under any order -----------------------------------------------------------------------------
 
 PEERS = (1, 2, 3, 4, 5)
