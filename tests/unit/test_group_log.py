@@ -281,6 +281,18 @@ def test_a_removal_cuts_off_what_the_removed_member_writes_without_having_seen_i
     assert [m.text for m in carol.add_message(back).messages] == ["back"]
 
 
+def test_a_member_added_late_reads_from_its_arrival_on() -> None:
+    alice = new_group()
+    for n in range(3):
+        alice.post(person(1).sign, 1, f"old {n}", 3_000 + n)
+    alice.make_op(person(1).sign, 1, OpKind.ADD, 3_010, members=(member(5),))
+    alice.post(person(1).sign, 1, "hello eve", 3_011)
+    eve = GroupLog(alice.create)
+    sync(eve, alice, 5)
+    assert [m.text for m in eve.readable()] == ["hello eve"]  # the rest only as withheld copies
+    assert [m.seq for m in eve.delivered() if m.withheld] == [1, 2, 3] and eve.missing() == (set(), {})
+
+
 # -- convergence under any order -----------------------------------------------------------------------------
 
 PEERS = (1, 2, 3, 4, 5)
