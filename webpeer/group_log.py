@@ -29,7 +29,13 @@ and causal order across senders.  Anything early is held (bounded) and
 :meth:`GroupLog.missing` says what is lacking; :meth:`GroupLog.lacking`
 answers another member's :meth:`GroupLog.summary` with the ops and messages
 it lacks, so a member can fill gaps from any other.  A member removed under
-a message's heads is never given that message.
+a message's heads is never given that message; a member now (added again,
+or added late) is given its *withheld copy* instead: signed over the text's
+hash, it keeps the sender's order and the deps deliverable without the text.
+A removal's cut-off (the removed member's last message its author accepts)
+turns what the removed member writes later, without having seen it, into
+withheld copies too.  A message signed by the sender's new key (not the one
+the group names) waits for the user's decision on that key (``key_view``).
 
 No I/O, no clock: times come in as arguments, signing as a callable.
 """
