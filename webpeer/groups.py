@@ -357,6 +357,8 @@ class Groups:
         for log in list(self.logs.values()):
             if peer in log.held_for_key():
                 self._accepted(log, log.recheck(), peer, now)
+                if log.id in self._stored:
+                    self.context.publish(GroupChanged(self.group_json(log), None))
         if self.context.may_send(peer) and self.context.session(peer).ready_link is not None:
             self.link_ready(peer, now)  # what it was not sent while its key was in doubt
 
@@ -393,7 +395,10 @@ class Groups:
             self._ask(message.group, peer, now)
             return
         log.reader = self.context.my_id
+        waiting = log.held_for_key()
         self._accepted(log, log.add_message(message), peer, now)
+        if log.held_for_key() != waiting and log.id in self._stored:
+            self.context.publish(GroupChanged(self.group_json(log), None))  # the page says whose messages wait
 
     def _on_summary(self, peer: int, frame: SummaryFrame, now: float) -> None:
         log = self.logs.get(frame.group)

@@ -222,6 +222,8 @@ def test_a_members_new_key_is_held_in_the_group_until_the_user_accepts_it(net: P
     # Held on alice: not shown, not stored, not refused, and nothing of hers goes to the new key.
     assert stored_keys(alice, group_id) == [] and alice.engine.stats["group_refused"] == refused
     assert alice.engine.groups.groups_json()[0]["held_for_key_change"] == [bob_id]
+    told = [e.group["held_for_key_change"] for e in alice.events if isinstance(e, GroupChanged)]
+    assert told[-1] == [bob_id]  # the page was told whose messages wait
     assert bob2.engine.groups.seen.get(group_id, {}).get(alice.peer_id) is None
     with alice.store.batch():
         alice.engine.set_trust(bob_id, Action.ACCEPT, net.now)
@@ -229,6 +231,7 @@ def test_a_members_new_key_is_held_in_the_group_until_the_user_accepts_it(net: P
     assert stored_keys(alice, group_id) == [(bob_id, 1)]
     assert [m.text for m in alice.engine.groups.logs[group_id].delivered()] == ["same bob"]
     assert alice.engine.groups.groups_json()[0]["held_for_key_change"] == []
+    assert [e.group["held_for_key_change"] for e in alice.events if isinstance(e, GroupChanged)][-1] == []
     net.run_until(lambda: bob2.engine.groups.seen[group_id].get(alice.peer_id, {}).get(bob_id) == 1, DEADLINE)
 
 
