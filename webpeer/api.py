@@ -233,8 +233,12 @@ class PeerApi(Protocol):
         for a member whose key we do not know yet."""
         ...
 
-    def group_messages(self, group_id: str, limit: int = 500) -> list[JSON]:
-        """The latest ``limit`` delivered messages of the group, oldest first."""
+    def group_messages(
+        self, group_id: str, limit: int = 500, *, before: str | None = None, after: str | None = None
+    ) -> list[JSON]:
+        """The latest ``limit`` delivered messages of the group, oldest first; or
+        the ``limit`` just before / after message ``before`` / ``after`` (404 if
+        it is not one of the group's)."""
         ...
 
     def group_changes(self, group_id: str) -> list[JSON]:

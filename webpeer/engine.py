@@ -81,7 +81,7 @@ from .registration import (
 )
 from .store import Status, Store
 from .targets import LookupAnswer, Targets
-from .trust import Action, Trust, link_verdict
+from .trust import Action, Trust, TrustState, link_verdict
 from .wire import Frame, FrameError
 
 logger = logging.getLogger("webpeer")
@@ -329,6 +329,15 @@ class PeerEngine:
     def hides_from(self, link: PeerLink) -> bool:
         return self.trust.hides(link.peer_id, link.peer_key)
 
+    def may_send(self, peer_id: int) -> bool:
+        return self.trust.send_gate(peer_id) is None
+
+    def current_key(self, peer_id: int) -> tuple[bytes, bool] | None:
+        trust = self.trust.of(peer_id)
+        if trust.current_key is None or trust.state is TrustState.BLOCKED:
+            return None
+        return trust.current_key, trust.state is TrustState.TRUSTED
+
     def trust_changed(self, peer_id: int, now: float) -> None:
         """A peer's key changed or came back, or the user decided about it:
         close the links trust condemns, then hold (or fail) or release its messages."""
@@ -346,6 +355,7 @@ class PeerEngine:
             self.pathfinder.abandon(peer_id)
             self.flow.pump(session, now)
             self._publish_connection(session)
+        self.groups.trust_changed(peer_id, now)
         self._publish_peers()
 
     def set_trust(self, peer_id: int, action: Action, now: float) -> JSON:

@@ -497,8 +497,10 @@ class PeerNode:
         self._flush()  # stored, then the op goes to the members
         return answer
 
-    def group_messages(self, group_id: str, limit: int = 500) -> list[JSON]:
-        return self.engine.groups.messages_json(group_id, limit)
+    def group_messages(
+        self, group_id: str, limit: int = 500, *, before: str | None = None, after: str | None = None
+    ) -> list[JSON]:
+        return self.engine.groups.messages_json(group_id, limit, before=before, after=after)
 
     def group_changes(self, group_id: str) -> list[JSON]:
         return self.engine.groups.changes_json(group_id)

@@ -657,7 +657,9 @@ async def _api_create_group(request: web.Request) -> web.Response:
 
 async def _api_group_messages(request: web.Request) -> web.Response:
     group = validate.group_id(request.match_info["id"])
-    return web.json_response(request.app[API_KEY].group_messages(group, _limit_query(request)))
+    before, after = validate.history_cursor(request.query.get("before"), request.query.get("after"))
+    page = request.app[API_KEY].group_messages(group, _limit_query(request), before=before, after=after)
+    return web.json_response(page)
 
 
 async def _api_group_changes(request: web.Request) -> web.Response:
