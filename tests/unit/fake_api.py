@@ -466,9 +466,19 @@ class FakePeerApi:
                 raise ApiError(409, f"no key known for peer {peer_id} yet: it must have been online once")
         return self.add_group(name, [m for m in members if m != self._me["id"]])
 
-    def group_messages(self, group_id: str, limit: int = 500) -> list[JSON]:
+    def group_messages(
+        self, group_id: str, limit: int = 500, *, before: str | None = None, after: str | None = None
+    ) -> list[JSON]:
         self._group(group_id)
-        return [dict(m) for m in self._group_messages[group_id][-limit:]]
+        messages = self._group_messages[group_id]
+        cursor = before or after
+        if cursor is None:
+            return [dict(m) for m in messages[-limit:]]
+        at = next((i for i, m in enumerate(messages) if m["id"] == cursor), None)
+        if at is None:
+            raise ApiError(404, f"no message {cursor} in this group")
+        chosen = messages[max(0, at - limit) : at] if before else messages[at + 1 : at + 1 + limit]
+        return [dict(m) for m in chosen]
 
     async def send_group_message(self, group_id: str, text: str) -> JSON:
         if not self._group(group_id)["member"]:
