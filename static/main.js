@@ -8,7 +8,7 @@
 
 import * as api from "./api.js";
 import { PeerSocket } from "./socket.js";
-import { findPeer, initialState, notifiesOnArrival, oldestLoaded, reachedStart, readsOnArrival, reduce, showsSafety } from "./state.js";
+import { conversationOf, findPeer, initialState, notifiesOnArrival, oldestLoaded, reachedStart, readsOnArrival, reduce, showsSafety } from "./state.js";
 import { createBannersView } from "./views/banners.js";
 import { createComposerView } from "./views/composer.js";
 import { createConversationView } from "./views/conversation.js";
@@ -60,6 +60,7 @@ function start() {
     setReadReceipts: (on) => changeSettings({ read_receipts: on }),
     search: (query) => state.selected !== null && search(state.selected, query),
     closeSearch: () => dispatch({ type: "search-closed" }),
+    jumpTo: (messageId) => jumpTo(messageId),
     closeConversation: () => {
       dispatch({ type: "conversation-closed" });
       history.replaceState(null, "", location.pathname);
@@ -251,23 +252,46 @@ function start() {
     }
   }
 
-  let olderLoading = null; // the peer whose older page is being fetched (one request at a time)
+  let olderLoading = null; // the request for the open conversation's older page (one at a time)
 
-  // The user scrolled near the top of the open conversation: fetch the page before its oldest message.
-  async function loadOlder() {
+  // The user scrolled near the top of the open conversation: fetch the page
+  // before its oldest message.  Resolves true when a page came (an empty one
+  // at the start included), false when there was nothing to ask or it failed.
+  function loadOlder() {
     const peerId = state.selected;
-    if (peerId === null || olderLoading !== null || reachedStart(state, peerId)) return;
+    if (peerId === null || reachedStart(state, peerId)) return Promise.resolve(false);
+    if (olderLoading !== null) return olderLoading;
     const before = oldestLoaded(state, peerId);
-    if (before === null) return; // the first page is not loaded yet
-    olderLoading = peerId;
-    try {
-      const messages = await api.fetchOlderMessages(peerId, before, HISTORY_PAGE);
-      dispatch({ type: "older-loaded", peer: peerId, messages, complete: messages.length < HISTORY_PAGE });
-    } catch (error) {
-      actions.showError(`Could not load older messages: ${error.message}`);
-    } finally {
-      olderLoading = null;
+    if (before === null) return Promise.resolve(false); // the first page is not loaded yet
+    olderLoading = (async () => {
+      try {
+        const messages = await api.fetchOlderMessages(peerId, before, HISTORY_PAGE);
+        dispatch({ type: "older-loaded", peer: peerId, messages, complete: messages.length < HISTORY_PAGE });
+        return true;
+      } catch (error) {
+        actions.showError(`Could not load older messages: ${error.message}`);
+        return false;
+      } finally {
+        olderLoading = null;
+      }
+    })();
+    return olderLoading;
+  }
+
+  let jumps = 0; // counts clicks on search results: a later one takes over from an earlier one
+
+  // A search result: page back until the message is loaded (so nothing is
+  // missing between it and the latest messages), then the list shows it.
+  async function jumpTo(messageId) {
+    const peerId = state.selected;
+    const jump = ++jumps;
+    const current = () => jump === jumps && state.selected === peerId;
+    while (current() && !conversationOf(state, peerId).has(messageId)) {
+      if (reachedStart(state, peerId) || !(await loadOlder())) break;
     }
+    if (!current()) return;
+    if (conversationOf(state, peerId).has(messageId)) dispatch({ type: "jumped", peer: peerId, id: messageId });
+    else actions.showError("That message is not in the loaded history (still loading, or deleted).");
   }
 
   async function reloadAll() {

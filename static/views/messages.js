@@ -21,6 +21,9 @@
 // A line names the day before each day's first message; each time's tooltip
 // is the full date.  http(s) addresses in texts are links (links.js).
 //
+// A search result the user went to (state.jump) is scrolled to the middle of
+// the list and highlighted, once its element is made.
+//
 // A message that follows one from the same side within GROUP_SECONDS is
 // "grouped" (drawn close under it).  Each message starts with who wrote it
 // for screen readers ("You:" / the peer's name), hidden on screen.
@@ -60,6 +63,7 @@ export function createMessagesView(actions, root = document) {
   let building = null;
   let lastState = null;
   let passToken = 0; // the scheduled next pass; an older schedule does nothing
+  let jumpedTo = null; // the state.jump last shown
   list.addEventListener("scroll", () => {
     if (list.scrollTop < LOAD_OLDER_PX && shownPeer !== null) actions.loadOlder();
   }, { passive: true });
@@ -84,7 +88,8 @@ export function createMessagesView(actions, root = document) {
     const start = peer !== null && reachedStart(state, peer);
     const divider = state.unreadDivider && state.unreadDivider.peer === peer ? state.unreadDivider : null;
     const readMark = peer === null ? null : findPeer(state, peer)?.read_up_to;
-    const inputsChanged = changed(memo, [peer, conversation, state.pending, state.me, state.historyLoads, start, divider, readMark]);
+    const jump = state.jump !== null && state.jump.peer === peer && state.jump !== jumpedTo ? state.jump : null;
+    const inputsChanged = changed(memo, [peer, conversation, state.pending, state.me, state.historyLoads, start, divider, readMark, jump]);
     const continuing = building;
     if (!inputsChanged && continuing === null) return;
     building = null;
@@ -141,6 +146,10 @@ export function createMessagesView(actions, root = document) {
     if (reopened) startAtDivider(list, next.get("unread"));
     if (reopened || follow) newButton.hide();
     else if (theirsAdded > 0) newButton.show();
+    if (jump !== null && next.has(`m:${jump.id}`)) {
+      jumpedTo = jump;
+      showFound(list, next.get(`m:${jump.id}`).node);
+    }
     if (toBuild.unbuilt > 0) {
       building = { reopened, follow };
       scheduleNextPass();
@@ -148,6 +157,14 @@ export function createMessagesView(actions, root = document) {
   }
 
   return { render };
+}
+
+// The message a search result points to: in the middle of the list, marked
+// (app.css) until the next one.
+function showFound(list, node) {
+  for (const old of list.querySelectorAll(".message.found")) old.classList.remove("found");
+  node.classList.add("found");
+  node.scrollIntoView({ block: "center" });
 }
 
 function isDrawn(old, item, mine, grouped) {
