@@ -23,6 +23,7 @@ import { createSearchView } from "./views/search.js";
 import { createThemeView } from "./views/theme.js";
 import { createWelcomeView } from "./views/welcome.js";
 import { createSettingsView } from "./views/settings.js";
+import { createSoundView } from "./views/sound.js";
 
 const MAX_TEXT_BYTES = 64 * 1024; // webpeer.api.MAX_TEXT_BYTES: refused here before it is sent
 const HASH_PEER = /^#peer-([1-9][0-9]{0,15})$/;
@@ -68,6 +69,7 @@ function start() {
   };
   const composer = createComposerView(actions);
   const notifications = createNotificationsView(actions);
+  const sound = createSoundView();
   const files = createFilesView(actions, api);
   const peersView = createPeersView(actions);
   const views = [
@@ -133,7 +135,10 @@ function start() {
             toldRead.add(peerId);
             tellRead(peerId);
           }
-          if (notifiesOnArrival(before, inner.message)) notifications.notify(state, inner.message);
+          if (notifiesOnArrival(before, inner.message)) {
+            notifications.notify(state, inner.message);
+            sound.ring();
+          }
         }
         break;
       }
@@ -150,7 +155,10 @@ function start() {
       default:
         break;
     }
-    if (event.type === "message" && notifiesOnArrival(before, event.message)) notifications.notify(state, event.message);
+    if (event.type === "message" && notifiesOnArrival(before, event.message)) {
+      notifications.notify(state, event.message);
+      sound.ring();
+    }
     // The safety view needs the open peer's safety number when it shows.
     if (showsSafety(state) && (state.safety === null || state.safety.peer !== state.selected)) {
       if (safetyLoading !== state.selected && safetyFailed !== state.selected) loadSafety(state.selected);

@@ -216,3 +216,44 @@ async def test_a_burst_of_1000_messages_is_drawn_in_slices_of_100_and_all_show_i
     assert await list_box.evaluate("(list) => list.scrollHeight - list.scrollTop - list.clientHeight") < 80
     await expect(page.locator(tid("unread-badge"))).to_have_count(0)  # read as they came
     assert site.errors == []
+
+
+# Counts the notes the page starts (WebAudio oscillators), before any script of the page runs.
+COUNT_NOTES = """
+window.__notes = 0;
+const realStart = OscillatorNode.prototype.start;
+OscillatorNode.prototype.start = function (...args) {
+  window.__notes += 1;
+  return realStart.apply(this, args);
+};
+"""
+
+
+async def notes(page: Page) -> int:
+    return int(await page.evaluate("window.__notes"))
+
+
+async def test_the_new_message_sound_is_off_until_ticked_then_rings_for_other_conversations(site: Site) -> None:
+    site.api.add_peer(2, "bob")
+    site.api.add_peer(3, "carol")
+    page = await site.page()
+    await page.add_init_script(COUNT_NOTES)
+    await page.reload()
+    toggle = page.locator(tid("sound-toggle"))
+    await expect(toggle).not_to_be_checked()  # off by default
+    await page.locator(peer(2)).click()
+    site.api.receive(3, "from carol, sound off")
+    await expect(page.locator(peer(3)).locator(tid("unread-badge"))).to_have_text("1")
+    assert await notes(page) == 0
+
+    await toggle.check()  # plays the chime once as a sample: two notes
+    await page.wait_for_function("() => window.__notes === 2")
+    site.api.receive(2, "from bob, read as it comes")  # the open conversation: no sound
+    await expect(page.locator(tid("message-text")).last).to_have_text("from bob, read as it comes")
+    assert await notes(page) == 2
+    site.api.receive(3, "from carol, sound on")
+    await page.wait_for_function("() => window.__notes === 4")
+
+    await page.reload()  # the choice is kept in this browser
+    await expect(page.locator(tid("sound-toggle"))).to_be_checked()
+    assert site.errors == []
