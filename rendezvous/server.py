@@ -47,6 +47,9 @@ MAX_FLUSH_BACKOFF = 30.0
 # registry call (so one call never holds the registry long).
 RELEASE_INTERVAL = 3600.0
 RELEASE_BATCH = 1000
+# Requests every online page repeats every few seconds (the peer list):
+# logged at debug, so that info shows arrivals, connects and departures.
+ROUTINE_REQUESTS = frozenset({"LIST"})
 
 
 class RendezvousServer:
@@ -368,7 +371,8 @@ class RendezvousServer:
 
     def _log(self, event: object) -> None:
         if isinstance(event, RequestReceived):
-            logger.info("Received %s Request From Client: %r%s", event.kind, event.client, event.detail)
+            level = logging.DEBUG if event.kind in ROUTINE_REQUESTS else logging.INFO
+            logger.log(level, "Received %s Request From Client: %r%s", event.kind, event.client, event.detail)
         elif isinstance(event, PeerOnline):
             logger.info("Peer %d online at %r", event.peer_id, event.address)
         elif isinstance(event, PeerOffline):
