@@ -54,6 +54,9 @@ MAX_PENDING_MAIL = 10_000
 # Mailbox messages older than the age limit are purged this often, this many per call.
 MAIL_PURGE_INTERVAL = 3600.0
 MAIL_PURGE_BATCH = 1000
+# Requests every online page repeats every few seconds (the peer list):
+# logged at debug, so that info shows arrivals, connects and departures.
+ROUTINE_REQUESTS = frozenset({"LIST"})
 
 
 class RendezvousServer:
@@ -438,7 +441,8 @@ class RendezvousServer:
 
     def _log(self, event: object) -> None:
         if isinstance(event, RequestReceived):
-            logger.info("Received %s Request From Client: %r%s", event.kind, event.client, event.detail)
+            level = logging.DEBUG if event.kind in ROUTINE_REQUESTS else logging.INFO
+            logger.log(level, "Received %s Request From Client: %r%s", event.kind, event.client, event.detail)
         elif isinstance(event, PeerOnline):
             logger.info("Peer %d online at %r", event.peer_id, event.address)
         elif isinstance(event, PeerOffline):

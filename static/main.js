@@ -8,7 +8,7 @@
 
 import * as api from "./api.js";
 import { PeerSocket } from "./socket.js";
-import { findPeer, initialState, notifiesOnArrival, oldestLoaded, reachedStart, readsOnArrival, reduce, showsSafety } from "./state.js";
+import { conversationOf, findPeer, initialState, notifiesOnArrival, oldestLoaded, reachedStart, readsOnArrival, reduce, showsSafety } from "./state.js";
 import { createBannersView } from "./views/banners.js";
 import { createComposerView } from "./views/composer.js";
 import { createConversationView } from "./views/conversation.js";
@@ -27,6 +27,7 @@ import { findGroup, isReadingGroup, newestGroupTime } from "./group_state.js";
 import { loadReadMark, saveReadMark } from "./group_reads.js";
 import { createGroupView } from "./views/group.js";
 import { createNewGroupView } from "./views/group_new.js";
+import { createSoundView } from "./views/sound.js";
 
 const MAX_TEXT_BYTES = 64 * 1024; // webpeer.api.MAX_TEXT_BYTES: refused here before it is sent
 const HASH_PEER = /^#peer-([1-9][0-9]{0,15})$/;
@@ -71,6 +72,7 @@ function start() {
     addToGroup: (groupId, peerId) => changeGroup(() => api.postGroupMembers(groupId, [peerId]), "add the member"),
     removeFromGroup: (groupId, peerId) => changeGroup(() => api.deleteGroupMember(groupId, peerId), "remove the member"),
     leaveGroup: (groupId) => changeGroup(() => api.postGroupLeave(groupId), "leave the group"),
+    jumpTo: (messageId) => jumpTo(messageId),
     closeConversation: () => {
       dispatch({ type: "conversation-closed" });
       history.replaceState(null, "", location.pathname);
@@ -78,6 +80,7 @@ function start() {
   };
   const composer = createComposerView(actions);
   const notifications = createNotificationsView(actions);
+  const sound = createSoundView();
   const files = createFilesView(actions, api);
   const peersView = createPeersView(actions);
   const groupView = createGroupView(actions);
@@ -163,7 +166,10 @@ function start() {
             toldRead.add(peerId);
             tellRead(peerId);
           }
-          if (notifiesOnArrival(before, inner.message)) notifications.notify(state, inner.message);
+          if (notifiesOnArrival(before, inner.message)) {
+            notifications.notify(state, inner.message);
+            sound.ring();
+          }
         }
         break;
       }
@@ -180,7 +186,10 @@ function start() {
       default:
         break;
     }
-    if (event.type === "message" && notifiesOnArrival(before, event.message)) notifications.notify(state, event.message);
+    if (event.type === "message" && notifiesOnArrival(before, event.message)) {
+      notifications.notify(state, event.message);
+      sound.ring();
+    }
     // The safety view needs the open peer's safety number when it shows.
     if (showsSafety(state) && (state.safety === null || state.safety.peer !== state.selected)) {
       if (safetyLoading !== state.selected && safetyFailed !== state.selected) loadSafety(state.selected);
@@ -365,23 +374,46 @@ function start() {
     }
   }
 
-  let olderLoading = null; // the peer whose older page is being fetched (one request at a time)
+  let olderLoading = null; // the request for the open conversation's older page (one at a time)
 
-  // The user scrolled near the top of the open conversation: fetch the page before its oldest message.
-  async function loadOlder() {
+  // The user scrolled near the top of the open conversation: fetch the page
+  // before its oldest message.  Resolves true when a page came (an empty one
+  // at the start included), false when there was nothing to ask or it failed.
+  function loadOlder() {
     const peerId = state.selected;
-    if (peerId === null || olderLoading !== null || reachedStart(state, peerId)) return;
+    if (peerId === null || reachedStart(state, peerId)) return Promise.resolve(false);
+    if (olderLoading !== null) return olderLoading;
     const before = oldestLoaded(state, peerId);
-    if (before === null) return; // the first page is not loaded yet
-    olderLoading = peerId;
-    try {
-      const messages = await api.fetchOlderMessages(peerId, before, HISTORY_PAGE);
-      dispatch({ type: "older-loaded", peer: peerId, messages, complete: messages.length < HISTORY_PAGE });
-    } catch (error) {
-      actions.showError(`Could not load older messages: ${error.message}`);
-    } finally {
-      olderLoading = null;
+    if (before === null) return Promise.resolve(false); // the first page is not loaded yet
+    olderLoading = (async () => {
+      try {
+        const messages = await api.fetchOlderMessages(peerId, before, HISTORY_PAGE);
+        dispatch({ type: "older-loaded", peer: peerId, messages, complete: messages.length < HISTORY_PAGE });
+        return true;
+      } catch (error) {
+        actions.showError(`Could not load older messages: ${error.message}`);
+        return false;
+      } finally {
+        olderLoading = null;
+      }
+    })();
+    return olderLoading;
+  }
+
+  let jumps = 0; // counts clicks on search results: a later one takes over from an earlier one
+
+  // A search result: page back until the message is loaded (so nothing is
+  // missing between it and the latest messages), then the list shows it.
+  async function jumpTo(messageId) {
+    const peerId = state.selected;
+    const jump = ++jumps;
+    const current = () => jump === jumps && state.selected === peerId;
+    while (current() && !conversationOf(state, peerId).has(messageId)) {
+      if (reachedStart(state, peerId) || !(await loadOlder())) break;
     }
+    if (!current()) return;
+    if (conversationOf(state, peerId).has(messageId)) dispatch({ type: "jumped", peer: peerId, id: messageId });
+    else actions.showError("That message is not in the loaded history (still loading, or deleted).");
   }
 
   async function reloadAll() {

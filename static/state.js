@@ -13,7 +13,7 @@
 //   send-withdrawn, history-loaded, reloaded, socket-opened, socket-closed,
 //   signed-out, error-shown, error-dismissed, safety-loaded, safety-toggled,
 //   older-loaded, settings-loaded, filter-changed, search-done, search-closed,
-//   conversation-closed.
+//   conversation-closed, jumped.
 // Also from the websocket: read-up-to (the peer has read our messages up to one);
 // and from socket.js, message-burst: a run of message events from one frame.
 // A new feature adds its cases to HANDLERS below; unknown events change nothing
@@ -48,6 +48,7 @@ export function initialState({ selected = null, visible = true } = {}) {
     filter: "", // the peer list's filter box
     search: null, // {peer, query, results} of the open conversation's search, or null
     ...initialGroupState(),
+    jump: null, // {peer, id, count}: the search result the user went to (count tells two jumps apart)
   };
 }
 
@@ -458,6 +459,12 @@ function searchDone(state, event) {
   return { ...state, search: { peer: event.peer, query: event.query, results: event.results } };
 }
 
+// A search result was clicked and its message is loaded: the list shows it.
+function jumped(state, event) {
+  const count = (state.jump?.count ?? 0) + 1;
+  return { ...state, jump: { peer: event.peer, id: event.id, count } };
+}
+
 function filterChanged(state, event) {
   return state.filter === event.filter ? state : { ...state, filter: String(event.filter) };
 }
@@ -503,6 +510,7 @@ const HANDLERS = new Map([
   ["settings-loaded", settingsLoaded],
   ["filter-changed", filterChanged],
   ["search-done", searchDone],
+  ["jumped", jumped],
   ["conversation-closed", (state) => (state.selected === null ? state : {
     ...state, selected: null, safety: null, safetyOpen: false, search: null, unreadDivider: null,
   })],

@@ -215,10 +215,14 @@ async def start_site(app: web.Application, port: int | None = None) -> web.AppRu
 
 
 class _AccessLogger(AbstractAccessLogger):
-    """Method, path and status only: the default format would log ``?token=``."""
+    """Method, path and status only: the default format would log ``?token=``.
+    A GET or HEAD that worked (the page, its scripts, its polling of the API)
+    is routine and logged at debug; changes and failures at info."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info("%s %s %s %.1fms", request.method, request.path, response.status, time * 1000)
+        routine = request.method in ("GET", "HEAD") and response.status < 400
+        level = logging.DEBUG if routine else logging.INFO
+        self.logger.log(level, "%s %s %s %.1fms", request.method, request.path, response.status, time * 1000)
 
 
 # ---------------------------------------------------------------- checks

@@ -347,3 +347,13 @@ test("a message-burst leaves the state as its messages one by one would", () => 
   assert.equal(mixed.pending.size, 0);
   assert.equal(picture(mixed), picture(withMine.reduce(reduce, pendingStart)));
 });
+
+test("a jump to a search result names the peer and message, and each jump is new", () => {
+  const start = reduce(initialState(), { type: "hello", me: { id: 1 }, peers: [peer(2)] });
+  const first = reduce(start, { type: "jumped", peer: 2, id: "m5" });
+  assert.deepEqual(first.jump, { peer: 2, id: "m5", count: 1 });
+  const again = reduce(first, { type: "jumped", peer: 2, id: "m5" });
+  assert.notEqual(again.jump, first.jump); // the same message again is shown again
+  assert.equal(again.jump.count, 2);
+  assert.equal(start.jump, null);
+});
