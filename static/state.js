@@ -119,7 +119,7 @@ export function displayName(peer) {
 
 /** Our message the peer has read (its read mark is at or after the message's time). */
 export function readByPeer(state, message) {
-  if (!isMine(state, message) || (message.status !== "sent" && message.status !== "delivered")) return false;
+  if (!isMine(state, message) || !["sent", "stored", "delivered"].includes(message.status)) return false;
   const mark = findPeer(state, message.peer)?.read_up_to;
   return Boolean(mark) && message.time <= mark.time;
 }

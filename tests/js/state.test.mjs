@@ -303,6 +303,19 @@ test("read-up-to marks our messages up to its time as read, and never moves back
   assert.equal(readByPeer(state, failed), false);
 });
 
+test("a message stored on the server is read once the receipt covers it, even before its ack", () => {
+  const state = run(
+    greeted(),
+    { type: "history-loaded", peer: 2, since: 0, messages: [
+      msg("s", 1, 2, "left in the mailbox", { status: "stored", time: 100 }),
+      msg("q", 1, 2, "still queued", { status: "queued", time: 110 }),
+    ] },
+    { type: "read-up-to", peer: 2, id: "q", time: 110 },
+  );
+  assert.equal(readByPeer(state, conversationOf(state, 2).get("s")), true);
+  assert.equal(readByPeer(state, conversationOf(state, 2).get("q")), false); // never left us: not read
+});
+
 test("the filter matches nickname, name and #id, every word", () => {
   let state = run(initialState(), { type: "hello", me: ALICE, peers: [
     peer(2, "bob", { nickname: "Bobby Tables" }), peer(3, "carol"), peer(23, "dave"),
