@@ -19,7 +19,9 @@ JSON shapes (also documented in the README):
                "nickname": str|null (the user's own name for it, stored locally),
                "read_up_to": null | {"id", "time"} (the latest of our messages it has read:
                              every one of ours up to that time is read),
-               "last_seen": float|null (unix seconds: when its key last reached us)}
+               "last_seen": float|null (unix seconds: when its key last reached us),
+               "auto_accept_bytes": int (its file offers up to this size are accepted
+                             without asking; 0: each waits for the user)}
     settings: {"read_receipts": bool (tell peers what we read; default true)}
     message:  {"id": str, "peer": int, "from": int, "to": int, "text": str,
                "status": "queued"|"sending"|"sent"|"delivered"|"failed"|"held"|"received",
@@ -167,6 +169,11 @@ class PeerApi(Protocol):
 
     def set_nickname(self, peer_id: int, nickname: str | None) -> None:
         """The user's own name for a peer (None: forget it); a "peers" event follows."""
+        ...
+
+    def set_auto_accept(self, peer_id: int, max_bytes: int) -> None:
+        """Accept the peer's file offers of at most ``max_bytes`` without
+        asking (0: ask for each); a "peers" event follows."""
         ...
 
     def settings(self) -> JSON:

@@ -137,6 +137,9 @@ class FileHistory(Protocol):
 
     def active_files(self) -> list[FileRecord]: ...
 
+    def auto_accept(self, peer_id: int) -> int:
+        """The size up to which the peer's offers are accepted without the user (0: none)."""
+
 
 class FileContext(Protocol):
     """What the file transfers may ask of the engine."""
@@ -234,14 +237,18 @@ class FileTransfers:
         if record.status != FileStatus.OFFERED:
             raise ApiError(409, f"the file is {record.status} already")
         try:
-            record.path = self.storage.create(record.name)
+            self._accept(record, now)
         except OSError as error:
             raise ApiError(507, f"cannot create the file: {error.strerror or error}") from None
+        self._send(record.peer, {"t": ACCEPT, "id": record.id, "offset": 0}, now)
+        return record
+
+    def _accept(self, record: FileRecord, now: float) -> None:
+        """Create the received file (raises OSError if it cannot be); the caller asks for it."""
+        record.path = self.storage.create(record.name)
         record.status = FileStatus.ACCEPTED
         self.history.update_file(record)
         self._publish(record, "accepted", now)
-        self._send(record.peer, {"t": ACCEPT, "id": record.id, "offset": 0}, now)
-        return record
 
     def cancel(self, file_id: str, now: float) -> FileRecord:
         record = self._active.get(file_id)
@@ -366,6 +373,17 @@ class FileTransfers:
         self.history.add_file(record)
         self._active[file_id] = record
         self._publish(record, "offer", now)
+        limit = self.history.auto_accept(peer)
+        if limit and size <= limit:
+            # The user accepts this peer's files up to that size (its contact
+            # settings): no question asked.
+            try:
+                self._accept(record, now)
+            except OSError as error:
+                logger.warning("cannot create auto-accepted file %s: %s; the offer waits for the user", file_id, error)
+                return
+            self.stats["files_auto_accepted"] += 1
+            link.send_frame({"t": ACCEPT, "id": file_id, "offset": 0}, now)
 
     def _answer_repeated_offer(self, link: PeerLink, record: FileRecord, now: float) -> None:
         if record.status == FileStatus.ACCEPTED:

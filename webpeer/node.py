@@ -438,6 +438,10 @@ class PeerNode:
         self.engine.set_nickname(peer_id, nickname)
         self._publish_events()
 
+    def set_auto_accept(self, peer_id: int, max_bytes: int) -> None:
+        self.engine.set_auto_accept(peer_id, max_bytes)
+        self._publish_events()
+
     def settings(self) -> JSON:
         return self.store.settings()
 

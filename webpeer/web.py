@@ -165,6 +165,7 @@ def create_app(config: WebConfig, api: PeerApi) -> web.Application:
     app.router.add_post("/api/peers/{id}/read", _api_read)
     app.router.add_post("/api/peers", _api_add_contact)
     app.router.add_put("/api/peers/{id}/nickname", _api_nickname)
+    app.router.add_put("/api/peers/{id}/settings", _api_peer_settings)
     app.router.add_get("/api/settings", _api_settings)
     app.router.add_get("/api/search", _api_search)
     app.router.add_put("/api/settings", _api_set_settings)
@@ -486,6 +487,18 @@ async def _api_nickname(request: web.Request) -> web.Response:
     peer = validate.peer_id(request.match_info["id"], "peer id", from_url=True)
     body = await _read_json(request)
     request.app[API_KEY].set_nickname(peer, validate.nickname(body.get("nickname")))
+    return web.Response(status=204)
+
+
+async def _api_peer_settings(request: web.Request) -> web.Response:
+    """``{"auto_accept_bytes": N}``: the peer's file offers up to N bytes are
+    accepted without asking (0 or null: each waits for the user)."""
+    peer = validate.peer_id(request.match_info["id"], "peer id", from_url=True)
+    body = await _read_json(request)
+    unknown = sorted(set(body) - {"auto_accept_bytes"})
+    if unknown or "auto_accept_bytes" not in body:
+        raise ApiError(400, f"peer settings: only auto_accept_bytes (not {', '.join(unknown)[:80] or 'nothing'})")
+    request.app[API_KEY].set_auto_accept(peer, validate.auto_accept_bytes(body["auto_accept_bytes"]))
     return web.Response(status=204)
 
 

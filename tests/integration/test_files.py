@@ -232,3 +232,24 @@ async def test_a_relayed_transfer_completes(nodes, web) -> None:
     assert b.peer_state(a.registration.peer_id).relayed
     response = await client_b.get(f"/api/files/{sent['id']}", headers=BEARER)
     assert await response.read() == content
+
+
+async def test_a_peers_auto_accept_size_is_set_through_the_api_and_its_files_need_no_accept(nodes, web) -> None:
+    a, b = await connected_pair(nodes)
+    client_a, client_b = await web(a), await web(b)
+    a_id = a.registration.peer_id
+    response = await client_b.put(f"/api/peers/{a_id}/settings", json={"auto_accept_bytes": 50_000}, headers=BEARER)
+    assert response.status == 204, await response.text()
+    response = await client_b.get("/api/peers", headers=BEARER)
+    [listed] = [p for p in await response.json() if p["id"] == a_id]
+    assert listed["auto_accept_bytes"] == 50_000
+    for bad in ({"auto_accept_bytes": -1}, {"auto_accept_bytes": "5"}, {"auto_accept_bytes": True}, {"other": 1}):
+        response = await client_b.put(f"/api/peers/{a_id}/settings", json=bad, headers=BEARER)
+        assert response.status == 400, bad
+    small, big = os.urandom(50_000), os.urandom(50_001)
+    sent = await send_files(client_a, b.registration.peer_id, [("s.bin", small, "x/y"), ("b.bin", big, "x/y")])
+    await wait_for(lambda: status_of(b, sent[0]["id"]) == "complete", DEADLINE, "the small file, by itself")
+    await wait_for(lambda: status_of(b, sent[1]["id"]) == "offered", DEADLINE, "the big offer")
+    response = await client_b.get(f"/api/files/{sent[0]['id']}", headers=BEARER)
+    assert await response.read() == small
+    assert status_of(b, sent[1]["id"]) == "offered"  # over the size: the user decides

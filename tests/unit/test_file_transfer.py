@@ -294,6 +294,58 @@ def test_a_file_for_an_id_the_server_never_assigned_fails(net: PeerNet) -> None:
     assert alice.store.get_file(record.id).error == "unknown peer 99"  # type: ignore[union-attr]
 
 
+# ------------------------------------------------------------ auto-accept
+
+
+def test_offers_up_to_the_peers_auto_accept_size_are_accepted_without_the_user(net: PeerNet) -> None:
+    alice, bob = pair(net)
+    bob.engine.set_auto_accept(alice.peer_id, 100_000)
+    at_limit, small, big = content_of(100_000), content_of(5_000), content_of(100_001)
+    at_id, small_id, big_id = (offer(alice, bob, n, c) for n, c in (("a", at_limit), ("b", small), ("c", big)))
+    net.run_until(lambda: status(alice, at_id) == "complete" and status(alice, small_id) == "complete", 20)
+    assert stored(bob, at_id) == at_limit and stored(bob, small_id) == small
+    assert [e.kind for e in file_events(bob, small_id)][:2] == ["offer", "accepted"]
+    net.run(1)
+    assert status(bob, big_id) == "offered" and status(alice, big_id) == "offered"  # one byte over: the user decides
+    assert bob.engine.stats["files_auto_accepted"] == 2
+
+
+def test_auto_accept_is_per_peer_stored_and_zero_turns_it_off(net: PeerNet) -> None:
+    alice, bob = pair(net)
+    carol = net.add("carol")
+    net.run_until(lambda: carol.engine.my_id is not None, 2)
+    bob.engine.set_auto_accept(alice.peer_id, 1_000_000)
+    assert bob.store.auto_accept(alice.peer_id) == 1_000_000 and bob.store.auto_accept(carol.peer_id) == 0
+    [listed] = [p for p in bob.engine.peers_json() if p["id"] == alice.peer_id]
+    assert listed["auto_accept_bytes"] == 1_000_000
+    from_carol = offer(carol, bob, "c.bin", content_of(1_000))
+    net.run_until(lambda: status(bob, from_carol) == "offered", 5)
+    net.run(1)
+    assert status(bob, from_carol) == "offered"  # carol's files still ask
+    bob.engine.set_auto_accept(alice.peer_id, 0)
+    assert bob.store.auto_accept(alice.peer_id) == 0
+    from_alice = offer(alice, bob, "a.bin", content_of(1_000))
+    net.run_until(lambda: status(bob, from_alice) == "offered", 5)
+    net.run(1)
+    assert status(bob, from_alice) == "offered"
+
+
+def test_an_auto_accepted_file_that_cannot_be_created_waits_for_the_user(
+    net: PeerNet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, bob = pair(net)
+    bob.engine.set_auto_accept(alice.peer_id, 10_000)
+
+    def no_room(name: str) -> str:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bob.files, "create", no_room)
+    file_id = offer(alice, bob, "x.bin", content_of(1_000))
+    net.run_until(lambda: status(bob, file_id) == "offered", 5)
+    net.run(1)
+    assert status(bob, file_id) == "offered" and status(alice, file_id) == "offered"
+
+
 # ------------------------------------------------------------ resume
 
 
