@@ -28,7 +28,7 @@ JSON shapes (also documented in the README):
                "time": float (unix seconds), "error": str|null,
                "key_changed": bool (received from a new key before the user accepted it)}
     file:     {"id": str (32 hex), "peer": int, "direction": "in"|"out", "name": str, "size": int,
-               "sha256": str, "mime": str, "status": "offered"|"accepted"|"complete"|"failed"|"cancelled",
+               "sha256": str, "mime": str, "status": "offered"|"accepted"|"paused"|"complete"|"failed"|"cancelled",
                "bytes": int (received, or sent and acknowledged), "error": str|null, "time": float}
     safety:   {"peer": int, "safety_number": "12 groups of 5 digits", "my_fingerprint": str,
                "their_fingerprint": str (the key the registry gives now),
@@ -218,6 +218,11 @@ class PeerApi(Protocol):
 
     async def cancel_file(self, file_id: str) -> JSON:
         """ApiError 404 unknown, 409 finished already."""
+        ...
+
+    async def retry_file(self, file_id: str) -> JSON:
+        """Go on with a file paused by the receiver's full disk.  ApiError
+        404 unknown, 409 not paused."""
         ...
 
     def files(self, peer_id: int | None = None, limit: int = 500) -> list[JSON]: ...

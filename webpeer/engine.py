@@ -591,6 +591,7 @@ class PeerEngine:
         """Act on everything that came in: the node runs this inside one
         history transaction, and then calls :meth:`committed`."""
         self._process_mark = len(self._events)
+        self.files.save_again()
         for _ in range(MAX_FLUSH_ROUNDS):
             busy = self._drain_registration(now)
             busy |= self._drain_links(now)
@@ -610,6 +611,7 @@ class PeerEngine:
         for link, frames in self.flow.take_after_commit().items():
             if link.state is LinkState.READY:
                 link.send_frames(frames, now)
+        self.files.committed(now)
         self.groups.committed(now)
 
     def rolled_back(self) -> None:
@@ -620,6 +622,7 @@ class PeerEngine:
             del self._events[self._process_mark :]
             self._process_mark = None
         self.flow.rolled_back()
+        self.files.rolled_back()
         self.trust.rolled_back()
         self.groups.rolled_back()
         self.publish(Resync())

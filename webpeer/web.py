@@ -177,6 +177,7 @@ def create_app(config: WebConfig, api: PeerApi) -> web.Application:
     app.router.add_get("/api/files/{id}", _api_file)
     app.router.add_post("/api/files/{id}/accept", _api_file_accept)
     app.router.add_post("/api/files/{id}/cancel", _api_file_cancel)
+    app.router.add_post("/api/files/{id}/retry", _api_file_retry)
     app.router.add_get("/api/groups", _api_groups)
     app.router.add_post("/api/groups", _api_create_group)
     app.router.add_get("/api/groups/{id}/messages", _api_group_messages)
@@ -641,6 +642,10 @@ async def _api_file_accept(request: web.Request) -> web.Response:
 
 async def _api_file_cancel(request: web.Request) -> web.Response:
     return web.json_response(await request.app[API_KEY].cancel_file(request.match_info["id"]))
+
+
+async def _api_file_retry(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[API_KEY].retry_file(request.match_info["id"]))
 
 
 # ---------------------------------------------------------------- groups

@@ -379,6 +379,9 @@ class FakePeerApi:
     async def cancel_file(self, file_id: str) -> JSON:
         raise ApiError(404, "no such file")
 
+    async def retry_file(self, file_id: str) -> JSON:
+        raise ApiError(404, "no such file")
+
     def file_download(self, file_id: str) -> Any:
         raise ApiError(404, "no such file")
 
