@@ -595,6 +595,10 @@ class FileTransfers:
         """Our disk is full: stop the sender (at once: the frame announces
         nothing stored, and the history may not commit on a full disk)."""
         self.stats["files_paused_disk_full"] += 1
+        # A file_accept for it still held for the commit would overtake the
+        # pause and start the sender again: it is void now.
+        for frames in self._after_commit.values():
+            frames[:] = [f for f in frames if not (f["t"] == ACCEPT and f["id"] == record.id)]
         if link.state is LinkState.READY:
             link.send_frame({"t": PAUSE, "id": record.id, "reason": DISK_FULL}, now)
         self._paused(record, DISK_FULL, now)
