@@ -119,6 +119,11 @@ export function putNickname(peerId, nickname) {
   return postJson(`/api/peers/${encodeURIComponent(peerId)}/nickname`, { nickname }, "PUT");
 }
 
+/** A peer's settings: `{auto_accept_bytes}` (its files up to that size need no accept; 0: ask). */
+export function putPeerSettings(peerId, settings) {
+  return postJson(`/api/peers/${encodeURIComponent(peerId)}/settings`, settings, "PUT");
+}
+
 /** The latest messages with the peer having every word of `query`, newest first. */
 export function fetchSearch(query, peerId, limit = 50) {
   const params = new URLSearchParams({ q: query, limit: String(limit) });

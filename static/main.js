@@ -62,6 +62,7 @@ function start() {
     loadOlder: () => loadOlder(),
     addContact: (peerId) => addContact(peerId),
     rename: (peerId, nickname) => rename(peerId, nickname),
+    setAutoAccept: (peerId, bytes) => setAutoAccept(peerId, bytes),
     filter: (text) => dispatch({ type: "filter-changed", filter: text }),
     setReadReceipts: (on) => changeSettings({ read_receipts: on }),
     search: (query) => state.selected !== null && search(state.selected, query),
@@ -337,6 +338,14 @@ function start() {
       await api.putNickname(peerId, nickname); // the "peers" event brings the new name
     } catch (error) {
       actions.showError(`Could not rename: ${error.message}`);
+    }
+  }
+
+  async function setAutoAccept(peerId, bytes) {
+    try {
+      await api.putPeerSettings(peerId, { auto_accept_bytes: bytes }); // a "peers" event follows
+    } catch (error) {
+      actions.showError(`Could not change the file setting: ${error.message}`);
     }
   }
 

@@ -19,14 +19,16 @@ JSON shapes (also documented in the README):
                "nickname": str|null (the user's own name for it, stored locally),
                "read_up_to": null | {"id", "time"} (the latest of our messages it has read:
                              every one of ours up to that time is read),
-               "last_seen": float|null (unix seconds: when its key last reached us)}
+               "last_seen": float|null (unix seconds: when its key last reached us),
+               "auto_accept_bytes": int (its file offers up to this size are accepted
+                             without asking; 0: each waits for the user)}
     settings: {"read_receipts": bool (tell peers what we read; default true)}
     message:  {"id": str, "peer": int, "from": int, "to": int, "text": str,
                "status": "queued"|"sending"|"sent"|"delivered"|"failed"|"held"|"received",
                "time": float (unix seconds), "error": str|null,
                "key_changed": bool (received from a new key before the user accepted it)}
     file:     {"id": str (32 hex), "peer": int, "direction": "in"|"out", "name": str, "size": int,
-               "sha256": str, "mime": str, "status": "offered"|"accepted"|"complete"|"failed"|"cancelled",
+               "sha256": str, "mime": str, "status": "offered"|"accepted"|"paused"|"complete"|"failed"|"cancelled",
                "bytes": int (received, or sent and acknowledged), "error": str|null, "time": float}
     safety:   {"peer": int, "safety_number": "12 groups of 5 digits", "my_fingerprint": str,
                "their_fingerprint": str (the key the registry gives now),
@@ -171,6 +173,11 @@ class PeerApi(Protocol):
         """The user's own name for a peer (None: forget it); a "peers" event follows."""
         ...
 
+    def set_auto_accept(self, peer_id: int, max_bytes: int) -> None:
+        """Accept the peer's file offers of at most ``max_bytes`` without
+        asking (0: ask for each); a "peers" event follows."""
+        ...
+
     def settings(self) -> JSON:
         """The <settings>."""
         ...
@@ -213,6 +220,11 @@ class PeerApi(Protocol):
 
     async def cancel_file(self, file_id: str) -> JSON:
         """ApiError 404 unknown, 409 finished already."""
+        ...
+
+    async def retry_file(self, file_id: str) -> JSON:
+        """Go on with a file paused by the receiver's full disk.  ApiError
+        404 unknown, 409 not paused."""
         ...
 
     def files(self, peer_id: int | None = None, limit: int = 500) -> list[JSON]: ...

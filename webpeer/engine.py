@@ -405,9 +405,11 @@ class PeerEngine:
         strangers = [entry for peer_id, entry in self.directory.items() if peer_id not in self.peer_states]
         nicknames = self.history.nicknames()
         read_marks = self.history.read_marks()
+        auto_accepts = self.history.auto_accepts()
         for peer in out:
             peer["nickname"] = nicknames.get(peer["id"])
             peer["read_up_to"] = read_marks.get(peer["id"])
+            peer["auto_accept_bytes"] = auto_accepts.get(peer["id"], 0)
         if strangers:
             for entry in strangers:
                 out.append(
@@ -424,6 +426,7 @@ class PeerEngine:
                         "nickname": nicknames.get(entry.peer_id),
                         "read_up_to": None,
                         "last_seen": None,
+                        "auto_accept_bytes": auto_accepts.get(entry.peer_id, 0),
                     }
                 )
             out.sort(key=lambda peer: int(peer["id"]))
@@ -514,6 +517,12 @@ class PeerEngine:
     def set_nickname(self, peer_id: int, nickname: str | None) -> None:
         """The user's own name for a peer (None: forget it); the peer list shows it."""
         self.history.set_nickname(peer_id, nickname)
+        self._publish_peers()
+
+    def set_auto_accept(self, peer_id: int, max_bytes: int) -> None:
+        """Accept the peer's file offers up to ``max_bytes`` without the user
+        (0: ask for each); the peer list shows it."""
+        self.history.set_auto_accept(peer_id, max_bytes)
         self._publish_peers()
 
     def expire_queued(self, older_than: float, now: float) -> None:
@@ -628,6 +637,7 @@ class PeerEngine:
         """Act on everything that came in: the node runs this inside one
         history transaction, and then calls :meth:`committed`."""
         self._process_mark = len(self._events)
+        self.files.save_again()
         for _ in range(MAX_FLUSH_ROUNDS):
             busy = self._drain_registration(now)
             busy |= self._drain_links(now)
@@ -648,6 +658,7 @@ class PeerEngine:
         for link, frames in self.flow.take_after_commit().items():
             if link.state is LinkState.READY:
                 link.send_frames(frames, now)
+        self.files.committed(now)
         self.groups.committed(now)
         self.mailbox.committed(now)
 
@@ -659,6 +670,7 @@ class PeerEngine:
             del self._events[self._process_mark :]
             self._process_mark = None
         self.flow.rolled_back()
+        self.files.rolled_back()
         self.trust.rolled_back()
         self.groups.rolled_back()
         self.mailbox.rolled_back()

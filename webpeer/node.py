@@ -40,7 +40,7 @@ from .portmap import Mapping
 from .portmapper import PortMapper
 from .quota import QuotaConfig
 from .registration import RegistrationMachine, RegState
-from .store import Store, StoreError
+from .store import FileRecord, Store, StoreError
 from .trust import Action
 
 logger = logging.getLogger("webpeer")
@@ -385,20 +385,37 @@ class PeerNode:
             raise
         self.file_store.release(path)
         mime = mime if mime and len(mime) <= 127 else DEFAULT_MIME
-        with self.store.batch():
-            record = self.engine.files.offer(to, name, path, size, digest.hexdigest(), mime, self.clock())
+        try:
+            with self.store.batch():
+                record = self.engine.files.offer(to, name, path, size, digest.hexdigest(), mime, self.clock())
+        except BaseException:
+            self.engine.rolled_back()  # the offer is written again by the next flush, then goes
+            self._publish_events()
+            raise
         self._flush()
         return record.to_json()
 
     async def accept_file(self, file_id: str) -> JSON:
-        with self.store.batch():
-            record = self.engine.files.accept(validate_file_id(file_id), self.clock())
-        self._flush()
-        return record.to_json()
+        return self._file_action(self.engine.files.accept, file_id)
 
     async def cancel_file(self, file_id: str) -> JSON:
-        with self.store.batch():
-            record = self.engine.files.cancel(validate_file_id(file_id), self.clock())
+        return self._file_action(self.engine.files.cancel, file_id)
+
+    async def retry_file(self, file_id: str) -> JSON:
+        return self._file_action(self.engine.files.retry, file_id)
+
+    def _file_action(self, action: Callable[[str, float], FileRecord], file_id: str) -> JSON:
+        """One commit for the page's decision, then a flush sends its frames
+        (file_transfer.py holds them until a commit holds the decision)."""
+        try:
+            with self.store.batch():
+                record = action(validate_file_id(file_id), self.clock())
+        except ApiError:
+            raise  # refused before anything was written
+        except BaseException:
+            self.engine.rolled_back()  # written again by the next flush
+            self._publish_events()
+            raise
         self._flush()
         return record.to_json()
 
@@ -441,6 +458,10 @@ class PeerNode:
 
     def set_nickname(self, peer_id: int, nickname: str | None) -> None:
         self.engine.set_nickname(peer_id, nickname)
+        self._publish_events()
+
+    def set_auto_accept(self, peer_id: int, max_bytes: int) -> None:
+        self.engine.set_auto_accept(peer_id, max_bytes)
         self._publish_events()
 
     def settings(self) -> JSON:

@@ -301,6 +301,15 @@ CREATE TABLE IF NOT EXISTS group_messages (
 );
 CREATE INDEX IF NOT EXISTS group_messages_group ON group_messages (group_id)
 """
+# Files (webpeer/file_transfer.py): per peer, the size up to which its offers
+# are accepted without asking the user (no row: every offer waits for the
+# user).  Additive: no version change.
+_FILE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS auto_accept (
+    peer_id   INTEGER PRIMARY KEY,
+    max_bytes INTEGER NOT NULL
+)
+"""
 # The tables after blocked_keys are new in files of version 2 and need no
 # migration: _SCHEMA (CREATE ... IF NOT EXISTS) runs at every open.
 #   nicknames:  the user's own names for peers, shown instead of theirs.
@@ -517,7 +526,7 @@ class Store:
             raise StoreError(f"cannot create {self._path}: {exc}") from exc
         self._conn = open_database(
             self._path,
-            schema=_SCHEMA + ";" + _GROUP_SCHEMA,
+            schema=_SCHEMA + ";" + _GROUP_SCHEMA + ";" + _FILE_SCHEMA,
             version=SCHEMA_VERSION,
             error=StoreError,
             what="store",
@@ -1072,12 +1081,40 @@ class Store:
         return [_file(row) for row in reversed(rows)]
 
     def active_files(self) -> list[FileRecord]:
-        """Files not finished yet (offered or transferring)."""
+        """Files not finished yet (offered, transferring, or paused by a full disk)."""
         with self._read() as conn:
             rows = conn.execute(
-                f"SELECT {_FILE_COLUMNS} FROM files WHERE status IN ('offered', 'accepted') ORDER BY time"
+                f"SELECT {_FILE_COLUMNS} FROM files WHERE status IN ('offered', 'accepted', 'paused') ORDER BY time"
             ).fetchall()
         return [_file(row) for row in rows]
+
+    def set_auto_accept(self, peer_id: int, max_bytes: int | None) -> None:
+        """Accept ``peer_id``'s offers of at most ``max_bytes`` without
+        asking the user; None (or 0) asks for every one again."""
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0):
+            raise StoreError("max_bytes must be a non-negative int or None")
+        with self._write() as conn:
+            if max_bytes:
+                conn.execute(
+                    "INSERT INTO auto_accept (peer_id, max_bytes) VALUES (?, ?)"
+                    " ON CONFLICT (peer_id) DO UPDATE SET max_bytes = excluded.max_bytes",
+                    (peer_id, max_bytes),
+                )
+            else:
+                conn.execute("DELETE FROM auto_accept WHERE peer_id = ?", (peer_id,))
+
+    def auto_accept(self, peer_id: int) -> int:
+        """The size up to which ``peer_id``'s offers are accepted by
+        themselves; 0: none is."""
+        with self._read() as conn:
+            row = conn.execute("SELECT max_bytes FROM auto_accept WHERE peer_id = ?", (peer_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def auto_accepts(self) -> dict[int, int]:
+        """Every peer with an auto-accept size: peer id -> bytes."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT peer_id, max_bytes FROM auto_accept").fetchall()
+        return {peer_id: max_bytes for peer_id, max_bytes in rows}
 
     # -- groups (webpeer/groups.py) ---------------------------------------
 

@@ -88,8 +88,16 @@ async def test_a_receiver_killed_half_way_resumes_after_restart(nodes, tmp_path:
     process, base = await start_receiver(rendezvous.address, data_dir, log)
     try:
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
-            async with http.get(f"{base}/api/me") as response:
-                me = await response.json()
+            # Its id once it has registered (a loaded machine may take a while):
+            # asking the sender about an id of None would make a session for None.
+            deadline = asyncio.get_running_loop().time() + DEADLINE
+            while True:
+                async with http.get(f"{base}/api/me") as response:
+                    me = await response.json()
+                if me["id"] is not None:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, "the receiver did not register"
+                await asyncio.sleep(0.05)
             receiver_id = await wait_for(lambda: sender.peer_state(me["id"]).online and me["id"], DEADLINE, "listed")
 
             async def chunks():

@@ -74,6 +74,7 @@ class FakePeerApi:
             "nickname": None,
             "read_up_to": None,
             "last_seen": None if online else time.time() - 3600,
+            "auto_accept_bytes": 0,
         }
         self._peers[peer_id] = peer
         self._keys[peer_id] = [hashlib.sha256(f"{peer_id}:{name}".encode()).digest()]
@@ -296,6 +297,11 @@ class FakePeerApi:
             self._peers[peer_id]["nickname"] = nickname
             self.publish({"type": "peers", "peers": self.peers_json()})
 
+    def set_auto_accept(self, peer_id: int, max_bytes: int) -> None:
+        if peer_id in self._peers:
+            self._peers[peer_id]["auto_accept_bytes"] = max_bytes
+            self.publish({"type": "peers", "peers": self.peers_json()})
+
     def settings(self) -> JSON:
         return dict(self._settings)
 
@@ -375,6 +381,9 @@ class FakePeerApi:
         raise ApiError(404, "no such file")
 
     async def cancel_file(self, file_id: str) -> JSON:
+        raise ApiError(404, "no such file")
+
+    async def retry_file(self, file_id: str) -> JSON:
         raise ApiError(404, "no such file")
 
     def file_download(self, file_id: str) -> Any:
