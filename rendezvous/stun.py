@@ -100,6 +100,7 @@ class Attr(enum.IntEnum):
     PUNCH_KEY = 0x400B
     WATCH_IDS = 0x400C
     OFFLINE_IDS = 0x400D
+    UNWATCH_IDS = 0x400E
     # comprehension-optional
     SOFTWARE = 0x8022
     RESPONSE_ORIGIN = 0x802B  # RFC 5780
@@ -329,7 +330,8 @@ def unpack_peer_entry(value: bytes, tid: bytes) -> PeerEntry:
     return PeerEntry(peer_id, online_since, public_key, unpack_text(value[PEER_ENTRY_FIXED.size :], tid))
 
 
-# WATCH-IDS and OFFLINE-IDS: u32 peer ids back to back.  A WATCH carries at
+# WATCH-IDS, UNWATCH-IDS and OFFLINE-IDS: u32 peer ids back to back (at most
+# MAX_IDS_PER_ATTRIBUTE: UNWATCH-IDS adds nothing to the answer).  A WATCH carries at
 # most MAX_WATCH_IDS: its answer has a PEER-ENTRY (up to 112 bytes with the
 # TLV header) for each one online, and ten of those fit in MAX_REPLY_BYTES.
 MAX_WATCH_IDS = 10
@@ -386,6 +388,7 @@ ATTRIBUTES: dict[int, AttributeSpec] = {
     Attr.PUNCH_KEY: AttributeSpec("PUNCH-KEY", pack_bytes, unpack_bytes, PUNCH_KEY_LENGTH, PUNCH_KEY_LENGTH),
     Attr.WATCH_IDS: AttributeSpec("WATCH-IDS", pack_id_list, unpack_id_list, 4, 4 * MAX_IDS_PER_ATTRIBUTE),
     Attr.OFFLINE_IDS: AttributeSpec("OFFLINE-IDS", pack_id_list, unpack_id_list, 4, 4 * MAX_IDS_PER_ATTRIBUTE),
+    Attr.UNWATCH_IDS: AttributeSpec("UNWATCH-IDS", pack_id_list, unpack_id_list, 4, 4 * MAX_IDS_PER_ATTRIBUTE),
     Attr.SOFTWARE: AttributeSpec("SOFTWARE", pack_text, unpack_text, 0, 763),
     Attr.RESPONSE_ORIGIN: AttributeSpec("RESPONSE-ORIGIN", pack_address, unpack_address, 8, 20),
     Attr.OTHER_ADDRESS: AttributeSpec("OTHER-ADDRESS", pack_address, unpack_address, 8, 20),

@@ -734,6 +734,14 @@ class Store:
             ).fetchone()
         return None if row is None else _message(row)
 
+    def last_activity(self) -> dict[int, float]:
+        """peer -> the time of its latest message (either way), for every peer
+        with one: which contacts the presence subscription keeps when there
+        are more than the server watches."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT peer, MAX(time) FROM messages GROUP BY peer").fetchall()
+        return {int(peer): float(latest) for peer, latest in rows}
+
     def stored_bytes_from(self, sender: int) -> int:
         """UTF-8 bytes of the texts stored from ``sender``, hidden ones too
         (webpeer/quota.py: what a sender may make us keep)."""
