@@ -82,6 +82,13 @@ from .wire import Frame, FrameError
 
 logger = logging.getLogger("webpeer")
 
+# Strangers' keys kept (webpeer/store.py prune_strangers): those a directory
+# page showed, never a contact.  The page shows the safety number of one it
+# shows now; the rest are forgotten past these bounds.
+MAX_STRANGERS = 1000
+STRANGER_TTL = 7 * 86400.0
+STRANGER_PRUNE_EVERY = 600.0
+
 # No packet at all for this long: the path (or the peer) is dead.  Ready
 # links ping every peer_session.KEEPALIVE_INTERVAL, so a live one never idles
 # out, and a dead peer is noticed within this.
@@ -173,6 +180,7 @@ class PeerEngine:
         # Past MAX_WATCHED contacts: when the page added each (activity, like a
         # message), the ids handed to the subscription, and when it was chosen.
         self._added_at: dict[int, float] = {}
+        self._strangers_pruned_at: float | None = None
         self._watching: frozenset[int] = frozenset()
         self._watching_chosen_at: float | None = None
         self._directory_left: set[int] = set()  # strangers on the page whose PRESENCE said offline
@@ -842,8 +850,23 @@ class PeerEngine:
                 self.trust.remember(peer_id, entry.public_key, entry.nickname, now)
         self.directory = directory
         self._directory_left.clear()
+        self._prune_strangers(now)
         self._sync_contacts(now)
         self._publish_peers()
+
+    def _prune_strangers(self, now: float) -> None:
+        """Directory pages remember the keys they show; strangers (never a
+        contact, never written to) unseen for STRANGER_TTL, or beyond the
+        MAX_STRANGERS seen last, are forgotten, so that pages cannot grow the
+        store without bound.  At most every STRANGER_PRUNE_EVERY seconds."""
+        if self._strangers_pruned_at is not None and now - self._strangers_pruned_at < STRANGER_PRUNE_EVERY:
+            return
+        self._strangers_pruned_at = now
+        keep = set(self.peer_states) | set(self.directory)
+        forgotten = self.history.prune_strangers(keep, unseen_before=now - STRANGER_TTL, at_most=MAX_STRANGERS)
+        if forgotten:
+            self.trust.forget(forgotten)
+            self.stats["strangers_forgotten"] += len(forgotten)
 
     def _on_peers_listed(self, event: PeersListed, now: float) -> None:
         online = {entry.peer_id: entry for entry in event.entries}

@@ -199,3 +199,31 @@ def test_a_stranger_gone_from_the_directory_page_is_unwatched(net: PeerNet) -> N
     net.run_until(lambda: FAKE_BASE not in alice.engine.directory, 5)
     net.run_until(lambda: FAKE_BASE not in net.server._subscriptions.watched_by(alice.peer_id), 2)
     assert FAKE_BASE + 1 in net.server._subscriptions.watched_by(alice.peer_id)
+
+
+def test_directory_pages_do_not_grow_the_store_without_bound(net: PeerNet, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "MAX_STRANGERS", 5)
+    monkeypatch.setattr(engine, "STRANGER_PRUNE_EVERY", 0.0)
+    crowd(net, 60)
+    alice = net.add("alice")
+    bob = net.add("bob")
+    net.run_until(lambda: alice.engine.my_id is not None and bob.engine.my_id is not None, 2)
+    net.run_until(lambda: bob.peer_id in alice.engine.directory, 5)
+    sent = alice.send(bob, "a contact, never forgotten")
+    net.run_until(lambda: alice.status(sent) == "delivered", 5)
+    # The crowd leaves a page at a time: each new directory page shows others.
+    seen: set[int] = set()
+    for _ in range(3):
+        page = {p for p in alice.engine.directory if p >= FAKE_BASE}
+        assert page and not page & seen
+        seen |= page
+        for peer_id in page:
+            net.server.directory.remove(peer_id, net.now)
+        net.run_until(lambda page=page: not page & set(alice.engine.directory), 5)
+    known = {p.peer_id for p in alice.store.known_peers()}
+    on_page = set(alice.engine.directory)
+    # Bob (written to) and what the page shows now are kept; of the strangers
+    # earlier pages showed, only the 5 seen last.
+    assert bob.peer_id in known and on_page <= known
+    assert len(known - on_page - {bob.peer_id}) <= 5
+    assert alice.engine.stats["strangers_forgotten"] >= len(seen) - 5
