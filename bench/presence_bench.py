@@ -8,7 +8,7 @@ For each size N, on 127.0.0.1 only (bench/PRESENCE.md has the method and results
 1. a real ``rendezvous`` process pinned to CPU 0 (SQLite registry, or
    ``--registry redis://`` on a ``redis-server`` child process);
 2. a **crowd** of N online peers made by a load generator (this file run as
-   ``_crowd``, pinned to CPU 1) that speaks the real protocol: each peer has
+   ``_crowd``, alone on CPU 1) that speaks the real protocol: each peer has
    its own Ed25519 key and its own address (IP 127.2.x.y, one IP per <= 1,000
    peers so the server's per-IP caps stay the defaults), registers with the
    signed handshake of ``rendezvous.client_protocol.RegisterHandshake`` and
@@ -17,7 +17,7 @@ For each size N, on 127.0.0.1 only (bench/PRESENCE.md has the method and results
 3. 20 **contacts** (``RendezvousClient``, in this process): 12 stay online,
    8 take turns going offline (UNREGISTER) and online again (REGISTER), one
    change every 3 s, so the server sends PRESENCE;
-4. one real ``webpeer`` process (CPU 1) that adds the 20 ids as contacts
+4. one real ``webpeer`` process (CPU 0, as this process) that adds the 20 ids as contacts
    (POST /api/peers) and talks to the server through a small UDP relay in
    this process, which counts the datagrams and their UDP payload bytes each
    way (the webpeer sends the server nothing that does not pass through it).
@@ -347,6 +347,17 @@ def sched_cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def sched_run_wait(pid: int) -> tuple[float, float]:
+    """(on-CPU, runnable but waiting for a CPU) seconds of every thread so far."""
+    run = wait = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            fields = (task / "schedstat").read_text().split()
+            run += int(fields[0])
+            wait += int(fields[1])
+    return run / 1e9, wait / 1e9
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -647,7 +658,9 @@ async def run_size(run: Run, seconds: float) -> None:
             webpeer_argv += ["--http-port", str(http_port), "--token", token, "--name", "bench"]
             webpeer_argv += ["--data-dir", str(run.workdir / "webpeer"), "--no-browser", "--udp-host", HOST]
             webpeer_argv += ["--no-port-mapping", "--log-level", "warning"]
-            peer = run.spawn("webpeer", webpeer_argv, cpu=1)
+            # With the server, not the crowd: the crowd's work grows with N, and
+            # sharing its core would charge that to the webpeer's API times.
+            peer = run.spawn("webpeer", webpeer_argv, cpu=0)
             base = f"http://{HOST}:{http_port}"
             headers = {"Authorization": f"Bearer {token}", "Origin": base}
 
@@ -701,11 +714,21 @@ async def run_size(run: Run, seconds: float) -> None:
             server0 = sched_cpu_seconds(server.pid)
             t0 = time.monotonic()
             api_ms: list[float] = []
+            api_cpu_ms: list[float] = []
+            api_wait_ms: list[float] = []
             peers_seen: list[int] = []
+            server_lag: list[float] = []
             while time.monotonic() - t0 < seconds:
+                server_lag.append(await metric(http, metrics_url, "peerlink_event_loop_lag_seconds"))
+                run0, wait0 = sched_run_wait(peer.pid)
                 started = time.perf_counter()
                 peers = await api("GET", "/api/peers")
                 api_ms.append((time.perf_counter() - started) * 1000)
+                run1, wait1 = sched_run_wait(peer.pid)
+                # The webpeer's own CPU time over the call, and the time it was
+                # ready to run but another process had the core (the shared machine).
+                api_cpu_ms.append((run1 - run0) * 1000)
+                api_wait_ms.append((wait1 - wait0) * 1000)
                 peers_seen.append(len(peers))
                 await asyncio.sleep(max(0.0, min(2.0, seconds - (time.monotonic() - t0))))
             elapsed = time.monotonic() - t0
@@ -728,7 +751,12 @@ async def run_size(run: Run, seconds: float) -> None:
                     "from_server_bytes_per_min": round(down_b * per_minute),
                     "api_peers_ms_median": round(statistics.median(api_ms), 2),
                     "api_peers_ms_max": round(max(api_ms), 2),
+                    "api_peers_webpeer_cpu_ms_median": round(statistics.median(api_cpu_ms), 2),
+                    "api_peers_webpeer_waited_ms_median": round(statistics.median(api_wait_ms), 2),
                     "api_peers_entries": max(peers_seen),
+                    "server_loop_lag_ms_max": round(1000 * max(server_lag), 1),
+                    "webpeer_registered_again": relay.kinds.get("down REGISTER SUCCESS", [0])[0]
+                    - kinds0.get("down REGISTER SUCCESS", [0])[0],
                     "contact_changes": contacts.changes,
                     "contacts_found_expired": contacts.lost,
                     "server_online_before": int(online_before),
@@ -775,8 +803,12 @@ ROWS = [
     ("bytes/min from server", "from_server_bytes_per_min"),
     ("GET /api/peers ms (median)", "api_peers_ms_median"),
     ("GET /api/peers ms (max)", "api_peers_ms_max"),
+    ("  of which webpeer on CPU, ms (median)", "api_peers_webpeer_cpu_ms_median"),
+    ("  of which webpeer waiting for a CPU, ms (median)", "api_peers_webpeer_waited_ms_median"),
     ("/api/peers entries", "api_peers_entries"),
     ("contact changes in window", "contact_changes"),
+    ("webpeer registered again in window", "webpeer_registered_again"),
+    ("server event loop lag ms (max of samples)", "server_loop_lag_ms_max"),
     ("server peers_online before/after", None),
     ("crowd REFRESH ok / refused / lost in window", None),
     ("server RSS MiB with the crowd online", "server_rss_loaded_mib"),
@@ -814,7 +846,9 @@ def render(results: list[dict[str, Any]]) -> str:
         row = f"| {label} | " + " | ".join(cell(r, label, key) for r in results)
         if len(results) > 1:
             ratio = ""
-            if key is not None and key.startswith(("webpeer", "to_server", "from_server", "api_peers_ms")):
+            if key is not None and key.startswith(
+                ("webpeer", "to_server", "from_server", "api_peers_ms", "api_peers_webpeer")
+            ):
                 small, big = results[0][key], results[-1][key]
                 ratio = f"{big / small:.2f}x" if small else ""
             row += f" | {ratio}"
@@ -859,7 +893,7 @@ def main() -> None:
     if args.command == "_crowd":
         crowd_main(args)
         return
-    os.sched_setaffinity(0, {1})
+    os.sched_setaffinity(0, {0})  # the relay, the contacts and the HTTP client: beside the server
     random.seed(1)
     results = []
     for size in (int(s) for s in args.sizes.split(",")):
