@@ -15,7 +15,7 @@ the clock or the disk.  The wire format is in docs/PROTOCOL.md; in short:
                                                (404 Unknown Peer: not online; 410 No Such Peer: never assigned)
                          and to the target: INTRODUCE request (PEER-ID, PUBLIC-KEY, NICKNAME, CANDIDATE*),
                                             retransmitted until the target answers it
-    -> WATCH (SESSION, [WATCH-IDS])         <- PEER-ENTRY* (those online), [OFFLINE-IDS] (the others)
+    -> WATCH (SESSION, [UNWATCH-IDS], [WATCH-IDS])  <- PEER-ENTRY* (WATCH-IDS online), [OFFLINE-IDS] (the others)
                          and later, to the watcher: PRESENCE request (the same) when a watched
                                             id comes online, goes offline or registers anew,
                                             retransmitted until the watcher answers it
@@ -880,11 +880,15 @@ class ServerCore:
         # answer fits); none just asks nothing, which is how a peer with no
         # contacts learns that the server knows WATCH at all.
         lists = message.get_all(Attr.WATCH_IDS)
-        if len(lists) > 1:
-            return self._error(message, ErrorCode.BAD_REQUEST, "One WATCH-IDS")
+        unwatch = message.get_all(Attr.UNWATCH_IDS)
+        if len(lists) > 1 or len(unwatch) > 1:
+            return self._error(message, ErrorCode.BAD_REQUEST, "One WATCH-IDS" if len(lists) > 1 else "One UNWATCH-IDS")
         ids: tuple[int, ...] = lists[0] if lists else ()
         if len(ids) > MAX_WATCH_IDS:
             return self._error(message, ErrorCode.BAD_REQUEST, "Too Many Ids")
+        # Taken out before the new ones go in: a peer at the cap swaps contacts in one request.
+        if unwatch:
+            self._subscriptions.unwatch(peer.peer_id, unwatch[0])
         if not self._subscriptions.watch(peer.peer_id, ids):
             self.stats["watch_refused"] += 1
             return self._error(message, ErrorCode.BAD_REQUEST, "Too Many Watched")

@@ -110,6 +110,7 @@ class Attr(enum.IntEnum):
     SEALED = 0x400F
     MAIL_ITEM = 0x4010
     MAIL_COUNT = 0x4011
+    UNWATCH_IDS = 0x4012
     # comprehension-optional
     SOFTWARE = 0x8022
     RESPONSE_ORIGIN = 0x802B  # RFC 5780
@@ -341,7 +342,8 @@ def unpack_peer_entry(value: bytes, tid: bytes) -> PeerEntry:
     return PeerEntry(peer_id, online_since, public_key, unpack_text(value[PEER_ENTRY_FIXED.size :], tid))
 
 
-# WATCH-IDS and OFFLINE-IDS: u32 peer ids back to back.  A WATCH carries at
+# WATCH-IDS, UNWATCH-IDS and OFFLINE-IDS: u32 peer ids back to back (at most
+# MAX_IDS_PER_ATTRIBUTE: UNWATCH-IDS adds nothing to the answer).  A WATCH carries at
 # most MAX_WATCH_IDS: its answer has a PEER-ENTRY (up to 112 bytes with the
 # TLV header) for each one online, and ten of those fit in MAX_REPLY_BYTES.
 MAX_WATCH_IDS = 10
@@ -425,6 +427,7 @@ ATTRIBUTES: dict[int, AttributeSpec] = {
         "MAIL-ITEM", pack_mail_item, unpack_mail_item, MAIL_ITEM_FIXED.size + 1, MAIL_ITEM_FIXED.size + MAX_SEALED
     ),
     Attr.MAIL_COUNT: AttributeSpec("MAIL-COUNT", pack_u32, unpack_u32, 4, 4),
+    Attr.UNWATCH_IDS: AttributeSpec("UNWATCH-IDS", pack_id_list, unpack_id_list, 4, 4 * MAX_IDS_PER_ATTRIBUTE),
     Attr.SOFTWARE: AttributeSpec("SOFTWARE", pack_text, unpack_text, 0, 763),
     Attr.RESPONSE_ORIGIN: AttributeSpec("RESPONSE-ORIGIN", pack_address, unpack_address, 8, 20),
     Attr.OTHER_ADDRESS: AttributeSpec("OTHER-ADDRESS", pack_address, unpack_address, 8, 20),

@@ -62,6 +62,7 @@ from .portmap import Mapping
 from .quota import QuotaConfig
 from .registration import (
     MAX_WATCHED,
+    WATCH_REPAIR,
     ConnectAnswered,
     DirectoryListed,
     Introduced,
@@ -85,6 +86,13 @@ from .trust import Action, Trust, TrustState, link_verdict
 from .wire import Frame, FrameError
 
 logger = logging.getLogger("webpeer")
+
+# Strangers' keys kept (webpeer/store.py prune_strangers): those a directory
+# page showed, never a contact.  The page shows the safety number of one it
+# shows now; the rest are forgotten past these bounds.
+MAX_STRANGERS = 1000
+STRANGER_TTL = 7 * 86400.0
+STRANGER_PRUNE_EVERY = 600.0
 
 # No packet at all for this long: the path (or the peer) is dead.  Ready
 # links ping every peer_session.KEEPALIVE_INTERVAL, so a live one never idles
@@ -180,6 +188,12 @@ class PeerEngine:
         # change of the count is a change of the contacts.
         self._contacts_given = -1
         self._directory_given: set[int] = set()
+        # Past MAX_WATCHED contacts: when the page added each (activity, like a
+        # message), the ids handed to the subscription, and when it was chosen.
+        self._added_at: dict[int, float] = {}
+        self._strangers_pruned_at: float | None = None
+        self._watching: frozenset[int] = frozenset()
+        self._watching_chosen_at: float | None = None
         self._directory_left: set[int] = set()  # strangers on the page whose PRESENCE said offline
         # The directory view: the first page of the server's online list,
         # replaced at each refresh.  Shown beside the contacts, not watched:
@@ -454,6 +468,8 @@ class PeerEngine:
                     # When its key last reached us (listed, introduced, connected): the
                     # page shows it for an offline peer.
                     "last_seen": known.last_seen if known else None,
+                    # False past the server's cap (MAX_WATCHED): its presence is not watched.
+                    "watched": peer.peer_id in self._watching,
                 }
             )
         return out
@@ -791,19 +807,31 @@ class PeerEngine:
         """The page adds an id to the peer list: its presence is watched from now on."""
         if peer_id != self.registration.peer_id and peer_id not in self.peer_states:
             self.session(peer_id)
+            self._added_at[peer_id] = now
             self._publish_peers()
         self._sync_contacts(now)
 
     def contacts(self) -> tuple[int, ...]:
         """The ids whose presence we watch: every peer we know (from the
         store, from messages, keys and introductions, or added by the page),
-        oldest first, at most MAX_WATCHED of them (the server's cap)."""
+        at most MAX_WATCHED of them (the server's cap).  Past the cap, the
+        contacts most recently active (their latest message either way, or
+        when the page added them) come first, and the rest are not watched:
+        the page says so (``watched``: false) and shows them offline unless
+        a link to them is up."""
         mine = self.registration.peer_id
         known = [peer_id for peer_id in self.peer_states if peer_id != mine]
         # Then the strangers the directory page shows (a handful: one page):
         # watched too, so one who leaves is gone from the page at once, not
         # at the next directory refresh.
         shown = [peer_id for peer_id in self.directory if peer_id not in self.peer_states]
+        if len(known) + len(shown) <= MAX_WATCHED:
+            return tuple(known + shown)
+        activity = self.history.last_activity()
+        for peer_id, added in self._added_at.items():
+            activity[peer_id] = max(activity.get(peer_id, 0.0), added)
+        # sorted() is stable: equal activity keeps the oldest contact first.
+        known.sort(key=lambda peer_id: -activity.get(peer_id, 0.0))
         return tuple(known + shown)[:MAX_WATCHED]
 
     def _sync_contacts(self, now: float) -> None:
@@ -816,10 +844,23 @@ class PeerEngine:
                 if self._listed(entry, now):
                     self._publish_peers()
         given = len(self.peer_states) + len(self.directory)
-        if given != self._contacts_given or self.directory.keys() != self._directory_given:
+        over = given > MAX_WATCHED
+        # Over the cap, who is most active changes with the messages: chosen
+        # again every WATCH_REPAIR seconds.
+        stale = over and self._watching_chosen_at is not None and now - self._watching_chosen_at >= WATCH_REPAIR
+        if given != self._contacts_given or self.directory.keys() != self._directory_given or stale:
             self._contacts_given = given
             self._directory_given = set(self.directory)
-            self.registration.watch(self.contacts(), now)
+            contacts = self.contacts()
+            if over and self._watching_chosen_at is None:  # said once, when it starts
+                logger.info(
+                    "%d peers on the list, more than the server watches: presence of the %d most recently active",
+                    given,
+                    MAX_WATCHED,
+                )
+            self._watching = frozenset(contacts)
+            self._watching_chosen_at = now if over else None
+            self.registration.watch(contacts, now)
 
     def _on_presence(self, event: PresenceChanged, now: float) -> None:
         """The server's word on some contacts (WATCH answer, PRESENCE): the
@@ -877,8 +918,23 @@ class PeerEngine:
                 self.trust.remember(peer_id, entry.public_key, entry.nickname, now)
         self.directory = directory
         self._directory_left.clear()
+        self._prune_strangers(now)
         self._sync_contacts(now)
         self._publish_peers()
+
+    def _prune_strangers(self, now: float) -> None:
+        """Directory pages remember the keys they show; strangers (never a
+        contact, never written to) unseen for STRANGER_TTL, or beyond the
+        MAX_STRANGERS seen last, are forgotten, so that pages cannot grow the
+        store without bound.  At most every STRANGER_PRUNE_EVERY seconds."""
+        if self._strangers_pruned_at is not None and now - self._strangers_pruned_at < STRANGER_PRUNE_EVERY:
+            return
+        self._strangers_pruned_at = now
+        keep = set(self.peer_states) | set(self.directory)
+        forgotten = self.history.prune_strangers(keep, unseen_before=now - STRANGER_TTL, at_most=MAX_STRANGERS)
+        if forgotten:
+            self.trust.forget(forgotten)
+            self.stats["strangers_forgotten"] += len(forgotten)
 
     def _on_peers_listed(self, event: PeersListed, now: float) -> None:
         online = {entry.peer_id: entry for entry in event.entries}

@@ -55,7 +55,7 @@ import json
 import os
 import sqlite3
 import time as _time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -750,6 +750,14 @@ class Store:
             ).fetchone()
         return None if row is None else _message(row)
 
+    def last_activity(self) -> dict[int, float]:
+        """peer -> the time of its latest message (either way), for every peer
+        with one: which contacts the presence subscription keeps when there
+        are more than the server watches."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT peer, MAX(time) FROM messages GROUP BY peer").fetchall()
+        return {int(peer): float(latest) for peer, latest in rows}
+
     def stored_bytes_from(self, sender: int) -> int:
         """UTF-8 bytes of the texts stored from ``sender``, hidden ones too
         (webpeer/quota.py: what a sender may make us keep)."""
@@ -961,6 +969,31 @@ class Store:
                 " ORDER BY peer_id"
             ).fetchall()
         return [_known_peer(row) for row in rows]
+
+    def prune_strangers(self, keep: Collection[int], *, unseen_before: float, at_most: int) -> list[int]:
+        """Forget strangers: known peers that are not contacts (no message,
+        no trust decision, no file, no nickname of ours, no group message;
+        see :meth:`contacts`) and not in ``keep`` (the peers in use now),
+        when unseen since ``unseen_before``, and beyond the ``at_most``
+        seen most recently.  Directory pages remember every key they show
+        (so the page can show a safety number before a first message): this
+        keeps pages from growing the store without bound.  Returns their ids."""
+        with self._write() as conn:
+            rows = conn.execute(
+                "SELECT peer_id, last_seen FROM peers p WHERE verified_key IS NULL AND key_changed = 0"
+                " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.peer = p.peer_id)"
+                " AND NOT EXISTS (SELECT 1 FROM blocked_keys b WHERE b.peer_id = p.peer_id)"
+                " AND NOT EXISTS (SELECT 1 FROM files f WHERE f.peer = p.peer_id)"
+                " AND NOT EXISTS (SELECT 1 FROM nicknames n WHERE n.peer_id = p.peer_id)"
+                " AND NOT EXISTS (SELECT 1 FROM group_messages g WHERE g.sender = p.peer_id)"
+                " ORDER BY last_seen DESC, peer_id DESC"
+            ).fetchall()
+            strangers = [(int(peer_id), float(seen)) for peer_id, seen in rows if peer_id not in keep]
+            doomed = [
+                peer_id for rank, (peer_id, seen) in enumerate(strangers) if rank >= at_most or seen < unseen_before
+            ]
+            conn.executemany("DELETE FROM peers WHERE peer_id = ?", [(peer_id,) for peer_id in doomed])
+        return doomed
 
     def accept_key_change(self, peer_id: int) -> bool:
         """The user trusts the peer's current key: clear the warning (the old

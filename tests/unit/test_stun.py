@@ -461,6 +461,7 @@ SAMPLES: dict[int, list[Any]] = {
     Attr.PUNCH_KEY: [bytes(16), bytes(range(16))],
     Attr.WATCH_IDS: [(1,), (0, 2**32 - 1), tuple(range(stun.MAX_IDS_PER_ATTRIBUTE))],
     Attr.OFFLINE_IDS: [(7,), tuple(range(1, stun.MAX_IDS_PER_ATTRIBUTE + 1))],
+    Attr.UNWATCH_IDS: [(3,), (0, 2**32 - 1), tuple(range(2, stun.MAX_IDS_PER_ATTRIBUTE + 2))],
     Attr.CHANGE_REQUEST: [0, 0x2, 0x4, 0x6],
     Attr.MAIL_ID: [bytes(16), bytes(range(16))],
     Attr.SEALED: [b"s", b"sealed", bytes(range(256)) * 4],  # the largest last (one message holds the first two)
