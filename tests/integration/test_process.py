@@ -419,6 +419,10 @@ ENV_VALUES = {
     "max_ids": ("5000", 5000),
     "id_retention_days": ("30", 30.0),
     "max_online_per_ip": ("8", 8),
+    "no_mailbox": ("1", True),
+    "mailbox_max_messages": ("20", 20),
+    "mailbox_max_kb": ("64", 64),
+    "mailbox_days": ("2.5", 2.5),
 }
 
 
