@@ -92,7 +92,7 @@ from .registry import (
     RegistryFull,
     RegistryUnavailable,
 )
-from .sqlite_registry import decode_address, decode_addresses, encode_address, encode_addresses
+from .sqlite_registry import _address_from_json
 
 logger = logging.getLogger("rendezvous")
 
@@ -247,8 +247,10 @@ def _state(record: PeerRecord) -> str:
     return json.dumps(
         [
             record.nickname,
-            json.loads(encode_address(record.observed)),
-            json.loads(encode_addresses(record.local)),
+            # [host, port] and [[host, port], ...], as sqlite_registry's encode_address(es)
+            # write them, without a JSON round trip each (a save writes every refreshed peer).
+            list(record.observed),
+            [list(address) for address in record.local],
             record.first_seen,
             record.online_since,
         ],
@@ -270,8 +272,8 @@ def _record(peer_id: int, fields: Sequence[bytes | None]) -> PeerRecord | None:
             peer_id=peer_id,
             identity=bytes(identity),
             nickname=str(nickname),
-            observed=decode_address(json.dumps(observed)),
-            local=decode_addresses(json.dumps(local)),
+            observed=_address_from_json(observed),
+            local=_addresses_from_json(local),
             first_seen=float(first_seen),
             last_seen=float(last_seen or 0),
             expires_at=float(expires_at or 0),
@@ -280,6 +282,12 @@ def _record(peer_id: int, fields: Sequence[bytes | None]) -> PeerRecord | None:
         )
     except (ValueError, TypeError) as exc:
         raise RegistryError(f"stored record of peer {peer_id} is damaged: {exc}") from exc
+
+
+def _addresses_from_json(value: Any) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, list):
+        raise RegistryError(f"stored address list is not a list: {value!r:.80}")
+    return tuple(_address_from_json(item) for item in value)
 
 
 def encode_records(records: Iterable[PeerRecord]) -> bytes:
