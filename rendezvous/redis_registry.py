@@ -82,7 +82,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from .registry import (
     IntroductionHandler,
@@ -110,6 +110,9 @@ ID_CACHE_TRUST = 3600.0
 # Records older than this past their expiry leave the online index when a
 # load walks over them (their home stopped writing: it died).
 STALE_AFTER = 120.0
+# What a call to an unreachable Redis raises: redis-py's RedisClusterException
+# ("Redis Cluster cannot be connected") is not a RedisError.
+FAILURES = (RedisError, RedisClusterException, OSError)
 # Pub/sub reconnection backoff.
 LISTEN_BACKOFF = (0.2, 10.0)
 
@@ -385,18 +388,18 @@ class RedisRegistry:
                 client = RedisCluster.from_url(plain, **options)
             else:
                 client = aioredis.Redis.from_url(self._url, **options)
-        except (ValueError, RedisError) as exc:
+        except (ValueError, *FAILURES) as exc:
             raise RegistryError(f"--registry {redacted(self._url)}: {exc}") from None
         try:
             if isinstance(client, RedisCluster):
                 await client.initialize()  # learns the nodes and slots; fails if the cluster is down
             await client.ping()
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             await client.aclose()
             raise RegistryError(f"cannot reach Redis at {redacted(self._url)}: {exc}") from None
         try:
             persistence = await client.info("persistence")
-        except RedisError:  # INFO may be forbidden (ACL, managed Redis): then we cannot tell
+        except FAILURES:  # INFO may be forbidden (ACL, managed Redis): then we cannot tell
             persistence = {"aof_enabled": 1}
         if not persistence.get("aof_enabled"):
             logger.warning(
@@ -566,7 +569,7 @@ class RedisRegistry:
     async def _call(self, awaitable: Any) -> Any:
         try:
             result = await awaitable
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             raise self._failed(exc) from None
         self.round_trips += 1
         self._succeeded()
@@ -625,7 +628,7 @@ class RedisRegistry:
                 for peer_id in ids:
                     pipe.hmget(self._key("peer", peer_id), fields)
                 rows = await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             raise self._failed(exc) from None
         self.round_trips += 1
         self._succeeded()
@@ -668,7 +671,7 @@ class RedisRegistry:
         pubsub: Any = client.pubsub()  # redis-py leaves aclose untyped
         try:
             await pubsub.subscribe(self._key("presence"), self._key("instance", instance))
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             await pubsub.aclose()
             raise self._failed(exc) from None
         self._listener = asyncio.create_task(self._listen(pubsub, on_records, on_introduction))
@@ -705,12 +708,12 @@ class RedisRegistry:
                     delay = min(2 * delay, LISTEN_BACKOFF[1])
                 else:
                     logger.warning("ignored a presence message: %r", str(exc))
-            except (RedisError, OSError) as exc:
+            except FAILURES as exc:
                 self._failed(exc)
                 resync = True
                 try:
                     await pubsub.aclose()  # the next subscribe reconnects
-                except (RedisError, OSError):
+                except FAILURES:
                     pass
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, LISTEN_BACKOFF[1])

@@ -92,26 +92,12 @@ class RedisClusterProcesses:
     def start(self) -> RedisClusterProcesses:
         """Start the nodes, give them the 16384 slots and wait until every node says ``cluster_state:ok``."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        for index in range(self.masters):
+        for _index in range(self.masters):
             # The cluster bus needs a port too; the default (port + 10000) may be taken or past 65535.
-            port, bus = free_tcp_port(), free_tcp_port()
-            self.buses.append(bus)
-            node_dir = self.directory / f"node{index}"
-            node_dir.mkdir(exist_ok=True)
-            args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-            args += ["--cluster-enabled", "yes", "--cluster-port", str(bus), "--cluster-config-file", "nodes.conf"]
-            args += ["--dir", str(node_dir), "--daemonize", "no", "--loglevel", "warning"]
-            log = open(node_dir / "redis.log", "ab")  # noqa: SIM115 (the child keeps it)
-            self.procs.append(subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log))
-            log.close()
-            self.ports.append(port)
+            self.ports.append(free_tcp_port())
+            self.buses.append(free_tcp_port())
         deadline = time.monotonic() + 20
-        for port, proc in zip(self.ports, self.procs, strict=True):
-            while not redis_answers(port):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    self.kill()
-                    raise RuntimeError(f"redis-server on {port} did not start: {self._logs()}")
-                time.sleep(0.02)
+        self._launch(deadline)
         # What ``redis-cli --cluster create`` does, without its one-second waits:
         # each master takes a third of the slots, and the first meets the others.
         per = 16384 // self.masters
@@ -126,6 +112,36 @@ class RedisClusterProcesses:
                 raise RuntimeError(f"the cluster did not reach cluster_state:ok: {self._logs()}")
             time.sleep(0.05)
         return self
+
+    def restart(self) -> None:
+        """SIGKILL every node, start them again on their ports (their
+        nodes.conf keeps the slots; the data is gone) and wait for
+        ``cluster_state:ok``."""
+        self.kill()
+        deadline = time.monotonic() + 30
+        self._launch(deadline)
+        while not all(cluster_ok(port) for port in self.ports):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster did not come back: {self._logs()}")
+            time.sleep(0.05)
+
+    def _launch(self, deadline: float) -> None:
+        """Start one redis-server per port and wait until each answers PING."""
+        for index, (port, bus) in enumerate(zip(self.ports, self.buses, strict=True)):
+            node_dir = self.directory / f"node{index}"
+            node_dir.mkdir(exist_ok=True)
+            args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            args += ["--cluster-enabled", "yes", "--cluster-port", str(bus), "--cluster-config-file", "nodes.conf"]
+            args += ["--dir", str(node_dir), "--daemonize", "no", "--loglevel", "warning"]
+            log = open(node_dir / "redis.log", "ab")  # noqa: SIM115 (the child keeps it)
+            self.procs.append(subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log))
+            log.close()
+        for port, proc in zip(self.ports, self.procs, strict=True):
+            while not redis_answers(port):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError(f"redis-server on {port} did not start: {self._logs()}")
+                time.sleep(0.02)
 
     def flush(self) -> None:
         """Empty every node (between tests sharing one cluster)."""

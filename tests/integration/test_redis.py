@@ -471,3 +471,40 @@ def node_keys(port: int) -> list[bytes]:
         ["redis-cli", "-p", str(port), "--raw", "KEYS", "*"], capture_output=True, check=True, timeout=10
     )
     return [line for line in result.stdout.splitlines() if line]
+
+
+async def test_a_redis_cluster_outage_is_registry_unavailable_and_the_listener_comes_back(
+    redis_cluster: RedisClusterProcesses,
+) -> None:
+    """Every node killed: calls fail with RegistryUnavailable (redis-py's
+    RedisClusterException is no RedisError), and once the nodes are back the
+    listener is subscribed again (by itself or by redis-py's reconnection,
+    whichever comes first) and forwarded datagrams flow again."""
+    arrived: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
+    a = RedisRegistry(redis_cluster.url, timeout=0.3)
+    b = RedisRegistry(redis_cluster.url, timeout=0.3)
+    async with a, b:
+        await a.start("A", lambda records: None, lambda i, d: arrived.put_nowait((i, d)))
+        await b.start("B", lambda records: None, lambda i, d: None)
+        await b.forward_many([("A", 7, b"before")])
+        assert await asyncio.wait_for(arrived.get(), 20) == (7, b"before")
+        redis_cluster.kill()
+        with pytest.raises(RegistryUnavailable):
+            await b.forward_many([("A", 8, b"lost")])
+        with pytest.raises(RegistryUnavailable):
+            await b.assign_id(key(1))
+        redis_cluster.restart()
+
+        async def forwarded_again() -> bool:
+            # Sent until A's listener is subscribed again (pub/sub keeps nothing for the absent).
+            try:
+                await b.forward_many([("A", 9, b"after")])
+            except RegistryUnavailable:
+                return False
+            try:
+                return await asyncio.wait_for(arrived.get(), 0.5) == (9, b"after")
+            except TimeoutError:
+                return False
+
+        await eventually(forwarded_again, timeout=20)
+        assert await b.assign_id(key(1)) == 1  # an empty registry again: the nodes kept no data
