@@ -96,7 +96,7 @@ class RedisClusterProcesses:
             # The cluster bus needs a port too; the default (port + 10000) may be taken or past 65535.
             self.ports.append(free_tcp_port())
             self.buses.append(free_tcp_port())
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # bounds a failure only: a loaded machine starts processes slowly
         self._launch(deadline)
         # What ``redis-cli --cluster create`` does, without its one-second waits:
         # each master takes a third of the slots, and the first meets the others.
@@ -118,7 +118,7 @@ class RedisClusterProcesses:
         nodes.conf keeps the slots; the data is gone) and wait for
         ``cluster_state:ok``."""
         self.kill()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         self._launch(deadline)
         while not all(cluster_ok(port) for port in self.ports):
             if time.monotonic() > deadline:
@@ -168,6 +168,6 @@ def cluster_ok(port: int) -> bool:
 
 def command(port: int, line: bytes) -> bytes:
     """One inline command to the Redis on ``port``; the start of its reply."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
         sock.sendall(line + b"\r\n")
         return sock.recv(4096)

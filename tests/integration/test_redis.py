@@ -134,8 +134,8 @@ async def instances(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..
     """Start rendezvous instances sharing ``redis_server`` (or the URL given)."""
     started: list[RendezvousServer] = []
 
-    async def start(url: str | None = None, **config: object) -> RendezvousServer:
-        registry = RedisRegistry(url or request.getfixturevalue("redis_server").url, timeout=0.3)
+    async def start(url: str | None = None, *, timeout: float = 0.3, **config: object) -> RendezvousServer:
+        registry = RedisRegistry(url or request.getfixturevalue("redis_server").url, timeout=timeout)
         server = RendezvousServer(
             ServerConfig(**config),  # type: ignore[arg-type]
             registry,
@@ -432,8 +432,9 @@ async def test_two_processes_on_one_redis(tmp_path: Path, redis_server: RedisPro
 async def test_two_instances_on_a_redis_cluster(instances, clients, redis_cluster: RedisClusterProcesses) -> None:
     """``redis+cluster://``: register on A, list, connect and relay from B;
     every key of the registry in one hash slot (its scripts need that)."""
-    a = await instances(redis_cluster.url)
-    b = await instances(redis_cluster.url)
+    # Seconds of socket timeout: joining a Cluster takes several round trips, and no outage is tested here.
+    a = await instances(redis_cluster.url, timeout=5)
+    b = await instances(redis_cluster.url, timeout=5)
     alice = await clients(a, nickname="alice")
     bob = await clients(b, nickname="bob")
     assert (await alice.register()).peer_id == 1
@@ -481,8 +482,9 @@ async def test_a_redis_cluster_outage_is_registry_unavailable_and_the_listener_c
     listener is subscribed again (by itself or by redis-py's reconnection,
     whichever comes first) and forwarded datagrams flow again."""
     arrived: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
-    a = RedisRegistry(redis_cluster.url, timeout=0.3)
-    b = RedisRegistry(redis_cluster.url, timeout=0.3)
+    # Refused connections fail at once whatever the timeout; a long one keeps a slow machine from looking down.
+    a = RedisRegistry(redis_cluster.url, timeout=5)
+    b = RedisRegistry(redis_cluster.url, timeout=5)
     async with a, b:
         await a.start("A", lambda records: None, lambda i, d: arrived.put_nowait((i, d)))
         await b.start("B", lambda records: None, lambda i, d: None)
