@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--registry",
         default=env("RENDEZVOUS_REGISTRY"),
-        help="redis://HOST:PORT/DB (or rediss://, TLS): keep the registry in Redis, shared by every "
+        help="redis://HOST:PORT/DB (or rediss://, TLS), or redis+cluster://HOST:PORT (a Redis Cluster, "
+        "any node): keep the registry in Redis, shared by every "
         "instance given the same URL, instead of the --db file; those instances list each other's "
         "peers and forward introductions to each other (env RENDEZVOUS_REGISTRY)",
     )

@@ -11,8 +11,9 @@ Keys (``P`` is the registry's prefix)
 
 Each operation is one Lua script, so a quota check and its write are atomic
 across instances.  The scripts name the per-peer keys they derive
-(``mailsender:<sender>`` from a stored value), so they need every key on one
-node: a Redis Cluster would need hash tags here (not done).
+(``mailsender:<sender>`` from a stored value), so they need every key in one
+hash slot: on a Redis Cluster the registry's prefix is the hash tag
+``{peerlink}:`` (rendezvous/redis_registry.py), which gives them that.
 """
 
 from __future__ import annotations

@@ -1,8 +1,25 @@
 """The Redis registry backend: several rendezvous instances, one registry.
 
-``rendezvous --registry redis://HOST:PORT/DB`` (or ``rediss://``).  Every
-instance on the same Redis database shares the ids, the secret (so a SESSION
-minted by one is good at another) and the online records.
+``rendezvous --registry redis://HOST:PORT/DB`` (or ``rediss://``), or a Redis
+Cluster: ``redis+cluster://HOST:PORT`` (or ``rediss+cluster://``), any one
+node; the client learns the others from it.  Every instance on the same Redis
+database shares the ids, the secret (so a SESSION minted by one is good at
+another) and the online records.
+
+Redis Cluster
+-------------
+Every script below touches several keys atomically (the ids hash, the
+counter, the sorted sets and peer hashes), and Cluster runs a script only on
+keys of one hash slot.  So on a Cluster the prefix is a hash tag,
+``{peerlink}:``, and all of the registry's keys live in that one slot: one
+master holds the registry (a million peers is a few hundred MB, bench/README.md),
+its replicas take over when it fails; the other masters carry nothing of
+ours.  Cluster pipelines cannot carry EVALSHA or PUBLISH (redis-py refuses
+them), so every batch is one script call over many items (up to
+``BATCH`` each) in both modes, and the datagrams forwarded to other
+instances are PUBLISHed by a script too.  Pub/sub on a Cluster is the
+classic kind, which every node relays to every other, so an instance may
+subscribe through any node.
 
 Keys (``P`` is the prefix, ``peerlink:`` by default)
 ----------------------------------------------------
@@ -34,8 +51,9 @@ is answered: killing the *instance* cannot lose it.  Surviving the death of
 always`` (or ``everysec``: up to a second of new ids may be handed out again,
 like SQLite's power-loss case).  :meth:`RedisRegistry.open` logs a warning
 when persistence is off.  Like SqliteRegistry, new identities arriving in one
-loop iteration share one pipelined round trip (group commit), and ``save``
-(the write-behind of refreshes, every 2 s) is one pipeline per batch.
+loop iteration share one script call, one round trip (group commit), and
+``save`` (the write-behind of refreshes, every 2 s) is one call per batch
+(per ``BATCH`` records).
 
 Outages
 -------
@@ -61,9 +79,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from .redis_mailbox import RedisMailbox
 from .registry import (
@@ -74,12 +93,15 @@ from .registry import (
     RegistryFull,
     RegistryUnavailable,
 )
-from .sqlite_registry import decode_address, decode_addresses, encode_address, encode_addresses
+from .sqlite_registry import _address_from_json
 
 logger = logging.getLogger("rendezvous")
 
 SECRET_SIZE = 32
-SCHEMES = ("redis", "rediss", "unix")
+SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+# Items (identities, records, datagrams) per script call: one call keeps
+# Redis busy for its whole run, so a big batch is sent as several.
+BATCH = 500
 # A cached id per identity seen; past this the cache starts over (it is only
 # a shortcut for outages and repeat registrations).
 ID_CACHE_SIZE = 1 << 20
@@ -89,26 +111,36 @@ ID_CACHE_TRUST = 3600.0
 # Records older than this past their expiry leave the online index when a
 # load walks over them (their home stopped writing: it died).
 STALE_AFTER = 120.0
+# What a call to an unreachable Redis raises: redis-py's RedisClusterException
+# ("Redis Cluster cannot be connected") is not a RedisError.
+FAILURES = (RedisError, RedisClusterException, OSError)
 # Pub/sub reconnection backoff.
 LISTEN_BACKOFF = (0.2, 10.0)
 
-# KEYS: ids hash, next_id counter, seen set, free set.  ARGV: identity, prefix
-# of the peer hash keys, max ids (0: no cap), now.  -1: the registry is full.
-# A key handed its id counts as seen now, atomically: a release running at
-# the same time cannot take the id of a key that is back after long.
+# KEYS: ids hash, next_id counter, seen set, free set.  ARGV: prefix of the
+# peer hash keys, max ids (0: no cap), now, then the identities.  Returns
+# their ids in order; -1: the registry is full.  A known key counts as seen
+# now, atomically: a release running at the same time cannot take the id of
+# a key that is back after long.
 _ASSIGN = """
-local id = redis.call('HGET', KEYS[1], ARGV[1])
-if id then
-  redis.call('ZADD', KEYS[3], tonumber(ARGV[4]), id)
-  return tonumber(id)
+local max = tonumber(ARGV[2])
+local out = {}
+for i = 4, #ARGV do
+  local id = redis.call('HGET', KEYS[1], ARGV[i])
+  if id then
+    redis.call('ZADD', KEYS[3], tonumber(ARGV[3]), id)
+    id = tonumber(id)
+  elseif max > 0 and redis.call('HLEN', KEYS[1]) >= max then
+    id = -1
+  else
+    local free = redis.call('ZPOPMIN', KEYS[4])
+    if free[1] then id = tonumber(free[1]) else id = redis.call('INCR', KEYS[2]) end
+    redis.call('HSET', KEYS[1], ARGV[i], id)
+    redis.call('HSET', ARGV[1] .. id, 'identity', ARGV[i])
+  end
+  out[#out + 1] = id
 end
-local max = tonumber(ARGV[3])
-if max > 0 and redis.call('HLEN', KEYS[1]) >= max then return -1 end
-local free = redis.call('ZPOPMIN', KEYS[4])
-if free[1] then id = tonumber(free[1]) else id = redis.call('INCR', KEYS[2]) end
-redis.call('HSET', KEYS[1], ARGV[1], id)
-redis.call('HSET', ARGV[2] .. id, 'identity', ARGV[1])
-return id
+return out
 """
 
 # KEYS: seen set, ids hash, free set, online set.  ARGV: before, prefix of
@@ -137,23 +169,39 @@ end
 return out
 """
 
-# KEYS: peer hash, online set.  ARGV: identity, state, expires_at, last_seen,
-# home, now, peer id.  Ignores ids bound to another identity (as SQLite
-# does), and never overwrites a live record of another instance with an
-# older one: a peer that moved from A to B must not be taken offline by A
-# writing its expiry afterwards.
+# KEYS: online set, seen set.  ARGV: prefix of the peer hash keys, now,
+# home, then five per record: peer id, identity, state, expires_at,
+# last_seen.  Returns 1 per record written, 0 per record ignored: ids bound
+# to another identity (as SQLite does), and a live record of another
+# instance is never overwritten with an older one: a peer that moved from A
+# to B must not be taken offline by A writing its expiry afterwards.
 _SAVE = """
-local stored = redis.call('HMGET', KEYS[1], 'identity', 'home', 'expires_at', 'last_seen')
-if stored[1] ~= ARGV[1] then return 0 end
-local now = tonumber(ARGV[6])
-if stored[2] and stored[2] ~= ARGV[5] and tonumber(stored[3] or '0') > now
-   and tonumber(stored[4] or '0') > tonumber(ARGV[4]) then
-  return 0
+local now = tonumber(ARGV[2])
+local home = ARGV[3]
+local out = {}
+for i = 4, #ARGV, 5 do
+  local id, key = ARGV[i], ARGV[1] .. ARGV[i]
+  local stored = redis.call('HMGET', key, 'identity', 'home', 'expires_at', 'last_seen')
+  local written = 0
+  if stored[1] == ARGV[i + 1] and not (stored[2] and stored[2] ~= home
+      and tonumber(stored[3] or '0') > now and tonumber(stored[4] or '0') > tonumber(ARGV[i + 4])) then
+    redis.call('HSET', key, 'state', ARGV[i + 2], 'expires_at', ARGV[i + 3], 'last_seen', ARGV[i + 4], 'home', home)
+    redis.call('ZADD', KEYS[1], tonumber(id), id)
+    redis.call('ZADD', KEYS[2], 'GT', tonumber(ARGV[i + 4]), id)
+    written = 1
+  end
+  out[#out + 1] = written
 end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'expires_at', ARGV[3], 'last_seen', ARGV[4], 'home', ARGV[5])
-redis.call('ZADD', KEYS[2], tonumber(ARGV[7]), ARGV[7])
-redis.call('ZADD', KEYS[3], 'GT', tonumber(ARGV[4]), ARGV[7])
-return 1
+return out
+"""
+
+# KEYS: any key of the registry (on a Cluster it routes the call to the
+# registry's node; pub/sub reaches every node from there).  ARGV: channel,
+# message, channel, message...  Returns the receivers of each.
+_PUBLISH = """
+local out = {}
+for i = 1, #ARGV, 2 do out[#out + 1] = redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end
+return out
 """
 
 
@@ -161,14 +209,34 @@ def check_url(url: str) -> str:
     """``url`` if it names a Redis server redis-py can reach, else RegistryError."""
     parts = urlsplit(url)
     if parts.scheme not in SCHEMES:
-        raise RegistryError(f"--registry {redacted(url)!r}: expected redis://HOST:PORT/DB or rediss://HOST:PORT/DB")
+        raise RegistryError(
+            f"--registry {redacted(url)!r}: expected redis://HOST:PORT/DB, rediss://HOST:PORT/DB "
+            "or redis+cluster://HOST:PORT"
+        )
     if parts.scheme != "unix" and not parts.hostname:
         raise RegistryError(f"--registry {redacted(url)!r}: no host")
     try:
         parts.port  # noqa: B018 (raises ValueError on a bad port)
     except ValueError as exc:
         raise RegistryError(f"--registry {redacted(url)!r}: {exc}") from None
+    if is_cluster(url) and parts.path not in ("", "/", "/0"):
+        raise RegistryError(f"--registry {redacted(url)!r}: a Redis Cluster has database 0 only")
     return url
+
+
+def is_cluster(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster (``redis+cluster://``, ``rediss+cluster://``)."""
+    return urlsplit(url).scheme.endswith("+cluster")
+
+
+def cluster_prefix(prefix: str) -> str:
+    """``prefix`` as a hash tag (``peerlink:`` -> ``{peerlink}:``), so that
+    every key of the registry lands in one Cluster slot; kept as it is when
+    it has a tag already."""
+    if "{" in prefix and "}" in prefix.split("{", 1)[1]:
+        return prefix
+    tag = prefix[:-1] if prefix.endswith(":") else prefix
+    return "{" + tag + "}" + (":" if prefix.endswith(":") else "")
 
 
 def redacted(url: str) -> str:
@@ -183,8 +251,10 @@ def _state(record: PeerRecord) -> str:
     return json.dumps(
         [
             record.nickname,
-            json.loads(encode_address(record.observed)),
-            json.loads(encode_addresses(record.local)),
+            # [host, port] and [[host, port], ...], as sqlite_registry's encode_address(es)
+            # write them, without a JSON round trip each (a save writes every refreshed peer).
+            list(record.observed),
+            [list(address) for address in record.local],
             record.first_seen,
             record.online_since,
         ],
@@ -206,8 +276,8 @@ def _record(peer_id: int, fields: Sequence[bytes | None]) -> PeerRecord | None:
             peer_id=peer_id,
             identity=bytes(identity),
             nickname=str(nickname),
-            observed=decode_address(json.dumps(observed)),
-            local=decode_addresses(json.dumps(local)),
+            observed=_address_from_json(observed),
+            local=_addresses_from_json(local),
             first_seen=float(first_seen),
             last_seen=float(last_seen or 0),
             expires_at=float(expires_at or 0),
@@ -216,6 +286,12 @@ def _record(peer_id: int, fields: Sequence[bytes | None]) -> PeerRecord | None:
         )
     except (ValueError, TypeError) as exc:
         raise RegistryError(f"stored record of peer {peer_id} is damaged: {exc}") from exc
+
+
+def _addresses_from_json(value: Any) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, list):
+        raise RegistryError(f"stored address list is not a list: {value!r:.80}")
+    return tuple(_address_from_json(item) for item in value)
 
 
 def encode_records(records: Iterable[PeerRecord]) -> bytes:
@@ -258,10 +334,11 @@ class RedisRegistry:
         self, url: str, *, prefix: str = "peerlink:", timeout: float = 1.0, max_ids: int | None = None
     ) -> None:
         self._url = check_url(url)
+        self._cluster = is_cluster(url)
         self._max_ids = max_ids
-        self._prefix = prefix
+        self._prefix = cluster_prefix(prefix) if self._cluster else prefix
         self._timeout = timeout
-        self._redis: aioredis.Redis | None = None
+        self._redis: aioredis.Redis | RedisCluster | None = None
         self._secret: bytes | None = None
         self._ids: dict[bytes, tuple[int, float]] = {}  # identity -> (id, when cached, monotonic)
         self._pending: dict[bytes, list[asyncio.Future[int]]] = {}
@@ -272,11 +349,17 @@ class RedisRegistry:
         self._assign: Any = None
         self._save: Any = None
         self._release: Any = None
-        self.round_trips = 0  # pipelines and commands sent (tests, metrics)
+        self._publish: Any = None
+        self.round_trips = 0  # script calls, pipelines and commands sent (tests, metrics)
 
     @property
     def url(self) -> str:
         return self._url
+
+    @property
+    def prefix(self) -> str:
+        """What every key and channel name starts with (a hash tag on a Cluster)."""
+        return self._prefix
 
     @property
     def instance(self) -> str:
@@ -291,25 +374,33 @@ class RedisRegistry:
         """Connect and check that Redis answers; RegistryError if it does not."""
         if self._redis is not None:
             return
+        options: dict[str, Any] = dict(
+            decode_responses=False,
+            socket_connect_timeout=self._timeout,
+            socket_timeout=self._timeout,
+            # One quick retry for a dropped connection; outages are ours to handle.
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
+        )
+        client: aioredis.Redis | RedisCluster
         try:
-            client: aioredis.Redis = aioredis.Redis.from_url(
-                self._url,
-                decode_responses=False,
-                socket_connect_timeout=self._timeout,
-                socket_timeout=self._timeout,
-                # One quick retry for a dropped connection; outages are ours to handle.
-                retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
-            )
-        except (ValueError, RedisError) as exc:
+            if self._cluster:
+                # redis-py's own scheme; the node named is only where it starts.
+                plain = self._url.replace("+cluster://", "://", 1)
+                client = RedisCluster.from_url(plain, **options)
+            else:
+                client = aioredis.Redis.from_url(self._url, **options)
+        except (ValueError, *FAILURES) as exc:
             raise RegistryError(f"--registry {redacted(self._url)}: {exc}") from None
         try:
+            if isinstance(client, RedisCluster):
+                await client.initialize()  # learns the nodes and slots; fails if the cluster is down
             await client.ping()
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             await client.aclose()
             raise RegistryError(f"cannot reach Redis at {redacted(self._url)}: {exc}") from None
         try:
             persistence = await client.info("persistence")
-        except RedisError:  # INFO may be forbidden (ACL, managed Redis): then we cannot tell
+        except FAILURES:  # INFO may be forbidden (ACL, managed Redis): then we cannot tell
             persistence = {"aof_enabled": 1}
         if not persistence.get("aof_enabled"):
             logger.warning(
@@ -320,6 +411,7 @@ class RedisRegistry:
         self._assign = client.register_script(_ASSIGN)
         self._release = client.register_script(_RELEASE)
         self._save = client.register_script(_SAVE)
+        self._publish = client.register_script(_PUBLISH)
         self._redis = client
 
     async def close(self) -> None:
@@ -343,7 +435,7 @@ class RedisRegistry:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    def _client(self) -> aioredis.Redis:
+    def _client(self) -> aioredis.Redis | RedisCluster:
         if self._redis is None:
             raise RegistryError(f"registry {redacted(self._url)} is not open")
         return self._redis
@@ -389,7 +481,7 @@ class RedisRegistry:
             raise
 
     async def _flush_ids(self) -> None:
-        """One pipeline for every identity that arrived in this loop iteration."""
+        """One script call for every identity that arrived in this loop iteration."""
         await asyncio.sleep(0)
         self._flush_task = None
         pending, self._pending = self._pending, {}
@@ -398,18 +490,11 @@ class RedisRegistry:
         results: list[Any] = []
         error: RegistryError | None = None
         try:
-            async with self._client().pipeline(transaction=False) as pipe:
-                for identity in pending:
-                    await self._assign(
-                        keys=[self._key("ids"), self._key("next_id"), self._key("seen"), self._key("free")],
-                        args=[identity, self._key("peer", ""), self._max_ids or 0, repr(time.time())],
-                        client=pipe,
-                    )
-                results = await pipe.execute()
-            self.round_trips += 1
-            self._succeeded()
-        except (RedisError, OSError, RegistryError) as exc:
-            error = self._failed(exc)
+            keys = [self._key("ids"), self._key("next_id"), self._key("seen"), self._key("free")]
+            head = [self._key("peer", ""), self._max_ids or 0, repr(time.time())]
+            results = await self._batched(self._assign, keys, head, [[identity] for identity in pending])
+        except RegistryError as exc:
+            error = exc
         for index, (identity, futures) in enumerate(pending.items()):
             peer_id = int(results[index]) if error is None else -1
             if peer_id > 0:
@@ -475,10 +560,21 @@ class RedisRegistry:
         """The offline mailbox, in this database (rendezvous/redis_mailbox.py has its keys)."""
         return RedisMailbox(self._client, self._call, self._prefix)
 
+    async def _batched(self, script: Any, keys: list[str], head: list[Any], items: Sequence[list[Any]]) -> list[Any]:
+        """``script`` over ``items`` (each a list of ARGV), ``BATCH`` items a
+        call after the ``head`` ARGV; the results of all calls, in order.
+        Sequential calls rather than a pipeline: a Cluster pipeline cannot
+        carry EVALSHA (see the module's docstring)."""
+        results: list[Any] = []
+        for start in range(0, len(items), BATCH):
+            args = [*head, *(value for item in items[start : start + BATCH] for value in item)]
+            results += await self._call(script(keys=keys, args=args))
+        return results
+
     async def _call(self, awaitable: Any) -> Any:
         try:
             result = await awaitable
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             raise self._failed(exc) from None
         self.round_trips += 1
         self._succeeded()
@@ -487,7 +583,7 @@ class RedisRegistry:
     # -- state -----------------------------------------------------------
 
     async def save(self, records: Iterable[PeerRecord]) -> None:
-        """Write the records this instance is home to, in one pipeline, then
+        """Write the records this instance is home to, in one script call, then
         tell the other instances (``P presence``) about those that were written."""
         records = list(records)
         if not records:
@@ -495,31 +591,15 @@ class RedisRegistry:
         client = self._client()
         # Live means expires_at is after the wall clock (record times are wall times).
         wall = time.time()
-        try:
-            async with client.pipeline(transaction=False) as pipe:
-                for record in records:
-                    await self._save(
-                        keys=[self._key("peer", record.peer_id), self._key("online"), self._key("seen")],
-                        args=[
-                            bytes(record.identity),
-                            _state(record),
-                            repr(record.expires_at),
-                            repr(record.last_seen),
-                            self._instance,
-                            repr(wall),
-                            record.peer_id,
-                        ],
-                        client=pipe,
-                    )
-                written = await pipe.execute()
-            self.round_trips += 1
-            announced = [_homed(record, self._instance) for record, ok in zip(records, written, strict=True) if ok]
-            if announced and self._instance:
-                await client.publish(self._key("presence"), encode_records(announced))
-                self.round_trips += 1
-            self._succeeded()
-        except (RedisError, OSError) as exc:
-            raise self._failed(exc) from None
+        rows = [
+            [record.peer_id, bytes(record.identity), _state(record), repr(record.expires_at), repr(record.last_seen)]
+            for record in records
+        ]
+        keys = [self._key("online"), self._key("seen")]
+        written = await self._batched(self._save, keys, [self._key("peer", ""), repr(wall), self._instance], rows)
+        announced = [_homed(record, self._instance) for record, ok in zip(records, written, strict=True) if ok]
+        if announced and self._instance:
+            await self._call(client.publish(self._key("presence"), encode_records(announced)))
 
     async def load_online(self, now: float, after_id: int = 0, limit: int | None = None) -> list[PeerRecord]:
         """Records with ``expires_at`` after ``now``, in id order, after ``after_id``."""
@@ -553,7 +633,7 @@ class RedisRegistry:
                 for peer_id in ids:
                     pipe.hmget(self._key("peer", peer_id), fields)
                 rows = await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             raise self._failed(exc) from None
         self.round_trips += 1
         self._succeeded()
@@ -596,7 +676,7 @@ class RedisRegistry:
         pubsub: Any = client.pubsub()  # redis-py leaves aclose untyped
         try:
             await pubsub.subscribe(self._key("presence"), self._key("instance", instance))
-        except (RedisError, OSError) as exc:
+        except FAILURES as exc:
             await pubsub.aclose()
             raise self._failed(exc) from None
         self._listener = asyncio.create_task(self._listen(pubsub, on_records, on_introduction))
@@ -633,12 +713,12 @@ class RedisRegistry:
                     delay = min(2 * delay, LISTEN_BACKOFF[1])
                 else:
                     logger.warning("ignored a presence message: %r", str(exc))
-            except (RedisError, OSError) as exc:
+            except FAILURES as exc:
                 self._failed(exc)
                 resync = True
                 try:
                     await pubsub.aclose()  # the next subscribe reconnects
-                except (RedisError, OSError):
+                except FAILURES:
                     pass
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, LISTEN_BACKOFF[1])
@@ -647,18 +727,14 @@ class RedisRegistry:
                 logger.exception("presence listener: a message could not be applied")
 
     async def forward_many(self, items: Sequence[tuple[str, int, bytes]]) -> None:
-        """One pipelined round trip: a PUBLISH per datagram on its home's channel."""
+        """One round trip per ``BATCH``: a script PUBLISHes each datagram on its home's channel."""
         if not items:
             return
-        try:
-            async with self._client().pipeline(transaction=False) as pipe:
-                for home, target_id, data in items:
-                    pipe.publish(self._key("instance", home), target_id.to_bytes(4, "big") + data)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise self._failed(exc) from None
-        self.round_trips += 1
-        self._succeeded()
+        self._client()
+        messages = [
+            [self._key("instance", home), target_id.to_bytes(4, "big") + data] for home, target_id, data in items
+        ]
+        await self._batched(self._publish, [self._key("presence")], [], messages)
 
 
 def _homed(record: PeerRecord, instance: str) -> PeerRecord:

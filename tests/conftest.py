@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, settings
 from processes import Net
 
 # tests/ is on sys.path (pytest's prepend import mode), so the helper modules import by name.
-from redis_process import RedisProcess
+from redis_process import RedisClusterProcesses, RedisProcess
 
 from rendezvous.client import RendezvousClient
 from rendezvous.core import ServerConfig
@@ -81,6 +81,24 @@ def redis_servers(tmp_path: Path) -> Iterator[Callable[..., RedisProcess]]:
 @pytest.fixture
 def redis_server(redis_servers: Callable[..., RedisProcess]) -> RedisProcess:
     return redis_servers()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcesses]:
+    """One three-master Redis Cluster for the whole session (a few seconds to
+    start); skips when redis-server or redis-cli is not installed."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server is not installed (Debian package redis-server; scripts/system-deps.sh)")
+    cluster = RedisClusterProcesses(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.kill()
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_nodes: RedisClusterProcesses) -> RedisClusterProcesses:
+    """The session's Redis Cluster, emptied for this test."""
+    redis_cluster_nodes.flush()
+    return redis_cluster_nodes
 
 
 @pytest.fixture

@@ -69,3 +69,105 @@ def redis_answers(port: int) -> bool:
             return sock.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+class RedisClusterProcesses:
+    """A Redis Cluster of ``masters`` ``redis-server`` children (no replicas)
+    on free loopback ports, given their slots and joined with CLUSTER
+    ADDSLOTSRANGE and CLUSTER MEET; its files in ``directory``.  ``url`` is
+    ``redis+cluster://`` naming the first node (the client learns the others
+    from it)."""
+
+    def __init__(self, directory: Path, masters: int = 3) -> None:
+        self.directory = directory
+        self.masters = masters
+        self.ports: list[int] = []
+        self.buses: list[int] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.ports[0]}"
+
+    def start(self) -> RedisClusterProcesses:
+        """Start the nodes, give them the 16384 slots and wait until every node says ``cluster_state:ok``."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for _index in range(self.masters):
+            # The cluster bus needs a port too; the default (port + 10000) may be taken or past 65535.
+            self.ports.append(free_tcp_port())
+            self.buses.append(free_tcp_port())
+        deadline = time.monotonic() + 60  # bounds a failure only: a loaded machine starts processes slowly
+        self._launch(deadline)
+        # What ``redis-cli --cluster create`` does, without its one-second waits:
+        # each master takes a third of the slots, and the first meets the others.
+        per = 16384 // self.masters
+        for index, port in enumerate(self.ports):
+            last = 16383 if index == self.masters - 1 else (index + 1) * per - 1
+            assert command(port, b"CLUSTER ADDSLOTSRANGE %d %d" % (index * per, last)).startswith(b"+OK")
+        for port, bus in zip(self.ports[1:], self.buses[1:], strict=True):
+            assert command(self.ports[0], b"CLUSTER MEET 127.0.0.1 %d %d" % (port, bus)).startswith(b"+OK")
+        while not all(cluster_ok(port) for port in self.ports):
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"the cluster did not reach cluster_state:ok: {self._logs()}")
+            time.sleep(0.05)
+        return self
+
+    def restart(self) -> None:
+        """SIGKILL every node, start them again on their ports (their
+        nodes.conf keeps the slots; the data is gone) and wait for
+        ``cluster_state:ok``."""
+        self.kill()
+        deadline = time.monotonic() + 60
+        self._launch(deadline)
+        while not all(cluster_ok(port) for port in self.ports):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster did not come back: {self._logs()}")
+            time.sleep(0.05)
+
+    def _launch(self, deadline: float) -> None:
+        """Start one redis-server per port and wait until each answers PING."""
+        for index, (port, bus) in enumerate(zip(self.ports, self.buses, strict=True)):
+            node_dir = self.directory / f"node{index}"
+            node_dir.mkdir(exist_ok=True)
+            args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            args += ["--cluster-enabled", "yes", "--cluster-port", str(bus), "--cluster-config-file", "nodes.conf"]
+            args += ["--dir", str(node_dir), "--daemonize", "no", "--loglevel", "warning"]
+            log = open(node_dir / "redis.log", "ab")  # noqa: SIM115 (the child keeps it)
+            self.procs.append(subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log))
+            log.close()
+        for port, proc in zip(self.ports, self.procs, strict=True):
+            while not redis_answers(port):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError(f"redis-server on {port} did not start: {self._logs()}")
+                time.sleep(0.02)
+
+    def flush(self) -> None:
+        """Empty every node (between tests sharing one cluster)."""
+        for port in self.ports:
+            assert command(port, b"FLUSHALL").startswith(b"+OK"), port
+
+    def kill(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.procs = []
+
+    def _logs(self) -> str:
+        return " | ".join(p.read_text()[-500:] for p in self.directory.glob("node*/redis.log"))
+
+
+def cluster_ok(port: int) -> bool:
+    try:
+        return b"cluster_state:ok" in command(port, b"CLUSTER INFO")
+    except OSError:
+        return False
+
+
+def command(port: int, line: bytes) -> bytes:
+    """One inline command to the Redis on ``port``; the start of its reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(line + b"\r\n")
+        return sock.recv(4096)

@@ -2,8 +2,8 @@
 networked, shared registry has (racing instances, outages), and several
 rendezvous instances on one Redis: listed, connected and introduced across
 instances; ids kept when every instance restarts; Redis killed while peers
-refresh.  (The Registry contract itself runs on both backends in
-tests/unit/test_sqlite_registry.py.)"""
+refresh; two instances on a three-master Redis Cluster.  (The Registry
+contract itself runs on every backend in tests/unit/test_sqlite_registry.py.)"""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from redis_process import RedisProcess, free_tcp_port
+from redis_process import RedisClusterProcesses, RedisProcess, free_tcp_port
 from test_process import clean_env, free_udp_port, start_server
 
 from rendezvous.client import RendezvousClient
@@ -130,12 +130,12 @@ async def test_known_ids_survive_an_outage_and_new_ones_fail_fast(
 
 
 @pytest.fixture
-async def instances(redis_server: RedisProcess) -> AsyncIterator[Callable[..., Awaitable[RendezvousServer]]]:
+async def instances(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., Awaitable[RendezvousServer]]]:
     """Start rendezvous instances sharing ``redis_server`` (or the URL given)."""
     started: list[RendezvousServer] = []
 
-    async def start(url: str | None = None, **config: object) -> RendezvousServer:
-        registry = RedisRegistry(url or redis_server.url, timeout=0.3)
+    async def start(url: str | None = None, *, timeout: float = 0.3, **config: object) -> RendezvousServer:
+        registry = RedisRegistry(url or request.getfixturevalue("redis_server").url, timeout=timeout)
         server = RendezvousServer(
             ServerConfig(**config),  # type: ignore[arg-type]
             registry,
@@ -369,6 +369,7 @@ def test_cli_with_an_unreachable_or_bad_registry_exits_with_one_line(tmp_path: P
     for url, message in [
         (f"redis://127.0.0.1:{free_tcp_port()}/0", "rendezvous: cannot reach Redis at redis://127.0.0.1:"),
         ("mysql://127.0.0.1/0", "expected redis://HOST:PORT/DB"),
+        ("redis+cluster://127.0.0.1:7000/2", "a Redis Cluster has database 0 only"),
     ]:
         result = subprocess.run(
             [
@@ -423,3 +424,89 @@ async def test_two_processes_on_one_redis(tmp_path: Path, redis_server: RedisPro
             client.close()
         await a.kill()
         await b.kill()
+
+
+# ------------------------------------------------------------ Redis Cluster
+
+
+async def test_two_instances_on_a_redis_cluster(instances, clients, redis_cluster: RedisClusterProcesses) -> None:
+    """``redis+cluster://``: register on A, list, connect and relay from B;
+    every key of the registry in one hash slot (its scripts need that)."""
+    # Seconds of socket timeout: joining a Cluster takes several round trips, and no outage is tested here.
+    a = await instances(redis_cluster.url, timeout=5)
+    b = await instances(redis_cluster.url, timeout=5)
+    alice = await clients(a, nickname="alice")
+    bob = await clients(b, nickname="bob")
+    assert (await alice.register()).peer_id == 1
+    assert (await bob.register()).peer_id == 2
+
+    async def bob_sees_alice() -> bool:
+        return await listed(bob) == [1]
+
+    await eventually(bob_sees_alice, timeout=20)
+    info = await bob.connect(1)
+    assert info.public_key == alice.public_key and info.nickname == "alice"
+    intro = await asyncio.wait_for(alice.introductions.get(), 20)
+    assert intro.peer_id == 2 and intro.public_key == bob.public_key
+    assert b.core is not None and b.core.stats["introductions_forwarded"] == 1
+
+    async def mirrored() -> bool:
+        return 1 in b.core.directory  # type: ignore[union-attr]
+
+    await eventually(mirrored, timeout=20)
+    for n in range(5):
+        bob.send_relayed(1, b"to alice %d" % n)
+    got = [await asyncio.wait_for(alice.relayed.get(), 20) for _ in range(5)]
+    assert sorted(got) == [(2, b"to alice %d" % n) for n in range(5)]
+
+    holders = {port: keys for port in redis_cluster.ports if (keys := node_keys(port))}
+    assert len(holders) == 1, holders  # one node: the one serving the tag's slot
+    (keys,) = holders.values()
+    assert b"{peerlink}:ids" in keys and b"{peerlink}:peer:1" in keys
+    assert all(k.startswith(b"{peerlink}:") for k in keys), keys
+
+
+def node_keys(port: int) -> list[bytes]:
+    """The keys stored on one cluster node (KEYS * asks only that node)."""
+    result = subprocess.run(
+        ["redis-cli", "-p", str(port), "--raw", "KEYS", "*"], capture_output=True, check=True, timeout=10
+    )
+    return [line for line in result.stdout.splitlines() if line]
+
+
+async def test_a_redis_cluster_outage_is_registry_unavailable_and_the_listener_comes_back(
+    redis_cluster: RedisClusterProcesses,
+) -> None:
+    """Every node killed: calls fail with RegistryUnavailable (redis-py's
+    RedisClusterException is no RedisError), and once the nodes are back the
+    listener is subscribed again (by itself or by redis-py's reconnection,
+    whichever comes first) and forwarded datagrams flow again."""
+    arrived: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
+    # Refused connections fail at once whatever the timeout; a long one keeps a slow machine from looking down.
+    a = RedisRegistry(redis_cluster.url, timeout=5)
+    b = RedisRegistry(redis_cluster.url, timeout=5)
+    async with a, b:
+        await a.start("A", lambda records: None, lambda i, d: arrived.put_nowait((i, d)))
+        await b.start("B", lambda records: None, lambda i, d: None)
+        await b.forward_many([("A", 7, b"before")])
+        assert await asyncio.wait_for(arrived.get(), 20) == (7, b"before")
+        redis_cluster.kill()
+        with pytest.raises(RegistryUnavailable):
+            await b.forward_many([("A", 8, b"lost")])
+        with pytest.raises(RegistryUnavailable):
+            await b.assign_id(key(1))
+        redis_cluster.restart()
+
+        async def forwarded_again() -> bool:
+            # Sent until A's listener is subscribed again (pub/sub keeps nothing for the absent).
+            try:
+                await b.forward_many([("A", 9, b"after")])
+            except RegistryUnavailable:
+                return False
+            try:
+                return await asyncio.wait_for(arrived.get(), 0.5) == (9, b"after")
+            except TimeoutError:
+                return False
+
+        await eventually(forwarded_again, timeout=20)
+        assert await b.assign_id(key(1)) == 1  # an empty registry again: the nodes kept no data

@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -360,3 +361,94 @@ def test_each_peer_learns_its_nat_type(tmp_path: Path) -> None:
             )
             print(f"\n{nat.name}: {me['nat']}")
             assert me["nat"]["type"] == NAT_NAMES[nat], me["nat"]
+
+
+def start_redis_instances(lab: Lab, tmp_path: Path) -> tuple[str, str]:
+    """Redis on the rendezvous host, and two rendezvous instances sharing it
+    on two lab hosts: the rendezvous host (A) and a second public host (B).
+    Returns their HOST:PORT."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (Debian package redis-server; scripts/system-deps.sh)")
+    host_b = lab.site("rvb", NatType.NONE).host
+    primary, other = lab.rendezvous.addresses[:2]
+    (tmp_path / "redis").mkdir()
+    lab.popen(
+        lab.rendezvous,
+        ["redis-server", "--port", "6379", "--bind", primary, "--protected-mode", "no", "--save", ""]
+        + ["--appendonly", "no", "--dir", str(tmp_path / "redis"), "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while lab.run(lab.rendezvous, ["redis-cli", "-h", primary, "-p", "6379", "PING"]).stdout.strip() != "PONG":
+        assert time.monotonic() < deadline, "redis-server did not start"
+        time.sleep(0.05)
+    url = f"redis://{primary}:6379/0"
+    # Distinct ports: an instance is named <hostname>:<port>, and the lab's hosts share the machine's name.
+    servers = [
+        (lab.rendezvous, primary, 3478, ["--other-address", f"{other}:3479"]),
+        (host_b, host_b.address, 3480, []),
+    ]
+    for host, address, port, extra in servers:
+        log = open(tmp_path / f"rendezvous-{port}.log", "w")  # noqa: SIM115 (the child keeps it)
+        lab.popen(
+            host,
+            [sys.executable, "-m", "rendezvous", "--host", address, "--port", str(port), *extra]
+            + ["--registry", url, "--log-level", "info"],
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+    return f"{primary}:3478", f"{host_b.address}:3480"
+
+
+def test_peers_on_two_instances_punch_direct_and_relay_across(tmp_path: Path) -> None:
+    """Two rendezvous instances on two lab hosts, one Redis: a port-restricted
+    pair registered one on each punches direct (the introduction to the
+    target leaves from its own instance, whose address its NAT knows), and a
+    symmetric pair, one on each, relays across the instances."""
+    with Lab() as lab:
+        sites = {
+            name: lab.site(name, nat)
+            for name, nat in (
+                ("a", NatType.PORT_RESTRICTED),
+                ("b", NatType.PORT_RESTRICTED),
+                ("c", NatType.SYMMETRIC),
+                ("d", NatType.SYMMETRIC),
+            )
+        }
+        server_a, server_b = start_redis_instances(lab, tmp_path)
+        homes = {"alice": server_a, "bob": server_b, "carol": server_a, "dave": server_b}
+        peers = {
+            name: Peer(lab, sites[site], name, tmp_path / name, homes[name])
+            for name, site in zip(homes, "abcd", strict=True)
+        }
+        ids = {
+            name: peer.wait(lambda p=peer: (m := p.api("me")) and m["id"], START, f"{peer.name} registered")
+            for name, peer in peers.items()
+        }
+        for one, other in (("alice", "bob"), ("carol", "dave")):
+            # Listed across instances: each sees the other online.
+            peers[one].wait(
+                lambda o=one, t=other: any(p["id"] == ids[t] and p["online"] for p in peers[o].api("peers")),
+                20,
+                f"{other} online",
+            )
+        for one, other, expected in (("alice", "bob", "direct"), ("carol", "dave", "relayed")):
+            sender, receiver = peers[one], peers[other]
+            sent = sender.api("send-wait", str(ids[other]), f"{one} to {other}")
+            assert sent["connection"]["state"] == expected, sent
+            if expected == "direct":
+                # Straight to the other site's NAT, not through either instance.
+                assert sent["connection"]["address"].split(":")[0] == sites["b"].public_address
+            reply = receiver.api("send", str(ids[one]), f"{other} to {one}")
+            receiver.wait(
+                lambda r=receiver, o=one, i=reply["id"]: all_delivered(r, ids[o], [i]), 20, "the reply delivered"
+            )
+            texts = [m["text"] for m in receiver.api("messages", str(ids[one]))]
+            assert texts == [f"{one} to {other}", f"{other} to {one}"]
+        # The instances really did forward to each other: the introduction to bob
+        # (on B, asked on A) and the relayed datagrams of carol and dave.
+        log_a = (tmp_path / "rendezvous-3478.log").read_text()
+        assert "sharing the registry" in log_a and "Traceback" not in log_a
+        assert "Traceback" not in (tmp_path / "rendezvous-3480.log").read_text()

@@ -1,6 +1,6 @@
 """The Mailbox contract (rendezvous/mailbox.py) on both stores: the
-registry's SQLite file, and a real ``redis-server`` (skipped when it is not
-installed)."""
+registry's SQLite file, a real ``redis-server`` and a real three-master
+Redis Cluster (skipped when redis-server is not installed)."""
 
 from __future__ import annotations
 
@@ -22,13 +22,15 @@ def mail(recipient: int, sender: int, n: int, size: int = 10, at: float = T0) ->
     return Mail(recipient, sender, n.to_bytes(16, "big"), bytes([n % 256]) * size, at)
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 async def box(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Mailbox]:
     registry: SqliteRegistry | RedisRegistry
     if request.param == "sqlite":
         registry = SqliteRegistry(tmp_path / "registry.sqlite3")
     else:
-        registry = RedisRegistry(request.getfixturevalue("redis_server").url, prefix="mailtest:")
+        # On a Cluster the prefix becomes a hash tag: the scripts' keys share one slot.
+        fixture = "redis_server" if request.param == "redis" else "redis_cluster"
+        registry = RedisRegistry(request.getfixturevalue(fixture).url, prefix="mailtest:", timeout=10)
     await registry.open()
     checked: Mailbox = registry.mailbox()  # mypy checks the port is implemented
     yield checked

@@ -1,6 +1,7 @@
 """SqliteRegistry on real database files in tmp_path; the Registry contract
 tests (those taking ``shared``) run on RedisRegistry too, against a real
-``redis-server`` (skipped when it is not installed)."""
+``redis-server`` and a real three-master Redis Cluster (skipped when
+redis-server is not installed)."""
 
 from __future__ import annotations
 
@@ -71,13 +72,15 @@ AnyRegistry = SqliteRegistry | RedisRegistry
 Backend = Callable[..., AnyRegistry]
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """Makes registries on one store: ``backend()`` again is a reopen; ``backend("b")`` another store."""
     if request.param == "sqlite":
         return lambda name="registry": SqliteRegistry(tmp_path / f"{name}.sqlite3")
-    url = request.getfixturevalue("redis_server").url
-    return lambda name="registry": RedisRegistry(url, prefix=f"{name}:")
+    fixture = "redis_server" if request.param == "redis" else "redis_cluster"
+    url = request.getfixturevalue(fixture).url
+    # A generous socket timeout: seconds of stall on a loaded machine are not an outage here.
+    return lambda name="registry": RedisRegistry(url, prefix=f"{name}:", timeout=10)
 
 
 @pytest.fixture
@@ -501,7 +504,7 @@ async def test_a_key_back_after_long_keeps_its_id_through_a_release(shared: AnyR
     assert await registry.release_unseen(2000.0) == []
 
 
-@pytest.mark.parametrize("name", ["sqlite", "redis"])
+@pytest.mark.parametrize("name", ["sqlite", "redis", "redis-cluster"])
 async def test_past_max_ids_a_new_key_is_refused_and_known_keys_are_not(
     name: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -511,7 +514,8 @@ async def test_past_max_ids_a_new_key_is_refused_and_known_keys_are_not(
     if name == "sqlite":
         registry = SqliteRegistry(tmp_path / "full.sqlite3", max_ids=2)
     else:
-        registry = RedisRegistry(request.getfixturevalue("redis_server").url, prefix="full:", max_ids=2)
+        fixture = "redis_server" if name == "redis" else "redis_cluster"
+        registry = RedisRegistry(request.getfixturevalue(fixture).url, prefix="full:", max_ids=2, timeout=10)
     await registry.open()
     try:
         first, second = await registry.assign_id(key(1)), await registry.assign_id(key(2))
