@@ -116,6 +116,11 @@ STALE_AFTER = 120.0
 FAILURES = (RedisError, RedisClusterException, OSError)
 # Pub/sub reconnection backoff.
 LISTEN_BACKOFF = (0.2, 10.0)
+# Connections to one Redis.  Past them a command waits for one to be free (a
+# blocking pool): redis-py's default pool instead fails the command at 100
+# with "Too many connections", which 512 REGISTERs in flight reached and
+# which looked like an outage.
+MAX_CONNECTIONS = 64
 
 # KEYS: ids hash, next_id counter, seen set, free set.  ARGV: prefix of the
 # peer hash keys, max ids (0: no cap), now, then the identities.  Returns
@@ -388,7 +393,10 @@ class RedisRegistry:
                 plain = self._url.replace("+cluster://", "://", 1)
                 client = RedisCluster.from_url(plain, **options)
             else:
-                client = aioredis.Redis.from_url(self._url, **options)
+                pool = aioredis.BlockingConnectionPool.from_url(
+                    self._url, max_connections=MAX_CONNECTIONS, timeout=self._timeout, **options
+                )
+                client = aioredis.Redis.from_pool(pool)
         except (ValueError, *FAILURES) as exc:
             raise RegistryError(f"--registry {redacted(self._url)}: {exc}") from None
         try:
