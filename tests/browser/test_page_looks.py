@@ -8,12 +8,11 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import pytest
+import pytest_asyncio
 from aiohttp import web
-from browser.chromium import CHROMIUM_ARGS, chromium_path
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, BrowserContext, Page, expect
 from unit.fake_api import FakePeerApi
 
 from webpeer.web import WebConfig, create_app, start_site
@@ -51,28 +50,30 @@ class Site:
     url: str
     browser: Browser
     errors: list[str]
+    contexts: list[BrowserContext] = field(default_factory=list)
 
     async def page(self, width: int = 1100, height: int = 700, color_scheme: str = "light") -> Page:
+        """A page in a browser context of its own (closed when the test ends)."""
         context = await self.browser.new_context(viewport={"width": width, "height": height}, color_scheme=color_scheme)  # type: ignore[arg-type]
+        self.contexts.append(context)
         page = await context.new_page()
         page.on("pageerror", lambda error: self.errors.append(str(error)))
         await page.goto(f"{self.url}?token={TOKEN}")
         return page
 
 
-@pytest.fixture
-async def site() -> AsyncIterator[Site]:
+# On the session's loop with the shared Chromium (tests/browser/conftest.py).
+@pytest_asyncio.fixture(loop_scope="session")
+async def site(browser: Browser) -> AsyncIterator[Site]:
     api = FakePeerApi(my_id=1, name="alice")
     port = free_port()
     runner: web.AppRunner = await start_site(create_app(WebConfig(port=port, token=TOKEN), api))
+    site = Site(api, f"http://127.0.0.1:{port}/", browser, [])
     try:
-        async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-            try:
-                yield Site(api, f"http://127.0.0.1:{port}/", browser, [])
-            finally:
-                await browser.close()
+        yield site
     finally:
+        for context in site.contexts:
+            await context.close()
         await runner.cleanup()
 
 
