@@ -24,10 +24,19 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 from browser.chromium import CHROMIUM_ARGS, chromium_path
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser, async_playwright, expect
 from pytest_asyncio import is_async_test
 
 SHARED_LOOP = "session"
+EXPECT_MS = 20_000
+"""How long expect() waits for the page by default (Playwright's own is 5 s): the
+suite's WAIT (tests/processes.py), as a deadline only bounds how long a failure
+takes to show, and a loaded two-core CI machine can take seconds to render."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _patient_expect() -> None:
+    expect.set_options(timeout=EXPECT_MS)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope=SHARED_LOOP)

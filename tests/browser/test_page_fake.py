@@ -62,7 +62,7 @@ class Harness:
         return f'[data-testid="peer-item"][data-peer-id="{peer_id}"]'
 
 
-async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+async def until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
     """Wait for something the page makes happen on the server side."""
     deadline = asyncio.get_running_loop().time() + timeout
     while not condition():
