@@ -46,10 +46,13 @@ check: typecheck
 # Chromium, timers): together they use under 3 min of CPU, so they run in two
 # pytest-xdist workers, a whole file to a worker (--dist loadfile: a file's
 # fixtures and order stay as written).  Measured on 2 cores shared with other
-# work (load 8-26, so only relative): about 22 min one by one, 9.75-12.5 min in
-# two workers.  Everything else runs after, one by one: the unit tests are
-# quick, and the NAT lab's tests time what they measure.  Both runs always
-# run; either failing fails the target.
+# work, so only roughly: 408 s one by one at a load of 8-12, 352 s in two
+# workers at 3-10 (the other comparisons, at loads of 15-26, favoured the
+# workers more, but there a second process also wins a bigger share of a busy
+# machine).  The unit tests lose (46 s alone, 113 s in two workers: they are
+# CPU-bound), so they, interop, js and the NAT lab (it times what it
+# measures) run after, one by one.  Both runs always run; either failing
+# fails the target.
 PARALLEL_TESTS := tests/integration tests/browser
 
 test: $(STAMP) typecheck system-deps
