@@ -8,13 +8,18 @@ all N are in the message list (a MutationObserver), and the long tasks
     .venv/bin/python bench/page_burst.py [--messages 1000] [--static DIR --templates DIR]
 
 --static/--templates: another tree's page (e.g. main's, to compare before
-and after).  Results: bench/PAGE.md.
+and after).  --cpu: also trace the renderer (Chromium's devtools.timeline)
+and report the main thread's CPU time: the longest task's and the burst's
+total.  On a loaded machine a task's wall time is several times its CPU
+time, so the CPU figures are the ones to compare between runs.
+Results: bench/PAGE.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import socket
 import sys
@@ -43,7 +48,7 @@ WATCH = """(count) => {
 }"""
 
 
-async def run(messages: int, static: Path, templates: Path) -> dict[str, object]:
+async def run(messages: int, static: Path, templates: Path, cpu: bool) -> dict[str, object]:
     fake_api.QUEUE_SIZE = messages + 100  # the whole burst fits in the subscriber's queue
     api = fake_api.FakePeerApi(my_id=1, name="alice")
     api.add_peer(2, "bob")
@@ -60,23 +65,48 @@ async def run(messages: int, static: Path, templates: Path) -> dict[str, object]
             await page.locator('[data-peer-id="2"]').click()
             await page.wait_for_selector('[data-testid="conversation"][data-peer-id="2"]')
             await page.wait_for_timeout(500)
+            if cpu:
+                await browser.start_tracing(
+                    page=page, categories=["devtools.timeline", "disabled-by-default-devtools.timeline"]
+                )
             await page.evaluate(WATCH, messages)
             for n in range(messages):
                 api.receive(2, f"burst message {n} with a little text in it")
             await page.wait_for_function("() => window.__bench.done !== null", timeout=120_000)
             await page.wait_for_timeout(300)  # late long tasks are reported a little after
             bench = await page.evaluate("window.__bench")
+            trace = await browser.stop_tracing() if cpu else b""
             await browser.close()
     finally:
         await runner.cleanup()
     first, done = bench["first"], bench["done"]
     during = [d for start, d in bench["longTasks"] if start + d >= first - 1000]
-    return {
+    result: dict[str, object] = {
         "messages": messages,
         "first_to_all_shown_ms": round(done - first, 1),
         "long_tasks": len(during),
         "longest_task_ms": round(max(during, default=0.0), 1),
     }
+    if cpu:
+        result.update(main_thread_cpu(trace))
+    return result
+
+
+def main_thread_cpu(trace: bytes) -> dict[str, float]:
+    """The renderer main thread's tasks in a trace: the longest one's CPU
+    time (the trace's thread duration) and the sum, in ms."""
+    events = json.loads(trace)["traceEvents"]
+    # The renderer's main thread is the one that does the layouts.
+    layouts = collections.Counter(e["tid"] for e in events if e.get("name") == "Layout")
+    if not layouts:
+        return {}
+    main_tid = layouts.most_common(1)[0][0]
+    tasks = [
+        e.get("tdur", 0) / 1000
+        for e in events
+        if e.get("ph") == "X" and e["tid"] == main_tid and e.get("name") in ("RunTask", "ThreadControllerImpl::RunTask")
+    ]
+    return {"longest_task_cpu_ms": round(max(tasks, default=0.0), 1), "total_cpu_ms": round(sum(tasks), 1)}
 
 
 def main() -> None:
@@ -85,9 +115,10 @@ def main() -> None:
     parser.add_argument("--static", type=Path, default=default_static_dir())
     parser.add_argument("--templates", type=Path, default=default_templates_dir())
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--cpu", action="store_true", help="also trace and report main-thread CPU time")
     args = parser.parse_args()
     for _ in range(args.runs):
-        print(json.dumps(asyncio.run(run(args.messages, args.static, args.templates))), flush=True)
+        print(json.dumps(asyncio.run(run(args.messages, args.static, args.templates, args.cpu))), flush=True)
 
 
 if __name__ == "__main__":

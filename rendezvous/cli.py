@@ -149,6 +149,32 @@ def build_parser() -> argparse.ArgumentParser:
         "(env RENDEZVOUS_MAX_ONLINE_PER_IP, default 1024)",
     )
     parser.add_argument(
+        "--no-mailbox",
+        action="store_true",
+        default=_env_flag("RENDEZVOUS_NO_MAILBOX"),
+        help="keep no offline mailbox: DEPOSIT and FETCH get 400 Unknown method (env RENDEZVOUS_NO_MAILBOX=1)",
+    )
+    parser.add_argument(
+        "--mailbox-max-messages",
+        type=int,
+        default=env("RENDEZVOUS_MAILBOX_MAX_MESSAGES", "200"),
+        help="messages waiting at most per recipient, and per sender over all its recipients; a DEPOSIT "
+        "past it gets 486 (env RENDEZVOUS_MAILBOX_MAX_MESSAGES, default %(default)s)",
+    )
+    parser.add_argument(
+        "--mailbox-max-kb",
+        type=int,
+        default=env("RENDEZVOUS_MAILBOX_MAX_KB", "128"),
+        help="sealed KiB waiting at most per recipient, and per sender (env RENDEZVOUS_MAILBOX_MAX_KB, "
+        "default %(default)s)",
+    )
+    parser.add_argument(
+        "--mailbox-days",
+        type=float,
+        default=env("RENDEZVOUS_MAILBOX_DAYS", "14"),
+        help="a mailbox message not fetched this long is deleted (env RENDEZVOUS_MAILBOX_DAYS, default %(default)s)",
+    )
+    parser.add_argument(
         "--no-uvloop",
         action="store_true",
         default=_env_flag("RENDEZVOUS_NO_UVLOOP"),
@@ -158,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def serve(args: argparse.Namespace) -> None:
+    from .mailbox import Mailbox, MailLimits
     from .registry import Presence, Registry
     from .sqlite_registry import SqliteRegistry
 
@@ -171,7 +198,21 @@ async def serve(args: argparse.Namespace) -> None:
         raise SystemExit("rendezvous: --id-retention-days must be 0 (forever) or 1 to 36500")
     if not args.max_online_per_ip >= 1:
         raise SystemExit("rendezvous: --max-online-per-ip must be at least 1")
+    if not (args.mailbox_max_messages >= 1 and args.mailbox_max_kb >= 1 and args.mailbox_days > 0):
+        raise SystemExit("rendezvous: --mailbox-max-messages, --mailbox-max-kb and --mailbox-days must be positive")
+    mail_limits = (
+        None
+        if args.no_mailbox
+        else MailLimits(
+            max_messages=args.mailbox_max_messages,
+            max_bytes=args.mailbox_max_kb * 1024,
+            sender_max_messages=args.mailbox_max_messages,
+            sender_max_bytes=args.mailbox_max_kb * 1024,
+            max_age=args.mailbox_days * 86400,
+        )
+    )
     config = ServerConfig(
+        mailbox=mail_limits,
         max_online_per_ip=args.max_online_per_ip,
         default_ttl=args.ttl,
         min_ttl=min(10, args.ttl),
@@ -191,9 +232,13 @@ async def serve(args: argparse.Namespace) -> None:
     if args.registry:
         from .redis_registry import RedisRegistry
 
-        registry = presence = RedisRegistry(args.registry, max_ids=args.max_ids)
+        redis = RedisRegistry(args.registry, max_ids=args.max_ids)
+        registry = presence = redis
+        mailbox: Mailbox = redis.mailbox()
     else:
-        registry = SqliteRegistry(args.db, max_ids=args.max_ids)
+        sqlite = SqliteRegistry(args.db, max_ids=args.max_ids)
+        registry = sqlite
+        mailbox = sqlite.mailbox()
     retention = args.id_retention_days * 86400 if args.id_retention_days else None
     server = RendezvousServer(
         config,
@@ -205,6 +250,7 @@ async def serve(args: argparse.Namespace) -> None:
         instance=instance,
         reuse_port=worker_index is not None,
         id_retention=retention,
+        mailbox=None if args.no_mailbox else mailbox,
     )
     await server.start()
     metrics = None

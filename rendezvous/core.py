@@ -15,7 +15,7 @@ the clock or the disk.  The wire format is in docs/PROTOCOL.md; in short:
                                                (404 Unknown Peer: not online; 410 No Such Peer: never assigned)
                          and to the target: INTRODUCE request (PEER-ID, PUBLIC-KEY, NICKNAME, CANDIDATE*),
                                             retransmitted until the target answers it
-    -> WATCH (SESSION, [WATCH-IDS])         <- PEER-ENTRY* (those online), [OFFLINE-IDS] (the others)
+    -> WATCH (SESSION, [UNWATCH-IDS], [WATCH-IDS])  <- PEER-ENTRY* (WATCH-IDS online), [OFFLINE-IDS] (the others)
                          and later, to the watcher: PRESENCE request (the same) when a watched
                                             id comes online, goes offline or registers anew,
                                             retransmitted until the watcher answers it
@@ -67,6 +67,8 @@ from .events import (
     ServerConfig,
 )
 from .legacy_handling import LegacyTextHandler
+from .mail_handling import MailHandler, MailRequest
+from .mailbox import Mail
 from .presence import Subscriptions
 from .ratelimit import KeyedLimiter
 from .registry import PeerRecord, is_legacy_identity
@@ -186,6 +188,11 @@ class ServerCore:
             Method.CONNECT: self._connect,
             Method.WATCH: self._watch,
         }
+        # The offline mailbox (mail_handling.py), when the server has one.
+        self._mail = MailHandler(_MailPort(self), c.mailbox) if c.mailbox is not None else None
+        if self._mail is not None:
+            self._handlers[Method.DEPOSIT] = self._mail.deposit
+            self._handlers[Method.FETCH] = self._mail.fetch
 
     # ------------------------------------------------------------ outputs
 
@@ -212,6 +219,28 @@ class ServerCore:
         (home instance, target id, datagram), for :meth:`deliver_forwarded` there."""
         out, self._forwards = self._forwards, []
         return out
+
+    def mail_requests(self) -> list[MailRequest]:
+        """DEPOSITs and FETCHes checked and waiting for the mailbox store;
+        answer each with :meth:`mail_deposited`, :meth:`mail_refused`,
+        :meth:`mail_fetched` or :meth:`mail_failed`."""
+        return self._mail.take_requests() if self._mail is not None else []
+
+    def mail_deposited(self, pending: MailRequest, stored: bool, now: float) -> None:
+        assert self._mail is not None
+        self._mail.deposited(pending, stored, now)
+
+    def mail_refused(self, pending: MailRequest, reason: str, now: float) -> None:
+        assert self._mail is not None
+        self._mail.refused(pending, reason, now)
+
+    def mail_fetched(self, pending: MailRequest, mail: Mail | None, count: int, now: float) -> None:
+        assert self._mail is not None
+        self._mail.fetched(pending, mail, count, now)
+
+    def mail_failed(self, pending: MailRequest, now: float) -> None:
+        assert self._mail is not None
+        self._mail.failed(pending, now)
 
     # ------------------------------------------------------------ other instances
 
@@ -851,11 +880,15 @@ class ServerCore:
         # answer fits); none just asks nothing, which is how a peer with no
         # contacts learns that the server knows WATCH at all.
         lists = message.get_all(Attr.WATCH_IDS)
-        if len(lists) > 1:
-            return self._error(message, ErrorCode.BAD_REQUEST, "One WATCH-IDS")
+        unwatch = message.get_all(Attr.UNWATCH_IDS)
+        if len(lists) > 1 or len(unwatch) > 1:
+            return self._error(message, ErrorCode.BAD_REQUEST, "One WATCH-IDS" if len(lists) > 1 else "One UNWATCH-IDS")
         ids: tuple[int, ...] = lists[0] if lists else ()
         if len(ids) > MAX_WATCH_IDS:
             return self._error(message, ErrorCode.BAD_REQUEST, "Too Many Ids")
+        # Taken out before the new ones go in: a peer at the cap swaps contacts in one request.
+        if unwatch:
+            self._subscriptions.unwatch(peer.peer_id, unwatch[0])
         if not self._subscriptions.watch(peer.peer_id, ids):
             self.stats["watch_refused"] += 1
             return self._error(message, ErrorCode.BAD_REQUEST, "Too Many Watched")
@@ -1040,3 +1073,42 @@ class _LegacyPort:
 
     def allow_request(self, peer_id: int, now: float) -> bool:
         return self._core._request_limit.allow(peer_id, now)
+
+
+class _MailPort:
+    """The core as :class:`~rendezvous.mail_handling.MailContext` sees it."""
+
+    def __init__(self, core: ServerCore) -> None:
+        self._core = core
+
+    @property
+    def stats(self) -> Counter[str]:
+        return self._core.stats
+
+    @property
+    def highest_id(self) -> int:
+        return self._core.highest_id
+
+    def authorise(self, message: Message, address: Address, now: float) -> PeerRecord | Message:
+        return self._core._authorise(message, address, now)
+
+    def error(self, request: Message, code: ErrorCode, reason: str | None = None) -> Message:
+        return self._core._error(request, code, reason)
+
+    def success(self, request: Message) -> Message:
+        return self._core._success(request)
+
+    def in_progress(self, address: Address, transaction_id: bytes, now: float) -> None:
+        self._core._remember(address, transaction_id, IN_PROGRESS, now + self._core.config.transaction_cache_seconds)
+
+    def answer(self, reply: Message, address: Address, request_length: int, now: float, *, cache: bool) -> None:
+        core = self._core
+        if not cache:
+            core._replies.pop((address, reply.transaction_id), None)
+        core._send_reply(
+            reply,
+            address,
+            request_length,
+            verified=reply.message_class == MessageClass.SUCCESS,
+            cache_until=now + core.config.transaction_cache_seconds if cache else None,
+        )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .mailbox import MailLimits
 from .stun import Address, Message
 from .transactions import RetransmitPolicy
 
@@ -70,6 +71,9 @@ class ServerConfig:
     max_watched_per_peer: int = 256
     max_pending_presence: int = 100_000
     presence_policy: RetransmitPolicy = RetransmitPolicy(rto=0.5, max_sends=7, last_wait_factor=4)
+    # The offline mailbox's quotas (DEPOSIT, FETCH: docs/PROTOCOL.md 5.11);
+    # None: no mailbox (those methods get 400 Unknown method).
+    mailbox: MailLimits | None = MailLimits()
 
 
 # ----------------------------------------------------------------- events

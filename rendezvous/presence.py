@@ -46,6 +46,26 @@ class Subscriptions:
             self._watchers.setdefault(peer_id, set()).add(watcher)
         return True
 
+    def unwatch(self, watcher: int, ids: tuple[int, ...]) -> None:
+        """Take ``ids`` out of ``watcher``'s set (ids it does not watch are
+        ignored), with whatever it was yet to be told about them."""
+        current = self._watching.get(watcher)
+        if not current:
+            return
+        pending = self._pending.get(watcher)
+        for peer_id in set(ids) & current:
+            current.discard(peer_id)
+            watchers = self._watchers[peer_id]
+            watchers.discard(watcher)
+            if not watchers:
+                del self._watchers[peer_id]
+            if pending is not None:
+                pending.pop(peer_id, None)
+        if not current:
+            del self._watching[watcher]
+        if pending is not None and not pending:
+            del self._pending[watcher]
+
     def drop(self, watcher: int) -> None:
         """The watcher's session ended: its subscription and what it was owed go."""
         for peer_id in self._watching.pop(watcher, ()):

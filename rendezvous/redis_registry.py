@@ -65,6 +65,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
+from .redis_mailbox import RedisMailbox
 from .registry import (
     IntroductionHandler,
     PeerRecord,
@@ -469,6 +470,10 @@ class RedisRegistry:
             return None
         self._remember(identity, int(value))
         return int(value)
+
+    def mailbox(self) -> RedisMailbox:
+        """The offline mailbox, in this database (rendezvous/redis_mailbox.py has its keys)."""
+        return RedisMailbox(self._client, self._call, self._prefix)
 
     async def _call(self, awaitable: Any) -> Any:
         try:

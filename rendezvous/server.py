@@ -27,6 +27,8 @@ from .events import (
     RequestReceived,
     ServerConfig,
 )
+from .mail_handling import MailRequest
+from .mailbox import Mailbox, MailboxFull
 from .registry import PeerRecord, Presence, Registry, RegistryFull, RegistryUnavailable, is_legacy_identity
 from .stun import Address
 from .tokens import Tokens
@@ -47,6 +49,14 @@ MAX_FLUSH_BACKOFF = 30.0
 # registry call (so one call never holds the registry long).
 RELEASE_INTERVAL = 3600.0
 RELEASE_BATCH = 1000
+# DEPOSITs and FETCHes waiting on the mailbox store beyond this get 503.
+MAX_PENDING_MAIL = 10_000
+# Mailbox messages older than the age limit are purged this often, this many per call.
+MAIL_PURGE_INTERVAL = 3600.0
+MAIL_PURGE_BATCH = 1000
+# Requests every online page repeats every few seconds (the peer list):
+# logged at debug, so that info shows arrivals, connects and departures.
+ROUTINE_REQUESTS = frozenset({"LIST"})
 
 
 class RendezvousServer:
@@ -64,7 +74,15 @@ class RendezvousServer:
         instance: str | None = None,
         reuse_port: bool = False,
         id_retention: float | None = None,
+        mailbox: Mailbox | None = None,
     ) -> None:
+        # The offline mailbox's store (with the registry); without one, the
+        # core serves no DEPOSIT or FETCH.
+        self.mailbox = mailbox
+        if mailbox is None:
+            config = dataclasses.replace(config, mailbox=None)
+        self._mailing: set[asyncio.Task[None]] = set()
+        self._next_mail_purge = 0.0
         self.config = config
         # Ids of keys unseen this long (seconds) are released for reuse; None: kept forever.
         self.id_retention = id_retention
@@ -176,6 +194,8 @@ class RendezvousServer:
             await self._flusher
         if self._registering:
             await asyncio.gather(*self._registering, return_exceptions=True)
+        if self._mailing:
+            await asyncio.gather(*self._mailing, return_exceptions=True)
         if self._forwarder is not None:
             await asyncio.gather(self._forwarder, return_exceptions=True)
         if self.core is not None and not await self.flush_registry():
@@ -227,7 +247,58 @@ class RendezvousServer:
             task = asyncio.create_task(self._register(pending))
             self._registering.add(task)
             task.add_done_callback(self._registering.discard)
+        for mail in core.mail_requests():
+            if len(self._mailing) >= MAX_PENDING_MAIL:
+                core.mail_failed(mail, self.clock())
+                continue
+            mail_task = asyncio.create_task(self._mail(mail))
+            self._mailing.add(mail_task)
+            mail_task.add_done_callback(self._mailing.discard)
         self._arm_timer()
+
+    async def _mail(self, pending: MailRequest) -> None:
+        """Run one DEPOSIT or FETCH on the mailbox store, then answer it."""
+        assert self.core is not None and self.mailbox is not None
+        limits = self.core.config.mailbox
+        assert limits is not None
+        try:
+            if pending.deposit is not None:
+                stored = await self.mailbox.deposit(pending.deposit, limits)
+            else:
+                mail, count = await self.mailbox.fetch(pending.peer_id, pending.delete, self.clock(), limits.max_age)
+        except MailboxFull as full:
+            self.core.mail_refused(pending, full.reason, self.clock())
+        except RegistryUnavailable:
+            self.core.mail_failed(pending, self.clock())  # the registry said so in the log
+        except Exception:
+            logger.exception("the mailbox store failed")
+            self.core.mail_failed(pending, self.clock())
+        else:
+            if pending.deposit is not None:
+                self.core.mail_deposited(pending, stored, self.clock())
+            else:
+                self.core.mail_fetched(pending, mail, count, self.clock())
+        self._flush()
+
+    async def purge_mail(self) -> int:
+        """Delete mailbox messages past the age limit; how many."""
+        assert self.core is not None and self.mailbox is not None
+        limits = self.core.config.mailbox
+        assert limits is not None
+        now = self.clock()
+        self._next_mail_purge = now + MAIL_PURGE_INTERVAL
+        purged = 0
+        try:
+            while (batch := await self.mailbox.purge(now - limits.max_age, MAIL_PURGE_BATCH)) > 0:
+                purged += batch
+                if batch < MAIL_PURGE_BATCH or self._closing:
+                    break
+        except RegistryUnavailable:
+            pass  # said in the log; tried again at the next interval
+        except Exception:
+            logger.exception("could not purge old mailbox messages")
+        self.core.stats["mail_expired"] += purged
+        return purged
 
     async def _register(self, pending: PendingRegistration) -> None:
         assert self.core is not None
@@ -316,6 +387,8 @@ class RendezvousServer:
                 wait = self.flush_interval
                 if self.id_retention is not None and self.clock() >= self._next_release:
                     await self.release_unseen_ids()
+                if self.mailbox is not None and self.clock() >= self._next_mail_purge:
+                    await self.purge_mail()
             else:
                 wait = min(2 * wait, MAX_FLUSH_BACKOFF)
 
@@ -368,7 +441,8 @@ class RendezvousServer:
 
     def _log(self, event: object) -> None:
         if isinstance(event, RequestReceived):
-            logger.info("Received %s Request From Client: %r%s", event.kind, event.client, event.detail)
+            level = logging.DEBUG if event.kind in ROUTINE_REQUESTS else logging.INFO
+            logger.log(level, "Received %s Request From Client: %r%s", event.kind, event.client, event.detail)
         elif isinstance(event, PeerOnline):
             logger.info("Peer %d online at %r", event.peer_id, event.address)
         elif isinstance(event, PeerOffline):

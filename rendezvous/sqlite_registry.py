@@ -52,12 +52,15 @@ from typing import Any
 
 from .registry import PeerRecord, RegistryError, RegistryFull
 from .sqlite_file import open_database
+from .sqlite_mailbox import SCHEMA as MAILBOX_SCHEMA
+from .sqlite_mailbox import SqliteMailbox
 from .stun import Address
 
 SCHEMA_VERSION = 1
 SECRET_SIZE = 32
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -79,6 +82,8 @@ CREATE TABLE IF NOT EXISTS free_ids (
     peer_id INTEGER PRIMARY KEY
 );
 """
+    + MAILBOX_SCHEMA
+)  # created in older files too: every open applies the schema
 
 _COLUMNS = "peer_id, identity, nickname, observed, local, first_seen, last_seen, expires_at, online_since"
 
@@ -439,6 +444,10 @@ class SqliteRegistry:
             before = conn.total_changes
             conn.executemany(_INSERT_FULL, (_full_row(record) for record in records))
             return conn.total_changes - before
+
+    def mailbox(self) -> SqliteMailbox:
+        """The offline mailbox, in this file (docs/PROTOCOL.md 5.11)."""
+        return SqliteMailbox(self._errors, self._transaction)
 
     # -- helpers ---------------------------------------------------------
 

@@ -35,6 +35,10 @@ SIGNATURE_LENGTH = 64
 SESSION_LENGTH = 20  # 4-byte peer id + 16-byte HMAC tag
 MAX_CURSOR_LENGTH = 32
 PUNCH_KEY_LENGTH = 16
+# Offline mailbox (docs/PROTOCOL.md 5.11): one sealed message per datagram;
+# a FETCH success carrying the largest stays within the 1200-byte reply limit.
+MAX_SEALED = 1024
+MAIL_ID_LENGTH = 16
 
 
 class StunProtocolError(Exception):
@@ -71,6 +75,8 @@ class Method(enum.IntEnum):
     DATA = 0x808
     WATCH = 0x809  # a peer names the ids whose presence it wants to hear of
     PRESENCE = 0x80A  # server to peer: those ids' presence changed (a request, retransmitted)
+    DEPOSIT = 0x80B  # leave a sealed message in an offline peer's mailbox
+    FETCH = 0x80C  # take one's own mailbox messages, one at a time
 
 
 class Attr(enum.IntEnum):
@@ -100,6 +106,11 @@ class Attr(enum.IntEnum):
     PUNCH_KEY = 0x400B
     WATCH_IDS = 0x400C
     OFFLINE_IDS = 0x400D
+    MAIL_ID = 0x400E
+    SEALED = 0x400F
+    MAIL_ITEM = 0x4010
+    MAIL_COUNT = 0x4011
+    UNWATCH_IDS = 0x4012
     # comprehension-optional
     SOFTWARE = 0x8022
     RESPONSE_ORIGIN = 0x802B  # RFC 5780
@@ -118,6 +129,7 @@ class ErrorCode(enum.IntEnum):
     NO_SUCH_PEER = 410  # the server never assigned the id (docs/PROTOCOL.md 5.6)
     UNKNOWN_ATTRIBUTE = 420
     RATE_LIMITED = 429
+    MAILBOX_FULL = 486  # a DEPOSIT past a mailbox quota (TURN's "Allocation Quota Reached")
     SERVER_ERROR = 500
     TRY_AGAIN_LATER = 503
 
@@ -129,6 +141,7 @@ REASONS = {
     ErrorCode.NO_SUCH_PEER: "No Such Peer",
     ErrorCode.UNKNOWN_ATTRIBUTE: "Unknown Attribute",
     ErrorCode.RATE_LIMITED: "Rate Limited",
+    ErrorCode.MAILBOX_FULL: "Mailbox Full",
     ErrorCode.SERVER_ERROR: "Server Error",
     ErrorCode.TRY_AGAIN_LATER: "Try Again Later",
 }
@@ -329,7 +342,8 @@ def unpack_peer_entry(value: bytes, tid: bytes) -> PeerEntry:
     return PeerEntry(peer_id, online_since, public_key, unpack_text(value[PEER_ENTRY_FIXED.size :], tid))
 
 
-# WATCH-IDS and OFFLINE-IDS: u32 peer ids back to back.  A WATCH carries at
+# WATCH-IDS, UNWATCH-IDS and OFFLINE-IDS: u32 peer ids back to back (at most
+# MAX_IDS_PER_ATTRIBUTE: UNWATCH-IDS adds nothing to the answer).  A WATCH carries at
 # most MAX_WATCH_IDS: its answer has a PEER-ENTRY (up to 112 bytes with the
 # TLV header) for each one online, and ten of those fit in MAX_REPLY_BYTES.
 MAX_WATCH_IDS = 10
@@ -344,6 +358,27 @@ def unpack_id_list(value: bytes, tid: bytes) -> tuple[int, ...]:
     if len(value) % 4:
         raise MalformedMessage("id list length is not a multiple of 4")
     return struct.unpack(f"!{len(value) // 4}I", value)
+
+
+class MailItem(NamedTuple):
+    """One mailbox message as FETCH hands it out (docs/PROTOCOL.md 5.12)."""
+
+    sender: int
+    deposited_at: int  # Unix seconds, server clock
+    mail_id: bytes  # MAIL_ID_LENGTH bytes
+    sealed: bytes  # 1..MAX_SEALED bytes
+
+
+MAIL_ITEM_FIXED = struct.Struct(f"!IQ{MAIL_ID_LENGTH}s")
+
+
+def pack_mail_item(value: MailItem, tid: bytes) -> bytes:
+    return MAIL_ITEM_FIXED.pack(value.sender, value.deposited_at, value.mail_id) + value.sealed
+
+
+def unpack_mail_item(value: bytes, tid: bytes) -> MailItem:
+    sender, deposited_at, mail_id = MAIL_ITEM_FIXED.unpack_from(value)
+    return MailItem(sender, deposited_at, mail_id, bytes(value[MAIL_ITEM_FIXED.size :]))
 
 
 class AttributeSpec(NamedTuple):
@@ -386,6 +421,13 @@ ATTRIBUTES: dict[int, AttributeSpec] = {
     Attr.PUNCH_KEY: AttributeSpec("PUNCH-KEY", pack_bytes, unpack_bytes, PUNCH_KEY_LENGTH, PUNCH_KEY_LENGTH),
     Attr.WATCH_IDS: AttributeSpec("WATCH-IDS", pack_id_list, unpack_id_list, 4, 4 * MAX_IDS_PER_ATTRIBUTE),
     Attr.OFFLINE_IDS: AttributeSpec("OFFLINE-IDS", pack_id_list, unpack_id_list, 4, 4 * MAX_IDS_PER_ATTRIBUTE),
+    Attr.MAIL_ID: AttributeSpec("MAIL-ID", pack_bytes, unpack_bytes, MAIL_ID_LENGTH, MAIL_ID_LENGTH),
+    Attr.SEALED: AttributeSpec("SEALED", pack_bytes, unpack_bytes, 1, MAX_SEALED),
+    Attr.MAIL_ITEM: AttributeSpec(
+        "MAIL-ITEM", pack_mail_item, unpack_mail_item, MAIL_ITEM_FIXED.size + 1, MAIL_ITEM_FIXED.size + MAX_SEALED
+    ),
+    Attr.MAIL_COUNT: AttributeSpec("MAIL-COUNT", pack_u32, unpack_u32, 4, 4),
+    Attr.UNWATCH_IDS: AttributeSpec("UNWATCH-IDS", pack_id_list, unpack_id_list, 4, 4 * MAX_IDS_PER_ATTRIBUTE),
     Attr.SOFTWARE: AttributeSpec("SOFTWARE", pack_text, unpack_text, 0, 763),
     Attr.RESPONSE_ORIGIN: AttributeSpec("RESPONSE-ORIGIN", pack_address, unpack_address, 8, 20),
     Attr.OTHER_ADDRESS: AttributeSpec("OTHER-ADDRESS", pack_address, unpack_address, 8, 20),

@@ -1,4 +1,4 @@
-"""Screenshots of the page (light, dark, phone) for docs/screenshots/: the
+"""Screenshots of the page (light, dark, phone, a group) for docs/screenshots/: the
 real web layer over the in-memory fake peer of the unit tests, in Debian's
 Chromium.  Run from the repository: .venv/bin/python scripts/page_screenshots.py"""
 
@@ -26,6 +26,14 @@ async def main() -> None:
     api.add_history(2, 12, start=time.time() - 3600, step=240)
     api.receive(3, "See you tomorrow at https://example.org/meetup")
     api.set_nickname(2, "Bob (work)")
+    start = time.time() - 1800
+    group = api.add_group("Saturday climbing", [2, 3, 4], created=start)
+    api.group_receive(group["id"], 4, "Who is in for Saturday? The hall opens at 10.", at=start + 60)
+    api.group_receive(group["id"], 2, "Me! I can drive two people.", at=start + 120)
+    api.group_receive(group["id"], 3, "Sorry, not this week. Next time!", at=start + 180)
+    mine = await api.send_group_message(group["id"], "Count me in, I'll bring the rope.")
+    api.group_delivered(group["id"], mine["id"], 2)
+    api.group_delivered(group["id"], mine["id"], 4)
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -45,6 +53,15 @@ async def main() -> None:
             await page.wait_for_selector('[data-testid="message"]')
             await page.wait_for_timeout(300)
             await page.screenshot(path=f"docs/screenshots/{name}.png")
+        ctx = await b.new_context(viewport={"width": 1100, "height": 700}, color_scheme="light")
+        page = await ctx.new_page()
+        await page.goto(f"http://127.0.0.1:{port}/?token={'t' * 24}")
+        await page.locator(f'[data-group-id="{group["id"]}"]').click()
+        await page.wait_for_selector('[data-testid="group-message"]')
+        await page.locator('[data-testid="group-delivery"] summary').click()
+        await page.locator('[data-testid="group-members-summary"]').click()
+        await page.wait_for_timeout(300)
+        await page.screenshot(path="docs/screenshots/group.png")
         await b.close()
     await runner.cleanup()
 

@@ -119,6 +119,11 @@ export function putNickname(peerId, nickname) {
   return postJson(`/api/peers/${encodeURIComponent(peerId)}/nickname`, { nickname }, "PUT");
 }
 
+/** A peer's settings: `{auto_accept_bytes}` (its files up to that size need no accept; 0: ask). */
+export function putPeerSettings(peerId, settings) {
+  return postJson(`/api/peers/${encodeURIComponent(peerId)}/settings`, settings, "PUT");
+}
+
 /** The latest messages with the peer having every word of `query`, newest first. */
 export function fetchSearch(query, peerId, limit = 50) {
   const params = new URLSearchParams({ q: query, limit: String(limit) });
@@ -133,4 +138,39 @@ export function fetchSettings() {
 /** Change some settings ({read_receipts: bool}); resolves to all of them. */
 export function putSettings(changes) {
   return postJson("/api/settings", changes, "PUT");
+}
+
+// ---------------------------------------------------------------- groups (README "JSON API")
+
+export function fetchGroups() {
+  return getJson("/api/groups", { Accept: "application/json" });
+}
+
+export function postGroup(name, members) {
+  return postJson("/api/groups", { name, members });
+}
+
+export function fetchGroupMessages(groupId, limit) {
+  return getJson(`/api/groups/${encodeURIComponent(groupId)}/messages?limit=${limit}`, { Accept: "application/json" });
+}
+
+/** Every membership change of the group, oldest first (the lines of its conversation). */
+export function fetchGroupChanges(groupId) {
+  return getJson(`/api/groups/${encodeURIComponent(groupId)}/changes`, { Accept: "application/json" });
+}
+
+export function postGroupMessage(groupId, text) {
+  return postJson(`/api/groups/${encodeURIComponent(groupId)}/messages`, { text });
+}
+
+export function postGroupMembers(groupId, members) {
+  return postJson(`/api/groups/${encodeURIComponent(groupId)}/members`, { members });
+}
+
+export function deleteGroupMember(groupId, peerId) {
+  return postJson(`/api/groups/${encodeURIComponent(groupId)}/members/${encodeURIComponent(peerId)}`, undefined, "DELETE");
+}
+
+export function postGroupLeave(groupId) {
+  return postJson(`/api/groups/${encodeURIComponent(groupId)}/leave`);
 }

@@ -8,7 +8,7 @@
 
 import * as api from "./api.js";
 import { PeerSocket } from "./socket.js";
-import { findPeer, initialState, notifiesOnArrival, oldestLoaded, reachedStart, readsOnArrival, reduce, showsSafety } from "./state.js";
+import { conversationOf, findPeer, initialState, notifiesOnArrival, oldestLoaded, reachedStart, readsOnArrival, reduce, showsSafety } from "./state.js";
 import { createBannersView } from "./views/banners.js";
 import { createComposerView } from "./views/composer.js";
 import { createConversationView } from "./views/conversation.js";
@@ -23,9 +23,15 @@ import { createSearchView } from "./views/search.js";
 import { createThemeView } from "./views/theme.js";
 import { createWelcomeView } from "./views/welcome.js";
 import { createSettingsView } from "./views/settings.js";
+import { findGroup, isReadingGroup, newestGroupTime } from "./group_state.js";
+import { loadReadMark, saveReadMark } from "./group_reads.js";
+import { createGroupView } from "./views/group.js";
+import { createNewGroupView } from "./views/group_new.js";
+import { createSoundView } from "./views/sound.js";
 
 const MAX_TEXT_BYTES = 64 * 1024; // webpeer.api.MAX_TEXT_BYTES: refused here before it is sent
 const HASH_PEER = /^#peer-([1-9][0-9]{0,15})$/;
+const HASH_GROUP = /^#group-([0-9a-f]{64})$/;
 const HISTORY_PAGE = 200; // messages per history request: the latest ones, then older ones as the user scrolls up
 
 function start() {
@@ -34,7 +40,7 @@ function start() {
   const newClientId = (prefix) => `${prefix}${Date.now().toString(36)}-${clientCounter++}`;
 
   const socket = new PeerSocket({
-    onEvent: (event) => dispatch(event),
+    onEvent: (event) => dispatchFromSocket(event),
     onOpen: () => dispatch({ type: "socket-opened" }),
     onClose: ({ retryInMs, unanswered }) => {
       dispatch({ type: "socket-closed", retryInSeconds: Math.ceil(retryInMs / 1000), unanswered });
@@ -56,10 +62,18 @@ function start() {
     loadOlder: () => loadOlder(),
     addContact: (peerId) => addContact(peerId),
     rename: (peerId, nickname) => rename(peerId, nickname),
+    setAutoAccept: (peerId, bytes) => setAutoAccept(peerId, bytes),
     filter: (text) => dispatch({ type: "filter-changed", filter: text }),
     setReadReceipts: (on) => changeSettings({ read_receipts: on }),
     search: (query) => state.selected !== null && search(state.selected, query),
     closeSearch: () => dispatch({ type: "search-closed" }),
+    selectGroup: (groupId) => selectGroup(groupId),
+    createGroup: (name, members) => createGroup(name, members),
+    sendToGroup: (groupId, text) => sendToGroup(groupId, text),
+    addToGroup: (groupId, peerId) => changeGroup(() => api.postGroupMembers(groupId, [peerId]), "add the member"),
+    removeFromGroup: (groupId, peerId) => changeGroup(() => api.deleteGroupMember(groupId, peerId), "remove the member"),
+    leaveGroup: (groupId) => changeGroup(() => api.postGroupLeave(groupId), "leave the group"),
+    jumpTo: (messageId) => jumpTo(messageId),
     closeConversation: () => {
       dispatch({ type: "conversation-closed" });
       history.replaceState(null, "", location.pathname);
@@ -67,8 +81,10 @@ function start() {
   };
   const composer = createComposerView(actions);
   const notifications = createNotificationsView(actions);
+  const sound = createSoundView();
   const files = createFilesView(actions, api);
   const peersView = createPeersView(actions);
+  const groupView = createGroupView(actions);
   const views = [
     createMeView(),
     createBannersView(actions),
@@ -84,6 +100,8 @@ function start() {
     createWelcomeView(),
     createThemeView(),
     createLayoutView(actions),
+    groupView,
+    createNewGroupView(actions),
   ];
 
   // The state changes at once; the views draw it at most once per animation
@@ -111,8 +129,25 @@ function start() {
     followUp(event, before);
   }
 
+  // A group's message comes as a "message" with `group` set: the reducer gets it as
+  // "group-message", so the one-to-one cases (state.js) never see one.
+  function dispatchFromSocket(event) {
+    if (event.type === "message" && event.message && event.message.group) {
+      dispatch({ type: "group-message", message: event.message });
+    } else if (event.type === "message-burst" && event.events.some((inner) => inner.message.group)) {
+      const direct = event.events.filter((inner) => !inner.message.group);
+      const messages = event.events.filter((inner) => inner.message.group).map((inner) => inner.message);
+      dispatch({ type: "group-messages", messages });
+      if (direct.length === 1) dispatch(direct[0]);
+      else if (direct.length > 1) dispatch({ ...event, events: direct });
+    } else {
+      dispatch(event);
+    }
+  }
+
   // What an event sets in motion beyond the state change.
   function followUp(event, before) {
+    followUpGroups(event, before);
     switch (event.type) {
       case "hello":
         // Catch up on anything missed while disconnected.
@@ -132,7 +167,10 @@ function start() {
             toldRead.add(peerId);
             tellRead(peerId);
           }
-          if (notifiesOnArrival(before, inner.message)) notifications.notify(state, inner.message);
+          if (notifiesOnArrival(before, inner.message)) {
+            notifications.notify(state, inner.message);
+            sound.ring();
+          }
         }
         break;
       }
@@ -149,7 +187,10 @@ function start() {
       default:
         break;
     }
-    if (event.type === "message" && notifiesOnArrival(before, event.message)) notifications.notify(state, event.message);
+    if (event.type === "message" && notifiesOnArrival(before, event.message)) {
+      notifications.notify(state, event.message);
+      sound.ring();
+    }
     // The safety view needs the open peer's safety number when it shows.
     if (showsSafety(state) && (state.safety === null || state.safety.peer !== state.selected)) {
       if (safetyLoading !== state.selected && safetyFailed !== state.selected) loadSafety(state.selected);
@@ -169,6 +210,89 @@ function start() {
       actions.showError(`Could not load the safety number: ${error.message}`);
     } finally {
       if (safetyLoading === peerId) safetyLoading = null;
+    }
+  }
+
+  // ------------------------------------------------------------ groups
+
+  function followUpGroups(event, before) {
+    switch (event.type) {
+      case "hello":
+      case "resync":
+        loadGroups();
+        break;
+      case "group":
+        // A group new to this page (we were added): what was written before we saw it.
+        if (!findGroup(before, event.group.id)) loadGroupHistory(event.group.id);
+        break;
+      default:
+        break;
+    }
+    // What the open group shows while the page is visible is read.
+    const open = state.selectedGroup;
+    if (open !== null && isReadingGroup(state, open)) saveReadMark(open, newestGroupTime(state, open));
+  }
+
+  async function loadGroups() {
+    try {
+      const groups = await api.fetchGroups();
+      dispatch({ type: "groups-loaded", groups });
+      await Promise.all(groups.map((group) => loadGroupHistory(group.id)));
+    } catch (error) {
+      actions.showError(`Could not load the groups: ${error.message}`);
+    }
+  }
+
+  async function loadGroupHistory(groupId) {
+    try {
+      const [messages, changes] = await Promise.all([
+        api.fetchGroupMessages(groupId, HISTORY_PAGE),
+        api.fetchGroupChanges(groupId),
+      ]);
+      dispatch({ type: "group-history-loaded", group: groupId, messages, changes, readMark: loadReadMark(groupId) });
+    } catch (error) {
+      actions.showError(`Could not load the group's messages: ${error.message}`);
+    }
+  }
+
+  function selectGroup(groupId) {
+    dispatch({ type: "group-selected", group: groupId });
+    history.replaceState(null, "", `#group-${groupId}`);
+    renderNow(); // the composer is shown before it takes the focus
+    groupView.focus();
+  }
+
+  async function createGroup(name, members) {
+    try {
+      const group = await api.postGroup(name, members);
+      dispatch({ type: "group", group, change: null });
+      selectGroup(group.id);
+      return true;
+    } catch (error) {
+      actions.showError(`Could not create the group: ${error.message}`);
+      return false;
+    }
+  }
+
+  async function sendToGroup(groupId, text) {
+    const size = new TextEncoder().encode(text).length;
+    if (size > MAX_TEXT_BYTES) {
+      actions.showError(`Not sent: too long: ${size} bytes, the limit is ${MAX_TEXT_BYTES}`);
+      return;
+    }
+    try {
+      dispatch({ type: "group-sent", message: await api.postGroupMessage(groupId, text) });
+    } catch (error) {
+      actions.showError(`Could not send to the group: ${error.message}`);
+    }
+  }
+
+  // The answer is the group after the change; the "group" event brings it with the change as a line.
+  async function changeGroup(call, what) {
+    try {
+      dispatch({ type: "group", group: await call(), change: null });
+    } catch (error) {
+      actions.showError(`Could not ${what}: ${error.message}`);
     }
   }
 
@@ -217,6 +341,14 @@ function start() {
     }
   }
 
+  async function setAutoAccept(peerId, bytes) {
+    try {
+      await api.putPeerSettings(peerId, { auto_accept_bytes: bytes }); // a "peers" event follows
+    } catch (error) {
+      actions.showError(`Could not change the file setting: ${error.message}`);
+    }
+  }
+
   async function search(peerId, query) {
     try {
       dispatch({ type: "search-done", peer: peerId, query, results: await api.fetchSearch(query, peerId) });
@@ -251,23 +383,46 @@ function start() {
     }
   }
 
-  let olderLoading = null; // the peer whose older page is being fetched (one request at a time)
+  let olderLoading = null; // the request for the open conversation's older page (one at a time)
 
-  // The user scrolled near the top of the open conversation: fetch the page before its oldest message.
-  async function loadOlder() {
+  // The user scrolled near the top of the open conversation: fetch the page
+  // before its oldest message.  Resolves true when a page came (an empty one
+  // at the start included), false when there was nothing to ask or it failed.
+  function loadOlder() {
     const peerId = state.selected;
-    if (peerId === null || olderLoading !== null || reachedStart(state, peerId)) return;
+    if (peerId === null || reachedStart(state, peerId)) return Promise.resolve(false);
+    if (olderLoading !== null) return olderLoading;
     const before = oldestLoaded(state, peerId);
-    if (before === null) return; // the first page is not loaded yet
-    olderLoading = peerId;
-    try {
-      const messages = await api.fetchOlderMessages(peerId, before, HISTORY_PAGE);
-      dispatch({ type: "older-loaded", peer: peerId, messages, complete: messages.length < HISTORY_PAGE });
-    } catch (error) {
-      actions.showError(`Could not load older messages: ${error.message}`);
-    } finally {
-      olderLoading = null;
+    if (before === null) return Promise.resolve(false); // the first page is not loaded yet
+    olderLoading = (async () => {
+      try {
+        const messages = await api.fetchOlderMessages(peerId, before, HISTORY_PAGE);
+        dispatch({ type: "older-loaded", peer: peerId, messages, complete: messages.length < HISTORY_PAGE });
+        return true;
+      } catch (error) {
+        actions.showError(`Could not load older messages: ${error.message}`);
+        return false;
+      } finally {
+        olderLoading = null;
+      }
+    })();
+    return olderLoading;
+  }
+
+  let jumps = 0; // counts clicks on search results: a later one takes over from an earlier one
+
+  // A search result: page back until the message is loaded (so nothing is
+  // missing between it and the latest messages), then the list shows it.
+  async function jumpTo(messageId) {
+    const peerId = state.selected;
+    const jump = ++jumps;
+    const current = () => jump === jumps && state.selected === peerId;
+    while (current() && !conversationOf(state, peerId).has(messageId)) {
+      if (reachedStart(state, peerId) || !(await loadOlder())) break;
     }
+    if (!current()) return;
+    if (conversationOf(state, peerId).has(messageId)) dispatch({ type: "jumped", peer: peerId, id: messageId });
+    else actions.showError("That message is not in the loaded history (still loading, or deleted).");
   }
 
   async function reloadAll() {
@@ -327,6 +482,16 @@ function start() {
     peersView.focusPeer(peerId);
   });
 
+  // Escape in an open group: back to its entry in the list (on a phone, the list comes back).
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape" || event.defaultPrevented || state.selectedGroup === null) return;
+    if (event.target.closest && event.target.closest("form.new-group")) return;
+    const groupId = state.selectedGroup;
+    if (window.matchMedia("(max-width: 700px)").matches) actions.closeConversation();
+    renderNow();
+    peersView.focusGroup(groupId);
+  });
+
   document.addEventListener("visibilitychange", () => {
     const visible = document.visibilityState === "visible";
     dispatch({ type: "visibility-changed", visible });
@@ -343,6 +508,8 @@ function start() {
     dispatch({ type: "peer-selected", peer: Number(match[1]) });
     loadHistory(state.selected);
   }
+  const groupMatch = HASH_GROUP.exec(location.hash);
+  if (groupMatch) dispatch({ type: "group-selected", group: groupMatch[1] });
   socket.connect();
   loadSettings();
 }

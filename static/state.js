@@ -13,11 +13,14 @@
 //   send-withdrawn, history-loaded, reloaded, socket-opened, socket-closed,
 //   signed-out, error-shown, error-dismissed, safety-loaded, safety-toggled,
 //   older-loaded, settings-loaded, filter-changed, search-done, search-closed,
-//   conversation-closed.
+//   conversation-closed, jumped.
 // Also from the websocket: read-up-to (the peer has read our messages up to one);
 // and from socket.js, message-burst: a run of message events from one frame.
 // A new feature adds its cases to HANDLERS below; unknown events change nothing
-// (a newer server may send events this page does not know).
+// (a newer server may send events this page does not know).  The groups'
+// state and cases live in group_state.js.
+
+import { afterPageEvent, GROUP_HANDLERS, initialGroupState } from "./group_state.js";
 
 export function initialState({ selected = null, visible = true } = {}) {
   return {
@@ -44,12 +47,14 @@ export function initialState({ selected = null, visible = true } = {}) {
     settings: null, // GET /api/settings: {read_receipts}, null until loaded
     filter: "", // the peer list's filter box
     search: null, // {peer, query, results} of the open conversation's search, or null
+    ...initialGroupState(),
+    jump: null, // {peer, id, count}: the search result the user went to (count tells two jumps apart)
   };
 }
 
 export function reduce(state, event) {
   const handler = event && HANDLERS.get(event.type);
-  return handler ? handler(state, event) : state;
+  return handler ? afterPageEvent(handler(state, event), event) : state;
 }
 
 // ---------------------------------------------------------------- queries
@@ -114,7 +119,7 @@ export function displayName(peer) {
 
 /** Our message the peer has read (its read mark is at or after the message's time). */
 export function readByPeer(state, message) {
-  if (!isMine(state, message) || (message.status !== "sent" && message.status !== "delivered")) return false;
+  if (!isMine(state, message) || !["sent", "stored", "delivered"].includes(message.status)) return false;
   const mark = findPeer(state, message.peer)?.read_up_to;
   return Boolean(mark) && message.time <= mark.time;
 }
@@ -454,6 +459,12 @@ function searchDone(state, event) {
   return { ...state, search: { peer: event.peer, query: event.query, results: event.results } };
 }
 
+// A search result was clicked and its message is loaded: the list shows it.
+function jumped(state, event) {
+  const count = (state.jump?.count ?? 0) + 1;
+  return { ...state, jump: { peer: event.peer, id: event.id, count } };
+}
+
 function filterChanged(state, event) {
   return state.filter === event.filter ? state : { ...state, filter: String(event.filter) };
 }
@@ -499,8 +510,10 @@ const HANDLERS = new Map([
   ["settings-loaded", settingsLoaded],
   ["filter-changed", filterChanged],
   ["search-done", searchDone],
+  ["jumped", jumped],
   ["conversation-closed", (state) => (state.selected === null ? state : {
     ...state, selected: null, safety: null, safetyOpen: false, search: null, unreadDivider: null,
   })],
   ["search-closed", (state) => (state.search === null ? state : { ...state, search: null })],
+  ...GROUP_HANDLERS,
 ]);

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from hypothesis import HealthCheck, settings
 from processes import Net
 
 # tests/ is on sys.path (pytest's prepend import mode), so the helper modules import by name.
@@ -19,6 +20,15 @@ from rendezvous.client import RendezvousClient
 from rendezvous.core import ServerConfig
 from rendezvous.server import RendezvousServer
 from rendezvous.sqlite_registry import SqliteRegistry
+
+# Every property test runs on a shared, noisy 2-core machine (CI, and other
+# suites beside it): Hypothesis's timing checks (a per-example deadline, "input
+# generation is slow") then fail on load, not on behaviour.  They are off for
+# all tests; the properties and example counts are unchanged.
+settings.register_profile(
+    "peerlink", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+settings.load_profile("peerlink")
 
 
 @pytest.fixture

@@ -19,14 +19,16 @@ JSON shapes (also documented in the README):
                "nickname": str|null (the user's own name for it, stored locally),
                "read_up_to": null | {"id", "time"} (the latest of our messages it has read:
                              every one of ours up to that time is read),
-               "last_seen": float|null (unix seconds: when its key last reached us)}
+               "last_seen": float|null (unix seconds: when its key last reached us),
+               "auto_accept_bytes": int (its file offers up to this size are accepted
+                             without asking; 0: each waits for the user)}
     settings: {"read_receipts": bool (tell peers what we read; default true)}
     message:  {"id": str, "peer": int, "from": int, "to": int, "text": str,
                "status": "queued"|"sending"|"sent"|"delivered"|"failed"|"held"|"received",
                "time": float (unix seconds), "error": str|null,
                "key_changed": bool (received from a new key before the user accepted it)}
     file:     {"id": str (32 hex), "peer": int, "direction": "in"|"out", "name": str, "size": int,
-               "sha256": str, "mime": str, "status": "offered"|"accepted"|"complete"|"failed"|"cancelled",
+               "sha256": str, "mime": str, "status": "offered"|"accepted"|"paused"|"complete"|"failed"|"cancelled",
                "bytes": int (received, or sent and acknowledged), "error": str|null, "time": float}
     safety:   {"peer": int, "safety_number": "12 groups of 5 digits", "my_fingerprint": str,
                "their_fingerprint": str (the key the registry gives now),
@@ -42,6 +44,8 @@ blocked"); messages from the new key are not listed until it is accepted
                "created_by": int, "created": float}
     group message: {"id": "<sender>:<seq>", "group": str, "from": int, "seq": int, "text": str,
                "time": float (the writer's clock), "delivered_to": [int] (members that reported it)}
+    group change: {"kind": "create"|"add"|"remove"|"promote"|"leave"|"rename", "by": int, "members": [int],
+               "target": int | None, "name": str | None, "time": float, "applied": bool}
 
 History paging: GET /api/messages?peer=N[&limit=K][&before=ID | &after=ID]
 answers [<message>, ...] oldest first: without before/after the latest K
@@ -169,6 +173,11 @@ class PeerApi(Protocol):
         """The user's own name for a peer (None: forget it); a "peers" event follows."""
         ...
 
+    def set_auto_accept(self, peer_id: int, max_bytes: int) -> None:
+        """Accept the peer's file offers of at most ``max_bytes`` without
+        asking (0: ask for each); a "peers" event follows."""
+        ...
+
     def settings(self) -> JSON:
         """The <settings>."""
         ...
@@ -213,6 +222,11 @@ class PeerApi(Protocol):
         """ApiError 404 unknown, 409 finished already."""
         ...
 
+    async def retry_file(self, file_id: str) -> JSON:
+        """Go on with a file paused by the receiver's full disk.  ApiError
+        404 unknown, 409 not paused."""
+        ...
+
     def files(self, peer_id: int | None = None, limit: int = 500) -> list[JSON]: ...
 
     def file_download(self, file_id: str) -> tuple[Path, JSON]:
@@ -231,8 +245,17 @@ class PeerApi(Protocol):
         for a member whose key we do not know yet."""
         ...
 
-    def group_messages(self, group_id: str, limit: int = 500) -> list[JSON]:
-        """The latest ``limit`` delivered messages of the group, oldest first."""
+    def group_messages(
+        self, group_id: str, limit: int = 500, *, before: str | None = None, after: str | None = None
+    ) -> list[JSON]:
+        """The latest ``limit`` delivered messages of the group, oldest first; or
+        the ``limit`` just before / after message ``before`` / ``after`` (404 if
+        it is not one of the group's)."""
+        ...
+
+    def group_changes(self, group_id: str) -> list[JSON]:
+        """Every membership change of the group, oldest first (as a "group"
+        event's ``change``)."""
         ...
 
     async def send_group_message(self, group_id: str, text: str) -> JSON:

@@ -45,7 +45,6 @@ from .engine import address_text
 from .node import PeerNode
 from .quota import DEFAULT_MESSAGES_PER_MINUTE, DEFAULT_STORED_BYTES, MAX_MESSAGES_PER_MINUTE
 from .store import StoreError
-from .terminal import ChatUI
 from .web import WebConfig, create_app, start_site
 
 logger = logging.getLogger("webpeer")
@@ -185,6 +184,20 @@ def add_peer_options(parser: argparse.ArgumentParser, *, sub: bool) -> None:
         default=file_size(env("WEBPEER_MAX_FILE_SIZE", "4G")),
         help="files larger than this are neither sent nor accepted; an offer of one is refused "
         "with the reason on both sides (env WEBPEER_MAX_FILE_SIZE, default 4G; K, M, G, T are powers of 1024)",
+    )
+    add(
+        "--no-mailbox",
+        action="store_true",
+        default=os.environ.get("WEBPEER_NO_MAILBOX") == "1",
+        help="never leave messages for offline peers in the server's mailbox, nor fetch ours "
+        "(env WEBPEER_NO_MAILBOX=1)",
+    )
+    add(
+        "--mailbox-after",
+        type=float,
+        default=float(env("WEBPEER_MAILBOX_AFTER", "30")),
+        help="seconds a message waits for an offline peer before it is sealed and left in the server's "
+        "mailbox (env WEBPEER_MAILBOX_AFTER, default 30)",
     )
     add(
         "--no-port-mapping",
@@ -335,6 +348,10 @@ async def run_command(args: argparse.Namespace, data_dir: Path) -> None:
         if args.command == "chat":
             if opened.page:
                 print(f"The page: {opened.page}", flush=True)
+            # Imported here: prompt_toolkit costs ~0.2 s of start-up that a
+            # webpeer serving its page never needs.
+            from .terminal import ChatUI
+
             # SIGTERM and SIGHUP (the terminal went away) end the chat as
             # EXIT does: open_peer's exit then unregisters.
             await until_first(ChatUI(opened.client).run(), until_signalled(signal.SIGTERM, signal.SIGHUP))

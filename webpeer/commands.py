@@ -59,6 +59,8 @@ def node_config(args: argparse.Namespace, data_dir: Path) -> NodeConfig:
         ttl=args.ttl,
         relay_only=args.relay_only,
         port_mapping=not args.no_port_mapping,
+        mailbox=not args.no_mailbox,
+        mailbox_after=max(0.0, args.mailbox_after),
         retention=args.retention_days * 24 * 3600,
         max_file_size=args.max_file_size,
         quota=QuotaConfig(messages_per_minute=args.peer_rate, stored_bytes=args.peer_quota_mb * 1_048_576),
@@ -199,7 +201,8 @@ async def send(opened: Opened, to: int, text: str, wait: str, timeout: float) ->
         except ApiError as error:
             raise CommandError(error.message) from None
         status, why = message["status"], message.get("error")
-        wanted = ("delivered",) if wait == "delivered" else ("sent", "delivered")
+        # Stored in the peer's mailbox at the server: it has left us, as a sent one has.
+        wanted = ("delivered",) if wait == "delivered" else ("sent", "stored", "delivered")
         # When this process is the peer, stopping right after "sent" could
         # cut the link before the other side has the message: linger a
         # little for the receipt.

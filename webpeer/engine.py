@@ -30,6 +30,7 @@ from dataclasses import dataclass
 # aioquic.buffer re-exports this without __all__; the extension module is where it lives.
 from aioquic._buffer import Buffer
 from aioquic.quic.packet import PACKET_TYPE_INITIAL, pull_quic_header
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from rendezvous.client import PeerInfo
 from rendezvous.stun import Address, CandidateKind, ErrorCode, PeerEntry, StunProtocolError, decode, looks_like_stun
@@ -51,6 +52,8 @@ from .link import (
     StreamReceived,
     quic_configuration,
 )
+from .mailbox_flow import DEFAULT_AFTER as MAILBOX_AFTER
+from .mailbox_flow import MailboxFlow
 from .message_flow import Draft, MessageFlow, unknown_peer
 from .path import Direct, Path, Relayed, Transmit
 from .pathfinder import PathFinder, SpareCommand
@@ -59,9 +62,12 @@ from .portmap import Mapping
 from .quota import QuotaConfig
 from .registration import (
     MAX_WATCHED,
+    WATCH_REPAIR,
     ConnectAnswered,
     DirectoryListed,
     Introduced,
+    MailDeposited,
+    MailFetched,
     PeersListed,
     PresenceChanged,
     Registered,
@@ -76,10 +82,17 @@ from .registration import (
 )
 from .store import Status, Store
 from .targets import LookupAnswer, Targets
-from .trust import Action, Trust, link_verdict
+from .trust import Action, Trust, TrustState, link_verdict
 from .wire import Frame, FrameError
 
 logger = logging.getLogger("webpeer")
+
+# Strangers' keys kept (webpeer/store.py prune_strangers): those a directory
+# page showed, never a contact.  The page shows the safety number of one it
+# shows now; the rest are forgotten past these bounds.
+MAX_STRANGERS = 1000
+STRANGER_TTL = 7 * 86400.0
+STRANGER_PRUNE_EVERY = 600.0
 
 # No packet at all for this long: the path (or the peer) is dead.  Ready
 # links ping every peer_session.KEEPALIVE_INTERVAL, so a live one never idles
@@ -111,6 +124,10 @@ class EngineConfig:
     relay_only: bool = False  # never try a direct path (diagnostics, and tests of the relay)
     max_file_size: int = MAX_FILE_SIZE  # larger offers are refused (file_transfer.py)
     quota: QuotaConfig = QuotaConfig()  # what each sender may make us store (webpeer/quota.py)
+    # The offline mailbox at the rendezvous (mailbox_flow.py): whether to use
+    # it, and how long a message waits queued for an offline peer before it is deposited.
+    mailbox: bool = True
+    mailbox_after: float = MAILBOX_AFTER
 
 
 def mapping_json(mapping: Mapping) -> JSON:
@@ -147,6 +164,8 @@ class PeerEngine:
         )
         self.groups = Groups(self, history, self.stats)  # group conversations (issue 12)
         self.targets = Targets()  # lookups of ids the page writes to (issue 9, bad targets)
+        # The offline mailbox at the rendezvous (docs/PROTOCOL.md 11.9).
+        self.mailbox = MailboxFlow(self, history, self.stats, enabled=config.mailbox, after=config.mailbox_after)
         self._cids: dict[bytes, PeerLink] = {}
         self._closed_cids: dict[bytes, float] = {}  # cid of a closed link -> until when to drop its packets
         # Acceptor links not yet authenticated: when each came, and from where
@@ -169,6 +188,12 @@ class PeerEngine:
         # change of the count is a change of the contacts.
         self._contacts_given = -1
         self._directory_given: set[int] = set()
+        # Past MAX_WATCHED contacts: when the page added each (activity, like a
+        # message), the ids handed to the subscription, and when it was chosen.
+        self._added_at: dict[int, float] = {}
+        self._strangers_pruned_at: float | None = None
+        self._watching: frozenset[int] = frozenset()
+        self._watching_chosen_at: float | None = None
         self._directory_left: set[int] = set()  # strangers on the page whose PRESENCE said offline
         # The directory view: the first page of the server's online list,
         # replaced at each refresh.  Shown beside the contacts, not watched:
@@ -278,6 +303,28 @@ class PeerEngine:
     def send_gate(self, peer_id: int) -> tuple[Status, str] | None:
         return self.trust.send_gate(peer_id)
 
+    # The mailbox component's context (mailbox_flow.py).
+
+    @property
+    def signing_key(self) -> Ed25519PrivateKey:
+        return self.identity.private_key
+
+    def trusted_key(self, peer_id: int) -> bytes | None:
+        known = self.history.known_peer(peer_id)
+        return known.trusted_key if known is not None else None
+
+    def mail_deposit(self, peer_id: int, mail: bytes, sealed: bytes, now: float) -> bool:
+        return self.registration.deposit(peer_id, mail, sealed, now)
+
+    def mail_fetch(self, delete: bytes | None, now: float) -> bool:
+        return self.registration.fetch(delete, now)
+
+    def take_mailed(self, sender: int, message_id: str, text: str, when: float, now: float, *, hidden: bool) -> bool:
+        return self.flow.take_mailed(sender, message_id, text, when, now, hidden=hidden)
+
+    def set_message_status(self, message_id: str, status: Status, now: float, error: str | None = None) -> None:
+        self.flow.set_status(message_id, status, now, error)
+
     # The group component's context (groups.py).
 
     def sign(self, payload: bytes) -> bytes:
@@ -296,6 +343,15 @@ class PeerEngine:
     def hides_from(self, link: PeerLink) -> bool:
         return self.trust.hides(link.peer_id, link.peer_key)
 
+    def may_send(self, peer_id: int) -> bool:
+        return self.trust.send_gate(peer_id) is None
+
+    def current_key(self, peer_id: int) -> tuple[bytes, bool] | None:
+        trust = self.trust.of(peer_id)
+        if trust.current_key is None or trust.state is TrustState.BLOCKED:
+            return None
+        return trust.current_key, trust.state is TrustState.TRUSTED
+
     def trust_changed(self, peer_id: int, now: float) -> None:
         """A peer's key changed or came back, or the user decided about it:
         close the links trust condemns, then hold (or fail) or release its messages."""
@@ -313,6 +369,7 @@ class PeerEngine:
             self.pathfinder.abandon(peer_id)
             self.flow.pump(session, now)
             self._publish_connection(session)
+        self.groups.trust_changed(peer_id, now)
         self._publish_peers()
 
     def set_trust(self, peer_id: int, action: Action, now: float) -> JSON:
@@ -362,9 +419,11 @@ class PeerEngine:
         strangers = [entry for peer_id, entry in self.directory.items() if peer_id not in self.peer_states]
         nicknames = self.history.nicknames()
         read_marks = self.history.read_marks()
+        auto_accepts = self.history.auto_accepts()
         for peer in out:
             peer["nickname"] = nicknames.get(peer["id"])
             peer["read_up_to"] = read_marks.get(peer["id"])
+            peer["auto_accept_bytes"] = auto_accepts.get(peer["id"], 0)
         if strangers:
             for entry in strangers:
                 out.append(
@@ -381,6 +440,7 @@ class PeerEngine:
                         "nickname": nicknames.get(entry.peer_id),
                         "read_up_to": None,
                         "last_seen": None,
+                        "auto_accept_bytes": auto_accepts.get(entry.peer_id, 0),
                     }
                 )
             out.sort(key=lambda peer: int(peer["id"]))
@@ -408,6 +468,8 @@ class PeerEngine:
                     # When its key last reached us (listed, introduced, connected): the
                     # page shows it for an offline peer.
                     "last_seen": known.last_seen if known else None,
+                    # False past the server's cap (MAX_WATCHED): its presence is not watched.
+                    "watched": peer.peer_id in self._watching,
                 }
             )
         return out
@@ -473,6 +535,12 @@ class PeerEngine:
         self.history.set_nickname(peer_id, nickname)
         self._publish_peers()
 
+    def set_auto_accept(self, peer_id: int, max_bytes: int) -> None:
+        """Accept the peer's file offers up to ``max_bytes`` without the user
+        (0: ask for each); the peer list shows it."""
+        self.history.set_auto_accept(peer_id, max_bytes)
+        self._publish_peers()
+
     def expire_queued(self, older_than: float, now: float) -> None:
         self.flow.expire(older_than, now)
 
@@ -514,6 +582,7 @@ class PeerEngine:
         timers += [since + HELLO_DEADLINE for since, _ in self._accepting.values()]
         timers.append(self.targets.deadline())
         timers.append(self.groups.deadline())
+        timers.append(self.mailbox.deadline())
         deadlines = [t for t in timers if t is not None] + self.pathfinder.deadlines()
         for session in self.peer_states.values():
             deadlines += session.deadlines(self.config.idle_timeout)
@@ -577,11 +646,14 @@ class PeerEngine:
             self.targets.handle_timer(now)
         if (deadline := self.groups.deadline()) is not None and deadline <= now:
             self.groups.handle_timer(now)
+        if (deadline := self.mailbox.deadline()) is not None and deadline <= now:
+            self.mailbox.handle_timer(now)
 
     def process(self, now: float, drafts: list[Draft] | None = None) -> None:
         """Act on everything that came in: the node runs this inside one
         history transaction, and then calls :meth:`committed`."""
         self._process_mark = len(self._events)
+        self.files.save_again()
         for _ in range(MAX_FLUSH_ROUNDS):
             busy = self._drain_registration(now)
             busy |= self._drain_links(now)
@@ -590,6 +662,7 @@ class PeerEngine:
             if not busy:
                 break
         self.files.pump(now)
+        self.mailbox.run(now)  # deposits due, and the FETCH after registering
         self.flow.store_drafts(drafts or [], now)
         self.groups.store()
         self._sync_contacts(now)
@@ -601,7 +674,9 @@ class PeerEngine:
         for link, frames in self.flow.take_after_commit().items():
             if link.state is LinkState.READY:
                 link.send_frames(frames, now)
+        self.files.committed(now)
         self.groups.committed(now)
+        self.mailbox.committed(now)
 
     def rolled_back(self) -> None:
         """The transaction around :meth:`process` failed: what its events
@@ -611,8 +686,10 @@ class PeerEngine:
             del self._events[self._process_mark :]
             self._process_mark = None
         self.flow.rolled_back()
+        self.files.rolled_back()
         self.trust.rolled_back()
         self.groups.rolled_back()
+        self.mailbox.rolled_back()
         self.publish(Resync())
 
     def storage_failed(self, error: str) -> None:
@@ -684,8 +761,10 @@ class PeerEngine:
                 for peer_id in self.files.peers_with_work():
                     self.connect(self.session(peer_id), now)  # unfinished files resume
                 self.groups.registered(now)
+                self.mailbox.registered(now, list(self.peer_states))
             elif isinstance(event, RegistrationLost):
                 logger.info("registration lost: %r", event.reason)
+                self.mailbox.lost()
                 self.publish(MeChanged(self.me()))
             elif isinstance(event, PeersListed):
                 self._on_peers_listed(event, now)
@@ -704,6 +783,10 @@ class PeerEngine:
                     self.pathfinder.start_checks(event.info, now, connect=False)
             elif isinstance(event, ConnectAnswered):
                 self._on_connect_answered(event, now)
+            elif isinstance(event, MailDeposited):
+                self.mailbox.on_deposited(event, now)
+            elif isinstance(event, MailFetched):
+                self.mailbox.on_fetched(event, now)
             elif isinstance(event, RelayedDatagram):
                 if event.payload and event.payload[0] >= 0x40:
                     self._on_quic(event.payload, Relayed(event.peer_id), now)
@@ -724,19 +807,31 @@ class PeerEngine:
         """The page adds an id to the peer list: its presence is watched from now on."""
         if peer_id != self.registration.peer_id and peer_id not in self.peer_states:
             self.session(peer_id)
+            self._added_at[peer_id] = now
             self._publish_peers()
         self._sync_contacts(now)
 
     def contacts(self) -> tuple[int, ...]:
         """The ids whose presence we watch: every peer we know (from the
         store, from messages, keys and introductions, or added by the page),
-        oldest first, at most MAX_WATCHED of them (the server's cap)."""
+        at most MAX_WATCHED of them (the server's cap).  Past the cap, the
+        contacts most recently active (their latest message either way, or
+        when the page added them) come first, and the rest are not watched:
+        the page says so (``watched``: false) and shows them offline unless
+        a link to them is up."""
         mine = self.registration.peer_id
         known = [peer_id for peer_id in self.peer_states if peer_id != mine]
         # Then the strangers the directory page shows (a handful: one page):
         # watched too, so one who leaves is gone from the page at once, not
         # at the next directory refresh.
         shown = [peer_id for peer_id in self.directory if peer_id not in self.peer_states]
+        if len(known) + len(shown) <= MAX_WATCHED:
+            return tuple(known + shown)
+        activity = self.history.last_activity()
+        for peer_id, added in self._added_at.items():
+            activity[peer_id] = max(activity.get(peer_id, 0.0), added)
+        # sorted() is stable: equal activity keeps the oldest contact first.
+        known.sort(key=lambda peer_id: -activity.get(peer_id, 0.0))
         return tuple(known + shown)[:MAX_WATCHED]
 
     def _sync_contacts(self, now: float) -> None:
@@ -749,10 +844,23 @@ class PeerEngine:
                 if self._listed(entry, now):
                     self._publish_peers()
         given = len(self.peer_states) + len(self.directory)
-        if given != self._contacts_given or self.directory.keys() != self._directory_given:
+        over = given > MAX_WATCHED
+        # Over the cap, who is most active changes with the messages: chosen
+        # again every WATCH_REPAIR seconds.
+        stale = over and self._watching_chosen_at is not None and now - self._watching_chosen_at >= WATCH_REPAIR
+        if given != self._contacts_given or self.directory.keys() != self._directory_given or stale:
             self._contacts_given = given
             self._directory_given = set(self.directory)
-            self.registration.watch(self.contacts(), now)
+            contacts = self.contacts()
+            if over and self._watching_chosen_at is None:  # said once, when it starts
+                logger.info(
+                    "%d peers on the list, more than the server watches: presence of the %d most recently active",
+                    given,
+                    MAX_WATCHED,
+                )
+            self._watching = frozenset(contacts)
+            self._watching_chosen_at = now if over else None
+            self.registration.watch(contacts, now)
 
     def _on_presence(self, event: PresenceChanged, now: float) -> None:
         """The server's word on some contacts (WATCH answer, PRESENCE): the
@@ -776,6 +884,7 @@ class PeerEngine:
                 session.online = False
                 changed = True
                 self.flow.went_offline(session, now)
+                self.mailbox.peer_offline(peer_id, now)
         if changed:
             self._publish_peers()
 
@@ -809,8 +918,23 @@ class PeerEngine:
                 self.trust.remember(peer_id, entry.public_key, entry.nickname, now)
         self.directory = directory
         self._directory_left.clear()
+        self._prune_strangers(now)
         self._sync_contacts(now)
         self._publish_peers()
+
+    def _prune_strangers(self, now: float) -> None:
+        """Directory pages remember the keys they show; strangers (never a
+        contact, never written to) unseen for STRANGER_TTL, or beyond the
+        MAX_STRANGERS seen last, are forgotten, so that pages cannot grow the
+        store without bound.  At most every STRANGER_PRUNE_EVERY seconds."""
+        if self._strangers_pruned_at is not None and now - self._strangers_pruned_at < STRANGER_PRUNE_EVERY:
+            return
+        self._strangers_pruned_at = now
+        keep = set(self.peer_states) | set(self.directory)
+        forgotten = self.history.prune_strangers(keep, unseen_before=now - STRANGER_TTL, at_most=MAX_STRANGERS)
+        if forgotten:
+            self.trust.forget(forgotten)
+            self.stats["strangers_forgotten"] += len(forgotten)
 
     def _on_peers_listed(self, event: PeersListed, now: float) -> None:
         online = {entry.peer_id: entry for entry in event.entries}

@@ -111,10 +111,11 @@ class Resync(PageEvent):
 
 @dataclass(frozen=True, slots=True)
 class FileChanged(PageEvent):
-    """A file offered, accepted, moving, complete, failed or cancelled
-    (webpeer/file_transfer.py).  ``kind``: "offer" | "accepted" | "progress"
-    | "complete" | "failed" | "cancelled"; ``rate``: bytes a second since the
-    last progress event (progress only)."""
+    """A file offered, accepted, moving, paused, complete, failed or
+    cancelled (webpeer/file_transfer.py).  ``kind``: "offer" | "accepted" |
+    "progress" | "paused" (the receiver's disk is full) | "complete" |
+    "failed" | "cancelled"; ``rate``: bytes a second since the last progress
+    event (progress only)."""
 
     kind: str
     file: JSON

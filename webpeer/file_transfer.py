@@ -10,7 +10,17 @@
                                                     writes at offset; at the end the
                                                     SHA-256 of the whole file is checked
     <- file_done {id}                               (or file_cancel {id, reason, failed: true})
+    <- file_pause {id, reason}                      the receiver's disk is full: what it
+                                                    wrote stays; it asks again (file_accept
+                                                    from the bytes it holds) on the next
+                                                    link, or when the user says Retry
     either side, any time: file_cancel {id, reason}
+
+Every control frame but file_pause leaves only once the history's commit
+holds what it announces (like message_flow.py's acks): a file_done must
+never reach the sender while the receiver could still restart without the
+file being complete in its history.  file_pause goes at once: it
+announces that nothing was stored, and a full disk may hold up commits.
 
 Resuming needs nothing extra: when a link to the peer becomes ready, the
 sender offers its unfinished files again and the receiver asks again for
@@ -32,6 +42,7 @@ bytes of it unacknowledged, so QUIC's flow and congestion control pace it.
 from __future__ import annotations
 
 import enum
+import errno
 import hashlib
 import logging
 import re
@@ -51,7 +62,10 @@ from .wire import Frame, FrameError, require
 
 logger = logging.getLogger("webpeer")
 
-OFFER, ACCEPT, DONE, CANCEL = "file_offer", "file_accept", "file_done", "file_cancel"
+OFFER, ACCEPT, DONE, CANCEL, PAUSE = "file_offer", "file_accept", "file_done", "file_cancel", "file_pause"
+DISK_FULL = "the receiver's disk is full"
+# Write errors that pause a transfer rather than fail it: space may come back.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 FILE_ID_BYTES = 16
 HEADER = struct.Struct("!16sQ")  # a data stream's header: file id, offset
 MAX_NAME_CHARS = 255  # an offered name longer than this is refused
@@ -76,12 +90,13 @@ _UNSAFE = re.compile(r'[/\\<>:"|?*]')
 class FileStatus(enum.StrEnum):
     OFFERED = "offered"  # sender: waiting for the accept; receiver: waiting for the user
     ACCEPTED = "accepted"  # moving
+    PAUSED = "paused"  # the receiver's disk was full: resumes on the next link or a Retry
     COMPLETE = "complete"  # receiver: hash checked; sender: the receiver said so
     FAILED = "failed"
     CANCELLED = "cancelled"
 
 
-ACTIVE = (FileStatus.OFFERED, FileStatus.ACCEPTED)
+ACTIVE = (FileStatus.OFFERED, FileStatus.ACCEPTED, FileStatus.PAUSED)
 
 
 def sanitize_name(name: str) -> str:
@@ -136,6 +151,9 @@ class FileHistory(Protocol):
     def get_file(self, file_id: str) -> FileRecord | None: ...
 
     def active_files(self) -> list[FileRecord]: ...
+
+    def auto_accept(self, peer_id: int) -> int:
+        """The size up to which the peer's offers are accepted without the user (0: none)."""
 
 
 class FileContext(Protocol):
@@ -202,6 +220,12 @@ class FileTransfers:
         # check at the end reads nothing again: a hash of a 4 GiB file in
         # one go would block the loop for seconds.  id -> (hash, bytes in it).
         self._hashes: dict[str, tuple[Any, int]] = {}
+        # Frames that leave once the commit holds what they announce, and the
+        # records written in this transaction (written again by the next one
+        # if it rolls back: what was decided here stands).
+        self._after_commit: dict[PeerLink, list[Frame]] = {}
+        self._written: dict[str, FileRecord] = {}
+        self._unsaved: dict[str, FileRecord] = {}
 
     # ------------------------------------------------------------ the page's requests
 
@@ -209,7 +233,7 @@ class FileTransfers:
         """Load the unfinished files: a receiver holds what it wrote before a
         restart (or a kill), and asks for the rest."""
         for record in self.history.active_files():
-            if not record.outgoing and record.status == FileStatus.ACCEPTED:
+            if not record.outgoing and record.status in (FileStatus.ACCEPTED, FileStatus.PAUSED):
                 try:
                     record.done = min(self.storage.size(record.path), record.size)
                 except OSError:
@@ -221,7 +245,7 @@ class FileTransfers:
         record = FileRecord(
             secrets.token_hex(FILE_ID_BYTES), to, True, name, path, size, sha256, mime, FileStatus.OFFERED, 0, None, now
         )
-        self.history.add_file(record)
+        self._add(record)
         self._active[record.id] = record
         self._publish(record, "offer", now)
         self._send(to, self._offer_frame(record), now)
@@ -234,14 +258,18 @@ class FileTransfers:
         if record.status != FileStatus.OFFERED:
             raise ApiError(409, f"the file is {record.status} already")
         try:
-            record.path = self.storage.create(record.name)
+            self._accept(record, now)
         except OSError as error:
             raise ApiError(507, f"cannot create the file: {error.strerror or error}") from None
-        record.status = FileStatus.ACCEPTED
-        self.history.update_file(record)
-        self._publish(record, "accepted", now)
         self._send(record.peer, {"t": ACCEPT, "id": record.id, "offset": 0}, now)
         return record
+
+    def _accept(self, record: FileRecord, now: float) -> None:
+        """Create the received file (raises OSError if it cannot be); the caller asks for it."""
+        record.path = self.storage.create(record.name)
+        record.status = FileStatus.ACCEPTED
+        self._save(record)
+        self._publish(record, "accepted", now)
 
     def cancel(self, file_id: str, now: float) -> FileRecord:
         record = self._active.get(file_id)
@@ -252,6 +280,29 @@ class FileTransfers:
         self._finish(record, FileStatus.CANCELLED, "cancelled", now)
         self._send(record.peer, {"t": CANCEL, "id": record.id, "reason": "cancelled by the other side"}, now)
         return record
+
+    def retry(self, file_id: str, now: float) -> FileRecord:
+        """Go on with a file paused by the receiver's full disk: the
+        receiver asks again from the bytes it holds; the sender offers it
+        again (which the receiver answers so).  A disk still full pauses
+        it again."""
+        record = self._active.get(file_id)
+        if record is None or record.status != FileStatus.PAUSED:
+            if record is None and self.history.get_file(file_id) is None:
+                raise ApiError(404, "no such file")
+            raise ApiError(409, "only a paused file can be retried")
+        if record.outgoing:
+            self._send(record.peer, self._offer_frame(record), now)
+        else:
+            self._resume(record, now)
+            self._send(record.peer, {"t": ACCEPT, "id": record.id, "offset": record.done}, now)
+        return record
+
+    def _resume(self, record: FileRecord, now: float) -> None:
+        """A paused file of ours to receive is accepted again (the caller asks for the rest)."""
+        record.status, record.error = FileStatus.ACCEPTED, None
+        self._save(record)
+        self._publish(record, "accepted", now)
 
     def fail_unknown_peer(self, peer_id: int, reason: str, now: float) -> None:
         """The server never assigned ``peer_id``: nothing can reach it."""
@@ -278,10 +329,12 @@ class FileTransfers:
                 continue
             if record.outgoing:
                 frames.append(self._offer_frame(record))
-            elif record.status == FileStatus.ACCEPTED:
+            elif record.status in (FileStatus.ACCEPTED, FileStatus.PAUSED):
+                if record.status == FileStatus.PAUSED:
+                    self._resume(record, now)  # a new link: try again (the disk may have room now)
                 frames.append({"t": ACCEPT, "id": record.id, "offset": record.done})
-        if frames and link.state is LinkState.READY:
-            link.send_frames(frames, now)
+        for frame in frames:
+            self._say(link, frame)
 
     def link_closed(self, link: PeerLink) -> None:
         for file_id in [f for f, s in self._sending.items() if s.link is link]:
@@ -290,7 +343,7 @@ class FileTransfers:
             del self._receiving[key]
         for record in self._active.values():
             if record.peer == link.peer_id and not record.outgoing and record.status == FileStatus.ACCEPTED:
-                self.history.update_file(record)  # where it stopped, for the page after a restart
+                self._save(record)  # where it stopped, for the page after a restart
 
     # ------------------------------------------------------------ frames
 
@@ -298,7 +351,7 @@ class FileTransfers:
         """A control frame; False if it is not one of ours.  Raises FrameError
         for a malformed one (the engine closes the link)."""
         kind = frame["t"]
-        if kind not in (OFFER, ACCEPT, DONE, CANCEL):
+        if kind not in (OFFER, ACCEPT, DONE, CANCEL, PAUSE):
             return False
         peer = link.peer_id
         assert peer is not None  # frames come only on ready links
@@ -309,7 +362,7 @@ class FileTransfers:
             self.stats["file_frames_untrusted_key"] += 1
             if kind == OFFER:
                 reason = "the receiver has not accepted this peer's new key"
-                link.send_frame({"t": CANCEL, "id": file_id, "reason": reason, "failed": True}, now)
+                self._say(link, {"t": CANCEL, "id": file_id, "reason": reason, "failed": True})
             return True
         if kind == OFFER:
             self._on_offer(link, peer, file_id, frame, now)
@@ -324,6 +377,12 @@ class FileTransfers:
             if record.outgoing and record.status == FileStatus.ACCEPTED:
                 record.done = record.size
                 self._finish(record, FileStatus.COMPLETE, None, now)
+        elif kind == PAUSE:
+            reason = require(frame, "reason", str)[:MAX_REASON_CHARS]
+            if record.outgoing and record.status == FileStatus.ACCEPTED:
+                self._paused(record, reason, now)
+            else:
+                self.stats["file_frames_unknown"] += 1
         else:
             reason = require(frame, "reason", str)[:MAX_REASON_CHARS]
             failed = frame.get("failed") is True
@@ -342,7 +401,7 @@ class FileTransfers:
         if known is not None:
             if known.peer != peer or known.outgoing:
                 self.stats["file_offer_id_taken"] += 1
-                link.send_frame({"t": CANCEL, "id": file_id, "reason": "file id in use", "failed": True}, now)
+                self._say(link, {"t": CANCEL, "id": file_id, "reason": "file id in use", "failed": True})
             else:
                 self._answer_repeated_offer(link, self._active.get(file_id, known), now)
             return
@@ -350,7 +409,7 @@ class FileTransfers:
         if waiting >= MAX_OFFERS_PER_PEER:
             self.stats["file_offers_refused"] += 1
             reason = f"too many offers waiting ({MAX_OFFERS_PER_PEER})"
-            link.send_frame({"t": CANCEL, "id": file_id, "reason": reason, "failed": True}, now)
+            self._say(link, {"t": CANCEL, "id": file_id, "reason": reason, "failed": True})
             return
         if len(mime) > MAX_MIME_CHARS or not _MIME.fullmatch(mime):
             mime = DEFAULT_MIME
@@ -359,25 +418,38 @@ class FileTransfers:
         )
         if size > self.max_size:
             record.status, record.error = FileStatus.FAILED, too_large(size, self.max_size)
-            self.history.add_file(record)
+            self._add(record)
             self._publish(record, "failed", now)
-            link.send_frame({"t": CANCEL, "id": file_id, "reason": record.error, "failed": True}, now)
+            self._say(link, {"t": CANCEL, "id": file_id, "reason": record.error, "failed": True})
             return
-        self.history.add_file(record)
+        self._add(record)
         self._active[file_id] = record
         self._publish(record, "offer", now)
+        limit = self.history.auto_accept(peer)
+        if limit and size <= limit:
+            # The user accepts this peer's files up to that size (its contact
+            # settings): no question asked.
+            try:
+                self._accept(record, now)
+            except OSError as error:
+                logger.warning("cannot create auto-accepted file %s: %s; the offer waits for the user", file_id, error)
+                return
+            self.stats["files_auto_accepted"] += 1
+            self._say(link, {"t": ACCEPT, "id": file_id, "offset": 0})
 
     def _answer_repeated_offer(self, link: PeerLink, record: FileRecord, now: float) -> None:
-        if record.status == FileStatus.ACCEPTED:
-            link.send_frame({"t": ACCEPT, "id": record.id, "offset": record.done}, now)
+        if record.status in (FileStatus.ACCEPTED, FileStatus.PAUSED):
+            if record.status == FileStatus.PAUSED:
+                self._resume(record, now)  # the sender retries (a new link, or its user)
+            self._say(link, {"t": ACCEPT, "id": record.id, "offset": record.done})
         elif record.status == FileStatus.COMPLETE:
-            link.send_frame({"t": DONE, "id": record.id}, now)
+            self._say(link, {"t": DONE, "id": record.id})
         elif record.status in (FileStatus.CANCELLED, FileStatus.FAILED):
             failed = record.status == FileStatus.FAILED
             reason = record.error or str(record.status)
             if not failed:
                 reason = "cancelled by the other side"
-            link.send_frame({"t": CANCEL, "id": record.id, "reason": reason, "failed": failed}, now)
+            self._say(link, {"t": CANCEL, "id": record.id, "reason": reason, "failed": failed})
 
     def _on_accept(self, link: PeerLink, record: FileRecord, offset: int, now: float) -> None:
         if not record.outgoing:
@@ -387,8 +459,8 @@ class FileTransfers:
             raise FrameError(f"file_accept: offset {offset} outside the file of {record.size} bytes")
         if record.status in (FileStatus.CANCELLED, FileStatus.FAILED):
             reason = record.error if record.status == FileStatus.FAILED else "cancelled by the other side"
-            link.send_frame(
-                {"t": CANCEL, "id": record.id, "reason": reason or "failed", "failed": record.status == "failed"}, now
+            self._say(
+                link, {"t": CANCEL, "id": record.id, "reason": reason or "failed", "failed": record.status == "failed"}
             )
             return
         if record.status == FileStatus.COMPLETE:
@@ -398,9 +470,9 @@ class FileTransfers:
             return  # the same request twice (both sides resume on a new link)
         if running is not None:
             running.link.abort_stream(running.stream_id)
-        if record.status == FileStatus.OFFERED:
-            record.status = FileStatus.ACCEPTED
-            self.history.update_file(record)
+        if record.status in (FileStatus.OFFERED, FileStatus.PAUSED):
+            record.status, record.error = FileStatus.ACCEPTED, None
+            self._save(record)
             self._publish(record, "accepted", now)
         stream_id = link.open_data_stream(HEADER.pack(bytes.fromhex(record.id), offset), now)
         self.stats["file_streams_opened"] += 1
@@ -429,7 +501,7 @@ class FileTransfers:
                 if len(data) != length:
                     link.abort_stream(sending.stream_id)
                     self._finish(record, FileStatus.FAILED, reason, now)
-                    link.send_frame({"t": CANCEL, "id": record.id, "reason": reason, "failed": True}, now)
+                    self._say(link, {"t": CANCEL, "id": record.id, "reason": reason, "failed": True})
                     break
                 sending.position += length
                 self.stats["file_bytes_sent"] += length
@@ -496,11 +568,15 @@ class FileTransfers:
             digest = self._hash_upto(record)
             self.storage.write(record.path, record.done, fresh)
         except OSError as error:
-            # A full disk: what is written stays, for a later attempt.
+            if error.errno in _NO_SPACE:
+                # What is written stays; the rest comes when there is room.
+                stream.file_id = ""
+                self._pause(link, record, now)
+                return
             reason = f"the receiver cannot write the file: {error.strerror or error}"
-            self.history.update_file(record)
+            self._save(record)
             self._finish(record, FileStatus.FAILED, reason, now)
-            link.send_frame({"t": CANCEL, "id": record.id, "reason": reason, "failed": True}, now)
+            self._say(link, {"t": CANCEL, "id": record.id, "reason": reason, "failed": True})
             return
         digest.update(fresh)
         record.done += len(fresh)
@@ -512,8 +588,33 @@ class FileTransfers:
         progress = self._progress.setdefault(record.id, _Progress(now, record.done, now))
         if now - progress.saved_at >= SAVE_INTERVAL:
             progress.saved_at = now
-            self.history.update_file(record)
+            self._save(record)
         self._progress_event(record, now)
+
+    def _pause(self, link: PeerLink, record: FileRecord, now: float) -> None:
+        """Our disk is full: stop the sender (at once: the frame announces
+        nothing stored, and the history may not commit on a full disk)."""
+        self.stats["files_paused_disk_full"] += 1
+        # A file_accept for it still held for the commit would overtake the
+        # pause and start the sender again: it is void now.
+        for frames in self._after_commit.values():
+            frames[:] = [f for f in frames if not (f["t"] == ACCEPT and f["id"] == record.id)]
+        if link.state is LinkState.READY:
+            link.send_frame({"t": PAUSE, "id": record.id, "reason": DISK_FULL}, now)
+        self._paused(record, DISK_FULL, now)
+
+    def _paused(self, record: FileRecord, reason: str, now: float) -> None:
+        record.status, record.error = FileStatus.PAUSED, reason
+        sending = self._sending.pop(record.id, None)
+        if sending is not None:
+            sending.link.abort_stream(sending.stream_id)
+        try:
+            self.storage.release(record.path)
+        except OSError:
+            pass
+        self._save(record)
+        logger.warning("file %s (%s) with peer %d paused: %s", record.id, record.name[:60], record.peer, reason)
+        self._publish(record, "paused", now)
 
     def _hash_upto(self, record: FileRecord) -> Any:
         """The SHA-256 of the file's first ``record.done`` bytes, to go on
@@ -544,16 +645,54 @@ class FileTransfers:
             digest = f"unreadable: {error}"
         if digest == record.sha256:
             self._finish(record, FileStatus.COMPLETE, None, now)
-            link.send_frame({"t": DONE, "id": record.id}, now)
+            self._say(link, {"t": DONE, "id": record.id})
             return
         reason = "the received file does not match its SHA-256"
         self._finish(record, FileStatus.FAILED, reason, now)
-        link.send_frame({"t": CANCEL, "id": record.id, "reason": reason, "failed": True}, now)
+        self._say(link, {"t": CANCEL, "id": record.id, "reason": reason, "failed": True})
+
+    # ------------------------------------------------------------ the commit
+
+    def save_again(self) -> None:
+        """Inside the flush's transaction: write again the records whose
+        last transaction rolled back (their frames still wait for a commit)."""
+        unsaved, self._unsaved = self._unsaved, {}
+        for record in unsaved.values():
+            self.history.add_file(record)  # if its first write was the one lost
+            self._save(record)
+
+    def committed(self, now: float) -> None:
+        """The transaction holds what the held frames announce: they leave
+        (a link closed meanwhile misses them; the next link's
+        :meth:`link_ready` says it all again)."""
+        self._written.clear()
+        after_commit, self._after_commit = self._after_commit, {}
+        for link, frames in after_commit.items():
+            if link.state is LinkState.READY:
+                link.send_frames(frames, now)
+
+    def rolled_back(self) -> None:
+        """The transaction was lost: its records are written again by the
+        next one, and their frames leave after that commit."""
+        self._unsaved.update(self._written)
+        self._written.clear()
 
     # ------------------------------------------------------------ internals
 
+    def _add(self, record: FileRecord) -> bool:
+        self._written[record.id] = record
+        return self.history.add_file(record)
+
+    def _save(self, record: FileRecord) -> None:
+        self._written[record.id] = record
+        self.history.update_file(record)
+
+    def _say(self, link: PeerLink, frame: Frame) -> None:
+        """A control frame, held until the commit (:meth:`committed`)."""
+        self._after_commit.setdefault(link, []).append(frame)
+
     def _wants_link(self, record: FileRecord) -> bool:
-        return record.outgoing or record.status == FileStatus.ACCEPTED
+        return record.outgoing or record.status in (FileStatus.ACCEPTED, FileStatus.PAUSED)
 
     def _offer_frame(self, record: FileRecord) -> Frame:
         return {
@@ -572,7 +711,7 @@ class FileTransfers:
         link = session.ready_link
         if link is not None:
             if not self.context.hides_from(link):
-                link.send_frame(frame, now)
+                self._say(link, frame)
         else:
             self.context.connect(session, now)
 
@@ -589,7 +728,7 @@ class FileTransfers:
                 self.storage.release(record.path)
             except OSError:
                 pass
-        self.history.update_file(record)
+        self._save(record)
         logger.info("file %s (%s) with peer %d: %s %s", record.id, record.name[:60], record.peer, status, error or "")
         self._publish(record, str(status), now)
 

@@ -19,14 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
 from webpeer import validate
 
 OP_CONTEXT = b"peerlink-group-op-v1\x00"
-MESSAGE_CONTEXT = b"peerlink-group-msg-v1\x00"
+MESSAGE_CONTEXT = b"peerlink-group-msg-v2\x00"
 
 MAX_MEMBERS = 128
 """Members one group may hold (fan-out is sender-to-all; docs/PROTOCOL.md says what changes beyond)."""
@@ -62,13 +62,14 @@ class OpKind(StrEnum):
 _KIND_FIELDS: dict[OpKind, frozenset[str]] = {
     OpKind.CREATE: frozenset({"name", "m", "n"}),
     OpKind.ADD: frozenset({"m"}),
-    OpKind.REMOVE: frozenset({"tg"}),
+    OpKind.REMOVE: frozenset({"tg", "u"}),
     OpKind.PROMOTE: frozenset({"tg"}),
     OpKind.LEAVE: frozenset(),
     OpKind.RENAME: frozenset({"name"}),
 }
 _OP_COMMON = frozenset({"g", "k", "a", "p", "at", "sig"})
 _MESSAGE_FIELDS = frozenset({"g", "s", "q", "d", "h", "at", "text", "sig"})
+_WITHHELD_FIELDS = frozenset({"g", "s", "q", "d", "h", "at", "th", "sig"})
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class Op:
     members: tuple[Member, ...] = ()  # create: everyone, author included; add: who joins
     target: int = 0  # remove, promote
     nonce: str = ""  # create: makes the group id unique
+    upto: int = 0  # remove: the target's last message the remover accepts (its cut-off)
     sig: bytes = b""
 
     def fields(self) -> dict[str, Any]:
@@ -103,6 +105,8 @@ class Op:
             out["m"] = [[m.peer, m.key.hex()] for m in self.members]
         if self.kind in (OpKind.REMOVE, OpKind.PROMOTE):
             out["tg"] = self.target
+        if self.kind is OpKind.REMOVE:
+            out["u"] = self.upto
         if self.kind is OpKind.CREATE:
             out["n"] = self.nonce
         return out
@@ -134,12 +138,27 @@ class GroupMessage:
     at: int
     text: str
     sig: bytes = b""
+    digest: str = ""  # a withheld copy's text's SHA-256 (64 hex), its text then ""
 
     @property
     def key(self) -> tuple[int, int]:
         return (self.sender, self.seq)
 
-    def fields(self) -> dict[str, Any]:
+    @property
+    def withheld(self) -> bool:
+        """A copy without its text, for a member that was not one when it was written."""
+        return bool(self.digest)
+
+    @property
+    def text_hash(self) -> str:
+        return self.digest or hashlib.sha256(self.text.encode()).hexdigest()
+
+    def without_text(self) -> GroupMessage:
+        """The withheld copy: it proves (signed) that the message exists and
+        what it follows, and tells nothing it says."""
+        return replace(self, text="", digest=self.text_hash)
+
+    def _common(self) -> dict[str, Any]:
         return {
             "g": self.group,
             "s": self.sender,
@@ -147,14 +166,16 @@ class GroupMessage:
             "d": [[peer, seq] for peer, seq in self.deps],
             "h": list(self.heads),
             "at": self.at,
-            "text": self.text,
         }
 
     def signed_bytes(self) -> bytes:
-        return MESSAGE_CONTEXT + canonical(self.fields())
+        # The text's hash, not the text, is signed: a withheld copy verifies too.
+        return MESSAGE_CONTEXT + canonical({**self._common(), "th": self.text_hash})
 
     def to_fields(self) -> dict[str, Any]:
-        return {**self.fields(), "sig": self.sig.hex()}
+        if self.withheld:
+            return {**self._common(), "th": self.digest, "sig": self.sig.hex()}
+        return {**self._common(), "text": self.text, "sig": self.sig.hex()}
 
 
 _CANONICAL = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True)
@@ -259,6 +280,7 @@ def op_from_fields(obj: object) -> Op:
         members=_members(obj.get("m")) if kind in (OpKind.CREATE, OpKind.ADD) else (),
         target=_peer(obj.get("tg"), "field 'tg'") if kind in (OpKind.REMOVE, OpKind.PROMOTE) else 0,
         nonce=_hex(obj.get("n"), _NONCE, "field 'n'") if create else "",
+        upto=_int(obj, "u", 0, MAX_SEQ) if kind is OpKind.REMOVE else 0,
         sig=bytes.fromhex(_hex(obj.get("sig"), _HEX_SIG, "field 'sig'")),
     )
     if create and op.parents:
@@ -304,13 +326,15 @@ def message_from_fields(obj: object) -> GroupMessage:
     """An untrusted JSON object as a GroupMessage (GroupError if it is not one)."""
     if not isinstance(obj, dict):
         raise GroupError("a group message must be an object")
-    _exact_keys(obj, _MESSAGE_FIELDS, "a group message")
+    withheld = "th" in obj
+    _exact_keys(obj, _WITHHELD_FIELDS if withheld else _MESSAGE_FIELDS, "a group message")
     sender = _peer(obj.get("s"), "field 's'")
     deps = _pairs(obj.get("d"), "field 'd'", MAX_MEMBERS)
     if sender in (peer for peer, _ in deps):
         raise GroupError("a message's dependencies never name its sender")
+    digest = _hex(obj.get("th"), _OP_ID, "field 'th'") if withheld else ""
     try:
-        text = validate.message_text(obj.get("text"))
+        text = "" if withheld else validate.message_text(obj.get("text"))
     except validate.InvalidValue as error:
         raise GroupError(f"a group message's text: {error.message}") from None
     return GroupMessage(
@@ -322,4 +346,5 @@ def message_from_fields(obj: object) -> GroupMessage:
         at=_int(obj, "at", 0, MAX_CLOCK_MS),
         text=text,
         sig=bytes.fromhex(_hex(obj.get("sig"), _HEX_SIG, "field 'sig'")),
+        digest=digest,
     )

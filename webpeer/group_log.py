@@ -29,7 +29,13 @@ and causal order across senders.  Anything early is held (bounded) and
 :meth:`GroupLog.missing` says what is lacking; :meth:`GroupLog.lacking`
 answers another member's :meth:`GroupLog.summary` with the ops and messages
 it lacks, so a member can fill gaps from any other.  A member removed under
-a message's heads is never given that message.
+a message's heads is never given that message; a member now (added again,
+or added late) is given its *withheld copy* instead: signed over the text's
+hash, it keeps the sender's order and the deps deliverable without the text.
+A removal's cut-off (the removed member's last message its author accepts)
+turns what the removed member writes later, without having seen it, into
+withheld copies too.  A message signed by the sender's new key (not the one
+the group names) waits for the user's decision on that key (``key_view``).
 
 No I/O, no clock: times come in as arguments, signing as a callable.
 """
@@ -45,6 +51,16 @@ from webpeer.identity import verify
 
 Signer = Callable[[bytes], bytes]
 """Signs a payload with our identity key (``Identity.sign``)."""
+
+KeyView = Callable[[int], "tuple[bytes, bool] | None"]
+"""The key this member's user now has for a peer (webpeer/trust.py) when it is
+not the one the group names, and whether the user accepted it; None if none."""
+
+
+class KeyPending(GroupError):
+    """A message signed by its sender's new key, which the user has not
+    accepted yet: held (like one-to-one messages from a changed key), not refused."""
+
 
 MAX_HELD_OPS = 1000
 """Ops kept while their parents are missing."""
@@ -140,13 +156,15 @@ def _apply(state: GroupState, op: Op) -> str | None:
 class GroupLog:
     """One group as this member knows it."""
 
-    def __init__(self, create: Op, *, check_signatures: bool = True) -> None:
+    def __init__(self, create: Op, *, check_signatures: bool = True, key_view: KeyView | None = None) -> None:
         if create.kind is not OpKind.CREATE or create.group or create.parents:
             raise GroupError("a group starts with a create operation")
         keys = {m.peer: m.key for m in create.members}
         if create.author not in keys:
             raise GroupError("a create operation's author must be among its members")
         self._check = check_signatures  # off only to rebuild from our own store
+        self.reader: int | None = None  # our id, once known: who may take withheld copies
+        self._key_view = key_view
         if self._check and not verify(keys[create.author], create.sig, create.signed_bytes()):
             raise GroupError("bad signature on the create operation")
         self.id = create.id
@@ -164,18 +182,28 @@ class GroupLog:
         self._position: dict[tuple[int, int], int] = {}  # delivered message -> its index in _order
         self._held: dict[tuple[int, int], GroupMessage] = {}
         self._verified: set[tuple[int, int]] = set()  # held ones whose sender and signature were checked
+        self._removals: dict[int, list[Op]] = {}  # peer -> accepted ops removing it (their cut-offs)
+        self._pending: set[tuple[int, int]] = set()  # held ones signed by a new key the user has not accepted
 
     # -- making things (ours) ---------------------------------------------------------------------------------
 
     @classmethod
     def create_group(
-        cls, sign: Signer, me: Member, name: str, others: Iterable[Member], nonce: str, at: int
+        cls,
+        sign: Signer,
+        me: Member,
+        name: str,
+        others: Iterable[Member],
+        nonce: str,
+        at: int,
+        *,
+        key_view: KeyView | None = None,
     ) -> GroupLog:
         members = {m.peer: m for m in others}
         members[me.peer] = me
         op = Op("", OpKind.CREATE, me.peer, (), at, name=name, members=tuple(members[p] for p in sorted(members)))
         op = replace(op, nonce=nonce)
-        return cls(replace(op, sig=sign(op.signed_bytes())))
+        return cls(replace(op, sig=sign(op.signed_bytes())), key_view=key_view)
 
     def make_op(
         self,
@@ -199,6 +227,8 @@ class GroupLog:
             name=name if kind is OpKind.RENAME else "",
             members=members if kind is OpKind.ADD else (),
             target=target if kind in (OpKind.REMOVE, OpKind.PROMOTE) else 0,
+            # The cut-off: what we have of the target's is all of it we accept unless it comes back.
+            upto=self._delivered.get(target, 0) if kind is OpKind.REMOVE else 0,
         )
         op = replace(op, sig=sign(op.signed_bytes()))
         self.add_op(op)
@@ -252,6 +282,8 @@ class GroupLog:
         if reason is not None:
             raise GroupError(f"operation refused: {reason}")
         self._ops[op.id] = op
+        if op.kind is OpKind.REMOVE:
+            self._removals.setdefault(op.target, []).append(op)
         self._heads.difference_update(op.parents)
         self._heads.add(op.id)
 
@@ -334,15 +366,18 @@ class GroupLog:
 
     def add_message(self, message: GroupMessage) -> Update:
         """Take another member's message: delivered now with whatever it
-        unblocks, held until its causes come, or GroupError if forged."""
+        unblocks, held until its causes come, or GroupError if forged.  A
+        withheld copy (no text) stands for a message :attr:`reader` (we) was
+        not a member for when it was written: it is delivered as a placeholder
+        that keeps the sender's order and what follows it deliverable."""
         if message.group != self.id:
             raise GroupError("a message of another group")
         key = message.key
         known = self._messages.get(key) or (self._held.get(key) if key in self._verified else None)
         if known is not None:
-            if known != message:
+            if known.without_text() != message.without_text():
                 raise GroupError(f"peer {message.sender} sent two different messages as number {message.seq}")
-            return Update()
+            return Update()  # the same again (or its withheld copy)
         if message.seq <= self._delivered.get(message.sender, 0):
             return Update()  # delivered before this log was rebuilt without it: nothing to do
         if message.seq > self._delivered.get(message.sender, 0) + MAX_AHEAD:
@@ -350,7 +385,12 @@ class GroupLog:
         if key not in self._held and len(self._held) >= MAX_HELD_MESSAGES:
             raise GroupError(f"more than {MAX_HELD_MESSAGES} messages wait for what they follow")
         if all(h in self._ops for h in message.heads):
-            self._check_message(message)  # raises for a forgery: nothing is held
+            try:
+                self._check_message(message)  # raises for a forgery: nothing is held
+            except KeyPending:
+                self._held[key] = message  # checked again when the user decides (recheck)
+                self._pending.add(key)
+                return Update()
             self._held[key] = message
             self._verified.add(key)
         elif key not in self._held:
@@ -358,11 +398,26 @@ class GroupLog:
         return self._deliver_ready()
 
     def _check_message(self, message: GroupMessage) -> None:
-        key = self.state_at(message.heads).members.get(message.sender)
+        members = self.state_at(message.heads).members
+        key = members.get(message.sender)
         if key is None:
             raise GroupError(f"message from peer {message.sender}, not a member when it was written")
-        if self._check and not verify(key, message.sig, message.signed_bytes()):
-            raise GroupError(f"bad signature on a message from peer {message.sender}")
+        if (
+            message.withheld
+            and self._check
+            and (self.reader is None or self.reader in members)
+            and not self._cut(message)
+        ):
+            raise GroupError(f"a withheld copy of a message from peer {message.sender} we may read")
+        if not self._check or verify(key, message.sig, message.signed_bytes()):
+            return
+        # The sender's key changed since the group named it: the user's decision on the new key decides.
+        view = self._key_view(message.sender) if self._key_view is not None else None
+        if view is not None and view[0] != key and verify(view[0], message.sig, message.signed_bytes()):
+            if view[1]:
+                return
+            raise KeyPending(f"a message from peer {message.sender}'s new key, not accepted yet")
+        raise GroupError(f"bad signature on a message from peer {message.sender}")
 
     def _deliver_ready(self) -> Update:
         update = Update()
@@ -379,6 +434,9 @@ class GroupLog:
                         continue
                     try:
                         self._check_message(message)
+                    except KeyPending:
+                        self._pending.add(key)  # stays held until the user decides (recheck)
+                        continue
                     except GroupError:
                         del self._held[key]  # a forgery that waited for its heads
                         update.dropped += 1
@@ -387,10 +445,49 @@ class GroupLog:
                 if all(self._delivered.get(s, 0) >= q for s, q in message.deps):
                     del self._held[key]
                     self._verified.discard(key)
+                    if self._cut(message):
+                        message = message.without_text()  # kept in order, never shown
                     self._deliver(message)
                     update.messages.append(message)
                     progress = True
         return update
+
+    def recheck(self) -> Update:
+        """The user decided about a key: deliver what waited for it (a key
+        accepted), or drop it (a key blocked); keep it while still undecided."""
+        update = Update()
+        for key in sorted(self._pending):
+            message = self._held[key]
+            try:
+                self._check_message(message)
+            except KeyPending:
+                continue
+            except GroupError:
+                del self._held[key]
+                update.dropped += 1
+            else:
+                self._verified.add(key)
+            self._pending.discard(key)
+        update.extend(self._deliver_ready())
+        return update
+
+    def held_for_key(self) -> list[int]:
+        """The senders whose messages wait for the user to accept their new key."""
+        return sorted({sender for sender, _ in self._pending})
+
+    def _cut(self, message: GroupMessage) -> bool:
+        """Written by a member past the cut-off of a removal (that took effect)
+        it had not seen: so a removed member cannot go on writing "concurrently"."""
+        removals = self._removals.get(message.sender)
+        if not removals:
+            return False
+        past: set[str] | None = None
+        for op in removals:
+            if message.seq > op.upto and op.id not in self._ignored:
+                past = self._ancestors(message.heads) if past is None else past
+                if op.id not in past:
+                    return True
+        return False
 
     def _deliver(self, message: GroupMessage) -> None:
         self._messages[message.key] = message
@@ -399,8 +496,12 @@ class GroupLog:
         self._delivered[message.sender] = message.seq
 
     def delivered(self) -> list[GroupMessage]:
-        """Every delivered message, in this member's delivery order."""
+        """Every delivered message (withheld copies too), in this member's delivery order."""
         return [self._messages[key] for key in self._order]
+
+    def readable(self) -> list[GroupMessage]:
+        """The delivered messages with their text: what the page shows."""
+        return [m for m in self.delivered() if not m.withheld]
 
     @property
     def progress(self) -> int:
@@ -436,7 +537,8 @@ class GroupLog:
     def lacking(self, summary: Summary, asker: int, limit: int = 200) -> tuple[list[Op], list[GroupMessage]]:
         """The ops and at most ``limit`` messages ``asker`` lacks, given its
         summary, in an order it can apply them in.  Nothing for a peer that was
-        never a member; no message written under ops that exclude the asker."""
+        never a member; no message written under ops that exclude the asker
+        (to a member again, its withheld copy)."""
         if not self.was_member(asker):
             return [], []
         have = self._ancestors(summary.heads)
@@ -451,10 +553,16 @@ class GroupLog:
             for seq in range(theirs.get(sender, 0) + 1, last + 1)
         )
         messages: list[GroupMessage] = []
+        member_now = asker in self.state.members
         for position in wanted:
             if len(messages) >= limit:
                 break
             message = self._messages[self._order[position]]
             if asker in self.state_at(message.heads).members:
-                messages.append(message)
+                if not message.withheld or self._cut(message):  # else another member gives it the text
+                    messages.append(message)
+            elif member_now:
+                # Written while it was out (it was removed, then added again): not
+                # the text, but the signed proof that lets what follows be delivered.
+                messages.append(message.without_text())
         return ops, messages

@@ -74,6 +74,13 @@ class GroupsContext(Protocol):
     def key_of(self, peer_id: int) -> bytes | None:
         """The identity key the registry (or our store) gives for the peer."""
 
+    def current_key(self, peer_id: int) -> tuple[bytes, bool] | None:
+        """The key the registry last gave for the peer and whether the user
+        trusts it (webpeer/trust.py); None for a blocked or unknown one."""
+
+    def may_send(self, peer_id: int) -> bool:
+        """Nothing goes to a key the user has not accepted (or blocked): trust.py's gate."""
+
     def session(self, peer_id: int) -> PeerSession: ...
 
     def connect(self, session: PeerSession, now: float) -> bool: ...
@@ -126,7 +133,7 @@ class Groups:
             bodies = self.history.group_ops(group_id)
             try:
                 ops = [op_from_fields(json.loads(body)) for body in bodies]
-                log = GroupLog(ops[0], check_signatures=False)
+                log = GroupLog(ops[0], check_signatures=False, key_view=self.context.current_key)
                 for op in ops[1:]:
                     log.add_op(op)
                 for body in self.history.group_messages(group_id):
@@ -176,6 +183,7 @@ class Groups:
             self._members(others),
             secrets.token_hex(16),
             int(now * 1000),
+            key_view=self.context.current_key,
         )
         self.logs[log.id] = log
         self._stored.add(log.id)
@@ -248,9 +256,31 @@ class Groups:
     def groups_json(self) -> list[JSON]:
         return [self.group_json(log) for log in self.logs.values() if log.id in self._stored]
 
-    def messages_json(self, group_id: str, limit: int = 500) -> list[JSON]:
+    def messages_json(
+        self, group_id: str, limit: int = 500, *, before: str | None = None, after: str | None = None
+    ) -> list[JSON]:
+        """The latest ``limit`` messages in our delivery order (the order every
+        page of this member shows), or the ``limit`` before / after one."""
         log = self._log(group_id)
-        return [self.message_json(log, m) for m in log.delivered()[-limit:]]
+        messages = log.readable()
+        cursor = before if before is not None else after
+        if cursor is None:
+            page = messages[-limit:]
+        else:
+            index = next((i for i, m in enumerate(messages) if f"{m.sender}:{m.seq}" == cursor), None)
+            if index is None:
+                raise ApiError(404, f"no message {cursor} in this group")
+            page = (
+                messages[max(0, index - limit) : index]
+                if before is not None
+                else messages[index + 1 : index + 1 + limit]
+            )
+        return [self.message_json(log, m) for m in page]
+
+    def changes_json(self, group_id: str) -> list[JSON]:
+        """Every membership change of the group, in the order all members apply
+        them, as the ``change`` of a "group" event (the page's lines)."""
+        return [self._change(op, applied) for op, applied in self._log(group_id).timeline()]
 
     def group_json(self, log: GroupLog) -> JSON:
         me = self.context.my_id
@@ -261,6 +291,7 @@ class Groups:
             "admins": sorted(log.state.admins),
             "member": me in log.state.members,
             "created_by": log.create.author,
+            "held_for_key_change": log.held_for_key(),
             "created": log.create.at / 1000,
         }
 
@@ -325,6 +356,17 @@ class Groups:
             if peer in log.state.members and me in log.state.members:
                 self._ask(log.id, peer, now)
 
+    def trust_changed(self, peer: int, now: float) -> None:
+        """The user decided about ``peer``'s key (or its trusted key came back):
+        its group messages held for the new key are delivered, or dropped if blocked."""
+        for log in list(self.logs.values()):
+            if peer in log.held_for_key():
+                self._accepted(log, log.recheck(), peer, now)
+                if log.id in self._stored:
+                    self.context.publish(GroupChanged(self.group_json(log), None))
+        if self.context.may_send(peer) and self.context.session(peer).ready_link is not None:
+            self.link_ready(peer, now)  # what it was not sent while its key was in doubt
+
     def registered(self, now: float) -> None:
         """We are (again) at the server: catch up with every group's members
         (connecting to them; each new link exchanges summaries)."""
@@ -342,7 +384,7 @@ class Groups:
             if op.kind is not OpKind.CREATE:
                 self._ask(group_id, peer, now)  # a group new to us: the whole of it
                 return
-            log = GroupLog(op)  # checks its signature first
+            log = GroupLog(op, key_view=self.context.current_key)  # checks its signature first
             foreign = [group for group in self.logs if group not in self._stored]
             if len(foreign) >= MAX_FOREIGN:
                 self.stats["group_foreign_dropped"] += 1
@@ -357,7 +399,11 @@ class Groups:
         if log is None:
             self._ask(message.group, peer, now)
             return
+        log.reader = self.context.my_id
+        waiting = log.held_for_key()
         self._accepted(log, log.add_message(message), peer, now)
+        if log.held_for_key() != waiting and log.id in self._stored:
+            self.context.publish(GroupChanged(self.group_json(log), None))  # the page says whose messages wait
 
     def _on_summary(self, peer: int, frame: SummaryFrame, now: float) -> None:
         log = self.logs.get(frame.group)
@@ -406,8 +452,9 @@ class Groups:
             for op in update.ops:
                 self.context.publish(GroupChanged(self.group_json(log), self._change(op, applied.get(op.id, False))))
             for message in update.messages:
-                self.context.publish(GroupMessageAdded(self.message_json(log, message)))
-                self._acks.add((log.id, message.sender))
+                if not message.withheld:  # a placeholder for one written while we were out: not shown
+                    self.context.publish(GroupMessageAdded(self.message_json(log, message)))
+                    self._acks.add((log.id, message.sender))
         if log.missing() != (set(), {}):
             self._ask(log.id, peer, now)
 
@@ -456,6 +503,8 @@ class Groups:
         self._unsaved_messages.clear()
         outbox, self._outbox = self._outbox, {}
         for peer, frames in outbox.items():
+            if not self.context.may_send(peer):
+                continue  # a new key not accepted (or blocked): trust_changed exchanges again on acceptance
             link = self.context.session(peer).ready_link
             if link is not None:
                 link.send_frames(frames, now)

@@ -311,6 +311,24 @@ class MessageFlow:
             return True
         return False
 
+    def take_mailed(self, sender: int, message_id: str, text: str, when: float, now: float, *, hidden: bool) -> bool:
+        """A message fetched from our mailbox (webpeer/mailbox_flow.py), opened
+        and checked: stored with this flush's incoming messages, as if its
+        sender's link had brought it (so a copy that also comes directly is
+        stored once).  False if the sender is over its quota (not stored)."""
+        size = len(text.encode())
+        if self.quota.admit(sender, size, now) is not None:
+            if self.history.get_message(f"{sender}:{message_id}") is not None:
+                return True  # a repeat of one stored: nothing to store
+            self.stats["mail_refused_quota"] += 1
+            return False
+        self._sizes.append(size)
+        flag = KEY_CHANGE_HIDDEN if hidden else KEY_CHANGE_NONE
+        self._incoming.append(
+            NewMessage(f"{sender}:{message_id}", sender, self.context.my_id or 0, text, Status.RECEIVED, when, flag)
+        )
+        return True
+
     def _over_quota_refusal(self, link: PeerLink, peer_id: int, message_id: str, text: str, now: float) -> Frame | None:
         """The ``refused`` frame for a message its sender may not make us
         store (webpeer/quota.py), or None: it is stored.  A repeat of one
@@ -442,7 +460,7 @@ class MessageFlow:
         return [
             m
             for m in self.history.conversation(peer_id, limit=10_000)
-            if m["from"] == me and m["status"] in (Status.QUEUED, Status.SENDING, Status.SENT)
+            if m["from"] == me and m["status"] in (Status.QUEUED, Status.SENDING, Status.SENT, Status.STORED)
         ]
 
     def pump(
@@ -532,7 +550,7 @@ class MessageFlow:
         link.send_frame({"t": "msg", "id": message["id"], "text": message["text"], "time": message["time"]}, now)
         assert link.peer_id is not None
         self._await_receipt(message["id"], link.peer_id, now)
-        if message["status"] != Status.SENT:
+        if message["status"] not in (Status.SENT, Status.STORED):  # a stored one stays so until its ack
             self.set_status(message["id"], Status.SENT, now)
 
     # ------------------------------------------------------------ the key-change gate (trust.py decides)

@@ -32,6 +32,7 @@ from .file_store import FileStore
 from .file_transfer import DEFAULT_MIME, MAX_FILE_SIZE, MAX_NAME_CHARS, too_large
 from .group_codec import OpKind
 from .identity import Identity
+from .mailbox_flow import DEFAULT_AFTER as MAILBOX_AFTER
 from .message_flow import Draft, unknown_peer
 from .pathfinder import CloseSpare, OpenSpare
 from .peer_session import PeerSession
@@ -39,7 +40,7 @@ from .portmap import Mapping
 from .portmapper import PortMapper
 from .quota import QuotaConfig
 from .registration import RegistrationMachine, RegState
-from .store import Store, StoreError
+from .store import FileRecord, Store, StoreError
 from .trust import Action
 
 logger = logging.getLogger("webpeer")
@@ -74,6 +75,8 @@ class NodeConfig:
     max_file_size: int = MAX_FILE_SIZE  # --max-file-size: larger files are neither sent nor accepted
     quota: QuotaConfig = QuotaConfig()  # what each sender may make us store (webpeer/quota.py)
     port_mapping: bool = True  # ask the router to map our port (never for a server on loopback)
+    mailbox: bool = True  # --no-mailbox: neither deposit at nor fetch from the server's mailbox
+    mailbox_after: float = MAILBOX_AFTER  # --mailbox-after: a message waits queued this long first
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
@@ -85,6 +88,8 @@ class NodeConfig:
             relay_only=self.relay_only,
             max_file_size=self.max_file_size,
             quota=self.quota,
+            mailbox=self.mailbox,
+            mailbox_after=self.mailbox_after,
         )
 
 
@@ -380,20 +385,37 @@ class PeerNode:
             raise
         self.file_store.release(path)
         mime = mime if mime and len(mime) <= 127 else DEFAULT_MIME
-        with self.store.batch():
-            record = self.engine.files.offer(to, name, path, size, digest.hexdigest(), mime, self.clock())
+        try:
+            with self.store.batch():
+                record = self.engine.files.offer(to, name, path, size, digest.hexdigest(), mime, self.clock())
+        except BaseException:
+            self.engine.rolled_back()  # the offer is written again by the next flush, then goes
+            self._publish_events()
+            raise
         self._flush()
         return record.to_json()
 
     async def accept_file(self, file_id: str) -> JSON:
-        with self.store.batch():
-            record = self.engine.files.accept(validate_file_id(file_id), self.clock())
-        self._flush()
-        return record.to_json()
+        return self._file_action(self.engine.files.accept, file_id)
 
     async def cancel_file(self, file_id: str) -> JSON:
-        with self.store.batch():
-            record = self.engine.files.cancel(validate_file_id(file_id), self.clock())
+        return self._file_action(self.engine.files.cancel, file_id)
+
+    async def retry_file(self, file_id: str) -> JSON:
+        return self._file_action(self.engine.files.retry, file_id)
+
+    def _file_action(self, action: Callable[[str, float], FileRecord], file_id: str) -> JSON:
+        """One commit for the page's decision, then a flush sends its frames
+        (file_transfer.py holds them until a commit holds the decision)."""
+        try:
+            with self.store.batch():
+                record = action(validate_file_id(file_id), self.clock())
+        except ApiError:
+            raise  # refused before anything was written
+        except BaseException:
+            self.engine.rolled_back()  # written again by the next flush
+            self._publish_events()
+            raise
         self._flush()
         return record.to_json()
 
@@ -436,6 +458,10 @@ class PeerNode:
 
     def set_nickname(self, peer_id: int, nickname: str | None) -> None:
         self.engine.set_nickname(peer_id, nickname)
+        self._publish_events()
+
+    def set_auto_accept(self, peer_id: int, max_bytes: int) -> None:
+        self.engine.set_auto_accept(peer_id, max_bytes)
         self._publish_events()
 
     def settings(self) -> JSON:
@@ -492,8 +518,13 @@ class PeerNode:
         self._flush()  # stored, then the op goes to the members
         return answer
 
-    def group_messages(self, group_id: str, limit: int = 500) -> list[JSON]:
-        return self.engine.groups.messages_json(group_id, limit)
+    def group_messages(
+        self, group_id: str, limit: int = 500, *, before: str | None = None, after: str | None = None
+    ) -> list[JSON]:
+        return self.engine.groups.messages_json(group_id, limit, before=before, after=after)
+
+    def group_changes(self, group_id: str) -> list[JSON]:
+        return self.engine.groups.changes_json(group_id)
 
     async def send_group_message(self, group_id: str, text: str) -> JSON:
         answer = self.engine.groups.post(group_id, text, self.clock())

@@ -64,10 +64,12 @@ from rendezvous.client_protocol import (
     session_request,
 )
 from rendezvous.stun import (
+    MAX_IDS_PER_ATTRIBUTE,
     MAX_RELAY_PAYLOAD,
     MAX_WATCH_IDS,
     Address,
     Attr,
+    MailItem,
     Message,
     MessageClass,
     Method,
@@ -95,7 +97,10 @@ SILENCE_NOTICE = 3.0
 # survives the loss of six datagrams in a row by retransmission; beyond that
 # (a long outage of our path) it gives up, and this brings the truth back.
 WATCH_REPAIR = 60.0
-# The server's cap on watched ids per peer (docs/PROTOCOL.md 5.9).
+# The server's cap on watched ids per peer (docs/PROTOCOL.md 5.9).  Past it
+# the engine hands us the contacts it most needs (most recent activity) and
+# the ids that fall out of that set are unwatched (UNWATCH-IDS, up to
+# MAX_IDS_PER_ATTRIBUTE in one WATCH) to make room.
 MAX_WATCHED = 256
 # The directory view (who else is online, for the page to pick from): the
 # first LIST page only, every this many heartbeats.  One request and one
@@ -203,12 +208,35 @@ class ServerAnswered(RegEvent):
     """The server answers again after a :class:`ServerSilent`."""
 
 
+@dataclass(frozen=True)
+class MailDeposited(RegEvent):
+    """The answer to our DEPOSIT of ``mail_id`` for ``peer_id`` (docs/PROTOCOL.md
+    5.11): stored when ``error`` is None; else the server's code (None: no answer)."""
+
+    peer_id: int
+    mail_id: bytes
+    error: str | None
+    code: int | None = None
+
+
+@dataclass(frozen=True)
+class MailFetched(RegEvent):
+    """The answer to our FETCH (5.12): the oldest message waiting, if any,
+    and how many wait; or ``error`` (no answer, or the server's)."""
+
+    item: MailItem | None
+    count: int
+    error: str | None = None
+
+
 @dataclass
 class _Request:
     kind: str
     peer_id: int = 0
+    mail_id: bytes = b""
     pages: list[PeerEntry] = field(default_factory=list)
     ids: tuple[int, ...] = ()  # a WATCH's ids
+    unwatched: tuple[int, ...] = ()  # a WATCH's UNWATCH-IDS
 
 
 class RegistrationMachine:
@@ -247,12 +275,16 @@ class RegistrationMachine:
         self._backoff = 1.0
         self._retry_on_any_answer = False  # backing off because the server was silent
         self._listing = False
-        # Presence: the ids to watch (set by the engine), those a WATCH of
-        # this session carried, and whether the server knows WATCH (None:
-        # not known yet; False: an old server, walk the LIST instead).
+        # Presence: the ids to watch (set by the engine), those the server's
+        # set holds as far as we know (a WATCH of this session carried them,
+        # none unwatched them since), and whether the server knows WATCH
+        # (None: not known yet; False: an old server, walk the LIST instead)
+        # and UNWATCH-IDS (False: a server that answered it 420; its set only
+        # grows, so what falls out of the contacts stays watched).
         self._contacts: tuple[int, ...] = ()
         self._watched: set[int] = set()
         self.watch_supported: bool | None = None
+        self.unwatch_supported: bool | None = None
         self._next_watch: float | None = None
         self._heartbeats = 0
         self.servers: tuple[Address, ...] = ()
@@ -393,18 +425,35 @@ class RegistrationMachine:
         if self.state is RegState.REGISTERED and self.watch_supported is not False:
             self._send_watches([i for i in self._contacts if i not in self._watched], now)
 
+    @property
+    def watched(self) -> frozenset[int]:
+        """The ids the server watches for us, as far as we know."""
+        return frozenset(self._watched)
+
     def _send_watches(self, ids: list[int], now: float, *, probe: bool = False) -> None:
-        """WATCH ``ids``, MAX_WATCH_IDS to a request; ``probe``: one even with none (to
-        learn whether the server knows WATCH)."""
+        """WATCH ``ids``, MAX_WATCH_IDS to a request, and unwatch what the
+        server watches that is no longer a contact, in the same requests
+        (the server takes those out first, so a set at the cap makes room);
+        ``probe``: one request even with nothing to say (to learn whether the
+        server knows WATCH)."""
         if self._session is None:
             return
-        chunks = [tuple(ids[i : i + MAX_WATCH_IDS]) for i in range(0, len(ids), MAX_WATCH_IDS)]
-        if not chunks and probe:
-            chunks = [()]
-        for chunk in chunks:
-            attributes = ((Attr.WATCH_IDS, chunk),) if chunk else ()
-            self._watched.update(chunk)
-            self._request(session_request(Method.WATCH, self._session, *attributes), _Request("watch", ids=chunk), now)
+        gone = [] if self.unwatch_supported is False else sorted(self._watched - set(self._contacts))
+        adds = [tuple(ids[i : i + MAX_WATCH_IDS]) for i in range(0, len(ids), MAX_WATCH_IDS)]
+        drops = [tuple(gone[i : i + MAX_IDS_PER_ATTRIBUTE]) for i in range(0, len(gone), MAX_IDS_PER_ATTRIBUTE)]
+        count = max(len(adds), len(drops), 1 if probe else 0)
+        for k in range(count):
+            add = adds[k] if k < len(adds) else ()
+            drop = drops[k] if k < len(drops) else ()
+            attributes: list[tuple[int, tuple[int, ...]]] = []
+            if drop:
+                attributes.append((Attr.UNWATCH_IDS, drop))
+            if add:
+                attributes.append((Attr.WATCH_IDS, add))
+            self._watched.difference_update(drop)
+            self._watched.update(add)
+            request = _Request("watch", ids=add, unwatched=drop)
+            self._request(session_request(Method.WATCH, self._session, *attributes), request, now)
 
     @property
     def listing(self) -> bool:
@@ -433,6 +482,26 @@ class RegistrationMachine:
         if self._session is None or self.state is not RegState.REGISTERED or len(payload) > MAX_RELAY_PAYLOAD:
             return False
         self._conversation.indicate(relay_indication(self._session, peer_id, payload, self._random(12)))
+        return True
+
+    def deposit(self, peer_id: int, mail_id: bytes, sealed: bytes, now: float) -> bool:
+        """Leave a sealed message in ``peer_id``'s mailbox at the server
+        (:class:`MailDeposited` answers); False when not registered."""
+        if self._session is None or self.state is not RegState.REGISTERED:
+            return False
+        request = session_request(
+            Method.DEPOSIT, self._session, (Attr.PEER_ID, peer_id), (Attr.MAIL_ID, mail_id), (Attr.SEALED, sealed)
+        )
+        self._request(request, _Request("deposit", peer_id, mail_id=mail_id), now)
+        return True
+
+    def fetch(self, delete: bytes | None, now: float) -> bool:
+        """Ask for our oldest mailbox message, deleting ``delete`` (the one
+        we stored) first (:class:`MailFetched` answers); False when not registered."""
+        if self._session is None or self.state is not RegState.REGISTERED:
+            return False
+        attributes = ((Attr.MAIL_ID, delete),) if delete is not None else ()
+        self._request(session_request(Method.FETCH, self._session, *attributes), _Request("fetch"), now)
         return True
 
     # ------------------------------------------------------------ input
@@ -509,6 +578,8 @@ class RegistrationMachine:
                 if request.kind == "heartbeat":
                     self._listing = False
                 self._on_watch(request, message, now)
+            elif request.kind in ("deposit", "fetch"):
+                self._on_mail(request, message, now)
             else:
                 self._on_connect(request, message, now)
         if self.state is RegState.BACKING_OFF and self._retry_on_any_answer:
@@ -636,7 +707,17 @@ class RegistrationMachine:
                 self._events.append(PresenceChanged(online, offline))
             return
         self._watched.difference_update(request.ids)  # not watched: asked again at the next repair
-        if error.code == 400 and error.reason.startswith("Unknown method"):
+        self._watched.update(request.unwatched)  # perhaps still watched: unwatched again then
+        if error.code == 420 and request.unwatched:
+            # A server from before UNWATCH-IDS: its set only grows.  What this
+            # request asked is asked again soon without it.
+            self.unwatch_supported = False
+            self._watch_again_soon(now)
+        elif error.code == 400 and error.reason == "Too Many Watched" and self.unwatch_supported is not False:
+            # Overtaken by the request that unwatches to make room (datagrams
+            # may arrive out of order): try again shortly.
+            self._watch_again_soon(now)
+        elif error.code == 400 and error.reason.startswith("Unknown method"):
             # A server from before WATCH: walk its LIST as peers always did.
             if self.watch_supported is not False:
                 self.watch_supported = False
@@ -645,6 +726,10 @@ class RegistrationMachine:
         elif error.code == 401 and self.state is RegState.REGISTERED:
             self._lost(now, f"watch refused: {error.code} {error.reason}")
             self._register(now)
+
+    def _watch_again_soon(self, now: float) -> None:
+        if self._next_watch is not None:
+            self._next_watch = min(self._next_watch, now + 1.0)
 
     def _on_connect(self, request: _Request, message: Message, now: float) -> None:
         error = error_of(message)
@@ -659,6 +744,22 @@ class RegistrationMachine:
             self._events.append(ConnectAnswered(request.peer_id, None, "malformed answer"))
             return
         self._events.append(ConnectAnswered(request.peer_id, info, None))
+
+    def _on_mail(self, request: _Request, message: Message, now: float) -> None:
+        error = error_of(message)
+        if request.kind == "deposit":
+            if error is None:
+                self._events.append(MailDeposited(request.peer_id, request.mail_id, None))
+            else:
+                text = f"{error.code} {error.reason}"
+                self._events.append(MailDeposited(request.peer_id, request.mail_id, text, error.code))
+        elif error is None:
+            self._events.append(MailFetched(message.get(Attr.MAIL_ITEM), message.get(Attr.MAIL_COUNT, 0)))
+        else:
+            self._events.append(MailFetched(None, 0, f"{error.code} {error.reason}"))
+        if error is not None and error.code == 401 and self.state is RegState.REGISTERED:
+            self._lost(now, f"{request.kind} refused: {error.code} {error.reason}")
+            self._register(now)
 
     def _on_timeout(self, request: _Request, now: float) -> None:
         if (
@@ -679,12 +780,16 @@ class RegistrationMachine:
                 self._next_list = now
         elif request.kind == "connect":
             self._events.append(ConnectAnswered(request.peer_id, None, "the server did not answer"))
+        elif request.kind == "deposit":
+            self._events.append(MailDeposited(request.peer_id, request.mail_id, "the server did not answer"))
+        elif request.kind == "fetch":
+            self._events.append(MailFetched(None, 0, "the server did not answer"))
         elif request.kind == "watch":
             # Unanswered: those ids are asked again soon (not at once: the
             # REFRESH already tells a silent server from a lossy path).
             self._watched.difference_update(request.ids)
-            if self._next_watch is not None:
-                self._next_watch = min(self._next_watch, now + 1.0)
+            self._watched.update(request.unwatched)
+            self._watch_again_soon(now)
         elif request.kind in ("register", "refresh"):
             if request.kind == "register" and self.state is RegState.CHALLENGING:
                 # Not even a challenge came back: perhaps this address of the

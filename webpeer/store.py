@@ -55,7 +55,7 @@ import json
 import os
 import sqlite3
 import time as _time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +80,7 @@ class Status(enum.StrEnum):
     QUEUED = "queued"  # waiting for the peer to come online
     SENDING = "sending"  # handed to a connection, not yet acknowledged
     SENT = "sent"  # the peer's QUIC stack acknowledged it
+    STORED = "stored"  # sealed in the peer's mailbox at the server (it was offline); still sent when it is back
     DELIVERED = "delivered"  # the peer stored it and sent a receipt
     FAILED = "failed"  # gave up; the user can retry
     HELD = "held"  # the peer's key changed: waits for the user to accept (or block) the new key
@@ -88,11 +89,17 @@ class Status(enum.StrEnum):
 
 # status -> the statuses it may move to.  Anything else is refused.
 TRANSITIONS: dict[Status, frozenset[Status]] = {
-    Status.QUEUED: frozenset({Status.SENDING, Status.DELIVERED, Status.FAILED, Status.HELD}),
-    Status.SENDING: frozenset({Status.QUEUED, Status.SENT, Status.DELIVERED, Status.FAILED, Status.HELD}),
+    Status.QUEUED: frozenset({Status.SENDING, Status.STORED, Status.DELIVERED, Status.FAILED, Status.HELD}),
+    Status.SENDING: frozenset(
+        {Status.QUEUED, Status.SENT, Status.STORED, Status.DELIVERED, Status.FAILED, Status.HELD}
+    ),
+    # In the mailbox: delivered on the receiver's ack (it fetched it, or got
+    # it again directly); held like a sent one if the key changes meanwhile.
+    Status.STORED: frozenset({Status.DELIVERED, Status.FAILED, Status.HELD}),
     # A sent message without a receipt would go again on the next link, which
     # may be to the new key: it is held like the others.
-    Status.SENT: frozenset({Status.DELIVERED, Status.FAILED, Status.HELD}),
+    # Stored: its link died with the peer before the receipt, and the peer went offline.
+    Status.SENT: frozenset({Status.STORED, Status.DELIVERED, Status.FAILED, Status.HELD}),
     Status.FAILED: frozenset({Status.QUEUED, Status.SENDING, Status.DELIVERED, Status.HELD}),
     # Released on acceptance; failed when the key is blocked; a receipt (from
     # the old key, for a send before the change) still proves delivery.
@@ -293,6 +300,15 @@ CREATE TABLE IF NOT EXISTS group_messages (
     UNIQUE (group_id, sender, seq)
 );
 CREATE INDEX IF NOT EXISTS group_messages_group ON group_messages (group_id)
+"""
+# Files (webpeer/file_transfer.py): per peer, the size up to which its offers
+# are accepted without asking the user (no row: every offer waits for the
+# user).  Additive: no version change.
+_FILE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS auto_accept (
+    peer_id   INTEGER PRIMARY KEY,
+    max_bytes INTEGER NOT NULL
+)
 """
 # The tables after blocked_keys are new in files of version 2 and need no
 # migration: _SCHEMA (CREATE ... IF NOT EXISTS) runs at every open.
@@ -510,7 +526,7 @@ class Store:
             raise StoreError(f"cannot create {self._path}: {exc}") from exc
         self._conn = open_database(
             self._path,
-            schema=_SCHEMA + ";" + _GROUP_SCHEMA,
+            schema=_SCHEMA + ";" + _GROUP_SCHEMA + ";" + _FILE_SCHEMA,
             version=SCHEMA_VERSION,
             error=StoreError,
             what="store",
@@ -734,6 +750,14 @@ class Store:
             ).fetchone()
         return None if row is None else _message(row)
 
+    def last_activity(self) -> dict[int, float]:
+        """peer -> the time of its latest message (either way), for every peer
+        with one: which contacts the presence subscription keeps when there
+        are more than the server watches."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT peer, MAX(time) FROM messages GROUP BY peer").fetchall()
+        return {int(peer): float(latest) for peer, latest in rows}
+
     def stored_bytes_from(self, sender: int) -> int:
         """UTF-8 bytes of the texts stored from ``sender``, hidden ones too
         (webpeer/quota.py: what a sender may make us keep)."""
@@ -946,6 +970,31 @@ class Store:
             ).fetchall()
         return [_known_peer(row) for row in rows]
 
+    def prune_strangers(self, keep: Collection[int], *, unseen_before: float, at_most: int) -> list[int]:
+        """Forget strangers: known peers that are not contacts (no message,
+        no trust decision, no file, no nickname of ours, no group message;
+        see :meth:`contacts`) and not in ``keep`` (the peers in use now),
+        when unseen since ``unseen_before``, and beyond the ``at_most``
+        seen most recently.  Directory pages remember every key they show
+        (so the page can show a safety number before a first message): this
+        keeps pages from growing the store without bound.  Returns their ids."""
+        with self._write() as conn:
+            rows = conn.execute(
+                "SELECT peer_id, last_seen FROM peers p WHERE verified_key IS NULL AND key_changed = 0"
+                " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.peer = p.peer_id)"
+                " AND NOT EXISTS (SELECT 1 FROM blocked_keys b WHERE b.peer_id = p.peer_id)"
+                " AND NOT EXISTS (SELECT 1 FROM files f WHERE f.peer = p.peer_id)"
+                " AND NOT EXISTS (SELECT 1 FROM nicknames n WHERE n.peer_id = p.peer_id)"
+                " AND NOT EXISTS (SELECT 1 FROM group_messages g WHERE g.sender = p.peer_id)"
+                " ORDER BY last_seen DESC, peer_id DESC"
+            ).fetchall()
+            strangers = [(int(peer_id), float(seen)) for peer_id, seen in rows if peer_id not in keep]
+            doomed = [
+                peer_id for rank, (peer_id, seen) in enumerate(strangers) if rank >= at_most or seen < unseen_before
+            ]
+            conn.executemany("DELETE FROM peers WHERE peer_id = ?", [(peer_id,) for peer_id in doomed])
+        return doomed
+
     def accept_key_change(self, peer_id: int) -> bool:
         """The user trusts the peer's current key: clear the warning (the old
         key stays in previous_key as history).  False if no change was pending."""
@@ -1065,12 +1114,40 @@ class Store:
         return [_file(row) for row in reversed(rows)]
 
     def active_files(self) -> list[FileRecord]:
-        """Files not finished yet (offered or transferring)."""
+        """Files not finished yet (offered, transferring, or paused by a full disk)."""
         with self._read() as conn:
             rows = conn.execute(
-                f"SELECT {_FILE_COLUMNS} FROM files WHERE status IN ('offered', 'accepted') ORDER BY time"
+                f"SELECT {_FILE_COLUMNS} FROM files WHERE status IN ('offered', 'accepted', 'paused') ORDER BY time"
             ).fetchall()
         return [_file(row) for row in rows]
+
+    def set_auto_accept(self, peer_id: int, max_bytes: int | None) -> None:
+        """Accept ``peer_id``'s offers of at most ``max_bytes`` without
+        asking the user; None (or 0) asks for every one again."""
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0):
+            raise StoreError("max_bytes must be a non-negative int or None")
+        with self._write() as conn:
+            if max_bytes:
+                conn.execute(
+                    "INSERT INTO auto_accept (peer_id, max_bytes) VALUES (?, ?)"
+                    " ON CONFLICT (peer_id) DO UPDATE SET max_bytes = excluded.max_bytes",
+                    (peer_id, max_bytes),
+                )
+            else:
+                conn.execute("DELETE FROM auto_accept WHERE peer_id = ?", (peer_id,))
+
+    def auto_accept(self, peer_id: int) -> int:
+        """The size up to which ``peer_id``'s offers are accepted by
+        themselves; 0: none is."""
+        with self._read() as conn:
+            row = conn.execute("SELECT max_bytes FROM auto_accept WHERE peer_id = ?", (peer_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def auto_accepts(self) -> dict[int, int]:
+        """Every peer with an auto-accept size: peer id -> bytes."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT peer_id, max_bytes FROM auto_accept").fetchall()
+        return {peer_id: max_bytes for peer_id, max_bytes in rows}
 
     # -- groups (webpeer/groups.py) ---------------------------------------
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -279,6 +280,11 @@ class Trust:
         if result is not TrustResult.NEW:
             self._changed(peer_id, now)
         return result
+
+    def forget(self, peer_ids: Iterable[int]) -> None:
+        """The store forgot these strangers (Store.prune_strangers): so do we."""
+        for peer_id in peer_ids:
+            self._cache.pop(peer_id, None)
 
     # ------------------------------------------------------------ the user's word
 

@@ -170,6 +170,21 @@ def nickname(value: object) -> str | None:
     return value or None
 
 
+MAX_AUTO_ACCEPT_BYTES = 2**53  # JSON's exact integers
+
+
+def auto_accept_bytes(value: object) -> int:
+    """A size up to which a peer's files are accepted by themselves: an int
+    of 0 (or null: off) to 2**53."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidValue(400, "auto_accept_bytes must be an integer number of bytes (or null)")
+    if not 0 <= value <= MAX_AUTO_ACCEPT_BYTES:
+        raise InvalidValue(400, f"auto_accept_bytes must be 0 to {MAX_AUTO_ACCEPT_BYTES}")
+    return value
+
+
 def settings_change(value: object, known: dict[str, object]) -> dict[str, object]:
     """A change of the page's settings: a JSON object whose keys are settings
     (``known``: name -> current value) and whose values have their type."""

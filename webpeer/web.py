@@ -165,6 +165,7 @@ def create_app(config: WebConfig, api: PeerApi) -> web.Application:
     app.router.add_post("/api/peers/{id}/read", _api_read)
     app.router.add_post("/api/peers", _api_add_contact)
     app.router.add_put("/api/peers/{id}/nickname", _api_nickname)
+    app.router.add_put("/api/peers/{id}/settings", _api_peer_settings)
     app.router.add_get("/api/settings", _api_settings)
     app.router.add_get("/api/search", _api_search)
     app.router.add_put("/api/settings", _api_set_settings)
@@ -176,10 +177,12 @@ def create_app(config: WebConfig, api: PeerApi) -> web.Application:
     app.router.add_get("/api/files/{id}", _api_file)
     app.router.add_post("/api/files/{id}/accept", _api_file_accept)
     app.router.add_post("/api/files/{id}/cancel", _api_file_cancel)
+    app.router.add_post("/api/files/{id}/retry", _api_file_retry)
     app.router.add_get("/api/groups", _api_groups)
     app.router.add_post("/api/groups", _api_create_group)
     app.router.add_get("/api/groups/{id}/messages", _api_group_messages)
     app.router.add_post("/api/groups/{id}/messages", _api_group_send)
+    app.router.add_get("/api/groups/{id}/changes", _api_group_changes)
     app.router.add_post("/api/groups/{id}/members", _api_group_add)
     app.router.add_delete("/api/groups/{id}/members/{peer}", _api_group_remove)
     app.router.add_post("/api/groups/{id}/leave", _api_group_leave)
@@ -214,10 +217,14 @@ async def start_site(app: web.Application, port: int | None = None) -> web.AppRu
 
 
 class _AccessLogger(AbstractAccessLogger):
-    """Method, path and status only: the default format would log ``?token=``."""
+    """Method, path and status only: the default format would log ``?token=``.
+    A GET or HEAD that worked (the page, its scripts, its polling of the API)
+    is routine and logged at debug; changes and failures at info."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info("%s %s %s %.1fms", request.method, request.path, response.status, time * 1000)
+        routine = request.method in ("GET", "HEAD") and response.status < 400
+        level = logging.DEBUG if routine else logging.INFO
+        self.logger.log(level, "%s %s %s %.1fms", request.method, request.path, response.status, time * 1000)
 
 
 # ---------------------------------------------------------------- checks
@@ -489,6 +496,18 @@ async def _api_nickname(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def _api_peer_settings(request: web.Request) -> web.Response:
+    """``{"auto_accept_bytes": N}``: the peer's file offers up to N bytes are
+    accepted without asking (0 or null: each waits for the user)."""
+    peer = validate.peer_id(request.match_info["id"], "peer id", from_url=True)
+    body = await _read_json(request)
+    unknown = sorted(set(body) - {"auto_accept_bytes"})
+    if unknown or "auto_accept_bytes" not in body:
+        raise ApiError(400, f"peer settings: only auto_accept_bytes (not {', '.join(unknown)[:80] or 'nothing'})")
+    request.app[API_KEY].set_auto_accept(peer, validate.auto_accept_bytes(body["auto_accept_bytes"]))
+    return web.Response(status=204)
+
+
 MAX_SEARCH_LIMIT = 200
 
 
@@ -630,6 +649,10 @@ async def _api_file_cancel(request: web.Request) -> web.Response:
     return web.json_response(await request.app[API_KEY].cancel_file(request.match_info["id"]))
 
 
+async def _api_file_retry(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[API_KEY].retry_file(request.match_info["id"]))
+
+
 # ---------------------------------------------------------------- groups
 
 
@@ -656,7 +679,14 @@ async def _api_create_group(request: web.Request) -> web.Response:
 
 async def _api_group_messages(request: web.Request) -> web.Response:
     group = validate.group_id(request.match_info["id"])
-    return web.json_response(request.app[API_KEY].group_messages(group, _limit_query(request)))
+    before, after = validate.history_cursor(request.query.get("before"), request.query.get("after"))
+    page = request.app[API_KEY].group_messages(group, _limit_query(request), before=before, after=after)
+    return web.json_response(page)
+
+
+async def _api_group_changes(request: web.Request) -> web.Response:
+    group = validate.group_id(request.match_info["id"])
+    return web.json_response(request.app[API_KEY].group_changes(group))
 
 
 async def _api_group_send(request: web.Request) -> web.Response:

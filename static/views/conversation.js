@@ -6,7 +6,10 @@
 import { byTestId, changed, connectionText } from "./dom.js";
 import { displayName, findPeer } from "../state.js";
 
-/** @param {{toggleSafety: (open: boolean) => void, rename: (peerId: number, nickname: string) => void}} actions */
+/**
+ * @param {{toggleSafety: (open: boolean) => void, rename: (peerId: number, nickname: string) => void,
+ *          setAutoAccept: (peerId: number, bytes: number) => void}} actions
+ */
 export function createConversationView(actions, root = document) {
   const el = {
     conversation: byTestId("conversation", root),
@@ -23,6 +26,8 @@ export function createConversationView(actions, root = document) {
     renameButton: byTestId("rename-button", root),
     renameForm: byTestId("rename-form", root),
     renameInput: byTestId("rename-input", root),
+    autoAccept: byTestId("auto-accept", root),
+    autoAcceptSelect: byTestId("auto-accept-select", root),
   };
   el.safetyButton.addEventListener("click", () => actions.toggleSafety(true));
   // The nickname is the user's own name for the peer, kept by this webpeer only.
@@ -39,6 +44,11 @@ export function createConversationView(actions, root = document) {
   });
   el.renameInput.addEventListener("keydown", (event) => {
     if (event.key === "Escape") el.renameForm.hidden = true;
+  });
+  // Files from this peer up to the chosen size are accepted without asking
+  // (stored by this webpeer: PUT /api/peers/N/settings).
+  el.autoAcceptSelect.addEventListener("change", () => {
+    if (lastState.selected !== null) actions.setAutoAccept(lastState.selected, Number(el.autoAcceptSelect.value));
   });
   let lastState = null;
   const memo = {};
@@ -61,12 +71,15 @@ export function createConversationView(actions, root = document) {
       el.error.hidden = true;
       el.renameButton.hidden = true;
       el.renameForm.hidden = true;
+      el.autoAccept.hidden = true;
       el.ownName.textContent = "";
       return;
     }
     el.name.textContent = displayName(peer) || `peer ${id}`;
     el.ownName.textContent = peer && peer.nickname && peer.name && peer.name !== peer.nickname ? `(${peer.name})` : "";
     el.renameButton.hidden = !peer;
+    el.autoAccept.hidden = !peer;
+    if (peer) showAutoAccept(peer.auto_accept_bytes || 0);
     el.id.textContent = `#${id}`;
     el.fingerprint.textContent = peer ? peer.fingerprint || "" : "";
     if (peer) {
@@ -89,6 +102,18 @@ export function createConversationView(actions, root = document) {
     el.safetyButton.hidden = !peer || !peer.fingerprint;
     el.error.textContent = peer && peer.error ? peer.error : "";
     el.error.hidden = !(peer && peer.error);
+  }
+
+  /** The select shows the stored size; one set through the API that is not among its choices gets its own. */
+  function showAutoAccept(bytes) {
+    const value = String(bytes);
+    if (![...el.autoAcceptSelect.options].some((option) => option.value === value)) {
+      const option = document.createElement("option");
+      option.value = value;
+      option.textContent = `accept up to ${bytes} bytes`;
+      el.autoAcceptSelect.append(option);
+    }
+    el.autoAcceptSelect.value = value;
   }
 
   return { render };

@@ -12,10 +12,11 @@
 import { byTestId, make } from "./dom.js";
 
 const PICTURES = new Set(["image/png", "image/jpeg", "image/gif", "image/webp"]);
-const ACTIVE = new Set(["offered", "accepted"]);
+const ACTIVE = new Set(["offered", "accepted", "paused"]);
 // How far along a status is: a file only ever moves forward (offered, then
-// accepted, then one of the final ones).
-const STAGE = new Map([["offered", 0], ["accepted", 1]]);
+// accepted, then one of the final ones); paused (a full disk on the
+// receiver) and accepted alternate at the same stage.
+const STAGE = new Map([["offered", 0], ["accepted", 1], ["paused", 1]]);
 
 /**
  * Whether ``file`` is an older view than ``known`` (same id) and must not
@@ -133,7 +134,15 @@ export function createFilesView(actions, api, root = document) {
       const detail = [`${formatBytes(file.bytes)} of ${formatBytes(file.size)}`];
       if (rate > 0) detail.push(`${formatBytes(rate)}/s`, timeLeft((file.size - file.bytes) / rate));
       row.append(bar, make("span", "file-detail", detail.filter(Boolean).join(" · ")));
+      if (file.status === "paused" && file.error) row.append(make("span", "file-error", file.error));
       const buttons = make("span", "file-actions");
+      if (file.status === "paused") {
+        const retry = make("button", "", "Retry");
+        retry.type = "button";
+        retry.dataset.testid = "file-retry";
+        retry.addEventListener("click", () => act(file, "retry"));
+        buttons.append(retry);
+      }
       if (file.direction === "in" && file.status === "offered") {
         const accept = make("button", "", "Accept");
         accept.type = "button";

@@ -21,6 +21,9 @@
 // A line names the day before each day's first message; each time's tooltip
 // is the full date.  http(s) addresses in texts are links (links.js).
 //
+// A search result the user went to (state.jump) is scrolled to the middle of
+// the list and highlighted, once its element is made.
+//
 // A message that follows one from the same side within GROUP_SECONDS is
 // "grouped" (drawn close under it).  Each message starts with who wrote it
 // for screen readers ("You:" / the peer's name), hidden on screen.
@@ -33,6 +36,7 @@ const STATUS_LABELS = {
   queued: "queued",
   sending: "sending…",
   sent: "sent ✓",
+  stored: "stored on server",
   delivered: "delivered ✓✓",
   read: "read ✓✓",
   failed: "failed",
@@ -42,6 +46,9 @@ const STATUS_LABELS = {
 const NEAR_BOTTOM_PX = 80;
 const GROUP_SECONDS = 300;
 const LOAD_OLDER_PX = 300; // this close to the top, the page before is fetched
+// New elements per pass: making and laying out 1,000 at once was a task of
+// 0.5-1 s; 100 a pass keeps each under the 200 ms the page aims at (bench/PAGE.md).
+const BUILD_PER_PASS = 100;
 
 /** @param {{retry: (messageId: string) => void, resend: (clientId: string) => void, cancel: (messageId: string) => void, loadOlder: () => void}} actions */
 export function createMessagesView(actions, root = document) {
@@ -51,32 +58,68 @@ export function createMessagesView(actions, root = document) {
   let shown = new Map(); // key -> {item, mine, node} of what the list holds now
   let shownPeer = null;
   let shownLoads = -1;
+  // A pass that left elements unbuilt (more than BUILD_PER_PASS were new):
+  // {reopened, follow} of that pass, carried to the next one, which the view
+  // asks for itself (the state may not change again).
+  let building = null;
+  let lastState = null;
+  let passToken = 0; // the scheduled next pass; an older schedule does nothing
+  let jumpedTo = null; // the state.jump last shown
   list.addEventListener("scroll", () => {
     if (list.scrollTop < LOAD_OLDER_PX && shownPeer !== null) actions.loadOlder();
   }, { passive: true });
 
+  // The next pass in a later task: the next animation frame, or a timer when
+  // the tab is hidden (no frames) or frames are late (whichever comes first).
+  function scheduleNextPass() {
+    const token = ++passToken;
+    const run = () => {
+      if (token === passToken) render(lastState);
+    };
+    const visible = document.visibilityState === "visible";
+    if (visible) requestAnimationFrame(run);
+    setTimeout(run, visible ? 100 : 0);
+  }
+
   function render(state) {
+    lastState = state;
+    passToken += 1; // this pass is the one a schedule asked for
     const peer = state.selected;
     const conversation = peer === null ? null : conversationOf(state, peer);
     const start = peer !== null && reachedStart(state, peer);
     const divider = state.unreadDivider && state.unreadDivider.peer === peer ? state.unreadDivider : null;
     const readMark = peer === null ? null : findPeer(state, peer)?.read_up_to;
-    if (!changed(memo, [peer, conversation, state.pending, state.me, state.historyLoads, start, divider, readMark])) return;
+    const jump = state.jump !== null && state.jump.peer === peer && state.jump !== jumpedTo ? state.jump : null;
+    const inputsChanged = changed(memo, [peer, conversation, state.pending, state.me, state.historyLoads, start, divider, readMark, jump]);
+    const continuing = building;
+    if (!inputsChanged && continuing === null) return;
+    building = null;
 
     const items = peer === null ? [] : withGroups(withDivider(withStartLine(withDays(itemsOf(state, peer, conversation)), start), divider));
     const theirName = peer === null ? "" : displayName(findPeer(state, peer)) || `peer ${peer}`;
     const wasNearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < NEAR_BOTTOM_PX;
     const anchor = wasNearBottom ? null : scrollAnchor(list);
+    const toBuild = newestToBuild(items, shown);
     let added = 0;
     let theirsAdded = 0;
     let mineChanged = false;
     const next = new Map();
+    const nodes = [];
     const olderThan = firstShownIndex(items, shown); // items before it are an older page: no follow
-    const nodes = items.map(({ key, item, mine, pending, grouped }, index) => {
+    items.forEach(({ key, item, mine, pending, grouped }, index) => {
       const old = shown.get(key);
-      if (old && old.item === item && old.mine === mine && old.grouped === grouped) {
+      if (old && isDrawn(old, item, mine, grouped)) {
         next.set(key, old);
-        return old.node;
+        nodes.push(old.node);
+        return;
+      }
+      if (!toBuild.has(index)) {
+        // Left for a later pass; an outdated element stays until then.
+        if (old) {
+          next.set(key, old);
+          nodes.push(old.node);
+        }
+        return;
       }
       if (index >= olderThan) {
         added += 1;
@@ -86,25 +129,65 @@ export function createMessagesView(actions, root = document) {
       }
       const node = messageElement(item, mine, pending, actions, { grouped, sender: mine ? "You" : theirName });
       next.set(key, { item, mine, node, grouped });
-      return node;
+      nodes.push(node);
     });
     placeInOrder(list, nodes);
     shown = next;
 
     // A newly opened or reloaded conversation starts at its end; otherwise
     // follow new messages only if the reader was at the end or wrote them.
-    const reopened = peer !== shownPeer || state.historyLoads !== shownLoads;
+    // Later passes of one build carry on what its first pass did, unless the
+    // reader scrolled away from the end meanwhile.
+    const reopened = peer !== shownPeer || state.historyLoads !== shownLoads || Boolean(continuing?.reopened);
     shownPeer = peer;
     shownLoads = state.historyLoads;
-    const follow = reopened || mineChanged || (wasNearBottom && added > 0);
+    const follow = reopened || mineChanged || (wasNearBottom && (added > 0 || Boolean(continuing?.follow)));
     if (follow) list.scrollTop = list.scrollHeight;
     else keepInPlace(list, anchor);
     if (reopened) startAtDivider(list, next.get("unread"));
     if (reopened || follow) newButton.hide();
     else if (theirsAdded > 0) newButton.show();
+    if (jump !== null && next.has(`m:${jump.id}`)) {
+      jumpedTo = jump;
+      showFound(list, next.get(`m:${jump.id}`).node);
+    }
+    if (toBuild.unbuilt > 0) {
+      building = { reopened, follow };
+      scheduleNextPass();
+    }
   }
 
   return { render };
+}
+
+// The message a search result points to: in the middle of the list, marked
+// (app.css) until the next one.
+function showFound(list, node) {
+  for (const old of list.querySelectorAll(".message.found")) old.classList.remove("found");
+  node.classList.add("found");
+  node.scrollIntoView({ block: "center" });
+}
+
+function isDrawn(old, item, mine, grouped) {
+  return old.item === item && old.mine === mine && old.grouped === grouped;
+}
+
+// The indexes of the items to draw in this pass: at most BUILD_PER_PASS of
+// those without an up-to-date element, the newest first (the end of the list
+// is what a reader usually looks at).  A burst of 1,000 messages then takes
+// ten short tasks instead of one long one (bench/PAGE.md).
+function newestToBuild(items, shown) {
+  const indexes = new Set();
+  let unbuilt = 0;
+  for (let index = items.length - 1; index >= 0; index -= 1) {
+    const { key, item, mine, grouped } = items[index];
+    const old = shown.get(key);
+    if (old && isDrawn(old, item, mine, grouped)) continue;
+    if (indexes.size < BUILD_PER_PASS) indexes.add(index);
+    else unbuilt += 1;
+  }
+  indexes.unbuilt = unbuilt;
+  return indexes;
 }
 
 function itemsOf(state, peer, conversation) {

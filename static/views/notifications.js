@@ -8,6 +8,7 @@
 // unprompted), and the user's own switch, kept in localStorage, so turning
 // them off here needs no trip to the browser's settings.
 
+import { groupUnreadTotal } from "../group_state.js";
 import { byTestId, changed } from "./dom.js";
 import { findPeer } from "../state.js";
 
@@ -19,7 +20,7 @@ const BODY_CHARS = 200; // notification bodies are cut by the system anyway; kee
 
 /** Unread messages over all conversations (the open one, being read, has none). */
 export function unreadTotal(state) {
-  return state.peers.reduce((sum, peer) => sum + (peer.unread || 0), 0);
+  return state.peers.reduce((sum, peer) => sum + (peer.unread || 0), 0) + groupUnreadTotal(state);
 }
 
 /** @param {{showError: (error: string) => void, select: (peerId: number) => void}} actions */

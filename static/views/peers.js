@@ -8,26 +8,31 @@
 
 import { byTestId, changed, connectionText, make } from "./dom.js";
 import { filteredPeers, isReading } from "../state.js";
+import { filteredGroups, groupActivity } from "../group_state.js";
+import { groupItem } from "./group_item.js";
 
 const PEER_ID = /^[1-9][0-9]{0,15}$/;
 
-/** @param {{select: (peerId: number) => void, addContact: (peerId: number) => void, filter: (text: string) => void, showError: (text: string) => void}} actions */
+/** @param {{select: (peerId: number) => void, selectGroup: (groupId: string) => void, addContact: (peerId: number) => void, filter: (text: string) => void, showError: (text: string) => void}} actions */
 export function createPeersView(actions, root = document) {
   const list = byTestId("peer-list", root);
   const noPeers = byTestId("no-peers", root);
   const memo = {};
 
-  const itemOf = (event) => event.target.closest('[data-testid="peer-item"]');
+  // Groups are in the same list (group_item.js).
+  const ITEMS = '[data-testid="peer-item"], [data-testid="group-item"]';
+  const itemOf = (event) => event.target.closest(ITEMS);
   list.addEventListener("click", (event) => {
     const item = itemOf(event);
-    if (item) actions.select(Number(item.dataset.peerId));
+    if (item && item.dataset.groupId) actions.selectGroup(item.dataset.groupId);
+    else if (item) actions.select(Number(item.dataset.peerId));
   });
   // Keyboard: each entry is a button (Tab reaches the list, Enter or Space
   // opens); Up and Down move between entries, Home and End to the ends.
   list.addEventListener("keydown", (event) => {
     const item = itemOf(event);
     if (!item) return;
-    const items = [...list.querySelectorAll('[data-testid="peer-item"]')];
+    const items = [...list.querySelectorAll(ITEMS)];
     const at = items.indexOf(item);
     const to = { ArrowDown: at + 1, ArrowUp: at - 1, Home: 0, End: items.length - 1 }[event.key];
     if (to === undefined || to < 0 || to >= items.length) return;
@@ -55,9 +60,12 @@ export function createPeersView(actions, root = document) {
   const isMyId = (value) => myId !== null && value.replace(/^0+/, "") === String(myId);
 
   function render(state) {
-    if (!changed(memo, [state.peers, state.me, state.selected, state.visible, state.filter])) return;
+    const groupInputs = [state.groups, state.groupMessages, state.groupUnread, state.selectedGroup];
+    if (!changed(memo, [state.peers, state.me, state.selected, state.visible, state.filter, ...groupInputs])) return;
     myId = state.me ? state.me.id : null;
-    const items = byActivity(filteredPeers(state).filter((peer) => peer.id !== myId)).map((peer) => {
+    const peers = filteredPeers(state).filter((peer) => peer.id !== myId);
+    const items = byActivity(state, peers, filteredGroups(state)).map(({ peer, group }) => {
+      if (group) return groupItem(state, group);
       const item = peerItem(state, peer);
       addPreview(state, item, peer);
       return item;
@@ -65,7 +73,8 @@ export function createPeersView(actions, root = document) {
     // The list is drawn anew: the entry that had the keyboard focus gets it back.
     const focused = list.contains(document.activeElement) ? itemOf({ target: document.activeElement }) : null;
     list.replaceChildren(...items);
-    if (focused) list.querySelector(`[data-peer-id="${focused.dataset.peerId}"] button`)?.focus();
+    const key = focused && (focused.dataset.groupId ? `[data-group-id="${focused.dataset.groupId}"]` : `[data-peer-id="${focused.dataset.peerId}"]`);
+    if (focused) list.querySelector(`${key} button`)?.focus();
     noPeers.hidden = items.length > 0;
     noPeers.textContent = state.filter ? "No peer matches the filter." : "No other peers are known yet.";
   }
@@ -75,12 +84,21 @@ export function createPeersView(actions, root = document) {
     list.querySelector(`[data-peer-id="${peerId}"] button`)?.focus();
   }
 
-  return { render, focusPeer };
+  /** Keyboard focus to the entry of group `groupId`. */
+  function focusGroup(groupId) {
+    list.querySelector(`[data-group-id="${groupId}"] button`)?.focus();
+  }
+
+  return { render, focusPeer, focusGroup };
 }
 
-function byActivity(peers) {
-  const timeOf = (peer) => (peer.last_message ? peer.last_message.time : -Infinity);
-  return [...peers].sort((a, b) => timeOf(b) - timeOf(a) || a.id - b.id);
+// Peers and groups by their latest activity, newest first; peers never talked to last, by id.
+function byActivity(state, peers, groups) {
+  const entries = [
+    ...peers.map((peer) => ({ peer, time: peer.last_message ? peer.last_message.time : -Infinity, order: peer.id })),
+    ...groups.map((group) => ({ group, time: groupActivity(state, group), order: 0 })),
+  ];
+  return entries.sort((a, b) => b.time - a.time || a.order - b.order);
 }
 
 // The start of the latest message, after the name line ("you: " for mine).

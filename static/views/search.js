@@ -1,11 +1,12 @@
 // Search in the open conversation: a search box in its header, and the
 // matches (newest first, each with its date and who wrote it) in a panel
-// under it.  Escape or the close button hides the panel.
+// under it.  Escape or the close button hides the panel.  A match is a
+// button: it shows the message in the conversation (actions.jumpTo).
 
 import { byTestId, changed, make } from "./dom.js";
 import { displayName, findPeer, isMine } from "../state.js";
 
-/** @param {{search: (query: string) => void, closeSearch: () => void}} actions */
+/** @param {{search: (query: string) => void, closeSearch: () => void, jumpTo: (messageId: string) => void}} actions */
 export function createSearchView(actions, root = document) {
   const form = byTestId("search-form", root);
   const input = byTestId("search-input", root);
@@ -47,8 +48,12 @@ export function createSearchView(actions, root = document) {
       item.dataset.testid = "search-result";
       const who = isMine(state, message) ? "you" : displayName(peer) || `peer ${search.peer}`;
       const when = new Date(message.time * 1000);
-      const meta = make("div", "search-meta", `${who} · ${when.toLocaleString()}`);
-      item.append(meta, make("div", "search-text", message.text));
+      const jump = make("button", "search-jump");
+      jump.type = "button";
+      jump.dataset.testid = "search-jump";
+      jump.append(make("span", "search-meta", `${who} · ${when.toLocaleString()}`), make("span", "search-text", message.text));
+      jump.addEventListener("click", () => actions.jumpTo(message.id));
+      item.append(jump);
       return item;
     }));
   }

@@ -19,10 +19,13 @@ does not ask for ``browser`` (directly or through a fixture) is left as it is.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 import pytest_asyncio
+from aiohttp import web
+from aiohttp.test_utils import BaseTestServer, TestClient, TestServer
 from browser.chromium import CHROMIUM_ARGS, chromium_path
 from playwright.async_api import Browser, async_playwright, expect
 from pytest_asyncio import is_async_test
@@ -49,6 +52,28 @@ async def browser() -> AsyncIterator[Browser]:
             yield launched
         finally:
             await launched.close()
+
+
+@pytest_asyncio.fixture(loop_scope=SHARED_LOOP)
+async def shared_loop_aiohttp_client(
+    aiohttp_client_cls: type[TestClient[Any, Any]],
+) -> AsyncIterator[Callable[..., Awaitable[TestClient[Any, Any]]]]:
+    """pytest-aiohttp's ``aiohttp_client`` (same call) for fixtures on the shared
+    loop: that one runs on each test's own loop, where a site would never be served."""
+    started: list[TestClient[Any, Any]] = []
+
+    async def start(
+        target: web.Application | BaseTestServer, *, server_kwargs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> TestClient[Any, Any]:
+        server = target if isinstance(target, BaseTestServer) else TestServer(target, **(server_kwargs or {}))
+        client = aiohttp_client_cls(server, **kwargs)
+        await client.start_server()
+        started.append(client)
+        return client
+
+    yield start
+    for client in reversed(started):
+        await client.close()
 
 
 def _uses_the_shared_browser(item: pytest.Function) -> bool:

@@ -67,5 +67,22 @@ async def test_a_picture_attached_on_one_page_shows_inline_on_the_other(peers: t
     events = [e for f in bob.ws_in for e in (f["events"] if f.get("type") == "batch" else [f])]
     kinds = [e["kind"] for e in events if e.get("type") == "file" and e["file"]["name"] == "pic.png"]
     assert kinds[0] == "offer" and kinds[-1] == "complete"
+
+    # Bob accepts alice's files up to 1 MB by themselves (the conversation's
+    # "files from this peer" choice): the next one completes with no click.
+    await bob.testid("auto-accept-select").select_option("1000000")
+    await expect(bob.testid("auto-accept-select")).to_have_value("1000000", timeout=WAIT_MS)
+    await bob.page.wait_for_function(
+        """async () => {
+          const peers = await (await fetch("/api/peers")).json();
+          return peers.some((p) => p.id === 1 && p.auto_accept_bytes === 1000000);
+        }""",
+        timeout=WAIT_MS,
+    )
+    await alice.testid("file-input").set_input_files(
+        files=[{"name": "auto.txt", "mimeType": "text/plain", "buffer": b"accepted by itself"}]
+    )
+    await expect(file_row(bob, "auto.txt")).to_have_attribute("data-status", "complete", timeout=WAIT_MS)
+    await expect(file_row(alice, "auto.txt")).to_have_attribute("data-status", "complete", timeout=WAIT_MS)
     for peer in peers:
         assert not peer.page_errors and not peer.csp_errors, (peer.page_errors, peer.csp_errors)

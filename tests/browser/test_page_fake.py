@@ -559,6 +559,9 @@ async def test_an_unread_divider_when_a_conversation_opens_and_a_new_messages_bu
 
     # At the bottom, a new message just shows; my own never brings the button.
     api.receive(2, "at the bottom")
+    # Wait for it to come (the last message before it was in view already):
+    # one still on its way when peer 3 opens would be unread, with a divider.
+    await expect(page.locator(h.testid("message")).last).to_contain_text("at the bottom")
     await expect(page.locator(h.testid("message")).last).to_be_in_viewport()
     await expect(button).to_be_hidden()
 

@@ -5,6 +5,8 @@ read-receipts setting."""
 
 from __future__ import annotations
 
+import re
+
 from browser.test_page_fake import TOKEN, Harness, harness, until  # noqa: F401  (the fixture)
 from playwright.async_api import expect
 
@@ -93,4 +95,35 @@ async def test_search_in_the_open_conversation(harness: Harness) -> None:  # noq
     await expect(results).to_have_count(0)
     await search.press("Escape")
     await expect(page.locator(h.testid("search-panel"))).to_be_hidden()
+    assert h.page_errors == [] and h.console_errors == []
+
+
+async def test_a_search_result_jumps_to_its_message_far_back_in_the_history(harness: Harness) -> None:  # noqa: F811
+    h, page, api = harness, harness.page, harness.api
+    api.add_history(2, 600, start=1_700_000_000.0, step=30.0)  # "old 0" .. "old 599": three pages
+    await page.goto(f"{h.url}?token={TOKEN}")
+    await page.locator(h.peer(2)).click()
+    messages = page.locator(h.testid("message"))
+    await expect(messages).to_have_count(200)  # the latest page only
+    search = page.locator(h.testid("search-input"))
+    await search.fill("old 12")  # both words: old 12, 112, 120..129, 212 .. 512; "old 12" is the oldest
+    await search.press("Enter")
+    results = page.locator(h.testid("search-jump"))
+    await expect(results).to_have_count(16)
+    await results.last.click()
+    target = api.messages(2, 10_000)[12]
+    found = page.locator(f'[data-message-id="{target["id"]}"]')
+    await expect(found).to_have_class("message theirs found", timeout=20_000)  # two pages back
+    await expect(found.locator(h.testid("message-text"))).to_have_text("old 12")
+    await expect(found).to_be_in_viewport()
+    # Everything from there to the latest is loaded, in order, with no gap.
+    ids = await messages.evaluate_all("ms => ms.map(m => m.dataset.messageId)")
+    everything = [m["id"] for m in api.messages(2, 10_000)]
+    assert ids == everything[len(everything) - len(ids) :] and target["id"] in ids
+    # The newest result (loaded already) takes the mark.
+    await results.first.click()
+    newer = page.locator(f'[data-message-id="{api.messages(2, 10_000)[512]["id"]}"]')
+    await expect(newer).to_have_class(re.compile(r"\bfound\b"))
+    await expect(found).not_to_have_class(re.compile(r"\bfound\b"))
+    await expect(newer).to_be_in_viewport()
     assert h.page_errors == [] and h.console_errors == []

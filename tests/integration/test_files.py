@@ -4,9 +4,11 @@ through the real web layer (pytest-aiohttp's ``aiohttp_client``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -232,3 +234,74 @@ async def test_a_relayed_transfer_completes(nodes, web) -> None:
     assert b.peer_state(a.registration.peer_id).relayed
     response = await client_b.get(f"/api/files/{sent['id']}", headers=BEARER)
     assert await response.read() == content
+
+
+async def test_a_peers_auto_accept_size_is_set_through_the_api_and_its_files_need_no_accept(nodes, web) -> None:
+    a, b = await connected_pair(nodes)
+    client_a, client_b = await web(a), await web(b)
+    a_id = a.registration.peer_id
+    response = await client_b.put(f"/api/peers/{a_id}/settings", json={"auto_accept_bytes": 50_000}, headers=BEARER)
+    assert response.status == 204, await response.text()
+    response = await client_b.get("/api/peers", headers=BEARER)
+    [listed] = [p for p in await response.json() if p["id"] == a_id]
+    assert listed["auto_accept_bytes"] == 50_000
+    for bad in ({"auto_accept_bytes": -1}, {"auto_accept_bytes": "5"}, {"auto_accept_bytes": True}, {"other": 1}):
+        response = await client_b.put(f"/api/peers/{a_id}/settings", json=bad, headers=BEARER)
+        assert response.status == 400, bad
+    small, big = os.urandom(50_000), os.urandom(50_001)
+    sent = await send_files(client_a, b.registration.peer_id, [("s.bin", small, "x/y"), ("b.bin", big, "x/y")])
+    await wait_for(lambda: status_of(b, sent[0]["id"]) == "complete", DEADLINE, "the small file, by itself")
+    await wait_for(lambda: status_of(b, sent[1]["id"]) == "offered", DEADLINE, "the big offer")
+    response = await client_b.get(f"/api/files/{sent[0]['id']}", headers=BEARER)
+    assert await response.read() == small
+    assert status_of(b, sent[1]["id"]) == "offered"  # over the size: the user decides
+
+
+@contextlib.contextmanager
+def small_disk(directory: Path, size: str) -> Iterator[Callable[[str], None]]:
+    """A tmpfs of ``size`` at ``directory`` (root only: skipped otherwise);
+    yields a function that resizes it."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    directory.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(directory)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace').strip()}")
+
+    def resize(new_size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={new_size}", str(directory)], check=True)
+
+    try:
+        yield resize
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)  # lazy: the node may still hold a file
+
+
+async def test_a_full_disk_on_the_receiver_pauses_both_sides_and_retry_finishes_when_there_is_room(
+    nodes, web, tmp_path: Path
+) -> None:
+    with small_disk(tmp_path / "b" / "files", "512k") as resize:  # b's files/ (test_nodes: data dir tmp_path / name)
+        a, b = await connected_pair(nodes)
+        client_a, client_b = await web(a), await web(b)
+        content = os.urandom(1536 * 1024)
+        [sent] = await send_files(client_a, b.registration.peer_id, [("big.bin", content, "x/y")])
+        await wait_for(lambda: status_of(b, sent["id"]) == "offered", DEADLINE, "the offer")
+        assert (await post(client_b, f"/api/files/{sent['id']}/accept"))[0] == 200
+        await wait_for(lambda: status_of(a, sent["id"]) == "paused", DEADLINE, "the sender told of the full disk")
+        for node in (a, b):
+            record = node.store.get_file(sent["id"])
+            assert record is not None and record.status == "paused" and record.error == "the receiver's disk is full"
+        record = b.store.get_file(sent["id"])
+        assert record is not None
+        held = (tmp_path / "b" / "files" / record.path).stat().st_size
+        assert 0 < held < len(content)  # the part is kept
+        resize("4m")
+        status, retried = await post(client_b, f"/api/files/{sent['id']}/retry")
+        assert status == 200 and retried["status"] == "accepted"
+        await wait_for(lambda: status_of(a, sent["id"]) == "complete", DEADLINE, "the rest, once there is room")
+        assert status_of(b, sent["id"]) == "complete"
+        response = await client_b.get(f"/api/files/{sent['id']}", headers=BEARER)
+        assert await response.read() == content
+        assert b.engine.stats["file_bytes_received"] == len(content)  # the part held was not written again

@@ -88,17 +88,17 @@ async def test_a_receiver_killed_half_way_resumes_after_restart(nodes, tmp_path:
     process, base = await start_receiver(rendezvous.address, data_dir, log)
     try:
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
-            # Its id once it has one: read at once, /api/me says null until the
-            # server has answered the registration (seen under load).
-            async def registered_id() -> int | None:
-                async with http.get(f"{base}/api/me") as response:
-                    return (await response.json())["id"]
-
+            # Its id once it has registered (a loaded machine may take a while):
+            # asking the sender about an id of None would make a session for None.
             deadline = asyncio.get_running_loop().time() + DEADLINE
-            while (me_id := await registered_id()) is None:
+            while True:
+                async with http.get(f"{base}/api/me") as response:
+                    me = await response.json()
+                if me["id"] is not None:
+                    break
                 assert asyncio.get_running_loop().time() < deadline, "the receiver did not register"
                 await asyncio.sleep(0.05)
-            receiver_id = await wait_for(lambda: sender.peer_state(me_id).online and me_id, DEADLINE, "listed")
+            receiver_id = await wait_for(lambda: sender.peer_state(me["id"]).online and me["id"], DEADLINE, "listed")
 
             async def chunks():
                 yield content

@@ -147,3 +147,24 @@ async def test_bad_group_requests_get_clear_errors(members: Callable[[str], Awai
     mine = await alice.call("POST", "/api/groups", 201, {"name": "just me", "members": []})
     empty = await alice.call("POST", f"/api/groups/{mine['id']}/messages", 400, {"text": ""})
     assert empty["error"] == "empty message"
+
+
+async def test_group_history_pages_back_and_forth_like_one_to_one(members: Callable[[str], Awaitable[Member]]) -> None:
+    alice = await members("alice")
+    group = await alice.call("POST", "/api/groups", 201, {"name": "notes", "members": []})
+    base = f"/api/groups/{group['id']}/messages"
+    sent = [(await alice.call("POST", base, 201, {"text": f"note {n}"}))["id"] for n in range(7)]
+
+    async def texts(query: str, status: int = 200) -> list[str]:
+        return [m["text"] for m in await alice.call("GET", f"{base}?{query}", status)]
+
+    assert await texts("limit=3") == ["note 4", "note 5", "note 6"]
+    assert await texts(f"before={sent[4]}&limit=3") == ["note 1", "note 2", "note 3"]
+    assert await texts(f"before={sent[1]}&limit=3") == ["note 0"]
+    assert await texts(f"before={sent[0]}") == []
+    assert await texts(f"after={sent[2]}&limit=2") == ["note 3", "note 4"]
+    assert await texts(f"after={sent[6]}") == []
+    both = await alice.call("GET", f"{base}?before={sent[1]}&after={sent[2]}", 400)
+    assert "not both" in both["error"]
+    missing = await alice.call("GET", f"{base}?before=9:9", 404)
+    assert missing["error"] == "no message 9:9 in this group"

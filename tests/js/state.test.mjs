@@ -303,6 +303,19 @@ test("read-up-to marks our messages up to its time as read, and never moves back
   assert.equal(readByPeer(state, failed), false);
 });
 
+test("a message stored on the server is read once the receipt covers it, even before its ack", () => {
+  const state = run(
+    greeted(),
+    { type: "history-loaded", peer: 2, since: 0, messages: [
+      msg("s", 1, 2, "left in the mailbox", { status: "stored", time: 100 }),
+      msg("q", 1, 2, "still queued", { status: "queued", time: 110 }),
+    ] },
+    { type: "read-up-to", peer: 2, id: "q", time: 110 },
+  );
+  assert.equal(readByPeer(state, conversationOf(state, 2).get("s")), true);
+  assert.equal(readByPeer(state, conversationOf(state, 2).get("q")), false); // never left us: not read
+});
+
 test("the filter matches nickname, name and #id, every word", () => {
   let state = run(initialState(), { type: "hello", me: ALICE, peers: [
     peer(2, "bob", { nickname: "Bobby Tables" }), peer(3, "carol"), peer(23, "dave"),
@@ -346,4 +359,14 @@ test("a message-burst leaves the state as its messages one by one would", () => 
   const mixed = reduce(pendingStart, { type: "message-burst", events: withMine });
   assert.equal(mixed.pending.size, 0);
   assert.equal(picture(mixed), picture(withMine.reduce(reduce, pendingStart)));
+});
+
+test("a jump to a search result names the peer and message, and each jump is new", () => {
+  const start = reduce(initialState(), { type: "hello", me: { id: 1 }, peers: [peer(2)] });
+  const first = reduce(start, { type: "jumped", peer: 2, id: "m5" });
+  assert.deepEqual(first.jump, { peer: 2, id: "m5", count: 1 });
+  const again = reduce(first, { type: "jumped", peer: 2, id: "m5" });
+  assert.notEqual(again.jump, first.jump); // the same message again is shown again
+  assert.equal(again.jump.count, 2);
+  assert.equal(start.jump, null);
 });

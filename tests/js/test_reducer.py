@@ -35,7 +35,14 @@ def test_reducer_under_node() -> None:
     node, major = _node()
     detect = ["--experimental-detect-module"] if major < 23 else []
     result = subprocess.run(
-        [node, *detect, "--test", str(HERE / "state.test.mjs"), str(HERE / "files.test.mjs")],
+        [
+            node,
+            *detect,
+            "--test",
+            str(HERE / "state.test.mjs"),
+            str(HERE / "files.test.mjs"),
+            str(HERE / "group_state.test.mjs"),
+        ],
         capture_output=True,
         text=True,
         timeout=60,

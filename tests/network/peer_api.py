@@ -9,6 +9,9 @@ own 127.0.0.1 (the root namespace cannot, and must not, reach it).
     python peer_api.py PORT TOKEN send-wait TO TEXT        (POST, then wait for `delivered` on the
                                                            page's websocket; prints the seconds it
                                                            took and the wall-clock time of the POST)
+    python peer_api.py PORT TOKEN group-create NAME ID,ID...
+    python peer_api.py PORT TOKEN group-burst GROUP COUNT PREFIX
+    python peer_api.py PORT TOKEN group-messages GROUP
     python peer_api.py PORT TOKEN watch FROM TEXT          (websocket; prints "ready", then the
                                                            wall-clock time the message from FROM
                                                            with TEXT arrived)
@@ -109,6 +112,15 @@ def main() -> None:
         answer = asyncio.run(asyncio.wait_for(send_wait(int(port), token, int(args[0]), args[1]), 30))
     elif command == "watch":
         answer = asyncio.run(asyncio.wait_for(watch(int(port), token, int(args[0]), args[1]), 30))
+    elif command == "group-create":
+        members = [int(peer) for peer in args[1].split(",")]
+        answer = call(int(port), token, "POST", "/api/groups", {"name": args[0], "members": members})
+    elif command == "group-burst":
+        group, count, prefix = args[0], int(args[1]), args[2]
+        path = f"/api/groups/{group}/messages"
+        answer = [call(int(port), token, "POST", path, {"text": f"{prefix} {i}"})["id"] for i in range(count)]
+    elif command == "group-messages":
+        answer = call(int(port), token, "GET", f"/api/groups/{args[0]}/messages?limit=5000")
     elif command == "messages":
         answer = call(int(port), token, "GET", f"/api/messages?peer={int(args[0])}")
     else:

@@ -51,6 +51,10 @@ class FakePeerApi:
         # Ids above this were never assigned by "the server" (404 unknown peer N).
         self.highest_id = highest_id
         self._settings: JSON = {"read_receipts": True}
+        self._groups: dict[str, JSON] = {}  # group id -> <group>
+        self._group_messages: dict[str, list[JSON]] = {}  # group id -> its messages, oldest first
+        self._group_seq: dict[tuple[str, int], int] = {}  # (group, sender) -> its last seq
+        self._group_changes: dict[str, list[JSON]] = {}  # group id -> its changes, oldest first
 
     # -------------------------------------------------- test controls
 
@@ -70,6 +74,7 @@ class FakePeerApi:
             "nickname": None,
             "read_up_to": None,
             "last_seen": None if online else time.time() - 3600,
+            "auto_accept_bytes": 0,
         }
         self._peers[peer_id] = peer
         self._keys[peer_id] = [hashlib.sha256(f"{peer_id}:{name}".encode()).digest()]
@@ -292,6 +297,11 @@ class FakePeerApi:
             self._peers[peer_id]["nickname"] = nickname
             self.publish({"type": "peers", "peers": self.peers_json()})
 
+    def set_auto_accept(self, peer_id: int, max_bytes: int) -> None:
+        if peer_id in self._peers:
+            self._peers[peer_id]["auto_accept_bytes"] = max_bytes
+            self.publish({"type": "peers", "peers": self.peers_json()})
+
     def settings(self) -> JSON:
         return dict(self._settings)
 
@@ -373,6 +383,9 @@ class FakePeerApi:
     async def cancel_file(self, file_id: str) -> JSON:
         raise ApiError(404, "no such file")
 
+    async def retry_file(self, file_id: str) -> JSON:
+        raise ApiError(404, "no such file")
+
     def file_download(self, file_id: str) -> Any:
         raise ApiError(404, "no such file")
 
@@ -387,6 +400,124 @@ class FakePeerApi:
     def unsubscribe(self, queue: asyncio.Queue[JSON]) -> None:
         if queue in self._queues:
             self._queues.remove(queue)
+
+    # -------------------------------------------------- groups (webpeer/groups.py's page side)
+
+    def add_group(self, name: str, members: list[int], *, admin: int | None = None, created: float = 0.0) -> JSON:
+        """A group that already exists (we are in it), made by ``admin`` (default: us)."""
+        me = self._me["id"]
+        by = me if admin is None else admin
+        group_id = hashlib.sha256(f"group:{name}:{len(self._groups)}".encode()).hexdigest()
+        group: JSON = {
+            "id": group_id,
+            "name": name,
+            "members": sorted({me, by, *members}),
+            "admins": [by],
+            "member": True,
+            "created_by": by,
+            "created": created or time.time(),
+        }
+        self._groups[group_id] = group
+        self._group_messages[group_id] = []
+        self._group_changes[group_id] = []
+        self._changed(group, {"kind": "create", "by": by, "members": group["members"], "target": None, "name": name})
+        return dict(group)
+
+    def _changed(self, group: JSON, change: JSON) -> None:
+        at = group["created"] if change["kind"] == "create" else time.time()
+        change = change | {"time": at, "applied": True}
+        self._group_changes[group["id"]].append(change)
+        self.publish({"type": "group", "group": dict(group), "change": change})
+
+    def group_receive(self, group_id: str, from_id: int, text: str, *, at: float | None = None) -> JSON:
+        """A member's message in the group arrives."""
+        message = self._group_message(group_id, from_id, text, at)
+        self.publish({"type": "message", "message": dict(message)})
+        return dict(message)
+
+    def group_delivered(self, group_id: str, message_id: str, member: int) -> None:
+        """``member`` reports having our messages up to ``message_id``."""
+        sender, seq = (int(part) for part in message_id.split(":"))
+        for message in self._group_messages[group_id]:
+            if message["from"] == sender and message["seq"] <= seq and member not in message["delivered_to"]:
+                message["delivered_to"] = sorted([*message["delivered_to"], member])
+        delivered = [m for m in self._group_messages[group_id] if m["id"] == message_id][0]["delivered_to"]
+        self.publish({"type": "group_delivery", "group": group_id, "id": message_id, "delivered_to": delivered})
+
+    def _group_message(self, group_id: str, sender: int, text: str, at: float | None) -> JSON:
+        seq = self._group_seq.get((group_id, sender), 0) + 1
+        self._group_seq[(group_id, sender)] = seq
+        message: JSON = {
+            "id": f"{sender}:{seq}",
+            "group": group_id,
+            "from": sender,
+            "seq": seq,
+            "text": text,
+            "time": time.time() if at is None else at,
+            "delivered_to": [],
+        }
+        self._group_messages[group_id].append(message)
+        return message
+
+    def _group(self, group_id: str) -> JSON:
+        if group_id not in self._groups:
+            raise ApiError(404, "no such group")
+        return self._groups[group_id]
+
+    def groups(self) -> list[JSON]:
+        return [dict(group) for group in self._groups.values()]
+
+    async def create_group(self, name: str, members: list[int]) -> JSON:
+        if not name.strip() or len(name) > 100:
+            raise ApiError(400, "a group name is 1 to 100 characters, not blank")
+        for peer_id in members:
+            if peer_id not in self._peers:
+                raise ApiError(409, f"no key known for peer {peer_id} yet: it must have been online once")
+        return self.add_group(name, [m for m in members if m != self._me["id"]])
+
+    def group_messages(
+        self, group_id: str, limit: int = 500, *, before: str | None = None, after: str | None = None
+    ) -> list[JSON]:
+        self._group(group_id)
+        messages = self._group_messages[group_id]
+        cursor = before or after
+        if cursor is None:
+            return [dict(m) for m in messages[-limit:]]
+        at = next((i for i, m in enumerate(messages) if m["id"] == cursor), None)
+        if at is None:
+            raise ApiError(404, f"no message {cursor} in this group")
+        chosen = messages[max(0, at - limit) : at] if before else messages[at + 1 : at + 1 + limit]
+        return [dict(m) for m in chosen]
+
+    async def send_group_message(self, group_id: str, text: str) -> JSON:
+        if not self._group(group_id)["member"]:
+            raise ApiError(403, "you are not a member of this group")
+        message = self._group_message(group_id, self._me["id"], text, None)
+        self.publish({"type": "message", "message": dict(message)})
+        return dict(message)
+
+    async def change_group(self, group_id: str, action: str, *, members: tuple[int, ...] = (), target: int = 0) -> JSON:
+        group = self._group(group_id)
+        me = self._me["id"]
+        if action in ("add", "remove") and me not in group["admins"]:
+            raise ApiError(403, "not an admin of this group")
+        if action == "add":
+            group["members"] = sorted({*group["members"], *members})
+        elif action == "remove":
+            group["members"] = [m for m in group["members"] if m != target]
+        elif action == "leave":
+            group["members"] = [m for m in group["members"] if m != me]
+            group["member"] = False
+        else:
+            raise ApiError(400, f"unknown group action {action!r}")
+        self._changed(
+            group, {"kind": action, "by": me, "members": list(members), "target": target or None, "name": None}
+        )
+        return dict(group)
+
+    def group_changes(self, group_id: str) -> list[JSON]:
+        self._group(group_id)
+        return [dict(change) for change in self._group_changes[group_id]]
 
     # -------------------------------------------------- internals
 

@@ -35,6 +35,7 @@ def copy_of(log: GroupLog) -> GroupLog:
 
 
 def sync(into: GroupLog, source: GroupLog, asker: int) -> Update:
+    into.reader = asker  # it takes withheld copies of what it may not read
     ops, messages = source.lacking(into.summary(), asker, limit=10_000)
     update = Update()
     for op in ops:

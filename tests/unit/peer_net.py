@@ -31,6 +31,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from rendezvous.core import ServerConfig, ServerCore
+from rendezvous.mail_handling import MailRequest
+from rendezvous.mailbox import MAILBOX_FULL, SENDER_QUOTA, Mail
 from rendezvous.stun import Address
 from rendezvous.tokens import Tokens
 from webpeer.engine import EngineConfig, PeerEngine
@@ -224,6 +226,9 @@ class PeerNet:
         # What each public IP sent to the server and got from it: datagrams, bytes.
         self.to_server: Counter[tuple[str, str]] = Counter()
         self.from_server: Counter[tuple[str, str]] = Counter()
+        # The server's mailbox store, in memory (the real ones are
+        # tests/unit/test_mailbox_store.py's): recipient -> MAIL-ID -> message.
+        self.mailbox: dict[int, dict[bytes, Mail]] = {}
 
     # ------------------------------------------------------------ building
 
@@ -352,11 +357,44 @@ class PeerNet:
         for pending in self.server.pending_registrations():
             peer_id = self._ids.setdefault(pending.identity, len(self._ids) + 1)
             self.server.complete_registration(pending, peer_id, None, self.now)
+        for request in self.server.mail_requests():
+            self._mail(request)
         for data, address in self.server.datagrams_to_send():
             self.transmit(data, SERVER, address)
         for data, address in self.server.datagrams_to_send_from_other():
             self.transmit(data, SERVER_OTHER, address)
         self.server.events()
+
+    def _mail(self, request: MailRequest) -> None:
+        """The mailbox store's part (rendezvous/mailbox.py's contract, without the age limit)."""
+        limits = self.server.config.mailbox
+        assert limits is not None
+        mail = request.deposit
+        if mail is None:
+            box = self.mailbox.get(request.peer_id, {})
+            if request.delete is not None:
+                box.pop(request.delete, None)
+            waiting = sorted(box.values(), key=lambda m: (m.deposited_at, m.mail_id))
+            self.server.mail_fetched(request, waiting[0] if waiting else None, len(waiting), self.now)
+            return
+        box = self.mailbox.setdefault(mail.recipient, {})
+        if mail.mail_id in box:
+            self.server.mail_deposited(request, False, self.now)
+            return
+        sent = [m for b in self.mailbox.values() for m in b.values() if m.sender == mail.sender]
+        if (
+            len(box) >= limits.max_messages
+            or sum(len(m.sealed) for m in box.values()) + len(mail.sealed) > limits.max_bytes
+        ):
+            self.server.mail_refused(request, MAILBOX_FULL, self.now)
+        elif (
+            len(sent) >= limits.sender_max_messages
+            or sum(len(m.sealed) for m in sent) + len(mail.sealed) > limits.sender_max_bytes
+        ):
+            self.server.mail_refused(request, SENDER_QUOTA, self.now)
+        else:
+            box[mail.mail_id] = mail
+            self.server.mail_deposited(request, True, self.now)
 
     # ------------------------------------------------------------ time
 

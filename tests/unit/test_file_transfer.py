@@ -3,8 +3,11 @@ literal times; the files themselves are real, in the test's directory)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
+from collections.abc import Iterator
 
 import pytest
 from peer_net import Peer, PeerNet
@@ -12,7 +15,8 @@ from peer_net import Peer, PeerNet
 from webpeer import file_transfer
 from webpeer.api import ApiError
 from webpeer.events import FileChanged
-from webpeer.file_transfer import PROGRESS_INTERVAL, STORED_NAME_BYTES, sanitize_name
+from webpeer.file_transfer import DISK_FULL, PROGRESS_INTERVAL, STORED_NAME_BYTES, sanitize_name
+from webpeer.store import StoreError
 
 
 @pytest.fixture
@@ -292,6 +296,208 @@ def test_a_file_for_an_id_the_server_never_assigned_fails(net: PeerNet) -> None:
     alice.flush()
     net.run_until(lambda: status(alice, record.id) == "failed", 5)
     assert alice.store.get_file(record.id).error == "unknown peer 99"  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------ auto-accept
+
+
+def test_offers_up_to_the_peers_auto_accept_size_are_accepted_without_the_user(net: PeerNet) -> None:
+    alice, bob = pair(net)
+    bob.engine.set_auto_accept(alice.peer_id, 100_000)
+    at_limit, small, big = content_of(100_000), content_of(5_000), content_of(100_001)
+    at_id, small_id, big_id = (offer(alice, bob, n, c) for n, c in (("a", at_limit), ("b", small), ("c", big)))
+    net.run_until(lambda: status(alice, at_id) == "complete" and status(alice, small_id) == "complete", 20)
+    assert stored(bob, at_id) == at_limit and stored(bob, small_id) == small
+    assert [e.kind for e in file_events(bob, small_id)][:2] == ["offer", "accepted"]
+    net.run(1)
+    assert status(bob, big_id) == "offered" and status(alice, big_id) == "offered"  # one byte over: the user decides
+    assert bob.engine.stats["files_auto_accepted"] == 2
+
+
+def test_auto_accept_is_per_peer_stored_and_zero_turns_it_off(net: PeerNet) -> None:
+    alice, bob = pair(net)
+    carol = net.add("carol")
+    net.run_until(lambda: carol.engine.my_id is not None, 2)
+    bob.engine.set_auto_accept(alice.peer_id, 1_000_000)
+    assert bob.store.auto_accept(alice.peer_id) == 1_000_000 and bob.store.auto_accept(carol.peer_id) == 0
+    [listed] = [p for p in bob.engine.peers_json() if p["id"] == alice.peer_id]
+    assert listed["auto_accept_bytes"] == 1_000_000
+    from_carol = offer(carol, bob, "c.bin", content_of(1_000))
+    net.run_until(lambda: status(bob, from_carol) == "offered", 5)
+    net.run(1)
+    assert status(bob, from_carol) == "offered"  # carol's files still ask
+    bob.engine.set_auto_accept(alice.peer_id, 0)
+    assert bob.store.auto_accept(alice.peer_id) == 0
+    from_alice = offer(alice, bob, "a.bin", content_of(1_000))
+    net.run_until(lambda: status(bob, from_alice) == "offered", 5)
+    net.run(1)
+    assert status(bob, from_alice) == "offered"
+
+
+def test_an_auto_accepted_file_that_cannot_be_created_waits_for_the_user(
+    net: PeerNet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, bob = pair(net)
+    bob.engine.set_auto_accept(alice.peer_id, 10_000)
+
+    def no_room(name: str) -> str:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bob.files, "create", no_room)
+    file_id = offer(alice, bob, "x.bin", content_of(1_000))
+    net.run_until(lambda: status(bob, file_id) == "offered", 5)
+    net.run(1)
+    assert status(bob, file_id) == "offered" and status(alice, file_id) == "offered"
+
+
+# ------------------------------------------------------------ a full disk on the receiver
+
+
+class Disk:
+    """The receiver's files/ through its port: full while ``full`` is set
+    (each write past it raises ENOSPC, as os.pwrite does)."""
+
+    def __init__(self, peer: Peer, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.full = False
+        self.refused = 0
+        write = peer.files.write
+
+        def checked_write(path: str, offset: int, data: bytes) -> None:
+            if self.full:
+                self.refused += 1
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            write(path, offset, data)
+
+        monkeypatch.setattr(peer.files, "write", checked_write)
+
+
+def error_of(peer: Peer, file_id: str) -> str | None:
+    record = peer.store.get_file(file_id)
+    assert record is not None
+    return record.error
+
+
+def pause_half_way(net: PeerNet, alice: Peer, bob: Peer, disk: Disk, size: int) -> tuple[str, bytes, int]:
+    """A transfer that fills bob's disk half way; returns the file id, its
+    content and the bytes bob holds."""
+    content = content_of(size)
+    file_id = offer(alice, bob, "big.bin", content)
+    net.run_until(lambda: status(bob, file_id) == "offered", 2)
+    accept(bob, file_id)
+    net.run_until(lambda: bob.engine.stats["file_bytes_received"] >= size // 2, 20)
+    disk.full = True
+    net.run_until(lambda: status(bob, file_id) == "paused" and status(alice, file_id) == "paused", 10)
+    held = bob.engine.stats["file_bytes_received"]
+    assert 0 < held < size
+    assert error_of(bob, file_id) == DISK_FULL and error_of(alice, file_id) == DISK_FULL  # said on both sides
+    assert [e.kind for e in file_events(alice, file_id)][-1] == "paused"
+    record = bob.store.get_file(file_id)
+    assert record is not None and (bob.files.directory / record.path).stat().st_size == held  # kept
+    return file_id, content, held
+
+
+def test_a_full_disk_pauses_both_sides_keeps_the_part_and_retry_resumes_from_it(
+    net: PeerNet, slow_sender: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, bob = pair(net)
+    disk = Disk(bob, monkeypatch)
+    size = 200_000
+    file_id, content, held = pause_half_way(net, alice, bob, disk, size)
+    refused = disk.refused
+    net.run(3)
+    assert disk.refused == refused  # the sender stopped: no more bytes to refuse
+    assert status(alice, file_id) == "paused" and status(bob, file_id) == "paused"
+    with pytest.raises(ApiError) as refused_retry:
+        bob.engine.files.retry("0" * 32, net.now)
+    assert refused_retry.value.status == 404
+    disk.full = False
+    with bob.store.batch():
+        bob.engine.files.retry(file_id, net.now)
+    bob.flush()
+    net.run_until(lambda: status(alice, file_id) == "complete", 20)
+    assert status(bob, file_id) == "complete" and stored(bob, file_id) == content
+    assert bob.engine.stats["file_bytes_received"] == size  # the part held was not written again
+    with pytest.raises(ApiError) as not_paused:
+        bob.engine.files.retry(file_id, net.now)
+    assert not_paused.value.status == 409
+
+
+def test_a_paused_file_resumes_when_the_sender_retries(
+    net: PeerNet, slow_sender: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, bob = pair(net)
+    disk = Disk(bob, monkeypatch)
+    file_id, content, _ = pause_half_way(net, alice, bob, disk, 120_000)
+    disk.full = False
+    with alice.store.batch():
+        alice.engine.files.retry(file_id, net.now)
+    alice.flush()
+    net.run_until(lambda: status(bob, file_id) == "complete" and status(alice, file_id) == "complete", 20)
+    assert stored(bob, file_id) == content
+
+
+def test_a_paused_file_resumes_by_itself_on_the_next_link(
+    net: PeerNet, slow_sender: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, bob = pair(net)
+    disk = Disk(bob, monkeypatch)
+    size = 120_000
+    file_id, content, held = pause_half_way(net, alice, bob, disk, size)
+    bob.crash()  # the user frees space and restarts the peer
+    net.run(1)
+    bob2 = net.start_again(bob, last_id=bob.peer_id)
+    net.run_until(lambda: status(bob2, file_id) == "complete" and status(alice, file_id) == "complete", 60)
+    assert stored(bob2, file_id) == content
+    assert bob2.engine.stats["file_bytes_received"] == size - held
+
+
+# ------------------------------------------------------------ control frames wait for the commit
+
+
+def test_file_done_leaves_only_after_the_receivers_commit_holds_the_complete_file(
+    net: PeerNet, slow_sender: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, bob = pair(net)
+    size = 100_000
+    content = content_of(size)
+    file_id = offer(alice, bob, "f.bin", content)
+    net.run_until(lambda: status(bob, file_id) == "offered", 2)
+    accept(bob, file_id)
+    net.run_until(lambda: bob.engine.stats["file_bytes_received"] >= size // 2, 20)
+    failing = True
+    batch = bob.store.batch
+
+    @contextlib.contextmanager
+    def commit_fails() -> Iterator[None]:
+        # Everything inside is done, then the commit fails (a full disk, an
+        # I/O error): the transaction rolls back.
+        with batch():
+            yield
+            if failing:
+                raise StoreError("disk I/O error")
+
+    monkeypatch.setattr(bob.store, "batch", commit_fails)
+    net.run_until(lambda: bob.engine.stats["file_bytes_received"] == size, 20)
+    net.run(3)
+    assert status(bob, file_id) == "accepted"  # what the history holds
+    assert status(alice, file_id) == "accepted"  # so the sender was not told "done"
+    failing = False
+    net.run_until(lambda: status(alice, file_id) == "complete", 20)  # the next commit, then file_done
+    assert status(bob, file_id) == "complete" and stored(bob, file_id) == content
+
+
+def test_an_accept_leaves_only_after_its_commit(net: PeerNet, monkeypatch: pytest.MonkeyPatch) -> None:
+    alice, bob = pair(net)
+    file_id = offer(alice, bob, "f.bin", content_of(10_000))
+    net.run_until(lambda: status(bob, file_id) == "offered", 2)
+    with pytest.raises(StoreError), bob.store.batch():
+        bob.engine.files.accept(file_id, net.now)
+        raise StoreError("disk I/O error")  # the accept's commit fails
+    bob.engine.rolled_back()  # as the node does
+    assert status(bob, file_id) == "offered"
+    net.run(2)  # timers flush bob: its next commit writes the accept again, then it leaves
+    net.run_until(lambda: status(alice, file_id) == "complete", 20)
+    assert status(bob, file_id) == "complete"
 
 
 # ------------------------------------------------------------ resume

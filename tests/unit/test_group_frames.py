@@ -17,6 +17,7 @@ from webpeer.wire import FrameDecoder, FrameError, encode_frame
 
 KEY_1 = "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c"
 KEY_2 = "8139770ea87d175f56a35466c34c7ecccb8d8a91b4ee37a25df60f5b8fc9b394"
+HI_SHA256 = b"8f434346648f6b96df89dda901c5176b10a6d83961dd3c1ac88b59b2dc327aa4"  # SHA-256 of "hi"
 GROUP = "4708ec71692e13f0b9e0b45f0ee67de413b138beded5885b0ffe17592e658e2a"
 
 
@@ -29,9 +30,12 @@ def test_what_the_author_signs_is_the_documented_canonical_json() -> None:
     assert log.id == GROUP  # SHA-256 of those bytes
     message = log.post(person(1).sign, 1, "hi", 1_764_350_000_000)
     assert message.signed_bytes() == (
-        b'peerlink-group-msg-v1\x00{"at":1764350000000,"d":[],"g":"' + GROUP.encode() + b'","h":["'
-        b"" + GROUP.encode() + b'"],"q":1,"s":1,"text":"hi"}'
+        b'peerlink-group-msg-v2\x00{"at":1764350000000,"d":[],"g":"' + GROUP.encode() + b'","h":["'
+        b"" + GROUP.encode() + b'"],"q":1,"s":1,"th":"' + HI_SHA256 + b'"}'
     )
+    withheld = message.without_text()  # what a member gets of a message written while it was out
+    assert withheld.to_fields()["th"] == HI_SHA256.decode() and "text" not in withheld.to_fields()
+    assert withheld.signed_bytes() == message.signed_bytes()
 
 
 def test_frames_round_trip_through_the_stream_codec() -> None:

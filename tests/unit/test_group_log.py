@@ -211,6 +211,88 @@ def test_a_removed_member_is_given_nothing_written_after_its_removal() -> None:
     assert alice.lacking(new_group(others=(2,)).summary(), 99) == ([], [])  # never a member: nothing
 
 
+def test_a_member_added_again_gets_what_follows_but_only_withheld_copies_of_what_it_missed() -> None:
+    alice = new_group()
+    bob, dave = copy_of(alice), copy_of(alice)
+    alice.post(person(1).sign, 1, "before", 3_000)
+    sync(dave, alice, 4)
+    alice.make_op(person(1).sign, 1, OpKind.REMOVE, 3_001, target=4)
+    sync(bob, alice, 2)
+    bob.post(person(2).sign, 2, "while dave is out", 3_002)
+    sync(alice, bob, 1)
+    alice.post(person(1).sign, 1, "still out", 3_003)
+    sync(dave, alice, 4)  # removed: it learns that, and gets nothing written since
+    assert [m.text for m in dave.delivered()] == ["before"] and 4 not in dave.state.members
+    alice.make_op(person(1).sign, 1, OpKind.ADD, 3_004, members=(member(4),))
+    sync(bob, alice, 2)
+    bob_after = bob.post(person(2).sign, 2, "welcome back", 3_005)
+    # Bob's message follows his own and alice's written while dave was out: dave is given those
+    # as withheld copies (signed, no text), so it can be delivered, and asks for nothing more.
+    update = sync(dave, bob, 4)
+    assert [m.text for m in update.messages if not m.withheld] == ["welcome back"]
+    assert [m.text for m in dave.readable()] == ["before", "welcome back"]
+    assert {m.key for m in dave.delivered() if m.withheld} == {(2, 1), (1, 2)}
+    assert all(m.text == "" for m in dave.delivered() if m.withheld)
+    assert dave.missing() == (set(), {}) and dave.delivered_seq(2) == bob_after.seq
+    # It may not take a withheld copy of a message it may read: that could hide one from it.
+    readable_copy = bob_after.without_text()
+    other = copy_of(alice)
+    other.reader = 3
+    with pytest.raises(GroupError, match="withheld copy"):
+        other.add_message(readable_copy)
+    # A withheld copy held by dave is never passed on as the message to one who may read it.
+    fresh = copy_of(new_group())
+    ops, messages = dave.lacking(fresh.summary(), 2)
+    assert all(not m.withheld for m in messages)
+
+
+def test_a_removal_cuts_off_what_the_removed_member_writes_without_having_seen_it() -> None:
+    alice = new_group()
+    bob, carol, dave = copy_of(alice), copy_of(alice), copy_of(alice)
+    d1 = dave.post(person(4).sign, 4, "one", 3_000)
+    alice.add_message(d1)
+    removal = alice.make_op(person(1).sign, 1, OpKind.REMOVE, 3_001, target=4)
+    assert removal.upto == 1 and removal.to_fields()["u"] == 1  # signed: the cut-off is the admin's word
+    # Dave never learns of it and keeps writing under the old membership.
+    late = [dave.post(person(4).sign, 4, f"late {n}", 3_002 + n) for n in range(3)]
+    for message in (d1, *late):
+        bob.add_message(message)  # bob got them before the removal: he shows them (too late to unsee)
+    b1 = bob.post(person(2).sign, 2, "after dave's last", 3_010)  # and answers the last
+    assert b1.deps == ((4, 4),)
+    bob.add_op(removal)
+    carol.add_op(removal)  # carol learns of the removal first
+    for message in (d1, *late):
+        carol.add_message(message)
+    update = carol.add_message(b1)
+    assert [m.text for m in update.messages] == ["after dave's last"]  # not stuck on what was cut
+    assert [m.text for m in carol.readable()] == ["one", "after dave's last"]
+    assert [m.key for m in carol.delivered() if m.withheld] == [(4, 2), (4, 3), (4, 4)]
+    # A member that has only the cut-off copies passes them on, so nobody waits for their text.
+    newcomer = copy_of(new_group())
+    newcomer.add_op(removal)
+    sync(newcomer, carol, 3)
+    assert [m.text for m in newcomer.readable()] == ["one", "after dave's last"]
+    assert newcomer.missing() == (set(), {})
+    # Added again, dave writes under ops that include his removal: no cut-off applies.
+    alice.make_op(person(1).sign, 1, OpKind.ADD, 3_020, members=(member(4),))
+    sync(dave, alice, 4)
+    back = dave.post(person(4).sign, 4, "back", 3_021)
+    sync(carol, alice, 3)
+    assert [m.text for m in carol.add_message(back).messages] == ["back"]
+
+
+def test_a_member_added_late_reads_from_its_arrival_on() -> None:
+    alice = new_group()
+    for n in range(3):
+        alice.post(person(1).sign, 1, f"old {n}", 3_000 + n)
+    alice.make_op(person(1).sign, 1, OpKind.ADD, 3_010, members=(member(5),))
+    alice.post(person(1).sign, 1, "hello eve", 3_011)
+    eve = GroupLog(alice.create)
+    sync(eve, alice, 5)
+    assert [m.text for m in eve.readable()] == ["hello eve"]  # the rest only as withheld copies
+    assert [m.seq for m in eve.delivered() if m.withheld] == [1, 2, 3] and eve.missing() == (set(), {})
+
+
 # -- convergence under any order -----------------------------------------------------------------------------
 
 PEERS = (1, 2, 3, 4, 5)
@@ -287,3 +369,40 @@ def test_members_receiving_everything_in_any_order_converge(seed: int, steps: in
                 assert position[dep] < position[m.key]  # causal order across senders
         results.append(snapshot(log))
     assert results[0] == results[1] == results[2]
+
+
+def test_a_message_from_a_members_new_key_is_held_until_the_user_decides() -> None:
+    alice = new_group()
+    views: dict[int, tuple[bytes, bool]] = {}
+    watcher = GroupLog(alice.create, key_view=views.get)  # dan's replica; his user's view of the keys
+    bob = copy_of(alice)
+    new_phone = person(20)  # bob's new key: the group still names his old one
+    b1 = bob.post(new_phone.sign, 2, "new phone, same bob", 3_000)
+    with pytest.raises(GroupError, match="bad signature"):
+        watcher.add_message(b1)  # nobody told this member of a new key: a forgery
+    views[2] = (new_phone.public_key, False)  # the registry gave it; the user has not accepted it
+    assert watcher.add_message(b1).messages == [] and watcher.held_for_key() == [2]
+    carol = GroupLog(alice.create, key_view={2: (new_phone.public_key, True)}.get)
+    carol.add_message(b1)  # carol's user had accepted it: her reply follows it
+    c1 = carol.post(person(3).sign, 3, "welcome back", 3_001)
+    assert watcher.add_message(c1).messages == []  # the reply waits for what it replies to
+    assert [m.text for m in watcher.delivered()] == []
+    assert watcher.recheck().messages == []  # still undecided: still held
+    views[2] = (new_phone.public_key, True)  # accepted
+    assert [m.text for m in watcher.recheck().messages] == ["new phone, same bob", "welcome back"]
+    assert watcher.held_for_key() == []
+
+
+def test_a_blocked_new_key_s_held_messages_are_dropped_and_an_unknown_key_is_still_a_forgery() -> None:
+    alice = new_group()
+    views: dict[int, tuple[bytes, bool]] = {2: (person(20).public_key, False)}
+    watcher = GroupLog(alice.create, key_view=views.get)
+    bob = copy_of(alice)
+    held = bob.post(person(20).sign, 2, "held", 3_000)
+    assert watcher.add_message(held).messages == []
+    other = copy_of(alice).post(person(21).sign, 2, "a third key", 3_000)
+    with pytest.raises(GroupError, match="two different messages|bad signature"):
+        watcher.add_message(other)
+    del views[2]  # blocked: the view gives no key
+    update = watcher.recheck()
+    assert (update.messages, update.dropped, watcher.held_for_key()) == ([], 1, [])

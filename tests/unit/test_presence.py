@@ -12,7 +12,7 @@ from test_core import ALICE, BOB, MALLORY, SECRET, T0, Harness, error_code, key
 from rendezvous.client import public_key_bytes, session_request
 from rendezvous.core import ServerConfig, ServerCore
 from rendezvous.registry import PeerRecord
-from rendezvous.stun import MAX_WATCH_IDS, Address, Attr, Message, MessageClass, Method, decode
+from rendezvous.stun import MAX_WATCH_IDS, Address, Attr, Message, MessageClass, Method, decode, encode
 from rendezvous.tokens import Tokens
 
 CAROL: Address = ("192.0.2.30", 30003)
@@ -237,3 +237,51 @@ def test_a_peer_that_registers_again_while_online_still_expires(h: Harness) -> N
     h.register(key(1), ALICE, T0 + 1, ttl=60)
     h.core.handle_timer(T0 + 61.5)
     assert 1 not in h.core.directory
+
+
+def test_unwatch_frees_room_under_the_cap_and_stops_the_presence() -> None:
+    h = Harness(ServerConfig(max_watched_per_peer=20))
+    h.register(key(1), ALICE, T0)
+    watch(h, ALICE, tuple(range(100, 110)), T0)
+    watch(h, ALICE, (2,) + tuple(range(110, 119)), T0)
+    assert watch(h, ALICE, (3,), T0).get(Attr.ERROR_CODE).reason == "Too Many Watched"
+    # At the cap, one request swaps: UNWATCH-IDS go out before WATCH-IDS come in,
+    # and the answer tells only of the ids watched now.
+    swap = h.request(Method.WATCH, ALICE, T0, (Attr.UNWATCH_IDS, (2, 100, 555)), (Attr.WATCH_IDS, (3, 4)))
+    assert swap.message_class == MessageClass.SUCCESS
+    assert state(swap) == ({}, (3, 4))
+    assert h.core._subscriptions.watched_by(1) == frozenset({3, 4} | set(range(101, 119)))
+    # Bob (2) is no longer watched: his arrival tells alice nothing; carol's (3) does.
+    assert told(register_collecting(h, key(2), BOB, T0 + 1), ALICE) == []
+    [carol] = told(register_collecting(h, key(3), CAROL, T0 + 2), ALICE)
+    assert state(carol) == ({3: int(T0 + 2)}, ())
+    # Unwatching everything leaves no subscription behind.
+    h.request(Method.WATCH, ALICE, T0 + 3, (Attr.UNWATCH_IDS, tuple(h.core._subscriptions.watched_by(1))))
+    assert len(h.core._subscriptions) == 0
+    double = h.request(Method.WATCH, ALICE, T0 + 4, (Attr.UNWATCH_IDS, (5,)), (Attr.UNWATCH_IDS, (6,)))
+    assert double.get(Attr.ERROR_CODE).reason == "One UNWATCH-IDS"
+
+
+def test_unwatch_drops_what_the_watcher_was_yet_to_be_told(h: Harness) -> None:
+    h.register(key(1), ALICE, T0)
+    watch(h, ALICE, (2, 3), T0)
+    [first] = told(register_collecting(h, key(2), BOB, T0), ALICE)
+    # Carol changes while bob's PRESENCE is in flight; alice then stops watching her.
+    register_collecting(h, key(3), CAROL, T0 + 1)
+    h.request(Method.WATCH, ALICE, T0 + 2, (Attr.UNWATCH_IDS, (3,)))
+    assert told(ack(h, first, ALICE, T0 + 3), ALICE) == []
+
+
+def test_the_swap_example_of_protocol_md_is_what_the_codec_writes() -> None:
+    # docs/PROTOCOL.md 5.9: peer 1 at its cap swaps ids 3 and 4 for id 5.
+    documented = bytes.fromhex(
+        "20090034 2112a442 b7e7a701 bc34d686 fa87dfae 40070014 00000001 00010203 04050607"
+        " 08090a0b 0c0d0e0f 40120008 00000003 00000004 400c0004 00000005 80280004 f460e75c"
+    )
+    session = bytes.fromhex("00000001") + bytes(range(16))
+    tid = bytes.fromhex("b7e7a701bc34d686fa87dfae")
+    request = session_request(
+        Method.WATCH, session, (Attr.UNWATCH_IDS, (3, 4)), (Attr.WATCH_IDS, (5,)), transaction_id=tid
+    )
+    assert encode(request) == documented
+    assert decode(documented).get(Attr.UNWATCH_IDS) == (3, 4)

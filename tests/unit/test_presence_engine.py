@@ -9,10 +9,12 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import pytest
 from peer_net import Peer, PeerNet
 
 from rendezvous.registry import PeerRecord
 from rendezvous.stun import MessageClass, Method, pack_type
+from webpeer import engine, registration
 
 FAKES = 5_000
 FAKE_BASE = 100_000
@@ -150,3 +152,78 @@ def test_strangers_a_directory_page_showed_are_not_contacts_after_a_restart(net:
     assert set(alice.engine.peer_states) == {bob.peer_id}
     assert alice.engine.contacts()[0] == bob.peer_id
     assert all(alice.store.known_peer(p) is not None for p in strangers)
+
+
+def test_past_the_servers_cap_the_most_recently_active_contacts_are_watched_and_the_page_says_so(
+    net: PeerNet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cap (256 in life) made small, on both sides, to keep the test fast.
+    cap = 20
+    monkeypatch.setattr(registration, "MAX_WATCHED", cap)
+    monkeypatch.setattr(engine, "MAX_WATCHED", cap)
+    net.server._subscriptions.max_per_watcher = cap
+    crowd(net, cap + 10)
+    alice = net.add("alice")
+    net.run_until(lambda: alice.engine.my_id is not None, 2)
+    for n in range(cap + 10):  # all added at the same moment: the oldest come first
+        alice.engine.add_contact(FAKE_BASE + n, net.now)
+    alice.flush()
+    net.run(3)
+    watched = net.server._subscriptions.watched_by(alice.peer_id)
+    late, least = FAKE_BASE + cap + 9, FAKE_BASE + cap - 1
+    assert watched == {FAKE_BASE + n for n in range(cap)}
+    shown = {p["id"]: p for p in alice.engine.peers_json()}
+    assert shown[late]["watched"] is False and shown[FAKE_BASE]["watched"] is True
+    assert shown[FAKE_BASE]["online"] and not shown[late]["online"]
+    # Alice writes to the last one: the most recently active now.  Within a
+    # repair period it is watched (and seen online), and the least active
+    # contact made room for it (unwatched, the server's cap never passed).
+    alice.send(late, "you are my most recent contact")
+    net.run_until(lambda: late in net.server._subscriptions.watched_by(alice.peer_id), 61)
+    net.run_until(lambda: alice.engine.session(late).online, 2)
+    assert net.server._subscriptions.watched_by(alice.peer_id) == (watched - {least}) | {late}
+    assert net.server.stats["watch_refused"] == 0
+    shown = {p["id"]: p for p in alice.engine.peers_json()}
+    assert shown[late]["watched"] is True and shown[least]["watched"] is False
+
+
+def test_a_stranger_gone_from_the_directory_page_is_unwatched(net: PeerNet) -> None:
+    crowd(net, 5)
+    alice = net.add("alice")
+    net.run_until(lambda: FAKE_BASE in alice.engine.directory, 5)
+    net.run_until(lambda: FAKE_BASE in net.server._subscriptions.watched_by(alice.peer_id), 2)
+    # The stranger leaves the server; the next directory page no longer shows
+    # it, and alice stops watching it (else the strangers of every page would
+    # pile up in her watched set until the server's cap refused her contacts).
+    net.server.directory.remove(FAKE_BASE, net.now)
+    net.run_until(lambda: FAKE_BASE not in alice.engine.directory, 5)
+    net.run_until(lambda: FAKE_BASE not in net.server._subscriptions.watched_by(alice.peer_id), 2)
+    assert FAKE_BASE + 1 in net.server._subscriptions.watched_by(alice.peer_id)
+
+
+def test_directory_pages_do_not_grow_the_store_without_bound(net: PeerNet, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "MAX_STRANGERS", 5)
+    monkeypatch.setattr(engine, "STRANGER_PRUNE_EVERY", 0.0)
+    crowd(net, 60)
+    alice = net.add("alice")
+    bob = net.add("bob")
+    net.run_until(lambda: alice.engine.my_id is not None and bob.engine.my_id is not None, 2)
+    net.run_until(lambda: bob.peer_id in alice.engine.directory, 5)
+    sent = alice.send(bob, "a contact, never forgotten")
+    net.run_until(lambda: alice.status(sent) == "delivered", 5)
+    # The crowd leaves a page at a time: each new directory page shows others.
+    seen: set[int] = set()
+    for _ in range(3):
+        page = {p for p in alice.engine.directory if p >= FAKE_BASE}
+        assert page and not page & seen
+        seen |= page
+        for peer_id in page:
+            net.server.directory.remove(peer_id, net.now)
+        net.run_until(lambda page=page: not page & set(alice.engine.directory), 5)
+    known = {p.peer_id for p in alice.store.known_peers()}
+    on_page = set(alice.engine.directory)
+    # Bob (written to) and what the page shows now are kept; of the strangers
+    # earlier pages showed, only the 5 seen last.
+    assert bob.peer_id in known and on_page <= known
+    assert len(known - on_page - {bob.peer_id}) <= 5
+    assert alice.engine.stats["strangers_forgotten"] >= len(seen) - 5

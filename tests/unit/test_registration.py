@@ -7,7 +7,7 @@ import itertools
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from rendezvous.core import ServerConfig, ServerCore
-from rendezvous.stun import Message, MessageClass, Method, decode
+from rendezvous.stun import Attr, ErrorCode, Message, MessageClass, Method, decode
 from rendezvous.tokens import Tokens
 from webpeer.identity import Identity
 from webpeer.registration import (
@@ -356,3 +356,33 @@ def test_a_port_mapping_is_registered_at_once_even_while_a_registration_is_under
     h.pump({A: machine}, 5.0)
     assert h.core.directory.get(machine.peer_id).local == (("10.0.0.2", 40000),)  # type: ignore[arg-type, union-attr]
     assert machine.state is RegState.REGISTERED
+
+
+def test_contacts_that_drop_out_are_unwatched_and_a_server_without_unwatch_is_not_asked_again() -> None:
+    h = Harness()
+    alice = h.machine("alice")
+    alice.watch((7, 8, 9), 1000.0)
+    alice.start(1000.0)
+    h.pump({A: alice}, 1000.0)
+    assert h.core._subscriptions.watched_by(1) == {7, 8, 9} == alice.watched
+    # 8 is no longer a contact and 10 is: one WATCH takes 8 out and puts 10 in.
+    alice.watch((7, 9, 10), 1001.0)
+    h.pump({A: alice}, 1001.0)
+    assert h.core._subscriptions.watched_by(1) == {7, 9, 10} == alice.watched
+    # A server from before UNWATCH-IDS: 420 (comprehension-required attribute).
+    # The peer stops sending it; what that WATCH asked is asked again soon without it.
+    newer_watch = h.core._handlers[Method.WATCH]
+
+    def older_watch(message: Message, address: tuple[str, int], now: float, length: int) -> Message | None:
+        if message.get(Attr.UNWATCH_IDS) is not None:
+            return h.core._error(message, ErrorCode.UNKNOWN_ATTRIBUTE, "Unknown Attribute")
+        return newer_watch(message, address, now, length)
+
+    h.core._handlers[Method.WATCH] = older_watch
+    alice.watch((7, 11), 1002.0)
+    h.pump({A: alice}, 1002.0)
+    assert alice.unwatch_supported is False
+    alice.handle_timer(1003.0)
+    h.pump({A: alice}, 1003.0)
+    assert h.core._subscriptions.watched_by(1) == {7, 9, 10, 11}  # the old server's set only grows
+    assert alice.watched == {7, 9, 10, 11}

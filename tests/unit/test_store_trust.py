@@ -160,3 +160,27 @@ def test_blocked_and_verified_keys(store: Store) -> None:
     assert store.known_peer(2).blocked  # type: ignore[union-attr]
     assert store.unblock_key(2, KEY_B)
     assert store.known_peer(2).blocked is False  # type: ignore[union-attr]
+
+
+def test_strangers_are_forgotten_past_the_bounds_and_contacts_never(store: Store) -> None:
+    # Ten strangers a directory page showed, seen at times 10..19.
+    for n in range(10):
+        store.remember_peer(100 + n, bytes([n]) * 32, f"stranger{n}", 10.0 + n)
+    # And peers that are contacts in every way the store knows, all seen long ago.
+    store.remember_peer(2, KEY_A, "wrote", 1.0)
+    store.add_message("m1", sender=ME, recipient=2, text="hi", status=Status.SENT, time=1.0)
+    store.remember_peer(3, KEY_A, "verified", 1.0)
+    store.set_verified_key(3, KEY_A)
+    store.remember_peer(4, KEY_A, "blocked", 1.0)
+    store.block_key(4, KEY_A, 1.0)
+    store.remember_peer(5, KEY_A, "named", 1.0)
+    store.set_nickname(5, "my friend")
+    store.remember_peer(6, KEY_A, "changed", 1.0)
+    store.remember_peer(6, KEY_B, "changed", 1.0)
+    # Keep the 4 seen last, and 105 (in use now: on the page, say).
+    forgotten = store.prune_strangers({105}, unseen_before=0.0, at_most=4)
+    assert sorted(forgotten) == [100, 101, 102, 103, 104]
+    assert {p.peer_id for p in store.known_peers()} == {2, 3, 4, 5, 6, 105, 106, 107, 108, 109}
+    # Unseen since 18: only the most recent stranger (19) and the kept one stay.
+    assert sorted(store.prune_strangers({105}, unseen_before=19.0, at_most=1000)) == [106, 107, 108]
+    assert {p.peer_id for p in store.known_peers()} == {2, 3, 4, 5, 6, 105, 109}

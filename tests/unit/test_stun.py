@@ -461,7 +461,16 @@ SAMPLES: dict[int, list[Any]] = {
     Attr.PUNCH_KEY: [bytes(16), bytes(range(16))],
     Attr.WATCH_IDS: [(1,), (0, 2**32 - 1), tuple(range(stun.MAX_IDS_PER_ATTRIBUTE))],
     Attr.OFFLINE_IDS: [(7,), tuple(range(1, stun.MAX_IDS_PER_ATTRIBUTE + 1))],
+    Attr.UNWATCH_IDS: [(3,), (0, 2**32 - 1), tuple(range(2, stun.MAX_IDS_PER_ATTRIBUTE + 2))],
     Attr.CHANGE_REQUEST: [0, 0x2, 0x4, 0x6],
+    Attr.MAIL_ID: [bytes(16), bytes(range(16))],
+    Attr.SEALED: [b"s", b"sealed", bytes(range(256)) * 4],  # the largest last (one message holds the first two)
+    Attr.MAIL_ITEM: [
+        stun.MailItem(1, 1_700_000_000, bytes(range(16)), b"x"),
+        stun.MailItem(0, 0, bytes(16), b"yz"),
+        stun.MailItem(2**32 - 1, 2**64 - 1, b"\xff" * 16, b"\xab" * stun.MAX_SEALED),
+    ],
+    Attr.MAIL_COUNT: [0, 200, 2**32 - 1],
     Attr.RESPONSE_ORIGIN: [("203.0.113.10", 3478), ("2001:db8::1", 3479)],
     Attr.OTHER_ADDRESS: [("203.0.113.11", 3479)],
     Attr.PEER_ENTRY: [

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import socket
 import weakref
@@ -186,6 +187,38 @@ async def test_start_site_binds_loopback_only_and_checks_the_real_port() -> None
             headers = {"Authorization": f"Bearer {TOKEN}", "Host": f"127.0.0.1:{port + 1}"}
             async with session.get(url, headers=headers) as response:
                 assert response.status == 403
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_access_log_puts_routine_gets_at_debug_and_changes_and_failures_at_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = create_app(WebConfig(port=0, token=TOKEN), FakePeerApi())
+    runner = await start_site(app)  # the access logger is start_site's
+    try:
+        port = runner.addresses[0][1]
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        with caplog.at_level(logging.DEBUG, logger="aiohttp.access"):
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as session:
+                async with session.get("/api/me", headers=bearer) as response:
+                    assert response.status == 200
+                async with session.get("/api/messages?peer=x", headers=bearer) as response:
+                    assert response.status == 400
+                async with session.post("/api/contacts", json={"peer": 2}, headers=bearer) as response:
+                    assert response.status < 500
+                    posted = response.status
+            # The access log is written after the response is sent: wait for all three.
+            deadline = asyncio.get_running_loop().time() + 20
+            while len([r for r in caplog.records if r.name == "aiohttp.access"]) < 3:
+                assert asyncio.get_running_loop().time() < deadline, caplog.records
+                await asyncio.sleep(0.01)
+        levels = {r.getMessage().rsplit(" ", 1)[0]: r.levelname for r in caplog.records if r.name == "aiohttp.access"}
+        assert levels == {
+            "GET /api/me 200": "DEBUG",
+            "GET /api/messages 400": "INFO",
+            f"POST /api/contacts {posted}": "INFO",
+        }
     finally:
         await runner.cleanup()
 
