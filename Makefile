@@ -45,11 +45,9 @@ check: typecheck
 # The loopback integration and browser tests mostly wait (for child processes,
 # Chromium, timers): together they use under 3 min of CPU, so they run in two
 # pytest-xdist workers, a whole file to a worker (--dist loadfile: a file's
-# fixtures and order stay as written).  Measured on 2 cores shared with other
-# work, so only roughly: 408 s one by one at a load of 8-12, 352 s in two
-# workers at 3-10 (the other comparisons, at loads of 15-26, favoured the
-# workers more, but there a second process also wins a bigger share of a busy
-# machine).  The unit tests lose (46 s alone, 113 s in two workers: they are
+# fixtures and order stay as written).  On 2 cores nearly idle (load 1-4):
+# tests/integration 244 s one by one, 134 s in two workers, all 121 passing
+# (at load 8-12 with tests/browser too: 408 s against 352 s).  The unit tests lose (46 s alone, 113 s in two workers: they are
 # CPU-bound), so they, interop, js and the NAT lab (it times what it
 # measures) run after, one by one.  Both runs always run; either failing
 # fails the target.
