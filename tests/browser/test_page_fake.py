@@ -14,11 +14,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 import pytest_asyncio
 from aiohttp import web
-from browser.chromium import CHROMIUM_ARGS, chromium_path
-from playwright.async_api import Browser, ConsoleMessage, Dialog, Page, async_playwright, expect
+from playwright.async_api import Browser, ConsoleMessage, Dialog, Page, expect
 from unit.fake_api import FakePeerApi
 
 from webpeer.web import WebConfig, create_app, start_site
@@ -64,7 +62,7 @@ class Harness:
         return f'[data-testid="peer-item"][data-peer-id="{peer_id}"]'
 
 
-async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+async def until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
     """Wait for something the page makes happen on the server side."""
     deadline = asyncio.get_running_loop().time() + timeout
     while not condition():
@@ -73,25 +71,10 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) 
         await asyncio.sleep(0.02)
 
 
-# One Chromium for the module (a launch costs seconds on a loaded machine);
-# each test still gets a fresh page in a context of its own (no cookies,
-# storage or handlers carried over), so the tests and the browser share the
-# module's event loop.
-pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    executable = chromium_path()
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
+# The shared Chromium (tests/browser/conftest.py), so the harness runs on the
+# session's loop; each test still gets a fresh page in a context of its own
+# (no cookies, storage or handlers carried over).
+@pytest_asyncio.fixture(loop_scope="session")
 async def harness(browser: Browser) -> AsyncIterator[Harness]:
     api = FakePeerApi(my_id=1, name="alice")
     api.add_peer(2, "bob")

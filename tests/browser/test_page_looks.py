@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
-from browser.chromium import CHROMIUM_ARGS, chromium_path
-from playwright.async_api import Browser, Page, async_playwright, expect
+import pytest_asyncio
+from playwright.async_api import Browser, BrowserContext, Page, expect
 from pytest_aiohttp import AiohttpClient
 from unit import fake_api
 from unit.fake_api import FakePeerApi
@@ -54,28 +54,32 @@ class Site:
     url: str
     browser: Browser
     errors: list[str]
+    contexts: list[BrowserContext] = field(default_factory=list)
 
     async def page(self, width: int = 1100, height: int = 700, color_scheme: str = "light") -> Page:
         context = await self.browser.new_context(viewport={"width": width, "height": height}, color_scheme=color_scheme)  # type: ignore[arg-type]
+        self.contexts.append(context)  # closed when the test ends
         page = await context.new_page()
         page.on("pageerror", lambda error: self.errors.append(str(error)))
         await page.goto(f"{self.url}?token={TOKEN}")
         return page
 
 
-@pytest.fixture
-async def site(aiohttp_client: AiohttpClient) -> AsyncIterator[Site]:
+# On the session's loop with the shared Chromium (tests/browser/conftest.py),
+# so the site runs under that conftest's aiohttp_client for that loop.
+@pytest_asyncio.fixture(loop_scope="session")
+async def site(shared_loop_aiohttp_client: AiohttpClient, browser: Browser) -> AsyncIterator[Site]:
     api = FakePeerApi(my_id=1, name="alice")
     port = free_port()
-    await aiohttp_client(
+    await shared_loop_aiohttp_client(
         create_app(WebConfig(port=port, token=TOKEN), api), server_kwargs={"host": "127.0.0.1", "port": port}
     )
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        try:
-            yield Site(api, f"http://127.0.0.1:{port}/", browser, [])
-        finally:
-            await browser.close()
+    site = Site(api, f"http://127.0.0.1:{port}/", browser, [])
+    try:
+        yield site
+    finally:
+        for context in site.contexts:
+            await context.close()
 
 
 async def body_background(page: Page) -> str:

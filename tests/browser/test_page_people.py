@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import re
 
-import pytest
-from browser.test_page_fake import TOKEN, Harness, browser, harness, until  # noqa: F401  (the fixtures)
+from browser.test_page_fake import TOKEN, Harness, harness, until  # noqa: F401  (the fixture)
 from playwright.async_api import expect
 
-# The harness runs on the module's loop, with one Chromium for the module
-# (test_page_fake.py's fixtures).
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# The harness (test_page_fake.py's) runs on the session's loop with the shared
+# Chromium (tests/browser/conftest.py).
 
 
 async def test_contacts_nicknames_read_receipts_filter_and_setting(harness: Harness) -> None:  # noqa: F811

@@ -15,8 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-from browser.chromium import CHROMIUM_ARGS, chromium_path
+import pytest_asyncio
 from playwright.async_api import (
     Browser,
     ConsoleMessage,
@@ -24,7 +23,6 @@ from playwright.async_api import (
     Locator,
     Page,
     WebSocket,
-    async_playwright,
     expect,
 )
 from processes import Child, free_udp_port, start_rendezvous, start_webpeer
@@ -120,39 +118,38 @@ async def open_page(browser: Browser, name: str, url: str) -> Peer:
     return peer
 
 
-@pytest.fixture
-async def peers(tmp_path: Path) -> AsyncIterator[tuple[Peer, Peer]]:
+# On the session's loop with the shared Chromium (tests/browser/conftest.py).
+@pytest_asyncio.fixture(loop_scope="session")
+async def peers(tmp_path: Path, browser: Browser) -> AsyncIterator[tuple[Peer, Peer]]:
     """A rendezvous, then alice, then bob (so they get ids 1 and 2), each with its page."""
-    executable = chromium_path()
     port = free_udp_port()
     logs = tmp_path / "logs"
     logs.mkdir()
     children: list[Child] = []
+    pages: list[Peer] = []
     server = await start_rendezvous(port, tmp_path / "registry.sqlite3", log=logs / "rendezvous.log")
     try:
-        async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-            try:
-                pages: list[Peer] = []
-                for name in ("alice", "bob"):
-                    process = await start_webpeer(
-                        f"127.0.0.1:{port}",
-                        name,
-                        tmp_path / name,
-                        "--udp-host",
-                        "127.0.0.1",
-                        "--log-level",
-                        "warning",
-                        log=logs / f"{name}.log",
-                    )
-                    children.append(process)
-                    peer = await open_page(browser, name, process.url)
-                    # Wait for the registration so alice is id 1 and bob id 2.
-                    assert await peer.my_id() == len(pages) + 1
-                    pages.append(peer)
-                yield pages[0], pages[1]
-            finally:
-                await browser.close()
+        try:
+            for name in ("alice", "bob"):
+                process = await start_webpeer(
+                    f"127.0.0.1:{port}",
+                    name,
+                    tmp_path / name,
+                    "--udp-host",
+                    "127.0.0.1",
+                    "--log-level",
+                    "warning",
+                    log=logs / f"{name}.log",
+                )
+                children.append(process)
+                peer = await open_page(browser, name, process.url)
+                pages.append(peer)
+                # Wait for the registration so alice is id 1 and bob id 2.
+                assert await peer.my_id() == len(pages)
+            yield pages[0], pages[1]
+        finally:
+            for peer in pages:
+                await peer.page.context.close()
         for process in reversed(children):
             await stop(process)
         await stop(server)

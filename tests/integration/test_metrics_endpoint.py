@@ -9,6 +9,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from processes import WAIT
 from redis_process import free_tcp_port
 from test_process import start_server
 
@@ -45,7 +46,7 @@ async def test_a_scrape_shows_registrations_peers_relay_and_drops(tmp_path: Path
         await alice.register()
         await bob.register()
         bob.send_relayed(1, b"hello")
-        assert await asyncio.wait_for(alice.relayed.get(), 10) == (2, b"hello")
+        assert await asyncio.wait_for(alice.relayed.get(), WAIT) == (2, b"hello")
         alice.send_relayed(99, b"nobody")  # dropped: no such peer
         assert server.core is not None
         deadline = time.monotonic() + 20

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from processes import WAIT
 from redis_process import RedisClusterProcesses, RedisProcess, free_tcp_port
 from test_process import clean_env, free_udp_port, start_server
 
@@ -194,7 +195,7 @@ async def test_register_on_a_list_and_connect_from_b(instances, clients) -> None
     info = await bob.connect(1)
     assert info.public_key == alice.public_key and info.nickname == "alice"
     assert [c.address for c in info.candidates] == [alice.address, ("10.1.2.3", 4444)]
-    intro = await asyncio.wait_for(alice.introductions.get(), 3)
+    intro = await asyncio.wait_for(alice.introductions.get(), WAIT)
     assert intro.peer_id == 2 and intro.public_key == bob.public_key
     assert intro.candidates[0].address == bob.address
     assert intro.punch_key == info.punch_key
@@ -234,7 +235,7 @@ async def test_a_peer_moving_to_another_instance_keeps_its_id(instances, clients
     await eventually(a_mirrors_it)
     # A now forwards introductions to it through B.
     await watcher.connect(1)
-    intro = await asyncio.wait_for(moved.introductions.get(), 3)
+    intro = await asyncio.wait_for(moved.introductions.get(), WAIT)
     assert intro.peer_id == 2
 
 
@@ -256,8 +257,8 @@ async def test_relay_between_peers_on_two_instances(instances, clients) -> None:
     for n in range(20):
         bob.send_relayed(1, b"to alice %d" % n)
         alice.send_relayed(2, b"to bob %d" % n)
-    got_alice = [await asyncio.wait_for(alice.relayed.get(), 10) for _ in range(20)]
-    got_bob = [await asyncio.wait_for(bob.relayed.get(), 10) for _ in range(20)]
+    got_alice = [await asyncio.wait_for(alice.relayed.get(), WAIT) for _ in range(20)]
+    got_bob = [await asyncio.wait_for(bob.relayed.get(), WAIT) for _ in range(20)]
     assert sorted(got_alice) == sorted((2, b"to alice %d" % n) for n in range(20))
     assert sorted(got_bob) == sorted((1, b"to bob %d" % n) for n in range(20))
     assert a.core.stats["relay_forwarded"] == b.core.stats["relay_forwarded"] == 20
@@ -413,7 +414,7 @@ async def test_two_processes_on_one_redis(tmp_path: Path, redis_server: RedisPro
 
         await eventually(bob_sees_alice)
         await bob.connect(1)
-        intro = await asyncio.wait_for(alice.introductions.get(), 3)
+        intro = await asyncio.wait_for(alice.introductions.get(), WAIT)
         assert intro.peer_id == 2
         assert await a.stop() == 0 and await b.stop() == 0
         assert not (tmp_path / "unused-a.sqlite3").exists()

@@ -25,11 +25,16 @@ from typing import Any
 
 import aiohttp
 import pytest
-from processes import WAIT, WebPeer, child_env, free_udp_port, start_rendezvous, start_webpeer, wait_until
+from processes import START, WAIT, WebPeer, child_env, free_udp_port, start_rendezvous, start_webpeer, wait_until
 
 from webpeer.datadir import read_holder
 
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (scripts/system-deps.sh)")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (scripts/system-deps.sh)"),
+    # Each script command is a program start of its own, several per test: 95 s
+    # was seen under load, near the suite's 120 s default; this only bounds a hang.
+    pytest.mark.timeout(300),
+]
 
 
 def env() -> dict[str, str]:
@@ -141,7 +146,8 @@ async def lab(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     async def cli(*args: str, name: str) -> tuple[int, str, str]:
         """``webpeer [peer options of name] ARGS``; (status, stdout, stderr)."""
         proc = await spawn("webpeer", *peer_args(name), "--udp-host", "127.0.0.1", *args)
-        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        # A start of its own (START under load), then what it was asked to do.
+        out, err = await asyncio.wait_for(proc.communicate(), START + WAIT)
         return proc.returncode or 0, out.decode(), err.decode()
 
     yield {
