@@ -137,6 +137,10 @@ class PeerNode:
         return self.engine.peer_states
 
     def peer_state(self, peer_id: int) -> PeerSession:
+        # A caller's None or "7" would become a session (and a contact the
+        # server is asked to WATCH) that breaks every later flush.
+        if type(peer_id) is not int or peer_id < 1:
+            raise ValueError(f"a peer id is a positive int, not {peer_id!r}")
         return self.engine.session(peer_id)
 
     # ------------------------------------------------------------ lifecycle
