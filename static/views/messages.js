@@ -47,8 +47,11 @@ const NEAR_BOTTOM_PX = 80;
 const GROUP_SECONDS = 300;
 const LOAD_OLDER_PX = 300; // this close to the top, the page before is fetched
 // New elements per pass: making and laying out 1,000 at once was a task of
-// 0.5-1 s; 100 a pass keeps each under the 200 ms the page aims at (bench/PAGE.md).
-const BUILD_PER_PASS = 100;
+// 0.5-1 s.  Each pass also walks the whole list, so fewer, larger passes
+// finish sooner: on a quiet machine 200 a pass showed all 1,000 in 340-400 ms
+// with no task over 180 ms, where 100 a pass took 380-660 ms (bench/PAGE.md;
+// the page aims at 500 ms and no task over 200 ms).
+const BUILD_PER_PASS = 200;
 
 /** @param {{retry: (messageId: string) => void, resend: (clientId: string) => void, cancel: (messageId: string) => void, loadOlder: () => void}} actions */
 export function createMessagesView(actions, root = document) {
@@ -175,7 +178,7 @@ function isDrawn(old, item, mine, grouped) {
 // The indexes of the items to draw in this pass: at most BUILD_PER_PASS of
 // those without an up-to-date element, the newest first (the end of the list
 // is what a reader usually looks at).  A burst of 1,000 messages then takes
-// ten short tasks instead of one long one (bench/PAGE.md).
+// five short tasks instead of one long one (bench/PAGE.md).
 function newestToBuild(items, shown) {
   const indexes = new Set();
   let unbuilt = 0;
