@@ -10,6 +10,7 @@
 
 import { groupUnreadTotal } from "../group_state.js";
 import { byTestId, changed } from "./dom.js";
+import { rememberSwitch, switchedOn } from "./switches.js";
 import { findPeer } from "../state.js";
 
 const SWITCH_KEY = "peerlink:notifications";
@@ -28,7 +29,7 @@ export function createNotificationsView(actions, root = document) {
   const icon = byTestId("favicon", root);
   const toggle = byTestId("notify-toggle", root);
   const memo = {};
-  let on = supported() && switchedOn() && Notification.permission === "granted";
+  let on = supported() && switchedOn(SWITCH_KEY) && Notification.permission === "granted";
 
   function drawToggle() {
     toggle.hidden = !supported();
@@ -44,7 +45,7 @@ export function createNotificationsView(actions, root = document) {
       on = permission === "granted";
       if (!on) actions.showError("The browser does not allow notifications for this page (see its site settings).");
     }
-    remember(on);
+    rememberSwitch(SWITCH_KEY, on);
     drawToggle();
   });
   drawToggle();
@@ -83,20 +84,4 @@ export function createNotificationsView(actions, root = document) {
 
 function supported() {
   return typeof Notification === "function";
-}
-
-function switchedOn() {
-  try {
-    return localStorage.getItem(SWITCH_KEY) === "on";
-  } catch (_) {
-    return false;
-  }
-}
-
-function remember(on) {
-  try {
-    localStorage.setItem(SWITCH_KEY, on ? "on" : "off");
-  } catch (_) {
-    // no storage: the switch holds until the page is closed
-  }
 }

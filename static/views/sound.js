@@ -8,6 +8,7 @@
 // reload the audio context is resumed at the first click or key press.
 
 import { byTestId } from "./dom.js";
+import { rememberSwitch, switchedOn } from "./switches.js";
 
 const SWITCH_KEY = "peerlink:sound";
 const QUIET_MS = 1000;
@@ -17,13 +18,13 @@ const VOLUME = 0.15;
 
 export function createSoundView(root = document) {
   const toggle = byTestId("sound-toggle", root);
-  let on = switchedOn();
+  let on = switchedOn(SWITCH_KEY);
   let context = null;
   let lastRing = -Infinity;
   toggle.checked = on;
   toggle.addEventListener("change", () => {
     on = toggle.checked;
-    remember(on);
+    rememberSwitch(SWITCH_KEY, on);
     if (on) chime();
   });
   const wake = () => {
@@ -65,20 +66,4 @@ export function createSoundView(root = document) {
   }
 
   return { ring };
-}
-
-function switchedOn() {
-  try {
-    return localStorage.getItem(SWITCH_KEY) === "on";
-  } catch (_) {
-    return false;
-  }
-}
-
-function remember(on) {
-  try {
-    localStorage.setItem(SWITCH_KEY, on ? "on" : "off");
-  } catch (_) {
-    // no storage: the switch holds until the page is closed
-  }
 }
