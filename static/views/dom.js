@@ -31,3 +31,15 @@ export function changed(memo, inputs) {
   memo.inputs = inputs;
   return !same;
 }
+
+/** Moves what the list entry ``item`` holds into one button inside it (a
+ * list of buttons, as screen readers expect) marked current when chosen. */
+export function asListButton(item, testId, current) {
+  const button = make("button", "peer-button");
+  button.type = "button";
+  button.dataset.testid = testId;
+  if (current) button.setAttribute("aria-current", "true");
+  button.append(...item.childNodes);
+  item.append(button);
+  return item;
+}

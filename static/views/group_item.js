@@ -4,7 +4,7 @@
 
 import { displayName, findPeer } from "../state.js";
 import { isReadingGroup, lastGroupMessage } from "../group_state.js";
-import { make } from "./dom.js";
+import { asListButton, make } from "./dom.js";
 
 export function groupItem(state, group) {
   const item = make("li", "peer group-item");
@@ -40,11 +40,5 @@ export function groupItem(state, group) {
     item.append(preview);
   }
 
-  const button = make("button", "peer-button");
-  button.type = "button";
-  button.dataset.testid = "group-button";
-  if (group.id === state.selectedGroup) button.setAttribute("aria-current", "true");
-  button.append(...item.childNodes);
-  item.append(button);
-  return item;
+  return asListButton(item, "group-button", group.id === state.selectedGroup);
 }

@@ -6,7 +6,7 @@
 // an offline one with when it was last seen; the filter box narrows the list.
 // "Chat with id" adds the id as a contact (the server says whether it exists).
 
-import { byTestId, changed, connectionText, make } from "./dom.js";
+import { asListButton, byTestId, changed, connectionText, make } from "./dom.js";
 import { filteredPeers, isReading } from "../state.js";
 import { filteredGroups, groupActivity } from "../group_state.js";
 import { groupItem } from "./group_item.js";
@@ -186,14 +186,7 @@ function peerItem(state, peer) {
     error.dataset.testid = "peer-error";
     item.append(error);
   }
-  // One button holds the entry: a list of buttons, as screen readers expect.
-  const button = make("button", "peer-button");
-  button.type = "button";
-  button.dataset.testid = "peer-button";
-  if (peer.id === state.selected) button.setAttribute("aria-current", "true");
-  button.append(...item.childNodes);
-  item.append(button);
-  return item;
+  return asListButton(item, "peer-button", peer.id === state.selected);
 }
 
 /** "5 min ago", "3 h ago", else the date: when an offline peer was last seen. */
