@@ -59,8 +59,11 @@ class Directory:
         return len(self._by_id)
 
     def local_count(self) -> int:
-        """Peers registered here (not mirrors of other instances'): a walk, for metrics scrapes."""
-        return sum(1 for record in self._by_id.values() if not record.home)
+        """Peers registered here (not mirrors of other instances'), without a
+        walk (metrics scrape it): every keyed peer of ours is counted under its
+        host, and legacy peers are never mirrors (known by address, they are
+        their instance's alone)."""
+        return len(self._counted_host) + len(self._legacy_ids)
 
     def __contains__(self, peer_id: object) -> bool:
         return peer_id in self._by_id
