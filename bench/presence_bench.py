@@ -719,7 +719,7 @@ async def run_size(run: Run, seconds: float) -> None:
             peers_seen: list[int] = []
             server_lag: list[float] = []
             while time.monotonic() - t0 < seconds:
-                server_lag.append(await metric(http, metrics_url, "peerlink_event_loop_lag_seconds"))
+                server_lag.append(await metric(http, metrics_url, "peerlink_event_loop_lag_last_seconds"))
                 run0, wait0 = sched_run_wait(peer.pid)
                 started = time.perf_counter()
                 peers = await api("GET", "/api/peers")

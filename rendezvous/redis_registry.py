@@ -63,7 +63,8 @@ WARNING line and the first success after it one INFO line.  Ids this
 instance has seen are cached, so known peers can register again while Redis
 is away (only then: a key's id changes when it is released after long unseen,
 so ``assign_id`` asks Redis whenever it can).  The pub/sub listener reconnects with
-backoff and reloads the online records when it is back.
+backoff and reloads the online records when it is back, and also when
+redis-py reconnected it quietly (Redis confirms a subscription again).
 """
 
 from __future__ import annotations
@@ -724,16 +725,33 @@ class RedisRegistry:
         presence = self._key("presence").encode()
         delay = LISTEN_BACKOFF[0]
         resync = False
+        # Channels whose subscription Redis confirmed since the last (re)load.
+        # redis-py reconnects a dropped connection and subscribes again by
+        # itself, raising nothing: a channel confirmed twice is that, and
+        # what was published in between is lost, so it reloads too.
+        confirmed: set[bytes] = set()
         while True:
             try:
                 if resync:
                     # Messages published while we were away are lost: reload.
+                    confirmed.clear()
                     await pubsub.subscribe(self._key("presence"), self._key("instance", self._instance))
                     on_records(await self.load_online(time.time()))
                     resync = False
                     delay = LISTEN_BACKOFF[0]
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
                 if message is None:
+                    continue
+                if message["type"] == "subscribe":
+                    channel = bytes(message["channel"])
+                    if channel in confirmed:
+                        logger.info("Redis pub/sub reconnected: reloading the online records")
+                        confirmed = {channel}
+                        on_records(await self.load_online(time.time()))
+                    else:
+                        confirmed.add(channel)
+                    continue
+                if message["type"] != "message":
                     continue
                 data = message["data"]
                 if message["channel"] == presence:
