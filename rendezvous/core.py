@@ -129,6 +129,8 @@ class _InProgress:
 
 
 IN_PROGRESS = _InProgress()
+# Wheel entries one handle_timer looks at for expired peers, at most.
+EXPIRE_BATCH = 1000
 
 
 def _reply_counter(reply: Message) -> str:
@@ -329,7 +331,8 @@ class ServerCore:
         for _, (watcher, _) in notifications.timed_out:
             self.stats["presence_timed_out"] += 1
             self._subscriptions.done(watcher, delivered=False)
-        for record in self.directory.expire(now):
+        # A batch per timer: the adapter's timer comes straight back while more are due.
+        for record in self.directory.expire(now, EXPIRE_BATCH):
             if record.home:
                 continue  # a mirror: its home reports it
             self.stats["peers_expired"] += 1
