@@ -6,14 +6,20 @@ pure parts with literal times, and the engines on tests/unit/peer_net.py."""
 from __future__ import annotations
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from peer_net import SERVER, SERVER6, PeerNet
 from test_engine import registered_pair
 
 from rendezvous.client_protocol import PeerInfo
+from rendezvous.core import ServerConfig, ServerCore
 from rendezvous.stun import Attr, Candidate, CandidateKind, Message, MessageClass, Method, decode, encode
+from rendezvous.tokens import Tokens
 from webpeer.dual_stack import OtherFamilyProbe, other_family_server, probeable
+from webpeer.identity import Identity
 from webpeer.pathfinder import likeliest, usable_candidates
 from webpeer.punch import TIMEOUT as CHECKS_TIMEOUT
+from webpeer.punch import PunchSession, PunchState
+from webpeer.registration import RegistrationMachine, RegState
 
 OBSERVED, LOCAL = CandidateKind.OBSERVED, CandidateKind.LOCAL
 MINE_V4 = ("198.51.100.1", 40000)
@@ -76,6 +82,24 @@ def test_a_peer_with_ipv6_probes_the_other_peers_ipv6_address_first() -> None:
         ("198.51.100.2", 40001),
     ]
     assert likeliest(peer, MINE_V4, (("10.0.1.2", 5000), MINE_V6)) == ("2001:db8:2::2", 5000)
+
+
+def test_checks_probe_ipv6_first_and_ipv4_one_pace_later_and_the_first_answer_wins() -> None:
+    # RFC 8305's preference without its fixed wait: the IPv4 candidate's probe
+    # goes 20 ms (punch.PACE) after the IPv6 one, and whichever answers first
+    # is the path; here IPv4 answers first and wins.
+    peer = info((OBSERVED, ("198.51.100.2", 40001)), (LOCAL, ("2001:db8:2::2", 5000)))
+    session = PunchSession(1, 7, b"k" * 16, usable_candidates(peer, (MINE_V6,), MINE_V4), 100.0)
+    first = session.datagrams_to_send()
+    session.handle_timer(100.02)
+    second = session.datagrams_to_send()
+    assert [to for _, to in first] == [("2001:db8:2::2", 5000)]
+    assert [to for _, to in second] == [("198.51.100.2", 40001)]
+    request = decode(second[0][0])
+    answer = Message(Method.BINDING, MessageClass.SUCCESS, request.transaction_id)
+    answer.add(Attr.XOR_MAPPED_ADDRESS, MINE_V4)
+    session.receive(decode(encode(answer, integrity_key=b"k" * 16)), ("198.51.100.2", 40001), 100.05)
+    assert session.state is PunchState.SUCCEEDED and session.chosen == ("198.51.100.2", 40001)
 
 
 def test_a_peer_without_ipv6_keeps_to_ipv4() -> None:
@@ -196,3 +220,31 @@ def test_ipv6_on_one_side_only_still_goes_over_ipv4(net: PeerNet) -> None:
     net.run_until(lambda: (alice.connection(bob) or {}).get("state") == "direct", CHECKS_TIMEOUT)
     assert alice.connection(bob) == {"state": "direct", "address": "198.51.100.2:40000", "family": "IPv4"}
     assert [m["text"] for m in bob.store.conversation(alice.peer_id)] == ["over IPv4"]
+
+
+def test_an_answer_before_the_challenge_rides_in_the_signed_register_with_no_extra_round_trip() -> None:
+    core = ServerCore(ServerConfig(), Tokens(b"k" * 32))
+    machine = RegistrationMachine(Identity(Ed25519PrivateKey.generate()), servers=(SERVER, SERVER6))
+    v4, v6 = ("198.51.100.1", 40000), ("2001:db8:1::2", 5000)
+    machine.start(100.0)
+    (first,) = machine.datagrams_to_send()
+    ((binding, to),) = machine.probes_to_send()
+    assert to == SERVER6
+    core.receive_datagram(binding, v6, 100.0)  # the Binding's answer comes first
+    ((answer, _),) = core.datagrams_to_send()
+    machine.receive_from_other_server(decode(answer), SERVER6, 100.01)
+    core.receive_datagram(first, v4, 100.0)
+    ((challenge, _),) = core.datagrams_to_send()
+    machine.receive(decode(challenge), 100.01)
+    (signed,) = machine.datagrams_to_send()
+    assert [c.address for c in decode(signed).get_all(Attr.CANDIDATE)] == [v6]
+    core.receive_datagram(signed, v4, 100.01)
+    for pending in core.pending_registrations():
+        core.complete_registration(pending, 1, None, 100.01)
+    (success, _), *_ = core.datagrams_to_send()
+    machine.receive(decode(success), 100.02)
+    assert machine.state is RegState.REGISTERED and machine.registered_local == (v6,)
+    registers = [d for d in machine.datagrams_to_send() if decode(d).method == Method.REGISTER]
+    assert registers == []  # nothing to register again
+    record = core.directory.get(1)
+    assert record is not None and record.local == (v6,) and record.observed == v4
