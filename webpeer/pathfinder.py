@@ -338,6 +338,9 @@ class PathFinder:
                 guess = likeliest(info, self.context.observed, self.context.local)
                 self.context.open_link(session, Direct(guess), now)
                 self.stats["quic_opened_early"] += 1
+                punch = self._punches.get(session.peer_id)
+                if punch is not None and session.connecting_since is not None:
+                    punch.initial_at, punch.connect_rtt = now, now - session.connecting_since
         if self._relayed_link(session.peer_id) is None:
             self.context.open_link(session, Relayed(session.peer_id), now)
             self.stats["relay_opened_early"] += 1
@@ -348,6 +351,7 @@ class PathFinder:
         for peer_id, punch in list(self._punches.items()):
             if punch.state is PunchState.PROBING:
                 opened |= self._follow_reflexive(peer_id, punch, now)
+                self._nudge_initial(peer_id, punch, now)
                 continue
             if now >= punch.started + punch.timeout + PUNCH_LINGER:
                 # Long over: stop answering the other side's late probes too.
@@ -389,6 +393,27 @@ class PathFinder:
                     self.context.open_link(session, Relayed(peer_id), now, replace=True)
                     session.upgrade_at = now + UPGRADE_INTERVAL
         return opened
+
+    def _nudge_initial(self, peer_id: int, punch: PunchSession, now: float) -> None:
+        """The other side's first check just came from where our early QUIC
+        Initial went, which has had no answer.  Both sides start at the same
+        moment (the server's answer and introduction), so the Initial reaches
+        the other's NAT or firewall half a round trip before its checks leave
+        and open it, unless the other side was late: if its check comes more
+        than a round trip (our CONNECT's) after the Initial left, the Initial
+        arrived before the opening and was dropped.  Then send it again at
+        once, rather than a round trip later when our own check of that
+        address is answered (a loaded host loses that race often).  Decided
+        once, on the first check; a needless duplicate would be harmless
+        (QUIC drops a packet number it has seen), but costs a first flight."""
+        if not punch.connect or punch.initial_nudged or punch.initial_at is None or punch.connect_rtt is None:
+            return
+        link = self._direct_link(peer_id)
+        if link is None or link.heard_back or link.address is None or not punch.heard_from(link.address):
+            return
+        punch.initial_nudged = True
+        if now - punch.initial_at > punch.connect_rtt and link.resend_first_flight():
+            self.stats["initial_resent_on_check"] += 1
 
     def _follow_reflexive(self, peer_id: int, punch: PunchSession, now: float) -> bool:
         """The other side's checks come from an address it was not introduced

@@ -198,6 +198,10 @@ def test_two_symmetric_nats_with_ipv6_on_both_sides_go_direct_over_ipv6(net: Pee
     assert [m["text"] for m in bob.store.conversation(alice.peer_id)] == ["over IPv6"]
     # The IPv4 checks could not meet (two symmetric NATs): IPv6 is what worked.
     assert not alice.engine.session(bob.peer_id).direct_failed
+    # The early Initial went to the path that works: never moved, and bob's
+    # checks left in time for it (no loss here): not sent again on them.
+    assert alice.engine.stats["early_link_replaced"] == 0
+    assert alice.engine.stats["initial_resent_on_check"] == 0
 
 
 def test_the_same_pair_without_ipv6_stays_relayed(net: PeerNet) -> None:
@@ -248,3 +252,29 @@ def test_an_answer_before_the_challenge_rides_in_the_signed_register_with_no_ext
     assert registers == []  # nothing to register again
     record = core.directory.get(1)
     assert record is not None and record.local == (v6,) and record.observed == v4
+
+
+def test_the_early_initial_goes_again_as_soon_as_the_other_sides_check_arrives(net: PeerNet) -> None:
+    # Bob's introduction is lost once (the server sends it again 0.5 s
+    # later), so his firewall drops alice's early Initial and her first
+    # checks: the race a loaded host loses.  When his first check reaches
+    # her, the Initial goes again at once, before her own checks of his
+    # address are answered.
+    alice, bob = registered_pair(net, "symmetric", "symmetric", v6=True)
+    lost: list[bool] = []
+
+    def lose_first_introduction(data: bytes, source: tuple[str, int], destination: tuple[str, int]) -> bool:
+        if not lost and source == SERVER and destination[0] == bob.nat.public_ip and data[:2] == b"\x20\x06":
+            lost.append(True)
+            return True
+        return False
+
+    net.lose = lose_first_introduction
+    alice.send(bob, "hello")
+    bob_v6 = f"[{bob.v6}]:5000"
+    net.run_until(lambda: alice.engine.stats["initial_resent_on_check"] == 1, 2)
+    assert lost == [True]
+    assert not alice.engine.pathfinder._checks_succeeded(bob.peer_id)  # the nudge came first
+    net.run_until(lambda: (alice.connection(bob) or {}).get("address") == bob_v6, 1)
+    net.run_until(lambda: (alice.connection(bob) or {}).get("state") == "direct", 1)
+    assert alice.engine.stats["early_link_replaced"] == 0  # the first guess was the path
