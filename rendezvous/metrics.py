@@ -252,8 +252,16 @@ class ServerMetrics:
         self._core = core
         self._samples: deque[tuple[float, dict[str, int]]] = deque()
         self.registry.register(ServerCollector(core, self.rates))
-        self.redis = RedisMetrics(self.registry)
+        self._redis: RedisMetrics | None = None
         self.loop_lag = LoopLagMonitor(self.registry)
+
+    @property
+    def redis(self) -> RedisMetrics:
+        """The Redis families, made on first use: a server on SQLite exports
+        none (``redis_connected 0`` would say Redis is down)."""
+        if self._redis is None:
+            self._redis = RedisMetrics(self.registry)
+        return self._redis
 
     def sample(self, now: float) -> None:
         """Note the request counters at ``now`` (every :data:`SAMPLE_EVERY` s) for the rates."""
