@@ -262,6 +262,8 @@ async def serve(args: argparse.Namespace) -> None:
         id_retention=retention,
         mailbox=None if args.no_mailbox else mailbox,
     )
+    if metrics is not None:
+        server.save_observer = metrics.metrics.registry_writes(server.owed_count)
     await server.start()
     if metrics is not None:
         try:

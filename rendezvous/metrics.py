@@ -32,6 +32,9 @@ Families (all prefixed ``peerlink_``):
 - ``redis_connected`` (gauge): 1 while the last Redis call succeeded
 - ``event_loop_lag_seconds`` (histogram) and ``event_loop_lag_last_seconds``
   (gauge): how late a timer set every :data:`LAG_EVERY` seconds ran
+- ``registry_save_seconds`` (histogram), ``registry_saved_records_total``
+  (counter), ``registry_owed_records`` (gauge): the write-behind's saves,
+  and the changed records still to write
 """
 
 from __future__ import annotations
@@ -252,8 +255,39 @@ class ServerMetrics:
         self._core = core
         self._samples: deque[tuple[float, dict[str, int]]] = deque()
         self.registry.register(ServerCollector(core, self.rates))
-        self.redis = RedisMetrics(self.registry)
+        self._redis: RedisMetrics | None = None
         self.loop_lag = LoopLagMonitor(self.registry)
+
+    def registry_writes(self, owed: Callable[[], int]) -> Callable[[float, int], None]:
+        """Families for the server's write-behind: each save call's duration
+        and the records still to write (``owed()``, read at each scrape);
+        returns what the server calls after each save."""
+        duration = Histogram(
+            PREFIX + "registry_save_seconds",
+            "write-behind: how long each registry save call took (a chunk of changed records)",
+            buckets=REDIS_BUCKETS,
+            registry=self.registry,
+        )
+        records = Counter(PREFIX + "registry_saved_records", "records the write-behind saved", registry=self.registry)
+        Gauge(
+            PREFIX + "registry_owed_records",
+            "changed records not yet written to the registry (they pile up while it fails)",
+            registry=self.registry,
+        ).set_function(lambda: float(owed()))
+
+        def saved(seconds: float, count: int) -> None:
+            duration.observe(seconds)
+            records.inc(count)
+
+        return saved
+
+    @property
+    def redis(self) -> RedisMetrics:
+        """The Redis families, made on first use: a server on SQLite exports
+        none (``redis_connected 0`` would say Redis is down)."""
+        if self._redis is None:
+            self._redis = RedisMetrics(self.registry)
+        return self._redis
 
     def sample(self, now: float) -> None:
         """Note the request counters at ``now`` (every :data:`SAMPLE_EVERY` s) for the rates."""

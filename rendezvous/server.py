@@ -117,6 +117,8 @@ class RendezvousServer:
         # Records the registry has not taken yet (it failed): written first next time.
         self._owed: dict[int, PeerRecord] = {}
         self._registry_failing = False
+        # Told how long each write-behind save took and of how many records (metrics).
+        self.save_observer: Callable[[float, int], None] | None = None
         self._flush_soon = asyncio.Event()
         self._closing = False
 
@@ -420,6 +422,12 @@ class RendezvousServer:
                 self.core.stats["ids_released"] += released
         return released
 
+    def owed_count(self) -> int:
+        """Changed records the registry has not taken yet: waiting for the
+        next flush, or owed since a failed one (they pile up while it fails)."""
+        dirty = self.core.directory.dirty_count() if self.core is not None else 0
+        return dirty + len(self._owed)
+
     async def flush_registry(self) -> bool:
         """Write the changed records, and any a failed write left owed.
         False if the registry failed (they stay owed)."""
@@ -435,7 +443,11 @@ class RendezvousServer:
             while saved < len(records):
                 if saved:
                     await asyncio.sleep(0)  # datagrams waiting are served between chunks
-                await self.registry.save(records[saved : saved + SAVE_CHUNK])
+                chunk = records[saved : saved + SAVE_CHUNK]
+                started = time.perf_counter()
+                await self.registry.save(chunk)
+                if self.save_observer is not None:
+                    self.save_observer(time.perf_counter() - started, len(chunk))
                 saved += SAVE_CHUNK
         except Exception as error:
             for record in records[saved:]:

@@ -50,6 +50,7 @@ async def test_a_scrape_shows_registrations_peers_relay_and_drops(tmp_path: Path
     server = RendezvousServer(ServerConfig(), SqliteRegistry(tmp_path / "r.sqlite3"), "127.0.0.1", 0)
     await server.start()
     metrics = MetricsEndpoint(lambda: server.core, "127.0.0.1", 0)
+    server.save_observer = metrics.metrics.registry_writes(server.owed_count)
     await metrics.start()
     clients = [await RendezvousClient(server.address).open() for _ in range(2)]
     try:
@@ -73,6 +74,12 @@ async def test_a_scrape_shows_registrations_peers_relay_and_drops(tmp_path: Path
         assert got['peerlink_drops_total{reason="SEND to unknown peer"}'] == 1
         # At least the challenge and the signed one each (a retransmission under load adds one).
         assert got['peerlink_requests_total{method="register"}'] >= 4
+        # The write-behind: both new peers written, and nothing owed after it.
+        assert await server.flush_registry()
+        got = samples((await scrape(f"http://127.0.0.1:{metrics.port}/metrics"))[1])
+        assert got["peerlink_registry_saved_records_total"] >= 2
+        assert got["peerlink_registry_save_seconds_count"] >= 1
+        assert got["peerlink_registry_owed_records"] == 0
     finally:
         for client in clients:
             client.close()

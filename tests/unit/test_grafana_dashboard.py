@@ -34,6 +34,7 @@ def exported() -> dict[str, set[str]]:
     metrics = ServerMetrics(lambda: h.core)
     metrics.redis.command("save", 0.001)
     metrics.redis.failed("save", ConnectionError("gone"))
+    metrics.registry_writes(lambda: 0)(0.004, 250)
     h.core.stats["dropped: not STUN"] += 1
     out: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(metrics.render().decode()):

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_core import ALICE, BOB, CAROL, T0, Harness, binding, key
 
 from rendezvous.directory import Directory
-from rendezvous.metrics import LoopLagMonitor, RedisMetrics, replies, server_families
+from rendezvous.metrics import LoopLagMonitor, RedisMetrics, ServerMetrics, replies, server_families
 from rendezvous.registry import PeerRecord, legacy_identity
 from rendezvous.stun import Attr, Message, MessageClass, Method, encode
 
@@ -178,3 +178,11 @@ async def test_the_loop_lag_monitor_sees_a_stall() -> None:
     assert below is not None and total is not None and below < total
     last = registry.get_sample_value("peerlink_event_loop_lag_last_seconds")
     assert last is not None and math.isfinite(last) and last >= 0
+
+
+def test_a_server_without_redis_exports_no_redis_family() -> None:
+    h = Harness()
+    metrics = ServerMetrics(lambda: h.core)
+    assert "peerlink_redis" not in metrics.render().decode()
+    metrics.redis.connected(True)
+    assert "peerlink_redis_connected 1.0" in metrics.render().decode().splitlines()
