@@ -270,9 +270,9 @@ def start_rendezvous(lab: Lab, tmp_path: Path) -> str:
     return f"{primary}:3478"
 
 
-def start_port_mapping(lab: Lab, tmp_path: Path, server: str) -> None:
+def start_port_mapping(lab: Lab, tmp_path: Path, server: str, *, upnp: bool = False) -> None:
     """miniupnpd on every site router, once the rendezvous (its STUN server,
-    asked once at its start) listens."""
+    asked once at its start) listens; ``upnp``: speaking UPnP IGD only."""
     host, port = server.rsplit(":", 1)
     deadline = time.monotonic() + 60  # a loaded machine can take long to start Python
     while not lab.run(lab.rendezvous, [tool("ss"), "-Hlun", f"sport = :{port}"]).stdout.strip():
@@ -280,7 +280,7 @@ def start_port_mapping(lab: Lab, tmp_path: Path, server: str) -> None:
         time.sleep(0.05)
     for site in lab.sites.values():
         if site.router is not None:
-            lab.start_miniupnpd(site, tmp_path, (host, int(port)))
+            lab.start_miniupnpd(site, tmp_path, (host, int(port)), upnp=upnp)
 
 
 def start_pair(lab: Lab, tmp_path: Path, nat_a: NatType, nat_b: NatType, *, port_mapping: bool = False):
