@@ -3,12 +3,14 @@ one-way delay on the lab's internet links (so one round trip is >= 40 ms).
 
 Needs root (it builds the NAT lab of tests/netlab in network namespaces).
 
-    sudo .venv/bin/python bench/nat_bench.py [--delay-ms 20] [--second-delay-ms 50] [--rounds 3] [--port-mapped]
+    sudo .venv/bin/python bench/nat_bench.py [--delay-ms 20] [--second-delay-ms 50] [--rounds 3] [--port-mapped [pcp|upnp]]
         [--only symmetric/symmetric,port_restricted/symmetric]
 
 ``--port-mapped``: instead of every pair, the pairs that relay without help
 (symmetric against symmetric or port-restricted), with miniupnpd granting
-port mappings (PCP) on both site routers.
+port mappings on both site routers: PCP (``--port-mapped`` or
+``--port-mapped pcp``), or UPnP IGD alone (``--port-mapped upnp``: NAT-PMP
+and PCP off, so the peers fall back to it).
 
 Two times from alice's POST /api/messages (which sends CONNECT): until the
 message reaches bob (the `message` event on his page's websocket, taken in
@@ -44,11 +46,14 @@ from test_nat_traversal import PAIRS, expected_path, run_pair  # noqa: E402
 MAPPED_PAIRS = [(NatType.SYMMETRIC, NatType.SYMMETRIC), (NatType.PORT_RESTRICTED, NatType.SYMMETRIC)]
 
 
-def measure(nat_a, nat_b, delay_ms: float, rounds: int, port_mapping: bool = False) -> dict[str, object]:
+def measure(nat_a, nat_b, delay_ms: float, rounds: int, port_mapping: str = "") -> dict[str, object]:
+    """``port_mapping``: "" (none), "pcp" or "upnp"."""
     times, arrivals, paths, upgrades = [], [], set(), []
     for _ in range(rounds):
         with tempfile.TemporaryDirectory(prefix="peerlink-natbench-") as tmp:
-            result = run_pair(Path(tmp), nat_a, nat_b, delay_ms=delay_ms, port_mapping=port_mapping)
+            result = run_pair(
+                Path(tmp), nat_a, nat_b, delay_ms=delay_ms, port_mapping=bool(port_mapping), upnp=port_mapping == "upnp"
+            )
         times.append(result["first_delivery"] * 1000)
         arrivals.append(result["arrived"] * 1000)
         path = result["connection"]["state"]
@@ -58,7 +63,8 @@ def measure(nat_a, nat_b, delay_ms: float, rounds: int, port_mapping: bool = Fal
         paths.add(path)
     rtt = 2 * delay_ms
     return {
-        "pair": f"{nat_a.name.lower()} / {nat_b.name.lower()}" + (", port mapped" if port_mapping else ""),
+        "pair": f"{nat_a.name.lower()} / {nat_b.name.lower()}"
+        + (f", port mapped ({port_mapping})" if port_mapping else ""),
         "path": "/".join(sorted(paths)),
         "expected": "direct" if port_mapping else expected_path(nat_a, nat_b),
         "delay_ms": delay_ms,
@@ -79,7 +85,14 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=20.0)
     parser.add_argument("--second-delay-ms", type=float, default=50.0, help="0: skip the round-trip count")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--port-mapped", action="store_true", help="only the pairs helped by router port mapping")
+    parser.add_argument(
+        "--port-mapped",
+        nargs="?",
+        const="pcp",
+        default="",
+        choices=("pcp", "upnp"),
+        help="only the pairs helped by router port mapping, mapped with PCP (the default) or UPnP IGD",
+    )
     parser.add_argument("--only", default="", help="comma-separated pairs as the table names them, e.g. symmetric/none")
     args = parser.parse_args()
     only = {pair.strip().lower() for pair in args.only.split(",") if pair.strip()}
@@ -118,9 +131,8 @@ def main() -> None:
         )
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
-    (out / ("nat_bench_port_mapped.json" if args.port_mapped else "nat_bench.json")).write_text(
-        json.dumps(rows, indent=2)
-    )
+    name = {"": "nat_bench.json", "pcp": "nat_bench_port_mapped.json", "upnp": "nat_bench_port_mapped_upnp.json"}
+    (out / name[args.port_mapped]).write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

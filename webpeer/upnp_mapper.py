@@ -177,6 +177,7 @@ class UpnpMapper:
         self._service: UpnpService | None = None
         self._task: asyncio.Task[None] | None = None
         self._asked = lifetime  # the lease we ask for: 0 after a router said permanent only
+        self._trying_port: int | None = None  # an AddPortMapping sent, not yet known to have worked
         self._renew_at = 0.0
 
     def start(self) -> None:
@@ -189,13 +190,15 @@ class UpnpMapper:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         mapping, self.mapping = self.mapping, None
-        if mapping is not None and self._service is not None:
+        # Stopped while an AddPortMapping was on its way: the router may have
+        # made it, so it is deleted all the same.
+        port = mapping.external[1] if mapping is not None else self._trying_port
+        if port is not None and self._service is not None:
+            self._requester.requests_left = MAX_HTTP_REQUESTS
             try:
                 async with asyncio.timeout(wait):
-                    await self._call(
-                        "DeletePortMapping", NewRemoteHost="", NewExternalPort=mapping.external[1], NewProtocol="UDP"
-                    )
-                logger.info("port mapping: UPnP mapping %s:%d deleted", *mapping.external)
+                    await self._call("DeletePortMapping", NewRemoteHost="", NewExternalPort=port, NewProtocol="UDP")
+                logger.info("port mapping: UPnP mapping of external port %d deleted", port)
             except Exception as error:  # noqa: BLE001 - any failure: the lease ends it anyway
                 logger.info("port mapping: UPnP delete failed: %s", _describe(error))
         await self._requester.close()
@@ -283,16 +286,25 @@ class UpnpMapper:
     async def _add(self, external_port: int) -> None:
         """AddPortMapping (again), then read back what the router made of it."""
         assert self._service is not None
+        self._requester.requests_left = MAX_HTTP_REQUESTS  # the bound is per step, not for the mapper's life
         external_ip = external_address((await self._call("GetExternalIPAddress")).get("NewExternalIPAddress"))
+        self._trying_port = external_port
         try:
-            await self._add_once(external_port)
-        except UpnpActionError as error:
-            if error.error_code != ONLY_PERMANENT_LEASES_SUPPORTED or self._asked == 0:
-                raise
-            logger.debug("port mapping: UPnP: the router allows permanent leases only")
-            self._asked = 0
-            await self._add_once(external_port)
-        lease = granted_lease(self._asked, await self._reported_lease(external_port))
+            try:
+                await self._add_once(external_port)
+            except UpnpActionError as error:
+                if error.error_code != ONLY_PERMANENT_LEASES_SUPPORTED or self._asked == 0:
+                    raise
+                logger.debug("port mapping: UPnP: the router allows permanent leases only")
+                self._asked = 0
+                await self._add_once(external_port)
+            reported = await self._reported_lease(external_port)
+        except (UpnpActionError, UpnpRefused):
+            # Refused (the port is someone else's, or the router maps it to
+            # another host): nothing of ours to delete there.
+            self._trying_port = None
+            raise
+        lease = granted_lease(self._asked, reported)
         now = self._clock()
         mapping = Mapping("upnp", (external_ip, external_port), lease.seconds, expires_at(now, lease))
         self._renew_at = renew_at(now, lease)

@@ -131,6 +131,7 @@ class FakeIgd:
     permanent_only: bool = False  # IGD:1 routers that refuse any lease but 0 (error 725)
     location: str | None = None  # what SSDP answers (default: our description)
     huge_description: bool = False
+    hold_add: asyncio.Event | None = None  # AddPortMapping makes the mapping, then answers once this is set
     calls: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     searches: int = 0
     mappings: dict[int, dict[str, str]] = field(default_factory=dict)
@@ -164,7 +165,12 @@ class FakeIgd:
         elif action == "AddPortMapping":
             if self.permanent_only and arguments["NewLeaseDuration"] != "0":
                 return fault(725, "OnlyPermanentLeasesSupported")
-            self.mappings[int(arguments["NewExternalPort"])] = arguments
+            port = int(arguments["NewExternalPort"])
+            if port in self.mappings and self.mappings[port]["NewInternalClient"] != arguments["NewInternalClient"]:
+                return fault(718, "ConflictInMappingEntry")
+            self.mappings[port] = arguments
+            if self.hold_add is not None:
+                await self.hold_add.wait()
             out = ""
         elif action == "DeletePortMapping":
             if self.mappings.pop(int(arguments["NewExternalPort"]), None) is None:
@@ -352,3 +358,30 @@ async def test_oversized_description_is_refused(igd: FakeIgd) -> None:
     await mapper.stop(5.0)
     assert isinstance(mapper.result, PortMapUnavailable) and "body" in mapper.result.reason
     assert changes == [] and igd.calls == []
+
+
+async def test_taken_port_gets_another_and_only_ours_is_deleted(igd: FakeIgd) -> None:
+    someone_else = {"NewInternalClient": "10.9.9.9", "NewInternalPort": "40003"}
+    igd.mappings[40003] = someone_else
+    changes: list[Mapping | None] = []
+    mapper = upnp_mapper(igd, changes, port=40003)
+    mapper.start()
+    try:
+        await wait_for(lambda: mapper.result is not None, "a result")
+    finally:
+        await mapper.stop(5.0)
+    [mapping] = changes
+    assert mapping is not None and mapping.external[1] != 40003  # error 718: another external port
+    assert igd.mappings == {40003: someone_else}  # ours deleted, the other host's left alone
+
+
+async def test_stop_while_adding_still_deletes(igd: FakeIgd) -> None:
+    igd.hold_add = asyncio.Event()
+    changes: list[Mapping | None] = []
+    mapper = upnp_mapper(igd, changes)
+    mapper.start()
+    await wait_for(lambda: 40003 in igd.mappings, "the AddPortMapping at the router")
+    await mapper.stop(5.0)  # its answer never came: the mapping may exist, so it is deleted
+    igd.hold_add.set()
+    assert changes == [] and igd.mappings == {}
+    assert [action for action, _ in igd.calls][-1] == "DeletePortMapping"

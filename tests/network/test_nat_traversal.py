@@ -120,16 +120,23 @@ class Peer:
 
 
 def run_pair(
-    tmp_path: Path, nat_a: NatType, nat_b: NatType, delay_ms: float = 0.0, *, port_mapping: bool = False
+    tmp_path: Path,
+    nat_a: NatType,
+    nat_b: NatType,
+    delay_ms: float = 0.0,
+    *,
+    port_mapping: bool = False,
+    upnp: bool = False,
 ) -> dict[str, object]:
     """Both peers up and seeing each other, then the time from alice's POST
     (which starts CONNECT, the checks, QUIC and authentication) to her first
     message being delivered, and a reply the other way.  ``port_mapping``:
-    the routers run miniupnpd, and both peers have their mapping first."""
+    the routers run miniupnpd (``upnp``: speaking UPnP IGD only), and both
+    peers have their mapping first."""
     with Lab() as lab:
         if delay_ms:
             lab.set_link(delay_ms=delay_ms)
-        alice, bob, id_a, id_b = start_pair(lab, tmp_path, nat_a, nat_b, port_mapping=port_mapping)
+        alice, bob, id_a, id_b = start_pair(lab, tmp_path, nat_a, nat_b, port_mapping=port_mapping, upnp=upnp)
         # The server saw each peer at its NAT's public address.
         assert alice.api("me")["public_address"].split(":")[0] == lab.sites["a"].public_address
         assert bob.api("me")["public_address"].split(":")[0] == lab.sites["b"].public_address
@@ -283,12 +290,14 @@ def start_port_mapping(lab: Lab, tmp_path: Path, server: str, *, upnp: bool = Fa
             lab.start_miniupnpd(site, tmp_path, (host, int(port)), upnp=upnp)
 
 
-def start_pair(lab: Lab, tmp_path: Path, nat_a: NatType, nat_b: NatType, *, port_mapping: bool = False):
+def start_pair(
+    lab: Lab, tmp_path: Path, nat_a: NatType, nat_b: NatType, *, port_mapping: bool = False, upnp: bool = False
+):
     site_a = lab.site("a", nat_a)
     site_b = lab.site("b", nat_b)
     server = start_rendezvous(lab, tmp_path)
     if port_mapping:
-        start_port_mapping(lab, tmp_path, server)
+        start_port_mapping(lab, tmp_path, server, upnp=upnp)
 
     def ready(m: dict) -> bool:
         # With a mapping, registered again with it (the server has it then).

@@ -1,9 +1,9 @@
 """Router port mapping in the NAT lab: miniupnpd (NAT-PMP and PCP, or UPnP
-IGD alone) on both site routers, two webpeers behind symmetric NATs, which without a mapping
-end relayed (tests/network/test_nat_traversal.py).  Each peer gets a mapping
-from its router, the pair goes direct through a mapped port, and after a
-peer exits its mapping is gone from the router's rules.  Every process runs
-inside a lab namespace."""
+IGD alone) on both site routers, two webpeers behind symmetric NATs, which
+without a mapping end relayed (tests/network/test_nat_traversal.py).  Each
+peer gets a mapping from its router, the pair goes direct through a mapped
+port, and after a peer exits its mapping is gone from the router's rules.
+Every process runs inside a lab namespace."""
 
 from __future__ import annotations
 
