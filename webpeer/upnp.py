@@ -82,6 +82,18 @@ class UpnpRefused(ValueError):
     """What the router said is unusable (the wording says why)."""
 
 
+def check_gateway(gateway: str) -> str:
+    """The gateway as a unicast IPv4 address: the search goes to it alone,
+    never to a multicast or broadcast group (nothing may leave for other hosts)."""
+    try:
+        address = ipaddress.IPv4Address(gateway)
+    except ValueError:
+        raise UpnpRefused(f"gateway {gateway!r} is not an IPv4 address") from None
+    if address.is_multicast or address.is_unspecified or address == ipaddress.IPv4Address("255.255.255.255"):
+        raise UpnpRefused(f"gateway {gateway} is not a unicast address")
+    return str(address)
+
+
 def search_request(gateway: str, port: int = SSDP_PORT) -> bytes:
     """An M-SEARCH for an Internet Gateway Device, addressed to the gateway
     alone (UDA 1.1 1.3.2's unicast search: HOST is the gateway, no MX)."""

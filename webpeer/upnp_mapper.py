@@ -44,6 +44,7 @@ from .upnp import (
     SEARCH_TRIES,
     SSDP_PORT,
     UpnpRefused,
+    check_gateway,
     check_on_gateway,
     expires_at,
     external_address,
@@ -225,6 +226,7 @@ class UpnpMapper:
 
     async def _discover(self) -> str:
         """The description URL the gateway answers a unicast M-SEARCH with."""
+        check_gateway(self.gateway)
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:

@@ -17,7 +17,7 @@ import defusedxml.ElementTree as DET
 import pytest
 from aiohttp import web
 
-from webpeer.portmap import Mapping, PortMapUnavailable
+from webpeer.portmap import Mapping, Phase, PortMapUnavailable
 from webpeer.portmapper import PortMapper
 from webpeer.upnp import MAX_HTTP_BODY
 from webpeer.upnp_mapper import UpnpMapper
@@ -385,3 +385,23 @@ async def test_stop_while_adding_still_deletes(igd: FakeIgd) -> None:
     igd.hold_add.set()
     assert changes == [] and igd.mappings == {}
     assert [action for action, _ in igd.calls][-1] == "DeletePortMapping"
+
+
+async def test_upnp_off_means_no_search(igd: FakeIgd) -> None:
+    changes: list[Mapping | None] = []
+    mapper = PortMapper(
+        HOST,
+        HOST,
+        40004,
+        changes.append,
+        clock=time.time,
+        server_port=closed_port(),
+        ssdp_port=igd.ssdp_port,
+        upnp=False,
+    )
+    mapper.start()
+    try:
+        await wait_for(lambda: mapper.client.phase is Phase.UNAVAILABLE, "PCP and NAT-PMP unavailable")
+    finally:
+        await mapper.stop(5.0)
+    assert mapper.upnp is None and igd.searches == 0 and changes == []

@@ -12,6 +12,7 @@ from webpeer.upnp import (
     PERMANENT_RECHECK,
     Lease,
     UpnpRefused,
+    check_gateway,
     check_on_gateway,
     expires_at,
     external_address,
@@ -38,6 +39,15 @@ def test_search_is_addressed_to_the_gateway_alone() -> None:
         b"ST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\n\r\n"
     )
     assert b"239.255.255.250" not in request
+
+
+def test_the_search_goes_to_a_unicast_gateway_only() -> None:
+    assert check_gateway("192.168.1.1") == "192.168.1.1"
+    for group in ("239.255.255.250", "224.0.0.1", "255.255.255.255", "0.0.0.0"):
+        with pytest.raises(UpnpRefused, match="not a unicast address"):
+            check_gateway(group)
+    with pytest.raises(UpnpRefused, match="not an IPv4 address"):
+        check_gateway("fe80::1")
 
 
 @pytest.mark.parametrize("newline", ["\r\n", "\n"])
