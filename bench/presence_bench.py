@@ -543,6 +543,17 @@ async def metric(session: Any, url: str, name: str) -> float:
     return float("nan")
 
 
+async def lag_counts(session: Any, url: str) -> dict[str, float]:
+    """The server's loop-lag histogram: timers run (``count``), and those
+    late by more than 0.1, 0.25 and 1 s."""
+    name = "peerlink_event_loop_lag_seconds"
+    count = await metric(session, url, name + "_count")
+    out = {"count": count}
+    for le in ("0.1", "0.25", "1.0"):
+        out[le] = count - await metric(session, url, f'{name}_bucket{{le="{le}"}}')
+    return out
+
+
 async def read_json_line(stream: asyncio.StreamReader, key: str, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
@@ -707,6 +718,7 @@ async def run_size(run: Run, seconds: float) -> None:
             stop = asyncio.Event()
             toggler = asyncio.create_task(contacts.run(stop))
             online_before = await metric(http, metrics_url, "peerlink_peers_online")
+            lag_before = await lag_counts(http, metrics_url)
             crowd_before = dict(crowd_stats)
             traffic0 = relay.snapshot()
             kinds0 = {k: list(v) for k, v in relay.kinds.items()}
@@ -719,7 +731,7 @@ async def run_size(run: Run, seconds: float) -> None:
             peers_seen: list[int] = []
             server_lag: list[float] = []
             while time.monotonic() - t0 < seconds:
-                server_lag.append(await metric(http, metrics_url, "peerlink_event_loop_lag_seconds"))
+                server_lag.append(await metric(http, metrics_url, "peerlink_event_loop_lag_last_seconds"))
                 run0, wait0 = sched_run_wait(peer.pid)
                 started = time.perf_counter()
                 peers = await api("GET", "/api/peers")
@@ -738,6 +750,8 @@ async def run_size(run: Run, seconds: float) -> None:
             stop.set()
             await toggler
             online_after = await metric(http, metrics_url, "peerlink_peers_online")
+            lag_after = await lag_counts(http, metrics_url)
+            lag = {k: int(lag_after[k] - lag_before[k]) for k in lag_after}
             per_minute = 60.0 / elapsed
             up_n, up_b, down_n, down_b = (b - a for a, b in zip(traffic0, traffic1, strict=True))
             result.update(
@@ -755,6 +769,9 @@ async def run_size(run: Run, seconds: float) -> None:
                     "api_peers_webpeer_waited_ms_median": round(statistics.median(api_wait_ms), 2),
                     "api_peers_entries": max(peers_seen),
                     "server_loop_lag_ms_max": round(1000 * max(server_lag), 1),
+                    # The server's loop-lag timer (every 0.5 s) over the window: how many
+                    # times it ran, and how many of those were late by over 0.1/0.25/1 s.
+                    "server_loop_lag_samples": lag,
                     "webpeer_registered_again": relay.kinds.get("down REGISTER SUCCESS", [0])[0]
                     - kinds0.get("down REGISTER SUCCESS", [0])[0],
                     "contact_changes": contacts.changes,
@@ -809,6 +826,7 @@ ROWS = [
     ("contact changes in window", "contact_changes"),
     ("webpeer registered again in window", "webpeer_registered_again"),
     ("server event loop lag ms (max of samples)", "server_loop_lag_ms_max"),
+    ("server loop-lag timers in window: all / late > 0.1 s / > 0.25 s / > 1 s", None),
     ("server peers_online before/after", None),
     ("crowd REFRESH ok / refused / lost in window", None),
     ("server RSS MiB with the crowd online", "server_rss_loaded_mib"),
@@ -824,6 +842,9 @@ def cell(result: dict[str, Any], label: str, key: str | None) -> str:
     if key is not None:
         value = result.get(key, "")
         return f"{value:,}" if isinstance(value, int | float) else str(value)
+    if label.startswith("server loop-lag timers"):
+        lag = result.get("server_loop_lag_samples", {})
+        return " / ".join(f"{lag.get(k, 0):,}" for k in ("count", "0.1", "0.25", "1.0"))
     if label.startswith("server peers_online"):
         return f"{result['server_online_before']:,} / {result['server_online_after']:,}"
     if label.startswith("crowd REFRESH"):

@@ -230,10 +230,19 @@ async def serve(args: argparse.Namespace) -> None:
         instance = f"{socket.gethostname()}:{args.port}/w{worker_index}"
     registry: Registry
     presence: Presence | None = None
+    metrics = None
+    if args.metrics:
+        from .metrics import MetricsEndpoint
+
+        host, port = args.metrics
+        # Each worker on a port of its own (README, "Metrics"): PORT, PORT+1...
+        metrics = MetricsEndpoint(lambda: server.core, host, port + (worker_index or 0))
     if args.registry:
         from .redis_registry import RedisRegistry
 
         redis = RedisRegistry(args.registry, max_ids=args.max_ids)
+        if metrics is not None:
+            redis.observer = metrics.metrics.redis
         registry = presence = redis
         mailbox: Mailbox = redis.mailbox()
     else:
@@ -254,12 +263,7 @@ async def serve(args: argparse.Namespace) -> None:
         mailbox=None if args.no_mailbox else mailbox,
     )
     await server.start()
-    metrics = None
-    if args.metrics:
-        from .metrics import MetricsEndpoint
-
-        host, port = args.metrics
-        metrics = MetricsEndpoint(lambda: server.core, host, port + (worker_index or 0))
+    if metrics is not None:
         try:
             await metrics.start()
         except OSError:

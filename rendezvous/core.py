@@ -129,6 +129,22 @@ class _InProgress:
 
 
 IN_PROGRESS = _InProgress()
+# Wheel entries one handle_timer looks at for expired peers, at most.
+EXPIRE_BATCH = 1000
+
+
+def _reply_counter(reply: Message) -> str:
+    """The stats key a reply sent by the generic path counts under:
+    ``replied: METHOD RESULT``, RESULT ``success`` or the error code
+    (rendezvous/metrics.py makes the replies family of them)."""
+    try:
+        method = Method(reply.method).name.lower()
+    except ValueError:
+        method = f"0x{reply.method:03x}"
+    if reply.message_class == MessageClass.SUCCESS:
+        return f"replied: {method} success"
+    error = reply.get(Attr.ERROR_CODE)
+    return f"replied: {method} {error.code if isinstance(error, ErrorValue) else 'error'}"
 
 
 @dataclass
@@ -315,7 +331,8 @@ class ServerCore:
         for _, (watcher, _) in notifications.timed_out:
             self.stats["presence_timed_out"] += 1
             self._subscriptions.done(watcher, delivered=False)
-        for record in self.directory.expire(now):
+        # A batch per timer: the adapter's timer comes straight back while more are due.
+        for record in self.directory.expire(now, EXPIRE_BATCH):
             if record.home:
                 continue  # a mirror: its home reports it
             self.stats["peers_expired"] += 1
@@ -478,6 +495,7 @@ class ServerCore:
                 return
         if cache_until is not None:
             self._remember(address, reply.transaction_id, data, cache_until)
+        self.stats[_reply_counter(reply)] += 1
         (self._outbox_other if from_other else self._outbox).append((data, address))
 
     def _remember(self, address: Address, transaction_id: bytes, data: bytes | _InProgress, until: float) -> None:
@@ -503,6 +521,8 @@ class ServerCore:
         a second socket: OTHER-ADDRESS says where it is, CHANGE-REQUEST asks for
         the answer to come from there (so the client learns its NAT's filtering)."""
         self.stats["binding"] += 1
+        # Binding requests not counted here took the fast path (one success reply each: metrics.replies).
+        self.stats["binding_generic"] += 1
         reply = self._success(message).add(Attr.XOR_MAPPED_ADDRESS, address)
         change = message.get(Attr.CHANGE_REQUEST, 0) & 0x6
         other = self.config.other_address
@@ -762,6 +782,7 @@ class ServerCore:
 
     def _refresh(self, message: Message, address: Address, now: float, length: int) -> Message:
         self.stats["refresh"] += 1
+        self.stats["refresh_generic"] += 1  # as binding_generic
         peer = self._authorise(message, address, now, limited=False)
         if isinstance(peer, Message):
             return peer

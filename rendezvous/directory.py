@@ -59,8 +59,11 @@ class Directory:
         return len(self._by_id)
 
     def local_count(self) -> int:
-        """Peers registered here (not mirrors of other instances'): a walk, for metrics scrapes."""
-        return sum(1 for record in self._by_id.values() if not record.home)
+        """Peers registered here (not mirrors of other instances'), without a
+        walk (metrics scrape it): every keyed peer of ours is counted under its
+        host, and legacy peers are never mirrors (known by address, they are
+        their instance's alone)."""
+        return len(self._counted_host) + len(self._legacy_ids)
 
     def __contains__(self, peer_id: object) -> bool:
         return peer_id in self._by_id
@@ -177,18 +180,34 @@ class Directory:
             return None
         return (self._slots[0] + 1) / SLOTS_PER_SECOND
 
-    def expire(self, now: float) -> list[PeerRecord]:
+    def expire(self, now: float, limit: int | None = None) -> list[PeerRecord]:
         """Remove and return the peers whose TTL ran out, bucket by bucket:
-        a slot is handled once all of it has passed."""
+        a slot is handled once all of it has passed.  With ``limit``, at most
+        that many wheel entries are looked at (the rest wait for the next
+        call, :meth:`next_expiry` still due): thousands of peers that
+        registered together expire together, and one call must not hold the
+        server's loop for all of them."""
         gone = []
+        budget = limit
         while self._slots and (self._slots[0] + 1) / SLOTS_PER_SECOND <= now:
-            slot = heapq.heappop(self._slots)
-            for peer_id in self._buckets.pop(slot):
+            slot = self._slots[0]
+            bucket = self._buckets[slot]
+            taken = len(bucket) if budget is None else min(budget, len(bucket))
+            for peer_id in bucket[:taken]:
                 record = self._by_id.get(peer_id)
                 # Skip stale entries: refreshed into a later second, or gone.
                 if record is not None and _slot(record.expires_at) == slot:
                     self.remove(peer_id, now)
                     gone.append(record)
+            if taken < len(bucket):
+                self._buckets[slot] = bucket[taken:]
+                return gone
+            heapq.heappop(self._slots)
+            del self._buckets[slot]
+            if budget is not None:
+                budget -= taken
+                if budget <= 0:
+                    break
         return gone
 
     def page(self, after_id: int, limit: int, *, legacy: bool = False) -> Iterator[PeerRecord]:

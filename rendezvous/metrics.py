@@ -1,15 +1,22 @@
-"""``rendezvous --metrics HOST:PORT``: the server's counters in the Prometheus
-text format (version 0.0.4) at ``http://HOST:PORT/metrics``.
+"""``rendezvous --metrics HOST:PORT``: the server's metrics in the Prometheus
+text format at ``http://HOST:PORT/metrics``, through prometheus_client.
 
-Everything comes from the core's ``stats`` counter (which the core keeps
-anyway) and its directory, read when scraped; the one thing sampled is the
-request rate by method over the last :data:`RATE_WINDOW` seconds, and the
-event loop's lag, by a once-a-second timer.  :func:`render` is pure, so its
-output is tested byte for byte; :class:`MetricsEndpoint` is the aiohttp site.
+Most families come from the core's ``stats`` counter, which the core keeps
+anyway: :class:`ServerCollector` turns it into families when scraped, so a
+request costs the hot path nothing more.  What the core cannot count is
+measured here and observed into prometheus_client's own metrics, all on one
+:class:`~prometheus_client.CollectorRegistry` per server (never the global
+default one): Redis command latency and errors (:class:`RedisMetrics`, which
+the Redis registry reports to) and the event loop's lag
+(:class:`LoopLagMonitor`).
 
 Families (all prefixed ``peerlink_``):
 
-- ``requests_total{method}`` (counter), ``requests_per_second{method}`` (gauge)
+- ``requests_total{method}`` (counter), ``requests_per_second{method}`` (gauge,
+  over the last :data:`RATE_WINDOW` seconds)
+- ``replies_total{method,result}`` (counter): replies sent; ``result`` is
+  ``success`` or the error code (``401``, ``429``...)
+- ``error_replies_total{code}`` (counter): error replies, by code
 - ``registrations_total`` (counter): REGISTERs that got an id
 - ``peers_online`` (gauge): peers registered with this instance;
   ``peers_listed`` (gauge): those plus the other instances' (mirrors)
@@ -17,108 +24,254 @@ Families (all prefixed ``peerlink_``):
   ``relay_forwarded_total`` of them to another instance;
   ``relay_from_instances_total``: DATA other instances handed us to send on
 - ``drops_total{reason}`` (counter): datagrams dropped, by reason
-- ``error_replies_total{code}`` (counter): error responses, by code
-- ``event_loop_lag_seconds`` (gauge)
 - ``server_events_total{name}`` (counter): every other counter of the core
+- ``redis_command_duration_seconds{op}`` (histogram): each Redis round trip
+  (a command, script call or pipeline), by what it was for
+- ``redis_errors_total{op,kind}`` (counter): failed Redis calls, by what they
+  were for and the exception's class
+- ``redis_connected`` (gauge): 1 while the last Redis call succeeded
+- ``event_loop_lag_seconds`` (histogram) and ``event_loop_lag_last_seconds``
+  (gauge): how late a timer set every :data:`LAG_EVERY` seconds ran
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from .core import ServerCore
 
 logger = logging.getLogger("rendezvous")
 
 PREFIX = "peerlink_"
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 METHODS = ("binding", "register", "refresh", "list", "connect", "watch")
 RATE_WINDOW = 10.0  # seconds the request rate is averaged over
-SAMPLE_EVERY = 1.0
+SAMPLE_EVERY = 1.0  # the request rate's sampling period
+LAG_EVERY = 0.5  # the loop-lag timer's period: cheap, and fine enough to see a stall
+# Redis round trips take ~0.1 ms on one host, milliseconds across hosts, and
+# up to the socket timeout (1 s) when Redis is in trouble.
+REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 # Counters with a family of their own (not repeated under server_events_total).
 _NAMED = {
-    "registered": ("registrations_total", "REGISTER requests that got an id"),
-    "relayed_packets": ("relay_packets_total", "SEND indications relayed"),
-    "relayed_bytes": ("relay_bytes_total", "payload bytes relayed"),
-    "relay_forwarded": ("relay_forwarded_total", "relayed datagrams forwarded to the peer's home instance"),
+    "registered": ("registrations", "REGISTER requests that got an id"),
+    "relayed_packets": ("relay_packets", "SEND indications relayed"),
+    "relayed_bytes": ("relay_bytes", "payload bytes relayed"),
+    "relay_forwarded": ("relay_forwarded", "relayed datagrams forwarded to the peer's home instance"),
     "relayed_from_instances": (
-        "relay_from_instances_total",
+        "relay_from_instances",
         "relayed datagrams other instances handed us to send on",
     ),
 }
+# The core's own bookkeeping for the replies family (rendezvous/core.py, _send_reply).
+_REPLY_PREFIX = "replied: "
+_GENERIC = {"binding": "binding_generic", "refresh": "refresh_generic"}
+_HIDDEN = frozenset({"dropped", *_GENERIC.values()})
 
 
-def _label(value: str) -> str:
-    """A label value as the text format wants it: backslash, quote and newline escaped."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def replies(stats: Mapping[str, int]) -> dict[tuple[str, str], int]:
+    """Replies sent, by (method, result), from the core's counters.
+
+    The generic path counts each reply it sends (``replied: METHOD RESULT``);
+    the fast paths for Binding and REFRESH count nothing more than the request
+    (``binding``, ``refresh``) and always answer with success, so their
+    replies are the requests that did not take the generic path."""
+    out: dict[tuple[str, str], int] = {}
+    for key, value in stats.items():
+        if key.startswith(_REPLY_PREFIX):
+            method, _, result = key.removeprefix(_REPLY_PREFIX).partition(" ")
+            out[(method, result)] = value
+    for method, generic in _GENERIC.items():
+        fast = stats.get(method, 0) - stats.get(generic, 0)
+        if fast > 0:
+            out[(method, "success")] = out.get((method, "success"), 0) + fast
+    return out
 
 
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-def render(
+def server_families(
     stats: Mapping[str, int],
     *,
     peers_online: int,
     peers_listed: int,
     rates: Mapping[str, float],
-    loop_lag: float,
-) -> str:
-    lines: list[str] = []
-
-    def family(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-        lines.append(f"# HELP {PREFIX}{name} {help_text}")
-        lines.append(f"# TYPE {PREFIX}{name} {kind}")
-        lines.extend(f"{PREFIX}{name}{labels} {_number(value)}" for labels, value in samples)
-
-    family(
-        "requests_total",
-        "counter",
-        "requests received, by method",
-        [(f'{{method="{m}"}}', stats.get(m, 0)) for m in METHODS],
-    )
-    family(
-        "requests_per_second",
-        "gauge",
+) -> list[Metric]:
+    """The core's counters as metric families (pure: tested without a server)."""
+    out: list[Metric] = []
+    requests = CounterMetricFamily(PREFIX + "requests", "requests received, by method", labels=["method"])
+    for method in METHODS:
+        requests.add_metric([method], stats.get(method, 0))
+    out.append(requests)
+    rate = GaugeMetricFamily(
+        PREFIX + "requests_per_second",
         f"requests per second over the last {int(RATE_WINDOW)} s, by method",
-        [(f'{{method="{m}"}}', round(rates.get(m, 0.0), 3)) for m in METHODS],
+        labels=["method"],
     )
+    for method in METHODS:
+        rate.add_metric([method], round(rates.get(method, 0.0), 3))
+    out.append(rate)
+    replied = CounterMetricFamily(
+        PREFIX + "replies",
+        "replies sent, by method and result (success or the error code)",
+        labels=["method", "result"],
+    )
+    for (method, result), value in sorted(replies(stats).items()):
+        replied.add_metric([method, result], value)
+    out.append(replied)
+    errors = CounterMetricFamily(PREFIX + "error_replies", "error responses sent, by code", labels=["code"])
+    for key, value in sorted(stats.items()):
+        if key.startswith("error "):
+            errors.add_metric([key.removeprefix("error ")], value)
+    out.append(errors)
     for key, (name, help_text) in _NAMED.items():
-        family(name, "counter", help_text, [("", stats.get(key, 0))])
-    family("peers_online", "gauge", "peers registered with this instance", [("", peers_online)])
-    family("peers_listed", "gauge", "peers listed here: ours and other instances'", [("", peers_listed)])
-    drops = sorted((k.removeprefix("dropped: "), v) for k, v in stats.items() if k.startswith("dropped: "))
-    family(
-        "drops_total", "counter", "datagrams dropped, by reason", [(f'{{reason="{_label(r)}"}}', v) for r, v in drops]
+        out.append(CounterMetricFamily(PREFIX + name, help_text, value=stats.get(key, 0)))
+    out.append(GaugeMetricFamily(PREFIX + "peers_online", "peers registered with this instance", value=peers_online))
+    out.append(
+        GaugeMetricFamily(PREFIX + "peers_listed", "peers listed here: ours and other instances'", value=peers_listed)
     )
-    errors = sorted((k.removeprefix("error "), v) for k, v in stats.items() if k.startswith("error "))
-    family(
-        "error_replies_total",
-        "counter",
-        "error responses sent, by code",
-        [(f'{{code="{_label(c)}"}}', v) for c, v in errors],
-    )
-    family(
-        "event_loop_lag_seconds", "gauge", "how late the once-a-second sampling timer ran", [("", round(loop_lag, 6))]
-    )
-    others = sorted(
-        (k, v)
-        for k, v in stats.items()
-        if k not in _NAMED and k not in METHODS and k != "dropped" and not k.startswith(("dropped: ", "error "))
-    )
-    family(
-        "server_events_total",
-        "counter",
-        "the server's other counters, by name",
-        [(f'{{name="{_label(k)}"}}', v) for k, v in others],
-    )
-    return "\n".join(lines) + "\n"
+    drops = CounterMetricFamily(PREFIX + "drops", "datagrams dropped, by reason", labels=["reason"])
+    for key, value in sorted(stats.items()):
+        if key.startswith("dropped: "):
+            drops.add_metric([key.removeprefix("dropped: ")], value)
+    out.append(drops)
+    others = CounterMetricFamily(PREFIX + "server_events", "the server's other counters, by name", labels=["name"])
+    for key, value in sorted(stats.items()):
+        if not (
+            key in _NAMED or key in METHODS or key in _HIDDEN or key.startswith(("dropped: ", "error ", _REPLY_PREFIX))
+        ):
+            others.add_metric([key], value)
+    out.append(others)
+    return out
+
+
+class ServerCollector(Collector):
+    """The core's families, read from it at each scrape (nothing while it starts)."""
+
+    def __init__(self, core: Callable[[], ServerCore | None], rates: Callable[[], Mapping[str, float]]) -> None:
+        self._core = core
+        self._rates = rates
+
+    def collect(self) -> Iterable[Metric]:
+        core = self._core()
+        if core is None:
+            return []
+        directory = core.directory
+        return server_families(
+            core.stats, peers_online=directory.local_count(), peers_listed=len(directory), rates=self._rates()
+        )
+
+
+class RedisMetrics:
+    """What the Redis registry reports (``observer`` of
+    :class:`rendezvous.redis_registry.RedisRegistry`): each round trip's
+    duration, each failure, and whether Redis is reachable."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._duration = Histogram(
+            PREFIX + "redis_command_duration_seconds",
+            "Redis round trips (command, script call or pipeline), by what they were for",
+            ["op"],
+            buckets=REDIS_BUCKETS,
+            registry=registry,
+        )
+        self._errors = Counter(
+            PREFIX + "redis_errors",
+            "failed Redis calls, by what they were for and the exception's class",
+            ["op", "kind"],
+            registry=registry,
+        )
+        self._connected = Gauge(
+            PREFIX + "redis_connected", "1 while Redis answers, 0 after a failed call", registry=registry
+        )
+
+    def command(self, op: str, seconds: float) -> None:
+        self._duration.labels(op).observe(seconds)
+
+    def failed(self, op: str, error: BaseException) -> None:
+        self._errors.labels(op, type(error).__name__).inc()
+
+    def connected(self, up: bool) -> None:
+        self._connected.set(1 if up else 0)
+
+
+class LoopLagMonitor:
+    """How late the event loop runs a timer: a stall (a long synchronous
+    step) shows as a lag about as long.  One ``call_later`` every
+    :data:`LAG_EVERY` seconds; nothing else."""
+
+    def __init__(self, registry: CollectorRegistry, every: float = LAG_EVERY) -> None:
+        self.every = every
+        self._lag = Histogram(
+            PREFIX + "event_loop_lag_seconds",
+            f"how late a timer set every {every} s ran",
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
+        self._last = Gauge(
+            PREFIX + "event_loop_lag_last_seconds", "how late the last loop-lag timer ran", registry=registry
+        )
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._due = loop.time() + self.every
+        self._handle = loop.call_at(self._due, self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        lag = max(0.0, now - self._due)
+        if math.isfinite(lag):
+            self._lag.observe(lag)
+            self._last.set(lag)
+        # From now, not from the due time: after a stall, one sample, not a burst.
+        self._due = now + self.every
+        self._handle = loop.call_at(self._due, self._tick)
+
+
+class ServerMetrics:
+    """Every metric of one server, on a registry of its own."""
+
+    def __init__(self, core: Callable[[], ServerCore | None]) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._core = core
+        self._samples: deque[tuple[float, dict[str, int]]] = deque()
+        self.registry.register(ServerCollector(core, self.rates))
+        self.redis = RedisMetrics(self.registry)
+        self.loop_lag = LoopLagMonitor(self.registry)
+
+    def sample(self, now: float) -> None:
+        """Note the request counters at ``now`` (every :data:`SAMPLE_EVERY` s) for the rates."""
+        core = self._core()
+        if core is None:
+            return
+        self._samples.append((now, {m: core.stats.get(m, 0) for m in METHODS}))
+        while self._samples and self._samples[0][0] < now - RATE_WINDOW:
+            self._samples.popleft()
+
+    def rates(self) -> dict[str, float]:
+        if len(self._samples) < 2:
+            return {}
+        (t0, first), (t1, last) = self._samples[0], self._samples[-1]
+        return {m: (last[m] - first[m]) / (t1 - t0) for m in METHODS} if t1 > t0 else {}
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
 
 
 class MetricsEndpoint:
@@ -126,16 +279,15 @@ class MetricsEndpoint:
 
     def __init__(self, core: Callable[[], ServerCore | None], host: str, port: int) -> None:
         self._core = core
+        self.metrics = ServerMetrics(core)
         self.host = host
         self.port = port
         self._runner: web.AppRunner | None = None
         self._sampler: asyncio.Task[None] | None = None
-        self._samples: deque[tuple[float, dict[str, int]]] = deque()
-        self._lag = 0.0
 
     async def start(self) -> None:
         app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/metrics", self._serve)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -144,9 +296,11 @@ class MetricsEndpoint:
         if sockets:
             self.port = int(sockets[0][1])
         self._sampler = asyncio.create_task(self._sample())
+        self.metrics.loop_lag.start()
         logger.info("Metrics on http://%s:%d/metrics", self.host, self.port)
 
     async def stop(self) -> None:
+        self.metrics.loop_lag.stop()
         if self._sampler is not None:
             self._sampler.cancel()
             await asyncio.gather(self._sampler, return_exceptions=True)
@@ -156,33 +310,10 @@ class MetricsEndpoint:
     async def _sample(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            before = loop.time()
             await asyncio.sleep(SAMPLE_EVERY)
-            now = loop.time()
-            self._lag = max(0.0, now - before - SAMPLE_EVERY)
-            core = self._core()
-            if core is None:
-                continue
-            self._samples.append((now, {m: core.stats.get(m, 0) for m in METHODS}))
-            while self._samples and self._samples[0][0] < now - RATE_WINDOW:
-                self._samples.popleft()
+            self.metrics.sample(loop.time())
 
-    def _rates(self) -> dict[str, float]:
-        if len(self._samples) < 2:
-            return {}
-        (t0, first), (t1, last) = self._samples[0], self._samples[-1]
-        return {m: (last[m] - first[m]) / (t1 - t0) for m in METHODS} if t1 > t0 else {}
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        core = self._core()
-        if core is None:
+    async def _serve(self, request: web.Request) -> web.Response:
+        if self._core() is None:
             return web.Response(status=503, text="starting\n")
-        directory = core.directory
-        text = render(
-            core.stats,
-            peers_online=directory.local_count(),
-            peers_listed=len(directory),
-            rates=self._rates(),
-            loop_lag=self._lag,
-        )
-        return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})

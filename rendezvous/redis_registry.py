@@ -63,19 +63,21 @@ WARNING line and the first success after it one INFO line.  Ids this
 instance has seen are cached, so known peers can register again while Redis
 is away (only then: a key's id changes when it is released after long unseen,
 so ``assign_id`` asks Redis whenever it can).  The pub/sub listener reconnects with
-backoff and reloads the online records when it is back.
+backoff and reloads the online records when it is back, and also when
+redis-py reconnected it quietly (Redis confirms a subscription again).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import os
 import time
 from collections.abc import Container, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -208,6 +210,17 @@ local out = {}
 for i = 1, #ARGV, 2 do out[#out + 1] = redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end
 return out
 """
+
+
+class RedisObserver(Protocol):
+    """What :class:`RedisRegistry` reports of its calls (the metrics'
+    :class:`rendezvous.metrics.RedisMetrics`); ``op`` names what a call was for."""
+
+    def command(self, op: str, seconds: float) -> None: ...
+
+    def failed(self, op: str, error: BaseException) -> None: ...
+
+    def connected(self, up: bool) -> None: ...
 
 
 def check_url(url: str) -> str:
@@ -356,6 +369,8 @@ class RedisRegistry:
         self._release: Any = None
         self._publish: Any = None
         self.round_trips = 0  # script calls, pipelines and commands sent (tests, metrics)
+        # Told of every call's duration and failure (rendezvous.metrics.RedisMetrics).
+        self.observer: RedisObserver | None = None
 
     @property
     def url(self) -> str:
@@ -421,6 +436,8 @@ class RedisRegistry:
         self._save = client.register_script(_SAVE)
         self._publish = client.register_script(_PUBLISH)
         self._redis = client
+        if self.observer is not None:
+            self.observer.connected(True)
 
     async def close(self) -> None:
         """Commit the ids still waiting, stop listening, disconnect.  Idempotent."""
@@ -448,10 +465,13 @@ class RedisRegistry:
             raise RegistryError(f"registry {redacted(self._url)} is not open")
         return self._redis
 
-    def _failed(self, exc: BaseException) -> RegistryError:
-        """The error to raise for a failed call, logging the outage once."""
+    def _failed(self, exc: BaseException, op: str) -> RegistryError:
+        """The error to raise for a failed call made for ``op``, logging the outage once."""
         if isinstance(exc, RegistryError):
             return exc
+        if self.observer is not None:
+            self.observer.failed(op, exc)
+            self.observer.connected(False)
         if not self._down:
             self._down = True
             logger.warning(
@@ -461,7 +481,11 @@ class RedisRegistry:
             )
         return RegistryUnavailable(f"Redis at {redacted(self._url)} unreachable: {exc}")
 
-    def _succeeded(self) -> None:
+    def _succeeded(self, op: str, seconds: float) -> None:
+        self.round_trips += 1
+        if self.observer is not None:
+            self.observer.command(op, seconds)
+            self.observer.connected(True)
         if self._down:
             self._down = False
             logger.info("Redis at %s reachable again", redacted(self._url))
@@ -500,7 +524,7 @@ class RedisRegistry:
         try:
             keys = [self._key("ids"), self._key("next_id"), self._key("seen"), self._key("free")]
             head = [self._key("peer", ""), self._max_ids or 0, repr(time.time())]
-            results = await self._batched(self._assign, keys, head, [[identity] for identity in pending])
+            results = await self._batched(self._assign, keys, head, [[identity] for identity in pending], "assign")
         except RegistryError as exc:
             error = exc
         for index, (identity, futures) in enumerate(pending.items()):
@@ -534,7 +558,7 @@ class RedisRegistry:
     async def release_unseen(self, before: float, limit: int = 1000, *, keep: Container[int] = ()) -> list[int]:
         """Release the ids of keys unseen since ``before`` (Registry contract)."""
         raw = await self._call(
-            self._client().zrangebyscore(self._key("seen"), "(0", f"({before!r}", start=0, num=2 * limit)
+            self._client().zrangebyscore(self._key("seen"), "(0", f"({before!r}", start=0, num=2 * limit), "release"
         )
         candidates = [int(i) for i in raw if int(i) not in keep][:limit]
         if not candidates:
@@ -543,7 +567,8 @@ class RedisRegistry:
             self._release(
                 keys=[self._key("seen"), self._key("ids"), self._key("free"), self._key("online")],
                 args=[repr(before), self._key("peer", ""), *candidates],
-            )
+            ),
+            "release",
         )
         if released:
             self._ids.clear()  # which identities they were is gone with them
@@ -554,7 +579,7 @@ class RedisRegistry:
         if (cached := self._cached(identity)) is not None:
             return cached
         try:
-            value = await self._call(self._client().hget(self._key("ids"), identity))
+            value = await self._call(self._client().hget(self._key("ids"), identity), "lookup")
         except RegistryUnavailable:
             if (cached := self._cached(identity, any_age=True)) is not None:
                 return cached
@@ -566,9 +591,11 @@ class RedisRegistry:
 
     def mailbox(self) -> RedisMailbox:
         """The offline mailbox, in this database (rendezvous/redis_mailbox.py has its keys)."""
-        return RedisMailbox(self._client, self._call, self._prefix)
+        return RedisMailbox(self._client, functools.partial(self._call, op="mail"), self._prefix)
 
-    async def _batched(self, script: Any, keys: list[str], head: list[Any], items: Sequence[list[Any]]) -> list[Any]:
+    async def _batched(
+        self, script: Any, keys: list[str], head: list[Any], items: Sequence[list[Any]], op: str
+    ) -> list[Any]:
         """``script`` over ``items`` (each a list of ARGV), ``BATCH`` items a
         call after the ``head`` ARGV; the results of all calls, in order.
         Sequential calls rather than a pipeline: a Cluster pipeline cannot
@@ -576,16 +603,18 @@ class RedisRegistry:
         results: list[Any] = []
         for start in range(0, len(items), BATCH):
             args = [*head, *(value for item in items[start : start + BATCH] for value in item)]
-            results += await self._call(script(keys=keys, args=args))
+            results += await self._call(script(keys=keys, args=args), op)
         return results
 
-    async def _call(self, awaitable: Any) -> Any:
+    async def _call(self, awaitable: Any, op: str) -> Any:
+        """Await one Redis call made for ``op`` (the metrics' label): its
+        failure becomes RegistryError, its duration goes to the observer."""
+        started = time.perf_counter()
         try:
             result = await awaitable
         except FAILURES as exc:
-            raise self._failed(exc) from None
-        self.round_trips += 1
-        self._succeeded()
+            raise self._failed(exc, op) from None
+        self._succeeded(op, time.perf_counter() - started)
         return result
 
     # -- state -----------------------------------------------------------
@@ -604,10 +633,11 @@ class RedisRegistry:
             for record in records
         ]
         keys = [self._key("online"), self._key("seen")]
-        written = await self._batched(self._save, keys, [self._key("peer", ""), repr(wall), self._instance], rows)
+        head = [self._key("peer", ""), repr(wall), self._instance]
+        written = await self._batched(self._save, keys, head, rows, "save")
         announced = [_homed(record, self._instance) for record, ok in zip(records, written, strict=True) if ok]
         if announced and self._instance:
-            await self._call(client.publish(self._key("presence"), encode_records(announced)))
+            await self._call(client.publish(self._key("presence"), encode_records(announced)), "publish")
 
     async def load_online(self, now: float, after_id: int = 0, limit: int | None = None) -> list[PeerRecord]:
         """Records with ``expires_at`` after ``now``, in id order, after ``after_id``."""
@@ -616,7 +646,9 @@ class RedisRegistry:
         page = 1000 if limit is None else max(1, min(limit, 1000))
         cursor = after_id
         while limit is None or len(out) < limit:
-            raw = await self._call(client.zrangebyscore(self._key("online"), f"({cursor}", "+inf", start=0, num=page))
+            raw = await self._call(
+                client.zrangebyscore(self._key("online"), f"({cursor}", "+inf", start=0, num=page), "load"
+            )
             ids = [int(i) for i in raw]
             if not ids:
                 break
@@ -630,21 +662,21 @@ class RedisRegistry:
                     if limit is not None and len(out) >= limit:
                         break
             if stale:
-                await self._call(client.zrem(self._key("online"), *stale))
+                await self._call(client.zrem(self._key("online"), *stale), "load")
             cursor = ids[-1]
         return out
 
     async def _fetch(self, ids: Sequence[int]) -> list[PeerRecord | None]:
         fields = ("identity", "state", "expires_at", "last_seen", "home")
+        started = time.perf_counter()
         try:
             async with self._client().pipeline(transaction=False) as pipe:
                 for peer_id in ids:
                     pipe.hmget(self._key("peer", peer_id), fields)
                 rows = await pipe.execute()
         except FAILURES as exc:
-            raise self._failed(exc) from None
-        self.round_trips += 1
-        self._succeeded()
+            raise self._failed(exc, "fetch") from None
+        self._succeeded("fetch", time.perf_counter() - started)
         return [self._local(_record(peer_id, row)) for peer_id, row in zip(ids, rows, strict=True)]
 
     def _local(self, record: PeerRecord | None) -> PeerRecord | None:
@@ -657,19 +689,19 @@ class RedisRegistry:
         return (await self._fetch([peer_id]))[0]
 
     async def count(self) -> int:
-        return int(await self._call(self._client().hlen(self._key("ids"))))
+        return int(await self._call(self._client().hlen(self._key("ids")), "count"))
 
     async def highest_id(self) -> int:
         """The highest id handed out by any instance (the INCR counter: released ids are reused below it)."""
-        value = await self._call(self._client().get(self._key("next_id")))
+        value = await self._call(self._client().get(self._key("next_id")), "highest_id")
         return int(value) if value is not None else 0
 
     async def secret(self) -> bytes:
         """The 32-byte secret shared by every instance: the first one to ask creates it."""
         if self._secret is None:
             client = self._client()
-            await self._call(client.set(self._key("secret"), os.urandom(SECRET_SIZE), nx=True))
-            value = await self._call(client.get(self._key("secret")))
+            await self._call(client.set(self._key("secret"), os.urandom(SECRET_SIZE), nx=True), "secret")
+            value = await self._call(client.get(self._key("secret")), "secret")
             if not isinstance(value, bytes) or len(value) != SECRET_SIZE:
                 raise RegistryError(f"stored secret in {redacted(self._url)} is not {SECRET_SIZE} bytes")
             self._secret = value
@@ -686,23 +718,40 @@ class RedisRegistry:
             await pubsub.subscribe(self._key("presence"), self._key("instance", instance))
         except FAILURES as exc:
             await pubsub.aclose()
-            raise self._failed(exc) from None
+            raise self._failed(exc, "subscribe") from None
         self._listener = asyncio.create_task(self._listen(pubsub, on_records, on_introduction))
 
     async def _listen(self, pubsub: Any, on_records: RecordsHandler, on_introduction: IntroductionHandler) -> None:
         presence = self._key("presence").encode()
         delay = LISTEN_BACKOFF[0]
         resync = False
+        # Channels whose subscription Redis confirmed since the last (re)load.
+        # redis-py reconnects a dropped connection and subscribes again by
+        # itself, raising nothing: a channel confirmed twice is that, and
+        # what was published in between is lost, so it reloads too.
+        confirmed: set[bytes] = set()
         while True:
             try:
                 if resync:
                     # Messages published while we were away are lost: reload.
+                    confirmed.clear()
                     await pubsub.subscribe(self._key("presence"), self._key("instance", self._instance))
                     on_records(await self.load_online(time.time()))
                     resync = False
                     delay = LISTEN_BACKOFF[0]
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
                 if message is None:
+                    continue
+                if message["type"] == "subscribe":
+                    channel = bytes(message["channel"])
+                    if channel in confirmed:
+                        logger.info("Redis pub/sub reconnected: reloading the online records")
+                        confirmed = {channel}
+                        on_records(await self.load_online(time.time()))
+                    else:
+                        confirmed.add(channel)
+                    continue
+                if message["type"] != "message":
                     continue
                 data = message["data"]
                 if message["channel"] == presence:
@@ -722,7 +771,7 @@ class RedisRegistry:
                 else:
                     logger.warning("ignored a presence message: %r", str(exc))
             except FAILURES as exc:
-                self._failed(exc)
+                self._failed(exc, "listen")
                 resync = True
                 try:
                     await pubsub.aclose()  # the next subscribe reconnects
@@ -742,7 +791,7 @@ class RedisRegistry:
         messages = [
             [self._key("instance", home), target_id.to_bytes(4, "big") + data] for home, target_id, data in items
         ]
-        await self._batched(self._publish, [self._key("presence")], [], messages)
+        await self._batched(self._publish, [self._key("presence")], [], messages, "forward")
 
 
 def _homed(record: PeerRecord, instance: str) -> PeerRecord:

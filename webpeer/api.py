@@ -14,7 +14,8 @@ JSON shapes (also documented in the README):
     peer:     {"id": int, "name": str, "fingerprint": str, "online": bool, "unread": int,
                "trust": "trusted"|"changed"|"blocked", "key_changed": bool (trust == "changed"),
                "verified": bool, "verified_key_changed": bool (a verified key was replaced: warn louder),
-               "connection": null | {"state": "connecting"|"direct"|"relayed", "address": "host:port"|null},
+               "connection": null | {"state": "connecting"|"direct"|"relayed", "address": "host:port"|"[v6]:port"|null,
+                              "family": "IPv4"|"IPv6" (only with an address)},
                "last_message": null | {"id", "from", "time", "text" (its first 120 characters)},
                "nickname": str|null (the user's own name for it, stored locally),
                "read_up_to": null | {"id", "time"} (the latest of our messages it has read:

@@ -254,7 +254,8 @@ class PeerEngine:
 
     @property
     def local(self) -> tuple[Address, ...]:
-        return self.registration.local
+        # With our address in the family we did not register over: it is ours too.
+        return self.registration.local + self.registration.other_family
 
     def session(self, peer_id: int) -> PeerSession:
         return self.peer_states.setdefault(peer_id, PeerSession(peer_id))
@@ -398,11 +399,17 @@ class PeerEngine:
     def me(self) -> JSON:
         observed = self.registration.observed
         mapping = self.port_mapping
+        # Dual stack: with our address in the other family, once the server has it.
+        registration = self.registration
+        public = ([observed] if observed else []) + [
+            a for a in registration.other_family if a in registration.registered_local
+        ]
         return {
             "id": self.registration.peer_id,
             "name": self.config.name,
             "fingerprint": self.identity.fingerprint,
             "public_address": address_text(observed) if observed else None,
+            "public_addresses": [address_text(address) for address in public],
             # With several servers (--server a,b), the one in use.
             "server": self.registration.server_name or address_text(self.config.server),
             "server_address": address_text(self.registration.server),

@@ -1,7 +1,10 @@
 """The offline mailbox, the peer's side (pure; docs/PROTOCOL.md 11.9).
 
 Sending: a message that has waited ``queued`` for ``after`` seconds for a
-peer the server says is offline, whose key we hold, is sealed
+peer the server says is offline, whose key we hold, is sealed (at the next
+sweep, without that wait, when the peer had already been offline for
+``after`` seconds when it was written: the grace is for a peer that is
+restarting, not for one that is away)
 (mailbox_seal.py) and DEPOSITed at the rendezvous; its answer makes the
 message ``stored`` (or ``failed``, with the server's reason, when a quota or
 a never-assigned id refuses it; anything else leaves it queued, tried again
@@ -104,6 +107,7 @@ class MailboxFlow:
         # and is left in the mailbox too.  Only then, not at every sweep: that
         # look reads the conversation.
         self._recheck: dict[int, float] = {}
+        self._offline_since: dict[int, float] = {}  # when the server said each went offline
         self._next_sweep: float | None = None
         self._next_poll: float | None = None
         self._sweep_due = False
@@ -119,6 +123,7 @@ class MailboxFlow:
         """The server says ``peer_id`` went offline."""
         if self.enabled:
             self._recheck[peer_id] = now + self.after
+            self._offline_since[peer_id] = now
 
     def registered(self, now: float, peers: list[int]) -> None:
         """Registered; ``peers``: every peer we know (their presence comes with our WATCH)."""
@@ -126,6 +131,7 @@ class MailboxFlow:
             return
         for peer_id in peers:
             self._recheck.setdefault(peer_id, now + self.after + self.sweep_interval)
+        self._offline_since.clear()  # what we heard before this registration may be stale
         self._served = True
         self._next_sweep = now + self.sweep_interval
         self._next_poll = now + MAIL_POLL
@@ -205,7 +211,7 @@ class MailboxFlow:
                 or message_id in waiting
                 or message_id in self._unmailable
                 or self._not_before.get(message_id, 0.0) > now
-                or now - float(message["time"]) < self.after
+                or (now - float(message["time"]) < self.after and not self._away(peer_id, now))
             ):
                 continue
             session = self.context.session(peer_id)
@@ -225,6 +231,11 @@ class MailboxFlow:
                 return  # not registered after all
             self._in_flight[mail] = message_id
             self.stats["mail_deposits"] += 1
+
+    def _away(self, peer_id: int, now: float) -> bool:
+        """Offline for ``after`` seconds already, by the server's word."""
+        since = self._offline_since.get(peer_id)
+        return since is not None and now - since >= self.after
 
     def on_deposited(self, event: MailDeposited, now: float) -> None:
         message_id = self._in_flight.pop(event.mail_id, None)

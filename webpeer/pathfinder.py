@@ -24,6 +24,7 @@ from typing import Protocol
 from rendezvous.client import PeerInfo
 from rendezvous.stun import Address, Attr, Candidate, CandidateKind, Message, MessageClass, Method
 
+from .dual_stack import family, probeable
 from .link import LinkState, PeerLink
 from .natprobe import DEPENDENT, INDEPENDENT, UNKNOWN, NatProbe, NatResult
 from .path import Direct, Path, Relayed, Transmit
@@ -334,8 +335,12 @@ class PathFinder:
             return  # an upgrade attempt beside a ready relayed link: the checks alone
         if not (self.relay_only or info.punch_key is None or not info.candidates):
             if self._direct_link(session.peer_id) is None:
-                self.context.open_link(session, Direct(likeliest(info, self.context.observed)), now)
+                guess = likeliest(info, self.context.observed, self.context.local)
+                self.context.open_link(session, Direct(guess), now)
                 self.stats["quic_opened_early"] += 1
+                punch = self._punches.get(session.peer_id)
+                if punch is not None and session.connecting_since is not None:
+                    punch.initial_at, punch.connect_rtt = now, now - session.connecting_since
         if self._relayed_link(session.peer_id) is None:
             self.context.open_link(session, Relayed(session.peer_id), now)
             self.stats["relay_opened_early"] += 1
@@ -346,6 +351,7 @@ class PathFinder:
         for peer_id, punch in list(self._punches.items()):
             if punch.state is PunchState.PROBING:
                 opened |= self._follow_reflexive(peer_id, punch, now)
+                self._nudge_initial(peer_id, punch, now)
                 continue
             if now >= punch.started + punch.timeout + PUNCH_LINGER:
                 # Long over: stop answering the other side's late probes too.
@@ -360,7 +366,7 @@ class PathFinder:
             # link is not it: a direct one goes beside that (an upgrade).
             early = self._direct_link(peer_id)
             if punch.state is PunchState.SUCCEEDED and punch.chosen is not None:
-                logger.info("direct path to peer %d: %s:%s (%d probes)", peer_id, *punch.chosen, punch.probes_sent)
+                logger.info("direct path to peer %d: %s (%d probes)", peer_id, Direct(punch.chosen), punch.probes_sent)
                 if early is not None and (early.heard_back or early.address == punch.chosen):
                     # QUIC opened with the checks is on this path, or already
                     # answering on another.  If unanswered, the other side's NAT
@@ -388,6 +394,27 @@ class PathFinder:
                     session.upgrade_at = now + UPGRADE_INTERVAL
         return opened
 
+    def _nudge_initial(self, peer_id: int, punch: PunchSession, now: float) -> None:
+        """The other side's first check just came from where our early QUIC
+        Initial went, which has had no answer.  Both sides start at the same
+        moment (the server's answer and introduction), so the Initial reaches
+        the other's NAT or firewall half a round trip before its checks leave
+        and open it, unless the other side was late: if its check comes more
+        than a round trip (our CONNECT's) after the Initial left, the Initial
+        arrived before the opening and was dropped.  Then send it again at
+        once, rather than a round trip later when our own check of that
+        address is answered (a loaded host loses that race often).  Decided
+        once, on the first check; a needless duplicate would be harmless
+        (QUIC drops a packet number it has seen), but costs a first flight."""
+        if not punch.connect or punch.initial_nudged or punch.initial_at is None or punch.connect_rtt is None:
+            return
+        link = self._direct_link(peer_id)
+        if link is None or link.heard_back or link.address is None or not punch.heard_from(link.address):
+            return
+        punch.initial_nudged = True
+        if now - punch.initial_at > punch.connect_rtt and link.resend_first_flight():
+            self.stats["initial_resent_on_check"] += 1
+
     def _follow_reflexive(self, peer_id: int, punch: PunchSession, now: float) -> bool:
         """The other side's checks come from an address it was not introduced
         with (a symmetric NAT's port for us) while our early QUIC has had no
@@ -400,13 +427,18 @@ class PathFinder:
         link = self._direct_link(peer_id)
         if link is None or link.heard_back or link.address == target:
             return False
+        if link.address is not None and family(link.address) != family(target):
+            # The early Initial went to the peer's other family (IPv6, where a
+            # firewall lets it in once the peer's checks leave): a port of its
+            # IPv4 NAT is no better a guess.  The end of the checks decides.
+            return False
         if link.address in self._mapped.get(peer_id, ()):
             # Aimed at a port the peer's router forwards to it: it gets
             # through, and moving would start the handshake again.  (If the
             # mapping is stale, the end of the checks still moves it.)
             return False
         punch.reflexive = None  # once
-        logger.info("peer %d checks us from %s:%s: QUIC moves there", peer_id, *target)
+        logger.info("peer %d checks us from %s: QUIC moves there", peer_id, Direct(target))
         self.stats["early_link_replaced"] += 1
         self.context.open_link(session, Direct(target), now, replace=True)
         return True
@@ -601,21 +633,40 @@ class PathFinder:
 
 
 def usable_candidates(info: PeerInfo, local: tuple[Address, ...], mine: Address | None) -> list[Address]:
-    """The candidates worth probing: the address the server observed, and a
-    declared local one only when it can be on our own network (we share a
-    public address, or it is in one of our /24 (IPv4) or /64 (IPv6)
-    networks).  Any other declared address is a host the peer merely names:
-    probing it would make us a reflector toward a stranger."""
-    observed = [c.address for c in info.candidates if c.kind is CandidateKind.OBSERVED]
+    """The candidates worth probing, IPv6 first (RFC 8305: the other family a
+    probe's pacing later): the address the server observed; a declared
+    local one when it can be on our own network (we share a public address,
+    or it is in one of our /24 (IPv4) or /64 (IPv6) networks); a port the
+    peer's router maps to it; and its address in the family it did not
+    register over (the first declared one of a family none of its observed
+    addresses has), when we have that family too (``mine`` or ``local``).
+    Any other declared address is a host the peer merely names: probing it
+    would make us a reflector toward a stranger.  Nothing that is not a
+    plain unicast address (dual_stack.probeable) is ever probed."""
+    candidates = [c for c in info.candidates if probeable(c.address, mine)]
+    observed = [c.address for c in candidates if c.kind is CandidateKind.OBSERVED]
     same_public = mine is not None and any(address[0] == mine[0] for address in observed)
+    ours = _families(local, mine)
+    theirs = {family(address) for address in observed}
     out = list(observed)
-    for candidate in info.candidates:
-        if candidate.kind is CandidateKind.LOCAL and (same_public or _near(candidate.address, local)):
+    other_family: Address | None = None
+    for candidate in candidates:
+        if candidate.kind is not CandidateKind.LOCAL or candidate.address in out:
+            continue
+        if same_public or _near(candidate.address, local):
             out.append(candidate.address)
-        elif _router_mapped(candidate, observed) and candidate.address not in out:
+        elif _router_mapped(candidate, observed):
             # Probed first: unlike the observed port, it lets anyone in.
             out.insert(0, candidate.address)
-    return out
+        elif other_family is None and family(candidate.address) not in theirs and family(candidate.address) in ours:
+            other_family = candidate.address
+            out.append(candidate.address)
+    return sorted(out, key=lambda address: family(address) != 6)  # stable: IPv6 first
+
+
+def _families(local: tuple[Address, ...], mine: Address | None) -> set[int]:
+    """The address families we have: our interfaces' and the server's view of us."""
+    return {family(address) for address in (*local, *((mine,) if mine is not None else ()))}
 
 
 def _router_mapped(candidate: Candidate, observed: list[Address]) -> bool:
@@ -640,13 +691,18 @@ def _near(address: Address, local: tuple[Address, ...]) -> bool:
     return False
 
 
-def likeliest(info: PeerInfo, mine: Address | None) -> Address:
-    """Where the early QUIC Initial goes: the other peer's observed address,
+def likeliest(info: PeerInfo, mine: Address | None, local: tuple[Address, ...] = ()) -> Address:
+    """Where the early QUIC Initial goes: the other peer's IPv6 address when
+    both of us have IPv6 (no NAT in the way: its firewall lets the Initial
+    in once its own checks toward us have left); else its observed address,
     or its local one when we are behind the same public address (the same
     network, or host: no need to rely on the NAT hairpinning)."""
+    usable = usable_candidates(info, local, mine)
+    if usable and family(usable[0]) == 6 and 6 in _families(local, mine):
+        return usable[0]
     observed = [c.address for c in info.candidates if c.kind is CandidateKind.OBSERVED]
-    local = [c.address for c in info.candidates if c.kind is CandidateKind.LOCAL]
-    if local and (not observed or (mine is not None and mine[0] == observed[0][0])):
-        return local[0]
+    local_candidates = [c.address for c in info.candidates if c.kind is CandidateKind.LOCAL]
+    if local_candidates and (not observed or (mine is not None and mine[0] == observed[0][0])):
+        return local_candidates[0]
     mapped = [c.address for c in info.candidates if _router_mapped(c, observed)]
-    return (mapped or observed or local)[0]
+    return (mapped or observed or local_candidates)[0]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .link import LinkState, PeerLink, Role
+from .path import Direct
 
 JSON = dict[str, Any]
 
@@ -137,11 +138,14 @@ class PeerSession:
             return {"state": "connecting", "address": None} if self.connecting_since is not None else None
         if link.state is LinkState.CLOSED:
             return None
+        if link.state is LinkState.READY and link.relayed:
+            return {"state": "relayed", "address": None}
         address = link.address
-        shown = f"{address[0]}:{address[1]}" if address is not None else None
-        if link.state is LinkState.READY:
-            return {"state": "relayed", "address": None} if link.relayed else {"state": "direct", "address": shown}
-        return {"state": "connecting", "address": shown}
+        if address is None:
+            return {"state": "connecting", "address": None}
+        # Which IP family the path runs over (dual stack: IPv6 is tried first).
+        state = "direct" if link.state is LinkState.READY else "connecting"
+        return {"state": state, "address": str(Direct(address)), "family": "IPv6" if ":" in address[0] else "IPv4"}
 
     # ------------------------------------------------------------ rules
 

@@ -76,6 +76,12 @@ class PunchSession:
     remote_nonce: bytes | None = None
     connect: bool = False  # the owner opens QUIC when the checks end (it asked for the peer)
     handled: bool = False
+    # The owner's early QUIC Initial toward the other side: when it went, and
+    # the round trip its CONNECT took (the owner's estimate of the path's);
+    # ``initial_nudged``: the other side's first check from there was seen.
+    initial_at: float | None = None
+    connect_rtt: float | None = None
+    initial_nudged: bool = False
     # The first peer-reflexive address a valid request came from: where the
     # other side's NAT maps it toward us (a symmetric NAT's port for us), and
     # open toward us, since it just sent from there.
@@ -173,6 +179,10 @@ class PunchSession:
                 self.remote_nonce = nonce if isinstance(nonce, bytes) and len(nonce) == 32 else None
             return True
         return False
+
+    def heard_from(self, address: Address) -> bool:
+        """Whether a valid request (the other side's check) came from ``address``."""
+        return address in self._answered_from
 
     def owns(self, transaction_id: bytes) -> bool:
         return transaction_id in self._transactions

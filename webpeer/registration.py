@@ -34,7 +34,11 @@ answering (a REFRESH, a heartbeat or a registration times out), it moves on
 to the next at once, with a fresh conversation, and registers there (the
 registry gives it the same id).  While on any but the first, it asks the
 first for a Binding every :data:`PRIMARY_RECHECK` seconds and moves back
-when it answers: operators list their preferred server first.
+when it answers: operators list their preferred server first.  When the
+servers' addresses include both IPv4 and IPv6, the peer also asks the first
+of the family it does not register over for a Binding (dual_stack.py), with
+every REGISTER and REFRESH, and registers what it learns as one more local
+candidate: its address in that family.
 
 The protocol itself (building and signing REGISTER, retransmission, matching
 answers, acknowledging INTRODUCE once) is rendezvous.client_protocol's, shared
@@ -78,6 +82,7 @@ from rendezvous.stun import (
 )
 from rendezvous.transactions import RetransmitPolicy
 
+from .dual_stack import OtherFamilyProbe, other_family_server
 from .identity import Identity
 
 POLICY = INTERACTIVE_POLICY
@@ -258,6 +263,11 @@ class RegistrationMachine:
         self.nickname = nickname
         self.local = local
         self.mapped: tuple[Address, ...] = ()  # router port mappings: registered as local candidates too
+        # Our address in the family we do not register over (dual_stack.py),
+        # learned from the server's address of that family: a local candidate too.
+        self.other_family: tuple[Address, ...] = ()
+        self._other = OtherFamilyProbe(random_bytes)
+        self.registered_local: tuple[Address, ...] = ()  # the local candidates the server has
         self.ttl = ttl
         self.list_interval = list_interval
         self.state = RegState.IDLE
@@ -323,14 +333,27 @@ class RegistrationMachine:
         return self.server_names[self._server_index] if self.server_names else None
 
     def probes_to_send(self) -> list[tuple[bytes, Address]]:
-        """Datagrams for a server other than the one in use (Bindings asking the first whether it is back)."""
+        """Datagrams for a server other than the one in use (Bindings asking
+        the first whether it is back, or the server's other-family address
+        what our address in that family is)."""
         out, self._probes = self._probes, []
-        return out
+        return out + self._other.datagrams_to_send()
+
+    @property
+    def candidates(self) -> tuple[Address, ...]:
+        """The local candidates we register: interface addresses, router
+        mappings, and our address in the other family."""
+        return self.local + self.mapped + self.other_family
 
     def receive_from_other_server(self, message: Message, address: Address, now: float) -> None:
         """A decoded STUN message from one of :attr:`servers` not in use: the
-        answer to our probe of the first one moves us back to it; anything
+        answer to our probe of the first one moves us back to it, the answer
+        from the other family's address tells us our address there; anything
         else (a late answer of a server we left) is ignored."""
+        if self._other.owns(message, address):
+            found = self._other.receive(message, address)
+            self._offer_other_family(() if found is None else (found,), now)
+            return
         if (
             address != self.servers[0]
             or self._probe_id is None
@@ -378,7 +401,14 @@ class RegistrationMachine:
         return self._events.pop(0) if self._events else None
 
     def get_timer(self) -> float | None:
-        timers = (self._conversation.get_timer(), self._wake_at, self._next_list, self._next_watch, self._next_probe)
+        timers = (
+            self._conversation.get_timer(),
+            self._wake_at,
+            self._next_list,
+            self._next_watch,
+            self._next_probe,
+            self._other.get_timer(),
+        )
         times = [t for t in timers if t is not None]
         if self._silent_since is not None and not self._unreachable:
             times.append(self._silent_since + SILENCE_NOTICE)
@@ -398,6 +428,7 @@ class RegistrationMachine:
             self._stopped()
         self._wake_at = self._next_list = self._next_watch = self._next_probe = None
         self._silent_since = None
+        self._other.start(None, now)
 
     def offer_mapped(self, mapped: tuple[Address, ...], now: float) -> None:
         """A router port mapping came, changed or went: the server learns it
@@ -406,6 +437,17 @@ class RegistrationMachine:
             return
         self.mapped = mapped
         if self.state is RegState.REGISTERED:
+            self._register(now)
+
+    def _offer_other_family(self, found: tuple[Address, ...], now: float) -> None:
+        """Our other-family address came, changed or went: it goes into the
+        REGISTER under way if its signature is still to come, else into a new one."""
+        if found == self.other_family:
+            return
+        self.other_family = found
+        if self.state is RegState.CHALLENGING and self._handshake is not None:
+            self._handshake.local = self.candidates  # the signed REGISTER carries it: no extra round trip
+        elif self.state is RegState.REGISTERED:
             self._register(now)
 
     def connect(self, peer_id: int, now: float) -> bool:
@@ -549,6 +591,10 @@ class RegistrationMachine:
             self._probes.append(
                 (encode(Message(Method.BINDING, MessageClass.REQUEST, self._probe_id)), self.servers[0])
             )
+        if (other := self._other.get_timer()) is not None and other <= now:
+            self._other.handle_timer(now)
+            if self._other.gave_up:
+                self._offer_other_family((), now)  # that family is not reachable now
         if self._next_watch is not None and self._next_watch <= now:
             self._next_watch = now + WATCH_REPAIR
             if self.state is RegState.REGISTERED and self.watch_supported is not False:
@@ -612,11 +658,19 @@ class RegistrationMachine:
             self.identity,
             self.identity.public_key,
             nickname=self.nickname,
-            local=self.local + self.mapped,
+            local=self.candidates,
             ttl=self.ttl,
         )
         self.state = RegState.CHALLENGING
         self._request(self._handshake.first_request(), _Request("register"), now)
+        # Beside the first REGISTER: the answer usually comes with the
+        # challenge, in time for the signed REGISTER to carry it.
+        self._ask_other_family(now)
+
+    def _ask_other_family(self, now: float) -> None:
+        if self.state in (RegState.STOPPING, RegState.STOPPED):
+            return
+        self._other.start(other_family_server(self.servers, self.server), now)
 
     def _on_register(self, message: Message, now: float) -> None:
         if self._handshake is None or self.state in (RegState.STOPPING, RegState.STOPPED):
@@ -631,6 +685,7 @@ class RegistrationMachine:
             self._back_off(now, step.reason)
             return
         self.state = RegState.REGISTERED
+        self.registered_local = offered
         self.peer_id, self.observed = step.peer_id, step.observed
         self.granted_ttl, self._session = step.ttl, step.session
         self._backoff = 1.0
@@ -648,8 +703,8 @@ class RegistrationMachine:
             self._next_list = now
             self._heartbeats = 0
         self._next_watch = now + WATCH_REPAIR
-        if offered != self.local + self.mapped:
-            self._register(now)  # a port mapping changed while this one was under way
+        if offered != self.candidates:
+            self._register(now)  # a port mapping or our other-family address changed meanwhile
 
     def _on_refresh(self, message: Message, now: float) -> None:
         error = error_of(message)
@@ -669,6 +724,7 @@ class RegistrationMachine:
             self._register(now)
             return
         self._wake_at = now + max(1.0, self.granted_ttl * REFRESH_FRACTION)
+        self._ask_other_family(now)  # it may have changed too (IPv6 temporary addresses do)
 
     def _on_list(self, request: _Request, message: Message, now: float) -> None:
         error = error_of(message)

@@ -4,29 +4,40 @@ HTTP scrape of the Prometheus text (in process, and through the CLI)."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 from processes import WAIT
-from redis_process import free_tcp_port
+from prometheus_client.parser import text_string_to_metric_families
+from redis_process import RedisProcess, free_tcp_port
 from test_process import start_server
 
 from rendezvous.client import RendezvousClient
 from rendezvous.core import ServerConfig
 from rendezvous.metrics import CONTENT_TYPE, MetricsEndpoint
+from rendezvous.redis_registry import RedisRegistry
 from rendezvous.server import RendezvousServer
 from rendezvous.sqlite_registry import SqliteRegistry
 
 
 def samples(text: str) -> dict[str, float]:
+    """``name{label="value",...}`` -> value, read with prometheus_client's own
+    parser (which raises on anything that is not valid text format)."""
     out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
     return out
+
+
+def total(got: dict[str, float], name: str) -> float:
+    """The sum of a family's samples over all its labels."""
+    return sum(value for key, value in got.items() if key == name or key.startswith(name + "{"))
 
 
 async def scrape(url: str) -> tuple[str, str]:
@@ -86,3 +97,58 @@ async def test_the_cli_serves_metrics_on_the_address_given(tmp_path: Path) -> No
         assert await server.stop() == 0
     finally:
         await server.kill()
+
+
+async def scrape_until(url: str, check: Callable[[dict[str, float]], bool], what: str) -> dict[str, float]:
+    """Scrape until ``check`` holds (20 s at most): counters move when the server gets to it."""
+    deadline = time.monotonic() + 20
+    while True:
+        got = samples((await scrape(url))[1])
+        if check(got):
+            return got
+        assert time.monotonic() < deadline, f"{what}: never seen in {got}"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.timeout(60)
+async def test_redis_latency_errors_and_loop_lag_on_a_real_redis(redis_server: RedisProcess) -> None:
+    registry = RedisRegistry(redis_server.url, timeout=0.5)
+    server: RendezvousServer | None = None
+    metrics = MetricsEndpoint(lambda: None if server is None else server.core, "127.0.0.1", 0)
+    registry.observer = metrics.metrics.redis
+    server = RendezvousServer(ServerConfig(), registry, "127.0.0.1", 0, presence=registry)
+    await server.start()
+    await metrics.start()
+    url = f"http://127.0.0.1:{metrics.port}/metrics"
+    latency = "peerlink_redis_command_duration_seconds_count"
+    client = await RendezvousClient(server.address).open()
+    try:
+        got = samples((await scrape(url))[1])
+        assert got["peerlink_redis_connected"] == 1
+        before = total(got, latency)
+        assert before > 0  # start-up read the secret and loaded the online peers
+        await client.register()
+        # The id came from Redis: an "assign" round trip, timed.
+        got = await scrape_until(url, lambda g: g.get(f'{latency}{{op="assign"}}', 0) >= 1, "assign timed")
+        assert total(got, latency) > before
+        assert got['peerlink_redis_command_duration_seconds_sum{op="assign"}'] > 0
+        assert total(got, "peerlink_redis_errors_total") == 0
+        # The loop-lag timer runs every 0.5 s: one sample at least, finite.
+        got = await scrape_until(url, lambda g: g.get("peerlink_event_loop_lag_seconds_count", 0) >= 1, "loop lag")
+        assert math.isfinite(got["peerlink_event_loop_lag_seconds_sum"])
+        assert math.isfinite(got["peerlink_event_loop_lag_last_seconds"])
+
+        redis_server.kill()
+        # The pub/sub listener loses its connection, the write-behind its saves: counted.
+        got = await scrape_until(
+            url,
+            lambda g: total(g, "peerlink_redis_errors_total") >= 1 and g["peerlink_redis_connected"] == 0,
+            "a Redis error",
+        )
+        # The server itself goes on answering from memory.
+        await client.refresh()
+        redis_server.start()  # back on its port, so that stopping writes quickly
+    finally:
+        client.close()
+        await metrics.stop()
+        await server.stop()

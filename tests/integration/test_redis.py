@@ -8,6 +8,7 @@ contract itself runs on every backend in tests/unit/test_sqlite_registry.py.)"""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import subprocess
 import sys
@@ -16,13 +17,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import redis
 from processes import WAIT
 from redis_process import RedisClusterProcesses, RedisProcess, free_tcp_port
 from test_process import clean_env, free_udp_port, start_server
 
 from rendezvous.client import RendezvousClient
 from rendezvous.core import ServerConfig
-from rendezvous.redis_registry import RedisRegistry
+from rendezvous.redis_registry import RedisRegistry, encode_records
 from rendezvous.registry import PeerRecord, RegistryError, RegistryUnavailable
 from rendezvous.server import RendezvousServer
 
@@ -105,6 +107,51 @@ async def test_damaged_record_is_a_registry_error(redis_server: RedisProcess) ->
         await raw.aclose()
         with pytest.raises(RegistryError, match="damaged"):
             await registry.get(peer_id)
+
+
+async def test_the_listener_reloads_when_redis_py_reconnects_it_quietly(redis_server: RedisProcess) -> None:
+    """redis-py's pub/sub reconnects a dropped connection and subscribes again
+    by itself, raising nothing: presence published in between is lost unless
+    the listener notices (the subscriptions confirmed again) and reloads."""
+    seen: asyncio.Queue[PeerRecord] = asyncio.Queue()
+    now = time.time()
+    before = PeerRecord(6, key(6), "before", ("192.0.2.6", 6000), (), now, now, now + 60, now, home="B")
+    record = PeerRecord(7, key(7), "gap", ("192.0.2.7", 7000), (), now, now, now + 60, now, home="B")
+    # Another instance, played with blocking calls: while one runs, A's listener cannot.
+    sync = redis.Redis.from_url(redis_server.url)
+    try:
+        async with RedisRegistry(redis_server.url) as a:
+            await a.start("A", lambda records: [seen.put_nowait(r) for r in records], lambda i, d: None)
+            presence = f"{a.prefix}presence"
+
+            async def heard_before() -> bool:
+                # Published until A's listener hears it: then it is subscribed and reading.
+                sync.publish(presence, encode_records([before]))
+                try:
+                    return (await asyncio.wait_for(seen.get(), 0.5)).peer_id == 6
+                except TimeoutError:
+                    return False
+
+            await eventually(heard_before, timeout=20)
+            while not seen.empty():
+                assert seen.get_nowait().peer_id == 6
+            # All at once, without letting the loop run: A's connection is cut,
+            # then the other instance writes a peer and announces it to no one.
+            assert sync.client_kill_filter(_type="pubsub") == 1
+            fields = {
+                "identity": record.identity,
+                "state": json.loads(encode_records([record]))[0][2],
+                "expires_at": repr(record.expires_at),
+                "last_seen": repr(record.last_seen),
+                "home": "B",
+            }
+            sync.hset(f"{a.prefix}peer:7", mapping=fields)
+            sync.zadd(f"{a.prefix}online", {"7": 7})
+            assert sync.publish(presence, encode_records([record])) == 0
+            got = await asyncio.wait_for(seen.get(), 20)
+            assert (got.peer_id, got.nickname, got.home) == (7, "gap", "B")
+    finally:
+        sync.close()
 
 
 async def test_known_ids_survive_an_outage_and_new_ones_fail_fast(

@@ -316,3 +316,43 @@ async def test_refreshes_are_batched_not_written_one_by_one(db_path) -> None:
         for client in clients:
             client.close()
         await server.stop()
+
+
+async def test_a_big_write_behind_lets_the_loop_run_between_chunks(db_path) -> None:
+    """A thousand changed records are written a chunk at a time, the event
+    loop serving other work between the chunks, and all of them arrive."""
+    from rendezvous.core import ServerConfig
+    from rendezvous.registry import PeerRecord
+    from rendezvous.server import SAVE_CHUNK
+    from rendezvous.sqlite_registry import SqliteRegistry
+
+    server = RendezvousServer(ServerConfig(), SqliteRegistry(db_path), "127.0.0.1", 0, flush_interval=3600)
+    await server.start()
+    try:
+        assert server.core is not None
+        now = time.time()
+        count = 4 * SAVE_CHUNK
+        for n in range(1, count + 1):
+            identity = n.to_bytes(4, "big") * 8
+            peer_id = await server.registry.assign_id(identity)
+            address = ("127.0.0.1", 10_000 + n)
+            server.core.directory.put(PeerRecord(peer_id, identity, f"p{n}", address, (), now, now, now + 60, now))
+        order: list[str] = []
+
+        async def flush() -> None:
+            assert await server.flush_registry()
+            order.append("flushed")
+
+        task = asyncio.ensure_future(flush())
+        asyncio.get_running_loop().call_soon(order.append, "other work")
+        await task
+        assert order == ["other work", "flushed"]
+        check = SqliteRegistry(server.registry.path)
+        await check.open()
+        try:
+            stored = await check.load_online(now)
+            assert sorted(record.nickname for record in stored) == sorted(f"p{n}" for n in range(1, count + 1))
+        finally:
+            await check.close()
+    finally:
+        await server.stop()

@@ -117,6 +117,28 @@ async def test_a_v6_server_with_default_options_and_an_ipv4_peer_on_it(procs, tm
     assert any(f"rendezvous [::1]:{port}" in line for line in six.lines), six.lines
 
 
+async def test_a_peer_given_both_families_registers_over_one_and_learns_the_other(procs, tmp_path: Path) -> None:
+    # Dual stack (docs/PROTOCOL.md 11.10) over real sockets: registered over
+    # IPv4, the peer asks the server's IPv6 address for its own and registers
+    # it as a candidate; a peer on IPv4 only still reaches it.
+    port = free_udp_port()
+    await procs["server"](port, "::")
+    both = await procs["peer"]("both", f"127.0.0.1:{port},[::1]:{port}")
+    four = await procs["peer"]("four", f"127.0.0.1:{port}")
+    async with aiohttp.ClientSession() as session:
+
+        async def both_addresses() -> dict[str, Any] | None:
+            me = await registered(session, both)
+            return me if me and len(me["public_addresses"]) == 2 else None
+
+        me = await until(both_addresses)
+        udp_port = me["public_address"].rpartition(":")[2]
+        assert me["public_addresses"] == [f"127.0.0.1:{udp_port}", f"[::1]:{udp_port}"]
+        me4 = await until(lambda: registered(session, four))
+        assert me4["public_addresses"] == [me4["public_address"]]  # no IPv6 server given: nothing to learn
+        await delivered(session, both, four, me4["id"], "from both to four")
+
+
 @pytest.mark.skipif(not can_unshare(), reason="needs root and unshare -m (a private /etc/hosts)")
 async def test_a_name_that_resolves_to_ipv6_only(procs, tmp_path: Path) -> None:
     hosts = tmp_path / "hosts"

@@ -8,14 +8,17 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from processes import START, WAIT
 from redis_process import RedisProcess
+from test_metrics_endpoint import samples, scrape
 from test_process import ServerProcess, clean_env, start_server
 
 from rendezvous.client import RendezvousClient
@@ -44,6 +47,20 @@ def alive(pid: int) -> bool:
         return False
 
 
+def free_tcp_port_pair() -> int:
+    """A loopback TCP port P with P+1 free too (the metrics of workers 0 and 1)."""
+    for _attempt in range(50):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no two free ports in a row")
+
+
 async def gone(pids: list[int], timeout: float = 20.0) -> bool:
     deadline = time.monotonic() + timeout
     while any(alive(pid) for pid in pids):
@@ -53,8 +70,8 @@ async def gone(pids: list[int], timeout: float = 20.0) -> bool:
     return True
 
 
-async def start_workers(tmp_path: Path, redis: RedisProcess) -> ServerProcess:
-    server = await start_server(tmp_path / "unused.sqlite3", "--registry", redis.url, "--workers", "2")
+async def start_workers(tmp_path: Path, redis: RedisProcess, *options: str) -> ServerProcess:
+    server = await start_server(tmp_path / "unused.sqlite3", "--registry", redis.url, "--workers", "2", *options)
     # Each worker is a Python start of its own: under load, seconds (START).
     await server.wait_for(r" w0 INFO Running STUN Server on 127\.0\.0\.1", START)
     await server.wait_for(r" w1 INFO Running STUN Server on 127\.0\.0\.1", START)
@@ -65,7 +82,8 @@ async def start_workers(tmp_path: Path, redis: RedisProcess) -> ServerProcess:
 async def test_two_workers_on_one_port_serve_peers_that_find_each_other(
     tmp_path: Path, redis_server: RedisProcess
 ) -> None:
-    server = await start_workers(tmp_path, redis_server)
+    metrics_port = free_tcp_port_pair()
+    server = await start_workers(tmp_path, redis_server, "--metrics", f"127.0.0.1:{metrics_port}")
     opened: list[RendezvousClient] = []
     try:
         homes: dict[int, str] = {}
@@ -96,6 +114,14 @@ async def test_two_workers_on_one_port_serve_peers_that_find_each_other(
         assert await asyncio.wait_for(first.relayed.get(), WAIT) == (ids[-1], b"across workers")
         first.send_relayed(ids[-1], b"and back")
         assert await asyncio.wait_for(last.relayed.get(), WAIT) == (ids[0], b"and back")
+        # Each worker serves its own metrics, worker i on PORT+i: together they count every peer.
+        online = []
+        for index in range(2):
+            await server.wait_for(rf" w{index} INFO Metrics on http://127\.0\.0\.1:{metrics_port + index}/", START)
+            got = samples((await scrape(f"http://127.0.0.1:{metrics_port + index}/metrics"))[1])
+            online.append(got["peerlink_peers_online"])
+            assert got['peerlink_redis_command_duration_seconds_count{op="assign"}'] >= 1
+        assert sorted(online) == sorted(Counter(homes.values()).values())
         # SIGTERM to the supervisor stops both workers cleanly.
         pids = worker_pids(server)
         assert len(pids) == 2

@@ -18,6 +18,15 @@ internet namespace routes only the two documentation ranges and drops the
 rest.  Every lab process runs inside a lab namespace (``ip netns exec``);
 this module itself only runs ``ip``/``nft``/``iptables``/``conntrack``.
 
+IPv6 (``Lab(ipv6=True)``, or per site ``lab.site(..., ipv6=True)``): the
+internet also routes 2001:db8::/32 (RFC 3849), the rendezvous host gets
+2001:db8:ffff::10 beside its IPv4 addresses, a NAT site's router gets
+2001:db8:100::<11 + index> on its WAN and routes the site's
+2001:db8:<index + 1>::/64 to its host (::2) without NAT66, behind a
+home-router firewall (rules.router_ruleset6); a site without NAT gets one
+address of 2001:db8:100::/64 on its host.  Without it nothing in the lab has
+an IPv6 address, and the internet drops every IPv6 packet it would forward.
+
 The prefix is ``pl<owner pid>x<random>-``: a later lab removes namespaces
 left by a crashed run (their owner pid is gone) and leaves live labs alone.
 """
@@ -39,7 +48,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .rules import WAN, NatType, internet_ruleset, loss_rules, router_ruleset
+from .rules import WAN, NatType, internet_ruleset, loss_rules, router_ruleset, router_ruleset6
 
 DELAY_PROGRAM = Path(__file__).with_name("delay.py")
 TOOLS = {"ip": "iproute2", "nft": "nftables", "iptables": "iptables", "conntrack": "conntrack", "sysctl": "procps"}
@@ -64,6 +73,9 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 RENDEZVOUS_ADDRESSES = ("203.0.113.10", "203.0.113.11")
 RENDEZVOUS_GATEWAY = "203.0.113.1"
 PUBLIC_GATEWAY = "198.51.100.1"
+RENDEZVOUS_ADDRESS6 = "2001:db8:ffff::10"
+GATEWAY6 = "2001:db8:ffff::1"  # the internet router's IPv6 address on every attachment
+PUBLIC_PREFIX6 = "2001:db8:100::"  # routers' WAN and no-NAT hosts: <prefix><11 + index>
 FIRST_PUBLIC_HOST = 11
 DEFAULT_MAPPING_TIMEOUT = 120
 DELAY_QUEUE = 0
@@ -80,11 +92,17 @@ class Host:
     name: str
     netns: str
     addresses: tuple[str, ...]
+    addresses6: tuple[str, ...] = ()  # IPv6 (global; a lab with ipv6 only)
 
     @property
     def address(self) -> str:
         """The host's primary address (private for a host behind a NAT)."""
         return self.addresses[0]
+
+    @property
+    def address6(self) -> str | None:
+        """The host's IPv6 address, if it has one."""
+        return self.addresses6[0] if self.addresses6 else None
 
 
 @dataclass(frozen=True)
@@ -100,6 +118,11 @@ class Site:
     def public_address(self) -> str:
         """The address the internet sees: the router's WAN, or the host's own."""
         return self.router.address if self.router is not None else self.host.address
+
+    @property
+    def public_address6(self) -> str | None:
+        """The host's global IPv6 address (no NAT66: the internet sees it as is)."""
+        return self.host.address6
 
 
 Target = Host | Site
@@ -206,10 +229,13 @@ class Lab:
     ...     lab.run(a, ["python3", "-c", "print(1)"])
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, ipv6: bool = False) -> None:
         self.prefix = f"pl{os.getpid()}x{secrets.token_hex(2)}-"
         self.internet = f"{self.prefix}inet"
-        self.rendezvous = Host("rendezvous", f"{self.prefix}rv", RENDEZVOUS_ADDRESSES)
+        self.ipv6 = ipv6  # the internet and the rendezvous have IPv6; sites do by default
+        self.rendezvous = Host(
+            "rendezvous", f"{self.prefix}rv", RENDEZVOUS_ADDRESSES, (RENDEZVOUS_ADDRESS6,) if ipv6 else ()
+        )
         self.sites: dict[str, Site] = {}
         self._attachments = 0
         self._namespaces: list[str] = []
@@ -242,7 +268,11 @@ class Lab:
         self._add_namespace(self.internet)
         self._sysctl(self.internet, "net.ipv4.ip_forward=1")
         self._nft(self.internet, internet_ruleset())
+        outer = f"s{self._attachments}"
         self._attach_public(self.rendezvous.netns, RENDEZVOUS_ADDRESSES, RENDEZVOUS_GATEWAY)
+        if self.ipv6:
+            self._sysctl(self.internet, "net.ipv6.conf.all.forwarding=1")
+            self._attach_public6(self.rendezvous.netns, outer, "eth0", RENDEZVOUS_ADDRESS6)
 
     def close(self) -> None:
         """Stop every lab process and delete every lab namespace (and so every veth)."""
@@ -280,9 +310,13 @@ class Lab:
 
     # -- building -------------------------------------------------------------
 
-    def site(self, name: str, nat: NatType, *, mapping_timeout: int = DEFAULT_MAPPING_TIMEOUT) -> Site:
+    def site(
+        self, name: str, nat: NatType, *, mapping_timeout: int = DEFAULT_MAPPING_TIMEOUT, ipv6: bool | None = None
+    ) -> Site:
         """Add a site: a private host behind a router of type ``nat``, or for
-        NatType.NONE a host directly on the internet.
+        NatType.NONE a host directly on the internet.  ``ipv6`` (default: the
+        lab's): the host also has a global IPv6 address (see the module
+        docstring); the lab must have been made with ``ipv6=True``.
 
         ``mapping_timeout`` (seconds) is how long an idle UDP mapping lives
         on the router (conntrack's UDP timeouts, and the full-cone table).
@@ -293,16 +327,30 @@ class Lab:
             raise ValueError(f"mapping_timeout must be at least 1 s, not {mapping_timeout}")
         if not NAME_RE.match(name) or name in self.sites or name in ("inet", "rv"):
             raise ValueError(f"site name {name!r} must be new, 1-12 lowercase letters or digits, letter first")
+        with_ipv6 = self.ipv6 if ipv6 is None else ipv6
+        if with_ipv6 and not self.ipv6:
+            raise LabError("a site with IPv6 needs a lab with IPv6: Lab(ipv6=True)")
         index = len(self.sites)
         public = f"198.51.100.{FIRST_PUBLIC_HOST + index}"
+        public6 = f"{PUBLIC_PREFIX6}{FIRST_PUBLIC_HOST + index}"
         if nat is NatType.NONE:
-            host = Host(name, f"{self.prefix}{name}", (public,))
+            host = Host(name, f"{self.prefix}{name}", (public,), (public6,) if with_ipv6 else ())
+            outer = f"s{self._attachments}"
             self._attach_public(host.netns, host.addresses, PUBLIC_GATEWAY)
+            if with_ipv6:
+                self._attach_public6(host.netns, outer, "eth0", public6)
             site = Site(name, nat, host, None)
         else:
             subnet = f"10.0.{index + 1}"
-            router = Host(f"{name}-router", f"{self.prefix}{name}-r", (public, f"{subnet}.1"))
-            host = Host(name, f"{self.prefix}{name}", (f"{subnet}.2",))
+            subnet6 = f"2001:db8:{index + 1}::"
+            router = Host(
+                f"{name}-router",
+                f"{self.prefix}{name}-r",
+                (public, f"{subnet}.1"),
+                (public6, f"{subnet6}1") if with_ipv6 else (),
+            )
+            host = Host(name, f"{self.prefix}{name}", (f"{subnet}.2",), (f"{subnet6}2",) if with_ipv6 else ())
+            outer = f"s{self._attachments}"
             self._attach_public(router.netns, (public,), PUBLIC_GATEWAY, ifname="wan")
             self._add_namespace(host.netns)
             self._ip(router.netns, "link", "add", "lan", "type", "veth", "peer", "name", "eth0", "netns", host.netns)
@@ -313,6 +361,8 @@ class Lab:
             self._ip(host.netns, "route", "add", "default", "via", f"{subnet}.1")
             self._sysctl(router.netns, "net.ipv4.ip_forward=1")
             self._nft(router.netns, router_ruleset(nat, host.address, mapping_timeout))
+            if with_ipv6:
+                self._site6(router, host, outer, subnet6)
             # Per-namespace conntrack timeouts: unreplied and replied UDP flows.
             self._sysctl(
                 router.netns,
@@ -322,6 +372,31 @@ class Lab:
             site = Site(name, nat, host, router)
         self.sites[name] = site
         return site
+
+    def _site6(self, router: Host, host: Host, outer: str, subnet6: str) -> None:
+        """A NAT site's IPv6: the router's WAN address, the site's /64 routed
+        to it from the internet, the host on the /64 with its default route
+        via the router, and the router's firewall (no NAT66)."""
+        public6, lan6 = router.addresses6
+        self._attach_public6(router.netns, outer, "wan", public6)
+        self._ip(self.internet, "-6", "route", "add", f"{subnet6}/64", "via", public6, "dev", outer)
+        self._ip(router.netns, "-6", "addr", "add", f"{lan6}/64", "dev", "lan", "nodad")
+        self._ip(host.netns, "-6", "addr", "add", f"{host.addresses6[0]}/64", "dev", "eth0", "nodad")
+        self._ip(host.netns, "-6", "route", "add", "default", "via", lan6, "dev", "eth0")
+        self._sysctl(router.netns, "net.ipv6.conf.all.forwarding=1")
+        self._nft(router.netns, router_ruleset6())
+
+    def _attach_public6(self, netns: str, outer: str, ifname: str, address: str) -> None:
+        """IPv6 on an attachment :meth:`_attach_public` made: ``address``/128
+        on the inside, the internet's gateway address on the outside, routes
+        both ways.  No duplicate address detection: the lab's addresses are
+        unique by construction, and a tentative address could not be used
+        for the second or so DAD takes."""
+        self._ip(self.internet, "-6", "addr", "add", f"{GATEWAY6}/128", "dev", outer, "nodad")
+        self._ip(self.internet, "-6", "route", "add", f"{address}/128", "dev", outer)
+        self._ip(netns, "-6", "addr", "add", f"{address}/128", "dev", ifname, "nodad")
+        self._ip(netns, "-6", "route", "add", GATEWAY6, "dev", ifname)
+        self._ip(netns, "-6", "route", "add", "default", "via", GATEWAY6, "dev", ifname, "src", address)
 
     def _add_namespace(self, netns: str) -> None:
         self._namespaces.append(netns)  # recorded first: a half-made one is removed too
@@ -488,43 +563,46 @@ class Lab:
             self._stop_delay()
             raise LabError(f"delay program did not start (exit status {process.returncode})")
         # Only now queue packets: with no program bound, queued packets drop.
-        self._check(
-            [
-                tool("ip"),
-                "netns",
-                "exec",
-                self.internet,
-                tool("iptables"),
-                "-w",
-                "-A",
-                "FORWARD",
-                "-j",
-                "NFQUEUE",
-                "--queue-num",
-                str(DELAY_QUEUE),
-            ]
-        )
+        # (One queue for both families: the kernel's queues ignore the family.)
+        for iptables in self._iptables():
+            self._check(
+                [
+                    tool("ip"),
+                    "netns",
+                    "exec",
+                    self.internet,
+                    tool(iptables),
+                    "-w",
+                    "-A",
+                    "FORWARD",
+                    "-j",
+                    "NFQUEUE",
+                    "--queue-num",
+                    str(DELAY_QUEUE),
+                ]
+            )
         self._delay_ms = delay_ms
 
     def _stop_delay(self) -> None:
         # Unqueue first, so no packet is queued to a program that is gone.
-        subprocess.run(
-            [
-                tool("ip"),
-                "netns",
-                "exec",
-                self.internet,
-                tool("iptables"),
-                "-w",
-                "-D",
-                "FORWARD",
-                "-j",
-                "NFQUEUE",
-                "--queue-num",
-                str(DELAY_QUEUE),
-            ],
-            capture_output=True,
-        )
+        for iptables in self._iptables():
+            subprocess.run(
+                [
+                    tool("ip"),
+                    "netns",
+                    "exec",
+                    self.internet,
+                    tool(iptables),
+                    "-w",
+                    "-D",
+                    "FORWARD",
+                    "-j",
+                    "NFQUEUE",
+                    "--queue-num",
+                    str(DELAY_QUEUE),
+                ],
+                capture_output=True,
+            )
         process, self._delay = self._delay, None
         self._delay_ms = 0.0
         if process is None:
@@ -535,6 +613,9 @@ class Lab:
         except subprocess.TimeoutExpired:
             process.kill()
             process.communicate()
+
+    def _iptables(self) -> tuple[str, ...]:
+        return ("iptables", "ip6tables") if self.ipv6 else ("iptables",)
 
     @property
     def delay_pid(self) -> int | None:

@@ -19,6 +19,9 @@ WAN = "wan"
 LAB_PREFIXES = ("198.51.100.0/24", "203.0.113.0/24")
 """The only destinations the internet namespace forwards to (RFC 5737)."""
 
+LAB_PREFIX6 = "2001:db8::/32"
+"""The only IPv6 destinations it forwards to (RFC 3849, documentation)."""
+
 
 class NatType(enum.Enum):
     """How a site's router treats its private host's UDP traffic."""
@@ -99,6 +102,23 @@ table ip netlab_fw {{
 """
 
 
+def router_ruleset6() -> str:
+    """A site router's IPv6 firewall, as home routers have it: no NAT (the
+    host has a global address), everything outbound allowed, inbound only
+    what belongs to a flow the host started (a UDP reply from exactly the
+    address:port it sent to).  So a direct IPv6 path still needs both sides
+    to send, but no port ever changes: symmetric IPv4 NATs do not matter."""
+    return f"""
+table ip6 netlab_fw6 {{
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    iifname "{WAN}" ct state established,related accept
+    iifname "{WAN}" drop
+  }}
+}}
+"""
+
+
 def internet_ruleset() -> str:
     """The internet namespace's table: a fence, and an empty chain for loss.
 
@@ -110,7 +130,7 @@ def internet_ruleset() -> str:
 table inet netlab {{
   chain fence {{
     type filter hook forward priority filter - 20; policy accept;
-    meta nfproto ipv6 drop
+    ip6 daddr != {LAB_PREFIX6} drop
     ip daddr != {{ {ranges} }} drop
   }}
   chain loss {{

@@ -6,6 +6,11 @@ own 127.0.0.1 (the root namespace cannot, and must not, reach it).
     python peer_api.py PORT TOKEN send TO TEXT
     python peer_api.py PORT TOKEN messages PEER
     python peer_api.py PORT TOKEN burst TO COUNT PREFIX   (COUNT messages "PREFIX 0" ... in order)
+    python peer_api.py PORT TOKEN stream TO COUNT PREFIX HOLD_AT
+                                                          (COUNT messages, one every 10 ms; before
+                                                          message HOLD_AT waits for a direct path;
+                                                          prints each one's id and the path the
+                                                          page knew when it was posted)
     python peer_api.py PORT TOKEN send-wait TO TEXT        (POST, then wait for `delivered` on the
                                                            page's websocket; prints the seconds it
                                                            took and the wall-clock time of the POST)
@@ -94,6 +99,47 @@ async def send_wait(port: int, token: str, to: int, text: str) -> dict[str, obje
             }
 
 
+async def stream(port: int, token: str, to: int, count: int, prefix: str, hold_at: int) -> list[dict[str, object]]:
+    """Messages posted at a steady pace while the page's websocket follows
+    the path to ``to``: the ones before ``hold_at`` go whatever the path,
+    the rest only once it is direct, so the stream spans a relayed -> direct
+    move when there is one."""
+    import aiohttp
+
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Origin": base, "Authorization": f"Bearer {token}"}
+    path: dict[str, str | None] = {"state": None}
+    direct = asyncio.Event()
+
+    async def follow(ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for frame in ws:
+            for event in events(frame.data):
+                if event.get("type") == "connection" and event.get("peer") == to:
+                    state = (event.get("connection") or {}).get("state")
+                    path["state"] = state
+                    if state == "direct":
+                        direct.set()
+                    else:
+                        direct.clear()
+
+    sent: list[dict[str, object]] = []
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{base}/ws?token={token}", headers={"Origin": base}) as ws:
+            follower = asyncio.create_task(follow(ws))
+            try:
+                for i in range(count):
+                    if i == hold_at:
+                        await asyncio.wait_for(direct.wait(), 60)
+                    body = {"to": to, "text": f"{prefix} {i}"}
+                    async with session.post(f"{base}/api/messages", json=body, headers=headers) as reply:
+                        reply.raise_for_status()
+                        sent.append({"id": (await reply.json())["id"], "path": path["state"]})
+                    await asyncio.sleep(0.01)
+            finally:
+                follower.cancel()
+    return sent
+
+
 def main() -> None:
     port, token, command, *args = sys.argv[1:]
     if command == "me":
@@ -108,6 +154,9 @@ def main() -> None:
             call(int(port), token, "POST", "/api/messages", {"to": to, "text": f"{prefix} {i}"})["id"]
             for i in range(count)
         ]
+    elif command == "stream":
+        to, count, prefix, hold_at = int(args[0]), int(args[1]), args[2], int(args[3])
+        answer = asyncio.run(asyncio.wait_for(stream(int(port), token, to, count, prefix, hold_at), 120))
     elif command == "send-wait":
         answer = asyncio.run(asyncio.wait_for(send_wait(int(port), token, int(args[0]), args[1]), 30))
     elif command == "watch":
@@ -122,7 +171,8 @@ def main() -> None:
     elif command == "group-messages":
         answer = call(int(port), token, "GET", f"/api/groups/{args[0]}/messages?limit=5000")
     elif command == "messages":
-        answer = call(int(port), token, "GET", f"/api/messages?peer={int(args[0])}")
+        limit = int(args[1]) if len(args) > 1 else 500
+        answer = call(int(port), token, "GET", f"/api/messages?peer={int(args[0])}&limit={limit}")
     else:
         raise SystemExit(f"unknown command {command!r}")
     print(json.dumps(answer))

@@ -126,17 +126,23 @@ def run_pair(
     delay_ms: float = 0.0,
     *,
     port_mapping: bool = False,
+    ipv6: bool = False,
     upnp: bool = False,
 ) -> dict[str, object]:
     """Both peers up and seeing each other, then the time from alice's POST
     (which starts CONNECT, the checks, QUIC and authentication) to her first
     message being delivered, and a reply the other way.  ``port_mapping``:
     the routers run miniupnpd (``upnp``: speaking UPnP IGD only), and both
-    peers have their mapping first."""
-    with Lab() as lab:
+    peers have their mapping first.  ``ipv6``: both sites and the server have IPv6 too, and both peers have
+    registered their IPv6 address first: the path ends direct, whatever the
+    NATs."""
+    final = "direct" if ipv6 else eventual_path(nat_a, nat_b)
+    with Lab(ipv6=ipv6) as lab:
         if delay_ms:
             lab.set_link(delay_ms=delay_ms)
-        alice, bob, id_a, id_b = start_pair(lab, tmp_path, nat_a, nat_b, port_mapping=port_mapping, upnp=upnp)
+        alice, bob, id_a, id_b = start_pair(
+            lab, tmp_path, nat_a, nat_b, port_mapping=port_mapping, ipv6=ipv6, upnp=upnp
+        )
         # The server saw each peer at its NAT's public address.
         assert alice.api("me")["public_address"].split(":")[0] == lab.sites["a"].public_address
         assert bob.api("me")["public_address"].split(":")[0] == lab.sites["b"].public_address
@@ -161,11 +167,11 @@ def run_pair(
             "arrived": arrived,
             "eventual": connection,
         }
-        if not port_mapping and eventual_path(nat_a, nat_b) != connection["state"]:
+        if not port_mapping and final != connection["state"]:
             result["eventual"] = alice.wait(
                 lambda: (
                     (c := next(p for p in alice.api("peers") if p["id"] == id_b)["connection"])
-                    and c["state"] == eventual_path(nat_a, nat_b)
+                    and c["state"] == final
                     and c
                 ),
                 30,
@@ -228,6 +234,22 @@ def test_messages_cross_every_pair_of_nats(tmp_path: Path, nat_a: NatType, nat_b
         assert result["connection"]["address"].split(":")[0].startswith("198.51.100.")
 
 
+def test_ipv6_on_both_sides_goes_direct_past_two_symmetric_ipv4_nats(tmp_path: Path) -> None:
+    """Issue 15's dual stack: two symmetric IPv4 NATs never meet, but both
+    sites also have IPv6 (no NAT66, a home firewall that lets in only what
+    answers the host's own traffic): each peer learns its IPv6 address from
+    the server's, registers it, and the pair goes direct over IPv6, the
+    page saying so.  (IPv6 on one side only: tests/unit/test_dual_stack.py.)"""
+    result = run_pair(tmp_path, NatType.SYMMETRIC, NatType.SYMMETRIC, ipv6=True)
+    # The first message may have gone through the relay (a symmetric NAT
+    # starts it with the CONNECT); the pair ends on bob's IPv6 address.
+    path = result["eventual"]
+    assert path["state"] == "direct" and path["family"] == "IPv6", path
+    assert path["address"].startswith("[2001:db8:2::2]:"), path
+    logs = {name: (tmp_path / f"{name}.log").read_text() for name in ("alice", "bob")}
+    assert not any(re.search(r"many-port probing toward peer \d+ from", log) for log in logs.values())
+
+
 def test_two_peers_behind_one_nat_talk_over_their_network(tmp_path: Path) -> None:
     """Both on one host behind a port-restricted NAT (no hairpinning, as
     Linux masquerade): the server sees one public address for both, so each
@@ -251,9 +273,10 @@ def test_two_peers_behind_one_nat_talk_over_their_network(tmp_path: Path) -> Non
         bob.wait(lambda: all_delivered(bob, id_a, [reply["id"]]), 20, "bob's reply delivered")
 
 
-def start_rendezvous(lab: Lab, tmp_path: Path) -> str:
+def start_rendezvous(lab: Lab, tmp_path: Path, *, ipv6: bool = False) -> str:
     """The server on the lab's internet, with its second address for RFC 5780
-    NAT discovery; returns its HOST:PORT."""
+    NAT discovery; returns its HOST:PORT (``ipv6``: it listens on both
+    families, and the answer names both addresses, IPv4 first)."""
     primary, other = lab.rendezvous.addresses[:2]
     lab.popen(
         lab.rendezvous,
@@ -262,7 +285,7 @@ def start_rendezvous(lab: Lab, tmp_path: Path) -> str:
             "-m",
             "rendezvous",
             "--host",
-            primary,
+            "::" if ipv6 else primary,
             "--port",
             "3478",
             "--other-address",
@@ -274,7 +297,7 @@ def start_rendezvous(lab: Lab, tmp_path: Path) -> str:
         ],
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
-    return f"{primary}:3478"
+    return f"{primary}:3478,[{lab.rendezvous.address6}]:3478" if ipv6 else f"{primary}:3478"
 
 
 def start_port_mapping(lab: Lab, tmp_path: Path, server: str, *, upnp: bool = False) -> None:
@@ -291,17 +314,26 @@ def start_port_mapping(lab: Lab, tmp_path: Path, server: str, *, upnp: bool = Fa
 
 
 def start_pair(
-    lab: Lab, tmp_path: Path, nat_a: NatType, nat_b: NatType, *, port_mapping: bool = False, upnp: bool = False
+    lab: Lab,
+    tmp_path: Path,
+    nat_a: NatType,
+    nat_b: NatType,
+    *,
+    port_mapping: bool = False,
+    ipv6: bool = False,
+    upnp: bool = False,
 ):
     site_a = lab.site("a", nat_a)
     site_b = lab.site("b", nat_b)
-    server = start_rendezvous(lab, tmp_path)
+    server = start_rendezvous(lab, tmp_path, ipv6=ipv6)
     if port_mapping:
         start_port_mapping(lab, tmp_path, server, upnp=upnp)
 
     def ready(m: dict) -> bool:
         # With a mapping, registered again with it (the server has it then).
-        return bool(m["id"] and (not port_mapping or (m["port_mapping"] and m["registered"])))
+        mapped = not port_mapping or (m["port_mapping"] and m["registered"])
+        # With IPv6, registered again with its IPv6 address too (learned from the server's).
+        return bool(m["id"] and mapped and (not ipv6 or (len(m["public_addresses"]) == 2 and m["registered"])))
 
     alice = Peer(lab, site_a, "alice", tmp_path / "alice", server)
     me_a = alice.wait(lambda: (m := alice.api("me")) and ready(m) and m, START, "alice registered")

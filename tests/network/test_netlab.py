@@ -248,6 +248,82 @@ def test_lab_namespaces_have_no_way_out(lab: Lab) -> None:
         assert route.startswith(("198.51.100.", "203.0.113.")), route
 
 
+# -- IPv6 -------------------------------------------------------------------
+
+# Inside a lab host: bind [::]:PORT, print "ready", then per stdin line
+# "send HOST PORT TEXT" send TEXT there; print every datagram received as
+# {"from": [host, port], "data": text} until one reads "reply" (10 s at most).
+V6_HOST = """
+import json, select, socket, sys
+sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+sock.bind(("::", int(sys.argv[1])))
+print("ready", flush=True)
+line = sys.stdin.readline().split()
+sock.sendto(line[3].encode(), (line[1], int(line[2])))
+while select.select([sock], [], [], 10.0)[0]:
+    data, source = sock.recvfrom(2048)
+    print(json.dumps({"from": list(source[:2]), "data": data.decode()}), flush=True)
+    if data == b"reply":
+        break
+"""
+
+# The outside host: wait (10 s at most) for one datagram on [::]:7001, then
+# send "unsolicited" to its sender's address from [::]:7002 (a port the
+# sender never sent to), then "reply" from 7001; print where it came from.
+V6_ANSWER = """
+import json, socket
+answer = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+answer.bind(("::", 7001))
+stranger = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+stranger.bind(("::", 7002))
+print("ready", flush=True)
+answer.settimeout(10.0)
+data, source = answer.recvfrom(2048)
+stranger.sendto(b"unsolicited", source[:2])
+answer.sendto(b"reply", source[:2])
+print(json.dumps({"seen": list(source[:2])}), flush=True)
+"""
+
+
+def test_ipv6_sites_have_no_nat66_and_a_firewall_that_lets_in_only_replies() -> None:
+    """A site with IPv6 keeps its host's global address and port (no NAT66,
+    so a symmetric IPv4 NAT changes nothing there), and its router lets in
+    what answers the host's own traffic and nothing else: the same datagram
+    from a port the host never sent to is dropped.  Checked in order: the
+    outside host sends the stranger's datagram first, on the same path."""
+    require_lab()
+    with Lab(ipv6=True) as lab:
+        inside = lab.site("a", NatType.SYMMETRIC)
+        outside = lab.site("y", NatType.NONE)
+        assert inside.public_address6 == "2001:db8:1::2" and outside.public_address6 == "2001:db8:100::12"
+        answerer = lab.popen(outside, [sys.executable, "-c", V6_ANSWER], stdout=subprocess.PIPE, text=True)
+        assert answerer.stdout is not None and answerer.stdout.readline().strip() == "ready"
+        host = lab.popen(
+            inside, [sys.executable, "-c", V6_HOST, "7000"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert host.stdout is not None and host.stdin is not None and host.stdout.readline().strip() == "ready"
+        host.stdin.write(f"send {outside.public_address6} 7001 hello\n")
+        host.stdin.flush()
+        seen = json_lines(answerer.communicate(timeout=20)[0])
+        received = json_lines(host.communicate(timeout=20)[0])
+        # And the internet routes only the lab's IPv6 prefix, as it does IPv4.
+        routes = subprocess.run(
+            [tool("ip"), "-n", lab.internet, "-6", "route", "show"], capture_output=True, text=True, check=True
+        ).stdout
+        fence = subprocess.run(
+            [tool("ip"), "netns", "exec", lab.internet, tool("nft"), "list", "table", "inet", "netlab"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    assert seen == [{"seen": ["2001:db8:1::2", 7000]}]  # the host's own address and port
+    assert received == [{"from": ["2001:db8:100::12", 7001], "data": "reply"}]
+    assert "default" not in routes
+    for route in routes.splitlines():
+        assert route.startswith(("2001:db8:", "fe80::")), route  # the lab's, and the veths' own link-local
+    assert "ip6 daddr != 2001:db8::/32 drop" in fence
+
+
 # -- teardown -------------------------------------------------------------
 
 

@@ -17,6 +17,11 @@ The NAT model is the usual four kinds (RFC 4787 terms):
 ``net.cut(a, b)`` drops every datagram between two peers' hosts (no direct
 path at all, as between two symmetric NATs); ``net.mend(a, b)`` restores it.
 ``net.server_down`` drops everything sent to the rendezvous server.
+
+IPv6 (``net.add(name, nat, v6=True)``): the peer also has a global IPv6
+address, with no NAT in front of it but a home router's stateful firewall
+(inbound only from an address:port the peer has sent to), and it knows the
+server's IPv6 address (``SERVER6``) beside its IPv4 one.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ from webpeer.store import Store, StoreError
 
 SERVER = ("203.0.113.1", 3478)
 SERVER_OTHER = ("203.0.113.2", 3479)
+SERVER6 = ("2001:db8:ffff::1", 3478)
+SERVERS = (SERVER, SERVER_OTHER, SERVER6)
 LATENCY = 0.005  # one way
 MAIN_PORT = 5000
 SPARE_BASE = 6000
@@ -103,9 +110,13 @@ class Peer:
         nat: Nat,
         last_id: int | None = None,
         declared: tuple[Address, ...] = (),
+        v6: str | None = None,
+        server6: bool = False,
         **config: object,
     ) -> None:
         self.net = net
+        self.v6 = v6  # a global IPv6 address, behind a stateful firewall (no NAT)
+        self.firewall6: set[tuple[int, Address]] = set()  # (our port, remote) we sent to over IPv6
         self.name = name
         self.identity = identity
         self.host = host
@@ -123,6 +134,8 @@ class Peer:
         # the server's word on it; those it never assigned are refused.
         self.held: list[Draft] = []
         self.refused: list[str] = []  # ids of drafts refused as "unknown peer"
+        if server6:
+            self.engine.registration.use_servers((SERVER, SERVER6))
         # ``declared``: more local addresses it claims at registration (a liar's).
         self.engine.start(((host, MAIN_PORT), *declared), net.now, last_id=last_id)
 
@@ -194,6 +207,14 @@ class Peer:
         for data, address, socket in self.engine.datagrams_to_send(now):
             if socket and socket not in self.spares:
                 continue
+            if ":" in address[0]:
+                if self.v6 is None:
+                    self.net.dropped += 1  # no IPv6 route
+                    continue
+                port = self.socket_address(socket)[1]
+                self.firewall6.add((port, address))
+                self.net.transmit(data, (self.v6, port), address)
+                continue
             source = self.nat.outbound(self.socket_address(socket), address)
             self.net.transmit(data, source, address)
         if settled:
@@ -239,8 +260,12 @@ class PeerNet:
         *,
         identity: Identity | None = None,
         declared: tuple[Address, ...] = (),
+        v6: bool = False,
+        server6: bool | None = None,
         **config: object,
     ) -> Peer:
+        """``v6``: the peer has IPv6 too; ``server6`` (default: ``v6``): it
+        knows the server's IPv6 address."""
         index = len(self.peers) + 1
         private = f"10.0.{index}.2" if nat != "none" else f"198.51.100.{index}"
         public = f"198.51.100.{index}"
@@ -254,6 +279,8 @@ class PeerNet:
             private,
             Nat(nat, public),
             declared=declared,
+            v6=f"2001:db8:{index}::2" if v6 else None,
+            server6=v6 if server6 is None else server6,
             **config,
         )
         self.peers.append(peer)
@@ -312,18 +339,16 @@ class PeerNet:
     # ------------------------------------------------------------ moving datagrams
 
     def transmit(self, data: bytes, source: Address, destination: Address) -> None:
-        if frozenset((source[0], destination[0])) in self._cut or (
-            self.server_down and destination in (SERVER, SERVER_OTHER)
-        ):
+        if frozenset((source[0], destination[0])) in self._cut or (self.server_down and destination in SERVERS):
             self.dropped += 1
             return
         if self.lose is not None and self.lose(data, source, destination):
             self.dropped += 1
             return
-        if destination in (SERVER, SERVER_OTHER):
+        if destination in SERVERS:
             self.to_server[(source[0], "datagrams")] += 1
             self.to_server[(source[0], "bytes")] += len(data)
-        elif source in (SERVER, SERVER_OTHER):
+        elif source in SERVERS:
             self.from_server[(destination[0], "datagrams")] += 1
             self.from_server[(destination[0], "bytes")] += len(data)
         heapq.heappush(self._queue, (self.now + LATENCY, next(self._order), data, source, destination))
@@ -332,9 +357,12 @@ class PeerNet:
         if (raw := self.raw_endpoints.get(destination)) is not None:
             raw(data, source)  # a test's own hand-made endpoint (an attacker, say)
             return
-        if destination in (SERVER, SERVER_OTHER):
+        if destination in SERVERS:
             self.server.receive_datagram(data, source, self.now, via_other=destination == SERVER_OTHER)
             self._flush_server()
+            return
+        if ":" in destination[0]:
+            self._deliver6(data, source, destination)
             return
         for peer in self.peers:
             if not peer.alive or peer.nat.public_ip != destination[0]:
@@ -353,6 +381,22 @@ class PeerNet:
             peer.flush()
             return
 
+    def _deliver6(self, data: bytes, source: Address, destination: Address) -> None:
+        peer = next((p for p in self.peers if p.alive and p.v6 == destination[0]), None)
+        if peer is None:
+            return
+        if (destination[1], source) not in peer.firewall6:
+            self.dropped += 1  # the home firewall: inbound only where the peer has sent
+            return
+        if destination[1] == MAIN_PORT:
+            socket = 0
+        elif destination[1] - SPARE_BASE in peer.spares:
+            socket = destination[1] - SPARE_BASE
+        else:
+            return
+        peer.engine.receive_datagram(data, source, self.now, socket)
+        peer.flush()
+
     def _flush_server(self) -> None:
         for pending in self.server.pending_registrations():
             peer_id = self._ids.setdefault(pending.identity, len(self._ids) + 1)
@@ -360,7 +404,7 @@ class PeerNet:
         for request in self.server.mail_requests():
             self._mail(request)
         for data, address in self.server.datagrams_to_send():
-            self.transmit(data, SERVER, address)
+            self.transmit(data, SERVER6 if ":" in address[0] else SERVER, address)
         for data, address in self.server.datagrams_to_send_from_other():
             self.transmit(data, SERVER_OTHER, address)
         self.server.events()

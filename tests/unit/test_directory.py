@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import pytest
 
+from rendezvous.core import EXPIRE_BATCH, ServerConfig, ServerCore
 from rendezvous.directory import Directory
+from rendezvous.events import PeerOffline
 from rendezvous.registry import PeerRecord, legacy_identity
 from rendezvous.stun import Address
+from rendezvous.tokens import Tokens
 
 EXPIRY_GRAIN = 0.25
 
@@ -59,6 +62,23 @@ def test_expiry_is_in_deadline_order_never_early_at_most_a_grain_late() -> None:
     assert ids(d.expire(2000.0)) == [3]
     assert d.next_expiry() is None
     assert len(d) == 0
+
+
+def test_a_crowd_expiring_together_leaves_a_batch_at_a_time_in_order() -> None:
+    d = Directory()
+    for peer_id in range(1, 2501):
+        d.put(record(peer_id, 1010.0 if peer_id <= 2400 else 1011.0))
+    d.put(record(9999, 1500.0))
+    batches = []
+    while (due := d.next_expiry()) is not None and due <= 1100.0:
+        batches.append(ids(d.expire(1100.0, limit=1000)))
+    assert [len(batch) for batch in batches] == [1000, 1000, 500]
+    assert [peer_id for batch in batches for peer_id in batch] == list(range(1, 2501))
+    assert ids(d.page(0, 10)) == [9999]
+    # Without a limit, all at once (as before).
+    for peer_id in range(1, 1500):
+        d.put(record(peer_id, 1200.0))
+    assert len(d.expire(1300.0)) == 1499
 
 
 def test_expired_records_end_at_the_expiry_time_and_are_dirty() -> None:
@@ -192,3 +212,21 @@ def test_many_peers_expire_exactly_once(count: int) -> None:
             assert gone.expires_at <= now <= gone.expires_at + EXPIRY_GRAIN
             seen.append(gone.peer_id)
     assert sorted(seen) == list(range(1, count + 1))
+
+
+def test_the_core_expires_a_crowd_one_batch_per_timer_and_comes_straight_back() -> None:
+    core = ServerCore(ServerConfig(), Tokens(b"k" * 32))
+    crowd = 2 * EXPIRE_BATCH + 10
+    for peer_id in range(1, crowd + 1):
+        core.directory.put(record(peer_id, 1010.0))
+    core.events()
+    timers = 0
+    offline = 0
+    while (due := core.get_timer()) is not None:
+        assert due <= 1010.0 + EXPIRY_GRAIN  # due now while any is left: the adapter comes straight back
+        core.handle_timer(1011.0)
+        gone = [e for e in core.events() if isinstance(e, PeerOffline)]
+        assert 0 < len(gone) <= EXPIRE_BATCH
+        offline += len(gone)
+        timers += 1
+    assert (offline, timers, len(core.directory)) == (crowd, 3, 0)

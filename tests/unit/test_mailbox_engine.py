@@ -57,6 +57,21 @@ def test_a_message_for_an_offline_peer_waits_in_the_mailbox_and_is_delivered(net
     assert sum(1 for e in bob.events if isinstance(e, MessageAdded) and e.message["id"] == received) == 1
 
 
+def test_a_peer_gone_for_the_grace_already_gets_the_message_at_the_next_sweep(net: PeerNet) -> None:
+    alice, _, _, bob_id = met_then_apart(net)
+    # Just gone: the grace runs from when alice heard it (he may be restarting).
+    gone_at = net.now
+    first = alice.send(bob_id, "are you restarting?")
+    net.run_until(lambda: alice.status(first) == "stored", AFTER + 5)
+    assert net.now - gone_at >= AFTER
+    # Gone for longer than the grace: no second wait.
+    net.run(AFTER)
+    written_at = net.now
+    second = alice.send(bob_id, "you have been away a while")
+    net.run_until(lambda: alice.status(second) == "stored", AFTER + 5)
+    assert net.now - written_at < AFTER / 2  # a sweep (1 s here), not the grace
+
+
 def test_over_quota_the_sender_is_told_and_nothing_stored_is_lost(net: PeerNet) -> None:
     net.server.config = dataclasses.replace(net.server.config, mailbox=MailLimits(max_messages=1))
     alice, _, _, bob_id = met_then_apart(net)

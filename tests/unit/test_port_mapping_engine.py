@@ -81,7 +81,7 @@ def test_two_symmetric_nats_go_direct_through_a_router_mapping(net: PeerNet) -> 
     net.run_until(lambda: alice.engine.registration.state.value == "registered", 2)
     sent = bob.send(alice, "through the mapped port")
     net.run_until(lambda: bob.status(sent) == "delivered", 4)
-    assert bob.connection(alice) == {"state": "direct", "address": "198.51.100.1:50000"}
+    assert bob.connection(alice) == {"state": "direct", "address": "198.51.100.1:50000", "family": "IPv4"}
 
 
 def test_without_the_mapping_the_same_pair_ends_relayed(net: PeerNet) -> None:
@@ -117,5 +117,5 @@ def test_the_early_connection_to_a_mapped_port_is_kept(net: PeerNet) -> None:
     net.run_until(lambda: all(p.engine.registration.state.value == "registered" for p in (alice, bob)), 2)
     sent = alice.send(bob, "at once")
     net.run_until(lambda: alice.status(sent) == "delivered", 4)
-    assert alice.connection(bob) == {"state": "direct", "address": "198.51.100.2:50001"}
+    assert alice.connection(bob) == {"state": "direct", "address": "198.51.100.2:50001", "family": "IPv4"}
     assert alice.engine.stats["early_link_replaced"] == 0

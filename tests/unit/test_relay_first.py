@@ -144,7 +144,7 @@ def test_a_symmetric_peer_starts_the_relay_with_its_connect_and_still_ends_direc
     net.run(0.1)
     observed = alice.engine.session(bob.peer_id).observed  # bob's address as the server saw it
     assert observed is not None
-    assert alice.connection(bob) == {"state": "direct", "address": "{}:{}".format(*observed)}
+    assert alice.connection(bob) == {"state": "direct", "address": "{}:{}".format(*observed), "family": "IPv4"}
     assert (bob.connection(alice) or {}).get("state") == "direct"
     setup = relayed_bytes(net) - before
     assert setup <= 6 * 1200  # a handshake's first flights at most
