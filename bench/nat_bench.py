@@ -3,12 +3,14 @@ one-way delay on the lab's internet links (so one round trip is >= 40 ms).
 
 Needs root (it builds the NAT lab of tests/netlab in network namespaces).
 
-    sudo .venv/bin/python bench/nat_bench.py [--delay-ms 20] [--second-delay-ms 50] [--rounds 3] [--port-mapped]
+    sudo .venv/bin/python bench/nat_bench.py [--delay-ms 20] [--second-delay-ms 50] [--rounds 3] [--port-mapped [pcp|upnp]]
         [--ipv6] [--only symmetric/symmetric,port_restricted/symmetric]
 
 ``--port-mapped``: instead of every pair, the pairs that relay without help
 (symmetric against symmetric or port-restricted), with miniupnpd granting
-port mappings (PCP) on both site routers.  ``--ipv6``: a pair behind two
+port mappings on both site routers: PCP (``--port-mapped`` or
+``--port-mapped pcp``), or UPnP IGD alone (``--port-mapped upnp``: NAT-PMP
+and PCP off, so the peers fall back to it).  ``--ipv6``: a pair behind two
 symmetric IPv4 NATs whose sites also have IPv6 (no NAT66, home firewalls),
 which goes direct over IPv6 (docs/PROTOCOL.md 11.10).
 
@@ -48,12 +50,21 @@ IPV6_PAIRS = [(NatType.SYMMETRIC, NatType.SYMMETRIC)]
 
 
 def measure(
-    nat_a, nat_b, delay_ms: float, rounds: int, port_mapping: bool = False, ipv6: bool = False
+    nat_a, nat_b, delay_ms: float, rounds: int, port_mapping: str = "", ipv6: bool = False
 ) -> dict[str, object]:
+    """``port_mapping``: "" (none), "pcp" or "upnp"."""
     times, arrivals, paths, upgrades = [], [], set(), []
     for _ in range(rounds):
         with tempfile.TemporaryDirectory(prefix="peerlink-natbench-") as tmp:
-            result = run_pair(Path(tmp), nat_a, nat_b, delay_ms=delay_ms, port_mapping=port_mapping, ipv6=ipv6)
+            result = run_pair(
+                Path(tmp),
+                nat_a,
+                nat_b,
+                delay_ms=delay_ms,
+                port_mapping=bool(port_mapping),
+                ipv6=ipv6,
+                upnp=port_mapping == "upnp",
+            )
         times.append(result["first_delivery"] * 1000)
         arrivals.append(result["arrived"] * 1000)
         path = _path_name(result["connection"])
@@ -62,7 +73,7 @@ def measure(
             upgrades.append(result.get("upgrade_s", 0.0))
         paths.add(path)
     rtt = 2 * delay_ms
-    suffix = ", port mapped" if port_mapping else ", both with IPv6" if ipv6 else ""
+    suffix = f", port mapped ({port_mapping})" if port_mapping else ", both with IPv6" if ipv6 else ""
     return {
         "pair": f"{nat_a.name.lower()} / {nat_b.name.lower()}" + suffix,
         "path": "/".join(sorted(paths)),
@@ -91,7 +102,14 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=20.0)
     parser.add_argument("--second-delay-ms", type=float, default=50.0, help="0: skip the round-trip count")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--port-mapped", action="store_true", help="only the pairs helped by router port mapping")
+    parser.add_argument(
+        "--port-mapped",
+        nargs="?",
+        const="pcp",
+        default="",
+        choices=("pcp", "upnp"),
+        help="only the pairs helped by router port mapping, mapped with PCP (the default) or UPnP IGD",
+    )
     parser.add_argument("--ipv6", action="store_true", help="only a symmetric pair with IPv6 on both sides")
     parser.add_argument("--only", default="", help="comma-separated pairs as the table names them, e.g. symmetric/none")
     args = parser.parse_args()
@@ -132,7 +150,13 @@ def main() -> None:
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
     name = (
-        "nat_bench_port_mapped.json" if args.port_mapped else "nat_bench_ipv6.json" if args.ipv6 else "nat_bench.json"
+        "nat_bench_port_mapped_upnp.json"
+        if args.port_mapped == "upnp"
+        else "nat_bench_port_mapped.json"
+        if args.port_mapped
+        else "nat_bench_ipv6.json"
+        if args.ipv6
+        else "nat_bench.json"
     )
     (out / name).write_text(json.dumps(rows, indent=2))
 

@@ -203,7 +203,7 @@ def add_peer_options(parser: argparse.ArgumentParser, *, sub: bool) -> None:
         "--no-port-mapping",
         action="store_true",
         default=os.environ.get("WEBPEER_NO_PORT_MAPPING") == "1",
-        help="do not ask the router for a port mapping (PCP, NAT-PMP) that would let other peers "
+        help="do not ask the router for a port mapping (PCP, NAT-PMP, UPnP IGD) that would let other peers "
         "reach this one directly (env WEBPEER_NO_PORT_MAPPING=1)",
     )
     add(

@@ -49,7 +49,7 @@ SUBSCRIBER_QUEUE = 1000
 RETENTION = 7 * 24 * 3600.0  # queued messages for an offline peer are kept this long
 EXPIRY_INTERVAL = 60.0
 STOP_WAIT = 1.0  # how long stop() waits for the server to confirm the unregistration
-PORT_MAPPING_STOP_WAIT = 1.0  # how long stop() waits for the router to confirm the mapping's deletion
+PORT_MAPPING_STOP_WAIT = 2.0  # how long stop() waits for the router to delete the mapping (UPnP: HTTP)
 DUAL_STACK = "::"  # with IPV6_V6ONLY off (UdpEndpoint.bind): IPv6, and IPv4 as IPv4-mapped addresses
 IPV4_ANY = "0.0.0.0"
 

@@ -671,7 +671,7 @@ def _families(local: tuple[Address, ...], mine: Address | None) -> set[int]:
 
 def _router_mapped(candidate: Candidate, observed: list[Address]) -> bool:
     """A declared candidate on the peer's own public address (as the server
-    saw it) at another port: a port its router maps to it (PCP, NAT-PMP).
+    saw it) at another port: a port its router maps to it (PCP, NAT-PMP, UPnP IGD).
     Probing it reaches no one but the peer's own public address."""
     return candidate.kind is CandidateKind.LOCAL and any(
         candidate.address[0] == address[0] and candidate.address != address for address in observed

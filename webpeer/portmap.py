@@ -1,5 +1,9 @@
 """Ask the router for a port mapping: PCP (RFC 6887), then NAT-PMP (RFC 6886). Sans-IO.
 
+(UPnP IGD, the third and last choice, is webpeer/upnp.py: the node's
+:class:`~webpeer.portmapper.PortMapper` turns to it when this client reports
+:class:`PortMapUnavailable`.)
+
 A mapped port makes even a symmetric NAT easy: the router forwards one fixed
 external address and port to our QUIC socket, whoever sends to it.  The
 client asks the default gateway (the node finds it), offers the answer as a
@@ -23,7 +27,10 @@ is bounded (:data:`PCP_TRIES`, :data:`NATPMP_TRIES`), so a router that
 speaks neither costs about 25 s of a few datagrams, then
 :class:`PortMapUnavailable`.  A server epoch that goes backwards or lags the
 client's clock (RFC 6887 8.5) means the router lost its state: we map
-again at once.
+again at once.  A gateway whose port 5351 is closed (an ICMP port
+unreachable, which the adapter's connected socket sees) offers neither:
+:meth:`PortMapClient.unreachable` gives up on both at once instead of
+waiting out the retries.
 """
 
 from __future__ import annotations
@@ -67,7 +74,7 @@ RESULT_SUCCESS: Final = 0
 RESULT_UNSUPPORTED_VERSION: Final = 1
 IPV4_MAPPED_ANY: Final = ipaddress.IPv6Address("::ffff:0.0.0.0").packed
 
-Protocol = Literal["pcp", "nat-pmp"]
+Protocol = Literal["pcp", "nat-pmp", "upnp"]
 
 
 class PortMapError(ValueError):
@@ -102,7 +109,7 @@ class PortMapLost(PortMapEvent):
 
 @dataclass(frozen=True)
 class PortMapUnavailable(PortMapEvent):
-    """Neither PCP nor NAT-PMP gave a mapping (no answer, or refusals)."""
+    """Neither PCP nor NAT-PMP gave a mapping (no answer, refusals, or port 5351 closed)."""
 
     reason: str
 
@@ -326,6 +333,24 @@ class PortMapClient:
         if self._renew_at is not None and now >= self._renew_at:
             self._renew_at = None
             self._renew(now)
+
+    def unreachable(self, now: float) -> None:
+        """The gateway said its port 5351 is closed (ICMP port unreachable):
+        it speaks neither PCP nor NAT-PMP now, so waiting for more tries is
+        pointless.  Mapping: unavailable at once; renewing: a failed renewal
+        (the mapping is kept until it expires); deleting: done."""
+        if self._pending is None:
+            return
+        self._pending = None
+        if self.phase is Phase.DELETING:
+            self.phase = Phase.STOPPED
+        elif self.mapping is not None:
+            self._lost_reason = "renewal failed: port 5351 unreachable"
+            self.phase = Phase.MAPPED
+            self._renew_at = now + max(1.0, (self.mapping.expires_at - now) / 2)
+        elif self.phase in (Phase.PCP, Phase.NATPMP_MAP, Phase.NATPMP_ADDRESS):
+            self.phase = Phase.UNAVAILABLE
+            self._events.append(PortMapUnavailable("PCP and NAT-PMP: the gateway's port 5351 is closed"))
 
     def receive(self, data: bytes, source: Address, now: float) -> None:
         """A datagram the socket got; anything but an expected answer from

@@ -1,10 +1,13 @@
-"""The node's side of port mapping: find the default gateway, and move the
-pure :class:`~webpeer.portmap.PortMapClient`'s bytes and timer.
+"""The node's side of port mapping: find the default gateway, move the
+pure :class:`~webpeer.portmap.PortMapClient`'s bytes and timer, and turn to
+UPnP IGD (webpeer/upnp_mapper.py) when PCP and NAT-PMP are unavailable.
 
-The request goes out from a small socket of its own (PCP and NAT-PMP name
-the internal port in the request, so the mapping still points at the main
-socket, the one that speaks QUIC), which keeps the router's answers out of
-the engine's datagram demultiplexing.  IPv4 only: the gateway comes from
+The requests go out from small sockets of their own (PCP, NAT-PMP and UPnP
+all name the internal port in the request, so the mapping still points at
+the main socket, the one that speaks QUIC), which keeps the router's answers
+out of the engine's datagram demultiplexing.  Everything goes to the
+gateway and nowhere else: PCP and NAT-PMP to its port 5351, the UPnP search
+unicast to its port 1900 (never multicast), HTTP only to URLs on it.  IPv4 only: the gateway comes from
 ``/proc/net/route`` (Linux); elsewhere, or without a default route, the
 peer simply does without a mapping.
 """
@@ -18,10 +21,9 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from rendezvous.stun import Address
-from rendezvous.udp import UdpEndpoint
-
-from .portmap import DEFAULT_LIFETIME, SERVER_PORT, Mapping, PortMapClient, PortMapLost, PortMapped
+from .portmap import DEFAULT_LIFETIME, SERVER_PORT, Mapping, PortMapClient, PortMapLost, PortMapped, PortMapUnavailable
+from .upnp import SSDP_PORT
+from .upnp_mapper import UpnpMapper
 
 logger = logging.getLogger("webpeer")
 
@@ -70,7 +72,9 @@ def source_address_toward(host: str, port: int) -> str | None:
 
 class PortMapper:
     """Keeps one mapping of ``internal_port`` at ``gateway`` while it runs;
-    ``on_change`` gets the mapping, or None when it is lost."""
+    ``on_change`` gets the mapping, or None when it is lost.  PCP, then
+    NAT-PMP (:class:`PortMapClient`), then, when both are unavailable and
+    ``upnp`` is on, UPnP IGD (:class:`~webpeer.upnp_mapper.UpnpMapper`)."""
 
     def __init__(
         self,
@@ -82,11 +86,16 @@ class PortMapper:
         clock: Callable[[], float],
         server_port: int = SERVER_PORT,
         lifetime: int = DEFAULT_LIFETIME,
+        upnp: bool = True,
+        ssdp_port: int = SSDP_PORT,
     ) -> None:
         self.client = PortMapClient(gateway, client_ip, internal_port, lifetime=lifetime, server_port=server_port)
+        self.upnp: UpnpMapper | None = None  # once PCP and NAT-PMP gave up
+        self._use_upnp = upnp
+        self._ssdp_port = ssdp_port
         self._on_change = on_change
         self._clock = clock
-        self._endpoint: UdpEndpoint | None = None
+        self._sock: socket.socket | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._done = asyncio.Event()
 
@@ -105,17 +114,28 @@ class PortMapper:
         return cls(gateway, client_ip, internal_port, on_change, clock=clock)
 
     def start(self) -> None:
-        self._endpoint = UdpEndpoint.bind(
-            self.client.client_ip, 0, self._on_datagram, self._flush, batched=False, buffer_size=None
-        )
-        self._endpoint.start()
+        # Connected to the gateway's port 5351: the kernel then passes on
+        # only its datagrams, and tells us (ECONNREFUSED) when an ICMP port
+        # unreachable says it speaks neither PCP nor NAT-PMP.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind((self.client.client_ip, 0))
+            sock.connect(self.client.gateway)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._read_ready)
         self.client.start(self._clock())
         self._flush()
 
     async def stop(self, wait: float) -> None:
         """Delete the mapping, waiting up to ``wait`` seconds for the router's answer."""
-        if self._endpoint is None:
+        if self._sock is None:
             return
+        if self.upnp is not None:
+            await self.upnp.stop(wait)
         self.client.stop(self._clock())
         self._flush()
         try:
@@ -124,21 +144,42 @@ class PortMapper:
             pass
         if self._timer is not None:
             self._timer.cancel()
-        self._endpoint.close()
-        self._endpoint = None
+        asyncio.get_running_loop().remove_reader(self._sock.fileno())
+        self._sock.close()
+        self._sock = None
 
-    def _on_datagram(self, data: bytes, address: Address) -> None:
-        try:
-            self.client.receive(data, address, self._clock())
-        except Exception:  # a bug: the client refuses bad input by itself
-            logger.exception("port mapping: internal error on a datagram from %r", address)
+    def _read_ready(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        for _ in range(16):  # a few per wake-up: the router sends one answer per request
+            try:
+                data = sock.recv(2048)
+            except BlockingIOError:
+                break
+            except ConnectionRefusedError:
+                self.client.unreachable(self._clock())
+                continue
+            except OSError as error:
+                logger.debug("port mapping: socket error: %s", error)
+                break
+            try:
+                self.client.receive(data, self.client.gateway, self._clock())
+            except Exception:  # a bug: the client refuses bad input by itself
+                logger.exception("port mapping: internal error on a datagram from the gateway")
+        self._flush()
 
     def _flush(self) -> None:
-        endpoint = self._endpoint
-        if endpoint is None:
+        sock = self._sock
+        if sock is None:
             return
         for data in self.client.datagrams_to_send():
-            endpoint.sendto(data, self.client.gateway)
+            try:
+                sock.send(data)
+            except ConnectionRefusedError:  # an earlier datagram's ICMP error
+                self.client.unreachable(self._clock())
+            except OSError as error:
+                logger.debug("port mapping: cannot send to the gateway: %s", error)
         while (event := self.client.next_event()) is not None:
             if isinstance(event, PortMapped):
                 logger.info("port mapped by the router (%s): %s:%d", event.mapping.protocol, *event.mapping.external)
@@ -146,6 +187,9 @@ class PortMapper:
             elif isinstance(event, PortMapLost):
                 logger.info("port mapping lost: %s", event.reason)
                 self._on_change(None)
+            elif isinstance(event, PortMapUnavailable) and self._use_upnp and self.upnp is None:
+                logger.info("port mapping: %s; trying UPnP IGD", event.reason)
+                self._start_upnp()
             else:
                 logger.info("no port mapping from the router: %s", getattr(event, "reason", event))
         if self.client.done:
@@ -157,6 +201,19 @@ class PortMapper:
         if deadline is not None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_at(loop.time() + max(0.0, deadline - self._clock()), self._on_timer)
+
+    def _start_upnp(self) -> None:
+        client = self.client
+        self.upnp = UpnpMapper(
+            client.gateway[0],
+            client.client_ip,
+            client.internal_port,
+            self._on_change,
+            clock=self._clock,
+            ssdp_port=self._ssdp_port,
+            lifetime=client.lifetime,
+        )
+        self.upnp.start()
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -454,11 +454,16 @@ class Lab:
         """The target's own primary address (private behind a NAT)."""
         return (target.host if isinstance(target, Site) else target).address
 
-    def start_miniupnpd(self, site: Site, work_dir: Path, stun: tuple[str, int]) -> subprocess.Popen[Any]:
+    def start_miniupnpd(
+        self, site: Site, work_dir: Path, stun: tuple[str, int], *, upnp: bool = False
+    ) -> subprocess.Popen[Any]:
         """Run Debian's miniupnpd (nftables build) on ``site``'s router, with
-        NAT-PMP and PCP on its LAN side and UPnP off: the router grants port
+        NAT-PMP and PCP on its LAN side and UPnP off (``upnp``: UPnP IGD on
+        and NAT-PMP and PCP off, port 5351 closed): the router grants port
         mappings to its private host.  Returns once it listens; killed at
-        teardown.  Its log is ``work_dir/<site>-miniupnpd.log``.
+        teardown.  Its log is ``work_dir/<site>-miniupnpd.log``.  (UPnP's
+        SSDP, multicast included, stays on the router's LAN link, inside the
+        lab.)
 
         miniupnpd refuses to map while its WAN address is a reserved one (the
         lab's are RFC 5737 documentation addresses) unless STUN says that
@@ -485,8 +490,9 @@ class Lab:
                 (
                     f"ext_ifname={WAN}",
                     f"listening_ip={router.addresses[1]}",
-                    "enable_upnp=no",
-                    "enable_natpmp=yes",  # NAT-PMP and PCP
+                    f"enable_upnp={'yes' if upnp else 'no'}",
+                    f"enable_natpmp={'no' if upnp else 'yes'}",  # NAT-PMP and PCP
+                    "http_port=0",  # UPnP's description and control: any free port
                     "ipv6_disable=yes",
                     "secure_mode=yes",
                     "system_uptime=no",
@@ -509,7 +515,8 @@ class Lab:
         log.close()
         self._processes.append(process)
         deadline = time.monotonic() + 10.0
-        while "Listening for NAT-PMP/PCP traffic" not in log_path.read_text():
+        ready = "HTTP listening on port" if upnp else "Listening for NAT-PMP/PCP traffic"
+        while ready not in log_path.read_text():
             if process.poll() is not None or time.monotonic() > deadline:
                 raise LabError(f"miniupnpd did not start on {router.name}: {log_path.read_text()[-800:]}")
             time.sleep(0.02)

@@ -127,19 +127,22 @@ def run_pair(
     *,
     port_mapping: bool = False,
     ipv6: bool = False,
+    upnp: bool = False,
 ) -> dict[str, object]:
     """Both peers up and seeing each other, then the time from alice's POST
     (which starts CONNECT, the checks, QUIC and authentication) to her first
     message being delivered, and a reply the other way.  ``port_mapping``:
-    the routers run miniupnpd, and both peers have their mapping first.
-    ``ipv6``: both sites and the server have IPv6 too, and both peers have
+    the routers run miniupnpd (``upnp``: speaking UPnP IGD only), and both
+    peers have their mapping first.  ``ipv6``: both sites and the server have IPv6 too, and both peers have
     registered their IPv6 address first: the path ends direct, whatever the
     NATs."""
     final = "direct" if ipv6 else eventual_path(nat_a, nat_b)
     with Lab(ipv6=ipv6) as lab:
         if delay_ms:
             lab.set_link(delay_ms=delay_ms)
-        alice, bob, id_a, id_b = start_pair(lab, tmp_path, nat_a, nat_b, port_mapping=port_mapping, ipv6=ipv6)
+        alice, bob, id_a, id_b = start_pair(
+            lab, tmp_path, nat_a, nat_b, port_mapping=port_mapping, ipv6=ipv6, upnp=upnp
+        )
         # The server saw each peer at its NAT's public address.
         assert alice.api("me")["public_address"].split(":")[0] == lab.sites["a"].public_address
         assert bob.api("me")["public_address"].split(":")[0] == lab.sites["b"].public_address
@@ -297,9 +300,9 @@ def start_rendezvous(lab: Lab, tmp_path: Path, *, ipv6: bool = False) -> str:
     return f"{primary}:3478,[{lab.rendezvous.address6}]:3478" if ipv6 else f"{primary}:3478"
 
 
-def start_port_mapping(lab: Lab, tmp_path: Path, server: str) -> None:
+def start_port_mapping(lab: Lab, tmp_path: Path, server: str, *, upnp: bool = False) -> None:
     """miniupnpd on every site router, once the rendezvous (its STUN server,
-    asked once at its start) listens."""
+    asked once at its start) listens; ``upnp``: speaking UPnP IGD only."""
     host, port = server.rsplit(":", 1)
     deadline = time.monotonic() + 60  # a loaded machine can take long to start Python
     while not lab.run(lab.rendezvous, [tool("ss"), "-Hlun", f"sport = :{port}"]).stdout.strip():
@@ -307,17 +310,24 @@ def start_port_mapping(lab: Lab, tmp_path: Path, server: str) -> None:
         time.sleep(0.05)
     for site in lab.sites.values():
         if site.router is not None:
-            lab.start_miniupnpd(site, tmp_path, (host, int(port)))
+            lab.start_miniupnpd(site, tmp_path, (host, int(port)), upnp=upnp)
 
 
 def start_pair(
-    lab: Lab, tmp_path: Path, nat_a: NatType, nat_b: NatType, *, port_mapping: bool = False, ipv6: bool = False
+    lab: Lab,
+    tmp_path: Path,
+    nat_a: NatType,
+    nat_b: NatType,
+    *,
+    port_mapping: bool = False,
+    ipv6: bool = False,
+    upnp: bool = False,
 ):
     site_a = lab.site("a", nat_a)
     site_b = lab.site("b", nat_b)
     server = start_rendezvous(lab, tmp_path, ipv6=ipv6)
     if port_mapping:
-        start_port_mapping(lab, tmp_path, server)
+        start_port_mapping(lab, tmp_path, server, upnp=upnp)
 
     def ready(m: dict) -> bool:
         # With a mapping, registered again with it (the server has it then).

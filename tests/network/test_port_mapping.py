@@ -1,9 +1,9 @@
-"""Router port mapping in the NAT lab: miniupnpd (NAT-PMP and PCP) on both
-site routers, two webpeers behind symmetric NATs, which without a mapping
-end relayed (tests/network/test_nat_traversal.py).  Each peer gets a mapping
-from its router, the pair goes direct through a mapped port, and after a
-peer exits its mapping is gone from the router's rules.  Every process runs
-inside a lab namespace."""
+"""Router port mapping in the NAT lab: miniupnpd (NAT-PMP and PCP, or UPnP
+IGD alone) on both site routers, two webpeers behind symmetric NATs, which
+without a mapping end relayed (tests/network/test_nat_traversal.py).  Each
+peer gets a mapping from its router, the pair goes direct through a mapped
+port, and after a peer exits its mapping is gone from the router's rules.
+Every process runs inside a lab namespace."""
 
 from __future__ import annotations
 
@@ -86,3 +86,39 @@ def test_two_symmetric_nats_go_direct_through_router_port_mappings(tmp_path: Pat
         assert alice.process.wait(timeout=20) == 0
         # (Its delete was sent before it exited; the router may act on it a little later.)
         wait_until(lambda: f"dport {port_a}" not in mapped_rules(lab, site_a), "alice's mapping deleted")
+
+
+def test_two_symmetric_nats_go_direct_through_upnp_igd_mappings(tmp_path: Path) -> None:
+    # The routers speak UPnP IGD only (port 5351 closed): the peers fall
+    # back to it at once and map their ports with AddPortMapping.
+    with Lab() as lab:
+        site_a, site_b = lab.site("a", NatType.SYMMETRIC), lab.site("b", NatType.SYMMETRIC)
+        server = start_rendezvous(lab, tmp_path)
+        start_port_mapping(lab, tmp_path, server, upnp=True)
+        alice = Peer(lab, site_a, "alice", tmp_path / "alice", server)
+        bob = Peer(lab, site_b, "bob", tmp_path / "bob", server)
+
+        def mapped_and_registered(peer: Peer) -> dict:
+            return peer.wait(
+                lambda: (m := peer.api("me")) and m["port_mapping"] and m["registered"] and m, 60, "mapped"
+            )
+
+        me_a, me_b = mapped_and_registered(alice), mapped_and_registered(bob)
+        assert me_a["port_mapping"]["protocol"] == "upnp", me_a
+        assert me_b["port_mapping"]["protocol"] == "upnp", me_b
+        mapped_a = me_a["port_mapping"]["external"]
+        assert mapped_a.split(":")[0] == site_a.public_address
+        assert me_b["port_mapping"]["external"].split(":")[0] == site_b.public_address
+        port_a = mapped_a.split(":")[1]
+        assert f"dport {port_a}" in mapped_rules(lab, site_a)
+
+        sent = alice.api("send-wait", str(me_b["id"]), "through the UPnP-mapped ports")
+        assert sent["connection"]["state"] == "direct", sent
+        assert sent["connection"]["address"].split(":")[0] == site_b.public_address, sent
+        at_bob = next(p for p in bob.api("peers") if p["id"] == me_a["id"])["connection"]
+        assert at_bob["state"] == "direct", at_bob
+
+        # A clean exit deletes the mapping at the router (DeletePortMapping).
+        alice.process.send_signal(signal.SIGTERM)
+        assert alice.process.wait(timeout=20) == 0
+        wait_until(lambda: f"dport {port_a}" not in mapped_rules(lab, site_a), "alice's UPnP mapping deleted")

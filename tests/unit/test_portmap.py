@@ -334,3 +334,45 @@ def test_decoders_word_their_errors() -> None:
         decode_natpmp_response(b"\x00\x80")
     assert decode_pcp_response(pcp_reply()).external == ("203.0.113.5", 50000)
     assert encode_pcp_map("10.0.0.2", NONCE, 1, 2)[8:24] == v6("10.0.0.2")
+
+
+def test_closed_port_5351_gives_up_on_both_at_once() -> None:
+    # An ICMP port unreachable (the adapter's connected socket sees it):
+    # neither PCP nor NAT-PMP is offered, so UPnP can be asked without
+    # waiting out ~25 s of retries.
+    c = client()
+    c.start(0.0)
+    c.datagrams_to_send()
+    c.unreachable(0.01)
+    [event] = events(c)
+    assert isinstance(event, PortMapUnavailable)
+    assert "5351 is closed" in event.reason
+    assert c.phase is Phase.UNAVAILABLE
+    assert c.get_timer() is None
+    c.unreachable(0.02)  # a second ICMP error changes nothing
+    assert events(c) == []
+
+
+def test_closed_port_during_renewal_keeps_the_mapping_until_it_expires() -> None:
+    c = client()
+    c.start(0.0)
+    c.datagrams_to_send()
+    c.receive(pcp_reply(), GATEWAY, 0.0)
+    events(c)
+    c.handle_timer(3600.0)
+    c.datagrams_to_send()
+    c.unreachable(3600.01)
+    assert events(c) == []
+    assert c.mapping is not None and c.phase is Phase.MAPPED
+    assert c.get_timer() == pytest.approx(3600.01 + (7200 - 3600.01) / 2)  # tries again half-way to expiry
+
+
+def test_closed_port_while_deleting_stops() -> None:
+    c = client()
+    c.start(0.0)
+    c.datagrams_to_send()
+    c.receive(pcp_reply(), GATEWAY, 0.0)
+    c.stop(10.0)
+    assert c.phase is Phase.DELETING
+    c.unreachable(10.01)
+    assert c.done
