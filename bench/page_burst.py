@@ -104,6 +104,67 @@ async def run(
     return result
 
 
+PAGE_BACK = """async () => {
+  const list = document.querySelector('[data-testid="message-list"]');
+  const count = () => list.querySelectorAll('[data-testid="message"]').length;
+  const started = performance.now();
+  let pages = 0;
+  while (!list.querySelector('[data-testid="conversation-start"]')) {
+    const before = count();
+    list.scrollTop = 0;
+    while (count() === before && !list.querySelector('[data-testid="conversation-start"]')) {
+      await new Promise((resolve) => requestAnimationFrame(resolve));
+    }
+    pages += 1;
+  }
+  return { pages, shown: count(), ms: performance.now() - started };
+}"""
+
+
+async def page_back(history: int, static: Path, templates: Path, cpu: bool, profile: bool) -> dict[str, object]:
+    """Scrolls back through ``history`` messages to the first, as fast as the
+    page lets (each page asked for as soon as the last one is shown)."""
+    api = fake_api.FakePeerApi(my_id=1, name="alice")
+    api.add_peer(2, "bob")
+    api.add_history(2, history, start=1_700_000_000.0, step=30.0)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = WebConfig(port=port, token=TOKEN, static_dir=static, templates_dir=templates)
+    runner = await start_site(create_app(config, api))
+    try:
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+            page = await browser.new_page(viewport={"width": 1100, "height": 700})
+            await page.goto(f"http://127.0.0.1:{port}/?token={TOKEN}")
+            await page.locator('[data-peer-id="2"]').click()
+            await page.wait_for_selector('[data-testid="message"]')
+            await page.wait_for_timeout(500)
+            if cpu:
+                await browser.start_tracing(
+                    page=page, categories=["devtools.timeline", "disabled-by-default-devtools.timeline"]
+                )
+            if profile:
+                cdp = await page.context.new_cdp_session(page)
+                await cdp.send("Profiler.enable")
+                await cdp.send("Profiler.setSamplingInterval", {"interval": 500})
+                await cdp.send("Profiler.start")
+            result: dict[str, object] = await page.evaluate(PAGE_BACK)
+            trace = await browser.stop_tracing() if cpu else b""
+            hot = hottest(await cdp.send("Profiler.stop")) if profile else {}
+            await browser.close()
+    finally:
+        await runner.cleanup()
+    result["ms"] = round(float(result["ms"]), 1)  # type: ignore[arg-type]
+    if cpu:
+        summary = main_thread_cpu(trace)
+        summary.pop("tasks_over_5ms_cpu_ms")
+        result.update(summary)
+    if profile:
+        result["self_ms"] = hot
+    return result
+
+
 def hottest(answer: dict[str, object], top: int = 15) -> dict[str, float]:
     """The functions (and the engine's own entries, e.g. "(program)") with the
     most self time in a V8 CPU profile, in ms."""
@@ -161,9 +222,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--cpu", action="store_true", help="also trace and report main-thread CPU time")
     parser.add_argument("--profile", action="store_true", help="also report the page's hottest functions (V8 profiler)")
+    parser.add_argument(
+        "--page-back", type=int, metavar="N", help="instead of a burst: page back through N messages of history"
+    )
     parser.add_argument("--save-trace", type=Path, help="with --cpu: write the (last run's) trace to this file")
     args = parser.parse_args()
     for _ in range(args.runs):
+        if args.page_back:
+            result = asyncio.run(page_back(args.page_back, args.static, args.templates, args.cpu, args.profile))
+            print(json.dumps(result), flush=True)
+            continue
         print(
             json.dumps(
                 asyncio.run(run(args.messages, args.static, args.templates, args.cpu, args.profile, args.save_trace))

@@ -62,7 +62,7 @@ export function createMessagesView(actions, root = document) {
   const shown = new Map();
   // What the state asks the list to be, worked out once per change of the
   // state (not once per pass): the items in order, and the indexes of those
-  // still without an up-to-date element, oldest first.
+  // still without an up-to-date element, nearest to what it holds first.
   let plan = null;
   let shownPeer = null;
   let shownLoads = -1;
@@ -121,9 +121,7 @@ export function createMessagesView(actions, root = document) {
     }
 
     const theirName = peer === null ? "" : displayName(findPeer(state, peer)) || `peer ${peer}`;
-    // In the list's order, so that consecutive new elements go in as one fragment.
-    const batch = plan.toBuild.slice(plan.built, plan.built + BUILD_PER_PASS).sort((a, b) => a - b);
-    plan.built += batch.length;
+    const batch = nextBatch(plan);
     let added = 0;
     let theirsAdded = 0;
     let mineChanged = false;
@@ -211,6 +209,24 @@ function planFor(items, shown) {
     else if (entry.key.startsWith("m:") || entry.key.startsWith("c:")) newAfter = index;
   });
   return { items, indexByKey, toBuild: [...after, ...before.reverse()], built: 0, newAfter };
+}
+
+// The items this pass makes: up to BUILD_PER_PASS messages, with the lines
+// among them (a day's line does not cost a pass of its own), in the list's
+// order, so that consecutive new elements go in as one fragment.
+function nextBatch(plan) {
+  const batch = [];
+  let messages = 0;
+  while (plan.built < plan.toBuild.length) {
+    const index = plan.toBuild[plan.built];
+    const key = plan.items[index].key;
+    const isMessage = key.startsWith("m:") || key.startsWith("c:");
+    if (isMessage && messages === BUILD_PER_PASS) break;
+    if (isMessage) messages += 1;
+    batch.push(index);
+    plan.built += 1;
+  }
+  return batch.sort((a, b) => a - b);
 }
 
 // Makes the list hold only the plan's items, in its order: elements of items
