@@ -47,10 +47,9 @@ const NEAR_BOTTOM_PX = 80;
 const GROUP_SECONDS = 300;
 const LOAD_OLDER_PX = 300; // this close to the top, the page before is fetched
 // New elements per pass: making and laying out 1,000 at once was a task of
-// 0.5-1 s.  Each pass also walks the whole list, so fewer, larger passes
-// finish sooner: on a quiet machine 200 a pass showed all 1,000 in 340-400 ms
-// with no task over 180 ms, where 100 a pass took 380-660 ms (bench/PAGE.md;
-// the page aims at 500 ms and no task over 200 ms).
+// 0.5-1 s.  A pass costs what it adds (the elements it makes, inserted where
+// they go, nothing else moved), so a burst of 1,000 takes five short tasks
+// (bench/PAGE.md; the page aims at 500 ms and no task over 200 ms).
 const BUILD_PER_PASS = 200;
 
 /** @param {{retry: (messageId: string) => void, resend: (clientId: string) => void, cancel: (messageId: string) => void, loadOlder: () => void}} actions */
@@ -58,7 +57,13 @@ export function createMessagesView(actions, root = document) {
   const list = byTestId("message-list", root);
   const newButton = newMessagesButton(list, byTestId("new-messages", root));
   const memo = {};
-  let shown = new Map(); // key -> {item, mine, node} of what the list holds now
+  // key -> {item, mine, grouped, node}: every element the list holds, in the
+  // list's order once a plan is applied; an outdated one stays until remade.
+  const shown = new Map();
+  // What the state asks the list to be, worked out once per change of the
+  // state (not once per pass): the items in order, and the indexes of those
+  // still without an up-to-date element, nearest to what it holds first.
+  let plan = null;
   let shownPeer = null;
   let shownLoads = -1;
   // A pass that left elements unbuilt (more than BUILD_PER_PASS were new):
@@ -77,15 +82,22 @@ export function createMessagesView(actions, root = document) {
   function scheduleNextPass() {
     const token = ++passToken;
     const run = () => {
-      if (token === passToken) render(lastState);
+      if (token === passToken) pass(lastState);
     };
     const visible = document.visibilityState === "visible";
     if (visible) requestAnimationFrame(run);
     setTimeout(run, visible ? 100 : 0);
   }
 
+  // While a build goes on, a new state waits for its next pass (one pass a
+  // frame: a state that came in the same frame as a scheduled pass would
+  // otherwise make a second one in that frame's task).
   function render(state) {
     lastState = state;
+    if (building === null) pass(state);
+  }
+
+  function pass(state) {
     passToken += 1; // this pass is the one a schedule asked for
     const peer = state.selected;
     const conversation = peer === null ? null : conversationOf(state, peer);
@@ -98,69 +110,157 @@ export function createMessagesView(actions, root = document) {
     if (!inputsChanged && continuing === null) return;
     building = null;
 
-    const items = peer === null ? [] : withGroups(withDivider(withStartLine(withDays(itemsOf(state, peer, conversation)), start), divider));
-    const theirName = peer === null ? "" : displayName(findPeer(state, peer)) || `peer ${peer}`;
+    // Scroll metrics are read here, before any write: the last frame left
+    // the layout clean, so this forces nothing.
     const wasNearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < NEAR_BOTTOM_PX;
     const anchor = wasNearBottom ? null : scrollAnchor(list);
-    const toBuild = newestToBuild(items, shown);
+    if (inputsChanged) {
+      const items = peer === null ? [] : withGroups(withDivider(withStartLine(withDays(itemsOf(state, peer, conversation)), start), divider));
+      plan = planFor(items, shown);
+      applyPlan(list, shown, plan);
+    }
+
+    const theirName = peer === null ? "" : displayName(findPeer(state, peer)) || `peer ${peer}`;
+    const batch = nextBatch(plan);
     let added = 0;
     let theirsAdded = 0;
     let mineChanged = false;
-    const next = new Map();
-    const nodes = [];
-    const olderThan = firstShownIndex(items, shown); // items before it are an older page: no follow
-    items.forEach(({ key, item, mine, pending, grouped }, index) => {
-      const old = shown.get(key);
-      if (old && isDrawn(old, item, mine, grouped)) {
-        next.set(key, old);
-        nodes.push(old.node);
-        return;
-      }
-      if (!toBuild.has(index)) {
-        // Left for a later pass; an outdated element stays until then.
-        if (old) {
-          next.set(key, old);
-          nodes.push(old.node);
+    let run = null; // {fragment, last}: new elements for consecutive items, inserted at once
+    const insertRun = () => {
+      if (run !== null) list.insertBefore(run.fragment, nextShownNode(plan.items, run.last + 1, shown));
+      run = null;
+    };
+    for (const index of batch) {
+      const { key, item, mine, pending, grouped } = plan.items[index];
+      if (index > plan.newAfter) {
+        if (mine) {
+          added += 1;
+          mineChanged = true;
+        } else if (key.startsWith("m:")) {
+          added += 1;
+          theirsAdded += 1;
         }
-        return;
-      }
-      if (index >= olderThan) {
-        added += 1;
-        if (mine) mineChanged = true;
-        else if (!key.startsWith("m:")) added -= 1; // a line (divider, start), not a message
-        else theirsAdded += 1;
       }
       const node = messageElement(item, mine, pending, actions, { grouped, sender: mine ? "You" : theirName });
-      next.set(key, { item, mine, node, grouped });
-      nodes.push(node);
-    });
-    placeInOrder(list, nodes);
-    shown = next;
+      const old = shown.get(key);
+      shown.set(key, { item, mine, grouped, node });
+      if (old) {
+        old.node.replaceWith(node);
+        continue;
+      }
+      if (run !== null && run.last === index - 1) run.last = index;
+      else {
+        insertRun();
+        run = { fragment: document.createDocumentFragment(), last: index };
+      }
+      run.fragment.append(node);
+    }
+    insertRun();
 
     // A newly opened or reloaded conversation starts at its end; otherwise
     // follow new messages only if the reader was at the end or wrote them.
     // Later passes of one build carry on what its first pass did, unless the
-    // reader scrolled away from the end meanwhile.
+    // reader scrolled away from the end meanwhile.  The one layout a pass
+    // forces is here, after all its writes (the frame then has none to do).
     const reopened = peer !== shownPeer || state.historyLoads !== shownLoads || Boolean(continuing?.reopened);
     shownPeer = peer;
     shownLoads = state.historyLoads;
     const follow = reopened || mineChanged || (wasNearBottom && (added > 0 || Boolean(continuing?.follow)));
     if (follow) list.scrollTop = list.scrollHeight;
     else keepInPlace(list, anchor);
-    if (reopened) startAtDivider(list, next.get("unread"));
+    if (reopened) startAtDivider(list, shown.get("unread"));
     if (reopened || follow) newButton.hide();
     else if (theirsAdded > 0) newButton.show();
-    if (jump !== null && next.has(`m:${jump.id}`)) {
+    if (jump !== null && shown.has(`m:${jump.id}`)) {
       jumpedTo = jump;
-      showFound(list, next.get(`m:${jump.id}`).node);
+      showFound(list, shown.get(`m:${jump.id}`).node);
     }
-    if (toBuild.unbuilt > 0) {
+    if (plan.built < plan.toBuild.length) {
       building = { reopened, follow };
       scheduleNextPass();
     }
   }
 
   return { render };
+}
+
+// The items (in order, with what indexes them) and which of them need an
+// element: those with none, and those whose element shows an older copy.
+// They are made outward from what the list holds, nearest first: what comes
+// after its first element oldest first (a burst of new messages is appended
+// slice by slice, moving nothing already there), what comes before it newest
+// first (an older page grows upward from the reader's view; a conversation
+// just opened shows its end first).
+// `newAfter`: the index of the last message whose element stays as it is;
+// what is made after it is new to the reader (followed, or announced by the
+// "New messages" button), what is made before it is an older page or an
+// update in place.
+function planFor(items, shown) {
+  const indexByKey = new Map();
+  const after = [];
+  const before = [];
+  let firstHeld = -1;
+  let newAfter = -1;
+  items.forEach((entry, index) => {
+    indexByKey.set(entry.key, index);
+    const old = shown.get(entry.key);
+    if (old && firstHeld < 0) firstHeld = index;
+    if (!old || !isDrawn(old, entry.item, entry.mine, entry.grouped)) (firstHeld < 0 ? before : after).push(index);
+    else if (entry.key.startsWith("m:") || entry.key.startsWith("c:")) newAfter = index;
+  });
+  return { items, indexByKey, toBuild: [...after, ...before.reverse()], built: 0, newAfter };
+}
+
+// The items this pass makes: up to BUILD_PER_PASS messages, with the lines
+// among them (a day's line does not cost a pass of its own), in the list's
+// order, so that consecutive new elements go in as one fragment.
+function nextBatch(plan) {
+  const batch = [];
+  let messages = 0;
+  while (plan.built < plan.toBuild.length) {
+    const index = plan.toBuild[plan.built];
+    const key = plan.items[index].key;
+    const isMessage = key.startsWith("m:") || key.startsWith("c:");
+    if (isMessage && messages === BUILD_PER_PASS) break;
+    if (isMessage) messages += 1;
+    batch.push(index);
+    plan.built += 1;
+  }
+  return batch.sort((a, b) => a - b);
+}
+
+// Makes the list hold only the plan's items, in its order: elements of items
+// gone are removed and kept ones put in order.  Usually nothing moves (new
+// messages come at the end, older pages at the start), and this walk over the
+// list touches no layout.
+function applyPlan(list, shown, plan) {
+  for (const [key, entry] of shown) {
+    if (!plan.indexByKey.has(key)) {
+      entry.node.remove();
+      shown.delete(key);
+    }
+  }
+  let cursor = list.firstElementChild;
+  for (const { key } of plan.items) {
+    const entry = shown.get(key);
+    if (!entry) continue;
+    if (entry.node === cursor) cursor = cursor.nextElementSibling;
+    else list.insertBefore(entry.node, cursor);
+  }
+  while (cursor !== null) {
+    const stray = cursor;
+    cursor = cursor.nextElementSibling;
+    stray.remove();
+  }
+}
+
+// The element of the first item from `index` on that the list holds (null: none, the end).
+function nextShownNode(items, index, shown) {
+  for (let at = index; at < items.length; at += 1) {
+    const entry = shown.get(items[at].key);
+    if (entry) return entry.node;
+  }
+  return null;
 }
 
 // The message a search result points to: in the middle of the list, marked
@@ -173,24 +273,6 @@ function showFound(list, node) {
 
 function isDrawn(old, item, mine, grouped) {
   return old.item === item && old.mine === mine && old.grouped === grouped;
-}
-
-// The indexes of the items to draw in this pass: at most BUILD_PER_PASS of
-// those without an up-to-date element, the newest first (the end of the list
-// is what a reader usually looks at).  A burst of 1,000 messages then takes
-// five short tasks instead of one long one (bench/PAGE.md).
-function newestToBuild(items, shown) {
-  const indexes = new Set();
-  let unbuilt = 0;
-  for (let index = items.length - 1; index >= 0; index -= 1) {
-    const { key, item, mine, grouped } = items[index];
-    const old = shown.get(key);
-    if (old && isDrawn(old, item, mine, grouped)) continue;
-    if (indexes.size < BUILD_PER_PASS) indexes.add(index);
-    else unbuilt += 1;
-  }
-  indexes.unbuilt = unbuilt;
-  return indexes;
 }
 
 function itemsOf(state, peer, conversation) {
@@ -221,16 +303,6 @@ function asRead(message) {
     READ_COPIES.set(message, copy);
   }
   return copy;
-}
-
-// Where the first message the list already showed is in the new items (0 if none was shown).
-function firstShownIndex(items, shown) {
-  for (const [key] of shown) {
-    if (!key.startsWith("m:")) continue;
-    const index = items.findIndex((entry) => entry.key === key);
-    return index < 0 ? 0 : index;
-  }
-  return 0;
 }
 
 // A day line before the first message of each day (the local day).  One line
@@ -357,15 +429,6 @@ function keepInPlace(list, anchor) {
 }
 
 const KEY_LINE = { line: "key changed: the messages below came from the peer's new key, before you accepted it" };
-
-// Make the list's children exactly `nodes`, moving only what is out of place.
-function placeInOrder(list, nodes) {
-  nodes.forEach((node, index) => {
-    const current = list.children[index];
-    if (current !== node) list.insertBefore(node, current ?? null);
-  });
-  while (list.children.length > nodes.length) list.lastElementChild.remove();
-}
 
 // Made once: toLocaleTimeString with options builds a new formatter per call
 // (about a millisecond each), which made a burst of 1,000 messages take seconds.

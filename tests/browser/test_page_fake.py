@@ -378,6 +378,28 @@ async def test_a_queued_message_can_be_cancelled_and_a_bad_target_says_why(harne
     assert h.page_errors == [] and h.dialogs == []
 
 
+# Scrolls the message list to the top, then waits (each frame, up to 20 s)
+# for the older page to be shown or the start line; returns the message count
+# before and after, and where the message that was at the top was seen and is
+# now (px from the list's top).
+PAGE_BACK_ONCE = """async (list) => {
+  const count = () => list.querySelectorAll('[data-testid=message]').length;
+  const atStart = () => list.querySelector('[data-testid=conversation-start]') !== null;
+  const before = count();
+  list.scrollTop = 0;
+  const top = list.querySelector('[data-testid=message]');
+  const seenAt = top.getBoundingClientRect().top - list.getBoundingClientRect().top;
+  const deadline = performance.now() + 20000;
+  while (count() === before && !atStart()) {
+    if (performance.now() > deadline) return "timeout";
+    await new Promise((resolve) => requestAnimationFrame(resolve));
+  }
+  const kept = list.querySelector(`[data-message-id="${top.dataset.messageId}"]`);
+  const offset = kept.getBoundingClientRect().top - list.getBoundingClientRect().top;
+  return { before, count: count(), seenAt, offset };
+}"""
+
+
 async def test_scrolling_up_pages_back_to_the_first_of_5000_messages(harness: Harness) -> None:
     h, page, api = harness, harness.page, harness.api
     api.add_history(2, 5000, start=1_700_000_000.0, step=30.0)
@@ -391,29 +413,19 @@ async def test_scrolling_up_pages_back_to_the_first_of_5000_messages(harness: Ha
     first_id = api.messages(2, 10_000)[0]["id"]
 
     # Scroll to the top again and again: each older page goes in front, and
-    # what was at the top stays where the reader saw it.
+    # what was at the top stays where the reader saw it.  One round trip a
+    # page: the page scrolls, says where the top message was, waits for the
+    # next page (or the start) and says where that message is then.
     for _ in range(40):
         if await start.count():
             break
-        count = await messages.count()
-        # Scroll to the top, and say where the top message is then (before the older page comes).
-        top_id, seen_at = await page.locator(h.testid("message-list")).evaluate(
-            """list => {
-              list.scrollTop = 0;
-              const top = list.querySelector('[data-testid=message]');
-              return [top.dataset.messageId, top.getBoundingClientRect().top - list.getBoundingClientRect().top];
-            }"""
-        )
-        await page.wait_for_function(
-            "n => document.querySelectorAll('[data-testid=message]').length !== n"
-            " || document.querySelector('[data-testid=conversation-start]')",
-            arg=count,
-        )
-        if await messages.count() == count:
+        step = await page.locator(h.testid("message-list")).evaluate(PAGE_BACK_ONCE)
+        assert step != "timeout", "no older page came within 20 s"
+        if step["count"] == step["before"]:
             continue  # the last answer was empty: the start
-        kept = page.locator(f'[data-message-id="{top_id}"]')
-        offset = await kept.evaluate("m => m.getBoundingClientRect().top - m.parentElement.getBoundingClientRect().top")
-        assert abs(offset - seen_at) <= 2, f"the message that was at the top moved from {seen_at}px to {offset}px"
+        assert abs(step["offset"] - step["seenAt"]) <= 2, (
+            f"the message that was at the top moved from {step['seenAt']}px to {step['offset']}px"
+        )
     await expect(start).to_be_visible()
     await expect(messages).to_have_count(5000)
     await expect(messages.first).to_have_attribute("data-message-id", first_id)

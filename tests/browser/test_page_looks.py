@@ -177,18 +177,26 @@ async def test_close_messages_from_one_side_are_grouped_and_say_who_wrote_them(s
 
 
 # Records, in the page, how many messages each change of the list added
-# (one MutationObserver callback per drawing pass) and the long tasks.
+# (one MutationObserver callback per drawing pass), in how many insertions,
+# how many elements were taken out (a move is a removal and an insertion),
+# and the long tasks.
 WATCH_BURST = """() => {
-  window.__burst = { passes: [], longTasks: [] };
+  window.__burst = { passes: [], insertions: [], removed: 0, longTasks: [] };
   new PerformanceObserver((entries) => {
     for (const entry of entries.getEntries()) window.__burst.longTasks.push(Math.round(entry.duration));
   }).observe({ type: "longtask" });
   new MutationObserver((records) => {
     let added = 0;
+    let insertions = 0;
     for (const record of records) {
+      if (record.addedNodes.length > 0) insertions += 1;
+      window.__burst.removed += record.removedNodes.length;
       for (const node of record.addedNodes) if (node.dataset && node.dataset.testid === "message") added += 1;
     }
-    if (added > 0) window.__burst.passes.push(added);
+    if (added > 0) {
+      window.__burst.passes.push(added);
+      window.__burst.insertions.push(insertions);
+    }
   }).observe(document.querySelector('[data-testid="message-list"]'), { childList: true });
 }"""
 
@@ -214,6 +222,10 @@ async def test_a_burst_of_1000_messages_is_drawn_in_slices_of_200_and_all_show_i
     # all at once; how long each took is a benchmark figure (bench/PAGE.md).
     assert sum(burst["passes"]) == 1000
     assert max(burst["passes"]) <= 200, burst["passes"]
+    # A pass costs what it adds: its new elements go in at the end as one
+    # fragment, and nothing the list already held is taken out or moved.
+    assert burst["insertions"] == [1] * len(burst["passes"]), burst["insertions"]
+    assert burst["removed"] == 0
     print(f"passes {burst['passes']}, long tasks (ms) {burst['longTasks']}")
     list_box = page.locator(tid("message-list"))
     await expect(texts.nth(999)).to_be_in_viewport()  # the reader was at the end and stays there
