@@ -8,7 +8,7 @@ DEMO_DIR := .demo
 
 # mypy (strict) checks both programs; ruff lints and checks the format of all the Python.
 TYPED := rendezvous webpeer
-LINTED := rendezvous webpeer tests bench scripts
+LINTED := rendezvous webpeer tests bench scripts hatch_build.py
 
 .PHONY: demo test check typecheck bench system-deps venv clean
 
