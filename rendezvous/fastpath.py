@@ -151,6 +151,8 @@ class FastPath:
         self._answer_id = ctypes.c_uint32()
         self._answer_ttl = ctypes.c_uint32()
         self.send_errors = 0
+        # Datagrams handed to Python by receive() since the caller last reset it.
+        self.delivered = 0
 
     @classmethod
     def for_config(cls, library: Library, config: ServerConfig) -> FastPath:
@@ -256,6 +258,7 @@ class FastPath:
         if bindings or refreshes:
             answered(bindings, self._refreshed_view[: 2 * refreshes])
         if others:
+            self.delivered += others
             region = self._in
             names, data, headers = region.names_view, region.data_view, region.headers_view
             decoded = self._decoded

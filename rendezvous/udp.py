@@ -37,7 +37,8 @@ def normalise(address: tuple[object, ...]) -> Address:
 
 class UdpEndpoint:
     """Owns one bound UDP socket; hands datagrams to ``on_datagram`` and calls
-    ``on_batch_end`` once per wake-up so the owner can flush its replies."""
+    ``on_batch_end`` once per wake-up so the owner can flush its replies
+    (with the compiled fast path, once per wake-up that gave Python a datagram)."""
 
     def __init__(
         self,
@@ -126,6 +127,7 @@ class UdpEndpoint:
         if self._fast is not None and self._answered is not None:
             fast = self._fast
             errors = fast.send_errors
+            fast.delivered = 0
             for _ in range(4):  # up to 4 x 64 datagrams per wake-up
                 try:
                     if fast.receive(self._on_datagram, self._answered) < mmsg.BATCH:
@@ -136,8 +138,11 @@ class UdpEndpoint:
                     break
             if fast.send_errors != errors:
                 self.stats["send_errors"] += fast.send_errors - errors
-            self._on_batch_end()
-            self._flush_sends()
+            if fast.delivered:
+                # Only what Python handled can have left replies, events or
+                # timers behind; the C side's answers are sent already.
+                self._on_batch_end()
+                self._flush_sends()
             return
         if self._batch is not None:
             for _ in range(4):  # up to 4 x 64 datagrams per wake-up
