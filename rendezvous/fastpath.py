@@ -9,6 +9,12 @@ the two).  Python keeps the C side's table of checked sessions current
 (:class:`rendezvous.core.SessionCache`) and applies the refreshed TTLs to its
 directory once per batch.
 
+Order within one batch: the C side answers its datagrams before Python sees
+the others of the same batch, so a REFRESH that arrived a few microseconds
+after an UNREGISTER of the same session, in one batch, is answered (the
+peer then simply goes offline); the network may reorder two such datagrams
+anyway, and no answer depends on another datagram of the batch otherwise.
+
 The library is built at install time by ``hatch_build.py`` with the system's
 ``cc``; without it (no compiler, not Linux) :func:`load` returns None and the
 server runs the pure-Python path, which answers the same requests with the

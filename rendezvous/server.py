@@ -204,7 +204,12 @@ class RendezvousServer:
             logger.warning("fast path: %s; the Python path answers everything", error)
             return
         core, clock = self.core, self.clock
-        self._endpoint.use_fast_path(fast, lambda bindings, refreshed: core.fast_answered(bindings, refreshed, clock()))
+        if not self._endpoint.use_fast_path(
+            fast, lambda bindings, refreshed: core.fast_answered(bindings, refreshed, clock())
+        ):
+            fast.close()
+            logger.debug("fast path: off, the socket is read one datagram at a time")
+            return
         core.attach_session_cache(fast)
         self.fast_path_used = True
         logger.debug("fast path: compiled (%s) answers bare Binding and checked REFRESHes", fastpath.LIBRARY.name)

@@ -102,12 +102,18 @@ class UdpEndpoint:
     def address(self) -> Address:
         return normalise(self._sock.getsockname())
 
-    def use_fast_path(self, fast: FastPath, answered: OnAnswered) -> None:
+    def use_fast_path(self, fast: FastPath, answered: OnAnswered) -> bool:
         """Read through the compiled fast path: it answers what it can in C
-        (``answered`` hears of those first) and hands the rest to ``on_datagram``."""
+        (``answered`` hears of those first) and hands the rest to
+        ``on_datagram``.  False (and nothing changes) where this endpoint
+        does not batch (no recvmmsg, or PEERLINK_NO_MMSG=1): the fast path
+        batches the same way."""
+        if self._batch is None:
+            return False
         fast.attach(self._sock)
         self._fast = fast
         self._answered = answered
+        return True
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
