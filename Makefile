@@ -8,7 +8,7 @@ DEMO_DIR := .demo
 
 # mypy (strict) checks both programs; ruff lints and checks the format of all the Python.
 TYPED := rendezvous webpeer
-LINTED := rendezvous webpeer tests bench scripts
+LINTED := rendezvous webpeer tests bench scripts hatch_build.py
 
 .PHONY: demo test check typecheck bench system-deps venv clean
 
@@ -25,13 +25,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $(STAMP)
 
+# The server's compiled fast path (rendezvous/_fastpath.c): pip install -e
+# builds it in place the first time; this rebuilds it when the C source
+# changes.  Without a C compiler it stays unbuilt and the Python path runs.
+FASTPATH := rendezvous/libfastpath.so
+
+$(FASTPATH): rendezvous/_fastpath.c hatch_build.py | $(STAMP)
+	-$(PY) hatch_build.py
+
 # Debian packages the tests use (coturn for STUN interop, redis-server for the
 # Redis registry); installed when root.
 system-deps:
 	@bash scripts/system-deps.sh
 
 # Types and lint first: a failure there stops `make test` before the long run.
-typecheck: $(STAMP)
+typecheck: $(STAMP) $(FASTPATH)
 	$(VENV)/bin/mypy $(TYPED)
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)

@@ -238,6 +238,11 @@ def peerlink_server_redis(ctx: Context, port: int) -> list[str]:
     return peerlink_server(ctx, port, "--registry", os.environ[BENCH_REDIS])
 
 
+def peerlink_server_python_path(ctx: Context, port: int) -> list[str]:
+    """The same server with its compiled fast path off (rendezvous/_fastpath.c)."""
+    return peerlink_server(ctx, port, "--no-fastpath")
+
+
 def peerlink_server_default_loop(ctx: Context, port: int) -> list[str]:
     """The rendezvous server on asyncio's default loop (its own small-buffer UDP reader)."""
     return peerlink_server(ctx, port, "--no-uvloop")
@@ -291,7 +296,14 @@ SCENARIOS: list[Scenario] = [
         peerlink_server,
         binding_templates,
         requires=need_peerlink,
-        notes="python -m rendezvous (uvloop)",
+        notes="python -m rendezvous (uvloop; compiled fast path)",
+    ),
+    Scenario(
+        "peerlink Binding, Python path",
+        peerlink_server_python_path,
+        binding_templates,
+        requires=need_peerlink,
+        notes="--no-fastpath",
     ),
     Scenario(
         "peerlink Binding, default loop",
@@ -306,6 +318,13 @@ SCENARIOS: list[Scenario] = [
         partial(peerlink_templates, "refresh"),
         requires=need_peerlink,
         notes="SESSION check (memoised), TTL update in memory; idempotent, so no reply cache",
+    ),
+    Scenario(
+        "peerlink REFRESH, Python path",
+        peerlink_server_python_path,
+        partial(peerlink_templates, "refresh"),
+        requires=need_peerlink,
+        notes="--no-fastpath",
     ),
     Scenario(
         "peerlink REFRESH, Redis registry",

@@ -181,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env_flag("RENDEZVOUS_NO_UVLOOP"),
         help="use the default asyncio loop even when uvloop is installed (env RENDEZVOUS_NO_UVLOOP=1)",
     )
+    parser.add_argument(
+        "--no-fastpath",
+        action="store_true",
+        default=_env_flag("RENDEZVOUS_NO_FASTPATH"),
+        help="answer bare Binding and REFRESH in Python even where the compiled fast path is built "
+        "(env RENDEZVOUS_NO_FASTPATH=1); the answers are the same",
+    )
     return parser
 
 
@@ -261,6 +268,7 @@ async def serve(args: argparse.Namespace) -> None:
         reuse_port=worker_index is not None,
         id_retention=retention,
         mailbox=None if args.no_mailbox else mailbox,
+        fast_path=not args.no_fastpath,
     )
     if metrics is not None:
         server.save_observer = metrics.metrics.registry_writes(server.owed_count)

@@ -50,8 +50,9 @@ import hashlib
 import os
 import struct
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from . import legacy as legacy_text
 from .directory import Directory
@@ -107,6 +108,7 @@ from .transactions import TransactionTable
 # because callers (the adapter, the tests) think of them as the core's.
 __all__ = [
     "IN_PROGRESS",
+    "SessionCache",
     "Dropped",
     "Event",
     "PeerOffline",
@@ -145,6 +147,17 @@ def _reply_counter(reply: Message) -> str:
         return f"replied: {method} success"
     error = reply.get(Attr.ERROR_CODE)
     return f"replied: {method} {error.code if isinstance(error, ErrorValue) else 'error'}"
+
+
+class SessionCache(Protocol):
+    """Where the core puts the SESSION tokens it has checked, so that a
+    faster answerer (the compiled fast path, rendezvous/fastpath.py) can
+    answer their REFRESHes; told to forget one when its peer's record is
+    replaced or removed."""
+
+    def add(self, peer_id: int, address: Address, token: bytes) -> None: ...
+
+    def discard(self, peer_id: int) -> None: ...
 
 
 @dataclass
@@ -190,6 +203,8 @@ class ServerCore:
         # IPv4 source -> pre-built Binding response body (its XOR-MAPPED-ADDRESS
         # does not depend on the transaction id for IPv4).
         self._binding_bodies: dict[Address, bytes] = {}
+        # The fast path's copy of the checked sessions, when one answers beside us.
+        self._session_cache: SessionCache | None = None
         self._legacy = LegacyTextHandler(_LegacyPort(self))
         self._subscriptions = Subscriptions(c.max_watched_per_peer)
         # PRESENCE requests in flight: transaction id -> (watcher, its address).
@@ -364,14 +379,23 @@ class ServerCore:
         self.stats["dropped: " + reason] += 1
         self._events.append(Dropped(reason, address))
 
-    def _receive_stun(self, data: bytes, address: Address, now: float) -> None:
+    def answer_hot(self, data: bytes, address: Address, now: float) -> bool:
+        """The hottest requests, without the generic codec: a Binding request
+        with no attributes but an optional FINGERPRINT (what browsers and most
+        STUN clients send), and REFRESH as the peers send it.  The same bytes
+        as the generic path, several times cheaper.  False (nothing done) for
+        anything else, which then takes the generic path.
+
+        The compiled fast path (rendezvous/_fastpath.c) answers exactly these,
+        with exactly these bytes, for the REFRESHes whose session this core
+        checked and handed it (:meth:`attach_session_cache`)."""
         size = len(data)
-        if (size == 20 and data[:8] == _BARE_BINDING[False]) or (
-            size == 28 and data[:8] == _BARE_BINDING[True] and _fingerprint_ok(data)
-        ):
-            # The hottest path: a Binding request with no attributes but an
-            # optional FINGERPRINT (what browsers and most STUN clients send).
-            # Same bytes as the generic path, several times cheaper.
+        if (
+            (size == 20 and data[:8] == _BARE_BINDING[False])
+            or (size == 28 and data[:8] == _BARE_BINDING[True] and _fingerprint_ok(data))
+        ) and self.config.other_address is None:
+            # (With an RFC 5780 other address every Binding answer carries
+            # OTHER-ADDRESS: the generic path adds it.)
             self.stats["binding"] += 1
             body = self._binding_bodies.get(address)
             if body is None:
@@ -380,18 +404,62 @@ class ServerCore:
                     # SOFTWARE only when it stays within 3x the request (not for 20 bytes).
                     software = self._software_tlv if size == 28 else b""
                     self._outbox.append((fast_binding_success(data[8:20], address, software), address))
-                    return
+                    return True
                 body = binding_body(address, self._software_tlv)
                 if len(self._binding_bodies) >= 4096:
                     self._binding_bodies.clear()
                 self._binding_bodies[address] = body
             self._outbox.append((binding_success_with_body(data[8:20], body), address))
-            return
-        if data[:2] == _REFRESH_TYPE and data[4:8] == MAGIC_COOKIE_BYTES and 44 <= size <= 60:
+            return True
+        if (
+            data[:2] == _REFRESH_TYPE
+            and data[4:8] == MAGIC_COOKIE_BYTES
+            and 44 <= size <= 60
+            and int.from_bytes(data[2:4], "big") == size - 20
+        ):
             # REFRESH is idempotent (a retransmission just extends the TTL
             # again), so it needs no reply cache either.
-            if self._fast_refresh(data, address, now):
-                return
+            return self._fast_refresh(data, address, now)
+        return False
+
+    def fast_answered(self, bindings: int, refreshed: Sequence[int], now: float) -> None:
+        """The compiled fast path answered ``bindings`` Binding requests and
+        the REFRESHes of ``refreshed`` (peer id, granted TTL, flat) with
+        sessions this core gave it: count them and extend those peers' TTLs,
+        as :meth:`answer_hot` would have."""
+        stats = self.stats
+        refreshes = len(refreshed) // 2
+        stats["datagrams_received"] += bindings + refreshes
+        stats["answered_in_c"] += bindings + refreshes
+        if bindings:
+            stats["binding"] += bindings
+        if not refreshes:
+            return
+        stats["refresh"] += refreshes
+        get, touch = self.directory.get, self.directory.touch
+        pairs = iter(refreshed)
+        for peer_id, ttl in zip(pairs, pairs, strict=True):
+            peer = get(peer_id)
+            if peer is None:
+                # Cannot happen: a record leaves the directory only through
+                # put/remove, which take its session out of the cache first.
+                stats["fast_refresh_unknown"] += 1
+                continue
+            previous = peer.expires_at
+            peer.last_seen = now
+            peer.expires_at = now + ttl
+            touch(peer, previous)
+
+    def attach_session_cache(self, cache: SessionCache) -> None:
+        """Hand every session checked from now on to ``cache``; it forgets a
+        peer's as soon as the directory replaces or removes its record.  Call
+        before serving (sessions checked earlier are not handed over)."""
+        self._session_cache = cache
+        self.directory.on_forget = cache.discard
+
+    def _receive_stun(self, data: bytes, address: Address, now: float) -> None:
+        if self.answer_hot(data, address, now):
+            return
         try:
             message = decode(data, allow_classic=True)
         except StunProtocolError as error:
@@ -741,8 +809,11 @@ class ServerCore:
             if not self.tokens.check_session(token, record.identity, address):
                 return None
             # Tokens are bound to (id, key, address) and the address was just
-            # compared: a token that checked out once stays good for this record.
+            # compared: a token that checked out once stays good for this record
+            # (the directory clears this when it replaces or removes the record).
             record.verified_session = token
+            if self._session_cache is not None:
+                self._session_cache.add(record.peer_id, address, token)
         return record
 
     def _fast_refresh(self, data: bytes, address: Address, now: float) -> bool:

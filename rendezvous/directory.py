@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from sortedcontainers import SortedList
 
@@ -54,6 +54,9 @@ class Directory:
         # changed, for the core's presence subscriptions; None (not kept) unless
         # a core takes them with take_presence_changes().
         self._presence_changes: list[tuple[int, int]] | None = None
+        # Told the id of every record replaced or removed: the core's session
+        # cache (the compiled fast path) must stop answering for it then.
+        self.on_forget: Callable[[int], None] | None = None
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -107,6 +110,8 @@ class Directory:
         """Insert or replace an online peer, and mark it for the next flush."""
         previous = self._by_id.get(record.peer_id)
         legacy = is_legacy_identity(record.identity)
+        if previous is not None:
+            self._forget_session(previous)
         if previous is None:
             (self._legacy_ids if legacy else self._modern_ids).add(record.peer_id)
         elif legacy and previous.observed != record.observed and previous.observed in self._legacy_by_address:
@@ -131,6 +136,13 @@ class Directory:
             self._dirty.pop(record.peer_id, None)
         else:
             self._dirty[record.peer_id] = record
+
+    def _forget_session(self, record: PeerRecord) -> None:
+        """A record replaced (its address, key or home may have changed) or
+        removed: the session checked for it must be checked again."""
+        record.verified_session = None
+        if self.on_forget is not None:
+            self.on_forget(record.peer_id)
 
     def _schedule(self, record: PeerRecord) -> None:
         slot = _slot(record.expires_at)
@@ -158,6 +170,7 @@ class Directory:
         record = self._by_id.pop(peer_id, None)
         if record is None:
             return None
+        self._forget_session(record)
         if is_legacy_identity(record.identity):
             self._legacy_ids.discard(peer_id)
             if self._legacy_by_address.get(record.observed) == peer_id:

@@ -56,6 +56,18 @@ def _libc() -> ctypes.CDLL | None:
     return libc
 
 
+def decode_name(raw: bytes) -> Address:
+    """A received sockaddr as (host, port); IPv4-mapped IPv6 as plain IPv4."""
+    family = int.from_bytes(raw[:2], "little")
+    port = int.from_bytes(raw[2:4], "big")
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
+    host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return host, port
+
+
 class _Region:
     """One array of mmsghdr/iovec/name/data slots, wired together once."""
 
@@ -128,7 +140,7 @@ class BatchedSocket:
             raw_name = names[name_start : name_start + namelen].tobytes()
             address = decoded.get(raw_name)
             if address is None:
-                address = self._decode_name(raw_name)
+                address = decode_name(raw_name)
                 if len(decoded) > 65_536:
                     decoded.clear()
                 decoded[raw_name] = address
@@ -136,16 +148,6 @@ class BatchedSocket:
             name_start += NAME_SIZE
             data_start += SLOT
         return int(count)
-
-    def _decode_name(self, raw: bytes) -> Address:
-        family = int.from_bytes(raw[:2], "little")
-        port = int.from_bytes(raw[2:4], "big")
-        if family == socket.AF_INET:
-            return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
-        host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
-        if host.startswith("::ffff:") and "." in host:
-            host = host[7:]
-        return host, port
 
     # ------------------------------------------------------------ send
 

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+from . import fastpath
 from .core import REGISTRY_FULL, ServerCore
 from .directory import Directory
 from .events import (
@@ -80,6 +81,7 @@ class RendezvousServer:
         reuse_port: bool = False,
         id_retention: float | None = None,
         mailbox: Mailbox | None = None,
+        fast_path: bool = True,
     ) -> None:
         # The offline mailbox's store (with the registry); without one, the
         # core serves no DEPOSIT or FETCH.
@@ -121,6 +123,10 @@ class RendezvousServer:
         self.save_observer: Callable[[float, int], None] | None = None
         self._flush_soon = asyncio.Event()
         self._closing = False
+        # Answer bare Binding and checked REFRESHes in C when the library is
+        # built here (rendezvous/fastpath.py); False: always the Python path.
+        self.fast_path = fast_path
+        self.fast_path_used = False
 
     @property
     def address(self) -> Address:
@@ -175,6 +181,7 @@ class RendezvousServer:
                 self.core.config, other_address=self._other_endpoint.address, primary_address=primary
             )
             logger.info("RFC 5780 NAT discovery: second address %s:%s", *self._other_endpoint.address)
+        self._start_fast_path()
         self._flusher = asyncio.create_task(self._flush_registry_periodically())
         host, port = self.address
         logger.info("Running STUN Server on %s:%s...", host, port)
@@ -183,6 +190,29 @@ class RendezvousServer:
         if len(directory):
             logger.info("%d peers still online from before the restart", len(directory))
         self._arm_timer()
+
+    def _start_fast_path(self) -> None:
+        """Before the first read (no await since the endpoint started)."""
+        assert self.core is not None and self._endpoint is not None
+        library = fastpath.load() if self.fast_path else None
+        if library is None:
+            logger.debug("fast path: off, the Python path answers everything%s", "" if self.fast_path else " (asked)")
+            return
+        try:
+            fast = fastpath.FastPath.for_config(library, self.core.config)
+        except ValueError as error:
+            logger.warning("fast path: %s; the Python path answers everything", error)
+            return
+        core, clock = self.core, self.clock
+        if not self._endpoint.use_fast_path(
+            fast, lambda bindings, refreshed: core.fast_answered(bindings, refreshed, clock())
+        ):
+            fast.close()
+            logger.debug("fast path: off, the socket is read one datagram at a time")
+            return
+        core.attach_session_cache(fast)
+        self.fast_path_used = True
+        logger.debug("fast path: compiled (%s) answers bare Binding and checked REFRESHes", fastpath.LIBRARY.name)
 
     async def stop(self) -> None:
         """Stop serving and write everything the registry has not seen yet."""

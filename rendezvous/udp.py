@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from . import mmsg
+from .fastpath import FastPath, OnAnswered
 from .stun import Address
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ def normalise(address: tuple[object, ...]) -> Address:
 
 class UdpEndpoint:
     """Owns one bound UDP socket; hands datagrams to ``on_datagram`` and calls
-    ``on_batch_end`` once per wake-up so the owner can flush its replies."""
+    ``on_batch_end`` once per wake-up so the owner can flush its replies
+    (with the compiled fast path, once per wake-up that gave Python a datagram)."""
 
     def __init__(
         self,
@@ -57,6 +59,8 @@ class UdpEndpoint:
         libc = mmsg.available() if batched and os.environ.get("PEERLINK_NO_MMSG") != "1" else None
         self._batch = mmsg.BatchedSocket(sock, libc) if libc is not None else None
         self._flush_scheduled = False
+        self._fast: FastPath | None = None
+        self._answered: OnAnswered | None = None
 
     @classmethod
     def bind(
@@ -98,6 +102,19 @@ class UdpEndpoint:
     def address(self) -> Address:
         return normalise(self._sock.getsockname())
 
+    def use_fast_path(self, fast: FastPath, answered: OnAnswered) -> bool:
+        """Read through the compiled fast path: it answers what it can in C
+        (``answered`` hears of those first) and hands the rest to
+        ``on_datagram``.  False (and nothing changes) where this endpoint
+        does not batch (no recvmmsg, or PEERLINK_NO_MMSG=1): the fast path
+        batches the same way."""
+        if self._batch is None:
+            return False
+        fast.attach(self._sock)
+        self._fast = fast
+        self._answered = answered
+        return True
+
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._sock.fileno(), self._read_ready)
@@ -108,8 +125,31 @@ class UdpEndpoint:
             if self._loop is not None:
                 self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
+        if self._fast is not None:
+            self._fast.close()
+            self._fast = None
 
     def _read_ready(self) -> None:
+        if self._fast is not None and self._answered is not None:
+            fast = self._fast
+            errors = fast.send_errors
+            fast.delivered = 0
+            for _ in range(4):  # up to 4 x 64 datagrams per wake-up
+                try:
+                    if fast.receive(self._on_datagram, self._answered) < mmsg.BATCH:
+                        break
+                except OSError as error:
+                    self.stats["receive_errors"] += 1
+                    logger.debug("recvmmsg failed: %s", error)
+                    break
+            if fast.send_errors != errors:
+                self.stats["send_errors"] += fast.send_errors - errors
+            if fast.delivered:
+                # Only what Python handled can have left replies, events or
+                # timers behind; the C side's answers are sent already.
+                self._on_batch_end()
+                self._flush_sends()
+            return
         if self._batch is not None:
             for _ in range(4):  # up to 4 x 64 datagrams per wake-up
                 try:

@@ -416,6 +416,7 @@ ENV_VALUES = {
     "log_level": ("debug", "debug"),
     "legacy_text": ("1", True),
     "no_uvloop": ("yes", True),
+    "no_fastpath": ("1", True),
     "peer_request_rate": ("7.5", 7.5),
     "other_address": ("127.0.0.2:3479", ("127.0.0.2", 3479)),
     "workers": ("3", 3),

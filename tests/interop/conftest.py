@@ -43,11 +43,22 @@ def loopback_host(request: pytest.FixtureRequest) -> str:
     return host
 
 
-@pytest.fixture
-async def stun_server(loopback_host: str, tmp_path: Path) -> AsyncIterator[RendezvousServer]:
-    """A rendezvous server with the default configuration on ``loopback_host``."""
-    server = RendezvousServer(ServerConfig(), SqliteRegistry(tmp_path / "interop.sqlite3"), loopback_host, 0)
+@pytest.fixture(params=["compiled", "python"])
+async def stun_server(
+    loopback_host: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[RendezvousServer]:
+    """A rendezvous server with the default configuration on ``loopback_host``,
+    answering bare Binding and REFRESH through the compiled fast path
+    (rendezvous/_fastpath.c) and then through the Python path: every client
+    must get the same answers from both."""
+    compiled = request.param == "compiled"
+    server = RendezvousServer(
+        ServerConfig(), SqliteRegistry(tmp_path / "interop.sqlite3"), loopback_host, 0, fast_path=compiled
+    )
     await server.start()
+    if compiled and not server.fast_path_used:
+        await server.stop()
+        pytest.skip("the compiled fast path is not built here (no C compiler at install time)")
     yield server
     await server.stop()
 

@@ -15,9 +15,11 @@ from binascii import crc32
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastpath_harness import build_library, feed_through
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rendezvous import fastpath
 from rendezvous.client import cursor_after, public_key_bytes, register_request, session_request
 from rendezvous.core import (
     Dropped,
@@ -58,20 +60,31 @@ def key(n: int) -> Ed25519PrivateKey:
 
 
 class Harness:
-    """A core plus the adapter's bookkeeping: ids handed out in order, per identity."""
+    """A core plus the adapter's bookkeeping: ids handed out in order, per
+    identity.  With ``library`` every datagram goes first to the compiled fast
+    path (rendezvous/_fastpath.c), as the server's socket reader does, and
+    only what it leaves reaches the core."""
 
-    def __init__(self, config: ServerConfig | None = None) -> None:
+    def __init__(self, config: ServerConfig | None = None, library: fastpath.Library | None = None) -> None:
         self.core = ServerCore(config or ServerConfig(), Tokens(SECRET))
         self.ids: dict[bytes, int] = {}
         self.sessions: dict[Address, bytes] = {}
+        self.fast = None
+        if library is not None:
+            self.fast = fastpath.FastPath.for_config(library, self.core.config)
+            self.core.attach_session_cache(self.fast)
 
     def feed(self, data: bytes | Message, address: Address, now: float) -> list[tuple[bytes, Address]]:
         raw = encode(data) if isinstance(data, Message) else data
-        self.core.receive_datagram(raw, address, now)
+        answered = None
+        if self.fast is not None:
+            answered = feed_through(self.fast, self.core, raw, address, now)
+        else:
+            self.core.receive_datagram(raw, address, now)
         for pending in self.core.pending_registrations():
             peer_id = self.ids.setdefault(pending.identity, len(self.ids) + 1)
             self.core.complete_registration(pending, peer_id, None, now)
-        return self.core.datagrams_to_send()
+        return (answered or []) + self.core.datagrams_to_send()
 
     def ask(self, request: Message, address: Address, now: float) -> Message:
         """The one reply to ``request``, decoded (it must carry a FINGERPRINT)."""
@@ -112,9 +125,18 @@ def _flip_last_bit(data: bytes) -> bytes:
     return data[:-1] + bytes([data[-1] ^ 1])
 
 
-@pytest.fixture
-def h() -> Harness:
-    return Harness()
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> fastpath.Library:
+    return build_library(tmp_path_factory.mktemp("fastpath"))
+
+
+@pytest.fixture(params=["python", "compiled"])
+def h(request: pytest.FixtureRequest) -> Harness:
+    """Every test of the core with ``h`` runs twice: Python answers all, then
+    the compiled fast path answers what it can first."""
+    if request.param == "python":
+        return Harness()
+    return Harness(library=request.getfixturevalue("library"))
 
 
 # ------------------------------------------------------------ Binding
