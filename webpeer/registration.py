@@ -330,6 +330,7 @@ class RegistrationMachine:
         self._first_transaction = b""
         self._loser: tuple[Address, bytes] | None = None
         self.late_race_answers = 0  # answers of a losing attempt, ignored
+        self.races_won_by_other_family = 0  # registrations that went on over the racing attempt's address
         self.use_servers(servers)
         self._silent_since: float | None = None  # requests unanswered since then
         self._unreachable = False
@@ -449,6 +450,7 @@ class RegistrationMachine:
         index, conversation, _ = self._racer
         self._loser = (self.server, self._first_transaction)
         self._racer = None
+        self.races_won_by_other_family += 1
         self._use_server(index, now)
         self._conversation = conversation
         if self._group_of_first():
