@@ -41,16 +41,19 @@ every REGISTER and REFRESH, and registers what it learns as one more local
 candidate: its address in that family.
 
 Happy Eyeballs (RFC 8305): when one server's addresses (those of one name:
-A and AAAA records) include both families, each registration sends its first
-REGISTER to the first of them (getaddrinfo's order, IPv6 first on most
-hosts) and, if nothing has come back after :data:`CONNECTION_ATTEMPT_DELAY`
+A and AAAA records) include both families, a registration with a server not
+known to answer (at the start, after silence, after a fail-over) sends its
+first REGISTER to the address in use (at first the first in getaddrinfo's
+order, IPv6 first on most hosts) and, if nothing has come back after :data:`CONNECTION_ATTEMPT_DELAY`
 (or that send failed at once: :meth:`RegistrationMachine.send_failed`), the
 same first REGISTER to the first address of the other family too.  The
 first to answer wins: the registration goes on over that address, the other
 attempt is dropped and its late answer is ignored (counted in
 :attr:`RegistrationMachine.late_race_answers`).  So a name whose IPv6 path
 silently drops packets costs 250 ms and a round trip, not the ~4.75 s of a
-fail-over.  Addresses given as separate servers (``--server 192.0.2.1,[2001:db8::1]``)
+fail-over.  Registering again with a server that has just answered (a 401,
+new candidates) races nothing: a slow answer must not move the peer to the
+other family.  Addresses given as separate servers (``--server 192.0.2.1,[2001:db8::1]``)
 are not raced: they are fail-over servers, tried in the order given.
 
 The protocol itself (building and signing REGISTER, retransmission, matching
@@ -417,7 +420,7 @@ class RegistrationMachine:
         self._probe_id = None
         self._lost(now, "the first server is back")
         self._use_server(0, now)
-        self._register(now)
+        self._register(now, race=True)
 
     def _use_server(self, index: int, now: float) -> None:
         """Talk to ``servers[index]`` from now on, with nothing in flight
@@ -489,7 +492,7 @@ class RegistrationMachine:
         """The server in use went silent: register with the next one now."""
         self._lost(now, reason)
         self._use_server((self._server_index + 1) % len(self.servers), now)
-        self._register(now)
+        self._register(now, race=True)
 
     @property
     def server_state(self) -> ServerState:
@@ -526,7 +529,7 @@ class RegistrationMachine:
     # ------------------------------------------------------------ commands
 
     def start(self, now: float) -> None:
-        self._register(now)
+        self._register(now, race=True)
 
     def stop(self, now: float) -> None:
         """Unregister (best effort: one transaction) and stop."""
@@ -682,7 +685,7 @@ class RegistrationMachine:
                 refresh = session_request(Method.REFRESH, self._session, (Attr.TTL, self.ttl))
                 self._request(refresh, _Request("refresh"), now)
             elif self.state is RegState.BACKING_OFF:
-                self._register(now)
+                self._register(now, race=True)
         if self._next_list is not None and self._next_list <= now:
             self._next_list = now + self.list_interval
             if self.watch_supported is False:
@@ -747,7 +750,7 @@ class RegistrationMachine:
             # The silent server is back (whatever it said, even a late answer
             # or an INTRODUCE): register now rather than at the next retry.
             self._wake_at = None
-            self._register(now)
+            self._register(now, race=True)
 
     # ------------------------------------------------------------ internals
 
@@ -766,7 +769,11 @@ class RegistrationMachine:
             self._unreachable = False
             self._events.append(ServerAnswered())
 
-    def _register(self, now: float) -> None:
+    def _register(self, now: float, *, race: bool = False) -> None:
+        """``race``: a registration with a server not known to answer (the
+        start, a retry, another server): its families are raced.  A server
+        that has just answered (401, new candidates) is not: a slow answer
+        there must not move the peer to the other family."""
         # A new handshake each time: nickname, local candidates and TTL are
         # read now (the node fills in local candidates just before start).
         self._handshake = RegisterHandshake(
@@ -780,9 +787,9 @@ class RegistrationMachine:
         first = self._handshake.first_request()
         self._request(first, _Request("register"), now)
         self._first_transaction = first.transaction_id
-        self._racer, self._loser = None, None
+        self._racer = None
         # Happy Eyeballs: the other family too if this one is slow to answer.
-        self._race_at = now + CONNECTION_ATTEMPT_DELAY if self._race_partner() is not None else None
+        self._race_at = now + CONNECTION_ATTEMPT_DELAY if race and self._race_partner() is not None else None
         # Beside the first REGISTER: the answer usually comes with the
         # challenge, in time for the signed REGISTER to carry it.
         self._ask_other_family(now)

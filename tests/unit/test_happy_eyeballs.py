@@ -155,6 +155,22 @@ def test_a_slow_first_family_still_wins_if_it_answers_first() -> None:
     assert [e.peer_id for e in net.registered()] == [1]
 
 
+def test_registering_again_with_a_server_that_answers_slowly_races_nothing() -> None:
+    net = Net((V6, V4))
+    net.rtt[V6] = 0.3  # slower than the attempt delay, but it answers, and first
+    net.rtt[V4] = 0.2
+    net.machine.start(T0)
+    now = net.run_until(T0 + 10)
+    assert net.machine.server == V6 and net.machine.state is RegState.REGISTERED
+    before = len(net.registers_to(V4))
+    mapped = ("203.0.113.10", 40001)
+    net.machine.offer_mapped((mapped,), now)  # a new REGISTER, to the server that answers
+    net.run_until(now + 10, now)
+    assert len(net.registers_to(V4)) == before
+    assert net.machine.server == V6 and net.machine.state is RegState.REGISTERED
+    assert mapped in net.machine.registered_local
+
+
 def test_a_late_answer_of_the_loser_changes_nothing() -> None:
     net = Net((V6, V4))
     net.rtt[V6] = 0.6  # answers long after the IPv4 attempt has won
