@@ -32,15 +32,18 @@ async def test_a_name_with_a_silent_ipv6_address_registers_over_ipv4_by_the_race
     await server.start()
     port = server.address[1]
     # The name's IPv6 address: datagrams to it arrive and are never answered.
+    # (Its own port: the name's two addresses need not share one, and so no
+    # other process's socket can stand in the way.)
     sink = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     sink.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    sink.bind(("::1", port))
+    sink.bind(("::1", 0))
     sink.setblocking(False)
+    silent = ("::1", sink.getsockname()[1])
 
-    async def getaddrinfo(host: str, port: int, **_: object) -> list[Any]:
+    async def getaddrinfo(host: str, _port: int, **_: object) -> list[Any]:
         assert host == "both.test"
         return [
-            (socket.AF_INET6, socket.SOCK_DGRAM, 17, "", ("::1", port, 0, 0)),
+            (socket.AF_INET6, socket.SOCK_DGRAM, 17, "", (*silent, 0, 0)),
             (socket.AF_INET, socket.SOCK_DGRAM, 17, "", ("127.0.0.1", port)),
         ]
 
@@ -48,7 +51,7 @@ async def test_a_name_with_a_silent_ipv6_address_registers_over_ipv4_by_the_race
     node = PeerNode(NodeConfig(server=("both.test", port), data_dir=tmp_path / "p", list_interval=0.3))
     try:
         await node.start()
-        assert node.registration.servers == (("::1", port), ("127.0.0.1", port))
+        assert node.registration.servers == (silent, ("127.0.0.1", port))
         await wait_until(lambda: node.me()["server_state"] == "registered", WAIT)
         me = node.me()
         assert (me["server"], me["server_address"]) == (f"both.test:{port}", f"127.0.0.1:{port}")
