@@ -246,3 +246,17 @@ def test_both_silent_falls_over_as_before_and_registers_when_one_returns() -> No
     net.rtt[V4] = RTT
     net.run_until(T0 + 30, now)
     assert net.machine.server == V4 and net.machine.state is RegState.REGISTERED
+
+
+def test_the_other_family_bindings_answer_from_the_racing_address_is_still_heard() -> None:
+    net = Net((V4, V6))
+    net.rtt[V4] = None
+    net.rtt[V6] = 0.3  # the Binding sent with the first REGISTER answers after the race began
+    net.machine.start(T0)
+    now = net.run_until(T0 + 0.29)  # the race began at 0.25
+    assert net.machine.other_family == ()
+    now = net.run_until(T0 + 0.31, now)
+    assert net.machine.state is RegState.CHALLENGING  # the race is on, the Binding's answer is in
+    assert net.machine.other_family == (PEER[6],)
+    net.run_until(T0 + 10, now)
+    assert net.machine.server == V6 and net.machine.state is RegState.REGISTERED
