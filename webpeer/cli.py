@@ -128,7 +128,7 @@ def add_peer_options(parser: argparse.ArgumentParser, *, sub: bool) -> None:
         # A string default goes through parse_servers too (a bad variable is a usage error).
         default=env("WEBPEER_SERVER", "127.0.0.1:3478"),
         help="rendezvous server HOST:PORT: an IPv4 address, a name (every address it resolves to "
-        "is tried) or [IPv6]:PORT; several, comma-separated, to fall back on in order when one "
+        "is tried; its IPv6 and IPv4 addresses are raced, Happy Eyeballs) or [IPv6]:PORT; several, comma-separated, to fall back on in order when one "
         "stops answering (env WEBPEER_SERVER, default 127.0.0.1:3478)",
     )
     add(

@@ -40,6 +40,22 @@ of the family it does not register over for a Binding (dual_stack.py), with
 every REGISTER and REFRESH, and registers what it learns as one more local
 candidate: its address in that family.
 
+Happy Eyeballs (RFC 8305): when one server's addresses (those of one name:
+A and AAAA records) include both families, a registration with a server not
+known to answer (at the start, after silence, after a fail-over) sends its
+first REGISTER to the address in use (at first the first in getaddrinfo's
+order, IPv6 first on most hosts) and, if nothing has come back after :data:`CONNECTION_ATTEMPT_DELAY`
+(or that send failed at once: :meth:`RegistrationMachine.send_failed`), the
+same first REGISTER to the first address of the other family too.  The
+first to answer wins: the registration goes on over that address, the other
+attempt is dropped and its late answer is ignored (counted in
+:attr:`RegistrationMachine.late_race_answers`).  So a name whose IPv6 path
+silently drops packets costs 250 ms and a round trip, not the ~4.75 s of a
+fail-over.  Registering again with a server that has just answered (a 401,
+new candidates) races nothing: a slow answer must not move the peer to the
+other family.  Addresses given as separate servers (``--server 192.0.2.1,[2001:db8::1]``)
+are not raced: they are fail-over servers, tried in the order given.
+
 The protocol itself (building and signing REGISTER, retransmission, matching
 answers, acknowledging INTRODUCE once) is rendezvous.client_protocol's, shared
 with the asyncio client; this machine decides when to register, refresh,
@@ -82,7 +98,7 @@ from rendezvous.stun import (
 )
 from rendezvous.transactions import RetransmitPolicy
 
-from .dual_stack import OtherFamilyProbe, other_family_server
+from .dual_stack import OtherFamilyProbe, family, other_family_server
 from .identity import Identity
 
 POLICY = INTERACTIVE_POLICY
@@ -114,6 +130,9 @@ DIRECTORY_EVERY = 2
 # While registered with a fall-back server, the first is asked this often
 # whether it is back (one Binding: 20 bytes each way).
 PRIMARY_RECHECK = 30.0
+# RFC 8305's recommended Connection Attempt Delay: how long the first REGISTER
+# to one family has alone before the same goes to the other family too.
+CONNECTION_ATTEMPT_DELAY = 0.25
 
 
 class ServerState(enum.Enum):
@@ -304,6 +323,17 @@ class RegistrationMachine:
         self._next_probe: float | None = None
         self._probe_id: bytes | None = None
         self._probes: list[tuple[bytes, Address]] = []
+        # Happy Eyeballs (see the module docstring): when the REGISTER goes to
+        # the other family too, the racing attempt (the index of its address,
+        # its own conversation, its transaction id); the transaction id of the first REGISTER in
+        # use (for telling its late answer once it has lost); the attempt that
+        # lost (address, transaction id).
+        self._race_at: float | None = None
+        self._racer: tuple[int, ServerConversation[_Request], bytes] | None = None
+        self._first_transaction = b""
+        self._loser: tuple[Address, bytes] | None = None
+        self.late_race_answers = 0  # answers of a losing attempt, ignored
+        self.races_won_by_other_family = 0  # registrations that went on over the racing attempt's address
         self.use_servers(servers)
         self._silent_since: float | None = None  # requests unanswered since then
         self._unreachable = False
@@ -318,7 +348,8 @@ class RegistrationMachine:
     def use_servers(self, servers: tuple[Address, ...], names: tuple[str, ...] = ()) -> None:
         """The servers' addresses (those their names resolved to), in the
         order to try them, and optionally the name each came from, for the
-        page (call before :meth:`start`)."""
+        page (call before :meth:`start`).  Addresses of one name are one
+        server, whose families are raced; without names all are one server's."""
         if not servers:
             raise ValueError("at least one server address is needed")
         if names and len(names) != len(servers):
@@ -326,6 +357,16 @@ class RegistrationMachine:
         self.servers = servers
         self.server_names = names
         self._server_index = 0
+
+    def _race_partner(self) -> int | None:
+        """The index of the first address of the server in use in the other
+        family (None: it has none, or names say the others are other servers')."""
+        mine = self.server
+        name = self.server_name
+        for index, address in enumerate(self.servers):
+            if family(address) != family(mine) and (name is None or self.server_names[index] == name):
+                return index
+        return None
 
     @property
     def server_name(self) -> str | None:
@@ -337,6 +378,9 @@ class RegistrationMachine:
         the first whether it is back, or the server's other-family address
         what our address in that family is)."""
         out, self._probes = self._probes, []
+        if self._racer is not None:
+            index, conversation, _ = self._racer
+            out += [(data, self.servers[index]) for data in conversation.datagrams_to_send()]
         return out + self._other.datagrams_to_send()
 
     @property
@@ -349,7 +393,17 @@ class RegistrationMachine:
         """A decoded STUN message from one of :attr:`servers` not in use: the
         answer to our probe of the first one moves us back to it, the answer
         from the other family's address tells us our address there; anything
-        else (a late answer of a server we left) is ignored."""
+        else (a late answer of a server we left) is ignored.  The racing
+        REGISTER's answer (Happy Eyeballs) makes its address the one in use."""
+        if self._racer is not None and address == self.servers[self._racer[0]]:
+            # (Anything else from there, the other-family Binding's answer say, goes on below.)
+            if isinstance(self._racer[1].receive(message), Answer):
+                if self.state is RegState.CHALLENGING:
+                    self._won_race(message, now)
+                return
+        if self._loser is not None and self._loser == (address, message.transaction_id):
+            self.late_race_answers += 1
+            return
         if self._other.owns(message, address):
             found = self._other.receive(message, address)
             self._offer_other_family(() if found is None else (found,), now)
@@ -366,7 +420,7 @@ class RegistrationMachine:
         self._probe_id = None
         self._lost(now, "the first server is back")
         self._use_server(0, now)
-        self._register(now)
+        self._register(now, race=True)
 
     def _use_server(self, index: int, now: float) -> None:
         """Talk to ``servers[index]`` from now on, with nothing in flight
@@ -374,15 +428,71 @@ class RegistrationMachine:
         may not know)."""
         self._server_index = index
         self._conversation = ServerConversation(self._policy)
+        self._race_at, self._racer = None, None
         self._listing = False
         self._probe_id = None
         self._next_probe = now + PRIMARY_RECHECK if index else None
+
+    def _start_racer(self, now: float) -> None:
+        """Nothing back from the first REGISTER in time: the same goes to
+        the server's address of the other family too."""
+        self._race_at = None
+        partner = self._race_partner()
+        if partner is None or self._handshake is None or self.state is not RegState.CHALLENGING:
+            return
+        conversation: ServerConversation[_Request] = ServerConversation(self._policy)
+        first = self._handshake.first_request()
+        first.transaction_id = self._random(12)
+        conversation.request(first, _Request("register"), now)
+        self._racer = (partner, conversation, first.transaction_id)
+
+    def _won_race(self, message: Message, now: float) -> None:
+        """The racing attempt answered first: go on over its address, with
+        its conversation; the first attempt is dropped."""
+        assert self._racer is not None
+        index, conversation, _ = self._racer
+        self._loser = (self.server, self._first_transaction)
+        self._racer = None
+        self.races_won_by_other_family += 1
+        self._use_server(index, now)
+        self._conversation = conversation
+        if self._group_of_first():
+            self._next_probe = None  # the first server's other family: no fail-over to come back from
+        # Our address in the family we now register over is no other-family
+        # address any more: asked again of the other family (the loser's).
+        self.other_family = ()
+        if self._handshake is not None:
+            self._handshake.local = self.candidates
+        self._heard_from_server(now)
+        self._on_register(message, now)
+        self._ask_other_family(now)
+
+    def _group_of_first(self) -> bool:
+        """Whether the address in use is one of the first server's."""
+        return not self.server_names or self.server_names[self._server_index] == self.server_names[0]
+
+    def _settle_race(self) -> None:
+        """The first attempt answered: the racing one, if any, is dropped."""
+        self._race_at = None
+        if self._racer is not None:
+            index, _, transaction = self._racer
+            self._loser = (self.servers[index], transaction)
+            self._racer = None
+
+    def send_failed(self, address: Address, now: float) -> None:
+        """Sending to ``address`` failed at once (ENETUNREACH, say): a first
+        REGISTER waiting for its race goes to the other family now; a racing
+        attempt to that address is dropped."""
+        if address == self.server and self._race_at is not None:
+            self._start_racer(now)
+        elif self._racer is not None and address == self.servers[self._racer[0]]:
+            self._racer = None
 
     def _fail_over(self, now: float, reason: str) -> None:
         """The server in use went silent: register with the next one now."""
         self._lost(now, reason)
         self._use_server((self._server_index + 1) % len(self.servers), now)
-        self._register(now)
+        self._register(now, race=True)
 
     @property
     def server_state(self) -> ServerState:
@@ -408,6 +518,8 @@ class RegistrationMachine:
             self._next_watch,
             self._next_probe,
             self._other.get_timer(),
+            self._race_at,
+            self._racer[1].get_timer() if self._racer is not None else None,
         )
         times = [t for t in timers if t is not None]
         if self._silent_since is not None and not self._unreachable:
@@ -417,7 +529,7 @@ class RegistrationMachine:
     # ------------------------------------------------------------ commands
 
     def start(self, now: float) -> None:
-        self._register(now)
+        self._register(now, race=True)
 
     def stop(self, now: float) -> None:
         """Unregister (best effort: one transaction) and stop."""
@@ -427,6 +539,7 @@ class RegistrationMachine:
         else:
             self._stopped()
         self._wake_at = self._next_list = self._next_watch = self._next_probe = None
+        self._race_at, self._racer = None, None
         self._silent_since = None
         self._other.start(None, now)
 
@@ -554,6 +667,10 @@ class RegistrationMachine:
             if self._conversation is not conversation:
                 break  # failed over to another server: the old one's requests are moot
             self._on_timeout(timed_out, now)
+        if self._race_at is not None and self._race_at <= now:
+            self._start_racer(now)
+        if self._racer is not None and self._racer[1].handle_timer(now):
+            self._racer = None  # unanswered too: the first attempt's timeout decides what next
         if (
             self._silent_since is not None
             and not self._unreachable
@@ -568,7 +685,7 @@ class RegistrationMachine:
                 refresh = session_request(Method.REFRESH, self._session, (Attr.TTL, self.ttl))
                 self._request(refresh, _Request("refresh"), now)
             elif self.state is RegState.BACKING_OFF:
-                self._register(now)
+                self._register(now, race=True)
         if self._next_list is not None and self._next_list <= now:
             self._next_list = now + self.list_interval
             if self.watch_supported is False:
@@ -613,6 +730,7 @@ class RegistrationMachine:
         elif isinstance(received, Answer):
             request = received.context
             if request.kind == "register":
+                self._settle_race()
                 self._on_register(message, now)
             elif request.kind == "refresh":
                 self._on_refresh(message, now)
@@ -632,7 +750,7 @@ class RegistrationMachine:
             # The silent server is back (whatever it said, even a late answer
             # or an INTRODUCE): register now rather than at the next retry.
             self._wake_at = None
-            self._register(now)
+            self._register(now, race=True)
 
     # ------------------------------------------------------------ internals
 
@@ -651,7 +769,11 @@ class RegistrationMachine:
             self._unreachable = False
             self._events.append(ServerAnswered())
 
-    def _register(self, now: float) -> None:
+    def _register(self, now: float, *, race: bool = False) -> None:
+        """``race``: a registration with a server not known to answer (the
+        start, a retry, another server): its families are raced.  A server
+        that has just answered (401, new candidates) is not: a slow answer
+        there must not move the peer to the other family."""
         # A new handshake each time: nickname, local candidates and TTL are
         # read now (the node fills in local candidates just before start).
         self._handshake = RegisterHandshake(
@@ -662,7 +784,12 @@ class RegistrationMachine:
             ttl=self.ttl,
         )
         self.state = RegState.CHALLENGING
-        self._request(self._handshake.first_request(), _Request("register"), now)
+        first = self._handshake.first_request()
+        self._request(first, _Request("register"), now)
+        self._first_transaction = first.transaction_id
+        self._racer = None
+        # Happy Eyeballs: the other family too if this one is slow to answer.
+        self._race_at = now + CONNECTION_ATTEMPT_DELAY if race and self._race_partner() is not None else None
         # Beside the first REGISTER: the answer usually comes with the
         # challenge, in time for the signed REGISTER to carry it.
         self._ask_other_family(now)
