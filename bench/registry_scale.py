@@ -267,22 +267,12 @@ async def wait_loaded(port: int, size: int, timeout: float) -> None:
 
 async def run_size_redis(size: int, samples: int, instances: int, workdir: Path) -> dict[str, object]:
     """One fresh redis-server and ``instances`` rendezvous instances on it."""
-    redis_port = free_tcp_port()
     redis_dir = workdir / f"redis-{size}"
     redis_dir.mkdir()
-    redis = subprocess.Popen(
-        ["taskset", "-c", "0", "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1"]
-        + ["--save", "", "--appendonly", "no", "--dir", str(redis_dir), "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL,
-    )
+    redis, redis_port = start_redis(redis_dir, cores="0")
     servers: list[subprocess.Popen[bytes]] = []
     try:
         url = f"redis://127.0.0.1:{redis_port}/0"
-        deadline = time.perf_counter() + 20
-        while subprocess.run(["redis-cli", "-p", str(redis_port), "PING"], capture_output=True).stdout != b"PONG\n":
-            if time.perf_counter() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
         before = redis_used_memory(redis_port)
         ports = [free_port() for _ in range(instances)]
         homes = [f"{socket.gethostname()}:{port}" for port in ports]
@@ -322,6 +312,24 @@ async def run_size_redis(size: int, samples: int, instances: int, workdir: Path)
         "redis_bytes_per_peer": redis_bytes / size,
         "latency": latencies,
     }
+
+
+def start_redis(workdir: Path, cores: str | None) -> tuple[subprocess.Popen[bytes], int]:
+    """A fresh redis-server without persistence (pinned to ``cores`` if given), once it answers PING."""
+    port = free_tcp_port()
+    pin = ["taskset", "-c", cores] if cores else []
+    redis = subprocess.Popen(
+        [*pin, "redis-server", "--port", str(port), "--bind", "127.0.0.1"]
+        + ["--save", "", "--appendonly", "no", "--dir", str(workdir), "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.perf_counter() + 20
+    while subprocess.run(["redis-cli", "-p", str(port), "PING"], capture_output=True).stdout != b"PONG\n":
+        if time.perf_counter() > deadline or redis.poll() is not None:
+            redis.kill()
+            raise RuntimeError("redis-server did not start")
+        time.sleep(0.05)
+    return redis, port
 
 
 def free_tcp_port() -> int:
