@@ -48,6 +48,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +57,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rendezvous.client import RendezvousClient, cursor_after  # noqa: E402
+from rendezvous.client import RendezvousClient, RendezvousError, cursor_after  # noqa: E402
 from rendezvous.redis_registry import _state  # noqa: E402
 from rendezvous.registry import PeerRecord  # noqa: E402
 from rendezvous.sqlite_registry import SqliteRegistry  # noqa: E402
@@ -274,17 +276,27 @@ def pin(cores: str) -> list[str]:
     return ["taskset", "-c", cores]
 
 
-async def measure(worlds: list[World], samples: int) -> list[dict[str, dict[str, float]]]:
+async def measure(worlds: list[World], samples: int) -> list[dict[str, Any]]:
     """Latencies of each world, one request in flight at a time.  With several
     worlds, sample i of each method goes to every world in turn (which one first
     alternates), so that whatever load the machine has hits them alike."""
-    results: list[dict[str, list[float]]] = [
-        {"register": [], "list_first_page": [], "list_random_page": [], "connect": []} for _ in worlds
-    ]
+    methods = ("register", "list_first_page", "list_random_page", "connect")
+    results: list[dict[str, list[float]]] = [{name: [] for name in methods} for _ in worlds]
+    # Requests that failed (timed out on a starved machine, or refused): counted, not timed.
+    errors: list[Counter[str]] = [Counter() for _ in worlds]
 
     def turns(n: int) -> list[int]:
         order = list(range(len(worlds)))
         return order if n % 2 == 0 else order[::-1]
+
+    async def timed(w: int, name: str, request: Awaitable[object]) -> None:
+        started = time.perf_counter()
+        try:
+            await request
+        except (RendezvousError, TimeoutError) as exc:
+            errors[w][f"{name}: {exc}"] += 1
+            return
+        results[w][name].append(time.perf_counter() - started)
 
     # REGISTER of brand-new keys: each one a full challenge + signed round trip,
     # to the instances in turn.
@@ -292,9 +304,7 @@ async def measure(worlds: list[World], samples: int) -> list[dict[str, dict[str,
         for w in turns(n):
             ports = worlds[w].ports
             client = await RendezvousClient(("127.0.0.1", ports[n % len(ports)])).open()
-            started = time.perf_counter()
-            await client.register()
-            results[w]["register"].append(time.perf_counter() - started)
+            await timed(w, "register", client.register())
             client.close()
         # The server allows 200 signed REGISTERs per second per source IP.
         await asyncio.sleep(0.006)
@@ -303,7 +313,8 @@ async def measure(worlds: list[World], samples: int) -> list[dict[str, dict[str,
     mes = []
     for world in worlds:
         me = await RendezvousClient(("127.0.0.1", world.ports[1 % len(world.ports)]), nickname="bench").open()
-        await me.register()
+        # The longest lease: a thousand rounds on a busy machine outlast the default minute.
+        await me.register(ttl=3600)
         mes.append(me)
     rngs = [random.Random(1) for _ in worlds]
     try:
@@ -311,17 +322,11 @@ async def measure(worlds: list[World], samples: int) -> list[dict[str, dict[str,
             cursors = [cursor_after(rngs[w].randint(1, world.size - 20)) for w, world in enumerate(worlds)]
             targets = [rngs[w].randint(1, world.size) for w, world in enumerate(worlds)]
             for w in turns(n):
-                started = time.perf_counter()
-                await mes[w].list_page(limit=20)
-                results[w]["list_first_page"].append(time.perf_counter() - started)
+                await timed(w, "list_first_page", mes[w].list_page(limit=20))
             for w in turns(n):
-                started = time.perf_counter()
-                await mes[w].list_page(limit=20, cursor=cursors[w])
-                results[w]["list_random_page"].append(time.perf_counter() - started)
+                await timed(w, "list_random_page", mes[w].list_page(limit=20, cursor=cursors[w]))
             for w in turns(n):
-                started = time.perf_counter()
-                await mes[w].connect(targets[w])
-                results[w]["connect"].append(time.perf_counter() - started)
+                await timed(w, "connect", mes[w].connect(targets[w]))
             # Stay under the server's per-peer request limit (50/s, burst 100; three requests per round) so
             # that what is measured is the work, not a 429.
             await asyncio.sleep(0.07)
@@ -330,10 +335,13 @@ async def measure(worlds: list[World], samples: int) -> list[dict[str, dict[str,
             me.close()
     return [
         {
-            name: {"p50_us": percentile(v, 0.5) * 1e6, "p99_us": percentile(v, 0.99) * 1e6, "n": len(v)}
-            for name, v in result.items()
+            **{
+                name: {"p50_us": percentile(v, 0.5) * 1e6, "p99_us": percentile(v, 0.99) * 1e6, "n": len(v)}
+                for name, v in result.items()
+            },
+            **({"errors": dict(errors[w])} if errors[w] else {}),
         }
-        for result in results
+        for w, result in enumerate(results)
     ]
 
 
@@ -395,7 +403,7 @@ async def open_redis_world(size: int, instances: int, workdir: Path, children: C
     return world
 
 
-def redis_result(world: World, latencies: dict[str, dict[str, float]], instances: int) -> dict[str, object]:
+def redis_result(world: World, latencies: dict[str, Any], instances: int) -> dict[str, object]:
     assert world.redis_bytes is not None
     return {
         "size": world.size,
@@ -501,17 +509,18 @@ def main() -> None:
 
 
 def print_table(runs: list[dict[str, Any]], *, redis: bool) -> None:
+    ops = [op for op in runs[0]["latency"] if op != "errors"]
     redis_column = " Redis bytes/peer |" if redis else ""
     print(
         "| keys | seed s | server start s | RSS MiB |"
         + redis_column
         + " "
-        + " | ".join(f"{op} p50/p99 us" for op in runs[0]["latency"])
+        + " | ".join(f"{op} p50/p99 us" for op in ops)
         + " |"
     )
-    print("|---" * (4 + bool(redis) + len(runs[0]["latency"])) + "|")
+    print("|---" * (4 + bool(redis) + len(ops)) + "|")
     for run in runs:
-        cells = [f"{v['p50_us']:.0f} / {v['p99_us']:.0f}" for v in run["latency"].values()]
+        cells = [f"{run['latency'][op]['p50_us']:.0f} / {run['latency'][op]['p99_us']:.0f}" for op in ops]
         redis_cell = f" {run['redis_bytes_per_peer']:.0f} |" if redis else ""
         print(
             f"| {run['size']:,} | {run['seed_s']:.1f} | {run['start_s']:.1f} | {run['rss_mib']:.0f} |"
@@ -520,10 +529,13 @@ def print_table(runs: list[dict[str, Any]], *, redis: bool) -> None:
             + " | ".join(cells)
             + " |"
         )
+    for run in runs:
+        for error, count in run["latency"].get("errors", {}).items():
+            print(f"- {run['size']:,} keys: {count} failed, not timed: {error}")
     if len(runs) >= 2:
         small, big = runs[0]["latency"], runs[-1]["latency"]
         print()
-        for op in small:
+        for op in ops:
             ratio = big[op]["p99_us"] / small[op]["p99_us"]
             print(
                 f"- {op}: p99 ratio {runs[-1]['size']:,} vs {runs[0]['size']:,} keys = {ratio:.2f}x "
