@@ -75,6 +75,7 @@ import functools
 import json
 import logging
 import os
+import struct
 import time
 from collections.abc import Container, Iterable, Sequence
 from typing import Any, Protocol
@@ -104,6 +105,8 @@ SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 # Items (identities, records, datagrams) per script call: one call keeps
 # Redis busy for its whole run, so a big batch is sent as several.
 BATCH = 500
+# Online records per start-up load call (one script run: ~1 ms of Redis's time).
+LOAD_PAGE = 1000
 # A cached id per identity seen; past this the cache starts over (it is only
 # a shortcut for outages and repeat registrations).
 ID_CACHE_SIZE = 1 << 20
@@ -201,6 +204,32 @@ for i = 4, #ARGV, 5 do
 end
 return out
 """
+
+# KEYS: online set.  ARGV: prefix of the peer hash keys, the id to start
+# after, how many.  One page of the online index in id order, as one string
+# (not a reply of thousands of elements: redis-py parses each element of a
+# reply in Python, which made start-up ~100 us a peer): per peer, six
+# big-endian 32-bit lengths, then the id and its ``identity, state,
+# expires_at, last_seen, home`` fields back to back; a missing field's length
+# is 0xFFFFFFFF and it has no bytes.
+_LOAD_PAGE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], '+inf', 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+local missing = 4294967295
+for _, id in ipairs(ids) do
+  local f = redis.call('HMGET', ARGV[1] .. id, 'identity', 'state', 'expires_at', 'last_seen', 'home')
+  local sizes = {#id}
+  for j = 1, 5 do
+    if f[j] then sizes[j + 1] = #f[j] else sizes[j + 1] = missing; f[j] = '' end
+  end
+  out[#out + 1] = struct.pack('>I4I4I4I4I4I4', unpack(sizes))
+  out[#out + 1] = id .. f[1] .. f[2] .. f[3] .. f[4] .. f[5]
+end
+return table.concat(out)
+"""
+# The head of each peer in a _LOAD_PAGE reply, and its "missing" length.
+_PAGE_HEAD = struct.Struct(">6I")
+_MISSING = 0xFFFFFFFF
 
 # KEYS: any key of the registry (on a Cluster it routes the call to the
 # registry's node; pub/sub reaches every node from there).  ARGV: channel,
@@ -306,6 +335,32 @@ def _record(peer_id: int, fields: Sequence[bytes | None]) -> PeerRecord | None:
         raise RegistryError(f"stored record of peer {peer_id} is damaged: {exc}") from exc
 
 
+def _unpack_page(data: bytes) -> list[tuple[int, list[bytes | None]]]:
+    """The (id, fields) of each peer in a ``_LOAD_PAGE`` reply; RegistryError if it is cut short."""
+    out: list[tuple[int, list[bytes | None]]] = []
+    end = len(data)
+    pos = 0
+    while pos < end:
+        if pos + _PAGE_HEAD.size > end:
+            raise RegistryError(f"load page cut short at byte {pos} of {end}")
+        sizes = _PAGE_HEAD.unpack_from(data, pos)
+        pos += _PAGE_HEAD.size
+        fields: list[bytes | None] = []
+        for size in sizes:
+            if size == _MISSING:
+                fields.append(None)
+                continue
+            if pos + size > end:
+                raise RegistryError(f"load page cut short at byte {pos} of {end}")
+            fields.append(data[pos : pos + size])
+            pos += size
+        peer_id = fields.pop(0)
+        if peer_id is None or not peer_id.isdigit():
+            raise RegistryError(f"load page holds a bad id {peer_id!r:.40}")
+        out.append((int(peer_id), fields))
+    return out
+
+
 def _addresses_from_json(value: Any) -> tuple[tuple[str, int], ...]:
     if not isinstance(value, list):
         raise RegistryError(f"stored address list is not a list: {value!r:.80}")
@@ -368,6 +423,7 @@ class RedisRegistry:
         self._save: Any = None
         self._release: Any = None
         self._publish: Any = None
+        self._load_page: Any = None
         self.round_trips = 0  # script calls, pipelines and commands sent (tests, metrics)
         # Told of every call's duration and failure (rendezvous.metrics.RedisMetrics).
         self.observer: RedisObserver | None = None
@@ -435,6 +491,7 @@ class RedisRegistry:
         self._release = client.register_script(_RELEASE)
         self._save = client.register_script(_SAVE)
         self._publish = client.register_script(_PUBLISH)
+        self._load_page = client.register_script(_LOAD_PAGE)
         self._redis = client
         if self.observer is not None:
             self.observer.connected(True)
@@ -643,18 +700,19 @@ class RedisRegistry:
         """Records with ``expires_at`` after ``now``, in id order, after ``after_id``."""
         client = self._client()
         out: list[PeerRecord] = []
-        page = 1000 if limit is None else max(1, min(limit, 1000))
+        page = LOAD_PAGE if limit is None else max(1, min(limit, LOAD_PAGE))
         cursor = after_id
         while limit is None or len(out) < limit:
+            # One round trip a page: the index and the records together.
             raw = await self._call(
-                client.zrangebyscore(self._key("online"), f"({cursor}", "+inf", start=0, num=page), "load"
+                self._load_page(keys=[self._key("online")], args=[self._key("peer", ""), cursor, page]), "load"
             )
-            ids = [int(i) for i in raw]
-            if not ids:
+            rows = _unpack_page(raw)
+            if not rows:
                 break
-            rows = await self._fetch(ids)
             stale = []
-            for peer_id, record in zip(ids, rows, strict=True):
+            for peer_id, fields in rows:
+                record = self._local(_record(peer_id, fields))
                 if record is None or record.expires_at <= now - STALE_AFTER:
                     stale.append(peer_id)
                 elif record.expires_at > now:
@@ -663,7 +721,7 @@ class RedisRegistry:
                         break
             if stale:
                 await self._call(client.zrem(self._key("online"), *stale), "load")
-            cursor = ids[-1]
+            cursor = rows[-1][0]
         return out
 
     async def _fetch(self, ids: Sequence[int]) -> list[PeerRecord | None]:
