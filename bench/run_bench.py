@@ -148,23 +148,35 @@ def stop_server(server: Server) -> None:
 
 
 def sched_seconds(pid: int) -> tuple[float, float] | None:
-    """(on-CPU, waiting-to-run) seconds summed over a process's threads, or None if gone.
+    """(on-CPU, waiting-to-run) seconds summed over a process's threads and
+    those of its descendants (``rendezvous --workers N`` is a supervisor and N
+    worker processes), or None if the process is gone.
 
     From /proc/PID/task/*/schedstat.  Time spent runnable but not running is
     the noise this machine adds: someone else had the pinned core.
     """
     run_ns = wait_ns = 0
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return None
-    for task in tasks:
+    pending, seen = [pid], set()
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
         try:
-            fields = (task / "schedstat").read_text().split()
+            tasks = list(Path(f"/proc/{current}/task").iterdir())
         except OSError:
-            continue  # a thread that just exited
-        run_ns += int(fields[0])
-        wait_ns += int(fields[1])
+            if current == pid:
+                return None
+            continue  # a child that just exited
+        for task in tasks:
+            try:
+                fields = (task / "schedstat").read_text().split()
+                children = (task / "children").read_text().split()
+            except OSError:
+                continue  # a thread that just exited
+            run_ns += int(fields[0])
+            wait_ns += int(fields[1])
+            pending.extend(int(child) for child in children)
     return run_ns / 1e9, wait_ns / 1e9
 
 

@@ -238,6 +238,14 @@ def peerlink_server_redis(ctx: Context, port: int) -> list[str]:
     return peerlink_server(ctx, port, "--registry", os.environ[BENCH_REDIS])
 
 
+def peerlink_server_redis_workers(ctx: Context, port: int) -> list[str]:
+    """The same Redis-backed server as two ``--workers`` on one port (SO_REUSEPORT).
+    Pinned like every server to one core, so the two share it: what is
+    measured is whether a reply costs more CPU with two workers, not the
+    scaling (the other core is the generator's)."""
+    return peerlink_server(ctx, port, "--registry", os.environ[BENCH_REDIS], "--workers", "2")
+
+
 def peerlink_server_python_path(ctx: Context, port: int) -> list[str]:
     """The same server with its compiled fast path off (rendezvous/_fastpath.c)."""
     return peerlink_server(ctx, port, "--no-fastpath")
@@ -332,6 +340,27 @@ SCENARIOS: list[Scenario] = [
         partial(peerlink_templates, "refresh"),
         requires=need_env(BENCH_REDIS),
         notes="--registry redis://... (PEERLINK_BENCH_REDIS): refreshes written behind in one pipeline per 2 s",
+    ),
+    Scenario(
+        "peerlink Binding, Redis registry",
+        peerlink_server_redis,
+        binding_templates,
+        requires=need_env(BENCH_REDIS),
+        notes="--registry redis://... (PEERLINK_BENCH_REDIS), one worker",
+    ),
+    Scenario(
+        "peerlink Binding, --workers 2",
+        peerlink_server_redis_workers,
+        binding_templates,
+        requires=need_env(BENCH_REDIS),
+        notes="--registry redis://... --workers 2, both workers on the server's one core; CPU of both",
+    ),
+    Scenario(
+        "peerlink REFRESH, --workers 2",
+        peerlink_server_redis_workers,
+        partial(peerlink_templates, "refresh"),
+        requires=need_env(BENCH_REDIS),
+        notes="--registry redis://... --workers 2, both workers on the server's one core; CPU of both",
     ),
     Scenario(
         "peerlink LIST (one page of 20)",
