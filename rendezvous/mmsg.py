@@ -111,12 +111,16 @@ class BatchedSocket:
         self._out = _Region()
         # Every destination of this socket has the same sockaddr size.
         out_namelen = NAME_SIZE if sock.family == socket.AF_INET6 else 16
+        self._out_namelen = out_namelen
         for i in range(BATCH):
             struct.pack_into("I", self._out.headers_view, i * MMSGHDR.size + NAMELEN_OFFSET, out_namelen)
         self._pending = 0
         self._decoded: dict[bytes, Address] = {}  # raw sockaddr -> (host, port)
         self._encoded: dict[Address, bytes] = {}  # and back
         self.send_errors = 0
+        # (destination, errno) of datagrams the kernel refused, for the owner
+        # to take after a flush (at most BATCH kept: the rest only counted).
+        self.failed: list[tuple[Address, int]] = []
 
     # ------------------------------------------------------------ receive
 
@@ -224,7 +228,13 @@ class BatchedSocket:
                     continue
                 # EAGAIN (buffer full) or a per-destination error (ECONNREFUSED
                 # from an earlier ICMP): drop that datagram, keep the rest.
+                # sendmmsg reports an error only for the first datagram of the
+                # call (the ones before it count as sent), so it is this one's.
                 self.send_errors += 1
+                if len(self.failed) < BATCH:
+                    start = sent_from * NAME_SIZE
+                    raw_name = region.names_view[start : start + self._out_namelen].tobytes()
+                    self.failed.append((decode_name(raw_name), code))
                 sent_from += 1
                 continue
             sent_from += count
