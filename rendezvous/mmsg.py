@@ -176,21 +176,30 @@ class BatchedSocket:
         _IOV_LEN.pack_into(region.iovecs_view, i * IOVEC.size + 8, len(data))
         self._pending = i + 1
 
-    def queue_many(self, items: list[tuple[bytes, Address]]) -> None:
-        """:meth:`queue` for a list, with the per-call overhead paid once."""
+    def queue_many(self, items: list[tuple[bytes, Address]]) -> list[tuple[bytes, Address]]:
+        """:meth:`queue` for a list, with the per-call overhead paid once.
+        Returns the items it could not queue (larger than a slot, or an
+        address this socket cannot encode), for the caller to send another
+        way; all others are queued once each."""
         region = self._out
         names, data_view, iovecs = region.names_view, region.data_view, region.iovecs_view
         encoded = self._encoded
         pack_len = _IOV_LEN.pack_into
+        rejected: list[tuple[bytes, Address]] = []
         for data, address in items:
             if len(data) > SLOT:
-                raise ValueError(f"datagram of {len(data)} bytes is larger than {SLOT}")
+                rejected.append((data, address))
+                continue
             if self._pending == BATCH:
                 self.flush()
             i = self._pending
             raw_name = encoded.get(address)
             if raw_name is None:
-                raw_name = self._encode_name(address)
+                try:
+                    raw_name = self._encode_name(address)
+                except (OSError, ValueError, struct.error):
+                    rejected.append((data, address))
+                    continue
                 if len(encoded) > 65_536:
                     encoded.clear()
                 encoded[address] = raw_name
@@ -198,6 +207,7 @@ class BatchedSocket:
             data_view[i * SLOT : i * SLOT + len(data)] = data
             pack_len(iovecs, i * IOVEC.size + 8, len(data))
             self._pending = i + 1
+        return rejected
 
     def _encode_name(self, address: Address) -> bytes:
         host, port = address

@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import socket
+import struct
 from collections import Counter
 from collections.abc import Callable
 
@@ -201,6 +202,10 @@ class UdpEndpoint:
             except ValueError:
                 self.stats["send_errors"] += 1
                 return
+            except struct.error:
+                self.stats["send_errors"] += 1  # a port out of range
+                self._refused(address, errno.EINVAL)
+                return
             except OSError as error:
                 # No sockaddr of this socket's family for it (an IPv6 address
                 # on an IPv4 socket): refused before the kernel sees it.
@@ -225,6 +230,9 @@ class UdpEndpoint:
             # socket): Python's own lookup refuses it, never the kernel.
             self.stats["send_errors"] += 1
             self._refused(address, errno.EAFNOSUPPORT)
+        except OverflowError:
+            self.stats["send_errors"] += 1  # a port out of range
+            self._refused(address, errno.EINVAL)
         except OSError as error:
             if error.errno != errno.ECONNREFUSED and error.errno not in REFUSED_DESTINATION:
                 logger.warning("sendto %s failed: %s", address, error)
@@ -241,13 +249,10 @@ class UdpEndpoint:
             for data, address in items:
                 self.sendto(data, address)
             return
-        try:
-            self._batch.queue_many(items)
-        except (OSError, ValueError):
-            # One bad datagram (too large, bad address): send them one by one.
-            for data, address in items:
-                self.sendto(data, address)
-            return
+        # What the batch cannot take (too large, an address this socket
+        # cannot encode) goes the plain way, which sends or refuses it.
+        for data, address in self._batch.queue_many(items):
+            self.sendto(data, address)
         if not self._flush_scheduled and self._loop is not None:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_sends)

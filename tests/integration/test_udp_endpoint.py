@@ -114,6 +114,34 @@ async def test_an_ipv6_address_on_an_ipv4_socket_is_reported_refused(batched: bo
         sender.close()
 
 
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "plain"])
+async def test_a_batch_with_unsendable_items_sends_each_other_datagram_once(batched: bool) -> None:
+    """An address the socket cannot encode and a port out of range, amid
+    good datagrams: the good ones arrive once each (none sent twice by a
+    fall-back), the bad ones are refused, and nothing escapes."""
+    refused: list[tuple[tuple[str, int], int]] = []
+    received: list[bytes] = []
+    options = {} if batched else {"batched": False, "buffer_size": None}
+    receiver = UdpEndpoint.bind("127.0.0.1", 0, lambda d, a: received.append(d), lambda: None, **options)
+    sender = UdpEndpoint.bind(
+        "127.0.0.1", 0, lambda d, a: None, lambda: None, on_refused=lambda a, c: refused.append((a, c)), **options
+    )
+    receiver.start()
+    sender.start()
+    try:
+        good = receiver.address
+        items = [(b"one", good), (b"v6", ("::1", 9)), (b"two", good), (b"port", ("127.0.0.1", 70_000))]
+        sender.send_many([*items, (b"three", good)])
+        await wait_for(lambda: len(received) >= 3)
+        sender.sendto(b"last", good)  # after everything before it, on the same socket
+        await wait_for(lambda: b"last" in received)
+        assert sorted(received) == [b"last", b"one", b"three", b"two"]
+        assert refused == [(("::1", 9), errno.EAFNOSUPPORT), (("127.0.0.1", 70_000), errno.EINVAL)]
+    finally:
+        sender.close()
+        receiver.close()
+
+
 async def wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not condition():
