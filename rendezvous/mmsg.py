@@ -111,12 +111,16 @@ class BatchedSocket:
         self._out = _Region()
         # Every destination of this socket has the same sockaddr size.
         out_namelen = NAME_SIZE if sock.family == socket.AF_INET6 else 16
+        self._out_namelen = out_namelen
         for i in range(BATCH):
             struct.pack_into("I", self._out.headers_view, i * MMSGHDR.size + NAMELEN_OFFSET, out_namelen)
         self._pending = 0
         self._decoded: dict[bytes, Address] = {}  # raw sockaddr -> (host, port)
         self._encoded: dict[Address, bytes] = {}  # and back
         self.send_errors = 0
+        # (destination, errno) of datagrams the kernel refused, for the owner
+        # to take after a flush (at most BATCH kept: the rest only counted).
+        self.failed: list[tuple[Address, int]] = []
 
     # ------------------------------------------------------------ receive
 
@@ -172,21 +176,30 @@ class BatchedSocket:
         _IOV_LEN.pack_into(region.iovecs_view, i * IOVEC.size + 8, len(data))
         self._pending = i + 1
 
-    def queue_many(self, items: list[tuple[bytes, Address]]) -> None:
-        """:meth:`queue` for a list, with the per-call overhead paid once."""
+    def queue_many(self, items: list[tuple[bytes, Address]]) -> list[tuple[bytes, Address]]:
+        """:meth:`queue` for a list, with the per-call overhead paid once.
+        Returns the items it could not queue (larger than a slot, or an
+        address this socket cannot encode), for the caller to send another
+        way; all others are queued once each."""
         region = self._out
         names, data_view, iovecs = region.names_view, region.data_view, region.iovecs_view
         encoded = self._encoded
         pack_len = _IOV_LEN.pack_into
+        rejected: list[tuple[bytes, Address]] = []
         for data, address in items:
             if len(data) > SLOT:
-                raise ValueError(f"datagram of {len(data)} bytes is larger than {SLOT}")
+                rejected.append((data, address))
+                continue
             if self._pending == BATCH:
                 self.flush()
             i = self._pending
             raw_name = encoded.get(address)
             if raw_name is None:
-                raw_name = self._encode_name(address)
+                try:
+                    raw_name = self._encode_name(address)
+                except (OSError, ValueError, struct.error):
+                    rejected.append((data, address))
+                    continue
                 if len(encoded) > 65_536:
                     encoded.clear()
                 encoded[address] = raw_name
@@ -194,6 +207,7 @@ class BatchedSocket:
             data_view[i * SLOT : i * SLOT + len(data)] = data
             pack_len(iovecs, i * IOVEC.size + 8, len(data))
             self._pending = i + 1
+        return rejected
 
     def _encode_name(self, address: Address) -> bytes:
         host, port = address
@@ -224,7 +238,13 @@ class BatchedSocket:
                     continue
                 # EAGAIN (buffer full) or a per-destination error (ECONNREFUSED
                 # from an earlier ICMP): drop that datagram, keep the rest.
+                # sendmmsg reports an error only for the first datagram of the
+                # call (the ones before it count as sent), so it is this one's.
                 self.send_errors += 1
+                if len(self.failed) < BATCH:
+                    start = sent_from * NAME_SIZE
+                    raw_name = region.names_view[start : start + self._out_namelen].tobytes()
+                    self.failed.append((decode_name(raw_name), code))
                 sent_from += 1
                 continue
             sent_from += count

@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import socket
+import struct
 from collections import Counter
 from collections.abc import Callable
 
@@ -25,6 +26,18 @@ logger = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 2048  # larger than any valid datagram of ours (MAX_MESSAGE_LENGTH)
 BATCH = 64  # datagrams handled per wake-up before yielding to other callbacks
+
+# Errors with which the kernel refuses a datagram at once because of its
+# destination (no route, an address or family this socket cannot send to):
+# the owner may try another address of that host now.  Not ECONNREFUSED or
+# the like: on an unconnected socket (without IP_RECVERR) Linux reports no
+# ICMP errors at all, and where a pending one did surface on a send it would
+# be about an earlier datagram, perhaps to another destination.
+REFUSED_DESTINATION = frozenset(
+    {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.EINVAL, errno.EPERM}
+)
+
+OnRefused = Callable[[Address, int], None]
 
 
 def normalise(address: tuple[object, ...]) -> Address:
@@ -48,12 +61,17 @@ class UdpEndpoint:
         stats: Counter[str] | None = None,
         *,
         batched: bool = True,
+        on_refused: OnRefused | None = None,
     ) -> None:
+        """``on_refused(address, errno)``: a datagram to ``address`` was
+        refused at once with one of :data:`REFUSED_DESTINATION` (called from
+        the send, or from the end-of-turn flush of a batched send)."""
         sock.setblocking(False)
         self._sock = sock
         self._on_datagram = on_datagram
         self._on_batch_end = on_batch_end
         self._v6 = sock.family == socket.AF_INET6
+        self._on_refused = on_refused
         self.stats: Counter[str] = stats if stats is not None else Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
         libc = mmsg.available() if batched and os.environ.get("PEERLINK_NO_MMSG") != "1" else None
@@ -74,6 +92,7 @@ class UdpEndpoint:
         batched: bool = True,
         buffer_size: int | None = 4 * 1024 * 1024,
         reuse_port: bool = False,
+        on_refused: OnRefused | None = None,
     ) -> UdpEndpoint:
         """``batched=False`` and ``buffer_size=None`` (the kernel's default)
         for sockets that carry a few datagrams: the batch buffers cost about
@@ -96,7 +115,7 @@ class UdpEndpoint:
         except OSError:
             sock.close()
             raise
-        return cls(sock, on_datagram, on_batch_end, stats, batched=batched)
+        return cls(sock, on_datagram, on_batch_end, stats, batched=batched, on_refused=on_refused)
 
     @property
     def address(self) -> Address:
@@ -180,8 +199,18 @@ class UdpEndpoint:
         if self._batch is not None and len(data) <= mmsg.SLOT:
             try:
                 self._batch.queue(data, address)
-            except (OSError, ValueError):
+            except ValueError:
                 self.stats["send_errors"] += 1
+                return
+            except struct.error:
+                self.stats["send_errors"] += 1  # a port out of range
+                self._refused(address, errno.EINVAL)
+                return
+            except OSError as error:
+                # No sockaddr of this socket's family for it (an IPv6 address
+                # on an IPv4 socket): refused before the kernel sees it.
+                self.stats["send_errors"] += 1
+                self._refused(address, error.errno or errno.EAFNOSUPPORT)
                 return
             # Sent at the end of this wake-up (one sendmmsg for the lot).
             if not self._flush_scheduled and self._loop is not None:
@@ -196,16 +225,23 @@ class UdpEndpoint:
         except (BlockingIOError, InterruptedError):
             # The kernel buffer is full: UDP may drop, and so do we (counted).
             self.stats["send_dropped"] += 1
+        except socket.gaierror:
+            # Not an address of this socket's family (IPv6 on an IPv4
+            # socket): Python's own lookup refuses it, never the kernel.
+            self.stats["send_errors"] += 1
+            self._refused(address, errno.EAFNOSUPPORT)
+        except OverflowError:
+            self.stats["send_errors"] += 1  # a port out of range
+            self._refused(address, errno.EINVAL)
         except OSError as error:
-            if error.errno not in (
-                errno.ECONNREFUSED,
-                errno.EHOSTUNREACH,
-                errno.ENETUNREACH,
-                errno.EINVAL,
-                errno.EAFNOSUPPORT,
-            ):
+            if error.errno != errno.ECONNREFUSED and error.errno not in REFUSED_DESTINATION:
                 logger.warning("sendto %s failed: %s", address, error)
             self.stats["send_errors"] += 1
+            self._refused(address, error.errno or errno.EAFNOSUPPORT)
+
+    def _refused(self, address: Address, code: int) -> None:
+        if self._on_refused is not None and code in REFUSED_DESTINATION:
+            self._on_refused(address, code)
 
     def send_many(self, items: list[tuple[bytes, Address]]) -> None:
         """Send several datagrams (one sendmmsg where available)."""
@@ -213,13 +249,10 @@ class UdpEndpoint:
             for data, address in items:
                 self.sendto(data, address)
             return
-        try:
-            self._batch.queue_many(items)
-        except (OSError, ValueError):
-            # One bad datagram (too large, bad address): send them one by one.
-            for data, address in items:
-                self.sendto(data, address)
-            return
+        # What the batch cannot take (too large, an address this socket
+        # cannot encode) goes the plain way, which sends or refuses it.
+        for data, address in self._batch.queue_many(items):
+            self.sendto(data, address)
         if not self._flush_scheduled and self._loop is not None:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_sends)
@@ -230,3 +263,7 @@ class UdpEndpoint:
             before = self._batch.send_errors
             self._batch.flush()
             self.stats["send_errors"] += self._batch.send_errors - before
+            if self._batch.failed:
+                failed, self._batch.failed = self._batch.failed, []
+                for address, code in failed:
+                    self._refused(address, code)

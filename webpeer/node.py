@@ -14,6 +14,7 @@ import asyncio
 import functools
 import hashlib
 import logging
+import os
 import socket
 import time
 from collections import Counter
@@ -119,6 +120,7 @@ class PeerNode:
         self._contact_lookups: dict[int, list[asyncio.Future[bool]]] = {}
         self._saved_id: int | None = None  # the id in the data dir's last-id file
         self._reported: set[str] = set()  # internal errors already logged with their traceback
+        self._refusals_logged: set[int] = set()  # errnos of refused sends already logged
         self._port_mapper: PortMapper | None = None
 
     # ------------------------------------------------------------ what tests and the CLI look at
@@ -238,7 +240,14 @@ class PeerNode:
         plain IPv4 where the host has no IPv6."""
 
         def bind(host: str) -> UdpEndpoint:
-            return UdpEndpoint.bind(host, self.config.udp_port, self._on_datagram, self._flush, self.engine.stats)
+            return UdpEndpoint.bind(
+                host,
+                self.config.udp_port,
+                self._on_datagram,
+                self._flush,
+                self.engine.stats,
+                on_refused=self._send_refused,
+            )
 
         if self.config.udp_host:
             return bind(self.config.udp_host)
@@ -593,6 +602,25 @@ class PeerNode:
         except Exception as error:
             self.engine.stats["datagram_errors"] += 1
             self._report_bug_once(error, "internal error on a datagram from %r; dropped", address)
+
+    def _send_refused(self, address: Address, code: int) -> None:
+        """The kernel refused a datagram to ``address`` at once (no route to
+        its network, say): if it was the first REGISTER to one of the
+        server's addresses, the registration races the other family now
+        rather than after CONNECTION_ATTEMPT_DELAY (RFC 8305).  Counted, and
+        logged once per errno: a host without IPv6 refuses every send there."""
+        self.engine.stats["sends_refused"] += 1
+        if code not in self._refusals_logged:
+            self._refusals_logged.add(code)
+            logger.debug("sending to %s refused at once: %s", address_text(address), os.strerror(code))
+        if address not in self.registration.servers:
+            return  # a peer's candidate: its path's own checks give up on it
+        try:
+            self.registration.send_failed(address, self.clock())
+        except Exception as error:
+            self.engine.stats["datagram_errors"] += 1
+            self._report_bug_once(error, "internal error on a refused send to %r", address)
+        self._schedule_flush()  # the racing REGISTER goes out now
 
     def _schedule_flush(self) -> None:
         """Flush once at the end of this loop turn: many sends in one turn

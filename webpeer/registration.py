@@ -334,6 +334,7 @@ class RegistrationMachine:
         self._loser: tuple[Address, bytes] | None = None
         self.late_race_answers = 0  # answers of a losing attempt, ignored
         self.races_won_by_other_family = 0  # registrations that went on over the racing attempt's address
+        self.races_started_by_send_error = 0  # racing attempts started by send_failed, not the timer
         self.use_servers(servers)
         self._silent_since: float | None = None  # requests unanswered since then
         self._unreachable = False
@@ -485,6 +486,8 @@ class RegistrationMachine:
         attempt to that address is dropped."""
         if address == self.server and self._race_at is not None:
             self._start_racer(now)
+            if self._racer is not None:
+                self.races_started_by_send_error += 1
         elif self._racer is not None and address == self.servers[self._racer[0]]:
             self._racer = None
 

@@ -219,7 +219,10 @@ def test_an_immediate_send_error_starts_the_other_family_at_once() -> None:
     net.machine.start(T0)
     net.machine.datagrams_to_send()  # the node's send of it failed
     net.machine.send_failed(V6, T0)
+    assert net.machine.races_started_by_send_error == 1
+    net.machine.send_failed(V6, T0)  # its retransmissions fail too: still one race
     net.run_until(T0 + 10)
+    assert net.machine.races_started_by_send_error == 1
     assert net.registers_to(V4)[0] == T0
     assert net.machine.server == V4 and net.registered_at == pytest.approx(T0 + 2 * RTT)
 
