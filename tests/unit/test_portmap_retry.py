@@ -4,10 +4,14 @@ literal times."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import cast
+
 import pytest
 
+from webpeer.node import NodeConfig, PeerNode
 from webpeer.portmap_retry import RETRY_FIRST, RETRY_JITTER, RETRY_LONGEST, MappingRetry
-from webpeer.portmapper import worth_mapping
+from webpeer.portmapper import PortMapper, worth_mapping
 
 
 def no_jitter() -> float:
@@ -124,3 +128,35 @@ def test_a_server_off_this_host_in_either_family_is_worth_mapping(servers: list[
 )
 def test_a_server_on_this_host_is_never_asked_about(servers: list[tuple[str, int]]) -> None:
     assert not worth_mapping(servers)
+
+
+class RecordingMapper:
+    """Stands in for the node's PortMapper: counts network changes."""
+
+    def __init__(self) -> None:
+        self.changes = 0
+
+    def network_changed(self) -> None:
+        self.changes += 1
+
+
+def test_node_tells_the_mapper_when_its_public_address_changes(tmp_path: Path) -> None:
+    node = PeerNode(NodeConfig(server=("198.51.100.7", 3478), data_dir=tmp_path))
+    mapper = RecordingMapper()
+    node._port_mapper = cast(PortMapper, mapper)
+    registration = node.registration
+    node._note_network_change()
+    assert mapper.changes == 0  # nothing seen yet
+    registration.observed = ("203.0.113.9", 40000)
+    node._note_network_change()
+    node._note_network_change()
+    assert mapper.changes == 1  # the first address: once
+    registration.other_family = (("2001:db8::9", 40000),)
+    node._note_network_change()
+    assert mapper.changes == 2  # the other family's address counts too
+    registration.observed = ("203.0.113.9", 40001)  # NAT rebinding: a new port
+    node._note_network_change()
+    assert mapper.changes == 3
+    registration.observed = None  # registration lost: no address, nothing to search for
+    node._note_network_change()
+    assert mapper.changes == 3
