@@ -41,6 +41,9 @@ logger = logging.getLogger("webpeer")
 ROUTE_TABLE = Path("/proc/net/route")
 RTF_UP = 0x1
 RTF_GATEWAY = 0x2
+# Before searching again: how long the last UPnP attempt may take to delete a
+# mapping it may have made while its answer was lost (bounded: the router may be gone).
+UPNP_LEFTOVER_WAIT = 1.0
 
 
 def worth_mapping(servers: Iterable[Address]) -> bool:
@@ -306,7 +309,7 @@ class PortMapper:
         try:
             upnp, self.upnp = self.upnp, None
             if upnp is not None:
-                await upnp.stop(0.0)  # it holds nothing: this closes its HTTP session
+                await upnp.stop(UPNP_LEFTOVER_WAIT)  # closes its HTTP session (and deletes a half-made mapping)
             old = self.client
             self.client = PortMapClient(
                 old.gateway[0], old.client_ip, old.internal_port, lifetime=old.lifetime, server_port=old.gateway[1]
