@@ -38,7 +38,7 @@ from .message_flow import Draft, unknown_peer
 from .pathfinder import CloseSpare, OpenSpare
 from .peer_session import PeerSession
 from .portmap import Mapping
-from .portmapper import PortMapper
+from .portmapper import PortMapper, worth_mapping
 from .quota import QuotaConfig
 from .registration import RegistrationMachine, RegState
 from .store import FileRecord, Store, StoreError
@@ -122,6 +122,7 @@ class PeerNode:
         self._reported: set[str] = set()  # internal errors already logged with their traceback
         self._refusals_logged: set[int] = set()  # errnos of refused sends already logged
         self._port_mapper: PortMapper | None = None
+        self._public_seen: tuple[Address | None, tuple[Address, ...]] = (None, ())  # observed, other family's
 
     # ------------------------------------------------------------ what tests and the CLI look at
 
@@ -170,13 +171,14 @@ class PeerNode:
         self.engine.start(local, self.clock(), last_id=self._saved_id)
         self._housekeeping = asyncio.create_task(self._expire_queued_periodically())
         self._flush()
-        self._start_port_mapping(local)
+        self._start_port_mapping()
 
-    def _start_port_mapping(self, local: tuple[Address, ...]) -> None:
-        """Ask the default gateway to map our port, unless told not to or the
-        server is on this host (no router between: nothing to gain, and no
-        datagram of a test on loopback leaves the host)."""
-        if not self.config.port_mapping or not local or local[0][0].startswith("127.") or ":" in local[0][0]:
+    def _start_port_mapping(self) -> None:
+        """Ask the IPv4 default gateway to map our port, unless told not to or
+        a server is on this host (no router between: nothing to gain, and no
+        datagram of a test on loopback leaves the host).  A server reached
+        over IPv6 is no reason not to: we still talk IPv4 with peers."""
+        if not self.config.port_mapping or not worth_mapping(self.registration.servers):
             return
         mapper = PortMapper.for_default_gateway(self.udp_address[1], self._port_mapped, clock=self.clock)
         if mapper is None:
@@ -666,12 +668,23 @@ class PeerNode:
         self._publish_events()
         self._settle_lookups()
         self._remember_id()
+        self._note_network_change()
         self._run_commands()
         for data, address, index in self.engine.datagrams_to_send(now):
             (self._spares.get(index, endpoint) if index else endpoint).sendto(data, address)
         if self.engine.stopped:
             self._stopped.set()
         self._arm_timer(now)
+
+    def _note_network_change(self) -> None:
+        """A new public address of ours (as the server sees it, either
+        family) means the network changed: a port mapping search waiting to
+        be retried is worth doing now."""
+        seen = (self.registration.observed, self.registration.other_family)
+        if seen != self._public_seen:
+            self._public_seen = seen
+            if self._port_mapper is not None and seen[0] is not None:
+                self._port_mapper.network_changed()
 
     def _settle_lookups(self) -> None:
         """Sends held for a lookup: refused if the server never assigned the

@@ -9,7 +9,15 @@ out of the engine's datagram demultiplexing.  Everything goes to the
 gateway and nowhere else: PCP and NAT-PMP to its port 5351, the UPnP search
 unicast to its port 1900 (never multicast), HTTP only to URLs on it.  IPv4 only: the gateway comes from
 ``/proc/net/route`` (Linux); elsewhere, or without a default route, the
-peer simply does without a mapping.
+peer simply does without a mapping.  The server may be reached over either
+family (:func:`worth_mapping`): a peer registered over IPv6 still talks
+IPv4 to peers, so an IPv4 mapping is worth offering.
+
+An attempt that ends without a mapping (all three unavailable, or a
+mapping lost once its renewals failed until expiry) is not the end: the
+mapper searches again from scratch on the schedule of
+:class:`~webpeer.portmap_retry.MappingRetry`, or at once after
+:meth:`PortMapper.network_changed`.
 """
 
 from __future__ import annotations
@@ -18,10 +26,13 @@ import asyncio
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from rendezvous.stun import Address
+
 from .portmap import DEFAULT_LIFETIME, SERVER_PORT, Mapping, PortMapClient, PortMapLost, PortMapped, PortMapUnavailable
+from .portmap_retry import MappingRetry
 from .upnp import SSDP_PORT
 from .upnp_mapper import UpnpMapper
 
@@ -30,6 +41,27 @@ logger = logging.getLogger("webpeer")
 ROUTE_TABLE = Path("/proc/net/route")
 RTF_UP = 0x1
 RTF_GATEWAY = 0x2
+# Before searching again: how long the last UPnP attempt may take to delete a
+# mapping it may have made while its answer was lost (bounded: the router may be gone).
+UPNP_LEFTOVER_WAIT = 1.0
+
+
+def worth_mapping(servers: Iterable[Address]) -> bool:
+    """Whether to ask the router at all, given the server's addresses (either
+    family): not when any is on this host (loopback, or unspecified), which
+    is a test or a demo on one machine: no router between, and none of its
+    datagrams may leave the host.  Not without a server either."""
+    hosts = [host for host, _ in servers]
+    for host in hosts:
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])  # a scoped IPv6 address: fe80::1%eth0
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if ip.is_loopback or ip.is_unspecified:
+            return False
+    return bool(hosts)
 
 
 def default_gateway(route_table: str) -> str | None:
@@ -88,9 +120,12 @@ class PortMapper:
         lifetime: int = DEFAULT_LIFETIME,
         upnp: bool = True,
         ssdp_port: int = SSDP_PORT,
+        retry: MappingRetry | None = None,
     ) -> None:
         self.client = PortMapClient(gateway, client_ip, internal_port, lifetime=lifetime, server_port=server_port)
         self.upnp: UpnpMapper | None = None  # once PCP and NAT-PMP gave up
+        self.retry = retry if retry is not None else MappingRetry()
+        self.attempts = 1  # searches from scratch so far, the first included
         self._use_upnp = upnp
         self._ssdp_port = ssdp_port
         self._on_change = on_change
@@ -98,6 +133,8 @@ class PortMapper:
         self._sock: socket.socket | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._done = asyncio.Event()
+        self._retry_timer: asyncio.TimerHandle | None = None
+        self._restarting: asyncio.Task[None] | None = None
 
     @classmethod
     def for_default_gateway(
@@ -134,6 +171,13 @@ class PortMapper:
         """Delete the mapping, waiting up to ``wait`` seconds for the router's answer."""
         if self._sock is None:
             return
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
+        if self._restarting is not None:
+            self._restarting.cancel()
+            await asyncio.gather(self._restarting, return_exceptions=True)
+            self._restarting = None
         if self.upnp is not None:
             await self.upnp.stop(wait)
         self.client.stop(self._clock())
@@ -183,15 +227,17 @@ class PortMapper:
         while (event := self.client.next_event()) is not None:
             if isinstance(event, PortMapped):
                 logger.info("port mapped by the router (%s): %s:%d", event.mapping.protocol, *event.mapping.external)
-                self._on_change(event.mapping)
+                self._mapping_changed(event.mapping)
             elif isinstance(event, PortMapLost):
+                # The client asks again by itself (and ends in PortMapUnavailable if nobody answers).
                 logger.info("port mapping lost: %s", event.reason)
-                self._on_change(None)
+                self._mapping_changed(None)
             elif isinstance(event, PortMapUnavailable) and self._use_upnp and self.upnp is None:
                 logger.info("port mapping: %s; trying UPnP IGD", event.reason)
                 self._start_upnp()
             else:
                 logger.info("no port mapping from the router: %s", getattr(event, "reason", event))
+                self._attempt_ended()
         if self.client.done:
             self._done.set()
         if self._timer is not None:
@@ -208,12 +254,75 @@ class PortMapper:
             client.gateway[0],
             client.client_ip,
             client.internal_port,
-            self._on_change,
+            self._mapping_changed,
             clock=self._clock,
             ssdp_port=self._ssdp_port,
             lifetime=client.lifetime,
+            on_end=self._attempt_ended,
         )
         self.upnp.start()
+
+    def _mapping_changed(self, mapping: Mapping | None) -> None:
+        if mapping is not None:
+            self.retry.succeeded()
+        self._on_change(mapping)
+
+    # ------------------------------------------------------------ searching again
+
+    def network_changed(self) -> None:
+        """The node saw the network change (a new public address): while
+        waiting to search again, search now."""
+        if self._sock is not None and self.retry.network_changed(self._clock()):
+            logger.info("port mapping: the network changed; searching again now")
+            self._arm_retry()
+
+    def _attempt_ended(self) -> None:
+        """PCP, NAT-PMP and (if on) UPnP all ended without a mapping."""
+        if self._sock is None or self.retry.next_at is not None:
+            return
+        now = self._clock()
+        at = self.retry.failed(now)
+        logger.info("port mapping: searching again in %.0f s", at - now)
+        self._arm_retry()
+
+    def _arm_retry(self) -> None:
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
+        at = self.retry.next_at
+        if at is not None:
+            loop = asyncio.get_running_loop()
+            self._retry_timer = loop.call_at(loop.time() + max(0.0, at - self._clock()), self._retry_due)
+
+    def _retry_due(self) -> None:
+        self._retry_timer = None
+        if self._sock is None or self._restarting is not None:
+            return
+        if not self.retry.due(self._clock()):  # the clock ran behind the loop's
+            self._arm_retry()
+            return
+        self.retry.started()
+        self._restarting = asyncio.create_task(self._search_again())
+
+    async def _search_again(self) -> None:
+        """A fresh attempt: PCP, then NAT-PMP, then UPnP, as at start."""
+        try:
+            upnp, self.upnp = self.upnp, None
+            if upnp is not None:
+                await upnp.stop(UPNP_LEFTOVER_WAIT)  # closes its HTTP session (and deletes a half-made mapping)
+            old = self.client
+            self.client = PortMapClient(
+                old.gateway[0], old.client_ip, old.internal_port, lifetime=old.lifetime, server_port=old.gateway[1]
+            )
+            self._done = asyncio.Event()
+            self.attempts += 1
+            logger.info("port mapping: searching again (attempt %d)", self.attempts)
+            self.client.start(self._clock())
+            self._flush()
+        except Exception:  # a bug: it must not end the retries silently
+            logger.exception("port mapping: internal error while searching again")
+        finally:
+            self._restarting = None
 
     def _on_timer(self) -> None:
         self._timer = None

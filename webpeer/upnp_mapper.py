@@ -162,6 +162,7 @@ class UpnpMapper:
         ssdp_port: int = SSDP_PORT,
         lifetime: int = DEFAULT_LIFETIME,
         search_interval: float = SEARCH_INTERVAL,
+        on_end: Callable[[], None] | None = None,
     ) -> None:
         self.gateway = gateway
         self.client_ip = client_ip
@@ -173,6 +174,7 @@ class UpnpMapper:
         self.result: PortMapEvent | None = None  # the last PortMapped / PortMapLost / PortMapUnavailable
         self.searches_sent = 0
         self._on_change = on_change
+        self._on_end = on_end  # told when the task ends without a mapping (given up, or lost)
         self._clock = clock
         self._requester = GatewayRequester(gateway)
         self._service: UpnpService | None = None
@@ -223,6 +225,8 @@ class UpnpMapper:
             else:
                 self.result = PortMapUnavailable(reason)
             logger.info("no port mapping from the router: %s", reason)
+            if self._on_end is not None:
+                self._on_end()
 
     async def _discover(self) -> str:
         """The description URL the gateway answers a unicast M-SEARCH with."""

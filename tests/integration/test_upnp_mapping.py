@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from webpeer.portmap import Mapping, Phase, PortMapUnavailable
+from webpeer.portmap_retry import MappingRetry
 from webpeer.portmapper import PortMapper
 from webpeer.upnp import MAX_HTTP_BODY
 from webpeer.upnp_mapper import UpnpMapper
@@ -131,6 +132,7 @@ class FakeIgd:
     permanent_only: bool = False  # IGD:1 routers that refuse any lease but 0 (error 725)
     location: str | None = None  # what SSDP answers (default: our description)
     huge_description: bool = False
+    missing_descriptions: int = 0  # this many description fetches get 404 (a router still booting)
     hold_add: asyncio.Event | None = None  # AddPortMapping makes the mapping, then answers once this is set
     calls: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     searches: int = 0
@@ -146,6 +148,9 @@ class FakeIgd:
         return app
 
     async def on_description(self, _: web.Request) -> web.Response:
+        if self.missing_descriptions > 0:
+            self.missing_descriptions -= 1
+            return web.Response(status=404, text="not yet")
         text = description()
         if self.huge_description:
             text = text.replace("<friendlyName>fake router", "<friendlyName>" + "x" * (MAX_HTTP_BODY + 1))
@@ -404,4 +409,95 @@ async def test_upnp_off_means_no_search(igd: FakeIgd) -> None:
         await wait_for(lambda: mapper.client.phase is Phase.UNAVAILABLE, "PCP and NAT-PMP unavailable")
     finally:
         await mapper.stop(5.0)
+    assert mapper.upnp is None and igd.searches == 0 and changes == []
+
+
+async def test_failed_discovery_is_retried_after_the_backoff_and_maps(igd: FakeIgd) -> None:
+    igd.missing_descriptions = 1  # the first attempt finds the router but not its description
+    changes: list[Mapping | None] = []
+    retry = MappingRetry(first=0.05, longest=0.05, jitter=lambda: 0.0)
+    mapper = PortMapper(
+        HOST,
+        HOST,
+        40001,
+        changes.append,
+        clock=time.time,
+        server_port=closed_port(),
+        ssdp_port=igd.ssdp_port,
+        retry=retry,
+    )
+    mapper.start()
+    try:
+        await wait_for(lambda: changes, "a mapping on the second attempt")
+        assert mapper.attempts == 2 and igd.searches == 2
+        assert retry.failures == 0 and retry.next_at is None  # mapped: the doubling starts again next time
+    finally:
+        await mapper.stop(5.0)
+    [mapping] = changes
+    assert mapping is not None and mapping.protocol == "upnp" and mapping.external == ("203.0.113.40", 40001)
+    assert igd.mappings == {}  # the second attempt's mapping is deleted on stop
+
+
+async def test_network_change_searches_again_at_once(igd: FakeIgd) -> None:
+    igd.missing_descriptions = 1
+    changes: list[Mapping | None] = []
+    retry = MappingRetry(first=3600.0, longest=3600.0, jitter=lambda: 0.0)
+    mapper = PortMapper(
+        HOST,
+        HOST,
+        40001,
+        changes.append,
+        clock=time.time,
+        server_port=closed_port(),
+        ssdp_port=igd.ssdp_port,
+        retry=retry,
+    )
+    mapper.start()
+    try:
+        await wait_for(lambda: retry.next_at is not None, "the first attempt to give up")
+        assert mapper.attempts == 1 and changes == [] and retry.next_at > time.time() + 3000
+        mapper.network_changed()
+        await wait_for(lambda: changes, "a mapping after the network change")
+        assert mapper.attempts == 2 and igd.searches == 2
+        mapper.network_changed()  # mapped: nothing to search for
+        assert mapper.attempts == 2 and retry.next_at is None
+    finally:
+        await mapper.stop(5.0)
+    assert [m is not None and m.protocol for m in changes] == ["upnp"]
+
+
+async def test_stop_while_waiting_to_search_again_sends_nothing_more(igd: FakeIgd) -> None:
+    igd.missing_descriptions = 1
+    changes: list[Mapping | None] = []
+    retry = MappingRetry(first=3600.0, longest=3600.0, jitter=lambda: 0.0)
+    mapper = PortMapper(
+        HOST,
+        HOST,
+        40001,
+        changes.append,
+        clock=time.time,
+        server_port=closed_port(),
+        ssdp_port=igd.ssdp_port,
+        retry=retry,
+    )
+    mapper.start()
+    await wait_for(lambda: retry.next_at is not None, "the first attempt to give up")
+    await mapper.stop(5.0)
+    mapper.network_changed()  # after stop: ignored
+    await asyncio.sleep(0)
+    assert mapper.attempts == 1 and igd.searches == 1 and changes == []
+
+
+async def test_pcp_and_natpmp_alone_are_retried_too(igd: FakeIgd) -> None:
+    changes: list[Mapping | None] = []
+    retry = MappingRetry(first=0.02, longest=0.02, jitter=lambda: 0.0)
+    mapper = PortMapper(
+        HOST, HOST, 40004, changes.append, clock=time.time, server_port=closed_port(), upnp=False, retry=retry
+    )
+    mapper.start()
+    try:
+        await wait_for(lambda: mapper.attempts >= 3, "two more attempts")
+    finally:
+        await mapper.stop(5.0)
+    assert retry.failures >= 2  # each attempt ended unavailable, none mapped
     assert mapper.upnp is None and igd.searches == 0 and changes == []

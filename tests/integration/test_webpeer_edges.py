@@ -26,6 +26,7 @@ from processes import WAIT, Child, WebPeer, start_rendezvous, start_webpeer, wai
 from processes import free_udp_port as _free_udp_port
 
 from webpeer.node import NodeConfig, PeerNode
+from webpeer.portmapper import PortMapper
 
 
 def free_udp_port() -> int:
@@ -173,10 +174,18 @@ async def test_in_process_a_node_named_to_a_v6_only_name_registers_over_the_dual
         return [(socket.AF_INET6, socket.SOCK_DGRAM, 17, "", ("::1", port, 0, 0))]
 
     monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+    gateways_looked_up: list[int] = []
+
+    def look_up_gateway(*_: object, **__: object) -> None:
+        gateways_looked_up.append(1)
+
+    monkeypatch.setattr(PortMapper, "for_default_gateway", look_up_gateway)
     node = PeerNode(NodeConfig(server=("only6.test", port), data_dir=tmp_path / "p", list_interval=0.3))
     try:
         await node.start()
         assert node.registration.server == ("::1", port)
+        # Port mapping is on by default, but a server on IPv6 loopback means no router is asked.
+        assert gateways_looked_up == []
         await until(lambda: node.me()["server_state"] == "registered")
         me = node.me()
         assert (me["registered"], me["server"], me["server_address"]) == (True, f"only6.test:{port}", f"[::1]:{port}")

@@ -3,7 +3,8 @@ IGD alone) on both site routers, two webpeers behind symmetric NATs, which
 without a mapping end relayed (tests/network/test_nat_traversal.py).  Each
 peer gets a mapping from its router, the pair goes direct through a mapped
 port, and after a peer exits its mapping is gone from the router's rules.
-Every process runs inside a lab namespace."""
+A peer registered over IPv6 still gets its IPv4 mapping.  Every process
+runs inside a lab namespace."""
 
 from __future__ import annotations
 
@@ -122,3 +123,19 @@ def test_two_symmetric_nats_go_direct_through_upnp_igd_mappings(tmp_path: Path) 
         alice.process.send_signal(signal.SIGTERM)
         assert alice.process.wait(timeout=20) == 0
         wait_until(lambda: f"dport {port_a}" not in mapped_rules(lab, site_a), "alice's UPnP mapping deleted")
+
+
+def test_a_peer_registered_over_ipv6_still_gets_an_ipv4_mapping(tmp_path: Path) -> None:
+    # Given the server's IPv6 address only, the peer registers over IPv6,
+    # yet talks IPv4 with peers: its IPv4 router is asked all the same.
+    with Lab(ipv6=True) as lab:
+        site_a = lab.site("a", NatType.SYMMETRIC)
+        server4, server6 = start_rendezvous(lab, tmp_path, ipv6=True).split(",")
+        start_port_mapping(lab, tmp_path, server4)
+        alice = Peer(lab, site_a, "alice", tmp_path / "alice", server6)
+        me = alice.wait(lambda: (m := alice.api("me")) and m["port_mapping"] and m["registered"] and m, 60, "mapped")
+        assert me["server_address"] == server6, me
+        assert me["port_mapping"]["protocol"] in ("pcp", "nat-pmp"), me
+        mapped = me["port_mapping"]["external"]
+        assert mapped.split(":")[0] == site_a.public_address, me
+        assert f"dport {mapped.split(':')[1]}" in mapped_rules(lab, site_a)

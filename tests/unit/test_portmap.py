@@ -309,6 +309,26 @@ def test_renewal_failure_keeps_the_mapping_until_it_expires() -> None:
     assert c.mapping is None
 
 
+def test_lost_mapping_ends_unavailable_when_the_router_stays_silent() -> None:
+    """What the node's retry waits for (webpeer/portmapper.py): after the
+    loss the client asks PCP and NAT-PMP once more, then reports them
+    unavailable and goes quiet."""
+    c = client(lifetime=100)
+    c.start(0.0)
+    c.receive(pcp_reply(lifetime=100), GATEWAY, 0.0)
+    events(c)
+    now = 0.0
+    seen: list[object] = []
+    while (timer := c.get_timer()) is not None:
+        assert timer < 200.0, "the client never stops trying"
+        now = timer
+        c.handle_timer(now)
+        c.datagrams_to_send()
+        seen += events(c)
+    assert [type(event) for event in seen] == [PortMapLost, PortMapUnavailable]
+    assert c.phase is Phase.UNAVAILABLE and c.mapping is None
+
+
 def test_router_restart_seen_in_epoch_maps_again_at_once() -> None:
     c = client()
     c.start(0.0)
