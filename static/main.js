@@ -7,8 +7,10 @@
 // only computes; the network lives in api.js and socket.js.
 
 import * as api from "./api.js";
+import { arrivalsOf } from "./announce.js";
 import { PeerSocket } from "./socket.js";
 import { conversationOf, findPeer, initialState, notifiesOnArrival, oldestLoaded, reachedStart, readsOnArrival, reduce, showsSafety } from "./state.js";
+import { createAnnouncerView } from "./views/announcer.js";
 import { createBannersView } from "./views/banners.js";
 import { createComposerView } from "./views/composer.js";
 import { createConversationView } from "./views/conversation.js";
@@ -85,6 +87,7 @@ function start() {
   const files = createFilesView(actions, api);
   const peersView = createPeersView(actions);
   const groupView = createGroupView(actions);
+  const announcer = createAnnouncerView();
   const views = [
     createMeView(),
     createBannersView(actions),
@@ -102,6 +105,7 @@ function start() {
     createLayoutView(actions),
     groupView,
     createNewGroupView(actions),
+    announcer,
   ];
 
   // The state changes at once; the views draw it at most once per animation
@@ -126,6 +130,8 @@ function start() {
     const before = state;
     state = reduce(state, event);
     scheduleRender();
+    // Screen readers hear new messages from others in the open conversation (announce.js).
+    announcer.add(arrivalsOf(before, event), state);
     followUp(event, before);
   }
 

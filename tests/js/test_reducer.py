@@ -42,6 +42,7 @@ def test_reducer_under_node() -> None:
             str(HERE / "state.test.mjs"),
             str(HERE / "files.test.mjs"),
             str(HERE / "group_state.test.mjs"),
+            str(HERE / "announce.test.mjs"),
         ],
         capture_output=True,
         text=True,
