@@ -13,8 +13,10 @@ Presence costs what the contacts cost, not what the server's population
 does: one WATCH per 10 contacts at registration and every
 :data:`WATCH_REPAIR` seconds (which also repairs a PRESENCE the server gave
 up on), a PRESENCE when one of them changes, and a heartbeat every
-``list_interval`` seconds (an empty WATCH, or every :data:`DIRECTORY_EVERY`
-th one the first LIST page for the page's directory view).  Against a server
+``list_interval`` seconds (an empty WATCH, or, while someone looks at the
+directory view, every :data:`DIRECTORY_EVERY` th one the first LIST page:
+:meth:`RegistrationMachine.show_directory`; with no one looking, the page is
+fetched only on demand, :meth:`RegistrationMachine.directory_on_demand`).  Against a server
 that does not know WATCH (400 Unknown method) the machine falls back to the
 old walk of the whole LIST, paged, every ``list_interval`` seconds.
 
@@ -124,8 +126,10 @@ WATCH_REPAIR = 60.0
 # MAX_IDS_PER_ATTRIBUTE in one WATCH) to make room.
 MAX_WATCHED = 256
 # The directory view (who else is online, for the page to pick from): the
-# first LIST page only, every this many heartbeats.  One request and one
-# reply of at most 1200 bytes, whatever the server's population.
+# first LIST page only, every this many heartbeats, and only while a page (or
+# the terminal) is open to show it.  One request and one reply of at most
+# 1200 bytes, whatever the server's population, but that reply is ~80% of an
+# idle peer's bytes from the server (bench/PRESENCE.md): not paid for no one.
 DIRECTORY_EVERY = 2
 # While registered with a fall-back server, the first is asked this often
 # whether it is back (one Binding: 20 bytes each way).
@@ -316,6 +320,15 @@ class RegistrationMachine:
         self.unwatch_supported: bool | None = None
         self._next_watch: float | None = None
         self._heartbeats = 0
+        # The directory view: whether someone looks at it (the heartbeat then
+        # carries its page every DIRECTORY_EVERY th time), and when its last
+        # page came (for asking on demand only when it is stale).
+        self.directory_shown = False
+        self.directory_at: float | None = None
+        # A directory page is on its way (asked apart from the heartbeat's
+        # _listing, so that asking on demand is not refused for an empty
+        # WATCH in flight).
+        self._directory_pending = False
         self.servers: tuple[Address, ...] = ()
         self.server_names: tuple[str, ...] = ()
         self._server_index = 0
@@ -430,6 +443,7 @@ class RegistrationMachine:
         self._conversation = ServerConversation(self._policy)
         self._race_at, self._racer = None, None
         self._listing = False
+        self._directory_pending = False
         self._probe_id = None
         self._next_probe = now + PRIMARY_RECHECK if index else None
 
@@ -612,17 +626,44 @@ class RegistrationMachine:
 
     @property
     def listing(self) -> bool:
-        """A LIST (the walk, or the directory page) is waiting for its answer."""
+        """A LIST (the walk, or the directory page) or a heartbeat is waiting for its answer."""
         return self._listing
+
+    @property
+    def directory_pending(self) -> bool:
+        """A directory page is on its way."""
+        return self._directory_pending
 
     def directory_now(self, now: float) -> bool:
         """Ask for the directory page now (a user asked who is online); False
-        if it cannot go (not registered) or one is already on its way."""
-        if self._session is None or self.state is not RegState.REGISTERED or self._listing:
+        if it cannot go (not registered, an old server's walk under way) or
+        one is already on its way."""
+        if self._session is None or self.state is not RegState.REGISTERED or self._directory_pending:
             return False
+        if self._listing and self.watch_supported is False:
+            return False  # the walk of an old server's LIST is under way: its first page is this
         self._listing = True
+        self._directory_pending = True
         self._request(session_request(Method.LIST, self._session, (Attr.LIMIT, 100)), _Request("directory"), now)
         return True
+
+    def show_directory(self, shown: bool, now: float) -> None:
+        """Whether someone looks at the directory view (a page or the
+        terminal is connected).  While so, its page rides every
+        DIRECTORY_EVERY th heartbeat; when it starts, the page is asked for
+        at once (the user should not wait a heartbeat for it)."""
+        starts = shown and not self.directory_shown
+        self.directory_shown = shown
+        if starts and self.watch_supported is not False and not self.directory_now(now):
+            self._heartbeats = 0  # a heartbeat on its way (or not registered yet): the next one carries the page
+
+    def directory_on_demand(self, now: float) -> bool:
+        """Ask for the directory page if the last one is older than a
+        heartbeat interval (``webpeer peers``, GET /api/peers); False when
+        nothing went (fresh enough, not registered, one on its way)."""
+        if self.directory_at is not None and now - self.directory_at < self.list_interval:
+            return False
+        return self.directory_now(now)
 
     def list_now(self, now: float) -> None:
         """Walk the server's whole LIST (paged) once: the fallback against a
@@ -695,9 +736,10 @@ class RegistrationMachine:
                 # within seconds that the server went silent or forgot us (401),
                 # and keeps our NAT's mapping open for its PRESENCE requests.
                 self._listing = True
-                if self._heartbeats % DIRECTORY_EVERY == 0:
+                if self.directory_shown and not self._directory_pending and self._heartbeats % DIRECTORY_EVERY == 0:
                     # The directory view's page doubles as this heartbeat.
                     request = session_request(Method.LIST, self._session, (Attr.LIMIT, 100))
+                    self._directory_pending = True
                     self._request(request, _Request("directory"), now)
                 else:
                     self._request(session_request(Method.WATCH, self._session), _Request("heartbeat"), now)
@@ -855,6 +897,8 @@ class RegistrationMachine:
 
     def _on_list(self, request: _Request, message: Message, now: float) -> None:
         error = error_of(message)
+        if request.kind == "directory":
+            self._directory_pending = False
         if error is not None and error.code == 401 and self.state is RegState.REGISTERED:
             # The server forgot us (it was down longer than our TTL, say):
             # register now, not at the next refresh up to 21 s later.
@@ -867,6 +911,7 @@ class RegistrationMachine:
             return
         if request.kind == "directory":
             self._listing = False
+            self.directory_at = now
             self._events.append(DirectoryListed(tuple(message.get_all(Attr.PEER_ENTRY))))
             return
         request.pages.extend(message.get_all(Attr.PEER_ENTRY))
@@ -956,6 +1001,8 @@ class RegistrationMachine:
             self._stopped()
         elif request.kind in ("list", "heartbeat", "directory"):
             self._listing = False
+            if request.kind == "directory":
+                self._directory_pending = False
             if self._next_list is not None:
                 # List again at once: while the server is silent this keeps
                 # something on its way to it, so its return is seen within
