@@ -12,7 +12,8 @@ requests and unregisters on a clean exit.
 Presence costs what the contacts cost, not what the server's population
 does: one WATCH per 10 contacts at registration and every
 :data:`WATCH_REPAIR` seconds (which also repairs a PRESENCE the server gave
-up on), a PRESENCE when one of them changes, and a heartbeat every
+up on), a PRESENCE when one of them changes (contacts added many at once are
+gathered into full WATCHes under a token bucket: :data:`WATCH_RATE`), and a heartbeat every
 ``list_interval`` seconds (an empty WATCH, or, while someone looks at the
 directory view, every :data:`DIRECTORY_EVERY` th one the first LIST page:
 :meth:`RegistrationMachine.show_directory`; with no one looking, the page is
@@ -131,6 +132,20 @@ MAX_WATCHED = 256
 # 1200 bytes, whatever the server's population, but that reply is ~80% of an
 # idle peer's bytes from the server (bench/PRESENCE.md): not paid for no one.
 DIRECTORY_EVERY = 2
+# Contacts added many at once (a page adding 300, say) are not watched one
+# WATCH each: the server allows a peer 50 requests a second, burst 100
+# (ServerConfig.requests_per_second), shared with its CONNECTs and LISTs, and
+# what it refused waited for the next WATCH_REPAIR.  New ids are gathered: a
+# full request (MAX_WATCH_IDS) goes at once, fewer go at once only if no
+# WATCH went in the last WATCH_GATHER seconds (a single add is not delayed),
+# else at that point, with whatever came meanwhile.  Under that, a token
+# bucket: WATCH_BURST requests at once, enough for the whole watched set
+# (MAX_WATCHED / MAX_WATCH_IDS = 26), then WATCH_RATE a second, a fifth of
+# the server's rate.  So an id waits at most WATCH_GATHER, or one refill of
+# the bucket (WATCH_BURST / WATCH_RATE = 3 s) after a burst, never the repair.
+WATCH_RATE = 10.0
+WATCH_BURST = 30.0
+WATCH_GATHER = 0.25
 # While registered with a fall-back server, the first is asked this often
 # whether it is back (one Binding: 20 bytes each way).
 PRIMARY_RECHECK = 30.0
@@ -319,6 +334,14 @@ class RegistrationMachine:
         self.watch_supported: bool | None = None
         self.unwatch_supported: bool | None = None
         self._next_watch: float | None = None
+        # New contacts waiting for their WATCH (see WATCH_RATE), when to look
+        # again, when the last WATCH went, and the bucket.
+        self._watch_queue: dict[int, None] = {}
+        self._watch_flush_at: float | None = None
+        self._last_watch_at: float | None = None
+        self._watch_tokens = WATCH_BURST
+        self._watch_tokens_at: float | None = None
+        self.watch_requests = 0  # WATCH requests sent (heartbeats not counted)
         self._heartbeats = 0
         # The directory view: whether someone looks at it (the heartbeat then
         # carries its page every DIRECTORY_EVERY th time), and when its last
@@ -530,6 +553,7 @@ class RegistrationMachine:
             self._wake_at,
             self._next_list,
             self._next_watch,
+            self._watch_flush_at,
             self._next_probe,
             self._other.get_timer(),
             self._race_at,
@@ -553,6 +577,7 @@ class RegistrationMachine:
         else:
             self._stopped()
         self._wake_at = self._next_list = self._next_watch = self._next_probe = None
+        self._watch_flush_at = None
         self._race_at, self._racer = None, None
         self._silent_since = None
         self._other.start(None, now)
@@ -592,7 +617,45 @@ class RegistrationMachine:
         # Not known yet whether the server knows WATCH: sent anyway (an old
         # server's 400 is what the probe would get too).
         if self.state is RegState.REGISTERED and self.watch_supported is not False:
-            self._send_watches([i for i in self._contacts if i not in self._watched], now)
+            self._watch_queue.update(dict.fromkeys(i for i in self._contacts if i not in self._watched))
+            self._flush_watches(now)
+
+    def _flush_watches(self, now: float) -> None:
+        """Send what waits to be watched (and unwatched): full requests at
+        once, the rest once WATCH_GATHER has passed since the last WATCH,
+        all within the bucket; the timer comes back for what is left."""
+        self._watch_flush_at = None
+        if self._session is None or self.state is not RegState.REGISTERED or self.watch_supported is False:
+            return  # the next registration watches every contact
+        contacts = set(self._contacts)
+        ids = [i for i in self._watch_queue if i in contacts and i not in self._watched]
+        gone = self.unwatch_supported is not False and bool(self._watched - contacts)
+        if not ids and not gone:
+            self._watch_queue.clear()
+            return
+        gathered = self._last_watch_at is None or now >= self._last_watch_at + WATCH_GATHER
+        if not gathered:
+            ids = ids[: len(ids) // MAX_WATCH_IDS * MAX_WATCH_IDS]  # only full requests now
+        self._refill_watch_tokens(now)
+        # (The epsilon: a refill computed in floating point lands a hair
+        # short of the whole token it was timed for.)
+        room = int(self._watch_tokens + 1e-6)
+        if room >= 1 and (ids or gathered):
+            batch = ids[: room * MAX_WATCH_IDS]
+            self._send_watches(batch, now)
+            for peer_id in batch:
+                del self._watch_queue[peer_id]
+        waiting = [i for i in self._watch_queue if i in contacts and i not in self._watched]
+        self._watch_queue = dict.fromkeys(waiting)
+        if waiting or (self.unwatch_supported is not False and self._watched - contacts):
+            bucket_at = now + max(0.0, 1 - self._watch_tokens) / WATCH_RATE
+            gather_at = now if self._last_watch_at is None else self._last_watch_at + WATCH_GATHER
+            self._watch_flush_at = max(bucket_at, gather_at, now + 1e-3)
+
+    def _refill_watch_tokens(self, now: float) -> None:
+        if self._watch_tokens_at is not None and now > self._watch_tokens_at:
+            self._watch_tokens = min(WATCH_BURST, self._watch_tokens + (now - self._watch_tokens_at) * WATCH_RATE)
+        self._watch_tokens_at = now
 
     @property
     def watched(self) -> frozenset[int]:
@@ -611,6 +674,12 @@ class RegistrationMachine:
         adds = [tuple(ids[i : i + MAX_WATCH_IDS]) for i in range(0, len(ids), MAX_WATCH_IDS)]
         drops = [tuple(gone[i : i + MAX_IDS_PER_ATTRIBUTE]) for i in range(0, len(gone), MAX_IDS_PER_ATTRIBUTE)]
         count = max(len(adds), len(drops), 1 if probe else 0)
+        # Every WATCH draws on the bucket (the whole set at registration and
+        # repair too, possibly below zero: new ids then wait for the refill).
+        self._refill_watch_tokens(now)
+        self._watch_tokens -= count
+        self._last_watch_at = now
+        self.watch_requests += count
         for k in range(count):
             add = adds[k] if k < len(adds) else ()
             drop = drops[k] if k < len(drops) else ()
@@ -754,6 +823,8 @@ class RegistrationMachine:
             self._other.handle_timer(now)
             if self._other.gave_up:
                 self._offer_other_family((), now)  # that family is not reachable now
+        if self._watch_flush_at is not None and self._watch_flush_at <= now:
+            self._flush_watches(now)
         if self._next_watch is not None and self._next_watch <= now:
             self._next_watch = now + WATCH_REPAIR
             if self.state is RegState.REGISTERED and self.watch_supported is not False:
@@ -864,6 +935,8 @@ class RegistrationMachine:
         # A new session has no subscription: watch every contact again (and
         # with none, ask anyway, to learn whether the server knows WATCH).
         self._watched = set()
+        self._watch_queue.clear()  # every contact goes below
+        self._watch_flush_at = None
         if self.watch_supported is False:
             self._next_list = now  # an old server: list right away, then every list_interval
         else:
@@ -1035,6 +1108,7 @@ class RegistrationMachine:
         self._session = None
         self._next_list = None
         self._next_watch = None
+        self._watch_flush_at = None  # the next registration watches every contact
 
     def _back_off(self, now: float, reason: str, *, silent: bool = False) -> None:
         self.state = RegState.BACKING_OFF
