@@ -76,19 +76,19 @@ def test_asking_on_demand_fetches_once_unless_the_last_page_is_fresh(net: PeerNe
 
 
 def test_the_directory_page_is_what_made_an_idle_peers_bytes(tmp_path: Path) -> None:
-    """An idle peer's bytes from the server in a minute, no page open, are a
+    """An idle peer's bytes from the server in 30 s, no page open, are a
     fraction of what they are with one (the page was most of them)."""
     taken: dict[bool, int] = {}
     for page_open in (False, True):
         net = PeerNet(tmp_path / str(page_open))
         (tmp_path / str(page_open)).mkdir()
-        crowd = [net.add(f"p{n}", page_open=False) for n in range(20)]
+        crowd = [net.add(f"p{n}", page_open=False) for n in range(10)]
         alice = net.add("alice", page_open=page_open)
         everyone = [*crowd, alice]
         net.run_until(lambda everyone=everyone: all(p.engine.my_id is not None for p in everyone), 3)
         net.run(5)
         before = net.from_server[(alice.nat.public_ip, "bytes")]
-        net.run(60)
+        net.run(30)
         taken[page_open] = net.from_server[(alice.nat.public_ip, "bytes")] - before
-    print(f"bytes from the server a minute, idle: {taken[False]} with no page open, {taken[True]} with one")
+    print(f"bytes from the server in 30 s, idle: {taken[False]} with no page open, {taken[True]} with one")
     assert taken[False] * 3 < taken[True], taken
