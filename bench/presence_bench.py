@@ -565,7 +565,13 @@ async def read_json_line(stream: asyncio.StreamReader, key: str, timeout: float)
             return record
 
 
-async def run_size(run: Run, seconds: float) -> None:
+async def _drain(ws: Any) -> None:  # an aiohttp ClientWebSocketResponse (aiohttp is imported late)
+    """Read a page's websocket events (and drop them), as a page would."""
+    async for _ in ws:
+        pass
+
+
+async def run_size(run: Run, seconds: float, page: bool = False, api_every: float = 2.0) -> None:
     import aiohttp
 
     result = run.result
@@ -713,6 +719,15 @@ async def run_size(run: Run, seconds: float) -> None:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the webpeer kept relaying through the server for 3 minutes")
             result["setup_sends"] = sends
+            # --page: a page's websocket open through the window (the webpeer
+            # then fetches the directory page every other heartbeat); without
+            # one it fetches it only when GET /api/peers asks and its last is
+            # older than a heartbeat (--api-every 0: one GET, at the start).
+            page_ws = await http.ws_connect(base + "/ws", headers=headers) if page else None
+            reader = asyncio.create_task(_drain(page_ws)) if page_ws is not None else None
+            poll = api_every if api_every > 0 else seconds
+            result["page_open"] = page
+            result["api_every_s"] = api_every
 
             # The window.
             stop = asyncio.Event()
@@ -742,11 +757,14 @@ async def run_size(run: Run, seconds: float) -> None:
                 api_cpu_ms.append((run1 - run0) * 1000)
                 api_wait_ms.append((wait1 - wait0) * 1000)
                 peers_seen.append(len(peers))
-                await asyncio.sleep(max(0.0, min(2.0, seconds - (time.monotonic() - t0))))
+                await asyncio.sleep(max(0.0, min(poll, seconds - (time.monotonic() - t0))))
             elapsed = time.monotonic() - t0
             stat1, sched1 = stat_cpu_seconds(peer.pid), sched_cpu_seconds(peer.pid)
             server1 = sched_cpu_seconds(server.pid)
             traffic1 = relay.snapshot()
+            if page_ws is not None and reader is not None:
+                await page_ws.close()
+                await reader
             stop.set()
             await toggler
             online_after = await metric(http, metrics_url, "peerlink_peers_online")
@@ -905,6 +923,10 @@ def main() -> None:
         help="seed: the registry file is written with the crowd online before the server starts "
         "(as after a restart), register: every crowd peer registers over UDP (SQLite: ~200/s here)",
     )
+    parser.add_argument("--page", action="store_true", help="keep a page's websocket open through the window")
+    parser.add_argument(
+        "--api-every", type=float, default=2.0, help="GET /api/peers this often in the window (0: once, at its start)"
+    )
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--registry", choices=("sqlite", "redis"), default="sqlite")
@@ -925,7 +947,7 @@ def main() -> None:
             run.result["fill"] = args.fill
             run.result["crowd_ttl"] = args.crowd_ttl
             try:
-                asyncio.run(run_size(run, args.seconds))
+                asyncio.run(run_size(run, args.seconds, args.page, args.api_every))
             except BaseException:
                 # Keep the processes' logs of a failed run.
                 logs = BENCH_DIR / "out" / f"presence-logs-{size}"

@@ -511,16 +511,17 @@ class PeerNode:
         return answer
 
     async def refresh_directory(self, timeout: float = 1.0) -> None:
-        """Ask the server who is online now and wait (briefly) for the answer:
-        the terminal's 2.LIST, like the course project's, shows the server's
-        list of this moment, not the one of the last heartbeat."""
+        """Ask the server who is online now, unless the last directory page
+        is younger than a heartbeat interval, and wait (briefly) for the
+        answer: with no page open no heartbeat fetches it, and ``webpeer
+        peers``, GET /api/peers and the terminal's 2.LIST show the list of now."""
         registration = self.engine.registration
-        if not registration.directory_now(self.clock()):
+        if not registration.directory_on_demand(self.clock()):
             return
         self._flush()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while registration.listing and loop.time() < deadline:
+        while registration.directory_pending and loop.time() < deadline:
             await asyncio.sleep(0.02)
 
     # ------------------------------------------------------------ groups (webpeer/groups.py)
@@ -562,10 +563,20 @@ class PeerNode:
     def subscribe(self) -> asyncio.Queue[JSON]:
         queue: asyncio.Queue[JSON] = asyncio.Queue(SUBSCRIBER_QUEUE)
         self._subscribers.add(queue)
+        self._show_directory()
         return queue
 
     def unsubscribe(self, queue: asyncio.Queue[JSON]) -> None:
         self._subscribers.discard(queue)
+        self._show_directory()
+
+    def _show_directory(self) -> None:
+        """The directory page is fetched only while a page (or the
+        terminal) is connected to show it (registration.show_directory)."""
+        shown = bool(self._subscribers)
+        if shown != self.engine.registration.directory_shown:
+            self.engine.registration.show_directory(shown, self.clock())
+            self._flush()
 
     def _publish(self, event: PageEvent) -> None:
         skip = event.origin if isinstance(event, MessageAdded) else None

@@ -12,9 +12,12 @@ requests and unregisters on a clean exit.
 Presence costs what the contacts cost, not what the server's population
 does: one WATCH per 10 contacts at registration and every
 :data:`WATCH_REPAIR` seconds (which also repairs a PRESENCE the server gave
-up on), a PRESENCE when one of them changes, and a heartbeat every
-``list_interval`` seconds (an empty WATCH, or every :data:`DIRECTORY_EVERY`
-th one the first LIST page for the page's directory view).  Against a server
+up on), a PRESENCE when one of them changes (contacts added many at once are
+gathered into full WATCHes under a token bucket: :data:`WATCH_RATE`), and a heartbeat every
+``list_interval`` seconds (an empty WATCH, or, while someone looks at the
+directory view, every :data:`DIRECTORY_EVERY` th one the first LIST page:
+:meth:`RegistrationMachine.show_directory`; with no one looking, the page is
+fetched only on demand, :meth:`RegistrationMachine.directory_on_demand`).  Against a server
 that does not know WATCH (400 Unknown method) the machine falls back to the
 old walk of the whole LIST, paged, every ``list_interval`` seconds.
 
@@ -124,9 +127,25 @@ WATCH_REPAIR = 60.0
 # MAX_IDS_PER_ATTRIBUTE in one WATCH) to make room.
 MAX_WATCHED = 256
 # The directory view (who else is online, for the page to pick from): the
-# first LIST page only, every this many heartbeats.  One request and one
-# reply of at most 1200 bytes, whatever the server's population.
+# first LIST page only, every this many heartbeats, and only while a page (or
+# the terminal) is open to show it.  One request and one reply of at most
+# 1200 bytes, whatever the server's population, but that reply is ~80% of an
+# idle peer's bytes from the server (bench/PRESENCE.md): not paid for no one.
 DIRECTORY_EVERY = 2
+# Contacts added many at once (a page adding 300, say) are not watched one
+# WATCH each: the server allows a peer 50 requests a second, burst 100
+# (ServerConfig.requests_per_second), shared with its CONNECTs and LISTs, and
+# what it refused waited for the next WATCH_REPAIR.  New ids are gathered: a
+# full request (MAX_WATCH_IDS) goes at once, fewer go at once only if no
+# WATCH went in the last WATCH_GATHER seconds (a single add is not delayed),
+# else at that point, with whatever came meanwhile.  Under that, a token
+# bucket: WATCH_BURST requests at once, enough for the whole watched set
+# (MAX_WATCHED / MAX_WATCH_IDS = 26), then WATCH_RATE a second, a fifth of
+# the server's rate.  So an id waits at most WATCH_GATHER, or one refill of
+# the bucket (WATCH_BURST / WATCH_RATE = 3 s) after a burst, never the repair.
+WATCH_RATE = 10.0
+WATCH_BURST = 30.0
+WATCH_GATHER = 0.25
 # While registered with a fall-back server, the first is asked this often
 # whether it is back (one Binding: 20 bytes each way).
 PRIMARY_RECHECK = 30.0
@@ -315,7 +334,24 @@ class RegistrationMachine:
         self.watch_supported: bool | None = None
         self.unwatch_supported: bool | None = None
         self._next_watch: float | None = None
+        # New contacts waiting for their WATCH (see WATCH_RATE), when to look
+        # again, when the last WATCH went, and the bucket.
+        self._watch_queue: dict[int, None] = {}
+        self._watch_flush_at: float | None = None
+        self._last_watch_at: float | None = None
+        self._watch_tokens = WATCH_BURST
+        self._watch_tokens_at: float | None = None
+        self.watch_requests = 0  # WATCH requests sent (heartbeats not counted)
         self._heartbeats = 0
+        # The directory view: whether someone looks at it (the heartbeat then
+        # carries its page every DIRECTORY_EVERY th time), and when its last
+        # page came (for asking on demand only when it is stale).
+        self.directory_shown = False
+        self.directory_at: float | None = None
+        # A directory page is on its way (asked apart from the heartbeat's
+        # _listing, so that asking on demand is not refused for an empty
+        # WATCH in flight).
+        self._directory_pending = False
         self.servers: tuple[Address, ...] = ()
         self.server_names: tuple[str, ...] = ()
         self._server_index = 0
@@ -431,6 +467,7 @@ class RegistrationMachine:
         self._conversation = ServerConversation(self._policy)
         self._race_at, self._racer = None, None
         self._listing = False
+        self._directory_pending = False
         self._probe_id = None
         self._next_probe = now + PRIMARY_RECHECK if index else None
 
@@ -519,6 +556,7 @@ class RegistrationMachine:
             self._wake_at,
             self._next_list,
             self._next_watch,
+            self._watch_flush_at,
             self._next_probe,
             self._other.get_timer(),
             self._race_at,
@@ -542,6 +580,7 @@ class RegistrationMachine:
         else:
             self._stopped()
         self._wake_at = self._next_list = self._next_watch = self._next_probe = None
+        self._watch_flush_at = None
         self._race_at, self._racer = None, None
         self._silent_since = None
         self._other.start(None, now)
@@ -581,7 +620,45 @@ class RegistrationMachine:
         # Not known yet whether the server knows WATCH: sent anyway (an old
         # server's 400 is what the probe would get too).
         if self.state is RegState.REGISTERED and self.watch_supported is not False:
-            self._send_watches([i for i in self._contacts if i not in self._watched], now)
+            self._watch_queue.update(dict.fromkeys(i for i in self._contacts if i not in self._watched))
+            self._flush_watches(now)
+
+    def _flush_watches(self, now: float) -> None:
+        """Send what waits to be watched (and unwatched): full requests at
+        once, the rest once WATCH_GATHER has passed since the last WATCH,
+        all within the bucket; the timer comes back for what is left."""
+        self._watch_flush_at = None
+        if self._session is None or self.state is not RegState.REGISTERED or self.watch_supported is False:
+            return  # the next registration watches every contact
+        contacts = set(self._contacts)
+        ids = [i for i in self._watch_queue if i in contacts and i not in self._watched]
+        gone = self.unwatch_supported is not False and bool(self._watched - contacts)
+        if not ids and not gone:
+            self._watch_queue.clear()
+            return
+        gathered = self._last_watch_at is None or now >= self._last_watch_at + WATCH_GATHER
+        if not gathered:
+            ids = ids[: len(ids) // MAX_WATCH_IDS * MAX_WATCH_IDS]  # only full requests now
+        self._refill_watch_tokens(now)
+        # (The epsilon: a refill computed in floating point lands a hair
+        # short of the whole token it was timed for.)
+        room = int(self._watch_tokens + 1e-6)
+        if room >= 1 and (ids or gathered):
+            batch = ids[: room * MAX_WATCH_IDS]
+            self._send_watches(batch, now)
+            for peer_id in batch:
+                del self._watch_queue[peer_id]
+        waiting = [i for i in self._watch_queue if i in contacts and i not in self._watched]
+        self._watch_queue = dict.fromkeys(waiting)
+        if waiting or (self.unwatch_supported is not False and self._watched - contacts):
+            bucket_at = now + max(0.0, 1 - self._watch_tokens) / WATCH_RATE
+            gather_at = now if self._last_watch_at is None else self._last_watch_at + WATCH_GATHER
+            self._watch_flush_at = max(bucket_at, gather_at, now + 1e-3)
+
+    def _refill_watch_tokens(self, now: float) -> None:
+        if self._watch_tokens_at is not None and now > self._watch_tokens_at:
+            self._watch_tokens = min(WATCH_BURST, self._watch_tokens + (now - self._watch_tokens_at) * WATCH_RATE)
+        self._watch_tokens_at = now
 
     @property
     def watched(self) -> frozenset[int]:
@@ -600,6 +677,12 @@ class RegistrationMachine:
         adds = [tuple(ids[i : i + MAX_WATCH_IDS]) for i in range(0, len(ids), MAX_WATCH_IDS)]
         drops = [tuple(gone[i : i + MAX_IDS_PER_ATTRIBUTE]) for i in range(0, len(gone), MAX_IDS_PER_ATTRIBUTE)]
         count = max(len(adds), len(drops), 1 if probe else 0)
+        # Every WATCH draws on the bucket (the whole set at registration and
+        # repair too, possibly below zero: new ids then wait for the refill).
+        self._refill_watch_tokens(now)
+        self._watch_tokens -= count
+        self._last_watch_at = now
+        self.watch_requests += count
         for k in range(count):
             add = adds[k] if k < len(adds) else ()
             drop = drops[k] if k < len(drops) else ()
@@ -615,17 +698,44 @@ class RegistrationMachine:
 
     @property
     def listing(self) -> bool:
-        """A LIST (the walk, or the directory page) is waiting for its answer."""
+        """A LIST (the walk, or the directory page) or a heartbeat is waiting for its answer."""
         return self._listing
+
+    @property
+    def directory_pending(self) -> bool:
+        """A directory page is on its way."""
+        return self._directory_pending
 
     def directory_now(self, now: float) -> bool:
         """Ask for the directory page now (a user asked who is online); False
-        if it cannot go (not registered) or one is already on its way."""
-        if self._session is None or self.state is not RegState.REGISTERED or self._listing:
+        if it cannot go (not registered, an old server's walk under way) or
+        one is already on its way."""
+        if self._session is None or self.state is not RegState.REGISTERED or self._directory_pending:
             return False
+        if self._listing and self.watch_supported is False:
+            return False  # the walk of an old server's LIST is under way: its first page is this
         self._listing = True
+        self._directory_pending = True
         self._request(session_request(Method.LIST, self._session, (Attr.LIMIT, 100)), _Request("directory"), now)
         return True
+
+    def show_directory(self, shown: bool, now: float) -> None:
+        """Whether someone looks at the directory view (a page or the
+        terminal is connected).  While so, its page rides every
+        DIRECTORY_EVERY th heartbeat; when it starts, the page is asked for
+        at once (the user should not wait a heartbeat for it)."""
+        starts = shown and not self.directory_shown
+        self.directory_shown = shown
+        if starts and self.watch_supported is not False and not self.directory_now(now):
+            self._heartbeats = 0  # a heartbeat on its way (or not registered yet): the next one carries the page
+
+    def directory_on_demand(self, now: float) -> bool:
+        """Ask for the directory page if the last one is older than a
+        heartbeat interval (``webpeer peers``, GET /api/peers); False when
+        nothing went (fresh enough, not registered, one on its way)."""
+        if self.directory_at is not None and now - self.directory_at < self.list_interval:
+            return False
+        return self.directory_now(now)
 
     def list_now(self, now: float) -> None:
         """Walk the server's whole LIST (paged) once: the fallback against a
@@ -698,9 +808,10 @@ class RegistrationMachine:
                 # within seconds that the server went silent or forgot us (401),
                 # and keeps our NAT's mapping open for its PRESENCE requests.
                 self._listing = True
-                if self._heartbeats % DIRECTORY_EVERY == 0:
+                if self.directory_shown and not self._directory_pending and self._heartbeats % DIRECTORY_EVERY == 0:
                     # The directory view's page doubles as this heartbeat.
                     request = session_request(Method.LIST, self._session, (Attr.LIMIT, 100))
+                    self._directory_pending = True
                     self._request(request, _Request("directory"), now)
                 else:
                     self._request(session_request(Method.WATCH, self._session), _Request("heartbeat"), now)
@@ -715,6 +826,8 @@ class RegistrationMachine:
             self._other.handle_timer(now)
             if self._other.gave_up:
                 self._offer_other_family((), now)  # that family is not reachable now
+        if self._watch_flush_at is not None and self._watch_flush_at <= now:
+            self._flush_watches(now)
         if self._next_watch is not None and self._next_watch <= now:
             self._next_watch = now + WATCH_REPAIR
             if self.state is RegState.REGISTERED and self.watch_supported is not False:
@@ -825,6 +938,8 @@ class RegistrationMachine:
         # A new session has no subscription: watch every contact again (and
         # with none, ask anyway, to learn whether the server knows WATCH).
         self._watched = set()
+        self._watch_queue.clear()  # every contact goes below
+        self._watch_flush_at = None
         if self.watch_supported is False:
             self._next_list = now  # an old server: list right away, then every list_interval
         else:
@@ -858,6 +973,8 @@ class RegistrationMachine:
 
     def _on_list(self, request: _Request, message: Message, now: float) -> None:
         error = error_of(message)
+        if request.kind == "directory":
+            self._directory_pending = False
         if error is not None and error.code == 401 and self.state is RegState.REGISTERED:
             # The server forgot us (it was down longer than our TTL, say):
             # register now, not at the next refresh up to 21 s later.
@@ -870,6 +987,7 @@ class RegistrationMachine:
             return
         if request.kind == "directory":
             self._listing = False
+            self.directory_at = now
             self._events.append(DirectoryListed(tuple(message.get_all(Attr.PEER_ENTRY))))
             return
         request.pages.extend(message.get_all(Attr.PEER_ENTRY))
@@ -959,6 +1077,8 @@ class RegistrationMachine:
             self._stopped()
         elif request.kind in ("list", "heartbeat", "directory"):
             self._listing = False
+            if request.kind == "directory":
+                self._directory_pending = False
             if self._next_list is not None:
                 # List again at once: while the server is silent this keeps
                 # something on its way to it, so its return is seen within
@@ -991,6 +1111,7 @@ class RegistrationMachine:
         self._session = None
         self._next_list = None
         self._next_watch = None
+        self._watch_flush_at = None  # the next registration watches every contact
 
     def _back_off(self, now: float, reason: str, *, silent: bool = False) -> None:
         self.state = RegState.BACKING_OFF

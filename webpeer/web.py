@@ -429,7 +429,9 @@ async def _api_me(request: web.Request) -> web.Response:
 
 
 async def _api_peers(request: web.Request) -> web.Response:
-    return web.json_response(request.app[API_KEY].peers_json())
+    api = request.app[API_KEY]
+    await api.refresh_directory()  # with no page open, the directory page is fetched only on demand
+    return web.json_response(api.peers_json())
 
 
 # The handlers raise ApiError for bad input; _guard answers it.

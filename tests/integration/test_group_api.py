@@ -88,6 +88,7 @@ async def members(tmp_path: Path, aiohttp_client: AiohttpClient) -> AsyncIterato
         node = PeerNode(config)
         await node.start()
         started.append(node)
+        node.subscribe()  # a page open (its queue unread): the directory is fetched only then
         await wait_for(lambda: node.registration.peer_id, f"{name} registered")
         port = free_port()
         client = await aiohttp_client(

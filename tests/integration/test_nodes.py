@@ -61,6 +61,9 @@ async def nodes(rendezvous: RendezvousServer, tmp_path: Path):
             before_start(node)
         await node.start()
         started.append(node)
+        # A page open on each (its queue unread: it just gets resyncs), as a
+        # user who sees the others has: the directory is fetched only then.
+        node.subscribe()
         await wait_for(lambda: node.registration.peer_id, what=f"{name} registered")
         return node
 

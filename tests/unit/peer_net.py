@@ -112,6 +112,7 @@ class Peer:
         declared: tuple[Address, ...] = (),
         v6: str | None = None,
         server6: bool = False,
+        page_open: bool = True,
         **config: object,
     ) -> None:
         self.net = net
@@ -136,6 +137,9 @@ class Peer:
         self.refused: list[str] = []  # ids of drafts refused as "unknown peer"
         if server6:
             self.engine.registration.use_servers((SERVER, SERVER6))
+        # ``page_open``: a page shows the directory view (the node says so
+        # while a websocket is connected): its page rides the heartbeats.
+        self.engine.registration.show_directory(page_open, net.now)
         # ``declared``: more local addresses it claims at registration (a liar's).
         self.engine.start(((host, MAIN_PORT), *declared), net.now, last_id=last_id)
 
@@ -262,6 +266,7 @@ class PeerNet:
         declared: tuple[Address, ...] = (),
         v6: bool = False,
         server6: bool | None = None,
+        page_open: bool = True,
         **config: object,
     ) -> Peer:
         """``v6``: the peer has IPv6 too; ``server6`` (default: ``v6``): it
@@ -281,6 +286,7 @@ class PeerNet:
             declared=declared,
             v6=f"2001:db8:{index}::2" if v6 else None,
             server6=v6 if server6 is None else server6,
+            page_open=page_open,
             **config,
         )
         self.peers.append(peer)

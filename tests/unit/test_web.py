@@ -567,8 +567,12 @@ async def test_me_and_peers(site: Site) -> None:
     me = await (await site.client.get("/api/me", headers=site.bearer)).json()
     assert me == site.api.me()
     assert {"id", "name", "fingerprint", "public_address"} <= me.keys()
+    assert site.api.directory_refreshes == 0
     peers = await (await site.client.get("/api/peers", headers=site.bearer)).json()
     assert [(p["id"], p["name"], p["online"]) for p in peers] == [(2, "bob", True), (3, "carol", False)]
+    # With no page open no heartbeat fetches the directory: GET asks (node.refresh_directory
+    # fetches only when the last page is stale).
+    assert site.api.directory_refreshes == 1
 
 
 async def test_send_then_history_oldest_first(site: Site) -> None:
