@@ -346,6 +346,7 @@ SCENARIOS: list[Scenario] = [
         peerlink_server_redis,
         binding_templates,
         requires=need_env(BENCH_REDIS),
+        loads=(Load(4, 1), MAIN_LOAD),
         notes="--registry redis://... (PEERLINK_BENCH_REDIS), one worker",
     ),
     Scenario(
@@ -353,6 +354,7 @@ SCENARIOS: list[Scenario] = [
         peerlink_server_redis_workers,
         binding_templates,
         requires=need_env(BENCH_REDIS),
+        loads=(Load(4, 1), MAIN_LOAD),
         notes="--registry redis://... --workers 2, both workers on the server's one core; CPU of both",
     ),
     Scenario(
