@@ -12,6 +12,7 @@ import struct
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import defusedxml.ElementTree as DET
 import pytest
@@ -248,11 +249,24 @@ async def wait_for(condition, what: str) -> None:  # type: ignore[no-untyped-def
         await asyncio.sleep(0.01)
 
 
+def port_mapper(igd: FakeIgd, changes: list[Mapping | None], port: int = 40001, **options: Any) -> PortMapper:
+    """A mapper whose gateway has port 5351 closed (PCP and NAT-PMP skipped at
+    once, by the ICMP), searching the fake IGD for UPnP."""
+    return PortMapper(
+        HOST,
+        HOST,
+        port,
+        changes.append,
+        clock=time.time,
+        server_port=closed_port(),
+        ssdp_port=igd.ssdp_port,
+        **options,
+    )
+
+
 async def test_closed_pcp_port_falls_back_to_upnp_which_maps_and_deletes(igd: FakeIgd) -> None:
     changes: list[Mapping | None] = []
-    mapper = PortMapper(
-        HOST, HOST, 40001, changes.append, clock=time.time, server_port=closed_port(), ssdp_port=igd.ssdp_port
-    )
+    mapper = port_mapper(igd, changes)
     mapper.start()
     try:
         await wait_for(lambda: changes, "a mapping")
@@ -394,16 +408,7 @@ async def test_stop_while_adding_still_deletes(igd: FakeIgd) -> None:
 
 async def test_upnp_off_means_no_search(igd: FakeIgd) -> None:
     changes: list[Mapping | None] = []
-    mapper = PortMapper(
-        HOST,
-        HOST,
-        40004,
-        changes.append,
-        clock=time.time,
-        server_port=closed_port(),
-        ssdp_port=igd.ssdp_port,
-        upnp=False,
-    )
+    mapper = port_mapper(igd, changes, 40004, upnp=False)
     mapper.start()
     try:
         await wait_for(lambda: mapper.client.phase is Phase.UNAVAILABLE, "PCP and NAT-PMP unavailable")
@@ -416,16 +421,7 @@ async def test_failed_discovery_is_retried_after_the_backoff_and_maps(igd: FakeI
     igd.missing_descriptions = 1  # the first attempt finds the router but not its description
     changes: list[Mapping | None] = []
     retry = MappingRetry(first=0.05, longest=0.05, jitter=lambda: 0.0)
-    mapper = PortMapper(
-        HOST,
-        HOST,
-        40001,
-        changes.append,
-        clock=time.time,
-        server_port=closed_port(),
-        ssdp_port=igd.ssdp_port,
-        retry=retry,
-    )
+    mapper = port_mapper(igd, changes, retry=retry)
     mapper.start()
     try:
         await wait_for(lambda: changes, "a mapping on the second attempt")
@@ -442,16 +438,7 @@ async def test_network_change_searches_again_at_once(igd: FakeIgd) -> None:
     igd.missing_descriptions = 1
     changes: list[Mapping | None] = []
     retry = MappingRetry(first=3600.0, longest=3600.0, jitter=lambda: 0.0)
-    mapper = PortMapper(
-        HOST,
-        HOST,
-        40001,
-        changes.append,
-        clock=time.time,
-        server_port=closed_port(),
-        ssdp_port=igd.ssdp_port,
-        retry=retry,
-    )
+    mapper = port_mapper(igd, changes, retry=retry)
     mapper.start()
     try:
         await wait_for(lambda: retry.next_at is not None, "the first attempt to give up")
@@ -470,16 +457,7 @@ async def test_stop_while_waiting_to_search_again_sends_nothing_more(igd: FakeIg
     igd.missing_descriptions = 1
     changes: list[Mapping | None] = []
     retry = MappingRetry(first=3600.0, longest=3600.0, jitter=lambda: 0.0)
-    mapper = PortMapper(
-        HOST,
-        HOST,
-        40001,
-        changes.append,
-        clock=time.time,
-        server_port=closed_port(),
-        ssdp_port=igd.ssdp_port,
-        retry=retry,
-    )
+    mapper = port_mapper(igd, changes, retry=retry)
     mapper.start()
     await wait_for(lambda: retry.next_at is not None, "the first attempt to give up")
     await mapper.stop(5.0)
@@ -491,9 +469,7 @@ async def test_stop_while_waiting_to_search_again_sends_nothing_more(igd: FakeIg
 async def test_pcp_and_natpmp_alone_are_retried_too(igd: FakeIgd) -> None:
     changes: list[Mapping | None] = []
     retry = MappingRetry(first=0.02, longest=0.02, jitter=lambda: 0.0)
-    mapper = PortMapper(
-        HOST, HOST, 40004, changes.append, clock=time.time, server_port=closed_port(), upnp=False, retry=retry
-    )
+    mapper = port_mapper(igd, changes, 40004, upnp=False, retry=retry)
     mapper.start()
     try:
         await wait_for(lambda: mapper.attempts >= 3, "two more attempts")
