@@ -20,14 +20,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import socket
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from browser.chromium import CHROMIUM_ARGS, chromium_path
-from playwright.async_api import async_playwright
+from playwright.async_api import Browser, CDPSession, Page, async_playwright
 from unit import fake_api
 
 from webpeer.web import WebConfig, create_app, default_static_dir, default_templates_dir, start_site
@@ -48,12 +50,12 @@ WATCH = """(count) => {
 }"""
 
 
-async def run(
-    messages: int, static: Path, templates: Path, cpu: bool, profile: bool, save_trace: Path | None = None
-) -> dict[str, object]:
-    fake_api.QUEUE_SIZE = messages + 100  # the whole burst fits in the subscriber's queue
-    api = fake_api.FakePeerApi(my_id=1, name="alice")
-    api.add_peer(2, "bob")
+@contextlib.asynccontextmanager
+async def open_conversation(
+    api: fake_api.FakePeerApi, static: Path, templates: Path, ready: str
+) -> AsyncIterator[tuple[Browser, Page]]:
+    """The real web layer over ``api``, one Chromium page with the
+    conversation with bob open, once ``ready`` (a selector) is there."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -62,33 +64,63 @@ async def run(
     try:
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-            page = await browser.new_page(viewport={"width": 1100, "height": 700})
-            await page.goto(f"http://127.0.0.1:{port}/?token={TOKEN}")
-            await page.locator('[data-peer-id="2"]').click()
-            await page.wait_for_selector('[data-testid="conversation"][data-peer-id="2"]')
-            await page.wait_for_timeout(500)
-            if cpu:
-                await browser.start_tracing(
-                    page=page, categories=["devtools.timeline", "disabled-by-default-devtools.timeline"]
-                )
-            if profile:
-                cdp = await page.context.new_cdp_session(page)
-                await cdp.send("Profiler.enable")
-                await cdp.send("Profiler.setSamplingInterval", {"interval": 200})
-                await cdp.send("Profiler.start")
-            await page.evaluate(WATCH, messages)
-            for n in range(messages):
-                api.receive(2, f"burst message {n} with a little text in it")
-            await page.wait_for_function("() => window.__bench.done !== null", timeout=120_000)
-            await page.wait_for_timeout(300)  # late long tasks are reported a little after
-            bench = await page.evaluate("window.__bench")
-            trace = await browser.stop_tracing() if cpu else b""
-            if save_trace is not None:
-                save_trace.write_bytes(trace)  # for chrome://tracing or Perfetto
-            hot = hottest(await cdp.send("Profiler.stop")) if profile else {}
-            await browser.close()
+            try:
+                page = await browser.new_page(viewport={"width": 1100, "height": 700})
+                await page.goto(f"http://127.0.0.1:{port}/?token={TOKEN}")
+                await page.locator('[data-peer-id="2"]').click()
+                await page.wait_for_selector(ready)
+                await page.wait_for_timeout(500)
+                yield browser, page
+            finally:
+                await browser.close()
     finally:
         await runner.cleanup()
+
+
+async def start_recording(
+    browser: Browser, page: Page, cpu: bool, profile: bool, interval_us: int
+) -> CDPSession | None:
+    """A trace of the renderer (``cpu``) and V8's sampling profiler (``profile``)."""
+    if cpu:
+        await browser.start_tracing(
+            page=page, categories=["devtools.timeline", "disabled-by-default-devtools.timeline"]
+        )
+    if not profile:
+        return None
+    cdp = await page.context.new_cdp_session(page)
+    await cdp.send("Profiler.enable")
+    await cdp.send("Profiler.setSamplingInterval", {"interval": interval_us})
+    await cdp.send("Profiler.start")
+    return cdp
+
+
+async def stop_recording(browser: Browser, cpu: bool, cdp: CDPSession | None) -> tuple[bytes, dict[str, float]]:
+    """The trace (empty without ``cpu``) and the hottest functions (empty without a profiler)."""
+    trace = await browser.stop_tracing() if cpu else b""
+    hot = hottest(await cdp.send("Profiler.stop")) if cdp is not None else {}
+    return trace, hot
+
+
+async def run(
+    messages: int, static: Path, templates: Path, cpu: bool, profile: bool, save_trace: Path | None = None
+) -> dict[str, object]:
+    fake_api.QUEUE_SIZE = messages + 100  # the whole burst fits in the subscriber's queue
+    api = fake_api.FakePeerApi(my_id=1, name="alice")
+    api.add_peer(2, "bob")
+    async with open_conversation(api, static, templates, '[data-testid="conversation"][data-peer-id="2"]') as (
+        browser,
+        page,
+    ):
+        cdp = await start_recording(browser, page, cpu, profile, 200)
+        await page.evaluate(WATCH, messages)
+        for n in range(messages):
+            api.receive(2, f"burst message {n} with a little text in it")
+        await page.wait_for_function("() => window.__bench.done !== null", timeout=120_000)
+        await page.wait_for_timeout(300)  # late long tasks are reported a little after
+        bench = await page.evaluate("window.__bench")
+        trace, hot = await stop_recording(browser, cpu, cdp)
+        if save_trace is not None:
+            save_trace.write_bytes(trace)  # for chrome://tracing or Perfetto
     first, done = bench["first"], bench["done"]
     during = [d for start, d in bench["longTasks"] if start + d >= first - 1000]
     result: dict[str, object] = {
@@ -127,34 +159,10 @@ async def page_back(history: int, static: Path, templates: Path, cpu: bool, prof
     api = fake_api.FakePeerApi(my_id=1, name="alice")
     api.add_peer(2, "bob")
     api.add_history(2, history, start=1_700_000_000.0, step=30.0)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = WebConfig(port=port, token=TOKEN, static_dir=static, templates_dir=templates)
-    runner = await start_site(create_app(config, api))
-    try:
-        async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-            page = await browser.new_page(viewport={"width": 1100, "height": 700})
-            await page.goto(f"http://127.0.0.1:{port}/?token={TOKEN}")
-            await page.locator('[data-peer-id="2"]').click()
-            await page.wait_for_selector('[data-testid="message"]')
-            await page.wait_for_timeout(500)
-            if cpu:
-                await browser.start_tracing(
-                    page=page, categories=["devtools.timeline", "disabled-by-default-devtools.timeline"]
-                )
-            if profile:
-                cdp = await page.context.new_cdp_session(page)
-                await cdp.send("Profiler.enable")
-                await cdp.send("Profiler.setSamplingInterval", {"interval": 500})
-                await cdp.send("Profiler.start")
-            result: dict[str, object] = await page.evaluate(PAGE_BACK)
-            trace = await browser.stop_tracing() if cpu else b""
-            hot = hottest(await cdp.send("Profiler.stop")) if profile else {}
-            await browser.close()
-    finally:
-        await runner.cleanup()
+    async with open_conversation(api, static, templates, '[data-testid="message"]') as (browser, page):
+        cdp = await start_recording(browser, page, cpu, profile, 500)
+        result: dict[str, object] = await page.evaluate(PAGE_BACK)
+        trace, hot = await stop_recording(browser, cpu, cdp)
     result["ms"] = round(float(result["ms"]), 1)  # type: ignore[arg-type]
     if cpu:
         summary = main_thread_cpu(trace)
