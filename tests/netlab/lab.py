@@ -565,44 +565,13 @@ class Lab:
         # Only now queue packets: with no program bound, queued packets drop.
         # (One queue for both families: the kernel's queues ignore the family.)
         for iptables in self._iptables():
-            self._check(
-                [
-                    tool("ip"),
-                    "netns",
-                    "exec",
-                    self.internet,
-                    tool(iptables),
-                    "-w",
-                    "-A",
-                    "FORWARD",
-                    "-j",
-                    "NFQUEUE",
-                    "--queue-num",
-                    str(DELAY_QUEUE),
-                ]
-            )
+            self._check(self._delay_rule(iptables, "-A"))
         self._delay_ms = delay_ms
 
     def _stop_delay(self) -> None:
         # Unqueue first, so no packet is queued to a program that is gone.
         for iptables in self._iptables():
-            subprocess.run(
-                [
-                    tool("ip"),
-                    "netns",
-                    "exec",
-                    self.internet,
-                    tool(iptables),
-                    "-w",
-                    "-D",
-                    "FORWARD",
-                    "-j",
-                    "NFQUEUE",
-                    "--queue-num",
-                    str(DELAY_QUEUE),
-                ],
-                capture_output=True,
-            )
+            subprocess.run(self._delay_rule(iptables, "-D"), capture_output=True)
         process, self._delay = self._delay, None
         self._delay_ms = 0.0
         if process is None:
@@ -616,6 +585,14 @@ class Lab:
 
     def _iptables(self) -> tuple[str, ...]:
         return ("iptables", "ip6tables") if self.ipv6 else ("iptables",)
+
+    def _delay_rule(self, iptables: str, action: str) -> list[str]:
+        """``iptables`` adding (-A) or deleting (-D) the rule that queues the
+        internet's forwarded packets to the delay program."""
+        return [
+            tool("ip"), "netns", "exec", self.internet,
+            tool(iptables), "-w", action, "FORWARD", "-j", "NFQUEUE", "--queue-num", str(DELAY_QUEUE),
+        ]  # fmt: skip
 
     @property
     def delay_pid(self) -> int | None:
