@@ -153,14 +153,8 @@ class UdpEndpoint:
             fast = self._fast
             errors = fast.send_errors
             fast.delivered = 0
-            for _ in range(4):  # up to 4 x 64 datagrams per wake-up
-                try:
-                    if fast.receive(self._on_datagram, self._answered) < mmsg.BATCH:
-                        break
-                except OSError as error:
-                    self.stats["receive_errors"] += 1
-                    logger.debug("recvmmsg failed: %s", error)
-                    break
+            answered = self._answered
+            self._receive_batches(lambda: fast.receive(self._on_datagram, answered))
             if fast.send_errors != errors:
                 self.stats["send_errors"] += fast.send_errors - errors
             if fast.delivered:
@@ -170,14 +164,8 @@ class UdpEndpoint:
                 self._flush_sends()
             return
         if self._batch is not None:
-            for _ in range(4):  # up to 4 x 64 datagrams per wake-up
-                try:
-                    if self._batch.receive(self._on_datagram) < mmsg.BATCH:
-                        break
-                except OSError as error:
-                    self.stats["receive_errors"] += 1
-                    logger.debug("recvmmsg failed: %s", error)
-                    break
+            batch = self._batch
+            self._receive_batches(lambda: batch.receive(self._on_datagram))
             self._on_batch_end()
             self._flush_sends()
             return
@@ -194,6 +182,19 @@ class UdpEndpoint:
                 continue
             self._on_datagram(data, normalise(address))
         self._on_batch_end()
+
+    def _receive_batches(self, receive: Callable[[], int]) -> None:
+        """Up to 4 x 64 datagrams per wake-up: ``receive`` reads one batch
+        (recvmmsg) and says how many it read; a short one means the socket
+        is drained."""
+        for _ in range(4):
+            try:
+                if receive() < mmsg.BATCH:
+                    break
+            except OSError as error:
+                self.stats["receive_errors"] += 1
+                logger.debug("recvmmsg failed: %s", error)
+                break
 
     def sendto(self, data: bytes, address: Address) -> None:
         if self._batch is not None and len(data) <= mmsg.SLOT:
