@@ -17,27 +17,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from fastpath_servers import PATHS, server_on_path
 from processes import WAIT, wait_until
 
 from rendezvous.client import RendezvousClient, RendezvousError, session_request
-from rendezvous.core import ServerConfig
 from rendezvous.server import RendezvousServer
-from rendezvous.sqlite_registry import SqliteRegistry
 from rendezvous.stun import Attr, Message, MessageClass, Method, decode, encode
 
 
-@pytest.fixture(params=["compiled", "python"])
+@pytest.fixture(params=PATHS)
 async def server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[RendezvousServer]:
-    compiled = request.param == "compiled"
-    server = RendezvousServer(
-        ServerConfig(), SqliteRegistry(tmp_path / "fast.sqlite3"), "127.0.0.1", 0, fast_path=compiled
-    )
-    await server.start()
-    if compiled and not server.fast_path_used:
-        await server.stop()
-        pytest.skip("the compiled fast path is not built here (no C compiler at install time)")
-    yield server
-    await server.stop()
+    async with server_on_path(request.param, tmp_path / "fast.sqlite3", "127.0.0.1") as server:
+        yield server
 
 
 @pytest.fixture

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fastpath_servers import PATHS, server_on_path
 
-from rendezvous.core import ServerConfig
 from rendezvous.server import RendezvousServer
-from rendezvous.sqlite_registry import SqliteRegistry
 
 
 def loopback_available(host: str) -> bool:
@@ -43,7 +42,7 @@ def loopback_host(request: pytest.FixtureRequest) -> str:
     return host
 
 
-@pytest.fixture(params=["compiled", "python"])
+@pytest.fixture(params=PATHS)
 async def stun_server(
     loopback_host: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[RendezvousServer]:
@@ -51,16 +50,8 @@ async def stun_server(
     answering bare Binding and REFRESH through the compiled fast path
     (rendezvous/_fastpath.c) and then through the Python path: every client
     must get the same answers from both."""
-    compiled = request.param == "compiled"
-    server = RendezvousServer(
-        ServerConfig(), SqliteRegistry(tmp_path / "interop.sqlite3"), loopback_host, 0, fast_path=compiled
-    )
-    await server.start()
-    if compiled and not server.fast_path_used:
-        await server.stop()
-        pytest.skip("the compiled fast path is not built here (no C compiler at install time)")
-    yield server
-    await server.stop()
+    async with server_on_path(request.param, tmp_path / "interop.sqlite3", loopback_host) as server:
+        yield server
 
 
 def stats(server: RendezvousServer) -> dict[str, int]:
