@@ -17,14 +17,29 @@ class TokenBucket:
         self.updated = now
 
     def take(self, amount: float, now: float) -> bool:
+        """Spend ``amount`` if the bucket holds it; False (nothing spent) if not."""
+        if self.available(now) >= amount:
+            self.tokens -= amount
+            return True
+        return False
+
+    def available(self, now: float) -> float:
+        """The tokens held at ``now`` (refilled since the last look; a clock
+        that steps back refills nothing)."""
         elapsed = now - self.updated
         if elapsed > 0:
             self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
             self.updated = now
-        if self.tokens >= amount:
-            self.tokens -= amount
-            return True
-        return False
+        return self.tokens
+
+    def spend(self, amount: float, now: float) -> None:
+        """Spend ``amount`` whatever the bucket holds: below zero, what comes
+        next waits for the refill to pay the debt first."""
+        self.tokens = self.available(now) - amount
+
+    def ready_at(self, amount: float, now: float) -> float:
+        """When the bucket will hold ``amount`` (``now`` if it does)."""
+        return now + max(0.0, amount - self.available(now)) / self.rate
 
 
 class KeyedLimiter:

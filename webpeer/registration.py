@@ -86,6 +86,7 @@ from rendezvous.client_protocol import (
     relay_indication,
     session_request,
 )
+from rendezvous.ratelimit import TokenBucket
 from rendezvous.stun import (
     MAX_IDS_PER_ATTRIBUTE,
     MAX_RELAY_PAYLOAD,
@@ -339,8 +340,7 @@ class RegistrationMachine:
         self._watch_queue: dict[int, None] = {}
         self._watch_flush_at: float | None = None
         self._last_watch_at: float | None = None
-        self._watch_tokens = WATCH_BURST
-        self._watch_tokens_at: float | None = None
+        self._watch_bucket: TokenBucket | None = None  # made full at its first use
         self.watch_requests = 0  # WATCH requests sent (heartbeats not counted)
         self._heartbeats = 0
         # The directory view: whether someone looks at it (the heartbeat then
@@ -639,10 +639,10 @@ class RegistrationMachine:
         gathered = self._last_watch_at is None or now >= self._last_watch_at + WATCH_GATHER
         if not gathered:
             ids = ids[: len(ids) // MAX_WATCH_IDS * MAX_WATCH_IDS]  # only full requests now
-        self._refill_watch_tokens(now)
+        bucket = self._watch_tokens(now)
         # (The epsilon: a refill computed in floating point lands a hair
         # short of the whole token it was timed for.)
-        room = int(self._watch_tokens + 1e-6)
+        room = int(bucket.available(now) + 1e-6)
         if room >= 1 and (ids or gathered):
             batch = ids[: room * MAX_WATCH_IDS]
             self._send_watches(batch, now)
@@ -651,14 +651,14 @@ class RegistrationMachine:
         waiting = [i for i in self._watch_queue if i in contacts and i not in self._watched]
         self._watch_queue = dict.fromkeys(waiting)
         if waiting or (self.unwatch_supported is not False and self._watched - contacts):
-            bucket_at = now + max(0.0, 1 - self._watch_tokens) / WATCH_RATE
+            bucket_at = bucket.ready_at(1, now)
             gather_at = now if self._last_watch_at is None else self._last_watch_at + WATCH_GATHER
             self._watch_flush_at = max(bucket_at, gather_at, now + 1e-3)
 
-    def _refill_watch_tokens(self, now: float) -> None:
-        if self._watch_tokens_at is not None and now > self._watch_tokens_at:
-            self._watch_tokens = min(WATCH_BURST, self._watch_tokens + (now - self._watch_tokens_at) * WATCH_RATE)
-        self._watch_tokens_at = now
+    def _watch_tokens(self, now: float) -> TokenBucket:
+        if self._watch_bucket is None:
+            self._watch_bucket = TokenBucket(WATCH_RATE, WATCH_BURST, now)
+        return self._watch_bucket
 
     @property
     def watched(self) -> frozenset[int]:
@@ -679,8 +679,7 @@ class RegistrationMachine:
         count = max(len(adds), len(drops), 1 if probe else 0)
         # Every WATCH draws on the bucket (the whole set at registration and
         # repair too, possibly below zero: new ids then wait for the refill).
-        self._refill_watch_tokens(now)
-        self._watch_tokens -= count
+        self._watch_tokens(now).spend(count, now)
         self._last_watch_at = now
         self.watch_requests += count
         for k in range(count):
